@@ -1,0 +1,57 @@
+"""Docker-style units: `64m`, `1g`, `512k`, `0.5` CPUs."""
+
+import re
+
+from labkit.errors import ConfigError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_FACTOR = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(value) -> int:
+    """`64m` -> 67108864. Suffixes are powers of 1024, as in Docker (`b`, `k`, `m`, `g`, `t`)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"size {value!r} is not a size; give bytes or e.g. 64m, 1g")
+    if isinstance(value, int):
+        number = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ConfigError(
+                f"size {value!r} is not understood; give bytes or a number with k, m, g or t (e.g. 64m, 1g)"
+            )
+        number = int(float(match.group(1)) * _FACTOR[match.group(2).lower()])
+    if number <= 0:
+        raise ConfigError(f"size {value!r} must be more than zero")
+    return number
+
+
+def parse_cpus(value) -> float:
+    """`0.5` -> 0.5 of one core; must be positive."""
+    try:
+        cpus = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"CPU value {value!r} is not a number; give a fraction of cores such as 0.5 or 2") from None
+    if not cpus > 0 or cpus != cpus or cpus == float("inf"):
+        raise ConfigError(f"CPU value {value!r} must be a positive number of cores, such as 0.5")
+    return cpus
+
+
+def parse_count(value, what="pids limit") -> int:
+    try:
+        count = int(str(value), 10)
+    except ValueError:
+        raise ConfigError(f"{what} {value!r} is not a whole number") from None
+    if count <= 0:
+        raise ConfigError(f"{what} {value!r} must be at least 1")
+    return count
+
+
+def format_bytes(count) -> str:
+    if count is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
