@@ -1,0 +1,85 @@
+"""The eight namespace kinds: one table students read, and a probe of this host."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from labkit.linux import syscalls
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str           # the name under /proc/<pid>/ns/
+    flag: int           # CLONE_NEW* for clone(2), unshare(2), setns(2)
+    flag_name: str
+    isolates: str
+    first_kernel: str   # the release that completed it
+
+    def path(self, pid="self") -> str:
+        return f"/proc/{pid}/ns/{self.name}"
+
+
+NAMESPACES = (
+    Namespace("mnt", syscalls.CLONE_NEWNS, "CLONE_NEWNS", "mount points and the root directory", "2.4.19"),
+    Namespace("uts", syscalls.CLONE_NEWUTS, "CLONE_NEWUTS", "hostname and NIS domain name", "2.6.19"),
+    Namespace("ipc", syscalls.CLONE_NEWIPC, "CLONE_NEWIPC", "System V IPC objects and POSIX message queues", "2.6.19"),
+    Namespace("pid", syscalls.CLONE_NEWPID, "CLONE_NEWPID", "process IDs (the first process is PID 1)", "2.6.24"),
+    Namespace("net", syscalls.CLONE_NEWNET, "CLONE_NEWNET", "network devices, addresses, routes, ports, firewall", "2.6.29"),
+    Namespace("user", syscalls.CLONE_NEWUSER, "CLONE_NEWUSER", "user and group IDs, capabilities", "3.8"),
+    Namespace("cgroup", syscalls.CLONE_NEWCGROUP, "CLONE_NEWCGROUP", "the view of the cgroup hierarchy", "4.6"),
+    Namespace("time", syscalls.CLONE_NEWTIME, "CLONE_NEWTIME", "CLOCK_MONOTONIC and CLOCK_BOOTTIME offsets", "5.6"),
+)
+
+BY_NAME = {ns.name: ns for ns in NAMESPACES}
+
+
+def lookup(name: str) -> Namespace:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        known = ", ".join(BY_NAME)
+        raise ValueError(f"unknown namespace kind {name!r}; the kinds are {known}") from None
+
+
+def namespace_inode(name: str, pid="self") -> int:
+    """The inode of /proc/<pid>/ns/<name>: two processes share a namespace iff these match."""
+    return os.stat(lookup(name).path(pid)).st_ino
+
+
+_PROBE = r"""
+import json, os, sys
+from labkit.linux import syscalls
+from labkit.linux.namespaces import NAMESPACES
+found = {}
+for ns in NAMESPACES:
+    if not os.path.exists(ns.path()):
+        found[ns.name] = "kernel has no /proc/self/ns/" + ns.name
+        continue
+    pid = os.fork()
+    if pid == 0:
+        try:
+            syscalls.unshare(ns.flag)
+            os._exit(0)
+        except OSError as error:
+            os._exit(error.errno or 1)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    found[ns.name] = None if code == 0 else os.strerror(code)
+print(json.dumps(found))
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def available_namespaces() -> dict:
+    """{kind: None if this host lets labkit create it, else the reason it cannot}.
+
+    Probed in a fresh single-threaded interpreter: unshare() in this process would
+    change what it sees, and forking a multi-threaded Jupyter kernel is unsafe.
+    """
+    probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        return {ns.name: f"probe failed: {probe.stderr.strip()[-200:]}" for ns in NAMESPACES}
+    return json.loads(probe.stdout)
