@@ -1,0 +1,109 @@
+"""What runs inside the guest: two busybox shell scripts and the per-run command.
+
+Stage 1 (`/init`, in the initramfs) makes the host's root usable as the guest's root:
+modules, a read-only 9p mount of `/`, a tmpfs overlay on top, the kernel filesystems,
+cgroup v2. Stage 2 (PID 1 after `switch_root`) runs the command and reports its exit
+status on the console between two marker lines that carry a per-run random token,
+so nothing the command prints can be mistaken for them.
+"""
+
+import shlex
+
+START_MARKER = "LABKIT-VM-START-"
+EXIT_MARKER = "LABKIT-VM-EXIT-"
+# Where stage 1 leaves busybox and the run files for stage 2: a fresh tmpfs in the
+# new root, so they cannot collide with anything from the host.
+RUN_DIR = "/run/labkit"
+ROOT_TAG = "hostroot"
+RW_TAG = "labkitrw"
+# 9p over virtio carries at most ~500 KiB per message; bigger messages mean fewer
+# round trips through the emulated device for every file read.
+NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=512000"
+
+STAGE1_INIT = rf"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+fail() {{
+    echo "labkit-vm: $*"
+    poweroff -f
+}}
+
+for module in /lib/modules/*.ko; do
+    insmod "$module" || fail "could not load kernel module $module"
+done
+
+# virtio_pci probes the 9p device asynchronously: retry until the tag appears.
+mkdir -p /lower /upper /newroot
+tries=0
+until mount -t 9p -o {NINEP_OPTIONS},ro {ROOT_TAG} /lower 2>/dev/null; do
+    tries=$((tries + 1))
+    [ "$tries" -lt 200 ] || fail "the host's root (9p tag {ROOT_TAG}) never appeared"
+    usleep 20000
+done
+
+# The host's root is read-only; a tmpfs on top takes every write and vanishes at
+# power-off, so the guest can never change the host.
+mount -t tmpfs -o mode=0755 upper /upper
+mkdir -p /upper/data /upper/work
+mount -t overlay -o lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work root /newroot \
+    || fail "could not put an overlay over the host's root"
+
+mount -t proc proc /newroot/proc
+mount -t sysfs sysfs /newroot/sys
+mount -t devtmpfs devtmpfs /newroot/dev
+mkdir -p /newroot/dev/pts /newroot/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
+mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
+mount -t cgroup2 -o nsdelegate cgroup2 /newroot/sys/fs/cgroup || fail "could not mount cgroup2"
+# Overlay upper dirs cannot live on an overlay: /tmp must be a real tmpfs for
+# containers started inside the guest.
+mount -t tmpfs -o mode=1777 tmp /newroot/tmp
+mount -t tmpfs -o mode=0755 run /newroot/run
+
+# Hand every controller to child cgroups, one at a time so that one refusal does not
+# hide the others.
+for controller in $(cat /newroot/sys/fs/cgroup/cgroup.controllers); do
+    echo "+$controller" > /newroot/sys/fs/cgroup/cgroup.subtree_control \
+        || echo "labkit-vm: could not enable the $controller controller"
+done
+
+# The kernel package's own modules, so modprobe works inside the guest.
+if [ -s /labkit/modules_dir ] && [ -d "/newroot$(cat /labkit/modules_dir)" ]; then
+    mkdir -p "/newroot/lib/modules/$(uname -r)"
+    mount --bind "/newroot$(cat /labkit/modules_dir)" "/newroot/lib/modules/$(uname -r)"
+fi
+
+if [ -s /labkit/rw_dir ]; then
+    rw_dir="$(cat /labkit/rw_dir)"
+    mkdir -p "/newroot$rw_dir"
+    mount -t 9p -o {NINEP_OPTIONS} {RW_TAG} "/newroot$rw_dir" \
+        || fail "could not mount the shared directory $rw_dir"
+fi
+
+mkdir -p /newroot{RUN_DIR}
+cp /bin/busybox /labkit/* /newroot{RUN_DIR}/
+exec switch_root /newroot {RUN_DIR}/busybox sh {RUN_DIR}/stage2
+"""
+
+STAGE2 = rf"""bb={RUN_DIR}/busybox
+token="$($bb cat {RUN_DIR}/token)"
+echo "{START_MARKER}$token"
+$bb sh {RUN_DIR}/command < /dev/null
+status=$?
+echo "{EXIT_MARKER}$token $status"
+$bb sync
+$bb poweroff -f
+"""
+
+
+def command_script(command, cwd, environment) -> str:
+    """A shell script that runs `command` in `cwd` with exactly `environment`.
+
+    Every word is shell-quoted, so quotes, spaces and `$` in the command reach it
+    unchanged.
+    """
+    assignments = " ".join(shlex.quote(f"{key}={value}") for key, value in environment.items())
+    return (
+        f"cd {shlex.quote(cwd)} || exit 125\n"
+        f"exec {RUN_DIR}/busybox env -i {assignments} {shlex.join(command)}\n"
+    )

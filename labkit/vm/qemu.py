@@ -1,0 +1,108 @@
+"""The QEMU command line for one run, and the running QEMU process.
+
+One QEMU process is one VM. `QemuProcess` starts it, reads its serial console as it
+arrives, and always leaves nothing behind: `stop()` kills and reaps it, and `wait()`
+reaps it with `wait4` so the kernel tells us its peak memory (ru_maxrss).
+"""
+
+import os
+import subprocess
+import threading
+import time
+
+from labkit.vm import guest, host
+from labkit.vm.accel import Acceleration
+
+# quiet: only warnings reach the console, which the host reads. panic=-1 with
+# -no-reboot turns any guest panic into QEMU exiting instead of hanging.
+KERNEL_ARGUMENTS = "console=ttyS0 quiet panic=-1"
+
+
+def qemu_command(qemu, vmlinux, initrd, memory_mib, cpus, acceleration: Acceleration, rw_dir=None) -> list[str]:
+    argv = [
+        qemu, "-nodefaults", "-no-user-config", "-display", "none",
+        "-serial", "stdio", "-no-reboot",
+        # "pc" rather than "microvm": microvm hung in 2 of 4 boots here.
+        "-M", "pc", *acceleration.qemu_arguments(),
+        "-m", f"{memory_mib}M", "-smp", str(cpus),
+        "-bios", str(host.QBOOT),
+        "-kernel", str(vmlinux), "-initrd", str(initrd), "-append", KERNEL_ARGUMENTS,
+        # The host's root, read-only: the guest overlays a tmpfs on it. remap keeps
+        # inode numbers unique across the host's many filesystems under /.
+        "-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
+        "-device", f"virtio-9p-pci,fsdev=root,mount_tag={guest.ROOT_TAG}",
+    ]
+    if rw_dir is not None:
+        argv += [
+            "-fsdev", f"local,id=rw,path={_qemu_escape(rw_dir)},security_model=none,multidevs=remap",
+            "-device", f"virtio-9p-pci,fsdev=rw,mount_tag={guest.RW_TAG}",
+        ]
+    return argv
+
+
+def _qemu_escape(path) -> str:
+    # QEMU option values are comma-separated; a literal comma is written twice.
+    return str(path).replace(",", ",,")
+
+
+class QemuProcess:
+    """A started QEMU whose console lines go to `on_line(text, seconds_since_start)`."""
+
+    def __init__(self, argv, on_line):
+        self.started = time.monotonic()
+        self.stderr = ""
+        self.peak_rss_bytes = None
+        self.exit_status = None
+        self.lifetime_seconds = None
+        self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._exited = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._read_console, args=(on_line,), daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+            threading.Thread(target=self._reap, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def pid(self):
+        return self._process.pid
+
+    def wait(self, timeout) -> bool:
+        """True when QEMU exited within `timeout` seconds."""
+        if not self._exited.wait(timeout):
+            return False
+        for thread in self._threads:
+            thread.join(timeout=5)
+        return True
+
+    def stop(self):
+        """Kill QEMU if it still runs and wait until it is reaped."""
+        if not self._exited.is_set():
+            try:
+                self._process.kill()
+            except ProcessLookupError:
+                pass
+        self._exited.wait()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._process.stdout.close()
+        self._process.stderr.close()
+
+    def _reap(self):
+        # wait4 rather than Popen.wait: its rusage carries QEMU's peak RSS.
+        _, status, usage = os.wait4(self._process.pid, 0)
+        self._process.returncode = os.waitstatus_to_exitcode(status)
+        self.exit_status = self._process.returncode
+        self.peak_rss_bytes = usage.ru_maxrss * 1024
+        self.lifetime_seconds = time.monotonic() - self.started
+        self._exited.set()
+
+    def _read_console(self, on_line):
+        for raw in self._process.stdout:
+            # The guest's tty turns "\n" into "\r\n".
+            text = raw.decode("utf-8", "replace").rstrip("\n").rstrip("\r")
+            on_line(text, time.monotonic() - self.started)
+
+    def _read_stderr(self):
+        self.stderr = self._process.stderr.read().decode("utf-8", "replace")
