@@ -44,6 +44,15 @@ class CgroupV1(Cgroup):
         # One write per distinct directory: cpu and cpuacct may share a hierarchy.
         return sorted({self._file(c, "cgroup.procs") for c in self.dirs})
 
+    def mount_table(self) -> list:
+        """[(directory name, mount options)] to mount this cgroup's hierarchies inside a
+        cgroup namespace, e.g. [("cpu,cpuacct", "cpu,cpuacct"), ("memory", "memory")]."""
+        by_point = {}
+        for controller, directory in self.dirs.items():
+            point = directory[: -len(self.name) - 1]
+            by_point.setdefault(point, []).append(controller)
+        return sorted((os.path.basename(point), ",".join(sorted(c))) for point, c in by_point.items())
+
     def exists(self) -> bool:
         return any(os.path.isdir(d) for d in self.dirs.values())
 

@@ -1,0 +1,535 @@
+"""Container: a spec turned into a running process and, always, back into nothing.
+
+Lifecycle (the OCI vocabulary): configured → created → running → exited → removed.
+`run()` goes through all of it; long-lived containers use `start(detach=True)`,
+`exec()`, `stop()`, `remove()`.
+"""
+
+import codecs
+import os
+import secrets
+import selectors
+import signal
+import time
+from pathlib import Path
+
+from labkit.errors import ConfigError, ContainerError, HostError
+from labkit.images import Image, get_image
+from labkit.runtime.helper import get_helper
+from labkit.runtime.result import Result
+from labkit.runtime.spec import ContainerSpec
+from labkit.runtime.state import all_states, containers_root, owner_alive
+
+OUTPUT_LIMIT = 16 << 20   # bytes of stdout/stderr kept in a Result (streaming sees it all)
+STOP_GRACE = 10.0
+
+_running = {}  # name -> Container, the long-lived containers of this process
+
+
+class Container:
+    def __init__(self, spec: ContainerSpec | None = None, **fields):
+        self.spec = (spec or ContainerSpec(**fields)).validated()
+        self.id = secrets.token_hex(8)
+        self.name = self.spec.name or f"labkit-{self.id[:8]}"
+        self.hostname = self.spec.hostname or self.name
+        self.image = self.spec.image if isinstance(self.spec.image, Image) else get_image(self.spec.image)
+        self.dir = containers_root() / self.id
+        self.state = "configured"
+        self.pid = None            # host PID of the container's first process
+        self.result = None
+        self.network = None        # set by labkit.net when attached
+        self._helper = None
+        self._streams = None
+        self._started_at = None
+        self._deadline = None
+        self._held = False
+
+    def __repr__(self):
+        return f"<Container {self.name} {self.state} image={self.image.name} pid={self.pid}>"
+
+    # --- paths students and other modules look at --------------------------------
+
+    @property
+    def upper_dir(self) -> Path:
+        """The read-write layer: every change the container made (what commit keeps)."""
+        return self.dir / "upper"
+
+    @property
+    def init_dir(self) -> Path:
+        return self.dir / "init"
+
+    @property
+    def cgroup(self):
+        from labkit.cgroups import host_hierarchy
+
+        return host_hierarchy().open(f"labkit/{self.id}")
+
+    @property
+    def netns(self) -> str | None:
+        return None if self.pid is None else f"/proc/{self.pid}/ns/net"
+
+    @property
+    def ip(self):
+        return None if self.network is None else self.network.ip
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def run(self, on_output=None, remove=True, stdout=None, stderr=None, stdin=None) -> Result:
+        """Start, stream output to `on_output(stream, text)`, wait, clean up. Returns a Result
+        (it does not raise on a failing command: call `.check()` for that)."""
+        try:
+            self.start(on_output=on_output, stdout=stdout, stderr=stderr, stdin=stdin, auto_remove=remove)
+            return self.wait()
+        finally:
+            if remove and self.state != "removed":
+                self.remove()
+
+    def start(self, on_output=None, stdout=None, stderr=None, stdin=None, detach=False, auto_remove=False):
+        """Make the container and start its command. `detach=True`: output goes to log
+        files (see `logs()`), and the container lives until stopped or its owner exits."""
+        if self.state != "configured":
+            raise ContainerError(f"container {self.name} was already started ({self.state})")
+        self._check_name_free()
+        hold = self.spec.network not in ("none", "host")
+        plan = self._plan(hold=hold, auto_remove=auto_remove and not detach)
+        self._helper = get_helper()
+        fds, names, self._streams = self._open_stdio(on_output, stdout, stderr, stdin, detach)
+        self._started_at = time.monotonic()
+        if self.spec.timeout:
+            self._deadline = self._started_at + self.spec.timeout
+        try:
+            self._helper.send({"op": "start", "id": self.id, "plan": plan, "fd_names": names}, fds)
+        finally:
+            for fd in fds:
+                if fd not in (stdout, stderr, stdin):
+                    os.close(fd)
+        self.state = "created"
+        answer = self._helper.wait_for(self.id, ("held", "started", "exited"))
+        if answer["op"] == "failed":
+            self.state = "removed"
+            self._close_streams()
+            raise HostError(f"could not create container {self.name}: {answer['error']}")
+        if answer["op"] == "held":
+            self._held = True
+            self.pid = answer["pid"]
+            self._attach_network()
+            self._helper.send({"op": "release", "id": self.id})
+            answer = self._helper.wait_for(self.id, ("started", "exited"))
+        if answer["op"] == "started":
+            self.pid = answer["pid"]
+            self.startup = time.monotonic() - self._started_at
+            self.state = "running"
+        else:  # setup failed: the exit message is already here
+            self._helper.events.setdefault(self.id, []).insert(0, answer)
+            self.state = "running"
+        if detach:
+            _running[self.name] = self
+        return self
+
+    def wait(self, timeout=None) -> Result:
+        """Stream output until the container exits; enforce the spec's timeout; on
+        KeyboardInterrupt kill the container, clean up, and re-raise."""
+        if self.result is not None:
+            return self.result
+        if self.state not in ("running", "created"):
+            raise ContainerError(f"container {self.name} is not running ({self.state})")
+        deadline = self._deadline
+        if timeout is not None:
+            deadline = min(deadline or float("inf"), time.monotonic() + timeout)
+        try:
+            exited = self._pump_until_exit(deadline)
+        except KeyboardInterrupt:
+            self._finish(self._kill_and_collect(), interrupted=True)
+            raise
+        if exited is None:
+            return self._finish(self._kill_and_collect(), timed_out=True)
+        return self._finish(exited)
+
+    def _pump_until_exit(self, deadline):
+        streams = self._streams
+        while streams.open:
+            wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
+            streams.pump(wait)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            message = self._helper.take(self.id, ("exited",))
+            if message is not None:
+                streams.drain()
+                return message
+        while True:
+            wait = 0.5 if deadline is None else deadline - time.monotonic()
+            if wait <= 0:
+                return None
+            message = self._helper.wait_for(self.id, ("exited",), timeout=min(wait, 0.5))
+            if message is not None:
+                return message
+
+    def _kill_and_collect(self):
+        self._helper.send({"op": "kill", "id": self.id})
+        message = None
+        deadline = time.monotonic() + 10
+        while message is None and time.monotonic() < deadline:
+            try:
+                message = self._helper.wait_for(self.id, ("exited",), timeout=0.5)
+            except KeyboardInterrupt:
+                continue  # a second press of stop: we are already stopping
+        if self._streams:
+            self._streams.drain()
+        return message
+
+    def _finish(self, exited, timed_out=False, interrupted=False) -> Result:
+        if self.result is not None:
+            return self.result
+        stats = (exited or {}).get("stats") or {}
+        error = (exited or {}).get("error")
+        status = (exited or {}).get("status", signal.SIGKILL)
+        streams = self._streams
+        self.result = Result.from_status(
+            status, name=self.name, command=self.command,
+            stdout=streams.text("stdout") if streams else "", stderr=streams.text("stderr") if streams else "",
+            duration=time.monotonic() - self._started_at, startup=getattr(self, "startup", None),
+            memory_peak=stats.get("memory_peak"), memory_limit=self.spec.memory,
+            cpu_seconds=stats.get("cpu_seconds"), oom_killed=bool(stats.get("oom_kills")),
+            timed_out=timed_out, interrupted=interrupted, stats=stats,
+            error=_describe_setup_error(error) if error else None,
+        )
+        if error and error.get("exit_code"):
+            self.result.exit_code = error["exit_code"]
+            self.result.signal = None
+        self._close_streams()
+        self._detach_network()
+        self.state = "exited"
+        return self.result
+
+    def stop(self, grace: float = STOP_GRACE) -> Result:
+        """SIGTERM to PID 1, then SIGKILL after `grace` seconds (PID 1 ignores signals it
+        has no handler for, so many commands only go with the SIGKILL)."""
+        if self.state == "running" and self.result is None:
+            self._helper.send({"op": "signal", "id": self.id, "signal": int(signal.SIGTERM)})
+            try:
+                self.wait(timeout=grace)
+            except ContainerError:
+                pass
+            if self.result is None or self.result.timed_out:
+                self.result = None
+                self._finish(self._kill_and_collect())
+        return self.result
+
+    def kill(self) -> Result:
+        if self.state == "running" and self.result is None:
+            self._finish(self._kill_and_collect())
+        return self.result
+
+    def remove(self) -> None:
+        """Stop if needed, then remove its read-write layer, init layer and state."""
+        if self.state == "removed":
+            return
+        if self.state == "running" and self.result is None:
+            self.kill()
+        if self.state != "configured" and self.dir.exists():
+            self._helper.send({"op": "remove", "id": self.id, "plan": {"dir": str(self.dir)}})
+            self._helper.wait_for(self.id, ("removed",), timeout=30)
+        _running.pop(self.name, None)
+        self.state = "removed"
+
+    # --- while it runs ---------------------------------------------------------------
+
+    def exec(self, command, on_output=None, env=(), workdir=None, user=None, timeout=None) -> Result:
+        """Run another process inside this running container (its namespaces and cgroup)."""
+        if self.state != "running" or self.result is not None:
+            raise ContainerError(f"container {self.name} is not running; start it before exec")
+        if isinstance(command, str):
+            command = ["sh", "-c", command]
+        process = _ExecProcess(self, list(command), list(env), workdir, user, timeout)
+        return process.run(on_output)
+
+    def stats(self):
+        """Live cgroup statistics (memory, CPU, pids) while it runs."""
+        return self.cgroup.stats()
+
+    def top(self) -> list:
+        """[(host pid, command line)] of every process in the container."""
+        rows = []
+        for pid in self.cgroup.pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    rows.append((pid, handle.read().replace(b"\0", b" ").decode(errors="replace").strip()))
+            except FileNotFoundError:
+                pass
+        return rows
+
+    def logs(self) -> str:
+        """What a detached container wrote to stdout and stderr."""
+        parts = []
+        for name in ("stdout", "stderr"):
+            path = self.dir / f"{name}.log"
+            if path.exists():
+                parts.append(path.read_text(errors="replace"))
+        if not parts and self.result is not None:
+            return self.result.stdout + self.result.stderr
+        return "".join(parts)
+
+    def commit(self, image_name: str, message: str = ""):
+        """Turn the read-write layer into a new image (see labkit.images.commit)."""
+        from labkit.images.commit import commit
+
+        return commit(self.upper_dir, self.image, image_name, message=message or f"commit of {self.name}")
+
+    @property
+    def command(self) -> list:
+        return self.spec.command or list(self.image.config.cmd)
+
+    # --- how the plan is made ----------------------------------------------------------
+
+    def _check_name_free(self):
+        for state in all_states():
+            if state.get("name") == self.name and owner_alive(state):
+                raise ConfigError(f"a container named {self.name!r} already exists; remove it or pick another name")
+
+    def _plan(self, hold, auto_remove) -> dict:
+        spec, image = self.spec, self.image
+        env = merge_env(image.config.env, [f"HOSTNAME={self.hostname}", "HOME=/root"], spec.env)
+        lower = [str(self.init_dir)] + [str(d) for d in reversed(image.layer_dirs)]
+        plan = {
+            "id": self.id, "dir": str(self.dir), "image": image.name,
+            "rootfs": str(self.dir / "rootfs"), "upper": str(self.upper_dir), "work": str(self.dir / "work"),
+            "lower": lower, "init_files": self._init_files(),
+            "hostname": self.hostname, "namespaces": list(spec.namespaces),
+            "command": self.command, "env": env, "workdir": spec.workdir or image.config.workdir or "/",
+            "user": spec.user, "init": spec.init, "hold": hold, "auto_remove": auto_remove,
+            "volumes": [v.__dict__ for v in spec.volumes],
+            "limits": {"memory": spec.memory, "cpus": spec.cpus, "pids": spec.pids},
+            "time_offsets": {"monotonic": spec.time_offset, "boottime": spec.time_offset} if spec.time_offset else {},
+            "user_map": {"uid": spec.user_map[0], "count": spec.user_map[1]} if "user" in spec.namespaces else None,
+            "state": {"id": self.id, "name": self.name, "image": image.name, "image_layers": list(image.layers),
+                      "command": self.command, "created": time.time(), "client_pid": os.getpid()},
+        }
+        from labkit.cgroups import Limits, host_hierarchy
+
+        host_hierarchy().check(Limits(**plan["limits"]))
+        if not plan["command"]:
+            raise ConfigError(f"no command given and image {image.name!r} has no CMD")
+        self._prepare_network(plan)
+        return plan
+
+    def _init_files(self) -> dict:
+        hosts = (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                 f"127.0.1.1\t{self.hostname}\n")
+        return {"hostname": self.hostname + "\n", "hosts": hosts, "resolv.conf": host_resolv_conf()}
+
+    def _open_stdio(self, on_output, stdout, stderr, stdin, detach):
+        """fds to hand the container, their names, and the reader on our side."""
+        fds, names = [], []
+        streams = _Streams(on_output)
+        if detach:
+            self.dir.mkdir(parents=True, exist_ok=True)  # the helper makes the rest
+            for name in ("stdout", "stderr"):
+                fds.append(os.open(self.dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644))
+                names.append(name)
+            streams = _Streams(None)
+        else:
+            for name, given in (("stdout", stdout), ("stderr", stderr)):
+                if given is not None:
+                    fds.append(given)
+                else:
+                    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+                    streams.add(name, read_end)
+                    fds.append(write_end)
+                names.append(name)
+        if stdin is not None:
+            fds.append(stdin)
+            names.append("stdin")
+        return fds, names, streams
+
+    def _close_streams(self):
+        if self._streams:
+            self._streams.close()
+
+    # --- network hooks (labkit.net) ----------------------------------------------------
+
+    def _prepare_network(self, plan):
+        if self.spec.network in ("none", "host"):
+            return
+        from labkit.net import hooks
+
+        hooks.prepare(self, plan)
+
+    def _attach_network(self):
+        if self.spec.network in ("none", "host"):
+            return
+        from labkit.net import hooks
+
+        hooks.attach(self)
+
+    def _detach_network(self):
+        if self.spec.network in ("none", "host"):
+            return
+        from labkit.net import hooks
+
+        hooks.detach(self)
+
+
+class _ExecProcess:
+    """One `exec` into a running container: same pipes and events as a container."""
+
+    def __init__(self, container, command, env, workdir, user, timeout):
+        self.container = container
+        self.id = secrets.token_hex(8)
+        spec = container.spec
+        self.plan = {
+            "namespaces": list(spec.namespaces), "command": command,
+            "env": merge_env(container.image.config.env, [f"HOSTNAME={container.hostname}", "HOME=/root"], spec.env, env),
+            "workdir": workdir or spec.workdir or container.image.config.workdir or "/",
+            "user": user if user is not None else spec.user, "image": container.image.name,
+        }
+        self.timeout = timeout
+
+    def run(self, on_output) -> Result:
+        helper = self.container._helper
+        streams = _Streams(on_output)
+        fds = []
+        for name in ("stdout", "stderr"):
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            streams.add(name, read_end)
+            fds.append(write_end)
+        started = time.monotonic()
+        try:
+            helper.send({"op": "exec", "id": self.id, "target": self.container.id, "plan": self.plan,
+                         "fd_names": ["stdout", "stderr"]}, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        deadline = None if self.timeout is None else started + self.timeout
+        exited, timed_out = None, False
+        try:
+            while streams.open:
+                streams.pump(0.25)
+                failed = helper.take(self.id, ("failed",))
+                if failed:
+                    streams.close()
+                    raise ContainerError(f"exec in {self.container.name} failed: {failed['error']}")
+                if deadline and time.monotonic() > deadline:
+                    timed_out = True
+                    break
+            while exited is None:
+                if timed_out:
+                    helper.send({"op": "kill", "id": self.id})
+                exited = helper.wait_for(self.id, ("exited",), timeout=0.5)
+                if exited and exited["op"] == "failed":
+                    raise ContainerError(f"exec in {self.container.name} failed: {exited['error']}")
+        except KeyboardInterrupt:
+            helper.send({"op": "kill", "id": self.id})
+            helper.wait_for(self.id, ("exited",), timeout=10)
+            streams.close()
+            raise
+        streams.drain()
+        error = exited.get("error")
+        result = Result.from_status(exited["status"], name=self.container.name, command=self.plan["command"],
+                                    stdout=streams.text("stdout"), stderr=streams.text("stderr"),
+                                    duration=time.monotonic() - started, timed_out=timed_out,
+                                    error=_describe_setup_error(error) if error else None)
+        if error and error.get("exit_code"):
+            result.exit_code, result.signal = error["exit_code"], None
+        streams.close()
+        return result
+
+
+class _Streams:
+    """Reads the container's stdout/stderr pipes as data arrives and hands it on."""
+
+    def __init__(self, on_output):
+        self.on_output = on_output
+        self.selector = selectors.DefaultSelector()
+        self.buffers = {}
+        self.decoders = {}
+        self.sizes = {}
+
+    def add(self, name, fd):
+        os.set_blocking(fd, False)
+        self.selector.register(fd, selectors.EVENT_READ, name)
+        self.buffers[name] = []
+        self.sizes[name] = 0
+        self.decoders[name] = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    @property
+    def open(self) -> bool:
+        return bool(self.selector.get_map())
+
+    def pump(self, timeout):
+        if not self.open:
+            if timeout:
+                time.sleep(timeout)
+            return
+        for key, _ in self.selector.select(timeout):
+            self._read(key.fileobj, key.data)
+
+    def drain(self):
+        """Read what is left (the writers are gone: every read ends in data or EOF)."""
+        while self.open:
+            for key in list(self.selector.get_map().values()):
+                self._read(key.fileobj, key.data)
+            if self.open:
+                self.selector.select(0.05)
+
+    def _read(self, fd, name):
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.selector.unregister(fd)
+            os.close(fd)
+            text = self.decoders[name].decode(b"", final=True)
+        else:
+            text = self.decoders[name].decode(chunk)
+        if text:
+            if self.sizes[name] < OUTPUT_LIMIT:
+                self.buffers[name].append(text)
+                self.sizes[name] += len(text)
+            if self.on_output:
+                self.on_output(name, text)
+
+    def text(self, name) -> str:
+        return "".join(self.buffers.get(name, []))
+
+    def close(self):
+        for key in list(self.selector.get_map().values()):
+            self.selector.unregister(key.fileobj)
+            os.close(key.fileobj)
+        self.selector.close()
+
+
+def merge_env(*layers) -> list:
+    """Later KEY=VALUE entries win; order of first appearance kept."""
+    merged = {}
+    for layer in layers:
+        for item in layer:
+            key, _, value = item.partition("=")
+            merged[key] = value
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def host_resolv_conf() -> str:
+    try:
+        with open("/etc/resolv.conf") as handle:
+            lines = [l for l in handle if not l.startswith("nameserver 127.")]
+    except FileNotFoundError:
+        lines = []
+    return "".join(lines) or "# no name servers (labkit --net none)\n"
+
+
+def _describe_setup_error(error: dict) -> str:
+    return error.get("message") or str(error)
+
+
+def running_containers() -> dict:
+    """The long-lived containers this process started, by name."""
+    return dict(_running)
+
+
+def get(name: str) -> Container:
+    try:
+        return _running[name]
+    except KeyError:
+        names = ", ".join(sorted(_running)) or "none"
+        raise ContainerError(f"no running container named {name!r} in this session (running: {names})") from None

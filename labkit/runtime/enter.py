@@ -1,0 +1,74 @@
+"""`exec`: run another process inside a running container by joining its cgroup and
+namespaces (what `nsenter` and `docker exec` do)."""
+
+import os
+import signal
+
+from labkit.linux import syscalls
+from labkit.linux.namespaces import BY_NAME
+from labkit.runtime.setup import (
+    SetupError, attach_stdio, become_user_and_exec, join_cgroup, report_failure, step,
+)
+
+# user first (it grants the rights the others need); mnt last (it changes our root).
+ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "time", "mnt")
+
+
+def supervise_exec(plan, fds):
+    """Runs in the helper's child: join, fork the process, wait for it, report."""
+    try:
+        syscalls.prctl_set_pdeathsig(signal.SIGKILL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.setsid()
+        join_cgroup(plan["cgroup_procs"])
+        namespace_fds = open_namespaces(plan["target_pid"], plan["namespaces"])
+        pid = os.fork()
+    except BaseException as error:  # noqa: BLE001
+        report_failure(fds["error"], error)
+    if pid == 0:
+        try:
+            syscalls.prctl_set_pdeathsig(signal.SIGKILL)
+            join_namespaces(namespace_fds)
+            # pid and time namespaces apply to children only: one more fork puts the
+            # command inside them.
+            grandchild = os.fork()
+            if grandchild:
+                os.close(fds["error"])
+                _, status = os.waitpid(grandchild, 0)
+                os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+            fds.pop("report", None)
+            attach_stdio(fds)
+            os.chdir(plan.get("workdir") or "/")
+            become_user_and_exec(plan)
+        except BaseException as error:  # noqa: BLE001
+            report_failure(fds["error"], error)
+    for name in ("error", "stdin", "stdout", "stderr"):
+        if fds.get(name) is not None:
+            os.close(fds[name])
+    for fd in namespace_fds.values():
+        os.close(fd)
+    os.write(fds["report"], f"init {pid}\n".encode())
+    _, status = os.waitpid(pid, 0)
+    os.write(fds["report"], f"exit {status}\n".encode())
+    os._exit(0)
+
+
+@step("open the container's namespaces")
+def open_namespaces(target_pid, kinds):
+    return {kind: os.open(BY_NAME[kind].path(target_pid), os.O_RDONLY | os.O_CLOEXEC)
+            for kind in ORDER if kind in kinds}
+
+
+@step("join the container's namespaces")
+def join_namespaces(namespace_fds):
+    for kind in ORDER:
+        if kind in namespace_fds:
+            syscalls.setns(namespace_fds[kind], BY_NAME[kind].flag)
+            os.close(namespace_fds[kind])
+    # setns(CLONE_NEWNS) leaves the root where it was; the container's root is "/" of
+    # its mount namespace, reached through our new cwd.
+    os.chdir("/")
+
+
+__all__ = ["supervise_exec", "SetupError"]

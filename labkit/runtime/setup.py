@@ -1,0 +1,430 @@
+"""What happens inside the forked helper between "fork" and "exec": the recipe.
+
+The supervisor (forked from the helper, still on the host) makes the new namespaces and
+forks the container's first process; that process joins the cgroup, makes its mounts
+private, builds its root from the overlay, mounts /proc, /dev and /sys, switches root,
+sets the hostname and finally execs the command. Read `supervise` and `become_container`
+top to bottom: they are the story of DESIGN.md in order.
+
+Everything here runs in a single-threaded child of the helper and must end in exec or
+`os._exit`: never return into the helper's loop.
+"""
+
+import errno
+import json
+import os
+import signal
+import socket
+import struct
+
+from labkit.images.overlay import mount_overlay
+from labkit.linux import capabilities, syscalls
+from labkit.linux.namespaces import BY_NAME
+from labkit.linux.syscalls import MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
+
+DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
+
+
+class SetupError(Exception):
+    """A step of the recipe failed; carries which step, for the person reading the error."""
+
+    def __init__(self, step, error):
+        super().__init__(f"{step}: {error}")
+        self.step = step
+        self.errno = getattr(error, "errno", None)
+
+
+def step(name):
+    """Name a recipe step so that a failure says which one failed."""
+    def wrap(function):
+        def run(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except SetupError:
+                raise
+            except OSError as error:
+                raise SetupError(name, error) from None
+        run.__name__ = function.__name__
+        run.__doc__ = function.__doc__
+        return run
+    return wrap
+
+
+def report_failure(error_fd, error, exit_code=125):
+    """Tell the helper what went wrong (through the close-on-exec error pipe), then die."""
+    if isinstance(error, SetupError):
+        payload = {"step": error.step, "message": str(error), "errno": error.errno}
+    else:
+        payload = {"step": "setup", "message": f"{type(error).__name__}: {error}", "errno": getattr(error, "errno", None)}
+    payload["exit_code"] = exit_code
+    try:
+        os.write(error_fd, json.dumps(payload).encode()[:4000])
+    except OSError:
+        pass
+    os._exit(exit_code)
+
+
+# --- the supervisor: on the host, parent of the container's first process -------------
+
+def supervise(plan, fds):
+    """Runs in the helper's child. Makes the namespaces, forks the container, waits for it."""
+    try:
+        syscalls.prctl_set_pdeathsig(signal.SIGKILL)  # the helper died: so do we
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.setsid()
+        if "user" in plan["namespaces"]:
+            join_cgroup(plan["cgroup_procs"])  # before the user namespace takes our rights
+        enter_new_namespaces(plan)
+        pid = os.fork()
+    except BaseException as error:  # noqa: BLE001 — any failure must reach the user
+        report_failure(fds["error"], error)
+    if pid == 0:
+        become_container(plan, fds)
+    for name in ("error", "stdin", "stdout", "stderr", "go"):
+        if fds.get(name) is not None:
+            os.close(fds[name])
+    report = fds["report"]
+    os.write(report, f"init {pid}\n".encode())
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    os.write(report, f"exit {status}\n".encode())
+    os._exit(0)
+
+
+@step("create namespaces")
+def enter_new_namespaces(plan):
+    """unshare every kind but mnt and cgroup (the container's first process makes those,
+    after joining its cgroup); pid and time take effect for our children."""
+    kinds = set(plan["namespaces"]) - {"mnt", "cgroup"}
+    flags = 0
+    for kind in kinds:
+        flags |= BY_NAME[kind].flag
+    if "user" in kinds:
+        unshare_user_namespace(flags, plan["user_map"])
+    elif flags:
+        syscalls.unshare(flags)
+    if "time" in kinds:
+        set_time_offsets(plan.get("time_offsets") or {})
+
+
+def unshare_user_namespace(flags, user_map):
+    """A new user namespace needs its uid/gid map written from the parent namespace:
+    a short-lived child that stays outside writes it for us."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    parent = os.getpid()
+    mapper = os.fork()
+    if mapper == 0:
+        os.close(ready_w)
+        os.close(done_r)
+        os.read(ready_r, 1)
+        try:
+            line = f"0 {user_map['uid']} {user_map['count']}\n"
+            for name in ("uid_map", "gid_map"):
+                with open(f"/proc/{parent}/{name}", "w") as handle:
+                    handle.write(line)
+            os.write(done_w, b"k")
+        finally:
+            os._exit(0)
+    os.close(ready_r)
+    os.close(done_w)
+    try:
+        syscalls.unshare(flags)
+    finally:
+        os.write(ready_w, b"g")
+        os.close(ready_w)
+        answer = os.read(done_r, 1)
+        os.close(done_r)
+        os.waitpid(mapper, 0)
+    if answer != b"k":
+        raise OSError(errno.EPERM, "could not write the user namespace's uid/gid map")
+    os.setgid(0)  # become root of the new namespace (host uid user_map['uid'])
+    os.setuid(0)
+
+
+def set_time_offsets(offsets):
+    lines = "".join(f"{clock} {int(seconds)} 0\n" for clock, seconds in offsets.items() if seconds)
+    if lines:
+        with open("/proc/self/timens_offsets", "w") as handle:
+            handle.write(lines)
+
+
+# --- the container's first process ---------------------------------------------------
+
+def become_container(plan, fds):
+    """PID 1 of the new PID namespace. Ends in exec (or in the init loop)."""
+    try:
+        syscalls.prctl_set_pdeathsig(signal.SIGKILL)  # supervisor gone: the whole container goes
+        if "user" not in plan["namespaces"]:
+            join_cgroup(plan["cgroup_procs"])
+        enter_cgroup_and_mount_namespaces(plan)
+        make_mounts_private(plan)
+        rootfs = plan["rootfs"]
+        mount_root_filesystem(plan)
+        mount_kernel_filesystems(plan, rootfs)
+        mount_volumes(plan, rootfs)
+        switch_root(rootfs)
+        set_hostname(plan)
+        if "net" in plan["namespaces"]:
+            bring_up_loopback()
+        wait_until_released(plan, fds)
+        attach_stdio(fds)
+        os.chdir(working_directory(plan))
+        if plan.get("init"):
+            run_as_init(plan, fds["error"])
+        become_user_and_exec(plan)
+    except BaseException as error:  # noqa: BLE001
+        report_failure(fds["error"], error)
+
+
+@step("join cgroup")
+def join_cgroup(procs_files):
+    for procs in procs_files:
+        with open(procs, "w") as handle:
+            handle.write("0")
+
+
+@step("create cgroup and mount namespaces")
+def enter_cgroup_and_mount_namespaces(plan):
+    flags = 0
+    for kind in ("cgroup", "mnt"):
+        if kind in plan["namespaces"]:
+            flags |= BY_NAME[kind].flag
+    if flags:
+        syscalls.unshare(flags)
+
+
+@step("make mounts private")
+def make_mounts_private(plan):
+    # Without this, mounts made below would propagate back to the host (shared subtrees).
+    if "mnt" not in plan["namespaces"]:
+        raise OSError(errno.EINVAL, "a container needs its own mount namespace for its root filesystem")
+    syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
+
+
+@step("mount the overlay root (image layers + init layer + read-write layer)")
+def mount_root_filesystem(plan):
+    mount_overlay(plan["rootfs"], plan["lower"], plan["upper"], plan["work"])
+
+
+@step("mount /proc, /dev and /sys")
+def mount_kernel_filesystems(plan, rootfs):
+    in_user_ns = "user" in plan["namespaces"]
+    ensure_dir(f"{rootfs}/proc")
+    syscalls.mount("proc", f"{rootfs}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount_dev(f"{rootfs}/dev", bind_devices=in_user_ns)
+    ensure_dir(f"{rootfs}/sys")
+    try:
+        syscalls.mount("sysfs", f"{rootfs}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:
+        if not in_user_ns:
+            raise
+        # A user namespace may not mount a fresh sysfs for a network namespace it does
+        # not own; fall back to a read-only view of the host's.
+        syscalls.mount("/sys", f"{rootfs}/sys", None, MS_BIND | MS_REC)
+        return
+    mount_cgroup_filesystem(plan, f"{rootfs}/sys/fs/cgroup")
+
+
+def mount_dev(dev, bind_devices):
+    ensure_dir(dev)
+    syscalls.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
+    for name, (major, minor) in DEVICES.items():
+        path = f"{dev}/{name}"
+        if bind_devices:
+            # mknod is refused inside a user namespace; borrow the host's nodes instead.
+            open(path, "w").close()
+            syscalls.mount(f"/dev/{name}", path, None, MS_BIND)
+        else:
+            os.mknod(path, 0o666 | 0o020000, os.makedev(major, minor))
+            os.chmod(path, 0o666)
+    os.mkdir(f"{dev}/pts")
+    syscalls.mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+    os.symlink("pts/ptmx", f"{dev}/ptmx")
+    os.mkdir(f"{dev}/shm", 0o1777)
+    syscalls.mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=65536k")
+    os.mkdir(f"{dev}/mqueue")
+    syscalls.mount("mqueue", f"{dev}/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{fd}", f"{dev}/{name}")
+    os.symlink("/proc/self/fd", f"{dev}/fd")
+
+
+def mount_cgroup_filesystem(plan, target):
+    """The container's own cgroup, seen from inside its cgroup namespace as the root."""
+    if "cgroup" not in plan["namespaces"]:
+        return
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY
+    if plan["cgroup_version"] == 2:
+        syscalls.mount("cgroup2", target, "cgroup2", flags)
+        return
+    syscalls.mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755,size=64k")
+    for directory_name, controllers in plan["cgroup_v1_mounts"]:
+        directory = f"{target}/{directory_name}"
+        os.mkdir(directory)
+        syscalls.mount("cgroup", directory, "cgroup", flags, controllers)
+    syscalls.mount(None, target, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_BIND)
+
+
+@step("bind-mount volumes")
+def mount_volumes(plan, rootfs):
+    for volume in plan.get("volumes", ()):
+        target = rootfs + "/" + volume["target"].lstrip("/")
+        if os.path.isdir(volume["source"]):
+            ensure_dir(target)
+        else:
+            ensure_dir(os.path.dirname(target))
+            if not os.path.exists(target):
+                open(target, "w").close()
+        syscalls.mount(volume["source"], target, None, MS_BIND | MS_REC)
+        if volume.get("readonly"):
+            syscalls.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+@step("pivot_root into the container's root")
+def switch_root(rootfs):
+    # pivot_root(".", ".") stacks the old root on top of the new one; detaching "." then
+    # removes the old root without needing a directory for it inside the image.
+    os.chdir(rootfs)
+    syscalls.pivot_root(".", ".")
+    syscalls.umount2(".", MNT_DETACH)
+    os.chdir("/")
+
+
+@step("set hostname")
+def set_hostname(plan):
+    if "uts" in plan["namespaces"]:
+        syscalls.sethostname(plan["hostname"])
+
+
+@step("bring up the loopback interface")
+def bring_up_loopback():
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    import fcntl
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | IFF_UP))
+
+
+@step("wait for the runtime to release the container")
+def wait_until_released(plan, fds):
+    """Created but not started (the OCI 'created' state): everything is set up, and the
+    runtime may still configure the network from outside before the command runs."""
+    report = fds.pop("report")
+    go = fds.pop("go", None)
+    if go is None:
+        os.close(report)
+        return
+    os.write(report, b"ready\n")
+    os.close(report)
+    answer = os.read(go, 1)
+    os.close(go)
+    if answer != b"g":
+        os._exit(0)  # the runtime went away or removed us before start
+    inside = plan.get("network_inside")
+    if inside:
+        from labkit.net import inside as network_inside
+
+        network_inside.configure(inside)
+
+
+@step("attach stdin, stdout and stderr")
+def attach_stdio(fds):
+    for target, name in enumerate(("stdin", "stdout", "stderr")):
+        fd = fds.get(name)
+        if fd is None:
+            fd = os.open("/dev/null", os.O_RDWR)
+        os.dup2(fd, target)
+        if fd > 2:
+            os.close(fd)
+
+
+@step("change to the working directory")
+def working_directory(plan):
+    workdir = plan.get("workdir") or "/"
+    ensure_dir(workdir)
+    return workdir
+
+
+def resolve_user(user):
+    """'uid[:gid]' or 'name[:group]' looked up in the container's /etc/passwd and /etc/group."""
+    name, _, group = user.partition(":")
+    uid = gid = None
+    if name.isdigit():
+        uid = int(name)
+    else:
+        uid, gid = _lookup("/etc/passwd", name, "user")
+    if group:
+        gid = int(group) if group.isdigit() else _lookup("/etc/group", group, "group")[0]
+    return uid, uid if gid is None else gid
+
+
+def _lookup(table, name, what):
+    try:
+        with open(table) as handle:
+            for line in handle:
+                fields = line.strip().split(":")
+                if fields[0] == name and len(fields) > 3:
+                    return int(fields[2]), int(fields[3])
+    except FileNotFoundError:
+        pass
+    raise SetupError("set user", OSError(errno.ENOENT, f"no {what} named {name!r} in the container's {table}"))
+
+
+@step("exec the command")
+def become_user_and_exec(plan):
+    env = dict(item.split("=", 1) for item in plan["env"])
+    capabilities.drop_bounding_set()
+    if plan.get("user"):
+        uid, gid = resolve_user(plan["user"])
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
+    command = plan["command"]
+    try:
+        os.execvpe(command[0], command, env)
+    except FileNotFoundError:
+        path = env.get("PATH", "")
+        raise SetupError("exec the command", OSError(
+            errno.ENOENT, f"command {command[0]!r} not found in the container (image {plan['image']}, PATH={path})")) from None
+
+
+def run_as_init(plan, error_fd):
+    """`--init`: PID 1 stays a tiny reaper that forwards signals to the command."""
+    child = os.fork()
+    if child:
+        os.close(error_fd)  # the command's exec closes its copy; EOF then means "started"
+        forward = lambda number, _frame: os.kill(child, number)  # noqa: E731
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
+            signal.signal(number, forward)
+        syscalls.prctl_set_name("labkit-init")
+        while True:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                os._exit(0)
+            except InterruptedError:
+                continue
+            if pid == child:
+                os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+    try:
+        become_user_and_exec(plan)
+    except BaseException as error:  # noqa: BLE001
+        report_failure(error_fd, error)
+
+
+def ensure_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        pass

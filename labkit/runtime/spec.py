@@ -1,0 +1,103 @@
+"""ContainerSpec: everything a container is, as data. Validated before anything is made."""
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from labkit.errors import ConfigError
+from labkit.linux.namespaces import BY_NAME
+from labkit.units import parse_bytes, parse_count, parse_cpus
+
+# Six kinds, as Docker: user and time namespaces are opt-in.
+DEFAULT_NAMESPACES = ("mnt", "uts", "ipc", "pid", "net", "cgroup")
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+
+
+@dataclass
+class Volume:
+    source: str
+    target: str
+    readonly: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Volume":
+        """`SRC:DST[:ro|rw]`, as `docker run -v`."""
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise ConfigError(f"volume {text!r} is not SRC:DST or SRC:DST:ro")
+        mode = parts[2] if len(parts) == 3 else "rw"
+        if mode not in ("ro", "rw"):
+            raise ConfigError(f"volume {text!r}: mode must be ro or rw, not {mode!r}")
+        return cls(parts[0], parts[1], mode == "ro")
+
+
+@dataclass
+class ContainerSpec:
+    image: object = "busybox"               # a name, or an images.Image
+    command: list = field(default_factory=list)   # empty: the image's CMD
+    name: str | None = None
+    hostname: str | None = None
+    namespaces: tuple = DEFAULT_NAMESPACES
+    memory: object = None                    # bytes, or "64m"
+    cpus: object = None                      # fraction of cores, "0.5"
+    pids: object = None                      # most processes at once
+    env: list = field(default_factory=list)  # "KEY=VALUE"
+    workdir: str | None = None
+    volumes: list = field(default_factory=list)   # Volume or "SRC:DST[:ro]"
+    user: str | None = None                  # "uid[:gid]" or a name from the image
+    timeout: float | None = None             # seconds, then the container is killed
+    network: str = "none"                    # none | host | bridge | container:NAME
+    init: bool = False                       # a reaping PID 1 in front of the command
+    time_offset: float = 0.0                 # seconds added to CLOCK_MONOTONIC/BOOTTIME (time ns)
+    user_map: tuple = (100000, 65536)        # host uid/gid range for a user namespace
+    publish: list = field(default_factory=list)   # "HOSTPORT:CONTAINERPORT[/tcp]"
+
+    def validated(self) -> "ContainerSpec":
+        """A copy with units parsed and every value checked; raises ConfigError."""
+        spec = ContainerSpec(**self.__dict__)
+        if isinstance(spec.command, str):
+            spec.command = ["sh", "-c", spec.command]
+        spec.command = [str(part) for part in spec.command]
+        if spec.name is not None and not NAME_PATTERN.match(spec.name):
+            raise ConfigError(f"container name {spec.name!r} must be letters, digits, '_', '.' or '-' (at most 63)")
+        if spec.hostname is not None and not re.match(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$", spec.hostname):
+            raise ConfigError(f"hostname {spec.hostname!r} is not a valid hostname")
+        spec.namespaces = tuple(self._namespaces())
+        spec.memory = None if spec.memory is None else parse_bytes(spec.memory)
+        spec.cpus = None if spec.cpus is None else parse_cpus(spec.cpus)
+        spec.pids = None if spec.pids is None else parse_count(spec.pids, "pids limit")
+        for item in spec.env:
+            if "=" not in item or item.startswith("="):
+                raise ConfigError(f"environment entry {item!r} is not KEY=VALUE")
+        spec.volumes = [v if isinstance(v, Volume) else Volume.parse(v) for v in spec.volumes]
+        for volume in spec.volumes:
+            if not os.path.exists(volume.source):
+                raise ConfigError(f"volume source {volume.source!r} does not exist on the host; create it or fix the path")
+            if not os.path.isabs(volume.target):
+                raise ConfigError(f"volume target {volume.target!r} must be an absolute path inside the container")
+            volume.source = os.path.realpath(volume.source)
+        if spec.workdir is not None and not spec.workdir.startswith("/"):
+            raise ConfigError(f"working directory {spec.workdir!r} must be an absolute path")
+        if spec.timeout is not None:
+            try:
+                spec.timeout = float(spec.timeout)
+            except ValueError:
+                raise ConfigError(f"timeout {spec.timeout!r} is not a number of seconds") from None
+            if spec.timeout <= 0:
+                raise ConfigError("timeout must be more than zero seconds")
+        if not (spec.network in ("none", "host", "bridge") or spec.network.startswith("container:")):
+            raise ConfigError(f"network {spec.network!r} is not one of none, host, bridge, container:NAME")
+        if spec.network == "host":
+            spec.namespaces = tuple(n for n in spec.namespaces if n != "net")
+        if spec.time_offset and "time" not in spec.namespaces:
+            spec.namespaces = spec.namespaces + ("time",)
+        return spec
+
+    def _namespaces(self):
+        kinds = list(self.namespaces)
+        for kind in kinds:
+            if kind not in BY_NAME:
+                raise ConfigError(f"unknown namespace kind {kind!r}; the kinds are {', '.join(BY_NAME)}")
+        if "mnt" not in kinds:
+            raise ConfigError("a container needs its own mount namespace (mnt) for its root filesystem")
+        return [kind for kind in BY_NAME if kind in kinds]

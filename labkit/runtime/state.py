@@ -1,0 +1,118 @@
+"""Container state on disk (LABKIT_HOME/containers/<id>/state.json) and the sweep that
+removes what a dead owner left behind."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from labkit.home import labkit_home
+
+
+def containers_root(home: Path | None = None) -> Path:
+    return (home or labkit_home()) / "containers"
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: with the PID, it names one process for good."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[19])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+
+
+def write_state(directory, state: dict) -> None:
+    path = os.path.join(directory, "state.json")
+    temporary = path + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump(state, handle, indent=1)
+    os.rename(temporary, path)
+
+
+def read_state(directory) -> dict | None:
+    try:
+        with open(os.path.join(directory, "state.json")) as handle:
+            return json.load(handle)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def owner_alive(state: dict) -> bool:
+    pid = state.get("owner_pid")
+    return bool(pid) and process_start_time(pid) == state.get("owner_start")
+
+
+def all_states(home: Path | None = None) -> list:
+    root = containers_root(home)
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in sorted(root.iterdir()):
+        state = read_state(entry)
+        if state is not None:
+            state["dir"] = str(entry)
+            found.append(state)
+    return found
+
+
+def sweep(home: Path | None = None, hierarchy=None, min_age_seconds: float = 60.0) -> list:
+    """Remove containers whose owner is dead (killed kernel, crashed script): their
+    processes, cgroups and directories. Returns what was removed, for `labkit gc`."""
+    import time
+
+    from labkit.cgroups import host_hierarchy
+
+    hierarchy = hierarchy or host_hierarchy()
+    removed = []
+    root = containers_root(home)
+    live_ids = set()
+    if root.is_dir():
+        for entry in sorted(root.iterdir()):
+            state = read_state(entry)
+            if state is None:
+                # A directory without state: torn down half-way, or still being made.
+                if time.time() - entry.stat().st_mtime > min_age_seconds:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(f"directory {entry}")
+                continue
+            if owner_alive(state):
+                live_ids.add(entry.name)
+                continue
+            cgroup = hierarchy.open(state.get("cgroup") or f"labkit/{entry.name}")
+            if cgroup.exists():
+                cgroup.delete()
+                removed.append(f"cgroup {cgroup.name}")
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(f"container {state.get('name', entry.name)}")
+    removed += _sweep_orphan_cgroups(hierarchy, live_ids, min_age_seconds)
+    return removed
+
+
+def _sweep_orphan_cgroups(hierarchy, live_ids, min_age_seconds):
+    """Empty labkit cgroups no container claims. Other LABKIT_HOMEs share the cgroup
+    parent, so only empty ones older than a minute go (a new one is empty for a moment)."""
+    import time
+
+    removed = []
+    for name in hierarchy.children():
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf in live_ids:
+            continue
+        cgroup = hierarchy.open(name)
+        if cgroup.pids():
+            continue
+        try:
+            age = time.time() - os.stat(_any_dir(cgroup)).st_mtime
+        except (FileNotFoundError, TypeError):
+            continue
+        if age > min_age_seconds:
+            cgroup.delete()
+            removed.append(f"cgroup {name}")
+    return removed
+
+
+def _any_dir(cgroup):
+    if hasattr(cgroup, "path"):
+        return cgroup.path
+    return next(iter(cgroup.dirs.values()), None)
