@@ -29,7 +29,8 @@ class SetupError(Exception):
     """A step of the recipe failed; carries which step, for the person reading the error."""
 
     def __init__(self, step, error):
-        super().__init__(f"{step}: {error}")
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        super().__init__(f"{step}: {reason}")
         self.step = step
         self.errno = getattr(error, "errno", None)
 
@@ -50,8 +51,14 @@ def step(name):
     return wrap
 
 
-def report_failure(error_fd, error, exit_code=125):
-    """Tell the helper what went wrong (through the close-on-exec error pipe), then die."""
+def report_failure(error_fd, error, exit_code=None):
+    """Tell the helper what went wrong (through the close-on-exec error pipe), then die.
+    Exit codes as a shell and Docker give them: 127 no such command, 126 not executable,
+    125 the runtime itself failed."""
+    if exit_code is None:
+        exit_code = 125
+        if isinstance(error, SetupError) and error.step == "exec the command":
+            exit_code = {errno.ENOENT: 127, errno.EACCES: 126, errno.ENOEXEC: 126}.get(error.errno, 126)
     if isinstance(error, SetupError):
         payload = {"step": error.step, "message": str(error), "errno": error.errno}
     else:

@@ -1,0 +1,37 @@
+# Two commands on a fresh Debian/Ubuntu machine, as root:
+#   make lab    set everything up and start JupyterLab on notebooks/ (the main job)
+#   make test   set everything up and run the tests (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.labkit-installed
+
+.PHONY: lab test setup system-packages notebooks benchmarks clean-host
+
+lab: setup
+	$(BIN)/labkit lab
+
+test: setup
+	$(BIN)/python -m pytest -p no:cacheprovider tests notebooks --nbval --nbval-kernel-name labkit --nbval-sanitize-with notebooks/sanitize.cfg
+
+setup: system-packages $(STAMP)
+
+system-packages:
+	@command -v busybox >/dev/null && busybox --list >/dev/null 2>&1 && [ -e /bin/busybox ] || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static iproute2 ; }
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,lab]'
+	$(BIN)/labkit kernel install --sys-prefix
+	touch $(STAMP)
+
+notebooks: setup
+	$(BIN)/labkit notebooks run
+
+benchmarks: setup
+	$(BIN)/python benchmarks/startup.py
+
+clean-host: setup
+	$(BIN)/labkit gc

@@ -1,0 +1,117 @@
+"""`labkit doctor`: what this host offers, and what to do about what it lacks."""
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass
+class Check:
+    what: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def diagnose() -> list:
+    rows = [check_root()]
+    rows += check_namespaces()
+    rows += check_cgroups()
+    rows.append(check_overlay())
+    rows.append(check_busybox())
+    rows.append(check_vm())
+    return rows
+
+
+def check_root() -> Check:
+    from labkit.linux import capabilities
+
+    if os.geteuid() != 0:
+        return Check("root", False, f"running as uid {os.geteuid()}", "run labkit as root (sudo), or in a VM or Binder image")
+    missing = {"sys_admin", "net_admin", "sys_chroot", "mknod"} - capabilities.of_process()["CapEff"]
+    if missing:
+        return Check("capabilities", False, "missing " + ", ".join(sorted(missing)),
+                     "run with full capabilities (e.g. docker run --privileged)")
+    return Check("root", True, "uid 0 with CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_MKNOD")
+
+
+def check_namespaces() -> list:
+    from labkit.linux.namespaces import NAMESPACES, available_namespaces
+
+    found = available_namespaces()
+    rows = []
+    for ns in NAMESPACES:
+        reason = found.get(ns.name)
+        optional = ns.name in ("user", "time")
+        fix = {"user": "sysctl user.max_user_namespaces=15000 (or kernel.unprivileged_userns_clone=1)",
+               "time": "needs Linux 5.6 or newer"}.get(ns.name, "needs a kernel built with this namespace")
+        rows.append(Check(f"namespace {ns.name}", reason is None,
+                          f"{ns.flag_name}: {ns.isolates}" if reason is None else reason,
+                          "" if reason is None else fix, required=not optional))
+    return rows
+
+
+def check_cgroups() -> list:
+    from labkit.cgroups import detect_mode, host_hierarchy
+    from labkit.errors import HostError
+
+    try:
+        mode = detect_mode()
+        hierarchy = host_hierarchy()
+    except HostError as error:
+        return [Check("cgroups", False, str(error), "mount cgroup2 on /sys/fs/cgroup")]
+    rows = [Check("cgroup mode", True, f"{mode}" + (" (legacy/hybrid: one hierarchy per controller)" if mode == "v1" else " (unified)"))]
+    for kind in ("memory", "cpu", "pids", "io"):
+        have = kind in hierarchy.controllers
+        rows.append(Check(f"cgroup {kind}", have, "controller available" if have else "controller missing",
+                          "" if have else f"enable the {kind} controller (cgroup_enable=, or subtree_control)",
+                          required=kind != "io"))
+    return rows
+
+
+def check_overlay() -> Check:
+    with open("/proc/filesystems") as handle:
+        have = any(line.split()[-1] == "overlay" for line in handle if line.strip())
+    return Check("overlay filesystem", have, "overlayfs available" if have else "overlayfs not loaded",
+                 "" if have else "modprobe overlay")
+
+
+def check_busybox() -> Check:
+    from labkit.errors import HostError
+    from labkit.images import Store
+    from labkit.images.busybox import find_static_busybox
+
+    if "busybox" in Store().names():
+        return Check("base image", True, "busybox image present")
+    try:
+        path = find_static_busybox()
+    except HostError as error:
+        return Check("base image", False, str(error), "apt-get install busybox-static")
+    return Check("base image", True, f"will be built from {path} on first use")
+
+
+def check_vm() -> Check:
+    try:
+        from labkit.vm import status
+    except ImportError:
+        return Check("virtual machines", False, "labkit.vm is not installed", required=False)
+    try:
+        report = status()
+    except Exception as error:  # noqa: BLE001 — doctor reports, it does not crash
+        return Check("virtual machines", False, f"{type(error).__name__}: {error}", required=False)
+    ok = bool(getattr(report, "ok", None) if not isinstance(report, dict) else report.get("ok"))
+    text = getattr(report, "detail", None) if not isinstance(report, dict) else report.get("detail")
+    fix = getattr(report, "fix", "") if not isinstance(report, dict) else report.get("fix", "")
+    return Check("virtual machines", ok, str(text or report), fix or "", required=False)
+
+
+def format_table(rows) -> str:
+    width = max(len(row.what) for row in rows)
+    lines = []
+    for row in rows:
+        mark = "ok " if row.ok else ("MISSING" if row.required else "absent")
+        line = f"{row.what:<{width}}  {mark:<7}  {row.detail}"
+        if not row.ok and row.fix:
+            line += f"\n{'':<{width}}  {'':<7}  → {row.fix}"
+        lines.append(line)
+    return "\n".join(lines)
