@@ -39,6 +39,8 @@ def add_container_options(parser):
     parser.add_argument("--net", "--network", dest="network", default="none",
                         help="none (default), host, bridge or container:NAME")
     parser.add_argument("--publish", "-p", action="append", default=[], metavar="HOSTPORT:CONTAINERPORT")
+    parser.add_argument("--cap-add", action="append", default=[], metavar="CAP",
+                        help="keep a capability beyond Docker's default set, e.g. SYS_ADMIN")
     parser.add_argument("--init", action="store_true", help="run a reaping PID 1 in front of the command")
     parser.add_argument("--userns", action="store_true", help="also make a user namespace (root inside, not outside)")
     parser.add_argument("--timens", type=float, default=0.0, metavar="SECONDS",
@@ -54,7 +56,7 @@ def spec_from_options(options, command):
         memory=options.memory, cpus=options.cpus, pids=options.pids, env=options.env,
         volumes=options.volume, workdir=options.workdir, user=options.user, timeout=options.timeout,
         network=options.network, publish=options.publish, init=options.init, namespaces=namespaces,
-        time_offset=options.timens,
+        time_offset=options.timens, cap_add=options.cap_add,
     )
 
 

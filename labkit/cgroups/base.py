@@ -47,6 +47,7 @@ class Stats:
     throttled_seconds: float | None = None
     pids_current: int | None = None
     oom_kills: int = 0
+    pids_limit_hits: int = 0        # forks refused because pids.max was reached
 
 
 def cpu_quota_us(cpus: float, period_us: int = CPU_PERIOD_US) -> int:

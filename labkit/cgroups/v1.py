@@ -94,6 +94,7 @@ class CgroupV1(Cgroup):
                 stats.throttled_seconds = cpu["throttled_time"] / 1e9
         if "pids" in self.dirs:
             stats.pids_current = read_int(self._file("pids", "pids.current"))
+            stats.pids_limit_hits = read_keyed(self._file("pids", "pids.events")).get("max", 0)
         return stats
 
     def pids(self) -> list:

@@ -72,6 +72,7 @@ class CgroupV2(Cgroup):
             throttled_seconds=None if throttled is None else throttled / 1e6,
             pids_current=read_int(self._file("pids.current")),
             oom_kills=read_keyed(self._file("memory.events")).get("oom_kill", 0),
+            pids_limit_hits=read_keyed(self._file("pids.events")).get("max", 0),
         )
 
     def events(self) -> dict:

@@ -296,7 +296,7 @@ class Container:
             "lower": lower, "init_files": self._init_files(),
             "hostname": self.hostname, "namespaces": list(spec.namespaces),
             "command": self.command, "env": env, "workdir": spec.workdir or image.config.workdir or "/",
-            "user": spec.user, "init": spec.init, "hold": hold, "auto_remove": auto_remove,
+            "user": spec.user, "init": spec.init, "cap_add": spec.cap_add, "hold": hold, "auto_remove": auto_remove,
             "volumes": [v.__dict__ for v in spec.volumes],
             "limits": {"memory": spec.memory, "cpus": spec.cpus, "pids": spec.pids},
             "time_offsets": {"monotonic": spec.time_offset, "boottime": spec.time_offset} if spec.time_offset else {},
@@ -381,6 +381,7 @@ class _ExecProcess:
             "env": merge_env(container.image.config.env, [f"HOSTNAME={container.hostname}", "HOME=/root"], spec.env, env),
             "workdir": workdir or spec.workdir or container.image.config.workdir or "/",
             "user": user if user is not None else spec.user, "image": container.image.name,
+            "cap_add": spec.cap_add,
         }
         self.timeout = timeout
 

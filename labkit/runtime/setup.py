@@ -388,7 +388,7 @@ def _lookup(table, name, what):
 @step("exec the command")
 def become_user_and_exec(plan):
     env = dict(item.split("=", 1) for item in plan["env"])
-    capabilities.drop_bounding_set()
+    capabilities.drop_bounding_set(capabilities.CONTAINER_DEFAULT | set(plan.get("cap_add", ())))
     if plan.get("user"):
         uid, gid = resolve_user(plan["user"])
         os.setgroups([])

@@ -51,6 +51,7 @@ class ContainerSpec:
     time_offset: float = 0.0                 # seconds added to CLOCK_MONOTONIC/BOOTTIME (time ns)
     user_map: tuple = (100000, 65536)        # host uid/gid range for a user namespace
     publish: list = field(default_factory=list)   # "HOSTPORT:CONTAINERPORT[/tcp]"
+    cap_add: list = field(default_factory=list)   # capabilities beyond Docker's default set
 
     def validated(self) -> "ContainerSpec":
         """A copy with units parsed and every value checked; raises ConfigError."""
@@ -76,6 +77,7 @@ class ContainerSpec:
             if not os.path.isabs(volume.target):
                 raise ConfigError(f"volume target {volume.target!r} must be an absolute path inside the container")
             volume.source = os.path.realpath(volume.source)
+        spec.cap_add = [self._capability(name) for name in spec.cap_add]
         if spec.workdir is not None and not spec.workdir.startswith("/"):
             raise ConfigError(f"working directory {spec.workdir!r} must be an absolute path")
         if spec.timeout is not None:
@@ -92,6 +94,15 @@ class ContainerSpec:
         if spec.time_offset and "time" not in spec.namespaces:
             spec.namespaces = spec.namespaces + ("time",)
         return spec
+
+    @staticmethod
+    def _capability(name):
+        from labkit.linux.capabilities import NAMES
+
+        bare = name.lower().removeprefix("cap_")
+        if bare not in NAMES:
+            raise ConfigError(f"unknown capability {name!r}; e.g. SYS_ADMIN, NET_ADMIN, SYS_TIME")
+        return bare
 
     def _namespaces(self):
         kinds = list(self.namespaces)
