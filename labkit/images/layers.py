@@ -1,71 +1,184 @@
-"""Layers: a directory of files, named by the sha256 of its canonical tar.
+"""Layers: a directory of files (overlay form), named by the sha256 of its canonical tar.
 
-The canonical tar lists entries in sorted path order with times, owners' names and
-other per-machine noise zeroed, so the same content gives the same digest on every
-run and every machine.
+The canonical tar is the layer's one true byte form, so the same content gives the
+same digest on every run and every machine:
+
+  * entries are sorted by their tar name as raw bytes; a parent's name is a prefix
+    of its children's, so parents always come first, and the order depends on
+    nothing but the names (not on readdir order, locale or walk strategy);
+  * times are zero, owner and group *names* are empty (numeric ids are kept),
+    there are no extended attributes, and the format is PAX (POSIX.1-2001), which
+    only adds an extended header when a field does not fit (long or non-ASCII
+    names, big ids), so it too depends on content alone;
+  * deletions are written in the OCI form (`.wh.` files, see whiteouts.py) so the
+    tar is an ordinary OCI layer: the digest *is* the OCI `diff_id`, and export
+    and re-import give the same digest;
+  * hard links inside the layer become link entries to the first name in order;
+  * the archive ends with two zero blocks, padded to a 10 KiB record like tar(1).
 """
 
 import hashlib
-import io
 import os
 import stat
 import tarfile
+from dataclasses import dataclass
+
+from labkit.errors import ImageError
+from labkit.images.whiteouts import OPAQUE_MARKER, WHITEOUT_PREFIX, is_opaque, is_whiteout
+
+BLOCK = 512
+RECORD = 20 * BLOCK
+CHUNK = 1 << 20
+MARKER_MODE = 0o600
 
 
-def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+@dataclass
+class Entry:
+    name: str                 # name in the tar (OCI form), '/'-separated, relative
+    path: str | None          # the file on disk; None for an opaque marker
+    st: os.stat_result | None
+    kind: str                 # file, dir, symlink, whiteout, opaque, fifo, chr, blk
+
+
+def canonical_entries(root) -> list:
+    """Every entry of the layer at `root`, in canonical (sorted tar name) order."""
+    entries = []
+    pending = [("", os.fspath(root))]
+    while pending:
+        prefix, directory = pending.pop()
+        with os.scandir(directory) as listing:
+            for item in listing:
+                st = item.stat(follow_symlinks=False)
+                name = prefix + item.name
+                if item.name.startswith(WHITEOUT_PREFIX):
+                    raise ImageError(
+                        f"cannot store {name!r}: names starting with '{WHITEOUT_PREFIX}' are reserved "
+                        "for deletion markers in OCI layers; rename the file"
+                    )
+                entry = _entry(name, item.path, st)
+                if entry is None:
+                    continue
+                entries.append(entry)
+                if entry.kind == "dir":
+                    if is_opaque(item.path):
+                        entries.append(Entry(f"{name}/{OPAQUE_MARKER}", None, None, "opaque"))
+                    pending.append((name + "/", item.path))
+    entries.sort(key=lambda entry: os.fsencode(entry.name))
+    return entries
+
+
+def _entry(name, path, st):
+    mode = st.st_mode
+    if is_whiteout(st):
+        head, _, base = name.rpartition("/")
+        return Entry((head + "/" if head else "") + WHITEOUT_PREFIX + base, path, st, "whiteout")
+    for kind, test in (("file", stat.S_ISREG), ("dir", stat.S_ISDIR), ("symlink", stat.S_ISLNK),
+                       ("fifo", stat.S_ISFIFO), ("chr", stat.S_ISCHR), ("blk", stat.S_ISBLK)):
+        if test(mode):
+            return Entry(name, path, st, kind)
+    return None  # sockets cannot live in a tar; they are recreated by whoever listens
+
+
+_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+          "fifo": tarfile.FIFOTYPE, "chr": tarfile.CHRTYPE, "blk": tarfile.BLKTYPE,
+          "whiteout": tarfile.REGTYPE, "opaque": tarfile.REGTYPE}
+
+
+def header(entry: Entry, hardlink_to: str | None = None) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(entry.name)
     info.mtime = 0
-    info.uname = ""
-    info.gname = ""
-    info.pax_headers = {}
+    info.uname = info.gname = ""
+    info.type = _TYPES[entry.kind]
+    if entry.kind in ("whiteout", "opaque"):
+        info.mode = MARKER_MODE
+        return info
+    st = entry.st
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    if hardlink_to is not None:
+        info.type, info.linkname = tarfile.LNKTYPE, hardlink_to
+    elif entry.kind == "file":
+        info.size = st.st_size
+    elif entry.kind == "symlink":
+        info.linkname = os.readlink(entry.path)
+    elif entry.kind in ("chr", "blk"):
+        info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
     return info
 
 
-def walk_sorted(root):
-    """Every path below `root` (relative, '/'-separated), parents before children, sorted."""
-    for directory, dirs, files in os.walk(root):
-        dirs.sort()
-        relative_dir = os.path.relpath(directory, root)
-        names = sorted(dirs + files)
-        for name in names:
-            yield name if relative_dir == "." else f"{relative_dir}/{name}"
-        # os.walk descends into dirs in the order left in `dirs` (sorted above); files and
-        # directories of one folder are emitted together, then each subfolder's contents.
+def write_canonical_tar(root, sink, entries=None) -> int:
+    """Write the canonical tar of the layer at `root` to `sink` (anything with write()).
+
+    Returns the number of bytes written.
+    """
+    entries = canonical_entries(root) if entries is None else entries
+    written = 0
+    first_name_of_inode = {}
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    for entry in entries:
+        hardlink_to = None
+        if entry.kind == "file" and entry.st.st_nlink > 1:
+            inode = (entry.st.st_dev, entry.st.st_ino)
+            hardlink_to = first_name_of_inode.get(inode)
+            first_name_of_inode.setdefault(inode, entry.name)
+        info = header(entry, hardlink_to)
+        block = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        sink.write(block)
+        written += len(block)
+        if info.type == tarfile.REGTYPE and info.size:
+            written += _write_content(entry.path, info.size, sink, view)
+    end = 2 * BLOCK
+    end += -(written + end) % RECORD
+    sink.write(bytes(end))
+    return written + end
 
 
-def write_canonical_tar(root, fileobj) -> None:
-    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as archive:
-        for relative in walk_sorted(root):
-            path = os.path.join(root, relative)
-            info = _normalise(archive.gettarinfo(path, arcname=relative))
-            if info.isreg():
-                with open(path, "rb") as content:
-                    archive.addfile(info, content)
-            else:
-                archive.addfile(info)
+def _write_content(path, size, sink, view) -> int:
+    copied = 0
+    with open(path, "rb", buffering=0) as content:
+        while copied < size:
+            count = content.readinto(view[: min(CHUNK, size - copied)])
+            if not count:
+                raise ImageError(f"{path} shrank while it was being stored; is a container still writing to it?")
+            sink.write(view[:count])
+            copied += count
+    padding = -size % BLOCK
+    if padding:
+        sink.write(bytes(padding))
+    return copied + padding
 
 
-class _HashWriter(io.RawIOBase):
-    def __init__(self):
+class HashingSink:
+    """A write-only sink that keeps the sha256 and length of what went through it,
+    optionally passing the bytes on to `downstream`."""
+
+    def __init__(self, downstream=None):
         self.hash = hashlib.sha256()
         self.size = 0
-
-    def writable(self):
-        return True
+        self.downstream = downstream
 
     def write(self, data):
         self.hash.update(data)
         self.size += len(data)
+        if self.downstream is not None:
+            self.downstream.write(data)
         return len(data)
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
 
 
 def layer_digest(root) -> str:
-    """'sha256:<hex>' of the canonical tar of the directory `root`."""
-    sink = _HashWriter()
+    """'sha256:<hex>' of the canonical tar of the layer directory `root`."""
+    sink = HashingSink()
     write_canonical_tar(root, sink)
-    return "sha256:" + sink.hash.hexdigest()
+    return sink.digest
 
 
 def tree_size(root) -> int:
+    """Bytes of regular file content in the layer (what `image history` shows)."""
     total = 0
     for directory, _dirs, files in os.walk(root):
         for name in files:

@@ -1,25 +1,49 @@
 """The image store under LABKIT_HOME: layers stored once by digest, images as small
-JSON manifests (ordered layer digests bottom to top, config, history)."""
+JSON manifests (ordered layer digests bottom to top, config, history).
 
+    LABKIT_HOME/layers/<hex>/          one layer, overlay form, named by its digest
+    LABKIT_HOME/images/<name>.json     one image: layers, config, history
+    LABKIT_HOME/build-cache/<key>      build step -> layer digest (see cache.py)
+    LABKIT_HOME/tmp/scratch-<pid>-*    work in progress; renamed into place when done
+    LABKIT_HOME/containers/<id>/state.json   written by the runtime; its
+                                       "image_layers" keep layers from being pruned
+
+Everything is written into a scratch dir first and renamed into place only when it
+is complete, so an interrupted import or build leaves the store as it was.
+"""
+
+import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from labkit.errors import ImageNotFound
+from labkit.errors import ImageError, ImageNotFound
 from labkit.home import labkit_home
 from labkit.images.layers import layer_digest, tree_size
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
+SCRATCH_PREFIX = "scratch-"
 
 
 @dataclass
 class ImageConfig:
-    env: list = field(default_factory=lambda: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+    env: list = field(default_factory=lambda: [DEFAULT_PATH])
     workdir: str = "/"
     cmd: list = field(default_factory=lambda: ["sh"])
     labels: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ImageConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
 
 
 @dataclass
@@ -35,6 +59,25 @@ class Image:
         """Layer directories, bottom first (overlay wants them top first: reverse)."""
         return [self.store.layer_dir(digest) for digest in self.layers]
 
+    def to_dict(self) -> dict:
+        return {"name": self.name, "layers": list(self.layers), "config": asdict(self.config),
+                "history": list(self.history)}
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ImageError(
+            f"{name!r} is not a valid image name: use letters, digits, '.', '_', ':' or '-' "
+            "(at most 128, starting with a letter or digit)"
+        )
+    return name
+
+
+def validate_digest(digest: str) -> str:
+    if not isinstance(digest, str) or not DIGEST_PATTERN.fullmatch(digest):
+        raise ImageError(f"{digest!r} is not a layer digest (expected 'sha256:' and 64 hex digits)")
+    return digest
+
 
 class Store:
     def __init__(self, home: Path | None = None):
@@ -42,19 +85,52 @@ class Store:
         self.layers_root = self.home / "layers"
         self.images_root = self.home / "images"
         self.tmp_root = self.home / "tmp"
+        self.cache_root = self.home / "build-cache"
+        self.containers_root = self.home / "containers"
+
+    # -- layers -------------------------------------------------------------------
 
     def layer_dir(self, digest: str) -> Path:
-        return self.layers_root / digest.split(":", 1)[-1]
+        return self.layers_root / validate_digest(digest).split(":", 1)[1]
+
+    def has_layer(self, digest: str) -> bool:
+        return self.layer_dir(digest).is_dir()
+
+    def layer_digests(self) -> list:
+        if not self.layers_root.is_dir():
+            return []
+        return sorted("sha256:" + p.name for p in self.layers_root.iterdir() if DIGEST_PATTERN.fullmatch("sha256:" + p.name))
+
+    def add_layer(self, directory: Path, digest: str | None = None) -> str:
+        """Move a finished layer directory (a scratch dir) into the store; returns its digest.
+
+        `digest` may be given when the caller computed it from exactly this content.
+        """
+        os.chmod(directory, 0o755)  # the root's mode is not in the tar: make it one value
+        digest = digest or layer_digest(directory)
+        target = self.layer_dir(digest)
+        self.layers_root.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(directory)  # same content already stored: layers are shared
+            return digest
+        try:
+            os.rename(directory, target)
+        except OSError:
+            if not target.exists():
+                raise
+            shutil.rmtree(directory)  # another process stored the same layer meanwhile
+        return digest
+
+    # -- images -------------------------------------------------------------------
 
     def _image_file(self, name: str) -> Path:
-        if not name or "/" in name or name.startswith("."):
-            raise ImageNotFound(f"{name!r} is not a valid image name")
-        return self.images_root / f"{name}.json"
+        return self.images_root / f"{validate_name(name)}.json"
 
     def names(self) -> list:
         if not self.images_root.is_dir():
             return []
-        return sorted(p.stem for p in self.images_root.glob("*.json"))
+        return sorted(p.name[:-5] for p in self.images_root.iterdir()
+                      if p.name.endswith(".json") and NAME_PATTERN.fullmatch(p.name[:-5]))
 
     def image(self, name: str) -> Image:
         path = self._image_file(name)
@@ -66,38 +142,151 @@ class Store:
                 f"no image named {name!r} (images here: {known}); "
                 "build or import one, or use the base image 'busybox'"
             ) from None
-        image = Image(name, manifest["layers"], ImageConfig(**manifest.get("config", {})),
+        image = Image(name, manifest["layers"], ImageConfig.from_dict(manifest.get("config", {})),
                       manifest.get("history", []), self)
-        for directory in image.layer_dirs:
-            if not directory.is_dir():
-                raise ImageNotFound(f"image {name!r} is damaged: layer {directory.name[:12]} is missing; import it again")
+        for digest in image.layers:
+            if not self.has_layer(digest):
+                raise ImageNotFound(
+                    f"image {name!r} is damaged: its layer {digest[7:19]} is missing from {self.layers_root}; "
+                    f"remove it (labkit image rm {name}) and build or import it again"
+                )
         return image
 
-    def scratch_dir(self) -> Path:
-        """A temp dir inside the store, so a finished layer can be renamed into place."""
-        self.tmp_root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=self.tmp_root))
-
-    def add_layer(self, directory: Path) -> str:
-        """Move a finished layer directory into the store; returns its digest."""
-        digest = layer_digest(directory)
-        target = self.layer_dir(digest)
-        self.layers_root.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            shutil.rmtree(directory)  # same content already stored: layers are shared
-        else:
-            os.rename(directory, target)
-        return digest
-
     def save_image(self, name: str, layers: list, config: ImageConfig, history: list) -> Image:
+        for digest in layers:
+            if not self.has_layer(digest):
+                raise ImageError(f"cannot save image {name!r}: layer {digest} is not in the store")
         self.images_root.mkdir(parents=True, exist_ok=True)
-        manifest = {"name": name, "layers": layers, "config": config.__dict__, "history": history}
+        manifest = {"name": name, "layers": list(layers), "config": asdict(config), "history": history}
         path = self._image_file(name)
-        temporary = path.with_suffix(".json.tmp")
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         temporary.write_text(json.dumps(manifest, indent=2))
         os.rename(temporary, path)  # atomic: readers see the old manifest or the new one
         return self.image(name)
 
-    def history_entry(self, step: str, digest: str) -> dict:
-        return {"created_by": step, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "layer": digest, "size": tree_size(self.layer_dir(digest))}
+    def history_entry(self, step: str, digest: str | None) -> dict:
+        entry = {"created_by": step, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if digest is None:
+            entry.update(empty_layer=True, size=0)
+        else:
+            entry.update(layer=digest, size=tree_size(self.layer_dir(digest)))
+        return entry
+
+    # -- what is in use, and removing what is not -----------------------------------
+
+    def layers_used_by_images(self) -> set:
+        used = set()
+        for name in self.names():
+            try:
+                used.update(json.loads(self._image_file(name).read_text())["layers"])
+            except FileNotFoundError:
+                continue  # removed meanwhile
+        return used
+
+    def layers_used_by_containers(self) -> set:
+        """Layers named in every container's state.json (written by labkit.runtime)."""
+        used = set()
+        if not self.containers_root.is_dir():
+            return used
+        for container in self.containers_root.iterdir():
+            state_file = container / "state.json"
+            try:
+                state = json.loads(state_file.read_text())
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as error:
+                raise ImageError(
+                    f"cannot tell which layers container {container.name} uses ({state_file}: {error}); "
+                    "not removing any layer; remove that container first"
+                ) from None
+            used.update(state.get("image_layers", []))
+        return used
+
+    def layers_in_use(self) -> set:
+        return self.layers_used_by_images() | self.layers_used_by_containers()
+
+    def remove_image(self, name: str) -> list:
+        """Forget the image; delete its layers that no other image or container uses."""
+        with self.lock(exclusive=True):
+            path = self._image_file(name)
+            if not path.exists():
+                self.image(name)  # raises ImageNotFound with the list of images
+            layers = json.loads(path.read_text())["layers"]
+            path.unlink()
+            return self._remove_unused(set(layers))
+
+    def prune(self) -> list:
+        """Delete every layer no image or container uses, stale scratch dirs and dead cache entries."""
+        with self.lock(exclusive=True):
+            removed = self._remove_unused(set(self.layer_digests()))
+            self.sweep_scratch()
+            from labkit.images.cache import BuildCache  # cache.py imports this module
+
+            BuildCache(self).forget_missing_layers()
+            return removed
+
+    def _remove_unused(self, candidates: set) -> list:
+        unused = sorted(candidates - self.layers_in_use())
+        for digest in unused:
+            directory = self.layer_dir(digest)
+            if directory.exists():
+                # Rename first so a crash mid-delete never leaves a half layer under its digest.
+                doomed = self.scratch_dir()
+                os.rename(directory, doomed / "layer")
+                shutil.rmtree(doomed)
+        return unused
+
+    # -- scratch space and locking ----------------------------------------------------
+
+    def scratch_dir(self) -> Path:
+        """A new empty dir inside the store, on the same filesystem as the layers, so a
+        finished layer can be renamed into place atomically."""
+        self.tmp_root.mkdir(parents=True, exist_ok=True)
+        self.sweep_scratch()
+        return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=self.tmp_root))
+
+    @contextlib.contextmanager
+    def scratch(self):
+        """A scratch dir that is removed when the block ends, whether it succeeded or not
+        (a layer renamed into the store from it is, of course, kept)."""
+        directory = self.scratch_dir()
+        try:
+            yield directory
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def sweep_scratch(self) -> list:
+        """Remove scratch dirs whose process is gone (killed mid-import or mid-build)."""
+        swept = []
+        if not self.tmp_root.is_dir():
+            return swept
+        for entry in self.tmp_root.iterdir():
+            if not entry.name.startswith(SCRATCH_PREFIX):
+                continue
+            pid = entry.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+                swept.append(entry)
+        return swept
+
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool = False):
+        """Writers (import, build, commit) share the lock; rm and prune take it alone,
+        so they never delete a layer that a writer is about to reference."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / "store.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

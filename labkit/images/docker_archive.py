@@ -1,0 +1,99 @@
+"""`docker save` / `docker load` archives:
+
+    manifest.json             [{"Config": "<file>", "RepoTags": ["name:tag"], "Layers": ["<file>", ...]}]
+    <hex>.json                the image config (OCI-compatible; rootfs.diff_ids)
+    <id>/layer.tar            one uncompressed layer tar per entry in Layers
+
+Docker 25+ writes the same manifest.json inside an OCI layout (paths under
+blobs/sha256/); both shapes are read. Integrity: every layer tar must hash to its
+diff_id in the config, and files named by a digest must hash to that digest.
+"""
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from labkit.errors import ImageError
+from labkit.images.bundles import OutputDirectory, canonical_json, read_json
+from labkit.images.layer_io import export_layer, import_layer
+from labkit.images.oci import config_from_oci, merge_history, oci_config
+from labkit.images.store import Image, Store, validate_name
+
+NAMED_BY_DIGEST = re.compile(r"(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?")
+
+
+def import_docker(bundle, store: Store, name: str | None = None, ref: str | None = None, **options) -> Image:
+    entries = read_json(bundle, "manifest.json")
+    if not isinstance(entries, list) or not entries:
+        raise ImageError(f"{bundle.source}: manifest.json lists no images; it is not a docker save archive")
+    entry = _pick(entries, ref or name, bundle.source)
+    config_document = _read_config(bundle, entry["Config"])
+    config, diff_ids, source_history = config_from_oci(config_document, bundle.source)
+    layer_files = entry.get("Layers") or []
+    if len(layer_files) != len(diff_ids):
+        raise ImageError(f"{bundle.source}: manifest.json lists {len(layer_files)} layers but the config "
+                         f"{len(diff_ids)} diff_ids; the archive is inconsistent")
+    tags = entry.get("RepoTags") or []
+    default = tags[0].rsplit("/", 1)[-1].removesuffix(":latest") if tags else "imported"
+    name = validate_name(name or default)
+    with store.lock():
+        layers = []
+        for layer_file, diff_id in zip(layer_files, diff_ids):
+            match = NAMED_BY_DIGEST.fullmatch(layer_file)
+            blob_digest = f"sha256:{match.group(1)}" if match and layer_file.startswith("blobs/") else None
+            with bundle.open(layer_file) as handle:
+                layers.append(import_layer(store, handle, f"{bundle.source}: {layer_file}", blob_digest,
+                                           diff_id, **options))
+        history = merge_history(source_history, layers, store, f"imported from {bundle.source}")
+        return store.save_image(name, layers, config, history)
+
+
+def _pick(entries: list, wanted: str | None, source: str) -> dict:
+    if wanted:
+        named = [e for e in entries if any(t in (wanted, f"{wanted}:latest") or t.endswith(f"/{wanted}")
+                                           for t in e.get("RepoTags") or [])]
+        entries = named or entries
+    if len(entries) != 1:
+        tags = ", ".join(t for e in entries for t in e.get("RepoTags") or []) or "untagged"
+        raise ImageError(f"{source} holds {len(entries)} images ({tags}); say which one with --ref")
+    return entries[0]
+
+
+def _read_config(bundle, config_file: str) -> dict:
+    with bundle.open(config_file) as handle:
+        data = handle.read(16 << 20)
+    match = NAMED_BY_DIGEST.fullmatch(config_file)
+    if match and hashlib.sha256(data).hexdigest() != match.group(1):
+        raise ImageError(f"{bundle.source}: {config_file} does not hash to the digest in its name; "
+                         "the archive is corrupt or was tampered with")
+    try:
+        return json.loads(data)
+    except ValueError as error:
+        raise ImageError(f"{bundle.source}: {config_file} is not valid JSON ({error})") from None
+
+
+def export_docker(image: Image, destination: Path) -> Path:
+    """Write `image` as a tar that `docker load` reads (uncompressed layer tars)."""
+    output = OutputDirectory(destination)
+    try:
+        layer_files = []
+        for digest in image.layers:
+            folder = output.work / digest[7:]
+            folder.mkdir()
+            with open(folder / "layer.tar", "wb") as out:
+                export_layer(image.store, digest, out, "none")
+            layer_files.append(f"{digest[7:]}/layer.tar")
+        config = canonical_json(oci_config(image, list(image.layers)))
+        config_file = hashlib.sha256(config).hexdigest() + ".json"
+        (output.work / config_file).write_bytes(config)
+        manifest = [{"Config": config_file, "RepoTags": [f"{image.name}:latest" if ":" not in image.name
+                                                         else image.name],
+                     "Layers": layer_files}]
+        (output.work / "manifest.json").write_bytes(canonical_json(manifest))
+        output.publish_tar()
+    except BaseException:
+        output.discard()
+        raise
+    return Path(destination)
+

@@ -1,0 +1,197 @@
+"""Unpack one layer tar (OCI form) into an empty directory (overlay form), refusing
+anything that could reach outside that directory or smuggle privileges in.
+
+Refused, each with an ImageError naming the entry:
+  * absolute names and names with '..' (they would land outside the layer);
+  * an entry written *through* a symlink or non-directory of the same archive
+    (`a -> /etc` then `a/passwd` would overwrite the host's file);
+  * relative symlinks whose target climbs above the layer root, and hard links to
+    anything but a regular file already unpacked from this archive; absolute
+    symlinks are fine: the container resolves them inside its own root;
+  * device nodes, unless allow_devices=True and we are root (containers get /dev
+    from the runtime, an image needs none);
+  * the same name twice (which one wins would depend on the tool).
+Setuid and setgid bits are cleared on files unless keep_setuid=True; directories
+keep setgid, which only makes new files inherit the group.
+"""
+
+import os
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labkit.errors import ImageError
+from labkit.images.whiteouts import OPAQUE_MARKER, WHITEOUT_PREFIX, make_opaque, make_whiteout
+
+PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
+
+
+@dataclass
+class ExtractReport:
+    entries: int = 0
+    stripped_setuid: list = field(default_factory=list)
+
+
+class _Extraction:
+    def __init__(self, target: Path, source: str, allow_devices: bool, keep_setuid: bool):
+        if allow_devices and os.geteuid() != 0:
+            raise ImageError(f"{source}: allow_devices needs root (only root may create device nodes)")
+        self.target = Path(target)
+        self.source = source
+        self.allow_devices = allow_devices
+        self.keep_setuid = keep_setuid
+        self.as_root = os.geteuid() == 0
+        self.kinds = {}           # name -> 'dir', 'file', 'link', 'other' (explicit entries)
+        self.implicit_dirs = set()
+        self.whiteouts = []       # names deleted by this layer
+        self.opaque = []          # directories this layer makes opaque
+        self.dir_modes = []
+        self.report = ExtractReport()
+
+    def refuse(self, name, why, what_to_do="it is not a safe image; do not use it"):
+        raise ImageError(f"{self.source}: refusing entry {name!r}: {why}; {what_to_do}")
+
+    def clean_name(self, raw: str, what: str = "its name") -> str:
+        if raw.startswith("/"):
+            self.refuse(raw, f"{what} is an absolute path")
+        parts = [part for part in raw.split("/") if part not in ("", ".")]
+        if ".." in parts:
+            self.refuse(raw, f"{what} contains '..'")
+        return "/".join(parts)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.target, name)
+
+    def make_parents(self, name: str) -> None:
+        parts = name.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            ancestor = "/".join(parts[:depth])
+            try:
+                st = os.lstat(self.path(ancestor))
+            except FileNotFoundError:
+                os.mkdir(self.path(ancestor), 0o755)
+                self.implicit_dirs.add(ancestor)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                kind = "symlink" if stat.S_ISLNK(st.st_mode) else "non-directory"
+                self.refuse(name, f"it would be written through {ancestor!r}, a {kind} in this archive",
+                            "an archive that writes through its own links could overwrite host files")
+
+    def add(self, member: tarfile.TarInfo, archive: tarfile.TarFile) -> None:
+        name = self.clean_name(member.name)
+        self.report.entries += 1
+        if not name:
+            return  # the root directory itself: the layer root's mode is fixed by the store
+        base = name.rsplit("/", 1)[-1]
+        if base == OPAQUE_MARKER:
+            self.make_parents(name)
+            self.opaque.append(name.rpartition("/")[0])
+            return
+        if base.startswith(WHITEOUT_PREFIX):
+            head = name.rpartition("/")[0]
+            self.make_parents(name)
+            deleted = (head + "/" if head else "") + base[len(WHITEOUT_PREFIX):]
+            if deleted in self.whiteouts:
+                self.refuse(name, "it appears twice in the archive", "which copy wins depends on the tool")
+            self.whiteouts.append(deleted)
+            return
+        if name in self.kinds:
+            self.refuse(name, "it appears twice in the archive", "which copy wins depends on the tool")
+        if name in self.implicit_dirs and not member.isdir():
+            self.refuse(name, "it is a directory earlier in the archive and a file here")
+        self.make_parents(name)
+        self.kinds[name] = self.create(name, member, archive)
+
+    def create(self, name, member, archive) -> str:
+        path = self.path(name)
+        if member.isdir():
+            if name not in self.implicit_dirs:
+                os.mkdir(path, 0o755)
+            self.dir_modes.append((path, member.mode & 0o7777))
+            self.set_owner(path, member)
+            return "dir"
+        if member.isreg():
+            self.write_file(path, member, archive)
+            return "file"
+        if member.issym():
+            self.check_symlink(name, member.linkname)
+            os.symlink(member.linkname, path)
+            self.set_owner(path, member)
+            return "link"
+        if member.islnk():
+            existing = self.clean_name(member.linkname, "its link target")
+            if self.kinds.get(existing) != "file":
+                self.refuse(name, f"it is a hard link to {member.linkname!r}, which is not a regular file "
+                                  "unpacked earlier from this archive")
+            os.link(self.path(existing), path, follow_symlinks=False)
+            return "file"
+        if member.isfifo():
+            os.mkfifo(path, 0o600)
+            self.set_owner(path, member)
+            os.chmod(path, member.mode & 0o777)
+            return "other"
+        if member.ischr() or member.isblk():
+            if not self.allow_devices:
+                self.refuse(name, f"it is a device node ({member.devmajor}:{member.devminor})",
+                            "images need none (the runtime provides /dev); import with allow_devices=True "
+                            "as root if you really want it")
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+            os.mknod(path, kind | 0o600, os.makedev(member.devmajor, member.devminor))
+            self.set_owner(path, member)
+            os.chmod(path, member.mode & 0o777)
+            return "other"
+        self.refuse(name, f"its tar type {member.type!r} is not a file, directory, link, fifo or device")
+
+    def check_symlink(self, name, target) -> None:
+        if target.startswith("/"):
+            return
+        resolved = os.path.normpath(os.path.join(os.path.dirname(name), target))
+        if resolved == ".." or resolved.startswith("../"):
+            self.refuse(name, f"it is a symlink to {target!r}, which climbs out of the image root")
+
+    def write_file(self, path, member, archive) -> None:
+        mode = member.mode & 0o7777
+        if mode & PRIVILEGE_BITS and not self.keep_setuid:
+            mode &= ~PRIVILEGE_BITS
+            self.report.stripped_setuid.append(member.name)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with open(descriptor, "wb") as out:
+            content = archive.extractfile(member)
+            shutil.copyfileobj(content, out, 1 << 20)
+            if self.as_root:
+                os.fchown(out.fileno(), member.uid, member.gid)
+            os.fchmod(out.fileno(), mode)  # after chown, which would clear setuid
+        os.utime(path, (member.mtime, member.mtime))
+
+    def set_owner(self, path, member) -> None:
+        if self.as_root:
+            os.chown(path, member.uid, member.gid, follow_symlinks=False)
+
+    def finish(self) -> None:
+        """Deletion markers last: a name both deleted and present in one layer means
+        'replace what is below', which overlay says with an opaque dir (or nothing,
+        for a file)."""
+        for name in self.whiteouts:
+            kind = self.kinds.get(name) or ("dir" if name in self.implicit_dirs else None)
+            if kind == "dir":
+                self.opaque.append(name)
+            elif kind is None:
+                make_whiteout(self.path(name))
+        for name in self.opaque:
+            if name:  # an opaque layer root means nothing below shows: overlay cannot say that
+                make_opaque(self.path(name))
+        for path, mode in reversed(self.dir_modes):
+            os.chmod(path, mode)
+
+
+def extract_layer(stream, target, source: str = "layer", allow_devices: bool = False,
+                  keep_setuid: bool = False) -> ExtractReport:
+    """Unpack the uncompressed tar read from `stream` into the empty dir `target`."""
+    extraction = _Extraction(Path(target), source, allow_devices, keep_setuid)
+    with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as archive:
+        for member in archive:
+            extraction.add(member, archive)
+    extraction.finish()
+    return extraction.report

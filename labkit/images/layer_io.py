@@ -1,0 +1,59 @@
+"""One layer in and out of the store as a (possibly compressed) tar blob."""
+
+import gzip
+import tarfile
+import zlib
+
+from labkit.errors import ImageError
+from labkit.images.blobs import HashingReader, open_compressor, open_decompressed, zstandard
+from labkit.images.extract import extract_layer
+from labkit.images.layers import HashingSink, write_canonical_tar
+from labkit.images.store import Store
+
+CORRUPTION = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError) + (
+    (zstandard.ZstdError,) if zstandard else ())
+
+
+def import_layer(store: Store, fileobj, source: str, blob_digest: str | None = None,
+                 diff_id: str | None = None, allow_devices: bool = False, keep_setuid: bool = False) -> str:
+    """Unpack a layer blob into the store; returns the layer's (canonical) digest.
+
+    `blob_digest` (of the bytes as given) and `diff_id` (of the uncompressed tar) are
+    checked when known; on any failure nothing is left in the store.
+    """
+    raw = HashingReader(fileobj)
+    with store.scratch() as scratch:
+        layer = scratch / "layer"
+        layer.mkdir()
+        try:
+            plain = HashingReader(open_decompressed(raw, source))
+            extract_layer(plain, layer, source, allow_devices=allow_devices, keep_setuid=keep_setuid)
+            plain.drain()  # to the end: gzip checks its CRC only there, and digests need every byte
+            raw.drain()
+        except CORRUPTION as error:
+            raise ImageError(f"{source} is not a complete layer archive ({error}): it is truncated or "
+                             "corrupt; export or download it again") from None
+        if blob_digest and raw.digest != blob_digest:
+            raise ImageError(f"{source} does not match its digest: the manifest says {blob_digest}, the "
+                             f"content is {raw.digest}; the archive is corrupt or was tampered with")
+        if diff_id and plain.digest != diff_id:
+            raise ImageError(f"{source} does not match the image config: diff_id {diff_id}, uncompressed "
+                             f"content {plain.digest}; the archive is corrupt or was tampered with")
+        return store.add_layer(layer)
+
+
+def export_layer(store: Store, digest: str, out, compression: str = "gzip") -> tuple:
+    """Write the layer's canonical tar, compressed, to `out`; returns (blob digest, size).
+
+    Also re-checks the layer on disk against its digest, so a damaged store is never
+    exported silently.
+    """
+    blob = HashingSink(out)
+    compressor = open_compressor(blob, compression)
+    plain = HashingSink(compressor)
+    write_canonical_tar(store.layer_dir(digest), plain)
+    compressor.close()
+    if plain.digest != digest:
+        raise ImageError(f"layer {digest} is damaged on disk: its content now hashes to {plain.digest}; "
+                         "remove the images that use it and import or build them again")
+    return blob.digest, blob.size

@@ -1,0 +1,73 @@
+"""Deletion markers, in the two forms a layer can take.
+
+Overlay form (what the kernel reads in a lowerdir and writes in an upperdir):
+  * a deleted path is a *whiteout*: a character device 0:0 with the deleted name;
+  * a directory that replaces (rather than merges with) the one below is *opaque*:
+    it carries the xattr `trusted.overlay.opaque=y`.
+
+OCI form (what goes in a layer tar, so that any tool can read it):
+  * a deleted path `d/name` is an empty file `d/.wh.name`;
+  * an opaque directory `d` holds an empty file `d/.wh..wh..opq`.
+
+Layers are stored on disk in overlay form so that a container can mount them as
+they are; tars and digests use the OCI form (see layers.py).
+"""
+
+import errno
+import os
+import stat
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+OVERLAY_XATTR_PREFIX = "trusted.overlay."
+INIT_LAYER_FILES = ("etc/hostname", "etc/hosts", "etc/resolv.conf")
+
+
+def is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def is_opaque(path) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError as error:
+        if error.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
+            return False
+        raise
+
+
+def make_whiteout(path) -> None:
+    """Needs CAP_MKNOD (root): overlay only honours a real 0:0 character device."""
+    os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+
+
+def make_opaque(path) -> None:
+    os.setxattr(path, OPAQUE_XATTR, b"y", follow_symlinks=False)
+
+
+def strip_overlay_xattrs(path) -> None:
+    """Drop overlay's private bookkeeping (origin, impure, nlink...) except opacity.
+
+    Those xattrs describe the upper dir's relation to *its* lowers; in a stored layer
+    they would be stale and could confuse a later mount.
+    """
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(OVERLAY_XATTR_PREFIX) and name != OPAQUE_XATTR:
+            os.removexattr(path, name, follow_symlinks=False)
+
+
+def unsupported_overlay_feature(path) -> str | None:
+    """The name of an overlay xattr that means the upper dir is not self-contained."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return None
+    for name in ("trusted.overlay.redirect", "trusted.overlay.metacopy"):
+        if name in names:
+            return name
+    return None
