@@ -8,5 +8,7 @@ Used to test the cgroup v2 backend on cgroup v1 hosts, and as the VM row of the
 
 from labkit.vm.install import setup
 from labkit.vm.machine import VMResult, VMTimeout, run
+from labkit.vm.measure import BootMeasurement, measure_boot
+from labkit.vm.status import VMStatus, status
 
-__all__ = ["setup", "run", "VMResult", "VMTimeout"]
+__all__ = ["setup", "run", "status", "measure_boot", "VMResult", "VMTimeout", "VMStatus", "BootMeasurement"]

@@ -9,6 +9,8 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from labkit.vm.install import build_initramfs
 from labkit.vm.qemu import QemuProcess, qemu_command
 
 DEFAULT_TIMEOUT = 600
+KVM_BOOT_TIMEOUT = 60
+TEMP_PREFIX = "labkit-vm-"
 GUEST_LABKIT_HOME = "/tmp/labkit"
 # Host paths the guest replaces with its own filesystems: a cwd under them is not
 # the same directory inside.
@@ -95,7 +99,8 @@ def ready_kernel() -> cache.CachedKernel:
 def _boot_and_run(kernel, command, memory_mib, cpus, rw_dir, timeout, stream, cwd, environment, acceleration):
     token = secrets.token_hex(8)
     console = Console(token, stream)
-    workdir = Path(tempfile.mkdtemp(prefix="labkit-vm-"))
+    sweep_temp_dirs_of_dead_runs()
+    workdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
     qemu = None
     try:
         initrd = workdir / "initrd.cpio"
@@ -103,11 +108,14 @@ def _boot_and_run(kernel, command, memory_mib, cpus, rw_dir, timeout, stream, cw
             archive.write(kernel.initramfs.read_bytes())
             archive.write(initramfs.build_run(command, cwd, environment, token, rw_dir))
         argv = qemu_command(host.qemu_binary(), kernel.vmlinux, initrd, memory_mib, cpus, acceleration, rw_dir)
+        deadline = time.monotonic() + timeout
         qemu = QemuProcess(argv, console.read_line)
-        if not qemu.wait(timeout):
+        if acceleration.name == "kvm":
+            _wait_for_kvm_boot(qemu, console, min(deadline, time.monotonic() + KVM_BOOT_TIMEOUT))
+        if not qemu.wait(max(0.0, deadline - time.monotonic())):
             qemu.stop()
             raise VMTimeout(
-                f"the command did not finish within {timeout} s, so QEMU (pid {qemu.pid}) was killed; "
+                f"the command did not finish within {timeout:g} s, so QEMU (pid {qemu.pid}) was killed; "
                 f"give a longer timeout (--timeout) if it needs more time.\n{console.describe()}",
                 output=console.output(),
             )
@@ -127,6 +135,29 @@ def _boot_and_run(kernel, command, memory_mib, cpus, rw_dir, timeout, stream, cw
     )
 
 
+def _wait_for_kvm_boot(qemu, console, deadline):
+    # A /dev/kvm that cannot run a stock kernel (kvm_pvm) can hang silently instead
+    # of failing; under KVM a boot takes about a second, so waiting a minute is ample.
+    while not console.started.wait(0.1):
+        if qemu.exited:
+            return
+        if time.monotonic() > deadline:
+            qemu.stop()
+            raise GuestFailed(
+                f"under KVM the guest did not start the command within {KVM_BOOT_TIMEOUT} s; KVM looks "
+                f"unusable here. Set {ACCEL_VARIABLE}=tcg to use software emulation",
+                booted=False,
+            )
+
+
+def sweep_temp_dirs_of_dead_runs():
+    """Remove temp dirs left by runs whose process died without cleaning up (SIGKILL)."""
+    for leftover in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        owner = leftover.name.removeprefix(TEMP_PREFIX).split("-")[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 class Console:
     """The guest's serial console, split into boot messages and the command's output."""
 
@@ -140,11 +171,13 @@ class Console:
         self.boot_seconds = None
         self.finished_seconds = None
         self.exit_code = None
+        self.started = threading.Event()
 
     def read_line(self, text, seconds):
         if self.boot_seconds is None:
             if text == self._start:
                 self.boot_seconds = seconds
+                self.started.set()
             else:
                 self.boot_lines.append(text)
         elif self.exit_code is not None:

@@ -6,6 +6,7 @@ reaps it with `wait4` so the kernel tells us its peak memory (ru_maxrss).
 """
 
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -40,6 +41,18 @@ def qemu_command(qemu, vmlinux, initrd, memory_mib, cpus, acceleration: Accelera
     return argv
 
 
+def _die_with_caller(argv) -> list[str]:
+    """Have the kernel kill QEMU if the thread that started it dies, even by SIGKILL.
+
+    setpriv sets PR_SET_PDEATHSIG and execs QEMU, so no Python runs in the child
+    (forking a threaded Jupyter kernel and running Python there is unsafe). The
+    signal follows the starting *thread*: fine, since run() blocks in that thread
+    for QEMU's whole life.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
+
+
 def _qemu_escape(path) -> str:
     # QEMU option values are comma-separated; a literal comma is written twice.
     return str(path).replace(",", ",,")
@@ -54,7 +67,9 @@ class QemuProcess:
         self.peak_rss_bytes = None
         self.exit_status = None
         self.lifetime_seconds = None
-        self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._process = subprocess.Popen(
+            _die_with_caller(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         self._exited = threading.Event()
         self._threads = [
             threading.Thread(target=self._read_console, args=(on_line,), daemon=True),
@@ -67,6 +82,10 @@ class QemuProcess:
     @property
     def pid(self):
         return self._process.pid
+
+    @property
+    def exited(self) -> bool:
+        return self._exited.is_set()
 
     def wait(self, timeout) -> bool:
         """True when QEMU exited within `timeout` seconds."""

@@ -1,0 +1,107 @@
+"""`labkit vm setup | run | status | boot-time`: the command-line face of labkit.vm.
+
+    labkit vm setup
+    labkit vm run [-m MEM] [-s CPUS] [-w RWDIR] [--timeout S] [-e KEY=VALUE] -- CMD ARGS…
+    labkit vm status
+    labkit vm boot-time
+
+`run` exits with the command's own exit code. Try it without the main CLI:
+`python -m labkit.vm.cli run -- uname -r`.
+"""
+
+import argparse
+import json
+import signal
+import sys
+
+from labkit.errors import ConfigError, LabkitError
+
+# What timeout(1) returns when it had to kill the command.
+TIMEOUT_EXIT_CODE = 124
+
+
+def add_subcommand(subparsers):
+    vm = subparsers.add_parser("vm", help="a small VM with a real cgroup v2 kernel (QEMU)")
+    verbs = vm.add_subparsers(dest="vm_verb", metavar="VM_COMMAND")
+    verbs.required = True
+
+    verbs.add_parser("setup", help="install QEMU if missing and cache a kernel (~400 MiB)").set_defaults(func=cmd_setup)
+
+    run = verbs.add_parser("run", help="boot a VM on this host's root and run one command in it")
+    run.add_argument("-m", "--memory", default="1g", help="guest memory (default 1g)")
+    run.add_argument("-s", "--cpus", default=2, type=int, help="guest CPUs (default 2)")
+    run.add_argument("-w", "--rw-dir", help="host directory shared read-write at the same path inside")
+    run.add_argument("--timeout", type=float, default=600, help="kill the VM after this many seconds (default 600)")
+    run.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="add to the environment inside")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
+    run.set_defaults(func=cmd_run)
+
+    verbs.add_parser("status", help="can VMs run here, how, and what is missing").set_defaults(func=cmd_status)
+    verbs.add_parser("boot-time", help="measure one boot: seconds to the command and QEMU's peak memory"
+                     ).set_defaults(func=cmd_boot_time)
+    return vm
+
+
+def cmd_setup(options):
+    from labkit.vm import setup
+
+    kernel = setup(say=lambda line: print(f"labkit vm setup: {line}", flush=True))
+    print(f"ready: kernel {kernel.version}, cached in {kernel.unpacked.parent}")
+    return 0
+
+
+def cmd_run(options):
+    from labkit.vm import VMTimeout, run
+
+    command = options.command[1:] if options.command[:1] == ["--"] else options.command
+    # Turn SIGTERM into SystemExit so run()'s cleanup kills QEMU and removes temp files.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        result = run(command, memory=options.memory, cpus=options.cpus, rw_dir=options.rw_dir,
+                     timeout=options.timeout, env=_environment(options.env), stream=sys.stdout)
+    except VMTimeout as error:
+        print(f"labkit: {error}", file=sys.stderr)
+        return TIMEOUT_EXIT_CODE
+    return result.exit_code
+
+
+def cmd_status(options):
+    from labkit.vm import status
+
+    report = status()
+    print(report)
+    return 0 if report.can_run else 1
+
+
+def cmd_boot_time(options):
+    from labkit.vm import measure_boot
+
+    print(json.dumps(measure_boot().as_dict(), indent=2))
+    return 0
+
+
+def _environment(pairs) -> dict:
+    environment = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise ConfigError(f"-e {pair!r} is not KEY=VALUE")
+        environment[key] = value
+    return environment
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="labkit")
+    add_subcommand(parser.add_subparsers(dest="verb", metavar="COMMAND", required=True))
+    options = parser.parse_args(["vm", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return options.func(options) or 0
+    except LabkitError as error:
+        print(f"labkit: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
