@@ -1,9 +1,18 @@
-"""Images: read-only layers plus config; the base image 'busybox' needs no network."""
+"""Images: read-only layers plus config; the base image 'busybox' needs no network.
+
+    get_image("busybox")                      an Image: .name, .layers, .layer_dirs, .config
+    build(recipe_text, "web", context_dir)    a Dockerfile subset, one layer per RUN/COPY
+    commit(upper_dir, base_image, "mine")     a container's changes as a new image
+    import_image(path) / export_image(...)    OCI layouts, docker save archives, rootfs tarballs
+"""
 
 from labkit.images.busybox import ensure_busybox
+from labkit.images.commit import commit
+from labkit.images.diff import diff
 from labkit.images.store import Image, ImageConfig, Store
 
-__all__ = ["Image", "ImageConfig", "Store", "ensure_busybox", "get_image"]
+__all__ = ["Image", "ImageConfig", "Store", "build", "commit", "diff", "ensure_busybox", "export_image",
+           "get_image", "import_image"]
 
 
 def get_image(name: str, store: Store | None = None) -> Image:
@@ -12,3 +21,17 @@ def get_image(name: str, store: Store | None = None) -> Image:
     if name == "busybox" and "busybox" not in store.names():
         return ensure_busybox(store)
     return store.image(name)
+
+
+_LAZY = {"build": "labkit.images.builder", "import_image": "labkit.images.transfer",
+         "export_image": "labkit.images.transfer"}
+
+
+def __getattr__(name):
+    # Loaded on first use: the runtime's helper imports this package for overlay.py
+    # and should not pay for build, import and export machinery it never calls.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'labkit.images' has no attribute {name!r}")

@@ -108,3 +108,18 @@ def merged_names(lowers_top_first, relative_dir: str) -> set:
         elif os.path.lexists(path) or _hidden_below(layer, parts):
             break
     return visible
+
+
+def find_in_stack(lowers_top_first, relative: str):
+    """The path of the layer file that shows at `relative` in the union, or None."""
+    parts = relative.split("/")
+    for layer in lowers_top_first:
+        path = os.path.join(layer, relative)
+        try:
+            st = os.lstat(path)
+            return None if is_whiteout(st) else path
+        except FileNotFoundError:
+            pass
+        if _hidden_below(layer, parts):
+            return None
+    return None

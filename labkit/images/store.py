@@ -25,7 +25,6 @@ from pathlib import Path
 
 from labkit.errors import ImageError, ImageNotFound
 from labkit.home import labkit_home
-from labkit.images.layers import layer_digest, tree_size
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
@@ -106,6 +105,8 @@ class Store:
 
         `digest` may be given when the caller computed it from exactly this content.
         """
+        from labkit.images.layers import layer_digest  # tarfile: not for the runtime's helper
+
         os.chmod(directory, 0o755)  # the root's mode is not in the tar: make it one value
         digest = digest or layer_digest(directory)
         target = self.layer_dir(digest)
@@ -165,6 +166,8 @@ class Store:
         return self.image(name)
 
     def history_entry(self, step: str, digest: str | None) -> dict:
+        from labkit.images.layers import tree_size
+
         entry = {"created_by": step, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if digest is None:
             entry.update(empty_layer=True, size=0)
