@@ -309,6 +309,8 @@ class Container:
         host_hierarchy().check(Limits(**plan["limits"]))
         if not plan["command"]:
             raise ConfigError(f"no command given and image {image.name!r} has no CMD")
+        if "user" in spec.namespaces:
+            check_reachable_by_others(self.dir.parent, spec.user_map[0])
         self._prepare_network(plan)
         return plan
 
@@ -517,6 +519,17 @@ def host_resolv_conf() -> str:
     except FileNotFoundError:
         lines = []
     return "".join(lines) or "# no name servers (labkit --net none)\n"
+
+
+def check_reachable_by_others(path: Path, uid: int) -> None:
+    """In a user namespace the container's root is host uid `uid`: it must be able to
+    walk down to the layers and its own directories."""
+    for directory in (path, *path.parents):
+        if directory.exists() and not os.stat(directory).st_mode & 0o001:
+            raise ConfigError(
+                f"a user-namespace container runs as host uid {uid}, which cannot enter {directory} "
+                f"(mode {oct(os.stat(directory).st_mode & 0o777)}); allow it with `chmod o+x {directory}` "
+                "or put LABKIT_HOME somewhere world-searchable")
 
 
 def _describe_setup_error(error: dict) -> str:

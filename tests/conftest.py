@@ -1,0 +1,63 @@
+"""Shared fixtures. Tests that claim kernel behaviour run against the real kernel as root;
+where the host cannot (not root, a controller missing) they skip and say what is missing."""
+
+import os
+import re
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root on a real kernel (namespaces, cgroups, mounts)")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def labkit_home(tmp_path, monkeypatch):
+    """A fresh LABKIT_HOME for one test: its own images, containers and caches."""
+    home = tmp_path / "labkit-home"
+    home.mkdir()
+    # Containers with a user namespace run as an unprivileged host uid, which must be able
+    # to reach the layers: pytest's temp root is private (0700) by default.
+    for directory in (tmp_path, *tmp_path.parents):
+        if directory == directory.parent or str(directory) == "/tmp":
+            break
+        os.chmod(directory, os.stat(directory).st_mode | 0o011)
+    monkeypatch.setenv("LABKIT_HOME", str(home))
+    return home
+
+
+def labkit_cgroups() -> set:
+    """Every cgroup below a labkit parent, in every hierarchy of this host."""
+    found = set()
+    for root, dirs, _files in os.walk("/sys/fs/cgroup"):
+        depth = root.count("/") - 3
+        if depth > 3:
+            dirs[:] = []
+            continue
+        if os.path.basename(root) == "labkit":
+            found.update(os.path.join(root, d) for d in dirs)
+            dirs[:] = []
+    return found
+
+
+def labkit_mounts() -> list:
+    with open("/proc/self/mountinfo") as table:
+        return [line for line in table if "labkit" in line or re.search(r" - overlay ", line)]
+
+
+@pytest.fixture
+def no_leftovers(labkit_home):
+    """Asserts the test left no container state, cgroup or mount of its own behind."""
+    cgroups_before = labkit_cgroups()
+    mounts_before = labkit_mounts()
+    yield labkit_home
+    containers = labkit_home / "containers"
+    left = sorted(os.listdir(containers)) if containers.exists() else []
+    assert left == [], f"container directories left behind: {left}"
+    assert labkit_cgroups() - cgroups_before == set(), "cgroups left behind"
+    assert labkit_mounts() == mounts_before, "mounts left behind"

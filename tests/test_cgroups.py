@@ -1,0 +1,257 @@
+"""The cgroup backends against real cgroup filesystems.
+
+v1: the controllers this host mounts under /sys/fs/cgroup/<controller>.
+v2: the protocol (create, join, kill, events, delete) on whatever cgroup2 mount exists
+(here the hybrid host's almost empty /sys/fs/cgroup/unified), and limits wherever a v2
+hierarchy offers memory, cpu and pids (the VM lane in CI: `.ci/v2-lane`).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from labkit.cgroups import CgroupV1, HierarchyV1, HierarchyV2, Limits, detect_mode, host_hierarchy
+from labkit.cgroups.base import cpu_quota_us, read_keyed
+from labkit.cgroups.v1 import controller_mounts
+from labkit.cgroups.v2 import unified_mount
+from labkit.errors import HostError
+
+pytestmark = pytest.mark.root
+
+V1 = controller_mounts()
+needs_v1 = pytest.mark.skipif(not {"memory", "cpu", "cpuacct", "pids"} <= set(V1),
+                              reason="no cgroup v1 memory, cpu, cpuacct and pids hierarchies on this host")
+UNIFIED = unified_mount()
+needs_unified = pytest.mark.skipif(UNIFIED is None, reason="no cgroup2 filesystem mounted on this host")
+
+
+def v2_with_controllers():
+    if UNIFIED is None:
+        return None
+    hierarchy = HierarchyV2(UNIFIED)
+    return hierarchy if {"memory", "cpu", "pids"} <= hierarchy.controllers else None
+
+
+V2_FULL = v2_with_controllers()
+cgroup_v2 = [pytest.mark.cgroup_v2, pytest.mark.skipif(
+    V2_FULL is None, reason="no cgroup v2 hierarchy with memory, cpu and pids controllers here "
+                            "(this host is cgroup v1/hybrid; CI runs these in a VM: .ci/v2-lane)")]
+
+
+def leaf():
+    return f"test-{os.getpid()}-{time.monotonic_ns()}"
+
+
+def sleeper():
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def allocate(megabytes):
+    code = f"b = bytearray({megabytes} << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
+    return [sys.executable, "-c", code]
+
+
+# --- pure logic -------------------------------------------------------------------
+
+def test_cpu_fraction_becomes_a_quota_per_100ms_period():
+    assert cpu_quota_us(0.5) == 50_000
+    assert cpu_quota_us(2) == 200_000
+    assert cpu_quota_us(0.001) == 1000  # the kernel's minimum
+
+
+def test_keyed_files_parse_into_numbers(tmp_path):
+    events = tmp_path / "memory.events"
+    events.write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n")
+    assert read_keyed(events)["oom_kill"] == 1
+    assert read_keyed(tmp_path / "missing") == {}
+
+
+def test_limits_name_the_controllers_they_need():
+    assert Limits(memory=1, pids=3).needs() == {"memory", "pids"}
+    assert Limits(io_read_bps={"8:0": 1}).needs() == {"io"}
+
+
+def test_this_host_mode_is_detected():
+    assert detect_mode() in ("v1", "v2")
+    assert host_hierarchy().version == (1 if detect_mode() == "v1" else 2)
+
+
+# --- v1 on this host ----------------------------------------------------------------
+
+@needs_v1
+def test_v1_limits_are_written_in_kernel_units():
+    cgroup = HierarchyV1().create(leaf(), Limits(memory=64 << 20, cpus=0.5, pids=7))
+    try:
+        read = lambda c, f: open(os.path.join(cgroup.dirs[c], f)).read().strip()  # noqa: E731
+        assert read("memory", "memory.limit_in_bytes") == str(64 << 20)
+        assert read("cpu", "cpu.cfs_quota_us") == "50000"
+        assert read("cpu", "cpu.cfs_period_us") == "100000"
+        assert read("pids", "pids.max") == "7"
+        if os.path.exists(os.path.join(cgroup.dirs["memory"], "memory.memsw.limit_in_bytes")):
+            assert read("memory", "memory.memsw.limit_in_bytes") == str(64 << 20)  # no swap
+    finally:
+        cgroup.delete()
+    assert not cgroup.exists()
+
+
+@needs_v1
+def test_v1_add_process_stats_kill_and_delete():
+    cgroup = HierarchyV1().create(leaf())
+    process = sleeper()
+    try:
+        cgroup.add_process(process.pid)
+        assert cgroup.pids() == [process.pid]
+        stats = cgroup.stats()
+        # (memory already charged elsewhere stays there: v1 moves no charges by default)
+        assert stats.pids_current == 1 and stats.memory_current is not None
+        cgroup.delete()
+        assert process.wait(timeout=5) == -signal.SIGKILL
+        assert not cgroup.exists()
+    finally:
+        process.kill()
+        process.wait()
+        cgroup.delete()
+
+
+@needs_v1
+def test_v1_memory_limit_oom_kills_and_counts_it():
+    cgroup = HierarchyV1().create(leaf(), Limits(memory=48 << 20))
+    try:
+        process = subprocess.Popen(["sh", "-c", "read _; exec \"$@\"", "sh", *allocate(200)], stdin=subprocess.PIPE)
+        cgroup.add_process(process.pid)
+        process.communicate(b"go\n", timeout=60)
+        assert process.returncode == -signal.SIGKILL
+        stats = cgroup.stats()
+        assert stats.oom_kills >= 1
+        assert stats.memory_peak <= 48 << 20
+    finally:
+        cgroup.delete()
+
+
+@needs_v1
+def test_v1_delete_tolerates_a_cgroup_already_gone():
+    cgroup = HierarchyV1().create(leaf())
+    cgroup.delete()
+    cgroup.delete()
+    assert not cgroup.exists()
+
+
+def test_a_limit_the_host_cannot_enforce_is_refused_by_name():
+    hierarchy = HierarchyV1(mounts={"memory": "/nonexistent"})
+    with pytest.raises(HostError, match="pids limit needs the pids cgroup controller"):
+        hierarchy.create(leaf(), Limits(pids=5))
+
+
+@needs_v1
+def test_v1_mount_table_groups_controllers_by_hierarchy():
+    cgroup = CgroupV1("labkit/x", {c: os.path.join(V1[c], "labkit/x") for c in ("memory", "cpu", "cpuacct")})
+    names = {options for _directory, options in cgroup.mount_table()}
+    if V1["cpu"] == V1["cpuacct"]:
+        assert "cpu,cpuacct" in names
+    else:
+        assert {"cpu", "cpuacct"} <= names
+
+
+# --- v2 protocol on a real cgroup2 mount ---------------------------------------------
+
+@needs_unified
+def test_v2_create_join_kill_and_delete_on_a_real_cgroup2():
+    hierarchy = HierarchyV2(UNIFIED)
+    cgroup = hierarchy.create(leaf())
+    process = sleeper()
+    try:
+        cgroup.add_process(process.pid)
+        assert cgroup.pids() == [process.pid]
+        assert cgroup.events()["populated"] == 1
+        cgroup.kill()  # cgroup.kill: the whole subtree, atomically
+        assert process.wait(timeout=5) == -signal.SIGKILL
+        assert cgroup.events()["populated"] == 0
+        cgroup.delete()
+        assert not cgroup.exists()
+    finally:
+        process.kill()
+        process.wait()
+        cgroup.delete()
+
+
+@needs_unified
+def test_v2_refuses_limits_for_controllers_it_lacks():
+    hierarchy = HierarchyV2(UNIFIED)
+    missing = {"memory", "cpu", "pids"} - hierarchy.controllers
+    if not missing:
+        pytest.skip("this cgroup2 mount has every controller")
+    kind = sorted(missing)[0]
+    with pytest.raises(HostError, match=f"{kind} limit needs the {kind} cgroup controller"):
+        hierarchy.create(leaf(), Limits(**{"memory": {"memory": 1 << 20}, "cpu": {"cpus": 0.5},
+                                           "pids": {"pids": 3}}[kind]))
+
+
+# --- v2 with controllers (the VM lane) ---------------------------------------------------
+
+@pytest.mark.cgroup_v2
+@pytest.mark.skipif(V2_FULL is None, reason=cgroup_v2[1].kwargs["reason"])
+def test_v2_limits_are_written_in_kernel_units():
+    cgroup = V2_FULL.create(leaf(), Limits(memory=64 << 20, cpus=0.5, pids=7))
+    try:
+        read = lambda name: open(os.path.join(cgroup.path, name)).read().strip()  # noqa: E731
+        assert read("memory.max") == str(64 << 20)
+        assert read("cpu.max") == "50000 100000"
+        assert read("pids.max") == "7"
+        if os.path.exists(os.path.join(cgroup.path, "memory.swap.max")):
+            assert read("memory.swap.max") == "0"
+    finally:
+        cgroup.delete()
+    assert not cgroup.exists()
+
+
+@pytest.mark.cgroup_v2
+@pytest.mark.skipif(V2_FULL is None, reason=cgroup_v2[1].kwargs["reason"])
+def test_v2_memory_max_oom_kills_and_memory_events_count_it():
+    cgroup = V2_FULL.create(leaf(), Limits(memory=48 << 20))
+    try:
+        process = subprocess.Popen(["sh", "-c", "read _; exec \"$@\"", "sh", *allocate(200)], stdin=subprocess.PIPE)
+        cgroup.add_process(process.pid)
+        process.communicate(b"go\n", timeout=300)
+        assert process.returncode == -signal.SIGKILL
+        stats = cgroup.stats()
+        assert stats.oom_kills >= 1
+        if stats.memory_peak is not None:
+            assert stats.memory_peak <= 48 << 20
+    finally:
+        cgroup.delete()
+
+
+@pytest.mark.cgroup_v2
+@pytest.mark.skipif(V2_FULL is None, reason=cgroup_v2[1].kwargs["reason"])
+def test_v2_cpu_max_throttles_a_busy_loop():
+    cgroup = V2_FULL.create(leaf(), Limits(cpus=0.2))
+    try:
+        process = subprocess.Popen(["sh", "-c", "read _; exec \"$@\"", "sh", sys.executable, "-c",
+                                    "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"],
+                                   stdin=subprocess.PIPE)
+        cgroup.add_process(process.pid)
+        process.communicate(b"go\n", timeout=300)
+        stats = cgroup.stats()
+        assert stats.throttled_periods > 0
+    finally:
+        cgroup.delete()
+
+
+@pytest.mark.cgroup_v2
+@pytest.mark.skipif(V2_FULL is None, reason=cgroup_v2[1].kwargs["reason"])
+def test_v2_pids_max_refuses_forks_past_the_limit():
+    cgroup = V2_FULL.create(leaf(), Limits(pids=4))
+    try:
+        script = "read _; for i in 1 2 3 4 5 6 7 8; do sleep 2 & done; wait"
+        process = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        cgroup.add_process(process.pid)
+        _, err = process.communicate(b"go\n", timeout=300)
+        stats = cgroup.stats()
+        assert stats.pids_limit_hits > 0
+        assert b"fork" in err.lower() or b"resource temporarily unavailable" in err.lower()
+    finally:
+        cgroup.delete()

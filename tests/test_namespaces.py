@@ -1,0 +1,156 @@
+"""Each namespace kind, isolated from the host on the real kernel, and shared when the
+spec leaves it out."""
+
+import ctypes
+import os
+import socket
+import time
+
+import pytest
+
+from labkit.linux.namespaces import NAMESPACES, available_namespaces, namespace_inode
+from labkit.runtime import Container, ContainerSpec, run
+
+pytestmark = pytest.mark.root
+ALL_KINDS = tuple(ns.name for ns in NAMESPACES)
+
+
+def inodes_inside(namespaces) -> dict:
+    script = "for n in " + " ".join(ALL_KINDS) + "; do echo $n $(readlink /proc/self/ns/$n); done"
+    result = run(script, namespaces=namespaces).check()
+    inodes = {}
+    for line in result.stdout.splitlines():
+        kind, link = line.split()
+        inodes[kind] = int(link.split("[")[1].rstrip("]"))
+    return inodes
+
+
+def test_namespace_table_has_all_eight_kinds_and_this_host_can_make_them():
+    assert ALL_KINDS == ("mnt", "uts", "ipc", "pid", "net", "user", "cgroup", "time")
+    assert {ns.flag_name for ns in NAMESPACES} >= {"CLONE_NEWNS", "CLONE_NEWTIME", "CLONE_NEWUSER"}
+    missing = {kind: why for kind, why in available_namespaces().items() if why}
+    assert missing == {}, f"this host cannot create: {missing}"
+
+
+def test_every_kind_is_isolated_when_asked(labkit_home):
+    inside = inodes_inside(ALL_KINDS)
+    host = {kind: namespace_inode(kind) for kind in ALL_KINDS}
+    same = [kind for kind in ALL_KINDS if inside[kind] == host[kind]]
+    assert same == [], f"these namespaces were shared with the host: {same}"
+
+
+@pytest.mark.parametrize("kind", [k for k in ALL_KINDS if k != "mnt"])
+def test_a_kind_left_out_of_the_spec_is_shared_with_the_host(labkit_home, kind):
+    namespaces = tuple(k for k in ALL_KINDS if k != kind)
+    inside = inodes_inside(namespaces)
+    assert inside[kind] == namespace_inode(kind)
+
+
+def test_hostname_change_inside_is_invisible_outside(labkit_home):
+    before = socket.gethostname()
+    result = run("hostname changed-inside && hostname", hostname="box", cap_add=["SYS_ADMIN"]).check()
+    assert result.stdout.strip() == "changed-inside"
+    assert socket.gethostname() == before
+
+
+def test_hostname_needs_sys_admin_which_containers_lack_by_default(labkit_home):
+    result = run("hostname nope", hostname="box")
+    assert result.exit_code != 0
+
+
+def test_the_command_is_pid_1_and_sees_only_its_own_processes(labkit_home):
+    result = run("echo $$; sleep 0.2 & ls /proc | grep -c '^[0-9]'").check()
+    pid_line, count = result.stdout.split()
+    assert pid_line == "1"
+    # sh itself, the background sleep, and the ls/grep of the pipeline: a handful, not the host's
+    assert int(count) <= 5
+    assert len([p for p in os.listdir("/proc") if p.isdigit()]) > int(count)
+
+
+def test_with_init_pid_1_is_a_reaper_and_the_command_is_pid_2(labkit_home):
+    result = run("echo $$; cat /proc/1/comm", init=True).check()
+    assert result.stdout.split() == ["2", "labkit-init"]
+
+
+def _msgget(key):
+    libc = ctypes.CDLL(None, use_errno=True)
+    ident = libc.msgget(ctypes.c_int(key), ctypes.c_int(0o1000 | 0o600))  # IPC_CREAT
+    assert ident >= 0, os.strerror(ctypes.get_errno())
+    return libc, ident
+
+
+def test_a_sysv_ipc_object_is_not_shared_across_ipc_namespaces(labkit_home):
+    key = 0x1ab0_0000 + os.getpid() % 0xFFFF
+    libc, ident = _msgget(key)
+    try:
+        isolated = run("cat /proc/sysvipc/msg").check().stdout
+        shared = run("cat /proc/sysvipc/msg", namespaces=("mnt", "uts", "pid", "net", "cgroup")).check().stdout
+    finally:
+        libc.msgctl(ctypes.c_int(ident), ctypes.c_int(0), None)  # IPC_RMID
+    keys = lambda table: {int(line.split()[0]) for line in table.splitlines()[1:] if line.strip()}  # noqa: E731
+    assert key not in keys(isolated)
+    assert key in keys(shared)
+
+
+def test_a_posix_message_queue_made_inside_is_invisible_outside(labkit_home):
+    name = f"labkit-q{os.getpid()}"
+    made = run(f"touch /dev/mqueue/{name} && ls /dev/mqueue").check()
+    assert name in made.stdout.split()
+    seen_from_host_ipc = run("ls /dev/mqueue", namespaces=("mnt", "uts", "pid", "net", "cgroup")).check()
+    assert name not in seen_from_host_ipc.stdout.split()
+
+
+def test_a_mount_made_inside_is_invisible_outside(labkit_home):
+    container = Container(ContainerSpec(command="mkdir -p /m && mount -t tmpfs labkit-test-tmpfs /m && echo mounted && sleep 30",
+                                        cap_add=["SYS_ADMIN"]))
+    lines = []
+    container.start(on_output=lambda stream, text: lines.append(text))
+    try:
+        deadline = time.monotonic() + 10
+        while "mounted" not in "".join(lines) and time.monotonic() < deadline:
+            container._streams.pump(0.1)
+        assert "mounted" in "".join(lines), container.wait(timeout=1)
+        with open(f"/proc/{container.pid}/mountinfo") as table:
+            assert "labkit-test-tmpfs" in table.read()
+        with open("/proc/self/mountinfo") as table:
+            assert "labkit-test-tmpfs" not in table.read()
+    finally:
+        container.remove()
+
+
+def test_only_loopback_in_a_new_network_namespace(labkit_home):
+    result = run("ls /sys/class/net; cat /sys/class/net/lo/operstate").check()
+    names = result.stdout.split()
+    assert names[:-1] == ["lo"]
+    assert names[-1] in ("unknown", "up")
+
+
+def test_proc_self_cgroup_is_root_inside_the_cgroup_namespace(labkit_home):
+    result = run("cat /proc/self/cgroup").check()
+    paths = {line.split(":", 2)[2] for line in result.stdout.splitlines()}
+    assert paths == {"/"}
+
+
+def test_uid_0_inside_a_user_namespace_is_not_root_outside(labkit_home):
+    container = Container(ContainerSpec(command="id -u; sleep 30", namespaces=ALL_KINDS[:-1], user_map=(200000, 65536)))
+    out = []
+    container.start(on_output=lambda stream, text: out.append(text))
+    try:
+        deadline = time.monotonic() + 10
+        while not out and time.monotonic() < deadline:
+            container._streams.pump(0.1)
+        assert "".join(out).strip() == "0"
+        with open(f"/proc/{container.pid}/status") as status:
+            uid_line = next(line for line in status if line.startswith("Uid:"))
+        assert uid_line.split()[1:] == ["200000"] * 4
+    finally:
+        container.remove()
+
+
+def test_a_time_namespace_offset_shows_in_clock_monotonic(labkit_home):
+    offset = 86400 * 3
+    with open("/proc/uptime") as uptime:
+        host_boottime = float(uptime.read().split()[0])
+    result = run("cat /proc/uptime", time_offset=offset).check()
+    inside = float(result.stdout.split()[0])
+    assert abs(inside - (host_boottime + offset)) < 60

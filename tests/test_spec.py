@@ -1,0 +1,51 @@
+"""ContainerSpec validation: pure logic, caught before anything is made."""
+
+import pytest
+
+from labkit.errors import ConfigError
+from labkit.runtime.spec import ContainerSpec, Volume
+
+
+def test_a_shell_string_becomes_sh_c():
+    assert ContainerSpec(command="echo hi").validated().command == ["sh", "-c", "echo hi"]
+
+
+def test_units_are_parsed_once_into_bytes_cores_and_counts():
+    spec = ContainerSpec(memory="64m", cpus="0.5", pids="20").validated()
+    assert (spec.memory, spec.cpus, spec.pids) == (64 << 20, 0.5, 20)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"namespaces": ("mnt", "bogus")}, "unknown namespace kind 'bogus'"),
+    ({"namespaces": ("pid", "net")}, "own mount namespace"),
+    ({"env": ["NOVALUE"]}, "KEY=VALUE"),
+    ({"volumes": ["/does/not/exist:/data"]}, "does not exist on the host"),
+    ({"volumes": ["/tmp"]}, "SRC:DST"),
+    ({"volumes": ["/tmp:relative"]}, "absolute path"),
+    ({"volumes": ["/tmp:/data:rx"]}, "mode must be ro or rw"),
+    ({"workdir": "relative"}, "absolute path"),
+    ({"timeout": "-1"}, "more than zero"),
+    ({"network": "wifi"}, "none, host, bridge"),
+    ({"name": "has space"}, "container name"),
+    ({"hostname": "-bad"}, "hostname"),
+    ({"cap_add": ["FLY"]}, "unknown capability"),
+    ({"memory": "lots"}, "size 'lots'"),
+])
+def test_bad_specs_are_refused_with_the_reason(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        ContainerSpec(**fields).validated()
+
+
+def test_host_network_drops_the_net_namespace_and_a_time_offset_adds_one():
+    spec = ContainerSpec(network="host", time_offset=5).validated()
+    assert "net" not in spec.namespaces
+    assert "time" in spec.namespaces
+
+
+def test_volumes_parse_like_docker(tmp_path):
+    volume = Volume.parse(f"{tmp_path}:/data:ro")
+    assert (volume.source, volume.target, volume.readonly) == (str(tmp_path), "/data", True)
+
+
+def test_capabilities_accept_docker_spellings():
+    assert ContainerSpec(cap_add=["SYS_ADMIN", "cap_net_admin"]).validated().cap_add == ["sys_admin", "net_admin"]
