@@ -46,19 +46,9 @@ def cmd_layers(options):
 
 
 def cmd_diff(options):
-    from labkit.images.containers import container_diff
-    from labkit.images.diff import diff
+    from labkit.images.containers import changes
 
-    store = _store()
-    if options.image in store.names():
-        image = store.image(options.image)
-        index = len(image.layers) - 1 if options.layer is None else options.layer
-        if not 0 <= index < len(image.layers):
-            raise ImageError(f"image {image.name!r} has layers 0 to {len(image.layers) - 1}, not {index}")
-        changes = diff(image.layers[index], image.layers[:index], store)
-    else:
-        changes = container_diff(options.image, store)
-    print("\n".join(changes.lines()))
+    print("\n".join(changes(options.image, options.layer, _store()).lines()))
 
 
 def cmd_rm(options):

@@ -52,3 +52,18 @@ def container_diff(reference: str, store: Store | None = None):
     store = store or Store()
     state = find_container(reference, store)
     return diff(Path(state["dir"]) / "upper", container_base_image(state, store), store)
+
+
+def changes(reference: str, layer: int | None = None, store: Store | None = None):
+    """What a layer of the image `reference` (the top one by default), or else the
+    container `reference`, changed."""
+    store = store or Store()
+    if reference in store.names():
+        image = store.image(reference)
+        index = len(image.layers) - 1 if layer is None else layer
+        if not 0 <= index < len(image.layers):
+            raise ImageError(f"image {image.name!r} has layers 0 to {len(image.layers) - 1}, not {index}")
+        return diff(image.layers[index], image.layers[:index], store)
+    if layer is not None:
+        raise ImageError(f"no image named {reference!r}; --layer applies to images only")
+    return container_diff(reference, store)
