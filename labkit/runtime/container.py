@@ -210,9 +210,13 @@ class Container:
                 self.wait(timeout=grace)
             except ContainerError:
                 pass
-            if self.result is None or self.result.timed_out:
-                self.result = None
+            if self.result is None:
                 self._finish(self._kill_and_collect())
+            elif self.result.timed_out and not (self._deadline and time.monotonic() >= self._deadline):
+                # wait() already sent the SIGKILL when the grace ran out: that is stop's
+                # kill, not the spec's timeout (a second kill would wait for an exit
+                # message already taken, and close the streams twice).
+                self.result.timed_out = False
         return self.result
 
     def kill(self) -> Result:
