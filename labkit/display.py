@@ -1,0 +1,66 @@
+"""How containers look in a notebook: a rich repr for Container, and the text `%container
+ps` and `%container stats` print. Importing this module adds `Container._repr_html_`
+(the runtime stays free of display code)."""
+
+import html
+
+from labkit.runtime import Container, running_containers
+from labkit.units import format_bytes
+
+
+def status(container) -> str:
+    """running / exited / removed, asked of the kernel: a detached container's process can
+    end while nobody waits for it, and then its cgroup is empty."""
+    if container.state == "running" and container.result is None:
+        try:
+            return "running" if container.top() else "exited"
+        except OSError:
+            return "exited"
+    return container.state
+
+
+def limits_text(spec) -> str:
+    parts = []
+    if spec.memory:
+        parts.append(f"memory {format_bytes(spec.memory)}")
+    if spec.cpus:
+        parts.append(f"cpus {spec.cpus:g}")
+    if spec.pids:
+        parts.append(f"pids {spec.pids}")
+    return ", ".join(parts) or "none"
+
+
+def container_html(container) -> str:
+    rows = [
+        ("name", container.name), ("id", container.id), ("image", container.image.name),
+        ("status", status(container)), ("host PID", container.pid or "-"),
+        ("command", " ".join(container.command)), ("limits", limits_text(container.spec)),
+        ("namespaces", " ".join(container.spec.namespaces)),
+    ]
+    body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+                   f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table><caption>container {html.escape(container.name)}</caption>{body}</table>"
+
+
+def container_table(containers=None) -> str:
+    containers = list((containers or running_containers()).values())
+    lines = [f"{'NAME':20} {'ID':16} {'IMAGE':12} {'STATUS':8} COMMAND"]
+    for container in containers:
+        lines.append(f"{container.name:20} {container.id:16} {container.image.name:12} "
+                     f"{status(container):8} {' '.join(container.command)}")
+    if not containers:
+        lines.append("(no long-lived containers in this kernel; start one with %container run -d)")
+    return "\n".join(lines)
+
+
+def stats_line(container) -> str:
+    stats = container.stats()
+    spec = container.spec
+    memory = format_bytes(stats.memory_current) + (f" of {format_bytes(spec.memory)}" if spec.memory else "")
+    cpu = "-" if stats.cpu_seconds is None else f"{stats.cpu_seconds:.3f} s"
+    pids = f"{stats.pids_current}" + (f" of {spec.pids}" if spec.pids else "")
+    return f"{container.name}: memory {memory} (peak {format_bytes(stats.memory_peak)}), CPU {cpu}, pids {pids}"
+
+
+if not hasattr(Container, "_repr_html_"):
+    Container._repr_html_ = container_html
