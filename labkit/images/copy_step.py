@@ -25,14 +25,17 @@ def resolve_sources(instruction, context: Path) -> list:
     pairs = []
     for pattern in value["sources"]:
         matches = sorted(glob.glob(str(context / pattern))) if glob.has_magic(pattern) else [str(context / pattern)]
-        if not matches or not os.path.lexists(matches[0]):
-            raise recipe_error(instruction.line, f"COPY source {pattern!r} does not exist in the build context {context}")
         for match in matches:
             real = Path(match).resolve()
             if real != context and context not in real.parents:
                 raise recipe_error(instruction.line, f"COPY source {pattern!r} is outside the build context {context}; "
                                                      "move it into the context directory")
+            if not os.path.lexists(real):
+                matches = []
+                break
             pairs.append(real)
+        if not matches:
+            raise recipe_error(instruction.line, f"COPY source {pattern!r} does not exist in the build context {context}")
     return [(source, _destination(source, value["destination"], len(pairs) > 1)) for source in pairs]
 
 

@@ -1,0 +1,367 @@
+"""Images on the real kernel: layer store, canonical digests, overlay mounts (also with
+128 layers), commit with whiteouts and opaque dirs, build with its cache, prune.
+
+Overlay mounts happen inside `unshare -m` subprocesses (or containers of the runtime),
+so nothing is ever mounted in the test process's own mount namespace.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+
+import pytest
+
+from labkit.errors import ImageError, ImageNotFound
+from labkit.images import build, commit, diff, get_image
+from labkit.images.layers import canonical_entries, layer_digest, write_canonical_tar
+from labkit.images.overlay import MAX_OPTIONS, overlay_options
+from labkit.images.store import Store
+from labkit.images.whiteouts import is_opaque, is_whiteout
+
+pytestmark = pytest.mark.root
+
+
+def _runtime():
+    try:
+        from labkit.runtime import Container, ContainerSpec
+    except (ImportError, AttributeError):
+        return None
+    return Container, ContainerSpec
+
+
+needs_runtime = pytest.mark.skipif(_runtime() is None, reason="labkit.runtime.Container has not landed yet")
+
+
+@pytest.fixture
+def store(labkit_home):
+    return Store()
+
+
+def in_private_mount_namespace(code: str) -> subprocess.CompletedProcess:
+    """Run Python `code` in a new, private mount namespace; its mounts die with it."""
+    result = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", textwrap.dedent(code)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def change_through_overlay(image, container_dir, shell: str) -> None:
+    """Mount `image` with an upper dir in `container_dir`, run `shell` in the union."""
+    for name in ("upper", "work", "merged"):
+        (container_dir / name).mkdir(parents=True)
+    lowers = [str(d) for d in reversed(image.layer_dirs)]
+    in_private_mount_namespace(f"""
+        import subprocess
+        from labkit.images.overlay import mount_overlay
+        mount_overlay({str(container_dir / 'merged')!r}, {lowers!r}, {str(container_dir / 'upper')!r},
+                      {str(container_dir / 'work')!r})
+        subprocess.run(["sh", "-c", {shell!r}], cwd={str(container_dir / 'merged')!r}, check=True)
+    """)
+
+
+def listing_through_overlay(image, tmp_path, relative: str) -> list:
+    """Names in `relative` of the image's merged view (read-only overlay)."""
+    scratch = tmp_path / "view"
+    for name in ("upper", "work", "merged"):
+        (scratch / name).mkdir(parents=True, exist_ok=True)
+    lowers = [str(d) for d in reversed(image.layer_dirs)]
+    result = in_private_mount_namespace(f"""
+        import json, os
+        from labkit.images.overlay import mount_overlay
+        mount_overlay({str(scratch / 'merged')!r}, {lowers!r}, {str(scratch / 'upper')!r}, {str(scratch / 'work')!r})
+        print(json.dumps(sorted(os.listdir(os.path.join({str(scratch / 'merged')!r}, {relative!r})))))
+    """)
+    return json.loads(result.stdout)
+
+
+def tar_names(layer_dir) -> list:
+    return [entry.name for entry in canonical_entries(layer_dir)]
+
+
+# --- canonical layers ----------------------------------------------------------------------
+
+def make_tree(root, order):
+    root.mkdir()
+    for name in order:
+        path = root / name
+        if name.endswith("/"):
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"content of {name}")
+            os.chmod(path, 0o644)
+    for path in [root, *root.rglob("*")]:
+        if path.is_dir():
+            os.chmod(path, 0o755)
+
+
+def test_digest_depends_on_content_not_on_creation_order_or_times(tmp_path):
+    names = ["b/z", "a-b", "a/b/c", "a/a", "a.txt", "b/"]
+    make_tree(tmp_path / "one", names)
+    make_tree(tmp_path / "two", list(reversed(names)))
+    os.utime(tmp_path / "two" / "a.txt", (12345, 12345))
+    assert layer_digest(tmp_path / "one") == layer_digest(tmp_path / "two")
+    os.chmod(tmp_path / "two" / "a.txt", 0o600)
+    assert layer_digest(tmp_path / "one") != layer_digest(tmp_path / "two")
+
+
+def test_canonical_tar_lists_entries_by_name_parents_first_with_no_times_or_owner_names(tmp_path):
+    make_tree(tmp_path / "layer", ["b/z", "a-b", "a/b/c", "a/a"])
+    with open(tmp_path / "layer.tar", "wb") as out:
+        write_canonical_tar(tmp_path / "layer", out)
+    with tarfile.open(tmp_path / "layer.tar") as archive:
+        members = archive.getmembers()
+    names = [m.name for m in members]
+    assert names == sorted(names, key=os.fsencode)
+    assert names == ["a", "a-b", "a/a", "a/b", "a/b/c", "b", "b/z"]
+    assert {(m.mtime, m.uname, m.gname) for m in members} == {(0, "", "")}
+
+
+def test_whiteouts_and_opaque_dirs_are_written_in_oci_form(tmp_path):
+    layer = tmp_path / "layer"
+    (layer / "etc").mkdir(parents=True)
+    os.mknod(layer / "gone", 0o020000, os.makedev(0, 0))
+    os.setxattr(layer / "etc", "trusted.overlay.opaque", b"y")
+    assert tar_names(layer) == [".wh.gone", "etc", "etc/.wh..wh..opq"]
+
+
+# --- the store -------------------------------------------------------------------------------
+
+def test_busybox_base_image_has_the_same_digest_every_time(store, tmp_path, monkeypatch):
+    first = get_image("busybox", store).layers
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path / "elsewhere"))
+    assert get_image("busybox", Store()).layers == first
+
+
+def test_layers_shared_between_images_are_stored_once(store, tmp_path):
+    base = get_image("busybox", store)
+    for name in ("one", "two"):
+        upper = tmp_path / name
+        upper.mkdir()
+        (upper / "file").write_text(name)
+        commit(upper, base, name, store=store)
+    assert len(store.layer_digests()) == 3
+    assert store.image("one").layers[0] == store.image("two").layers[0] == base.layers[0]
+
+
+def test_unknown_image_is_a_clear_error(store):
+    with pytest.raises(ImageNotFound, match="no image named 'nope'.*busybox"):
+        get_image("nope", store)
+
+
+def test_prune_keeps_layers_used_by_images_and_containers(store, tmp_path, labkit_home):
+    base = get_image("busybox", store)
+    digests = {}
+    for name in ("kept", "running", "dropped"):
+        upper = tmp_path / name
+        upper.mkdir()
+        (upper / name).write_text(name)
+        digests[name] = commit(upper, base, name, store=store).layers[-1]
+    container = labkit_home / "containers" / "0123456789abcdef"
+    container.mkdir(parents=True)
+    (container / "state.json").write_text(json.dumps({"name": "c", "image_layers": store.image("running").layers}))
+    os.unlink(store.images_root / "running.json")  # the image is gone, the container still runs on it
+    os.unlink(store.images_root / "dropped.json")
+    removed = store.prune()
+    assert removed == [digests["dropped"]]
+    for name in ("kept", "running"):
+        assert store.has_layer(digests[name])
+    assert store.has_layer(base.layers[0])
+
+
+def test_rm_removes_only_layers_no_other_image_uses(store, tmp_path):
+    base = get_image("busybox", store)
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (upper / "x").write_text("x")
+    mine = commit(upper, base, "mine", store=store)
+    assert store.remove_image("mine") == [mine.layers[-1]]
+    assert store.has_layer(base.layers[0]) and "mine" not in store.names()
+
+
+def test_scratch_dirs_of_dead_processes_are_swept(store):
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    stale = store.tmp_root / f"scratch-{finished.pid}-leftover"
+    (stale / "layer").mkdir(parents=True)
+    store.scratch_dir()
+    assert not stale.exists()
+
+
+# --- overlay ----------------------------------------------------------------------------------
+
+def test_image_with_128_layers_mounts_and_reads_its_bottom_layer(store, tmp_path):
+    layers = []
+    for index in range(128):
+        with store.scratch() as scratch:
+            layer = scratch / "layer"
+            layer.mkdir()
+            (layer / ("bottom.txt" if index == 0 else f"layer-{index}")).write_text(f"layer {index}\n")
+            layers.append(store.add_layer(layer))
+    image = store.save_image("tall", layers, get_image("busybox", store).config, [])
+    lowers = [str(d) for d in reversed(image.layer_dirs)]
+    assert len(overlay_options(lowers, tmp_path / "upper", tmp_path / "work")) > MAX_OPTIONS
+    for name in ("upper", "work", "merged"):
+        (tmp_path / name).mkdir()
+    result = in_private_mount_namespace(f"""
+        from labkit.images.overlay import mount_overlay
+        mount_overlay({str(tmp_path / 'merged')!r}, {lowers!r}, {str(tmp_path / 'upper')!r}, {str(tmp_path / 'work')!r})
+        print(open({str(tmp_path / 'merged' / 'bottom.txt')!r}).read(), end="")
+    """)
+    assert result.stdout == "layer 0\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".lowers-")] == []
+
+
+# --- commit and diff ----------------------------------------------------------------------------
+
+def test_file_deleted_in_a_container_is_gone_from_the_committed_image_only(store, tmp_path):
+    base = get_image("busybox", store)
+    change_through_overlay(base, tmp_path / "c", "rm bin/ls && echo hi > hello")
+    new = commit(tmp_path / "c" / "upper", base, "without-ls", store=store)
+    assert ".wh.ls" in [n.rsplit("/", 1)[-1] for n in tar_names(new.layer_dirs[-1])]
+    assert "ls" not in listing_through_overlay(new, tmp_path / "new", "bin")
+    assert "ls" in listing_through_overlay(base, tmp_path / "old", "bin")
+    assert diff(new.layers[-1], base).lines() == ["C /bin", "D /bin/ls", "A /hello"]
+
+
+def test_directory_replaced_in_a_container_is_opaque_in_the_committed_layer(store, tmp_path):
+    base = get_image("busybox", store)
+    change_through_overlay(base, tmp_path / "c", "rm -r etc && mkdir etc && echo new > etc/motd")
+    new = commit(tmp_path / "c" / "upper", base, "fresh-etc", store=store)
+    assert is_opaque(new.layer_dirs[-1] / "etc")
+    assert "etc/.wh..wh..opq" in tar_names(new.layer_dirs[-1])
+    assert listing_through_overlay(new, tmp_path / "new", "etc") == ["motd"]
+    assert "passwd" in listing_through_overlay(base, tmp_path / "old", "etc")
+
+
+def test_init_layer_files_are_never_committed(store, tmp_path):
+    base = get_image("busybox", store)
+    change_through_overlay(base, tmp_path / "c",
+                           "echo h > etc/hostname && echo 1.2.3.4 x >> etc/hosts && echo nameserver 9.9.9.9 > etc/resolv.conf")
+    new = commit(tmp_path / "c" / "upper", base, "init-only", store=store)
+    assert tar_names(new.layer_dirs[-1]) == []
+    change_through_overlay(base, tmp_path / "d", "echo h > etc/hostname && echo kept > etc/motd && echo x > etc/hosts")
+    other = commit(tmp_path / "d" / "upper", base, "with-motd", store=store)
+    assert tar_names(other.layer_dirs[-1]) == ["etc", "etc/motd"]
+
+
+def test_commit_keeps_the_whiteout_as_a_character_device_on_disk(store, tmp_path):
+    base = get_image("busybox", store)
+    change_through_overlay(base, tmp_path / "c", "rm bin/ls")
+    new = commit(tmp_path / "c" / "upper", base, "x", store=store)
+    assert is_whiteout(os.lstat(new.layer_dirs[-1] / "bin" / "ls"))
+
+
+# --- build ---------------------------------------------------------------------------------------
+
+RECIPE = """\
+FROM busybox
+ENV GREETING=hello
+RUN echo $GREETING > /greeting && rm /bin/ls
+COPY app.txt /app/
+WORKDIR /app
+RUN cat app.txt > copy.txt
+CMD ["cat", "/greeting"]
+"""
+
+
+@pytest.fixture
+def context(tmp_path):
+    directory = tmp_path / "context"
+    directory.mkdir()
+    (directory / "app.txt").write_text("the app\n")
+    return directory
+
+
+@needs_runtime
+def test_three_step_build_makes_one_layer_per_step_and_rebuilds_from_cache(store, context):
+    steps = []
+    image = build(RECIPE, "demo", context, store=store, on_progress=lambda i, n, text: steps.append((i, n, text)))
+    assert len(image.layers) == 4  # busybox + RUN + COPY + RUN
+    assert image.config.env[-1] == "GREETING=hello" and image.config.workdir == "/app"
+    assert image.config.cmd == ["cat", "/greeting"]
+    layers_before = set(store.layer_digests())
+    steps.clear()
+    again = build(RECIPE, "demo", context, store=store, on_progress=lambda i, n, text: steps.append((i, n, text)))
+    assert again.layers == image.layers
+    assert set(store.layer_digests()) == layers_before
+    assert sum("(cached)" in text for _, _, text in steps) == 3
+    assert {n for _, n, _ in steps} == {7}
+
+
+@needs_runtime
+def test_build_digests_are_the_same_in_a_fresh_store(store, context, tmp_path, monkeypatch):
+    first = build(RECIPE, "demo", context, store=store).layers
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path / "second-home"))
+    assert build(RECIPE, "demo", context, store=Store()).layers == first
+
+
+@needs_runtime
+def test_changing_a_copied_file_rebuilds_from_that_step(store, context):
+    first = build(RECIPE, "demo", context, store=store)
+    (context / "app.txt").write_text("changed\n")
+    second = build(RECIPE, "demo", context, store=store)
+    assert second.layers[:2] == first.layers[:2]
+    assert second.layers[2] != first.layers[2]
+
+
+@needs_runtime
+def test_built_image_runs_with_its_changes(store, context):
+    Container, ContainerSpec = _runtime()
+    build(RECIPE, "demo", context, store=store)
+    result = Container(ContainerSpec(image="demo", command=["sh", "-c", "cat /greeting copy.txt; test -e /bin/ls"])).run()
+    assert result.stdout == "hello\nthe app\n"
+    assert result.exit_code == 1
+
+
+@needs_runtime
+def test_container_commit_excludes_init_files_and_keeps_deletions(store):
+    Container, ContainerSpec = _runtime()
+    container = Container(ContainerSpec(image="busybox", command=[
+        "sh", "-c", "rm /bin/ls; echo 1.2.3.4 db >> /etc/hosts; echo kept > /etc/motd"]))
+    try:
+        assert container.run(remove=False).exit_code == 0
+        new = commit(container.upper_dir, get_image("busybox", store), "committed", store=store)
+    finally:
+        container.remove()
+    names = tar_names(new.layer_dirs[-1])
+    assert "etc/motd" in names and "bin/.wh.ls" in names
+    assert not {"etc/hosts", "etc/hostname", "etc/resolv.conf"} & set(names)
+    check = Container(ContainerSpec(image="committed", command=["sh", "-c", "cat /etc/motd; test -e /bin/ls"])).run()
+    assert (check.stdout, check.exit_code) == ("kept\n", 1)
+
+
+@needs_runtime
+def test_failed_run_step_names_its_line_and_leaves_the_store_as_it_was(store, context):
+    get_image("busybox", store)
+    before = set(store.layer_digests())
+    with pytest.raises(ImageError, match=r"recipe line 2: 'RUN exit 3' failed with exit code 3"):
+        build("FROM busybox\nRUN exit 3\n", "broken", context, store=store)
+    assert set(store.layer_digests()) == before and "broken" not in store.names()
+    assert list(store.tmp_root.iterdir()) == []
+
+
+def test_recipe_syntax_errors_name_the_line(store, context):
+    with pytest.raises(ImageError, match=r"recipe line 3: unknown instruction 'RUNN'"):
+        build("FROM busybox\n# a comment\nRUNN echo\n", "x", context, store=store)
+    with pytest.raises(ImageError, match=r"recipe line 1: the first instruction must be FROM"):
+        build("RUN echo\n", "x", context, store=store)
+    with pytest.raises(ImageError, match=r"recipe line 2: COPY source 'missing' does not exist"):
+        build("FROM busybox\nCOPY missing /x\n", "x", context, store=store)
+    with pytest.raises(ImageError, match=r"recipe line 2: COPY source '../x' is outside the build context"):
+        build("FROM busybox\nCOPY ../x /x\n", "x", context, store=store)
+
+
+def test_build_from_an_unknown_image_is_a_clear_error(store, context):
+    with pytest.raises(ImageError, match=r"recipe line 1: FROM nothing-here: no image named 'nothing-here'"):
+        build("FROM nothing-here\n", "x", context, store=store)
+
+
+def test_copy_only_build_caches_on_file_content(store, context):
+    recipe = "FROM busybox\nCOPY app.txt /app/app.txt\n"
+    first = build(recipe, "c", context, store=store)
+    assert build(recipe, "c", context, store=store).layers == first.layers
+    assert (first.layer_dirs[-1] / "app" / "app.txt").read_text() == "the app\n"
