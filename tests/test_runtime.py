@@ -1,0 +1,174 @@
+"""The runtime on the real kernel: limits, output, lifecycle, bad input."""
+
+import os
+import time
+
+import pytest
+
+from labkit.errors import ConfigError, ContainerError, HostError, ImageNotFound
+from labkit.runtime import Container, ContainerSpec, run
+
+pytestmark = pytest.mark.root
+
+
+def test_output_streams_in_order_as_it_arrives(no_leftovers):
+    seen = []
+    result = run("echo one; sleep 0.3; echo two >&2; sleep 0.3; echo three",
+                 on_output=lambda stream, text: seen.append((stream, text, time.monotonic())))
+    assert [(s, t) for s, t, _ in seen] == [("stdout", "one\n"), ("stderr", "two\n"), ("stdout", "three\n")]
+    assert seen[1][2] - seen[0][2] > 0.2  # streamed, not delivered at the end
+    assert result.stdout == "one\nthree\n" and result.stderr == "two\n"
+
+
+def test_exit_code_and_cause(no_leftovers):
+    result = run("exit 3")
+    assert (result.exit_code, result.cause, result.ok) == (3, "exited 3", False)
+    with pytest.raises(ContainerError) as raised:
+        result.check()
+    assert raised.value.exit_code == 3
+
+
+def test_pid_1_ignores_sigkill_sent_from_inside_its_own_namespace(no_leftovers):
+    # The kernel protects a PID namespace's init from its own namespace's signals.
+    result = run("kill -9 $$; echo still here").check()
+    assert result.stdout == "still here\n"
+
+
+def test_killed_by_a_signal_from_outside_is_reported_as_such(no_leftovers):
+    container = Container(ContainerSpec(command="sleep 60"))
+    container.start(detach=True)
+    try:
+        result = container.kill()
+        assert result.exit_code is None and result.signal == 9
+        assert result.cause == "killed by SIGKILL" and result.returncode == 137
+    finally:
+        container.remove()
+
+
+def test_memory_limit_oom_kills_and_result_says_so(no_leftovers):
+    result = run("dd if=/dev/zero of=/dev/null bs=96M count=1", memory="32m")
+    assert result.oom_killed
+    assert result.cause == "OOM-killed"
+    assert result.memory_peak <= 32 << 20
+
+
+def test_memory_under_the_limit_is_fine_and_peak_is_recorded(no_leftovers):
+    result = run("dd if=/dev/zero of=/dev/null bs=8M count=1", memory="64m").check()
+    assert not result.oom_killed
+    assert 8 << 20 <= result.memory_peak <= 64 << 20
+
+
+def test_a_fork_bomb_stops_at_the_pids_limit_and_the_container_still_exits(no_leftovers):
+    result = run("bomb() { bomb | bomb & }; bomb; sleep 2; ps | wc -l", pids=16, timeout=20)
+    assert result.stats["pids_limit_hits"] > 0
+    assert not result.timed_out
+    assert int(result.stdout.split()[-1]) <= 16 + 1  # ps header line
+
+
+def test_a_busy_loop_under_a_quarter_cpu_uses_a_quarter_of_a_core(no_leftovers):
+    result = run("timeout 3 sh -c 'while :; do :; done'; true", cpus="0.25").check()
+    share = result.cpu_seconds / result.duration
+    assert 0.15 <= share <= 0.32, f"used {share:.2f} of a core under a 0.25 quota"
+
+
+def test_timeout_kills_the_container_and_says_so(no_leftovers):
+    started = time.monotonic()
+    result = run("sleep 30", timeout=0.5)
+    assert result.timed_out and result.cause == "timed out"
+    assert time.monotonic() - started < 15
+
+
+def test_env_workdir_user_and_volumes(tmp_path, no_leftovers):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in.txt").write_text("from the host\n")
+    result = run("echo $GREETING; pwd; id -u; cat /data/in.txt; echo back > /data/out.txt",
+                 env=["GREETING=hello"], workdir="/srv/app", volumes=[f"{shared}:/data"]).check()
+    assert result.stdout.splitlines() == ["hello", "/srv/app", "0", "from the host"]
+    assert (shared / "out.txt").read_text() == "back\n"
+    as_nobody = run("id -u; id -g", user="nobody").check()
+    assert as_nobody.stdout.split() == ["65534", "65534"]
+
+
+def test_a_read_only_volume_cannot_be_written(tmp_path, no_leftovers):
+    result = run("echo x > /data/file", volumes=[f"{tmp_path}:/data:ro"])
+    assert result.exit_code != 0
+    assert "Read-only file system" in result.stderr
+
+
+def test_writes_go_to_the_container_layer_not_the_image(labkit_home):
+    first = run("echo changed > /etc/motd; cat /etc/motd").check()
+    second = run("cat /etc/motd 2>&1 || true").check()
+    assert first.stdout == "changed\n" and "changed" not in second.stdout
+
+
+def test_init_layer_files_are_generated_per_container(no_leftovers):
+    result = run("cat /etc/hostname; grep box1 /etc/hosts", hostname="box1").check()
+    assert result.stdout.splitlines()[0] == "box1"
+
+
+def test_a_detached_container_lives_until_stopped_and_exec_joins_it(no_leftovers):
+    container = Container(ContainerSpec(command="echo started; sleep 60; echo done", name="longlived"))
+    container.start(detach=True)
+    try:
+        assert container.state == "running"
+        inside = container.exec("echo $$; hostname; cat /proc/1/cmdline | tr '\\0' ' '").check()
+        pid, hostname, pid1 = inside.stdout.splitlines()
+        assert hostname == "longlived"
+        assert pid1.startswith("sh -c echo started")
+        assert container.stats().pids_current >= 2
+        assert any("sleep" in command for _pid, command in container.top())
+        result = container.stop(grace=1)
+        assert result.signal == 9  # PID 1 ignores SIGTERM without a handler; SIGKILL after the grace
+        assert "started" in container.logs()
+    finally:
+        container.remove()
+
+
+def test_exec_into_a_stopped_container_is_refused(no_leftovers):
+    container = Container(ContainerSpec(command="true"))
+    container.run()
+    with pytest.raises(ContainerError, match="not running"):
+        container.exec("true")
+
+
+def test_two_containers_cannot_share_a_name(no_leftovers):
+    first = Container(ContainerSpec(command="sleep 30", name="twin"))
+    first.start(detach=True)
+    try:
+        with pytest.raises(ConfigError, match="already exists"):
+            Container(ContainerSpec(command="true", name="twin")).start()
+    finally:
+        first.remove()
+
+
+def test_unknown_image_is_a_clear_error(labkit_home):
+    with pytest.raises(ImageNotFound, match="no image named 'nosuch'"):
+        Container(ContainerSpec(image="nosuch", command="true"))
+
+
+def test_a_missing_command_exits_127_and_says_which(no_leftovers):
+    result = run(["no-such-command", "x"])
+    assert result.exit_code == 127
+    assert "no-such-command" in result.error and "not found" in result.error
+
+
+def test_a_limit_the_host_cannot_enforce_is_refused_before_anything_is_made(no_leftovers, monkeypatch):
+    from labkit.cgroups import HierarchyV1, host_hierarchy
+
+    crippled = HierarchyV1(mounts={k: v for k, v in host_hierarchy().mounts.items() if k != "pids"}) \
+        if host_hierarchy().version == 1 else None
+    if crippled is None:
+        pytest.skip("this check removes a v1 controller from view; the host is v2")
+    monkeypatch.setattr("labkit.cgroups.host_hierarchy", lambda: crippled)
+    with pytest.raises(HostError, match="pids limit needs the pids cgroup controller"):
+        run("true", pids=5)
+
+
+def test_not_being_root_is_a_clear_error(labkit_home, monkeypatch):
+    import labkit.runtime.helper as helper
+
+    monkeypatch.setattr(helper, "_helper", None)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(HostError, match="needs root"):
+        helper.get_helper()
