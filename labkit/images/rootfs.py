@@ -63,8 +63,9 @@ def flatten(image: Image, target: Path, link: bool) -> None:
     With link=True files are hard links into the layers (fast; only for reading,
     e.g. to tar them); otherwise they are copies the caller may change.
     """
+    copies = {}  # layer inode -> first copy, so hard links stay hard links in copies too
     for layer in image.layer_dirs:
-        _apply(Path(layer), Path(target), link)
+        _apply(Path(layer), Path(target), link, copies)
     os.chmod(target, 0o755)
 
 
@@ -75,7 +76,7 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
-def _apply(layer: Path, target: Path, link: bool) -> None:
+def _apply(layer: Path, target: Path, link: bool, copies: dict) -> None:
     with os.scandir(layer) as listing:
         entries = sorted(listing, key=lambda entry: entry.name)
     for entry in entries:
@@ -90,7 +91,7 @@ def _apply(layer: Path, target: Path, link: bool) -> None:
                 _remove(destination)
             if not os.path.lexists(destination):
                 os.mkdir(destination, 0o700)
-            _apply(Path(entry.path), Path(destination), link)
+            _apply(Path(entry.path), Path(destination), link, copies)
             os.chown(destination, st.st_uid, st.st_gid)
             os.chmod(destination, stat.S_IMODE(st.st_mode))
             continue
@@ -98,8 +99,13 @@ def _apply(layer: Path, target: Path, link: bool) -> None:
         if stat.S_ISREG(st.st_mode) and link:
             os.link(entry.path, destination)
             continue  # same inode: owner and mode are already right
+        inode = (st.st_dev, st.st_ino)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and os.path.exists(copies.get(inode, "")):
+            os.link(copies[inode], destination)
+            continue
         if stat.S_ISREG(st.st_mode):
             shutil.copyfile(entry.path, destination)
+            copies[inode] = destination
         elif stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(entry.path), destination)
         elif stat.S_ISFIFO(st.st_mode):
