@@ -39,8 +39,16 @@ def read_state(directory) -> dict | None:
 
 
 def owner_alive(state: dict) -> bool:
+    """Is the helper that made this container still running? (Same PID and start time,
+    and not a zombie: a dead helper whose parent died too may linger unreaped.)"""
     pid = state.get("owner_pid")
-    return bool(pid) and process_start_time(pid) == state.get("owner_start")
+    if not pid or process_start_time(pid) != state.get("owner_start"):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
 
 
 def all_states(home: Path | None = None) -> list:
@@ -86,6 +94,9 @@ def sweep(home: Path | None = None, hierarchy=None, min_age_seconds: float = 60.
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(f"container {state.get('name', entry.name)}")
     removed += _sweep_orphan_cgroups(hierarchy, live_ids, min_age_seconds)
+    from labkit import net
+
+    removed += net.sweep(home)  # network leases and the bridge of dead owners
     return removed
 
 

@@ -1,0 +1,120 @@
+"""Nothing leaks: not after many containers, not when they fail, time out or are
+OOM-killed, not when their owner is killed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import labkit_cgroups, labkit_mounts
+from labkit.runtime import Container, ContainerSpec, gc
+
+pytestmark = pytest.mark.root
+
+OWNER = """
+import sys, time
+from labkit.runtime import Container, ContainerSpec
+container = Container(ContainerSpec(command="sleep 100; echo never", name="orphan"))
+container.start(detach=True)
+print(container.id, container._helper.pid, container.pid, flush=True)
+time.sleep(100)
+"""
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until(condition, seconds=10):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def start_owner(labkit_home):
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, LABKIT_HOME=str(labkit_home)))
+    ident, helper_pid, container_pid = owner.stdout.readline().split()
+    return owner, ident, int(helper_pid), int(container_pid)
+
+
+def cgroup_dirs(ident):
+    return {path for path in labkit_cgroups() if path.endswith("/" + ident)}
+
+
+@pytest.mark.slow
+def test_two_hundred_containers_of_every_ending_leave_nothing(no_leftovers):
+    endings = {
+        "ok": dict(command="true"),
+        "failing": dict(command="exit 7"),
+        "missing command": dict(command=["no-such-command"]),
+        "timed out": dict(command="sleep 10", timeout=0.2),
+        "OOM-killed": dict(command="dd if=/dev/zero of=/dev/null bs=64M count=1", memory="16m"),
+        "fork bomb": dict(command="b() { b | b & }; b; sleep 0.5", pids=8, timeout=2),
+        "writes": dict(command="mkdir -p /a/b && dd if=/dev/zero of=/a/b/f bs=64k count=4 2>/dev/null"),
+    }
+    seen = {}
+    for index in range(200):
+        label = list(endings)[index % len(endings)]
+        result = Container(ContainerSpec(**endings[label])).run()
+        seen.setdefault(label, set()).add(result.cause)
+    assert seen["ok"] == {"exited 0"}
+    assert seen["failing"] == {"exited 7"}
+    assert seen["missing command"] == {"setup failed"}
+    assert seen["timed out"] == {"timed out"}
+    assert seen["OOM-killed"] == {"OOM-killed"}
+    # (no_leftovers asserts: no container dirs, cgroups or mounts remain)
+
+
+def test_killing_the_owner_removes_its_containers_at_once(labkit_home):
+    owner, ident, helper_pid, container_pid = start_owner(labkit_home)
+    assert alive(container_pid) and cgroup_dirs(ident)
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    # The helper sees its socket close and tears everything down itself.
+    assert wait_until(lambda: not alive(helper_pid)), "helper outlived its owner"
+    assert not alive(container_pid)
+    assert not (labkit_home / "containers" / ident).exists()
+    assert cgroup_dirs(ident) == set()
+
+
+def test_killing_owner_and_helper_is_swept_by_the_next_start(labkit_home):
+    mounts_before = labkit_mounts()
+    owner, ident, helper_pid, container_pid = start_owner(labkit_home)
+    os.kill(helper_pid, signal.SIGKILL)
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    # The kernel's parent-death signals take the container down with its helper...
+    assert wait_until(lambda: not alive(container_pid)), "container outlived its helper"
+    # ...but its directories and cgroups stay until someone sweeps.
+    assert (labkit_home / "containers" / ident).exists()
+    removed = gc()
+    assert f"container orphan" in removed
+    assert not (labkit_home / "containers" / ident).exists()
+    assert cgroup_dirs(ident) == set()
+    assert labkit_mounts() == mounts_before
+
+
+def test_interrupting_a_run_kills_and_removes_the_container(no_leftovers):
+    container = Container(ContainerSpec(command="sleep 30"))
+
+    def interrupt(stream, text):
+        raise KeyboardInterrupt
+
+    container.spec.command = ["sh", "-c", "echo go; sleep 30"]
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        container.run(on_output=interrupt)
+    assert time.monotonic() - started < 15
+    assert container.result.interrupted and container.state == "removed"
