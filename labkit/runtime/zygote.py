@@ -266,6 +266,13 @@ class Zygote:
             return
         if process.kind == "start":
             self.containers[process.id]["cgroup"].kill()
+        elif process.supervisor_pid:
+            # The exec'd command runs two forks below its supervisor, which called
+            # setsid: only the whole process group takes the command and its children.
+            try:
+                os.killpg(process.supervisor_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for pid in (process.init_pid, process.supervisor_pid if not process.exec_done else None):
             if pid:
                 try:
