@@ -1,0 +1,125 @@
+"""The "Python 3 (labkit)" kernel: its spec, its install, and that stopping or ending a
+kernel ends its containers and leaves nothing on the host."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kernel_fixtures import (  # noqa: F401 — fixtures are used by name
+    LabkitKernel, cgroup_dirs, cgroup_pids, container_ids, kernel, labkit_kernelspec, mounts_mentioning,
+    process_alive, wait_until,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC_FILES = ("kernel.json", "logo-32x32.png", "logo-64x64.png")
+
+
+@pytest.mark.parametrize("name", SPEC_FILES)
+def test_packaged_kernelspec_is_the_kernel_directory(name):
+    """kernel/ is what people read; labkit/kernelspec/ is what ships. They must not drift
+    (kernel/make_logo.py writes both)."""
+    assert (ROOT / "labkit" / "kernelspec" / name).read_bytes() == (ROOT / "kernel" / name).read_bytes()
+
+
+@pytest.mark.parametrize("size", (32, 64))
+def test_logo_is_a_png_of_its_named_size(size):
+    data = (ROOT / "kernel" / f"logo-{size}x{size}.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", data[16:24]) == (size, size)
+
+
+def test_kernelspec_loads_the_labkit_extension():
+    spec = json.loads((ROOT / "kernel" / "kernel.json").read_text())
+    assert spec["display_name"] == "Python 3 (labkit)"
+    assert spec["argv"][-2:] == ["--ext", "labkit"]
+    assert "{connection_file}" in spec["argv"]
+
+
+def test_install_points_the_kernel_at_the_installing_python(tmp_path):
+    subprocess.run([sys.executable, "-m", "labkit.cli", "kernel", "install", "--prefix", str(tmp_path)],
+                   check=True, capture_output=True)
+    installed = tmp_path / "share" / "jupyter" / "kernels" / "labkit"
+    spec = json.loads((installed / "kernel.json").read_text())
+    assert spec["argv"][0] == sys.executable
+    assert sorted(os.listdir(installed)) == sorted(SPEC_FILES)
+
+
+def test_kernel_preloads_the_container_magic(kernel):
+    reply = kernel.ok("print('container' in get_ipython().magics_manager.magics['cell'])")
+    assert reply.stdout == "True\n"
+
+
+# --- stop button, shutdown, restart ------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_kernel(labkit_kernelspec, tmp_path):
+    session = LabkitKernel(tmp_path / "labkit-home")
+    yield session
+    session.shutdown(now=True)
+
+
+def running_container(kernel, count=1):
+    """Wait until `count` containers of this kernel run; returns {id: host pids}."""
+    def found():
+        ids = container_ids(kernel.home)
+        pids = {i: cgroup_pids(i) for i in ids}
+        return pids if len(ids) == count and all(pids.values()) else None
+    containers = wait_until(found, timeout=30)
+    assert containers, f"no running container appeared in {kernel.home}"
+    return containers
+
+
+def assert_nothing_left(home, containers, timeout=15):
+    """No state directory, cgroup, mount or process of these containers remains."""
+    def clean():
+        return (not container_ids(home) and not any(cgroup_dirs(i) for i in containers)
+                and not mounts_mentioning(str(home))
+                and not any(process_alive(p) for pids in containers.values() for p in pids))
+    wait_until(clean, timeout)
+    assert container_ids(home) == [], "container state directories left"
+    assert [d for i in containers for d in cgroup_dirs(i)] == [], "cgroups left"
+    assert mounts_mentioning(str(home)) == [], "mounts left"
+    assert [p for pids in containers.values() for p in pids if process_alive(p)] == [], "processes left"
+
+
+def test_stop_button_ends_the_container_and_leaves_nothing(fresh_kernel):
+    msg_id = fresh_kernel.send("%%container\nsleep 30")
+    containers = running_container(fresh_kernel)
+    started = time.monotonic()
+    fresh_kernel.manager.interrupt_kernel()
+    reply = fresh_kernel.collect(msg_id, timeout=15)
+    assert time.monotonic() - started < 15
+    assert (reply.status, reply.ename) == ("error", "KeyboardInterrupt")
+    assert_nothing_left(fresh_kernel.home, containers)
+    assert fresh_kernel.ok("%%container\necho still usable").stdout == "still usable\n"
+
+
+def test_stop_button_during_exec_leaves_the_container_running(fresh_kernel):
+    fresh_kernel.ok("%container run -d --name web -- sleep 1000")
+    before = running_container(fresh_kernel)
+    msg_id = fresh_kernel.send("%%container exec web\nsleep 30")
+    wait_until(lambda: any(len(cgroup_pids(i)) > 1 for i in before), timeout=30)
+    fresh_kernel.manager.interrupt_kernel()
+    reply = fresh_kernel.collect(msg_id, timeout=15)
+    assert reply.ename == "KeyboardInterrupt"
+    assert wait_until(lambda: all(len(cgroup_pids(i)) == 1 for i in before), timeout=15), "exec'd sleep survived"
+    assert "running" in fresh_kernel.ok("%container ps").stdout
+
+
+@pytest.mark.parametrize("how", ("shutdown", "restart", "kill"))
+def test_ending_the_kernel_removes_its_detached_containers(fresh_kernel, how):
+    fresh_kernel.ok("%container run -d --name web -- sleep 1000")
+    fresh_kernel.ok("%container run -d --name db --memory 16m -- sleep 1000")
+    containers = running_container(fresh_kernel, count=2)
+    if how == "restart":
+        fresh_kernel.manager.restart_kernel(now=False)
+    else:
+        fresh_kernel.manager.shutdown_kernel(now=how == "kill")  # kill: SIGKILL, no atexit in the kernel
+    assert_nothing_left(fresh_kernel.home, containers)
