@@ -1,0 +1,121 @@
+"""The host side of the bridge network: one Linux bridge per LABKIT_HOME, with the
+gateway address, made when the first container needs it and removed with the last.
+
+A bridge is a virtual switch: every container's veth end on the host is plugged into it,
+so containers reach each other at layer 2 and the host reaches them through the
+bridge's address (the route the kernel adds for it). Nothing is forwarded or NATed off
+the host: containers have a default route to the gateway only so that the host's own
+addresses answer them.
+
+Several LABKIT_HOMEs (say a test run next to a notebook) may each want a bridge. The
+interface alias records which home a bridge belongs to; names `labkit0`, `labkit1`, …
+are handed out under a host-wide lock.
+"""
+
+import fcntl
+import ipaddress
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+
+from labkit.net.rtnl import is_missing, netlink
+
+PREFIX = "labkit"
+HOST_LOCK = Path("/run/labkit-net.lock")   # bridge names are a host-wide resource
+ALIAS = "labkit home "
+
+
+def alias_for(home) -> str:
+    return (ALIAS + str(home))[:255]   # IFALIASZ: the kernel keeps 255 bytes
+
+
+@contextmanager
+def host_lock():
+    HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(HOST_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def host_routes() -> list:
+    """Every IPv4 route of every table, as networks (what a new subnet must not overlap)."""
+    def work(ipr):
+        return [(ipaddress.ip_network(f"{route.get_attr('RTA_DST') or '0.0.0.0'}/{route['dst_len']}", strict=False),
+                 route.get_attr("RTA_OIF")) for route in ipr.get_routes(family=2)]
+    return netlink(work)
+
+
+def routes_not_on(bridge_name) -> list:
+    """Host routes, less those of our own bridge (its subnet is ours already)."""
+    index = link_index(bridge_name) if bridge_name else None
+    return [network for network, oif in host_routes() if index is None or oif != index]
+
+
+def labkit_bridges() -> dict:
+    """{name: alias} of every labkit bridge on the host, whoever's home it serves."""
+    def work(ipr):
+        found = {}
+        for link in ipr.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            name = link.get_attr("IFLA_IFNAME")
+            if info is not None and info.get_attr("IFLA_INFO_KIND") == "bridge" and name.startswith(PREFIX):
+                found[name] = link.get_attr("IFLA_IFALIAS") or ""
+        return found
+    return netlink(work)
+
+
+def find_bridge(home) -> str | None:
+    """The name of the bridge serving `home`, if there is one."""
+    return next((name for name, alias in labkit_bridges().items() if alias == alias_for(home)), None)
+
+
+def link_index(name) -> int | None:
+    found = netlink(lambda ipr: ipr.link_lookup(ifname=name))
+    return found[0] if found else None
+
+
+def ensure_bridge(home, subnet, gateway, wanted_name=None) -> str:
+    """The home's bridge, up, with `gateway`/prefix on it: found by alias, else made."""
+    with host_lock():
+        bridges = labkit_bridges()
+        for name, alias in bridges.items():
+            if alias == alias_for(home):
+                return name
+        name = wanted_name if wanted_name and wanted_name not in bridges else _free_name(bridges)
+        network = ipaddress.ip_network(subnet)
+
+        def work(ipr):
+            # A fixed MAC: otherwise a bridge takes the lowest MAC of its ports, which
+            # changes as containers come and go and leaves stale ARP entries behind.
+            mac = "02:6c:6b:" + ":".join(secrets.token_hex(3)[i:i + 2] for i in (0, 2, 4))
+            ipr.link("add", ifname=name, kind="bridge", address=mac)
+            try:
+                index = ipr.link_lookup(ifname=name)[0]
+                ipr.link("set", index=index, ifalias=alias_for(home), state="up")
+                ipr.addr("add", index=index, address=str(gateway), prefixlen=network.prefixlen)
+            except BaseException:
+                ipr.link("del", ifname=name)
+                raise
+        netlink(work)
+        return name
+
+
+def _free_name(bridges) -> str:
+    number = 0
+    while f"{PREFIX}{number}" in bridges:
+        number += 1
+    return f"{PREFIX}{number}"
+
+
+def remove_bridge(name) -> bool:
+    """Delete the bridge (and with it its address and route). False if already gone."""
+    def work(ipr):
+        try:
+            ipr.link("del", ifname=name)
+            return True
+        except Exception as error:  # noqa: BLE001
+            if is_missing(error):
+                return False
+            raise
+    with host_lock():
+        return netlink(work)

@@ -1,0 +1,27 @@
+"""What a killed owner left on the network side, and its removal (`labkit gc`).
+
+When an owner dies its helper kills its containers, their network namespaces die and
+the kernel deletes their veth pairs; published-port relays were threads of the owner
+and die with it. What stays is bookkeeping and the bridge: leases held by dead owners,
+a host veth end that was never moved into a namespace, and the bridge once no live
+lease needs it.
+"""
+
+from labkit.home import labkit_home
+from labkit.net import ipam
+from labkit.net.hooks import drop_dead_leases, remove_bridge_if_unused
+
+
+def sweep_home(home=None) -> list:
+    home = home or labkit_home()
+    if ipam.read_leases(home) is None:
+        return []   # this home never used a bridge: no need to load pyroute2
+    removed = []
+    with ipam.lease_book(home) as book:
+        for ip, lease in drop_dead_leases(book):
+            removed.append(f"address {ip} of container {lease.get('name', '?')} (owner {lease.get('owner_pid')} is gone)")
+        name = remove_bridge_if_unused(book, home)
+        if name:
+            removed.append(f"bridge {name}")
+        book.save()
+    return removed

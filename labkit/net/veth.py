@@ -1,0 +1,52 @@
+"""A veth pair per container: a virtual cable with one end on the host's bridge and the
+other, named eth0, inside the container's network namespace.
+
+The container end is created directly in the container's namespace (IFLA_NET_NS_PID on
+the peer), so it never appears on the host and its name cannot clash with the host's
+eth0. Deleting either end deletes both; the kernel also deletes them when the namespace
+dies, but later (netns cleanup runs in a work queue), so teardown deletes explicitly.
+"""
+
+from labkit.net.rtnl import is_missing, netlink
+
+HOST_PREFIX = "lkv"          # host ends are lkv<8 hex of the container id> (IFNAMSIZ is 16)
+CONTAINER_NAME = "eth0"
+
+
+def host_end_name(container_id: str) -> str:
+    return HOST_PREFIX + container_id[:8]
+
+
+def create_pair(host_name: str, pid: int, bridge_name: str) -> None:
+    """Host end `host_name` plugged into the bridge and up; eth0 in the netns of `pid`."""
+    def work(ipr):
+        ipr.link("add", ifname=host_name, kind="veth",
+                 peer={"ifname": CONTAINER_NAME, "net_ns_pid": pid})
+        try:
+            bridge = ipr.link_lookup(ifname=bridge_name)[0]
+            ipr.link("set", index=ipr.link_lookup(ifname=host_name)[0], master=bridge, state="up")
+        except BaseException:
+            ipr.link("del", ifname=host_name)
+            raise
+    netlink(work)
+
+
+def delete(host_name: str) -> bool:
+    """Delete the pair by its host end. False if it was already gone."""
+    def work(ipr):
+        try:
+            ipr.link("del", ifname=host_name)
+            return True
+        except Exception as error:  # noqa: BLE001
+            if is_missing(error):
+                return False
+            raise
+    return netlink(work)
+
+
+def host_ends() -> list:
+    """Names of labkit veth ends on the host (for leak checks and `network inspect`)."""
+    def work(ipr):
+        return [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()
+                if (link.get_attr("IFLA_IFNAME") or "").startswith(HOST_PREFIX)]
+    return netlink(work)
