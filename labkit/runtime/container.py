@@ -92,6 +92,16 @@ class Container:
         self._check_name_free()
         hold = self.spec.network not in ("none", "host")
         plan = self._plan(hold=hold, auto_remove=auto_remove and not detach)
+        try:
+            self._launch(plan, on_output, stdout, stderr, stdin, detach)
+        except BaseException:
+            self._abandon_start()
+            raise
+        if detach:
+            _running[self.name] = self
+        return self
+
+    def _launch(self, plan, on_output, stdout, stderr, stdin, detach):
         self._helper = get_helper()
         fds, names, self._streams = self._open_stdio(on_output, stdout, stderr, stdin, detach)
         self._started_at = time.monotonic()
@@ -122,9 +132,13 @@ class Container:
         else:  # setup failed: the exit message is already here
             self._helper.events.setdefault(self.id, []).insert(0, answer)
             self.state = "running"
-        if detach:
-            _running[self.name] = self
-        return self
+
+    def _abandon_start(self):
+        """Start failed after the network was prepared (a port, an address, a veth):
+        kill a container still held, and give back what labkit.net took for it."""
+        if self._held and self.state == "created" and self.result is None:
+            self._finish(self._kill_and_collect())
+        self._detach_network()
 
     def wait(self, timeout=None) -> Result:
         """Stream output until the container exits; enforce the spec's timeout; on
