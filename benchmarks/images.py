@@ -1,0 +1,162 @@
+"""Image benchmarks, printed as ratios against baselines measured in the same run.
+
+1. commit of a 100 MiB upper dir vs `tar -c` of the same directory (goal: <= 1.5x).
+   GNU tar notices when its archive *is* /dev/null and then skips reading file
+   contents, so `tar -cf /dev/null` measures only the directory walk; the fair
+   baseline is `tar -cf - DIR | cat > /dev/null`, which reads every byte as commit
+   must. Both are printed.
+2. warm-cache rebuild vs cold build of the same recipe (goal: <= 10%).
+
+Run as root:  .venv/bin/python benchmarks/images.py [--repeat 5]
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SIZE_MIB = 100
+RECIPE = """\
+FROM busybox
+RUN echo one > /one && mkdir -p /data
+COPY blob.bin /data/blob.bin
+RUN sha256sum /data/blob.bin > /data/blob.sha256
+ENV MODE=bench
+RUN ls -R / > /listing.txt 2>/dev/null || true
+"""
+
+
+def timed(function, repeat: int) -> float:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def make_upper(directory: Path) -> None:
+    """100 MiB: 90 files of 1 MiB and 2560 of 4 KiB, in nested directories."""
+    directory.mkdir(parents=True)
+    for index in range(90):
+        (directory / "big").mkdir(exist_ok=True)
+        (directory / "big" / f"{index:03}.bin").write_bytes(os.urandom(1 << 20))
+    for index in range(2560):
+        folder = directory / "small" / f"{index // 100:02}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{index:04}.txt").write_bytes(os.urandom(4096))
+    subprocess.run(["tar", "-cf", "-", "-C", str(directory), "."], stdout=subprocess.DEVNULL, check=True)  # warm cache
+
+
+def bench_commit(home: Path, repeat: int) -> None:
+    from labkit.images import commit, get_image
+    from labkit.images.layers import layer_digest
+    from labkit.images.store import Store
+
+    store = Store(home)
+    base = get_image("busybox", store)
+    upper = home / "upper"
+    make_upper(upper)
+
+    def tar_to_dev_null():
+        subprocess.run(["tar", "-cf", "/dev/null", "-C", str(upper), "."], check=True)
+
+    def tar_through_pipe():
+        subprocess.run(f"tar -cf - -C {upper} . | cat > /dev/null", shell=True, check=True)
+
+    copied, moved = [], []
+
+    def commit_copy():
+        started = time.perf_counter()
+        commit(upper, base, "bench", store=store)
+        copied.append(time.perf_counter() - started)
+        store.remove_image("bench")  # cleanup, not timed: deleting 2650 files is slow here too
+
+    spare = home / "spare"
+
+    def commit_move():
+        shutil.copytree(upper, spare, symlinks=True)
+        started = time.perf_counter()
+        commit(spare, base, "bench", store=store, consume=True)
+        moved.append(time.perf_counter() - started)
+        store.remove_image("bench")
+        shutil.rmtree(spare)
+
+    def digest_only():
+        layer_digest(upper)
+
+    tar_null = timed(tar_to_dev_null, repeat)
+    tar_pipe = timed(tar_through_pipe, repeat)
+    timed(commit_copy, repeat)
+    timed(commit_move, repeat)
+    copy, move = statistics.median(copied), statistics.median(moved)
+    floor = timed(digest_only, repeat)
+    print(f"commit of a {SIZE_MIB} MiB upper dir (median of {repeat}):")
+    print(f"  tar -cf /dev/null (skips reading!)  {tar_null * 1000:8.1f} ms")
+    print(f"  tar -cf - | cat >/dev/null          {tar_pipe * 1000:8.1f} ms   baseline")
+    print(f"  commit (copy, container kept)       {copy * 1000:8.1f} ms   ratio {copy / tar_pipe:.2f}x  (goal <= 1.5x)")
+    print(f"  commit (move, as a build does)      {move * 1000:8.1f} ms   ratio {move / tar_pipe:.2f}x")
+    print(f"  of which: digest (sha256 of the canonical tar) {floor * 1000:.1f} ms = {floor / tar_pipe:.2f}x on its own")
+
+
+def bench_build(root: Path, repeat: int) -> None:
+    from labkit.images import get_image
+    from labkit.images.builder import build
+    from labkit.images.store import Store
+
+    try:
+        from labkit.runtime import Container  # noqa: F401
+    except ImportError:
+        print("build: skipped, labkit.runtime is not available")
+        return
+    context = root / "context"
+    context.mkdir()
+    (context / "blob.bin").write_bytes(os.urandom(10 << 20))
+    colds, warms = [], []
+    for attempt in range(repeat):
+        home = root / f"home-{attempt}"
+        os.environ["LABKIT_HOME"] = str(home)
+        store = Store(home)
+        get_image("busybox", store)  # the base image is not part of the build
+        started = time.perf_counter()
+        build(RECIPE, "bench", context, store=store)
+        colds.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        build(RECIPE, "bench", context, store=store)
+        warms.append(time.perf_counter() - started)
+    cold, warm = statistics.median(colds), statistics.median(warms)
+    print(f"build of a 5-step recipe (3 RUN, 1 COPY of 10 MiB; median of {repeat}):")
+    print(f"  cold build                          {cold * 1000:8.1f} ms   baseline")
+    print(f"  warm rebuild (all cached)           {warm * 1000:8.1f} ms   ratio {warm / cold:.1%}  (goal <= 10%)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    options = parser.parse_args()
+    if os.geteuid() != 0:
+        print("benchmarks/images.py needs root (whiteouts, overlay, containers)", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="labkit-bench-images-"))
+    saved_home = os.environ.get("LABKIT_HOME")
+    try:
+        os.environ["LABKIT_HOME"] = str(root / "home")
+        bench_commit(root / "home", options.repeat)
+        bench_build(root, options.repeat)
+    finally:
+        if saved_home is None:
+            os.environ.pop("LABKIT_HOME", None)
+        else:
+            os.environ["LABKIT_HOME"] = saved_home
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.exit(main())
