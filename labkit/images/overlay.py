@@ -25,31 +25,37 @@ MAX_LAYERS = 500  # overlay's own limit on lower layers
 FIXED_OPTIONS = "redirect_dir=off,index=off,metacopy=off"
 
 
-def overlay_options(lower_top_first, upper, work) -> str:
+def overlay_options(lower_top_first, upper, work, extra="") -> str:
     for path in [*lower_top_first, upper, work]:
         if any(char in str(path) for char in ",:\\"):
             raise ImageError(f"overlay cannot take the path {path!s}: it contains ',', ':' or '\\'; "
                              "set LABKIT_HOME to a path without them")
     lower = ":".join(str(path) for path in lower_top_first)
-    return f"lowerdir={lower},upperdir={upper},workdir={work},{FIXED_OPTIONS}"
+    fixed = FIXED_OPTIONS.replace("redirect_dir=off,", "") if "redirect_dir" in extra else FIXED_OPTIONS
+    return f"lowerdir={lower},upperdir={upper},workdir={work},{fixed}" + (f",{extra}" if extra else "")
 
 
-def mount_overlay(target, lower_top_first, upper, work) -> None:
-    """Mount the union at `target`: writes land in `upper`, reads fall through the lowers."""
+def mount_overlay(target, lower_top_first, upper, work, in_user_namespace=False) -> None:
+    """Mount the union at `target`: writes land in `upper`, reads fall through the lowers.
+
+    Inside a user namespace overlay may not set its trusted.* xattrs (they need
+    CAP_SYS_ADMIN on the host); `userxattr` makes it use user.overlay.* instead."""
+    # (and then it refuses to follow redirects, so they must not even be followed)
+    extra = "userxattr,redirect_dir=nofollow" if in_user_namespace else ""
     lower_top_first = [os.fspath(path) for path in lower_top_first]
     if not lower_top_first:
         raise ImageError("an overlay needs at least one lower layer")
     if len(lower_top_first) > MAX_LAYERS:
         raise ImageError(f"overlay stacks at most {MAX_LAYERS} layers, this image has {len(lower_top_first)}; "
                          "squash it (export as a rootfs and import it again)")
-    options = overlay_options(lower_top_first, upper, work)
+    options = overlay_options(lower_top_first, upper, work, extra)
     if len(options) <= MAX_OPTIONS:
         syscalls.mount("overlay", target, "overlay", 0, options)
         return
-    _mount_through_short_names(target, lower_top_first, os.path.abspath(upper), os.path.abspath(work))
+    _mount_through_short_names(target, lower_top_first, os.path.abspath(upper), os.path.abspath(work), extra)
 
 
-def _mount_through_short_names(target, lower_top_first, upper, work) -> None:
+def _mount_through_short_names(target, lower_top_first, upper, work, extra="") -> None:
     target = os.path.abspath(target)
     links = tempfile.mkdtemp(prefix=".lowers-", dir=os.path.dirname(work))
     previous = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
@@ -58,7 +64,7 @@ def _mount_through_short_names(target, lower_top_first, upper, work) -> None:
             os.symlink(os.path.abspath(layer), os.path.join(links, str(index)))
         os.chdir(links)
         short = [str(index) for index in range(len(lower_top_first))]
-        options = overlay_options(short, upper, work)
+        options = overlay_options(short, upper, work, extra)
         if len(options) > MAX_OPTIONS:
             raise ImageError(f"overlay options are {len(options)} bytes even with short names (limit "
                              f"{MAX_OPTIONS}); shorten LABKIT_HOME or squash the image")

@@ -233,14 +233,22 @@ def make_mounts_private(plan):
 
 @step("mount the overlay root (image layers + init layer + read-write layer)")
 def mount_root_filesystem(plan):
-    mount_overlay(plan["rootfs"], plan["lower"], plan["upper"], plan["work"])
+    mount_overlay(plan["rootfs"], plan["lower"], plan["upper"], plan["work"],
+                  in_user_namespace="user" in plan["namespaces"])
 
 
 @step("mount /proc, /dev and /sys")
 def mount_kernel_filesystems(plan, rootfs):
     in_user_ns = "user" in plan["namespaces"]
     ensure_dir(f"{rootfs}/proc")
-    syscalls.mount("proc", f"{rootfs}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    try:
+        syscalls.mount("proc", f"{rootfs}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:
+        if not in_user_ns:
+            raise
+        # A user namespace may mount a fresh /proc only for a PID namespace it owns;
+        # sharing the host's PID namespace, borrow the host's /proc.
+        syscalls.mount("/proc", f"{rootfs}/proc", None, MS_BIND | MS_REC)
     mount_dev(f"{rootfs}/dev", bind_devices=in_user_ns)
     ensure_dir(f"{rootfs}/sys")
     try:
@@ -273,7 +281,13 @@ def mount_dev(dev, bind_devices):
     os.mkdir(f"{dev}/shm", 0o1777)
     syscalls.mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=65536k")
     os.mkdir(f"{dev}/mqueue")
-    syscalls.mount("mqueue", f"{dev}/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    try:
+        syscalls.mount("mqueue", f"{dev}/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:
+        if not bind_devices:
+            raise
+        # In a user namespace sharing the host's IPC namespace, the host's queues are not
+        # ours to mount: leave /dev/mqueue empty.
     for fd, name in enumerate(("stdin", "stdout", "stderr")):
         os.symlink(f"/proc/self/fd/{fd}", f"{dev}/{name}")
     os.symlink("/proc/self/fd", f"{dev}/fd")
