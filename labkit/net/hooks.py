@@ -144,7 +144,7 @@ def _join(container, plan, name) -> ContainerNetwork:
 def attach(container) -> None:
     network = container.network
     if network.mode == "bridge":
-        veth.create_pair(network.host_veth, container.pid, network.bridge)
+        veth.create_pair(network.host_veth, container.pid, network.bridge, network.ip)
         network.attached = True
     for port in network.ports:
         port.start(network.ip)

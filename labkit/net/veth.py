@@ -17,11 +17,18 @@ def host_end_name(container_id: str) -> str:
     return HOST_PREFIX + container_id[:8]
 
 
-def create_pair(host_name: str, pid: int, bridge_name: str) -> None:
+def mac_for(ip: str) -> str:
+    """eth0's MAC made from its IP (as Docker does): an address given back and leased
+    again keeps its MAC, so the neighbours' ARP caches stay right. 02: locally
+    administered; 6c: "l"."""
+    return "02:6c:" + ":".join(f"{int(part):02x}" for part in ip.split("."))
+
+
+def create_pair(host_name: str, pid: int, bridge_name: str, ip: str) -> None:
     """Host end `host_name` plugged into the bridge and up; eth0 in the netns of `pid`."""
     def work(ipr):
         ipr.link("add", ifname=host_name, kind="veth",
-                 peer={"ifname": CONTAINER_NAME, "net_ns_pid": pid})
+                 peer={"ifname": CONTAINER_NAME, "net_ns_pid": pid, "address": mac_for(ip)})
         try:
             bridge = ipr.link_lookup(ifname=bridge_name)[0]
             ipr.link("set", index=ipr.link_lookup(ifname=host_name)[0], master=bridge, state="up")

@@ -1,0 +1,279 @@
+"""Container networking on the real kernel: bridge, names, published ports, shared
+namespaces, bad input, and nothing left behind (checked in the host's own link table).
+
+Traffic only goes to addresses these tests made: the containers' bridge addresses and
+the host's 127.0.0.1.
+"""
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from pyroute2 import IPRoute
+
+from labkit import net
+from labkit.errors import ConfigError, HostError
+from labkit.net import bridge, ipam
+from labkit.runtime import Container, ContainerSpec, run
+
+pytestmark = pytest.mark.root
+
+SERVE = "mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p {port} -h /www"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """One LABKIT_HOME for the module (its own leases and bridge)."""
+    path = tmp_path_factory.mktemp("labkit-net-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LABKIT_HOME", str(path))
+        patch.delenv("LABKIT_SUBNET", raising=False)
+        yield path
+
+
+@pytest.fixture
+def clean(home, monkeypatch):
+    """Each test starts and must end with no network of this home on the host."""
+    monkeypatch.delenv("LABKIT_SUBNET", raising=False)
+    assert host_leftovers(home) == {}
+    yield home
+    assert host_leftovers(home) == {}, "network left behind"
+
+
+def host_leftovers(home) -> dict:
+    """What the kernel really has for this home (a link dump), plus its lease file."""
+    found = {}
+    with IPRoute() as ipr:
+        links = {link.get_attr("IFLA_IFNAME"): link for link in ipr.get_links()}
+        veths = sorted(name for name in links if name.startswith("lkv"))
+        ours = [name for name, link in links.items() if link.get_attr("IFLA_IFALIAS") == bridge.alias_for(home)]
+        addresses = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2)
+                     if a.get_attr("IFA_ADDRESS").startswith(("10.213.", "10.214."))]
+    if veths:
+        found["veths"] = veths
+    if ours:
+        found["bridges"] = ours
+    if addresses:
+        found["addresses"] = addresses
+    book = ipam.read_leases(home)
+    if book is not None and (book.leases or book.network):
+        found["leases"] = book.leases or book.network
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def fetch(port, seconds=5.0) -> str:
+    """GET http://127.0.0.1:PORT/ once the server inside has come up."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def detached(**fields) -> Container:
+    return Container(ContainerSpec(**fields)).start(detach=True)
+
+
+def test_two_bridge_containers_ping_each_other_by_name(clean):
+    first = detached(name="alpha", command="sleep 30", network="bridge")
+    try:
+        result = run("ping -c 1 -W 2 alpha && cat /etc/hosts", name="beta", network="bridge").check()
+        assert f"{first.ip}\talpha" in result.stdout
+        second = detached(name="gamma", command="sleep 30", network="bridge")
+        try:
+            # alpha was made before gamma: its /etc/hosts learned the new name while it ran.
+            back = first.exec("ping -c 1 -W 2 gamma").check()
+            assert f"from {second.ip}" in back.stdout
+        finally:
+            second.remove()
+        assert "gamma" not in first.exec("cat /etc/hosts").stdout
+    finally:
+        first.remove()
+
+
+def test_bridge_container_has_eth0_with_its_address_and_a_route_via_the_bridge(clean):
+    container = detached(command="sleep 30", network="bridge")
+    try:
+        inside = container.exec("ip -o -4 addr show eth0; ip route").check().stdout
+        network = container.network
+        assert f"{container.ip}/{network.prefixlen}" in inside
+        assert f"default via {network.gateway} dev eth0" in inside
+        assert os.stat(container.netns).st_ino != os.stat("/proc/self/ns/net").st_ino
+        assert net.inspect()["containers"][0]["ip"] == container.ip
+    finally:
+        container.remove()
+
+
+def test_published_port_is_reached_from_the_host_loopback(clean):
+    port = free_port()
+    container = detached(command=SERVE.format(text="hello-from-inside", port=8080), network="bridge",
+                         publish=[f"{port}:8080"])
+    try:
+        assert fetch(port) == "hello-from-inside\n"
+    finally:
+        container.remove()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def test_two_containers_bind_the_same_port_without_conflict(clean):
+    ports = [free_port(), free_port()]
+    containers = [detached(command=SERVE.format(text=f"server-{index}", port=8080), network="bridge",
+                           publish=[f"{port}:8080"]) for index, port in enumerate(ports)]
+    try:
+        assert [fetch(port) for port in ports] == ["server-0\n", "server-1\n"]
+    finally:
+        for container in containers:
+            container.remove()
+
+
+def test_a_host_port_in_use_is_an_error_before_the_container_starts(clean):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        container = Container(ContainerSpec(command="true", network="bridge", publish=[f"{port}:80"]))
+        with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is already in use"):
+            container.run()
+    assert not (clean / "containers").exists() or os.listdir(clean / "containers") == []
+
+
+def test_none_network_has_only_loopback_and_no_route_out(clean):
+    # `ip route get` asks the routing table only: no packet is sent.
+    result = run("ls /sys/class/net; ip route; ip route get 10.213.0.1 2>&1 || true").check()
+    assert result.stdout == "lo\nip: RTNETLINK answers: Network is unreachable\n"
+
+
+def test_joined_container_shares_the_interface_list(clean):
+    owner = detached(name="pod", command="sleep 30", network="bridge")
+    try:
+        joined = detached(command="sleep 30", network="container:pod")
+        try:
+            assert os.stat(joined.netns).st_ino == os.stat(owner.netns).st_ino
+            listing = "ip -o addr | cut -d' ' -f2,7"
+            assert joined.exec(listing).check().stdout == owner.exec(listing).check().stdout
+            assert joined.ip == owner.ip
+            # Its other namespaces stay its own.
+            assert os.stat(f"/proc/{joined.pid}/ns/uts").st_ino != os.stat(f"/proc/{owner.pid}/ns/uts").st_ino
+        finally:
+            joined.remove()
+    finally:
+        owner.remove()
+
+
+def test_joining_a_container_that_is_not_running_is_an_error(clean):
+    with pytest.raises(ConfigError, match="no running container by that name"):
+        run("true", network="container:nobody-here")
+    stopped = detached(name="gone", command="true", network="bridge")
+    stopped.wait()
+    try:
+        with pytest.raises(ConfigError, match="cannot join the network of 'gone'"):
+            run("true", network="container:gone")
+    finally:
+        stopped.remove()
+
+
+def test_a_subnet_that_overlaps_a_host_route_is_refused(clean, monkeypatch):
+    routes = [network for network, _ in bridge.host_routes() if network.prefixlen and network.is_private
+              and not network.is_loopback]
+    if not routes:
+        pytest.skip("this host routes no private network to collide with")
+    clash = routes[0] if 16 <= routes[0].prefixlen <= 30 else next(routes[0].subnets(new_prefix=24))
+    monkeypatch.setenv("LABKIT_SUBNET", str(clash))
+    with pytest.raises(ConfigError, match="overlaps .* which the host already routes"):
+        run("true", network="bridge")
+
+
+def test_an_exhausted_address_range_is_an_error(clean, monkeypatch):
+    # A /30 has room for the gateway and one container.
+    subnet = ipam.choose_subnet([network for network, _ in bridge.host_routes()])
+    monkeypatch.setenv("LABKIT_SUBNET", str(next(subnet.subnets(new_prefix=30))))
+    only = detached(command="sleep 30", network="bridge")
+    try:
+        with pytest.raises(ConfigError, match="no free address left"):
+            run("true", network="bridge")
+        assert list(ipam.read_leases(clean).leases) == [only.ip]
+    finally:
+        only.remove()
+
+
+def test_without_cap_net_admin_the_error_says_so(clean):
+    # A child drops CAP_NET_ADMIN from its effective set (capset), then asks for a bridge.
+    script = """
+import ctypes, sys
+from labkit.errors import HostError
+from labkit.runtime import Container, ContainerSpec
+libc = ctypes.CDLL(None, use_errno=True)
+header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+data = (ctypes.c_uint32 * 6)()
+libc.capget(header, data)
+data[0] &= ~(1 << 12)  # effective: CAP_NET_ADMIN off
+assert libc.capset(header, data) == 0
+try:
+    Container(ContainerSpec(command="true", network="bridge")).run()
+except HostError as error:
+    print(error)
+"""
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stdout
+    assert "needs CAP_NET_ADMIN" in output
+
+
+def test_a_hundred_bridge_containers_leave_no_veth_address_lease_or_bridge(clean):
+    for _ in range(100):
+        run("true", network="bridge").check()
+    # (clean asserts the host's link table, addresses and the lease file)
+
+
+def test_the_sweep_removes_what_a_killed_owner_left(clean):
+    owner_script = """
+import time
+from labkit.runtime import Container, ContainerSpec
+container = Container(ContainerSpec(command="sleep 100", network="bridge", publish=["{port}:80"]))
+container.start(detach=True)
+print(container.ip, container._helper.pid, flush=True)
+time.sleep(100)
+"""
+    owner = subprocess.Popen([sys.executable, "-c", owner_script.format(port=free_port())],
+                             stdout=subprocess.PIPE, text=True)
+    ip, helper_pid = owner.stdout.readline().split()
+    assert host_leftovers(clean)["leases"], "the owner's container should hold a lease"
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{helper_pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    removed = net.sweep()
+    assert any(item.startswith(f"address {ip} ") for item in removed)
+    assert any(item.startswith("bridge ") for item in removed)
+
+
+def test_network_ls_and_inspect_on_the_command_line(clean):
+    container = detached(name="listed", command="sleep 30", network="bridge")
+    try:
+        def labkit(*arguments):
+            return subprocess.run([sys.executable, "-m", "labkit.cli", *arguments], capture_output=True,
+                                  text=True, timeout=60, check=True).stdout
+        rows = labkit("network", "ls")
+        assert rows.splitlines()[1].split()[:5] == ["bridge", "bridge", container.network.bridge,
+                                                   str(ipaddress.ip_network(f"{container.ip}/24", strict=False)), "1"]
+        inspected = json.loads(labkit("network", "inspect"))
+        assert [(c["name"], c["ip"], c["veth_on_host"]) for c in inspected["containers"]] == [
+            ("listed", container.ip, True)]
+    finally:
+        container.remove()
