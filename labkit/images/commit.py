@@ -95,6 +95,8 @@ def _clean_in_place(directory: Path, prefix: str) -> bool:
         _check(entry.path, relative)
         if entry.is_dir(follow_symlinks=False):
             strip_overlay_xattrs(entry.path)
+            if is_opaque(entry.path):
+                make_opaque(entry.path)  # both xattr names, for mounts with and without userxattr
             if _clean_in_place(Path(entry.path), relative + "/") and not is_opaque(entry.path):
                 os.rmdir(entry.path)
                 dropped_any = True

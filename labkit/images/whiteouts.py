@@ -20,7 +20,11 @@ import stat
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
-OVERLAY_XATTR_PREFIX = "trusted.overlay."
+# A mount with `userxattr` (inside a user namespace) reads user.overlay.* instead of
+# trusted.overlay.*: stored layers carry both so either kind of mount sees opacity.
+USER_OPAQUE_XATTR = "user.overlay.opaque"
+OPAQUE_XATTRS = (OPAQUE_XATTR, USER_OPAQUE_XATTR)
+OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 INIT_LAYER_FILES = ("etc/hostname", "etc/hosts", "etc/resolv.conf")
 
 
@@ -29,12 +33,14 @@ def is_whiteout(st: os.stat_result) -> bool:
 
 
 def is_opaque(path) -> bool:
-    try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError as error:
-        if error.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
-            return False
-        raise
+    for name in OPAQUE_XATTRS:
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError as error:
+            if error.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
+                raise
+    return False
 
 
 def make_whiteout(path) -> None:
@@ -43,7 +49,8 @@ def make_whiteout(path) -> None:
 
 
 def make_opaque(path) -> None:
-    os.setxattr(path, OPAQUE_XATTR, b"y", follow_symlinks=False)
+    for name in OPAQUE_XATTRS:
+        os.setxattr(path, name, b"y", follow_symlinks=False)
 
 
 def strip_overlay_xattrs(path) -> None:
@@ -57,7 +64,7 @@ def strip_overlay_xattrs(path) -> None:
     except OSError:
         return
     for name in names:
-        if name.startswith(OVERLAY_XATTR_PREFIX) and name != OPAQUE_XATTR:
+        if name.startswith(OVERLAY_XATTR_PREFIXES) and name not in OPAQUE_XATTRS:
             os.removexattr(path, name, follow_symlinks=False)
 
 
@@ -67,7 +74,8 @@ def unsupported_overlay_feature(path) -> str | None:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
         return None
-    for name in ("trusted.overlay.redirect", "trusted.overlay.metacopy"):
+    for name in ("trusted.overlay.redirect", "trusted.overlay.metacopy",
+                 "user.overlay.redirect", "user.overlay.metacopy"):
         if name in names:
             return name
     return None
