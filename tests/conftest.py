@@ -52,17 +52,24 @@ def labkit_mounts() -> list:
 
 
 @pytest.fixture
-def no_leftovers(labkit_home):
-    """Asserts the test left no container state, cgroup or mount of its own behind."""
-    cgroups_before = labkit_cgroups()
+def no_leftovers(labkit_home, monkeypatch):
+    """Asserts the test left no container state, cgroup or mount of its own behind.
+    (Only this test's containers are checked: other processes may run their own.)"""
+    from labkit.runtime.container import Container
+
+    made = []
+    original = Container._plan
+
+    def recording_plan(self, *args, **kwargs):
+        made.append(self.id)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Container, "_plan", recording_plan)
     mounts_before = labkit_mounts()
     yield labkit_home
     containers = labkit_home / "containers"
     left = sorted(os.listdir(containers)) if containers.exists() else []
     assert left == [], f"container directories left behind: {left}"
-    # Only cgroups that stay: another process's container may come and go meanwhile.
-    deadline = time.monotonic() + 3
-    while labkit_cgroups() - cgroups_before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert labkit_cgroups() - cgroups_before == set(), "cgroups left behind"
-    assert labkit_mounts() == mounts_before, "mounts left behind"
+    ours = {path for path in labkit_cgroups() if path.rsplit("/", 1)[-1] in made}
+    assert ours == set(), f"cgroups left behind: {sorted(ours)}"
+    assert [line for line in labkit_mounts() if line not in mounts_before] == [], "mounts left behind"

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from labkit.errors import ConfigError, ContainerError, HostError
+from labkit.errors import ConfigError, ContainerError, HostError, ImageNotFound
 from labkit.images import Image, get_image
 from labkit.runtime.helper import get_helper
 from labkit.runtime.result import Result
@@ -91,12 +91,16 @@ class Container:
             raise ContainerError(f"container {self.name} was already started ({self.state})")
         self._check_name_free()
         hold = self.spec.network not in ("none", "host")
-        plan = self._plan(hold=hold, auto_remove=auto_remove and not detach)
-        try:
-            self._launch(plan, on_output, stdout, stderr, stdin, detach)
-        except BaseException:
-            self._abandon_start()
-            raise
+        # Until the helper has written state.json (which names our layers as in use), a
+        # prune could remove them: hold the store's shared lock over the start.
+        with self.image.store.lock():
+            self._check_layers_present()
+            plan = self._plan(hold=hold, auto_remove=auto_remove and not detach)
+            try:
+                self._launch(plan, on_output, stdout, stderr, stdin, detach)
+            except BaseException:
+                self._abandon_start()
+                raise
         if detach:
             _running[self.name] = self
         return self
@@ -141,8 +145,9 @@ class Container:
         self._detach_network()
 
     def wait(self, timeout=None) -> Result:
-        """Stream output until the container exits; enforce the spec's timeout; on
-        KeyboardInterrupt kill the container, clean up, and re-raise."""
+        """Stream output until the container exits. After the spec's timeout (or
+        `timeout` seconds, if sooner) the container is killed and the Result says
+        "timed out"; on KeyboardInterrupt it is killed, cleaned up, and the interrupt re-raised."""
         if self.result is not None:
             return self.result
         if self.state not in ("running", "created"):
@@ -221,16 +226,11 @@ class Container:
         if self.state == "running" and self.result is None:
             self._helper.send({"op": "signal", "id": self.id, "signal": int(signal.SIGTERM)})
             try:
-                self.wait(timeout=grace)
-            except ContainerError:
-                pass
-            if self.result is None:
-                self._finish(self._kill_and_collect())
-            elif self.result.timed_out and not (self._deadline and time.monotonic() >= self._deadline):
-                # wait() already sent the SIGKILL when the grace ran out: that is stop's
-                # kill, not the spec's timeout (a second kill would wait for an exit
-                # message already taken, and close the streams twice).
-                self.result.timed_out = False
+                exited = self._pump_until_exit(time.monotonic() + grace)
+            except KeyboardInterrupt:
+                self._finish(self._kill_and_collect(), interrupted=True)
+                raise
+            self._finish(exited if exited is not None else self._kill_and_collect())
         return self.result
 
     def kill(self) -> Result:
@@ -298,6 +298,12 @@ class Container:
         return self.spec.command or list(self.image.config.cmd)
 
     # --- how the plan is made ----------------------------------------------------------
+
+    def _check_layers_present(self):
+        missing = [d.name[:12] for d in self.image.layer_dirs if not d.is_dir()]
+        if missing:
+            raise ImageNotFound(f"image {self.image.name!r} lost layer(s) {', '.join(missing)} "
+                                "(pruned or removed meanwhile); build or import it again")
 
     def _check_name_free(self):
         for state in all_states():
