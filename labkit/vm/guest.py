@@ -87,6 +87,9 @@ exec switch_root /newroot {RUN_DIR}/busybox sh {RUN_DIR}/stage2
 
 STAGE2 = rf"""bb={RUN_DIR}/busybox
 token="$($bb cat {RUN_DIR}/token)"
+# Keep kernel messages (an OOM kill, say) out of the command's output; they stay in
+# dmesg. Boot problems before this point still reach the console.
+echo 1 > /proc/sys/kernel/printk
 echo "{START_MARKER}$token"
 $bb sh {RUN_DIR}/command < /dev/null
 status=$?

@@ -1,0 +1,177 @@
+"""labkit.vm: a throwaway QEMU VM with a real cgroup v2 kernel.
+
+The `vm` tests boot real VMs (4 boots, ~4 s each under emulation) and skip, naming
+what is missing, when QEMU or the cached kernel is absent (`labkit vm setup`).
+The `cgroup_v2` test is the proof the VM exists for: it skips on this cgroup v1 host
+and runs inside the VM in the v2 lane (`.ci/v2-lane`).
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from labkit.vm import VMTimeout, run, status
+from labkit.vm.cpio import CpioArchive
+from labkit.vm.guest import command_script
+
+
+def _vm_missing():
+    report = status()
+    return None if report.can_run else "; ".join(report.missing)
+
+
+needs_vm = [
+    pytest.mark.vm,
+    pytest.mark.slow,
+    pytest.mark.root,
+    pytest.mark.skipif(bool(_vm_missing()), reason=f"cannot boot a VM here: {_vm_missing()}"),
+]
+
+
+def vm_test(function):
+    for mark in needs_vm:
+        function = mark(function)
+    return function
+
+
+def qemu_processes() -> set:
+    """PIDs of every QEMU on the host (ours are compared before and after)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"qemu-system" in (entry / "cmdline").read_bytes():
+                found.add(int(entry.name))
+        except OSError:
+            pass  # exited while we looked
+    return found
+
+
+def vm_temp_dirs() -> set:
+    return set(Path(tempfile.gettempdir()).glob("labkit-vm-*"))
+
+
+@pytest.fixture
+def leaves_nothing_behind():
+    """Fails the test if a VM left a QEMU process or a temp dir on the host."""
+    qemus, temp_dirs = qemu_processes(), vm_temp_dirs()
+    yield
+    assert qemu_processes() - qemus == set(), "a QEMU process outlived its VM run"
+    assert vm_temp_dirs() - temp_dirs == set(), "a VM run left its temp dir behind"
+
+
+@vm_test
+def test_vm_run_exits_with_the_commands_exit_code_and_its_output(leaves_nothing_behind):
+    finished = subprocess.run(
+        [sys.executable, "-m", "labkit.vm.cli", "run", "--", "sh", "-c", "echo inside the vm; exit 7"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert finished.returncode == 7, finished.stderr
+    assert finished.stdout == "inside the vm\n"
+
+
+@vm_test
+def test_vm_writes_to_the_shared_directory_and_arguments_arrive_unchanged(tmp_path, leaves_nothing_behind):
+    awkward = ["a b", "it's", '$HOME "quoted"', "", "*"]
+    script = 'printf "%s\\n" "$@" > "$RESULTS/args"; cat /sys/fs/cgroup/cgroup.subtree_control; uname -r'
+    result = run(["sh", "-c", script, "sh", *awkward], rw_dir=tmp_path, env={"RESULTS": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "args").read_text().split("\n")[:-1] == awkward
+    controllers, kernel = result.output.splitlines()
+    assert {"memory", "cpu", "pids"} <= set(controllers.split())
+    assert kernel != os.uname().release  # the guest runs its own kernel
+    assert result.accel in ("kvm", "tcg")
+    assert 0 < result.boot_seconds <= result.total_seconds
+    assert result.qemu_peak_rss_bytes > 0
+
+
+@vm_test
+def test_vm_sees_the_host_root_but_cannot_change_it(leaves_nothing_behind):
+    marker = Path("/var/tmp") / f"labkit-vm-test-{os.getpid()}"
+    result = run(["sh", "-c", f"touch {marker} && test -e {marker} && test -x {sys.executable}"])
+    assert result.exit_code == 0, result.output
+    assert not marker.exists(), "a write inside the VM reached the host"
+
+
+@vm_test
+def test_vm_timeout_kills_qemu(leaves_nothing_behind):
+    with pytest.raises(VMTimeout, match="killed"):
+        run(["sleep", "600"], timeout=20)
+
+
+# --- without booting --------------------------------------------------------------
+
+
+def test_cpio_archive_unpacks_with_busybox_cpio(tmp_path):
+    busybox = "/bin/busybox"
+    if not os.path.exists(busybox):
+        pytest.skip("no /bin/busybox to unpack the archive with (apt-get install busybox-static)")
+    archive = CpioArchive()
+    archive.directory("etc")
+    archive.file("etc/odd size", b"12345", mode=0o600)
+    archive.symlink("etc/link", "odd size")
+    (tmp_path / "archive.cpio").write_bytes(bytes(archive))
+    unpacked = tmp_path / "out"
+    unpacked.mkdir()
+    subprocess.run([busybox, "cpio", "-i", "-d", "-F", str(tmp_path / "archive.cpio")], cwd=unpacked, check=True,
+                   capture_output=True)
+    assert (unpacked / "etc" / "odd size").read_bytes() == b"12345"
+    assert os.readlink(unpacked / "etc" / "link") == "odd size"
+    assert (unpacked / "etc" / "odd size").stat().st_mode & 0o777 == 0o600
+
+
+def test_command_script_quotes_every_word():
+    script = command_script(["printf", "%s", "it's $HOME"], "/a dir", {"K": "v w"})
+    assert "cd '/a dir'" in script
+    assert "'K=v w'" in script
+    assert """'it'"'"'s $HOME'""" in script
+
+
+# --- the proof the VM exists for: run inside it by .ci/v2-lane ---------------------
+
+CGROUP2_ROOT = Path("/sys/fs/cgroup")
+NEEDED_CONTROLLERS = {"memory", "cpu", "pids"}
+
+
+def _v2_controllers_enabled() -> set:
+    try:
+        return set((CGROUP2_ROOT / "cgroup.subtree_control").read_text().split())
+    except OSError:
+        return set()
+
+
+@pytest.mark.cgroup_v2
+@pytest.mark.root
+@pytest.mark.skipif(
+    not NEEDED_CONTROLLERS <= _v2_controllers_enabled(),
+    reason=f"needs cgroup v2 at {CGROUP2_ROOT} with {', '.join(sorted(NEEDED_CONTROLLERS))} enabled for "
+           "children (this host has cgroup v1 or lacks them); runs in a VM via .ci/v2-lane",
+)
+def test_cgroup_v2_limits_are_set_and_memory_max_oom_kills():
+    cgroup = CGROUP2_ROOT / f"labkit-vm-proof-{os.getpid()}"
+    cgroup.mkdir()
+    try:
+        limits = {"memory.max": "33554432", "pids.max": "64", "cpu.max": "50000 100000"}
+        for name, value in limits.items():
+            (cgroup / name).write_text(value)
+        assert {name: (cgroup / name).read_text().strip() for name in limits} == limits
+        if (cgroup / "memory.swap.max").exists():
+            (cgroup / "memory.swap.max").write_text("0")  # or the kernel swaps instead of killing
+
+        # The shell moves itself into the cgroup, then becomes Python, which touches
+        # 128 MiB against a 32 MiB limit.
+        allocate = f"exec {sys.executable} -c 'bytearray(128 << 20)'"
+        hog = subprocess.run(["sh", "-c", f"echo $$ > {cgroup}/cgroup.procs && {allocate}"], timeout=300)
+
+        assert hog.returncode == -9, "the memory hog was not killed by SIGKILL"
+        assert _memory_events(cgroup)["oom_kill"] >= 1
+    finally:
+        cgroup.rmdir()
+
+
+def _memory_events(cgroup) -> dict:
+    lines = (cgroup / "memory.events").read_text().splitlines()
+    return {key: int(value) for key, value in (line.split() for line in lines)}
