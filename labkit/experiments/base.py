@@ -1,0 +1,155 @@
+"""What every experiment shares: its result record, its check, progress, parameters."""
+
+import contextlib
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Check:
+    """The expected conclusion of an experiment and whether this run bore it out."""
+    claim: str
+    held: bool | None             # None when the experiment was skipped
+    detail: str = ""              # the numbers behind the verdict
+    skipped: str | None = None    # why it could not run on this host
+
+    @classmethod
+    def skip(cls, claim: str, reason: str) -> "Check":
+        return cls(claim, None, f"skipped: {reason}", reason)
+
+    @property
+    def status(self) -> str:
+        return "skipped" if self.skipped else ("held" if self.held else "did not hold")
+
+    def __str__(self):
+        # No numbers here: notebooks print this and nbval compares it run after run.
+        if self.skipped:
+            return f"{self.claim}\nskipped: {self.skipped}"
+        return f"{self.claim}\nheld: {self.held}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"status": self.status}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Check":
+        return cls(data["claim"], data["held"], data.get("detail", ""), data.get("skipped"))
+
+
+@dataclass
+class ExperimentResult:
+    """Raw measurements of one run: enough to plot and check without running again."""
+    experiment: str
+    params: dict
+    data: dict = field(default_factory=dict)
+    skipped: str | None = None    # the reason, when the host cannot run it
+    started: float = field(default_factory=time.time)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExperimentResult":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def new_result(name: str, params) -> ExperimentResult:
+    return ExperimentResult(name, dataclasses.asdict(params))
+
+
+def finished(result: ExperimentResult) -> ExperimentResult:
+    result.seconds = round(time.time() - result.started, 3)
+    return result
+
+
+# --- progress -------------------------------------------------------------------------
+
+def report(progress, done: int, total: int, label: str = "") -> None:
+    """Tell `progress(done, total, label)` about a finished trial, if anyone listens."""
+    if progress is not None:
+        progress(done, total, label)
+
+
+def text_progress(name: str, stream=None):
+    """A progress callback that rewrites one text line: `namespace_cost  12/40  net`."""
+    stream = stream or sys.stderr
+
+    def show(done, total, label=""):
+        end = "\n" if done >= total else ""
+        stream.write(f"\r{name:16} {done:4}/{total:<4} {label:40.40}{end}")
+        stream.flush()
+    return show
+
+
+# --- parameters -----------------------------------------------------------------------
+
+def parse_params(params_class, overrides: dict, trials: int | None = None):
+    """Params from `-p key=value` strings, each converted to the type of its default."""
+    defaults = params_class()
+    names = {f.name for f in dataclasses.fields(params_class)}
+    values = {}
+    for key, text in overrides.items():
+        if key not in names:
+            raise ValueError(f"{params_class.__module__.rsplit('.', 1)[-1]} has no parameter {key!r}; "
+                             f"its parameters are {', '.join(sorted(names))}")
+        values[key] = _convert(text, getattr(defaults, key), key)
+    if trials is not None:
+        if "trials" not in names:
+            raise ValueError("this experiment has no trials parameter")
+        values["trials"] = trials
+    return dataclasses.replace(defaults, **values)
+
+
+def _convert(text: str, default, key: str):
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("1", "true", "yes")
+        if isinstance(default, tuple):
+            item = type(default[0]) if default else str
+            return tuple(item(part) for part in text.split(",") if part)
+        if default is None:
+            return text
+        return type(default)(text)
+    except ValueError:
+        raise ValueError(f"parameter {key}={text!r} is not a {type(default).__name__} "
+                         f"(default {default!r})") from None
+
+
+# --- small statistics -----------------------------------------------------------------
+
+def median(values) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def quartiles(values) -> tuple:
+    """(25th, 75th) percentile: the spread bars in the figures."""
+    if len(values) < 2:
+        value = values[0] if values else float("nan")
+        return value, value
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return low, high
+
+
+# --- containers that always go away --------------------------------------------------
+
+@contextlib.contextmanager
+def running(spec=None, **fields):
+    """A detached container, removed (killed first if needed) however the block ends."""
+    from labkit.runtime import Container, ContainerSpec
+
+    container = Container(spec or ContainerSpec(**fields))
+    try:
+        container.start(detach=True)
+        yield container
+    finally:
+        container.remove()
