@@ -83,8 +83,11 @@ def read_keyed(path) -> dict:
 
 def write(path, value) -> None:
     try:
-        with open(path, "w") as handle:
-            handle.write(str(value))
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, str(value).encode())
+        finally:
+            os.close(fd)
     except OSError as error:
         raise OSError(error.errno, f"write {value!r} to {path}: {os.strerror(error.errno or 0)}") from None
 
