@@ -50,12 +50,14 @@ def clean(home, monkeypatch):
 def host_leftovers(home) -> dict:
     """What the kernel really has for this home (a link dump), plus its lease file."""
     found = {}
+    home_alias = bridge.alias_for(home)   # other homes' networks may come and go meanwhile
     with IPRoute() as ipr:
         links = {link.get_attr("IFLA_IFNAME"): link for link in ipr.get_links()}
-        veths = sorted(name for name in links if name.startswith("lkv"))
-        ours = [name for name, link in links.items() if link.get_attr("IFLA_IFALIAS") == bridge.alias_for(home)]
-        addresses = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2)
-                     if a.get_attr("IFA_ADDRESS").startswith(("10.213.", "10.214."))]
+        veths = sorted(name for name, link in links.items()
+                       if (link.get_attr("IFLA_IFALIAS") or "").startswith(home_alias + " container "))
+        ours = [name for name, link in links.items() if link.get_attr("IFLA_IFALIAS") == home_alias]
+        indexes = {links[name]["index"] for name in ours + veths}
+        addresses = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2) if a["index"] in indexes]
     if veths:
         found["veths"] = veths
     if ours:

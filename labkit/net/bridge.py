@@ -38,17 +38,12 @@ def host_lock():
 
 
 def host_routes() -> list:
-    """Every IPv4 route of every table, as networks (what a new subnet must not overlap)."""
+    """[(network, output interface index)] of every IPv4 route of every table: what a
+    new subnet must not overlap."""
     def work(ipr):
         return [(ipaddress.ip_network(f"{route.get_attr('RTA_DST') or '0.0.0.0'}/{route['dst_len']}", strict=False),
                  route.get_attr("RTA_OIF")) for route in ipr.get_routes(family=2)]
     return netlink(work)
-
-
-def routes_not_on(bridge_name) -> list:
-    """Host routes, less those of our own bridge (its subnet is ours already)."""
-    index = link_index(bridge_name) if bridge_name else None
-    return [network for network, oif in host_routes() if index is None or oif != index]
 
 
 def labkit_bridges() -> dict:
@@ -74,14 +69,19 @@ def link_index(name) -> int | None:
     return found[0] if found else None
 
 
-def ensure_bridge(home, subnet, gateway, wanted_name=None) -> str:
-    """The home's bridge, up, with `gateway`/prefix on it: found by alias, else made."""
+def ensure_bridge(home, subnet, gateway, known_name=None) -> tuple:
+    """(name, index) of the home's bridge, up, with `gateway`/prefix on it: the one
+    already known (one netlink request), else found by alias, else made."""
+    if known_name:
+        index = _index_if_ours(known_name, home)
+        if index is not None:
+            return known_name, index
     with host_lock():
         bridges = labkit_bridges()
         for name, alias in bridges.items():
             if alias == alias_for(home):
-                return name
-        name = wanted_name if wanted_name and wanted_name not in bridges else _free_name(bridges)
+                return name, link_index(name)
+        name = _free_name(bridges)
         network = ipaddress.ip_network(subnet)
 
         def work(ipr):
@@ -96,8 +96,20 @@ def ensure_bridge(home, subnet, gateway, wanted_name=None) -> str:
             except BaseException:
                 ipr.link("del", ifname=name)
                 raise
-        netlink(work)
-        return name
+            return index
+        return name, netlink(work)
+
+
+def _index_if_ours(name, home) -> int | None:
+    def work(ipr):
+        try:
+            link = ipr.link("get", ifname=name)[0]
+        except Exception as error:  # noqa: BLE001
+            if is_missing(error):
+                return None
+            raise
+        return link["index"] if link.get_attr("IFLA_IFALIAS") == alias_for(home) else None
+    return netlink(work)
 
 
 def _free_name(bridges) -> str:

@@ -34,6 +34,7 @@ class ContainerNetwork:
     prefixlen: int | None = None
     gateway: str | None = None
     bridge: str | None = None
+    bridge_index: int | None = None
     host_veth: str | None = None       # the host end of the veth pair (bridge mode)
     ports: list = field(default_factory=list)   # PublishedPort
     home: Path | None = None
@@ -81,7 +82,8 @@ def _lease_address(container, plan) -> ContainerNetwork:
         # the bridge (by its alias) through this dead owner's lease.
         book.save()
         try:
-            book.network["bridge"] = bridge.ensure_bridge(home, subnet, book.network["gateway"])
+            book.network["bridge"], bridge_index = bridge.ensure_bridge(home, subnet, book.network["gateway"],
+                                                                         book.network.get("bridge"))
         except BaseException:
             book.release(ip)
             remove_bridge_if_unused(book, home)
@@ -96,7 +98,7 @@ def _lease_address(container, plan) -> ContainerNetwork:
     plan["network_inside"] = {"interface": veth.CONTAINER_NAME, "address": ip,
                               "netmask": str(subnet.netmask), "gateway": gateway}
     return ContainerNetwork("bridge", ip=ip, prefixlen=subnet.prefixlen, gateway=gateway, bridge=bridge_name,
-                            host_veth=veth.host_end_name(container.id), home=home)
+                            bridge_index=bridge_index, host_veth=veth.host_end_name(container.id), home=home)
 
 
 def _subnet_for(book, home):
@@ -108,7 +110,12 @@ def _subnet_for(book, home):
             raise ConfigError(f"the bridge already uses {subnet} for {len(book.leases)} container(s); "
                               f"LABKIT_SUBNET={wanted} takes effect once they are gone")
         return subnet
-    subnet = ipam.choose_subnet(bridge.routes_not_on(None), wanted)
+    stale = bridge.find_bridge(home)
+    if stale is not None:
+        # No lease, yet a bridge (the lease file was removed by hand): it has the old
+        # subnet's address and route, and nobody of this home uses it. Start afresh.
+        bridge.remove_bridge(stale)
+    subnet = ipam.choose_subnet([network for network, _ in bridge.host_routes()], wanted)
     book.network = {"bridge": None, "subnet": str(subnet), "gateway": str(next(subnet.hosts()))}
     return subnet
 
@@ -144,7 +151,8 @@ def _join(container, plan, name) -> ContainerNetwork:
 def attach(container) -> None:
     network = container.network
     if network.mode == "bridge":
-        veth.create_pair(network.host_veth, container.pid, network.bridge, network.ip)
+        veth.create_pair(network.host_veth, container.pid, network.bridge_index, network.ip,
+                         alias=f"{bridge.alias_for(network.home)} container {container.name}")
         network.attached = True
     for port in network.ports:
         port.start(network.ip)
@@ -165,17 +173,17 @@ def detach(container) -> None:
     with ipam.lease_book(network.home) as book:
         lease = book.leases.get(network.ip)
         if lease is not None and lease.get("container") == container.id:
-            drop_lease(book, network.ip)
+            drop_lease(book, network.ip, veth_gone=True)
         remove_bridge_if_unused(book, network.home)
         book.save()
 
 
 # --- shared with the sweep ----------------------------------------------------------------
 
-def drop_lease(book, ip) -> dict:
+def drop_lease(book, ip, veth_gone=False) -> dict:
     """Give `ip` back: its veth (if still there) deleted, its name out of the others' hosts."""
     lease = book.release(ip)
-    if lease and lease.get("veth"):
+    if lease and lease.get("veth") and not veth_gone:
         veth.delete(lease["veth"])
     for other in book.leases.values():
         hosts.remove(other["hosts_file"], ip)
