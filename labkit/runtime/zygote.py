@@ -12,6 +12,7 @@ Messages are JSON, one per SOCK_SEQPACKET datagram; stdio file descriptors trave
 them as SCM_RIGHTS.
 """
 
+import gc
 import json
 import os
 import selectors
@@ -153,6 +154,7 @@ class Zygote:
         pid = os.fork()
         if pid == 0:
             try:
+                gc.disable()  # a collection would touch (and so copy) every shared page
                 self.sock.close()
                 self.selector.close()
                 os.close(error_r)
@@ -170,6 +172,8 @@ class Zygote:
         self.selector.register(report_r, selectors.EVENT_READ, lambda _f, p=process: self.on_report(p))
 
     def on_error_pipe(self, process):
+        if process.error_r is None:
+            return  # a stale event: finish() drained this pipe earlier in the same select
         chunk = os.read(process.error_r, 65536)
         if chunk:
             process.error_bytes += chunk
@@ -380,6 +384,9 @@ def main():
     owner = int(os.environ.get("LABKIT_OWNER_PID", "0"))
     if owner and os.getppid() != owner:
         sys.exit(0)  # the owner died before we set the death signal
+    # Everything imported so far is shared with each forked container process; keep the
+    # collector from walking it (walking writes, and a write copies the page).
+    gc.freeze()
     zygote.serve()
 
 
