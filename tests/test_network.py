@@ -279,3 +279,30 @@ def test_network_ls_and_inspect_on_the_command_line(clean):
             ("listed", container.ip, True)]
     finally:
         container.remove()
+
+
+def test_bridge_works_where_an_event_loop_already_runs_as_in_a_jupyter_kernel(clean):
+    import asyncio
+
+    async def cell():
+        return run("ip -o -4 addr show eth0", network="bridge").check().stdout
+
+    assert " eth0 " in asyncio.run(cell())
+
+
+def test_owners_starting_containers_at_the_same_time_get_distinct_addresses(clean):
+    owner_script = """
+import sys
+from labkit.runtime import Container, ContainerSpec
+containers = [Container(ContainerSpec(command="sleep 60", network="bridge")).start(detach=True) for _ in range(4)]
+print(" ".join(c.ip for c in containers), flush=True)
+sys.stdin.readline()
+"""
+    owners = [subprocess.Popen([sys.executable, "-c", owner_script], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    try:
+        addresses = [ip for owner in owners for ip in owner.stdout.readline().split()]
+        assert len(addresses) == 12 and len(set(addresses)) == 12
+    finally:
+        for owner in owners:
+            owner.communicate("\n", timeout=60)

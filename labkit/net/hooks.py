@@ -14,8 +14,10 @@
 Each step undoes its own work when it fails, and `detach` may be called more than once.
 """
 
+import atexit
 import ipaddress
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,10 @@ class ContainerNetwork:
         return f"<ContainerNetwork {where}{' ports ' + published if published else ''}>"
 
 
+_in_use = {}     # container id -> container, whose network this process has not yet given back
+_in_use_lock = threading.Lock()
+
+
 # --- 1. prepare ------------------------------------------------------------------------
 
 def prepare(container, plan) -> None:
@@ -66,6 +72,8 @@ def prepare(container, plan) -> None:
         raise
     network.ports = ports
     container.network = network
+    with _in_use_lock:
+        _in_use[container.id] = container
 
 
 def _lease_address(container, plan) -> ContainerNetwork:
@@ -165,6 +173,8 @@ def detach(container) -> None:
     if network is None or network.released:
         return
     network.released = True
+    with _in_use_lock:
+        _in_use.pop(container.id, None)
     for port in network.ports:
         port.close()
     if network.mode != "bridge":
@@ -176,6 +186,20 @@ def detach(container) -> None:
             drop_lease(book, network.ip, veth_gone=True)
         remove_bridge_if_unused(book, network.home)
         book.save()
+
+
+@atexit.register
+def _detach_all():
+    """The owner exits normally with containers still running (a detached container in a
+    script, a kernel shut down): its helper kills them next (its atexit runs after this
+    one), but only the owner knows their leases, so it gives them back now."""
+    with _in_use_lock:
+        containers = list(_in_use.values())
+    for container in containers:
+        try:
+            detach(container)
+        except Exception:  # noqa: BLE001 — at exit, the sweep is the fallback
+            pass
 
 
 # --- shared with the sweep ----------------------------------------------------------------

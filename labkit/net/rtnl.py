@@ -33,7 +33,13 @@ def netlink(work):
         if _worker is None or _worker[0] != os.getpid():
             _worker = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="labkit-netlink"))
         executor = _worker[1]
-    return executor.submit(_run, work).result()
+    try:
+        future = executor.submit(_run, work)
+    except RuntimeError:
+        # The interpreter is exiting (atexit): executors take no new work then, and no
+        # event loop runs any more either, so the call is safe in this thread.
+        return _run(work)
+    return future.result()
 
 
 def _run(work):
