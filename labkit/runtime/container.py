@@ -138,9 +138,10 @@ class Container:
             self.state = "running"
 
     def _abandon_start(self):
-        """Start failed after the network was prepared (a port, an address, a veth):
-        kill a container still held, and give back what labkit.net took for it."""
-        if self._held and self.state == "created" and self.result is None:
+        """Start failed or was interrupted (the stop button) after the helper got the
+        request: kill the container, held or already running, and give back what
+        labkit.net took for it."""
+        if self.state == "created" and self.result is None:
             self._finish(self._kill_and_collect())
         self._detach_network()
 
@@ -322,7 +323,8 @@ class Container:
             "command": self.command, "env": env, "workdir": spec.workdir or image.config.workdir or "/",
             "user": spec.user, "init": spec.init, "cap_add": spec.cap_add, "hold": hold, "auto_remove": auto_remove,
             "volumes": [v.__dict__ for v in spec.volumes],
-            "limits": {"memory": spec.memory, "cpus": spec.cpus, "pids": spec.pids},
+            "limits": {"memory": spec.memory, "cpus": spec.cpus, "pids": spec.pids,
+                       "io_read_bps": spec.device_read_bps, "io_write_bps": spec.device_write_bps},
             "time_offsets": {"monotonic": spec.time_offset, "boottime": spec.time_offset} if spec.time_offset else {},
             "user_map": {"uid": spec.user_map[0], "count": spec.user_map[1]} if "user" in spec.namespaces else None,
             "state": {"id": self.id, "name": self.name, "image": image.name, "image_layers": list(image.layers),
