@@ -41,6 +41,9 @@ def add_container_options(parser):
     parser.add_argument("--publish", "-p", action="append", default=[], metavar="HOSTPORT:CONTAINERPORT")
     parser.add_argument("--cap-add", action="append", default=[], metavar="CAP",
                         help="keep a capability beyond Docker's default set, e.g. SYS_ADMIN")
+    parser.add_argument("--device-read-bps", action="append", default=[], metavar="DEVICE:RATE",
+                        help="limit reads from a block device, e.g. /dev/vda:1m (direct I/O on cgroup v1)")
+    parser.add_argument("--device-write-bps", action="append", default=[], metavar="DEVICE:RATE")
     parser.add_argument("--init", action="store_true", help="run a reaping PID 1 in front of the command")
     parser.add_argument("--userns", action="store_true", help="also make a user namespace (root inside, not outside)")
     parser.add_argument("--timens", type=float, default=0.0, metavar="SECONDS",
@@ -57,6 +60,7 @@ def spec_from_options(options, command):
         volumes=options.volume, workdir=options.workdir, user=options.user, timeout=options.timeout,
         network=options.network, publish=options.publish, init=options.init, namespaces=namespaces,
         time_offset=options.timens, cap_add=options.cap_add,
+        device_read_bps=options.device_read_bps, device_write_bps=options.device_write_bps,
     )
 
 

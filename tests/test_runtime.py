@@ -172,3 +172,36 @@ def test_not_being_root_is_a_clear_error(labkit_home, monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(HostError, match="needs root"):
         helper.get_helper()
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A loop block device of our own to read from (the host's disks are not ours to touch)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("losetup") is None:
+        pytest.skip("losetup (util-linux) is not installed")
+    backing = tmp_path / "disk.img"
+    with open(backing, "wb") as handle:
+        handle.truncate(8 << 20)
+    made = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a loop device here: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    yield device
+    subprocess.run(["losetup", "--detach", device], check=True)
+
+
+def test_device_read_rate_limits_direct_reads(no_leftovers, loop_device):
+    from labkit.cgroups import host_hierarchy
+
+    if "io" not in host_hierarchy().controllers:
+        pytest.skip("this host has no io (blkio) cgroup controller")
+    # 3 MiB at 1 MiB/s: about 3 s when throttled, milliseconds when not.
+    script = f"dd if={loop_device} of=/dev/null bs=64k count=48 iflag=direct"
+    volume = [f"{loop_device}:{loop_device}"]
+    limited = run(script, volumes=volume, device_read_bps=[f"{loop_device}:1m"]).check()
+    free = run(script, volumes=volume).check()
+    assert limited.duration > 2.0, limited.stderr
+    assert limited.duration > 3 * free.duration

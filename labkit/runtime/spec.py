@@ -2,6 +2,7 @@
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 
 from labkit.errors import ConfigError
@@ -52,6 +53,8 @@ class ContainerSpec:
     user_map: tuple = (100000, 65536)        # host uid/gid range for a user namespace
     publish: list = field(default_factory=list)   # "HOSTPORT:CONTAINERPORT[/tcp]"
     cap_add: list = field(default_factory=list)   # capabilities beyond Docker's default set
+    device_read_bps: list = field(default_factory=list)   # "DEVICE:RATE", e.g. "/dev/vda:1m"
+    device_write_bps: list = field(default_factory=list)
 
     def validated(self) -> "ContainerSpec":
         """A copy with units parsed and every value checked; raises ConfigError."""
@@ -78,6 +81,8 @@ class ContainerSpec:
                 raise ConfigError(f"volume target {volume.target!r} must be an absolute path inside the container")
             volume.source = os.path.realpath(volume.source)
         spec.cap_add = [self._capability(name) for name in spec.cap_add]
+        spec.device_read_bps = _device_rates(spec.device_read_bps, "device read rate")
+        spec.device_write_bps = _device_rates(spec.device_write_bps, "device write rate")
         if spec.workdir is not None and not spec.workdir.startswith("/"):
             raise ConfigError(f"working directory {spec.workdir!r} must be an absolute path")
         if spec.timeout is not None:
@@ -112,3 +117,22 @@ class ContainerSpec:
         if "mnt" not in kinds:
             raise ConfigError("a container needs its own mount namespace (mnt) for its root filesystem")
         return [kind for kind in BY_NAME if kind in kinds]
+
+
+def _device_rates(entries, what) -> dict:
+    """["/dev/vda:1m"] -> {"253:0": 1048576}: cgroups name block devices by major:minor."""
+    if isinstance(entries, dict):
+        return dict(entries)
+    rates = {}
+    for entry in entries:
+        device, _, rate = str(entry).rpartition(":")
+        if not device or not rate:
+            raise ConfigError(f"{what} {entry!r} is not DEVICE:RATE, e.g. /dev/vda:1m")
+        try:
+            st = os.stat(device)
+        except FileNotFoundError:
+            raise ConfigError(f"{what} {entry!r}: {device} does not exist on the host") from None
+        if not stat.S_ISBLK(st.st_mode):
+            raise ConfigError(f"{what} {entry!r}: {device} is not a block device")
+        rates[f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"] = parse_bytes(rate)
+    return rates
