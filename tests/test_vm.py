@@ -66,11 +66,11 @@ def leaves_nothing_behind():
 @vm_test
 def test_vm_run_exits_with_the_commands_exit_code_and_its_output(leaves_nothing_behind):
     finished = subprocess.run(
-        [sys.executable, "-m", "labkit.vm.cli", "run", "--", "sh", "-c", "echo inside the vm; exit 7"],
+        [sys.executable, "-m", "labkit.vm.cli", "run", "--", "sh", "-c", "echo inside the vm; printf last; exit 7"],
         capture_output=True, text=True, timeout=300,
     )
     assert finished.returncode == 7, finished.stderr
-    assert finished.stdout == "inside the vm\n"
+    assert finished.stdout == "inside the vm\nlast"  # a last line without newline stays so
 
 
 @vm_test

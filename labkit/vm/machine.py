@@ -182,22 +182,29 @@ class Console:
                 self.boot_lines.append(text)
         elif self.exit_code is not None:
             self.shutdown_lines.append(text)  # the kernel's "reboot: Power down"
-        elif text.startswith(self._exit):
-            self.exit_code = int(text[len(self._exit):])
+        elif self._exit in text:
+            # Output that did not end in a newline shares the marker's line.
+            unterminated, _, status = text.partition(self._exit)
+            if unterminated:
+                self._show(unterminated)
+            self.exit_code = int(status)
             self.finished_seconds = seconds
         else:
-            self.command_lines.append(text)
-            if self._stream is not None:
-                self._stream.write(text + "\n")
-                self._stream.flush()
+            self._show(text + "\n")
+
+    def _show(self, chunk):
+        self.command_lines.append(chunk)
+        if self._stream is not None:
+            self._stream.write(chunk)
+            self._stream.flush()
 
     def output(self) -> str:
-        return "".join(line + "\n" for line in self.command_lines)
+        return "".join(self.command_lines)
 
     def describe(self) -> str:
         if self.boot_seconds is None:
             return "The guest had not started the command yet; its console said:\n" + _tail(self.boot_lines)
-        return "The command's last output:\n" + _tail(self.command_lines)
+        return "The command's last output:\n" + _tail(self.output().splitlines())
 
 
 def _failure_message(console, qemu) -> str:
