@@ -83,7 +83,10 @@ class LabkitKernel:
                 break
             if kind in ("stream", "error", "execute_result", "display_data"):
                 messages.append((kind, content))
-        reply = self.client.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
+        while True:  # skip replies to cells an earlier, failed test stopped waiting for
+            reply = self.client.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
         content = reply["content"]
         return Reply(content["status"], messages, content.get("ename"), content.get("evalue"))
 
@@ -128,9 +131,20 @@ def labkit_kernelspec():
 @pytest.fixture(scope="module")
 def kernel(labkit_kernelspec, tmp_path_factory):
     """One labkit kernel for a test module, with its own LABKIT_HOME."""
-    session = LabkitKernel(tmp_path_factory.mktemp("labkit-home"))
+    session = LabkitKernel(searchable(tmp_path_factory.mktemp("labkit-home")))
     yield session
     session.shutdown()
+
+
+def searchable(home: Path) -> Path:
+    """A --userns container runs as an unprivileged host uid, which must reach the layers
+    below LABKIT_HOME: open the search bit up to /tmp (pytest makes its dirs 0700)."""
+    home.mkdir(parents=True, exist_ok=True)
+    for directory in (home, *home.parents):
+        if str(directory) in ("/", "/tmp"):
+            break
+        os.chmod(directory, os.stat(directory).st_mode | 0o011)
+    return home
 
 
 # --- what a container leaves on the host, to check that nothing is left -------------

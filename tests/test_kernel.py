@@ -13,7 +13,7 @@ import pytest
 
 from kernel_fixtures import (  # noqa: F401 — fixtures are used by name
     LabkitKernel, cgroup_dirs, cgroup_pids, container_ids, kernel, labkit_kernelspec, mounts_mentioning,
-    process_alive, wait_until,
+    process_alive, searchable, wait_until,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,20 +60,31 @@ def test_kernel_preloads_the_container_magic(kernel):
 
 @pytest.fixture
 def fresh_kernel(labkit_kernelspec, tmp_path):
-    session = LabkitKernel(tmp_path / "labkit-home")
+    session = LabkitKernel(searchable(tmp_path / "labkit-home"))
     yield session
     session.shutdown(now=True)
 
 
 def running_container(kernel, count=1):
-    """Wait until `count` containers of this kernel run; returns {id: host pids}."""
+    """Wait until `count` containers of this kernel run their command (`sleep`: the
+    moment a student sees the cell running); returns {id: host pids}."""
     def found():
         ids = container_ids(kernel.home)
         pids = {i: cgroup_pids(i) for i in ids}
-        return pids if len(ids) == count and all(pids.values()) else None
+        return pids if len(ids) == count and all(map(runs_sleep, pids.values())) else None
     containers = wait_until(found, timeout=30)
     assert containers, f"no running container appeared in {kernel.home}"
     return containers
+
+
+def runs_sleep(pids) -> bool:
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep"):
+                return True
+        except FileNotFoundError:
+            pass
+    return False
 
 
 def assert_nothing_left(home, containers, timeout=15):
