@@ -244,3 +244,27 @@ def test_detached_run_stores_container_with_rich_repr(kernel):
 def test_verbs_need_a_known_container(kernel):
     reply = kernel.run("%container logs nobody")
     assert (reply.ename, "no running container named 'nobody'" in reply.evalue) == ("ContainerError", True)
+
+
+# --- widgets ------------------------------------------------------------------------------
+
+
+def test_monitor_follows_a_container_against_its_limits_and_stops_when_it_exits(kernel):
+    kernel.ok("%container run -d --name watched --memory 64m --cpus 0.5 --pids-limit 20 -- "
+              "sh -c 'while :; do :; done'")
+    reply = kernel.ok("from labkit.widgets import monitor\nfrom labkit.runtime import get\n"
+                      "m = monitor(get('watched'), interval=0.1)\nm")
+    assert "application/vnd.jupyter.widget-view+json" in reply.messages[0][1]["data"]
+    kernel.ok("import time\nwhile not m.labels['cpu'].value: time.sleep(0.05)")
+    reply = kernel.ok("print(m.memory.max, m.cpu.max, m.pids.max, m.memory.value > 0, m.labels['pids'].value)")
+    assert reply.stdout == f"{float(64 << 20)} 50.0 20 True 1 of 20\n"
+    kernel.ok("%container stop -t 0.1 watched")
+    assert kernel.ok("m.thread.join(5); print(m.thread.is_alive(), m.title.value)").stdout == \
+        "False <b>watched</b>: exited\n"
+    kernel.ok("%container rm watched")
+
+
+def test_progress_is_a_widget_in_a_notebook(kernel):
+    reply = kernel.ok("from labkit.widgets import progress\n"
+                      "with progress(3, 'steps') as p:\n    for _ in range(3): p.update()\nprint(p.bar.value)")
+    assert reply.messages[0][0] == "display_data" and reply.stdout == "3\n"
