@@ -36,6 +36,7 @@ def home(tmp_path_factory):
         patch.setenv("LABKIT_HOME", str(path))
         patch.delenv("LABKIT_SUBNET", raising=False)
         yield path
+        net.sweep(path)  # after a failed test: what dead owner processes left
 
 
 @pytest.fixture

@@ -64,6 +64,13 @@ def find_bridge(home) -> str | None:
     return next((name for name, alias in labkit_bridges().items() if alias == alias_for(home)), None)
 
 
+def orphaned_bridges() -> list:
+    """labkit bridges whose LABKIT_HOME directory no longer exists (a deleted temporary
+    home): no lease can name them any more. A truncated alias proves nothing: skipped."""
+    return [name for name, alias in labkit_bridges().items()
+            if alias.startswith(ALIAS) and len(alias) < 255 and not Path(alias[len(ALIAS):]).exists()]
+
+
 def link_index(name) -> int | None:
     found = netlink(lambda ipr: ipr.link_lookup(ifname=name))
     return found[0] if found else None

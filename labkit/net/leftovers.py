@@ -8,7 +8,7 @@ lease needs it.
 """
 
 from labkit.home import labkit_home
-from labkit.net import ipam
+from labkit.net import bridge, ipam
 from labkit.net.hooks import drop_dead_leases, remove_bridge_if_unused
 
 
@@ -16,7 +16,8 @@ def sweep_home(home=None) -> list:
     home = home or labkit_home()
     if ipam.read_leases(home) is None:
         return []   # this home never used a bridge: no need to load pyroute2
-    removed = []
+    removed = [f"bridge {name} (its LABKIT_HOME is gone)" for name in bridge.orphaned_bridges()
+               if bridge.remove_bridge(name)]
     with ipam.lease_book(home) as book:
         for ip, lease in drop_dead_leases(book):
             removed.append(f"address {ip} of container {lease.get('name', '?')} (owner {lease.get('owner_pid')} is gone)")
