@@ -9,8 +9,9 @@
 
 Modules: `bridge` (the switch), `veth` (the cables), `ipam` (addresses and leases),
 `hosts` (names), `ports` (the proxy), `inside` (eth0 set up from inside), `hooks` (what
-the runtime calls), `leftovers` (the sweep), `cli` (`labkit network`). Nothing here is
-imported until a container asks for a network.
+the runtime calls), `leftovers` (the sweep), `rtnl` (the one door to netlink), `report`
+and `cli` (`labkit network ls|inspect`). pyroute2 is imported only when a container
+asks for a network.
 """
 
 

@@ -21,9 +21,10 @@ from pathlib import Path
 from labkit.errors import ConfigError
 from labkit.home import labkit_home
 
-# Private ranges rarely used by home, office or cloud networks (Docker takes 172.17/16,
-# Podman 10.88/16, libvirt 192.168.122/24): try these in order.
-DEFAULT_SUBNETS = tuple(f"10.{second}.{third}.0/24" for second in (213, 214) for third in (0, 1, 2, 3))
+# A private range rarely used by home, office or cloud networks (Docker takes 172.17/16,
+# Podman 10.88/16, libvirt 192.168.122/24): its /24s are tried in order, one per
+# LABKIT_HOME that has a bridge at the moment.
+DEFAULT_SUBNETS = tuple(f"10.213.{third}.0/24" for third in range(256))
 SMALLEST_PREFIX, LARGEST_PREFIX = 16, 30   # /30: the gateway and one container
 
 
@@ -155,5 +156,5 @@ def choose_subnet(routes, wanted: str | None = None) -> ipaddress.IPv4Network:
         subnet = ipaddress.ip_network(candidate)
         if overlapping_route(subnet, routes) is None:
             return subnet
-    raise ConfigError(f"every default bridge subnet ({', '.join(DEFAULT_SUBNETS)}) overlaps a route on this "
-                      f"host; set LABKIT_SUBNET to a free private range")
+    raise ConfigError(f"every default bridge subnet ({DEFAULT_SUBNETS[0]} … {DEFAULT_SUBNETS[-1]}) overlaps a "
+                      f"route on this host; set LABKIT_SUBNET to a free private range")
