@@ -89,6 +89,25 @@ def text_progress(name: str, stream=None):
     return show
 
 
+def widget_progress(name: str):
+    """labkit.widgets' progress bar (a widget in a notebook, a text bar elsewhere), made
+    on the first report because only then is the number of trials known."""
+    try:
+        from labkit.widgets import progress as make_bar
+    except ImportError:
+        return text_progress(name)
+    bar = None
+
+    def show(done, total, label=""):
+        nonlocal bar
+        if bar is None:
+            bar = make_bar(total, name)
+        bar.update(done - bar.done)
+        if done >= total:
+            bar.close()
+    return show
+
+
 # --- parameters -----------------------------------------------------------------------
 
 def parse_params(params_class, overrides: dict, trials: int | None = None):
