@@ -29,6 +29,7 @@ def test_units_are_parsed_once_into_bytes_cores_and_counts():
     ({"name": "has space"}, "container name"),
     ({"hostname": "-bad"}, "hostname"),
     ({"cap_add": ["FLY"]}, "unknown capability"),
+    ({"publish": ["8080:80"]}, "needs --net bridge"),
     ({"memory": "lots"}, "size 'lots'"),
 ])
 def test_bad_specs_are_refused_with_the_reason(fields, message):

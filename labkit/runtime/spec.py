@@ -94,6 +94,9 @@ class ContainerSpec:
                 raise ConfigError("timeout must be more than zero seconds")
         if not (spec.network in ("none", "host", "bridge") or spec.network.startswith("container:")):
             raise ConfigError(f"network {spec.network!r} is not one of none, host, bridge, container:NAME")
+        if spec.publish and spec.network != "bridge":
+            raise ConfigError(f"publishing ports ({', '.join(spec.publish)}) needs --net bridge; "
+                              f"with --net {spec.network} there is no container address to forward to")
         if spec.network == "host":
             spec.namespaces = tuple(n for n in spec.namespaces if n != "net")
         if spec.time_offset and "time" not in spec.namespaces:
