@@ -19,7 +19,7 @@ SERVER = ["nc", "-ll", "-p", str(PORT), "-e", "dd", "of=/dev/null"]
 
 @dataclass
 class Params:
-    pings: int = 20             # per path and trial
+    pings: int = 50             # per path and trial
     megabytes: int = 64         # sent per path and trial
     trials: int = 3
 
