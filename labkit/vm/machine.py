@@ -8,7 +8,6 @@ controller enabled, and optionally one host directory shared read-write.
 import os
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -19,11 +18,11 @@ from labkit.units import parse_bytes
 from labkit.vm import cache, guest, host, initramfs
 from labkit.vm.accel import ACCEL_VARIABLE, Acceleration, choose_acceleration
 from labkit.vm.install import build_initramfs
+from labkit.vm.leftovers import new_run_dir, sweep_leftovers_of_dead_runs
 from labkit.vm.qemu import QemuProcess, qemu_command
 
 DEFAULT_TIMEOUT = 600
 KVM_BOOT_TIMEOUT = 60
-TEMP_PREFIX = "labkit-vm-"
 GUEST_LABKIT_HOME = "/tmp/labkit"
 # Host paths the guest replaces with its own filesystems: a cwd under them is not
 # the same directory inside.
@@ -99,8 +98,8 @@ def ready_kernel() -> cache.CachedKernel:
 def _boot_and_run(kernel, command, memory_mib, cpus, rw_dir, timeout, stream, cwd, environment, acceleration):
     token = secrets.token_hex(8)
     console = Console(token, stream)
-    sweep_temp_dirs_of_dead_runs()
-    workdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
+    sweep_leftovers_of_dead_runs()
+    workdir = new_run_dir()
     qemu = None
     try:
         initrd = workdir / "initrd.cpio"
@@ -148,14 +147,6 @@ def _wait_for_kvm_boot(qemu, console, deadline):
                 f"unusable here. Set {ACCEL_VARIABLE}=tcg to use software emulation",
                 booted=False,
             )
-
-
-def sweep_temp_dirs_of_dead_runs():
-    """Remove temp dirs left by runs whose process died without cleaning up (SIGKILL)."""
-    for leftover in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
-        owner = leftover.name.removeprefix(TEMP_PREFIX).split("-")[0]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
-            shutil.rmtree(leftover, ignore_errors=True)
 
 
 class Console:

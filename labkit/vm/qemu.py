@@ -47,7 +47,7 @@ def _die_with_caller(argv) -> list[str]:
     setpriv sets PR_SET_PDEATHSIG and execs QEMU, so no Python runs in the child
     (forking a threaded Jupyter kernel and running Python there is unsafe). The
     signal follows the starting *thread*: fine, since run() blocks in that thread
-    for QEMU's whole life.
+    for QEMU's whole life. leftovers.py is the backstop if it never arrives.
     """
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv

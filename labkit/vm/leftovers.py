@@ -1,0 +1,53 @@
+"""Cleaning up after runs whose process died without cleaning up (SIGKILL, a crash).
+
+Each run keeps its files in /tmp/labkit-vm-<pid of the run>-*, and its QEMU names a
+file there on its command line. A later run removes both when that pid is gone.
+QEMU is also started with a parent-death signal (see qemu.py), which killed it when
+the CLI was SIGKILLed in our tests; this sweep is the backstop for when it does not
+arrive (a parent-death signal follows the starting thread, and not every setup
+delivers it: a plain `setpriv --pdeathsig KILL sleep` survived its parent here).
+"""
+
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+TEMP_PREFIX = "labkit-vm-"
+
+
+def new_run_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
+
+
+def sweep_leftovers_of_dead_runs() -> list[str]:
+    """Kill the QEMUs and remove the temp dirs of runs whose process is gone."""
+    swept = []
+    for run_dir in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        owner = run_dir.name.removeprefix(TEMP_PREFIX).split("-")[0]
+        if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+            continue
+        for pid in qemus_using(run_dir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                swept.append(f"QEMU pid {pid}")
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(run_dir, ignore_errors=True)
+        swept.append(str(run_dir))
+    return swept
+
+
+def qemus_using(run_dir: Path) -> list[int]:
+    needle = f"{run_dir}/".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            pass  # exited while we looked
+    return found
