@@ -38,39 +38,41 @@ def vm_test(function):
     return function
 
 
-def qemu_processes() -> set:
-    """PIDs of every QEMU on the host (ours are compared before and after)."""
-    found = set()
+def leftovers_of(pid) -> tuple:
+    """QEMU processes and temp dirs of the VM runs made by process `pid`.
+
+    Every run names its temp dir labkit-vm-<pid>-* and its QEMU's command line points
+    into it, so this stays exact while other test runs boot VMs of their own.
+    """
+    run_dirs = sorted(Path(tempfile.gettempdir()).glob(f"labkit-vm-{pid}-*"))
+    qemus = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and b"qemu-system" in (entry / "cmdline").read_bytes():
-                found.add(int(entry.name))
+            command_line = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
         except OSError:
-            pass  # exited while we looked
-    return found
-
-
-def vm_temp_dirs() -> set:
-    return set(Path(tempfile.gettempdir()).glob("labkit-vm-*"))
+            continue  # exited while we looked
+        if b"qemu-system" in command_line and f"/labkit-vm-{pid}-".encode() in command_line:
+            qemus.append(int(entry.name))
+    return qemus, run_dirs
 
 
 @pytest.fixture
 def leaves_nothing_behind():
-    """Fails the test if a VM left a QEMU process or a temp dir on the host."""
-    qemus, temp_dirs = qemu_processes(), vm_temp_dirs()
+    """Fails the test if a VM run of this process left a QEMU or a temp dir behind."""
     yield
-    assert qemu_processes() - qemus == set(), "a QEMU process outlived its VM run"
-    assert vm_temp_dirs() - temp_dirs == set(), "a VM run left its temp dir behind"
+    assert leftovers_of(os.getpid()) == ([], []), "a VM run left a QEMU process or its temp dir behind"
 
 
 @vm_test
-def test_vm_run_exits_with_the_commands_exit_code_and_its_output(leaves_nothing_behind):
-    finished = subprocess.run(
+def test_vm_run_exits_with_the_commands_exit_code_and_its_output():
+    cli = subprocess.Popen(
         [sys.executable, "-m", "labkit.vm.cli", "run", "--", "sh", "-c", "echo inside the vm; printf last; exit 7"],
-        capture_output=True, text=True, timeout=300,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    assert finished.returncode == 7, finished.stderr
-    assert finished.stdout == "inside the vm\nlast"  # a last line without newline stays so
+    stdout, stderr = cli.communicate(timeout=300)
+    assert cli.returncode == 7, stderr
+    assert stdout == "inside the vm\nlast"  # a last line without newline stays so
+    assert leftovers_of(cli.pid) == ([], [])
 
 
 @vm_test
