@@ -120,8 +120,8 @@ def cmd_notebooks_run(options):
             print(f"ok      {path.name}  ({seconds:.1f} s) -> {target}")
         else:
             failed += 1
-            first_line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-            print(f"FAILED  {path.name}  ({seconds:.1f} s) -> {target}\n        {first_line}")
+            reason = f"{error.ename}: {(error.evalue or '').strip().splitlines()[0] if error.evalue else ''}"
+            print(f"FAILED  {path.name}  ({seconds:.1f} s) -> {target}\n        {reason}")
     return 1 if failed else 0
 
 
