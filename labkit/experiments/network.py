@@ -67,14 +67,18 @@ def by_path(result) -> dict:
 
 
 def check(result) -> Check:
-    claim = "a round trip over the bridge (veth, bridge, veth) takes longer than one over loopback"
+    # A ping's round trip is mostly waking ping up on each side, so the extra hops of the
+    # bridge barely show in it (µs, in the noise); throughput shows them plainly.
+    claim = ("traffic over the bridge (veth, bridge, veth) is slower than over loopback: less throughput, "
+             "and round trips no faster (within 10 %)")
     if result.skipped:
         return Check.skip(claim, result.skipped)
     numbers = by_path(result)
     loop, bridge = numbers["loopback"], numbers["bridge"]
     detail = (f"median RTT loopback {loop['rtt_ms'] * 1e3:.0f} µs, bridge {bridge['rtt_ms'] * 1e3:.0f} µs; "
               f"throughput loopback {loop['mbytes_per_s']:.0f} MiB/s, bridge {bridge['mbytes_per_s']:.0f} MiB/s")
-    return Check(claim, bridge["rtt_ms"] > loop["rtt_ms"], detail)
+    held = bridge["mbytes_per_s"] < loop["mbytes_per_s"] and bridge["rtt_ms"] >= 0.9 * loop["rtt_ms"]
+    return Check(claim, held, detail)
 
 
 def plot(result):

@@ -1,0 +1,236 @@
+"""Experiments: each check() on recorded data that should pass and data that should fail
+(pure logic, no root), figures drawn from data alone, and the whole runner on this kernel."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labkit.experiments import NAMES, ExperimentResult, get
+from labkit.experiments.base import parse_params
+
+MIB = 1 << 20
+
+
+def recorded(name, data, **params):
+    module = get(name)
+    defaults = module.Params().__dict__ | params
+    return ExperimentResult(name, defaults, data)
+
+
+# --- recorded data: one shape per experiment, good or bad by a flag --------------------
+
+def tour_data(user_isolated_by_default=False):
+    host = {kind: 100 + i for i, kind in enumerate(["mnt", "uts", "ipc", "pid", "net", "user", "cgroup", "time"])}
+    trial = {}
+    for setup, extra in (("default", ()), ("--userns", ("user",)), ("--timens", ("time",))):
+        isolated = {"mnt", "uts", "ipc", "pid", "net", "cgroup", *extra}
+        if user_isolated_by_default and setup == "default":
+            isolated.add("user")
+        trial[setup] = {kind: {"inside": inode + 1000 if kind in isolated else inode,
+                               "outside": inode + 1000 if kind in isolated else inode} for kind, inode in host.items()}
+    table = [{"kind": k, "flag": "CLONE_NEW" + k.upper(), "isolates": "x", "first_kernel": "1", "available": True,
+              "why_not": None} for k in host]
+    return {"table": table, "host": host, "trials": [trial], "skipped_setups": {}}
+
+
+def cost_data(net=600.0):
+    base = {"unshare(0)": 1.0, "mnt": 35, "uts": 10, "ipc": 43, "pid": 14, "net": net, "user": 16, "cgroup": 7, "time": 9}
+    return {"microseconds": {k: [v * f for f in (0.9, 1.0, 1.1)] for k, v in base.items()}, "not_available": {}}
+
+
+def pid_data(shifted=False):
+    inside = [{"pid": 1, "ppid": 0, "name": "sh"}, {"pid": 2, "ppid": 1, "name": "sleep"}]
+    host = [{"pid": 500, "ppid": 499, "name": "sh", "nspid": [500, 1]},
+            {"pid": 501, "ppid": 500, "name": "sleep", "nspid": [501, 3 if shifted else 2]}]
+    return {"trials": [{"inside": inside, "host": host, "pid1_on_host": 500}]}
+
+
+def memory_data(over=False, killed=True):
+    limit = 32 * MIB
+    peak = limit + MIB if over else limit - 4096
+    samples = [[0.1 * i, min(i * 2 * MIB, peak)] for i in range(18)]
+    trial = {"samples": samples, "oom_killed": killed, "cause": "OOM-killed" if killed else "exited 0",
+             "memory_peak": peak, "oom_kills": int(killed), "seconds": 1.8}
+    return {"limit_bytes": limit, "trials": [trial, trial]}
+
+
+def cpu_data(achieved_at_half=0.5, capacity=1.95):
+    rows = []
+    for quota in (0.1, 0.5, 1.0, 2.0):
+        achieved = achieved_at_half if quota == 0.5 else min(quota, capacity) * 0.99
+        rows.append({"trial": 1, "quota": quota, "wall_seconds": 0.8, "cpu_seconds": achieved * 0.8,
+                     "throttled_periods": 8 if quota < capacity else 0, "achieved": achieved,
+                     "host_capacity": capacity})
+    return {"host_cpus": 2, "rows": rows}
+
+
+def pids_data(highest=32, hits=900):
+    samples = [[0.01 * i, min(i, highest)] for i in range(60)]
+    return {"trials": [{"samples": samples, "limit_hits": hits, "pids_at_end": highest}]}
+
+
+def overlay_data(flat=False):
+    rows = [{"size_mib": s, "first_ms": (1.0 if flat else s * 0.9), "second_ms": 0.02, "copied_up": True}
+            for s in (1, 4, 16, 64)]
+    lookup = [{"depth": d, "first_us": 3 + (0 if flat else d * 0.3), "again_us": 1.0} for d in (1, 16, 64, 128)]
+    return {"copy_up": [{"rows": rows}], "lookup": lookup}
+
+
+def versus_data(vm_seconds=3.0, vm_reason=None):
+    rows = {"process": [{"startup_s": 0.002, "memory_bytes": 1 * MIB}],
+            "container": [{"startup_s": 0.009, "memory_bytes": 2 * MIB}],
+            "vm": [] if vm_reason else [{"startup_s": vm_seconds, "memory_bytes": 250 * MIB, "accel": "tcg",
+                                         "kernel": "6.1"}]}
+    return {"rows": rows, "vm_skipped": vm_reason}
+
+
+def network_data(bridge_rtt=0.030, bridge_rate=64):
+    rows = []
+    for trial in (1, 2):
+        rows.append({"trial": trial, "path": "loopback", "rtt_ms": [0.012, 0.015], "send_seconds": 0.1, "mbytes_per_s": 640})
+        rows.append({"trial": trial, "path": "bridge", "rtt_ms": [bridge_rtt] * 2, "send_seconds": 1.0, "mbytes_per_s": bridge_rate})
+    return {"rows": rows, "server_ip": "10.213.1.2"}
+
+
+PASSING = {
+    "namespace_tour": tour_data(), "namespace_cost": cost_data(), "pid_view": pid_data(),
+    "network": network_data(), "memory_limit": memory_data(), "cpu_quota": cpu_data(),
+    "pids_limit": pids_data(), "overlay_copy_up": overlay_data(), "container_vs_vm": versus_data(),
+}
+
+FAILING = {
+    "a default container that isolated users": ("namespace_tour", tour_data(user_isolated_by_default=True)),
+    "a network namespace as cheap as the others": ("namespace_cost", cost_data(net=20.0)),
+    "host and container PIDs that do not match": ("pid_view", pid_data(shifted=True)),
+    "a bridge with more throughput than loopback": ("network", network_data(bridge_rate=900)),
+    "round trips over the bridge faster than loopback": ("network", network_data(bridge_rtt=0.008)),
+    "usage above the memory limit": ("memory_limit", memory_data(over=True)),
+    "a process that was never OOM-killed": ("memory_limit", memory_data(killed=False)),
+    "half a core granted but a third used": ("cpu_quota", cpu_data(achieved_at_half=0.33)),
+    "more CPU than the quota": ("cpu_quota", cpu_data(achieved_at_half=0.7)),
+    "more processes than the limit": ("pids_limit", pids_data(highest=40)),
+    "a bomb that never hit the limit": ("pids_limit", pids_data(highest=12, hits=0)),
+    "copy-up that does not grow with size": ("overlay_copy_up", overlay_data(flat=True)),
+    "a VM that boots as fast as a container": ("container_vs_vm", versus_data(vm_seconds=0.02)),
+}
+
+
+def test_every_experiment_has_recorded_data_here():
+    assert set(PASSING) == set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_check_holds_on_data_that_bears_the_claim_out(name):
+    outcome = get(name).check(recorded(name, PASSING[name]))
+    assert outcome.held is True, outcome.detail
+    assert outcome.status == "held"
+    assert str(outcome).endswith("held: True")
+
+
+@pytest.mark.parametrize("case", sorted(FAILING))
+def test_check_says_so_when_the_claim_did_not_hold(case):
+    name, data = FAILING[case]
+    outcome = get(name).check(recorded(name, data))
+    assert outcome.held is False
+    assert outcome.status == "did not hold"
+    assert outcome.detail   # says what went wrong, in numbers
+
+
+def test_cpu_quota_above_what_a_busy_host_can_give_only_checks_the_ceiling():
+    data = cpu_data(capacity=0.9)   # another program took most of the two cores
+    assert get("cpu_quota").check(recorded("cpu_quota", data)).held is True
+
+
+def test_a_host_without_a_vm_skips_the_comparison_with_its_reason():
+    outcome = get("container_vs_vm").check(recorded("container_vs_vm", versus_data(vm_reason="qemu is not installed")))
+    assert outcome.held is None and outcome.status == "skipped"
+    assert "qemu is not installed" in outcome.skipped
+
+
+def test_a_skipped_experiment_is_skipped_not_held():
+    result = recorded("network", {})
+    result.skipped = "the bridge network is not available here: no CAP_NET_ADMIN"
+    outcome = get("network").check(result)
+    assert outcome.status == "skipped" and "CAP_NET_ADMIN" in str(outcome)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_figures_are_drawn_from_recorded_data_alone(name):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = ExperimentResult.from_dict(json.loads(recorded(name, PASSING[name]).to_json()))
+    figure = get(name).plot(result)
+    assert figure.axes
+    plt.close(figure)
+
+
+def test_parameters_from_the_command_line_take_the_type_of_their_default():
+    params = parse_params(get("cpu_quota").Params, {"quotas": "0.5,1", "seconds": "0.2"}, trials=2)
+    assert params.quotas == (0.5, 1.0) and params.seconds == 0.2 and params.trials == 2
+
+
+def test_an_unknown_parameter_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="has no parameter 'memroy'.*memory"):
+        parse_params(get("memory_limit").Params, {"memroy": "64m"})
+
+
+# --- the runner on the real kernel -------------------------------------------------------
+
+SMALL = ["-p", "megabytes=16", "-p", "pings=20", "-p", "quotas=0.25,0.5,1.0", "-p", "sizes_mib=1,16",
+         "-p", "depths=1,64", "-p", "vm_trials=1", "-p", "trials=1"]
+ENVIRONMENT_FIELDS = {"kernel_release", "cgroup_mode", "cgroup_controllers", "cpu_model", "cpu_count",
+                      "memory_bytes", "python", "labkit_version", "labkit_commit", "time"}
+
+
+def labkit(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "labkit.cli", *args], capture_output=True, text=True, **kwargs)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_run_all_then_plot_writes_results_environment_and_figures_and_every_check_holds(tmp_path, labkit_home):
+    # The VM row needs the guest kernel cached in the default LABKIT_HOME: borrow it.
+    default_vm = Path("/var/lib/labkit/vm")
+    if default_vm.is_dir():
+        (labkit_home / "vm").symlink_to(default_vm)
+    out = tmp_path / "results"
+    scratch_before = set(Path(tempfile_dir()).glob("labkit-overlay-experiment-*"))
+    run = labkit("experiment", "run", "--all", "--out", str(out), *SMALL, timeout=600)
+    assert run.returncode in (0, 1), run.stderr
+
+    for name in NAMES:
+        directory = out / name
+        record = json.loads((directory / "results.json").read_text())
+        environment = json.loads((directory / "environment.json").read_text())
+        assert ENVIRONMENT_FIELDS <= set(environment), name
+        assert environment["kernel_release"] == os.uname().release
+        check = record["check"]
+        if check["status"] == "skipped":
+            assert check["skipped"], f"{name} skipped without a reason"
+            continue
+        assert check["status"] == "held", f"{name}: {check['detail']}"
+        assert (directory / f"{name}.png").stat().st_size > 0
+    assert run.returncode == 0, run.stdout
+
+    for png in out.glob("*/*.png"):
+        png.unlink()
+    plot = labkit("experiment", "plot", str(out), timeout=120)
+    assert plot.returncode == 0, plot.stderr
+    drawn = {Path(line).name for line in plot.stdout.split()}
+    assert drawn == {f"{name}.png" for name in NAMES}
+
+    assert not list((labkit_home / "containers").glob("*")), "containers left behind"
+    assert set(Path(tempfile_dir()).glob("labkit-overlay-experiment-*")) == scratch_before, "scratch image store left behind"
+
+
+def tempfile_dir():
+    import tempfile
+
+    return tempfile.gettempdir()
