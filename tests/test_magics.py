@@ -83,6 +83,25 @@ def test_host_network_shows_the_hosts_interfaces(kernel):
     assert inside & set(os.listdir("/sys/class/net")) - {"lo"}
 
 
+def test_bridge_network_gives_an_eth0(kernel):
+    assert kernel.ok("%%container --net bridge\nls /sys/class/net").stdout.split() == ["eth0", "lo"]
+
+
+def test_published_port_reaches_a_server_inside(kernel):
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    kernel.ok(f"%container run -d --name server --net bridge -p {port}:8080 -- "
+              "sh -c 'echo served > /index.html; exec httpd -f -p 8080 -h /'")
+    answer = kernel.ok(f"import urllib.request, time\n"
+                       f"for _ in range(100):\n"
+                       f"    try: print(urllib.request.urlopen('http://127.0.0.1:{port}/index.html', timeout=2).read().decode(), end=''); break\n"
+                       f"    except OSError: time.sleep(0.1)").stdout
+    kernel.ok("%container rm server")
+    assert answer == "served\n"
+
+
 def test_volume_is_visible_and_ro_is_read_only(kernel, tmp_path):
     (tmp_path / "note").write_text("from the host\n")
     reply = kernel.ok(f"%%container -v {tmp_path}:/data:ro --no-raise --out r\ncat /data/note; touch /data/x")
