@@ -20,6 +20,7 @@ from pathlib import Path
 
 from labkit.errors import ConfigError
 from labkit.home import labkit_home
+from labkit.linux import processes
 
 # A private range rarely used by home, office or cloud networks (Docker takes 172.17/16,
 # Podman 10.88/16, libvirt 192.168.122/24): its /24s are tried in order, one per
@@ -92,29 +93,11 @@ def read_leases(home: Path | None = None) -> LeaseBook | None:
 # --- owners ----------------------------------------------------------------------------
 
 def owner_record() -> dict:
-    pid = os.getpid()
-    return {"owner_pid": pid, "owner_start": process_start_time(pid)}
-
-
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat: with the PID, it names one process for good."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[19])
-    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-        return None
+    return processes.identity(os.getpid())
 
 
 def owner_alive(lease: dict) -> bool:
-    """Same PID, same start time, and not a zombie (a killed owner nobody reaped yet)."""
-    pid = lease.get("owner_pid")
-    if not pid or process_start_time(pid) != lease.get("owner_start"):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
+    return processes.is_running(lease.get("owner_pid"), lease.get("owner_start"))
 
 
 # --- choosing and checking a subnet ------------------------------------------------------

@@ -7,19 +7,11 @@ import shutil
 from pathlib import Path
 
 from labkit.home import labkit_home
+from labkit.linux import processes
 
 
 def containers_root(home: Path | None = None) -> Path:
     return (home or labkit_home()) / "containers"
-
-
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat: with the PID, it names one process for good."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[19])
-    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-        return None
 
 
 def write_state(directory, state: dict) -> None:
@@ -39,16 +31,8 @@ def read_state(directory) -> dict | None:
 
 
 def owner_alive(state: dict) -> bool:
-    """Is the helper that made this container still running? (Same PID and start time,
-    and not a zombie: a dead helper whose parent died too may linger unreaped.)"""
-    pid = state.get("owner_pid")
-    if not pid or process_start_time(pid) != state.get("owner_start"):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
+    """Is the helper that made this container still running?"""
+    return processes.is_running(state.get("owner_pid"), state.get("owner_start"))
 
 
 def all_states(home: Path | None = None) -> list:

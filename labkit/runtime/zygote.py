@@ -26,7 +26,8 @@ from labkit.cgroups import host_hierarchy
 from labkit.cgroups.v2 import HierarchyV2
 from labkit.linux import syscalls
 from labkit.runtime import setup
-from labkit.runtime.state import process_start_time, write_state
+from labkit.linux.processes import start_time as process_start_time
+from labkit.runtime.state import write_state
 
 MAX_MESSAGE = 1 << 20
 FD_NAMES = ("stdin", "stdout", "stderr")

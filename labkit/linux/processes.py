@@ -1,0 +1,38 @@
+"""Naming a process for good: a PID is reused, a (PID, start time) pair is not."""
+
+
+def _stat_fields(pid: int) -> list | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            # The command name (field 2) may hold spaces and parentheses: split after it.
+            return handle.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks after boot), or None if there is no such process."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
+def identity(pid: int) -> dict:
+    """What to record about an owner: {"owner_pid": ..., "owner_start": ...}."""
+    return {"owner_pid": pid, "owner_start": start_time(pid)}
+
+
+def is_running(pid, started) -> bool:
+    """The same process as when recorded, and not a zombie (a dead process whose parent
+    died too may stay unreaped, with its PID and start time, for a long while)."""
+    if not pid:
+        return False
+    fields = _stat_fields(pid)
+    if not fields:
+        return False
+    try:
+        return int(fields[19]) == started and fields[0] not in ("Z", "X")
+    except (IndexError, ValueError):
+        return False
