@@ -133,11 +133,8 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    parser = build_parser()
-    options = parser.parse_args(argv)
-    if getattr(options, "command", None) and options.command[:1] == ["--"]:
-        options.command = options.command[1:]
+def dispatch(options) -> int:
+    """Run a parsed verb: a LabkitError is one line for the user, not a traceback."""
     try:
         return options.func(options) or 0
     except LabkitError as error:
@@ -145,6 +142,14 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv=None):
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    if getattr(options, "command", None) and options.command[:1] == ["--"]:
+        options.command = options.command[1:]
+    return dispatch(options)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def test_killing_owner_and_helper_is_swept_by_the_next_start(labkit_home):
     # ...but its directories and cgroups stay until someone sweeps.
     assert (labkit_home / "containers" / ident).exists()
     removed = gc()
-    assert f"container orphan" in removed
+    assert "container orphan" in removed
     assert not (labkit_home / "containers" / ident).exists()
     assert cgroup_dirs(ident) == set()
     assert labkit_mounts() == mounts_before

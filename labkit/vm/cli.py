@@ -14,7 +14,7 @@ import json
 import signal
 import sys
 
-from labkit.errors import ConfigError, LabkitError
+from labkit.errors import ConfigError
 
 # What timeout(1) returns when it had to kill the command.
 TIMEOUT_EXIT_CODE = 124
@@ -91,16 +91,13 @@ def _environment(pairs) -> dict:
 
 
 def main(argv=None):
+    """`python -m labkit.vm.cli`: the vm verbs alone, without importing every other
+    subcommand (which costs most of a minute inside an emulated VM)."""
+    from labkit.cli import dispatch
+
     parser = argparse.ArgumentParser(prog="labkit")
     add_subcommand(parser.add_subparsers(dest="verb", metavar="COMMAND", required=True))
-    options = parser.parse_args(["vm", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return options.func(options) or 0
-    except LabkitError as error:
-        print(f"labkit: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return dispatch(parser.parse_args(["vm", *(sys.argv[1:] if argv is None else argv)]))
 
 
 if __name__ == "__main__":
