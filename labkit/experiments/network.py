@@ -67,18 +67,17 @@ def by_path(result) -> dict:
 
 
 def check(result) -> Check:
-    # A ping's round trip is mostly waking ping up on each side, so the extra hops of the
-    # bridge barely show in it (µs, in the noise); throughput shows them plainly.
-    claim = ("traffic over the bridge (veth, bridge, veth) is slower than over loopback: less throughput, "
-             "and round trips no faster (within 10 %)")
+    # A ping's round trip over either path is mostly waking ping up on each side: the
+    # bridge's extra hops are a few µs, inside the noise (the figure shows both). The
+    # throughput of one TCP stream shows the extra work plainly, so the claim is on that.
+    claim = "a TCP stream over the bridge (veth, bridge, veth) carries less data per second than over loopback"
     if result.skipped:
         return Check.skip(claim, result.skipped)
     numbers = by_path(result)
     loop, bridge = numbers["loopback"], numbers["bridge"]
-    detail = (f"median RTT loopback {loop['rtt_ms'] * 1e3:.0f} µs, bridge {bridge['rtt_ms'] * 1e3:.0f} µs; "
-              f"throughput loopback {loop['mbytes_per_s']:.0f} MiB/s, bridge {bridge['mbytes_per_s']:.0f} MiB/s")
-    held = bridge["mbytes_per_s"] < loop["mbytes_per_s"] and bridge["rtt_ms"] >= 0.9 * loop["rtt_ms"]
-    return Check(claim, held, detail)
+    detail = (f"throughput loopback {loop['mbytes_per_s']:.0f} MiB/s, bridge {bridge['mbytes_per_s']:.0f} MiB/s; "
+              f"median RTT loopback {loop['rtt_ms'] * 1e3:.0f} µs, bridge {bridge['rtt_ms'] * 1e3:.0f} µs")
+    return Check(claim, bridge["mbytes_per_s"] < loop["mbytes_per_s"], detail)
 
 
 def plot(result):
