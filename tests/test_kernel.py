@@ -134,3 +134,34 @@ def test_ending_the_kernel_removes_its_detached_containers(fresh_kernel, how):
     else:
         fresh_kernel.manager.shutdown_kernel(now=how == "kill")  # kill: SIGKILL, no atexit in the kernel
     assert_nothing_left(fresh_kernel.home, containers)
+
+
+# --- headless runs must fail loudly on a misused magic --------------------------------------
+
+
+@pytest.fixture
+def misused_notebook(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    notebook = new_notebook(cells=[new_code_cell("%%container --no-such-option\ntrue"), new_code_cell("print('after')")])
+    notebook.metadata["kernelspec"] = {"name": "labkit", "display_name": "Python 3 (labkit)", "language": "python"}
+    path = tmp_path / "misused.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_notebooks_run_reports_a_misused_magic_and_fails(labkit_kernelspec, misused_notebook, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "labkit.cli", "notebooks", "run", "--out", str(tmp_path / "out"),
+                           str(misused_notebook)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "UsageError: unrecognized arguments: --no-such-option" in done.stdout
+    assert (tmp_path / "out" / "misused.ipynb").exists()
+
+
+def test_nbval_fails_a_misused_magic(labkit_kernelspec, misused_notebook):
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--nbval",
+                           "--nbval-kernel-name", "labkit", str(misused_notebook)],
+                          capture_output=True, text=True, timeout=120, cwd=misused_notebook.parent)
+    assert done.returncode == 1, done.stdout
+    assert "1 failed" in done.stdout
