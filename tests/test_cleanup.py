@@ -118,3 +118,28 @@ def test_interrupting_a_run_kills_and_removes_the_container(no_leftovers):
         container.run(on_output=interrupt)
     assert time.monotonic() - started < 15
     assert container.result.interrupted and container.state == "removed"
+
+
+def test_an_interrupt_at_any_moment_of_a_run_leaves_nothing(no_leftovers):
+    """The stop button can land anywhere: before the request leaves, while the helper
+    sets up, while the command runs, while it is being removed."""
+    import random
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    interrupted = 0
+    try:
+        for _ in range(60):
+            signal.setitimer(signal.ITIMER_REAL, random.uniform(0.0002, 0.03))
+            try:
+                Container(ContainerSpec(command="sleep 5")).run()
+            except KeyboardInterrupt:
+                interrupted += 1
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert interrupted == 60
+    # (no_leftovers: no container dir, cgroup or mount of these 60 remains)

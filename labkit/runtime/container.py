@@ -111,13 +111,14 @@ class Container:
         self._started_at = time.monotonic()
         if self.spec.timeout:
             self._deadline = self._started_at + self.spec.timeout
+        # "created" before the request goes: an interrupt from here on must kill and collect.
+        self.state = "created"
         try:
             self._helper.send({"op": "start", "id": self.id, "plan": plan, "fd_names": names}, fds)
         finally:
             for fd in fds:
                 if fd not in (stdout, stderr, stdin):
                     os.close(fd)
-        self.state = "created"
         answer = self._helper.wait_for(self.id, ("held", "started", "exited"))
         if answer["op"] == "failed":
             self.state = "removed"
@@ -134,7 +135,7 @@ class Container:
             self.startup = time.monotonic() - self._started_at
             self.state = "running"
         else:  # setup failed: the exit message is already here
-            self._helper.events.setdefault(self.id, []).insert(0, answer)
+            self._helper.put_back(answer)
             self.state = "running"
 
     def _abandon_start(self):

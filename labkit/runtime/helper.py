@@ -21,6 +21,13 @@ _helper = None
 
 
 class Helper:
+    """One helper process per owner, and a reader thread that files its messages.
+
+    The thread, not the caller, reads the socket: a KeyboardInterrupt (the notebook's
+    stop button) can then land anywhere in the caller without losing a message that was
+    half-read, and the caller can always go on to kill and collect its container.
+    """
+
     def __init__(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ, LABKIT_HELPER_FD=str(theirs.fileno()), LABKIT_OWNER_PID=str(os.getpid()))
@@ -34,9 +41,12 @@ class Helper:
         self.owner_pid = os.getpid()
         self.events = {}             # id -> list of messages not yet taken
         self.condition = threading.Condition()
-        self.reading = False
+        self.gone = None             # why the helper is gone, once it is
+        self.reader = threading.Thread(target=self._read_forever, name="labkit-helper-reader", daemon=True)
+        self.reader.start()
         self.send({"op": "ping", "id": "ping"})
-        self.wait_for("ping", ("pong",), timeout=30)
+        if self.wait_for("ping", ("pong",), timeout=30) is None:
+            raise HostError("the labkit helper process did not answer within 30 s")
 
     @property
     def pid(self):
@@ -52,24 +62,35 @@ class Helper:
         except (BrokenPipeError, ConnectionResetError, OSError) as error:
             raise HostError(f"the labkit helper process is gone ({error}); it restarts on the next container") from None
 
-    def _read_one(self, timeout):
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(MAX_MESSAGE)
-        except socket.timeout:
-            return False
-        if not data:
-            raise HostError("the labkit helper process exited unexpectedly; it restarts on the next container")
-        message = json.loads(data)
-        self.events.setdefault(message.get("id"), []).append(message)
-        return True
+    def _read_forever(self):
+        while True:
+            try:
+                data = self.sock.recv(MAX_MESSAGE)
+            except OSError as error:
+                data, reason = b"", str(error)
+            else:
+                reason = "it exited unexpectedly"
+            with self.condition:
+                if not data:
+                    self.gone = reason
+                    self.condition.notify_all()
+                    return
+                message = json.loads(data)
+                self.events.setdefault(message.get("id"), []).append(message)
+                self.condition.notify_all()
 
     def take(self, ident, ops):
-        queue = self.events.get(ident, [])
-        for index, message in enumerate(queue):
-            if message["op"] in ops or message["op"] == "failed":
-                return queue.pop(index)
-        return None
+        """The first waiting message for `ident` whose op is in `ops` (or a failure), or None."""
+        with self.condition:
+            queue = self.events.get(ident, [])
+            for index, message in enumerate(queue):
+                if message["op"] in ops or message["op"] == "failed":
+                    return queue.pop(index)
+            return None
+
+    def put_back(self, message):
+        with self.condition:
+            self.events.setdefault(message.get("id"), []).insert(0, message)
 
     def wait_for(self, ident, ops, timeout=None):
         """The next message for `ident` whose op is in `ops` (or a failure); None on timeout."""
@@ -79,20 +100,14 @@ class Helper:
                 found = self.take(ident, ops)
                 if found is not None:
                     return found
+                if self.gone is not None:
+                    raise HostError(f"the labkit helper process is gone ({self.gone}); "
+                                    "it restarts on the next container")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
-                if self.reading:
-                    self.condition.wait(remaining if remaining is not None else 0.5)
-                    continue
-                self.reading = True
-                self.condition.release()
-                try:
-                    self._read_one(min(remaining, 0.5) if remaining is not None else 0.5)
-                finally:
-                    self.condition.acquire()
-                    self.reading = False
-                    self.condition.notify_all()
+                # Short waits keep the caller interruptible (Ctrl-C, the stop button).
+                self.condition.wait(0.5 if remaining is None else min(remaining, 0.5))
 
     def close(self):
         try:
@@ -111,7 +126,8 @@ def get_helper() -> Helper:
     """This process's helper, started (after a sweep of dead owners' leftovers) on first use."""
     global _helper
     with _lock:
-        if _helper is not None and _helper.owner_pid == os.getpid() and _helper.process.poll() is None:
+        if (_helper is not None and _helper.owner_pid == os.getpid() and _helper.process.poll() is None
+                and _helper.gone is None):
             return _helper
         if os.geteuid() != 0:
             raise HostError("labkit needs root to make namespaces, cgroups and mounts; run it as root "

@@ -268,6 +268,9 @@ class Zygote:
         """SIGKILL everything in the container (or the exec'd process)."""
         process = self.processes.get(request["id"])
         if process is None:
+            # Never started (the request was interrupted before it left) or long gone:
+            # say so, so that the owner does not wait for an exit that will not come.
+            self.send({"op": "failed", "id": request["id"], "error": "no such running container"})
             return
         if process.kind == "start":
             self.containers[process.id]["cgroup"].kill()
