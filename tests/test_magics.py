@@ -201,6 +201,7 @@ def test_no_raise_keeps_the_cell_green(kernel):
     ("%%container --shell bash --python", "UsageError", "not allowed with"),
     ("%%container 'unclosed", "UsageError", "cannot split"),
     ("%%container exec no-such-container", "ContainerError", "no running container named 'no-such-container'"),
+    ("%%image bogus", "UsageError", "takes only 'build NAME'"),
 ])
 def test_misuse_fails_the_cell_with_an_error_message(kernel, line, ename, words):
     reply = kernel.run(f"{line}\ntrue")

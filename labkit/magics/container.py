@@ -21,25 +21,11 @@ import subprocess
 import sys
 import sysconfig
 
-from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from labkit.cli import add_container_options, spec_from_options
 from labkit.errors import ConfigError, LabkitError
-
-RED, RESET = "\x1b[0;31m", "\x1b[0m"
-
-
-class UsageError(ConfigError, IPythonUsageError):
-    """Bad magic usage (unknown option, missing value).
-
-    IPython prints its own UsageError as one stderr line and sends no `error` message,
-    so nbval would pass the cell. This subclass is not IPython's exact type, so IPython
-    reports it as an error and the cell fails under nbclient and nbval."""
-
-    def _render_traceback_(self):
-        return [f"{RED}UsageError{RESET}: {self}"]
-
+from labkit.magics.errors import RED, RESET, UsageError
 
 class _HelpShown(Exception):
     """`-h`: argparse printed the help and wants to exit(0); the magic just returns."""

@@ -13,8 +13,9 @@
 import json
 import shlex
 
-from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+from labkit.magics.errors import UsageError
 
 USAGE = ("usage: %image ls | inspect NAME | history NAME | layers NAME | diff NAME [--layer N] | rm NAME...\n"
          "       %%image build NAME [--context DIR]   (the cell body is the recipe)")
