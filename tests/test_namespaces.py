@@ -154,3 +154,13 @@ def test_a_time_namespace_offset_shows_in_clock_monotonic(labkit_home):
     result = run("cat /proc/uptime", time_offset=offset).check()
     inside = float(result.stdout.split()[0])
     assert abs(inside - (host_boottime + offset)) < 60
+
+
+def test_user_and_time_namespaces_together(labkit_home):
+    offset = 86400 * 2
+    with open("/proc/uptime") as uptime:
+        host_boottime = float(uptime.read().split()[0])
+    result = run("id -u; cat /proc/uptime", namespaces=ALL_KINDS, time_offset=offset).check()
+    uid, uptime_line = result.stdout.splitlines()
+    assert uid == "0"
+    assert abs(float(uptime_line.split()[0]) - (host_boottime + offset)) < 60

@@ -117,12 +117,12 @@ def enter_new_namespaces(plan):
     flags = 0
     for kind in kinds:
         flags |= BY_NAME[kind].flag
+    offsets = (plan.get("time_offsets") or {}) if "time" in kinds else {}
     if "user" in kinds:
-        unshare_user_namespace(flags, plan["user_map"])
+        unshare_user_namespace(flags, plan["user_map"], before_mapping=lambda: set_time_offsets(offsets))
     elif flags:
         syscalls.unshare(flags)
-    if "time" in kinds:
-        set_time_offsets(plan.get("time_offsets") or {})
+        set_time_offsets(offsets)
 
 
 def join_namespaces(paths):
@@ -136,9 +136,13 @@ def join_namespaces(paths):
             os.close(fd)
 
 
-def unshare_user_namespace(flags, user_map):
+def unshare_user_namespace(flags, user_map, before_mapping=lambda: None):
     """A new user namespace needs its uid/gid map written from the parent namespace:
-    a short-lived child that stays outside writes it for us."""
+    a short-lived child that stays outside writes it for us.
+
+    `before_mapping` runs right after the unshare, while we still are the host's root
+    by uid: once we setuid into the new namespace the kernel marks us non-dumpable and
+    our own /proc/self files (timens_offsets among them) stop being ours to write."""
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()
     parent = os.getpid()
@@ -159,6 +163,7 @@ def unshare_user_namespace(flags, user_map):
     os.close(done_w)
     try:
         syscalls.unshare(flags)
+        before_mapping()
     finally:
         os.write(ready_w, b"g")
         os.close(ready_w)
