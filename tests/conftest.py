@@ -3,7 +3,6 @@ where the host cannot (not root, a controller missing) they skip and say what is
 
 import os
 import re
-import time
 
 import pytest
 

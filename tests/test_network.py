@@ -19,7 +19,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from labkit import net
-from labkit.errors import ConfigError, HostError
+from labkit.errors import ConfigError
 from labkit.net import bridge, ipam
 from labkit.runtime import Container, ContainerSpec, run
 

@@ -1,6 +1,5 @@
 """`labkit experiment list | run NAME… [-p key=value] [--trials N] [--out DIR] | run --all | plot DIR`"""
 
-import sys
 
 from labkit.errors import ConfigError
 
