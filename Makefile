@@ -16,9 +16,11 @@ test: setup
 
 setup: system-packages $(STAMP)
 
+# A fresh machine may have no package lists yet: fetch them once, then what we need.
 system-packages:
-	@command -v busybox >/dev/null && busybox --list >/dev/null 2>&1 && [ -e /bin/busybox ] || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static iproute2 ; }
+	@ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -qq
+	@[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && command -v losetup >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static iproute2 util-linux
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
