@@ -255,3 +255,29 @@ def test_v2_pids_max_refuses_forks_past_the_limit():
         assert b"fork" in err.lower() or b"resource temporarily unavailable" in err.lower()
     finally:
         cgroup.delete()
+
+
+@needs_v1
+def test_the_labkit_parent_goes_with_its_last_child():
+    hierarchy = HierarchyV1()
+    if hierarchy.children():
+        pytest.skip("other labkit cgroups exist on this host right now (another run in progress)")
+    first, second = hierarchy.create(leaf()), hierarchy.create(leaf())
+    parent = os.path.dirname(first.dirs["memory"])
+    first.delete()
+    assert os.path.isdir(parent), "removed while another container still used it"
+    second.delete()
+    assert not os.path.isdir(parent)
+    third = hierarchy.create(leaf())  # and it comes back when needed
+    assert third.exists()
+    third.delete()
+
+
+@needs_unified
+def test_the_v2_labkit_parent_goes_with_its_last_child():
+    hierarchy = HierarchyV2(UNIFIED)
+    if hierarchy.children():
+        pytest.skip("other labkit cgroups exist here right now")
+    cgroup = hierarchy.create(leaf())
+    cgroup.delete()
+    assert not os.path.isdir(os.path.join(UNIFIED, "labkit"))

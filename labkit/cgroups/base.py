@@ -106,6 +106,26 @@ def remove_dir(path, deadline: float) -> None:
             time.sleep(0.002)
 
 
+def remove_parent_if_empty(directory) -> None:
+    """The shared `labkit` parent goes with its last child (rmdir fails while it has
+    others: that is the test). A creator racing with this retries (see `retry_if_parent_went`)."""
+    try:
+        os.rmdir(os.path.dirname(directory))
+    except OSError:
+        pass
+
+
+def retry_if_parent_went(make, attempts=5):
+    """Run `make()`; if the labkit parent vanished under it (removed with another owner's
+    last container), make it again."""
+    for attempt in range(attempts):
+        try:
+            return make()
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
+
+
 class Cgroup(ABC):
     """One container's cgroup: limits, membership, statistics, kill and delete."""
 

@@ -5,7 +5,7 @@ import os
 
 from labkit.cgroups.base import (
     CPU_PERIOD_US, Cgroup, Hierarchy, Limits, Stats, cpu_quota_us, read_int, read_keyed,
-    read_text, remove_dir, write,
+    read_text, remove_dir, remove_parent_if_empty, retry_if_parent_went, write,
 )
 
 # limit kind -> the v1 controllers it needs (cpuacct counts CPU time; cpu enforces quotas)
@@ -109,6 +109,7 @@ class CgroupV1(Cgroup):
     def _remove_dirs(self, deadline: float) -> None:
         for directory in sorted(set(self.dirs.values())):
             remove_dir(directory, deadline)
+            remove_parent_if_empty(directory)
 
 
 class HierarchyV1(Hierarchy):
@@ -135,7 +136,7 @@ class HierarchyV1(Hierarchy):
         made = {}
         try:
             for controller, directory in dirs.items():
-                os.makedirs(directory, exist_ok=True)
+                retry_if_parent_went(lambda: os.makedirs(directory, exist_ok=True))
                 made[controller] = directory
         except BaseException:
             CgroupV1(name, made).delete()

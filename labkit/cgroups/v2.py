@@ -6,7 +6,7 @@ import time
 
 from labkit.cgroups.base import (
     CPU_PERIOD_US, Cgroup, Hierarchy, Limits, Stats, cpu_quota_us, read_int, read_keyed,
-    read_text, remove_dir, write,
+    read_text, remove_dir, remove_parent_if_empty, retry_if_parent_went, write,
 )
 from labkit.errors import HostError
 
@@ -100,6 +100,7 @@ class CgroupV2(Cgroup):
 
     def _remove_dirs(self, deadline: float) -> None:
         remove_dir(self.path, deadline)
+        remove_parent_if_empty(self.path)
 
 
 class HierarchyV2(Hierarchy):
@@ -142,12 +143,16 @@ class HierarchyV2(Hierarchy):
     def _make(self, name: str, limits: Limits) -> CgroupV2:
         wanted = {KIND_CONTROLLERS[k] for k in self.controllers}
         parent = os.path.join(self.root, self.parent)
-        os.makedirs(parent, exist_ok=True)
-        if wanted:
-            self._enable_for_children(self.root, wanted)
-            self._enable_for_children(parent, wanted)
         path = os.path.join(self.root, name)
-        os.mkdir(path)
+
+        def make():
+            os.makedirs(parent, exist_ok=True)
+            if wanted:
+                self._enable_for_children(self.root, wanted)
+                self._enable_for_children(parent, wanted)
+            os.mkdir(path)
+
+        retry_if_parent_went(make)
         return CgroupV2(name, path)
 
     def children(self) -> list:
