@@ -70,6 +70,19 @@ def finished(result: ExperimentResult) -> ExperimentResult:
     return result
 
 
+def repeat_trials(name: str, params, one_trial, label: str, progress=None, **data) -> ExperimentResult:
+    """The common shape of a run: `params.trials` calls of `one_trial()`, each reported
+    to `progress`, kept in order in `result.data["trials"]` (beside any `data` given)."""
+    result = new_result(name, params)
+    result.data.update(data)
+    trials = []
+    for number in range(1, params.trials + 1):
+        trials.append(one_trial())
+        report(progress, number, params.trials, label)
+    result.data["trials"] = trials
+    return finished(result)
+
+
 # --- progress -------------------------------------------------------------------------
 
 def report(progress, done: int, total: int, label: str = "") -> None:

@@ -6,7 +6,7 @@ Usage is sampled from outside (`container.stats()`) while the process runs.
 import time
 from dataclasses import dataclass
 
-from labkit.experiments.base import Check, finished, new_result, report, running
+from labkit.experiments.base import Check, repeat_trials, running
 from labkit.units import parse_bytes
 
 MIB = 1 << 20
@@ -30,14 +30,8 @@ def allocator(params: Params) -> list:
 
 
 def run(params: Params, progress=None):
-    result = new_result("memory_limit", params)
-    result.data["limit_bytes"] = parse_bytes(params.memory)
-    trials = []
-    for number in range(1, params.trials + 1):
-        trials.append(_one_trial(params))
-        report(progress, number, params.trials, f"allocate under {params.memory}")
-    result.data["trials"] = trials
-    return finished(result)
+    return repeat_trials("memory_limit", params, lambda: _one_trial(params), f"allocate under {params.memory}",
+                         progress, limit_bytes=parse_bytes(params.memory))
 
 
 def _one_trial(params: Params) -> dict:

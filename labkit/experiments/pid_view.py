@@ -6,7 +6,7 @@ next to the same processes as the host sees them. /proc/<pid>/status has both nu
 import time
 from dataclasses import dataclass
 
-from labkit.experiments.base import Check, finished, new_result, report, running
+from labkit.experiments.base import Check, repeat_trials, running
 
 # PID 1 with a child, and a subshell with two children of its own: a tree of five.
 TREE = "sleep 600 & (sleep 600 & sleep 600 & wait) & wait"
@@ -19,13 +19,7 @@ class Params:
 
 
 def run(params: Params, progress=None):
-    result = new_result("pid_view", params)
-    trials = []
-    for number in range(1, params.trials + 1):
-        trials.append(_one_view())
-        report(progress, number, params.trials, "ps inside, /proc outside")
-    result.data["trials"] = trials
-    return finished(result)
+    return repeat_trials("pid_view", params, _one_view, "ps inside, /proc outside", progress)
 
 
 def _one_view() -> dict:

@@ -6,7 +6,7 @@ refusal in pids.events).
 import time
 from dataclasses import dataclass
 
-from labkit.experiments.base import Check, finished, new_result, report, running
+from labkit.experiments.base import Check, repeat_trials, running
 
 # The classic bomb, spelt for busybox sh: each call starts two more in the background.
 # A shell exits when a fork fails, so on its own the bomb burns out once it hits the
@@ -24,13 +24,8 @@ class Params:
 
 
 def run(params: Params, progress=None):
-    result = new_result("pids_limit", params)
-    trials = []
-    for number in range(1, params.trials + 1):
-        trials.append(_one_trial(params))
-        report(progress, number, params.trials, f"fork bomb under pids={params.pids}")
-    result.data["trials"] = trials
-    return finished(result)
+    return repeat_trials("pids_limit", params, lambda: _one_trial(params), f"fork bomb under pids={params.pids}",
+                         progress)
 
 
 def _one_trial(params: Params) -> dict:
