@@ -55,3 +55,15 @@ def format_bytes(count) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count:.1f} TiB"
+
+
+def parse_assignments(pairs, what="setting") -> dict:
+    """["KEY=VALUE", ...] (as given to -e or -p) -> {"KEY": "VALUE"}; a pair without '='
+    or without a key is refused by name."""
+    assignments = {}
+    for pair in pairs:
+        key, equals, value = str(pair).partition("=")
+        if not equals or not key:
+            raise ConfigError(f"{what} {pair!r} is not KEY=VALUE")
+        assignments[key] = value
+    return assignments

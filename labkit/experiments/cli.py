@@ -2,6 +2,7 @@
 
 
 from labkit.errors import ConfigError
+from labkit.units import parse_assignments
 
 
 def add_subcommand(subparsers):
@@ -45,7 +46,7 @@ def cmd_run(options):
     names = list(NAMES) if options.all else options.names
     if not names:
         raise ConfigError("name an experiment (labkit experiment list) or pass --all")
-    overrides = _overrides(options.param)
+    overrides = parse_assignments(options.param, "parameter")
     worst = 0
     for name in names:
         module_params = _params_of(name)
@@ -72,16 +73,6 @@ def cmd_plot(options):
     for path in drawn:
         print(path)
     return 0
-
-
-def _overrides(pairs) -> dict:
-    overrides = {}
-    for pair in pairs:
-        key, equals, value = pair.partition("=")
-        if not equals or not key:
-            raise ConfigError(f"parameter {pair!r} is not KEY=VALUE")
-        overrides[key] = value
-    return overrides
 
 
 def _params_of(name) -> set:

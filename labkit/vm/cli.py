@@ -14,7 +14,7 @@ import json
 import signal
 import sys
 
-from labkit.errors import ConfigError
+from labkit.units import parse_assignments
 
 # What timeout(1) returns when it had to kill the command.
 TIMEOUT_EXIT_CODE = 124
@@ -58,7 +58,7 @@ def cmd_run(options):
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         result = run(command, memory=options.memory, cpus=options.cpus, rw_dir=options.rw_dir,
-                     timeout=options.timeout, env=_environment(options.env), stream=sys.stdout)
+                     timeout=options.timeout, env=parse_assignments(options.env, "-e"), stream=sys.stdout)
     except VMTimeout as error:
         print(f"labkit: {error}", file=sys.stderr)
         return TIMEOUT_EXIT_CODE
@@ -78,16 +78,6 @@ def cmd_boot_time(options):
 
     print(json.dumps(measure_boot().as_dict(), indent=2))
     return 0
-
-
-def _environment(pairs) -> dict:
-    environment = {}
-    for pair in pairs:
-        key, equals, value = pair.partition("=")
-        if not equals or not key:
-            raise ConfigError(f"-e {pair!r} is not KEY=VALUE")
-        environment[key] = value
-    return environment
 
 
 def main(argv=None):
