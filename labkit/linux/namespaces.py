@@ -1,10 +1,7 @@
 """The eight namespace kinds: one table students read, and a probe of this host."""
 
 import functools
-import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 
 from labkit.linux import syscalls
@@ -79,6 +76,10 @@ def available_namespaces() -> dict:
     Probed in a fresh single-threaded interpreter: unshare() in this process would
     change what it sees, and forking a multi-threaded Jupyter kernel is unsafe.
     """
+    import json
+    import subprocess
+    import sys
+
     probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
         return {ns.name: f"probe failed: {probe.stderr.strip()[-200:]}" for ns in NAMESPACES}
