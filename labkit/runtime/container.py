@@ -5,10 +5,8 @@ Lifecycle (the OCI vocabulary): configured → created → running → exited �
 `exec()`, `stop()`, `remove()`.
 """
 
-import codecs
 import os
 import secrets
-import selectors
 import signal
 import time
 from pathlib import Path
@@ -19,8 +17,8 @@ from labkit.runtime.helper import get_helper
 from labkit.runtime.result import Result
 from labkit.runtime.spec import ContainerSpec
 from labkit.runtime.state import all_states, containers_root, owner_alive
+from labkit.runtime.streams import OutputStreams
 
-OUTPUT_LIMIT = 16 << 20   # bytes of stdout/stderr kept in a Result (streaming sees it all)
 STOP_GRACE = 10.0
 
 _running = {}  # name -> Container, the long-lived containers of this process
@@ -349,13 +347,13 @@ class Container:
     def _open_stdio(self, on_output, stdout, stderr, stdin, detach):
         """fds to hand the container, their names, and the reader on our side."""
         fds, names = [], []
-        streams = _Streams(on_output)
+        streams = OutputStreams(on_output)
         if detach:
             self.dir.mkdir(parents=True, exist_ok=True)  # the helper makes the rest
             for name in ("stdout", "stderr"):
                 fds.append(os.open(self.dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644))
                 names.append(name)
-            streams = _Streams(None)
+            streams = OutputStreams(None)
         else:
             for name, given in (("stdout", stdout), ("stderr", stderr)):
                 if given is not None:
@@ -416,7 +414,7 @@ class _ExecProcess:
 
     def run(self, on_output) -> Result:
         helper = self.container._helper
-        streams = _Streams(on_output)
+        streams = OutputStreams(on_output)
         fds = []
         for name in ("stdout", "stderr"):
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -462,71 +460,6 @@ class _ExecProcess:
             result.exit_code, result.signal = error["exit_code"], None
         streams.close()
         return result
-
-
-class _Streams:
-    """Reads the container's stdout/stderr pipes as data arrives and hands it on."""
-
-    def __init__(self, on_output):
-        self.on_output = on_output
-        self.selector = selectors.DefaultSelector()
-        self.buffers = {}
-        self.decoders = {}
-        self.sizes = {}
-
-    def add(self, name, fd):
-        os.set_blocking(fd, False)
-        self.selector.register(fd, selectors.EVENT_READ, name)
-        self.buffers[name] = []
-        self.sizes[name] = 0
-        self.decoders[name] = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    @property
-    def open(self) -> bool:
-        return bool(self.selector.get_map())
-
-    def pump(self, timeout):
-        if not self.open:
-            if timeout:
-                time.sleep(timeout)
-            return
-        for key, _ in self.selector.select(timeout):
-            self._read(key.fileobj, key.data)
-
-    def drain(self):
-        """Read what is left (the writers are gone: every read ends in data or EOF)."""
-        while self.open:
-            for key in list(self.selector.get_map().values()):
-                self._read(key.fileobj, key.data)
-            if self.open:
-                self.selector.select(0.05)
-
-    def _read(self, fd, name):
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if not chunk:
-            self.selector.unregister(fd)
-            os.close(fd)
-            text = self.decoders[name].decode(b"", final=True)
-        else:
-            text = self.decoders[name].decode(chunk)
-        if text:
-            if self.sizes[name] < OUTPUT_LIMIT:
-                self.buffers[name].append(text)
-                self.sizes[name] += len(text)
-            if self.on_output:
-                self.on_output(name, text)
-
-    def text(self, name) -> str:
-        return "".join(self.buffers.get(name, []))
-
-    def close(self):
-        for key in list(self.selector.get_map().values()):
-            self.selector.unregister(key.fileobj)
-            os.close(key.fileobj)
-        self.selector.close()
 
 
 def merge_env(*layers) -> list:

@@ -1,0 +1,78 @@
+"""A container's stdout and stderr on the owner's side: read from pipes as data arrives,
+decoded, handed to a callback (the notebook cell), and kept for the Result.
+
+Why pipes and not the owner's own descriptors: under nbval a child writing straight to
+inherited descriptors is lost; the kernel must write the output itself.
+"""
+
+import codecs
+import os
+import selectors
+import time
+
+OUTPUT_LIMIT = 16 << 20   # bytes of stdout/stderr kept in a Result (streaming sees it all)
+
+
+class OutputStreams:
+    """Reads the container's stdout/stderr pipes as data arrives and hands it on."""
+
+    def __init__(self, on_output):
+        self.on_output = on_output
+        self.selector = selectors.DefaultSelector()
+        self.buffers = {}
+        self.decoders = {}
+        self.sizes = {}
+
+    def add(self, name, fd):
+        os.set_blocking(fd, False)
+        self.selector.register(fd, selectors.EVENT_READ, name)
+        self.buffers[name] = []
+        self.sizes[name] = 0
+        self.decoders[name] = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    @property
+    def open(self) -> bool:
+        return bool(self.selector.get_map())
+
+    def pump(self, timeout):
+        if not self.open:
+            if timeout:
+                time.sleep(timeout)
+            return
+        for key, _ in self.selector.select(timeout):
+            self._read(key.fileobj, key.data)
+
+    def drain(self):
+        """Read what is left (the writers are gone: every read ends in data or EOF)."""
+        while self.open:
+            for key in list(self.selector.get_map().values()):
+                self._read(key.fileobj, key.data)
+            if self.open:
+                self.selector.select(0.05)
+
+    def _read(self, fd, name):
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.selector.unregister(fd)
+            os.close(fd)
+            text = self.decoders[name].decode(b"", final=True)
+        else:
+            text = self.decoders[name].decode(chunk)
+        if text:
+            if self.sizes[name] < OUTPUT_LIMIT:
+                self.buffers[name].append(text)
+                self.sizes[name] += len(text)
+            if self.on_output:
+                self.on_output(name, text)
+
+    def text(self, name) -> str:
+        return "".join(self.buffers.get(name, []))
+
+    def close(self):
+        for key in list(self.selector.get_map().values()):
+            self.selector.unregister(key.fileobj)
+            os.close(key.fileobj)
+        self.selector.close()
