@@ -95,9 +95,15 @@ def text_progress(name: str, stream=None):
     """A progress callback that rewrites one text line: `namespace_cost  12/40  net`."""
     stream = stream or sys.stderr
 
+    # A log file (CI, a redirect) gets only the finished line, not every rewrite of it.
+    rewriting = getattr(stream, "isatty", lambda: False)()
+
     def show(done, total, label=""):
-        end = "\n" if done >= total else ""
-        stream.write(f"\r{name:16} {done:4}/{total:<4} {label:40.40}{end}")
+        finished = done >= total
+        if not (rewriting or finished):
+            return
+        start, end = ("\r" if rewriting else ""), ("\n" if finished else "")
+        stream.write(f"{start}{name:16} {done:4}/{total:<4} {label:40.40}{end}")
         stream.flush()
     return show
 
