@@ -306,6 +306,8 @@ class Container:
                                 "(pruned or removed meanwhile); build or import it again")
 
     def _check_name_free(self):
+        if self.spec.name is None:
+            return  # a generated name carries the random id: no other container has it
         for state in all_states():
             if state.get("name") == self.name and owner_alive(state):
                 raise ConfigError(f"a container named {self.name!r} already exists; remove it or pick another name")
