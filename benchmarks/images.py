@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import timing
+
 SIZE_MIB = 100
 RECIPE = """\
 FROM busybox
@@ -32,12 +34,7 @@ RUN ls -R / > /listing.txt 2>/dev/null || true
 
 
 def timed(function, repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+    return statistics.median(timing.samples(function, repeat))
 
 
 def make_upper(directory: Path) -> None:

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+import timing
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -33,14 +35,7 @@ SINK_PORT = 5201
 
 
 def timed(function, runs, warmup=3):
-    for _ in range(warmup):
-        function()
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples) * 1000
+    return statistics.median(timing.samples(function, runs, warmup)) * 1000
 
 
 # --- the TCP sink and source (run as `--tcp sink|source`, optionally inside a netns) --------

@@ -24,21 +24,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+import timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
 def timed(function, runs, warmup=5):
-    for _ in range(warmup):
-        function()
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - started)
-    samples.sort()
+    samples = timing.samples(function, runs, warmup)
     return {"median_ms": statistics.median(samples) * 1000, "p90_ms": samples[int(len(samples) * 0.9)] * 1000,
             "runs": runs}
 
