@@ -50,6 +50,16 @@ def sleeper():
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 
 
+def run_inside(cgroup, argv, timeout=300):
+    """Start `argv` held on stdin, move it into `cgroup`, then let it go: everything it
+    does happens inside. Returns (returncode, stderr bytes)."""
+    process = subprocess.Popen(["sh", "-c", 'read _; exec "$@"', "sh", *argv],
+                               stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    cgroup.add_process(process.pid)
+    _, err = process.communicate(b"go\n", timeout=timeout)
+    return process.returncode, err
+
+
 def allocate(megabytes):
     code = f"b = bytearray({megabytes} << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
     return [sys.executable, "-c", code]
@@ -121,10 +131,8 @@ def test_v1_add_process_stats_kill_and_delete():
 def test_v1_memory_limit_oom_kills_and_counts_it():
     cgroup = HierarchyV1().create(leaf(), Limits(memory=48 << 20))
     try:
-        process = subprocess.Popen(["sh", "-c", "read _; exec \"$@\"", "sh", *allocate(200)], stdin=subprocess.PIPE)
-        cgroup.add_process(process.pid)
-        process.communicate(b"go\n", timeout=60)
-        assert process.returncode == -signal.SIGKILL
+        returncode, _ = run_inside(cgroup, allocate(200), timeout=60)
+        assert returncode == -signal.SIGKILL
         stats = cgroup.stats()
         assert stats.oom_kills >= 1
         assert stats.memory_peak <= 48 << 20
@@ -213,10 +221,8 @@ def test_v2_limits_are_written_in_kernel_units():
 def test_v2_memory_max_oom_kills_and_memory_events_count_it():
     cgroup = V2_FULL.create(leaf(), Limits(memory=48 << 20))
     try:
-        process = subprocess.Popen(["sh", "-c", "read _; exec \"$@\"", "sh", *allocate(200)], stdin=subprocess.PIPE)
-        cgroup.add_process(process.pid)
-        process.communicate(b"go\n", timeout=300)
-        assert process.returncode == -signal.SIGKILL
+        returncode, _ = run_inside(cgroup, allocate(200))
+        assert returncode == -signal.SIGKILL
         stats = cgroup.stats()
         assert stats.oom_kills >= 1
         if stats.memory_peak is not None:
@@ -230,11 +236,7 @@ def test_v2_memory_max_oom_kills_and_memory_events_count_it():
 def test_v2_cpu_max_throttles_a_busy_loop():
     cgroup = V2_FULL.create(leaf(), Limits(cpus=0.2))
     try:
-        process = subprocess.Popen(["sh", "-c", "read _; exec \"$@\"", "sh", sys.executable, "-c",
-                                    "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"],
-                                   stdin=subprocess.PIPE)
-        cgroup.add_process(process.pid)
-        process.communicate(b"go\n", timeout=300)
+        run_inside(cgroup, [sys.executable, "-c", "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"])
         stats = cgroup.stats()
         assert stats.throttled_periods > 0
     finally:
@@ -246,10 +248,7 @@ def test_v2_cpu_max_throttles_a_busy_loop():
 def test_v2_pids_max_refuses_forks_past_the_limit():
     cgroup = V2_FULL.create(leaf(), Limits(pids=4))
     try:
-        script = "read _; for i in 1 2 3 4 5 6 7 8; do sleep 2 & done; wait"
-        process = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        cgroup.add_process(process.pid)
-        _, err = process.communicate(b"go\n", timeout=300)
+        _, err = run_inside(cgroup, ["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 2 & done; wait"])
         stats = cgroup.stats()
         assert stats.pids_limit_hits > 0
         assert b"fork" in err.lower() or b"resource temporarily unavailable" in err.lower()
