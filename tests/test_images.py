@@ -255,6 +255,49 @@ def test_commit_keeps_the_whiteout_as_a_character_device_on_disk(store, tmp_path
     assert is_whiteout(os.lstat(new.layer_dirs[-1] / "bin" / "ls"))
 
 
+def _tricky_upper(upper):
+    """An upper dir whose canonical order differs from a directory walk's ('a-b' sorts
+    before 'a/…'), with every kind of entry a commit keeps or drops."""
+    from labkit.images.whiteouts import make_opaque, make_whiteout
+
+    (upper / "a" / "deep").mkdir(parents=True)
+    (upper / "a" / "deep" / "f").write_bytes(os.urandom(3 << 20))
+    (upper / "a-b").write_text("dash sorts before slash\n")
+    os.link(upper / "a-b", upper / "a" / "hard")
+    os.symlink("../a-b", upper / "a" / "link")
+    os.mkfifo(upper / "a" / "fifo")
+    make_whiteout(upper / "gone")
+    (upper / "fresh").mkdir()
+    make_opaque(upper / "fresh")
+    (upper / "fresh" / "x").write_text("x")
+    (upper / "etc").mkdir()
+    (upper / "etc" / "hostname").write_text("dropped\n")   # etc/ empties: it goes too
+    (upper / "ro").mkdir()
+    (upper / "ro" / "kept").write_text("in a read-only dir\n")
+    os.chmod(upper / "ro", 0o555)
+    os.chown(upper / "a-b", 1234, 5678)
+    os.chmod(upper / "a" / "deep" / "f", 0o640)
+
+
+@pytest.mark.parametrize("consume", [False, True], ids=["copy", "move"])
+def test_commit_digest_is_the_digest_of_the_layer_it_stored(store, tmp_path, consume):
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    _tricky_upper(upper)
+    content = (upper / "a" / "deep" / "f").read_bytes()
+    new = commit(upper, get_image("busybox", store), "tricky", store=store, consume=consume)
+    stored = new.layer_dirs[-1]
+    assert new.layers[-1] == layer_digest(stored)
+    names = tar_names(stored)
+    assert names.index("a-b") < names.index("a/deep")
+    assert "etc" not in names and "gone" not in names and ".wh.gone" in names
+    assert "fresh/.wh..wh..opq" in names
+    assert os.stat(stored / "a" / "hard").st_ino == os.stat(stored / "a-b").st_ino
+    assert os.stat(stored / "ro").st_mode & 0o777 == 0o555
+    assert (os.stat(stored / "a-b").st_uid, os.stat(stored / "a-b").st_gid) == (1234, 5678)
+    assert (stored / "a" / "deep" / "f").read_bytes() == content
+
+
 # --- build ---------------------------------------------------------------------------------------
 
 RECIPE = """\

@@ -9,16 +9,16 @@ layers are stored, so a commit copies it as it is, minus two things:
 """
 
 import os
-import shutil
 import stat
 from pathlib import Path
 
 from labkit.errors import ImageError
+from labkit.images.layers import Entry, HashingSink, entry_for, sort_canonically, write_canonical_tar
 from labkit.images.store import Image, ImageConfig, Store, validate_name
 from labkit.images.whiteouts import (
     INIT_LAYER_FILES,
+    OPAQUE_MARKER,
     is_opaque,
-    is_whiteout,
     make_opaque,
     make_whiteout,
     strip_overlay_xattrs,
@@ -54,10 +54,97 @@ def commit_layer(upper_dir, store: Store, consume: bool = False) -> str:
             os.rename(upper, layer)
             os.mkdir(upper, 0o755)  # whoever owns the upper dir still finds it, now empty
             _clean_in_place(layer, "")
+            return store.add_layer(layer)
+        os.mkdir(layer, 0o755)
+        return store.add_layer(layer, digest=_copy_and_digest(upper, layer))
+
+
+def _copy_and_digest(upper: Path, layer: Path) -> str:
+    """Copy the upper dir into the empty dir `layer` and digest it in the same pass: each
+    file is read once, its bytes going both to the copy and into the canonical tar's
+    sha256 (the tar itself is never stored)."""
+    entries = []
+    _kept_entries(os.fspath(upper), "", entries)
+    copy = _LayerCopy(os.fspath(upper), os.fspath(layer))
+    sink = HashingSink()
+    write_canonical_tar(layer, sink, sort_canonically(entries), copy=copy)
+    copy.finish()
+    return sink.digest
+
+
+def _kept_entries(directory: str, prefix: str, entries: list) -> bool:
+    """Append the tar entries of the upper dir below `directory` that belong in a layer:
+    all but the init-layer files. True if the directory ended up empty only because of
+    what was dropped (so it goes too), as _clean_in_place decides for a moved upper dir."""
+    dropped_any, kept_any = False, False
+    with os.scandir(directory) as listing:
+        items = list(listing)
+    for item in items:
+        relative = prefix + item.name
+        if relative in INIT_LAYER_FILES:
+            dropped_any = True
+            continue
+        _check(item.path, relative)
+        entry = entry_for(relative, item.path, item.stat(follow_symlinks=False))
+        if entry is None:
+            continue  # a socket: nothing to keep
+        mark = len(entries)
+        entries.append(entry)
+        if entry.kind == "dir":
+            opaque = is_opaque(item.path)
+            if opaque:
+                entries.append(Entry(f"{relative}/{OPAQUE_MARKER}", None, None, "opaque"))
+            if _kept_entries(item.path, relative + "/", entries) and not opaque:
+                del entries[mark:]
+                dropped_any = True
+                continue
+        kept_any = True
+    return dropped_any and not kept_any
+
+
+class _LayerCopy:
+    """Makes each entry of the upper dir again under the layer dir, in tar order (a
+    parent before its children). Owners, modes and times are set at the end in reverse
+    order: a directory's after its children are made (which changes its times), and
+    a read-only directory's after it has been filled."""
+
+    def __init__(self, source: str, target: str):
+        self.skip = len(source) + 1
+        self.target = target
+        self.first_copy = {}    # (dev, inode) of a hard-linked source -> its first copy
+        self.fixups = []        # (copy, stat of the source), in creation order
+
+    def __call__(self, entry, hardlink_to):
+        if entry.kind == "opaque":
+            make_opaque(os.path.join(self.target, entry.name.rpartition("/")[0]))
+            return None
+        st = entry.st
+        destination = os.path.join(self.target, entry.path[self.skip:])
+        inode = (st.st_dev, st.st_ino)
+        if hardlink_to is not None:
+            os.link(self.first_copy[inode], destination)
+            return None
+        self.fixups.append((destination, st))
+        if entry.kind == "file":
+            if st.st_nlink > 1:
+                self.first_copy[inode] = destination
+            fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            return open(fd, "wb", buffering=0)
+        if entry.kind == "dir":
+            os.mkdir(destination, 0o700)
+        elif entry.kind == "symlink":
+            os.symlink(os.readlink(entry.path), destination)
+        elif entry.kind == "whiteout":
+            make_whiteout(destination)
+        elif entry.kind == "fifo":
+            os.mkfifo(destination)
         else:
-            os.mkdir(layer, 0o755)
-            _copy_tree(upper, layer, "", {})
-        return store.add_layer(layer)
+            os.mknod(destination, st.st_mode, st.st_rdev)
+        return None
+
+    def finish(self):
+        for destination, st in reversed(self.fixups):
+            _copy_metadata(destination, st)
 
 
 def _get_image(name, store):
@@ -105,57 +192,6 @@ def _clean_in_place(directory: Path, prefix: str) -> bool:
             strip_overlay_xattrs(entry.path)
         kept_any = True
     return dropped_any and not kept_any
-
-
-def _copy_tree(source: Path, target: Path, prefix: str, inodes: dict) -> bool:
-    """Copy the upper dir `source` into the empty dir `target`, keeping whiteouts,
-    opacity, modes, owners and hard links; same return value as _clean_in_place."""
-    dropped_any, kept_any = False, False
-    with os.scandir(source) as listing:
-        entries = sorted(listing, key=lambda entry: entry.name)
-    for entry in entries:
-        relative = prefix + entry.name
-        if relative in INIT_LAYER_FILES:
-            dropped_any = True
-            continue
-        _check(entry.path, relative)
-        st = entry.stat(follow_symlinks=False)
-        destination = os.path.join(target, entry.name)
-        if stat.S_ISDIR(st.st_mode):
-            os.mkdir(destination, 0o700)
-            if _copy_tree(Path(entry.path), Path(destination), relative + "/", inodes) and not is_opaque(entry.path):
-                os.rmdir(destination)
-                dropped_any = True
-                continue
-            if is_opaque(entry.path):
-                make_opaque(destination)
-        elif not _copy_node(entry.path, destination, st, inodes):
-            continue
-        _copy_metadata(destination, st)
-        kept_any = True
-    return dropped_any and not kept_any
-
-
-def _copy_node(path, destination, st, inodes) -> bool:
-    mode = st.st_mode
-    if stat.S_ISREG(mode):
-        first = inodes.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
-        if first:
-            os.link(first, destination)
-        else:
-            shutil.copyfile(path, destination)  # sendfile(2): the kernel copies, not Python
-            inodes[(st.st_dev, st.st_ino)] = destination
-    elif stat.S_ISLNK(mode):
-        os.symlink(os.readlink(path), destination)
-    elif is_whiteout(st):
-        make_whiteout(destination)
-    elif stat.S_ISFIFO(mode):
-        os.mkfifo(destination)
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        os.mknod(destination, mode, st.st_rdev)
-    else:
-        return False  # a socket: nothing to keep
-    return True
 
 
 def _copy_metadata(destination, st) -> None:

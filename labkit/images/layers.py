@@ -50,12 +50,7 @@ def canonical_entries(root) -> list:
             for item in listing:
                 st = item.stat(follow_symlinks=False)
                 name = prefix + item.name
-                if item.name.startswith(WHITEOUT_PREFIX):
-                    raise ImageError(
-                        f"cannot store {name!r}: names starting with '{WHITEOUT_PREFIX}' are reserved "
-                        "for deletion markers in OCI layers; rename the file"
-                    )
-                entry = _entry(name, item.path, st)
+                entry = entry_for(name, item.path, st)
                 if entry is None:
                     continue
                 entries.append(entry)
@@ -63,11 +58,16 @@ def canonical_entries(root) -> list:
                     if is_opaque(item.path):
                         entries.append(Entry(f"{name}/{OPAQUE_MARKER}", None, None, "opaque"))
                     pending.append((name + "/", item.path))
-    entries.sort(key=lambda entry: os.fsencode(entry.name))
-    return entries
+    return sort_canonically(entries)
 
 
-def _entry(name, path, st):
+def entry_for(name, path, st) -> Entry | None:
+    """The tar entry of the file at `path`, named `name` in the layer (None for a socket)."""
+    if name.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
+        raise ImageError(
+            f"cannot store {name!r}: names starting with '{WHITEOUT_PREFIX}' are reserved "
+            "for deletion markers in OCI layers; rename the file"
+        )
     mode = st.st_mode
     if is_whiteout(st):
         head, _, base = name.rpartition("/")
@@ -106,9 +106,16 @@ def header(entry: Entry, hardlink_to: str | None = None) -> tarfile.TarInfo:
     return info
 
 
-def write_canonical_tar(root, sink, entries=None) -> int:
+def sort_canonically(entries) -> list:
+    return sorted(entries, key=lambda entry: os.fsencode(entry.name))
+
+
+def write_canonical_tar(root, sink, entries=None, copy=None) -> int:
     """Write the canonical tar of the layer at `root` to `sink` (anything with write()).
 
+    `copy(entry, hardlink_to)`, when given, is called for every entry in tar order and
+    may return a raw file to which the entry's content is also written as it streams
+    through: a commit copies and digests a layer in one read of each file.
     Returns the number of bytes written.
     """
     entries = canonical_entries(root) if entries is None else entries
@@ -126,15 +133,20 @@ def write_canonical_tar(root, sink, entries=None) -> int:
         block = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         sink.write(block)
         written += len(block)
-        if info.type == tarfile.REGTYPE and info.size:
-            written += _write_content(entry.path, info.size, sink, view)
+        also = copy(entry, hardlink_to) if copy is not None else None
+        try:
+            if info.type == tarfile.REGTYPE and info.size:
+                written += _write_content(entry.path, info.size, sink, view, also)
+        finally:
+            if also is not None:
+                also.close()
     end = 2 * BLOCK
     end += -(written + end) % RECORD
     sink.write(bytes(end))
     return written + end
 
 
-def _write_content(path, size, sink, view) -> int:
+def _write_content(path, size, sink, view, also=None) -> int:
     copied = 0
     with open(path, "rb", buffering=0) as content:
         while copied < size:
@@ -142,6 +154,8 @@ def _write_content(path, size, sink, view) -> int:
             if not count:
                 raise ImageError(f"{path} shrank while it was being stored; is a container still writing to it?")
             sink.write(view[:count])
+            if also is not None:
+                also.write(view[:count])  # a raw file: writes all of a regular file's bytes
             copied += count
     padding = -size % BLOCK
     if padding:
