@@ -205,3 +205,55 @@ def test_device_read_rate_limits_direct_reads(no_leftovers, loop_device):
     free = run(script, volumes=volume).check()
     assert limited.duration > 2.0, limited.stderr
     assert limited.duration > 3 * free.duration
+
+
+# --- the typed launch plan and the helper's messages ---------------------------------------
+
+def _a_start_plan():
+    from labkit.images import get_image
+    from labkit.runtime import plan as launch
+
+    spec = ContainerSpec(command=["true"], memory="64m", volumes=[], pids=8).validated()
+    return launch.start_plan(spec, get_image("busybox"), id="0123456789abcdef", name="demo", hostname="demo",
+                             directory="/nonexistent/containers/0123456789abcdef", command=["true"],
+                             hold=False, auto_remove=True)
+
+
+def test_a_launch_plan_survives_the_socket_unchanged(labkit_home):
+    import json
+
+    from labkit.runtime import plan as launch
+
+    plan = _a_start_plan()
+    again = launch.from_wire(launch.StartPlan, json.loads(json.dumps(launch.to_wire(plan))))
+    assert again == plan
+    assert again.limits.memory == 64 << 20 and again.process.command == ["true"] and again.limits.pids == 8
+
+
+@pytest.mark.parametrize("change, complaint", [
+    (lambda wire: wire.update(hold_on=True), "unknown field.*hold_on"),
+    (lambda wire: wire.pop("hold"), "missing field.*hold"),
+    (lambda wire: wire["process"].update(cap_ad=[]), r"StartPlan\.process: unknown field.*cap_ad"),
+    (lambda wire: wire["limits"].pop("pids"), r"StartPlan\.limits: missing field.*pids"),
+])
+def test_a_launch_plan_with_an_unknown_or_missing_field_is_refused(labkit_home, change, complaint):
+    from labkit.runtime import plan as launch
+
+    wire = launch.to_wire(_a_start_plan())
+    launch.from_wire(launch.StartPlan, wire)  # as sent: accepted
+    change(wire)
+    with pytest.raises(launch.PlanError, match=complaint):
+        launch.from_wire(launch.StartPlan, wire)
+
+
+def test_helper_messages_are_checked_against_one_declaration():
+    from labkit.runtime import protocol
+    from labkit.runtime.protocol import Op
+
+    assert protocol.decode(protocol.encode(Op.KILL, id="abc")) == {"op": Op.KILL, "id": "abc"}
+    with pytest.raises(protocol.ProtocolError, match="unknown field"):
+        protocol.encode(Op.KILL, id="abc", signal=9)
+    with pytest.raises(protocol.ProtocolError, match="missing field"):
+        protocol.encode(Op.SIGNAL, id="abc")
+    with pytest.raises(protocol.ProtocolError, match="unknown operation"):
+        protocol.decode(b'{"op": "kil", "id": "abc"}')

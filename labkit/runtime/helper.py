@@ -5,7 +5,6 @@ subprocess (fork+exec of a fresh interpreter), never by forking the caller.
 """
 
 import atexit
-import json
 import os
 import socket
 import subprocess
@@ -14,7 +13,8 @@ import threading
 import time
 
 from labkit.errors import HostError
-MAX_MESSAGE = 1 << 20  # as in labkit.runtime.zygote
+from labkit.runtime import protocol
+from labkit.runtime.protocol import MAX_MESSAGE, Op
 
 _lock = threading.Lock()
 _helper = None
@@ -44,16 +44,17 @@ class Helper:
         self.gone = None             # why the helper is gone, once it is
         self.reader = threading.Thread(target=self._read_forever, name="labkit-helper-reader", daemon=True)
         self.reader.start()
-        self.send({"op": "ping", "id": "ping"})
-        if self.wait_for("ping", ("pong",), timeout=30) is None:
+        self.send(Op.PING, id="ping")
+        if self.wait_for("ping", (Op.PONG,), timeout=30) is None:
             raise HostError("the labkit helper process did not answer within 30 s")
 
     @property
     def pid(self):
         return self.process.pid
 
-    def send(self, message, fds=()):
-        data = json.dumps(message).encode()
+    def send(self, op, fds=(), **fields):
+        """One request of labkit.runtime.protocol, with `fds` (stdio) as SCM_RIGHTS."""
+        data = protocol.encode(op, **fields)
         try:
             if fds:
                 socket.send_fds(self.sock, [data], list(fds))
@@ -75,7 +76,7 @@ class Helper:
                     self.gone = reason
                     self.condition.notify_all()
                     return
-                message = json.loads(data)
+                message = protocol.decode(data)
                 self.events.setdefault(message.get("id"), []).append(message)
                 self.condition.notify_all()
 
@@ -84,7 +85,7 @@ class Helper:
         with self.condition:
             queue = self.events.get(ident, [])
             for index, message in enumerate(queue):
-                if message["op"] in ops or message["op"] == "failed":
+                if message["op"] in ops or message["op"] == Op.FAILED:
                     return queue.pop(index)
             return None
 
@@ -111,7 +112,7 @@ class Helper:
 
     def close(self):
         try:
-            self.sock.send(json.dumps({"op": "shutdown"}).encode())
+            self.sock.send(protocol.encode(Op.SHUTDOWN))
         except OSError:
             pass
         try:

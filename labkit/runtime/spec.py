@@ -56,6 +56,13 @@ class ContainerSpec:
     device_read_bps: list = field(default_factory=list)   # "DEVICE:RATE", e.g. "/dev/vda:1m"
     device_write_bps: list = field(default_factory=list)
 
+    def limits(self):
+        """The cgroup limits this (validated) spec asks for."""
+        from labkit.cgroups import Limits
+
+        return Limits(memory=self.memory, cpus=self.cpus, pids=self.pids,
+                      io_read_bps=dict(self.device_read_bps), io_write_bps=dict(self.device_write_bps))
+
     def validated(self) -> "ContainerSpec":
         """A copy with units parsed and every value checked; raises ConfigError."""
         spec = ContainerSpec(**self.__dict__)
