@@ -93,7 +93,8 @@ class Store:
         return self.layers_root / validate_digest(digest).split(":", 1)[1]
 
     def has_layer(self, digest: str) -> bool:
-        return self.layer_dir(digest).is_dir()
+        """A well-formed digest whose layer is in the store."""
+        return bool(DIGEST_PATTERN.fullmatch(digest)) and self.layer_dir(digest).is_dir()
 
     def layer_digests(self) -> list:
         if not self.layers_root.is_dir():
