@@ -94,6 +94,8 @@ class StartPlan:
     hold: bool                       # stop before exec until the runtime releases it
     auto_remove: bool                # the helper removes the directories at exit
     volumes: list[VolumeMount]
+    read_only: bool                  # the overlay root mounted read-only
+    tmpfs: list                      # writable tmpfs mounts (absolute paths inside)
     limits: Limits
     time_offsets: dict               # clock name -> seconds, for a time namespace
     user_map: UserMap | None         # set when a user namespace is made
@@ -166,7 +168,7 @@ def start_plan(spec, image, *, id, name, hostname, directory, command, hold, aut
         init_files=init_files(hostname), hostname=hostname, namespaces=list(spec.namespaces),
         process=process_plan(spec, image, hostname, command), init=spec.init, hold=hold, auto_remove=auto_remove,
         volumes=[VolumeMount(v.source, v.target, v.readonly) for v in spec.volumes],
-        limits=spec.limits(),
+        read_only=spec.read_only, tmpfs=list(spec.tmpfs), limits=spec.limits(),
         time_offsets={"monotonic": spec.time_offset, "boottime": spec.time_offset} if spec.time_offset else {},
         user_map=UserMap(*spec.user_map) if "user" in spec.namespaces else None,
         join={}, network_inside=None,

@@ -198,6 +198,8 @@ def become_container(plan, fds):
         mount_root_filesystem(plan)
         mount_kernel_filesystems(plan, rootfs)
         mount_volumes(plan, rootfs)
+        mount_tmpfs(plan, rootfs)
+        make_root_read_only(plan, rootfs)
         switch_root(rootfs)
         set_hostname(plan)
         if "net" in plan.namespaces:
@@ -332,6 +334,23 @@ def mount_volumes(plan, rootfs):
         syscalls.mount(volume.source, target, None, MS_BIND | MS_REC)
         if volume.readonly:
             syscalls.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+@step("mount tmpfs")
+def mount_tmpfs(plan, rootfs):
+    """`--tmpfs PATH`: a writable, memory-backed directory (also on a read-only root)."""
+    for path in plan.tmpfs:
+        target = rootfs + path
+        ensure_dir(target)
+        syscalls.mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+
+
+@step("make the root filesystem read-only")
+def make_root_read_only(plan, rootfs):
+    """`--read-only`: only the root mount itself; /proc, /dev, volumes and tmpfs are
+    mounts of their own and keep their flags (a bind remount without MS_REC)."""
+    if plan.read_only:
+        syscalls.mount(None, rootfs, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
 @step("pivot_root into the container's root")
