@@ -206,6 +206,20 @@ class Store:
             used.update(state.get("image_layers", []))
         return used
 
+    def container_records(self) -> list:
+        """Every container's state.json (written by labkit.runtime) with its "dir" added,
+        oldest directory name first; unreadable ones are skipped."""
+        if not self.containers_root.is_dir():
+            return []
+        found = []
+        for container in sorted(self.containers_root.iterdir()):
+            try:
+                state = json.loads((container / "state.json").read_text())
+            except (OSError, ValueError):
+                continue
+            found.append({**state, "dir": str(container)})
+        return found
+
     def layers_in_use(self) -> set:
         return self.layers_used_by_images() | self.layers_used_by_containers()
 

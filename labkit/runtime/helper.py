@@ -133,7 +133,7 @@ def get_helper() -> Helper:
         if os.geteuid() != 0:
             raise HostError("labkit needs root to make namespaces, cgroups and mounts; run it as root "
                             "(sudo), or in a VM or Binder image where you are root")
-        from labkit.runtime.state import sweep
+        from labkit.runtime.leftovers import sweep
 
         sweep()
         _helper = Helper()
