@@ -37,7 +37,7 @@ class Container:
         self.state = "configured"
         self.pid = None            # host PID of the container's first process
         self.result = None
-        self.network = None        # set by labkit.net when attached
+        self.network = None        # the ContainerNetwork labkit.net gave it (bridge or container:NAME)
         self._helper = None
         self._streams = None
         self._started_at = None

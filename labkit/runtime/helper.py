@@ -76,7 +76,12 @@ class Helper:
                     self.gone = reason
                     self.condition.notify_all()
                     return
-                message = protocol.decode(data)
+                try:
+                    message = protocol.decode(data)
+                except (protocol.ProtocolError, ValueError) as error:
+                    self.gone = f"it sent a message this client does not understand ({error})"
+                    self.condition.notify_all()
+                    return
                 self.events.setdefault(message.get("id"), []).append(message)
                 self.condition.notify_all()
 

@@ -11,6 +11,7 @@ the setup step that reads it.
 """
 
 import dataclasses
+import functools
 import os
 import time
 import types
@@ -117,8 +118,22 @@ class ExecPlan:
 # --- strict JSON-ready form -------------------------------------------------------------
 
 def to_wire(plan) -> dict:
-    """A plain dict (JSON-ready) with every field, nested plans included."""
-    return dataclasses.asdict(plan)
+    """A plain dict (JSON-ready) with every field, nested plans included (values are
+    shared, not copied: encode it, do not change it)."""
+    return _encode(plan)
+
+
+def _encode(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _encode(getattr(value, f.name)) for f in _fields(type(value))}
+    if isinstance(value, (list, tuple)):
+        return [_encode(item) for item in value]
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _fields(cls) -> tuple:
+    return dataclasses.fields(cls)
 
 
 def from_wire(cls, data):
@@ -130,31 +145,37 @@ def from_wire(cls, data):
 def _decode(cls, data, where):
     if not isinstance(data, dict):
         raise PlanError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    missing = sorted(names - set(data))
-    if unknown:
-        raise PlanError(f"{where}: unknown field(s) {', '.join(unknown)} (client and helper disagree?)")
-    if missing:
+    fields = _field_types(cls)
+    if data.keys() != fields.keys():
+        unknown = sorted(set(data) - set(fields))
+        missing = sorted(set(fields) - set(data))
+        if unknown:
+            raise PlanError(f"{where}: unknown field(s) {', '.join(unknown)} (client and helper disagree?)")
         raise PlanError(f"{where}: missing field(s) {', '.join(missing)} (client and helper disagree?)")
-    hints = typing.get_type_hints(cls)
-    return cls(**{name: _value(hints[name], data[name], f"{where}.{name}") for name in names})
+    values = {}
+    for name, (nested, many) in fields.items():
+        value = data[name]
+        if nested is not None and value is not None:
+            if many:
+                value = [_decode(nested, item, f"{where}.{name}[{index}]") for index, item in enumerate(value)]
+            else:
+                value = _decode(nested, value, f"{where}.{name}")
+        values[name] = value
+    return cls(**values)
 
 
-def _value(hint, value, where):
-    if value is None:
-        return None
-    if dataclasses.is_dataclass(hint):
-        return _decode(hint, value, where)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        return _value(inner[0], value, where) if len(inner) == 1 else value
-    if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint)
-        return [_value(item, element, f"{where}[{index}]") for index, element in enumerate(value)]
-    return value
-
-
+@functools.lru_cache(maxsize=None)
+def _field_types(cls) -> dict:
+    """name -> (nested dataclass or None, is a list of it), from the annotations."""
+    found = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        many = typing.get_origin(hint) is list
+        if many:
+            hint = typing.get_args(hint)[0]
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        found[name] = (hint if dataclasses.is_dataclass(hint) else None, many)
+    return found
 # --- compiling a spec -------------------------------------------------------------------
 
 def start_plan(spec, image, *, id, name, hostname, directory, command, hold, auto_remove) -> StartPlan:
