@@ -6,8 +6,8 @@ reads it attribute by attribute.
 
 Across the socket a plan is JSON. `to_wire`/`from_wire` are strict on purpose: a field
 the other side does not know, or one it expects and does not get, is an error, never a
-silently ignored option. Adding an option is: a field on the spec, a field here, and
-the setup step that reads it.
+silently ignored option. Adding an option is: a field on the spec, a field here (and
+its line in `start_plan`), and the setup step that reads it.
 """
 
 import dataclasses
