@@ -48,6 +48,9 @@ def add_container_options(parser):
     parser.add_argument("--userns", action="store_true", help="also make a user namespace (root inside, not outside)")
     parser.add_argument("--timens", type=float, default=0.0, metavar="SECONDS",
                         help="a time namespace with CLOCK_MONOTONIC moved by SECONDS")
+    parser.add_argument("--read-only", action="store_true", help="mount the container's root filesystem read-only")
+    parser.add_argument("--tmpfs", action="append", default=[], metavar="PATH",
+                        help="a writable tmpfs at PATH (nosuid,nodev), e.g. /tmp with --read-only")
 
 
 def spec_from_options(options, command):
@@ -61,6 +64,7 @@ def spec_from_options(options, command):
         network=options.network, publish=options.publish, init=options.init, namespaces=namespaces,
         time_offset=options.timens, cap_add=options.cap_add,
         device_read_bps=options.device_read_bps, device_write_bps=options.device_write_bps,
+        read_only=options.read_only, tmpfs=options.tmpfs,
     )
 
 

@@ -205,3 +205,109 @@ def test_device_read_rate_limits_direct_reads(no_leftovers, loop_device):
     free = run(script, volumes=volume).check()
     assert limited.duration > 2.0, limited.stderr
     assert limited.duration > 3 * free.duration
+
+
+# --- the typed launch plan and the helper's messages ---------------------------------------
+
+def _a_start_plan():
+    from labkit.images import get_image
+    from labkit.runtime import plan as launch
+
+    spec = ContainerSpec(command=["true"], memory="64m", volumes=[], tmpfs=["/tmp"]).validated()
+    return launch.start_plan(spec, get_image("busybox"), id="0123456789abcdef", name="demo", hostname="demo",
+                             directory="/nonexistent/containers/0123456789abcdef", command=["true"],
+                             hold=False, auto_remove=True)
+
+
+def test_a_launch_plan_survives_the_socket_unchanged(labkit_home):
+    import json
+
+    from labkit.runtime import plan as launch
+
+    plan = _a_start_plan()
+    again = launch.from_wire(launch.StartPlan, json.loads(json.dumps(launch.to_wire(plan))))
+    assert again == plan
+    assert again.limits.memory == 64 << 20 and again.process.command == ["true"] and again.tmpfs == ["/tmp"]
+
+
+@pytest.mark.parametrize("change, complaint", [
+    (lambda wire: wire.update(read_onyl=True), "unknown field.*read_onyl"),
+    (lambda wire: wire.pop("read_only"), "missing field.*read_only"),
+    (lambda wire: wire["process"].update(cap_ad=[]), r"StartPlan\.process: unknown field.*cap_ad"),
+    (lambda wire: wire["limits"].pop("pids"), r"StartPlan\.limits: missing field.*pids"),
+])
+def test_a_launch_plan_with_an_unknown_or_missing_field_is_refused(labkit_home, change, complaint):
+    from labkit.runtime import plan as launch
+
+    wire = launch.to_wire(_a_start_plan())
+    launch.from_wire(launch.StartPlan, wire)  # as sent: accepted
+    change(wire)
+    with pytest.raises(launch.PlanError, match=complaint):
+        launch.from_wire(launch.StartPlan, wire)
+
+
+def test_helper_messages_are_checked_against_one_declaration():
+    from labkit.runtime import protocol
+    from labkit.runtime.protocol import Op
+
+    assert protocol.decode(protocol.encode(Op.KILL, id="abc")) == {"op": Op.KILL, "id": "abc"}
+    with pytest.raises(protocol.ProtocolError, match="unknown field"):
+        protocol.encode(Op.KILL, id="abc", signal=9)
+    with pytest.raises(protocol.ProtocolError, match="missing field"):
+        protocol.encode(Op.SIGNAL, id="abc")
+    with pytest.raises(protocol.ProtocolError, match="unknown operation"):
+        protocol.decode(b'{"op": "kil", "id": "abc"}')
+
+
+# --- --read-only and --tmpfs -------------------------------------------------------------------
+
+def test_a_read_only_root_refuses_writes_with_erofs_and_a_tmpfs_takes_them(no_leftovers):
+    container = Container(command="echo x > /file; echo status $?; echo y > /scratch/file && cat /scratch/file; "
+                                  "echo z > /dev/shm/file && echo shm ok; grep -E ' / | /scratch ' /proc/mounts",
+                          read_only=True, tmpfs=["/scratch"])
+    try:
+        result = container.run(remove=False).check()
+        assert "Read-only file system" in result.stderr          # strerror(EROFS), from the shell
+        lines = result.stdout.splitlines()
+        assert lines[:3] == ["status 1", "y", "shm ok"]
+        mounts = {fields[1]: fields[3].split(",") for fields in (line.split() for line in lines[3:])}
+        assert "ro" in mounts["/"]
+        assert {"rw", "nosuid", "nodev"} <= set(mounts["/scratch"])
+        # What the tmpfs held went with it: nothing reached the container's layer.
+        assert not (container.upper_dir / "file").exists()
+        assert not (container.upper_dir / "scratch" / "file").exists()
+    finally:
+        container.remove()
+
+
+def test_without_read_only_the_same_write_succeeds(no_leftovers):
+    result = run("echo x > /file && cat /file").check()
+    assert result.stdout == "x\n"
+
+
+def test_read_only_root_in_a_user_namespace(no_leftovers):
+    from labkit.runtime import DEFAULT_NAMESPACES
+
+    result = run("echo x > /file; echo y > /tmp/file && cat /tmp/file", read_only=True, tmpfs=["/tmp"],
+                 namespaces=DEFAULT_NAMESPACES + ("user",))
+    assert "Read-only file system" in result.stderr
+    assert result.stdout == "y\n"
+
+
+@pytest.mark.parametrize("path", ["tmp", "/", "/a,b"])
+def test_a_bad_tmpfs_path_names_the_option(path):
+    with pytest.raises(ConfigError, match=f"tmpfs {path!r}"):
+        ContainerSpec(tmpfs=[path]).validated()
+
+
+def test_read_only_and_tmpfs_flags_reach_the_spec():
+    import argparse
+
+    from labkit.cli import add_container_options, spec_from_options
+
+    parser = argparse.ArgumentParser()
+    add_container_options(parser)
+    spec = spec_from_options(parser.parse_args(["--read-only", "--tmpfs", "/tmp", "--tmpfs", "/run/"]), ["true"])
+    assert spec.validated().read_only is True and spec.validated().tmpfs == ["/tmp", "/run"]
+    plain = spec_from_options(parser.parse_args([]), ["true"]).validated()
+    assert plain.read_only is False and plain.tmpfs == []

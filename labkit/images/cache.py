@@ -9,8 +9,6 @@ import hashlib
 import json
 import os
 
-from labkit.images.store import DIGEST_PATTERN, Store
-
 
 def step_key(parent_layers: list, instruction: str, env: list, workdir: str, content: str = "") -> str:
     material = json.dumps({"parent": list(parent_layers), "instruction": instruction,
@@ -19,7 +17,10 @@ def step_key(parent_layers: list, instruction: str, env: list, workdir: str, con
 
 
 class BuildCache:
-    def __init__(self, store: Store):
+    """Kept beside a labkit.images.store.Store (which prunes it; so this module does not
+    import that one)."""
+
+    def __init__(self, store):
         self.store = store
         self.root = store.cache_root
 
@@ -28,7 +29,7 @@ class BuildCache:
             digest = json.loads((self.root / key).read_text())["layer"]
         except (OSError, ValueError, KeyError):
             return None
-        if not DIGEST_PATTERN.fullmatch(digest or "") or not self.store.has_layer(digest):
+        if not isinstance(digest, str) or not self.store.has_layer(digest):
             return None
         return digest
 

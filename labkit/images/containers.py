@@ -14,10 +14,8 @@ from labkit.images.store import Image, ImageConfig, Store
 
 def find_container(reference: str, store: Store | None = None) -> dict:
     """The state of the container with that name, id or unique id prefix."""
-    from labkit.runtime.state import all_states
-
     store = store or Store()
-    states = all_states(store.home)
+    states = store.container_records()
     exact = [s for s in states if reference in (s.get("name"), s.get("id"))]
     matches = exact or [s for s in states if str(s.get("id", "")).startswith(reference)]
     if len(matches) != 1:

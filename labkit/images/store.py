@@ -93,7 +93,8 @@ class Store:
         return self.layers_root / validate_digest(digest).split(":", 1)[1]
 
     def has_layer(self, digest: str) -> bool:
-        return self.layer_dir(digest).is_dir()
+        """A well-formed digest whose layer is in the store."""
+        return bool(DIGEST_PATTERN.fullmatch(digest)) and self.layer_dir(digest).is_dir()
 
     def layer_digests(self) -> list:
         if not self.layers_root.is_dir():
@@ -204,6 +205,20 @@ class Store:
                 ) from None
             used.update(state.get("image_layers", []))
         return used
+
+    def container_records(self) -> list:
+        """Every container's state.json (written by labkit.runtime) with its "dir" added,
+        oldest directory name first; unreadable ones are skipped."""
+        if not self.containers_root.is_dir():
+            return []
+        found = []
+        for container in sorted(self.containers_root.iterdir()):
+            try:
+                state = json.loads((container / "state.json").read_text())
+            except (OSError, ValueError):
+                continue
+            found.append({**state, "dir": str(container)})
+        return found
 
     def layers_in_use(self) -> set:
         return self.layers_used_by_images() | self.layers_used_by_containers()

@@ -1,15 +1,16 @@
-"""The runtime's three network hooks, in the order a container meets them:
+"""The runtime's three network hooks, in the order a container meets them. They are
+given plain values (the spec, names, a PID), never the runtime's `Container`:
 
-1. `prepare(container, plan)` — before anything is made: check rights, take the
-   published host ports, lease an address (and make the bridge if it is the first),
-   write the container's /etc/hosts, and tell the container process what to set up
-   inside (`plan["network_inside"]`) or which namespace to join (`plan["join"]`).
-2. `attach(container)` — the container process exists, held in its new network
+1. `prepare(spec, who, hosts, peer)` — before anything is made: check rights, take the
+   published host ports, lease an address (and make the bridge if it is the first).
+   Returns the `ContainerNetwork` and a `NetworkSetup`: which namespaces to join, what
+   the container process sets up inside (eth0), and the text of its /etc/hosts.
+2. `attach(network, pid, name)` — the container process exists, held in its new network
    namespace: plug a veth pair into the bridge with eth0 on the inside; start relaying
    published ports.
-3. `detach(container)` — after exit: stop the relays, delete the veth, give the address
-   back, drop the name from the others' /etc/hosts, and remove the bridge with its last
-   user.
+3. `detach(network, ident)` — after exit: stop the relays, delete the veth, give the
+   address back, drop the name from the others' /etc/hosts, and remove the bridge with
+   its last user.
 
 Each step undoes its own work when it fails, and `detach` may be called more than once.
 """
@@ -49,43 +50,70 @@ class ContainerNetwork:
         return f"<ContainerNetwork {where}{' ports ' + published if published else ''}>"
 
 
-_in_use = {}     # container id -> container, whose network this process has not yet given back
+@dataclass
+class Who:
+    """The container asking, in plain values."""
+    id: str
+    name: str
+    hostname: str
+    hosts_file: str       # where its /etc/hosts lives on the host (peers' names are added there)
+
+
+@dataclass
+class Peer:
+    """`--net container:NAME`: the running container whose network namespace is shared."""
+    name: str
+    netns: str            # /proc/PID/ns/net
+    network: "ContainerNetwork | None"
+    hosts_text: str | None   # its /etc/hosts, if readable
+
+
+@dataclass
+class NetworkSetup:
+    """The network's part of the launch plan."""
+    join: dict                  # namespace kind -> path, joined instead of made
+    inside: dict | None         # {"interface", "address", "netmask", "gateway"} for labkit.net.inside
+    hosts: str                  # the container's /etc/hosts
+
+
+_in_use = {}     # container id -> ContainerNetwork this process has not yet given back
 _in_use_lock = threading.Lock()
 
 
 # --- 1. prepare ------------------------------------------------------------------------
 
-def prepare(container, plan) -> None:
+def prepare(spec, who: Who, hosts_text: str, peer: Peer | None = None):
+    """(ContainerNetwork, NetworkSetup) for a `--net bridge` or `--net container:NAME` spec."""
     require_net_admin()
-    ports = publish_all(container.spec.publish)
+    ports = publish_all(spec.publish)
     try:
-        if container.spec.network == "bridge":
-            network = _lease_address(container, plan)
+        if spec.network == "bridge":
+            network, setup = _lease_address(who, hosts_text)
         else:
-            network = _join(container, plan, container.spec.network.split(":", 1)[1])
+            network, setup = _join(who, hosts_text, peer)
         if ports and network.ip is None:
-            raise ConfigError(f"cannot publish ports of {container.name}: the network it joins has no address "
+            raise ConfigError(f"cannot publish ports of {who.name}: the network it joins has no address "
                               f"(publish from a --net bridge container)")
     except BaseException:
         for port in ports:
             port.close()
         raise
     network.ports = ports
-    container.network = network
     with _in_use_lock:
-        _in_use[container.id] = container
+        _in_use[who.id] = network
+    return network, setup
 
 
-def _lease_address(container, plan) -> ContainerNetwork:
+def _lease_address(who: Who, hosts_text: str):
     home = labkit_home()
-    names = [container.hostname, container.name]
+    names = [who.hostname, who.name]
     with ipam.lease_book(home) as book:
         drop_dead_leases(book)
         subnet = _subnet_for(book, home)
         peers = dict(book.leases)
-        ip = book.allocate({**ipam.owner_record(), "container": container.id, "name": container.name,
-                            "names": names, "veth": veth.host_end_name(container.id),
-                            "hosts_file": str(container.init_dir / "etc" / "hosts")})
+        ip = book.allocate({**ipam.owner_record(), "container": who.id, "name": who.name,
+                            "names": names, "veth": veth.host_end_name(who.id),
+                            "hosts_file": who.hosts_file})
         # Saved before the bridge exists: if we are killed now, the sweep still finds
         # the bridge (by its alias) through this dead owner's lease.
         book.save()
@@ -101,12 +129,14 @@ def _lease_address(container, plan) -> ContainerNetwork:
         for lease in peers.values():
             hosts.add(lease["hosts_file"], ip, names)
         gateway, bridge_name = book.network["gateway"], book.network["bridge"]
-    plan["init_files"]["hosts"] = hosts.for_new_container(
-        plan["init_files"]["hosts"], ip, names, {peer_ip: lease["names"] for peer_ip, lease in peers.items()})
-    plan["network_inside"] = {"interface": veth.CONTAINER_NAME, "address": ip,
-                              "netmask": str(subnet.netmask), "gateway": gateway}
-    return ContainerNetwork("bridge", ip=ip, prefixlen=subnet.prefixlen, gateway=gateway, bridge=bridge_name,
-                            bridge_index=bridge_index, host_veth=veth.host_end_name(container.id), home=home)
+    setup = NetworkSetup(
+        join={},
+        inside={"interface": veth.CONTAINER_NAME, "address": ip, "netmask": str(subnet.netmask), "gateway": gateway},
+        hosts=hosts.for_new_container(hosts_text, ip, names,
+                                      {peer_ip: lease["names"] for peer_ip, lease in peers.items()}))
+    network = ContainerNetwork("bridge", ip=ip, prefixlen=subnet.prefixlen, gateway=gateway, bridge=bridge_name,
+                               bridge_index=bridge_index, host_veth=veth.host_end_name(who.id), home=home)
+    return network, setup
 
 
 def _subnet_for(book, home):
@@ -128,39 +158,25 @@ def _subnet_for(book, home):
     return subnet
 
 
-def _join(container, plan, name) -> ContainerNetwork:
+def _join(who: Who, hosts_text: str, peer: Peer):
     """`--net container:NAME`: share NAME's network namespace, as the containers of a
     Kubernetes pod do (same interfaces, address and ports; own everything else)."""
-    from labkit.runtime.container import running_containers
-
-    target = running_containers().get(name)
-    if target is None or target.state != "running" or target.result is not None or not target.pid \
-            or not os.path.exists(target.netns):
-        running = ", ".join(sorted(running_containers())) or "none"
-        raise ConfigError(f"cannot join the network of {name!r}: no running container by that name in this "
-                          f"session (running: {running}); start it with detach=True first")
-    if target.spec.network == "host":
-        raise ConfigError(f"container {name!r} uses the host's network; use --net host instead of container:{name}")
-    plan["join"] = {"net": target.netns}
-    shared = target.network
+    shared = peer.network
     if shared is not None and shared.ip:
-        try:
-            base = (target.init_dir / "etc" / "hosts").read_text()
-        except FileNotFoundError:
-            base = plan["init_files"]["hosts"]
-        plan["init_files"]["hosts"] = hosts.for_new_container(base, shared.ip, [container.hostname, container.name], {})
-    return ContainerNetwork(f"container:{name}", ip=shared.ip if shared else None,
-                            prefixlen=shared.prefixlen if shared else None,
-                            gateway=shared.gateway if shared else None, bridge=shared.bridge if shared else None)
+        hosts_text = hosts.for_new_container(peer.hosts_text or hosts_text, shared.ip, [who.hostname, who.name], {})
+    network = ContainerNetwork(f"container:{peer.name}", ip=shared.ip if shared else None,
+                               prefixlen=shared.prefixlen if shared else None,
+                               gateway=shared.gateway if shared else None, bridge=shared.bridge if shared else None)
+    return network, NetworkSetup(join={"net": peer.netns}, inside=None, hosts=hosts_text)
 
 
 # --- 2. attach -------------------------------------------------------------------------
 
-def attach(container) -> None:
-    network = container.network
+def attach(network: ContainerNetwork, pid: int, name: str) -> None:
+    """`pid`: the held container process, in its new network namespace."""
     if network.mode == "bridge":
-        veth.create_pair(network.host_veth, container.pid, network.bridge_index, network.ip,
-                         alias=f"{bridge.alias_for(network.home)} container {container.name}")
+        veth.create_pair(network.host_veth, pid, network.bridge_index, network.ip,
+                         alias=f"{bridge.alias_for(network.home)} container {name}")
         network.attached = True
     for port in network.ports:
         port.start(network.ip)
@@ -168,13 +184,13 @@ def attach(container) -> None:
 
 # --- 3. detach -------------------------------------------------------------------------
 
-def detach(container) -> None:
-    network = container.network
+def detach(network: ContainerNetwork | None, ident: str) -> None:
+    """`ident`: the container's id (its lease names it)."""
     if network is None or network.released:
         return
     network.released = True
     with _in_use_lock:
-        _in_use.pop(container.id, None)
+        _in_use.pop(ident, None)
     for port in network.ports:
         port.close()
     if network.mode != "bridge":
@@ -182,7 +198,7 @@ def detach(container) -> None:
     veth.delete(network.host_veth)
     with ipam.lease_book(network.home) as book:
         lease = book.leases.get(network.ip)
-        if lease is not None and lease.get("container") == container.id:
+        if lease is not None and lease.get("container") == ident:
             drop_lease(book, network.ip, veth_gone=True)
         remove_bridge_if_unused(book, network.home)
         book.save()
@@ -194,10 +210,10 @@ def _detach_all():
     script, a kernel shut down): its helper kills them next (its atexit runs after this
     one), but only the owner knows their leases, so it gives them back now."""
     with _in_use_lock:
-        containers = list(_in_use.values())
-    for container in containers:
+        networks = list(_in_use.items())
+    for ident, network in networks:
         try:
-            detach(container)
+            detach(network, ident)
         except Exception:  # noqa: BLE001 — at exit, the sweep is the fallback
             pass
 

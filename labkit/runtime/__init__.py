@@ -35,6 +35,6 @@ def run(command, on_output=None, **fields):
 
 def gc() -> list:
     """Remove what containers of dead owners left behind (also done at every start)."""
-    from labkit.runtime.state import sweep
+    from labkit.runtime.leftovers import sweep
 
     return sweep()

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from labkit.errors import ConfigError, ContainerError, HostError, ImageNotFound
 from labkit.images import Image, get_image
+from labkit.runtime import plan as launch
 from labkit.runtime.helper import get_helper
+from labkit.runtime.protocol import Op
 from labkit.runtime.result import Result
 from labkit.runtime.spec import ContainerSpec
 from labkit.runtime.state import all_states, containers_root, owner_alive
@@ -35,7 +37,7 @@ class Container:
         self.state = "configured"
         self.pid = None            # host PID of the container's first process
         self.result = None
-        self.network = None        # set by labkit.net when attached
+        self.network = None        # the ContainerNetwork labkit.net gave it (bridge or container:NAME)
         self._helper = None
         self._streams = None
         self._started_at = None
@@ -112,23 +114,23 @@ class Container:
         # "created" before the request goes: an interrupt from here on must kill and collect.
         self.state = "created"
         try:
-            self._helper.send({"op": "start", "id": self.id, "plan": plan, "fd_names": names}, fds)
+            self._helper.send(Op.START, fds, id=self.id, plan=launch.to_wire(plan), fd_names=names)
         finally:
             for fd in fds:
                 if fd not in (stdout, stderr, stdin):
                     os.close(fd)
-        answer = self._helper.wait_for(self.id, ("held", "started", "exited"))
-        if answer["op"] == "failed":
+        answer = self._helper.wait_for(self.id, (Op.HELD, Op.STARTED, Op.EXITED))
+        if answer["op"] == Op.FAILED:
             self.state = "removed"
             self._close_streams()
             raise HostError(f"could not create container {self.name}: {answer['error']}")
-        if answer["op"] == "held":
+        if answer["op"] == Op.HELD:
             self._held = True
             self.pid = answer["pid"]
             self._attach_network()
-            self._helper.send({"op": "release", "id": self.id})
-            answer = self._helper.wait_for(self.id, ("started", "exited"))
-        if answer["op"] == "started":
+            self._helper.send(Op.RELEASE, id=self.id)
+            answer = self._helper.wait_for(self.id, (Op.STARTED, Op.EXITED))
+        if answer["op"] == Op.STARTED:
             self.pid = answer["pid"]
             self.startup = time.monotonic() - self._started_at
             self.state = "running"
@@ -171,7 +173,7 @@ class Container:
             streams.pump(wait)
             if deadline is not None and time.monotonic() >= deadline:
                 return None
-            message = self._helper.take(self.id, ("exited",))
+            message = self._helper.take(self.id, (Op.EXITED,))
             if message is not None:
                 streams.drain()
                 return message
@@ -179,17 +181,17 @@ class Container:
             wait = 0.5 if deadline is None else deadline - time.monotonic()
             if wait <= 0:
                 return None
-            message = self._helper.wait_for(self.id, ("exited",), timeout=min(wait, 0.5))
+            message = self._helper.wait_for(self.id, (Op.EXITED,), timeout=min(wait, 0.5))
             if message is not None:
                 return message
 
     def _kill_and_collect(self):
-        self._helper.send({"op": "kill", "id": self.id})
+        self._helper.send(Op.KILL, id=self.id)
         message = None
         deadline = time.monotonic() + 10
         while message is None and time.monotonic() < deadline:
             try:
-                message = self._helper.wait_for(self.id, ("exited",), timeout=0.5)
+                message = self._helper.wait_for(self.id, (Op.EXITED,), timeout=0.5)
             except KeyboardInterrupt:
                 continue  # a second press of stop: we are already stopping
         if self._streams:
@@ -224,7 +226,7 @@ class Container:
         """SIGTERM to PID 1, then SIGKILL after `grace` seconds (PID 1 ignores signals it
         has no handler for, so many commands only go with the SIGKILL)."""
         if self.state == "running" and self.result is None:
-            self._helper.send({"op": "signal", "id": self.id, "signal": int(signal.SIGTERM)})
+            self._helper.send(Op.SIGNAL, id=self.id, signal=int(signal.SIGTERM))
             try:
                 exited = self._pump_until_exit(time.monotonic() + grace)
             except KeyboardInterrupt:
@@ -245,8 +247,8 @@ class Container:
         if self.state == "running" and self.result is None:
             self.kill()
         if self.state != "configured" and self.dir.exists():
-            self._helper.send({"op": "remove", "id": self.id, "plan": {"dir": str(self.dir)}})
-            self._helper.wait_for(self.id, ("removed",), timeout=30)
+            self._helper.send(Op.REMOVE, id=self.id, dir=str(self.dir))
+            self._helper.wait_for(self.id, (Op.REMOVED,), timeout=30)
         _running.pop(self.name, None)
         self.state = "removed"
 
@@ -312,39 +314,29 @@ class Container:
             if state.get("name") == self.name and owner_alive(state):
                 raise ConfigError(f"a container named {self.name!r} already exists; remove it or pick another name")
 
-    def _plan(self, hold, auto_remove) -> dict:
-        spec, image = self.spec, self.image
-        env = merge_env(image.config.env, [f"HOSTNAME={self.hostname}", "HOME=/root"], spec.env)
-        lower = [str(self.init_dir)] + [str(d) for d in reversed(image.layer_dirs)]
-        plan = {
-            "id": self.id, "dir": str(self.dir), "image": image.name,
-            "rootfs": str(self.dir / "rootfs"), "upper": str(self.upper_dir), "work": str(self.dir / "work"),
-            "lower": lower, "init_files": self._init_files(),
-            "hostname": self.hostname, "namespaces": list(spec.namespaces),
-            "command": self.command, "env": env, "workdir": spec.workdir or image.config.workdir or "/",
-            "user": spec.user, "init": spec.init, "cap_add": spec.cap_add, "hold": hold, "auto_remove": auto_remove,
-            "volumes": [v.__dict__ for v in spec.volumes],
-            "limits": {"memory": spec.memory, "cpus": spec.cpus, "pids": spec.pids,
-                       "io_read_bps": spec.device_read_bps, "io_write_bps": spec.device_write_bps},
-            "time_offsets": {"monotonic": spec.time_offset, "boottime": spec.time_offset} if spec.time_offset else {},
-            "user_map": {"uid": spec.user_map[0], "count": spec.user_map[1]} if "user" in spec.namespaces else None,
-            "state": {"id": self.id, "name": self.name, "image": image.name, "image_layers": list(image.layers),
-                      "command": self.command, "created": time.time(), "client_pid": os.getpid()},
-        }
-        from labkit.cgroups import Limits, host_hierarchy
+    def _plan(self, hold, auto_remove) -> launch.StartPlan:
+        """Compile the spec, with the image and the network's answer, into the launch plan.
+        Every host-side check happens here, before the helper is asked for anything."""
+        from labkit.cgroups import host_hierarchy
 
-        host_hierarchy().check(Limits(**plan["limits"]))
-        if not plan["command"]:
-            raise ConfigError(f"no command given and image {image.name!r} has no CMD")
-        if "user" in spec.namespaces:
-            check_reachable_by_others(self.dir.parent, spec.user_map[0])
-        self._prepare_network(plan)
+        if not self.command:
+            raise ConfigError(f"no command given and image {self.image.name!r} has no CMD")
+        plan = launch.start_plan(self.spec, self.image, id=self.id, name=self.name, hostname=self.hostname,
+                                 directory=self.dir, command=self.command, hold=hold, auto_remove=auto_remove)
+        host_hierarchy().check(plan.limits)
+        if plan.user_map is not None:
+            check_reachable_by_others(self.dir.parent, plan.user_map.uid)
+        # Last: from here on an address and ports are taken, and given back by _detach_network.
+        network = self._prepare_network(plan.init_files["hosts"])
+        if network is not None:
+            plan.init_files["hosts"] = network.hosts
+            plan.join = network.join
+            plan.network_inside = launch.NetworkInside(**network.inside) if network.inside else None
         return plan
 
-    def _init_files(self) -> dict:
-        hosts = (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-                 f"127.0.1.1\t{self.hostname}\n")
-        return {"hostname": self.hostname + "\n", "hosts": hosts, "resolv.conf": host_resolv_conf()}
+    def _process_plan(self, command=None, env=(), workdir=None, user=None) -> launch.ProcessPlan:
+        return launch.process_plan(self.spec, self.image, self.hostname, command or self.command,
+                                   env=env, workdir=workdir, user=user)
 
     def _open_stdio(self, on_output, stdout, stderr, stdin, detach):
         """fds to hand the container, their names, and the reader on our side."""
@@ -374,28 +366,54 @@ class Container:
         if self._streams:
             self._streams.close()
 
-    # --- network hooks (labkit.net) ----------------------------------------------------
+    # --- network (labkit.net, asked with plain values) -----------------------------------
 
-    def _prepare_network(self, plan):
+    def _prepare_network(self, hosts_text):
+        """The network's part of the plan (None with --net none/host); sets self.network."""
         if self.spec.network in ("none", "host"):
-            return
+            return None
         from labkit.net import hooks
 
-        hooks.prepare(self, plan)
+        who = hooks.Who(id=self.id, name=self.name, hostname=self.hostname,
+                        hosts_file=str(self.init_dir / "etc" / "hosts"))
+        peer = None
+        if self.spec.network.startswith("container:"):
+            peer = _network_peer(self.spec.network.split(":", 1)[1])
+        self.network, setup = hooks.prepare(self.spec, who, hosts_text, peer)
+        return setup
 
     def _attach_network(self):
         if self.spec.network in ("none", "host"):
             return
         from labkit.net import hooks
 
-        hooks.attach(self)
+        hooks.attach(self.network, self.pid, self.name)
 
     def _detach_network(self):
         if self.spec.network in ("none", "host"):
             return
         from labkit.net import hooks
 
-        hooks.detach(self)
+        hooks.detach(self.network, self.id)
+
+
+def _network_peer(name):
+    """The running container whose network `--net container:NAME` shares."""
+    from labkit.net import hooks
+
+    target = _running.get(name)
+    if target is None or target.state != "running" or target.result is not None or not target.pid \
+            or not os.path.exists(target.netns):
+        running = ", ".join(sorted(_running)) or "none"
+        raise ConfigError(f"cannot join the network of {name!r}: no running container by that name in this "
+                          f"session (running: {running}); start it with detach=True first")
+    if target.spec.network == "host":
+        raise ConfigError(f"container {name!r} uses the host's network; use --net host instead of container:{name}")
+    try:
+        hosts_text = (target.init_dir / "etc" / "hosts").read_text()
+    except FileNotFoundError:
+        hosts_text = None
+    return hooks.Peer(name=name, netns=target.netns, network=target.network, hosts_text=hosts_text)
 
 
 class _ExecProcess:
@@ -404,14 +422,8 @@ class _ExecProcess:
     def __init__(self, container, command, env, workdir, user, timeout):
         self.container = container
         self.id = secrets.token_hex(8)
-        spec = container.spec
-        self.plan = {
-            "namespaces": list(spec.namespaces), "command": command,
-            "env": merge_env(container.image.config.env, [f"HOSTNAME={container.hostname}", "HOME=/root"], spec.env, env),
-            "workdir": workdir or spec.workdir or container.image.config.workdir or "/",
-            "user": user if user is not None else spec.user, "image": container.image.name,
-            "cap_add": spec.cap_add,
-        }
+        self.plan = launch.ExecPlan(target=container.id, namespaces=list(container.spec.namespaces),
+                                    process=container._process_plan(command, env, workdir, user))
         self.timeout = timeout
 
     def run(self, on_output) -> Result:
@@ -424,8 +436,7 @@ class _ExecProcess:
             fds.append(write_end)
         started = time.monotonic()
         try:
-            helper.send({"op": "exec", "id": self.id, "target": self.container.id, "plan": self.plan,
-                         "fd_names": ["stdout", "stderr"]}, fds)
+            helper.send(Op.EXEC, fds, id=self.id, plan=launch.to_wire(self.plan), fd_names=["stdout", "stderr"])
         finally:
             for fd in fds:
                 os.close(fd)
@@ -434,7 +445,7 @@ class _ExecProcess:
         try:
             while streams.open:
                 streams.pump(0.25)
-                failed = helper.take(self.id, ("failed",))
+                failed = helper.take(self.id, (Op.FAILED,))
                 if failed:
                     streams.close()
                     raise ContainerError(f"exec in {self.container.name} failed: {failed['error']}")
@@ -443,18 +454,18 @@ class _ExecProcess:
                     break
             while exited is None:
                 if timed_out:
-                    helper.send({"op": "kill", "id": self.id})
-                exited = helper.wait_for(self.id, ("exited",), timeout=0.5)
-                if exited and exited["op"] == "failed":
+                    helper.send(Op.KILL, id=self.id)
+                exited = helper.wait_for(self.id, (Op.EXITED,), timeout=0.5)
+                if exited and exited["op"] == Op.FAILED:
                     raise ContainerError(f"exec in {self.container.name} failed: {exited['error']}")
         except KeyboardInterrupt:
-            helper.send({"op": "kill", "id": self.id})
-            helper.wait_for(self.id, ("exited",), timeout=10)
+            helper.send(Op.KILL, id=self.id)
+            helper.wait_for(self.id, (Op.EXITED,), timeout=10)
             streams.close()
             raise
         streams.drain()
         error = exited.get("error")
-        result = Result.from_status(exited["status"], name=self.container.name, command=self.plan["command"],
+        result = Result.from_status(exited["status"], name=self.container.name, command=self.plan.process.command,
                                     stdout=streams.text("stdout"), stderr=streams.text("stderr"),
                                     duration=time.monotonic() - started, timed_out=timed_out,
                                     error=_describe_setup_error(error) if error else None)
@@ -462,25 +473,6 @@ class _ExecProcess:
             result.exit_code, result.signal = error["exit_code"], None
         streams.close()
         return result
-
-
-def merge_env(*layers) -> list:
-    """Later KEY=VALUE entries win; order of first appearance kept."""
-    merged = {}
-    for layer in layers:
-        for item in layer:
-            key, _, value = item.partition("=")
-            merged[key] = value
-    return [f"{k}={v}" for k, v in merged.items()]
-
-
-def host_resolv_conf() -> str:
-    try:
-        with open("/etc/resolv.conf") as handle:
-            lines = [l for l in handle if not l.startswith("nameserver 127.")]
-    except FileNotFoundError:
-        lines = []
-    return "".join(lines) or "# no name servers (labkit --net none)\n"
 
 
 def check_reachable_by_others(path: Path, uid: int) -> None:

@@ -15,14 +15,14 @@ ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "time", "mnt")
 
 
 def supervise_exec(plan, fds):
-    """Runs in the helper's child: join, fork the process, wait for it, report."""
+    """`plan` is an ExecPlan. Runs in the helper's child: join, fork the process, wait for it, report."""
     try:
         syscalls.prctl_set_pdeathsig(signal.SIGKILL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.setsid()
-        join_cgroup(plan["cgroup_procs"])
-        namespace_fds = open_namespaces(plan["target_pid"], plan["namespaces"])
+        join_cgroup(plan.cgroup_procs)
+        namespace_fds = open_namespaces(plan.target_pid, plan.namespaces)
         pid = os.fork()
     except BaseException as error:  # noqa: BLE001
         report_failure(fds["error"], error)
@@ -39,8 +39,8 @@ def supervise_exec(plan, fds):
                 os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
             fds.pop("report", None)
             attach_stdio(fds)
-            os.chdir(plan.get("workdir") or "/")
-            become_user_and_exec(plan)
+            os.chdir(plan.process.workdir)
+            become_user_and_exec(plan.process)
         except BaseException as error:  # noqa: BLE001
             report_failure(fds["error"], error)
     for name in ("error", "stdin", "stdout", "stderr"):

@@ -5,7 +5,6 @@ subprocess (fork+exec of a fresh interpreter), never by forking the caller.
 """
 
 import atexit
-import json
 import os
 import socket
 import subprocess
@@ -14,7 +13,8 @@ import threading
 import time
 
 from labkit.errors import HostError
-MAX_MESSAGE = 1 << 20  # as in labkit.runtime.zygote
+from labkit.runtime import protocol
+from labkit.runtime.protocol import MAX_MESSAGE, Op
 
 _lock = threading.Lock()
 _helper = None
@@ -44,16 +44,17 @@ class Helper:
         self.gone = None             # why the helper is gone, once it is
         self.reader = threading.Thread(target=self._read_forever, name="labkit-helper-reader", daemon=True)
         self.reader.start()
-        self.send({"op": "ping", "id": "ping"})
-        if self.wait_for("ping", ("pong",), timeout=30) is None:
+        self.send(Op.PING, id="ping")
+        if self.wait_for("ping", (Op.PONG,), timeout=30) is None:
             raise HostError("the labkit helper process did not answer within 30 s")
 
     @property
     def pid(self):
         return self.process.pid
 
-    def send(self, message, fds=()):
-        data = json.dumps(message).encode()
+    def send(self, op, fds=(), **fields):
+        """One request of labkit.runtime.protocol, with `fds` (stdio) as SCM_RIGHTS."""
+        data = protocol.encode(op, **fields)
         try:
             if fds:
                 socket.send_fds(self.sock, [data], list(fds))
@@ -75,7 +76,12 @@ class Helper:
                     self.gone = reason
                     self.condition.notify_all()
                     return
-                message = json.loads(data)
+                try:
+                    message = protocol.decode(data)
+                except (protocol.ProtocolError, ValueError) as error:
+                    self.gone = f"it sent a message this client does not understand ({error})"
+                    self.condition.notify_all()
+                    return
                 self.events.setdefault(message.get("id"), []).append(message)
                 self.condition.notify_all()
 
@@ -84,7 +90,7 @@ class Helper:
         with self.condition:
             queue = self.events.get(ident, [])
             for index, message in enumerate(queue):
-                if message["op"] in ops or message["op"] == "failed":
+                if message["op"] in ops or message["op"] == Op.FAILED:
                     return queue.pop(index)
             return None
 
@@ -111,7 +117,7 @@ class Helper:
 
     def close(self):
         try:
-            self.sock.send(json.dumps({"op": "shutdown"}).encode())
+            self.sock.send(protocol.encode(Op.SHUTDOWN))
         except OSError:
             pass
         try:
@@ -132,7 +138,7 @@ def get_helper() -> Helper:
         if os.geteuid() != 0:
             raise HostError("labkit needs root to make namespaces, cgroups and mounts; run it as root "
                             "(sudo), or in a VM or Binder image where you are root")
-        from labkit.runtime.state import sweep
+        from labkit.runtime.leftovers import sweep
 
         sweep()
         _helper = Helper()

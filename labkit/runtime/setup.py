@@ -10,6 +10,7 @@ Everything here runs in a single-threaded child of the helper and must end in ex
 `os._exit`: never return into the helper's loop.
 """
 
+import dataclasses
 import errno
 import json
 import os
@@ -83,8 +84,8 @@ def supervise(plan, fds):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.setsid()
-        if "user" in plan["namespaces"]:
-            join_cgroup(plan["cgroup_procs"])  # before the user namespace takes our rights
+        if "user" in plan.namespaces:
+            join_cgroup(plan.cgroup.procs_files)  # before the user namespace takes our rights
         enter_new_namespaces(plan)
         pid = os.fork()
     except BaseException as error:  # noqa: BLE001 — any failure must reach the user
@@ -110,16 +111,16 @@ def supervise(plan, fds):
 def enter_new_namespaces(plan):
     """unshare every kind but mnt and cgroup (the container's first process makes those,
     after joining its cgroup); pid and time take effect for our children.
-    `plan["join"]` ({"net": "/proc/PID/ns/net"}) shares another container's namespaces
+    `plan.join` ({"net": "/proc/PID/ns/net"}) shares another container's namespaces
     instead of making new ones (`--net container:NAME`)."""
-    kinds = set(plan["namespaces"]) - {"mnt", "cgroup"} - set(plan.get("join") or {})
-    join_namespaces(plan.get("join") or {})
+    kinds = set(plan.namespaces) - {"mnt", "cgroup"} - set(plan.join)
+    join_namespaces(plan.join)
     flags = 0
     for kind in kinds:
         flags |= BY_NAME[kind].flag
-    offsets = (plan.get("time_offsets") or {}) if "time" in kinds else {}
+    offsets = plan.time_offsets if "time" in kinds else {}
     if "user" in kinds:
-        unshare_user_namespace(flags, plan["user_map"], before_mapping=lambda: set_time_offsets(offsets))
+        unshare_user_namespace(flags, plan.user_map, before_mapping=lambda: set_time_offsets(offsets))
     elif flags:
         syscalls.unshare(flags)
         set_time_offsets(offsets)
@@ -152,7 +153,7 @@ def unshare_user_namespace(flags, user_map, before_mapping=lambda: None):
         os.close(done_r)
         os.read(ready_r, 1)
         try:
-            line = f"0 {user_map['uid']} {user_map['count']}\n"
+            line = f"0 {user_map.uid} {user_map.count}\n"
             for name in ("uid_map", "gid_map"):
                 with open(f"/proc/{parent}/{name}", "w") as handle:
                     handle.write(line)
@@ -172,7 +173,7 @@ def unshare_user_namespace(flags, user_map, before_mapping=lambda: None):
         os.waitpid(mapper, 0)
     if answer != b"k":
         raise OSError(errno.EPERM, "could not write the user namespace's uid/gid map")
-    os.setgid(0)  # become root of the new namespace (host uid user_map['uid'])
+    os.setgid(0)  # become root of the new namespace (host uid user_map.uid)
     os.setuid(0)
 
 
@@ -189,24 +190,26 @@ def become_container(plan, fds):
     """PID 1 of the new PID namespace. Ends in exec (or in the init loop)."""
     try:
         syscalls.prctl_set_pdeathsig(signal.SIGKILL)  # supervisor gone: the whole container goes
-        if "user" not in plan["namespaces"]:
-            join_cgroup(plan["cgroup_procs"])
+        if "user" not in plan.namespaces:
+            join_cgroup(plan.cgroup.procs_files)
         enter_cgroup_and_mount_namespaces(plan)
         make_mounts_private(plan)
-        rootfs = plan["rootfs"]
+        rootfs = plan.rootfs
         mount_root_filesystem(plan)
         mount_kernel_filesystems(plan, rootfs)
         mount_volumes(plan, rootfs)
+        mount_tmpfs(plan, rootfs)
+        make_root_read_only(plan, rootfs)
         switch_root(rootfs)
         set_hostname(plan)
-        if "net" in plan["namespaces"]:
+        if "net" in plan.namespaces:
             bring_up_loopback()
         wait_until_released(plan, fds)
         attach_stdio(fds)
-        os.chdir(working_directory(plan))
-        if plan.get("init"):
-            run_as_init(plan, fds["error"])
-        become_user_and_exec(plan)
+        os.chdir(working_directory(plan.process))
+        if plan.init:
+            run_as_init(plan.process, fds["error"])
+        become_user_and_exec(plan.process)
     except BaseException as error:  # noqa: BLE001
         report_failure(fds["error"], error)
 
@@ -226,7 +229,7 @@ def join_cgroup(procs_files):
 def enter_cgroup_and_mount_namespaces(plan):
     flags = 0
     for kind in ("cgroup", "mnt"):
-        if kind in plan["namespaces"]:
+        if kind in plan.namespaces:
             flags |= BY_NAME[kind].flag
     if flags:
         syscalls.unshare(flags)
@@ -235,20 +238,20 @@ def enter_cgroup_and_mount_namespaces(plan):
 @step("make mounts private")
 def make_mounts_private(plan):
     # Without this, mounts made below would propagate back to the host (shared subtrees).
-    if "mnt" not in plan["namespaces"]:
+    if "mnt" not in plan.namespaces:
         raise OSError(errno.EINVAL, "a container needs its own mount namespace for its root filesystem")
     syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
 
 
 @step("mount the overlay root (image layers + init layer + read-write layer)")
 def mount_root_filesystem(plan):
-    mount_overlay(plan["rootfs"], plan["lower"], plan["upper"], plan["work"],
-                  in_user_namespace="user" in plan["namespaces"])
+    mount_overlay(plan.rootfs, plan.lower, plan.upper, plan.work,
+                  in_user_namespace="user" in plan.namespaces)
 
 
 @step("mount /proc, /dev and /sys")
 def mount_kernel_filesystems(plan, rootfs):
-    in_user_ns = "user" in plan["namespaces"]
+    in_user_ns = "user" in plan.namespaces
     ensure_dir(f"{rootfs}/proc")
     try:
         syscalls.mount("proc", f"{rootfs}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -304,14 +307,14 @@ def mount_dev(dev, bind_devices):
 
 def mount_cgroup_filesystem(plan, target):
     """The container's own cgroup, seen from inside its cgroup namespace as the root."""
-    if "cgroup" not in plan["namespaces"]:
+    if "cgroup" not in plan.namespaces:
         return
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY
-    if plan["cgroup_version"] == 2:
+    if plan.cgroup.version == 2:
         syscalls.mount("cgroup2", target, "cgroup2", flags)
         return
     syscalls.mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755,size=64k")
-    for directory_name, controllers in plan["cgroup_v1_mounts"]:
+    for directory_name, controllers in plan.cgroup.v1_mounts:
         directory = f"{target}/{directory_name}"
         os.mkdir(directory)
         syscalls.mount("cgroup", directory, "cgroup", flags, controllers)
@@ -320,17 +323,34 @@ def mount_cgroup_filesystem(plan, target):
 
 @step("bind-mount volumes")
 def mount_volumes(plan, rootfs):
-    for volume in plan.get("volumes", ()):
-        target = rootfs + "/" + volume["target"].lstrip("/")
-        if os.path.isdir(volume["source"]):
+    for volume in plan.volumes:
+        target = rootfs + "/" + volume.target.lstrip("/")
+        if os.path.isdir(volume.source):
             ensure_dir(target)
         else:
             ensure_dir(os.path.dirname(target))
             if not os.path.exists(target):
                 open(target, "w").close()
-        syscalls.mount(volume["source"], target, None, MS_BIND | MS_REC)
-        if volume.get("readonly"):
+        syscalls.mount(volume.source, target, None, MS_BIND | MS_REC)
+        if volume.readonly:
             syscalls.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+@step("mount tmpfs")
+def mount_tmpfs(plan, rootfs):
+    """`--tmpfs PATH`: a writable, memory-backed directory (also on a read-only root)."""
+    for path in plan.tmpfs:
+        target = rootfs + path
+        ensure_dir(target)
+        syscalls.mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+
+
+@step("make the root filesystem read-only")
+def make_root_read_only(plan, rootfs):
+    """`--read-only`: only the root mount itself; /proc, /dev, volumes and tmpfs are
+    mounts of their own and keep their flags (a bind remount without MS_REC)."""
+    if plan.read_only:
+        syscalls.mount(None, rootfs, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
 @step("pivot_root into the container's root")
@@ -345,8 +365,8 @@ def switch_root(rootfs):
 
 @step("set hostname")
 def set_hostname(plan):
-    if "uts" in plan["namespaces"]:
-        syscalls.sethostname(plan["hostname"])
+    if "uts" in plan.namespaces:
+        syscalls.sethostname(plan.hostname)
 
 
 @step("bring up the loopback interface")
@@ -375,9 +395,8 @@ def wait_until_released(plan, fds):
     os.close(go)
     if answer != b"g":
         os._exit(0)  # the runtime went away or removed us before start
-    inside = plan.get("network_inside")
-    if inside:
-        network_inside.configure(inside)
+    if plan.network_inside is not None:
+        network_inside.configure(dataclasses.asdict(plan.network_inside))
 
 
 @step("attach stdin, stdout and stderr")
@@ -392,10 +411,9 @@ def attach_stdio(fds):
 
 
 @step("change to the working directory")
-def working_directory(plan):
-    workdir = plan.get("workdir") or "/"
-    ensure_dir(workdir)
-    return workdir
+def working_directory(process):
+    ensure_dir(process.workdir)
+    return process.workdir
 
 
 def resolve_user(user):
@@ -424,27 +442,28 @@ def _lookup(table, name, what):
 
 
 @step("exec the command")
-def become_user_and_exec(plan):
-    env = dict(item.split("=", 1) for item in plan["env"])
-    capabilities.drop_bounding_set(capabilities.CONTAINER_DEFAULT | set(plan.get("cap_add", ())))
-    if plan.get("user"):
-        uid, gid = resolve_user(plan["user"])
+def become_user_and_exec(process):
+    """`process` is the plan's ProcessPlan."""
+    env = dict(item.split("=", 1) for item in process.env)
+    capabilities.drop_bounding_set(capabilities.CONTAINER_DEFAULT | set(process.cap_add))
+    if process.user:
+        uid, gid = resolve_user(process.user)
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(number, signal.SIG_DFL)
-    command = plan["command"]
+    command = process.command
     try:
         os.execvpe(command[0], command, env)
     except FileNotFoundError:
         path = env.get("PATH", "")
         raise SetupError("exec the command", OSError(
-            errno.ENOENT, f"command {command[0]!r} not found in the container (image {plan['image']}, PATH={path})")) from None
+            errno.ENOENT, f"command {command[0]!r} not found in the container (image {process.image}, PATH={path})")) from None
 
 
-def run_as_init(plan, error_fd):
+def run_as_init(process, error_fd):
     """`--init`: PID 1 stays a tiny reaper that forwards signals to the command."""
     child = os.fork()
     if child:
@@ -463,7 +482,7 @@ def run_as_init(plan, error_fd):
             if pid == child:
                 os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
     try:
-        become_user_and_exec(plan)
+        become_user_and_exec(process)
     except BaseException as error:  # noqa: BLE001
         report_failure(error_fd, error)
 

@@ -55,6 +55,15 @@ class ContainerSpec:
     cap_add: list = field(default_factory=list)   # capabilities beyond Docker's default set
     device_read_bps: list = field(default_factory=list)   # "DEVICE:RATE", e.g. "/dev/vda:1m"
     device_write_bps: list = field(default_factory=list)
+    read_only: bool = False                  # the root filesystem mounted read-only (docker --read-only)
+    tmpfs: list = field(default_factory=list)     # writable tmpfs mounts, absolute paths inside
+
+    def limits(self):
+        """The cgroup limits this (validated) spec asks for."""
+        from labkit.cgroups import Limits
+
+        return Limits(memory=self.memory, cpus=self.cpus, pids=self.pids,
+                      io_read_bps=dict(self.device_read_bps), io_write_bps=dict(self.device_write_bps))
 
     def validated(self) -> "ContainerSpec":
         """A copy with units parsed and every value checked; raises ConfigError."""
@@ -83,6 +92,8 @@ class ContainerSpec:
         spec.cap_add = [self._capability(name) for name in spec.cap_add]
         spec.device_read_bps = _device_rates(spec.device_read_bps, "device read rate")
         spec.device_write_bps = _device_rates(spec.device_write_bps, "device write rate")
+        spec.read_only = bool(spec.read_only)
+        spec.tmpfs = [_tmpfs_target(path) for path in spec.tmpfs]
         if spec.workdir is not None and not spec.workdir.startswith("/"):
             raise ConfigError(f"working directory {spec.workdir!r} must be an absolute path")
         if spec.timeout is not None:
@@ -120,6 +131,17 @@ class ContainerSpec:
         if "mnt" not in kinds:
             raise ConfigError("a container needs its own mount namespace (mnt) for its root filesystem")
         return [kind for kind in BY_NAME if kind in kinds]
+
+
+def _tmpfs_target(path) -> str:
+    """An absolute, normalised path inside the container that is not "/" itself."""
+    text = str(path)
+    if not text.startswith("/"):
+        raise ConfigError(f"tmpfs {text!r} must be an absolute path inside the container, e.g. /tmp")
+    normal = os.path.normpath(text)
+    if normal in ("/", "//") or "," in normal:
+        raise ConfigError(f"tmpfs {text!r}: give a directory below / without ',' (e.g. /tmp or /run)")
+    return normal
 
 
 def _device_rates(entries, what) -> dict:

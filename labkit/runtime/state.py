@@ -1,5 +1,6 @@
 """Container state on disk (LABKIT_HOME/containers/<id>/state.json) and the sweep that
-removes what a dead owner left behind."""
+removes the containers and cgroups a dead owner left behind (the network's part is
+swept beside it, by runtime/leftovers.py)."""
 
 import json
 import os
@@ -78,9 +79,6 @@ def sweep(home: Path | None = None, hierarchy=None, min_age_seconds: float = 60.
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(f"container {state.get('name', entry.name)}")
     removed += _sweep_orphan_cgroups(hierarchy, live_ids, min_age_seconds)
-    from labkit import net
-
-    removed += net.sweep(home)  # network leases and the bridge of dead owners
     return removed
 
 

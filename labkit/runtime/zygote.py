@@ -8,10 +8,11 @@ over a Unix socket: `start` (fork a container), `release`, `signal`, `kill`, `ex
 socket reaches EOF, or SIGTERM), it kills every container it started and removes what
 they left, so nothing outlives the owner.
 
-Messages are JSON, one per SOCK_SEQPACKET datagram; stdio file descriptors travel with
-them as SCM_RIGHTS.
+The messages are declared in `labkit.runtime.protocol`, the plans they carry in
+`labkit.runtime.plan`.
 """
 
+import dataclasses
 import gc
 import json
 import os
@@ -23,23 +24,20 @@ import sys
 import time
 
 from labkit.cgroups import host_hierarchy
-from labkit.cgroups.v2 import HierarchyV2
 from labkit.linux import syscalls
-from labkit.runtime import setup
 from labkit.linux.processes import start_time as process_start_time
+from labkit.runtime import protocol, setup
+from labkit.runtime.plan import CgroupPlacement, ExecPlan, StartPlan, from_wire
+from labkit.runtime.protocol import FD_NAMES, MAX_MESSAGE, Op
 from labkit.runtime.state import write_state
-
-MAX_MESSAGE = 1 << 20
-FD_NAMES = ("stdin", "stdout", "stderr")
 
 
 class Process:
     """One supervised process: a container's first process, or an `exec` inside one."""
 
-    def __init__(self, request, supervisor_pid, error_r, report_r, go_w):
-        self.id = request["id"]
-        self.plan = request["plan"]
-        self.kind = request["op"]           # "start" or "exec"
+    def __init__(self, ident, kind, supervisor_pid, error_r, report_r, go_w):
+        self.id = ident
+        self.kind = kind                    # Op.START or Op.EXEC
         self.supervisor_pid = supervisor_pid
         self.error_r = error_r
         self.report_r = report_r
@@ -59,16 +57,15 @@ class Zygote:
         self.sock = sock
         self.selector = selectors.DefaultSelector()
         self.processes = {}       # id -> Process
-        self.containers = {}      # container id -> {"plan": ..., "cgroup": ..., "init_pid": ...}
-        self.stopped = {}         # container id -> plan, for exited containers not yet removed
+        self.containers = {}      # container id -> {"plan": StartPlan, "cgroup": ..., "init_pid": ...}
+        self.stopped = {}         # container id -> StartPlan, for exited containers not yet removed
         self.running = True
-        self.hierarchy = None
 
     # --- messages ----------------------------------------------------------------
 
-    def send(self, message):
+    def send(self, op, **fields):
         try:
-            self.sock.send(json.dumps(message).encode())
+            self.sock.send(protocol.encode(op, **fields))
         except (BrokenPipeError, ConnectionResetError):
             self.running = False
 
@@ -92,63 +89,63 @@ class Zygote:
             return
         for fd in fds:
             os.set_inheritable(fd, False)
-        request = json.loads(data)
-        handler = getattr(self, "op_" + request["op"], None)
+        request = {}
         try:
+            request = protocol.decode(data)
+            handler = getattr(self, "op_" + request["op"].value, None)
             if handler is None:
-                raise ValueError(f"unknown request {request['op']!r}")
+                raise protocol.ProtocolError(f"{request['op'].value} is not a request")
             handler(request, fds)
         except Exception as error:  # noqa: BLE001 — report, keep serving
             for fd in fds:
                 _close(fd)
-            self.send({"op": "failed", "id": request.get("id"), "error": f"{type(error).__name__}: {error}",
-                       "errno": getattr(error, "errno", None)})
+            self.send(Op.FAILED, id=request.get("id"), error=f"{type(error).__name__}: {error}",
+                      errno=getattr(error, "errno", None))
 
     # --- container lifecycle -------------------------------------------------------
 
     def op_start(self, request, fds):
         """Create the container's directories and cgroup, then fork its supervisor."""
-        plan = request["plan"]
-        stdio = dict(zip(FD_NAMES, _fds_or_none(fds, request.get("fd_names", []))))
+        plan = from_wire(StartPlan, request["plan"])
+        stdio = dict(zip(FD_NAMES, _fds_or_none(fds, request["fd_names"])))
         cgroup = None
         try:
             make_container_dirs(plan)
-            write_state(plan["dir"], {**plan["state"], "owner_pid": os.getpid(),
-                                      "owner_start": process_start_time(os.getpid()),
-                                      "status": "created", "cgroup": f"labkit/{plan['id']}"})
-            cgroup = self.cgroup_hierarchy(plan).create(plan["id"], limits_from(plan["limits"]))
-            plan["cgroup_procs"] = cgroup.procs_files()
-            plan["cgroup_version"] = cgroup.version
-            plan["cgroup_v1_mounts"] = cgroup.mount_table() if cgroup.version == 1 else []
-            self.containers[plan["id"]] = {"plan": plan, "cgroup": cgroup, "init_pid": None}
-            self.fork_supervisor(request, stdio, setup.supervise, hold=plan.get("hold", False))
+            write_state(plan.dir, {**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
+                                   "owner_start": process_start_time(os.getpid()),
+                                   "status": "created", "cgroup": f"labkit/{plan.id}"})
+            cgroup = host_hierarchy().create(plan.id, plan.limits)
+            plan.cgroup = CgroupPlacement(procs_files=cgroup.procs_files(), version=cgroup.version,
+                                          v1_mounts=cgroup.mount_table() if cgroup.version == 1 else [])
+            self.containers[plan.id] = {"plan": plan, "cgroup": cgroup, "init_pid": None}
+            self.fork_supervisor(request["id"], Op.START, plan, stdio, setup.supervise, hold=plan.hold)
         except BaseException:
             if cgroup is not None:
                 cgroup.delete()
-            self.containers.pop(plan["id"], None)
-            remove_container_dirs(plan)
+            self.containers.pop(plan.id, None)
+            remove_container_dirs(plan.dir)
             raise
         finally:
             for fd in stdio.values():
                 _close(fd)
 
     def op_exec(self, request, fds):
-        target = self.containers.get(request["target"])
+        plan = from_wire(ExecPlan, request["plan"])
+        target = self.containers.get(plan.target)
         if target is None or target["init_pid"] is None:
-            raise LookupError(f"container {request['target']} is not running")
-        plan = request["plan"]
-        plan["target_pid"] = target["init_pid"]
-        plan["cgroup_procs"] = target["cgroup"].procs_files()
-        stdio = dict(zip(FD_NAMES, _fds_or_none(fds, request.get("fd_names", []))))
+            raise LookupError(f"container {plan.target} is not running")
+        plan.target_pid = target["init_pid"]
+        plan.cgroup_procs = target["cgroup"].procs_files()
+        stdio = dict(zip(FD_NAMES, _fds_or_none(fds, request["fd_names"])))
         try:
             from labkit.runtime import enter
 
-            self.fork_supervisor(request, stdio, enter.supervise_exec, hold=False)
+            self.fork_supervisor(request["id"], Op.EXEC, plan, stdio, enter.supervise_exec, hold=False)
         finally:
             for fd in stdio.values():
                 _close(fd)
 
-    def fork_supervisor(self, request, stdio, supervise, hold):
+    def fork_supervisor(self, ident, kind, plan, stdio, supervise, hold):
         error_r, error_w = os.pipe2(os.O_CLOEXEC)
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         go_r, go_w = os.pipe2(os.O_CLOEXEC) if hold else (None, None)
@@ -162,12 +159,12 @@ class Zygote:
                 os.close(report_r)
                 if go_w is not None:
                     os.close(go_w)
-                supervise(request["plan"], {"error": error_w, "report": report_w, "go": go_r, **stdio})
+                supervise(plan, {"error": error_w, "report": report_w, "go": go_r, **stdio})
             finally:
                 os._exit(126)
         for fd in (error_w, report_w, go_r):
             _close(fd)
-        process = Process(request, pid, error_r, report_r, go_w)
+        process = Process(ident, kind, pid, error_r, report_r, go_w)
         self.processes[process.id] = process
         self.selector.register(error_r, selectors.EVENT_READ, lambda _f, p=process: self.on_error_pipe(p))
         self.selector.register(report_r, selectors.EVENT_READ, lambda _f, p=process: self.on_report(p))
@@ -202,11 +199,11 @@ class Zygote:
             word, _, value = line.decode().partition(" ")
             if word == "init":
                 process.init_pid = int(value)
-                if process.kind == "start":
+                if process.kind == Op.START:
                     self.containers[process.id]["init_pid"] = process.init_pid
                 self.maybe_announce_start(process)
             elif word == "ready":
-                self.send({"op": "held", "id": process.id, "pid": process.init_pid})
+                self.send(Op.HELD, id=process.id, pid=process.init_pid)
             elif word == "exit":
                 process.status = int(value)
 
@@ -214,8 +211,8 @@ class Zygote:
         if process.started_sent or not process.exec_done or process.init_pid is None or process.error:
             return
         process.started_sent = True
-        self.send({"op": "started", "id": process.id, "pid": process.init_pid,
-                   "setup_seconds": time.monotonic() - process.started_at})
+        self.send(Op.STARTED, id=process.id, pid=process.init_pid,
+                  setup_seconds=time.monotonic() - process.started_at)
 
     def finish(self, process):
         """The supervisor closed its report pipe: collect, clean up, tell the owner."""
@@ -228,23 +225,22 @@ class Zygote:
         status = process.status if process.status is not None else supervisor_status
         if process.go_w is not None:
             _close(process.go_w)
-        message = {"op": "exited", "id": process.id, "status": status, "error": process.error,
-                   "pid": process.init_pid}
+        stats = None
         self.processes.pop(process.id, None)
-        if process.kind == "start":
+        if process.kind == Op.START:
             container = self.containers.pop(process.id)
             cgroup = container["cgroup"]
-            message["stats"] = _stats_dict(cgroup)
+            stats = _stats_dict(cgroup)
             cgroup.delete()
             plan = container["plan"]
-            if plan.get("auto_remove"):
-                remove_container_dirs(plan)
+            if plan.auto_remove:
+                remove_container_dirs(plan.dir)
             else:
-                self.stopped[plan["id"]] = plan
-                write_state(plan["dir"], {**plan["state"], "owner_pid": os.getpid(),
-                                          "owner_start": process_start_time(os.getpid()),
-                                          "status": "exited", "exit_status": status})
-        self.send(message)
+                self.stopped[plan.id] = plan
+                write_state(plan.dir, {**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
+                                       "owner_start": process_start_time(os.getpid()),
+                                       "status": "exited", "exit_status": status})
+        self.send(Op.EXITED, id=process.id, status=status, error=process.error, pid=process.init_pid, stats=stats)
 
     def on_error_pipe_drain(self, process):
         while process.error_r is not None:
@@ -260,7 +256,7 @@ class Zygote:
         process = self.processes.get(request["id"])
         if process and process.init_pid:
             try:
-                os.kill(process.init_pid, request.get("signal", signal.SIGTERM))
+                os.kill(process.init_pid, request["signal"])
             except ProcessLookupError:
                 pass
 
@@ -270,9 +266,9 @@ class Zygote:
         if process is None:
             # Never started (the request was interrupted before it left) or long gone:
             # say so, so that the owner does not wait for an exit that will not come.
-            self.send({"op": "failed", "id": request["id"], "error": "no such running container"})
+            self.send(Op.FAILED, id=request["id"], error="no such running container", errno=None)
             return
-        if process.kind == "start":
+        if process.kind == Op.START:
             self.containers[process.id]["cgroup"].kill()
         elif process.supervisor_pid:
             # The exec'd command runs two forks below its supervisor, which called
@@ -292,15 +288,14 @@ class Zygote:
             process.go_w = None
 
     def op_remove(self, request, fds):
-        plan = request["plan"]
         if request["id"] in self.processes:
             raise RuntimeError(f"container {request['id']} is still running; stop it first")
-        remove_container_dirs(plan)
+        remove_container_dirs(request["dir"])
         self.stopped.pop(request["id"], None)
-        self.send({"op": "removed", "id": request["id"]})
+        self.send(Op.REMOVED, id=request["id"])
 
     def op_ping(self, request, fds):
-        self.send({"op": "pong", "id": request.get("id"), "pid": os.getpid()})
+        self.send(Op.PONG, id=request["id"], pid=os.getpid())
 
     def op_shutdown(self, request, fds):
         self.running = False
@@ -319,40 +314,26 @@ class Zygote:
         for container in self.containers.values():
             container["cgroup"].delete()
         for plan in [c["plan"] for c in self.containers.values()] + list(self.stopped.values()):
-            remove_container_dirs(plan)
-
-    def cgroup_hierarchy(self, plan):
-        if plan.get("cgroup_root"):
-            return HierarchyV2(plan["cgroup_root"])
-        if self.hierarchy is None:
-            self.hierarchy = host_hierarchy()
-        return self.hierarchy
+            remove_container_dirs(plan.dir)
 
 
-def make_container_dirs(plan):
-    os.makedirs(plan["dir"], exist_ok=True)  # a detached container's logs may be there already
-    for name in ("upper", "work", "rootfs"):
-        os.mkdir(os.path.join(plan["dir"], name))
-    init_etc = os.path.join(plan["dir"], "init", "etc")
+def make_container_dirs(plan: StartPlan):
+    os.makedirs(plan.dir, exist_ok=True)  # a detached container's logs may be there already
+    for path in (plan.upper, plan.work, plan.rootfs):
+        os.mkdir(path)
+    init_etc = os.path.join(plan.dir, "init", "etc")
     os.makedirs(init_etc)
-    for name, text in plan["init_files"].items():
+    for name, text in plan.init_files.items():
         with open(os.path.join(init_etc, name), "w") as handle:
             handle.write(text)
-    user_map = plan.get("user_map")
-    if user_map:
-        # The container's root (host uid user_map['uid']) must own what it writes to.
-        for name in ("upper", "work", "rootfs"):
-            os.chown(os.path.join(plan["dir"], name), user_map["uid"], user_map["uid"])
+    if plan.user_map:
+        # The container's root (host uid user_map.uid) must own what it writes to.
+        for path in (plan.upper, plan.work, plan.rootfs):
+            os.chown(path, plan.user_map.uid, plan.user_map.uid)
 
 
-def remove_container_dirs(plan):
-    shutil.rmtree(plan["dir"], ignore_errors=True)
-
-
-def limits_from(values):
-    from labkit.cgroups import Limits
-
-    return Limits(**values)
+def remove_container_dirs(directory):
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _stats_dict(cgroup):

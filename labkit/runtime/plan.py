@@ -1,0 +1,233 @@
+"""The launch plan: what the helper needs to make a container (or an `exec` into one),
+as typed data. `ContainerSpec` is what a user asks for; `Container._plan` compiles it,
+with the image and the network's answer, into a `StartPlan`; the helper receives it
+over its socket, adds where the cgroup is (`CgroupPlacement`), and `runtime/setup.py`
+reads it attribute by attribute.
+
+Across the socket a plan is JSON. `to_wire`/`from_wire` are strict on purpose: a field
+the other side does not know, or one it expects and does not get, is an error, never a
+silently ignored option. Adding an option is: a field on the spec, a field here (and
+its line in `start_plan`), and the setup step that reads it.
+"""
+
+import dataclasses
+import functools
+import os
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labkit.cgroups.base import Limits
+
+
+class PlanError(ValueError):
+    """A plan that does not match this module's declaration (a version mismatch or a bug)."""
+
+
+@dataclass
+class ProcessPlan:
+    """The process to exec, shared by `start` and `exec`."""
+    command: list                    # argv
+    env: list                        # "KEY=VALUE", image + runtime + user, merged
+    workdir: str                     # inside the container
+    user: str | None                 # "uid[:gid]" or a name from the image's /etc/passwd
+    cap_add: list                    # capability names kept beyond Docker's default set
+    image: str                       # the image's name, for error messages
+
+
+@dataclass
+class VolumeMount:
+    source: str                      # host path, resolved
+    target: str                      # absolute path inside the container
+    readonly: bool
+
+
+@dataclass
+class UserMap:
+    uid: int                         # host uid (and gid) that the container's root maps to
+    count: int
+
+
+@dataclass
+class NetworkInside:
+    """eth0 as the container process sets it up from inside (labkit.net.inside)."""
+    interface: str
+    address: str
+    netmask: str
+    gateway: str | None
+
+
+@dataclass
+class ContainerRecord:
+    """What state.json says about a container (plus the helper's owner fields and status)."""
+    id: str
+    name: str
+    image: str
+    image_layers: list
+    command: list
+    created: float
+    client_pid: int
+
+
+@dataclass
+class CgroupPlacement:
+    """Filled in by the helper once it made (or found) the cgroup: never sent by the client."""
+    procs_files: list                # cgroup.procs file(s) to write our PID into
+    version: int                     # 1 or 2
+    v1_mounts: list                  # [(directory name, controllers)] for a v1 cgroup namespace
+
+
+@dataclass
+class StartPlan:
+    id: str
+    dir: str                         # LABKIT_HOME/containers/<id>
+    rootfs: str                      # where the overlay is mounted
+    upper: str                       # the read-write layer
+    work: str                        # overlay's work dir
+    lower: list                      # top first: the init layer, then the image's layers
+    init_files: dict                 # /etc/<name> -> text in the init layer
+    hostname: str
+    namespaces: list                 # kinds to create, in labkit.linux.namespaces order
+    process: ProcessPlan
+    init: bool                       # a reaping PID 1 in front of the command
+    hold: bool                       # stop before exec until the runtime releases it
+    auto_remove: bool                # the helper removes the directories at exit
+    volumes: list[VolumeMount]
+    read_only: bool                  # the overlay root mounted read-only
+    tmpfs: list                      # writable tmpfs mounts (absolute paths inside)
+    limits: Limits
+    time_offsets: dict               # clock name -> seconds, for a time namespace
+    user_map: UserMap | None         # set when a user namespace is made
+    join: dict                       # namespace kind -> /proc/PID/ns/<kind> to join instead
+    network_inside: NetworkInside | None
+    record: ContainerRecord
+    cgroup: CgroupPlacement | None = None   # the helper's part
+
+
+@dataclass
+class ExecPlan:
+    target: str                      # the container's id
+    namespaces: list                 # kinds to join
+    process: ProcessPlan
+    target_pid: int | None = None    # the helper's part: the container's first process
+    cgroup_procs: list = field(default_factory=list)   # the helper's part
+
+
+# --- strict JSON-ready form -------------------------------------------------------------
+
+def to_wire(plan) -> dict:
+    """A plain dict (JSON-ready) with every field, nested plans included (values are
+    shared, not copied: encode it, do not change it)."""
+    return _encode(plan)
+
+
+def _encode(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _encode(getattr(value, f.name)) for f in _fields(type(value))}
+    if isinstance(value, (list, tuple)):
+        return [_encode(item) for item in value]
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _fields(cls) -> tuple:
+    return dataclasses.fields(cls)
+
+
+def from_wire(cls, data):
+    """The `cls` that `data` describes. Raises PlanError on an unknown or missing field
+    (at any depth), naming it."""
+    return _decode(cls, data, cls.__name__)
+
+
+def _decode(cls, data, where):
+    if not isinstance(data, dict):
+        raise PlanError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
+    fields = _field_types(cls)
+    if data.keys() != fields.keys():
+        unknown = sorted(set(data) - set(fields))
+        missing = sorted(set(fields) - set(data))
+        if unknown:
+            raise PlanError(f"{where}: unknown field(s) {', '.join(unknown)} (client and helper disagree?)")
+        raise PlanError(f"{where}: missing field(s) {', '.join(missing)} (client and helper disagree?)")
+    values = {}
+    for name, (nested, many) in fields.items():
+        value = data[name]
+        if nested is not None and value is not None:
+            if many:
+                value = [_decode(nested, item, f"{where}.{name}[{index}]") for index, item in enumerate(value)]
+            else:
+                value = _decode(nested, value, f"{where}.{name}")
+        values[name] = value
+    return cls(**values)
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls) -> dict:
+    """name -> (nested dataclass or None, is a list of it), from the annotations."""
+    found = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        many = typing.get_origin(hint) is list
+        if many:
+            hint = typing.get_args(hint)[0]
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        found[name] = (hint if dataclasses.is_dataclass(hint) else None, many)
+    return found
+# --- compiling a spec -------------------------------------------------------------------
+
+def start_plan(spec, image, *, id, name, hostname, directory, command, hold, auto_remove) -> StartPlan:
+    """The plan for a validated ContainerSpec on `image`, in `directory` (the network's
+    part, `join` and `network_inside`, is filled in by the runtime after labkit.net answers)."""
+    directory = Path(directory)
+    return StartPlan(
+        id=id, dir=str(directory), rootfs=str(directory / "rootfs"), upper=str(directory / "upper"),
+        work=str(directory / "work"),
+        lower=[str(directory / "init")] + [str(layer) for layer in reversed(image.layer_dirs)],
+        init_files=init_files(hostname), hostname=hostname, namespaces=list(spec.namespaces),
+        process=process_plan(spec, image, hostname, command), init=spec.init, hold=hold, auto_remove=auto_remove,
+        volumes=[VolumeMount(v.source, v.target, v.readonly) for v in spec.volumes],
+        read_only=spec.read_only, tmpfs=list(spec.tmpfs), limits=spec.limits(),
+        time_offsets={"monotonic": spec.time_offset, "boottime": spec.time_offset} if spec.time_offset else {},
+        user_map=UserMap(*spec.user_map) if "user" in spec.namespaces else None,
+        join={}, network_inside=None,
+        record=ContainerRecord(id=id, name=name, image=image.name, image_layers=list(image.layers),
+                               command=list(command), created=time.time(), client_pid=os.getpid()),
+    )
+
+
+def process_plan(spec, image, hostname, command, env=(), workdir=None, user=None) -> ProcessPlan:
+    """The process of a container (or of an `exec` into it, with its own overrides)."""
+    return ProcessPlan(
+        command=list(command),
+        env=merge_env(image.config.env, [f"HOSTNAME={hostname}", "HOME=/root"], spec.env, env),
+        workdir=workdir or spec.workdir or image.config.workdir or "/",
+        user=user if user is not None else spec.user, cap_add=list(spec.cap_add), image=image.name)
+
+
+def init_files(hostname) -> dict:
+    """/etc files of the init layer, above the image's."""
+    hosts = (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+             f"127.0.1.1\t{hostname}\n")
+    return {"hostname": hostname + "\n", "hosts": hosts, "resolv.conf": host_resolv_conf()}
+
+
+def merge_env(*layers) -> list:
+    """Later KEY=VALUE entries win; order of first appearance kept."""
+    merged = {}
+    for layer in layers:
+        for item in layer:
+            key, _, value = item.partition("=")
+            merged[key] = value
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def host_resolv_conf() -> str:
+    try:
+        with open("/etc/resolv.conf") as handle:
+            lines = [line for line in handle if not line.startswith("nameserver 127.")]
+    except FileNotFoundError:
+        lines = []
+    return "".join(lines) or "# no name servers (labkit --net none)\n"
