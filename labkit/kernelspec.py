@@ -62,13 +62,15 @@ def cmd_uninstall(options):
 
 
 def add_subcommand(subparsers):
-    kernel = subparsers.add_parser("kernel", help="install the Jupyter kernel that preloads the labkit magics")
-    verbs = kernel.add_subparsers(dest="kernel_verb", metavar="ACTION")
-    verbs.required = True
-    install_parser = verbs.add_parser("install", help="install the 'labkit' kernelspec for this Python")
-    where = install_parser.add_mutually_exclusive_group()
-    where.add_argument("--user", action="store_true", help="for this user only (~/.local/share/jupyter)")
-    where.add_argument("--sys-prefix", action="store_true", help=f"into this environment ({sys.prefix})")
-    where.add_argument("--prefix", help="into PREFIX/share/jupyter/kernels")
-    install_parser.set_defaults(func=cmd_install)
-    verbs.add_parser("uninstall", help="remove the installed 'labkit' kernelspec").set_defaults(func=cmd_uninstall)
+    from labkit.verbs import Verb, add_verbs, one_of, option
+
+    add_verbs(subparsers, (
+        Verb("kernel", "install the Jupyter kernel that preloads the labkit magics", metavar="ACTION", verbs=(
+            Verb("install", "install the 'labkit' kernelspec for this Python", cmd_install, (one_of(
+                option("--user", action="store_true", help="for this user only (~/.local/share/jupyter)"),
+                option("--sys-prefix", action="store_true", help=f"into this environment ({sys.prefix})"),
+                option("--prefix", help="into PREFIX/share/jupyter/kernels"),
+            ),)),
+            Verb("uninstall", "remove the installed 'labkit' kernelspec", cmd_uninstall),
+        )),
+    ))

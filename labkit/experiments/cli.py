@@ -1,29 +1,8 @@
 """`labkit experiment list | run NAME… [-p key=value] [--trials N] [--out DIR] | run --all | plot DIR`"""
 
-
 from labkit.errors import ConfigError
 from labkit.units import parse_assignments
-
-
-def add_subcommand(subparsers):
-    parser = subparsers.add_parser("experiment", help="run isolation experiments; figures and raw data")
-    verbs = parser.add_subparsers(dest="experiment_verb", metavar="VERB")
-    verbs.required = True
-
-    verbs.add_parser("list", help="the experiments and their parameters").set_defaults(func=cmd_list)
-
-    run = verbs.add_parser("run", help="run experiments, write results.json, environment.json and figures")
-    run.add_argument("names", nargs="*", metavar="NAME")
-    run.add_argument("--all", action="store_true", help="every experiment, in the order of the story")
-    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="set a parameter (repeatable); tuples as 1,2,4")
-    run.add_argument("--trials", type=int, help="trials per measurement")
-    run.add_argument("--out", default="experiment-results", help="directory for the results (default: %(default)s)")
-    run.set_defaults(func=cmd_run)
-
-    plot = verbs.add_parser("plot", help="redraw figures from a results directory without running again")
-    plot.add_argument("directory")
-    plot.set_defaults(func=cmd_plot)
+from labkit.verbs import Verb, add_verbs, option
 
 
 def cmd_list(options):
@@ -73,6 +52,27 @@ def cmd_plot(options):
     for path in drawn:
         print(path)
     return 0
+
+
+VERBS = (
+    Verb("experiment", "run isolation experiments; figures and raw data", verbs=(
+        Verb("list", "the experiments and their parameters", cmd_list),
+        Verb("run", "run experiments, write results.json, environment.json and figures", cmd_run, (
+            option("names", nargs="*", metavar="NAME"),
+            option("--all", action="store_true", help="every experiment, in the order of the story"),
+            option("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a parameter (repeatable); tuples as 1,2,4"),
+            option("--trials", type=int, help="trials per measurement"),
+            option("--out", default="experiment-results", help="directory for the results (default: %(default)s)"),
+        )),
+        Verb("plot", "redraw figures from a results directory without running again", cmd_plot,
+             (option("directory"),)),
+    )),
+)
+
+
+def add_subcommand(subparsers):
+    add_verbs(subparsers, VERBS)
 
 
 def _params_of(name) -> set:

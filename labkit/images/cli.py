@@ -3,12 +3,12 @@
 Also runnable alone: python -m labkit.images.cli image ls
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from labkit.errors import ImageError, LabkitError
+from labkit.errors import ImageError
+from labkit.verbs import Verb, add_verbs, option, parser_for
 
 
 def _store():
@@ -103,63 +103,57 @@ def cmd_commit(options):
     print(f"committed {options.container} as {image.name} (layer {image.layers[-1][7:19]})")
 
 
+IMAGE_VERBS = (
+    Verb("ls", "list images", cmd_ls),
+    Verb("inspect", "the image's manifest as JSON", cmd_inspect, (option("image"),)),
+    Verb("history", "the steps that made the image", cmd_history, (option("image"),)),
+    Verb("layers", "the image's layers, bottom first, with sizes", cmd_layers, (option("image"),)),
+    Verb("diff", "what a layer of an image, or a container, changed", cmd_diff, (
+        option("image", metavar="IMAGE|CONTAINER"),
+        option("--layer", type=int, help="layer index (default: the top one)"),
+    )),
+    Verb("rm", "remove images and the layers nothing else uses", cmd_rm, (option("images", nargs="+"),)),
+    Verb("prune", "remove layers no image or container uses", cmd_prune),
+    Verb("import", "import an OCI layout, docker save archive or rootfs", cmd_import, (
+        option("path"),
+        option("--name", help="name for the image (default: from the archive)"),
+        option("--ref", help="which image of a multi-image archive"),
+        option("--allow-devices", action="store_true", help="keep device nodes (root only)"),
+        option("--keep-setuid", action="store_true", help="keep setuid/setgid bits"),
+    )),
+    Verb("export", "export an image as an OCI layout, docker archive or rootfs", cmd_export, (
+        option("image"),
+        option("path"),
+        option("--format", choices=("oci", "docker", "rootfs"), default="oci"),
+        option("--compression", choices=("gzip", "none", "zstd"), default="gzip"),
+    )),
+)
+
+# `labkit image VERB` and `%image VERB` are both made from IMAGE_VERBS.
+VERBS = (
+    Verb("image", "list, inspect, import, export and remove images", verbs=IMAGE_VERBS),
+    Verb("build", "build an image from a recipe (a Dockerfile subset)", cmd_build, (
+        option("-t", "--tag", required=True, help="name of the image to make"),
+        option("-f", "--file", help="the recipe (default: CONTEXT/Dockerfile)"),
+        option("context", nargs="?", default=".", help="directory COPY reads from"),
+    )),
+    Verb("commit", "save a container's changes as a new image", cmd_commit, (
+        option("container"),
+        option("image"),
+        option("-m", "--message", default=""),
+    )),
+)
+
+
 def add_subcommands(subparsers) -> None:
-    image = subparsers.add_parser("image", help="list, inspect, import, export and remove images")
-    verbs = image.add_subparsers(dest="image_verb", metavar="VERB")
-    verbs.required = True
-    verbs.add_parser("ls", help="list images").set_defaults(func=cmd_ls)
-    for verb, function, text in (("inspect", cmd_inspect, "the image's manifest as JSON"),
-                                 ("history", cmd_history, "the steps that made the image"),
-                                 ("layers", cmd_layers, "the image's layers, bottom first, with sizes")):
-        parser = verbs.add_parser(verb, help=text)
-        parser.add_argument("image")
-        parser.set_defaults(func=function)
-    diff = verbs.add_parser("diff", help="what a layer of an image, or a container, changed")
-    diff.add_argument("image", metavar="IMAGE|CONTAINER")
-    diff.add_argument("--layer", type=int, help="layer index (default: the top one)")
-    diff.set_defaults(func=cmd_diff)
-    remove = verbs.add_parser("rm", help="remove images and the layers nothing else uses")
-    remove.add_argument("images", nargs="+")
-    remove.set_defaults(func=cmd_rm)
-    verbs.add_parser("prune", help="remove layers no image or container uses").set_defaults(func=cmd_prune)
-    load = verbs.add_parser("import", help="import an OCI layout, docker save archive or rootfs")
-    load.add_argument("path")
-    load.add_argument("--name", help="name for the image (default: from the archive)")
-    load.add_argument("--ref", help="which image of a multi-image archive")
-    load.add_argument("--allow-devices", action="store_true", help="keep device nodes (root only)")
-    load.add_argument("--keep-setuid", action="store_true", help="keep setuid/setgid bits")
-    load.set_defaults(func=cmd_import)
-    save = verbs.add_parser("export", help="export an image as an OCI layout, docker archive or rootfs")
-    save.add_argument("image")
-    save.add_argument("path")
-    save.add_argument("--format", choices=("oci", "docker", "rootfs"), default="oci")
-    save.add_argument("--compression", choices=("gzip", "none", "zstd"), default="gzip")
-    save.set_defaults(func=cmd_export)
-
-    build = subparsers.add_parser("build", help="build an image from a recipe (a Dockerfile subset)")
-    build.add_argument("-t", "--tag", required=True, help="name of the image to make")
-    build.add_argument("-f", "--file", help="the recipe (default: CONTEXT/Dockerfile)")
-    build.add_argument("context", nargs="?", default=".", help="directory COPY reads from")
-    build.set_defaults(func=cmd_build)
-
-    commit = subparsers.add_parser("commit", help="save a container's changes as a new image")
-    commit.add_argument("container")
-    commit.add_argument("image")
-    commit.add_argument("-m", "--message", default="")
-    commit.set_defaults(func=cmd_commit)
+    add_verbs(subparsers, VERBS)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="labkit", description="labkit images")
-    subparsers = parser.add_subparsers(dest="verb", metavar="COMMAND")
-    subparsers.required = True
-    add_subcommands(subparsers)
-    options = parser.parse_args(argv)
-    try:
-        return options.func(options) or 0
-    except LabkitError as error:
-        print(f"labkit: {error}", file=sys.stderr)
-        return 2
+    from labkit.cli import dispatch
+
+    parser = parser_for(VERBS, prog="labkit", description="labkit images", metavar="COMMAND")
+    return dispatch(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -2,15 +2,7 @@
 
 import json
 
-
-def add_subcommands(subparsers):
-    network = subparsers.add_parser("network", help="list and inspect container networks")
-    verbs = network.add_subparsers(dest="network_verb", metavar="VERB")
-    verbs.required = True
-    verbs.add_parser("ls", help="the networks a container can use").set_defaults(func=cmd_ls)
-    inspect = verbs.add_parser("inspect", help="subnet, gateway, bridge and containers of a network")
-    inspect.add_argument("name", nargs="?", default="bridge", help="bridge (default), host, none, or the bridge's name")
-    inspect.set_defaults(func=cmd_inspect)
+from labkit.verbs import Verb, add_verbs, option
 
 
 def cmd_ls(options):
@@ -28,3 +20,17 @@ def cmd_inspect(options):
 
     print(json.dumps(inspect(options.name), indent=2))
     return 0
+
+
+VERBS = (
+    Verb("network", "list and inspect container networks", verbs=(
+        Verb("ls", "the networks a container can use", cmd_ls),
+        Verb("inspect", "subnet, gateway, bridge and containers of a network", cmd_inspect, (
+            option("name", nargs="?", default="bridge", help="bridge (default), host, none, or the bridge's name"),
+        )),
+    )),
+)
+
+
+def add_subcommands(subparsers):
+    add_verbs(subparsers, VERBS)

@@ -15,31 +15,10 @@ import signal
 import sys
 
 from labkit.units import parse_assignments
+from labkit.verbs import Verb, add_verbs, option, parser_for
 
 # What timeout(1) returns when it had to kill the command.
 TIMEOUT_EXIT_CODE = 124
-
-
-def add_subcommand(subparsers):
-    vm = subparsers.add_parser("vm", help="a small VM with a real cgroup v2 kernel (QEMU)")
-    verbs = vm.add_subparsers(dest="vm_verb", metavar="VM_COMMAND")
-    verbs.required = True
-
-    verbs.add_parser("setup", help="install QEMU if missing and cache a kernel (~400 MiB)").set_defaults(func=cmd_setup)
-
-    run = verbs.add_parser("run", help="boot a VM on this host's root and run one command in it")
-    run.add_argument("-m", "--memory", default="1g", help="guest memory (default 1g)")
-    run.add_argument("-s", "--cpus", default=2, type=int, help="guest CPUs (default 2)")
-    run.add_argument("-w", "--rw-dir", help="host directory shared read-write at the same path inside")
-    run.add_argument("--timeout", type=float, default=600, help="kill the VM after this many seconds (default 600)")
-    run.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="add to the environment inside")
-    run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
-    run.set_defaults(func=cmd_run)
-
-    verbs.add_parser("status", help="can VMs run here, how, and what is missing").set_defaults(func=cmd_status)
-    verbs.add_parser("boot-time", help="measure one boot: seconds to the command and QEMU's peak memory"
-                     ).set_defaults(func=cmd_boot_time)
-    return vm
 
 
 def cmd_setup(options):
@@ -80,13 +59,34 @@ def cmd_boot_time(options):
     return 0
 
 
+VERBS = (
+    Verb("vm", "a small VM with a real cgroup v2 kernel (QEMU)", metavar="VM_COMMAND", verbs=(
+        Verb("setup", "install QEMU if missing and cache a kernel (~400 MiB)", cmd_setup),
+        Verb("run", "boot a VM on this host's root and run one command in it", cmd_run, (
+            option("-m", "--memory", default="1g", help="guest memory (default 1g)"),
+            option("-s", "--cpus", default=2, type=int, help="guest CPUs (default 2)"),
+            option("-w", "--rw-dir", help="host directory shared read-write at the same path inside"),
+            option("--timeout", type=float, default=600, help="kill the VM after this many seconds (default 600)"),
+            option("-e", "--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="add to the environment inside"),
+            option("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…"),
+        )),
+        Verb("status", "can VMs run here, how, and what is missing", cmd_status),
+        Verb("boot-time", "measure one boot: seconds to the command and QEMU's peak memory", cmd_boot_time),
+    )),
+)
+
+
+def add_subcommand(subparsers):
+    add_verbs(subparsers, VERBS)
+
+
 def main(argv=None):
     """`python -m labkit.vm.cli`: the vm verbs alone, without importing every other
     subcommand (which costs most of a minute inside an emulated VM)."""
     from labkit.cli import dispatch
 
-    parser = argparse.ArgumentParser(prog="labkit")
-    add_subcommand(parser.add_subparsers(dest="verb", metavar="COMMAND", required=True))
+    parser = parser_for(VERBS, prog="labkit", metavar="COMMAND")
     return dispatch(parser.parse_args(["vm", *(sys.argv[1:] if argv is None else argv)]))
 
 
