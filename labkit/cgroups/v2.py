@@ -137,7 +137,8 @@ class HierarchyV2(Hierarchy):
             raise HostError(
                 f"cannot enable the {', '.join(missing)} controller(s) in {directory}: {error.strerror}. "
                 "A cgroup with processes in it cannot hand controllers to children (the "
-                "'no internal processes' rule); set LABKIT_CGROUP_PARENT to an empty cgroup you own"
+                f"'no internal processes' rule): move the processes listed in {directory}/cgroup.procs "
+                "into a child cgroup of it, then try again"
             ) from None
 
     def _make(self, name: str, limits: Limits) -> CgroupV2:

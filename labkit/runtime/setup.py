@@ -4,7 +4,7 @@ The supervisor (forked from the helper, still on the host) makes the new namespa
 forks the container's first process; that process joins the cgroup, makes its mounts
 private, builds its root from the overlay, mounts /proc, /dev and /sys, switches root,
 sets the hostname and finally execs the command. Read `supervise` and `become_container`
-top to bottom: they are the story of DESIGN.md in order.
+top to bottom: they are the recipe of the README's "How it is built", in order.
 
 Everything here runs in a single-threaded child of the helper and must end in exec or
 `os._exit`: never return into the helper's loop.
