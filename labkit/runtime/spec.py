@@ -57,6 +57,7 @@ class ContainerSpec:
     device_write_bps: list = field(default_factory=list)
     read_only: bool = False                  # the root filesystem mounted read-only (docker --read-only)
     tmpfs: list = field(default_factory=list)     # writable tmpfs mounts, absolute paths inside
+    python: bool = False                     # mount labkit's Python read-only (runtime/python_mounts.py)
 
     def limits(self):
         """The cgroup limits this (validated) spec asks for."""
@@ -82,6 +83,10 @@ class ContainerSpec:
         for item in spec.env:
             if "=" not in item or item.startswith("="):
                 raise ConfigError(f"environment entry {item!r} is not KEY=VALUE")
+        if spec.python:
+            from labkit.runtime.python_mounts import with_python
+
+            spec.volumes, spec.command = with_python(spec.volumes, spec.command)
         spec.volumes = [v if isinstance(v, Volume) else Volume.parse(v) for v in spec.volumes]
         for volume in spec.volumes:
             if not os.path.exists(volume.source):
