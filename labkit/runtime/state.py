@@ -49,6 +49,17 @@ def all_states(home: Path | None = None) -> list:
     return found
 
 
+def host_containers(home: Path | None = None) -> list:
+    """Every container's state on this host, its "status" the runtime's answer: what the
+    owner last wrote, or "orphaned" when the owner is gone (`labkit gc` removes those)."""
+    states = all_states(home)
+    for state in states:
+        if not owner_alive(state):
+            state["status"] = "orphaned"
+        state.setdefault("status", "?")
+    return states
+
+
 def sweep(home: Path | None = None, hierarchy=None, min_age_seconds: float = 60.0) -> list:
     """Remove containers whose owner is dead (killed kernel, crashed script): their
     processes, cgroups and directories. Returns what was removed, for `labkit gc`."""
