@@ -3,6 +3,10 @@ the notebook magics.
 
     labkit run [--image busybox] [--memory 64m] [--cpus 0.5] [--pids-limit N] -- CMD ARGS…
     labkit doctor | gc | ps
+
+It starts like a native tool: building the parser imports argparse and the tables below,
+not the verbs. A verb's module is imported only when that verb is used (PLUGINS names
+which verbs each module adds, so `labkit --help` lists them without importing them).
 """
 
 import argparse
@@ -10,62 +14,83 @@ import importlib
 import sys
 
 from labkit.errors import LabkitError
+from labkit.verbs import Option, Verb, add_options, add_verbs, option
 
-# Modules that add their own subcommands: each has add_subcommand(s)(subparsers) and
-# sets `func` on its parsers. A missing module (feature not installed) is skipped.
-PLUGINS = (
-    ("labkit.images.cli", "add_subcommands"),
-    ("labkit.net.cli", "add_subcommands"),
-    ("labkit.vm.cli", "add_subcommand"),
-    ("labkit.kernelspec", "add_subcommand"),
-    ("labkit.experiments.cli", "add_subcommand"),
-    ("labkit.lab", "add_subcommand"),
+# --- container options: the one place to add one ----------------------------------------
+# `labkit run`, `%%container` and `%container run` all take these. An entry is argparse's
+# flags and keywords plus the ContainerSpec field the value goes to: a new option is one
+# entry here (and its field in the spec); spec_from_options needs no edit.
+
+
+def _with_user_namespace(on: bool) -> dict:
+    from labkit.runtime import DEFAULT_NAMESPACES
+
+    return {"namespaces": DEFAULT_NAMESPACES + ("user",)} if on else {}
+
+
+CONTAINER_OPTIONS = (
+    option("--image", spec_field="image", default="busybox", help="image name (default: busybox)"),
+    option("--name", spec_field="name", help="container name"),
+    option("--hostname", spec_field="hostname", help="hostname inside (default: the name)"),
+    option("--memory", "-m", spec_field="memory", help="memory limit, e.g. 64m, 1g (swap disabled)"),
+    option("--cpus", spec_field="cpus", help="CPU limit as a fraction of cores, e.g. 0.5"),
+    option("--pids-limit", spec_field="pids", dest="pids", help="most processes at once"),
+    option("--env", "-e", spec_field="env", action="append", default=[], metavar="KEY=VALUE"),
+    option("--volume", "-v", spec_field="volumes", action="append", default=[], metavar="SRC:DST[:ro]"),
+    option("--workdir", "-w", spec_field="workdir", help="working directory inside"),
+    option("--user", "-u", spec_field="user", help="uid[:gid] or a user name from the image"),
+    option("--timeout", spec_field="timeout", type=float, help="kill the container after this many seconds"),
+    option("--net", "--network", spec_field="network", dest="network", default="none",
+           help="none (default), host, bridge or container:NAME"),
+    option("--publish", "-p", spec_field="publish", action="append", default=[], metavar="HOSTPORT:CONTAINERPORT"),
+    option("--cap-add", spec_field="cap_add", action="append", default=[], metavar="CAP",
+           help="keep a capability beyond Docker's default set, e.g. SYS_ADMIN"),
+    option("--device-read-bps", spec_field="device_read_bps", action="append", default=[], metavar="DEVICE:RATE",
+           help="limit reads from a block device, e.g. /dev/vda:1m (direct I/O on cgroup v1)"),
+    option("--device-write-bps", spec_field="device_write_bps", action="append", default=[], metavar="DEVICE:RATE"),
+    option("--init", spec_field="init", action="store_true", help="run a reaping PID 1 in front of the command"),
+    option("--userns", to_spec=_with_user_namespace, action="store_true",
+           help="also make a user namespace (root inside, not outside)"),
+    option("--timens", spec_field="time_offset", type=float, default=0.0, metavar="SECONDS",
+           help="a time namespace with CLOCK_MONOTONIC moved by SECONDS"),
+    option("--read-only", spec_field="read_only", action="store_true",
+           help="mount the container's root filesystem read-only"),
+    option("--tmpfs", spec_field="tmpfs", action="append", default=[], metavar="PATH",
+           help="a writable tmpfs at PATH (nosuid,nodev), e.g. /tmp with --read-only"),
+    option("--python", spec_field="python", action="store_true",
+           help="mount this Python (interpreter, standard library, shared libraries) read-only at its host "
+                "paths; a command starting with python or python3 runs it"),
 )
 
 
-def add_container_options(parser):
+def container_option(dest: str) -> Option:
+    """One of CONTAINER_OPTIONS by its destination, for a front end that takes only some
+    (`exec` takes --env, --workdir, --user and --timeout) or words its help differently."""
+    return next(entry for entry in CONTAINER_OPTIONS if entry.dest == dest)
+
+
+def add_container_options(parser, skip=()) -> None:
     """Options shared by `run` and the `%%container` magic (Docker's spellings)."""
-    parser.add_argument("--image", default="busybox", help="image name (default: busybox)")
-    parser.add_argument("--name", help="container name")
-    parser.add_argument("--hostname", help="hostname inside (default: the name)")
-    parser.add_argument("--memory", "-m", help="memory limit, e.g. 64m, 1g (swap disabled)")
-    parser.add_argument("--cpus", help="CPU limit as a fraction of cores, e.g. 0.5")
-    parser.add_argument("--pids-limit", dest="pids", help="most processes at once")
-    parser.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--volume", "-v", action="append", default=[], metavar="SRC:DST[:ro]")
-    parser.add_argument("--workdir", "-w", help="working directory inside")
-    parser.add_argument("--user", "-u", help="uid[:gid] or a user name from the image")
-    parser.add_argument("--timeout", type=float, help="kill the container after this many seconds")
-    parser.add_argument("--net", "--network", dest="network", default="none",
-                        help="none (default), host, bridge or container:NAME")
-    parser.add_argument("--publish", "-p", action="append", default=[], metavar="HOSTPORT:CONTAINERPORT")
-    parser.add_argument("--cap-add", action="append", default=[], metavar="CAP",
-                        help="keep a capability beyond Docker's default set, e.g. SYS_ADMIN")
-    parser.add_argument("--device-read-bps", action="append", default=[], metavar="DEVICE:RATE",
-                        help="limit reads from a block device, e.g. /dev/vda:1m (direct I/O on cgroup v1)")
-    parser.add_argument("--device-write-bps", action="append", default=[], metavar="DEVICE:RATE")
-    parser.add_argument("--init", action="store_true", help="run a reaping PID 1 in front of the command")
-    parser.add_argument("--userns", action="store_true", help="also make a user namespace (root inside, not outside)")
-    parser.add_argument("--timens", type=float, default=0.0, metavar="SECONDS",
-                        help="a time namespace with CLOCK_MONOTONIC moved by SECONDS")
-    parser.add_argument("--read-only", action="store_true", help="mount the container's root filesystem read-only")
-    parser.add_argument("--tmpfs", action="append", default=[], metavar="PATH",
-                        help="a writable tmpfs at PATH (nosuid,nodev), e.g. /tmp with --read-only")
+    add_options(parser, CONTAINER_OPTIONS, skip)
 
 
 def spec_from_options(options, command):
-    from labkit.runtime import DEFAULT_NAMESPACES, ContainerSpec
+    """The ContainerSpec the parsed CONTAINER_OPTIONS describe, running `command`."""
+    from labkit.runtime import ContainerSpec
 
-    namespaces = DEFAULT_NAMESPACES + (("user",) if options.userns else ())
-    return ContainerSpec(
-        image=options.image, command=command, name=options.name, hostname=options.hostname,
-        memory=options.memory, cpus=options.cpus, pids=options.pids, env=options.env,
-        volumes=options.volume, workdir=options.workdir, user=options.user, timeout=options.timeout,
-        network=options.network, publish=options.publish, init=options.init, namespaces=namespaces,
-        time_offset=options.timens, cap_add=options.cap_add,
-        device_read_bps=options.device_read_bps, device_write_bps=options.device_write_bps,
-        read_only=options.read_only, tmpfs=options.tmpfs,
-    )
+    fields = {"command": command}
+    for entry in CONTAINER_OPTIONS:
+        if not hasattr(options, entry.dest):
+            continue  # a front end that does not take this option: the spec's default
+        value = getattr(options, entry.dest)
+        if entry.to_spec is not None:
+            fields.update(entry.to_spec(value))
+        elif entry.spec_field is not None:
+            fields[entry.spec_field] = value
+    return ContainerSpec(**fields)
+
+
+# --- labkit's own verbs ---------------------------------------------------------------
 
 
 def cmd_run(options):
@@ -101,39 +126,67 @@ def cmd_gc(options):
 
 
 def cmd_ps(options):
-    from labkit.runtime.state import all_states, owner_alive
+    from labkit.runtime.state import host_containers
 
     print(f"{'NAME':24} {'ID':16} {'IMAGE':12} {'STATUS':10} OWNER")
-    for state in all_states():
-        owner = state.get("client_pid")
-        status = state.get("status", "?") if owner_alive(state) else "orphaned"
-        print(f"{state.get('name', '?'):24} {state['id']:16} {state.get('image', '?'):12} {status:10} {owner}")
+    for state in host_containers():
+        print(f"{state.get('name', '?'):24} {state['id']:16} {state.get('image', '?'):12} "
+              f"{state['status']:10} {state.get('client_pid')}")
     return 0
 
 
-def build_parser():
+VERBS = (
+    Verb("run", "run a command in a fresh container", cmd_run, CONTAINER_OPTIONS + (
+        option("--interactive", "-i", action="store_true", help="pass stdin to the container"),
+        option("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…"),
+    )),
+    Verb("doctor", "what this host offers, and what to do about what it lacks", cmd_doctor),
+    Verb("gc", "remove what containers of dead owners left behind", cmd_gc),
+    Verb("ps", "list containers known on this host", cmd_ps),
+)
+
+# Modules that add their own verbs: (module, function, {verb: help}). The function is
+# add_subcommand(s)(subparsers) and sets `func` on its parsers; it runs only when one of the
+# named verbs is used, and the help texts let `labkit --help` list them meanwhile. An entry
+# without the verb names still works, but is imported for every command. A missing module
+# (that part of labkit is not installed) is skipped.
+PLUGINS = (
+    ("labkit.images.cli", "add_subcommands", {
+        "image": "list, inspect, import, export and remove images",
+        "build": "build an image from a recipe (a Dockerfile subset)",
+        "commit": "save a container's changes as a new image"}),
+    ("labkit.net.cli", "add_subcommands", {"network": "list and inspect container networks"}),
+    ("labkit.vm.cli", "add_subcommand", {"vm": "a small VM with a real cgroup v2 kernel (QEMU)"}),
+    ("labkit.kernelspec", "add_subcommand", {"kernel": "install the Jupyter kernel that preloads the labkit magics"}),
+    ("labkit.experiments.cli", "add_subcommand", {"experiment": "run isolation experiments; figures and raw data"}),
+    ("labkit.lab", "add_subcommand", {"lab": "start JupyterLab on the notebooks (127.0.0.1, with a token)",
+                                      "notebooks": "execute the notebooks headless"}),
+)
+
+
+def _add_plugin(subparsers, module_name, function) -> None:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):
+            return  # that part of labkit is not here
+        raise
+    getattr(module, function)(subparsers)
+
+
+def build_parser(verb: str | None = None):
+    """The parser for one command line whose first word is `verb`: the full parser of that
+    verb, a one-line entry (for --help) for each other. None: every verb in full."""
     parser = argparse.ArgumentParser(prog="labkit", description="Learn how Linux containers work, on the real kernel.")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
-    sub.required = True
-
-    run = sub.add_parser("run", help="run a command in a fresh container")
-    add_container_options(run)
-    run.add_argument("--interactive", "-i", action="store_true", help="pass stdin to the container")
-    run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
-    run.set_defaults(func=cmd_run)
-
-    sub.add_parser("doctor", help="what this host offers, and what to do about what it lacks").set_defaults(func=cmd_doctor)
-    sub.add_parser("gc", help="remove what containers of dead owners left behind").set_defaults(func=cmd_gc)
-    sub.add_parser("ps", help="list containers known on this host").set_defaults(func=cmd_ps)
-
-    for module_name, function in PLUGINS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name and module_name.startswith(error.name):
-                continue  # that part of labkit is not here
-            raise
-        getattr(module, function)(sub)
+    add_verbs(sub, VERBS)
+    for module_name, function, *named in PLUGINS:
+        verbs = named[0] if named else None
+        if verb is None or verbs is None or verb in verbs:
+            _add_plugin(sub, module_name, function)
+        else:
+            for name, text in verbs.items():
+                sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
@@ -149,8 +202,9 @@ def dispatch(options) -> int:
 
 
 def main(argv=None):
-    parser = build_parser()
-    options = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((word for word in argv if not word.startswith("-")), "")
+    options = build_parser(first).parse_args(argv)
     if getattr(options, "command", None) and options.command[:1] == ["--"]:
         options.command = options.command[1:]
     return dispatch(options)

@@ -1,4 +1,6 @@
-"""The one usage error every labkit magic raises."""
+"""The one usage error every labkit magic raises, and the argparse parser that raises it."""
+
+import argparse
 
 from IPython.core.error import UsageError as IPythonUsageError
 
@@ -16,3 +18,26 @@ class UsageError(ConfigError, IPythonUsageError):
 
     def _render_traceback_(self):
         return [f"{RED}UsageError{RESET}: {self}"]
+
+
+class HelpShown(Exception):
+    """`-h`: argparse printed the help and wants to exit(0); the magic just returns."""
+
+
+class MagicParser(argparse.ArgumentParser):
+    """argparse exits the process on bad usage; in a kernel that must be an exception.
+    Sub-verbs' parsers are of this class too (argparse makes them of the parent's class)."""
+
+    def error(self, message):
+        raise UsageError(f"{message}\n{self.format_usage().strip()}")
+
+    def exit(self, status=0, message=None):
+        if status:
+            raise UsageError((message or "bad usage").strip())
+        raise HelpShown
+
+
+def fail_shortly(error):
+    """Show a LabkitError as one line (what failed and why), not a trace through the magic."""
+    error._render_traceback_ = lambda: [f"{RED}{type(error).__name__}{RESET}: {error}"]
+    return error
