@@ -1,25 +1,42 @@
-"""`%image` and `%%image build`: images from a notebook, thin over labkit.images.
+"""`%image VERB` and `%%image build`: images from a notebook, thin over labkit.images.
 
     %image ls
     %image inspect NAME        %image history NAME        %image layers NAME
     %image diff NAME [--layer N]   (or a container's name: what it changed)
-    %image rm NAME [NAME ...]
+    %image rm NAME [NAME ...]  %image prune   %image import PATH   %image export NAME PATH
 
     %%image build NAME [--context DIR]
     FROM busybox
     RUN echo hello > /greeting
+
+The line verbs are `labkit image`'s own table (labkit.images.cli.IMAGE_VERBS): the same
+verbs, options and functions, so the magic and the CLI cannot drift.
 """
 
-import json
 import shlex
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from labkit.magics.errors import UsageError
+from labkit.errors import LabkitError
+from labkit.images.cli import IMAGE_VERBS
+from labkit.magics.errors import HelpShown, MagicParser, UsageError, fail_shortly
+from labkit.verbs import Verb, add_options, option, parser_for
 
-USAGE = ("usage: %image ls | inspect NAME | history NAME | layers NAME | diff NAME [--layer N] | rm NAME...\n"
-         "       %%image build NAME [--context DIR]   (the cell body is the recipe)")
-LINE_VERBS = {"ls": 0, "inspect": 1, "history": 1, "layers": 1, "diff": None, "rm": None}
+BUILD = Verb("build", "build an image from the recipe in the cell body", options=(
+    option("name", metavar="NAME", help="name of the image to make"),
+    option("--context", default=".", help="directory COPY reads from (default: .)"),
+))
+
+
+def line_parser():
+    return parser_for(IMAGE_VERBS, MagicParser, prog="%image", description="Images in this LABKIT_HOME "
+                      "(the verbs of `labkit image`); %%image build NAME makes one from the cell body.")
+
+
+def build_parser():
+    parser = MagicParser(prog="%%image build", description=BUILD.help)
+    add_options(parser, BUILD.options)
+    return parser
 
 
 def plot_layers(image):
@@ -46,81 +63,40 @@ def plot_layers(image):
 
 @magics_class
 class ImageMagics(Magics):
+    def __init__(self, shell=None):
+        super().__init__(shell)
+        self._line_parser, self._build_parser = line_parser(), build_parser()
+
     @line_cell_magic
     def image(self, line, cell=None):
+        """%image VERB (the verbs of `labkit image`; %image -h lists them); %%image build NAME."""
         try:
             words = shlex.split(line)
         except ValueError as error:
-            raise UsageError(f"%image: cannot parse {line!r}: {error}\n{USAGE}") from None
-        if not words:
-            raise UsageError(USAGE)
-        verb, arguments = words[0], words[1:]
-        if cell is not None:
-            if verb != "build":
-                raise UsageError(f"%%image takes only 'build NAME' as a cell magic, not {verb!r}\n{USAGE}")
-            return self._build(arguments, cell)
-        if verb == "build":
-            raise UsageError("%image build needs the recipe as the cell body: use %%image build NAME")
-        if verb not in LINE_VERBS:
-            raise UsageError(f"%image: unknown verb {verb!r}\n{USAGE}")
-        expected = LINE_VERBS[verb]
-        if (expected is not None and len(arguments) != expected) or (expected is None and not arguments):
-            raise UsageError(f"%image {verb}: wrong number of arguments\n{USAGE}")
-        getattr(self, f"_{verb}")(arguments)
+            raise UsageError(f"%image: cannot parse {line!r}: {error}") from None
+        try:
+            if cell is not None:
+                if words[:1] != ["build"]:
+                    raise UsageError(f"%%image takes only 'build NAME' as a cell magic, not {' '.join(words)!r}\n"
+                                     f"{self._build_parser.format_usage().strip()}")
+                return self._build(self._build_parser.parse_args(words[1:]), cell)
+            if words[:1] == ["build"]:
+                raise UsageError("%image build needs the recipe as the cell body: use %%image build NAME")
+            options = self._line_parser.parse_args(words)
+            return options.func(options)
+        except HelpShown:
+            return None
+        except UsageError:
+            raise
+        except LabkitError as error:
+            raise fail_shortly(error) from None
 
-    def _ls(self, arguments):
-        from labkit.images.report import image_rows, table
-        from labkit.images.store import Store
-
-        print(table(image_rows(Store())))
-
-    def _inspect(self, arguments):
-        from labkit.images import get_image
-
-        print(json.dumps(get_image(arguments[0]).to_dict(), indent=2))
-
-    def _history(self, arguments):
-        from labkit.images import get_image
-        from labkit.images.report import history_rows, table
-
-        print(table(history_rows(get_image(arguments[0]))))
-
-    def _layers(self, arguments):
-        from labkit.images import get_image
-        from labkit.images.report import layer_rows, table
-
-        print(table(layer_rows(get_image(arguments[0]))))
-
-    def _diff(self, arguments):
-        from labkit.images.containers import changes
-
-        layer = None
-        if len(arguments) == 3 and arguments[1] == "--layer" and arguments[2].lstrip("-").isdigit():
-            layer = int(arguments[2])
-        elif len(arguments) != 1:
-            raise UsageError(f"%image diff NAME [--layer N]\n{USAGE}")
-        print("\n".join(changes(arguments[0], layer).lines()))
-
-    def _rm(self, arguments):
-        from labkit.images.store import Store
-
-        store = Store()
-        for name in arguments:
-            removed = store.remove_image(name)
-            print(f"removed image {name} and {len(removed)} layers no one else uses")
-
-    def _build(self, arguments, recipe):
+    def _build(self, options, recipe):
         from labkit.images.builder import build
-
-        context = "."
-        if len(arguments) == 3 and arguments[1] == "--context":
-            context = arguments[2]
-        elif len(arguments) != 1:
-            raise UsageError(f"%%image build NAME [--context DIR]\n{USAGE}")
 
         def progress(index, total, text):
             line = f"  {text.strip()}" if text.startswith(" ->") else f"Step {index + 1}/{total} : {text}"
             print(line, flush=True)
 
-        image = build(recipe, arguments[0], context, on_progress=progress)
+        image = build(recipe, options.name, options.context, on_progress=progress)
         print(f"built {image.name}: {len(image.layers)} layers")
