@@ -14,12 +14,13 @@ import importlib
 import sys
 
 from labkit.errors import LabkitError
-from labkit.verbs import Option, Verb, add_options, add_verbs, option
+from labkit.verbs import Option, Verb, add_verbs, all_of, option
 
 # --- container options: the one place to add one ----------------------------------------
 # `labkit run`, `%%container` and `%container run` all take these. An entry is argparse's
 # flags and keywords plus the ContainerSpec field the value goes to: a new option is one
-# entry here (and its field in the spec); spec_from_options needs no edit.
+# entry in this list (and its field in the spec); no front end and not spec_from_options
+# needs an edit.
 
 
 def _with_user_namespace(on: bool) -> dict:
@@ -28,7 +29,7 @@ def _with_user_namespace(on: bool) -> dict:
     return {"namespaces": DEFAULT_NAMESPACES + ("user",)} if on else {}
 
 
-CONTAINER_OPTIONS = (
+CONTAINER_OPTIONS = [
     option("--image", spec_field="image", default="busybox", help="image name (default: busybox)"),
     option("--name", spec_field="name", help="container name"),
     option("--hostname", spec_field="hostname", help="hostname inside (default: the name)"),
@@ -60,7 +61,7 @@ CONTAINER_OPTIONS = (
     option("--python", spec_field="python", action="store_true",
            help="mount this Python (interpreter, standard library, shared libraries) read-only at its host "
                 "paths; a command starting with python or python3 runs it"),
-)
+]
 
 
 def container_option(dest: str) -> Option:
@@ -71,7 +72,7 @@ def container_option(dest: str) -> Option:
 
 def add_container_options(parser, skip=()) -> None:
     """Options shared by `run` and the `%%container` magic (Docker's spellings)."""
-    add_options(parser, CONTAINER_OPTIONS, skip)
+    all_of(CONTAINER_OPTIONS, skip).add_to(parser)
 
 
 def spec_from_options(options, command):
@@ -136,7 +137,8 @@ def cmd_ps(options):
 
 
 VERBS = (
-    Verb("run", "run a command in a fresh container", cmd_run, CONTAINER_OPTIONS + (
+    Verb("run", "run a command in a fresh container", cmd_run, (
+        all_of(CONTAINER_OPTIONS),
         option("--interactive", "-i", action="store_true", help="pass stdin to the container"),
         option("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…"),
     )),

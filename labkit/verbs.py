@@ -64,6 +64,24 @@ def one_of(*options) -> OneOf:
     return OneOf(options)
 
 
+class AllOf:
+    """Every option of a table (a list others add to), read when a parser is built, less
+    those whose destination is in `skip`: `labkit run` and `%container run` both take
+    all_of(CONTAINER_OPTIONS), so an option added to that list reaches both."""
+
+    def __init__(self, table: list, skip: tuple = ()):
+        self.table, self.skip = table, tuple(skip)
+
+    def add_to(self, parser) -> None:
+        for entry in self.table:
+            if not (isinstance(entry, Option) and entry.dest in self.skip):
+                entry.add_to(parser)
+
+
+def all_of(table: list, skip=()) -> AllOf:
+    return AllOf(table, skip)
+
+
 class Verb:
     """A verb: its name, one line of help, what runs it (called with the parsed options;
     None when the front end dispatches by name) and its options, or its sub-verbs
@@ -72,17 +90,15 @@ class Verb:
     def __init__(self, name: str, help: str, run=None, options: tuple = (), verbs: tuple = (),
                  metavar: str = "VERB", description: str | None = None):
         self.name, self.help, self.run = name, help, run
-        self.options, self.verbs = tuple(options), tuple(verbs)
+        self.options, self.verbs = options, verbs  # kept as given: a list stays open to additions
         self.metavar, self.description = metavar, description
 
     def __repr__(self):
         return f"Verb({self.name!r})"
 
 
-def add_options(parser, options, skip=()) -> None:
+def add_options(parser, options) -> None:
     for entry in options:
-        if isinstance(entry, Option) and entry.dest in skip:
-            continue
         entry.add_to(parser)
 
 

@@ -103,7 +103,7 @@ def cmd_commit(options):
     print(f"committed {options.container} as {image.name} (layer {image.layers[-1][7:19]})")
 
 
-IMAGE_VERBS = (
+IMAGE_VERBS = [
     Verb("ls", "list images", cmd_ls),
     Verb("inspect", "the image's manifest as JSON", cmd_inspect, (option("image"),)),
     Verb("history", "the steps that made the image", cmd_history, (option("image"),)),
@@ -127,7 +127,7 @@ IMAGE_VERBS = (
         option("--format", choices=("oci", "docker", "rootfs"), default="oci"),
         option("--compression", choices=("gzip", "none", "zstd"), default="gzip"),
     )),
-)
+]
 
 # `labkit image VERB` and `%image VERB` are both made from IMAGE_VERBS.
 VERBS = (

@@ -22,7 +22,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from labkit.cli import CONTAINER_OPTIONS, add_container_options, container_option, spec_from_options
 from labkit.errors import LabkitError
 from labkit.magics.errors import HelpShown, MagicParser, UsageError, fail_shortly
-from labkit.verbs import Verb, add_options, one_of, option, parser_for
+from labkit.verbs import Verb, add_options, all_of, one_of, option, parser_for
 
 OUTCOME_OPTIONS = (
     option("--out", metavar="VAR", help="store the Result in this variable"),
@@ -36,7 +36,8 @@ COMMAND = option("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
 
 # `%container VERB`: each runs ContainerMagics._verb_<name>.
 LINE_VERBS = (
-    Verb("run", "run a command; -d leaves it running", options=CONTAINER_OPTIONS + (
+    Verb("run", "run a command; -d leaves it running", options=(
+        all_of(CONTAINER_OPTIONS),
         option("--detach", "-d", action="store_true", help="start it and return (see logs, exec, stop)"),
         *OUTCOME_OPTIONS, COMMAND)),
     Verb("exec", "run a command inside a running container",

@@ -18,7 +18,7 @@ import shlex
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from labkit.errors import LabkitError
-from labkit.images.cli import IMAGE_VERBS
+from labkit.images.cli import IMAGE_VERBS  # the list itself: a verb added there is here too
 from labkit.magics.errors import HelpShown, MagicParser, UsageError, fail_shortly
 from labkit.verbs import Verb, add_options, option, parser_for
 
