@@ -54,3 +54,99 @@ def test_gc_and_ps_run_on_an_empty_home(labkit_home):
     assert labkit("gc", home=labkit_home).returncode == 0
     listing = labkit("ps", home=labkit_home)
     assert listing.returncode == 0 and listing.stdout.startswith("NAME")
+
+
+def test_run_python_runs_the_hosts_interpreter_in_busybox(labkit_home):
+    done = labkit("run", "--python", "--", "python3", "-c", "import os, sys; print(os.getpid(), sys.version_info[:2])",
+                  home=labkit_home)
+    assert (done.returncode, done.stdout) == (0, f"1 {tuple(sys.version_info[:2])}\n"), done.stderr
+    without = labkit("run", "--", "python3", "-c", "pass", home=labkit_home)
+    assert (without.returncode, "command 'python3' not found" in without.stderr) == (127, True)
+
+
+def test_ps_says_orphaned_when_the_runtime_finds_the_owner_gone(labkit_home):
+    from labkit.runtime.state import containers_root, write_state
+
+    gone = os.getpid()  # a live PID, but with a start time it never had: a PID reused since
+    directory = containers_root(labkit_home) / "0123456789abcdef"
+    directory.mkdir(parents=True)
+    write_state(directory, {"id": "0123456789abcdef", "name": "left", "image": "busybox", "status": "running",
+                            "owner_pid": gone, "owner_start": -1, "client_pid": gone})
+    line = [row for row in labkit("ps", home=labkit_home).stdout.splitlines() if row.startswith("left ")]
+    assert line and line[0].split()[3] == "orphaned"
+
+
+# --- one table of verbs and options ---------------------------------------------------------
+
+
+def labkit_modules_after(code) -> set:
+    """The labkit modules a fresh interpreter holds after `code` (argparse's exit caught)."""
+    probe = ("import sys\ntry:\n" + "".join(f"    {line}\n" for line in code.splitlines()) +
+             "except SystemExit:\n    pass\n"
+             "print(' '.join(sorted(m for m in sys.modules if m == 'labkit' or m.startswith('labkit.'))))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.splitlines()[-1].split())
+
+
+def test_help_imports_no_verb_module():
+    loaded = labkit_modules_after("from labkit.cli import main\nmain(['--help'])")
+    assert loaded == {"labkit", "labkit.cli", "labkit.errors", "labkit.verbs"}
+
+
+def test_a_verb_imports_its_own_module_and_no_other():
+    from labkit.cli import PLUGINS
+
+    loaded = labkit_modules_after("from labkit.cli import main\nmain(['network', '--help'])")
+    assert "labkit.net.cli" in loaded
+    assert not loaded & {module for module, *_ in PLUGINS if module != "labkit.net.cli"}
+    assert "labkit.runtime" not in loaded
+
+
+def test_a_new_container_option_is_one_entry_and_reaches_every_front_end():
+    from labkit import cli
+    from labkit.magics.container import cell_parser, line_parser
+    from labkit.verbs import option
+
+    cli.CONTAINER_OPTIONS.append(option("--box-name", spec_field="hostname", help="a second spelling"))
+    try:
+        parsed = [cli.build_parser("run").parse_args(["run", "--box-name", "b1", "--", "true"]),
+                  cell_parser().parse_args(["--box-name", "b1"]),
+                  line_parser().parse_args(["run", "--box-name", "b1", "--", "true"])]
+        specs = [cli.spec_from_options(options, ["true"]) for options in parsed]
+    finally:
+        cli.CONTAINER_OPTIONS.pop()
+    assert [spec.hostname for spec in specs] == ["b1"] * 3
+    with pytest.raises(SystemExit):
+        cli.build_parser("run").parse_args(["run", "--box-name", "b1", "--", "true"])
+
+
+def test_a_new_image_verb_is_one_entry_in_the_cli_and_the_magic(capsys):
+    from labkit import cli
+    from labkit.images.cli import IMAGE_VERBS
+    from labkit.magics.image import line_parser
+    from labkit.verbs import Verb, option
+
+    IMAGE_VERBS.append(Verb("greet", "say hello", lambda options: print(f"hello {options.who}"), (option("who"),)))
+    try:
+        assert cli.main(["image", "greet", "cli"]) == 0
+        options = line_parser().parse_args(["greet", "magic"])
+        options.func(options)
+    finally:
+        IMAGE_VERBS.pop()
+    assert capsys.readouterr().out == "hello cli\nhello magic\n"
+
+
+def subcommand_names(parser) -> set:
+    import argparse
+
+    return set(next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices)
+
+
+def test_image_magic_and_labkit_image_accept_the_same_verbs():
+    from labkit.cli import build_parser
+    from labkit.magics.image import line_parser
+
+    image = next(a for a in build_parser("image")._actions if a.dest == "verb").choices["image"]
+    assert subcommand_names(image) == subcommand_names(line_parser())
+    assert {"ls", "inspect", "history", "layers", "diff", "rm", "prune", "import", "export"} <= subcommand_names(image)

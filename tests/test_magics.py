@@ -288,3 +288,32 @@ def test_progress_is_a_widget_in_a_notebook(kernel):
     reply = kernel.ok("from labkit.widgets import progress\n"
                       "with progress(3, 'steps') as p:\n    for _ in range(3): p.update()\nprint(p.bar.value)")
     assert reply.messages[0][0] == "display_data" and reply.stdout == "3\n"
+
+
+# --- the verb tables: %image is labkit image, misuse of a line magic fails the cell ----------
+
+
+def test_image_magic_prints_what_labkit_image_prints(kernel):
+    import subprocess
+
+    cli = subprocess.run([sys.executable, "-m", "labkit.cli", "image", "ls"], capture_output=True, text=True,
+                         env=dict(os.environ, LABKIT_HOME=str(kernel.home)), timeout=60)
+    assert kernel.ok("%image ls").stdout == cli.stdout
+    assert kernel.ok("%image prune").stdout == "removed 0 unused layers\n"   # a verb the old %image lacked
+
+
+@pytest.mark.parametrize("line, ename, words", [
+    ("%image", "UsageError", "the following arguments are required: VERB"),
+    ("%image bogus", "UsageError", "invalid choice: 'bogus'"),
+    ("%image inspect", "UsageError", "the following arguments are required: image"),
+    ("%image diff busybox --layer top", "UsageError", "invalid int value: 'top'"),
+    ("%image inspect no-such-image", "ImageNotFound", "no-such-image"),
+    ("%container bogus", "UsageError", "invalid choice: 'bogus'"),
+    ("%container stop", "UsageError", "the following arguments are required: NAME"),
+    ("%container stop web --time soon", "UsageError", "invalid float value: 'soon'"),
+])
+def test_line_magic_misuse_fails_the_cell_with_an_error_message(kernel, line, ename, words):
+    reply = kernel.run(line)
+    assert (reply.status, reply.ename) == ("error", ename)
+    assert words in reply.evalue
+    assert [kind for kind, _ in reply.messages] == ["error"], "an error message, not just a printed usage line"
