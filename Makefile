@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,lab]'
 	$(BIN)/labkit kernel install --sys-prefix
+	$(BIN)/python -m compileall -q labkit  # bytecode once, here: not by the first labkit command
 	touch $(STAMP)
 
 notebooks: setup
