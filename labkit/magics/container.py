@@ -9,8 +9,8 @@
     %container logs web | stats web | top web | stop web | rm web | commit web IMAGE | ps
 
 Options are `labkit run`'s (labkit.cli.CONTAINER_OPTIONS), so the CLI and the magic
-cannot drift; the verbs are the table LINE_VERBS. `{var}` and `$var` in the option line come from the user namespace
-(IPython expands them before the magic sees the line).
+cannot drift; the verbs are the table LINE_VERBS. `{var}` and `$var` in the option line
+come from the user namespace (IPython expands them before the magic sees the line).
 """
 
 import argparse
