@@ -14,7 +14,7 @@ import importlib
 import sys
 
 from labkit.errors import LabkitError
-from labkit.verbs import Option, Verb, add_verbs, all_of, option
+from labkit.verbs import Option, Verb, add_verbs, all_of, dispatch, option
 
 # --- container options: the one place to add one ----------------------------------------
 # `labkit run`, `%%container` and `%container run` all take these. An entry is argparse's
@@ -190,17 +190,6 @@ def build_parser(verb: str | None = None):
             for name, text in verbs.items():
                 sub.add_parser(name, help=text, add_help=False)
     return parser
-
-
-def dispatch(options) -> int:
-    """Run a parsed verb: a LabkitError is one line for the user, not a traceback."""
-    try:
-        return options.func(options) or 0
-    except LabkitError as error:
-        print(f"labkit: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
 
 
 def main(argv=None):

@@ -12,11 +12,14 @@ documents; a container option also names the ContainerSpec field it sets (`spec_
 which is how `labkit run` and `%%container` turn options into a spec without a second
 list (labkit.cli.spec_from_options).
 
-Plain classes, not dataclasses: `labkit --help` imports this module, argparse and nothing
-else (the dataclasses module alone costs more than argparse).
+Plain classes, not dataclasses: `labkit --help` imports this module, argparse and
+labkit.errors, nothing else (the dataclasses module alone costs more than argparse).
 """
 
 import argparse
+import sys
+
+from labkit.errors import LabkitError
 
 
 class Option:
@@ -133,3 +136,14 @@ def names(verbs) -> list:
     for verb in verbs:
         found += [f"{verb.name} {sub}" for sub in names(verb.verbs)] if verb.verbs else [verb.name]
     return found
+
+
+def dispatch(options) -> int:
+    """Run a parsed verb: a LabkitError is one line for the user, not a traceback."""
+    try:
+        return options.func(options) or 0
+    except LabkitError as error:
+        print(f"labkit: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from labkit.errors import ImageError
-from labkit.verbs import Verb, add_verbs, option, parser_for
+from labkit.verbs import Verb, add_verbs, dispatch, option, parser_for
 
 
 def _store():
@@ -150,8 +150,6 @@ def add_subcommands(subparsers) -> None:
 
 
 def main(argv=None) -> int:
-    from labkit.cli import dispatch
-
     parser = parser_for(VERBS, prog="labkit", description="labkit images", metavar="COMMAND")
     return dispatch(parser.parse_args(argv))
 

@@ -15,7 +15,7 @@ import signal
 import sys
 
 from labkit.units import parse_assignments
-from labkit.verbs import Verb, add_verbs, option, parser_for
+from labkit.verbs import Verb, add_verbs, dispatch, option, parser_for
 
 # What timeout(1) returns when it had to kill the command.
 TIMEOUT_EXIT_CODE = 124
@@ -84,8 +84,6 @@ def add_subcommand(subparsers):
 def main(argv=None):
     """`python -m labkit.vm.cli`: the vm verbs alone, without importing every other
     subcommand (which costs most of a minute inside an emulated VM)."""
-    from labkit.cli import dispatch
-
     parser = parser_for(VERBS, prog="labkit", metavar="COMMAND")
     return dispatch(parser.parse_args(["vm", *(sys.argv[1:] if argv is None else argv)]))
 
