@@ -150,3 +150,17 @@ def test_image_magic_and_labkit_image_accept_the_same_verbs():
     image = next(a for a in build_parser("image")._actions if a.dest == "verb").choices["image"]
     assert subcommand_names(image) == subcommand_names(line_parser())
     assert {"ls", "inspect", "history", "layers", "diff", "rm", "prune", "import", "export"} <= subcommand_names(image)
+
+
+def test_plugins_declare_exactly_the_verbs_they_add():
+    """`labkit --help` lists PLUGINS' verbs without importing them: the list must stay true."""
+    import argparse
+    import importlib
+
+    from labkit.cli import PLUGINS
+
+    for module_name, function, declared in PLUGINS:
+        subparsers = argparse.ArgumentParser().add_subparsers()
+        getattr(importlib.import_module(module_name), function)(subparsers)
+        added = {action.dest: action.help for action in subparsers._choices_actions}
+        assert added == declared, module_name
