@@ -24,9 +24,11 @@ from labkit.verbs import Option, Verb, add_verbs, all_of, dispatch, option
 
 
 def _with_user_namespace(on: bool) -> dict:
+    if not on:
+        return {}
     from labkit.runtime import DEFAULT_NAMESPACES
 
-    return {"namespaces": DEFAULT_NAMESPACES + ("user",)} if on else {}
+    return {"namespaces": DEFAULT_NAMESPACES + ("user",)}
 
 
 CONTAINER_OPTIONS = [

@@ -29,16 +29,13 @@ class Option:
 
     def __init__(self, flags: tuple, kwargs: dict, spec_field: str | None = None, to_spec=None):
         self.flags, self.kwargs, self.spec_field, self.to_spec = tuple(flags), dict(kwargs), spec_field, to_spec
+        # The attribute argparse stores the value in (its own rule), worked out once: a
+        # %%container cell reads every option's on each run.
+        long = next((f for f in self.flags if f.startswith("--")), self.flags[0])
+        self.dest = self.kwargs.get("dest") or long.lstrip("-").replace("-", "_")
 
     def __repr__(self):
         return f"option{self.flags!r}"
-
-    @property
-    def dest(self) -> str:
-        if "dest" in self.kwargs:
-            return self.kwargs["dest"]
-        long = next((f for f in self.flags if f.startswith("--")), self.flags[0])
-        return long.lstrip("-").replace("-", "_")
 
     def add_to(self, parser) -> None:
         parser.add_argument(*self.flags, **self.kwargs)
