@@ -64,6 +64,19 @@ def test_run_python_runs_the_hosts_interpreter_in_busybox(labkit_home):
     assert (without.returncode, "command 'python3' not found" in without.stderr) == (127, True)
 
 
+def test_python_spec_mounts_the_interpreter_read_only_once():
+    from labkit.runtime import ContainerSpec
+
+    spec = ContainerSpec(command=["python3", "-c", "pass"], python=True).validated()
+    again = spec.validated()
+    interpreter = os.path.realpath(sys.executable)
+    assert spec.command[0] == again.command[0] == interpreter
+    assert [v.target for v in again.volumes] == [v.target for v in spec.volumes]
+    assert all(v.readonly and os.path.exists(v.target) for v in spec.volumes), "read-only, at host paths"
+    assert interpreter in [v.target for v in spec.volumes]
+    assert ContainerSpec(command=["python3"]).validated().volumes == []
+
+
 def test_ps_says_orphaned_when_the_runtime_finds_the_owner_gone(labkit_home):
     from labkit.runtime.state import containers_root, write_state
 
