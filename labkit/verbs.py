@@ -127,14 +127,6 @@ def parser_for(verbs, parser_class=argparse.ArgumentParser, dest="verb", metavar
     return parser
 
 
-def names(verbs) -> list:
-    """Every verb path in a table: ["ls", "inspect", …] or ["image ls", …] for nested ones."""
-    found = []
-    for verb in verbs:
-        found += [f"{verb.name} {sub}" for sub in names(verb.verbs)] if verb.verbs else [verb.name]
-    return found
-
-
 def dispatch(options) -> int:
     """Run a parsed verb: a LabkitError is one line for the user, not a traceback."""
     try:
