@@ -98,9 +98,11 @@ def spec_from_options(options, command):
 
 def cmd_run(options):
     from labkit.runtime import Container
+    from labkit.runtime.helper import fork_from_caller
 
     if not options.command:
         raise LabkitError("labkit run needs a command after --, e.g. labkit run -- echo hello")
+    fork_from_caller()  # this process is small and single-threaded: it can be its own helper
     container = Container(spec_from_options(options, options.command))
     stdin = sys.stdin.fileno() if options.interactive else None
     result = container.run(stdout=sys.stdout.fileno(), stderr=sys.stderr.fileno(), stdin=stdin)

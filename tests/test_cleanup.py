@@ -42,8 +42,12 @@ def wait_until(condition, seconds=10):
     return condition()
 
 
-def start_owner(labkit_home):
-    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,
+# The `labkit` command's way: its helper is a fork of itself, not a new interpreter.
+FORKING_OWNER = "from labkit.runtime.helper import fork_from_caller; fork_from_caller()\n" + OWNER
+
+
+def start_owner(labkit_home, script=OWNER):
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                              env=dict(os.environ, LABKIT_HOME=str(labkit_home)))
     ident, helper_pid, container_pid = owner.stdout.readline().split()
     return owner, ident, int(helper_pid), int(container_pid)
@@ -77,8 +81,12 @@ def test_two_hundred_containers_of_every_ending_leave_nothing(no_leftovers):
     # (no_leftovers asserts: no container dirs, cgroups or mounts remain)
 
 
-def test_killing_the_owner_removes_its_containers_at_once(labkit_home):
-    owner, ident, helper_pid, container_pid = start_owner(labkit_home)
+@pytest.mark.parametrize("script", [OWNER, FORKING_OWNER], ids=["helper-exec", "helper-forked"])
+def test_killing_the_owner_removes_its_containers_at_once(labkit_home, script):
+    owner, ident, helper_pid, container_pid = start_owner(labkit_home, script)
+    with open(f"/proc/{helper_pid}/cmdline", "rb") as cmdline:
+        forked = b"labkit.runtime.zygote" not in cmdline.read()
+    assert forked == (script is FORKING_OWNER)
     assert alive(container_pid) and cgroup_dirs(ident)
     owner.send_signal(signal.SIGKILL)
     owner.wait()
@@ -89,9 +97,10 @@ def test_killing_the_owner_removes_its_containers_at_once(labkit_home):
     assert cgroup_dirs(ident) == set()
 
 
-def test_killing_owner_and_helper_is_swept_by_the_next_start(labkit_home):
+@pytest.mark.parametrize("script", [OWNER, FORKING_OWNER], ids=["helper-exec", "helper-forked"])
+def test_killing_owner_and_helper_is_swept_by_the_next_start(labkit_home, script):
     mounts_before = labkit_mounts()
-    owner, ident, helper_pid, container_pid = start_owner(labkit_home)
+    owner, ident, helper_pid, container_pid = start_owner(labkit_home, script)
     os.kill(helper_pid, signal.SIGKILL)
     owner.send_signal(signal.SIGKILL)
     owner.wait()

@@ -1,7 +1,9 @@
 """The owner's side of the helper: start it once, send it requests, collect its events.
 
 Safe to use from a multi-threaded process (a Jupyter kernel): the helper is started with
-subprocess (fork+exec of a fresh interpreter), never by forking the caller.
+subprocess (fork+exec of a fresh interpreter), never by forking the caller. A caller that
+is small and single-threaded (the `labkit` command) may ask for a fork of itself instead
+(`fork_from_caller(True)`): no second interpreter to start, no second import of labkit.
 """
 
 import atexit
@@ -18,6 +20,20 @@ from labkit.runtime.protocol import MAX_MESSAGE, Op
 
 _lock = threading.Lock()
 _helper = None
+_fork_from_caller = False
+
+
+def fork_from_caller(allowed: bool = True) -> None:
+    """Let this process's helper be a fork of it. Only for a small, single-threaded
+    caller: a fork copies the caller's memory map into every container's fork, and a
+    fork of a multi-threaded process may hold a lock no thread will release. Checked
+    again when the helper starts (a thread started since then turns it off)."""
+    global _fork_from_caller
+    _fork_from_caller = allowed
+
+
+def _single_threaded() -> bool:
+    return threading.active_count() == 1 and len(os.listdir("/proc/self/task")) == 1
 
 
 class Helper:
@@ -28,14 +44,18 @@ class Helper:
     half-read, and the caller can always go on to kill and collect its container.
     """
 
-    def __init__(self):
+    def __init__(self, forked=False):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(os.environ, LABKIT_HELPER_FD=str(theirs.fileno()), LABKIT_OWNER_PID=str(os.getpid()))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "labkit.runtime.zygote"],
-            pass_fds=(theirs.fileno(),), env=env, start_new_session=True,
-            stdin=subprocess.DEVNULL, close_fds=True,
-        )
+        if forked:
+            ours.set_inheritable(False)
+            self.process = ForkedHelper(theirs.fileno())
+        else:
+            env = dict(os.environ, LABKIT_HELPER_FD=str(theirs.fileno()), LABKIT_OWNER_PID=str(os.getpid()))
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "labkit.runtime.zygote"],
+                pass_fds=(theirs.fileno(),), env=env, start_new_session=True,
+                stdin=subprocess.DEVNULL, close_fds=True,
+            )
         theirs.close()
         self.sock = ours
         self.owner_pid = os.getpid()
@@ -141,8 +161,57 @@ def get_helper() -> Helper:
         from labkit.runtime.leftovers import sweep
 
         sweep()
-        _helper = Helper()
+        _helper = Helper(forked=_fork_from_caller and _single_threaded())
         return _helper
+
+
+class ForkedHelper:
+    """The helper as a fork of this process, with the part of subprocess.Popen's
+    interface that Helper uses (pid, poll, wait, kill)."""
+
+    def __init__(self, sock_fd):
+        owner = os.getpid()
+        self.pid = os.fork()
+        if self.pid == 0:
+            _become_helper(sock_fd, owner)
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("labkit helper", timeout)
+            time.sleep(0.005)
+        return self.returncode
+
+    def kill(self):
+        if self.poll() is None:
+            os.kill(self.pid, 9)
+
+
+def _become_helper(sock_fd, owner):
+    """In the fork: what `python -m labkit.runtime.zygote` would be, minus the start-up.
+    Never returns (the caller's atexit handlers and buffers are not ours to run)."""
+    try:
+        os.setsid()
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.closerange(3, sock_fd)
+        os.closerange(sock_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        os.environ.update(LABKIT_HELPER_FD=str(sock_fd), LABKIT_OWNER_PID=str(owner))
+        from labkit.runtime import zygote
+
+        zygote.main()
+    except BaseException:  # noqa: BLE001 — sys.exit() in main included: leave quietly
+        pass
+    os._exit(0)
 
 
 def shutdown_helper():
