@@ -15,13 +15,20 @@ import textwrap
 import pytest
 
 from labkit.errors import ImageError, ImageNotFound
-from labkit.images import build, commit, diff, get_image
+from labkit.images import commit, diff, get_image
+from labkit.images.builder import build as build_with_runner
 from labkit.images.layers import canonical_entries, layer_digest, write_canonical_tar
 from labkit.images.overlay import MAX_OPTIONS, overlay_options
 from labkit.images.store import Store
 from labkit.images.whiteouts import is_opaque, is_whiteout
+from labkit.runtime.build_step import run_build_step
 
 pytestmark = pytest.mark.root
+
+
+def build(*arguments, **options):
+    """A build as the front ends run one: RUN steps by the runtime's runner."""
+    return build_with_runner(*arguments, run_step=run_build_step, **options)
 
 
 def _runtime():

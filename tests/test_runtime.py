@@ -311,3 +311,35 @@ def test_read_only_and_tmpfs_flags_reach_the_spec():
     assert spec.validated().read_only is True and spec.validated().tmpfs == ["/tmp", "/run"]
     plain = spec_from_options(parser.parse_args([]), ["true"]).validated()
     assert plain.read_only is False and plain.tmpfs == []
+
+
+# --- what images ask of the runtime (images never read the runtime's files) -----------------
+
+def test_a_recipe_with_run_needs_the_runtimes_runner(tmp_path, labkit_home):
+    from labkit.errors import ImageError
+    from labkit.images.builder import build
+
+    with pytest.raises(ImageError, match="recipe line 2: RUN needs a container runner: pass run_step=labkit.runtime.build_step.run_build_step"):
+        build("FROM busybox\nRUN true\n", "x", tmp_path)
+
+
+def test_network_inspect_lists_this_sessions_published_ports_from_the_network_itself(no_leftovers):
+    import socket
+
+    from labkit import net
+    from labkit.net.rtnl import require_net_admin
+
+    try:
+        require_net_admin()
+    except HostError as error:
+        pytest.skip(str(error))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    container = Container(ContainerSpec(command="sleep 30", network="bridge", publish=[f"{port}:8080"]))
+    container.start(detach=True)
+    try:
+        mine = [row for row in net.inspect()["containers"] if row["id"] == container.id]
+        assert [row["ports"] for row in mine] == [[f"127.0.0.1:{port}->8080/tcp"]]
+    finally:
+        container.remove()

@@ -1,7 +1,7 @@
 """Images: read-only layers plus config; the base image 'busybox' needs no network.
 
     get_image("busybox")                      an Image: .name, .layers, .layer_dirs, .config
-    build(recipe_text, "web", context_dir)    a Dockerfile subset, one layer per RUN/COPY
+    build(recipe_text, "web", context_dir, run_step=...)  a Dockerfile subset, one layer per RUN/COPY
     commit(upper_dir, base_image, "mine")     a container's changes as a new image
     import_image(path) / export_image(...)    OCI layouts, docker save archives, rootfs tarballs
 """
@@ -9,18 +9,11 @@
 from labkit.images.busybox import ensure_busybox
 from labkit.images.commit import commit
 from labkit.images.diff import diff
+from labkit.images.named import get_image
 from labkit.images.store import Image, ImageConfig, Store
 
 __all__ = ["Image", "ImageConfig", "Store", "build", "commit", "diff", "ensure_busybox", "export_image",
            "get_image", "import_image"]
-
-
-def get_image(name: str, store: Store | None = None) -> Image:
-    """The image by that name; 'busybox' is built on first use."""
-    store = store or Store()
-    if name == "busybox" and "busybox" not in store.names():
-        return ensure_busybox(store)
-    return store.image(name)
 
 
 _LAZY = {"build": "labkit.images.builder", "import_image": "labkit.images.transfer",

@@ -1,30 +1,40 @@
 """Build an image from a recipe: one layer per RUN or COPY, config steps change only
 the config, and every layer-making step goes through the build cache first, so a
-rebuild with nothing changed makes no new layers and runs no containers."""
+rebuild with nothing changed makes no new layers and runs no containers.
+
+RUN runs a container, which is the runtime's job: the caller hands in `run_step`
+(labkit.runtime.build_step.run_build_step), so images never import the runtime."""
 
 import posixpath
 from dataclasses import replace
 from pathlib import Path
 
-from labkit.errors import ImageError, ImageNotFound
+from labkit.errors import ImageNotFound
 from labkit.images.cache import BuildCache, step_key
-from labkit.images.commit import commit_layer
 from labkit.images.copy_step import content_key, make_copy_layer, resolve_sources
+from labkit.images.named import get_image
 from labkit.images.recipe import parse_recipe, recipe_error
 from labkit.images.store import Image, ImageConfig, Store, validate_name
 
 
-def build(recipe: str, name: str, context=".", store: Store | None = None, on_progress=None) -> Image:
+def build(recipe: str, name: str, context=".", store: Store | None = None, on_progress=None,
+          run_step=None) -> Image:
     """Build the recipe text `recipe` as image `name`, COPY reading from `context`.
 
     on_progress(step_index, total, text) is called when a step starts and when it ends.
+    run_step(image, command, config) -> (Result, layer digest or None) runs a RUN step;
+    a recipe with RUN needs it (labkit.runtime.build_step.run_build_step).
     """
     store = store or Store()
     validate_name(name)
     steps = parse_recipe(recipe)
+    needs_runner = next((step for step in steps if step.keyword == "RUN"), None)
+    if needs_runner is not None and run_step is None:
+        raise recipe_error(needs_runner.line, "RUN needs a container runner: pass "
+                                              "run_step=labkit.runtime.build_step.run_build_step to build()")
     progress = on_progress or (lambda index, total, text: None)
     with store.lock():
-        state = _BuildState.start(steps[0], store)
+        state = _BuildState.start(steps[0], store, run_step)
         total = len(steps)
         progress(0, total, f"{steps[0].text}")
         progress(0, total, f" -> {len(state.layers)} layers from {state.base_name}")
@@ -37,8 +47,9 @@ def build(recipe: str, name: str, context=".", store: Store | None = None, on_pr
 class _BuildState:
     """The image so far: layers, config and history after each step."""
 
-    def __init__(self, store, base: Image | None, base_name: str):
+    def __init__(self, store, base: Image | None, base_name: str, run_step):
         self.store = store
+        self.run_step = run_step
         self.cache = BuildCache(store)
         self.base_name = base_name
         self.layers = list(base.layers) if base else []
@@ -47,13 +58,11 @@ class _BuildState:
         self.history = list(base.history) if base else []
 
     @classmethod
-    def start(cls, step, store):
+    def start(cls, step, store, run_step):
         if step.value == "scratch":
-            return cls(store, None, "scratch")
-        from labkit.images import get_image  # the package imports this module
-
+            return cls(store, None, "scratch", run_step)
         try:
-            return cls(store, get_image(step.value, store), step.value)
+            return cls(store, get_image(step.value, store), step.value, run_step)
         except ImageNotFound as error:
             raise recipe_error(step.line, f"FROM {step.value}: {error}") from None
 
@@ -100,7 +109,7 @@ class _BuildState:
 
     def _run(self, step, name) -> str:
         intermediate = Image(f"{name}-build", list(self.layers), self.config, list(self.history), self.store)
-        result, digest = run_in_build_container(intermediate, step.value, self.config)
+        result, digest = self.run_step(intermediate, step.value, self.config)
         if result.exit_code != 0:
             output = (result.stderr or result.stdout or "").strip().splitlines()[-5:]
             raise recipe_error(step.line, f"{step.text!r} failed with exit code {result.exit_code}"
@@ -108,25 +117,3 @@ class _BuildState:
                                           + "; fix the command and build again")
         return digest
 
-
-def run_in_build_container(image: Image, command: list, config: ImageConfig):
-    """Hook between builds and the runtime: run `command` on `image` (which may be an
-    unsaved stack of layers) and store what it changed as a layer.
-
-    Returns (Result, layer digest or None when the command failed).
-    """
-    try:
-        from labkit.runtime import Container, ContainerSpec
-    except ImportError as error:  # pragma: no cover - the runtime ships with labkit
-        raise ImageError(f"RUN needs labkit.runtime, which failed to import ({error})") from None
-    container = Container(ContainerSpec(image=image, command=list(command), env=list(config.env),
-                                        workdir=config.workdir or "/"))
-    try:
-        result = container.run(remove=False)
-        if result.exit_code != 0:
-            return result, None
-        # The container has exited and its mount namespace with it, so the upper dir is
-        # no longer mounted: its files can be moved rather than copied.
-        return result, commit_layer(container.upper_dir, image.store, consume=True)
-    finally:
-        container.remove()

@@ -81,6 +81,7 @@ def cmd_export(options):
 
 def cmd_build(options):
     from labkit.images.builder import build
+    from labkit.runtime.build_step import run_build_step
 
     recipe_path = Path(options.file) if options.file else Path(options.context) / "Dockerfile"
     try:
@@ -92,7 +93,7 @@ def cmd_build(options):
         print(f"Step {index + 1}/{total} : {text.strip()}" if not text.startswith(" ->") else f"  {text.strip()}",
               flush=True)
 
-    image = build(recipe, options.tag, options.context, store=_store(), on_progress=progress)
+    image = build(recipe, options.tag, options.context, store=_store(), on_progress=progress, run_step=run_build_step)
     print(f"built {image.name}: {len(image.layers)} layers")
 
 

@@ -148,7 +148,7 @@ class _LayerCopy:
 
 
 def _get_image(name, store):
-    from labkit.images import get_image  # the package imports this module
+    from labkit.images.named import get_image
 
     return get_image(name, store)
 

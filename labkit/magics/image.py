@@ -93,10 +93,11 @@ class ImageMagics(Magics):
 
     def _build(self, options, recipe):
         from labkit.images.builder import build
+        from labkit.runtime.build_step import run_build_step
 
         def progress(index, total, text):
             line = f"  {text.strip()}" if text.startswith(" ->") else f"Step {index + 1}/{total} : {text}"
             print(line, flush=True)
 
-        image = build(recipe, options.name, options.context, on_progress=progress)
+        image = build(recipe, options.name, options.context, on_progress=progress, run_step=run_build_step)
         print(f"built {image.name}: {len(image.layers)} layers")

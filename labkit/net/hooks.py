@@ -218,6 +218,14 @@ def _detach_all():
             pass
 
 
+def published_ports() -> dict:
+    """{container id: ["127.0.0.1:8080->80/tcp"]} for the networks this process holds
+    (the relays live in their owner, so only the owner can list them)."""
+    with _in_use_lock:
+        networks = list(_in_use.items())
+    return {ident: [str(port.mapping) for port in network.ports] for ident, network in networks}
+
+
 # --- shared with the sweep ----------------------------------------------------------------
 
 def drop_lease(book, ip, veth_gone=False) -> dict:

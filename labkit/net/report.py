@@ -41,7 +41,9 @@ def inspect_network(name="bridge", home=None) -> dict:
     present = set(veth.host_ends())
     result.update(bridge=book.network.get("bridge"), subnet=book.network["subnet"], gateway=book.network["gateway"],
                   bridge_exists=bridge.find_bridge(home) is not None)
-    sessions_ports = _published_ports_of_this_session()
+    from labkit.net.hooks import published_ports
+
+    sessions_ports = published_ports()
     for ip, lease in sorted(book.leases.items(), key=lambda item: tuple(int(part) for part in item[0].split("."))):
         result["containers"].append({
             "name": lease.get("name"), "id": lease.get("container"), "ip": ip, "veth": lease.get("veth"),
@@ -50,17 +52,3 @@ def inspect_network(name="bridge", home=None) -> dict:
         })
     return result
 
-
-def _published_ports_of_this_session() -> dict:
-    """{container id: ["127.0.0.1:8080->80/tcp"]} for the containers this process runs
-    (the relays live in their owner, so only the owner can list them)."""
-    import sys
-
-    container_module = sys.modules.get("labkit.runtime.container")
-    if container_module is None:
-        return {}
-    found = {}
-    for container in container_module.running_containers().values():
-        if container.network is not None:
-            found[container.id] = [str(port.mapping) for port in container.network.ports]
-    return found
