@@ -22,6 +22,7 @@ from labkit.images.overlay import MAX_OPTIONS, overlay_options
 from labkit.images.store import Store
 from labkit.images.whiteouts import is_opaque, is_whiteout
 from labkit.runtime.build_step import run_build_step
+from labkit.runtime.state import layers_in_use
 
 pytestmark = pytest.mark.root
 
@@ -172,7 +173,7 @@ def test_prune_keeps_layers_used_by_images_and_containers(store, tmp_path, labki
     (container / "state.json").write_text(json.dumps({"name": "c", "image_layers": store.image("running").layers}))
     os.unlink(store.images_root / "running.json")  # the image is gone, the container still runs on it
     os.unlink(store.images_root / "dropped.json")
-    removed = store.prune()
+    removed = store.prune(layers_used_by_containers=layers_in_use)
     assert removed == [digests["dropped"]]
     for name in ("kept", "running"):
         assert store.has_layer(digests[name])
@@ -185,7 +186,7 @@ def test_rm_removes_only_layers_no_other_image_uses(store, tmp_path):
     upper.mkdir()
     (upper / "x").write_text("x")
     mine = commit(upper, base, "mine", store=store)
-    assert store.remove_image("mine") == [mine.layers[-1]]
+    assert store.remove_image("mine", layers_used_by_containers=layers_in_use) == [mine.layers[-1]]
     assert store.has_layer(base.layers[0]) and "mine" not in store.names()
 
 

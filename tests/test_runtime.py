@@ -315,6 +315,36 @@ def test_read_only_and_tmpfs_flags_reach_the_spec():
 
 # --- what images ask of the runtime (images never read the runtime's files) -----------------
 
+def test_layers_in_use_names_a_live_containers_layers_until_it_is_removed(no_leftovers):
+    from labkit.runtime.state import layers_in_use
+
+    container = Container(ContainerSpec(command="sleep 60"))
+    container.start(detach=True)
+    try:
+        assert set(container.image.layers) <= layers_in_use()
+    finally:
+        container.remove()
+    assert not set(container.image.layers) & layers_in_use()
+
+
+def test_commit_and_diff_of_a_container_go_through_the_runtimes_record(no_leftovers):
+    from labkit.images.containers import changes, commit_container
+    from labkit.runtime.state import find_container
+
+    container = Container(ContainerSpec(command="echo hi > /made-here"))
+    try:
+        assert container.run(remove=False).exit_code == 0
+        record = find_container(container.name)
+        assert record["upper"] == str(container.upper_dir)
+        assert "/made-here" in "\n".join(changes(container.name, find_container=find_container).lines())
+        image = commit_container(record, "made-here", store=container.image.store)
+        assert image.layers[:-1] == container.image.layers
+    finally:
+        container.remove()
+    with pytest.raises(ContainerError, match="no container matching"):
+        find_container(container.name)
+
+
 def test_a_recipe_with_run_needs_the_runtimes_runner(tmp_path, labkit_home):
     from labkit.errors import ImageError
     from labkit.images.builder import build

@@ -47,19 +47,24 @@ def cmd_layers(options):
 
 def cmd_diff(options):
     from labkit.images.containers import changes
+    from labkit.runtime.state import find_container
 
-    print("\n".join(changes(options.image, options.layer, _store()).lines()))
+    print("\n".join(changes(options.image, options.layer, _store(), find_container=find_container).lines()))
 
 
 def cmd_rm(options):
+    from labkit.runtime.state import layers_in_use
+
     store = _store()
     for name in options.images:
-        removed = store.remove_image(name)
+        removed = store.remove_image(name, layers_used_by_containers=layers_in_use)
         print(f"removed image {name} and {len(removed)} layers no one else uses")
 
 
 def cmd_prune(options):
-    removed = _store().prune()
+    from labkit.runtime.state import layers_in_use
+
+    removed = _store().prune(layers_used_by_containers=layers_in_use)
     print(f"removed {len(removed)} unused layers")
 
 
@@ -99,8 +104,9 @@ def cmd_build(options):
 
 def cmd_commit(options):
     from labkit.images.containers import commit_container
+    from labkit.runtime.state import find_container
 
-    image = commit_container(options.container, options.image, options.message, store=_store())
+    image = commit_container(find_container(options.container), options.image, options.message, store=_store())
     print(f"committed {options.container} as {image.name} (layer {image.layers[-1][7:19]})")
 
 

@@ -85,7 +85,6 @@ class Store:
         self.images_root = self.home / "images"
         self.tmp_root = self.home / "tmp"
         self.cache_root = self.home / "build-cache"
-        self.containers_root = self.home / "containers"
 
     # -- layers -------------------------------------------------------------------
 
@@ -187,43 +186,12 @@ class Store:
                 continue  # removed meanwhile
         return used
 
-    def layers_used_by_containers(self) -> set:
-        """Layers named in every container's state.json (written by labkit.runtime)."""
-        used = set()
-        if not self.containers_root.is_dir():
-            return used
-        for container in self.containers_root.iterdir():
-            state_file = container / "state.json"
-            try:
-                state = json.loads(state_file.read_text())
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError) as error:
-                raise ImageError(
-                    f"cannot tell which layers container {container.name} uses ({state_file}: {error}); "
-                    "not removing any layer; remove that container first"
-                ) from None
-            used.update(state.get("image_layers", []))
-        return used
+    # Which layers containers use is the runtime's knowledge: rm and prune are handed
+    # `layers_used_by_containers` (labkit.runtime.state.layers_in_use) by their caller and
+    # call it under the exclusive lock, so a container starting meanwhile (it holds the
+    # shared lock until its state names its layers) is counted.
 
-    def container_records(self) -> list:
-        """Every container's state.json (written by labkit.runtime) with its "dir" added,
-        oldest directory name first; unreadable ones are skipped."""
-        if not self.containers_root.is_dir():
-            return []
-        found = []
-        for container in sorted(self.containers_root.iterdir()):
-            try:
-                state = json.loads((container / "state.json").read_text())
-            except (OSError, ValueError):
-                continue
-            found.append({**state, "dir": str(container)})
-        return found
-
-    def layers_in_use(self) -> set:
-        return self.layers_used_by_images() | self.layers_used_by_containers()
-
-    def remove_image(self, name: str) -> list:
+    def remove_image(self, name: str, *, layers_used_by_containers) -> list:
         """Forget the image; delete its layers that no other image or container uses."""
         with self.lock(exclusive=True):
             path = self._image_file(name)
@@ -231,20 +199,20 @@ class Store:
                 self.image(name)  # raises ImageNotFound with the list of images
             layers = json.loads(path.read_text())["layers"]
             path.unlink()
-            return self._remove_unused(set(layers))
+            return self._remove_unused(set(layers), layers_used_by_containers())
 
-    def prune(self) -> list:
+    def prune(self, *, layers_used_by_containers) -> list:
         """Delete every layer no image or container uses, stale scratch dirs and dead cache entries."""
         with self.lock(exclusive=True):
-            removed = self._remove_unused(set(self.layer_digests()))
+            removed = self._remove_unused(set(self.layer_digests()), layers_used_by_containers())
             self.sweep_scratch()
             from labkit.images.cache import BuildCache  # cache.py imports this module
 
             BuildCache(self).forget_missing_layers()
             return removed
 
-    def _remove_unused(self, candidates: set) -> list:
-        unused = sorted(candidates - self.layers_in_use())
+    def _remove_unused(self, candidates: set, used_by_containers: set) -> list:
+        unused = sorted(candidates - self.layers_used_by_images() - set(used_by_containers))
         for digest in unused:
             directory = self.layer_dir(digest)
             if directory.exists():

@@ -60,6 +60,47 @@ def host_containers(home: Path | None = None) -> list:
     return states
 
 
+def layers_in_use(home: Path | None = None) -> set:
+    """The image layers (digests) that containers are built on, for `image rm` and `prune`.
+
+    A container whose state cannot be read makes this raise: a layer it might use must
+    not be removed on a guess."""
+    from labkit.errors import ContainerError
+
+    root = containers_root(home)
+    used = set()
+    if not root.is_dir():
+        return used
+    for entry in root.iterdir():
+        state_file = entry / "state.json"
+        try:
+            state = json.loads(state_file.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as error:
+            raise ContainerError(
+                f"cannot tell which layers container {entry.name} uses ({state_file}: {error}); "
+                "not removing any layer; remove that container first"
+            ) from None
+        used.update(state.get("image_layers", []))
+    return used
+
+
+def find_container(reference: str, home: Path | None = None) -> dict:
+    """The state of the container with that name, id or unique id prefix, with its "dir"
+    and "upper" (its read-write layer) added, for commit and diff."""
+    from labkit.errors import ContainerError
+
+    states = all_states(home)
+    exact = [s for s in states if reference in (s.get("name"), s.get("id"))]
+    matches = exact or [s for s in states if str(s.get("id", "")).startswith(reference)]
+    if len(matches) != 1:
+        known = ", ".join(s.get("name", s.get("id", "?")) for s in states) or "none"
+        why = "no container" if not matches else f"{len(matches)} containers"
+        raise ContainerError(f"{why} matching {reference!r} (containers: {known}); give a name or a longer id")
+    return {**matches[0], "upper": os.path.join(matches[0]["dir"], "upper")}
+
+
 def sweep(home: Path | None = None, hierarchy=None, min_age_seconds: float = 60.0) -> list:
     """Remove containers whose owner is dead (killed kernel, crashed script): their
     processes, cgroups and directories. Returns what was removed, for `labkit gc`."""
