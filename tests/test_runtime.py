@@ -373,3 +373,46 @@ def test_network_inspect_lists_this_sessions_published_ports_from_the_network_it
         assert [row["ports"] for row in mine] == [[f"127.0.0.1:{port}->8080/tcp"]]
     finally:
         container.remove()
+
+
+# --- one container's directory, one atomic write ---------------------------------------------
+
+def test_a_containers_directory_is_laid_out_and_removed_by_one_module(tmp_path):
+    from labkit.runtime.container_dir import ContainerDir
+
+    directory = ContainerDir(tmp_path / "c1")
+    directory.make({"hosts": "127.0.0.1\tlocalhost\n", "hostname": "c1\n"})
+    assert sorted(p.name for p in directory.path.iterdir()) == ["init", "rootfs", "upper", "work"]
+    assert directory.hosts_file.read_text() == "127.0.0.1\tlocalhost\n"
+    assert directory.read_state() is None
+    directory.write_state({"name": "c1", "status": "created"})
+    assert directory.read_state() == {"name": "c1", "status": "created"}
+    assert directory.state_file.name == "state.json" and directory.log("stdout").name == "stdout.log"
+    directory.remove()
+    assert not directory.path.exists()
+
+
+def test_an_atomic_write_replaces_the_file_and_leaves_no_temporary_on_failure(tmp_path):
+    from labkit.files import write_atomically
+
+    target = tmp_path / "book.json"
+    write_atomically(target, "old")
+    inode = target.stat().st_ino
+    write_atomically(target, "new")
+    assert target.read_text() == "new" and target.stat().st_ino != inode  # renamed over, not rewritten
+    with pytest.raises(TypeError):
+        write_atomically(target, b"not text")
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["book.json"]
+
+
+def test_the_helpers_files_and_the_plans_paths_agree(labkit_home):
+    from labkit.images import get_image
+    from labkit.runtime.container_dir import ContainerDir
+    from labkit.runtime.plan import start_plan
+
+    spec = ContainerSpec(command=["true"]).validated()
+    directory = ContainerDir.of("0123456789abcdef")
+    plan = start_plan(spec, get_image("busybox"), id="0123456789abcdef", name="n", hostname="n",
+                      directory=directory.path, command=["true"], hold=False, auto_remove=True)
+    assert (plan.dir, plan.upper, plan.work, plan.rootfs, plan.lower[0]) == tuple(
+        str(path) for path in (directory.path, directory.upper, directory.work, directory.rootfs, directory.init))

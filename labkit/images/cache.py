@@ -7,7 +7,8 @@ A hit needs the layer to still be in the store (prune may have removed it).
 
 import hashlib
 import json
-import os
+
+from labkit.files import write_atomically
 
 
 def step_key(parent_layers: list, instruction: str, env: list, workdir: str, content: str = "") -> str:
@@ -35,9 +36,7 @@ class BuildCache:
 
     def put(self, key: str, digest: str, step: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        temporary = self.root / f".{key}.{os.getpid()}.tmp"
-        temporary.write_text(json.dumps({"layer": digest, "step": step}))
-        os.rename(temporary, self.root / key)
+        write_atomically(self.root / key, json.dumps({"layer": digest, "step": step}))
 
     def forget_missing_layers(self) -> int:
         forgotten = 0

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from labkit.errors import ImageError, ImageNotFound
+from labkit.files import write_atomically
 from labkit.home import labkit_home
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -160,9 +161,7 @@ class Store:
         self.images_root.mkdir(parents=True, exist_ok=True)
         manifest = {"name": name, "layers": list(layers), "config": asdict(config), "history": history}
         path = self._image_file(name)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(manifest, indent=2))
-        os.rename(temporary, path)  # atomic: readers see the old manifest or the new one
+        write_atomically(path, json.dumps(manifest, indent=2))  # readers see the old manifest or the new one
         return self.image(name)
 
     def history_entry(self, step: str, digest: str | None) -> dict:

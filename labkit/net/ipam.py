@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from labkit.errors import ConfigError
+from labkit.files import write_atomically
 from labkit.home import labkit_home
 from labkit.linux import processes
 
@@ -42,10 +43,7 @@ class LeaseBook:
         self.leases = data.get("leases", {})     # ip -> {"container", "name", "owner_pid", ...}
 
     def save(self):
-        temporary = self.path.with_suffix(".tmp")
-        with open(temporary, "w") as handle:
-            json.dump({"network": self.network, "leases": self.leases}, handle, indent=1)
-        os.rename(temporary, self.path)
+        write_atomically(self.path, json.dumps({"network": self.network, "leases": self.leases}, indent=1))
 
     def allocate(self, record: dict) -> str:
         """The lowest free address of the subnet (the first one is the gateway's)."""

@@ -18,7 +18,8 @@ from labkit.runtime.helper import get_helper
 from labkit.runtime.protocol import Op
 from labkit.runtime.result import Result
 from labkit.runtime.spec import ContainerSpec
-from labkit.runtime.state import all_states, containers_root, owner_alive
+from labkit.runtime.container_dir import ContainerDir
+from labkit.runtime.state import all_states, owner_alive
 from labkit.runtime.streams import OutputStreams
 
 STOP_GRACE = 10.0
@@ -33,7 +34,8 @@ class Container:
         self.name = self.spec.name or f"labkit-{self.id[:8]}"
         self.hostname = self.spec.hostname or self.name
         self.image = self.spec.image if isinstance(self.spec.image, Image) else get_image(self.spec.image)
-        self.dir = containers_root() / self.id
+        self.files = ContainerDir.of(self.id)   # its directory on disk: paths, state.json
+        self.dir = self.files.path
         self.state = "configured"
         self.pid = None            # host PID of the container's first process
         self.result = None
@@ -52,11 +54,11 @@ class Container:
     @property
     def upper_dir(self) -> Path:
         """The read-write layer: every change the container made (what commit keeps)."""
-        return self.dir / "upper"
+        return self.files.upper
 
     @property
     def init_dir(self) -> Path:
-        return self.dir / "init"
+        return self.files.init
 
     @property
     def cgroup(self):
@@ -282,7 +284,7 @@ class Container:
         """What a detached container wrote to stdout and stderr."""
         parts = []
         for name in ("stdout", "stderr"):
-            path = self.dir / f"{name}.log"
+            path = self.files.log(name)
             if path.exists():
                 parts.append(path.read_text(errors="replace"))
         if not parts and self.result is not None:
@@ -345,7 +347,7 @@ class Container:
         if detach:
             self.dir.mkdir(parents=True, exist_ok=True)  # the helper makes the rest
             for name in ("stdout", "stderr"):
-                fds.append(os.open(self.dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644))
+                fds.append(os.open(self.files.log(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644))
                 names.append(name)
             streams = OutputStreams(None)
         else:
@@ -375,7 +377,7 @@ class Container:
         from labkit.net import hooks
 
         who = hooks.Who(id=self.id, name=self.name, hostname=self.hostname,
-                        hosts_file=str(self.init_dir / "etc" / "hosts"))
+                        hosts_file=str(self.files.hosts_file))
         peer = None
         if self.spec.network.startswith("container:"):
             peer = _network_peer(self.spec.network.split(":", 1)[1])
@@ -410,7 +412,7 @@ def _network_peer(name):
     if target.spec.network == "host":
         raise ConfigError(f"container {name!r} uses the host's network; use --net host instead of container:{name}")
     try:
-        hosts_text = (target.init_dir / "etc" / "hosts").read_text()
+        hosts_text = target.files.hosts_file.read_text()
     except FileNotFoundError:
         hosts_text = None
     return hooks.Peer(name=name, netns=target.netns, network=target.network, hosts_text=hosts_text)

@@ -17,9 +17,8 @@ import time
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-
 from labkit.cgroups.base import Limits
+from labkit.runtime.container_dir import ContainerDir
 
 
 class PlanError(ValueError):
@@ -181,11 +180,10 @@ def _field_types(cls) -> dict:
 def start_plan(spec, image, *, id, name, hostname, directory, command, hold, auto_remove) -> StartPlan:
     """The plan for a validated ContainerSpec on `image`, in `directory` (the network's
     part, `join` and `network_inside`, is filled in by the runtime after labkit.net answers)."""
-    directory = Path(directory)
+    paths = ContainerDir(directory)
     return StartPlan(
-        id=id, dir=str(directory), rootfs=str(directory / "rootfs"), upper=str(directory / "upper"),
-        work=str(directory / "work"),
-        lower=[str(directory / "init")] + [str(layer) for layer in reversed(image.layer_dirs)],
+        id=id, dir=str(paths.path), rootfs=str(paths.rootfs), upper=str(paths.upper), work=str(paths.work),
+        lower=[str(paths.init)] + [str(layer) for layer in reversed(image.layer_dirs)],
         init_files=init_files(hostname), hostname=hostname, namespaces=list(spec.namespaces),
         process=process_plan(spec, image, hostname, command), init=spec.init, hold=hold, auto_remove=auto_remove,
         volumes=[VolumeMount(v.source, v.target, v.readonly) for v in spec.volumes],

@@ -1,34 +1,14 @@
-"""Container state on disk (LABKIT_HOME/containers/<id>/state.json) and the sweep that
-removes the containers and cgroups a dead owner left behind (the network's part is
-swept beside it, by runtime/leftovers.py)."""
+"""Every container's state, read from their directories (runtime/container_dir.py): who
+runs, which layers they use, which a dead owner left behind, and the sweep that removes
+those containers and cgroups (the network's part is swept beside it, by
+runtime/leftovers.py)."""
 
 import json
 import os
-import shutil
 from pathlib import Path
 
-from labkit.home import labkit_home
 from labkit.linux import processes
-
-
-def containers_root(home: Path | None = None) -> Path:
-    return (home or labkit_home()) / "containers"
-
-
-def write_state(directory, state: dict) -> None:
-    path = os.path.join(directory, "state.json")
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(state, handle, indent=1)
-    os.rename(temporary, path)
-
-
-def read_state(directory) -> dict | None:
-    try:
-        with open(os.path.join(directory, "state.json")) as handle:
-            return json.load(handle)
-    except (FileNotFoundError, ValueError):
-        return None
+from labkit.runtime.container_dir import ContainerDir, containers_root
 
 
 def owner_alive(state: dict) -> bool:
@@ -42,7 +22,7 @@ def all_states(home: Path | None = None) -> list:
         return []
     found = []
     for entry in sorted(root.iterdir()):
-        state = read_state(entry)
+        state = ContainerDir(entry).read_state()
         if state is not None:
             state["dir"] = str(entry)
             found.append(state)
@@ -72,7 +52,7 @@ def layers_in_use(home: Path | None = None) -> set:
     if not root.is_dir():
         return used
     for entry in root.iterdir():
-        state_file = entry / "state.json"
+        state_file = ContainerDir(entry).state_file
         try:
             state = json.loads(state_file.read_text())
         except FileNotFoundError:
@@ -98,7 +78,7 @@ def find_container(reference: str, home: Path | None = None) -> dict:
         known = ", ".join(s.get("name", s.get("id", "?")) for s in states) or "none"
         why = "no container" if not matches else f"{len(matches)} containers"
         raise ContainerError(f"{why} matching {reference!r} (containers: {known}); give a name or a longer id")
-    return {**matches[0], "upper": os.path.join(matches[0]["dir"], "upper")}
+    return {**matches[0], "upper": str(ContainerDir(matches[0]["dir"]).upper)}
 
 
 def sweep(home: Path | None = None, hierarchy=None, min_age_seconds: float = 60.0) -> list:
@@ -114,11 +94,11 @@ def sweep(home: Path | None = None, hierarchy=None, min_age_seconds: float = 60.
     live_ids = set()
     if root.is_dir():
         for entry in sorted(root.iterdir()):
-            state = read_state(entry)
+            state = ContainerDir(entry).read_state()
             if state is None:
                 # A directory without state: torn down half-way, or still being made.
                 if time.time() - entry.stat().st_mtime > min_age_seconds:
-                    shutil.rmtree(entry, ignore_errors=True)
+                    ContainerDir(entry).remove()
                     removed.append(f"directory {entry}")
                 continue
             if owner_alive(state):
@@ -128,7 +108,7 @@ def sweep(home: Path | None = None, hierarchy=None, min_age_seconds: float = 60.
             if cgroup.exists():
                 cgroup.delete()
                 removed.append(f"cgroup {cgroup.name}")
-            shutil.rmtree(entry, ignore_errors=True)
+            ContainerDir(entry).remove()
             removed.append(f"container {state.get('name', entry.name)}")
     removed += _sweep_orphan_cgroups(hierarchy, live_ids, min_age_seconds)
     return removed

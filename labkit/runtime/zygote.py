@@ -17,7 +17,6 @@ import gc
 import json
 import os
 import selectors
-import shutil
 import signal
 import socket
 import sys
@@ -29,7 +28,7 @@ from labkit.linux.processes import start_time as process_start_time
 from labkit.runtime import protocol, setup
 from labkit.runtime.plan import CgroupPlacement, ExecPlan, StartPlan, from_wire
 from labkit.runtime.protocol import FD_NAMES, MAX_MESSAGE, Op
-from labkit.runtime.state import write_state
+from labkit.runtime.container_dir import ContainerDir
 
 
 class Process:
@@ -110,8 +109,8 @@ class Zygote:
         stdio = dict(zip(FD_NAMES, _fds_or_none(fds, request["fd_names"])))
         cgroup = None
         try:
-            make_container_dirs(plan)
-            write_state(plan.dir, {**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
+            ContainerDir(plan.dir).make(plan.init_files, plan.user_map.uid if plan.user_map else None)
+            ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
                                    "owner_start": process_start_time(os.getpid()),
                                    "status": "created", "cgroup": f"labkit/{plan.id}"})
             cgroup = host_hierarchy().create(plan.id, plan.limits)
@@ -123,7 +122,7 @@ class Zygote:
             if cgroup is not None:
                 cgroup.delete()
             self.containers.pop(plan.id, None)
-            remove_container_dirs(plan.dir)
+            ContainerDir(plan.dir).remove()
             raise
         finally:
             for fd in stdio.values():
@@ -234,10 +233,10 @@ class Zygote:
             cgroup.delete()
             plan = container["plan"]
             if plan.auto_remove:
-                remove_container_dirs(plan.dir)
+                ContainerDir(plan.dir).remove()
             else:
                 self.stopped[plan.id] = plan
-                write_state(plan.dir, {**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
+                ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
                                        "owner_start": process_start_time(os.getpid()),
                                        "status": "exited", "exit_status": status})
         self.send(Op.EXITED, id=process.id, status=status, error=process.error, pid=process.init_pid, stats=stats)
@@ -290,7 +289,7 @@ class Zygote:
     def op_remove(self, request, fds):
         if request["id"] in self.processes:
             raise RuntimeError(f"container {request['id']} is still running; stop it first")
-        remove_container_dirs(request["dir"])
+        ContainerDir(request["dir"]).remove()
         self.stopped.pop(request["id"], None)
         self.send(Op.REMOVED, id=request["id"])
 
@@ -314,26 +313,7 @@ class Zygote:
         for container in self.containers.values():
             container["cgroup"].delete()
         for plan in [c["plan"] for c in self.containers.values()] + list(self.stopped.values()):
-            remove_container_dirs(plan.dir)
-
-
-def make_container_dirs(plan: StartPlan):
-    os.makedirs(plan.dir, exist_ok=True)  # a detached container's logs may be there already
-    for path in (plan.upper, plan.work, plan.rootfs):
-        os.mkdir(path)
-    init_etc = os.path.join(plan.dir, "init", "etc")
-    os.makedirs(init_etc)
-    for name, text in plan.init_files.items():
-        with open(os.path.join(init_etc, name), "w") as handle:
-            handle.write(text)
-    if plan.user_map:
-        # The container's root (host uid user_map.uid) must own what it writes to.
-        for path in (plan.upper, plan.work, plan.rootfs):
-            os.chown(path, plan.user_map.uid, plan.user_map.uid)
-
-
-def remove_container_dirs(directory):
-    shutil.rmtree(directory, ignore_errors=True)
+            ContainerDir(plan.dir).remove()
 
 
 def _stats_dict(cgroup):

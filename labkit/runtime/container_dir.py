@@ -1,0 +1,100 @@
+"""One container's directory on disk, the only module that knows its layout:
+
+    LABKIT_HOME/containers/<id>/
+        state.json              what the runtime records: name, image, image_layers, status, owner
+        upper/  work/           the overlay's read-write layer (what commit keeps) and its work dir
+        rootfs/                 where the overlay is mounted, inside the container's mount namespace
+        init/etc/               the init layer (hostname, hosts, resolv.conf): the overlay's top
+                                lower layer, never committed; hosts is rewritten in place for peers
+        stdout.log  stderr.log  a detached container's output
+
+The client makes the directory (for a detached container's logs) and reads state.json;
+the helper makes the rest, writes state.json and removes it all.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from labkit.files import write_atomically
+from labkit.home import labkit_home
+
+STATE_FILE = "state.json"
+LOG_NAMES = ("stdout", "stderr")
+
+
+def containers_root(home: Path | None = None) -> Path:
+    return (home or labkit_home()) / "containers"
+
+
+class ContainerDir:
+    def __init__(self, path):
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, container_id: str, home: Path | None = None) -> "ContainerDir":
+        return cls(containers_root(home) / container_id)
+
+    # --- paths -------------------------------------------------------------------------
+
+    @property
+    def upper(self) -> Path:
+        return self.path / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.path / "work"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / "rootfs"
+
+    @property
+    def init(self) -> Path:
+        return self.path / "init"
+
+    @property
+    def hosts_file(self) -> Path:
+        return self.init / "etc" / "hosts"
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / STATE_FILE
+
+    def log(self, name: str) -> Path:
+        """stdout.log or stderr.log."""
+        return self.path / f"{name}.log"
+
+    # --- making and removing -------------------------------------------------------------
+
+    def make(self, init_files: dict, owner_uid: int | None = None) -> None:
+        """upper, work, rootfs and the init layer's etc/ files (the helper, at start).
+        `owner_uid`: with a user namespace, the host uid of the container's root, which
+        must own what it writes to."""
+        os.makedirs(self.path, exist_ok=True)  # a detached container's logs may be there already
+        for path in (self.upper, self.work, self.rootfs):
+            os.mkdir(path)
+        init_etc = self.init / "etc"
+        os.makedirs(init_etc)
+        for name, text in init_files.items():
+            with open(init_etc / name, "w") as handle:
+                handle.write(text)
+        if owner_uid is not None:
+            for path in (self.upper, self.work, self.rootfs):
+                os.chown(path, owner_uid, owner_uid)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # --- state.json ------------------------------------------------------------------------
+
+    def write_state(self, state: dict) -> None:
+        write_atomically(self.state_file, json.dumps(state, indent=1))
+
+    def read_state(self) -> dict | None:
+        try:
+            with open(self.state_file) as handle:
+                return json.load(handle)
+        except (FileNotFoundError, ValueError):
+            return None
