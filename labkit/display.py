@@ -9,14 +9,9 @@ from labkit.units import format_bytes
 
 
 def status(container) -> str:
-    """running / exited / removed, asked of the kernel: a detached container's process can
-    end while nobody waits for it, and then its cgroup is empty."""
-    if container.state == "running" and container.result is None:
-        try:
-            return "running" if container.top() else "exited"
-        except OSError:
-            return "exited"
-    return container.state
+    """running / exited / removed: the container's lifecycle, brought up to date (a
+    detached container's process can end while nobody waits for it)."""
+    return container.poll()
 
 
 def limits_text(spec) -> str:

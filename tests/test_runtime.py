@@ -416,3 +416,50 @@ def test_the_helpers_files_and_the_plans_paths_agree(labkit_home):
                       directory=directory.path, command=["true"], hold=False, auto_remove=True)
     assert (plan.dir, plan.upper, plan.work, plan.rootfs, plan.lower[0]) == tuple(
         str(path) for path in (directory.path, directory.upper, directory.work, directory.rootfs, directory.init))
+
+
+# --- the lifecycle -----------------------------------------------------------------------------
+
+def test_the_lifecycle_allows_exactly_its_table_and_names_an_illegal_step():
+    from labkit.runtime.lifecycle import TRANSITIONS, IllegalTransition, Lifecycle
+
+    states = list(TRANSITIONS)
+    assert states == ["configured", "created", "running", "exited", "removed"]
+    for start in states:
+        for target in states:
+            lifecycle = Lifecycle("c")
+            lifecycle.state = start
+            if target in TRANSITIONS[start]:
+                lifecycle.to(target)
+                assert lifecycle.state == target
+            else:
+                with pytest.raises(IllegalTransition, match=f"container c cannot go from {start} to {target}"):
+                    lifecycle.to(target)
+                assert lifecycle.state == start
+    # Every state is reachable from "configured", and "removed" from every state.
+    reachable, frontier = {"configured"}, ["configured"]
+    while frontier:
+        for target in TRANSITIONS[frontier.pop()] - reachable:
+            reachable.add(target)
+            frontier.append(target)
+    assert reachable == set(states)
+    assert all("removed" in TRANSITIONS[s] or any("removed" in TRANSITIONS[t] for t in TRANSITIONS[s])
+               for s in states if s != "removed")
+
+
+def test_a_detached_container_that_ends_by_itself_is_seen_as_exited(no_leftovers):
+    from labkit.display import status
+
+    container = Container(ContainerSpec(command="true"))
+    container.start(detach=True)
+    try:
+        for _ in range(200):
+            if status(container) == "exited":
+                break
+            time.sleep(0.05)
+        assert (container.state, container.result.exit_code) == ("exited", 0)
+        with pytest.raises(ContainerError, match="cannot go from exited to running"):
+            container.lifecycle.to("running")
+    finally:
+        container.remove()
+    assert container.state == "removed"

@@ -19,6 +19,7 @@ from labkit.runtime.protocol import Op
 from labkit.runtime.result import Result
 from labkit.runtime.spec import ContainerSpec
 from labkit.runtime.container_dir import ContainerDir
+from labkit.runtime.lifecycle import CREATED, EXITED, REMOVED, RUNNING, Lifecycle
 from labkit.runtime.state import all_states, owner_alive
 from labkit.runtime.streams import OutputStreams
 
@@ -36,7 +37,7 @@ class Container:
         self.image = self.spec.image if isinstance(self.spec.image, Image) else get_image(self.spec.image)
         self.files = ContainerDir.of(self.id)   # its directory on disk: paths, state.json
         self.dir = self.files.path
-        self.state = "configured"
+        self.lifecycle = Lifecycle(self.name)   # configured → created → running → exited → removed
         self.pid = None            # host PID of the container's first process
         self.result = None
         self.network = None        # the ContainerNetwork labkit.net gave it (bridge or container:NAME)
@@ -45,6 +46,11 @@ class Container:
         self._started_at = None
         self._deadline = None
         self._held = False
+
+    @property
+    def state(self) -> str:
+        """configured, created, running, exited or removed (runtime/lifecycle.py)."""
+        return self.lifecycle.state
 
     def __repr__(self):
         return f"<Container {self.name} {self.state} image={self.image.name} pid={self.pid}>"
@@ -114,7 +120,7 @@ class Container:
         if self.spec.timeout:
             self._deadline = self._started_at + self.spec.timeout
         # "created" before the request goes: an interrupt from here on must kill and collect.
-        self.state = "created"
+        self.lifecycle.to(CREATED)
         try:
             self._helper.send(Op.START, fds, id=self.id, plan=launch.to_wire(plan), fd_names=names)
         finally:
@@ -123,7 +129,7 @@ class Container:
                     os.close(fd)
         answer = self._helper.wait_for(self.id, (Op.HELD, Op.STARTED, Op.EXITED))
         if answer["op"] == Op.FAILED:
-            self.state = "removed"
+            self.lifecycle.to(REMOVED)
             self._close_streams()
             raise HostError(f"could not create container {self.name}: {answer['error']}")
         if answer["op"] == Op.HELD:
@@ -135,10 +141,10 @@ class Container:
         if answer["op"] == Op.STARTED:
             self.pid = answer["pid"]
             self.startup = time.monotonic() - self._started_at
-            self.state = "running"
+            self.lifecycle.to(RUNNING)
         else:  # setup failed: the exit message is already here
             self._helper.put_back(answer)
-            self.state = "running"
+            self.lifecycle.to(RUNNING)
 
     def _abandon_start(self):
         """Start failed or was interrupted (the stop button) after the helper got the
@@ -221,7 +227,7 @@ class Container:
             self.result.signal = None
         self._close_streams()
         self._detach_network()
-        self.state = "exited"
+        self.lifecycle.to(EXITED)
         return self.result
 
     def stop(self, grace: float = STOP_GRACE) -> Result:
@@ -236,6 +242,15 @@ class Container:
                 raise
             self._finish(exited if exited is not None else self._kill_and_collect())
         return self.result
+
+    def poll(self) -> str:
+        """The state now, without waiting: a detached container's process can end while
+        nobody waits for it; the helper's exit message, if it has come, finishes it."""
+        if self.state == RUNNING and self.result is None:
+            exited = self._helper.take(self.id, (Op.EXITED,))
+            if exited is not None:
+                self._finish(exited)
+        return self.state
 
     def kill(self) -> Result:
         if self.state == "running" and self.result is None:
@@ -252,7 +267,7 @@ class Container:
             self._helper.send(Op.REMOVE, id=self.id, dir=str(self.dir))
             self._helper.wait_for(self.id, (Op.REMOVED,), timeout=30)
         _running.pop(self.name, None)
-        self.state = "removed"
+        self.lifecycle.to(REMOVED)
 
     # --- while it runs ---------------------------------------------------------------
 
