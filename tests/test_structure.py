@@ -132,10 +132,13 @@ def test_images_net_cgroups_and_linux_never_import_the_runtime():
 
 
 def test_nothing_imports_a_front_end_of_its_own_package():
+    """images/cli.py may import the runtime only because nothing below the runtime
+    imports it (other front ends, such as %image reading its verb table, may)."""
     graph = import_graph()
     back = sorted(f"{name} -> {target}" for name, targets in graph.items()
-                  for target in targets if target in FRONT_ENDS and name != "labkit.cli")
-    assert back == [], "a lower module imports a front end: " + ", ".join(back)
+                  if name.startswith(BELOW_THE_RUNTIME) and name not in FRONT_ENDS
+                  for target in targets if target in FRONT_ENDS)
+    assert back == [], "a module below the runtime imports a front end: " + ", ".join(back)
 
 
 def is_sys_modules(node) -> bool:
