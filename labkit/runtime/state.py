@@ -11,6 +11,11 @@ from labkit.linux import processes
 from labkit.runtime.container_dir import ContainerDir, containers_root
 
 
+def write_state(directory, state: dict) -> None:
+    """Write the state.json of the container in `directory` (its layout is container_dir's)."""
+    ContainerDir(directory).write_state(state)
+
+
 def owner_alive(state: dict) -> bool:
     """Is the helper that made this container still running?"""
     return processes.is_running(state.get("owner_pid"), state.get("owner_start"))
