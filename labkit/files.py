@@ -11,10 +11,17 @@ def write_atomically(path, text: str, mode: int = 0o644) -> None:
     path = os.fspath(path)
     directory, name = os.path.split(path)
     temporary = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    data = text.encode()
     try:
+        # os.write, not open(): a text file object costs more than the write (it is on
+        # every container start, for state.json).
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-        with open(descriptor, "w") as handle:
-            handle.write(text)
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(descriptor, data[written:])
+        finally:
+            os.close(descriptor)
         os.rename(temporary, path)
     except BaseException:
         try:

@@ -400,9 +400,11 @@ def test_an_atomic_write_replaces_the_file_and_leaves_no_temporary_on_failure(tm
     inode = target.stat().st_ino
     write_atomically(target, "new")
     assert target.read_text() == "new" and target.stat().st_ino != inode  # renamed over, not rewritten
-    with pytest.raises(TypeError):
-        write_atomically(target, b"not text")
-    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["book.json"]
+    (tmp_path / "a-directory").mkdir()
+    with pytest.raises(IsADirectoryError):  # the rename over a directory fails, after the write
+        write_atomically(tmp_path / "a-directory", "text")
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["a-directory", "book.json"]
+    assert list((tmp_path / "a-directory").iterdir()) == []
 
 
 def test_the_helpers_files_and_the_plans_paths_agree(labkit_home):
