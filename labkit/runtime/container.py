@@ -14,12 +14,12 @@ from pathlib import Path
 from labkit.errors import ConfigError, ContainerError, HostError, ImageNotFound
 from labkit.images import Image, get_image
 from labkit.runtime import plan as launch
+from labkit.runtime.container_dir import ContainerDir
 from labkit.runtime.helper import get_helper
+from labkit.runtime.lifecycle import CREATED, EXITED, REMOVED, RUNNING, Lifecycle
 from labkit.runtime.protocol import Op
 from labkit.runtime.result import Result
 from labkit.runtime.spec import ContainerSpec
-from labkit.runtime.container_dir import ContainerDir
-from labkit.runtime.lifecycle import CREATED, EXITED, REMOVED, RUNNING, Lifecycle
 from labkit.runtime.state import all_states, owner_alive
 from labkit.runtime.streams import OutputStreams
 

@@ -26,9 +26,9 @@ from labkit.cgroups import host_hierarchy
 from labkit.linux import syscalls
 from labkit.linux.processes import start_time as process_start_time
 from labkit.runtime import lifecycle, protocol, setup
+from labkit.runtime.container_dir import ContainerDir
 from labkit.runtime.plan import CgroupPlacement, ExecPlan, StartPlan, from_wire
 from labkit.runtime.protocol import FD_NAMES, MAX_MESSAGE, Op
-from labkit.runtime.container_dir import ContainerDir
 
 
 class Process:
@@ -111,8 +111,8 @@ class Zygote:
         try:
             ContainerDir(plan.dir).make(plan.init_files, plan.user_map.uid if plan.user_map else None)
             ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
-                                   "owner_start": process_start_time(os.getpid()),
-                                   "status": lifecycle.CREATED, "cgroup": f"labkit/{plan.id}"})
+                                                "owner_start": process_start_time(os.getpid()),
+                                                "status": lifecycle.CREATED, "cgroup": f"labkit/{plan.id}"})
             cgroup = host_hierarchy().create(plan.id, plan.limits)
             plan.cgroup = CgroupPlacement(procs_files=cgroup.procs_files(), version=cgroup.version,
                                           v1_mounts=cgroup.mount_table() if cgroup.version == 1 else [])
@@ -237,8 +237,8 @@ class Zygote:
             else:
                 self.stopped[plan.id] = plan
                 ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
-                                       "owner_start": process_start_time(os.getpid()),
-                                       "status": lifecycle.EXITED, "exit_status": status})
+                                                    "owner_start": process_start_time(os.getpid()),
+                                                    "status": lifecycle.EXITED, "exit_status": status})
         self.send(Op.EXITED, id=process.id, status=status, error=process.error, pid=process.init_pid, stats=stats)
 
     def on_error_pipe_drain(self, process):
