@@ -66,6 +66,9 @@ def no_leftovers(labkit_home, monkeypatch):
     monkeypatch.setattr(Container, "_plan", recording_plan)
     mounts_before = labkit_mounts()
     yield labkit_home
+    from labkit.runtime.helper import settle
+
+    settle()  # the helper tears a container down right after reporting its exit
     containers = labkit_home / "containers"
     left = sorted(os.listdir(containers)) if containers.exists() else []
     assert left == [], f"container directories left behind: {left}"

@@ -46,6 +46,7 @@ class Container:
         self._started_at = None
         self._deadline = None
         self._held = False
+        self._removed_by_helper = False   # run() without detach: the helper removes the directory at exit
 
     @property
     def state(self) -> str:
@@ -104,6 +105,7 @@ class Container:
         with self.image.store.lock():
             self._check_layers_present()
             plan = self._plan(hold=hold, auto_remove=auto_remove and not detach)
+            self._removed_by_helper = plan.auto_remove
             try:
                 self._launch(plan, on_output, stdout, stderr, stdin, detach)
             except BaseException:
@@ -263,7 +265,9 @@ class Container:
             return
         if self.state == "running" and self.result is None:
             self.kill()
-        if self.state != "configured" and self.dir.exists():
+        # An auto-removed container's directory goes with its exit, in the helper (which may
+        # still be at it: asking again would only cost a round trip).
+        if self.state != "configured" and not self._removed_by_helper and self.dir.exists():
             self._helper.send(Op.REMOVE, id=self.id, dir=str(self.dir))
             self._helper.wait_for(self.id, (Op.REMOVED,), timeout=30)
         _running.pop(self.name, None)

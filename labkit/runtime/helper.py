@@ -214,6 +214,19 @@ def _become_helper(sock_fd, owner):
     os._exit(0)
 
 
+def settle() -> None:
+    """Wait until this process's helper has finished tearing down every container that
+    has exited (it does that right after reporting the exit). For checks of what is
+    left behind; nothing else needs it."""
+    with _lock:
+        helper = _helper if _helper is not None and _helper.owner_pid == os.getpid() else None
+    if helper is None or helper.gone is not None:
+        return
+    helper.send(Op.PING, id="settle")
+    if helper.wait_for("settle", (Op.PONG,), timeout=60) is None:
+        raise HostError("the labkit helper did not finish its teardown within 60 s")
+
+
 def shutdown_helper():
     """Stop this process's helper: every container it started is killed and removed."""
     global _helper

@@ -224,22 +224,26 @@ class Zygote:
         status = process.status if process.status is not None else supervisor_status
         if process.go_w is not None:
             _close(process.go_w)
-        stats = None
         self.processes.pop(process.id, None)
-        if process.kind == Op.START:
-            container = self.containers.pop(process.id)
-            cgroup = container["cgroup"]
-            stats = _stats_dict(cgroup)
-            cgroup.delete()
-            plan = container["plan"]
-            if plan.auto_remove:
-                ContainerDir(plan.dir).remove()
-            else:
-                self.stopped[plan.id] = plan
-                ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
-                                                    "owner_start": process_start_time(os.getpid()),
-                                                    "status": lifecycle.EXITED, "exit_status": status})
+        if process.kind != Op.START:
+            self.send(Op.EXITED, id=process.id, status=status, error=process.error, pid=process.init_pid, stats=None)
+            return
+        container = self.containers.pop(process.id)
+        cgroup, plan = container["cgroup"], container["plan"]
+        stats = _stats_dict(cgroup)
+        if not plan.auto_remove:
+            self.stopped[plan.id] = plan
+            ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
+                                                "owner_start": process_start_time(os.getpid()),
+                                                "status": lifecycle.EXITED, "exit_status": status})
         self.send(Op.EXITED, id=process.id, status=status, error=process.error, pid=process.init_pid, stats=stats)
+        # Teardown after the owner has its answer, off its critical path (rmdir of a cgroup
+        # in each hierarchy, the directories: milliseconds, more on a busy disk). It is
+        # still done before this single-threaded helper reads its next request, so any
+        # request that follows (a ping: `settle()`; a remove; the owner's exit) finds it done.
+        cgroup.delete()
+        if plan.auto_remove:
+            ContainerDir(plan.dir).remove()
 
     def on_error_pipe_drain(self, process):
         while process.error_r is not None:
