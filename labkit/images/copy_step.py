@@ -3,19 +3,21 @@
 Sources must stay inside the context (no '..', no symlink leading out). A source
 directory contributes its contents, as in Docker. Parent directories the layer has
 to create take their owner and mode from the image below, so a COPY into /etc does
-not change /etc's permissions.
+not change /etc's permissions. The layer is written through fds resolved inside it
+(labkit.linux.paths): a link one source brings is never written through by the next.
 """
 
 import glob
 import hashlib
 import os
 import posixpath
-import shutil
 import stat
 from pathlib import Path
 
+from labkit.errors import ImageError
 from labkit.images.diff import find_in_stack
 from labkit.images.recipe import recipe_error
+from labkit.linux import paths
 
 
 def resolve_sources(instruction, context: Path) -> list:
@@ -77,38 +79,111 @@ def _walk(source: Path):
 
 
 def make_copy_layer(sources: list, workdir: str, layer: Path, lowers_top_first: list) -> None:
-    """Write the COPY layer into the empty dir `layer`."""
-    for source, destination in sources:
-        inside = absolute_in_image(destination, workdir)
-        _make_parents(layer, inside, lowers_top_first)
-        target = layer / inside if inside else layer
-        if source.is_dir():
-            target.mkdir(exist_ok=True)
-            shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True, copy_function=shutil.copyfile)
-            _own_and_mode(source, target)
-        else:
-            shutil.copyfile(source, target)
-            _own_and_mode(source, target)
+    """Write the COPY layer into the empty dir `layer`.
+
+    Every write goes through an fd of `layer` (labkit.linux.paths): a link that an
+    earlier source planted in the layer is followed only inside it, for parents, or
+    replaced, for what this COPY brings (as Docker's untar does), never written through."""
+    root = paths.open_root(layer)
+    try:
+        for source, destination in sources:
+            inside = absolute_in_image(destination, workdir)
+            _make_parents(root, inside, lowers_top_first)
+            if not inside:  # COPY dir / : the contents go into the layer's root
+                top = paths.open_in_root(root, "", os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    _copy_children(source, top)
+                    _own_and_mode(top, source)
+                finally:
+                    os.close(top)
+                continue
+            parent = paths.open_in_root(root, posixpath.dirname(inside), os.O_PATH | os.O_DIRECTORY)
+            try:
+                _copy_entry(source, parent, posixpath.basename(inside), "/" + inside)
+            finally:
+                os.close(parent)
+    finally:
+        os.close(root)
 
 
-def _make_parents(layer: Path, inside: str, lowers_top_first: list) -> None:
+def _make_parents(root: int, inside: str, lowers_top_first: list) -> None:
     parts = inside.split("/")[:-1] if inside else []
     for depth in range(1, len(parts) + 1):
         relative = "/".join(parts[:depth])
-        path = layer / relative
-        if path.is_dir():
+        try:
+            os.close(paths.open_in_root(root, relative, os.O_PATH | os.O_DIRECTORY))
             continue
-        path.mkdir()
+        except FileNotFoundError:
+            pass
+        parent = paths.open_in_root(root, posixpath.dirname(relative), os.O_PATH | os.O_DIRECTORY)
+        try:
+            os.mkdir(parts[depth - 1], 0o700, dir_fd=parent)
+            made = os.open(parts[depth - 1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        finally:
+            os.close(parent)
         below = find_in_stack(lowers_top_first, relative)
         st = os.stat(below) if below and os.path.isdir(below) else None
-        os.chmod(path, stat.S_IMODE(st.st_mode) if st else 0o755)
-        os.chown(path, st.st_uid if st else 0, st.st_gid if st else 0)
+        try:
+            os.fchown(made, st.st_uid if st else 0, st.st_gid if st else 0)
+            os.fchmod(made, stat.S_IMODE(st.st_mode) if st else 0o755)
+        finally:
+            os.close(made)
 
 
-def _own_and_mode(source: Path, target: Path) -> None:
-    """Files in an image belong to root (as in Docker); modes come from the context."""
-    for path, relative in _walk(source):
-        copied = target / relative if relative else target
-        os.chown(copied, 0, 0, follow_symlinks=False)
-        if not os.path.islink(path):
-            os.chmod(copied, stat.S_IMODE(os.lstat(path).st_mode))
+def _copy_entry(source: Path, parent: int, name: str, shown: str) -> None:
+    """Copy `source` to `name` in the directory `parent` (an fd), never following a link there."""
+    st = os.lstat(source)
+    existing = _lstat_at(parent, name)
+    if existing and not (stat.S_ISDIR(existing.st_mode) and stat.S_ISDIR(st.st_mode)):
+        if stat.S_ISDIR(existing.st_mode):
+            raise ImageError(f"COPY would replace the directory {shown} with {source}, which is not a directory")
+        os.unlink(name, dir_fd=parent)  # a file or a link, perhaps planted by an earlier source
+        existing = None
+    if stat.S_ISDIR(st.st_mode):
+        if existing is None:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        directory = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            _copy_children(source, directory, shown)
+            _own_and_mode(directory, source)
+        finally:
+            os.close(directory)
+    elif stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(source), name, dir_fd=parent)
+        os.chown(name, 0, 0, dir_fd=parent, follow_symlinks=False)
+    elif stat.S_ISREG(st.st_mode):
+        copy = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        try:
+            with open(source, "rb") as content:
+                for chunk in iter(lambda: content.read(1 << 20), b""):
+                    _write_all(copy, chunk)
+            _own_and_mode(copy, source)
+        finally:
+            os.close(copy)
+    else:
+        raise ImageError(f"COPY cannot copy {source}: only files, directories and symbolic links can be copied")
+
+
+def _copy_children(source: Path, directory: int, shown: str = "") -> None:
+    for name in sorted(os.listdir(source)):
+        _copy_entry(Path(source) / name, directory, name, f"{shown}/{name}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _lstat_at(directory: int, name: str):
+    try:
+        return os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _own_and_mode(fd: int, source: Path) -> None:
+    """Files in an image belong to root (as in Docker); modes come from the context.
+    chown first: it clears setuid and setgid bits."""
+    os.fchown(fd, 0, 0)
+    os.fchmod(fd, stat.S_IMODE(os.lstat(source).st_mode))

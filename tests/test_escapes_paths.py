@@ -1,0 +1,149 @@
+"""The escape suite, part B: paths. On the real kernel, as root, one test per attempt.
+
+Each attempt is refused by default, and (where it is safe on a shared host) shown to
+work without the defence, so that no test here can pass by being unable to fail.
+Attempts write only into temp dirs the test made.
+"""
+
+import os
+import shutil
+import stat
+
+import pytest
+
+from labkit.images import build
+from labkit.images.store import Store
+from labkit.linux import paths
+
+pytestmark = pytest.mark.root
+
+BOTH_WAYS = pytest.mark.parametrize("use_openat2", [True, False], ids=["openat2", "component-walk"])
+
+
+@pytest.fixture
+def rooted(tmp_path):
+    """A root dir full of hostile links, and a host dir they all point at."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "secret").write_text("host\n")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "secret").write_text("inside\n")
+    (root / "absolute").symlink_to(host)                 # /absolute -> <host dir>, on the host
+    (root / "etc" / "up").symlink_to("../../..")         # climbs above the root
+    (root / "to-etc").symlink_to("/etc")                 # absolute: /etc of the root, not the host's
+    (root / "loop").symlink_to("loop")
+    return root, host
+
+
+def target_of(fd):
+    try:
+        return os.readlink(paths.fd_path(fd))
+    finally:
+        os.close(fd)
+
+
+# --- labkit.linux.paths: both ways give the kernel's answer -----------------------------
+
+@BOTH_WAYS
+def test_absolute_links_and_dotdot_resolve_inside_the_root(rooted, use_openat2):
+    root, host = rooted
+    root_fd = paths.open_root(root)
+    try:
+        assert target_of(paths.open_in_root(root_fd, "to-etc/secret", use_openat2=use_openat2)) == f"{root}/etc/secret"
+        assert target_of(paths.open_in_root(root_fd, "etc/up/etc", use_openat2=use_openat2)) == f"{root}/etc"
+        assert target_of(paths.open_in_root(root_fd, "/../../../etc", use_openat2=use_openat2)) == f"{root}/etc"
+        assert target_of(paths.open_in_root(root_fd, "to-etc/../../..", use_openat2=use_openat2)) == str(root)
+        with pytest.raises(FileNotFoundError):  # <host>/secret read as <root><host>/secret
+            paths.open_in_root(root_fd, "absolute/secret", use_openat2=use_openat2)
+        with pytest.raises(OSError) as looped:
+            paths.open_in_root(root_fd, "loop", use_openat2=use_openat2)
+        assert looped.value.errno == 40  # ELOOP
+    finally:
+        os.close(root_fd)
+    # Without the defence: the same name joined onto the root lands on the host.
+    assert open(f"{root}/absolute/secret").read() == "host\n"
+
+
+@BOTH_WAYS
+def test_a_file_created_through_a_dangling_link_lands_inside_the_root(rooted, use_openat2):
+    root, host = rooted
+    (root / "cfg").symlink_to(host / "made")               # as /cfg -> /tmp/x in an image
+    mirror = root / str(host).lstrip("/")                  # the image's own /tmp
+    mirror.mkdir(parents=True)
+    root_fd = paths.open_root(root)
+    try:
+        os.close(paths.open_in_root(root_fd, "cfg", os.O_CREAT | os.O_WRONLY, use_openat2=use_openat2))
+        with pytest.raises(OSError):  # the last link kept, as O_NOFOLLOW asks
+            paths.open_in_root(root_fd, "cfg", os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, use_openat2=use_openat2)
+    finally:
+        os.close(root_fd)
+    assert not (host / "made").exists()
+    assert (mirror / "made").is_file() and (root / "cfg").is_symlink()
+
+
+@BOTH_WAYS
+def test_make_dirs_follows_links_inside_and_refuses_a_dangling_one(rooted, use_openat2):
+    root, host = rooted
+    root_fd = paths.open_root(root)
+    try:
+        assert target_of(paths.make_dirs_in_root(root_fd, "to-etc/a/b", use_openat2=use_openat2)) == f"{root}/etc/a/b"
+        with pytest.raises(FileNotFoundError, match="does not exist inside the root"):
+            paths.make_dirs_in_root(root_fd, "absolute/pwned", use_openat2=use_openat2)
+    finally:
+        os.close(root_fd)
+    assert sorted(os.listdir(host)) == ["secret"]
+
+
+# --- build: COPY never writes through a link an earlier source planted --------------------
+
+@pytest.fixture
+def store(labkit_home):
+    return Store()
+
+
+@pytest.fixture
+def hostile_context(tmp_path):
+    """`COPY a b /`: a/x is a link to a host dir, b/x/pwned a file; a/y a link to a host
+    file, b/y a file."""
+    host = tmp_path / "host-dir"
+    host.mkdir(mode=0o755)
+    os.chmod(host, 0o755)
+    (host / "keep").write_text("host file\n")
+    os.chmod(host / "keep", 0o644)
+    context = tmp_path / "context"
+    (context / "a").mkdir(parents=True)
+    (context / "a" / "x").symlink_to(host)
+    (context / "a" / "y").symlink_to(host / "keep")
+    (context / "b" / "x").mkdir(parents=True)
+    (context / "b" / "x" / "pwned").write_text("pwned\n")
+    os.chmod(context / "b" / "x", 0o777)
+    (context / "b" / "y").write_text("overwritten\n")
+    os.chmod(context / "b" / "y", 0o777)
+    return context, host
+
+
+def host_dir_untouched(host) -> bool:
+    return (sorted(os.listdir(host)) == ["keep"] and stat.S_IMODE(os.stat(host).st_mode) == 0o755
+            and (host / "keep").read_text() == "host file\n" and stat.S_IMODE(os.stat(host / "keep").st_mode) == 0o644)
+
+
+def test_copy_does_not_write_through_a_link_planted_by_an_earlier_source(store, hostile_context):
+    context, host = hostile_context
+    image = build("FROM busybox\nCOPY a b /\n", "copy-escape", context, store=store)
+    assert host_dir_untouched(host)
+    layer = store.layer_dir(image.layers[-1])
+    # As Docker's untar: what b brings replaces a's links inside the layer.
+    assert not (layer / "x").is_symlink() and (layer / "x" / "pwned").read_text() == "pwned\n"
+    assert not (layer / "y").is_symlink() and (layer / "y").read_text() == "overwritten\n"
+    assert stat.S_IMODE(os.stat(layer / "x").st_mode) == 0o777
+
+
+def test_without_the_defence_the_same_copy_writes_into_the_host_dir(hostile_context, tmp_path):
+    # What COPY did before: two copytree calls into one layer dir (only temp dirs are touched).
+    context, host = hostile_context
+    layer = tmp_path / "naive-layer"
+    for source in ("a", "b"):
+        shutil.copytree(context / source, layer, symlinks=True, dirs_exist_ok=True)
+    assert (host / "pwned").read_text() == "pwned\n"
+    assert not host_dir_untouched(host)
