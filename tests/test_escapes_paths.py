@@ -11,7 +11,7 @@ import stat
 
 import pytest
 
-from labkit.images import build
+from labkit.images import build, get_image
 from labkit.images.store import Store
 from labkit.linux import paths
 
@@ -147,3 +147,54 @@ def test_without_the_defence_the_same_copy_writes_into_the_host_dir(hostile_cont
         shutil.copytree(context / source, layer, symlinks=True, dirs_exist_ok=True)
     assert (host / "pwned").read_text() == "pwned\n"
     assert not host_dir_untouched(host)
+
+
+# --- run: a volume target that is a link in the image stays inside the container ----------
+
+@pytest.fixture
+def linked_image(store, tmp_path):
+    """An image whose /cfg, /data and /dangling are links to host paths (/cfg ->
+    <tmp>/host/x); the image has its own (empty) <tmp>/host, as busybox has /tmp."""
+    host = tmp_path / "host"
+    host.mkdir()
+    build(f"FROM busybox\nRUN mkdir -p {host} && ln -s {host}/x /cfg && ln -s {host} /data"
+          f" && ln -s {host}/nowhere /dangling\n",
+          "linked", tmp_path, store=store)
+    return host
+
+
+def test_a_file_volume_on_a_linked_target_never_creates_the_file_on_the_host(linked_image, tmp_path, no_leftovers):
+    from labkit.runtime import run
+
+    host = linked_image
+    volume = tmp_path / "settings"
+    volume.write_text("from the volume\n")
+    result = run(f"cat /cfg; ls {host}", image="linked", volumes=[f"{volume}:/cfg"]).check()
+    assert result.stdout == "from the volume\nx\n"  # mounted on the image's own <tmp>/host/x
+    assert os.listdir(host) == []
+
+
+def test_without_the_defence_the_linked_target_is_a_host_path(linked_image, store):
+    # What mount_volumes did before: rootfs + target, handed to the host's kernel.
+    layer = get_image("linked", store).layer_dirs[-1]
+    assert os.path.realpath(f"{layer}/cfg") == f"{linked_image}/x"
+
+
+def test_a_directory_volume_under_a_linked_dir_is_made_inside_the_root(linked_image, tmp_path, no_leftovers):
+    from labkit.runtime import run
+
+    source = tmp_path / "source"
+    source.mkdir()
+    run("echo hi > /data/sub/file", image="linked", volumes=[f"{source}:/data/sub"]).check()
+    assert (source / "file").read_text() == "hi\n"
+    assert os.listdir(linked_image) == []  # /data -> <tmp>/host: the image's, not the host's
+
+
+def test_a_directory_volume_under_a_dangling_link_is_refused_by_name(linked_image, tmp_path, no_leftovers):
+    from labkit.runtime import run
+
+    (tmp_path / "source").mkdir()
+    result = run("true", image="linked", volumes=[f"{tmp_path / 'source'}:/dangling/sub"])
+    assert result.exit_code == 125
+    assert "volume target /dangling/sub" in result.error and "does not exist inside the root" in result.error
+    assert os.listdir(linked_image) == []

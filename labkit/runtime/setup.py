@@ -19,7 +19,7 @@ import socket
 import struct
 
 from labkit.images.overlay import mount_overlay
-from labkit.linux import capabilities, syscalls
+from labkit.linux import capabilities, paths, syscalls
 from labkit.linux.namespaces import BY_NAME
 from labkit.linux.syscalls import MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
 # Imported here, in the helper, not when first needed: by then the container process
@@ -323,17 +323,45 @@ def mount_cgroup_filesystem(plan, target):
 
 @step("bind-mount volumes")
 def mount_volumes(plan, rootfs):
-    for volume in plan.volumes:
-        target = rootfs + "/" + volume.target.lstrip("/")
+    """Each target is resolved inside the container's root (a link in the image such as
+    /cfg -> /tmp/x leads to the image's /tmp/x, never the host's) and mounted on through
+    the fd that resolution gave."""
+    if not plan.volumes:
+        return
+    root = paths.open_root(rootfs)
+    try:
+        for volume in plan.volumes:
+            target = _volume_target(root, volume)
+            try:
+                syscalls.mount(volume.source, paths.fd_path(target), None, MS_BIND | MS_REC)
+            finally:
+                os.close(target)
+            if volume.readonly:
+                # The target's fd still names the directory under the new mount: look it up again.
+                mounted = paths.open_in_root(root, volume.target, os.O_PATH)
+                try:
+                    syscalls.mount(None, paths.fd_path(mounted), None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+                finally:
+                    os.close(mounted)
+    finally:
+        os.close(root)
+
+
+def _volume_target(root, volume):
+    """An O_PATH fd of the mount point inside the root, made (a directory, or an empty
+    file for a file volume) when the image lacks it."""
+    target = volume.target
+    try:
         if os.path.isdir(volume.source):
-            ensure_dir(target)
-        else:
-            ensure_dir(os.path.dirname(target))
-            if not os.path.exists(target):
-                open(target, "w").close()
-        syscalls.mount(volume.source, target, None, MS_BIND | MS_REC)
-        if volume.readonly:
-            syscalls.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+            return paths.make_dirs_in_root(root, target)
+        os.close(paths.make_dirs_in_root(root, os.path.dirname(target.rstrip("/")) or "/"))
+        try:
+            return paths.open_in_root(root, target, os.O_PATH)
+        except FileNotFoundError:
+            os.close(paths.open_in_root(root, target, os.O_CREAT | os.O_WRONLY | os.O_NONBLOCK, 0o644))
+            return paths.open_in_root(root, target, os.O_PATH)
+    except OSError as error:
+        raise OSError(error.errno, f"volume target {target}: {error.strerror}") from None
 
 
 @step("mount tmpfs")
