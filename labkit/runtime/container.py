@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from labkit.errors import ConfigError, ContainerError, HostError, ImageNotFound
+from labkit.home import open_for_user_namespace
 from labkit.images import Image, get_image
 from labkit.runtime import plan as launch
 from labkit.runtime.container_dir import ContainerDir
@@ -346,7 +347,8 @@ class Container:
                                  directory=self.dir, command=self.command, hold=hold, auto_remove=auto_remove)
         host_hierarchy().check(plan.limits)
         if plan.user_map is not None:
-            check_reachable_by_others(self.dir.parent, plan.user_map.uid)
+            for home in {self.dir.parent.parent, self.image.store.home}:
+                open_for_user_namespace(Path(home), plan.user_map.uid, plan.user_map.uid)
         # Last: from here on an address and ports are taken, and given back by _detach_network.
         network = self._prepare_network(plan.init_files["hosts"])
         if network is not None:
@@ -366,7 +368,7 @@ class Container:
         if detach:
             self.dir.mkdir(parents=True, exist_ok=True)  # the helper makes the rest
             for name in ("stdout", "stderr"):
-                fds.append(os.open(self.files.log(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644))
+                fds.append(os.open(self.files.log(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
                 names.append(name)
             streams = OutputStreams(None)
         else:
@@ -494,17 +496,6 @@ class _ExecProcess:
             result.exit_code, result.signal = error["exit_code"], None
         streams.close()
         return result
-
-
-def check_reachable_by_others(path: Path, uid: int) -> None:
-    """In a user namespace the container's root is host uid `uid`: it must be able to
-    walk down to the layers and its own directories."""
-    for directory in (path, *path.parents):
-        if directory.exists() and not os.stat(directory).st_mode & 0o001:
-            raise ConfigError(
-                f"a user-namespace container runs as host uid {uid}, which cannot enter {directory} "
-                f"(mode {oct(os.stat(directory).st_mode & 0o777)}); allow it with `chmod o+x {directory}` "
-                "or put LABKIT_HOME somewhere world-searchable")
 
 
 def _describe_setup_error(error: dict) -> str:

@@ -90,7 +90,7 @@ class ContainerDir:
     # --- state.json ------------------------------------------------------------------------
 
     def write_state(self, state: dict) -> None:
-        write_atomically(self.state_file, json.dumps(state, indent=1))
+        write_atomically(self.state_file, json.dumps(state, indent=1), mode=0o600)  # container data: not for other users
 
     def read_state(self) -> dict | None:
         try:
