@@ -26,7 +26,7 @@ def test_run_with_stdin(labkit_home):
 
 
 @pytest.mark.parametrize("args, message, code", [
-    (["--memory", "lots", "--", "true"], "size 'lots' is not understood", 2),
+    (["--memory", "lots", "--", "true"], "--memory 'lots' is not a size", 2),
     (["--image", "nosuch", "--", "true"], "no image named 'nosuch'", 2),
     (["-v", "/no/such/dir:/data", "--", "true"], "does not exist on the host", 2),
     (["--", "no-such-command"], "command 'no-such-command' not found", 127),

@@ -196,7 +196,7 @@ def test_no_raise_keeps_the_cell_green(kernel):
     ("%%container --no-such-option", "UsageError", "unrecognized arguments: --no-such-option"),
     ("%%container --memory", "UsageError", "expected one argument"),
     ("%%container --timeout soon", "UsageError", "invalid float value"),
-    ("%%container --memory lots", "ConfigError", "size 'lots'"),
+    ("%%container --memory lots", "ConfigError", "--memory 'lots' is not a size"),
     ("%%container --image no-such-image", "ImageNotFound", "no-such-image"),
     ("%%container --shell bash --python", "UsageError", "not allowed with"),
     ("%%container 'unclosed", "UsageError", "cannot split"),

@@ -30,7 +30,10 @@ def test_units_are_parsed_once_into_bytes_cores_and_counts():
     ({"hostname": "-bad"}, "hostname"),
     ({"cap_add": ["FLY"]}, "unknown capability"),
     ({"publish": ["8080:80"]}, "needs --net bridge"),
-    ({"memory": "lots"}, "size 'lots'"),
+    ({"memory": "lots"}, "--memory 'lots' is not a size"),
+    ({"cpus": "half"}, "--cpus 'half' is not a number"),
+    ({"pids": "many"}, "--pids-limit 'many' is not a whole number"),
+    ({"timeout": "soon"}, "--timeout 'soon'"),
 ])
 def test_bad_specs_are_refused_with_the_reason(fields, message):
     with pytest.raises(ConfigError, match=message):

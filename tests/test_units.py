@@ -42,3 +42,12 @@ def test_sizes_format_for_people():
     assert format_bytes(None) == "-"
     assert format_bytes(512) == "512 B"
     assert format_bytes(64 << 20) == "64.0 MiB"
+
+
+def test_errors_name_the_option_and_the_value():
+    with pytest.raises(ConfigError, match=r"^--memory 'lots' is not a size; give bytes or a number with k, m, g or t"):
+        parse_bytes("lots", "--memory")
+    with pytest.raises(ConfigError, match=r"^--cpus '0' must be a positive number of cores"):
+        parse_cpus("0", "--cpus")
+    with pytest.raises(ConfigError, match=r"^--pids-limit 'x' is not a whole number"):
+        parse_count("x", "--pids-limit")

@@ -31,7 +31,7 @@ def allocator(params: Params) -> list:
 
 def run(params: Params, progress=None):
     return repeat_trials("memory_limit", params, lambda: _one_trial(params), f"allocate under {params.memory}",
-                         progress, limit_bytes=parse_bytes(params.memory))
+                         progress, limit_bytes=parse_bytes(params.memory, "-p memory="))
 
 
 def _one_trial(params: Params) -> dict:

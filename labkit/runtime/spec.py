@@ -25,10 +25,10 @@ class Volume:
         """`SRC:DST[:ro|rw]`, as `docker run -v`."""
         parts = text.split(":")
         if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-            raise ConfigError(f"volume {text!r} is not SRC:DST or SRC:DST:ro")
+            raise ConfigError(f"--volume {text!r} is not SRC:DST or SRC:DST:ro")
         mode = parts[2] if len(parts) == 3 else "rw"
         if mode not in ("ro", "rw"):
-            raise ConfigError(f"volume {text!r}: mode must be ro or rw, not {mode!r}")
+            raise ConfigError(f"--volume {text!r}: mode must be ro or rw, not {mode!r}")
         return cls(parts[0], parts[1], mode == "ro")
 
 
@@ -73,16 +73,16 @@ class ContainerSpec:
             spec.command = ["sh", "-c", spec.command]
         spec.command = [str(part) for part in spec.command]
         if spec.name is not None and not NAME_PATTERN.match(spec.name):
-            raise ConfigError(f"container name {spec.name!r} must be letters, digits, '_', '.' or '-' (at most 63)")
+            raise ConfigError(f"--name {spec.name!r}: a container name must be letters, digits, '_', '.' or '-' (at most 63)")
         if spec.hostname is not None and not re.match(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$", spec.hostname):
-            raise ConfigError(f"hostname {spec.hostname!r} is not a valid hostname")
+            raise ConfigError(f"--hostname {spec.hostname!r} is not a valid hostname (letters, digits, '.' and '-')")
         spec.namespaces = tuple(self._namespaces())
-        spec.memory = None if spec.memory is None else parse_bytes(spec.memory)
-        spec.cpus = None if spec.cpus is None else parse_cpus(spec.cpus)
-        spec.pids = None if spec.pids is None else parse_count(spec.pids, "pids limit")
+        spec.memory = None if spec.memory is None else parse_bytes(spec.memory, "--memory")
+        spec.cpus = None if spec.cpus is None else parse_cpus(spec.cpus, "--cpus")
+        spec.pids = None if spec.pids is None else parse_count(spec.pids, "--pids-limit")
         for item in spec.env:
             if "=" not in item or item.startswith("="):
-                raise ConfigError(f"environment entry {item!r} is not KEY=VALUE")
+                raise ConfigError(f"--env {item!r} is not KEY=VALUE")
         if spec.python:
             from labkit.runtime.python_mounts import with_python
 
@@ -90,26 +90,26 @@ class ContainerSpec:
         spec.volumes = [v if isinstance(v, Volume) else Volume.parse(v) for v in spec.volumes]
         for volume in spec.volumes:
             if not os.path.exists(volume.source):
-                raise ConfigError(f"volume source {volume.source!r} does not exist on the host; create it or fix the path")
+                raise ConfigError(f"--volume source {volume.source!r} does not exist on the host; create it or fix the path")
             if not os.path.isabs(volume.target):
-                raise ConfigError(f"volume target {volume.target!r} must be an absolute path inside the container")
+                raise ConfigError(f"--volume target {volume.target!r} must be an absolute path inside the container")
             volume.source = os.path.realpath(volume.source)
         spec.cap_add = [self._capability(name) for name in spec.cap_add]
-        spec.device_read_bps = _device_rates(spec.device_read_bps, "device read rate")
-        spec.device_write_bps = _device_rates(spec.device_write_bps, "device write rate")
+        spec.device_read_bps = _device_rates(spec.device_read_bps, "--device-read-bps")
+        spec.device_write_bps = _device_rates(spec.device_write_bps, "--device-write-bps")
         spec.read_only = bool(spec.read_only)
         spec.tmpfs = [_tmpfs_target(path) for path in spec.tmpfs]
         if spec.workdir is not None and not spec.workdir.startswith("/"):
-            raise ConfigError(f"working directory {spec.workdir!r} must be an absolute path")
+            raise ConfigError(f"--workdir {spec.workdir!r} must be an absolute path")
         if spec.timeout is not None:
             try:
                 spec.timeout = float(spec.timeout)
             except ValueError:
-                raise ConfigError(f"timeout {spec.timeout!r} is not a number of seconds") from None
+                raise ConfigError(f"--timeout {spec.timeout!r} is not a number of seconds") from None
             if spec.timeout <= 0:
-                raise ConfigError("timeout must be more than zero seconds")
+                raise ConfigError(f"--timeout {spec.timeout!r} must be more than zero seconds")
         if not (spec.network in ("none", "host", "bridge") or spec.network.startswith("container:")):
-            raise ConfigError(f"network {spec.network!r} is not one of none, host, bridge, container:NAME")
+            raise ConfigError(f"--net {spec.network!r} is not one of none, host, bridge, container:NAME")
         if spec.publish and spec.network != "bridge":
             raise ConfigError(f"publishing ports ({', '.join(spec.publish)}) needs --net bridge; "
                               f"with --net {spec.network} there is no container address to forward to")
@@ -164,5 +164,5 @@ def _device_rates(entries, what) -> dict:
             raise ConfigError(f"{what} {entry!r}: {device} does not exist on the host") from None
         if not stat.S_ISBLK(st.st_mode):
             raise ConfigError(f"{what} {entry!r}: {device} is not a block device")
-        rates[f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"] = parse_bytes(rate)
+        rates[f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"] = parse_bytes(rate, f"{what} {entry!r}: rate")
     return rates

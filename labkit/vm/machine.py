@@ -215,9 +215,9 @@ def _tail(lines, count=30) -> str:
 
 
 def _memory_mib(memory) -> int:
-    mib = parse_bytes(memory) // (1 << 20)
+    mib = parse_bytes(memory, "VM --memory") // (1 << 20)
     if mib < 128:
-        raise ConfigError(f"VM memory {memory!r} is too small to boot; give at least 128m")
+        raise ConfigError(f"VM --memory {memory!r} is too small to boot; give at least 128m")
     return mib
 
 
