@@ -198,3 +198,127 @@ def test_a_directory_volume_under_a_dangling_link_is_refused_by_name(linked_imag
     assert result.exit_code == 125
     assert "volume target /dangling/sub" in result.error and "does not exist inside the root" in result.error
     assert os.listdir(linked_image) == []
+
+
+# --- masked and read-only kernel paths (Docker's lists) -------------------------------
+
+SHOW_WHAT_IS_THERE = """
+p={path}
+if [ -d $p ]; then echo "dir $(stat -f -c %T $p) $(ls -A $p | wc -l)"
+else echo "file $(stat -c %t:%T $p) $(wc -c < $p)"; fi
+"""
+# Options of the mount that holds {path}: the longest mount point above it.
+MOUNT_OPTIONS = """awk -v p={path} '{{ m = $5; if ((p == m || index(p, m "/") == 1 || m == "/") && length(m) >= n) {{ n = length(m); o = $6 }} }} END {{ print o }}' /proc/self/mountinfo"""
+KERNEL_SETTING = "/proc/sys/kernel/printk_ratelimit_burst"
+WRITE_BACK = f"v=$(cat {KERNEL_SETTING}) && echo $v > {KERNEL_SETTING} && echo wrote $v"  # not `read`: busybox reads a byte at a time, and a sysctl file answers only the first
+
+
+@pytest.fixture
+def without_masks(monkeypatch):
+    """The defence off, and only it: the plan's lists emptied (capabilities, namespaces
+    and everything else as by default)."""
+    from labkit.runtime import plan
+
+    monkeypatch.setattr(plan, "kernel_path_lists", lambda spec: {"masked_paths": [], "readonly_paths": []})
+
+
+def on_this_host(paths_list):
+    return [pytest.param(path, marks=pytest.mark.skipif(not os.path.lexists(path), reason=f"this host has no {path}"))
+            for path in paths_list]
+
+
+def masked_paths():
+    from labkit.runtime.plan import MASKED_PATHS
+
+    return MASKED_PATHS
+
+
+def readonly_paths():
+    from labkit.runtime.plan import READONLY_PATHS
+
+    return READONLY_PATHS
+
+
+def looks_masked(report: str) -> bool:
+    """A file masked is /dev/null (char 1:3, nothing to read); a directory an empty tmpfs."""
+    kind, what, count = report.split()
+    return (kind, what, count) == ("file", "1:3", "0") or (kind, what, count) == ("dir", "tmpfs", "0")
+
+
+@pytest.mark.cgroup_v2
+@pytest.mark.parametrize("path", on_this_host(masked_paths()))
+def test_a_masked_kernel_path_shows_nothing_of_the_host(path, no_leftovers):
+    from labkit.runtime import run
+
+    assert looks_masked(run(SHOW_WHAT_IS_THERE.format(path=path)).check().stdout)
+
+
+@pytest.mark.parametrize("path", on_this_host(masked_paths()))
+def test_without_masks_the_same_kernel_path_is_the_hosts(path, without_masks, no_leftovers):
+    from labkit.runtime import run
+
+    assert not looks_masked(run(SHOW_WHAT_IS_THERE.format(path=path)).check().stdout)
+
+
+@pytest.mark.cgroup_v2
+@pytest.mark.parametrize("path", on_this_host(readonly_paths()))
+def test_a_kernel_settings_path_is_mounted_read_only(path, no_leftovers):
+    from labkit.runtime import run
+
+    assert run(MOUNT_OPTIONS.format(path=path)).check().stdout.startswith("ro,")
+
+
+@pytest.mark.parametrize("path", on_this_host(p for p in readonly_paths() if p != "/sys"))
+def test_without_the_defence_the_kernel_settings_path_is_writable(path, without_masks, no_leftovers):
+    # /sys is left out: a fresh sysfs is mounted read-only whatever the lists say.
+    from labkit.runtime import run
+
+    assert run(MOUNT_OPTIONS.format(path=path)).check().stdout.startswith("rw,")
+
+
+@pytest.mark.cgroup_v2
+def test_a_container_cannot_change_a_host_kernel_setting(no_leftovers):
+    from labkit.runtime import run
+
+    result = run(WRITE_BACK)
+    assert result.exit_code != 0 and "Read-only file system" in result.stderr
+
+
+def test_without_the_defence_a_container_changes_a_host_kernel_setting(without_masks, no_leftovers):
+    # Only the value already there is written back: nothing on the host changes.
+    from labkit.runtime import run
+
+    with open(KERNEL_SETTING) as setting:
+        value = setting.read().strip()
+    assert run(WRITE_BACK).check().stdout == f"wrote {value}\n"
+
+
+@pytest.mark.cgroup_v2
+def test_exec_joins_a_container_whose_kernel_paths_are_protected(no_leftovers):
+    from labkit.runtime import Container, ContainerSpec
+
+    container = Container(ContainerSpec(command="sleep 60"))
+    container.start(detach=True)
+    try:
+        written = container.exec(WRITE_BACK)
+        assert written.exit_code != 0 and "Read-only file system" in written.stderr
+        assert looks_masked(container.exec(SHOW_WHAT_IS_THERE.format(path="/proc/keys")).check().stdout)
+    finally:
+        container.remove()
+
+
+def test_a_user_namespace_container_has_the_same_masks(no_leftovers):
+    from labkit.runtime import DEFAULT_NAMESPACES, run
+
+    userns = DEFAULT_NAMESPACES + ("user",)
+    assert looks_masked(run(SHOW_WHAT_IS_THERE.format(path="/proc/keys"), namespaces=userns).check().stdout)
+    assert run(MOUNT_OPTIONS.format(path="/proc/sys"), namespaces=userns).check().stdout.startswith("ro,")
+
+
+@pytest.mark.skipif(not hasattr(__import__("labkit.runtime", fromlist=["ContainerSpec"]).ContainerSpec(), "privileged"),
+                    reason="ContainerSpec.privileged (--privileged, issue 10 part A) is not in this tree")
+def test_privileged_turns_the_masks_off(no_leftovers):
+    from labkit.runtime import run
+
+    assert not looks_masked(run(SHOW_WHAT_IS_THERE.format(path="/proc/keys"), privileged=True).check().stdout)
+    assert run(MOUNT_OPTIONS.format(path="/proc/sys"), privileged=True).check().stdout.startswith("rw,")

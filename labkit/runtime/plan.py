@@ -94,6 +94,8 @@ class StartPlan:
     hold: bool                       # stop before exec until the runtime releases it
     auto_remove: bool                # the helper removes the directories at exit
     volumes: list[VolumeMount]
+    masked_paths: list               # kernel paths hidden (Docker's list; none with --privileged)
+    readonly_paths: list             # kernel paths made read-only (likewise)
     read_only: bool                  # the overlay root mounted read-only
     tmpfs: list                      # writable tmpfs mounts (absolute paths inside)
     limits: Limits
@@ -175,6 +177,27 @@ def _field_types(cls) -> dict:
             hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
         found[name] = (hint if dataclasses.is_dataclass(hint) else None, many)
     return found
+
+
+# Docker's default lists (moby's oci defaults): kernel files a container has no business
+# reading (host-wide timers, keys, hardware) are masked; kernel settings shared with
+# the host (/proc/sys: a write there changes the host) are read-only. A path this host
+# lacks is skipped. `--privileged` sends empty lists.
+MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                "/sys/firmware", "/sys/devices/virtual/powercap")
+# /sys last: a fresh sysfs is mounted read-only already; the host's, borrowed in a user
+# namespace, is made so here.
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", "/sys")
+
+
+def kernel_path_lists(spec) -> dict:
+    """Docker's masked and read-only paths for the plan; none with --privileged."""
+    if getattr(spec, "privileged", False):  # ContainerSpec.privileged comes with --privileged (issue 10, part A)
+        return {"masked_paths": [], "readonly_paths": []}
+    return {"masked_paths": list(MASKED_PATHS), "readonly_paths": list(READONLY_PATHS)}
+
+
 # --- compiling a spec -------------------------------------------------------------------
 
 def start_plan(spec, image, *, id, name, hostname, directory, command, hold, auto_remove) -> StartPlan:
@@ -187,6 +210,7 @@ def start_plan(spec, image, *, id, name, hostname, directory, command, hold, aut
         init_files=init_files(hostname), hostname=hostname, namespaces=list(spec.namespaces),
         process=process_plan(spec, image, hostname, command), init=spec.init, hold=hold, auto_remove=auto_remove,
         volumes=[VolumeMount(v.source, v.target, v.readonly) for v in spec.volumes],
+        **kernel_path_lists(spec),
         read_only=spec.read_only, tmpfs=list(spec.tmpfs), limits=spec.limits(),
         time_offsets={"monotonic": spec.time_offset, "boottime": spec.time_offset} if spec.time_offset else {},
         user_map=UserMap(*spec.user_map) if "user" in spec.namespaces else None,

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import struct
 
 from labkit.images.overlay import mount_overlay
@@ -200,6 +201,7 @@ def become_container(plan, fds):
         mount_volumes(plan, rootfs)
         mount_tmpfs(plan, rootfs)
         make_root_read_only(plan, rootfs)
+        protect_kernel_paths(plan, rootfs)
         switch_root(rootfs)
         set_hostname(plan)
         if "net" in plan.namespaces:
@@ -379,6 +381,48 @@ def make_root_read_only(plan, rootfs):
     mounts of their own and keep their flags (a bind remount without MS_REC)."""
     if plan.read_only:
         syscalls.mount(None, rootfs, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+_ST_LOCKED = {os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_NOEXEC}
+
+
+@step("mask /proc and /sys paths, make kernel settings read-only")
+def protect_kernel_paths(plan, rootfs):
+    """After the volumes, so that no volume can uncover a masked path. The container lacks
+    CAP_SYS_ADMIN, so it cannot unmount what is mounted here."""
+    for path in plan.masked_paths:
+        mask_path(rootfs + path)
+    for path in plan.readonly_paths:
+        make_read_only(rootfs + path)
+
+
+def mask_path(path):
+    """/dev/null over a file, an empty read-only tmpfs over a directory."""
+    try:
+        is_directory = stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if is_directory:
+        syscalls.mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0555,size=4k")
+    else:
+        syscalls.mount("/dev/null", path, None, MS_BIND)
+
+
+def make_read_only(path):
+    """A bind of the path onto itself, remounted read-only. The remount must repeat the
+    nosuid/nodev/noexec the mount already has: in a user namespace they are locked."""
+    try:
+        flags = os.statvfs(path).f_flag
+    except FileNotFoundError:
+        return
+    if flags & os.ST_RDONLY:
+        return
+    syscalls.mount(path, path, None, MS_BIND | MS_REC)
+    keep = 0
+    for st_flag, ms_flag in _ST_LOCKED.items():
+        if flags & st_flag:
+            keep |= ms_flag
+    syscalls.mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
 
 
 @step("pivot_root into the container's root")
