@@ -315,6 +315,17 @@ def test_a_user_namespace_container_has_the_same_masks(no_leftovers):
     assert run(MOUNT_OPTIONS.format(path="/proc/sys"), namespaces=userns).check().stdout.startswith("ro,")
 
 
+@pytest.mark.parametrize("masked", [True, False], ids=["default", "without-the-defence"])
+def test_the_hosts_sys_borrowed_by_a_user_namespace_is_read_only(masked, request, no_leftovers):
+    # With --net host a user namespace may not mount a sysfs of its own: it binds the host's.
+    from labkit.runtime import DEFAULT_NAMESPACES, run
+
+    if not masked:
+        request.getfixturevalue("without_masks")
+    options = run(MOUNT_OPTIONS.format(path="/sys"), namespaces=DEFAULT_NAMESPACES + ("user",), network="host")
+    assert options.check().stdout.startswith("ro," if masked else "rw,")
+
+
 @pytest.mark.skipif(not hasattr(__import__("labkit.runtime", fromlist=["ContainerSpec"]).ContainerSpec(), "privileged"),
                     reason="ContainerSpec.privileged (--privileged, issue 10 part A) is not in this tree")
 def test_privileged_turns_the_masks_off(no_leftovers):
