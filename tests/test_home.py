@@ -75,6 +75,17 @@ def test_with_a_0755_home_the_same_setuid_copy_is_within_reach(setuid_copy, labk
     assert (reached.returncode, reached.stdout.strip()) == (0, "4755 0")
 
 
+def test_a_setuid_file_committed_into_an_image_layer_is_out_of_reach_too(setuid_copy, labkit_home):
+    from labkit.images import commit, get_image
+
+    image = commit(setuid_copy.parent.parent, get_image("busybox"), "suid")
+    in_layer = image.layer_dirs[-1] / "tmp" / "sush"
+    assert (mode(in_layer), os.stat(in_layer).st_uid) == (0o4755, 0)
+    assert "Permission denied" in reach(in_layer).stderr
+    os.chmod(labkit_home, 0o755)
+    assert reach(in_layer).stdout.strip() == "4755 0"
+
+
 def test_a_user_namespace_container_opens_the_home_to_its_own_root_only(labkit_home, no_leftovers):
     # In / : the read-write layer's own root, which this uid owns (no copy-up of a
     # root-owned lower directory, which overlay refuses in a user namespace).
