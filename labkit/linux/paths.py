@@ -45,14 +45,14 @@ def open_in_root(root_fd: int, path: str, flags: int = os.O_PATH, mode: int = 0o
     if use_openat2 is None:
         use_openat2 = _have_openat2()
     if use_openat2:
-        return openat2(root_fd, relative, flags, mode if flags & (os.O_CREAT | os.O_TMPFILE) == os.O_CREAT else 0,
+        return openat2(root_fd, relative, flags, mode if flags & os.O_CREAT else 0,
                        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
     return _walk(root_fd, relative, flags, mode)
 
 
 def make_dirs_in_root(root_fd: int, path: str, mode: int = 0o755, use_openat2=None) -> int:
     """mkdir -p of `path` inside the root; returns an O_PATH fd of the last directory.
-    A link on the way is followed inside the root; a dangling one is an error (EEXIST)."""
+    A link on the way is followed inside the root; a dangling one is refused (ENOENT)."""
     current = open_in_root(root_fd, "", os.O_PATH | os.O_DIRECTORY, use_openat2=use_openat2)
     walked = ""
     try:
