@@ -40,11 +40,13 @@ def labkit_home() -> Path:
 def make_private(home: Path) -> None:
     """Create `home` 0700, or tighten one that others may enter. 0710 with a group other
     than root's is left alone: a user-namespace container may be using it."""
-    home.parent.mkdir(parents=True, exist_ok=True)
     try:
+        home.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(home, PRIVATE)
     except FileExistsError:
         pass
+    except OSError:
+        return  # cannot be made here (read-only, not ours): the first write says so, naming the path
     st = os.stat(home)
     if st.st_uid != os.geteuid():
         return  # not ours to change (a LABKIT_HOME someone set up for us)
