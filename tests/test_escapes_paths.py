@@ -149,6 +149,24 @@ def test_without_the_defence_the_same_copy_writes_into_the_host_dir(hostile_cont
     assert not host_dir_untouched(host)
 
 
+def test_copy_parents_never_take_a_host_dirs_owner_and_mode_through_a_link_below(store, tmp_path):
+    host = tmp_path / "host-private"
+    (host / "sub").mkdir(parents=True)
+    os.chmod(host, 0o710)
+    os.chmod(host / "sub", 0o701)
+    (tmp_path / "f").write_text("f\n")
+    image = build(f"FROM busybox\nRUN ln -s {host} /linked\nCOPY f /linked/sub/f\n", "parents", tmp_path, store=store)
+    layer = store.layer_dir(image.layers[-1])
+    assert mode_of(layer / "linked") == 0o755 and mode_of(layer / "linked" / "sub") == 0o755
+    # Without the defence: the same lookup, joined onto the layer below, reads the host's dirs.
+    below = store.layer_dir(image.layers[-2])
+    assert (mode_of(os.path.realpath(below / "linked")), mode_of(below / "linked" / "sub")) == (0o710, 0o701)
+
+
+def mode_of(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
 # --- run: a volume target that is a link in the image stays inside the container ----------
 
 @pytest.fixture

@@ -121,13 +121,26 @@ def _make_parents(root: int, inside: str, lowers_top_first: list) -> None:
             made = os.open(parts[depth - 1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         finally:
             os.close(parent)
-        below = find_in_stack(lowers_top_first, relative)
-        st = os.stat(below) if below and os.path.isdir(below) else None
+        st = _directory_below(lowers_top_first, relative)
         try:
             os.fchown(made, st.st_uid if st else 0, st.st_gid if st else 0)
             os.fchmod(made, stat.S_IMODE(st.st_mode) if st else 0o755)
         finally:
             os.close(made)
+
+
+def _directory_below(lowers_top_first: list, relative: str):
+    """The stat of the plain directory the image below shows at `relative`, or None.
+    A link on the way (in the layer, `etc -> /somewhere`) is not followed: its target
+    would be read on the host."""
+    below = find_in_stack(lowers_top_first, relative)
+    if below is None:
+        return None
+    layer = below[:-len(relative)].rstrip("/")
+    if os.path.realpath(below) != os.path.join(os.path.realpath(layer), relative):
+        return None
+    st = os.lstat(below)
+    return st if stat.S_ISDIR(st.st_mode) else None
 
 
 def _copy_entry(source: Path, parent: int, name: str, shown: str) -> None:
