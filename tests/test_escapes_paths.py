@@ -208,6 +208,13 @@ def test_a_directory_volume_under_a_linked_dir_is_made_inside_the_root(linked_im
     assert os.listdir(linked_image) == []  # /data -> <tmp>/host: the image's, not the host's
 
 
+def test_a_tmpfs_under_a_linked_dir_is_made_inside_the_root(linked_image, no_leftovers):
+    from labkit.runtime import run
+
+    assert run("stat -f -c %T /data/scratch", image="linked", tmpfs=["/data/scratch"]).check().stdout == "tmpfs\n"
+    assert os.listdir(linked_image) == []  # before, the mount point was made on the host
+
+
 def test_a_directory_volume_under_a_dangling_link_is_refused_by_name(linked_image, tmp_path, no_leftovers):
     from labkit.runtime import run
 

@@ -369,10 +369,18 @@ def _volume_target(root, volume):
 @step("mount tmpfs")
 def mount_tmpfs(plan, rootfs):
     """`--tmpfs PATH`: a writable, memory-backed directory (also on a read-only root)."""
-    for path in plan.tmpfs:
-        target = rootfs + path
-        ensure_dir(target)
-        syscalls.mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    if not plan.tmpfs:
+        return
+    root = paths.open_root(rootfs)  # resolved inside the root, as the volumes are
+    try:
+        for path in plan.tmpfs:
+            target = paths.make_dirs_in_root(root, path)
+            try:
+                syscalls.mount("tmpfs", paths.fd_path(target), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+            finally:
+                os.close(target)
+    finally:
+        os.close(root)
 
 
 @step("make the root filesystem read-only")
