@@ -397,68 +397,56 @@ _ST_LOCKED = {os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_N
 @step("mask /proc and /sys paths, make kernel settings read-only")
 def protect_kernel_paths(plan, rootfs):
     """After the volumes, so that no volume can uncover a masked path. The container lacks
-    CAP_SYS_ADMIN, so it cannot unmount what is mounted here. Each path is resolved
-    inside the root, as the volumes are."""
-    root = paths.open_root(rootfs)
-    try:
-        for path in plan.masked_paths:
-            mask_path(root, path)
-        for path in plan.readonly_paths:
-            make_read_only(root, path)
-    finally:
-        os.close(root)
+    CAP_SYS_ADMIN, so it cannot unmount what is mounted here.
+
+    The paths are the kernel's own, below the /proc and /sys just mounted; only those two
+    come from the image. Where the image made one a link (`/proc -> /etc`) it is skipped:
+    the container has no kernel filesystem there, and the link's target is the host's."""
+    real = {}
+    for paths_list, protect in ((plan.masked_paths, mask_path), (plan.readonly_paths, make_read_only)):
+        for path in paths_list:
+            top = path.lstrip("/").partition("/")[0]
+            if top not in real:
+                real[top] = _is_real_directory(f"{rootfs}/{top}")
+            if real[top]:
+                protect(rootfs + path)
 
 
-def _open_kernel_path(root, path):
-    """An O_PATH fd of `path` in the root, or None where this host lacks it (or has a
-    link there: nothing to mask)."""
+def _is_real_directory(path):
     try:
-        fd = paths.open_in_root(root, path, os.O_PATH | os.O_NOFOLLOW)
+        return stat.S_ISDIR(os.lstat(path).st_mode)
     except FileNotFoundError:
-        return None
-    if stat.S_ISLNK(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return fd
+        return False
 
 
-def mask_path(root, path):
-    """/dev/null over a file, an empty read-only tmpfs over a directory."""
-    fd = _open_kernel_path(root, path)
-    if fd is None:
-        return
+def mask_path(path):
+    """/dev/null over a file, an empty read-only tmpfs over a directory; a path this
+    host lacks (or a link: nothing to mask) is skipped."""
     try:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            syscalls.mount("tmpfs", paths.fd_path(fd), "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                           "mode=0555,size=4k")
-        else:
-            syscalls.mount("/dev/null", paths.fd_path(fd), None, MS_BIND)
-    finally:
-        os.close(fd)
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        syscalls.mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0555,size=4k")
+    elif not stat.S_ISLNK(mode):
+        syscalls.mount("/dev/null", path, None, MS_BIND)
 
 
-def make_read_only(root, path):
+def make_read_only(path):
     """A bind of the path onto itself, remounted read-only. The remount must repeat the
     nosuid/nodev/noexec the mount already has: in a user namespace they are locked."""
-    fd = _open_kernel_path(root, path)
-    if fd is None:
-        return
     try:
-        flags = os.fstatvfs(fd).f_flag
-        if flags & os.ST_RDONLY:
-            return
-        syscalls.mount(paths.fd_path(fd), paths.fd_path(fd), None, MS_BIND | MS_REC)
-    finally:
-        os.close(fd)
+        flags = os.statvfs(path).f_flag
+    except FileNotFoundError:
+        return
+    if flags & os.ST_RDONLY:
+        return
+    syscalls.mount(path, path, None, MS_BIND | MS_REC)
     keep = 0
     for st_flag, ms_flag in _ST_LOCKED.items():
         if flags & st_flag:
             keep |= ms_flag
-    bound = paths.open_in_root(root, path, os.O_PATH | os.O_NOFOLLOW)  # the new mount, on top
-    try:
-        syscalls.mount(None, paths.fd_path(bound), None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
-    finally:
-        os.close(bound)
+    syscalls.mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
 
 
 @step("pivot_root into the container's root")
