@@ -142,10 +142,10 @@ def _tmpfs_target(path) -> str:
     """An absolute, normalised path inside the container that is not "/" itself."""
     text = str(path)
     if not text.startswith("/"):
-        raise ConfigError(f"tmpfs {text!r} must be an absolute path inside the container, e.g. /tmp")
+        raise ConfigError(f"--tmpfs {text!r} must be an absolute path inside the container, e.g. /tmp")
     normal = os.path.normpath(text)
     if normal in ("/", "//") or "," in normal:
-        raise ConfigError(f"tmpfs {text!r}: give a directory below / without ',' (e.g. /tmp or /run)")
+        raise ConfigError(f"--tmpfs {text!r}: give a directory below / without ',' (e.g. /tmp or /run)")
     return normal
 
 
