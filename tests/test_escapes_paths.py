@@ -14,6 +14,8 @@ import pytest
 from labkit.images import build, get_image
 from labkit.images.store import Store
 from labkit.linux import paths
+from labkit.runtime import DEFAULT_NAMESPACES, Container, ContainerSpec, run
+from labkit.runtime.plan import MASKED_PATHS, READONLY_PATHS
 
 pytestmark = pytest.mark.root
 
@@ -34,6 +36,10 @@ def rooted(tmp_path):
     (root / "to-etc").symlink_to("/etc")                 # absolute: /etc of the root, not the host's
     (root / "loop").symlink_to("loop")
     return root, host
+
+
+def mode_of(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 def target_of(fd):
@@ -163,10 +169,6 @@ def test_copy_parents_never_take_a_host_dirs_owner_and_mode_through_a_link_below
     assert (mode_of(os.path.realpath(below / "linked")), mode_of(below / "linked" / "sub")) == (0o710, 0o701)
 
 
-def mode_of(path) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
-
-
 # --- run: a volume target that is a link in the image stays inside the container ----------
 
 @pytest.fixture
@@ -182,8 +184,6 @@ def linked_image(store, tmp_path):
 
 
 def test_a_file_volume_on_a_linked_target_never_creates_the_file_on_the_host(linked_image, tmp_path, no_leftovers):
-    from labkit.runtime import run
-
     host = linked_image
     volume = tmp_path / "settings"
     volume.write_text("from the volume\n")
@@ -199,8 +199,6 @@ def test_without_the_defence_the_linked_target_is_a_host_path(linked_image, stor
 
 
 def test_a_directory_volume_under_a_linked_dir_is_made_inside_the_root(linked_image, tmp_path, no_leftovers):
-    from labkit.runtime import run
-
     source = tmp_path / "source"
     source.mkdir()
     run("echo hi > /data/sub/file", image="linked", volumes=[f"{source}:/data/sub"]).check()
@@ -209,15 +207,11 @@ def test_a_directory_volume_under_a_linked_dir_is_made_inside_the_root(linked_im
 
 
 def test_a_tmpfs_under_a_linked_dir_is_made_inside_the_root(linked_image, no_leftovers):
-    from labkit.runtime import run
-
     assert run("stat -f -c %T /data/scratch", image="linked", tmpfs=["/data/scratch"]).check().stdout == "tmpfs\n"
     assert os.listdir(linked_image) == []  # before, the mount point was made on the host
 
 
 def test_a_directory_volume_under_a_dangling_link_is_refused_by_name(linked_image, tmp_path, no_leftovers):
-    from labkit.runtime import run
-
     (tmp_path / "source").mkdir()
     result = run("true", image="linked", volumes=[f"{tmp_path / 'source'}:/dangling/sub"])
     assert result.exit_code == 125
@@ -227,15 +221,18 @@ def test_a_directory_volume_under_a_dangling_link_is_refused_by_name(linked_imag
 
 # --- masked and read-only kernel paths (Docker's lists) -------------------------------
 
+# What a container finds at {path}: a directory's filesystem and entries, a file's device
+# numbers and whether a first byte can be read (one byte only: /proc/kcore is huge).
 SHOW_WHAT_IS_THERE = """
 p={path}
 if [ -d $p ]; then echo "dir $(stat -f -c %T $p) $(ls -A $p | wc -l)"
-else echo "file $(stat -c %t:%T $p) $(wc -c < $p)"; fi
+else echo "file $(stat -c %t:%T $p) $(head -c 1 $p 2>/dev/null | wc -c)"; fi
 """
 # Options of the mount that holds {path}: the longest mount point above it.
 MOUNT_OPTIONS = """awk -v p={path} '{{ m = $5; if ((p == m || index(p, m "/") == 1 || m == "/") && length(m) >= n) {{ n = length(m); o = $6 }} }} END {{ print o }}' /proc/self/mountinfo"""
 KERNEL_SETTING = "/proc/sys/kernel/printk_ratelimit_burst"
-WRITE_BACK = f"v=$(cat {KERNEL_SETTING}) && echo $v > {KERNEL_SETTING} && echo wrote $v"  # not `read`: busybox reads a byte at a time, and a sysctl file answers only the first
+# Not `read v`: busybox reads a byte at a time, and a sysctl file answers only the first.
+WRITE_BACK = f"v=$(cat {KERNEL_SETTING}) && echo $v > {KERNEL_SETTING} && echo wrote $v"
 
 
 @pytest.fixture
@@ -252,67 +249,44 @@ def on_this_host(paths_list):
             for path in paths_list]
 
 
-def masked_paths():
-    from labkit.runtime.plan import MASKED_PATHS
-
-    return MASKED_PATHS
-
-
-def readonly_paths():
-    from labkit.runtime.plan import READONLY_PATHS
-
-    return READONLY_PATHS
-
-
 def looks_masked(report: str) -> bool:
-    """A file masked is /dev/null (char 1:3, nothing to read); a directory an empty tmpfs."""
+    """A file masked is /dev/null (char 1:3, nothing to read); a directory an empty tmpfs.
+    Unmasked, a file is the kernel's (0:0 on proc or sysfs), a directory proc's or sysfs's."""
     kind, what, count = report.split()
     return (kind, what, count) == ("file", "1:3", "0") or (kind, what, count) == ("dir", "tmpfs", "0")
 
 
 @pytest.mark.cgroup_v2
-@pytest.mark.parametrize("path", on_this_host(masked_paths()))
+@pytest.mark.parametrize("path", on_this_host(MASKED_PATHS))
 def test_a_masked_kernel_path_shows_nothing_of_the_host(path, no_leftovers):
-    from labkit.runtime import run
-
     assert looks_masked(run(SHOW_WHAT_IS_THERE.format(path=path)).check().stdout)
 
 
-@pytest.mark.parametrize("path", on_this_host(masked_paths()))
+@pytest.mark.parametrize("path", on_this_host(MASKED_PATHS))
 def test_without_masks_the_same_kernel_path_is_the_hosts(path, without_masks, no_leftovers):
-    from labkit.runtime import run
-
     assert not looks_masked(run(SHOW_WHAT_IS_THERE.format(path=path)).check().stdout)
 
 
 @pytest.mark.cgroup_v2
-@pytest.mark.parametrize("path", on_this_host(readonly_paths()))
+@pytest.mark.parametrize("path", on_this_host(READONLY_PATHS))
 def test_a_kernel_settings_path_is_mounted_read_only(path, no_leftovers):
-    from labkit.runtime import run
-
     assert run(MOUNT_OPTIONS.format(path=path)).check().stdout.startswith("ro,")
 
 
-@pytest.mark.parametrize("path", on_this_host(p for p in readonly_paths() if p != "/sys"))
+@pytest.mark.parametrize("path", on_this_host(p for p in READONLY_PATHS if p != "/sys"))
 def test_without_the_defence_the_kernel_settings_path_is_writable(path, without_masks, no_leftovers):
     # /sys is left out: a fresh sysfs is mounted read-only whatever the lists say.
-    from labkit.runtime import run
-
     assert run(MOUNT_OPTIONS.format(path=path)).check().stdout.startswith("rw,")
 
 
 @pytest.mark.cgroup_v2
 def test_a_container_cannot_change_a_host_kernel_setting(no_leftovers):
-    from labkit.runtime import run
-
     result = run(WRITE_BACK)
     assert result.exit_code != 0 and "Read-only file system" in result.stderr
 
 
 def test_without_the_defence_a_container_changes_a_host_kernel_setting(without_masks, no_leftovers):
     # Only the value already there is written back: nothing on the host changes.
-    from labkit.runtime import run
-
     with open(KERNEL_SETTING) as setting:
         value = setting.read().strip()
     assert run(WRITE_BACK).check().stdout == f"wrote {value}\n"
@@ -320,8 +294,6 @@ def test_without_the_defence_a_container_changes_a_host_kernel_setting(without_m
 
 @pytest.mark.cgroup_v2
 def test_exec_joins_a_container_whose_kernel_paths_are_protected(no_leftovers):
-    from labkit.runtime import Container, ContainerSpec
-
     container = Container(ContainerSpec(command="sleep 60"))
     container.start(detach=True)
     try:
@@ -333,8 +305,6 @@ def test_exec_joins_a_container_whose_kernel_paths_are_protected(no_leftovers):
 
 
 def test_a_user_namespace_container_has_the_same_masks(no_leftovers):
-    from labkit.runtime import DEFAULT_NAMESPACES, run
-
     userns = DEFAULT_NAMESPACES + ("user",)
     assert looks_masked(run(SHOW_WHAT_IS_THERE.format(path="/proc/keys"), namespaces=userns).check().stdout)
     assert run(MOUNT_OPTIONS.format(path="/proc/sys"), namespaces=userns).check().stdout.startswith("ro,")
@@ -343,18 +313,14 @@ def test_a_user_namespace_container_has_the_same_masks(no_leftovers):
 @pytest.mark.parametrize("masked", [True, False], ids=["default", "without-the-defence"])
 def test_the_hosts_sys_borrowed_by_a_user_namespace_is_read_only(masked, request, no_leftovers):
     # With --net host a user namespace may not mount a sysfs of its own: it binds the host's.
-    from labkit.runtime import DEFAULT_NAMESPACES, run
-
     if not masked:
         request.getfixturevalue("without_masks")
     options = run(MOUNT_OPTIONS.format(path="/sys"), namespaces=DEFAULT_NAMESPACES + ("user",), network="host")
     assert options.check().stdout.startswith("ro," if masked else "rw,")
 
 
-@pytest.mark.skipif(not hasattr(__import__("labkit.runtime", fromlist=["ContainerSpec"]).ContainerSpec(), "privileged"),
+@pytest.mark.skipif(not hasattr(ContainerSpec(), "privileged"),
                     reason="ContainerSpec.privileged (--privileged, issue 10 part A) is not in this tree")
 def test_privileged_turns_the_masks_off(no_leftovers):
-    from labkit.runtime import run
-
     assert not looks_masked(run(SHOW_WHAT_IS_THERE.format(path="/proc/keys"), privileged=True).check().stdout)
     assert run(MOUNT_OPTIONS.format(path="/proc/sys"), privileged=True).check().stdout.startswith("rw,")
