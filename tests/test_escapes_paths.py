@@ -15,6 +15,7 @@ from labkit.images import build, get_image
 from labkit.images.store import Store
 from labkit.linux import paths
 from labkit.runtime import DEFAULT_NAMESPACES, Container, ContainerSpec, run
+from labkit.runtime.build_step import run_build_step
 from labkit.runtime.plan import MASKED_PATHS, READONLY_PATHS
 
 pytestmark = pytest.mark.root
@@ -161,7 +162,8 @@ def test_copy_parents_never_take_a_host_dirs_owner_and_mode_through_a_link_below
     os.chmod(host, 0o710)
     os.chmod(host / "sub", 0o701)
     (tmp_path / "f").write_text("f\n")
-    image = build(f"FROM busybox\nRUN ln -s {host} /linked\nCOPY f /linked/sub/f\n", "parents", tmp_path, store=store)
+    image = build(f"FROM busybox\nRUN ln -s {host} /linked\nCOPY f /linked/sub/f\n", "parents", tmp_path, store=store,
+                  run_step=run_build_step)
     layer = store.layer_dir(image.layers[-1])
     assert mode_of(layer / "linked") == 0o755 and mode_of(layer / "linked" / "sub") == 0o755
     # Without the defence: the same lookup, joined onto the layer below, reads the host's dirs.
@@ -179,7 +181,7 @@ def linked_image(store, tmp_path):
     host.mkdir()
     build(f"FROM busybox\nRUN mkdir -p {host} && ln -s {host}/x /cfg && ln -s {host} /data"
           f" && ln -s {host}/nowhere /dangling\n",
-          "linked", tmp_path, store=store)
+          "linked", tmp_path, store=store, run_step=run_build_step)
     return host
 
 
