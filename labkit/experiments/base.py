@@ -11,24 +11,52 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Check:
-    """The expected conclusion of an experiment and whether this run bore it out."""
+    """The expected conclusion of an experiment and whether this run bore it out.
+
+    Three verdicts: held (True), did not hold (False: a miss, never hidden), and no
+    verdict (None) when the host could not run it (`skipped`) or when other work on the
+    host left too little to judge by (`inconclusive`): a busy host is not a miss, and a
+    miss is not excused by a busy host elsewhere in the same run.
+    """
     claim: str
-    held: bool | None             # None when the experiment was skipped
+    held: bool | None             # None when skipped or inconclusive
     detail: str = ""              # the numbers behind the verdict
     skipped: str | None = None    # why it could not run on this host
+    inconclusive: str | None = None   # why this run cannot tell (e.g. "the host was busy")
 
     @classmethod
     def skip(cls, claim: str, reason: str) -> "Check":
         return cls(claim, None, f"skipped: {reason}", reason)
 
+    @classmethod
+    def judge(cls, claim: str, misses: list, unjudged: list, detail: str) -> "Check":
+        """Any miss makes the claim fail; otherwise points that could not be judged make
+        it inconclusive; otherwise it held."""
+        if misses:
+            return cls(claim, False, "; ".join(misses) + f" ({detail})")
+        if unjudged:
+            return cls(claim, None, "; ".join(unjudged) + f" ({detail})", inconclusive="the host was busy")
+        return cls(claim, True, detail)
+
     @property
     def status(self) -> str:
-        return "skipped" if self.skipped else ("held" if self.held else "did not hold")
+        if self.skipped:
+            return "skipped"
+        if self.inconclusive:
+            return "inconclusive"
+        return "held" if self.held else "did not hold"
+
+    @property
+    def missed(self) -> bool:
+        """True only for a real miss (not for a skip or an inconclusive run)."""
+        return self.held is False
 
     def __str__(self):
         # No numbers here: notebooks print this and nbval compares it run after run.
         if self.skipped:
             return f"{self.claim}\nskipped: {self.skipped}"
+        if self.inconclusive:
+            return f"{self.claim}\ninconclusive: {self.inconclusive}"
         return f"{self.claim}\nheld: {self.held}"
 
     def to_dict(self) -> dict:
@@ -36,7 +64,8 @@ class Check:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Check":
-        return cls(data["claim"], data["held"], data.get("detail", ""), data.get("skipped"))
+        return cls(data["claim"], data["held"], data.get("detail", ""), data.get("skipped"),
+                   data.get("inconclusive"))
 
 
 @dataclass
