@@ -1,5 +1,6 @@
-"""Start-up time and memory of the same trivial command (`true`) as a plain host
-process, in a labkit container, and in a small virtual machine. A container shares
+"""Start-up time and memory of the same small command as a plain host process, in a
+labkit container (`true`), and in a small virtual machine (`uname -r`, so the row also
+records the guest's own kernel). A container shares
 the host's kernel, so it starts like a process; a VM boots a kernel of its own.
 
 Memory is one metric for all three: the peak memory the kernel charged to a cgroup that
@@ -29,15 +30,17 @@ SPEEDUP = 10           # a container starts at least this many times faster than
 # then becomes the measured command: its every page is charged there.
 JOIN_THEN_EXEC = 'while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift; exec "$@"'
 
-# The VM's launcher: report its own charge before QEMU starts, then the boot.
+# The VM's launcher: report its own charge before QEMU starts, then boot a VM that
+# prints its kernel's release (uname -r): the guest runs a kernel of its own.
 VM_LAUNCHER = """
 import json, os, sys
 from labkit.cgroups import host_hierarchy
-from labkit.vm import measure_boot
+from labkit.vm import run
 cgroup = host_hierarchy().open(os.environ["LABKIT_MEASURE_CGROUP"])
 print(json.dumps({"before_qemu": cgroup.stats().memory_current}), flush=True)
-boot = measure_boot(memory=sys.argv[1], cpus=1)
-print(json.dumps(boot.as_dict()), flush=True)
+vm = run(["uname", "-r"], memory=sys.argv[1], cpus=1, cwd="/")
+print(json.dumps({"exit_code": vm.exit_code, "boot_seconds": vm.boot_seconds, "accel": vm.accel,
+                  "uname": vm.output.strip(), "qemu_peak_rss_bytes": vm.qemu_peak_rss_bytes}), flush=True)
 """
 
 
@@ -117,8 +120,10 @@ def _vm_once(memory: str) -> dict:
     output, peak = in_own_cgroup([sys.executable, "-c", VM_LAUNCHER, memory], timeout=900)
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     before, boot = lines[0]["before_qemu"], lines[-1]
+    if boot["exit_code"] != 0:
+        raise RuntimeError(f"uname -r in the VM exited {boot['exit_code']}: {boot['uname'][-500:]}")
     return {"startup_s": boot["boot_seconds"], "memory_bytes": peak - before, "accel": boot["accel"],
-            "kernel": boot["kernel"], "qemu_peak_rss_bytes": boot["qemu_peak_rss_bytes"]}
+            "kernel": boot["uname"], "qemu_peak_rss_bytes": boot["qemu_peak_rss_bytes"]}
 
 
 def medians(result) -> dict:
