@@ -60,6 +60,7 @@ def memory_data(over=False, killed=True, sampled_over=False):
 
 
 TOLERANCE = 0.10
+ALIGNMENT = 0.1 / 0.8   # one 100 ms period's quota in a 0.8 s window
 
 
 def cpu_data(quota=0.5, achieved=None, idle=0.0, throttled=8):
@@ -73,7 +74,7 @@ def cpu_data(quota=0.5, achieved=None, idle=0.0, throttled=8):
         rows.append({"trial": 1, "quota": each, "wall_seconds": 0.8, "cpu_seconds": got * 0.8,
                      "throttled_periods": throttled if mine else 8, "achieved": got,
                      "idle_cores": idle if mine else 2 - each})
-    return {"host_cpus": 2, "rows": rows}
+    return {"host_cpus": 2, "period_seconds": 0.1, "rows": rows}
 
 
 JUST = 0.005   # just past a threshold
@@ -127,10 +128,10 @@ FAILING = {
     "a usage sample just over the memory limit": ("memory_limit", memory_data(sampled_over=True),
                                                   "over a 32 MiB limit"),
     "a process that was never OOM-killed": ("memory_limit", memory_data(killed=False), "not OOM-killed"),
-    "just over the quota": ("cpu_quota", cpu_data(achieved=0.5 * (1 + TOLERANCE) + JUST, idle=1.0),
+    "just over the quota": ("cpu_quota", cpu_data(achieved=0.5 * (1 + TOLERANCE + ALIGNMENT) + JUST, idle=1.0),
                             "more than the quota"),
-    "just under the quota while CPUs sat idle": ("cpu_quota", cpu_data(achieved=0.5 * (1 - TOLERANCE) - JUST,
-                                                                      idle=0.5), "CPUs sat idle"),
+    "just under the quota while CPUs sat idle": ("cpu_quota", cpu_data(achieved=0.5 * (1 - TOLERANCE - ALIGNMENT)
+                                                                      - JUST, idle=0.5), "CPUs sat idle"),
     "a quota reached but never throttled, CPUs idle": ("cpu_quota", cpu_data(throttled=0, idle=0.5 * TOLERANCE),
                                                        "never throttled"),
     "one process over the pids limit": ("pids_limit", pids_data(highest=33), "33 processes over a limit of 32"),
@@ -168,12 +169,15 @@ def test_check_says_so_when_the_claim_did_not_hold(case):
     assert str(outcome).endswith("held: False")
 
 
+FLOOR = 0.5 * (1 - TOLERANCE - ALIGNMENT)
+
+
 @pytest.mark.parametrize("achieved, idle, status", [
-    (0.5 * (1 - TOLERANCE) + JUST, 0.0, "held"),           # just inside the tolerance
-    (0.5 * (1 + TOLERANCE) - JUST, 1.0, "held"),
-    (0.5 * (1 - TOLERANCE) - JUST, 0.0, "inconclusive"),   # short, but no CPU was idle
-    (0.3, 0.5 * (1 - TOLERANCE) - 0.3 - JUST, "inconclusive"),
-    (0.3, 0.5 * (1 - TOLERANCE) - 0.3 + JUST, "did not hold"),   # the shortfall could have run
+    (FLOOR + JUST, 0.0, "held"),                             # just inside the tolerance
+    (0.5 * (1 + TOLERANCE + ALIGNMENT) - JUST, 1.0, "held"),
+    (FLOOR - JUST, 0.0, "inconclusive"),                     # short, but no CPU was idle
+    (0.3, FLOOR - 0.3 - JUST, "inconclusive"),
+    (0.3, FLOOR - 0.3 + JUST, "did not hold"),               # the shortfall could have run
 ])
 def test_cpu_quota_tells_a_busy_host_from_a_miss_by_the_idle_cpus(achieved, idle, status):
     outcome = get("cpu_quota").check(recorded("cpu_quota", cpu_data(achieved=achieved, idle=idle)))
@@ -297,3 +301,33 @@ def tempfile_dir():
     import tempfile
 
     return tempfile.gettempdir()
+
+
+# --- what is a skip and what is not --------------------------------------------------------
+
+def failing_to_start(error):
+    import contextlib
+
+    @contextlib.contextmanager
+    def running(**fields):
+        raise error
+        yield
+    return running
+
+
+def test_network_skips_only_when_the_host_lacks_the_bridge(monkeypatch):
+    from labkit.errors import HostError
+    from labkit.experiments import network
+
+    monkeypatch.setattr(network, "running", failing_to_start(HostError("no CAP_NET_ADMIN")))
+    result = network.run(network.Params(trials=1))
+    assert result.skipped and "no CAP_NET_ADMIN" in result.skipped
+
+
+def test_network_does_not_turn_a_failure_inside_the_containers_into_a_skip(monkeypatch):
+    from labkit.errors import ContainerError
+    from labkit.experiments import network
+
+    monkeypatch.setattr(network, "running", failing_to_start(ContainerError("ping: sendto: Network unreachable")))
+    with pytest.raises(ContainerError, match="Network unreachable"):
+        network.run(network.Params(trials=1))

@@ -14,7 +14,10 @@ import os
 import time
 from dataclasses import dataclass
 
+from labkit.cgroups.base import CPU_PERIOD_US
 from labkit.experiments.base import Check, finished, new_result, report, running
+
+PERIOD_SECONDS = CPU_PERIOD_US / 1e6
 
 USER_HZ = os.sysconf("SC_CLK_TCK")
 
@@ -38,6 +41,7 @@ def run(params: Params, progress=None):
     result = new_result("cpu_quota", params)
     cores = os.cpu_count() or 1
     result.data["host_cpus"] = cores
+    result.data["period_seconds"] = PERIOD_SECONDS
     rows, total, done = [], params.trials * len(params.quotas), 0
     for trial in range(1, params.trials + 1):
         for quota in params.quotas:
@@ -71,13 +75,16 @@ def _measure(quota: float, cores: int, params: Params) -> dict:
     }
 
 
-def judge(row: dict, tolerance: float, cores: int) -> tuple:
+def judge(row: dict, tolerance: float, cores: int, period: float = PERIOD_SECONDS) -> tuple:
     """(misses, unjudged) for one measured quota."""
     quota, achieved, idle = row["quota"], row["achieved"], row["idle_cores"]
     wanted = min(quota, cores)               # the loops cannot use more than every CPU
-    floor = wanted * (1 - tolerance)
+    # The window does not start on a period boundary: it may hold one period's quota
+    # more or less than wall/period of them.
+    alignment = quota * period / row["wall_seconds"]
+    floor = wanted * (1 - tolerance) - alignment
     misses, unjudged = [], []
-    if achieved > quota * (1 + tolerance):
+    if achieved > quota * (1 + tolerance) + alignment:
         misses.append(f"quota {quota}: got {achieved:.3f} cores, more than the quota")
     if achieved < floor:
         # The shortfall could have run on the idle CPUs: nothing but the cgroup held it back.
@@ -101,11 +108,11 @@ def check(result) -> Check:
              "and are throttled to stay under it")
     if result.skipped:
         return Check.skip(claim, result.skipped)
-    cores = result.data["host_cpus"]
+    cores, period = result.data["host_cpus"], result.data.get("period_seconds", PERIOD_SECONDS)
     misses, unjudged, shares = [], [], []
     for row in result.data["rows"]:
         shares.append(f"{row['quota']}→{row['achieved']:.2f}")
-        missed, cannot_tell = judge(row, tolerance, cores)
+        missed, cannot_tell = judge(row, tolerance, cores, period)
         misses += missed
         unjudged += cannot_tell
     return Check.judge(claim, misses, unjudged, "achieved cores per quota: " + ", ".join(shares))
