@@ -331,3 +331,19 @@ def test_network_does_not_turn_a_failure_inside_the_containers_into_a_skip(monke
     monkeypatch.setattr(network, "running", failing_to_start(ContainerError("ping: sendto: Network unreachable")))
     with pytest.raises(ContainerError, match="Network unreachable"):
         network.run(network.Params(trials=1))
+
+
+@pytest.mark.root
+def test_a_process_is_charged_its_own_memory_not_the_memory_of_whoever_started_it():
+    from labkit.experiments.container_vs_vm import in_own_cgroup
+
+    ballast = bytearray(64 * MIB)              # the launcher holds far more than `true` needs
+    ballast[::4096] = b"\1" * (len(ballast) // 4096)
+    _, charged = in_own_cgroup(["/bin/true"], timeout=30)
+    assert 0 < charged < 8 * MIB
+    # The old metric, a spawned child's peak RSS, counts the launcher's pages it shared
+    # until exec: that is what made a process look 80x larger than a container.
+    pid = os.posix_spawn("/bin/true", ["true"], os.environ)
+    _, _, usage = os.wait4(pid, 0)
+    assert usage.ru_maxrss * 1024 > 64 * MIB
+    del ballast
