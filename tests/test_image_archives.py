@@ -134,28 +134,86 @@ def make_tar(path, entries, compress=False):
     return path
 
 
+def escape_landing_spots(store, levels=6):
+    """Where a name with `../` (one to `levels` deep) would land if an import followed it:
+    every ancestor of the scratch dir a layer is unpacked in (<tmp_root>/<scratch>/layer).
+    The first, the scratch dir itself, is removed after every import, so it is not listed."""
+    spots, directory = [], store.tmp_root
+    for _ in range(levels - 1):
+        spots.append(directory)
+        directory = directory.parent
+    return spots
+
+
+def escaped_files(store, tmp_path, name="evil"):
+    return [str(spot / name) for spot in escape_landing_spots(store) + [tmp_path, tmp_path / "target"]
+            if os.path.lexists(spot / name)]
+
+
 HOSTILE = {
     "dotdot": ([("../evil", "file", None)], "contains '..'"),
+    "dotdot-2": ([("../../evil", "file", None)], "contains '..'"),
+    "dotdot-3": ([("../../../evil", "file", None)], "contains '..'"),
+    "dotdot-5": ([("../../../../../evil", "file", None)], "contains '..'"),
+    "dotdot-inside": ([("a", "dir", None), ("a/../../../evil", "file", None)], "contains '..'"),
     "absolute": ([("/etc/evil", "file", None)], "is an absolute path"),
-    "through-symlink": ([("etc", "symlink", "/etc"), ("etc/passwd", "file", "pwned")], "written through 'etc'"),
+    "through-symlink": ([("etc", "symlink", "{target}"), ("etc/evil", "file", "pwned")], "written through 'etc'"),
+    "through-relative-symlink": ([("up", "symlink", "../../../.."), ("up/evil", "file", "pwned")],
+                                 "climbs out of the image root"),
     "symlink-escape": ([("a", "dir", None), ("a/up", "symlink", "../../../etc")], "climbs out of the image root"),
     "hardlink-escape": ([("h", "hardlink", "../outside")], "contains '..'"),
-    "hardlink-absolute": ([("h", "hardlink", "/etc/passwd")], "is an absolute path"),
+    "hardlink-absolute": ([("h", "hardlink", "{outside}")], "is an absolute path"),
     "hardlink-unknown": ([("h", "hardlink", "not-here")], "not a regular file unpacked earlier"),
     "device": ([("dev/mem", "chr", None)], "is a device node"),
     "duplicate": ([("a", "file", "one"), ("a", "file", "two")], "appears twice"),
 }
 
 
+def hostile_entries(case, tmp_path):
+    """The case's entries, with symlink and hard-link targets pointing at files this test
+    owns (tmp_path/target/, tmp_path/outside), never at the host's own /etc."""
+    (tmp_path / "target").mkdir(exist_ok=True)
+    outside = tmp_path / "outside"
+    outside.write_text("the host's file\n")
+    places = {"target": str(tmp_path / "target"), "outside": str(outside)}
+    entries, message = HOSTILE[case]
+    return [(name, kind, extra.format(**places) if extra else extra) for name, kind, extra in entries], message
+
+
+def assert_nothing_escaped(store, tmp_path):
+    assert escaped_files(store, tmp_path) == []
+    assert os.listdir(tmp_path / "target") == []                     # nothing written through a symlink
+    assert os.stat(tmp_path / "outside").st_nlink == 1               # no hard link to a file outside
+    assert (tmp_path / "outside").read_text() == "the host's file\n"
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_rootfs_tarball_is_refused_and_leaves_nothing(store, tmp_path, case):
     get_image("busybox", store)
-    entries, message = HOSTILE[case]
+    entries, message = hostile_entries(case, tmp_path)
     before = store_snapshot(store)
     with pytest.raises(ImageError, match=message):
         import_image(make_tar(tmp_path / f"{case}.tar", entries), name="hostile", store=store)
     assert store_snapshot(store) == before
-    assert not os.path.exists("/etc/evil") and not (tmp_path.parent / "evil").exists()
+    assert_nothing_escaped(store, tmp_path)
+
+
+@pytest.mark.parametrize("case", ["dotdot-2", "dotdot-3", "through-symlink", "hardlink-absolute"])
+def test_without_the_checks_the_same_archive_escapes_where_the_test_looks(store, tmp_path, case):
+    """The refusal tests look in the right places: the same archives unpacked by a naive
+    tarfile.extractall (no filter) into a scratch-shaped dir do write there."""
+    entries, _ = hostile_entries(case, tmp_path)
+    layer = store.tmp_root / "labkit-naive" / "layer"
+    layer.mkdir(parents=True)
+    with tarfile.open(make_tar(tmp_path / f"{case}.tar", entries)) as archive:
+        options = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+        archive.extractall(layer, **options)
+    if case.startswith("dotdot"):
+        assert escaped_files(store, tmp_path) != []
+    elif case == "through-symlink":
+        assert os.listdir(tmp_path / "target") == ["evil"]
+    else:
+        assert os.stat(tmp_path / "outside").st_nlink == 2
 
 
 def test_device_nodes_are_kept_only_when_allowed(store, tmp_path):
@@ -236,11 +294,151 @@ def test_docker_archive_layer_that_does_not_match_its_diff_id_is_refused(layered
     store = layered.store
     saved = export_image(layered, tmp_path / "saved.tar", "docker")
     unpacked = tmp_path / "unpacked"
-    with tarfile.open(saved) as archive:
-        archive.extractall(unpacked, filter="data")
+    unpack_export(saved, unpacked)
     manifest = json.loads((unpacked / "manifest.json").read_text())
     make_tar(unpacked / manifest[0]["Layers"][-1], [("evil", "file", "swapped")])
     before = store_snapshot(store)
     with pytest.raises(ImageError, match="does not match the image config"):
         import_image(unpacked, name="tampered", store=store)
     assert store_snapshot(store) == before
+
+
+def unpack_export(archive_path, target):
+    """Unpack one of our own exports (regular files and directories only). Not
+    tarfile.extractall(filter=...): the filter argument arrived in Python 3.11.4 and
+    Debian 12's python3 is 3.11.2."""
+    with tarfile.open(archive_path) as archive:
+        for member in archive.getmembers():
+            assert member.isfile() or member.isdir(), f"unexpected {member.name} in our own export"
+            assert not member.name.startswith("/") and ".." not in member.name.split("/")
+            path = target / member.name
+            if member.isdir():
+                path.mkdir(parents=True, exist_ok=True)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(archive.extractfile(member).read())
+
+
+def _sha256(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def swap_top_layer_oci(layout, tar_path):
+    """Replace the top layer of an OCI layout with `tar_path`, fixing every digest on
+    the way up (blob, config diff_id, config, manifest, index): only the layer's content
+    is hostile, so only the unpacker can refuse it."""
+    blobs = layout / "blobs" / "sha256"
+    manifest, config = _manifest_and_config(layout)
+    data = tar_path.read_bytes()
+    (blobs / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    manifest["layers"][-1].update(digest=_sha256(data), size=len(data),
+                                  mediaType="application/vnd.oci.image.layer.v1.tar")
+    config["rootfs"]["diff_ids"][-1] = _sha256(data)
+    config_data = json.dumps(config).encode()
+    (blobs / hashlib.sha256(config_data).hexdigest()).write_bytes(config_data)
+    manifest["config"].update(digest=_sha256(config_data), size=len(config_data))
+    _rewrite_manifest(layout, manifest)
+
+
+def swap_top_layer_docker(unpacked, tar_path):
+    manifest = json.loads((unpacked / "manifest.json").read_text())
+    make_layer = unpacked / manifest[0]["Layers"][-1]
+    make_layer.write_bytes(tar_path.read_bytes())
+    config = json.loads((unpacked / manifest[0]["Config"]).read_text())
+    config["rootfs"]["diff_ids"][-1] = _sha256(tar_path.read_bytes())
+    config_data = json.dumps(config).encode()
+    config_name = hashlib.sha256(config_data).hexdigest() + ".json"
+    (unpacked / config_name).write_bytes(config_data)
+    manifest[0]["Config"] = config_name
+    (unpacked / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("case", ["dotdot-3", "through-symlink", "hardlink-absolute", "symlink-escape"])
+def test_oci_layer_with_hostile_entries_is_refused_and_leaves_nothing(layered, tmp_path, case):
+    store = layered.store
+    entries, message = hostile_entries(case, tmp_path)
+    layout = export_image(layered, tmp_path / "layout", "oci")
+    swap_top_layer_oci(layout, make_tar(tmp_path / "hostile.tar", entries))
+    before = store_snapshot(store)
+    with pytest.raises(ImageError, match=message):
+        import_image(layout, name="hostile", store=store)
+    assert store_snapshot(store) == before
+    assert_nothing_escaped(store, tmp_path)
+
+
+@pytest.mark.parametrize("case", ["dotdot-3", "through-symlink", "hardlink-absolute", "symlink-escape"])
+def test_docker_save_layer_with_hostile_entries_is_refused_and_leaves_nothing(layered, tmp_path, case):
+    store = layered.store
+    entries, message = hostile_entries(case, tmp_path)
+    unpacked = tmp_path / "unpacked"
+    unpack_export(export_image(layered, tmp_path / "saved.tar", "docker"), unpacked)
+    swap_top_layer_docker(unpacked, make_tar(tmp_path / "hostile.tar", entries))
+    before = store_snapshot(store)
+    with pytest.raises(ImageError, match=message):
+        import_image(unpacked, name="hostile", store=store)
+    assert store_snapshot(store) == before
+    assert_nothing_escaped(store, tmp_path)
+
+
+def test_a_swapped_layer_with_fixed_digests_is_otherwise_accepted(layered, tmp_path):
+    """The hostile-layer tests above fail only because of the entries: the same surgery
+    with a harmless layer imports."""
+    layout = export_image(layered, tmp_path / "layout", "oci")
+    swap_top_layer_oci(layout, make_tar(tmp_path / "fine.tar", [("fine", "file", "ok")]))
+    image = import_image(layout, name="swapped-oci", store=layered.store)
+    assert (image.layer_dirs[-1] / "fine").read_text() == "ok"
+    unpacked = tmp_path / "unpacked"
+    unpack_export(export_image(layered, tmp_path / "saved.tar", "docker"), unpacked)
+    swap_top_layer_docker(unpacked, make_tar(tmp_path / "fine2.tar", [("fine", "file", "ok2")]))
+    image = import_image(unpacked, name="swapped-docker", store=layered.store)
+    assert (image.layer_dirs[-1] / "fine").read_text() == "ok2"
+
+
+@pytest.mark.parametrize("field, value", [("Layers", "../outside.tar"), ("Layers", "{abs}"),
+                                          ("Config", "../config.json"), ("Config", "/etc/hostname")])
+def test_docker_manifest_naming_files_outside_the_archive_is_refused(layered, tmp_path, field, value):
+    """A manifest.json whose Layers or Config point outside the archive: a valid layer
+    and config wait there, so only the path check stands between them and the store."""
+    store = layered.store
+    unpacked = tmp_path / "unpacked"
+    unpack_export(export_image(layered, tmp_path / "saved.tar", "docker"), unpacked)
+    manifest = json.loads((unpacked / "manifest.json").read_text())
+    (tmp_path / "outside.tar").write_bytes((unpacked / manifest[0]["Layers"][-1]).read_bytes())
+    (tmp_path / "config.json").write_bytes((unpacked / manifest[0]["Config"]).read_bytes())
+    value = value.format(abs=tmp_path / "outside.tar")
+    if field == "Layers":
+        manifest[0]["Layers"][-1] = value
+    else:
+        manifest[0]["Config"] = value
+    (unpacked / "manifest.json").write_text(json.dumps(manifest))
+    before = store_snapshot(store)
+    with pytest.raises(ImageError, match="points outside the archive"):
+        import_image(unpacked, name="outside", store=store)
+    assert store_snapshot(store) == before
+
+
+@pytest.mark.parametrize("digest", ["sha256:../../../outside", "sha256:/etc/hostname",
+                                    "sha512:" + "0" * 128, "sha256:" + "A" * 64])
+def test_oci_manifest_with_a_malformed_layer_digest_is_refused(layered, tmp_path, digest):
+    store = layered.store
+    layout = export_image(layered, tmp_path / "layout", "oci")
+    manifest = _manifest_and_config(layout)[0]
+    manifest["layers"][-1]["digest"] = digest
+    _rewrite_manifest(layout, manifest)
+    before = store_snapshot(store)
+    with pytest.raises(ImageError, match="malformed digest"):
+        import_image(layout, name="odd", store=store)
+    assert store_snapshot(store) == before
+
+
+def test_docker_save_tar_with_a_traversing_member_name_reads_only_what_it_names(layered, tmp_path):
+    """Inside a `docker save` tar, a member called ../x is never written anywhere: the
+    archive is read in place, and a manifest naming '../x' is refused."""
+    saved = export_image(layered, tmp_path / "saved.tar", "docker")
+    with tarfile.open(saved, "a") as archive:
+        info = tarfile.TarInfo("../evil")
+        info.size = 4
+        archive.addfile(info, io.BytesIO(b"evil"))
+    image = import_image(saved, name="appended", store=layered.store)
+    assert image.layers == layered.layers
+    assert escaped_files(layered.store, tmp_path) == []
