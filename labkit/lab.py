@@ -7,10 +7,12 @@ headless (nbclient, the labkit kernel) and writes the executed copies.
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from labkit.errors import HostError
@@ -46,16 +48,140 @@ def free_port(preferred: int) -> int:
 
 
 # --- labkit lab -----------------------------------------------------------------------
+#
+# JupyterLab starts every kernel in a session of its own, and each kernel's labkit helper
+# runs below it, so neither SIGTERM to the server nor to the server's process group
+# reaches them: left alone they outlive `labkit lab`, orphaned, with their containers.
+# `labkit lab` therefore makes itself a child subreaper (orphans below it are re-parented
+# to it, not to init), asks the server to stop (it shuts its kernels down, and a kernel's
+# helper removes that kernel's containers), and then stops whatever is still below it.
+
+SERVER_GRACE = 20.0        # seconds the server gets to shut its kernels down
+DESCENDANTS_GRACE = 15.0   # seconds kernels and helpers get after SIGTERM, before SIGKILL
+ANSWER_TIMEOUT = 120.0     # seconds JupyterLab may take to answer its first request
 
 
-def lab_command(notebooks: Path, port: int, token: str) -> list:
+class Stopping(Exception):
+    """SIGTERM or SIGINT arrived: shut the lab down."""
+
+
+def lab_command(notebooks: Path, port: int) -> list:
+    """The JupyterLab command line. The token is not on it: argv is readable by every
+    local user in /proc/<pid>/cmdline; the server reads it from JUPYTER_TOKEN, and a
+    process's environment is readable only by its owner."""
     command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={notebooks}",
                "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-               f"--IdentityProvider.token={token}", "--ServerApp.open_browser=False",
+               "--ServerApp.open_browser=False",
                "--MultiKernelManager.default_kernel_name=labkit"]  # new notebooks get the magics
     if os.geteuid() == 0:
         command.append("--allow-root")  # labkit runs as root to make namespaces and cgroups
     return command
+
+
+def lab_environment(token: str) -> dict:
+    return dict(os.environ, JUPYTER_TOKEN=token)
+
+
+def server_answers(url: str, token: str) -> bool:
+    request = urllib.request.Request(f"{url}/api/status", headers={"Authorization": f"token {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def wait_until_answering(server: subprocess.Popen, url: str, token: str, timeout: float = ANSWER_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while not server_answers(url, token):
+        if server.poll() is not None:
+            raise HostError(f"JupyterLab exited with status {server.returncode} before it answered on {url}; "
+                            "its messages are above")
+        if time.monotonic() > deadline:
+            raise HostError(f"JupyterLab did not answer on {url} within {timeout:.0f} s")
+        time.sleep(0.25)
+
+
+def descendants(pid: int) -> list:
+    """Every process below `pid` (children first, then theirs), from /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                # the command name (field 2) may hold spaces and parentheses: split after it
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(0), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def reap_orphans() -> None:
+    """Collect the exit status of re-parented children (we are their subreaper)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def signal_all(pids, signum) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def wait_for_no_descendants(timeout: float) -> list:
+    deadline = time.monotonic() + timeout
+    while True:
+        reap_orphans()
+        left = [pid for pid in descendants(os.getpid()) if not _is_zombie(pid)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def shut_down(server: subprocess.Popen) -> None:
+    """Server first (it shuts its kernels down), then what is left below us: SIGTERM so
+    that each helper removes its containers, SIGKILL for what ignores that."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=SERVER_GRACE)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    left = wait_for_no_descendants(timeout=1.0)
+    if left:
+        signal_all(left, signal.SIGTERM)
+        left = wait_for_no_descendants(timeout=DESCENDANTS_GRACE)
+    if left:
+        print(f"labkit lab: killing {len(left)} process(es) that ignored SIGTERM: {left}", file=sys.stderr)
+        signal_all(left, signal.SIGKILL)
+        wait_for_no_descendants(timeout=DESCENDANTS_GRACE)
+
+
+def _raise_stopping(signum, frame):
+    raise Stopping(signal.Signals(signum).name)
 
 
 def cmd_lab(options):
@@ -63,18 +189,36 @@ def cmd_lab(options):
         import jupyterlab  # noqa: F401
     except ImportError:
         raise HostError("JupyterLab is not installed; pip install 'labkit[lab]' (make lab does this)") from None
+    from labkit.linux import syscalls
+
     notebooks = Path(options.notebooks or default_notebooks()).resolve()
     if not notebooks.is_dir():
         raise HostError(f"no notebooks directory at {notebooks}; pass --notebooks DIR")
     ensure_kernelspec()
     port = free_port(options.port)
     token = secrets.token_hex(24)
-    print(f"JupyterLab on {notebooks}\n\n    http://127.0.0.1:{port}/lab?token={token}\n\n"
-          f"(bound to 127.0.0.1 only; from another machine: ssh -L {port}:127.0.0.1:{port} HOST)", flush=True)
+    url = f"http://127.0.0.1:{port}"
+    syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+    previous = {signum: signal.signal(signum, _raise_stopping) for signum in (signal.SIGTERM, signal.SIGINT)}
+    server = None
     try:
-        return subprocess.call(lab_command(notebooks, port, token))
-    except KeyboardInterrupt:
-        return 130
+        # Its own session: a Ctrl-C in the terminal reaches us, and we stop it in order.
+        server = subprocess.Popen(lab_command(notebooks, port), env=lab_environment(token), start_new_session=True)
+        wait_until_answering(server, url, token)
+        print(f"JupyterLab on {notebooks}\n\n    {url}/lab?token={token}\n\n"
+              f"(bound to 127.0.0.1 only; from another machine: ssh -L {port}:127.0.0.1:{port} HOST)", flush=True)
+        return server.wait()
+    except Stopping as stopping:
+        print(f"labkit lab: {stopping}: stopping JupyterLab, its kernels and their containers",
+              file=sys.stderr, flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not cut the shutdown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if server is not None:
+            shut_down(server)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # --- labkit notebooks run ---------------------------------------------------------------
