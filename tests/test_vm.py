@@ -102,6 +102,19 @@ def test_vm_sees_the_host_root_but_cannot_change_it(leaves_nothing_behind):
 
 
 @vm_test
+def test_vm_loopback_is_up_so_local_servers_answer(leaves_nothing_behind):
+    """A Jupyter kernel in the guest talks to its client over 127.0.0.1: with loopback
+    down it never answers. A TCP server on 127.0.0.1 inside the guest must answer."""
+    script = ("cat /sys/class/net/lo/flags; "
+              "(echo hello-over-lo | nc -l -p 7777 127.0.0.1 &) ; sleep 1; nc 127.0.0.1 7777 </dev/null")
+    result = run(["sh", "-c", script])
+    assert result.exit_code == 0, result.output
+    flags, reply = result.output.split()[:2]
+    assert int(flags, 16) & 0x1, f"IFF_UP is not set on lo inside the guest (flags {flags})"
+    assert reply == "hello-over-lo"
+
+
+@vm_test
 def test_vm_timeout_kills_qemu(leaves_nothing_behind):
     with pytest.raises(VMTimeout, match="killed"):
         run(["sleep", "600"], timeout=20)

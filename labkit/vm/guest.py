@@ -2,7 +2,7 @@
 
 Stage 1 (`/init`, in the initramfs) makes the host's root usable as the guest's root:
 modules, a read-only 9p mount of `/`, a tmpfs overlay on top, the kernel filesystems,
-cgroup v2. Stage 2 (PID 1 after `switch_root`) runs the command and reports its exit
+cgroup v2. Stage 2 (PID 1 after `switch_root`) brings loopback up, runs the command and reports its exit
 status on the console between two marker lines that carry a per-run random token,
 so nothing the command prints can be mistaken for them.
 """
@@ -90,6 +90,9 @@ token="$($bb cat {RUN_DIR}/token)"
 # Keep kernel messages (an OOM kill, say) out of the command's output; they stay in
 # dmesg. Boot problems before this point still reach the console.
 echo 1 > /proc/sys/kernel/printk
+# The kernel brings no interface up by itself: without loopback, anything that talks
+# to 127.0.0.1 (a Jupyter kernel's ZeroMQ sockets, a test server) waits forever.
+$bb ip link set lo up || echo "labkit-vm: could not bring the loopback device up"
 echo "{START_MARKER}$token"
 $bb sh {RUN_DIR}/command < /dev/null
 status=$?
