@@ -17,10 +17,14 @@ test: setup
 setup: system-packages $(STAMP)
 
 # A fresh machine may have no package lists yet: fetch them once, then what we need.
+# chromium is for the browser test (tests/test_browser.py); where the distribution cannot
+# install it (Ubuntu ships it as a snap, which does not run here) that test skips and says so.
 system-packages:
-	@ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -qq
+	@ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 || apt-get update -qq
 	@[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && command -v losetup >/dev/null || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static iproute2 util-linux
+	@[ -x /usr/bin/chromium ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
+	  echo "make: chromium could not be installed from apt; tests/test_browser.py will skip"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
