@@ -256,11 +256,17 @@ def test_v2_pids_max_refuses_forks_past_the_limit():
         cgroup.delete()
 
 
+def private_parent(hierarchy):
+    """The same parent logic under a parent of this test's own: other labkit runs on this
+    host (their cgroups under `labkit/`) can neither hide nor break what it checks."""
+    hierarchy.parent = f"labkit-test-parent-{os.getpid()}-{time.monotonic_ns()}"
+    return hierarchy
+
+
 @needs_v1
 def test_the_labkit_parent_goes_with_its_last_child():
-    hierarchy = HierarchyV1()
-    if hierarchy.children():
-        pytest.skip("other labkit cgroups exist on this host right now (another run in progress)")
+    hierarchy = private_parent(HierarchyV1())
+    assert hierarchy.children() == []
     first, second = hierarchy.create(leaf()), hierarchy.create(leaf())
     parent = os.path.dirname(first.dirs["memory"])
     first.delete()
@@ -274,9 +280,10 @@ def test_the_labkit_parent_goes_with_its_last_child():
 
 @needs_unified
 def test_the_v2_labkit_parent_goes_with_its_last_child():
-    hierarchy = HierarchyV2(UNIFIED)
-    if hierarchy.children():
-        pytest.skip("other labkit cgroups exist here right now")
-    cgroup = hierarchy.create(leaf())
-    cgroup.delete()
-    assert not os.path.isdir(os.path.join(UNIFIED, "labkit"))
+    hierarchy = private_parent(HierarchyV2(UNIFIED))
+    first, second = hierarchy.create(leaf()), hierarchy.create(leaf())
+    assert sorted(hierarchy.children()) == sorted([first.name, second.name])
+    first.delete()
+    assert os.path.isdir(os.path.join(UNIFIED, hierarchy.parent)), "removed while another cgroup still used it"
+    second.delete()
+    assert not os.path.isdir(os.path.join(UNIFIED, hierarchy.parent))

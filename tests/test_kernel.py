@@ -6,7 +6,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -103,10 +102,9 @@ def assert_nothing_left(home, containers, timeout=15):
 def test_stop_button_ends_the_container_and_leaves_nothing(fresh_kernel):
     msg_id = fresh_kernel.send("%%container\nsleep 30")
     containers = running_container(fresh_kernel)
-    started = time.monotonic()
     fresh_kernel.manager.interrupt_kernel()
-    reply = fresh_kernel.collect(msg_id, timeout=15)
-    assert time.monotonic() - started < 15
+    # A sleep that was not cut short would end in 30 s with status "ok": no clock needed.
+    reply = fresh_kernel.collect(msg_id, timeout=120)
     assert (reply.status, reply.ename) == ("error", "KeyboardInterrupt")
     assert_nothing_left(fresh_kernel.home, containers)
     assert fresh_kernel.ok("%%container\necho still usable").stdout == "still usable\n"
@@ -116,7 +114,7 @@ def test_stop_button_during_exec_leaves_the_container_running(fresh_kernel):
     fresh_kernel.ok("%container run -d --name web -- sleep 1000")
     before = running_container(fresh_kernel)
     msg_id = fresh_kernel.send("%%container exec web\nsleep 30")
-    wait_until(lambda: any(len(cgroup_pids(i)) > 1 for i in before), timeout=30)
+    assert wait_until(lambda: any(len(cgroup_pids(i)) > 1 for i in before), timeout=60), "the exec never started"
     fresh_kernel.manager.interrupt_kernel()
     reply = fresh_kernel.collect(msg_id, timeout=15)
     assert reply.ename == "KeyboardInterrupt"
