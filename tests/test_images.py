@@ -416,3 +416,65 @@ def test_copy_only_build_caches_on_file_content(store, context):
     first = build(recipe, "c", context, store=store)
     assert build(recipe, "c", context, store=store).layers == first.layers
     assert (first.layer_dirs[-1] / "app" / "app.txt").read_text() == "the app\n"
+
+
+# --- `labkit image ls | inspect | history`, as a user types them ---------------------------
+
+def labkit_image(*args, home):
+    return subprocess.run([sys.executable, "-m", "labkit.cli", "image", *args], capture_output=True, text=True,
+                          env=dict(os.environ, LABKIT_HOME=str(home)), timeout=120)
+
+
+@pytest.fixture
+def web_image(labkit_home, tmp_path):
+    """busybox plus one committed layer holding /srv/index.html (3 bytes)."""
+    store = Store()
+    upper = tmp_path / "upper"
+    (upper / "srv").mkdir(parents=True)
+    (upper / "srv" / "index.html").write_text("hi\n")
+    return commit(upper, get_image("busybox", store), "web", store=store, message="add index.html")
+
+
+def table(text):
+    return [line.split() for line in text.splitlines() if line.strip()]
+
+
+def test_image_ls_lists_each_image_with_its_layer_count_and_top_layer(web_image, labkit_home):
+    done = labkit_image("ls", home=labkit_home)
+    assert done.returncode == 0, done.stderr
+    header, *rows = table(done.stdout)
+    assert header == ["NAME", "LAYERS", "SIZE", "TOP", "LAYER"]
+    by_name = {row[0]: row for row in rows}
+    assert sorted(by_name) == ["busybox", "web"]
+    assert by_name["web"][1] == "2" and by_name["busybox"][1] == "1"
+    assert by_name["web"][-1] == web_image.layers[-1].split(":")[1][:12]
+    assert by_name["busybox"][-1] == web_image.layers[0].split(":")[1][:12]
+
+
+def test_image_inspect_prints_the_stored_image_as_json(web_image, labkit_home):
+    done = labkit_image("inspect", "web", home=labkit_home)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["name"] == "web"
+    assert shown["layers"] == web_image.layers
+    assert shown["config"]["cmd"] == ["sh"] and shown["config"]["workdir"] == "/"
+    assert [step["created_by"] for step in shown["history"]][-1] == "add index.html"
+    assert [step["layer"] for step in shown["history"]] == web_image.layers
+    assert shown["history"][-1]["size"] == 3
+
+
+def test_image_history_lists_the_steps_newest_first_with_their_layers(web_image, labkit_home):
+    done = labkit_image("history", "web", home=labkit_home)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["STEP", "CREATED", "SIZE", "LAYER"]
+    assert lines[1].startswith("add index.html") and lines[1].split()[-2:] == ["B", web_image.layers[1][7:19]]
+    assert lines[2].startswith("labkit: busybox") and lines[2].split()[-1] == web_image.layers[0][7:19]
+    assert len(lines) == 3
+
+
+@pytest.mark.parametrize("verb", ["inspect", "history"])
+def test_image_commands_name_a_missing_image_in_one_line(labkit_home, verb):
+    done = labkit_image(verb, "nosuch", home=labkit_home)
+    assert done.returncode == 2
+    assert "no image named 'nosuch'" in done.stderr and "Traceback" not in done.stderr
