@@ -1,0 +1,245 @@
+"""Soak: many containers of every ending, one after another and 8 at a time, then a
+count of everything that could have leaked.
+
+    python benchmarks/soak.py [--containers 1000] [--concurrency 8] [--json out/soak.json]
+
+Half the containers run one after another, half in `--concurrency` threads of this one
+owner (so through one helper). They cycle through the endings a student's cells have:
+a clean exit, a failing command, an OOM kill, a timeout, an interrupt (the stop button:
+KeyboardInterrupt from the output callback), a long-lived container with `exec`, and a
+container on the bridge network. Each ending's result is checked as it comes back.
+
+At the end, in this soak's own LABKIT_HOME (and only for the containers it made), it
+counts what is left: container directories, cgroups, overlay mounts, veth ends, network
+leases, scratch dirs, processes; and it compares the helper's memory (VmRSS) and open
+file descriptors after a warm-up with the same at the end. It exits 1 if anything leaked
+or grew beyond a small tolerance, or if an ending came back wrong.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+RSS_TOLERANCE = 2 << 20   # bytes the helper may grow by (allocator noise), after warm-up
+WARM_UP = 24
+
+
+# --- the endings -----------------------------------------------------------------------
+
+def ok(Container, ContainerSpec, made):
+    result = track(Container(ContainerSpec(command="echo ok")), made).run()
+    return result.stdout == "ok\n" and result.exit_code == 0
+
+
+def failing(Container, ContainerSpec, made):
+    return track(Container(ContainerSpec(command="exit 7")), made).run().exit_code == 7
+
+
+def oom(Container, ContainerSpec, made):
+    spec = ContainerSpec(command="dd if=/dev/zero of=/dev/null bs=64M count=1", memory="16m")
+    return track(Container(spec), made).run().oom_killed
+
+
+def timeout(Container, ContainerSpec, made):
+    result = track(Container(ContainerSpec(command="sleep 30", timeout=0.3)), made).run()
+    return result.timed_out and result.exit_code is None
+
+
+def interrupt(Container, ContainerSpec, made):
+    def stop_button(stream, text):
+        raise KeyboardInterrupt
+
+    container = track(Container(ContainerSpec(command="echo go; sleep 30")), made)
+    try:
+        container.run(on_output=stop_button)
+    except KeyboardInterrupt:
+        return container.result is not None and container.result.interrupted and container.state == "removed"
+    return False
+
+
+def exec_in_long_lived(Container, ContainerSpec, made):
+    container = track(Container(ContainerSpec(command="sleep 60", memory="32m")), made)
+    container.start(detach=True)
+    try:
+        first = container.exec("echo $((6 * 7))")
+        second = container.exec("exit 3")
+        return first.stdout == "42\n" and second.exit_code == 3
+    finally:
+        container.kill()
+        container.remove()
+
+
+def bridge(Container, ContainerSpec, made):
+    spec = ContainerSpec(command="ip -4 -o addr show eth0", network="bridge")
+    container = track(Container(spec), made)
+    result = container.run()
+    return result.exit_code == 0 and " inet " in result.stdout
+
+
+ENDINGS = [ok, failing, oom, timeout, interrupt, exec_in_long_lived, bridge]
+
+
+def track(container, made):
+    made.append(container.id)
+    return container
+
+
+# --- what could leak -------------------------------------------------------------------
+
+def process_figures(pid) -> dict:
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
+    return {"rss_bytes": rss, "open_fds": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+def descendants(pid) -> list:
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def cgroups_of(ids) -> list:
+    leaves = set(ids)
+    left = []
+    for root, dirs, _files in os.walk("/sys/fs/cgroup"):
+        if os.path.basename(root) == "labkit":
+            left += [os.path.join(root, d) for d in dirs if d in leaves]
+            dirs[:] = []
+        elif root.count("/") > 6:
+            dirs[:] = []
+    return sorted(left)
+
+
+def leftovers(home: Path, ids: list, helper_pid: int) -> dict:
+    from labkit.net import ipam, veth
+
+    containers = home / "containers"
+    scratch = home / "tmp"
+    with open("/proc/self/mountinfo") as table:
+        mounts = [line.strip() for line in table if str(home) in line]
+    prefixes = {veth.host_end_name(ident) for ident in ids}
+    book = ipam.read_leases(home)
+    netns_dir = Path("/run/netns")
+    return {
+        "container_dirs": sorted(os.listdir(containers)) if containers.is_dir() else [],
+        "cgroups": cgroups_of(ids),
+        "mounts": mounts,
+        "veths": sorted(name for name in veth.host_ends() if name in prefixes),
+        "netns": sorted(n for n in os.listdir(netns_dir) if any(i[:8] in n for i in ids)) if netns_dir.is_dir() else [],
+        "leases": sorted(book.leases) if book is not None else [],
+        "scratch_dirs": sorted(os.listdir(scratch)) if scratch.is_dir() else [],
+        "processes": sorted(pid for pid in descendants(os.getpid()) if pid != helper_pid),
+    }
+
+
+# --- the run ---------------------------------------------------------------------------
+
+def soak(containers: int = 1000, concurrency: int = 8, home: Path | None = None, say=print) -> dict:
+    """Run the soak in `home` (a fresh temp LABKIT_HOME by default); returns the report."""
+    own_home = home is None
+    home = Path(home or tempfile.mkdtemp(prefix="labkit-soak-"))
+    os.environ["LABKIT_HOME"] = str(home)
+    from labkit.runtime import Container, ContainerSpec
+    from labkit.runtime.helper import get_helper, shutdown_helper
+
+    made, wrong, lock = [], [], threading.Lock()
+    counts = {ending.__name__: 0 for ending in ENDINGS}
+
+    def one(index):
+        ending = ENDINGS[index % len(ENDINGS)]
+        try:
+            right = ending(Container, ContainerSpec, made)
+        except Exception as error:  # an ending that raises is an ending that came back wrong
+            right = False
+            error_text = f"{type(error).__name__}: {error}"
+        else:
+            error_text = ""
+        with lock:
+            counts[ending.__name__] += 1
+            if not right:
+                wrong.append(f"#{index} {ending.__name__} {error_text}".strip())
+
+    try:
+        for index in range(min(WARM_UP, containers)):
+            one(index)
+        helper_pid = get_helper().pid
+        warm = process_figures(helper_pid)
+        sequential = containers // 2
+        started = time.monotonic()
+        for index in range(WARM_UP, sequential):
+            one(index)
+        sequential_seconds = time.monotonic() - started
+        say(f"sequential: {sequential} containers in {sequential_seconds:.1f} s")
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            list(pool.map(one, range(sequential, containers)))
+        concurrent_seconds = time.monotonic() - started
+        say(f"{concurrency}-way concurrent: {containers - sequential} containers in {concurrent_seconds:.1f} s")
+        end = process_figures(helper_pid)
+        left = leftovers(home, made, helper_pid)
+    finally:
+        shutdown_helper()
+    after_helper = leftovers(home, made, helper_pid=-1)
+    from labkit.net import bridge as bridges
+
+    # The bridge serves the whole LABKIT_HOME and goes once no live lease needs it.
+    after_helper["bridge"] = [name for name in [bridges.find_bridge(home)] if name]
+    report = {
+        "containers": len(made), "endings": counts, "wrong_endings": wrong,
+        "sequential_seconds": round(sequential_seconds, 2), "concurrent_seconds": round(concurrent_seconds, 2),
+        "concurrency": concurrency,
+        "helper_after_warm_up": warm, "helper_at_end": end,
+        "helper_rss_growth_bytes": end["rss_bytes"] - warm["rss_bytes"],
+        "helper_fd_growth": end["open_fds"] - warm["open_fds"],
+        "left_while_helper_runs": {key: len(value) for key, value in left.items()},
+        "left_after_helper_exits": {key: len(value) for key, value in after_helper.items()},
+        "left_details": {key: value[:5] for key, value in {**left, **after_helper}.items() if value},
+    }
+    report["passed"] = (not wrong and not any(report["left_while_helper_runs"].values())
+                        and not any(report["left_after_helper_exits"].values())
+                        and report["helper_rss_growth_bytes"] <= RSS_TOLERANCE and report["helper_fd_growth"] <= 0)
+    if own_home and report["passed"]:
+        shutil.rmtree(home, ignore_errors=True)
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--containers", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--json", help="also write the report here")
+    options = parser.parse_args(argv)
+    if options.containers < 1 or options.concurrency < 1:
+        parser.error(f"--containers and --concurrency must be at least 1 (got {options.containers}, "
+                     f"{options.concurrency})")
+    if os.geteuid() != 0:
+        sys.exit("soak: needs root (containers are made for real)")
+    report = soak(options.containers, options.concurrency)
+    print(json.dumps(report, indent=1))
+    if options.json:
+        Path(options.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(options.json).write_text(json.dumps(report, indent=1))
+    print("soak: " + ("PASSED: nothing leaked, the helper did not grow" if report["passed"] else "FAILED"))
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
