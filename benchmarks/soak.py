@@ -187,7 +187,7 @@ def soak(containers: int = 1000, concurrency: int = 8, home: Path | None = None,
         for index in range(WARM_UP, sequential):
             one(index)
         sequential_seconds = time.monotonic() - started
-        say(f"sequential: {sequential} containers in {sequential_seconds:.1f} s")
+        say(f"sequential: {sequential - WARM_UP} containers (after {WARM_UP} to warm up) in {sequential_seconds:.1f} s")
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             list(pool.map(one, range(sequential, containers)))
@@ -204,6 +204,7 @@ def soak(containers: int = 1000, concurrency: int = 8, home: Path | None = None,
     after_helper["bridge"] = [name for name in [bridges.find_bridge(home)] if name]
     report = {
         "containers": len(made), "endings": counts, "wrong_endings": wrong,
+        "warm_up": WARM_UP, "sequential": max(containers // 2 - WARM_UP, 0),
         "sequential_seconds": round(sequential_seconds, 2), "concurrent_seconds": round(concurrent_seconds, 2),
         "concurrency": concurrency,
         "helper_after_warm_up": warm, "helper_at_end": end,
