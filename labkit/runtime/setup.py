@@ -561,13 +561,15 @@ def become_user_and_exec(process):
 
 def run_as_init(process, error_fd):
     """`--init`: PID 1 stays a tiny reaper that forwards signals to the command."""
+    # Named before the fork: the command runs as soon as it is forked, and one that reads
+    # /proc/1/comm must not see the helper's name (a race a busy host loses).
+    syscalls.prctl_set_name("labkit-init")
     child = os.fork()
     if child:
         os.close(error_fd)  # the command's exec closes its copy; EOF then means "started"
         forward = lambda number, _frame: os.kill(child, number)  # noqa: E731
         for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
             signal.signal(number, forward)
-        syscalls.prctl_set_name("labkit-init")
         while True:
             try:
                 pid, status = os.wait()
