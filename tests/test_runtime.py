@@ -103,8 +103,9 @@ def test_a_busy_loop_under_a_quarter_cpu_uses_a_quarter_of_a_core(no_leftovers):
         container.kill()
         container.remove()
     assert before["nr_throttled"] >= 20, f"the loop was never held at its quota: {before}"
-    # Each throttled period used the full quota; the bandwidth timer may be a slice late.
-    assert used >= 0.9 * before["nr_throttled"] * quota, (used, before)
+    # Each throttled period used its quota, less what a CPU the loop left still held
+    # (about 1 ms each): 0.8 still tells a 0.25 quota from a 0.2 one.
+    assert used >= 0.8 * before["nr_throttled"] * quota, (used, before)
     assert used <= (after["nr_periods"] + 1) * quota * 1.1, f"used {used:.3f} s in {after['nr_periods']} periods"
 
 
