@@ -116,6 +116,23 @@ def descendants(pid) -> list:
     return found
 
 
+def processes_of(ids, helper_pid) -> list:
+    """Processes left by the soak's containers: below the helper (its containers), or, with
+    the helper gone, in a cgroup of one of them. Not every process below this one: under
+    pytest other tests' kernels and helpers live there too."""
+    leaves = {ident for ident in ids}
+    found = set(descendants(helper_pid)) if helper_pid > 0 else set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                lines = Path(f"/proc/{entry}/cgroup").read_text().splitlines()
+            except OSError:
+                continue
+            if any(line.rsplit("/", 1)[-1] in leaves for line in lines):
+                found.add(int(entry))
+    return sorted(found)
+
+
 def cgroups_of(ids) -> list:
     leaves = set(ids)
     left = []
@@ -146,7 +163,7 @@ def leftovers(home: Path, ids: list, helper_pid: int) -> dict:
         "netns": sorted(n for n in os.listdir(netns_dir) if any(i[:8] in n for i in ids)) if netns_dir.is_dir() else [],
         "leases": sorted(book.leases) if book is not None else [],
         "scratch_dirs": sorted(os.listdir(scratch)) if scratch.is_dir() else [],
-        "processes": sorted(pid for pid in descendants(os.getpid()) if pid != helper_pid),
+        "processes": processes_of(ids, helper_pid),
     }
 
 

@@ -230,14 +230,15 @@ def notebooks_to_run(names, notebooks: Path) -> list:
     return sorted(path for path in notebooks.glob("*.ipynb"))
 
 
-def execute(path: Path, kernel_name: str = "labkit", timeout: int = 600):
-    """Run every cell of one notebook in a fresh kernel; returns (notebook, error or None)."""
+def execute(path: Path, kernel_name: str = "labkit", timeout: int = 600, startup_timeout: int = 60):
+    """Run every cell of one notebook in a fresh kernel; returns (notebook, error or None).
+    `startup_timeout`: seconds the kernel may take to answer (minutes under emulation)."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, kernel_name=kernel_name, timeout=timeout,
+    client = NotebookClient(notebook, kernel_name=kernel_name, timeout=timeout, startup_timeout=startup_timeout,
                             resources={"metadata": {"path": str(path.parent)}})
     try:
         client.execute()
@@ -255,7 +256,7 @@ def cmd_notebooks_run(options):
     failed = 0
     for path in notebooks_to_run(options.notebooks, notebooks):
         started = time.monotonic()
-        notebook, error = execute(path, timeout=options.timeout)
+        notebook, error = execute(path, timeout=options.timeout, startup_timeout=options.startup_timeout)
         target = path if out is None else out / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(notebook, target)
@@ -284,4 +285,6 @@ def add_subcommand(subparsers):
     where.add_argument("--out", help="directory for executed copies (default notebooks/executed)")
     where.add_argument("--in-place", action="store_true", help="write the outputs into the notebooks themselves")
     run.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
+    run.add_argument("--startup-timeout", type=int, default=60,
+                     help="seconds a kernel may take to start (default 60; raise it in an emulated VM)")
     run.set_defaults(func=cmd_notebooks_run)
