@@ -99,29 +99,12 @@ def process_figures(pid) -> dict:
     return {"rss_bytes": rss, "open_fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
-def descendants(pid) -> list:
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    found, queue = [], [pid]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            found.append(child)
-            queue.append(child)
-    return found
-
-
-def processes_of(ids, helper_pid) -> list:
-    """Processes left by the soak's containers: below the helper (its containers), or, with
-    the helper gone, in a cgroup of one of them. Not every process below this one: under
-    pytest other tests' kernels and helpers live there too."""
-    leaves = {ident for ident in ids}
-    found = set(descendants(helper_pid)) if helper_pid > 0 else set()
+def processes_of(ids) -> list:
+    """Processes in a cgroup of one of the soak's containers (each container's processes
+    join its cgroup first). Not every process below this one or below the helper: under
+    pytest other tests' kernels and containers live there too."""
+    leaves = set(ids)
+    found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -129,7 +112,7 @@ def processes_of(ids, helper_pid) -> list:
             except OSError:
                 continue
             if any(line.rsplit("/", 1)[-1] in leaves for line in lines):
-                found.add(int(entry))
+                found.append(int(entry))
     return sorted(found)
 
 
@@ -145,7 +128,7 @@ def cgroups_of(ids) -> list:
     return sorted(left)
 
 
-def leftovers(home: Path, ids: list, helper_pid: int) -> dict:
+def leftovers(home: Path, ids: list) -> dict:
     from labkit.net import ipam, veth
 
     containers = home / "containers"
@@ -163,7 +146,7 @@ def leftovers(home: Path, ids: list, helper_pid: int) -> dict:
         "netns": sorted(n for n in os.listdir(netns_dir) if any(i[:8] in n for i in ids)) if netns_dir.is_dir() else [],
         "leases": sorted(book.leases) if book is not None else [],
         "scratch_dirs": sorted(os.listdir(scratch)) if scratch.is_dir() else [],
-        "processes": processes_of(ids, helper_pid),
+        "processes": processes_of(ids),
     }
 
 
@@ -211,10 +194,10 @@ def soak(containers: int = 1000, concurrency: int = 8, home: Path | None = None,
         concurrent_seconds = time.monotonic() - started
         say(f"{concurrency}-way concurrent: {containers - sequential} containers in {concurrent_seconds:.1f} s")
         end = process_figures(helper_pid)
-        left = leftovers(home, made, helper_pid)
+        left = leftovers(home, made)
     finally:
         shutdown_helper()
-    after_helper = leftovers(home, made, helper_pid=-1)
+    after_helper = leftovers(home, made)
     from labkit.net import bridge as bridges
 
     # The bridge serves the whole LABKIT_HOME and goes once no live lease needs it.
