@@ -2,10 +2,10 @@
 
 Two kernel versions per kind, as namespaces(7) and the kernel history give them: the
 release that introduced the flag, and the one from which the kind was complete. The
-network namespace arrived in 2.6.24 but most of the stack (and its sysfs and /proc
-views) followed up to 2.6.29; user namespaces arrived in 2.6.23 and could be made by
-an unprivileged user and work with every filesystem only from 3.8; POSIX message
-queues joined the IPC namespace in 2.6.30.
+network namespace arrived in 2.6.24 and the rest of the network stack followed through
+2.6.29; user namespaces arrived in 2.6.23 and were complete in 3.8, the first release
+that let an unprivileged user create one; POSIX message queues joined the IPC namespace
+in 2.6.30.
 """
 
 import functools
