@@ -1,6 +1,8 @@
 """What notebooks 00-06 tell students, pinned on the real kernel so a wrong sentence
 cannot come back: copy-up happens at open(2) for writing (not at the first write, not
-for a read-only open), and the union-fs check fails when a copy did not happen then.
+for a read-only open), and the union-fs check fails when a copy did not happen then;
+PID 1 drops a handler-less SIGTERM even from the host, SIGKILL from the host always
+arrives, and a handler makes SIGTERM arrive.
 """
 
 import os
@@ -53,3 +55,33 @@ def test_namespace_table_text_shows_introduced_and_complete_columns():
     header, row = text.splitlines()
     assert header.split()[:4] == ["kind", "flag", "introduced", "complete"]
     assert row.split()[:4] == ["net", "CLONE_NEWNET", "2.6.24", "2.6.29"]
+
+
+def _catches(pid, number) -> bool:
+    with open(f"/proc/{pid}/status") as status:
+        mask = int(next(line for line in status if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(mask & (1 << (number - 1)))
+
+
+def test_pid_1_drops_sigterm_from_the_host_without_a_handler_but_sigkill_always_arrives(labkit_home):
+    import signal
+
+    with running(command=["sleep", "60"]) as container:
+        os.kill(container.pid, signal.SIGTERM)   # dropped at send time: no handler in PID 1
+        with open(f"/proc/{container.pid}/status") as status:
+            assert next(line for line in status if line.startswith("State:")).split()[1] in "RS"
+        os.kill(container.pid, signal.SIGKILL)
+        assert container.wait(timeout=30).signal == signal.SIGKILL
+
+
+def test_pid_1_with_a_handler_gets_sigterm_from_the_host(labkit_home):
+    import signal
+    import time
+
+    with running(command=["sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.1; done"]) as container:
+        deadline = time.monotonic() + 30
+        while not _catches(container.pid, signal.SIGTERM):
+            assert time.monotonic() < deadline, "the shell never installed its TERM trap"
+            time.sleep(0.02)
+        os.kill(container.pid, signal.SIGTERM)
+        assert container.wait(timeout=30).exit_code == 7
