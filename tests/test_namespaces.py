@@ -32,6 +32,15 @@ def test_namespace_table_has_all_eight_kinds_and_this_host_can_make_them():
     assert missing == {}, f"this host cannot create: {missing}"
 
 
+def test_namespace_table_gives_introduced_and_complete_releases_as_namespaces_7_does():
+    # clone(2) took CLONE_NEWNET from 2.6.24 and CLONE_NEWUSER from 2.6.23; 2.6.29 and
+    # 3.8 are when those kinds became complete, not when they appeared.
+    releases = {ns.name: (ns.introduced, ns.complete) for ns in NAMESPACES}
+    assert releases == {"mnt": ("2.4.19", "2.4.19"), "uts": ("2.6.19", "2.6.19"), "ipc": ("2.6.19", "2.6.30"),
+                        "pid": ("2.6.24", "2.6.24"), "net": ("2.6.24", "2.6.29"), "user": ("2.6.23", "3.8"),
+                        "cgroup": ("4.6", "4.6"), "time": ("5.6", "5.6")}
+
+
 def test_every_kind_is_isolated_when_asked(labkit_home):
     inside = inodes_inside(ALL_KINDS)
     host = {kind: namespace_inode(kind) for kind in ALL_KINDS}

@@ -29,7 +29,8 @@ def run(params: Params, progress=None):
     result = new_result("namespace_tour", params)
     available = available_namespaces()
     result.data["table"] = [
-        {"kind": ns.name, "flag": ns.flag_name, "isolates": ns.isolates, "first_kernel": ns.first_kernel,
+        {"kind": ns.name, "flag": ns.flag_name, "isolates": ns.isolates,
+         "introduced": ns.introduced, "complete": ns.complete,
          "available": available.get(ns.name) is None, "why_not": available.get(ns.name)}
         for ns in NAMESPACES
     ]
@@ -111,13 +112,14 @@ def check(result) -> Check:
 
 
 def table_text(result) -> str:
-    """The namespace table, as rebuilt on this host."""
-    rows = [("kind", "flag", "first kernel", "here", "isolates")]
+    """The namespace table, as rebuilt on this host: the kernel release that introduced
+    each kind and the one that completed it, and whether this host can make it."""
+    rows = [("kind", "flag", "introduced", "complete", "here", "isolates")]
     for row in result.data["table"]:
-        rows.append((row["kind"], row["flag"], row["first_kernel"], "yes" if row["available"] else "no",
-                     row["isolates"]))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths)) + "  " + r[4] for r in rows)
+        rows.append((row["kind"], row["flag"], row["introduced"], row["complete"],
+                     "yes" if row["available"] else "no", row["isolates"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r[:5], widths)) + "  " + r[5] for r in rows)
 
 
 def plot(result):

@@ -1,4 +1,12 @@
-"""The eight namespace kinds: one table students read, and a probe of this host."""
+"""The eight namespace kinds: one table students read, and a probe of this host.
+
+Two kernel versions per kind, as namespaces(7) and the kernel history give them: the
+release that introduced the flag, and the one from which the kind was complete. The
+network namespace arrived in 2.6.24 and the rest of the network stack followed through
+2.6.29; user namespaces arrived in 2.6.23 and were complete in 3.8, the first release
+that let an unprivileged user create one; POSIX message queues joined the IPC namespace
+in 2.6.30.
+"""
 
 import functools
 import os
@@ -13,21 +21,24 @@ class Namespace:
     flag: int           # CLONE_NEW* for clone(2), unshare(2), setns(2)
     flag_name: str
     isolates: str
-    first_kernel: str   # the release that completed it
+    introduced: str     # the release whose clone(2) first accepted the flag
+    complete: str       # the release from which it isolated all it isolates today
 
     def path(self, pid="self") -> str:
         return f"/proc/{pid}/ns/{self.name}"
 
 
 NAMESPACES = (
-    Namespace("mnt", syscalls.CLONE_NEWNS, "CLONE_NEWNS", "mount points and the root directory", "2.4.19"),
-    Namespace("uts", syscalls.CLONE_NEWUTS, "CLONE_NEWUTS", "hostname and NIS domain name", "2.6.19"),
-    Namespace("ipc", syscalls.CLONE_NEWIPC, "CLONE_NEWIPC", "System V IPC objects and POSIX message queues", "2.6.19"),
-    Namespace("pid", syscalls.CLONE_NEWPID, "CLONE_NEWPID", "process IDs (the first process is PID 1)", "2.6.24"),
-    Namespace("net", syscalls.CLONE_NEWNET, "CLONE_NEWNET", "network devices, addresses, routes, ports, firewall", "2.6.29"),
-    Namespace("user", syscalls.CLONE_NEWUSER, "CLONE_NEWUSER", "user and group IDs, capabilities", "3.8"),
-    Namespace("cgroup", syscalls.CLONE_NEWCGROUP, "CLONE_NEWCGROUP", "the view of the cgroup hierarchy", "4.6"),
-    Namespace("time", syscalls.CLONE_NEWTIME, "CLONE_NEWTIME", "CLOCK_MONOTONIC and CLOCK_BOOTTIME offsets", "5.6"),
+    Namespace("mnt", syscalls.CLONE_NEWNS, "CLONE_NEWNS", "mount points and the root directory", "2.4.19", "2.4.19"),
+    Namespace("uts", syscalls.CLONE_NEWUTS, "CLONE_NEWUTS", "hostname and NIS domain name", "2.6.19", "2.6.19"),
+    Namespace("ipc", syscalls.CLONE_NEWIPC, "CLONE_NEWIPC", "System V IPC objects and POSIX message queues",
+              "2.6.19", "2.6.30"),
+    Namespace("pid", syscalls.CLONE_NEWPID, "CLONE_NEWPID", "process IDs (the first process is PID 1)", "2.6.24", "2.6.24"),
+    Namespace("net", syscalls.CLONE_NEWNET, "CLONE_NEWNET", "network devices, addresses, routes, ports, firewall",
+              "2.6.24", "2.6.29"),
+    Namespace("user", syscalls.CLONE_NEWUSER, "CLONE_NEWUSER", "user and group IDs, capabilities", "2.6.23", "3.8"),
+    Namespace("cgroup", syscalls.CLONE_NEWCGROUP, "CLONE_NEWCGROUP", "the view of the cgroup hierarchy", "4.6", "4.6"),
+    Namespace("time", syscalls.CLONE_NEWTIME, "CLONE_NEWTIME", "CLOCK_MONOTONIC and CLOCK_BOOTTIME offsets", "5.6", "5.6"),
 )
 
 BY_NAME = {ns.name: ns for ns in NAMESPACES}
