@@ -1,0 +1,108 @@
+"""Device control, on the real kernel: the cgroup primitives (v1 `devices` controller,
+v2 BPF program), then the escapes a container tried before it existed.
+
+Nodes opened here are ones the test made: `/dev/zero`'s numbers in a temp dir, and a
+loop device over a temp file of its own (detached afterwards). Nothing is written to a
+device the test did not make.
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from labkit.cgroups import HierarchyV1, HierarchyV2, Limits
+from labkit.cgroups.devices import DOCKER_DEFAULT, DeviceRule
+from labkit.cgroups.v1 import controller_mounts
+from labkit.cgroups.v2 import unified_mount
+from labkit.errors import ConfigError
+
+pytestmark = pytest.mark.root
+
+V1 = controller_mounts()
+UNIFIED = unified_mount()
+needs_v1_devices = pytest.mark.skipif("devices" not in V1, reason="no cgroup v1 devices hierarchy on this host")
+needs_cgroup2 = pytest.mark.skipif(UNIFIED is None, reason="no cgroup2 filesystem mounted on this host")
+
+
+def leaf():
+    return f"test-devices-{os.getpid()}-{time.monotonic_ns()}"
+
+
+OPEN_ALL = """
+import os, sys
+for path in sys.argv[1:]:
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+        print(path, "ok")
+    except OSError as error:
+        print(path, error.strerror)
+"""
+
+
+def open_inside(cgroup, paths):
+    """Open each path from a process inside `cgroup`: {path: "ok" | strerror}."""
+    process = subprocess.Popen(["sh", "-c", 'read _; exec "$@"', "sh", sys.executable, "-c", OPEN_ALL, *paths],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    cgroup.add_process(process.pid)
+    out, _ = process.communicate("go\n", timeout=60)
+    return dict(line.rsplit(" ", 1) if " ok" in line else line.split(" ", 1) for line in out.splitlines())
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    """A node with /dev/null's numbers and one with /dev/zero's, made by the test."""
+    made = {}
+    for name, minor in (("null", 3), ("zero", 5)):
+        path = tmp_path / name
+        os.mknod(path, 0o666 | 0o020000, os.makedev(1, minor))
+        made[name] = str(path)
+    return made
+
+
+def test_device_rules_read_as_the_v1_controller_writes_them():
+    assert str(DeviceRule.parse("c 136:* rwm")) == "c 136:* rwm"
+    assert DeviceRule.parse("b *:* m") == DeviceRule("b", None, None, "m")
+    with pytest.raises(ConfigError, match="device rule 'c 1:3 rwx'"):
+        DeviceRule.parse("c 1:3 rwx")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_cgroup_with_device_rules_opens_only_what_they_allow(version, nodes):
+    if version == 1 and "devices" not in V1:
+        pytest.skip("no cgroup v1 devices hierarchy on this host")
+    if version == 2 and UNIFIED is None:
+        pytest.skip("no cgroup2 filesystem mounted on this host")
+    hierarchy = HierarchyV1() if version == 1 else HierarchyV2(UNIFIED)
+    cgroup = hierarchy.create(leaf(), Limits(devices=["c 1:3 rwm"]))
+    try:
+        opened = open_inside(cgroup, [nodes["null"], nodes["zero"]])
+    finally:
+        cgroup.delete()
+    assert opened == {nodes["null"]: "ok", nodes["zero"]: "Operation not permitted"}
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_without_device_rules_the_same_node_opens(version, nodes):
+    if version == 2 and UNIFIED is None:
+        pytest.skip("no cgroup2 filesystem mounted on this host")
+    hierarchy = HierarchyV1() if version == 1 else HierarchyV2(UNIFIED)
+    cgroup = hierarchy.create(leaf(), Limits())
+    try:
+        opened = open_inside(cgroup, [nodes["zero"]])
+    finally:
+        cgroup.delete()
+    assert opened == {nodes["zero"]: "ok"}
+
+
+@needs_v1_devices
+def test_the_v1_devices_list_is_dockers_allow_list():
+    cgroup = HierarchyV1().create(leaf(), Limits(devices=list(DOCKER_DEFAULT)))
+    try:
+        with open(os.path.join(cgroup.dirs["devices"], "devices.list")) as listing:
+            assert sorted(listing.read().split("\n")[:-1]) == sorted(DOCKER_DEFAULT)
+    finally:
+        cgroup.delete()
+    assert not cgroup.exists()
