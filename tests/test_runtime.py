@@ -201,8 +201,9 @@ def test_device_read_rate_limits_direct_reads(no_leftovers, loop_device):
     # 3 MiB at 1 MiB/s: about 3 s when throttled, milliseconds when not.
     script = f"dd if={loop_device} of=/dev/null bs=64k count=48 iflag=direct"
     volume = [f"{loop_device}:{loop_device}"]
-    limited = run(script, volumes=volume, device_read_bps=[f"{loop_device}:1m"]).check()
-    free = run(script, volumes=volume).check()
+    # A host block device opens only without device control (Docker: --device or --privileged).
+    limited = run(script, volumes=volume, device_read_bps=[f"{loop_device}:1m"], privileged=True).check()
+    free = run(script, volumes=volume, privileged=True).check()
     assert limited.duration > 2.0, limited.stderr
     assert limited.duration > 3 * free.duration
 
