@@ -106,3 +106,59 @@ def test_the_v1_devices_list_is_dockers_allow_list():
     finally:
         cgroup.delete()
     assert not cgroup.exists()
+
+
+# --- the escapes, through the runtime (v1 here; v2 in the VM lane) ------------------------
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A loop device over a temp file of this test's own; detached afterwards."""
+    import shutil
+
+    if shutil.which("losetup") is None:
+        pytest.skip("losetup (util-linux) is not installed")
+    backing = tmp_path / "disk.img"
+    with open(backing, "wb") as handle:
+        handle.truncate(1 << 20)
+    made = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a loop device here: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    try:
+        yield os.major(os.stat(device).st_rdev), os.minor(os.stat(device).st_rdev)
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=True)
+
+
+def mknod_and_open(kind, major, minor, how, **options):
+    """mknod a node inside a fresh container, then open it: (made?, opened?)."""
+    from labkit.runtime import run
+
+    script = (f"mknod /tmp/node {kind} {major} {minor} && echo made; "
+              + ("head -c 512 /tmp/node > /dev/null" if how == "read" else ": > /tmp/node")
+              + " && echo opened")
+    lines = run(script, **options).stdout.split()
+    return "made" in lines, "opened" in lines
+
+
+@pytest.mark.cgroup_v2
+def test_a_block_device_node_can_be_made_but_not_opened(labkit_home, loop_device):
+    major, minor = loop_device
+    assert mknod_and_open("b", major, minor, "read") == (True, False)
+    # Without device control (and only with the test's own loop device) it opens.
+    assert mknod_and_open("b", major, minor, "read", privileged=True) == (True, True)
+
+
+@pytest.mark.cgroup_v2
+def test_dev_kmsg_cannot_be_opened_for_writing(labkit_home):
+    # /dev/kmsg is c 1:11; the privileged case only opens it (writes nothing).
+    assert mknod_and_open("c", 1, 11, "write") == (True, False)
+    assert mknod_and_open("c", 1, 11, "write", privileged=True) == (True, True)
+
+
+@pytest.mark.cgroup_v2
+def test_the_allowed_devices_still_work(labkit_home):
+    from labkit.runtime import run
+
+    result = run("head -c 16 /dev/urandom | wc -c; echo x > /dev/null; head -c 4 /dev/zero | wc -c").check()
+    assert result.stdout.split() == ["16", "4"]
