@@ -7,8 +7,11 @@ when it has exited and been cleaned up:
 
 - bare:     posix_spawn + wait of /bin/true (no isolation at all)
 - unshare:  util-linux `unshare` with the same six namespaces (no cgroups, no overlay)
-- labkit:   Container.run(): six namespaces, memory+cpu+pids cgroups, overlay root with
-            an init layer, pivot_root, /proc /dev /sys, exec, then removal
+- labkit:   Container.run(): six namespaces, memory+cpu+pids(+devices) cgroups, overlay
+            root with an init layer, pivot_root, /proc /dev /sys, Docker's default
+            profile (capabilities, seccomp filter, device allow-list), exec, then removal
+- labkit --privileged: the same without the profile (no seccomp filter, no device
+            control): the difference is what the profile costs at start-up
 - crun/runc: when installed; an OCI bundle on the same busybox files. crun refuses this
             host's hybrid cgroups, so it runs inside a private mount namespace in which
             /sys/fs/cgroup/unified is unmounted (the host is untouched).
@@ -121,6 +124,8 @@ def main():
     rows["unshare (6 ns)"] = timed(lambda: subprocess.run(unshare_command(), check=True), options.runs)
     spec = ContainerSpec(command=["/bin/true"], memory="256m", cpus=1, pids=64)
     rows["labkit"] = timed(lambda: Container(spec).run().check(), options.runs)
+    privileged = ContainerSpec(command=["/bin/true"], memory="256m", cpus=1, pids=64, privileged=True)
+    rows["labkit --privileged"] = timed(lambda: Container(privileged).run().check(), options.runs)
     for runtime in ("crun", "runc"):
         row, why = oci_row(runtime, str(image.layer_dirs[0]), max(20, options.runs // 4))
         if row:
@@ -129,9 +134,11 @@ def main():
             notes.append(why)
 
     labkit = rows["labkit"]["median_ms"]
-    print(f"{'runtime':18} {'median ms':>10} {'p90 ms':>8} {'labkit ÷ this':>14}")
+    print(f"{'runtime':20} {'median ms':>10} {'p90 ms':>8} {'labkit ÷ this':>14}")
     for name, row in rows.items():
-        print(f"{name:18} {row['median_ms']:10.2f} {row['p90_ms']:8.2f} {labkit / row['median_ms']:14.2f}")
+        print(f"{name:20} {row['median_ms']:10.2f} {row['p90_ms']:8.2f} {labkit / row['median_ms']:14.2f}")
+    profile_cost = labkit - rows["labkit --privileged"]["median_ms"]
+    print(f"\nDocker's default profile (seccomp + devices + capabilities) costs {profile_cost:.2f} ms a start")
     if "crun" in rows:
         ratio = labkit / rows["crun"]["median_ms"]
         print(f"\nlabkit / crun = {ratio:.2f} (goal ≤ 0.70: {'met' if ratio <= 0.7 else 'not met'})")

@@ -140,3 +140,58 @@ def test_errno_ret_of_a_rule_is_what_the_caller_sees(tmp_path):
 def test_library_and_kernel_are_reported():
     assert seccomp.libseccomp_version().count(".") == 2
     assert seccomp.kernel_support() is None
+
+
+def test_doctor_reports_seccomp_and_device_control():
+    from labkit.doctor import check_device_control, check_seccomp
+
+    seccomp_row, devices_row = check_seccomp(), check_device_control()
+    assert seccomp_row.ok and seccomp.libseccomp_version() in seccomp_row.detail
+    assert devices_row.what == "device control"
+    assert ("devices controller" in devices_row.detail) or ("BPF_PROG_TYPE_CGROUP_DEVICE" in devices_row.detail)
+
+
+# --- the options, as the CLI and the magics pass them -----------------------------------
+
+@pytest.mark.parametrize("fields, message", [
+    ({"security_opt": ["seccomp"]}, "--security-opt 'seccomp' is not understood"),
+    ({"security_opt": ["apparmor=docker-default"]}, "--security-opt 'apparmor=docker-default': labkit has no apparmor"),
+    ({"security_opt": ["no-new-privileges=yes"]}, "no-new-privileges takes true or false, not 'yes'"),
+    ({"security_opt": ["seccomp=/no/such/profile.json"]}, "--security-opt seccomp=/no/such/profile.json: .*No such file"),
+    ({"cap_drop": ["FLY"]}, "--cap-drop 'FLY': unknown capability"),
+    ({"cap_add": ["FLY"]}, "--cap-add 'FLY': unknown capability"),
+])
+def test_bad_security_options_are_refused_naming_the_option_and_value(fields, message):
+    from labkit.runtime import ContainerSpec
+
+    with pytest.raises(ConfigError, match=message):
+        ContainerSpec(**fields).validated()
+
+
+def test_security_options_in_dockers_spellings():
+    from labkit.runtime import ContainerSpec
+
+    spec = ContainerSpec(security_opt=["seccomp:unconfined", "no-new-privileges:true"]).validated()
+    assert (spec.seccomp, spec.no_new_privileges) == ("unconfined", True)
+    assert ContainerSpec(security_opt=["no-new-privileges=false"]).validated().no_new_privileges is False
+
+
+def test_capability_arithmetic_is_dockers():
+    from labkit.linux.capabilities import NAMES
+    from labkit.security.options import capability_set
+
+    assert capability_set([], []) == set(CONTAINER_DEFAULT)
+    assert capability_set(["sys_admin"], ["net_raw"]) == set(CONTAINER_DEFAULT) - {"net_raw"} | {"sys_admin"}
+    assert capability_set(["chown"], ["all"]) == {"chown"}
+    assert capability_set(["all"], ["sys_module"]) == set(NAMES) - {"sys_module"}
+    assert capability_set([], [], privileged=True) == set(NAMES)
+
+
+def test_privileged_means_no_filter_and_no_device_control():
+    from labkit.runtime import ContainerSpec
+    from labkit.security.options import security_plan
+
+    default = security_plan(ContainerSpec().validated())
+    privileged = security_plan(ContainerSpec(privileged=True).validated())
+    assert default["seccomp"] == "default" and "c 1:3 rwm" in default["devices"]
+    assert privileged["seccomp"] is None and privileged["devices"] is None
