@@ -126,14 +126,20 @@ ACTIONS = {
 COMPARISONS = {"SCMP_CMP_NE": 1, "SCMP_CMP_LT": 2, "SCMP_CMP_LE": 3, "SCMP_CMP_EQ": 4,
                "SCMP_CMP_GE": 5, "SCMP_CMP_GT": 6, "SCMP_CMP_MASKED_EQ": 7}
 
-# `includes.arches` / `excludes.arches` speak Docker's (Go's) names for the machine.
-DOCKER_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "x86", "i386": "x86", "armv7l": "arm",
-               "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64", "mips64": "mips64"}
+# os.uname().machine -> (libseccomp's name for it, Docker's name in includes/excludes.arches)
+MACHINES = {"x86_64": ("x86_64", "amd64"), "aarch64": ("aarch64", "arm64"), "i686": ("x86", "x86"),
+            "i386": ("x86", "x86"), "armv7l": ("arm", "arm"), "ppc64le": ("ppc64le", "ppc64le"),
+            "s390x": ("s390x", "s390x"), "riscv64": ("riscv64", "riscv64"), "loongarch64": ("loongarch64", "loong64")}
+
+
+def native_arch() -> str:
+    machine = os.uname().machine
+    return MACHINES.get(machine, (machine, machine))[0]
 
 
 def native_docker_arch() -> str:
     machine = os.uname().machine
-    return DOCKER_ARCH.get(machine, machine)
+    return MACHINES.get(machine, (machine, machine))[1]
 
 
 def _action_value(name, errno_value, where):
@@ -286,11 +292,10 @@ def _rule(entry, where) -> Rule:
 
 
 def _architectures(data, where) -> list:
-    native = native_docker_arch()
     names = list(data.get("architectures") or ())
     for entry in data.get("archMap") or ():
         # Docker keeps the entry for the machine it runs on: that arch and its sub-arches.
-        if _libseccomp_arch(entry.get("architecture", "")) == _libseccomp_arch(_seccomp_arch_of(native)):
+        if _libseccomp_arch(entry.get("architecture", "")) == native_arch():
             names = [entry["architecture"]] + list(entry.get("subArchitectures") or ())
             break
     result = []
@@ -299,11 +304,6 @@ def _architectures(data, where) -> list:
             raise ConfigError(f"{where}: architecture {name!r} is not an SCMP_ARCH_* name")
         result.append(_libseccomp_arch(name))
     return result
-
-
-def _seccomp_arch_of(docker_arch):
-    return "SCMP_ARCH_" + {"amd64": "X86_64", "arm64": "AARCH64", "x86": "X86", "arm": "ARM"}.get(
-        docker_arch, docker_arch.upper())
 
 
 def _libseccomp_arch(name: str) -> str:
@@ -360,6 +360,7 @@ NEWER_THAN_LIBSECCOMP = frozenset({
 # --- loading, in the container -------------------------------------------------------
 
 SECCOMP_SET_MODE_FILTER = 1
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 _SOCK_FILTER_SIZE = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
 
 
@@ -376,16 +377,17 @@ def load_filter(program: bytes) -> None:
     """seccomp(SECCOMP_SET_MODE_FILTER, 0, program): from now on the kernel runs the
     program on every syscall of this process and its children. Needs no_new_privs or
     CAP_SYS_ADMIN in the caller's user namespace."""
-    if _SYS_SECCOMP is None:
-        raise OSError(errno.ENOSYS, f"seccomp(2): labkit does not know its number on {os.uname().machine}")
     buffer = ctypes.create_string_buffer(program, len(program))
-    fprog = _SockFprog(len(program) // _SOCK_FILTER_SIZE, ctypes.cast(buffer, ctypes.c_void_p))
-    result = _libc.syscall(ctypes.c_long(_SYS_SECCOMP), ctypes.c_uint(SECCOMP_SET_MODE_FILTER), ctypes.c_uint(0),
-                           ctypes.byref(fprog))
+    count = len(program) // _SOCK_FILTER_SIZE
+    fprog = _SockFprog(count, ctypes.cast(buffer, ctypes.c_void_p))
+    if _SYS_SECCOMP is not None:
+        result = _libc.syscall(ctypes.c_long(_SYS_SECCOMP), ctypes.c_uint(SECCOMP_SET_MODE_FILTER), ctypes.c_uint(0),
+                               ctypes.byref(fprog))
+    else:  # a machine whose seccomp(2) number we do not carry: prctl does the same
+        result = _libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(fprog), 0, 0)
     if result == -1:
         err = ctypes.get_errno()
-        raise OSError(err, f"seccomp(SECCOMP_SET_MODE_FILTER, {len(program) // _SOCK_FILTER_SIZE} instructions): "
-                           f"{os.strerror(err)}")
+        raise OSError(err, f"seccomp(SECCOMP_SET_MODE_FILTER, {count} instructions): {os.strerror(err)}")
 
 
 def kernel_support() -> str | None:
