@@ -191,7 +191,6 @@ def test_privileged_means_no_filter_and_no_device_control():
     from labkit.runtime import ContainerSpec
     from labkit.security.options import security_plan
 
-    default = security_plan(ContainerSpec().validated())
-    privileged = security_plan(ContainerSpec(privileged=True).validated())
-    assert default["seccomp"] == "default" and "c 1:3 rwm" in default["devices"]
-    assert privileged["seccomp"] is None and privileged["devices"] is None
+    default, privileged = ContainerSpec().validated(), ContainerSpec(privileged=True).validated()
+    assert security_plan(default).seccomp == "default" and "c 1:3 rwm" in default.limits().devices
+    assert security_plan(privileged).seccomp is None and privileged.limits().devices is None
