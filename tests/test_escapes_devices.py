@@ -149,6 +149,25 @@ def test_a_block_device_node_can_be_made_but_not_opened(labkit_home, loop_device
     assert mknod_and_open("b", major, minor, "read", privileged=True) == (True, True)
 
 
+def unregistered_block_major() -> int:
+    """A block major no driver has registered here (from /proc/devices)."""
+    with open("/proc/devices") as table:
+        text = table.read()
+    used = {int(line.split()[0]) for line in text.split("Block devices:")[1].splitlines() if line.strip()}
+    return next(major for major in range(240, 200, -1) if major not in used)
+
+
+@pytest.mark.cgroup_v2
+def test_a_block_node_is_refused_before_the_kernel_looks_for_its_disk(labkit_home):
+    """Holds where no loop device can be made (the VM lane): device control answers
+    EPERM before the block layer would answer ENXIO for a disk that does not exist."""
+    from labkit.runtime import run
+
+    script = f"mknod /tmp/node b {unregistered_block_major()} 0 && head -c 1 /tmp/node 2>&1 >/dev/null"
+    assert "Operation not permitted" in run(script).stdout
+    assert "No such device or address" in run(script, privileged=True).stdout
+
+
 @pytest.mark.cgroup_v2
 def test_dev_kmsg_cannot_be_opened_for_writing(labkit_home):
     # /dev/kmsg is c 1:11; the privileged case only opens it (writes nothing).
