@@ -181,3 +181,17 @@ def test_the_allowed_devices_still_work(labkit_home):
 
     result = run("head -c 16 /dev/urandom | wc -c; echo x > /dev/null; head -c 4 /dev/zero | wc -c").check()
     assert result.stdout.split() == ["16", "4"]
+
+
+@pytest.mark.cgroup_v2
+def test_an_exec_is_under_the_containers_device_control(labkit_home):
+    from labkit.runtime import Container
+
+    script = f"mknod /tmp/node b {unregistered_block_major()} 0 && head -c 1 /tmp/node 2>&1 >/dev/null"
+    for privileged, expected in ((False, "Operation not permitted"), (True, "No such device or address")):
+        container = Container(command=["sleep", "60"], privileged=privileged).start(detach=True)
+        try:
+            output = container.exec(script).stdout
+        finally:
+            container.remove()
+        assert expected in output, output
