@@ -100,6 +100,23 @@ def test_an_unknown_action_and_a_missing_file_are_refused(tmp_path):
         seccomp.Profile.load(tmp_path / "absent.json")
 
 
+@pytest.mark.parametrize("entry, message", [
+    ({"names": "read", "action": "SCMP_ACT_ALLOW"}, "names must be a list"),
+    ({"names": ["read"], "action": "SCMP_ACT_ERRNO", "errnoRet": "EPERM"}, "errnoRet 'EPERM' is not a number"),
+    ({"names": ["read"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_ABOUT"}]},
+     "unknown comparison 'SCMP_CMP_ABOUT'"),
+    ({"names": ["read"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 7, "value": 1, "op": "SCMP_CMP_EQ"}]},
+     "argument .* needs index 0 to 5"),
+    ({"names": ["read"], "action": "SCMP_ACT_ALLOW", "includes": ["CAP_SYS_ADMIN"]}, "includes must be an object"),
+    ({"names": ["read"], "action": "SCMP_ACT_NOTIFY"}, "SCMP_ACT_NOTIFY needs a seccomp agent"),
+])
+def test_a_malformed_rule_is_refused_naming_where_it_is(tmp_path, entry, message):
+    path = write_profile(tmp_path, {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["write"],
+                                    "action": "SCMP_ACT_ALLOW"}, entry]})
+    with pytest.raises(ConfigError, match=rf"seccomp profile {path}, syscalls\[1\]: {message}"):
+        seccomp.Profile.load(path)
+
+
 def test_syscalls_newer_than_libseccomp_are_accepted_and_stay_at_the_default(tmp_path):
     path = write_profile(tmp_path, {"defaultAction": "SCMP_ACT_ERRNO",
                                     "syscalls": [{"names": ["read", "mseal"], "action": "SCMP_ACT_ALLOW"}]})

@@ -148,10 +148,11 @@ def _action_value(name, errno_value, where):
     if name not in ACTIONS:
         raise ConfigError(f"{where}: unknown action {name!r}; the actions are {', '.join(sorted(ACTIONS))}")
     action = ACTIONS[name]
-    if action == SCMP_ACT_ERRNO:
-        return action | ((errno.EPERM if errno_value is None else int(errno_value)) & 0xFFFF)
-    if action == SCMP_ACT_TRACE:
-        return action | ((errno.EPERM if errno_value is None else int(errno_value)) & 0xFFFF)
+    if action in (SCMP_ACT_ERRNO, SCMP_ACT_TRACE):  # both carry a 16-bit value
+        value = errno.EPERM if errno_value is None else errno_value
+        if not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+            raise ConfigError(f"{where}: errnoRet {errno_value!r} is not a number from 0 to 65535")
+        return action | value
     return action
 
 
@@ -246,7 +247,10 @@ class Profile:
             # A binary tree of syscall numbers instead of libseccomp's default linear
             # chain: the same decisions, but the kernel prepares it in ~0.5 ms instead of
             # ~1.6 ms at load (measured here) and each syscall walks log(n) jumps.
-            lib.seccomp_attr_set(context, SCMP_FLTATR_CTL_OPTIMIZE, 2)
+            try:
+                lib.seccomp_attr_set(context, SCMP_FLTATR_CTL_OPTIMIZE, 2)
+            except OSError:
+                pass  # libseccomp older than 2.5: the linear chain, same decisions
             for name in self.architectures:
                 token = lib.seccomp_arch_resolve_name(name.encode())
                 if token == 0:
@@ -270,25 +274,32 @@ def _rule(entry, where) -> Rule:
     if entry.get("name") and entry.get("names"):
         raise ConfigError(f"{where}: both name and names are given; use one")
     names = entry.get("names") or ([entry["name"]] if entry.get("name") else [])
-    if not names:
-        raise ConfigError(f"{where}: no syscall names")
+    if not names or not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"{where}: names must be a list of syscall names")
     action = entry.get("action")
     _action_value(action, entry.get("errnoRet"), where)
     for name in names:
         if syscall_number(name) is None and name not in NEWER_THAN_LIBSECCOMP:
             raise ConfigError(f"{where}: unknown syscall {name!r} (libseccomp {libseccomp_version()} "
                               "does not know it; is it misspelt?)")
-    args = []
-    for arg in entry.get("args") or ():
-        if arg.get("op") not in COMPARISONS:
-            raise ConfigError(f"{where}: unknown comparison {arg.get('op')!r}; "
-                              f"the comparisons are {', '.join(COMPARISONS)}")
-        if not 0 <= int(arg.get("index", -1)) <= 5:
-            raise ConfigError(f"{where}: argument index {arg.get('index')!r} is not 0 to 5")
-        args.append({"index": int(arg["index"]), "value": int(arg.get("value", 0)),
-                     "valueTwo": int(arg.get("valueTwo", 0)), "op": arg["op"]})
-    return Rule(list(names), action, entry.get("errnoRet"), args,
-                dict(entry.get("includes") or {}), dict(entry.get("excludes") or {}))
+    args = [_argument(arg, where) for arg in entry.get("args") or ()]
+    conditions = {}
+    for key in ("includes", "excludes"):
+        value = entry.get(key) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key} must be an object with caps, arches or minKernel")
+        conditions[key] = dict(value)
+    return Rule(list(names), action, entry.get("errnoRet"), args, conditions["includes"], conditions["excludes"])
+
+
+def _argument(arg, where) -> dict:
+    if not isinstance(arg, dict) or arg.get("op") not in COMPARISONS:
+        op = arg.get("op") if isinstance(arg, dict) else arg
+        raise ConfigError(f"{where}: unknown comparison {op!r}; the comparisons are {', '.join(COMPARISONS)}")
+    values = {key: arg.get(key, 0) for key in ("index", "value", "valueTwo")}
+    if not all(isinstance(value, int) and value >= 0 for value in values.values()) or values["index"] > 5:
+        raise ConfigError(f"{where}: argument {arg} needs index 0 to 5 and non-negative numbers")
+    return {**values, "op": arg["op"]}
 
 
 def _architectures(data, where) -> list:
