@@ -52,40 +52,37 @@ def assemble(rules) -> bytes:
         _insn(LDX_W, R5, R1, 8),          # r5 = minor
     ]
     for rule in parse_rules(rules):
-        checks = []
-        if rule.type != "a":
-            checks.append((R3, TYPE_CODES[rule.type]))
-        checks_access = 7 & ~rule.access_mask
-        if rule.major is not None:
-            checks.append((R4, rule.major))
-        if rule.minor is not None:
-            checks.append((R5, rule.minor))
-        # Each check jumps past the rest of this rule's block when it fails.
-        block_length = len(checks) + (3 if checks_access else 0) + 2
-        body = []
-        for register, value in checks:
-            body.append((JNE_IMM, register, value))
-        if checks_access:
-            # access wanted outside what the rule grants -> next rule
-            body.append((MOV32_REG, R0, R2))
-            body.append((AND32_IMM, R0, checks_access))
-            body.append((JNE_IMM, R0, 0))
-        position = 0
-        for code, register, value in body:
-            position += 1
-            if code == JNE_IMM:
-                program.append(_insn(JNE_IMM, register, off=block_length - position, imm=value))
-            elif code == MOV32_REG:
-                program.append(_insn(MOV32_REG, register, value))
-            else:
-                program.append(_insn(code, register, imm=value))
-        program.append(_insn(MOV64_IMM, R0, imm=1))
-        program.append(_insn(EXIT))
-        if not body:
-            return b"".join(program)  # allows everything: nothing after it is reachable
+        block = _rule_block(rule)
+        program += block
+        if len(block) == 2:
+            return b"".join(program)  # the rule allows everything: nothing after it is reachable
     program.append(_insn(MOV64_IMM, R0, imm=0))
     program.append(_insn(EXIT))
     return b"".join(program)
+
+
+def _rule_block(rule) -> list:
+    """Checks that each jump to the next rule's block when they fail, then "return 1"."""
+    checks = []   # (register, value it must equal)
+    if rule.type != "a":
+        checks.append((R3, TYPE_CODES[rule.type]))
+    if rule.major is not None:
+        checks.append((R4, rule.major))
+    if rule.minor is not None:
+        checks.append((R5, rule.minor))
+    refused_access = 7 & ~rule.access_mask
+    length = len(checks) + (3 if refused_access else 0) + 2
+    block = []
+    for register, value in checks:
+        block.append(_insn(JNE_IMM, register, off=length - len(block) - 1, imm=value))
+    if refused_access:
+        # r0 = access wanted & access this rule does not grant; anything left: next rule
+        block.append(_insn(MOV32_REG, R0, R2))
+        block.append(_insn(AND32_IMM, R0, imm=refused_access))
+        block.append(_insn(JNE_IMM, R0, off=length - len(block) - 1, imm=0))
+    block.append(_insn(MOV64_IMM, R0, imm=1))
+    block.append(_insn(EXIT))
+    return block
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
