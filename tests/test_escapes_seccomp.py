@@ -86,11 +86,9 @@ except OSError as error:
 
 def attempt(name, **options):
     """Run probe function `name` in a fresh container: 'ok' or the errno's name."""
-    from labkit.magics.container import python_volumes
     from labkit.runtime import run
 
-    interpreter, volumes = python_volumes()
-    result = run([interpreter, "-c", PROBE, name], volumes=volumes, **options)
+    result = run(["python3", "-c", PROBE, name], python=True, **options)
     assert result.exit_code == 0, result.stderr
     return result.stdout.strip()
 
@@ -138,22 +136,16 @@ def test_clock_settime_is_refused_before_the_kernel_sees_it(labkit_home):
 
 
 def test_an_exec_runs_under_the_containers_profile(labkit_home):
-    from labkit.magics.container import python_volumes
     from labkit.runtime import Container
+    from labkit.runtime.python_mounts import interpreter
 
-    interpreter, volumes = python_volumes()
-    container = Container(command=["sleep", "60"], volumes=volumes).start(detach=True)
-    try:
-        refused = container.exec([interpreter, "-c", PROBE, "keyring_add"]).stdout.strip()
-    finally:
-        container.remove()
-    assert refused == "EPERM"
-    unconfined = Container(command=["sleep", "60"], volumes=volumes, security_opt=["seccomp=unconfined"])
-    unconfined.start(detach=True)
-    try:
-        assert unconfined.exec([interpreter, "-c", PROBE, "keyring_add"]).stdout.strip() == "ok"
-    finally:
-        unconfined.remove()
+    for options, expected in (({}, "EPERM"), ({"security_opt": ["seccomp=unconfined"]}, "ok")):
+        container = Container(command=["sleep", "60"], python=True, **options).start(detach=True)
+        try:
+            answer = container.exec([interpreter(), "-c", PROBE, "keyring_add"]).stdout.strip()
+        finally:
+            container.remove()
+        assert answer == expected
 
 
 def test_a_profile_file_in_dockers_format_is_what_the_container_gets(labkit_home, tmp_path):
