@@ -211,3 +211,22 @@ def test_privileged_means_no_filter_and_no_device_control():
     default, privileged = ContainerSpec().validated(), ContainerSpec(privileged=True).validated()
     assert security_plan(default).seccomp == "default" and "c 1:3 rwm" in default.limits().devices
     assert security_plan(privileged).seccomp is None and privileged.limits().devices is None
+
+
+def test_a_compiled_filter_is_kept_on_disk_and_read_back(labkit_home):
+    from labkit.security import compiled
+    from labkit.security.options import SecurityPlan
+
+    security = SecurityPlan(privileged=False, capabilities=sorted(CONTAINER_DEFAULT), seccomp="default",
+                            no_new_privileges=False)
+    compiled._in_memory.clear()
+    program = compiled.seccomp_filter(security)
+    kept = list((labkit_home / "cache" / "seccomp").glob("*.bpf"))
+    assert len(kept) == 1 and kept[0].read_bytes() == program
+    assert program == seccomp.Profile.from_json(default_profile()).compile(CONTAINER_DEFAULT)
+    # A new helper (empty memory) reads the file instead of compiling: what is there comes back.
+    other = seccomp.Profile.from_json({"defaultAction": "SCMP_ACT_ALLOW"}).compile(set())
+    kept[0].write_bytes(other)
+    compiled._in_memory.clear()
+    assert compiled.seccomp_filter(security) == other
+    compiled._in_memory.clear()

@@ -11,7 +11,6 @@ minor match → return 1", and "return 0" at the end.
 """
 
 import ctypes
-import ctypes.util
 import os
 import struct
 
@@ -85,7 +84,9 @@ def _rule_block(rule) -> list:
     return block
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library already linked into this process (dlopen(NULL)); not find_library,
+# which runs ldconfig (~15-50 ms here) on every import.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _bpf(command, attr: bytes, what: str) -> int:

@@ -35,11 +35,14 @@ def library():
     if _lib is None:
         from labkit.errors import HostError
 
-        name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
         try:
-            lib = ctypes.CDLL(name, use_errno=True)
+            lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
         except OSError:
-            raise HostError("seccomp filters need libseccomp (apt-get install libseccomp2)") from None
+            # find_library runs ldconfig (~10 ms): only when the usual soname is not found.
+            name = ctypes.util.find_library("seccomp")
+            if name is None:
+                raise HostError("seccomp filters need libseccomp (apt-get install libseccomp2)") from None
+            lib = ctypes.CDLL(name, use_errno=True)
         _declare(lib)
         _lib = lib
     return _lib
@@ -379,7 +382,9 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library already linked into this process (dlopen(NULL)); not find_library,
+# which runs ldconfig (~15-50 ms here) on every import.
+_libc = ctypes.CDLL(None, use_errno=True)
 _SYS_SECCOMP = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "i686": 354, "i386": 354, "armv7l": 383,
                 "ppc64le": 358, "s390x": 348}.get(os.uname().machine)
 

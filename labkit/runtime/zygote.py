@@ -59,7 +59,6 @@ class Zygote:
         self.containers = {}      # container id -> {"plan": StartPlan, "cgroup": ..., "init_pid": ...}
         self.stopped = {}         # container id -> StartPlan, for exited containers not yet removed
         self.running = True
-        self.seccomp_programs = {}  # (profile key, capabilities) -> BPF, compiled once each
 
     # --- messages ----------------------------------------------------------------
 
@@ -307,22 +306,12 @@ class Zygote:
         self.running = False
 
     def compile_seccomp(self, security):
-        """The process's seccomp BPF, compiled by libseccomp here, once per profile and
-        capability set (~20 ms of CPU), so that each container only loads it (one syscall)."""
-        if security.seccomp is None:
-            return
-        key = (security.seccomp_key, tuple(security.capabilities))
-        if key not in self.seccomp_programs:
-            from labkit.linux.seccomp import Profile
+        """The process's seccomp BPF, compiled by libseccomp here (once per profile and
+        capability set, and kept: labkit.security.compiled), so that each container only
+        loads it (one syscall)."""
+        from labkit.security.compiled import seccomp_filter
 
-            if security.seccomp == "default":
-                from labkit.security.default_seccomp import default_profile
-
-                profile = Profile.from_json(default_profile(), source="labkit's default profile")
-            else:
-                profile = Profile.from_json(security.seccomp, source="given with --security-opt")
-            self.seccomp_programs[key] = profile.compile(security.capabilities)
-        security.seccomp_program = self.seccomp_programs[key]
+        security.seccomp_program = seccomp_filter(security)
 
     # --- owner gone ----------------------------------------------------------------
 

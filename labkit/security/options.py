@@ -9,11 +9,9 @@
 
 `security_plan(spec)` is the part of the launch plan that crosses to the helper: which
 capabilities the container keeps, which seccomp profile (the helper compiles it once per
-key and capability set), and no_new_privs. `device_rules(spec)` goes to its cgroup.
+profile and capability set: labkit.security.compiled), and no_new_privs. `device_rules(spec)` goes to its cgroup.
 """
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 from labkit.errors import ConfigError
@@ -102,7 +100,6 @@ class SecurityPlan:
     privileged: bool
     capabilities: list               # names kept in the bounding set ("chown", …)
     seccomp: object                  # None (unconfined), "default", or a profile in Docker's JSON
-    seccomp_key: str | None          # what the helper caches the compiled filter under
     no_new_privileges: bool
     seccomp_program: bytes | None = None   # the helper's part: the BPF libseccomp compiled
 
@@ -114,7 +111,7 @@ def security_plan(spec) -> SecurityPlan:
         seccomp = seccomp.to_json()
     return SecurityPlan(privileged=spec.privileged,
                         capabilities=sorted(capability_set(spec.cap_add, spec.cap_drop, spec.privileged)),
-                        seccomp=seccomp, seccomp_key=_profile_key(seccomp),
+                        seccomp=seccomp,
                         no_new_privileges=spec.no_new_privileges)
 
 
@@ -123,9 +120,3 @@ def device_rules(spec):
     from labkit.cgroups.devices import DOCKER_DEFAULT
 
     return None if spec.privileged else list(DOCKER_DEFAULT)
-
-
-def _profile_key(seccomp):
-    if seccomp in (None, "default"):
-        return seccomp
-    return hashlib.sha256(json.dumps(seccomp, sort_keys=True).encode()).hexdigest()
