@@ -56,10 +56,17 @@ def _from_disk_or_compiled(profile, capabilities) -> bytes:
 
 def _store(path, program) -> None:
     """Written whole or not at all (rename); a cache that cannot be written is only slower."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_bytes(program)
-        os.replace(temporary, path)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(descriptor, program)
+        finally:
+            os.close(descriptor)
+        os.rename(temporary, path)
     except OSError:
-        pass
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
