@@ -24,7 +24,13 @@ pytestmark = pytest.mark.root
 V1 = controller_mounts()
 UNIFIED = unified_mount()
 needs_v1_devices = pytest.mark.skipif("devices" not in V1, reason="no cgroup v1 devices hierarchy on this host")
-needs_cgroup2 = pytest.mark.skipif(UNIFIED is None, reason="no cgroup2 filesystem mounted on this host")
+
+
+def skip_without(version):
+    if version == 1 and "devices" not in V1:
+        pytest.skip("no cgroup v1 devices hierarchy on this host")
+    if version == 2 and UNIFIED is None:
+        pytest.skip("no cgroup2 filesystem mounted on this host")
 
 
 def leaf():
@@ -71,10 +77,7 @@ def test_device_rules_read_as_the_v1_controller_writes_them():
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_a_cgroup_with_device_rules_opens_only_what_they_allow(version, nodes):
-    if version == 1 and "devices" not in V1:
-        pytest.skip("no cgroup v1 devices hierarchy on this host")
-    if version == 2 and UNIFIED is None:
-        pytest.skip("no cgroup2 filesystem mounted on this host")
+    skip_without(version)
     hierarchy = HierarchyV1() if version == 1 else HierarchyV2(UNIFIED)
     cgroup = hierarchy.create(leaf(), Limits(devices=["c 1:3 rwm"]))
     try:
@@ -86,8 +89,7 @@ def test_a_cgroup_with_device_rules_opens_only_what_they_allow(version, nodes):
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_without_device_rules_the_same_node_opens(version, nodes):
-    if version == 2 and UNIFIED is None:
-        pytest.skip("no cgroup2 filesystem mounted on this host")
+    skip_without(version)
     hierarchy = HierarchyV1() if version == 1 else HierarchyV2(UNIFIED)
     cgroup = hierarchy.create(leaf(), Limits())
     try:
