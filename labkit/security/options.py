@@ -9,7 +9,8 @@
 
 `security_plan(spec)` is the part of the launch plan that crosses to the helper: which
 capabilities the container keeps, which seccomp profile (the helper compiles it once per
-profile and capability set: labkit.security.compiled), and no_new_privs. `device_rules(spec)` goes to its cgroup.
+profile and capability set: labkit.security.compiled), and no_new_privs.
+`device_rules(spec)` is what its cgroup allows.
 """
 
 from dataclasses import dataclass
