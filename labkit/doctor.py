@@ -17,6 +17,8 @@ def diagnose() -> list:
     rows = [check_root()]
     rows += check_namespaces()
     rows += check_cgroups()
+    rows.append(check_seccomp())
+    rows.append(check_device_control())
     rows.append(check_overlay())
     rows.append(check_busybox())
     rows.append(check_vm())
@@ -67,6 +69,46 @@ def check_cgroups() -> list:
                           "" if have else f"enable the {kind} controller (cgroup_enable=, or subtree_control)",
                           required=kind != "io"))
     return rows
+
+
+def check_seccomp() -> Check:
+    """Docker's default profile needs libseccomp (to compile it) and a kernel with filters."""
+    from labkit.errors import HostError
+    from labkit.linux import seccomp
+
+    try:
+        version = seccomp.libseccomp_version()
+    except HostError as error:
+        return Check("seccomp", False, str(error), "apt-get install libseccomp2")
+    why_not = seccomp.kernel_support()
+    if why_not:
+        return Check("seccomp", False, f"libseccomp {version}, but {why_not}",
+                     "a kernel built with CONFIG_SECCOMP_FILTER, or run with --security-opt seccomp=unconfined")
+    return Check("seccomp", True, f"libseccomp {version}; kernel filters syscalls (default profile: Docker's)")
+
+
+def check_device_control() -> Check:
+    """v1: the devices controller; v2: a BPF_PROG_TYPE_CGROUP_DEVICE program per cgroup."""
+    from labkit.cgroups import detect_mode
+    from labkit.cgroups.v1 import controller_mounts
+    from labkit.errors import HostError
+
+    try:
+        mode = detect_mode()
+    except HostError as error:
+        return Check("device control", False, str(error))
+    if mode == "v1":
+        point = controller_mounts().get("devices")
+        if point is None:
+            return Check("device control", False, "no cgroup v1 devices hierarchy",
+                         "mount the devices controller: mount -t cgroup -o devices devices /sys/fs/cgroup/devices")
+        return Check("device control", True, f"cgroup v1 devices controller at {point}")
+    from labkit.cgroups import device_filter
+
+    why_not = device_filter.supported()
+    if why_not:
+        return Check("device control", False, why_not, "a kernel with CONFIG_CGROUP_BPF (4.15 or newer)")
+    return Check("device control", True, "cgroup v2: a BPF_PROG_TYPE_CGROUP_DEVICE program per container")
 
 
 def check_overlay() -> Check:

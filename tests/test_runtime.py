@@ -257,7 +257,8 @@ def read_through_cgroup(script, loop_device, **limits):
 
     timed = (f"s=$(cut -d' ' -f1 /proc/uptime); {script}; e=$(cut -d' ' -f1 /proc/uptime); "
              "echo \"took $s $e\" >&2; echo read-done >&2; sleep 600")
-    container = Container(ContainerSpec(command=timed,
+    # A host block device opens only without device control (Docker: --device or --privileged).
+    container = Container(ContainerSpec(command=timed, privileged=True,
                                         volumes=[f"{loop_device}:{loop_device}"], **limits))
     container.start(detach=True)
     try:

@@ -23,6 +23,7 @@ class Limits:
     pids: int | None = None          # most tasks at once
     io_read_bps: dict = field(default_factory=dict)   # "major:minor" -> bytes/s
     io_write_bps: dict = field(default_factory=dict)
+    devices: list | None = None      # device rules ("c 1:3 rwm"); None: no device control
 
     def needs(self) -> set:
         """The limit kinds set, by the names used in error messages and by `controllers`."""
@@ -35,6 +36,8 @@ class Limits:
             kinds.add("pids")
         if self.io_read_bps or self.io_write_bps:
             kinds.add("io")
+        if self.devices is not None:
+            kinds.add("devices")
         return kinds
 
 
@@ -193,7 +196,7 @@ class Hierarchy(ABC):
     @property
     @abstractmethod
     def controllers(self) -> set:
-        """Limit kinds this host can enforce: a subset of {memory, cpu, pids, io}."""
+        """Limit kinds this host can enforce: a subset of {memory, cpu, pids, io, devices}."""
 
     @abstractmethod
     def open(self, name: str) -> Cgroup: ...

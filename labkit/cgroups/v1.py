@@ -9,7 +9,8 @@ from labkit.cgroups.base import (
 )
 
 # limit kind -> the v1 controllers it needs (cpuacct counts CPU time; cpu enforces quotas)
-KIND_CONTROLLERS = {"memory": ("memory",), "cpu": ("cpu", "cpuacct"), "pids": ("pids",), "io": ("blkio",)}
+KIND_CONTROLLERS = {"memory": ("memory",), "cpu": ("cpu", "cpuacct"), "pids": ("pids",), "io": ("blkio",),
+                    "devices": ("devices",)}
 # what every container gets, so that stats work even without limits
 ALWAYS = ("memory", "cpu", "cpuacct", "pids")
 
@@ -68,6 +69,17 @@ class CgroupV1(Cgroup):
             write(self._file("blkio", "blkio.throttle.read_bps_device"), f"{device} {rate}")
         for device, rate in limits.io_write_bps.items():
             write(self._file("blkio", "blkio.throttle.write_bps_device"), f"{device} {rate}")
+        if limits.devices is not None:
+            self._allow_only_devices(limits.devices)
+
+    def _allow_only_devices(self, rules) -> None:
+        """The v1 devices controller: deny everything, then allow each rule. A new cgroup
+        starts with its parent's list (here `a *:* rwm`), hence the deny first."""
+        from labkit.cgroups.devices import parse_rules
+
+        write(self._file("devices", "devices.deny"), "a")
+        for rule in parse_rules(rules):
+            write(self._file("devices", "devices.allow"), str(rule))
 
     def _set_memory(self, limit: int) -> None:
         write(self._file("memory", "memory.limit_in_bytes"), limit)
@@ -132,6 +144,7 @@ class HierarchyV1(Hierarchy):
 
     def _make(self, name: str, limits: Limits) -> CgroupV1:
         kinds = set(ALWAYS) | ({"blkio"} if "io" in limits.needs() else set())
+        kinds |= {"devices"} if limits.devices is not None else set()
         dirs = self._dirs(name, kinds)
         made = {}
         try:

@@ -59,6 +59,11 @@ class CgroupV2(Cgroup):
             if device in limits.io_write_bps:
                 rules.append(f"wbps={limits.io_write_bps[device]}")
             write(self._file("io.max"), " ".join(rules))
+        if limits.devices is not None:
+            # v2 has no devices.allow: a BPF program attached to this cgroup decides.
+            from labkit.cgroups import device_filter
+
+            device_filter.attach(self.path, limits.devices)
 
     def stats(self) -> Stats:
         cpu = read_keyed(self._file("cpu.stat"))
@@ -120,7 +125,8 @@ class HierarchyV2(Hierarchy):
     @property
     def controllers(self) -> set:
         available = self._available()
-        return {kind for kind, controller in KIND_CONTROLLERS.items() if controller in available}
+        # Device control on v2 is a BPF program, not a controller: every cgroup has it.
+        return {kind for kind, controller in KIND_CONTROLLERS.items() if controller in available} | {"devices"}
 
     def open(self, name: str) -> CgroupV2:
         return CgroupV2(name, os.path.join(self.root, name))
@@ -142,7 +148,7 @@ class HierarchyV2(Hierarchy):
             ) from None
 
     def _make(self, name: str, limits: Limits) -> CgroupV2:
-        wanted = {KIND_CONTROLLERS[k] for k in self.controllers}
+        wanted = {KIND_CONTROLLERS[k] for k in self.controllers if k in KIND_CONTROLLERS}
         parent = os.path.join(self.root, self.parent)
         path = os.path.join(self.root, name)
 

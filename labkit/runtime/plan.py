@@ -19,6 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from labkit.cgroups.base import Limits
 from labkit.runtime.container_dir import ContainerDir
+from labkit.security.options import SecurityPlan, security_plan
 
 
 class PlanError(ValueError):
@@ -32,7 +33,7 @@ class ProcessPlan:
     env: list                        # "KEY=VALUE", image + runtime + user, merged
     workdir: str                     # inside the container
     user: str | None                 # "uid[:gid]" or a name from the image's /etc/passwd
-    cap_add: list                    # capability names kept beyond Docker's default set
+    security: SecurityPlan           # capabilities, seccomp, no_new_privs (exec: the container's own)
     image: str                       # the image's name, for error messages
 
 
@@ -226,7 +227,7 @@ def process_plan(spec, image, hostname, command, env=(), workdir=None, user=None
         command=list(command),
         env=merge_env(image.config.env, [f"HOSTNAME={hostname}", "HOME=/root"], spec.env, env),
         workdir=workdir or spec.workdir or image.config.workdir or "/",
-        user=user if user is not None else spec.user, cap_add=list(spec.cap_add), image=image.name)
+        user=user if user is not None else spec.user, security=security_plan(spec), image=image.name)
 
 
 def init_files(hostname) -> dict:

@@ -20,7 +20,7 @@ import stat
 import struct
 
 from labkit.images.overlay import mount_overlay
-from labkit.linux import capabilities, paths, syscalls
+from labkit.linux import capabilities, paths, seccomp, syscalls
 from labkit.linux.namespaces import BY_NAME
 from labkit.linux.syscalls import MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
 # Imported here, in the helper, not when first needed: by then the container process
@@ -541,15 +541,24 @@ def _lookup(table, name, what):
 def become_user_and_exec(process):
     """`process` is the plan's ProcessPlan."""
     env = dict(item.split("=", 1) for item in process.env)
-    capabilities.drop_bounding_set(capabilities.CONTAINER_DEFAULT | set(process.cap_add))
-    if process.user:
-        uid, gid = resolve_user(process.user)
+    keep_capabilities(process.security)
+    user = resolve_user(process.user) if process.user else None
+    # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which setuid to a
+    # non-root user takes away: then it is loaded first (as runc does), and the profile
+    # allows the setgroups/setgid/setuid calls that follow.
+    filter_before_setuid = user is not None and not process.security.no_new_privileges
+    if filter_before_setuid:
+        load_seccomp_filter(process.security)
+    if user is not None:
+        uid, gid = user
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(number, signal.SIG_DFL)
+    if not filter_before_setuid:
+        load_seccomp_filter(process.security)
     command = process.command
     try:
         os.execvpe(command[0], command, env)
@@ -557,6 +566,23 @@ def become_user_and_exec(process):
         path = env.get("PATH", "")
         raise SetupError("exec the command", OSError(
             errno.ENOENT, f"command {command[0]!r} not found in the container (image {process.image}, PATH={path})")) from None
+
+
+@step("drop capabilities")
+def keep_capabilities(security):
+    """Only the container's capabilities stay in the bounding set (Docker's 14 by
+    default); `no-new-privileges` also sets no_new_privs before anything is exec'd."""
+    capabilities.drop_bounding_set(set(security.capabilities))
+    if security.no_new_privileges:
+        syscalls.prctl_set_no_new_privs()
+
+
+@step("load the seccomp filter")
+def load_seccomp_filter(security):
+    """The last step before exec: from here on the kernel checks every syscall against
+    the profile the helper compiled (labkit.linux.seccomp)."""
+    if security.seccomp_program:
+        seccomp.load_filter(security.seccomp_program)
 
 
 def run_as_init(process, error_fd):
@@ -567,6 +593,8 @@ def run_as_init(process, error_fd):
     child = os.fork()
     if child:
         os.close(error_fd)  # the command's exec closes its copy; EOF then means "started"
+        keep_capabilities(process.security)  # the reaper stays inside the container's profile too
+        load_seccomp_filter(process.security)
         forward = lambda number, _frame: os.kill(child, number)  # noqa: E731
         for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
             signal.signal(number, forward)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from labkit.errors import ConfigError
 from labkit.linux.namespaces import BY_NAME
+from labkit.security.options import capability_name, device_rules, parse_security_opts
 from labkit.units import parse_bytes, parse_count, parse_cpus
 
 # Six kinds, as Docker: user and time namespaces are opt-in.
@@ -52,7 +53,12 @@ class ContainerSpec:
     time_offset: float = 0.0                 # seconds added to CLOCK_MONOTONIC/BOOTTIME (time ns)
     user_map: tuple = (100000, 65536)        # host uid/gid range for a user namespace
     publish: list = field(default_factory=list)   # "HOSTPORT:CONTAINERPORT[/tcp]"
-    cap_add: list = field(default_factory=list)   # capabilities beyond Docker's default set
+    cap_add: list = field(default_factory=list)   # capabilities beyond Docker's default set (or ALL)
+    cap_drop: list = field(default_factory=list)  # capabilities taken from it (or ALL)
+    privileged: bool = False                 # all capabilities, no seccomp, every device, no masks
+    security_opt: list = field(default_factory=list)   # "seccomp=unconfined|FILE", "no-new-privileges"
+    seccomp: object = "default"              # "default", "unconfined", a profile file, or a dict
+    no_new_privileges: bool = False
     device_read_bps: list = field(default_factory=list)   # "DEVICE:RATE", e.g. "/dev/vda:1m"
     device_write_bps: list = field(default_factory=list)
     read_only: bool = False                  # the root filesystem mounted read-only (docker --read-only)
@@ -64,7 +70,8 @@ class ContainerSpec:
         from labkit.cgroups import Limits
 
         return Limits(memory=self.memory, cpus=self.cpus, pids=self.pids,
-                      io_read_bps=dict(self.device_read_bps), io_write_bps=dict(self.device_write_bps))
+                      io_read_bps=dict(self.device_read_bps), io_write_bps=dict(self.device_write_bps),
+                      devices=device_rules(self))
 
     def validated(self) -> "ContainerSpec":
         """A copy with units parsed and every value checked; raises ConfigError."""
@@ -94,7 +101,10 @@ class ContainerSpec:
             if not os.path.isabs(volume.target):
                 raise ConfigError(f"--volume target {volume.target!r} must be an absolute path inside the container")
             volume.source = os.path.realpath(volume.source)
-        spec.cap_add = [self._capability(name) for name in spec.cap_add]
+        spec.cap_add = [capability_name(name, "--cap-add") for name in spec.cap_add]
+        spec.cap_drop = [capability_name(name, "--cap-drop") for name in spec.cap_drop]
+        security = parse_security_opts(spec.security_opt, spec.seccomp, spec.no_new_privileges)
+        spec.seccomp, spec.no_new_privileges = security.seccomp, security.no_new_privileges
         spec.device_read_bps = _device_rates(spec.device_read_bps, "--device-read-bps")
         spec.device_write_bps = _device_rates(spec.device_write_bps, "--device-write-bps")
         spec.read_only = bool(spec.read_only)
@@ -118,15 +128,6 @@ class ContainerSpec:
         if spec.time_offset and "time" not in spec.namespaces:
             spec.namespaces = spec.namespaces + ("time",)
         return spec
-
-    @staticmethod
-    def _capability(name):
-        from labkit.linux.capabilities import NAMES
-
-        bare = name.lower().removeprefix("cap_")
-        if bare not in NAMES:
-            raise ConfigError(f"unknown capability {name!r}; e.g. SYS_ADMIN, NET_ADMIN, SYS_TIME")
-        return bare
 
     def _namespaces(self):
         kinds = list(self.namespaces)

@@ -109,6 +109,7 @@ class Zygote:
         stdio = dict(zip(FD_NAMES, _fds_or_none(fds, request["fd_names"])))
         cgroup = None
         try:
+            self.compile_seccomp(plan.process.security)
             ContainerDir(plan.dir).make(plan.init_files, plan.user_map.uid if plan.user_map else None)
             ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
                                                 "owner_start": process_start_time(os.getpid()),
@@ -135,6 +136,7 @@ class Zygote:
             raise LookupError(f"container {plan.target} is not running")
         plan.target_pid = target["init_pid"]
         plan.cgroup_procs = target["cgroup"].procs_files()
+        self.compile_seccomp(plan.process.security)
         stdio = dict(zip(FD_NAMES, _fds_or_none(fds, request["fd_names"])))
         try:
             from labkit.runtime import enter
@@ -302,6 +304,14 @@ class Zygote:
 
     def op_shutdown(self, request, fds):
         self.running = False
+
+    def compile_seccomp(self, security):
+        """The process's seccomp BPF, compiled by libseccomp here (once per profile and
+        capability set, and kept: labkit.security.compiled), so that each container only
+        loads it (one syscall)."""
+        from labkit.security.compiled import seccomp_filter
+
+        security.seccomp_program = seccomp_filter(security)
 
     # --- owner gone ----------------------------------------------------------------
 

@@ -1,0 +1,72 @@
+"""Compiled seccomp filters, kept so that libseccomp runs once per profile, not per start.
+
+libseccomp takes ~20 ms of CPU to turn Docker's profile into BPF. The helper keeps each
+program in memory, and on disk under `LABKIT_HOME/cache/seccomp/` named by a hash of
+everything it depends on (the profile, the capabilities, libseccomp's version, the
+machine and kernel), because `labkit run` starts a helper of its own every time.
+LABKIT_HOME belongs to root: a filter read back from it is as trusted as the images are.
+"""
+
+import hashlib
+import json
+import os
+
+from labkit.home import labkit_home
+
+_in_memory = {}
+
+
+def seccomp_filter(security) -> bytes | None:
+    """The BPF for a SecurityPlan (None: unconfined)."""
+    if security.seccomp is None:
+        return None
+    named = security.seccomp if security.seccomp == "default" else json.dumps(security.seccomp, sort_keys=True)
+    key = (named, tuple(sorted(security.capabilities)))
+    program = _in_memory.get(key)
+    if program is None:
+        program = _from_disk_or_compiled(_profile_json(security.seccomp), security.capabilities)
+        _in_memory[key] = program
+    return program
+
+
+def _profile_json(seccomp) -> dict:
+    if seccomp == "default":
+        from labkit.security.default_seccomp import default_profile
+
+        return default_profile()
+    return seccomp
+
+
+def _from_disk_or_compiled(profile, capabilities) -> bytes:
+    from labkit.linux import seccomp
+
+    identity = json.dumps([profile, sorted(capabilities), seccomp.libseccomp_version(), os.uname().machine,
+                           os.uname().release], sort_keys=True)
+    path = labkit_home() / "cache" / "seccomp" / (hashlib.sha256(identity.encode()).hexdigest() + ".bpf")
+    try:
+        program = path.read_bytes()
+        if program and len(program) % 8 == 0:  # whole struct sock_filter entries
+            return program
+    except OSError:
+        pass
+    program = seccomp.Profile.from_json(profile, source="of this container").compile(capabilities)
+    _store(path, program)
+    return program
+
+
+def _store(path, program) -> None:
+    """Written whole or not at all (rename); a cache that cannot be written is only slower."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(descriptor, program)
+        finally:
+            os.close(descriptor)
+        os.rename(temporary, path)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
