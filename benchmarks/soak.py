@@ -158,7 +158,7 @@ def soak(containers: int = 1000, concurrency: int = 8, home: Path | None = None,
     home = Path(home or tempfile.mkdtemp(prefix="labkit-soak-"))
     os.environ["LABKIT_HOME"] = str(home)
     from labkit.runtime import Container, ContainerSpec
-    from labkit.runtime.helper import get_helper, shutdown_helper
+    from labkit.runtime.helper import get_helper, settle, shutdown_helper
 
     made, wrong, lock = [], [], threading.Lock()
     counts = {ending.__name__: 0 for ending in ENDINGS}
@@ -194,6 +194,7 @@ def soak(containers: int = 1000, concurrency: int = 8, home: Path | None = None,
         concurrent_seconds = time.monotonic() - started
         say(f"{concurrency}-way concurrent: {containers - sequential} containers in {concurrent_seconds:.1f} s")
         end = process_figures(helper_pid)
+        settle()  # the helper tears each container down right after reporting its exit
         left = leftovers(home, made)
     finally:
         shutdown_helper()
