@@ -137,6 +137,7 @@ def release(source):
         if cell.get("cell_type") == "code":
             cell["outputs"] = []
             cell["execution_count"] = None
+        cell.get("metadata", {}).pop("execution", None)
         if is_locked(cell):
             cell.setdefault("metadata", {})["editable"] = False
             cell["metadata"]["deletable"] = False

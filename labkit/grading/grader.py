@@ -1,0 +1,175 @@
+"""Autograding without a database: each submission in a fresh kernel, one at a time.
+
+For each submission: read it (a file that is not a notebook becomes a gradebook line,
+never a crash), restore every locked and grade cell from the source by grade_id, run the
+cells headless with a per-cell timeout (a cell that hangs is interrupted and the rest
+still run), score the grade cells, shut the kernel down (its containers go with it: the
+helper removes an owner's containers when the owner exits), then remove the images and
+leftovers the submission made, before the next one starts.
+"""
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labkit.grading.notebook import grade_cells, grade_id, restore
+from labkit.grading.scoring import score_notebook
+
+DEFAULT_CELL_TIMEOUT = 30.0
+
+
+@dataclass
+class Submission:
+    student: str
+    path: str
+    cells: list = field(default_factory=list)     # CellScore
+    max_total: float = 0.0
+    error: str | None = None                       # why it could not be graded at all
+    cut: list = field(default_factory=list)        # grade_ids/cell indexes cut at the timeout
+    notes: list = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return sum(cell.score for cell in self.cells)
+
+    def score_of(self, cid) -> float:
+        return next((cell.score for cell in self.cells if cell.grade_id == cid), 0.0)
+
+    def to_dict(self) -> dict:
+        return {"student": self.student, "file": self.path, "total": self.total, "max_total": self.max_total,
+                "error": self.error, "cut": self.cut, "notes": self.notes,
+                "cells": [cell.to_dict() for cell in self.cells]}
+
+
+def student_name(path, source_path) -> str:
+    """`alice.ipynb` -> alice; `alice/lab.ipynb` (the source's file name) -> alice."""
+    path = Path(path)
+    if path.name == Path(source_path).name and path.parent.name:
+        return path.parent.name
+    return path.stem
+
+
+def read_notebook(path):
+    import nbformat
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            notebook = nbformat.read(handle, as_version=4)
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except UnicodeDecodeError:
+        raise ValueError("not a notebook: the file is not UTF-8 text") from None
+    except Exception as error:  # nbformat raises several kinds for JSON that is not a notebook
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"not a notebook: {first[:200]}") from None
+    if not isinstance(notebook.get("cells"), list):
+        raise ValueError("not a notebook: it has no list of cells")
+    return notebook
+
+
+def grade(source, source_path, path, cell_timeout=DEFAULT_CELL_TIMEOUT, kernel_name=None) -> Submission:
+    """Grade one submission file against the source notebook (already read)."""
+    submission = Submission(student_name(path, source_path), str(path),
+                            max_total=sum(points for _, points in grade_cells(source)))
+    try:
+        notebook = restore(source, read_notebook(path))
+    except ValueError as error:
+        submission.error = str(error)
+        submission.cells = _zero_scores(source, "not graded")
+        return submission
+    before = _image_names()
+    try:
+        ran = _execute(notebook, cell_timeout, kernel_name or _kernel_of(source), submission)
+    finally:
+        _tear_down(before)
+    submission.cells = score_notebook(notebook, ran)
+    return submission
+
+
+def _kernel_of(source) -> str:
+    return source.metadata.get("kernelspec", {}).get("name") or "labkit"
+
+
+def _zero_scores(source, status):
+    from labkit.grading.scoring import CellScore
+
+    return [CellScore(cid, 0.0, points, status) for cid, points in grade_cells(source)]
+
+
+def _execute(notebook, cell_timeout, kernel_name, submission) -> set:
+    """Run every code cell; return the grade_ids of the cells that ran to an answer."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import DeadKernelError
+
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    ran = set()
+    with tempfile.TemporaryDirectory(prefix="labkit-grade-") as workdir:
+        client = NotebookClient(notebook, kernel_name=kernel_name, timeout=cell_timeout, allow_errors=True,
+                                interrupt_on_timeout=True, record_timing=False,
+                                resources={"metadata": {"path": workdir}})
+        with client.setup_kernel():
+            timeouts_in_a_row = 0
+            for index, cell in enumerate(notebook.cells):
+                if cell.cell_type != "code":
+                    continue
+                try:
+                    client.execute_cell(cell, index)
+                except DeadKernelError:
+                    submission.notes.append(f"the kernel died in cell {index}; later cells did not run")
+                    break
+                if cell.execution_count is None and cell.source.strip():
+                    submission.cut.append(grade_id(cell) or f"cell {index}")
+                    cell.outputs.append({"output_type": "error", "ename": "TimeoutError",
+                                         "evalue": f"cut after {cell_timeout:g} s", "traceback": []})
+                    timeouts_in_a_row += 1
+                    if timeouts_in_a_row == 2:
+                        submission.notes.append(f"the kernel did not answer after cell {index} was cut; "
+                                                "later cells did not run")
+                        break
+                    continue
+                timeouts_in_a_row = 0
+                if grade_id(cell):
+                    ran.add(grade_id(cell))
+    return ran
+
+
+def _image_names() -> set:
+    from labkit.images import Store
+
+    try:
+        return set(Store().names())
+    except Exception:  # noqa: BLE001 — no store yet: nothing to keep
+        return set()
+
+
+def _tear_down(images_before: set) -> None:
+    """Images the submission built go; so does what its dead kernel's containers left."""
+    from labkit.images import Store
+    from labkit.runtime import gc
+
+    store = Store()
+    for name in sorted(set(_safe_names(store)) - images_before):
+        try:
+            store.remove_image(name)
+        except Exception:  # noqa: BLE001 — a half-made image: gc below takes its layers
+            pass
+    gc()
+    _sweep_network()
+
+
+def _safe_names(store) -> list:
+    try:
+        return store.names()
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def _sweep_network() -> None:
+    try:
+        from labkit.net import sweep
+
+        sweep()
+    except Exception:  # noqa: BLE001 — no network made, or no pyroute2: nothing to sweep
+        pass
