@@ -137,7 +137,7 @@ def throttled(target, deadline=5.0):
     return look
 
 
-def cpu_share(target, expected: float, tolerance=0.10, window=1.0, deadline=8.0):
+def cpu_share(target, expected: float, tolerance=0.10, window=1.0, deadline=15.0):
     """The CPU the container achieves is `expected` cores ± tolerance (relative). A running
     container is measured over windows of `window` seconds until one is within tolerance
     or `deadline` passes (a busy neighbour can spoil one window); a Result by CPU time
