@@ -96,21 +96,32 @@ def _zero_scores(source, status):
     return [CellScore(cid, 0.0, points, status) for cid, points in grade_cells(source)]
 
 
+CUT = "LabkitCellTimeout"   # the ename of the answer given for a cell cut at the timeout
+
+
 def _execute(notebook, cell_timeout, kernel_name, submission) -> set:
-    """Run every code cell; return the grade_ids of the cells that ran to an answer."""
+    """Run every code cell; return the grade_ids of the cells that ran."""
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
 
     for cell in notebook.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-    ran = set()
+    ran, cut = set(), []
+
+    def note_cut(cell, cell_index, execute_reply):
+        if execute_reply and execute_reply.get("content", {}).get("ename") == CUT:
+            cut.append(cell_index)
+
     with tempfile.TemporaryDirectory(prefix="labkit-grade-") as workdir:
+        # On a timeout: interrupt the kernel and answer for the cell at once (error_on_timeout)
+        # instead of waiting on a cell that may ignore the interrupt.
         client = NotebookClient(notebook, kernel_name=kernel_name, timeout=cell_timeout, allow_errors=True,
-                                interrupt_on_timeout=True, record_timing=False,
+                                interrupt_on_timeout=True, record_timing=False, on_cell_executed=note_cut,
+                                error_on_timeout={"ename": CUT, "evalue": f"cut after {cell_timeout:g} s",
+                                                  "traceback": []},
                                 resources={"metadata": {"path": workdir}})
         with client.setup_kernel():
-            timeouts_in_a_row = 0
             for index, cell in enumerate(notebook.cells):
                 if cell.cell_type != "code":
                     continue
@@ -119,20 +130,28 @@ def _execute(notebook, cell_timeout, kernel_name, submission) -> set:
                 except DeadKernelError:
                     submission.notes.append(f"the kernel died in cell {index}; later cells did not run")
                     break
-                if cell.execution_count is None and cell.source.strip():
+                if cut and cut[-1] == index:
                     submission.cut.append(grade_id(cell) or f"cell {index}")
-                    cell.outputs.append({"output_type": "error", "ename": "TimeoutError",
+                    cell.outputs.append({"output_type": "error", "ename": CUT,
                                          "evalue": f"cut after {cell_timeout:g} s", "traceback": []})
-                    timeouts_in_a_row += 1
-                    if timeouts_in_a_row == 2:
-                        submission.notes.append(f"the kernel did not answer after cell {index} was cut; "
-                                                "later cells did not run")
+                    if not _recovered(client):
+                        submission.notes.append(f"the kernel did not recover after cell {index} was cut "
+                                                "(it ignores interrupts); later cells did not run")
                         break
                     continue
-                timeouts_in_a_row = 0
                 if grade_id(cell):
                     ran.add(grade_id(cell))
     return ran
+
+
+def _recovered(client) -> bool:
+    """After an interrupt: does the kernel answer again (within one cell timeout)?"""
+    from nbclient.exceptions import DeadKernelError
+
+    try:
+        return client.wait_for_reply(client.kc.kernel_info()) is not None
+    except DeadKernelError:
+        return False
 
 
 def _image_names() -> set:
