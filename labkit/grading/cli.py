@@ -8,7 +8,7 @@ from labkit.errors import ConfigError
 
 
 def add_subcommand(subparsers) -> None:
-    grade = subparsers.add_parser("grade", help="release graded labs to students and grade submissions")
+    grade = subparsers.add_parser("grade", help="release graded labs and grade submissions (no database)")
     verbs = grade.add_subparsers(dest="grade_verb", metavar="VERB")
     verbs.required = True
 
