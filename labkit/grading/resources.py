@@ -6,7 +6,7 @@ labkit.cgroups (bytes, a fraction of one core, a count)."""
 import os
 import time
 
-from labkit.cgroups.base import read_int, read_keyed, read_text
+from labkit.cgroups.base import read_int, read_text
 from labkit.grading.checks import Observation
 from labkit.grading.targets import finished_result, is_result, poll, running_container
 from labkit.units import format_bytes, parse_bytes
@@ -141,12 +141,11 @@ def cpu_share(target, expected: float, tolerance=0.10, window=1.0, deadline=15.0
     """The CPU the container achieves is `expected` cores ± tolerance (relative).
 
     A running container is measured over windows of `window` seconds (CPU time from its
-    cgroup over wall time) until one is within tolerance or `deadline` passes. Only a
-    window in which the quota was what held it back counts as a measurement (throttled
-    in at least half the periods, cpu.stat). On a host so busy that the container was
-    waiting for a CPU instead (its run-queue delay, /proc/PID/schedstat) and never met
-    its quota, the share cannot be measured: then the quota itself is judged, and the
-    observation says so. A Result is judged by CPU time over its duration."""
+    cgroup over wall time) until one is within tolerance or `deadline` passes. A window
+    in which the container waited for a CPU (its run-queue delay in /proc/PID/schedstat,
+    a quarter of the window or more) measures the busy host, not the quota, and does not
+    count; if every window was like that, the quota itself is judged (cpu.max or
+    cfs_quota_us) and the observation says so. A Result is judged by CPU time over its duration."""
     def look():
         if is_result(target):
             result = finished_result(target)
@@ -155,48 +154,38 @@ def cpu_share(target, expected: float, tolerance=0.10, window=1.0, deadline=15.0
             return _share_seen(result.cpu_seconds / result.duration, expected, tolerance)
         container = running_container(target)
         end = time.monotonic() + deadline
-        measured = crowded = None
+        windows = []
         while True:
-            sample = _cpu_window(container, window)
-            if sample["quota_bound"]:
-                measured = _share_seen(sample["share"], expected, tolerance)
-                if measured.passed:
-                    return measured
-            elif sample["crowded"]:
-                crowded = sample
+            share, crowded = _cpu_window(container, window)
+            seen = _share_seen(share, expected, tolerance)
+            if seen.passed and not crowded:
+                return seen
+            windows.append((share, crowded, seen))
             if time.monotonic() >= end:
                 break
-        if measured is not None:
-            return measured
-        if crowded is not None:
-            quota = limits_of(container.cgroup)["cpus"]
-            return Observation(within(quota, expected, tolerance),
-                               f"the host was too busy to measure (achieved {crowded['share']:.2f} cores, waiting "
-                               f"for a CPU, not for its quota); its quota is "
-                               + ("none" if quota is None else f"{quota:g} cores"))
-        return _share_seen(sample["share"], expected, tolerance)
+        above = [seen for share, _, seen in windows if share > expected * (1 + tolerance)]
+        if above:
+            return above[-1]
+        clear = [seen for _, crowded, seen in windows if not crowded]
+        if clear:
+            return clear[-1]
+        quota = limits_of(container.cgroup)["cpus"]
+        return Observation(within(quota, expected, tolerance),
+                           f"the host was too busy to measure (achieved {windows[-1][0]:.2f} cores, waiting for "
+                           "a CPU the rest of the time); its quota is " + ("none" if quota is None else f"{quota:g} cores"))
     return look
 
 
-def _cpu_window(container, window) -> dict:
+def _cpu_window(container, window) -> tuple:
+    """(cores achieved, whether it mostly waited for a CPU) over `window` seconds."""
     cgroup = container.cgroup
-    before, periods_before, waits_before = cgroup.stats().cpu_seconds or 0.0, _periods(cgroup), _run_times(cgroup)
+    before, waited_before = cgroup.stats().cpu_seconds or 0.0, _run_times(cgroup)[1]
     start = time.monotonic()
     time.sleep(window)
     used = (cgroup.stats().cpu_seconds or 0.0) - before
     elapsed = time.monotonic() - start
-    periods, throttled = (after - first for after, first in zip(_periods(cgroup), periods_before))
-    running, waiting = (after - first for after, first in zip(_run_times(cgroup), waits_before))
-    quota_bound = periods > 0 and throttled >= periods / 2
-    crowded = not quota_bound and waiting >= 0.25 * elapsed and running + waiting >= 0.5 * elapsed
-    return {"share": used / elapsed, "quota_bound": quota_bound, "crowded": crowded}
-
-
-def _periods(cgroup) -> tuple:
-    """(nr_periods, nr_throttled) from cpu.stat, v1 or v2."""
-    directory = cgroup.path if cgroup.version == 2 else cgroup.dirs.get("cpu")
-    stat = read_keyed(os.path.join(directory, "cpu.stat")) if directory else {}
-    return stat.get("nr_periods", 0), stat.get("nr_throttled", 0)
+    waited = _run_times(cgroup)[1] - waited_before
+    return used / elapsed, waited >= 0.25 * elapsed
 
 
 def _run_times(cgroup) -> tuple:
