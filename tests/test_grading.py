@@ -246,3 +246,27 @@ def test_gradebook_has_a_column_per_grade_cell_and_feedback_per_student(tmp_path
     assert data["submissions"][0]["cells"][0]["checks"][0]["observed"] == "none"
     assert "look at it" in (tmp_path / "feedback" / "alice.html").read_text()
     assert "not a notebook" in (tmp_path / "feedback" / "carol.html").read_text()
+
+
+def test_two_files_of_one_student_name_keep_two_rows():
+    from labkit.grading.cli import _unique
+
+    assert _unique("alice", set()) == "alice"
+    assert _unique("alice", {"alice", "alice-2"}) == "alice-3"
+
+
+def test_grade_refuses_bad_options_naming_them(tmp_path, capsys):
+    from labkit.cli import main
+
+    source = tmp_path / "lab.ipynb"
+    nbformat.write(source_notebook(), str(source))
+    assert main(["grade", "run", str(source), str(source), "--out", str(tmp_path / "g"), "--timeout", "0"]) == 2
+    assert "--timeout 0" in capsys.readouterr().err
+    plain = tmp_path / "plain.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("1")]), str(plain))
+    assert main(["grade", "release", str(plain), "--out", str(tmp_path / "r")]) == 2
+    assert "has no nbgrader cells" in capsys.readouterr().err
+    assert main(["grade", "release", str(source), "--out", str(tmp_path)]) == 2
+    assert "would overwrite the solutions" in capsys.readouterr().err
+    assert main(["grade", "release", str(source), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "lab.ipynb").exists()

@@ -84,6 +84,7 @@ def cmd_run(options) -> int:
         except KeyboardInterrupt:
             progress.close()
             raise
+        submission.student = _unique(submission.student, {s.student for s in submissions})
         submissions.append(submission)
         progress.done(submission)
     progress.close()
@@ -91,6 +92,14 @@ def cmd_run(options) -> int:
     write_all(out, options.source, grade_ids, submissions)
     print(f"graded {len(submissions)} submission(s): {out / 'gradebook.csv'}, {out / 'gradebook.json'}, {out / 'feedback'}/")
     return 0
+
+
+def _unique(name, taken) -> str:
+    """Two files that name the same student (alice.ipynb in two folders) keep two rows."""
+    candidate, number = name, 2
+    while candidate in taken:
+        candidate, number = f"{name}-{number}", number + 1
+    return candidate
 
 
 class Progress:
