@@ -1,6 +1,7 @@
 """What `labkit grade run` writes: gradebook.csv (a row per student, a column per grade
-cell, the total), gradebook.json (every check with what it observed) and a feedback page
-per student (each check, passed or not, with the hint for what failed)."""
+cell, the total), gradebook.json (every check with what it observed), a feedback page
+per student (each check, passed or not, with the hint for what failed) and the notebook
+as it ran (executed/STUDENT.ipynb: what the instructor opens to see why)."""
 
 import csv
 import html
@@ -16,8 +17,14 @@ def write_all(out: Path, source_path, grade_ids, submissions) -> None:
     write_json(out / "gradebook.json", source_path, grade_ids, submissions)
     feedback = out / "feedback"
     feedback.mkdir(exist_ok=True)
+    executed = out / "executed"
     for submission in submissions:
         (feedback / f"{safe_file_name(submission.student)}.html").write_text(feedback_html(submission))
+        if submission.executed is not None:
+            import nbformat
+
+            executed.mkdir(exist_ok=True)
+            nbformat.write(submission.executed, str(executed / f"{safe_file_name(submission.student)}.ipynb"))
 
 
 def safe_file_name(name: str) -> str:

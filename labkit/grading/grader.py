@@ -27,6 +27,7 @@ class Submission:
     error: str | None = None                       # why it could not be graded at all
     cut: list = field(default_factory=list)        # grade_ids/cell indexes cut at the timeout
     notes: list = field(default_factory=list)
+    executed: object = None                        # the notebook as it ran, for the instructor
 
     @property
     def total(self) -> float:
@@ -83,6 +84,7 @@ def grade(source, source_path, path, cell_timeout=DEFAULT_CELL_TIMEOUT, kernel_n
     finally:
         _tear_down(before)
     submission.cells = score_notebook(notebook, ran)
+    submission.executed = notebook
     return submission
 
 
