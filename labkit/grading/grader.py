@@ -105,6 +105,7 @@ def _execute(notebook, cell_timeout, kernel_name, submission) -> set:
     """Run every code cell; return the grade_ids of the cells that ran."""
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
+    from nbformat.v4 import new_output
 
     for cell in notebook.cells:
         if cell.cell_type == "code":
@@ -134,8 +135,8 @@ def _execute(notebook, cell_timeout, kernel_name, submission) -> set:
                     break
                 if cut and cut[-1] == index:
                     submission.cut.append(grade_id(cell) or f"cell {index}")
-                    cell.outputs.append({"output_type": "error", "ename": CUT,
-                                         "evalue": f"cut after {cell_timeout:g} s", "traceback": []})
+                    cell.outputs.append(new_output("error", ename=CUT, evalue=f"cut after {cell_timeout:g} s",
+                                                   traceback=[]))
                     if not _recovered(client):
                         submission.notes.append(f"the kernel did not recover after cell {index} was cut "
                                                 "(it ignores interrupts); later cells did not run")
