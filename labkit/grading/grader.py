@@ -168,24 +168,12 @@ def _image_names() -> set:
 
 def _tear_down(images_before: set) -> None:
     """Images the submission built go; so does what its dead kernel's containers left."""
-    from labkit.images import Store
+    from labkit.grading.tidy import remove_images
     from labkit.runtime import gc
 
-    store = Store()
-    for name in sorted(set(_safe_names(store)) - images_before):
-        try:
-            store.remove_image(name)
-        except Exception:  # noqa: BLE001 — a half-made image: gc below takes its layers
-            pass
+    remove_images(sorted(_image_names() - images_before))
     gc()
     _sweep_network()
-
-
-def _safe_names(store) -> list:
-    try:
-        return store.names()
-    except Exception:  # noqa: BLE001
-        return []
 
 
 def _sweep_network() -> None:

@@ -1,25 +1,37 @@
 """The last cell of a lab puts the host back: it removes the lab's containers and images.
-Like a check cell it never raises: what is not there is simply not removed."""
+What is not there is simply not removed; the grader removes a submission's images the
+same way."""
 
 import contextlib
 import io
 
+from labkit.errors import LabkitError
+
+
+def remove_images(names) -> list:
+    """Remove these images if they exist (their layers too, unless something else uses them)."""
+    from labkit.images import Store
+    from labkit.runtime.state import layers_in_use
+
+    store, removed = Store(), []
+    for name in names:
+        if name in store.names():
+            try:
+                store.remove_image(name, layers_used_by_containers=layers_in_use)
+            except (LabkitError, OSError):
+                continue  # removed meanwhile, or a layer in use: labkit image prune takes it later
+            removed.append(name)
+    return removed
+
 
 def tidy(containers=(), images=()) -> None:
     """Remove these containers (of this kernel) and images (from the store), if they are there."""
-    from labkit.images import Store
     from labkit.runtime import get
 
     with contextlib.redirect_stderr(io.StringIO()):
         for name in containers:
             try:
                 get(name).remove()
-            except Exception:  # noqa: BLE001 — not running: nothing to remove
-                pass
-        for name in images:
-            try:
-                store = Store()
-                if name in store.names():
-                    store.remove_image(name)
-            except Exception:  # noqa: BLE001 — a lab's leftovers must not fail its last cell
-                pass
+            except LabkitError:
+                pass  # not running in this kernel: nothing to remove
+        remove_images(images)
