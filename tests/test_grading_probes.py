@@ -120,8 +120,9 @@ def test_cpu_share_and_throttling_of_a_busy_loop(start):
 @pytest.fixture
 def notes_image(labkit_home):
     from labkit.images import build
+    from labkit.runtime.build_step import run_build_step
 
-    return build("FROM busybox\nRUN echo my notes > /root/notes && rm /bin/vi\n", "gp-notes")
+    return build("FROM busybox\nRUN echo my notes > /root/notes && rm /bin/vi\n", "gp-notes", run_step=run_build_step)
 
 
 def test_layers_show_additions_and_whiteouts(notes_image, monkeypatch):
