@@ -13,12 +13,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from kernel_fixtures import labkit_kernelspec, searchable  # noqa: F401 — a fixture
+from kernel_fixtures import labkit_kernelspec  # noqa: F401 — a fixture
 from labkit.cli import main
 from labkit.grading.notebook import grade_id
 
@@ -83,8 +84,10 @@ def write(notebook, path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def lab_home(tmp_path_factory, labkit_kernelspec):  # noqa: F811
-    home = searchable(tmp_path_factory.mktemp("labs-home"))
+def lab_home(labkit_kernelspec):  # noqa: F811
+    # Not below /tmp/pytest-of-root: every pytest session on the host (other people's too)
+    # sets that back to 0700, and a --userns container's root must pass through the parents.
+    home = Path(tempfile.mkdtemp(prefix="labkit-labs-home-", dir="/tmp"))
     saved = os.environ.get("LABKIT_HOME")
     os.environ["LABKIT_HOME"] = str(home)   # the graded kernels inherit it
     yield home
@@ -92,6 +95,7 @@ def lab_home(tmp_path_factory, labkit_kernelspec):  # noqa: F811
         os.environ.pop("LABKIT_HOME", None)
     else:
         os.environ["LABKIT_HOME"] = saved
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
