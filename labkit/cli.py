@@ -173,6 +173,7 @@ PLUGINS = (
     ("labkit.experiments.cli", "add_subcommand", {"experiment": "run isolation experiments; figures and raw data"}),
     ("labkit.lab", "add_subcommand", {"lab": "start JupyterLab on the notebooks (127.0.0.1, with a token)",
                                       "notebooks": "execute the notebooks headless"}),
+    ("labkit.grading.cli", "add_subcommand", {"grade": "release graded labs and grade submissions (no database)"}),
 )
 
 

@@ -1,0 +1,216 @@
+"""Every probe on the real kernel, passing and just failing: the state a check looks at is
+made for real (namespaces, cgroups, layers, bridges, ports) and read back from /proc,
+cgroup files, the layer store and netlink."""
+
+import os
+import socket
+
+import pytest
+
+from labkit.grading import Answer, Observation
+from labkit.grading import probes as p
+
+pytestmark = pytest.mark.root
+
+
+def look(probe) -> Observation:
+    seen = probe()
+    assert isinstance(seen, Observation)
+    return seen
+
+
+@pytest.fixture
+def start(labkit_home):
+    """start(**spec) -> a detached container of this test, removed afterwards."""
+    from labkit.runtime import Container, ContainerSpec
+
+    made = []
+
+    def start_one(**fields):
+        fields.setdefault("command", ["sleep", "600"])
+        container = Container(ContainerSpec(**fields)).start(detach=True)
+        made.append(container)
+        return container
+
+    yield start_one
+    for container in reversed(made):
+        container.remove()
+
+
+def test_hostname_and_own_namespaces(start):
+    box = start(name="gp-box", hostname="lab")
+    assert look(p.hostname("gp-box", "lab")).passed
+    missed = look(p.hostname("gp-box", "lab2"))
+    assert not missed.passed and missed.observed == "hostname 'lab'"
+    assert look(p.own_namespaces(box, ("pid", "net", "ipc", "uts"))).passed
+    hostnet = start(name="gp-hostnet", network="host")
+    shared = look(p.own_namespaces(hostnet, ("pid", "net")))
+    assert not shared.passed and "net: shared with the host" in shared.observed
+    assert look(p.shares_namespace(hostnet, "net")).passed
+    assert not look(p.shares_namespace(box, "net")).passed
+
+
+def test_pid_view_and_the_host_pid_of_pid1(start, monkeypatch):
+    import __main__
+
+    box = start(name="gp-pids", command=["sh", "-c", "sleep 600 & wait"])
+    assert look(p.pid_view(box)).passed
+    no_pid_ns = start(name="gp-nopidns", namespaces=("mnt", "uts", "ipc", "net", "cgroup"))
+    assert not look(p.pid_view(no_pid_ns)).passed
+
+    monkeypatch.setattr(__main__, "gp_answer", box.pid, raising=False)
+    assert look(p.host_pid_of_pid1(Answer("gp_answer"), box)).passed
+    child = [pid for pid, _ in box.top() if pid != box.pid][0]     # the sleep: PID 2 inside
+    monkeypatch.setattr(__main__, "gp_answer", child)
+    missed = look(p.host_pid_of_pid1(Answer("gp_answer"), box))
+    assert not missed.passed and "it is PID 2 there" in missed.observed
+    monkeypatch.setattr(__main__, "gp_answer", os.getpid())
+    assert not look(p.host_pid_of_pid1(Answer("gp_answer"), box)).passed
+
+
+def test_root_inside_is_not_root_outside_only_with_a_user_namespace(start):
+    userns = start(name="gp-userns", namespaces=("mnt", "uts", "ipc", "pid", "net", "cgroup", "user"))
+    assert look(p.root_inside_not_outside(userns)).passed
+    assert look(p.uid_inside(userns, 0)).passed
+    plain = start(name="gp-nouserns")
+    missed = look(p.root_inside_not_outside(plain))
+    assert not missed.passed and "host's root" in missed.observed
+    assert look(p.uid_inside(plain, 0)).passed and not look(p.uid_inside(plain, 1000)).passed
+
+
+def test_limits_are_read_back_from_the_cgroup(start):
+    capped = start(name="gp-capped", memory="64m", cpus="0.5", pids=32)
+    assert look(p.memory_limit(capped, 67108864)).passed
+    assert not look(p.memory_limit(capped, "62m")).passed          # 3 % off, tolerance 2 %
+    assert look(p.cpu_limit(capped, 0.5)).passed and not look(p.cpu_limit(capped, 0.45)).passed
+    assert look(p.pids_limit(capped, 32)).passed and not look(p.pids_limit(capped, 31)).passed
+    free = start(name="gp-free")
+    assert look(p.memory_limit(free, "64m")).observed == "no memory limit"
+
+
+def test_oom_kill_and_a_clean_finish_from_results(labkit_home):
+    from labkit.runtime import run
+
+    big = run("dd if=/dev/zero of=/dev/null bs=96M count=1 2>/dev/null", memory="32m")
+    fits = run("dd if=/dev/zero of=/dev/null bs=96M count=1 2>/dev/null", memory="160m")
+    assert look(p.oom_killed(big)).passed and not look(p.finished_ok(big)).passed
+    assert not look(p.oom_killed(fits)).passed and look(p.finished_ok(fits)).passed
+
+
+def test_a_pids_limit_holds_a_burst_of_forks(labkit_home):
+    from labkit.runtime import run
+
+    burst = "for i in $(seq 60); do sleep 1 & done 2>/dev/null; wait"
+    held = run(burst, pids=16)
+    roomy = run(burst, pids=100)
+    assert look(p.fork_bomb_held(held)).passed
+    assert not look(p.fork_bomb_held(roomy)).passed
+
+
+def test_cpu_share_and_throttling_of_a_busy_loop(start):
+    spinner = start(name="gp-spin", cpus="0.25", command=["sh", "-c", "while :; do :; done"])
+    assert look(p.cpu_share(spinner, 0.25, tolerance=0.10)).passed
+    assert look(p.throttled(spinner)).passed
+    # The quota caps it at 0.25: 0.3 ± 10 % is out of reach however idle the host is.
+    assert not look(p.cpu_share(spinner, 0.3, tolerance=0.10, deadline=2)).passed
+    idle = start(name="gp-idle", cpus="0.25")
+    assert not look(p.throttled(idle, deadline=1)).passed
+
+
+@pytest.fixture
+def notes_image(labkit_home):
+    from labkit.images import build
+    from labkit.runtime.build_step import run_build_step
+
+    return build("FROM busybox\nRUN echo my notes > /root/notes && rm /bin/vi\n", "gp-notes", run_step=run_build_step)
+
+
+def test_layers_show_additions_and_whiteouts(notes_image, monkeypatch):
+    import __main__
+
+    assert look(p.top_layer_adds("gp-notes", "/root/notes")).passed
+    assert not look(p.top_layer_adds("gp-notes", "/root/other")).passed
+    assert look(p.top_layer_deletes("gp-notes", "/bin/vi")).passed
+    assert not look(p.top_layer_deletes("gp-notes", "/bin/ls")).passed
+    assert look(p.image_lacks("gp-notes", "/bin/vi")).passed and not look(p.image_lacks("gp-notes", "/bin/ls")).passed
+    assert look(p.image_contains("gp-notes", "/root/notes")).passed
+    assert not look(p.image_contains("busybox", "/root/notes")).passed
+
+    monkeypatch.setattr(__main__, "gp_whiteout", notes_image.layer_dirs[-1] / "bin" / "vi", raising=False)
+    assert look(p.is_whiteout_of(Answer("gp_whiteout"), "gp-notes", "/bin/vi")).passed
+    monkeypatch.setattr(__main__, "gp_whiteout", notes_image.layer_dirs[0] / "bin" / "vi")   # the file itself
+    assert not look(p.is_whiteout_of(Answer("gp_whiteout"), "gp-notes", "/bin/vi")).passed
+
+
+def test_a_missing_image_fails_the_check_with_its_name(labkit_home):
+    from labkit.grading import expect
+    from labkit.grading.checks import run_checks
+
+    report = run_checks("x", [expect("a", 1, p.image_contains("gp-nope", "/x"))])
+    assert not report.outcomes[0].passed and "no image 'gp-nope'" in report.outcomes[0].observed
+
+
+def test_a_commit_keeps_changes_and_leaves_the_init_layer_out(start):
+    editor = start(name="gp-editor")
+    editor.exec(["sh", "-c", "echo milk > /root/todo"]).check()
+    editor.commit("gp-commit")
+    assert look(p.image_contains("gp-commit", "/root/todo")).passed
+    assert look(p.commit_excludes_init("gp-commit", "busybox")).passed
+
+
+def test_a_layer_holding_an_init_file_is_not_a_clean_commit(start):
+    """labkit's own commit leaves the init files out; a "commit" made another way (the whole
+    read-write tree, /etc/hostname included, stored as a layer) must fail the check."""
+    editor = start(name="gp-editor2")
+    editor.exec(["sh", "-c", "echo milk > /root/todo; echo other > /etc/hostname"]).check()
+    store = editor.image.store
+    with store.scratch() as scratch:
+        for relative in ("root/todo", "etc/hostname"):
+            (scratch / relative).parent.mkdir(parents=True, exist_ok=True)
+            (scratch / relative).write_bytes((editor.upper_dir / relative).read_bytes())
+        digest = store.add_layer(scratch)
+    store.save_image("gp-whole-upper", editor.image.layers + [digest], editor.image.config, [])
+    missed = look(p.commit_excludes_init("gp-whole-upper", "busybox"))
+    assert not missed.passed and missed.observed == "the committed layer holds /etc/hostname"
+    assert look(p.image_contains("gp-whole-upper", "/root/todo")).passed
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_containers_on_a_bridge_reach_each_other_by_name(start):
+    web = start(name="gp-web", network="bridge")
+    client = start(name="gp-client", network="bridge")
+    alone = start(name="gp-alone")
+    assert look(p.same_bridge(web, client)).passed
+    assert look(p.reaches_by_name(client, web)).passed
+    assert not look(p.same_bridge(web, alone)).passed
+    assert not look(p.reaches_by_name(alone, web, deadline=1)).passed
+    sidecar = start(name="gp-sidecar", network="container:gp-web")
+    assert look(p.same_namespace(sidecar, web, "net")).passed
+    assert not look(p.same_namespace(client, web, "net")).passed
+
+
+def test_a_published_port_answers_on_loopback(start):
+    port = free_port()
+    start(name="gp-site", network="bridge", publish=[f"{port}:80"],
+          command=["sh", "-c", "mkdir -p /srv && echo hello > /srv/index.html && exec httpd -f -p 80 -h /srv"])
+    assert look(p.port_answers(port, "hello")).passed
+    assert not look(p.port_answers(port, "goodbye", deadline=0.5)).passed
+    closed = look(p.port_answers(free_port(), deadline=0.5))
+    assert not closed.passed and "refused" in closed.observed.lower()
+
+
+def test_a_container_that_is_not_running_fails_the_check_with_its_name(start):
+    from labkit.grading import expect
+    from labkit.grading.checks import run_checks
+
+    report = run_checks("x", [expect("a", 1, p.hostname("gp-never-started", "x"))])
+    assert report.outcomes[0].observed == "no running container named 'gp-never-started' in this notebook"
+    stopped = start(name="gp-stopped", command=["true"])
+    stopped.wait()
+    report = run_checks("x", [expect("a", 1, p.hostname(stopped, "x"))])
+    assert report.outcomes[0].observed == "container gp-stopped is not running (exited 0)"

@@ -1,0 +1,253 @@
+"""The four graded labs, graded for real: `labkit grade run` on the source (full marks), the
+released version (zero, no crash), one exercise wrong (exactly its points lost, its hint in
+the feedback), another correct way (full marks); on the namespaces lab also an edited check
+cell (graded with the original), a hanging cell (cut, the rest graded) and a file that is
+not a notebook. Then nbgrader's own generate_assignment + autograde give the same totals.
+
+Each kernel start costs seconds: every lab is graded in one `labkit grade run` with all its
+submissions, once per module, and the tests read the gradebook it wrote."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from kernel_fixtures import labkit_kernelspec  # noqa: F401 — a fixture
+from labkit.cli import main
+from labkit.grading.notebook import grade_id
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+LABS_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "labs"
+LABS = ["01-namespaces-lab", "02-cgroups-lab", "03-images-lab", "04-network-lab"]
+
+# One exercise wrong: (answer cell, wrong answer, its check cell, the points lost, words of its hint)
+WRONG = {
+    "01-namespaces-lab": ("ns-pid-answer", "box_host_pid = 1", "ns-pid-check", 2, "NSpid"),
+    "02-cgroups-lab": ("cg-limits-answer", "capped = %container run -d --name cg-capped -- sleep 600",
+                       "cg-limits-check", 3, "67108864"),
+    "03-images-lab": ("img-whiteout-answer", 'whiteout = get_image("lab-notes").layer_dirs[0] / "bin" / "vi"',
+                      "img-whiteout-check", 2, "character device 0:0"),
+    "04-network-lab": ("net-port-answer", "site = %container run -d --name net-site --net bridge -p 18481:80 -- "
+                       "sh -c 'mkdir -p /srv && echo hello from net-site > /srv/index.html && exec httpd -f -p 80 -h /srv'",
+                       "net-port-check", 3, "published to 18480"),
+}
+
+# The same state made another way: {answer cell: new source}
+OTHER_WAY = {
+    "01-namespaces-lab": {
+        "ns-box-answer": "box = %container run -d --hostname=lab --name=ns-box -- sh -c 'exec sleep 600'",
+        "ns-pid-answer": "box_host_pid = min(pid for pid, command in box.top())",
+        "ns-hostnet-answer": "hostnet = %container run -d --network=host --name ns-hostnet -- sleep 600",
+    },
+    "02-cgroups-lab": {
+        "cg-limits-answer": "capped = %container run -d --name cg-capped -m 67108864 --cpus=.5 --pids-limit=32 -- sleep 600",
+        "cg-oom-answer": "%container run --memory 41943040 --out small -- sh -c 'dd if=/dev/zero of=/dev/null bs=16M count=1 2>/dev/null'\n"
+                         "%container run -m 40m --no-raise --out big -- sh -c 'dd if=/dev/zero of=/dev/null bs=96M count=1 2>/dev/null'",
+        "cg-pids-answer": "%container run --pids-limit 8 --no-raise --out bomb -- sh -c 'for i in $(seq 200); do sleep 1 & done 2>/dev/null; wait'",
+    },
+    "03-images-lab": {
+        "img-build-answer": "%%image build lab-notes\nFROM busybox\nRUN rm -f /bin/vi; mkdir -p /root; printf 'notes\\n' > /root/notes",
+        "img-whiteout-answer": "import os, stat\ntop = get_image('lab-notes').layer_dirs[-1]\n"
+                               "whiteout = next(os.path.join(d, f) for d, _, files in os.walk(top) for f in files\n"
+                               "                if stat.S_ISCHR(os.lstat(os.path.join(d, f)).st_mode))",
+        "img-todo-answer": "%%container exec img-editor\nprintf 'buy milk\\n' > /root/todo",
+        "img-commit-answer": "from labkit.runtime import get\ncommitted = get('img-editor').commit('lab-commit')",
+    },
+    "04-network-lab": {
+        "net-bridge-answer": "web = %container run -d --name net-web --network=bridge -- sh -c 'exec sleep 600'\n"
+                             "client = %container run -d --network bridge --name net-client -- sleep 600",
+        "net-sidecar-answer": "sidecar = %container run -d --name net-sidecar --network=container:net-web -- sleep 600",
+    },
+}
+
+
+def with_cells(notebook, changes: dict):
+    copy = nbformat.from_dict(json.loads(json.dumps(notebook)))
+    for cell in copy.cells:
+        if grade_id(cell) in changes:
+            cell.source = changes[grade_id(cell)]
+    return copy
+
+
+def write(notebook, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def lab_home(labkit_kernelspec):  # noqa: F811
+    # Not below /tmp/pytest-of-root: every pytest session on the host (other people's too)
+    # sets that back to 0700, and a --userns container's root must pass through the parents.
+    home = Path(tempfile.mkdtemp(prefix="labkit-labs-home-", dir="/tmp"))
+    saved = os.environ.get("LABKIT_HOME")
+    os.environ["LABKIT_HOME"] = str(home)   # the graded kernels inherit it
+    yield home
+    if saved is None:
+        os.environ.pop("LABKIT_HOME", None)
+    else:
+        os.environ["LABKIT_HOME"] = saved
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def released(lab_home, tmp_path_factory):
+    out = tmp_path_factory.mktemp("released")
+    assert main(["grade", "release", *[str(LABS_DIR / f"{lab}.ipynb") for lab in LABS], "--out", str(out)]) == 0
+    return out
+
+
+def submissions_for(lab, source, released_dir, folder: Path) -> dict:
+    name = f"{lab}.ipynb"
+    answer, wrong, *_ = WRONG[lab]
+    files = {
+        "full": write(source, folder / "full" / name),
+        "empty": str(shutil.copy(released_dir / name, folder / "empty.ipynb")),
+        "wrong": write(with_cells(source, {answer: wrong}), folder / "wrong" / name),
+        "other": write(with_cells(source, OTHER_WAY[lab]), folder / "other" / name),
+    }
+    if lab == "01-namespaces-lab":
+        tampered = with_cells(source, {"ns-box-answer": "pass", "ns-box-check": "3"})
+        files["tampered"] = write(tampered, folder / "tampered" / name)
+        hanging = with_cells(source, {})
+        at = [grade_id(c) for c in hanging.cells].index("ns-pid-check") + 1
+        hanging.cells.insert(at, nbformat.v4.new_code_cell("%%container\nsleep 3600"))
+        files["hanging"] = write(hanging, folder / "hanging" / name)
+        corrupt = folder / "corrupt.ipynb"
+        corrupt.write_bytes(b"\x00\x01 this was never a notebook")
+        files["corrupt"] = str(corrupt)
+    return files
+
+
+@pytest.fixture(scope="module")
+def gradebooks(released, tmp_path_factory):
+    """{lab: (gradebook.json as data, {student: row of gradebook.csv}, out dir)}"""
+    books = {}
+    for lab in LABS:
+        source_path = LABS_DIR / f"{lab}.ipynb"
+        source = nbformat.read(str(source_path), as_version=4)
+        folder = tmp_path_factory.mktemp(lab)
+        files = submissions_for(lab, source, released, folder / "submitted")
+        out = folder / "grades"
+        assert main(["grade", "run", str(source_path), *files.values(), "--out", str(out), "--timeout", "20"]) == 0
+        data = json.loads((out / "gradebook.json").read_text())
+        rows = {row["student"]: row for row in csv.DictReader(open(out / "gradebook.csv"))}
+        books[lab] = (data, rows, out)
+    return books
+
+
+def by_student(data) -> dict:
+    return {s["student"]: s for s in data["submissions"]}
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_the_source_scores_full_marks_and_the_release_zero(gradebooks, lab):
+    data, rows, _ = gradebooks[lab]
+    full, empty = by_student(data)["full"], by_student(data)["empty"]
+    assert full["max_total"] > 0 and full["total"] == full["max_total"], full
+    assert empty["total"] == 0 and empty["error"] is None
+    assert all(c["status"] == "scored" for c in full["cells"])
+    assert rows["full"]["total"] == rows["full"]["max_total"] and rows["empty"]["total"] == "0"
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_one_exercise_wrong_loses_exactly_its_points_and_shows_its_hint(gradebooks, lab):
+    data, _, out = gradebooks[lab]
+    _, _, check_cell, points, hint_words = WRONG[lab]
+    wrong = by_student(data)["wrong"]
+    assert wrong["total"] == wrong["max_total"] - points
+    lost = [c for c in wrong["cells"] if c["score"] < c["max_score"]]
+    assert [c["grade_id"] for c in lost] == [check_cell] and lost[0]["score"] == 0
+    assert hint_words in (out / "feedback" / "wrong.html").read_text()
+    assert hint_words not in (out / "feedback" / "full.html").read_text()
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_another_correct_way_scores_full_marks(gradebooks, lab):
+    data, _, _ = gradebooks[lab]
+    other = by_student(data)["other"]
+    assert other["total"] == other["max_total"], [c for c in other["cells"] if c["score"] < c["max_score"]]
+
+
+def test_an_edited_check_cell_is_graded_with_the_original(gradebooks):
+    data, _, _ = gradebooks["01-namespaces-lab"]
+    tampered = {c["grade_id"]: c for c in by_student(data)["tampered"]["cells"]}
+    assert tampered["ns-box-check"]["score"] == 0, "its answer was removed; '3' in the check cell must not count"
+    assert tampered["ns-box-check"]["checks"], "the original check ran (hidden checks included)"
+    assert len(tampered["ns-box-check"]["checks"]) == 3
+    assert tampered["ns-pid-check"]["score"] == 0   # it needs ns-box too
+    assert tampered["ns-userns-check"]["score"] == 2
+
+
+def test_a_hanging_cell_is_cut_and_the_rest_is_graded(gradebooks):
+    data, _, _ = gradebooks["01-namespaces-lab"]
+    hanging = by_student(data)["hanging"]
+    assert len(hanging["cut"]) == 1 and hanging["cut"][0].startswith("cell ")
+    assert hanging["total"] == hanging["max_total"]
+
+
+def test_a_file_that_is_not_a_notebook_is_a_line_in_the_gradebook(gradebooks):
+    data, rows, _ = gradebooks["01-namespaces-lab"]
+    corrupt = by_student(data)["corrupt"]
+    assert corrupt["total"] == 0 and corrupt["error"].startswith("not a notebook")
+    assert rows["corrupt"]["error"].startswith("not a notebook")
+
+
+def test_grading_left_no_containers_or_images_behind(gradebooks, lab_home):
+    from labkit.images import Store
+
+    assert Store(lab_home).names() in ([], ["busybox"])
+    containers = lab_home / "containers"
+    assert not containers.exists() or os.listdir(containers) == []
+
+
+# --- the same notebooks through real nbgrader -----------------------------------------------
+
+NBGRADER_CONFIG = """c = get_config()
+c.CourseDirectory.root = {root!r}
+c.CourseDirectory.course_id = "labkit"
+c.Execute.timeout = 60
+"""
+
+
+def nbgrader(course: Path, *arguments):
+    # nbgrader runs `alembic` (its database migrations) from PATH: the venv's bin must be on it
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    result = subprocess.run([sys.executable, "-m", "nbgrader", *arguments], cwd=course, capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="nbgrader 0.9.6 needs Python >= 3.11")
+def test_nbgrader_autograde_gives_the_same_totals(gradebooks, tmp_path):
+    pytest.importorskip("nbgrader", reason="nbgrader is in the test extra: pip install -e '.[test]'")
+    from nbgrader.api import Gradebook
+
+    course = tmp_path / "course"
+    (course / "source").mkdir(parents=True)
+    (course / "nbgrader_config.py").write_text(NBGRADER_CONFIG.format(root=str(course)))
+    for lab in LABS:
+        shutil.copytree(LABS_DIR, course / "source" / lab, ignore=lambda d, names: [
+            n for n in names if n != f"{lab}.ipynb"])
+        nbgrader(course, "generate_assignment", lab, "--force")
+        for student, notebook in (("full", course / "source" / lab / f"{lab}.ipynb"),
+                                  ("empty", course / "release" / lab / f"{lab}.ipynb")):
+            target = course / "submitted" / student / lab
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(notebook, target / f"{lab}.ipynb")
+        nbgrader(course, "autograde", lab, "--create", "--force")
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as book:
+        for lab in LABS:
+            ours = by_student(gradebooks[lab][0])
+            for student in ("full", "empty"):
+                theirs = book.find_submission(lab, student).score
+                assert theirs == ours[student]["total"], (lab, student, theirs, ours[student]["total"])
