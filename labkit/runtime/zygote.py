@@ -235,9 +235,12 @@ class Zygote:
         stats = _stats_dict(cgroup)
         if not plan.auto_remove:
             self.stopped[plan.id] = plan
-            ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
-                                                "owner_start": process_start_time(os.getpid()),
-                                                "status": lifecycle.EXITED, "exit_status": status})
+            try:
+                ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
+                                                    "owner_start": process_start_time(os.getpid()),
+                                                    "status": lifecycle.EXITED, "exit_status": status})
+            except FileNotFoundError:
+                pass  # its directory was removed meanwhile (by hand, or a gc): nothing left to record in
         self.send(Op.EXITED, id=process.id, status=status, error=process.error, pid=process.init_pid, stats=stats)
         # Teardown after the owner has its answer, off its critical path (rmdir of a cgroup
         # in each hierarchy, the directories: milliseconds, more on a busy disk). It is
