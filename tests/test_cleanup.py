@@ -172,3 +172,16 @@ def test_an_interrupt_at_any_moment_of_a_run_leaves_nothing(no_leftovers):
         signal.signal(signal.SIGALRM, previous)
     assert interrupted == 60
     # (no_leftovers: no container dir, cgroup or mount of these 60 remains)
+
+
+def test_a_container_whose_directory_vanished_does_not_take_the_helper_down(no_leftovers):
+    import shutil
+
+    container = Container(ContainerSpec(command="sleep 30"))
+    container.start(detach=True)
+    helper = container._helper
+    shutil.rmtree(container.dir)   # someone removes it by hand while it runs
+    container.kill()
+    container.remove()
+    assert helper.process.poll() is None and helper.gone is None
+    assert Container(ContainerSpec(command="echo still here")).run().stdout == "still here\n"
