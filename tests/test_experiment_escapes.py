@@ -151,3 +151,33 @@ def test_labkit_experiment_run_escapes_writes_a_held_result(labkit_home, tmp_pat
     assert record["check"]["status"] == "held", record["check"]["detail"]
     assert set(record["data"]["outcomes"]) == {"default", "--userns"}
     assert (tmp_path / "escapes" / "escapes.png").stat().st_size > 0
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("version", [1, 2])
+def test_device_control_reads_the_v1_list_or_counts_the_v2_program(version):
+    import os
+    import time
+
+    from labkit.cgroups import HierarchyV1, HierarchyV2, Limits
+    from labkit.cgroups.devices import DOCKER_DEFAULT
+    from labkit.cgroups.v1 import controller_mounts
+    from labkit.cgroups.v2 import unified_mount
+
+    if version == 1 and "devices" not in controller_mounts():
+        pytest.skip("no cgroup v1 devices hierarchy on this host")
+    if version == 2 and unified_mount() is None:
+        pytest.skip("no cgroup2 filesystem mounted on this host")
+    hierarchy = HierarchyV1() if version == 1 else HierarchyV2(unified_mount())
+    made = []
+    try:
+        for rules in (list(DOCKER_DEFAULT), None):
+            made.append(hierarchy.create(f"test-escapes-{os.getpid()}-{time.monotonic_ns()}", Limits(devices=rules)))
+        controlled, free = (escapes.device_control(cgroup) for cgroup in made)
+    finally:
+        for cgroup in made:
+            cgroup.delete()
+    if version == 1:
+        assert sorted(controlled) == sorted(DOCKER_DEFAULT) and free == []   # not in the devices hierarchy at all
+    else:
+        assert controlled == ["BPF_PROG_TYPE_CGROUP_DEVICE program attached (1)"] and free == []

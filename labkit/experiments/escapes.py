@@ -419,6 +419,48 @@ def _vm_unavailable(params) -> str | None:
     return None if state.can_run else "; ".join(state.missing)
 
 
+# --- the by-hand view: a cgroup's device control, as the kernel holds it ----------------
+
+def device_control(cgroup) -> list:
+    """What decides which devices the processes of a labkit cgroup may open: on v1 the
+    lines of its `devices.list`; on v2 (no such file) the BPF_PROG_TYPE_CGROUP_DEVICE
+    programs attached to it, counted with BPF_PROG_QUERY. Empty: no device control of
+    its own (a v1 cgroup without rules is not made in the devices hierarchy at all)."""
+    if hasattr(cgroup, "dirs"):
+        if "devices" not in cgroup.dirs:
+            return []
+        return _lines(os.path.join(cgroup.dirs["devices"], "devices.list"))
+    count = attached_device_programs(cgroup.path)
+    return [f"BPF_PROG_TYPE_CGROUP_DEVICE program attached ({count})"] if count else []
+
+
+def _lines(path) -> list:
+    with open(path) as listing:
+        return [line for line in listing.read().splitlines() if line]
+
+
+def attached_device_programs(cgroup_dir: str) -> int:
+    """How many device programs are attached to the cgroup directly (bpf(BPF_PROG_QUERY))."""
+    import ctypes
+    import struct
+
+    from labkit.cgroups.device_filter import BPF_CGROUP_DEVICE, SYS_BPF
+
+    BPF_PROG_QUERY = 16
+    libc = ctypes.CDLL(None, use_errno=True)
+    directory = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # union bpf_attr's query: target_fd, attach_type, query_flags, attach_flags,
+        # prog_ids (a pointer; none: only count), prog_cnt (written back at offset 24).
+        attr = ctypes.create_string_buffer(struct.pack("<IIII", directory, BPF_CGROUP_DEVICE, 0, 0).ljust(40, b"\0"), 40)
+        if libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_int(BPF_PROG_QUERY), attr, ctypes.c_uint(40)) < 0:
+            number = ctypes.get_errno()
+            raise OSError(number, f"BPF_PROG_QUERY on {cgroup_dir}: {os.strerror(number)}")
+        return struct.unpack_from("<I", attr.raw, 24)[0]
+    finally:
+        os.close(directory)
+
+
 # --- classification: pure, from the recorded data alone ----------------------------------
 
 @dataclass(frozen=True)
@@ -454,10 +496,11 @@ def verdicts(result) -> list:
     return cells
 
 
-def table(result) -> str:
-    """The attempts x profiles table as text: which layer stopped each, or `through`."""
+def table(result, profiles=None) -> str:
+    """The attempts x profiles table as text: which layer stopped each, or `through`
+    (`profiles`: the columns, by default every one the result has, the VM's included)."""
     cells = {(v.attempt, v.profile): v.label for v in verdicts(result)}
-    profiles = list(result.data["outcomes"])
+    profiles = [p for p in (profiles or result.data["outcomes"]) if p in result.data["outcomes"]]
     width = max(len(label) for label in [*cells.values(), *profiles]) + 2
     lines = ["attempt".ljust(26) + "".join(p.ljust(width) for p in profiles).rstrip()]
     for name in result.params["attempts"]:
@@ -496,7 +539,8 @@ def plot(result):
 
     names, profiles = list(result.params["attempts"]), list(result.data["outcomes"])
     cells = {(v.attempt, v.profile): v for v in verdicts(result)}
-    figure, axes = plt.subplots(figsize=(2.0 + 1.6 * len(profiles), 0.9 + 0.45 * len(names)))
+    # The size does not depend on whether the VM ran: a notebook prints the figure's repr.
+    figure, axes = plt.subplots(figsize=(11, 1.5 + 0.45 * len(names)))
     for row, name in enumerate(names):
         for column, profile in enumerate(profiles):
             verdict = cells[name, profile]
