@@ -373,9 +373,10 @@ def _in_a_container(params, options, python) -> dict:
 
 
 def probe_image(python) -> str:
-    """busybox plus empty mount points for the interpreter's volumes. A user namespace's
-    root may not create them itself: busybox's directories belong to host root, which
-    is not mapped inside (Docker's userns-remap chowns its layers instead)."""
+    """busybox plus empty mount points for the interpreter's volumes (and the mount
+    attempt). A user namespace's root may not create them itself: busybox's directories
+    belong to host root, which is not mapped inside (Docker's userns-remap chowns its
+    layers instead). Kept in the store, named by what it holds, so it is built once."""
     import hashlib
     import tempfile
 
@@ -452,8 +453,9 @@ def attached_device_programs(cgroup_dir: str) -> int:
     try:
         # union bpf_attr's query: target_fd, attach_type, query_flags, attach_flags,
         # prog_ids (a pointer; none: only count), prog_cnt (written back at offset 24).
-        attr = ctypes.create_string_buffer(struct.pack("<IIII", directory, BPF_CGROUP_DEVICE, 0, 0).ljust(40, b"\0"), 40)
-        if libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_int(BPF_PROG_QUERY), attr, ctypes.c_uint(40)) < 0:
+        query = struct.pack("<IIII", directory, BPF_CGROUP_DEVICE, 0, 0).ljust(40, b"\0")
+        attr = ctypes.create_string_buffer(query, len(query))
+        if libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_int(BPF_PROG_QUERY), attr, ctypes.c_uint(len(query))) < 0:
             number = ctypes.get_errno()
             raise OSError(number, f"BPF_PROG_QUERY on {cgroup_dir}: {os.strerror(number)}")
         return struct.unpack_from("<I", attr.raw, 24)[0]
@@ -505,6 +507,7 @@ def table(result, profiles=None) -> str:
     lines = ["attempt".ljust(26) + "".join(p.ljust(width) for p in profiles).rstrip()]
     for name in result.params["attempts"]:
         lines.append(name.ljust(26) + "".join(cells[name, p].ljust(width) for p in profiles).rstrip())
+    lines += [f"{profile} skipped: {why}" for profile, why in result.data.get("skipped_profiles", {}).items()]
     return "\n".join(lines)
 
 
