@@ -128,6 +128,7 @@ def test_unknown_attempts_or_profiles_are_refused_by_name():
 # --- the real kernel ---------------------------------------------------------------------
 
 @pytest.mark.root
+@pytest.mark.cgroup_v2
 def test_the_default_profile_refuses_every_attempt_and_privileged_lets_the_harmless_ones_through(no_leftovers):
     result = escapes.run(escapes.Params(profiles=("default", "--privileged"), vm=False))
     cells = {(v.profile, v.attempt): v for v in escapes.verdicts(result)}
@@ -154,6 +155,7 @@ def test_labkit_experiment_run_escapes_writes_a_held_result(labkit_home, tmp_pat
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v2
 @pytest.mark.parametrize("version", [1, 2])
 def test_device_control_reads_the_v1_list_or_counts_the_v2_program(version):
     import os
