@@ -150,7 +150,8 @@ FAILING = {
 from test_experiment_escapes import escapes_data  # noqa: E402
 
 PASSING["escapes"] = escapes_data()
-FAILING["a keyring reached through the default profile"] = ("escapes", escapes_data({("default", "keyring"): "ok"}))
+FAILING["a keyring reached through the default profile"] = ("escapes", escapes_data({("default", "keyring"): "ok"}),
+                                                            "keyring got through the default profile")
 
 
 def test_every_experiment_has_recorded_data_here():

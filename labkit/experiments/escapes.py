@@ -381,6 +381,7 @@ def probe_image(python) -> str:
     import tempfile
 
     from labkit.images import Store, build
+    from labkit.runtime.build_step import run_build_step
 
     targets = sorted(volume.split(":")[1] for volume in python.volumes)
     tag = "labkit-escapes-probe-" + hashlib.sha256("\n".join(targets + [PROBE]).encode()).hexdigest()[:12]
@@ -391,7 +392,7 @@ def probe_image(python) -> str:
         script = " && ".join([f"mkdir -p {' '.join(directories + [os.path.dirname(f) for f in files])}"]
                              + ([f"touch {' '.join(files)}"] if files else []))
         with tempfile.TemporaryDirectory(prefix="labkit-escapes-") as context:
-            build(f"FROM busybox\nRUN {script}\n", tag, context, store=store)
+            build(f"FROM busybox\nRUN {script}\n", tag, context, store=store, run_step=run_build_step)
     return tag
 
 
