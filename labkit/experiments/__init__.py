@@ -23,7 +23,7 @@ from labkit.experiments.base import Check, ExperimentResult
 # In the order the story tells them (and the notebooks show them).
 NAMES = (
     "namespace_tour", "namespace_cost", "pid_view", "network", "memory_limit",
-    "cpu_quota", "pids_limit", "overlay_copy_up", "container_vs_vm",
+    "cpu_quota", "pids_limit", "overlay_copy_up", "container_vs_vm", "escapes",
 )
 
 __all__ = ["NAMES", "Check", "ExperimentResult", "get"]
