@@ -156,6 +156,21 @@ def test_uid_0_inside_a_user_namespace_is_not_root_outside(labkit_home):
         container.remove()
 
 
+def test_exec_into_a_user_namespace_container_is_its_root_not_the_hosts(labkit_home):
+    container = Container(ContainerSpec(command="sleep 30", namespaces=ALL_KINDS[:-1], user_map=(200000, 65536)))
+    container.start(detach=True)
+    try:
+        inside = container.exec("id -u; grep Uid /proc/self/status").check()
+        assert inside.stdout.splitlines()[0] == "0"
+        assert inside.stdout.splitlines()[1].split()[1:] == ["0"] * 4
+        made = container.exec("touch /made-by-exec && stat -c %u /made-by-exec").check()
+        assert made.stdout.strip() == "0"
+        # what exec made, seen from the host: the namespace's root is host uid 200000
+        assert os.stat(container.upper_dir / "made-by-exec").st_uid == 200000
+    finally:
+        container.remove()
+
+
 def host_uptime() -> float:
     with open("/proc/uptime") as uptime:
         return float(uptime.read().split()[0])

@@ -69,6 +69,12 @@ def join_namespaces(namespace_fds):
     # setns(CLONE_NEWNS) leaves the root where it was; the container's root is "/" of
     # its mount namespace, reached through our new cwd.
     os.chdir("/")
+    if "user" in namespace_fds:
+        # Joining a user namespace keeps our host uid 0, which it does not map (it shows
+        # as 65534 inside, and files we make would belong to host root): become its root,
+        # host uid user_map.uid, as the container's first process did.
+        os.setgid(0)
+        os.setuid(0)
 
 
 __all__ = ["supervise_exec", "SetupError"]
