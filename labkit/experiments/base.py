@@ -194,6 +194,19 @@ def _convert(text: str, default, key: str):
 
 # --- small statistics -----------------------------------------------------------------
 
+def vm_unavailable(params) -> str | None:
+    """Why an experiment's VM row cannot run here (its `vm` parameter off, or what
+    `labkit.vm.status()` says is missing), or None when it can."""
+    if not params.vm:
+        return "left out by the vm=False parameter"
+    try:
+        from labkit.vm import status
+    except ImportError as error:
+        return f"labkit.vm is not installed here ({error})"
+    state = status()
+    return None if state.can_run else "; ".join(state.missing)
+
+
 def median(values) -> float:
     return statistics.median(values) if values else float("nan")
 

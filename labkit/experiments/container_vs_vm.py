@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from labkit.experiments.base import Check, finished, median, new_result, report
+from labkit.experiments.base import Check, finished, median, new_result, report, vm_unavailable
 
 ROWS = ("process", "container", "vm")
 SPEEDUP = 10           # a container starts at least this many times faster than a VM boots
@@ -54,7 +54,7 @@ class Params:
 
 def run(params: Params, progress=None):
     result = new_result("container_vs_vm", params)
-    vm_reason = _vm_unavailable(params)
+    vm_reason = vm_unavailable(params)
     total = 2 * params.trials + (0 if vm_reason else params.vm_trials)
     rows, done = {name: [] for name in ROWS}, 0
     _container_once()   # the first container also starts labkit's helper: not a fair trial
@@ -70,17 +70,6 @@ def run(params: Params, progress=None):
             report(progress, done, total, f"VM boot ({rows['vm'][-1]['accel']})")
     result.data = {"rows": rows, "vm_skipped": vm_reason, "memory_metric": "peak cgroup memory charge"}
     return finished(result)
-
-
-def _vm_unavailable(params) -> str | None:
-    if not params.vm:
-        return "left out by the vm=False parameter"
-    try:
-        from labkit.vm import status
-    except ImportError as error:
-        return f"labkit.vm is not installed here ({error})"
-    state = status()
-    return None if state.can_run else "; ".join(state.missing)
 
 
 def in_own_cgroup(command: list, timeout: float) -> tuple:

@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from labkit.experiments.base import Check, finished, new_result, report
+from labkit.experiments.base import Check, finished, new_result, report, vm_unavailable
 
 # The probe: stdlib Python, run as root inside the container (or the VM), each attempt
 # in a forked child so that one (a keyring joined, a namespace entered) cannot change
@@ -255,7 +255,7 @@ def run(params: Params, progress=None):
         raise ValueError(f"escapes: unknown attempt or profile {', '.join(map(repr, unknown))}; "
                          f"attempts are {', '.join(BY_NAME)}; profiles are {', '.join(PROFILES)}")
     result = new_result("escapes", params)
-    vm_reason = _vm_unavailable(params)
+    vm_reason = vm_unavailable(params)
     total, done = len(params.profiles) + (0 if vm_reason else 1), 0
     python = probe_python()
     outcomes, defended, skipped = {}, {}, {}
@@ -408,17 +408,6 @@ def _parse(output: str, what: str) -> dict:
         if line.startswith(PROBE_MARK):
             return json.loads(line[len(PROBE_MARK):])
     raise RuntimeError(f"no answer from {what}")
-
-
-def _vm_unavailable(params) -> str | None:
-    if not params.vm:
-        return "left out by the vm=False parameter"
-    try:
-        from labkit.vm import status
-    except ImportError as error:
-        return f"labkit.vm is not installed here ({error})"
-    state = status()
-    return None if state.can_run else "; ".join(state.missing)
 
 
 # --- the by-hand view: a cgroup's device control, as the kernel holds it ----------------
