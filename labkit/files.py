@@ -5,13 +5,13 @@ kernel makes a rename within one filesystem atomic)."""
 import os
 
 
-def write_atomically(path, text: str, mode: int = 0o644) -> None:
+def write_atomically(path, text: str | bytes, mode: int = 0o644) -> None:
     """Replace the file at `path` with `text`. The temporary name carries our PID, so two
     processes writing the same file never share one; a failed write leaves no temporary."""
     path = os.fspath(path)
     directory, name = os.path.split(path)
     temporary = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-    data = text.encode()
+    data = text.encode() if isinstance(text, str) else text
     try:
         # os.write, not open(): a text file object costs more than the write (it is on
         # every container start, for state.json).

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 
+from labkit.files import write_atomically
 from labkit.home import labkit_home
 
 _in_memory = {}
@@ -56,17 +57,8 @@ def _from_disk_or_compiled(profile, capabilities) -> bytes:
 
 def _store(path, program) -> None:
     """Written whole or not at all (rename); a cache that cannot be written is only slower."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(descriptor, program)
-        finally:
-            os.close(descriptor)
-        os.rename(temporary, path)
+        write_atomically(path, program, mode=0o600)
     except OSError:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
+        pass
