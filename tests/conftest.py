@@ -75,3 +75,25 @@ def no_leftovers(labkit_home, monkeypatch):
     ours = {path for path in labkit_cgroups() if path.rsplit("/", 1)[-1] in made}
     assert ours == set(), f"cgroups left behind: {sorted(ours)}"
     assert [line for line in labkit_mounts() if line not in mounts_before] == [], "mounts left behind"
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A loop block device over a temp file of this test's own (the host's disks are not
+    ours to touch); detached afterwards."""
+    import shutil
+    import subprocess
+
+    if shutil.which("losetup") is None:
+        pytest.skip("losetup (util-linux) is not installed")
+    backing = tmp_path / "disk.img"
+    with open(backing, "wb") as handle:
+        handle.truncate(8 << 20)
+    made = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a loop device here: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=True)

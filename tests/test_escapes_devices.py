@@ -112,26 +112,6 @@ def test_the_v1_devices_list_is_dockers_allow_list():
 
 # --- the escapes, through the runtime (v1 here; v2 in the VM lane) ------------------------
 
-@pytest.fixture
-def loop_device(tmp_path):
-    """A loop device over a temp file of this test's own; detached afterwards."""
-    import shutil
-
-    if shutil.which("losetup") is None:
-        pytest.skip("losetup (util-linux) is not installed")
-    backing = tmp_path / "disk.img"
-    with open(backing, "wb") as handle:
-        handle.truncate(1 << 20)
-    made = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot make a loop device here: {made.stderr.strip()}")
-    device = made.stdout.strip()
-    try:
-        yield os.major(os.stat(device).st_rdev), os.minor(os.stat(device).st_rdev)
-    finally:
-        subprocess.run(["losetup", "--detach", device], check=True)
-
-
 def mknod_and_open(kind, major, minor, how, **options):
     """mknod a node inside a fresh container, then open it: (made?, opened?)."""
     from labkit.runtime import run
@@ -145,7 +125,8 @@ def mknod_and_open(kind, major, minor, how, **options):
 
 @pytest.mark.cgroup_v2
 def test_a_block_device_node_can_be_made_but_not_opened(labkit_home, loop_device):
-    major, minor = loop_device
+    number = os.stat(loop_device).st_rdev
+    major, minor = os.major(number), os.minor(number)
     assert mknod_and_open("b", major, minor, "read") == (True, False)
     # Without device control (and only with the test's own loop device) it opens.
     assert mknod_and_open("b", major, minor, "read", privileged=True) == (True, True)

@@ -211,25 +211,6 @@ def test_not_being_root_is_a_clear_error(labkit_home, monkeypatch):
         helper.get_helper()
 
 
-@pytest.fixture
-def loop_device(tmp_path):
-    """A loop block device of our own to read from (the host's disks are not ours to touch)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("losetup") is None:
-        pytest.skip("losetup (util-linux) is not installed")
-    backing = tmp_path / "disk.img"
-    with open(backing, "wb") as handle:
-        handle.truncate(8 << 20)
-    made = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot make a loop device here: {made.stderr.strip()}")
-    device = made.stdout.strip()
-    yield device
-    subprocess.run(["losetup", "--detach", device], check=True)
-
-
 def device_read_bytes(cgroup, device) -> int | None:
     """Bytes the cgroup read from `device` (major:minor), by the io controller's counter
     (None on v1 when no io limit was asked for: labkit then makes no blkio cgroup)."""
