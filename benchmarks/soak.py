@@ -181,6 +181,7 @@ def soak(containers: int = 1000, concurrency: int = 8, home: Path | None = None,
         for index in range(min(WARM_UP, containers)):
             one(index)
         helper_pid = get_helper().pid
+        settle()  # each figure is taken with no teardown under way (it holds a descriptor or two)
         warm = process_figures(helper_pid)
         sequential = containers // 2
         started = time.monotonic()
@@ -193,8 +194,8 @@ def soak(containers: int = 1000, concurrency: int = 8, home: Path | None = None,
             list(pool.map(one, range(sequential, containers)))
         concurrent_seconds = time.monotonic() - started
         say(f"{concurrency}-way concurrent: {containers - sequential} containers in {concurrent_seconds:.1f} s")
-        end = process_figures(helper_pid)
         settle()  # the helper tears each container down right after reporting its exit
+        end = process_figures(helper_pid)
         left = leftovers(home, made)
     finally:
         shutdown_helper()
