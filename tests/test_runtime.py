@@ -538,3 +538,16 @@ def test_a_detached_container_that_ends_by_itself_is_seen_as_exited(no_leftovers
     finally:
         container.remove()
     assert container.state == "removed"
+
+
+def test_a_container_that_has_exited_and_is_being_removed_holds_no_layer(no_leftovers):
+    """`%%container --image X` then `%image rm X`: the helper removes the first container's
+    directory after it has reported the exit, so the layers must stop counting as in use
+    at the exit, not when the directory is finally gone (otherwise `image rm` right after
+    such a cell removes 0 layers on one run and 1 on the next)."""
+    from labkit.runtime.state import layers_in_use
+
+    for _ in range(5):
+        container = Container(ContainerSpec(command=["true"]))
+        container.run()
+        assert not set(container.image.layers) & layers_in_use()

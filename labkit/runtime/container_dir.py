@@ -92,6 +92,14 @@ class ContainerDir:
     def write_state(self, state: dict) -> None:
         write_atomically(self.state_file, json.dumps(state, indent=1), mode=0o600)  # container data: not for other users
 
+    def forget_state(self) -> None:
+        """The container is gone as far as anyone asking is concerned (`ps`, which layers
+        are in use), though its directory is still being removed."""
+        try:
+            os.unlink(self.state_file)
+        except FileNotFoundError:
+            pass
+
     def read_state(self) -> dict | None:
         try:
             with open(self.state_file) as handle:

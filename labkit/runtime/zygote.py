@@ -241,6 +241,10 @@ class Zygote:
                                                     "status": lifecycle.EXITED, "exit_status": status})
             except FileNotFoundError:
                 pass  # its directory was removed meanwhile (by hand, or a gc): nothing left to record in
+        else:
+            # Gone for anyone who asks from now on: `image rm` right after this exit must not
+            # count the layers of a container whose directory is still being removed below.
+            ContainerDir(plan.dir).forget_state()
         self.send(Op.EXITED, id=process.id, status=status, error=process.error, pid=process.init_pid, stats=stats)
         # Teardown after the owner has its answer, off its critical path (rmdir of a cgroup
         # in each hierarchy, the directories: milliseconds, more on a busy disk). It is
