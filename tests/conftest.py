@@ -16,6 +16,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def cgroup_v2_host():
+    """Skips unless this host's own cgroups are v2 with memory, cpu and pids controllers: on
+    most users' machines, and in CI inside the VM of `.ci/v2-lane` (this project's machines
+    are cgroup v1 hybrid). Use with `pytest.mark.usefixtures("cgroup_v2_host")`."""
+    from labkit.cgroups import detect_mode, host_hierarchy
+
+    if not (detect_mode() == "v2" and {"memory", "cpu", "pids"} <= host_hierarchy().controllers):
+        pytest.skip("the host's cgroups are not v2 with memory, cpu and pids controllers "
+                    "(CI runs these in a VM: .ci/v2-lane)")
+
+
 @pytest.fixture
 def labkit_home(tmp_path, monkeypatch):
     """A fresh LABKIT_HOME for one test: its own images, containers and caches."""

@@ -4,16 +4,9 @@ memory, cpu and pids controllers, and in CI inside the VM of `.ci/v2-lane`."""
 
 import pytest
 
-from labkit.cgroups import detect_mode, host_hierarchy
 from labkit.grading import probes as p
 
-V2_READY = detect_mode() == "v2" and {"memory", "cpu", "pids"} <= host_hierarchy().controllers
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.cgroup_v2,
-    pytest.mark.skipif(not V2_READY, reason="the host's cgroups are not v2 with memory, cpu and pids "
-                                            "controllers (CI runs these in a VM: .ci/v2-lane)"),
-]
+pytestmark = [pytest.mark.root, pytest.mark.cgroup_v2, pytest.mark.usefixtures("cgroup_v2_host")]
 
 
 @pytest.fixture

@@ -6,15 +6,7 @@ machines are cgroup v1 hybrid, where they skip)."""
 
 import pytest
 
-from labkit.cgroups import detect_mode, host_hierarchy
-
-V2_READY = detect_mode() == "v2" and {"memory", "cpu", "pids"} <= host_hierarchy().controllers
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.cgroup_v2,
-    pytest.mark.skipif(not V2_READY, reason="the host's cgroups are not v2 with memory, cpu and pids "
-                                            "controllers (CI runs these in a VM: .ci/v2-lane)"),
-]
+pytestmark = [pytest.mark.root, pytest.mark.cgroup_v2, pytest.mark.usefixtures("cgroup_v2_host")]
 
 
 def test_a_container_runs_with_v2_limits_visible_inside(labkit_home):
