@@ -107,6 +107,31 @@ def test_help_imports_no_verb_module():
     assert loaded == {"labkit", "labkit.cli", "labkit.errors", "labkit.verbs"}
 
 
+def run_probe(home, body) -> str:
+    """What a fresh interpreter prints after `labkit run -- true` in it, then `body`; a home
+    whose busybox image is already in place, so the run does only what every run does."""
+    labkit("run", "--", "true", home=home)
+    probe = ("import os, sys\nfrom labkit.cli import main\n" + body)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, LABKIT_HOME=str(home)))
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_run_starts_no_program_but_the_containers(labkit_home):
+    """No helper program of the C library (find_library runs `ldconfig -p`), no `ip`: each
+    costs a fork and an exec on every run."""
+    started = run_probe(labkit_home, (
+        "def note(event, args):\n"
+        "    if event in ('subprocess.Popen', 'os.posix_spawn', 'os.system'):\n"
+        "        os.write(1, f'{event} {args[0]}\\n'.encode())\n"
+        "sys.addaudithook(note)\n"
+        "assert main(['run', '--', 'true']) == 0\n"
+        "import subprocess\n"
+        "subprocess.run(['true'])  # the probe's own check that it sees a program start\n"))
+    assert started.splitlines() == ["subprocess.Popen true"]
+
+
 def test_a_verb_imports_its_own_module_and_no_other():
     from labkit.cli import PLUGINS
 

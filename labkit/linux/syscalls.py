@@ -5,10 +5,25 @@ forks once per container, so everything here must be cheap to have in memory.
 """
 
 import ctypes
-import ctypes.util
 import os
+import sys
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+from labkit.errors import HostError
+
+
+def _linked_libc():
+    """The C library this interpreter is already linked against (glibc's libc.so.6,
+    musl's libc.so): dlopen(NULL) finds it with no name to guess. Not
+    ctypes.util.find_library, which runs `ldconfig -p` as a subprocess (10-50 ms) in
+    every process that imports this module, `labkit run` included."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "unshare"):
+        raise HostError(f"the C library linked into {sys.executable} has no unshare(2): labkit needs "
+                        "Linux with glibc or musl")
+    return libc
+
+
+_libc = _linked_libc()
 
 # clone(2) / unshare(2) flags
 CLONE_NEWTIME = 0x00000080
