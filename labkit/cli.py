@@ -212,5 +212,38 @@ def main(argv=None):
     return dispatch(options)
 
 
+def command():
+    """The `labkit` program: main(), then exit without the interpreter's teardown."""
+    try:
+        code = main()
+    except SystemExit as done:  # argparse's --help and usage errors
+        code = done.code
+        if not (code is None or isinstance(code, int)):
+            raise
+    exit_now(code or 0)
+
+
+def exit_now(code: int):
+    """Leave the way the interpreter would, less its final teardown: other threads first (a
+    thread that is not a daemon is waited for: then the ordinary exit), atexit handlers
+    (the helper's shutdown, which waits until every container is torn down), buffered
+    output; then _exit. The teardown skipped frees every module and object one by one:
+    20-30 ms after `labkit run` here, with nobody waiting for it but the user."""
+    threading = sys.modules.get("threading")
+    if threading is not None and any(not thread.daemon for thread in threading.enumerate()
+                                     if thread is not threading.main_thread()):
+        sys.exit(code)
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        code = code or 120  # what the interpreter exits with when it cannot flush stdout
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

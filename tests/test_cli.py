@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -23,6 +24,35 @@ def test_run_passes_output_and_exit_code_through(labkit_home):
 def test_run_with_stdin(labkit_home):
     done = labkit("run", "-i", "--", "tr", "a-z", "A-Z", home=labkit_home, stdin="shout\n")
     assert (done.returncode, done.stdout) == (0, "SHOUT\n")
+
+
+def test_run_has_removed_its_container_and_helper_when_the_command_returns(labkit_home):
+    """`labkit` skips the interpreter's teardown at exit, not the helper's shutdown: the
+    container's directory, mounts and cgroups, and the helper (a fork of the command, so
+    it has the command's arguments), are gone by the time the shell gets the exit status."""
+    from conftest import labkit_cgroups
+
+    marker = f"marker-{os.getpid()}-{time.monotonic_ns()}"
+    output = labkit_home / "output"
+    with open(output, "w") as file:  # not a pipe: reading one to its end would wait for the helper too
+        done = subprocess.run([sys.executable, "-m", "labkit.cli", "run", "--", "sh", "-c", f"hostname; : {marker}"],
+                              stdout=file, stderr=subprocess.STDOUT, env=dict(os.environ, LABKIT_HOME=str(labkit_home)))
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if marker.encode() in cmdline.read():
+                    left.append(pid)
+        except OSError:
+            pass  # exited meanwhile
+    assert left == []
+    assert done.returncode == 0, output.read_text()
+    short_id = output.read_text().strip().removeprefix("labkit-")   # the name's part of the container id
+    assert len(short_id) == 8
+    assert os.listdir(labkit_home / "containers") == []
+    with open("/proc/self/mountinfo") as mounts:
+        assert str(labkit_home) not in mounts.read()
+    assert not [path for path in labkit_cgroups() if os.path.basename(path).startswith(short_id)]
 
 
 @pytest.mark.parametrize("args, message, code", [
