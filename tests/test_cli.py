@@ -162,6 +162,32 @@ def test_run_starts_no_program_but_the_containers(labkit_home):
     assert started.splitlines() == ["subprocess.Popen true"]
 
 
+def test_run_loads_no_netlink_and_no_other_verb_in_the_command_or_its_helper(labkit_home):
+    """`labkit run --network none` needs neither pyroute2 nor labkit.net's netlink side, nor
+    any other verb's module: not in the command, and not in the helper forked from it
+    (its modules are listed when it takes the start request)."""
+    from labkit.cli import PLUGINS
+
+    printed = run_probe(labkit_home, (
+        "from labkit.runtime import zygote\n"
+        "take_start = zygote.Zygote.op_start\n"
+        "def listing_start(self, request, fds):\n"
+        "    print('helper', *sorted(sys.modules), flush=True)\n"
+        "    return take_start(self, request, fds)\n"
+        "zygote.Zygote.op_start = listing_start\n"
+        "assert main(['run', '--', 'true']) == 0\n"
+        "print('command', *sorted(sys.modules))\n"))
+    listings = {line.split()[0]: set(line.split()[1:]) for line in printed.splitlines()}
+    assert set(listings) == {"helper", "command"}
+    not_for_run = {module for module, *_ in PLUGINS} | {
+        "labkit.net.bridge", "labkit.net.rtnl", "labkit.net.hooks", "labkit.net.ports", "labkit.net.veth",
+        "labkit.images.builder", "labkit.images.transfer", "labkit.magics", "labkit.doctor", "labkit.widgets"}
+    assert "labkit.runtime.container" in listings["command"] and "labkit.runtime.setup" in listings["helper"]
+    for process, loaded in listings.items():
+        assert not loaded & not_for_run, process
+        assert not {m for m in loaded if m.split(".")[0] in ("pyroute2", "IPython", "matplotlib")}, process
+
+
 def test_a_verb_imports_its_own_module_and_no_other():
     from labkit.cli import PLUGINS
 

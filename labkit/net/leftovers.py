@@ -8,14 +8,16 @@ lease needs it.
 """
 
 from labkit.home import labkit_home
-from labkit.net import bridge, ipam
-from labkit.net.hooks import drop_dead_leases, remove_bridge_if_unused
+from labkit.net import ipam
 
 
 def sweep_home(home=None) -> list:
     home = home or labkit_home()
     if ipam.read_leases(home) is None:
-        return []   # this home never used a bridge: no need to load pyroute2
+        return []   # this home never used a bridge: no need to load netlink (run before every helper starts)
+    from labkit.net import bridge
+    from labkit.net.hooks import drop_dead_leases, remove_bridge_if_unused
+
     removed = [f"bridge {name} (its LABKIT_HOME is gone)" for name in bridge.orphaned_bridges()
                if bridge.remove_bridge(name)]
     with ipam.lease_book(home) as book:

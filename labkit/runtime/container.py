@@ -6,7 +6,6 @@ Lifecycle (the OCI vocabulary): configured → created → running → exited �
 """
 
 import os
-import secrets
 import signal
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ _running = {}  # name -> Container, the long-lived containers of this process
 class Container:
     def __init__(self, spec: ContainerSpec | None = None, **fields):
         self.spec = (spec or ContainerSpec(**fields)).validated()
-        self.id = secrets.token_hex(8)
+        self.id = os.urandom(8).hex()  # secrets.token_hex, less its import (hmac, base64) in every labkit run
         self.name = self.spec.name or f"labkit-{self.id[:8]}"
         self.hostname = self.spec.hostname or self.name
         self.image = self.spec.image if isinstance(self.spec.image, Image) else get_image(self.spec.image)
@@ -444,7 +443,7 @@ class _ExecProcess:
 
     def __init__(self, container, command, env, workdir, user, timeout):
         self.container = container
-        self.id = secrets.token_hex(8)
+        self.id = os.urandom(8).hex()
         self.plan = launch.ExecPlan(target=container.id, namespaces=list(container.spec.namespaces),
                                     process=container._process_plan(command, env, workdir, user))
         self.timeout = timeout

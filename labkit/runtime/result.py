@@ -1,6 +1,5 @@
 """Result: what a finished container did (exit, output, resources), with a readable repr."""
 
-import html
 import os
 import signal as signals
 from dataclasses import dataclass, field
@@ -73,6 +72,8 @@ class Result:
         return f"<Result {self.name}: {self.cause}, {self.duration * 1000:.1f} ms, peak memory {peak}{limit}>"
 
     def _repr_html_(self):
+        import html  # here, for notebooks: not in every `labkit run`
+
         rows = [
             ("command", " ".join(self.command)),
             ("outcome", self.cause),
