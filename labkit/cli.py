@@ -188,16 +188,22 @@ def _add_plugin(subparsers, module_name, function) -> None:
 
 
 def build_parser(verb: str | None = None):
-    """The parser for one command line whose first word is `verb`: the full parser of that
-    verb, a one-line entry (for --help) for each other. None: every verb in full."""
+    """The parser for one command line whose first word is `verb`: that verb's full parser
+    alone when `verb` is one labkit has; otherwise (--help, a typo) a one-line entry for
+    each verb, which --help and the error list. None: every verb in full.
+
+    Each parser argparse makes costs ~0.3 ms, most of it gettext looking for a translation
+    of its headings on disk: `labkit run` makes three, not the fourteen of a full table."""
     parser = argparse.ArgumentParser(prog="labkit", description="Learn how Linux containers work, on the real kernel.")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
-    add_verbs(sub, VERBS)
+    known = verb is not None and (any(v.name == verb for v in VERBS) or
+                                  any(named and verb in named[0] for _, _, *named in PLUGINS))
+    add_verbs(sub, [v for v in VERBS if v.name == verb] if known else VERBS)
     for module_name, function, *named in PLUGINS:
         verbs = named[0] if named else None
         if verb is None or verbs is None or verb in verbs:
             _add_plugin(sub, module_name, function)
-        else:
+        elif not known:
             for name, text in verbs.items():
                 sub.add_parser(name, help=text, add_help=False)
     return parser
