@@ -8,6 +8,7 @@ is small and single-threaded (the `labkit` command) may ask for a fork of itself
 
 import atexit
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -184,6 +185,18 @@ class ForkedHelper:
         return self.returncode
 
     def wait(self, timeout=None):
+        """The helper's exit status, once it has exited (every teardown done). A pidfd
+        turns readable at the exit itself: no sleep-and-poll after every `labkit run`."""
+        if self.poll() is None:
+            try:
+                pidfd = os.pidfd_open(self.pid)
+            except OSError:  # Linux before 5.3
+                pidfd = None
+            if pidfd is not None:
+                try:
+                    select.select([pidfd], [], [], timeout)
+                finally:
+                    os.close(pidfd)
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
             if deadline is not None and time.monotonic() > deadline:
