@@ -6,7 +6,9 @@ the notebook magics.
 
 It starts like a native tool: building the parser imports argparse and the tables below,
 not the verbs. A verb's module is imported only when that verb is used (PLUGINS names
-which verbs each module adds, so `labkit --help` lists them without importing them).
+which verbs each module adds, so `labkit --help` lists them without importing them), and
+only that verb's parser is built. The program (`command`) leaves without the
+interpreter's teardown once the helper has shut down (`exit_now`).
 """
 
 import argparse
