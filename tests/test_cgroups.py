@@ -148,6 +148,47 @@ def test_v1_delete_tolerates_a_cgroup_already_gone():
     assert not cgroup.exists()
 
 
+def removed_between_open_and_read(directory):
+    """labkit's read_text, with the cgroup's directory removed (rmdir, for real) after the
+    open and before the read: what another process's teardown does to a sweep reading it."""
+    def read_text(path):
+        with open(path) as handle:
+            if os.path.dirname(path) == directory:
+                os.rmdir(directory)
+            return handle.read()
+    return read_text
+
+
+@needs_v1
+def test_v1_pids_of_a_cgroup_removed_while_read_are_none(monkeypatch):
+    """The sweep before every helper start reads each labkit cgroup on the host, and other
+    owners remove theirs meanwhile: the kernel answers ENODEV, which means gone."""
+    from labkit.cgroups import v1
+
+    cgroup = HierarchyV1().create(leaf())
+    monkeypatch.setattr(v1, "read_text", removed_between_open_and_read(cgroup.dirs["pids"]))
+    try:
+        assert cgroup.pids() == []
+        assert not os.path.exists(cgroup.dirs["pids"])
+    finally:
+        monkeypatch.undo()
+        cgroup.delete()
+
+
+@needs_unified
+def test_v2_pids_of_a_cgroup_removed_while_read_are_none(monkeypatch):
+    from labkit.cgroups import v2
+
+    cgroup = HierarchyV2(UNIFIED).create(leaf())
+    monkeypatch.setattr(v2, "read_text", removed_between_open_and_read(cgroup.path))
+    try:
+        assert cgroup.pids() == []
+        assert not cgroup.exists()
+    finally:
+        monkeypatch.undo()
+        cgroup.delete()
+
+
 def test_a_limit_the_host_cannot_enforce_is_refused_by_name():
     hierarchy = HierarchyV1(mounts={"memory": "/nonexistent"})
     with pytest.raises(HostError, match="pids limit needs the pids cgroup controller"):

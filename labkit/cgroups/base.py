@@ -63,6 +63,13 @@ def read_text(path) -> str:
         return handle.read()
 
 
+def gone(error: OSError) -> bool:
+    """Did a read fail because the cgroup was removed? Before the open: ENOENT; between
+    the open and the read (another process's rmdir, e.g. the sweep of another LABKIT_HOME
+    or a helper's teardown): ENODEV."""
+    return error.errno in (errno.ENOENT, errno.ENODEV)
+
+
 def read_int(path) -> int | None:
     try:
         text = read_text(path).strip()

@@ -4,7 +4,7 @@ controller under /sys/fs/cgroup/<controller>, and a directory per container in e
 import os
 
 from labkit.cgroups.base import (
-    CPU_PERIOD_US, Cgroup, Hierarchy, Limits, Stats, cpu_quota_us, read_int, read_keyed,
+    CPU_PERIOD_US, Cgroup, Hierarchy, Limits, Stats, cpu_quota_us, gone, read_int, read_keyed,
     read_text, remove_dir, remove_parent_if_empty, retry_if_parent_went, write,
 )
 
@@ -114,8 +114,9 @@ class CgroupV1(Cgroup):
         for procs in self.procs_files():
             try:
                 found.update(int(p) for p in read_text(procs).split())
-            except FileNotFoundError:
-                pass
+            except OSError as error:
+                if not gone(error):
+                    raise
         return sorted(found)
 
     def _remove_dirs(self, deadline: float) -> None:

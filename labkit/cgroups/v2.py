@@ -5,7 +5,7 @@ import os
 import time
 
 from labkit.cgroups.base import (
-    CPU_PERIOD_US, Cgroup, Hierarchy, Limits, Stats, cpu_quota_us, read_int, read_keyed,
+    CPU_PERIOD_US, Cgroup, Hierarchy, Limits, Stats, cpu_quota_us, gone, read_int, read_keyed,
     read_text, remove_dir, remove_parent_if_empty, retry_if_parent_went, write,
 )
 from labkit.errors import HostError
@@ -87,7 +87,9 @@ class CgroupV2(Cgroup):
     def pids(self) -> list:
         try:
             return sorted(int(p) for p in read_text(self._file("cgroup.procs")).split())
-        except FileNotFoundError:
+        except OSError as error:
+            if not gone(error):
+                raise
             return []
 
     def kill(self) -> None:
