@@ -226,13 +226,19 @@ def main(argv=None):
 
 
 def command():
-    """The `labkit` program: main(), then exit without the interpreter's teardown."""
+    """The `labkit` program: main(), then, for labkit's own verbs (they write nothing but
+    their output) and for --help and usage errors, exit without the interpreter's teardown.
+    A plugin's verb may hold a file that only that teardown would flush: the ordinary exit."""
     try:
         code = main()
     except SystemExit as done:  # argparse's --help and usage errors
         code = done.code
         if not (code is None or isinstance(code, int)):
             raise
+    else:
+        first = next((word for word in sys.argv[1:] if not word.startswith("-")), "")
+        if not any(verb.name == first for verb in VERBS):
+            sys.exit(code)
     exit_now(code or 0)
 
 
