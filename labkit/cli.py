@@ -194,17 +194,18 @@ def _add_plugin(subparsers, module_name, function) -> None:
     getattr(module, function)(subparsers)
 
 
-def build_parser(verb: str | None = None):
+def build_parser(verb: str | None = None, listed: bool = False):
     """The parser for one command line whose first word is `verb`: that verb's full parser
-    alone when `verb` is one labkit has; otherwise (--help, a typo) a one-line entry for
-    each verb, which --help and the error list. None: every verb in full.
+    alone when `verb` is one labkit has; otherwise (--help, a typo), or when `listed` (an
+    option before the verb, such as -h, is the top level's), a one-line entry for each
+    other verb too, which --help and the error list. None: every verb in full.
 
     Each parser argparse makes costs ~0.3 ms, most of it gettext looking for a translation
     of its headings on disk: `labkit run` makes three, not the fourteen of a full table."""
     parser = argparse.ArgumentParser(prog="labkit", description="Learn how Linux containers work, on the real kernel.")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
-    known = verb is not None and (any(v.name == verb for v in VERBS) or
-                                  any(named and verb in named[0] for _, _, *named in PLUGINS))
+    known = not listed and verb is not None and (any(v.name == verb for v in VERBS) or
+                                                 any(named and verb in named[0] for _, _, *named in PLUGINS))
     add_verbs(sub, [v for v in VERBS if v.name == verb] if known else VERBS)
     for module_name, function, *named in PLUGINS:
         verbs = named[0] if named else None
@@ -219,7 +220,7 @@ def build_parser(verb: str | None = None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     first = next((word for word in argv if not word.startswith("-")), "")
-    options = build_parser(first).parse_args(argv)
+    options = build_parser(first, listed=argv[:1] != [first]).parse_args(argv)
     if getattr(options, "command", None) and options.command[:1] == ["--"]:
         options.command = options.command[1:]
     return dispatch(options)

@@ -188,6 +188,18 @@ def test_run_loads_no_netlink_and_no_other_verb_in_the_command_or_its_helper(lab
         assert not {m for m in loaded if m.split(".")[0] in ("pyroute2", "IPython", "matplotlib")}, process
 
 
+def test_help_lists_every_verb_also_when_asked_before_one(labkit_home):
+    """`labkit run …` builds run's parser alone (each parser costs gettext lookups on disk);
+    the top level's --help, wherever it stands, still lists every verb."""
+    from labkit.cli import PLUGINS, VERBS, build_parser
+
+    every = {verb.name for verb in VERBS} | {name for *_, named in PLUGINS for name in named}
+    for args in (["--help"], ["-h", "run"], ["--help", "image"]):
+        shown = labkit(*args, home=labkit_home).stdout
+        assert {name for name in every if f"    {name}" in shown} == every, args
+    assert subcommand_names(build_parser("run")) == {"run"}
+
+
 def test_a_verb_imports_its_own_module_and_no_other():
     from labkit.cli import PLUGINS
 
