@@ -194,7 +194,9 @@ class ForkedHelper:
                 pidfd = None
             if pidfd is not None:
                 try:
-                    select.select([pidfd], [], [], timeout)
+                    exited = select.poll()
+                    exited.register(pidfd, select.POLLIN)
+                    exited.poll(None if timeout is None else timeout * 1000)
                 finally:
                     os.close(pidfd)
         deadline = None if timeout is None else time.monotonic() + timeout
