@@ -1,36 +1,40 @@
 """The command line as a user meets it: whole processes, start to exit, in one run.
 
-    python benchmarks/cli.py [--runs 20]
+    python benchmarks/cli.py [--runs 20] [--no-install]
 
-Each row is the median (and p90) of one whole process, started and waited for:
+Each row is the median (and p90) of one whole process, started and waited for; the rows
+are called in turn (a, b, c, a, b, c, ...), so that a busy machine slows them alike:
 
-- python -c pass:      the interpreter labkit runs on, with its site-packages (the floor
-                       for any Python command here)
-- labkit --help:       building the parser and printing; imports no verb's module
-- labkit run -- true:  a container start → exit of /bin/true in busybox, cleaned up
-- crun run:            when installed; an OCI bundle on the same busybox files (run the
-                       way benchmarks/startup.py does: crun refuses hybrid cgroups)
-- podman run:          when installed; `podman run --rm --network none --rootfs DIR true`
-                       (with lowered ulimits, in a mount namespace without the hybrid
-                       cgroup2 mount, for the same reason as crun)
+- python -c pass:        the interpreter labkit runs on, with its site-packages (the floor
+                         for any Python command here)
+- labkit --help:         building the parser and printing; imports no verb's module
+- labkit run -- true:    a container start → exit of /bin/true in busybox, cleaned up
+- … pool off:            the same with LABKIT_POOL=0 (the helper's pool switched off)
+- crun run:              an OCI bundle on the same busybox files (crun is installed with
+                         apt when missing; see benchmarks/timing.py for why it runs in a
+                         mount namespace of its own)
+- podman run --rootfs:   when installed; `podman run --rm --network none --rootfs DIR true`
+                         (with lowered ulimits; in the same kind of mount namespace as crun)
 
 Ratios are printed (issue 13's goal: labkit run ≤ 0.6 × podman); nothing is asserted.
 It also lists which labkit modules `labkit --help` imported, from `python -X importtime`.
 """
 
 import argparse
-import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 import timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+GOAL = 0.6  # labkit run -- true ÷ podman run
+WARMUP = 2
 
 
 def labkit_command() -> list:
@@ -39,15 +43,17 @@ def labkit_command() -> list:
     return [script] if os.path.exists(script) else [sys.executable, "-m", "labkit.cli"]
 
 
-def whole_process(command, runs, warmup=2) -> dict:
+def whole_process(command, env=None):
+    """A function that runs `command` once and returns its seconds."""
     def once():
-        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        began = time.perf_counter()
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        seconds = time.perf_counter() - began
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.decode()[-300:]}")
+        return seconds
 
-    taken = timing.samples(once, runs, warmup)
-    return {"median_ms": statistics.median(taken) * 1000, "p90_ms": taken[int(len(taken) * 0.9)] * 1000,
-            "runs": runs}
+    return once
 
 
 def podman_command(rootfs) -> list:
@@ -55,24 +61,6 @@ def podman_command(rootfs) -> list:
     # hard limit, and raising one needs CAP_SYS_RESOURCE, which some hosts withhold.
     return ["podman", "run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024",
             "--ulimit", "nproc=1024:1024", "--rootfs", rootfs, "true"]
-
-
-def inner_podman(rootfs, runs):
-    """Runs inside `unshare -m`: hide the hybrid cgroup2 mount (crun, podman's runtime,
-    refuses hybrid cgroups), then time podman."""
-    subprocess.run(["umount", "/sys/fs/cgroup/unified"], check=False, stderr=subprocess.DEVNULL)
-    print(json.dumps(whole_process(podman_command(rootfs), runs)))
-
-
-def podman_row(rootfs, runs):
-    if shutil.which("podman") is None:
-        return None, "podman is not installed (apt-get install podman)"
-    completed = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", sys.executable, __file__, "--inner-podman", rootfs,
-         "--runs", str(runs)], capture_output=True, text=True)
-    if completed.returncode != 0:
-        return None, f"podman could not run here: {completed.stderr.strip()[-300:]}"
-    return json.loads(completed.stdout.strip().splitlines()[-1]), None
 
 
 def help_imports() -> list:
@@ -83,51 +71,81 @@ def help_imports() -> list:
     return [name for name in names if name == "labkit" or name.startswith("labkit.")]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--inner-podman", metavar="ROOTFS", help=argparse.SUPPRESS)
-    options = parser.parse_args()
-    if options.inner_podman:
-        inner_podman(options.inner_podman, options.runs)
-        return
-
-    from startup import oci_row
-
-    from labkit.images import get_image
-
-    layer = str(get_image("busybox").layer_dirs[0])
+def measure(runs: int, layer: str, install: bool = True) -> dict:
+    """Every row called in turn, `runs` rounds after WARMUP rounds."""
     labkit = labkit_command()
-    rows, notes = {}, []
-    rows["python -c pass"] = whole_process([sys.executable, "-c", "pass"], options.runs)
-    rows["labkit --help"] = whole_process([*labkit, "--help"], options.runs)
-    rows["labkit run -- true"] = whole_process([*labkit, "run", "--", "true"], options.runs)
-    row, why = oci_row("crun", layer, options.runs)
-    if row:
-        rows["crun run"] = row
-    else:
-        notes.append(why)
+    pool_off = dict(os.environ, LABKIT_POOL="0")
+    pool_on = {k: v for k, v in os.environ.items() if k != "LABKIT_POOL"}
+    rows = {
+        "python -c pass": whole_process([sys.executable, "-c", "pass"]),
+        "labkit --help": whole_process([*labkit, "--help"]),
+        "labkit run -- true": whole_process([*labkit, "run", "--", "true"], pool_on),
+        "labkit run -- true, pool off": whole_process([*labkit, "run", "--", "true"], pool_off),
+    }
+    notes, workers = [], []
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as directory:
-        rootfs = os.path.join(directory, "rootfs")
-        shutil.copytree(layer, rootfs, symlinks=True)  # podman writes /etc files into a --rootfs
-        row, why = podman_row(rootfs, options.runs)
-    if row:
-        rows["podman run --rootfs"] = row
-    else:
-        notes.append(why)
+        try:
+            crun, why = timing.ensure_tool("crun", install)
+            if crun:
+                bundle = timing.make_bundle(os.path.join(directory, "bundle"), layer)
+                rows["crun run"] = _in_worker(workers, "crun worker", ["crun", "run", "--bundle", bundle, "{name}"],
+                                              ["crun", "delete", "--force", "{name}"])
+            else:
+                notes.append(why)
+            if shutil.which("podman"):
+                rootfs = os.path.join(directory, "rootfs")
+                shutil.copytree(layer, rootfs, symlinks=True)  # podman writes /etc files into a --rootfs
+                rows["podman run --rootfs"] = _in_worker(workers, "podman worker", podman_command(rootfs))
+            else:
+                notes.append("podman is not installed (apt-get install podman): no podman row")
+            taken = {name: [] for name in rows}
+            for round_number in range(WARMUP + runs):
+                for name, once in rows.items():
+                    seconds = once()
+                    if round_number >= WARMUP:
+                        taken[name].append(seconds)
+        finally:
+            for worker in workers:
+                worker.close()
+    return {"rows": {name: timing.summary(seconds) for name, seconds in taken.items()},
+            "help_imports": help_imports(), "notes": notes}
 
+
+def _in_worker(workers, name, argv, cleanup=None):
+    worker = timing.command_worker(name)
+    workers.append(worker)
+    return lambda: worker.ask({"argv": argv, "cleanup": cleanup})["seconds"][0]
+
+
+def report(data: dict) -> None:
+    rows = data["rows"]
     floor = rows["python -c pass"]["median_ms"]
-    print(f"{'whole process':22} {'median ms':>10} {'p90 ms':>8} {'÷ python -c pass':>17}")
+    print(f"the command line, whole processes (median / p90 ms of {rows['python -c pass']['runs']}, called in turn)")
+    print(f"{'':30} {'median ms':>10} {'p90 ms':>8} {'÷ python -c pass':>17}")
     for name, row in rows.items():
-        print(f"{name:22} {row['median_ms']:10.1f} {row['p90_ms']:8.1f} {row['median_ms'] / floor:17.2f}")
+        print(f"{name:30} {row['median_ms']:10.1f} {row['p90_ms']:8.1f} {row['median_ms'] / floor:17.2f}")
     run = rows["labkit run -- true"]["median_ms"]
-    for anchor, goal in (("podman run --rootfs", 0.6), ("crun run", None)):
+    for anchor, goal in (("podman run --rootfs", GOAL), ("crun run", None)):
         if anchor in rows:
             ratio = run / rows[anchor]["median_ms"]
             verdict = f" (goal ≤ {goal:.2f}: {'met' if ratio <= goal else 'not met'})" if goal else ""
             print(f"labkit run -- true / {anchor} = {ratio:.2f}{verdict}")
-    print(f"labkit modules imported by `labkit --help`: {', '.join(help_imports())}")
-    for note in notes:
+    print(f"labkit modules imported by `labkit --help`: {', '.join(data['help_imports'])}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--no-install", action="store_true", help="do not apt-get install a missing crun")
+    options = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("benchmarks/cli.py needs root: `labkit run` makes namespaces, cgroups and mounts")
+
+    from labkit.images import get_image
+
+    data = measure(options.runs, str(get_image("busybox").layer_dirs[0]), install=not options.no_install)
+    report(data)
+    for note in data["notes"]:
         print(f"note: {note}")
 
 

@@ -7,11 +7,13 @@
    `tar -cf /dev/null` measures only the directory walk; it is printed for reference.
 2. warm-cache rebuild vs cold build of the same recipe (goal: <= 10%).
 
-Run as root:  .venv/bin/python benchmarks/images.py [--repeat 5]
+Run as root:  .venv/bin/python benchmarks/images.py [--repeat 5] [--mib 100] [--commit-only]
+                                                    [--quick] [--json FILE]
 """
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import statistics
@@ -24,6 +26,7 @@ from pathlib import Path
 import timing
 
 SIZE_MIB = 100
+COMMIT_GOAL = 1.5   # × (tar read + sha256)
 RECIPE = """\
 FROM busybox
 RUN echo one > /one && mkdir -p /data
@@ -34,24 +37,21 @@ RUN ls -R / > /listing.txt 2>/dev/null || true
 """
 
 
-def timed(function, repeat: int) -> float:
-    return statistics.median(timing.samples(function, repeat))
-
-
-def make_upper(directory: Path) -> None:
-    """100 MiB: 90 files of 1 MiB and 2560 of 4 KiB, in nested directories."""
+def make_upper(directory: Path, mib: int) -> None:
+    """`mib` MiB: nine tenths in files of 1 MiB, one tenth in files of 4 KiB, in nested
+    directories (100 MiB: 90 files of 1 MiB and 2560 of 4 KiB)."""
     directory.mkdir(parents=True)
-    for index in range(90):
+    for index in range(mib * 9 // 10):
         (directory / "big").mkdir(exist_ok=True)
         (directory / "big" / f"{index:03}.bin").write_bytes(os.urandom(1 << 20))
-    for index in range(2560):
+    for index in range((mib - mib * 9 // 10) * 256):
         folder = directory / "small" / f"{index // 100:02}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{index:04}.txt").write_bytes(os.urandom(4096))
     subprocess.run(["tar", "-cf", "-", "-C", str(directory), "."], stdout=subprocess.DEVNULL, check=True)  # warm cache
 
 
-def bench_commit(home: Path, repeat: int) -> None:
+def bench_commit(home: Path, repeat: int, mib: int = SIZE_MIB) -> dict:
     from labkit.images import commit, get_image
     from labkit.images.layers import layer_digest
     from labkit.images.store import Store
@@ -59,7 +59,7 @@ def bench_commit(home: Path, repeat: int) -> None:
     store = Store(home)
     base = get_image("busybox", store)
     upper = home / "upper"
-    make_upper(upper)
+    make_upper(upper, mib)
 
     def tar_to_dev_null():
         subprocess.run(["tar", "-cf", "/dev/null", "-C", str(upper), "."], check=True)
@@ -88,30 +88,36 @@ def bench_commit(home: Path, repeat: int) -> None:
     def digest_only():
         layer_digest(upper)
 
-    data = os.urandom(SIZE_MIB << 20)
+    data = os.urandom(mib << 20)
 
     def openssl_sha256():
         hashlib.sha256(data).digest()
 
-    tar_null = timed(tar_to_dev_null, repeat)
-    tar_pipe = timed(tar_through_pipe, repeat)
-    timed(commit_copy, repeat)
-    timed(commit_move, repeat)
-    copy, move = statistics.median(copied), statistics.median(moved)
-    floor = timed(digest_only, repeat)
-    sha = timed(openssl_sha256, repeat)
-    baseline = tar_pipe + sha
-    print(f"commit of a {SIZE_MIB} MiB upper dir (median of {repeat}):")
-    print(f"  tar -cf /dev/null (skips reading!)  {tar_null * 1000:8.1f} ms")
-    print(f"  tar -cf - | cat >/dev/null          {tar_pipe * 1000:8.1f} ms")
-    print(f"  sha256 of {SIZE_MIB} MiB (OpenSSL)        {sha * 1000:8.1f} ms")
-    print(f"  read + digest (the two above)       {baseline * 1000:8.1f} ms   baseline")
-    print(f"  commit (copy, container kept)       {copy * 1000:8.1f} ms   ratio {copy / baseline:.2f}x  (goal <= 1.5x)")
-    print(f"  commit (move, as a build does)      {move * 1000:8.1f} ms   ratio {move / baseline:.2f}x")
-    print(f"  labkit's digest alone (canonical tar, no copy) {floor * 1000:.1f} ms = {floor / baseline:.2f}x")
+    samples = {"tar -cf /dev/null": timing.samples(tar_to_dev_null, repeat),
+               "tar -cf - | cat": timing.samples(tar_through_pipe, repeat)}
+    timing.samples(commit_copy, repeat)
+    timing.samples(commit_move, repeat)
+    samples["commit (copy, container kept)"] = copied
+    samples["commit (move)"] = moved
+    samples["labkit digest alone"] = timing.samples(digest_only, repeat)
+    samples["sha256 (OpenSSL)"] = timing.samples(openssl_sha256, repeat)
+    rows = {name: timing.summary(seconds) for name, seconds in samples.items()}
+    ms = {name: row["median_ms"] for name, row in rows.items()}
+    baseline = ms["tar -cf - | cat"] + ms["sha256 (OpenSSL)"]
+    copy, move, floor = ms["commit (copy, container kept)"], ms["commit (move)"], ms["labkit digest alone"]
+    print(f"commit of a {mib} MiB upper dir (median of {repeat}):")
+    print(f"  tar -cf /dev/null (skips reading!)  {ms['tar -cf /dev/null']:8.1f} ms")
+    print(f"  tar -cf - | cat >/dev/null          {ms['tar -cf - | cat']:8.1f} ms")
+    print(f"  sha256 of {mib} MiB (OpenSSL)        {ms['sha256 (OpenSSL)']:8.1f} ms")
+    print(f"  read + digest (the two above)       {baseline:8.1f} ms   baseline")
+    print(f"  commit (copy, container kept)       {copy:8.1f} ms   ratio {copy / baseline:.2f}x  "
+          f"(goal <= {COMMIT_GOAL}x: {'met' if copy / baseline <= COMMIT_GOAL else 'not met'})")
+    print(f"  commit (move, as a build does)      {move:8.1f} ms   ratio {move / baseline:.2f}x")
+    print(f"  labkit's digest alone (canonical tar, no copy) {floor:.1f} ms = {floor / baseline:.2f}x")
+    return {"mib": mib, "rows": rows, "baseline_ms": baseline, "ratio": copy / baseline, "goal": COMMIT_GOAL}
 
 
-def bench_build(root: Path, repeat: int) -> None:
+def bench_build(root: Path, repeat: int) -> dict:
     from labkit.images import get_image
     from labkit.images.builder import build
     from labkit.images.store import Store
@@ -120,7 +126,7 @@ def bench_build(root: Path, repeat: int) -> None:
         from labkit.runtime.build_step import run_build_step
     except ImportError:
         print("build: skipped, labkit.runtime is not available")
-        return
+        return {}
     context = root / "context"
     context.mkdir()
     (context / "blob.bin").write_bytes(os.urandom(10 << 20))
@@ -140,12 +146,19 @@ def bench_build(root: Path, repeat: int) -> None:
     print(f"build of a 5-step recipe (3 RUN, 1 COPY of 10 MiB; median of {repeat}):")
     print(f"  cold build                          {cold * 1000:8.1f} ms   baseline")
     print(f"  warm rebuild (all cached)           {warm * 1000:8.1f} ms   ratio {warm / cold:.1%}  (goal <= 10%)")
+    return {"rows": {"cold build": timing.summary(colds), "warm rebuild": timing.summary(warms)}, "ratio": warm / cold}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--mib", type=int, default=SIZE_MIB, help="size of the committed upper dir")
+    parser.add_argument("--commit-only", action="store_true", help="skip the build benchmark")
+    parser.add_argument("--quick", action="store_true", help="8 MiB, once: checks that everything runs")
+    parser.add_argument("--json", help="also write the rows and raw samples to this file")
     options = parser.parse_args()
+    if options.quick:
+        options.repeat, options.mib = 1, 8
     if os.geteuid() != 0:
         print("benchmarks/images.py needs root (whiteouts, overlay, containers)", file=sys.stderr)
         return 2
@@ -153,14 +166,18 @@ def main() -> int:
     saved_home = os.environ.get("LABKIT_HOME")
     try:
         os.environ["LABKIT_HOME"] = str(root / "home")
-        bench_commit(root / "home", options.repeat)
-        bench_build(root, options.repeat)
+        data = {"commit": bench_commit(root / "home", options.repeat, options.mib)}
+        if not options.commit_only:
+            data["build"] = bench_build(root, options.repeat)
     finally:
         if saved_home is None:
             os.environ.pop("LABKIT_HOME", None)
         else:
             os.environ["LABKIT_HOME"] = saved_home
         shutil.rmtree(root, ignore_errors=True)
+    if options.json:
+        with open(options.json, "w") as handle:
+            json.dump(data, handle, indent=1)
     return 0
 
 

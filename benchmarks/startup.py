@@ -1,66 +1,126 @@
-"""Container start → exit of /bin/true, measured in one run against baselines.
+"""Container start → exit of /bin/true, phase by phase, measured in one run against crun.
 
-    python benchmarks/startup.py [--runs 200]
+    python benchmarks/startup.py [--runs 100] [--batch 100] [--repeats 3] [--cli-runs 20]
+                                 [--quick] [--no-install] [--json FILE]
 
-Each row is the median (and p90) of one call that starts a fresh container and returns
-when it has exited and been cleaned up:
+1. One container at a time (median and p90 of --runs; the variants are called in turn,
+   so a busy machine slows them alike). Each phase is read by the client on one clock
+   from the moment it asks: exec (the helper reports STARTED), exit (EXITED), cleaned
+   (the helper's teardown is finished: `labkit.runtime.helper.settle()` returns).
+   - labkit:              Container.run(): six namespaces, memory+cpu+pids(+devices)
+                          cgroups, overlay root with an init layer, pivot_root, /proc
+                          /dev /sys, Docker's default profile (capabilities, seccomp,
+                          device allow-list), exec, removal
+   - labkit --privileged: the same without the profile: the difference is its cost
+   - … pool off:          LABKIT_POOL=0 in the helper's environment (the pool of ready
+                          cgroups and directories switched off)
+   - crun run:            an OCI bundle on the same busybox files with the same limits,
+                          as a whole process; it deletes the container before it exits,
+                          so its exit is also its "cleaned"
+   - bare fork+exec, util-linux unshare (6 namespaces): floors no runtime goes below
+   Each labkit variant runs in a client process of its own (its own helper), one per
+   pool setting; crun runs in a mount namespace without the hybrid cgroup2 mount, which
+   it refuses (benchmarks/timing.py).
+2. 100 sequential: Container.run() back to back in one client, then settle(); 2×50
+   concurrent: two client processes, each with its own helper, 50 each, started
+   together. The same for crun. "No slowdown beyond the 2 cores": two at once may not
+   take longer than the larger of half the sequential time and the sequential run's CPU
+   time spread over the host's cores (the 2-core bound), give or take 10 %.
+3. The command line as a whole process: benchmarks/cli.py's rows.
 
-- bare:     posix_spawn + wait of /bin/true (no isolation at all)
-- unshare:  util-linux `unshare` with the same six namespaces (no cgroups, no overlay)
-- labkit:   Container.run(): six namespaces, memory+cpu+pids(+devices) cgroups, overlay
-            root with an init layer, pivot_root, /proc /dev /sys, Docker's default
-            profile (capabilities, seccomp filter, device allow-list), exec, then removal
-- labkit --privileged: the same without the profile (no seccomp filter, no device
-            control): the difference is what the profile costs at start-up
-- crun/runc: when installed; an OCI bundle on the same busybox files. crun refuses this
-            host's hybrid cgroups, so it runs inside a private mount namespace in which
-            /sys/fs/cgroup/unified is unmounted (the host is untouched).
-
-The issue's goal: labkit ≤ 0.7 × crun. Ratios are printed; nothing is asserted.
+Goals (issue 13): exit ≤ 0.7× crun with the profile on; 100 sequential ≤ 1.0 s; 2×50
+within the 2-core bound; `labkit run -- true` ≤ 0.6× podman. Printed, never asserted.
 """
 
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 import timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+PHASES = ("exec", "exit", "cleaned")
+STARTUP_GOAL = 0.7          # × crun, start → exit, profile on
+SEQUENTIAL_GOAL_MS = 10.0   # a container, in 100 one after another (≤ 1.0 s for 100)
+CONCURRENCY_SLACK = 1.10    # 2×50 may be this much above the 2-core bound
+WARMUP = 5
 
-def timed(function, runs, warmup=5):
-    samples = timing.samples(function, runs, warmup)
-    return {"median_ms": statistics.median(samples) * 1000, "p90_ms": samples[int(len(samples) * 0.9)] * 1000,
-            "runs": runs}
+
+# --- the labkit client (a worker process: its own helper) --------------------------------
+
+def container_spec(privileged: bool):
+    from labkit.runtime import ContainerSpec
+
+    return ContainerSpec(command=["/bin/true"], memory="256m", cpus=1, pids=64, privileged=privileged)
 
 
-def interleaved(functions: dict, runs, warmup=5) -> dict:
-    """Rows for functions called in turn (a, b, a, b, …), so that a busy machine slows
-    each of them alike and their difference stays meaningful. Each row also has the CPU
-    time one call costs the helper and the processes it forks (they are its reaped
-    children), which a busy machine does not inflate as it does wall-clock time."""
+def serve_labkit() -> None:
+    from labkit.images import get_image
     from labkit.runtime.helper import get_helper
 
-    samples = {name: timing.samples(function, 0, warmup) for name, function in functions.items()}
-    cpu = dict.fromkeys(functions, 0.0)
+    get_image("busybox")
+    get_helper()
+    specs = {False: container_spec(False), True: container_spec(True)}
+
+    def handle(request):
+        spec = specs[bool(request.get("privileged"))]
+        if request["op"] == "phases":
+            return one_container(spec)
+        if request["op"] == "batch":
+            return batch(spec, request["count"])
+        raise ValueError(f"unknown op {request['op']!r}")
+
+    timing.serve(handle)
+
+
+def one_container(spec) -> dict:
+    """request → exec → exit → cleaned of one container, in seconds from the request."""
+    from labkit.runtime import Container
+    from labkit.runtime.helper import get_helper, settle
+
     helper = get_helper().pid
-    for _ in range(runs):
-        for name, function in functions.items():
-            before = helper_cpu_seconds(helper)
-            samples[name] += timing.samples(function, 1)
-            cpu[name] += helper_cpu_seconds(helper) - before
-    rows = {}
-    for name, taken in samples.items():
-        taken.sort()
-        rows[name] = {"median_ms": statistics.median(taken) * 1000, "p90_ms": taken[int(len(taken) * 0.9)] * 1000,
-                      "runs": runs, "helper_cpu_ms": cpu[name] / runs * 1000}
-    return rows
+    cpu = helper_cpu_seconds(helper)
+    began = time.perf_counter()
+    container = Container(spec)
+    try:
+        container.start(auto_remove=True)
+        started = time.perf_counter()
+        result = container.wait()
+        exited = time.perf_counter()
+    finally:
+        container.remove()
+    settle()
+    cleaned = time.perf_counter()
+    result.check()
+    return {"exec": started - began, "exit": exited - began, "cleaned": cleaned - began,
+            "helper_cpu_s": helper_cpu_seconds(helper) - cpu}
+
+
+def batch(spec, count: int) -> dict:
+    """`count` containers back to back, then settle(). Times on the system-wide monotonic
+    clock, so that two clients' batches can be laid side by side."""
+    from labkit.runtime import Container
+    from labkit.runtime.helper import get_helper, settle
+
+    helper = get_helper().pid
+    settle()
+    cpu = own_cpu_seconds() + helper_cpu_seconds(helper)
+    start = time.perf_counter()
+    for _ in range(count):
+        Container(spec).run().check()
+    exited = time.perf_counter()
+    settle()
+    end = time.perf_counter()
+    return {"start": start, "exited": exited, "end": end,
+            "cpu_seconds": own_cpu_seconds() + helper_cpu_seconds(helper) - cpu}
 
 
 def helper_cpu_seconds(pid) -> float:
@@ -70,116 +130,229 @@ def helper_cpu_seconds(pid) -> float:
     return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def labkit_worker(name: str, pool: bool) -> timing.Worker:
+    env = dict(os.environ)
+    env.pop("LABKIT_POOL", None)
+    if not pool:
+        env["LABKIT_POOL"] = "0"
+    return timing.Worker([sys.executable, os.path.abspath(__file__), "--serve-labkit"], name, env)
+
+
+def labkit_knows_pool() -> bool:
+    """Whether this labkit reads LABKIT_POOL at all (before the pool lands it does not,
+    and the "pool off" rows measure the same runtime as the others)."""
+    import labkit
+
+    return any("LABKIT_POOL" in path.read_text(errors="replace") for path in Path(labkit.__file__).parent.rglob("*.py"))
+
+
+# --- 1. one container at a time ----------------------------------------------------------
+
+def crun_argv(bundle) -> tuple:
+    return ["crun", "run", "--bundle", bundle, "{name}"], ["crun", "delete", "--force", "{name}"]
+
+
+def measure_phases(runs: int, bundle: str | None) -> dict:
+    """Every variant called in turn, `runs` rounds after WARMUP rounds."""
+    with labkit_worker("labkit client", pool=True) as pooled, labkit_worker("labkit client, pool off", pool=False) as unpooled:
+        variants = {
+            "labkit": lambda: pooled.ask({"op": "phases"}),
+            "labkit --privileged": lambda: pooled.ask({"op": "phases", "privileged": True}),
+            "labkit, pool off": lambda: unpooled.ask({"op": "phases"}),
+            "labkit --privileged, pool off": lambda: unpooled.ask({"op": "phases", "privileged": True}),
+            "bare fork+exec": lambda: {"exit": _seconds(bare)},
+            "unshare (6 ns)": lambda: {"exit": _seconds(unshare)},
+        }
+        crun = timing.command_worker("crun worker") if bundle else None
+        try:
+            if crun is not None:
+                argv, cleanup = crun_argv(bundle)
+
+                def crun_once():
+                    seconds = crun.ask({"argv": argv, "cleanup": cleanup})["seconds"][0]
+                    return {"exec": None, "exit": seconds, "cleaned": seconds}
+
+                variants["crun run"] = crun_once
+            taken = {name: [] for name in variants}
+            for round_number in range(WARMUP + runs):
+                for name, variant in variants.items():
+                    answer = variant()
+                    if round_number >= WARMUP:
+                        taken[name].append(answer)
+        finally:
+            if crun is not None:
+                crun.close()
+    rows = {}
+    for name, answers in taken.items():
+        row = {phase: timing.summary([a[phase] for a in answers]) for phase in PHASES
+               if answers[0].get(phase) is not None}
+        if "helper_cpu_s" in answers[0]:
+            row["helper_cpu_ms"] = sum(a["helper_cpu_s"] for a in answers) / len(answers) * 1000
+        rows[name] = row
+    return rows
+
+
+def _seconds(function) -> float:
+    began = time.perf_counter()
+    function()
+    return time.perf_counter() - began
+
+
 def bare():
     pid = os.posix_spawn("/bin/true", ["true"], os.environ)
     os.waitpid(pid, 0)
 
 
-def unshare_command():
-    return ["unshare", "--mount", "--uts", "--ipc", "--pid", "--net", "--cgroup", "--fork", "/bin/true"]
+def unshare():
+    subprocess.run(["unshare", "--mount", "--uts", "--ipc", "--pid", "--net", "--cgroup", "--fork", "/bin/true"],
+                   check=True)
 
 
-def make_bundle(directory, layer_dir):
-    rootfs = os.path.join(directory, "rootfs")
-    shutil.copytree(layer_dir, rootfs, symlinks=True)
-    config = {
-        "ociVersion": "1.0.2",
-        "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": ["/bin/true"],
-                    "env": ["PATH=/bin:/usr/bin"], "cwd": "/",
-                    "capabilities": {k: ["CAP_KILL", "CAP_NET_BIND_SERVICE"] for k in
-                                     ("bounding", "effective", "permitted")}},
-        "root": {"path": "rootfs", "readonly": False},
-        "hostname": "bench",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["ro", "nosuid", "nodev", "noexec"]},
-        ],
-        "linux": {
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")],
-            "resources": {"memory": {"limit": 256 << 20}, "cpu": {"quota": 100000, "period": 100000},
-                          "pids": {"limit": 64}},
-        },
-    }
-    with open(os.path.join(directory, "config.json"), "w") as handle:
-        json.dump(config, handle)
+# --- 2. 100 sequential, 2×50 concurrent --------------------------------------------------
+
+def measure_batches(count: int, repeats: int, bundle: str | None) -> dict:
+    """`repeats` rounds of: labkit sequential, labkit 2×half concurrent, and the same for
+    crun. Each entry: wall seconds and CPU seconds per round."""
+    half = count // 2
+    runs = {name: {"wall_s": [], "cpu_s": []} for name in ("labkit sequential", "labkit concurrent")}
+    with labkit_worker("labkit client A", pool=True) as first, labkit_worker("labkit client B", pool=True) as second:
+        crun_workers = [timing.command_worker("crun worker A"), timing.command_worker("crun worker B")] if bundle else []
+        try:
+            if bundle:
+                runs.update({name: {"wall_s": [], "cpu_s": []} for name in ("crun sequential", "crun concurrent")})
+                argv, cleanup = crun_argv(bundle)
+                for worker in crun_workers:
+                    worker.ask({"argv": argv, "cleanup": cleanup, "repeat": WARMUP})
+            for worker in (first, second):
+                worker.ask({"op": "batch", "count": WARMUP})
+            for _ in range(repeats):
+                _record(runs["labkit sequential"], [first], {"op": "batch", "count": count})
+                _record(runs["labkit concurrent"], [first, second], {"op": "batch", "count": half})
+                if bundle:
+                    _record(runs["crun sequential"], crun_workers[:1],
+                            {"argv": argv, "cleanup": cleanup, "repeat": count})
+                    _record(runs["crun concurrent"], crun_workers,
+                            {"argv": argv, "cleanup": cleanup, "repeat": half})
+        finally:
+            for worker in crun_workers:
+                worker.close()
+    cores = os.cpu_count() or 1
+    result = {"count": count, "concurrent": f"2x{half}", "cores": cores, "runs": runs}
+    for who in ("labkit", "crun"):
+        if f"{who} sequential" not in runs:
+            continue
+        sequential = statistics.median(runs[f"{who} sequential"]["wall_s"])
+        concurrent = statistics.median(runs[f"{who} concurrent"]["wall_s"])
+        cpu = statistics.median(runs[f"{who} sequential"]["cpu_s"])
+        bound = max(sequential / min(2, cores), cpu / cores)
+        result[who] = {"sequential_s": sequential, "per_container_ms": sequential / count * 1000,
+                       "sequential_goal_s": SEQUENTIAL_GOAL_MS * count / 1000,
+                       "concurrent_s": concurrent, "sequential_cpu_s": cpu, "two_core_bound_s": bound,
+                       "concurrent_to_sequential": concurrent / sequential,
+                       "within_bound": concurrent <= bound * CONCURRENCY_SLACK}
+    return result
 
 
-def inner_oci(runtime, bundle, runs):
-    """Runs inside `unshare -m`: hide the hybrid cgroup2 mount, then time the runtime."""
-    subprocess.run(["umount", "/sys/fs/cgroup/unified"], check=False, stderr=subprocess.DEVNULL)
-    counter = iter(range(10 ** 9))
-
-    def once():
-        name = f"bench-{os.getpid()}-{next(counter)}"
-        completed = subprocess.run([runtime, "run", "--bundle", bundle, name], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE)
-        if completed.returncode != 0:
-            subprocess.run([runtime, "delete", "--force", name], stderr=subprocess.DEVNULL)
-            raise RuntimeError(f"{runtime} failed: {completed.stderr.decode()[-300:]}")
-
-    print(json.dumps(timed(once, runs)))
+def _record(into: dict, workers: list, request: dict) -> None:
+    """One batch on each worker at once; wall from the first start to the last end."""
+    for worker in workers:
+        worker.send(request)
+    answers = [worker.receive() for worker in workers]
+    into["wall_s"].append(max(a["end"] for a in answers) - min(a["start"] for a in answers))
+    into["cpu_s"].append(sum(a["cpu_seconds"] for a in answers))
 
 
-def oci_row(runtime, layer_dir, runs):
-    if shutil.which(runtime) is None:
-        return None, f"{runtime} is not installed (apt-get install {runtime})"
+# --- the report ----------------------------------------------------------------------------
+
+def measure(runs, batch_count, repeats, cli_runs, install=True) -> dict:
+    import cli
+
+    from labkit.images import get_image
+
+    layer = str(get_image("busybox").layer_dirs[0])
+    notes = []
+    crun, why = timing.ensure_tool("crun", install)
+    if why:
+        notes.append(why)
+    if not labkit_knows_pool():
+        notes.append("this labkit does not read LABKIT_POOL: the 'pool off' rows run the same runtime as the others")
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as directory:
-        make_bundle(directory, layer_dir)
-        completed = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", sys.executable, __file__, "--inner", runtime,
-             "--bundle", directory, "--runs", str(runs)], capture_output=True, text=True)
-    if completed.returncode != 0:
-        return None, f"{runtime} could not run here: {completed.stderr.strip()[-300:]}"
-    return json.loads(completed.stdout.strip().splitlines()[-1]), None
+        bundle = timing.make_bundle(directory, layer) if crun else None
+        phases = measure_phases(runs, bundle)
+        batches = measure_batches(batch_count, repeats, bundle)
+    command_line = cli.measure(cli_runs, layer, install)
+    notes += command_line.pop("notes")
+    return {"phases": phases, "batches": batches, "cli": command_line, "notes": notes,
+            "parameters": {"runs": runs, "batch": batch_count, "repeats": repeats, "cli_runs": cli_runs}}
+
+
+def report(data: dict) -> None:
+    phases, batches = data["phases"], data["batches"]
+    crun = phases.get("crun run", {}).get("exit", {}).get("median_ms")
+    print(f"one container, `true` (median / p90 ms of {data['parameters']['runs']}, variants called in turn)")
+    print(f"{'':30} {'request→exec':>15} {'→exit':>15} {'→cleaned':>15} {'exit ÷ crun':>12}")
+    for name, row in phases.items():
+        cells = [f"{row[p]['median_ms']:7.2f} /{row[p]['p90_ms']:6.2f}" if p in row else "" for p in PHASES]
+        ratio = f"{row['exit']['median_ms'] / crun:12.2f}" if crun else ""
+        print(f"{name:30} {cells[0]:>15} {cells[1]:>15} {cells[2]:>15} {ratio}")
+    profile = phases["labkit"]["helper_cpu_ms"] - phases["labkit --privileged"]["helper_cpu_ms"]
+    print(f"Docker's default profile costs {profile:.2f} ms of CPU a start in the helper and its processes "
+          f"({phases['labkit']['helper_cpu_ms']:.2f} vs {phases['labkit --privileged']['helper_cpu_ms']:.2f} ms)")
+    if crun:
+        ratio = phases["labkit"]["exit"]["median_ms"] / crun
+        print(f"labkit / crun, start → exit = {ratio:.2f} (goal ≤ {STARTUP_GOAL}: {verdict(ratio <= STARTUP_GOAL)})")
+    print(f"\n{batches['count']} containers (median of {len(batches['runs']['labkit sequential']['wall_s'])} rounds, "
+          f"{batches['cores']} cores)")
+    for who in ("labkit", "crun"):
+        if who in batches:
+            row = batches[who]
+            print(f"  {who:7} sequential {row['sequential_s']:6.2f} s ({row['per_container_ms']:.1f} ms each, "
+                  f"{row['sequential_cpu_s']:.2f} s CPU)   {batches['concurrent']} concurrent {row['concurrent_s']:6.2f} s "
+                  f"= {row['concurrent_to_sequential']:.2f}× sequential; 2-core bound {row['two_core_bound_s']:.2f} s")
+    labkit = batches["labkit"]
+    goal = labkit["sequential_goal_s"]
+    print(f"  labkit: {batches['count']} sequential ≤ {goal:.2f} s: {verdict(labkit['sequential_s'] <= goal)}; "
+          f"{batches['concurrent']} within the 2-core bound (+{CONCURRENCY_SLACK - 1:.0%}): {verdict(labkit['within_bound'])}")
+    print()
+    import cli
+
+    cli.report(data["cli"])
+    for note in data["notes"]:
+        print(f"note: {note}")
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "not met"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--inner")
-    parser.add_argument("--bundle")
-    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--runs", type=int, default=100, help="containers per variant, one at a time")
+    parser.add_argument("--batch", type=int, default=100, help="containers in the sequential batch (half each concurrently)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the batches")
+    parser.add_argument("--cli-runs", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="tiny counts: checks that everything runs")
+    parser.add_argument("--no-install", action="store_true", help="do not apt-get install a missing crun")
+    parser.add_argument("--json", help="also write the rows and raw samples to this file")
+    parser.add_argument("--serve-labkit", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
-    if options.inner:
-        inner_oci(options.inner, options.bundle, options.runs)
+    if options.serve_labkit:
+        serve_labkit()
         return
-
-    from labkit.images import get_image
-    from labkit.runtime import Container, ContainerSpec
-
-    image = get_image("busybox")
-    rows, notes = {}, []
-    rows["bare fork+exec"] = timed(bare, options.runs)
-    rows["unshare (6 ns)"] = timed(lambda: subprocess.run(unshare_command(), check=True), options.runs)
-    spec = ContainerSpec(command=["/bin/true"], memory="256m", cpus=1, pids=64)
-    privileged = ContainerSpec(command=["/bin/true"], memory="256m", cpus=1, pids=64, privileged=True)
-    rows.update(interleaved({"labkit": lambda: Container(spec).run().check(),
-                             "labkit --privileged": lambda: Container(privileged).run().check()}, options.runs))
-    for runtime in ("crun", "runc"):
-        row, why = oci_row(runtime, str(image.layer_dirs[0]), max(20, options.runs // 4))
-        if row:
-            rows[runtime] = row
-        else:
-            notes.append(why)
-
-    labkit = rows["labkit"]["median_ms"]
-    print(f"{'runtime':20} {'median ms':>10} {'p90 ms':>8} {'labkit ÷ this':>14}")
-    for name, row in rows.items():
-        print(f"{name:20} {row['median_ms']:10.2f} {row['p90_ms']:8.2f} {labkit / row['median_ms']:14.2f}")
-    profile_cost = labkit - rows["labkit --privileged"]["median_ms"]
-    cpu_cost = rows["labkit"]["helper_cpu_ms"] - rows["labkit --privileged"]["helper_cpu_ms"]
-    print(f"\nDocker's default profile (seccomp + devices + capabilities) costs {profile_cost:.2f} ms a start "
-          f"(median wall clock), {cpu_cost:.2f} ms of CPU in the helper and the container's processes "
-          f"({rows['labkit']['helper_cpu_ms']:.2f} vs {rows['labkit --privileged']['helper_cpu_ms']:.2f} ms)")
-    if "crun" in rows:
-        ratio = labkit / rows["crun"]["median_ms"]
-        print(f"\nlabkit / crun = {ratio:.2f} (goal ≤ 0.70: {'met' if ratio <= 0.7 else 'not met'})")
-    for note in notes:
-        print(f"note: {note}")
+    if os.geteuid() != 0:
+        sys.exit("benchmarks/startup.py needs root: containers make namespaces, cgroups and mounts")
+    if options.quick:
+        options.runs, options.batch, options.repeats, options.cli_runs = 3, 6, 1, 2
+    data = measure(options.runs, options.batch, options.repeats, options.cli_runs, install=not options.no_install)
+    report(data)
     if options.json:
         with open(options.json, "w") as handle:
-            json.dump({"rows": rows, "notes": notes}, handle, indent=2)
+            json.dump(data, handle, indent=1)
 
 
 if __name__ == "__main__":
