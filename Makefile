@@ -42,8 +42,10 @@ $(STAMP): pyproject.toml Makefile
 notebooks: setup
 	$(BIN)/labkit notebooks run
 
+# Issue 13's table in one run (~5 minutes; apt-installs crun if missing); raw samples and
+# an environment record go to results/benchmarks/. `python benchmarks/table.py --quick` checks it runs.
 benchmarks: setup
-	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/table.py
 
 clean-host: setup
 	$(BIN)/labkit gc

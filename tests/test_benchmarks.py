@@ -1,0 +1,39 @@
+"""`make benchmarks` end to end with tiny counts: benchmarks/table.py --quick prints
+every row of issue 13's table and writes the raw samples and the environment record.
+It checks that the table can be produced, never how fast anything is."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TABLE = Path(__file__).resolve().parent.parent / "benchmarks" / "table.py"
+ROWS = ("container start → exit", "start → exit, pool off", "start → exit, `--privileged`",
+        "request → exec / → cleaned", "`labkit run -- true`, whole process", "`labkit run`, pool off", "`labkit --help`", "6 containers, sequential",
+        "2×3 concurrent, two clients", "`%%container true` cell round trip", "8 MiB commit, container kept")
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+@pytest.mark.skipif(shutil.which("crun") is None, reason="crun is not installed (the benchmarks' baseline: "
+                                                           "apt-get install crun)")
+def test_the_table_prints_every_row_and_keeps_its_samples_and_environment(tmp_path):
+    done = subprocess.run([sys.executable, str(TABLE), "--quick", "--no-install", "--results", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    for what in ROWS:
+        matching = [line for line in table if what in line.split("|")[1]]
+        assert len(matching) == 1, f"no row {what!r} in:\n{done.stdout}"
+        assert "failed" not in matching[0] and matching[0].rstrip(" |").endswith(("met", "—")), matching[0]
+    environment = json.loads((tmp_path / "environment.json").read_text())
+    assert environment["cpus"] >= 1 and environment["kernel"] and environment["cgroup"].startswith(("v1", "v2"))
+    assert len(environment["load_average_before"]) == len(environment["load_average_after"]) == 3
+    assert environment["crun"] and environment["python"] == sys.version.split()[0]
+    startup = json.loads((tmp_path / "startup.json").read_text())
+    assert len(startup["phases"]["labkit"]["exit"]["samples_s"]) == 3
+    assert len(startup["batches"]["runs"]["labkit concurrent"]["wall_s"]) == 1
+    assert json.loads((tmp_path / "table.json").read_text())["rows"]
