@@ -17,6 +17,7 @@
    - crun run:            an OCI bundle on the same busybox files with the same limits,
                           as a whole process; it deletes the container before it exits,
                           so its exit is also its "cleaned"
+   - runc run:            the same, when runc is installed (it is not installed for this)
    - bare fork+exec, util-linux unshare (6 namespaces): floors no runtime goes below
    Each labkit variant runs in a client process of its own (its own helper), one per
    pool setting; crun runs in a mount namespace without the hybrid cgroup2 mount, which
@@ -35,6 +36,7 @@ within the 2-core bound; `labkit run -- true` ≤ 0.6× podman. Printed, never a
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -153,13 +155,16 @@ def labkit_knows_pool() -> bool:
 
 # --- 1. one container at a time ----------------------------------------------------------
 
-def crun_argv(bundle) -> tuple:
-    return ["crun", "run", "--bundle", bundle, "{name}"], ["crun", "delete", "--force", "{name}"]
+def oci_argv(runtime, bundle) -> tuple:
+    """`runtime run` of the bundle, and what removes it if the run fails."""
+    return [runtime, "run", "--bundle", bundle, "{name}"], [runtime, "delete", "--force", "{name}"]
 
 
-def measure_phases(runs: int, bundle: str | None) -> dict:
-    """Every variant called in turn, `runs` rounds after WARMUP rounds."""
-    with labkit_worker("labkit client", pool=True) as pooled, labkit_worker("labkit client, pool off", pool=False) as unpooled:
+def measure_phases(runs: int, bundle: str, runtimes: list) -> dict:
+    """Every variant called in turn, `runs` rounds after WARMUP rounds. `runtimes`: the
+    OCI runtimes (crun, runc) to time on `bundle` beside labkit."""
+    with labkit_worker("labkit client", pool=True) as pooled, \
+            labkit_worker("labkit client, pool off", pool=False) as unpooled:
         variants = {
             "labkit": lambda: pooled.ask({"op": "phases"}),
             "labkit --privileged": lambda: pooled.ask({"op": "phases", "privileged": True}),
@@ -168,16 +173,11 @@ def measure_phases(runs: int, bundle: str | None) -> dict:
             "bare fork+exec": lambda: {"exit": _seconds(bare)},
             "unshare (6 ns)": lambda: {"exit": _seconds(unshare)},
         }
-        crun = timing.command_worker("crun worker") if bundle else None
+        workers = []
         try:
-            if crun is not None:
-                argv, cleanup = crun_argv(bundle)
-
-                def crun_once():
-                    seconds = crun.ask({"argv": argv, "cleanup": cleanup})["seconds"][0]
-                    return {"exec": None, "exit": seconds, "cleaned": seconds}
-
-                variants["crun run"] = crun_once
+            for runtime in runtimes:
+                workers.append(timing.command_worker(f"{runtime} worker"))
+                variants[f"{runtime} run"] = _oci_variant(workers[-1], *oci_argv(runtime, bundle))
             taken = {name: [] for name in variants}
             for round_number in range(WARMUP + runs):
                 for name, variant in variants.items():
@@ -185,8 +185,8 @@ def measure_phases(runs: int, bundle: str | None) -> dict:
                     if round_number >= WARMUP:
                         taken[name].append(answer)
         finally:
-            if crun is not None:
-                crun.close()
+            for worker in workers:
+                worker.close()
     rows = {}
     for name, answers in taken.items():
         row = {phase: timing.summary([a[phase] for a in answers]) for phase in PHASES
@@ -195,6 +195,14 @@ def measure_phases(runs: int, bundle: str | None) -> dict:
             row["helper_cpu_ms"] = sum(a["helper_cpu_s"] for a in answers) / len(answers) * 1000
         rows[name] = row
     return rows
+
+
+def _oci_variant(worker, argv, cleanup):
+    def once():
+        seconds = worker.ask({"argv": argv, "cleanup": cleanup})["seconds"][0]
+        return {"exit": seconds, "cleaned": seconds}  # it deletes the container before it exits
+
+    return once
 
 
 def _seconds(function) -> float:
@@ -217,15 +225,15 @@ def unshare():
 
 def measure_batches(count: int, repeats: int, bundle: str | None) -> dict:
     """`repeats` rounds of: labkit sequential, labkit 2×half concurrent, and the same for
-    crun. Each entry: wall seconds and CPU seconds per round."""
+    crun on `bundle` (None: no crun). Each entry: wall seconds and CPU seconds per round."""
     half = count // 2
     runs = {name: {"wall_s": [], "cpu_s": []} for name in ("labkit sequential", "labkit concurrent")}
     with labkit_worker("labkit client A", pool=True) as first, labkit_worker("labkit client B", pool=True) as second:
-        crun_workers = [timing.command_worker("crun worker A"), timing.command_worker("crun worker B")] if bundle else []
+        crun_workers = [timing.command_worker(f"crun worker {n}") for n in "AB"] if bundle else []
         try:
             if bundle:
                 runs.update({name: {"wall_s": [], "cpu_s": []} for name in ("crun sequential", "crun concurrent")})
-                argv, cleanup = crun_argv(bundle)
+                argv, cleanup = oci_argv("crun", bundle)
                 for worker in crun_workers:
                     worker.ask({"argv": argv, "cleanup": cleanup, "repeat": WARMUP})
             for worker in (first, second):
@@ -279,12 +287,13 @@ def measure(runs, batch_count, repeats, cli_runs, install=True) -> dict:
     crun, why = timing.ensure_tool("crun", install)
     if why:
         notes.append(why)
+    runtimes = [name for name, present in (("crun", crun), ("runc", shutil.which("runc"))) if present]
     if not labkit_knows_pool():
         notes.append("this labkit does not read LABKIT_POOL: the 'pool off' rows run the same runtime as the others")
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as directory:
-        bundle = timing.make_bundle(directory, layer) if crun else None
-        phases = measure_phases(runs, bundle)
-        batches = measure_batches(batch_count, repeats, bundle)
+        bundle = timing.make_bundle(directory, layer)
+        phases = measure_phases(runs, bundle, runtimes)
+        batches = measure_batches(batch_count, repeats, bundle if crun else None)
     command_line = cli.measure(cli_runs, layer, install)
     notes += command_line.pop("notes")
     return {"phases": phases, "batches": batches, "cli": command_line, "notes": notes,
