@@ -150,7 +150,8 @@ def labkit_knows_pool() -> bool:
     and the "pool off" rows measure the same runtime as the others)."""
     import labkit
 
-    return any("LABKIT_POOL" in path.read_text(errors="replace") for path in Path(labkit.__file__).parent.rglob("*.py"))
+    sources = Path(labkit.__file__).parent.rglob("*.py")
+    return any("LABKIT_POOL" in path.read_text(errors="replace") for path in sources)
 
 
 # --- 1. one container at a time ----------------------------------------------------------
@@ -342,7 +343,8 @@ def verdict(met: bool) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=100, help="containers per variant, one at a time")
-    parser.add_argument("--batch", type=int, default=100, help="containers in the sequential batch (half each concurrently)")
+    parser.add_argument("--batch", type=int, default=100,
+                        help="containers in the sequential batch (half in each client concurrently)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the batches")
     parser.add_argument("--cli-runs", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks that everything runs")

@@ -12,7 +12,8 @@ import pytest
 
 TABLE = Path(__file__).resolve().parent.parent / "benchmarks" / "table.py"
 ROWS = ("container start → exit", "start → exit, pool off", "start → exit, `--privileged`",
-        "request → exec / → cleaned", "`labkit run -- true`, whole process", "`labkit run`, pool off", "`labkit --help`", "6 containers, sequential",
+        "request → exec / → cleaned", "`labkit run -- true`, whole process", "`labkit run`, pool off",
+        "`labkit --help`", "6 containers, sequential",
         "2×3 concurrent, two clients", "`%%container true` cell round trip", "8 MiB commit, container kept")
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
