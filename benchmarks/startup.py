@@ -115,13 +115,16 @@ def batch(spec, count: int) -> dict:
     helper = get_helper().pid
     settle()
     cpu = own_cpu_seconds() + helper_cpu_seconds(helper)
+    seconds = []
     start = time.perf_counter()
     for _ in range(count):
+        began = time.perf_counter()
         Container(spec).run().check()
+        seconds.append(time.perf_counter() - began)
     exited = time.perf_counter()
     settle()
     end = time.perf_counter()
-    return {"start": start, "exited": exited, "end": end,
+    return {"start": start, "exited": exited, "end": end, "seconds": seconds,
             "cpu_seconds": own_cpu_seconds() + helper_cpu_seconds(helper) - cpu}
 
 
@@ -228,12 +231,12 @@ def measure_batches(count: int, repeats: int, bundle: str | None) -> dict:
     """`repeats` rounds of: labkit sequential, labkit 2×half concurrent, and the same for
     crun on `bundle` (None: no crun). Each entry: wall seconds and CPU seconds per round."""
     half = count // 2
-    runs = {name: {"wall_s": [], "cpu_s": []} for name in ("labkit sequential", "labkit concurrent")}
+    runs = {name: _batch_record() for name in ("labkit sequential", "labkit concurrent")}
     with labkit_worker("labkit client A", pool=True) as first, labkit_worker("labkit client B", pool=True) as second:
         crun_workers = [timing.command_worker(f"crun worker {n}") for n in "AB"] if bundle else []
         try:
             if bundle:
-                runs.update({name: {"wall_s": [], "cpu_s": []} for name in ("crun sequential", "crun concurrent")})
+                runs.update({name: _batch_record() for name in ("crun sequential", "crun concurrent")})
                 argv, cleanup = oci_argv("crun", bundle)
                 for worker in crun_workers:
                     worker.ask({"argv": argv, "cleanup": cleanup, "repeat": WARMUP})
@@ -263,17 +266,31 @@ def measure_batches(count: int, repeats: int, bundle: str | None) -> dict:
                        "sequential_goal_s": SEQUENTIAL_GOAL_MS * count / 1000,
                        "concurrent_s": concurrent, "sequential_cpu_s": cpu, "two_core_bound_s": bound,
                        "concurrent_to_sequential": concurrent / sequential,
-                       "within_bound": concurrent <= bound * CONCURRENCY_SLACK}
+                       "within_bound": concurrent <= bound * CONCURRENCY_SLACK,
+                       "each_sequential": _each(runs[f"{who} sequential"]),
+                       "each_concurrent": _each(runs[f"{who} concurrent"])}
     return result
 
 
+def _each(record) -> dict:
+    """Median and p90 of one container's start → exit within the batches (ms)."""
+    summary = timing.summary([seconds for batch in record["each_s"] for seconds in batch])
+    return {key: summary[key] for key in ("median_ms", "p90_ms", "runs")}
+
+
+def _batch_record() -> dict:
+    return {"wall_s": [], "cpu_s": [], "each_s": []}
+
+
 def _record(into: dict, workers: list, request: dict) -> None:
-    """One batch on each worker at once; wall from the first start to the last end."""
+    """One batch on each worker at once; wall from the first start to the last end (the
+    last teardown included), CPU of all, and each container's own start → exit."""
     for worker in workers:
         worker.send(request)
     answers = [worker.receive() for worker in workers]
     into["wall_s"].append(max(a["end"] for a in answers) - min(a["start"] for a in answers))
     into["cpu_s"].append(sum(a["cpu_seconds"] for a in answers))
+    into["each_s"].append([seconds for a in answers for seconds in a["seconds"]])
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -321,9 +338,12 @@ def report(data: dict) -> None:
     for who in ("labkit", "crun"):
         if who in batches:
             row = batches[who]
-            print(f"  {who:7} sequential {row['sequential_s']:6.2f} s ({row['per_container_ms']:.1f} ms each, "
-                  f"{row['sequential_cpu_s']:.2f} s CPU)   {batches['concurrent']} concurrent {row['concurrent_s']:6.2f} s "
-                  f"= {row['concurrent_to_sequential']:.2f}× sequential; 2-core bound {row['two_core_bound_s']:.2f} s")
+            print(f"  {who:7} sequential {row['sequential_s']:6.2f} s = {row['per_container_ms']:.1f} ms a container "
+                  f"({row['sequential_cpu_s']:.2f} s CPU; one start → exit: median "
+                  f"{row['each_sequential']['median_ms']:.1f} ms)")
+            print(f"  {'':7} {batches['concurrent']} concurrent {row['concurrent_s']:6.2f} s = "
+                  f"{row['concurrent_to_sequential']:.2f}× sequential; 2-core bound {row['two_core_bound_s']:.2f} s "
+                  f"(one start → exit: median {row['each_concurrent']['median_ms']:.1f} ms)")
     labkit = batches["labkit"]
     goal = labkit["sequential_goal_s"]
     print(f"  labkit: {batches['count']} sequential ≤ {goal:.2f} s: {verdict(labkit['sequential_s'] <= goal)}; "
