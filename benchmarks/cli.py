@@ -13,8 +13,9 @@ are called in turn (a, b, c, a, b, c, ...), so that a busy machine slows them al
 - crun run:              an OCI bundle on the same busybox files (crun is installed with
                          apt when missing; see benchmarks/timing.py for why it runs in a
                          mount namespace of its own)
-- podman run --rootfs:   when installed; `podman run --rm --network none --rootfs DIR true`
-                         (with lowered ulimits; in the same kind of mount namespace as crun)
+- podman run --rootfs:   `podman run --rm --network none --rootfs DIR true` (with lowered
+                         ulimits; in the same kind of mount namespace as crun); installed
+                         with apt when missing, and left out with a note where it cannot be
 
 Ratios are printed (issue 13's goal: labkit run ≤ 0.6 × podman); nothing is asserted.
 It also lists which labkit modules `labkit --help` imported, from `python -X importtime`.
@@ -92,12 +93,13 @@ def measure(runs: int, layer: str, install: bool = True) -> dict:
                                               ["crun", "delete", "--force", "{name}"])
             else:
                 notes.append(why)
-            if shutil.which("podman"):
+            podman, why = timing.ensure_tool("podman", install)
+            if podman:
                 rootfs = os.path.join(directory, "rootfs")
                 shutil.copytree(layer, rootfs, symlinks=True)  # podman writes /etc files into a --rootfs
                 rows["podman run --rootfs"] = _in_worker(workers, "podman worker", podman_command(rootfs))
             else:
-                notes.append("podman is not installed (apt-get install podman): no podman row")
+                notes.append(f"no podman row: {why}")
             taken = {name: [] for name in rows}
             for round_number in range(WARMUP + runs):
                 for name, once in rows.items():
@@ -136,7 +138,7 @@ def report(data: dict) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--no-install", action="store_true", help="do not apt-get install a missing crun")
+    parser.add_argument("--no-install", action="store_true", help="do not apt-get install a missing crun or podman")
     options = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("benchmarks/cli.py needs root: `labkit run` makes namespaces, cgroups and mounts")

@@ -368,7 +368,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the batches")
     parser.add_argument("--cli-runs", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks that everything runs")
-    parser.add_argument("--no-install", action="store_true", help="do not apt-get install a missing crun")
+    parser.add_argument("--no-install", action="store_true", help="do not apt-get install a missing crun or podman")
     parser.add_argument("--json", help="also write the rows and raw samples to this file")
     parser.add_argument("--serve-labkit", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()

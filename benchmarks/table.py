@@ -251,7 +251,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks that every row is produced")
     parser.add_argument("--results", help="directory for the JSON and logs (default results/benchmarks/<UTC time>)")
-    parser.add_argument("--no-install", action="store_true", help="do not apt-get install a missing crun")
+    parser.add_argument("--no-install", action="store_true", help="do not apt-get install a missing crun or podman")
     options = parser.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/table.py needs root: containers make namespaces, cgroups and mounts", file=sys.stderr)
@@ -259,10 +259,11 @@ def main() -> int:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     results = Path(options.results or ROOT / "results" / "benchmarks" / stamp)
     results.mkdir(parents=True, exist_ok=True)
-    _, why = timing.ensure_tool("crun", install=not options.no_install)
+    missing = {}
+    for tool in ("crun", "podman"):  # before the record, which has their versions
+        _, missing[tool] = timing.ensure_tool(tool, install=not options.no_install)
     record = environment(options)
-    if why:
-        record["crun_missing"] = why
+    record["missing"] = {tool: why for tool, why in missing.items() if why}
     home = Path(tempfile.mkdtemp(prefix="labkit-bench-home-"))
     try:
         env = dict(os.environ, LABKIT_HOME=str(home))

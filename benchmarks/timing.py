@@ -15,6 +15,7 @@ mounts are untouched. It times whole commands: `crun run`, `podman run`.
 Benchmarks run as scripts, so this directory is on sys.path.
 """
 
+import glob
 import json
 import os
 import resource
@@ -68,8 +69,10 @@ def ensure_tool(name: str, install: bool = True):
         return path, None if path else f"{name} is not installed (apt-get install {name})"
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return None, f"{name} is not installed and cannot be here (needs root and apt-get: apt-get install {name})"
-    done = subprocess.run(["apt-get", "install", "-y", "-qq", name], capture_output=True, text=True,
-                          env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if not glob.glob("/var/lib/apt/lists/*_Packages*"):  # a fresh machine: no package lists yet
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
+    done = subprocess.run(["apt-get", "install", "-y", "-qq", name], capture_output=True, text=True, env=env)
     path = shutil.which(name)
     if path is None:
         return None, f"apt-get install {name} failed: {(done.stderr or done.stdout).strip()[-300:]}"
