@@ -11,6 +11,7 @@ For reproducibility it writes, under --results (default results/benchmarks/<UTC 
 environment.json (kernel, cgroup version, CPUs, memory, load average before and after
 each part, versions of Python, labkit, crun and podman), each part's raw samples
 (<part>.json) and what it printed (<part>.log), and the table (table.md, table.json).
+`--from DIR` prints the table again from such a directory, measuring nothing.
 
 --quick uses tiny counts (a few containers, an 8 MiB commit): it checks that every row
 can be produced, not how fast anything is.
@@ -136,67 +137,81 @@ def row(what, labkit, baseline, ratio, goal, met):
 
 
 def startup_rows(data) -> list:
-    import cli
     import startup
 
     if data is None:
-        return [row("container start → exit, `true`", "failed: see startup.log", "", "", "≤ 0.7× crun", False)]
-    phases, batches, command_line = data["phases"], data["batches"], data["cli"]["rows"]
+        return [row("container start → exit, `true`", "failed: see startup.log", "", "",
+                    f"≤ {startup.STARTUP_GOAL}× crun", False)]
+    return phase_rows(data["phases"]) + command_line_rows(data["cli"]["rows"]) + batch_rows(data["batches"])
+
+
+def phase_rows(phases) -> list:
+    import startup
+
     crun = phases.get("crun run", {}).get("exit")
+    anchors = [f"crun run {_ms(crun)}" if crun else "crun missing"]
+    anchors += [f"runc run {_ms(phases['runc run']['exit'])}"] if "runc run" in phases else []
+    anchors += [f"{floor} {phases[floor]['exit']['median_ms']:.2f} ms" for floor in ("bare fork+exec", "unshare (6 ns)")]
     rows = []
-    for name, what, goal in (("labkit", "container start → exit, `true`, profile on (`startup.py`)", True),
-                             ("labkit, pool off", "… start → exit, pool off (`LABKIT_POOL=0`)", False),
-                             ("labkit --privileged", "… start → exit, `--privileged` (no profile)", False)):
-        exit_ = phases[name]["exit"]
-        ratio = exit_["median_ms"] / crun["median_ms"] if crun else None
-        baseline = f"crun run {_ms(crun)}" if crun else "crun missing"
-        if goal:  # the other anchors, once
-            others = [f"runc run {_ms(phases['runc run']['exit'])}"] if "runc run" in phases else []
-            others += [f"{name} {phases[name]['exit']['median_ms']:.2f} ms" for name in ("bare fork+exec", "unshare (6 ns)")]
-            baseline = "; ".join([baseline, *others])
-        rows.append(row(what, _ms(exit_), baseline, _times(ratio), f"≤ {startup.STARTUP_GOAL}× crun" if goal else "—",
-                        (ratio is not None and ratio <= startup.STARTUP_GOAL) if goal else None))
+    for name, what in (("labkit", "container start → exit, `true`, profile on (`startup.py`)"),
+                       ("labkit, pool off", "… start → exit, pool off (`LABKIT_POOL=0`)"),
+                       ("labkit --privileged", "… start → exit, `--privileged` (no profile)")):
+        ratio = phases[name]["exit"]["median_ms"] / crun["median_ms"] if crun else None
+        if name == "labkit":  # the goal's row, with every anchor
+            rows.append(row(what, _ms(phases[name]["exit"]), "; ".join(anchors), _times(ratio, "crun"),
+                            f"≤ {startup.STARTUP_GOAL}× crun", ratio is not None and ratio <= startup.STARTUP_GOAL))
+        else:
+            rows.append(row(what, _ms(phases[name]["exit"]), anchors[0], _times(ratio, "crun"), "—", None))
     labkit = phases["labkit"]
     ratio = labkit["cleaned"]["median_ms"] / crun["median_ms"] if crun else None
     rows.append(row("… request → exec / → cleaned (teardown done), profile on",
                     f"{labkit['exec']['median_ms']:.1f} / {labkit['cleaned']['median_ms']:.1f} ms",
-                    "crun run (deletes before it exits)" if crun else "crun missing", _times(ratio), "—", None))
+                    "crun run (deletes before it exits)" if crun else "crun missing", _times(ratio, "crun"), "—", None))
+    return rows
 
-    run = command_line["labkit run -- true"]
+
+def command_line_rows(command_line) -> list:
+    import cli
+
     podman = command_line.get("podman run --rootfs")
-    ratio = run["median_ms"] / podman["median_ms"] if podman else None
     anchors = [f"podman run --rootfs {_ms(podman)}" if podman else "podman missing"]
     anchors += [f"{name} {_ms(command_line[name])}" for name in ("crun run", "python -c pass") if name in command_line]
-    rows.append(row("`labkit run -- true`, whole process (`cli.py`)", _ms(run), "; ".join(anchors), _times(ratio),
-                    f"≤ {cli.GOAL}× podman", ratio is not None and ratio <= cli.GOAL))
-    off = command_line.get("labkit run -- true, pool off")
-    if off:
-        ratio = off["median_ms"] / podman["median_ms"] if podman else None
-        rows.append(row("… `labkit run`, pool off (`LABKIT_POOL=0`)", _ms(off), "podman run --rootfs" if podman else "",
-                        _times(ratio), "—", None))
+    rows = []
+    for name, what in (("labkit run -- true", "`labkit run -- true`, whole process (`cli.py`)"),
+                       ("labkit run -- true, pool off", "… `labkit run`, pool off (`LABKIT_POOL=0`)")):
+        run = command_line[name]
+        ratio = run["median_ms"] / podman["median_ms"] if podman else None
+        if name == "labkit run -- true":
+            rows.append(row(what, _ms(run), "; ".join(anchors), _times(ratio, "podman"), f"≤ {cli.GOAL}× podman",
+                            ratio is not None and ratio <= cli.GOAL))
+        else:
+            rows.append(row(what, _ms(run), anchors[0], _times(ratio, "podman"), "—", None))
+    help_, floor = command_line["labkit --help"], command_line["python -c pass"]
+    rows.append(row("`labkit --help`, whole process (`cli.py`)", _ms(help_), f"python -c pass {_ms(floor)}",
+                    _times(help_["median_ms"] / floor["median_ms"], "python"), "—", None))
+    return rows
 
-    floor = command_line["python -c pass"]
-    rows.append(row("`labkit --help`, whole process (`cli.py`)", _ms(command_line["labkit --help"]),
-                    f"python -c pass {_ms(floor)}", _times(command_line["labkit --help"]["median_ms"] / floor["median_ms"]),
-                    "—", None))
+
+def batch_rows(batches) -> list:
+    import startup
 
     count, pair = batches["count"], batches["concurrent"].replace("x", "×")
-    labkit, crun_batch = batches["labkit"], batches.get("crun")
-    ratio = labkit["sequential_s"] / crun_batch["sequential_s"] if crun_batch else None
-    rows.append(row(f"{count} containers, sequential (`startup.py`)",
-                    f"{labkit['sequential_s']:.2f} s ({labkit['per_container_ms']:.1f} ms each)",
-                    f"crun {crun_batch['sequential_s']:.2f} s" if crun_batch else "crun missing", _times(ratio),
-                    f"≤ {labkit['sequential_goal_s']:.2f} s", labkit["sequential_s"] <= labkit["sequential_goal_s"]))
+    labkit, crun = batches["labkit"], batches.get("crun")
+    ratio = labkit["sequential_s"] / crun["sequential_s"] if crun else None
+    goal = labkit["sequential_goal_s"]
+    sequential = row(f"{count} containers, sequential (`startup.py`)",
+                     f"{labkit['sequential_s']:.2f} s ({labkit['per_container_ms']:.1f} ms each)",
+                     f"crun {crun['sequential_s']:.2f} s" if crun else "crun missing", _times(ratio, "crun"),
+                     f"≤ {goal:.2f} s", labkit["sequential_s"] <= goal)
     bound = labkit["two_core_bound_s"]
     baseline = f"{count} sequential {labkit['sequential_s']:.2f} s, 2-core bound {bound:.2f} s"
-    if crun_batch:
-        baseline += (f"; crun {pair} {crun_batch['concurrent_s']:.2f} s "
-                     f"({crun_batch['concurrent_to_sequential']:.2f}× its sequential)")
-    rows.append(row(f"{pair} concurrent, two clients (`startup.py`)",
-                    f"{labkit['concurrent_s']:.2f} s ({labkit['concurrent_to_sequential']:.2f}× sequential)",
-                    baseline, _times(labkit["concurrent_s"] / bound),
-                    f"≤ 2-core bound (+{startup.CONCURRENCY_SLACK - 1:.0%})", labkit["within_bound"]))
-    return rows
+    if crun:
+        baseline += f"; crun {pair} {crun['concurrent_s']:.2f} s ({crun['concurrent_to_sequential']:.2f}× its sequential)"
+    concurrent = row(f"{pair} concurrent, two clients (`startup.py`)",
+                     f"{labkit['concurrent_s']:.2f} s ({labkit['concurrent_to_sequential']:.2f}× sequential)",
+                     baseline, _times(labkit["concurrent_s"] / bound, "bound"),
+                     f"≤ 2-core bound (+{startup.CONCURRENCY_SLACK - 1:.0%})", labkit["within_bound"])
+    return [sequential, concurrent]
 
 
 def cell_rows(data) -> list:
@@ -209,7 +224,8 @@ def cell_rows(data) -> list:
     cell, empty = rows["%%container true"], rows["empty cell (pass)"]
     return [row("`%%container true` cell round trip (`cell_roundtrip.py`)", _ms(cell),
                 f"empty cell {_ms(empty)}; `!true` {_ms(rows['!true'])}",
-                _times(cell["median_ms"] / empty["median_ms"]), goal, cell["median_ms"] <= cell_roundtrip.GOAL_MS)]
+                _times(cell["median_ms"] / empty["median_ms"], "empty cell"), goal,
+                cell["median_ms"] <= cell_roundtrip.GOAL_MS)]
 
 
 def image_rows(data) -> list:
@@ -220,10 +236,11 @@ def image_rows(data) -> list:
         return [row("commit, container kept", "failed: see images.log", "", "", goal, False)]
     commit = data["commit"]
     rows = commit["rows"]
+    read, digest = rows["tar -cf - | cat"]["median_ms"], rows["sha256 (OpenSSL)"]["median_ms"]
     return [row(f"{commit['mib']} MiB commit, container kept (`images.py`)",
                 _ms(rows["commit (copy, container kept)"]),
-                f"tar read {rows['tar -cf - | cat']['median_ms']:.0f} + sha256 {rows['sha256 (OpenSSL)']['median_ms']:.0f} "
-                f"= {commit['baseline_ms']:.0f} ms", _times(commit["ratio"]), goal, commit["ratio"] <= images.COMMIT_GOAL)]
+                f"tar read {read:.0f} + sha256 {digest:.0f} = {commit['baseline_ms']:.0f} ms",
+                _times(commit["ratio"], "baseline"), goal, commit["ratio"] <= images.COMMIT_GOAL)]
 
 
 def _ms(summary) -> str:
@@ -234,8 +251,8 @@ def _ms(summary) -> str:
     return f"{value:.{digits}f} ms (p90 {p90:.{digits}f})"
 
 
-def _times(ratio) -> str:
-    return "—" if ratio is None else f"{ratio:.2f}×"
+def _times(ratio, of: str) -> str:
+    return "—" if ratio is None else f"{ratio:.2f}× {of}"
 
 
 def markdown(rows) -> str:
@@ -252,13 +269,33 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks that every row is produced")
     parser.add_argument("--results", help="directory for the JSON and logs (default results/benchmarks/<UTC time>)")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install a missing crun or podman")
+    parser.add_argument("--from", dest="saved", metavar="DIR",
+                        help="measure nothing: print the table again from a results directory's data")
     options = parser.parse_args()
-    if os.geteuid() != 0:
-        print("benchmarks/table.py needs root: containers make namespaces, cgroups and mounts", file=sys.stderr)
-        return 2
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    results = Path(options.results or ROOT / "results" / "benchmarks" / stamp)
-    results.mkdir(parents=True, exist_ok=True)
+    if options.saved:
+        results = Path(options.saved)
+        record = json.loads((results / "environment.json").read_text())
+        data = {name: _saved(results / f"{name}.json") for name in PARTS}
+    else:
+        if os.geteuid() != 0:
+            print("benchmarks/table.py needs root: containers make namespaces, cgroups and mounts", file=sys.stderr)
+            return 2
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        results = Path(options.results or ROOT / "results" / "benchmarks" / stamp)
+        results.mkdir(parents=True, exist_ok=True)
+        record, data = measure(results, options)
+    rows, notes = table_rows(data)
+    table, footer = markdown(rows), "\n".join(footer_lines(record, notes, results))
+    print(table)
+    print(footer)
+    if not options.saved:
+        (results / "table.json").write_text(json.dumps({"rows": rows, "notes": notes}, indent=1))
+        (results / "table.md").write_text(table + "\n\n" + footer + "\n")
+    return 0 if all(part is not None for part in data.values()) else 1
+
+
+def measure(results: Path, options) -> tuple:
+    """Every part, one after another; the environment record and each part's data."""
     missing = {}
     for tool in ("crun", "podman"):  # before the record, which has their versions
         _, missing[tool] = timing.ensure_tool(tool, install=not options.no_install)
@@ -272,19 +309,25 @@ def main() -> int:
         shutil.rmtree(home, ignore_errors=True)
     record["load_average_after"] = timing.load_average()
     record["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    rows = startup_rows(data["startup"]) + cell_rows(data["cell_roundtrip"]) + image_rows(data["images"])
-    table = markdown(rows)
-    notes = (data["startup"] or {}).get("notes", [])
-    footer = [f"{record['cpus']} CPUs, kernel {record['kernel']}, cgroup {record['cgroup']}; load average "
-              f"{_load(record['load_average_before'])} before, {_load(record['load_average_after'])} after"
-              f"{' (--quick: tiny counts, not a measurement)' if options.quick else ''}",
-              *(f"note: {note}" for note in notes), f"raw samples and environment: {results}"]
-    print(table)
-    print("\n".join(footer))
     (results / "environment.json").write_text(json.dumps(record, indent=1))
-    (results / "table.json").write_text(json.dumps({"rows": rows, "notes": notes}, indent=1))
-    (results / "table.md").write_text(table + "\n\n" + "\n".join(footer) + "\n")
-    return 0 if all(part is not None for part in data.values()) else 1
+    return record, data
+
+
+def table_rows(data: dict) -> tuple:
+    """The table's rows and the notes under it, from the parts' data alone."""
+    rows = startup_rows(data["startup"]) + cell_rows(data["cell_roundtrip"]) + image_rows(data["images"])
+    return rows, (data["startup"] or {}).get("notes", [])
+
+
+def footer_lines(record: dict, notes: list, results: Path) -> list:
+    quick = " (--quick: tiny counts, not a measurement)" if record["quick"] else ""
+    return [f"{record['cpus']} CPUs, kernel {record['kernel']}, cgroup {record['cgroup']}; load average "
+            f"{_load(record['load_average_before'])} before, {_load(record['load_average_after'])} after{quick}",
+            *(f"note: {note}" for note in notes), f"raw samples and environment: {results}"]
+
+
+def _saved(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _load(averages) -> str:

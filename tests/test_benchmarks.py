@@ -42,6 +42,8 @@ def test_the_table_prints_every_row_and_keeps_its_samples_and_environment(tmp_pa
     assert len(startup["phases"]["labkit"]["exit"]["samples_s"]) == 3
     assert len(startup["batches"]["runs"]["labkit concurrent"]["wall_s"]) == 1
     assert json.loads((tmp_path / "table.json").read_text())["rows"]
+    again = subprocess.run([sys.executable, str(TABLE), "--from", str(tmp_path)], capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout == done.stdout  # the table is drawn from the data alone
 
 
 HYBRID_CGROUP2 = "/sys/fs/cgroup/unified"
