@@ -21,16 +21,13 @@ import argparse
 import os
 import socket
 import statistics
-import subprocess
 import sys
-import time
 
 import timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-CHUNK = 1 << 20
 SINK_PORT = 5201
 
 
@@ -38,73 +35,16 @@ def timed(function, runs, warmup=3):
     return statistics.median(timing.samples(function, runs, warmup)) * 1000
 
 
-# --- the TCP sink and source (run as `--tcp sink|source`, optionally inside a netns) --------
+# --- TCP throughput: the network experiment's own sink and source ------------------------
 
-def enter_netns(path):
-    if path:
-        from labkit.linux import syscalls
-        from labkit.linux.namespaces import BY_NAME
+def throughput(sink_netns, source_netns, address, port, megabytes, rounds, sink_port=SINK_PORT) -> float:
+    """MB/s (median of `rounds`) from a source in one netns to a sink in another (None:
+    the host's), with labkit.experiments.network's two ends."""
+    from labkit.experiments.network import Sink, send_from
 
-        with open(path) as handle:
-            syscalls.setns(handle.fileno(), BY_NAME["net"].flag)
-
-
-def sink(port, total, rounds):
-    with socket.socket() as listener:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("0.0.0.0", port))
-        listener.listen()
-        print("ready", flush=True)
-        buffer = bytearray(CHUNK)
-        for _ in range(rounds):
-            connection, _ = listener.accept()
-            with connection:
-                received = 0
-                while received < total:
-                    count = connection.recv_into(buffer)
-                    if not count:
-                        break
-                    received += count
-                connection.sendall(b"k")  # the source's clock stops when all of it arrived
-
-
-def source(address, port, total, rounds):
-    payload = bytes(CHUNK)
-    for _ in range(rounds):
-        with socket.create_connection((address, port), timeout=30) as connection:
-            started = time.perf_counter()
-            sent = 0
-            while sent < total:
-                connection.sendall(payload)
-                sent += CHUNK
-            connection.recv(1)
-            print(f"{time.perf_counter() - started:.6f}", flush=True)
-
-
-def tcp_main(options):
-    enter_netns(options.netns)
-    if options.tcp == "sink":
-        sink(options.port, options.bytes, options.rounds)
-    else:
-        source(options.address, options.port, options.bytes, options.rounds)
-
-
-def throughput(sink_netns, source_netns, address, port, total, rounds, sink_port=SINK_PORT) -> float:
-    """MB/s (median of `rounds`) from a source in one netns to a sink in another."""
-    def command(*arguments):
-        return [sys.executable, __file__, "--bytes", str(total), "--rounds", str(rounds), *arguments]
-
-    receiver = subprocess.Popen(command("--tcp", "sink", "--port", str(sink_port), "--netns", sink_netns or ""),
-                                stdout=subprocess.PIPE, text=True)
-    try:
-        assert receiver.stdout.readline().strip() == "ready"
-        sender = subprocess.run(command("--tcp", "source", "--address", address, "--port", str(port),
-                                        "--netns", source_netns or ""), capture_output=True, text=True,
-                                timeout=600, check=True)
-        seconds = [float(line) for line in sender.stdout.split()]
-    finally:
-        receiver.wait(timeout=30)
-    return total / statistics.median(seconds) / 1e6
+    with Sink(sink_netns, sink_port):
+        seconds = [send_from(source_netns, address, megabytes, port) for _ in range(rounds)]
+    return (megabytes << 20) / statistics.median(seconds) / 1e6
 
 
 # --- the benchmark --------------------------------------------------------------------------
@@ -128,7 +68,6 @@ def startup_rows(runs):
 def throughput_rows(megabytes, rounds):
     from labkit.runtime import Container, ContainerSpec
 
-    total = megabytes << 20
     host_port = free_port()
     server = Container(ContainerSpec(command="sleep 3600", network="bridge", publish=[f"{host_port}:{SINK_PORT}"]))
     client = Container(ContainerSpec(command="sleep 3600", network="bridge"))
@@ -136,11 +75,11 @@ def throughput_rows(megabytes, rounds):
     client.start(detach=True)
     try:
         return {
-            "host loopback": throughput(None, None, "127.0.0.1", SINK_PORT + 1, total, rounds, SINK_PORT + 1),
-            "container → container (bridge)": throughput(server.netns, client.netns, server.ip, SINK_PORT, total,
+            "host loopback": throughput(None, None, "127.0.0.1", SINK_PORT + 1, megabytes, rounds, SINK_PORT + 1),
+            "container → container (bridge)": throughput(server.netns, client.netns, server.ip, SINK_PORT, megabytes,
                                                          rounds),
             "host 127.0.0.1 → published port (proxy)": throughput(server.netns, None, "127.0.0.1", host_port,
-                                                                   total, rounds),
+                                                                   megabytes, rounds),
         }
     finally:
         server.remove()
@@ -158,15 +97,7 @@ def main():
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--megabytes", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--tcp", choices=("sink", "source"))
-    parser.add_argument("--netns")
-    parser.add_argument("--address")
-    parser.add_argument("--port", type=int)
-    parser.add_argument("--bytes", type=int)
     options = parser.parse_args()
-    if options.tcp:
-        tcp_main(options)
-        return
 
     startup = startup_rows(options.runs)
     none = startup["none"]

@@ -64,7 +64,7 @@ def _measure(server, client, params, progress) -> dict:
         for trial in range(1, params.trials + 1):
             for path, (sender, address) in paths.items():
                 sent, answered = _ping(sender, address, params.pings)
-                seconds = _send(sender.netns, address, params.megabytes)
+                seconds = send_from(sender.netns, address, params.megabytes)
                 sink.check_alive()
                 rows.append({"trial": trial, "path": path, "rtt_ms": answered, "pings_sent": sent,
                              "send_seconds": seconds, "mbytes_per_s": params.megabytes / seconds})
@@ -82,14 +82,18 @@ def _ping(container, address, count) -> tuple:
 
 
 class Sink:
-    """The receiving end, a host process in `netns` listening on PORT until stopped."""
+    """The receiving end, a host process listening on `port` until stopped: inside the
+    network namespace `netns` (a path such as /proc/PID/ns/net), or the host's own (None).
+    benchmarks/network.py uses the same two ends."""
 
-    def __init__(self, netns):
+    def __init__(self, netns=None, port=PORT):
         self.netns = netns
+        self.port = port
         self.process = None
 
     def __enter__(self):
-        self.process = subprocess.Popen([sys.executable, "-m", __name__, "sink", "--netns", self.netns],
+        self.process = subprocess.Popen([sys.executable, "-m", __name__, "sink", "--netns", self.netns or "",
+                                         "--port", str(self.port)],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if self.process.stdout.readline().strip() != "ready":
             self.process.kill()
@@ -105,12 +109,14 @@ class Sink:
         self.process.communicate()
 
 
-def _send(netns, address, megabytes) -> float:
-    """Seconds until `megabytes` MiB sent from `netns` had all arrived at the sink."""
-    source = subprocess.run([sys.executable, "-m", __name__, "source", "--netns", netns, "--address", address,
-                             "--megabytes", str(megabytes)], capture_output=True, text=True, timeout=300)
+def send_from(netns, address, megabytes, port=PORT) -> float:
+    """Seconds until `megabytes` MiB sent from `netns` (None: the host's) to a Sink at
+    address:port had all arrived there."""
+    source = subprocess.run([sys.executable, "-m", __name__, "source", "--netns", netns or "", "--address", address,
+                             "--port", str(port), "--megabytes", str(megabytes)],
+                            capture_output=True, text=True, timeout=300)
     if source.returncode != 0:
-        raise RuntimeError(f"the TCP stream to {address}:{PORT} failed: {source.stderr.strip()[-500:]}")
+        raise RuntimeError(f"the TCP stream to {address}:{port} failed: {source.stderr.strip()[-500:]}")
     return float(source.stdout)
 
 
@@ -166,6 +172,8 @@ def plot(result):
 # --- the two ends, each a small host process inside a container's network namespace ---
 
 def enter_netns(path):
+    if not path:
+        return  # the host's own
     from labkit.linux import syscalls
     from labkit.linux.namespaces import BY_NAME
 
@@ -212,7 +220,8 @@ def send(address, megabytes, port=PORT) -> float:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m labkit.experiments.network")
     parser.add_argument("end", choices=("sink", "source"))
-    parser.add_argument("--netns", required=True)
+    parser.add_argument("--netns", default="", help="a network namespace to join (default: the host's)")
+    parser.add_argument("--port", type=int, default=PORT)
     parser.add_argument("--address")
     parser.add_argument("--megabytes", type=int)
     options = parser.parse_args(argv)
@@ -225,9 +234,9 @@ def main(argv=None):
         raise SystemExit("the experiment that started this end is gone")
     enter_netns(options.netns)
     if options.end == "sink":
-        serve()
+        serve(options.port)
     else:
-        print(f"{send(options.address, options.megabytes):.6f}")
+        print(f"{send(options.address, options.megabytes, options.port):.6f}")
 
 
 if __name__ == "__main__":
