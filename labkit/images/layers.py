@@ -119,6 +119,8 @@ def _ustar_block(info: tarfile.TarInfo) -> bytes | None:
         name, link = info.name.encode("ascii"), info.linkname.encode("ascii")
     except UnicodeEncodeError:
         return None  # needs a pax "path"/"linkpath" record
+    if info.type == tarfile.DIRTYPE and not name.endswith(b"/"):
+        name += b"/"  # as tarfile (and tar(1)) name directories
     device = info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE)
     numbers = (info.uid, info.gid, info.devmajor, info.devminor)
     if len(name) > 100 or len(link) > 100 or info.uname or info.gname or info.mtime \
