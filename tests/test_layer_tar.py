@@ -7,7 +7,7 @@ import tarfile
 import pytest
 from tar_reference import reference_tar
 
-from labkit.images.layers import header_block, write_canonical_tar
+from labkit.images.layers import BLOCK_SIZE, canonical_entries, header_block, tar_blocks, write_canonical_tar
 
 
 def _info(name, kind=tarfile.REGTYPE, **fields):
@@ -50,10 +50,10 @@ def test_header_is_what_tarfile_writes(info):
 def _layer(root):
     """Every kind of entry an unprivileged user can make, with names whose byte order
     differs from a walk's, contents that end on and off 512-byte boundaries, and one
-    file larger than the 1 MiB a read takes."""
+    file larger than a block."""
     (root / "a" / "deep").mkdir(parents=True)
     (root / "a-b").write_text("dash sorts before slash\n")
-    (root / "a" / "deep" / "big").write_bytes(os.urandom((2 << 20) + 1234))
+    (root / "a" / "deep" / "big").write_bytes(os.urandom(BLOCK_SIZE * 2 + 1234))
     (root / "a" / "empty").write_bytes(b"")
     (root / "a" / "exact").write_bytes(os.urandom(512))
     os.link(root / "a-b", root / "a" / "hard")
@@ -79,3 +79,23 @@ def test_canonical_tar_is_byte_for_byte_the_reference_tarfile_writes(tmp_path):
     assert written == len(ours)
     assert ours == reference_tar(tmp_path / "layer")
 
+@pytest.mark.parametrize("size", [512, 1536, 1000, 4096], ids=lambda size: f"{size}B-blocks")
+def test_the_tar_is_the_same_whatever_the_block_size(tmp_path, size):
+    """Small blocks put headers (also multi-block pax ones), contents and padding across
+    block boundaries; every block must carry the bytes, and the pieces must name which
+    entry's content they are, as the kept copy of a commit reads them."""
+    _layer(tmp_path / "layer")
+    entries = canonical_entries(tmp_path / "layer")
+    stream, contents, current = bytearray(), {}, None
+    for block in tar_blocks(entries, lambda: bytearray(size)):
+        assert 0 < len(block.data) <= size
+        stream += block.data
+        for entry, _info, content in block.pieces:
+            if entry is not None:
+                current = entry.name
+            if content is not None:
+                contents[current] = contents.get(current, b"") + bytes(content)
+    assert bytes(stream) == reference_tar(tmp_path / "layer")
+    assert contents["a/deep/big"] == (tmp_path / "layer" / "a" / "deep" / "big").read_bytes()
+    assert contents["small/5/299"] == (tmp_path / "layer" / "small" / "5" / "299").read_bytes()
+    assert "a/hard" not in contents  # a hard link's content is its first name's
