@@ -18,7 +18,7 @@ from tar_reference import reference_digest
 from labkit.errors import ImageError, ImageNotFound
 from labkit.images import commit, diff, get_image
 from labkit.images.builder import build as build_with_runner
-from labkit.images.layers import canonical_entries, layer_digest, write_canonical_tar
+from labkit.images.layers import canonical_entries, layer_digest, tree_size, write_canonical_tar
 from labkit.images.overlay import MAX_OPTIONS, overlay_options
 from labkit.images.store import Store
 from labkit.images.whiteouts import is_opaque, is_whiteout
@@ -332,6 +332,7 @@ def test_commit_digest_is_the_reference_digest_of_what_it_kept(store, tmp_path, 
     assert new.layers[-1] == expected
     assert layer_digest(stored) == expected
     assert not (stored / "etc").exists() and os.listdir(stored / "run") == []
+    assert new.history[-1]["size"] == tree_size(stored) > 3 << 20  # as history shows it, hard links and all
 
 
 def test_commit_that_fails_while_copying_leaves_no_layer_scratch_dir_or_thread(store, tmp_path):

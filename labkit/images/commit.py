@@ -39,15 +39,19 @@ def commit(upper_dir, base_image, new_name: str, store: Store | None = None,
     validate_name(new_name)
     base = base_image if isinstance(base_image, Image) else _get_image(base_image, store)
     with store.lock():
-        digest = commit_layer(upper_dir, store, consume=consume)
+        digest, size = _store_layer(Path(upper_dir), store, consume)
         step = message or f"labkit commit of {Path(upper_dir)}"
-        history = list(base.history) + [store.history_entry(step, digest)]
+        history = list(base.history) + [store.history_entry(step, digest, size)]
         return store.save_image(new_name, list(base.layers) + [digest], config or base.config, history)
 
 
 def commit_layer(upper_dir, store: Store, consume: bool = False) -> str:
     """Store the changes in `upper_dir` as a layer; returns its digest."""
-    upper = Path(upper_dir)
+    return _store_layer(Path(upper_dir), store, consume)[0]
+
+
+def _store_layer(upper: Path, store: Store, consume: bool) -> tuple:
+    """(digest, bytes of file content) of the layer made of `upper`'s changes."""
     if not upper.is_dir():
         raise ImageError(f"cannot commit {upper}: it is not a directory (is the container removed?)")
     with store.scratch() as scratch:
@@ -56,9 +60,15 @@ def commit_layer(upper_dir, store: Store, consume: bool = False) -> str:
             os.rename(upper, layer)
             os.mkdir(upper, 0o755)  # whoever owns the upper dir still finds it, now empty
             kept = _tidy_in_place(os.fspath(layer))
-            return store.add_layer(layer, digest=tar_digest(kept))
-        os.mkdir(layer, 0o755)
-        return store.add_layer(layer, digest=_copy_and_digest(upper, layer))
+            digest = tar_digest(kept)
+        else:
+            os.mkdir(layer, 0o755)
+            kept = _Sorted(os.fspath(upper)).kept
+            with LayerCopy(upper, layer) as copy:
+                # Each file is read once, into a block of the canonical tar from which the
+                # copy is written and which is then hashed (the tar is never stored).
+                digest = tar_digest(kept, copy)
+        return store.add_layer(layer, digest=digest), _content_size(kept)
 
 
 class _Sorted:
@@ -104,14 +114,6 @@ class _Sorted:
         return dropped_any and not kept_any
 
 
-def _copy_and_digest(upper: Path, layer: Path) -> str:
-    """Copy what the upper dir keeps into the empty dir `layer` and digest it in the same
-    pass: each file is read once, into a block of the canonical tar from which the copy
-    is written and which is then hashed (the tar itself is never stored)."""
-    with LayerCopy(upper, layer) as copy:
-        return tar_digest(_Sorted(os.fspath(upper)).kept, copy)
-
-
 def _tidy_in_place(layer: str) -> list:
     """Make a moved upper dir what a layer keeps of it; returns its entries."""
     contents = _Sorted(layer)
@@ -126,6 +128,11 @@ def _tidy_in_place(layer: str) -> list:
         elif entry.kind != "symlink":
             strip_overlay_xattrs(entry.path)
     return contents.kept
+
+
+def _content_size(entries) -> int:
+    """What `image history` shows: bytes of regular files, each name counted (as tree_size)."""
+    return sum(entry.st.st_size for entry in entries if entry.kind == "file")
 
 
 def _get_image(name, store):
