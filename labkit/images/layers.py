@@ -17,6 +17,7 @@ same digest on every run and every machine:
   * the archive ends with two zero blocks, padded to a 10 KiB record like tar(1).
 """
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -285,8 +286,8 @@ def layer_digest(root) -> str:
 def tar_digest(entries, copy=None) -> str:
     """'sha256:<hex>' of the canonical tar of `entries`, passing each block to
     `copy.copy(block)` first when given (a commit's kept copy, see layer_copy.py)."""
-    with _DigestThread() as digest:
-        for block in tar_blocks(entries, digest.next_buffer):
+    with _DigestThread() as digest, contextlib.closing(tar_blocks(entries, digest.next_buffer)) as blocks:
+        for block in blocks:  # closing: a failure closes the file being read at once
             if copy is not None:
                 copy.copy(block)
             digest.add(block)
