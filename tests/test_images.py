@@ -13,11 +13,12 @@ import tarfile
 import textwrap
 
 import pytest
+from tar_reference import reference_digest
 
 from labkit.errors import ImageError, ImageNotFound
 from labkit.images import commit, diff, get_image
 from labkit.images.builder import build as build_with_runner
-from labkit.images.layers import canonical_entries, layer_digest, write_canonical_tar
+from labkit.images.layers import canonical_entries, layer_digest, tree_size, write_canonical_tar
 from labkit.images.overlay import MAX_OPTIONS, overlay_options
 from labkit.images.store import Store
 from labkit.images.whiteouts import is_opaque, is_whiteout
@@ -304,6 +305,68 @@ def test_commit_digest_is_the_digest_of_the_layer_it_stored(store, tmp_path, con
     assert os.stat(stored / "ro").st_mode & 0o777 == 0o555
     assert (os.stat(stored / "a-b").st_uid, os.stat(stored / "a-b").st_gid) == (1234, 5678)
     assert (stored / "a" / "deep" / "f").read_bytes() == content
+
+
+def _upper_with_sockets(upper):
+    """_tricky_upper plus sockets: one beside an init-layer file (the dir still goes) and
+    one alone in a dir (the dir stays, empty: it was not emptied by the drop rule)."""
+    import socket
+
+    _tricky_upper(upper)
+    for relative in ("etc/app.sock", "run/app.sock"):
+        (upper / relative).parent.mkdir(exist_ok=True)
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(upper / relative))
+
+
+@pytest.mark.parametrize("consume", [False, True], ids=["copy", "move"])
+def test_commit_digest_is_the_reference_digest_of_what_it_kept(store, tmp_path, consume):
+    """The digest of a commit (copied or moved) is sha256 of the tar that Python's tarfile
+    writes of what a layer keeps: init-layer files, sockets and the dir they emptied go."""
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    _upper_with_sockets(upper)
+    expected = reference_digest(upper, leave_out={"etc", "etc/hostname", "etc/app.sock"})
+    new = commit(upper, get_image("busybox", store), "reference", store=store, consume=consume)
+    stored = new.layer_dirs[-1]
+    assert new.layers[-1] == expected
+    assert layer_digest(stored) == expected
+    assert not (stored / "etc").exists() and os.listdir(stored / "run") == []
+    assert new.history[-1]["size"] == tree_size(stored) > 3 << 20  # as history shows it, hard links and all
+
+
+def test_commit_that_fails_while_copying_leaves_no_layer_scratch_dir_thread_or_open_file(store, tmp_path):
+    """A write the kernel refuses half-way through a file (EFBIG past RLIMIT_FSIZE)."""
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    _tricky_upper(upper)   # a/deep/f is 3 MiB: past the 1 MiB limit
+    get_image("busybox", store)
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, resource, signal, threading
+        from labkit.images import commit, get_image
+        from labkit.images.store import Store
+        store = Store()
+        base = get_image("busybox", store)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+        def open_files():
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    yield os.readlink(f"/proc/self/fd/{{fd}}")
+                except FileNotFoundError:
+                    pass  # the listing's own
+        try:
+            commit({str(upper)!r}, base, "too-big", store=store)
+        except OSError as error:
+            print("refused", error.errno == 27, threading.active_count(),
+                  sum(name.startswith(({str(upper)!r}, str(store.home))) for name in open_files()))
+    """)], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["refused", "True", "1", "0"], result.stderr
+    assert "too-big" not in store.names()
+    assert store.layer_digests() == get_image("busybox", store).layers
+    assert os.listdir(store.tmp_root) == []
+    assert commit(upper, get_image("busybox", store), "fits", store=store).layers[-1] \
+        == layer_digest(store.image("fits").layer_dirs[-1])  # without the limit, the same commit works
 
 
 # --- build ---------------------------------------------------------------------------------------

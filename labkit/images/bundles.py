@@ -6,6 +6,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 from labkit.errors import ImageError
@@ -40,8 +41,13 @@ class TarBundle:
         self.source = str(path)
         try:
             self.archive = tarfile.open(path, "r:*")
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+            raise ImageError(f"{path} is not a readable tar archive ({error}); check the file") from None
+        try:
             members = self.archive.getmembers()
-        except (tarfile.TarError, EOFError, OSError) as error:
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+            # zlib.error: gzip data damaged past its header, found while seeking to a member
+            self.archive.close()
             raise ImageError(f"{path} is not a readable tar archive ({error}); check the file") from None
         self.members = {}
         for member in members:

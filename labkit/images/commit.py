@@ -1,26 +1,28 @@
 """Commit: a container's read-write layer (overlay's upper dir) becomes an image layer.
 
 The upper dir is already in overlay form (whiteouts, opaque dirs), which is how
-layers are stored, so a commit copies it as it is, minus two things:
+layers are stored, so a commit keeps it as it is, minus (one rule, _Sorted, for a
+copied and a moved upper dir alike):
   * the init-layer files (/etc/hostname, /etc/hosts, /etc/resolv.conf): they are
     generated for each container and must never become part of an image;
+  * sockets, which a tar cannot hold (whoever listens makes them again);
   * overlay's private xattrs, which describe this upper dir's relation to its
     lowers and would be stale in a layer.
 """
 
 import os
-import stat
+import shutil
 from pathlib import Path
 
 from labkit.errors import ImageError
-from labkit.images.layers import Entry, HashingSink, entry_for, sort_canonically, write_canonical_tar
+from labkit.images.layer_copy import LayerCopy
+from labkit.images.layers import Entry, entry_for, sort_canonically, tar_digest
 from labkit.images.store import Image, ImageConfig, Store, validate_name
 from labkit.images.whiteouts import (
     INIT_LAYER_FILES,
     OPAQUE_MARKER,
     is_opaque,
     make_opaque,
-    make_whiteout,
     strip_overlay_xattrs,
     unsupported_overlay_feature,
 )
@@ -37,15 +39,19 @@ def commit(upper_dir, base_image, new_name: str, store: Store | None = None,
     validate_name(new_name)
     base = base_image if isinstance(base_image, Image) else _get_image(base_image, store)
     with store.lock():
-        digest = commit_layer(upper_dir, store, consume=consume)
+        digest, size = _store_layer(Path(upper_dir), store, consume)
         step = message or f"labkit commit of {Path(upper_dir)}"
-        history = list(base.history) + [store.history_entry(step, digest)]
+        history = list(base.history) + [store.history_entry(step, digest, size)]
         return store.save_image(new_name, list(base.layers) + [digest], config or base.config, history)
 
 
 def commit_layer(upper_dir, store: Store, consume: bool = False) -> str:
     """Store the changes in `upper_dir` as a layer; returns its digest."""
-    upper = Path(upper_dir)
+    return _store_layer(Path(upper_dir), store, consume)[0]
+
+
+def _store_layer(upper: Path, store: Store, consume: bool) -> tuple:
+    """(digest, bytes of file content) of the layer made of `upper`'s changes."""
     if not upper.is_dir():
         raise ImageError(f"cannot commit {upper}: it is not a directory (is the container removed?)")
     with store.scratch() as scratch:
@@ -53,98 +59,80 @@ def commit_layer(upper_dir, store: Store, consume: bool = False) -> str:
         if consume and _same_filesystem(upper, scratch):
             os.rename(upper, layer)
             os.mkdir(upper, 0o755)  # whoever owns the upper dir still finds it, now empty
-            _clean_in_place(layer, "")
-            return store.add_layer(layer)
-        os.mkdir(layer, 0o755)
-        return store.add_layer(layer, digest=_copy_and_digest(upper, layer))
+            kept = _tidy_in_place(os.fspath(layer))
+            digest = tar_digest(kept)
+        else:
+            os.mkdir(layer, 0o755)
+            kept = _Sorted(os.fspath(upper)).kept
+            with LayerCopy(upper, layer) as copy:
+                # Each file is read once, into a block of the canonical tar from which the
+                # copy is written and which is then hashed (the tar is never stored).
+                digest = tar_digest(kept, copy)
+        return store.add_layer(layer, digest=digest), _content_size(kept)
 
 
-def _copy_and_digest(upper: Path, layer: Path) -> str:
-    """Copy the upper dir into the empty dir `layer` and digest it in the same pass: each
-    file is read once, its bytes going both to the copy and into the canonical tar's
-    sha256 (the tar itself is never stored)."""
-    entries = []
-    _kept_entries(os.fspath(upper), "", entries)
-    copy = _LayerCopy(os.fspath(upper), os.fspath(layer))
-    sink = HashingSink()
-    write_canonical_tar(layer, sink, sort_canonically(entries), copy=copy)
-    copy.finish()
-    return sink.digest
+class _Sorted:
+    """An upper dir sorted into what a layer keeps and what it drops."""
 
+    def __init__(self, upper: str):
+        self.kept = []       # tar entries, in canonical order
+        self.dropped = []    # paths, each child before its directory
+        self._sort(upper, "")
+        self.kept = sort_canonically(self.kept)
 
-def _kept_entries(directory: str, prefix: str, entries: list) -> bool:
-    """Append the tar entries of the upper dir below `directory` that belong in a layer:
-    all but the init-layer files. True if the directory ended up empty only because of
-    what was dropped (so it goes too), as _clean_in_place decides for a moved upper dir."""
-    dropped_any, kept_any = False, False
-    with os.scandir(directory) as listing:
-        items = list(listing)
-    for item in items:
-        relative = prefix + item.name
-        if relative in INIT_LAYER_FILES:
-            dropped_any = True
-            continue
-        _check(item.path, relative)
-        entry = entry_for(relative, item.path, item.stat(follow_symlinks=False))
-        if entry is None:
-            continue  # a socket: nothing to keep
-        mark = len(entries)
-        entries.append(entry)
-        if entry.kind == "dir":
-            opaque = is_opaque(item.path)
-            if opaque:
-                entries.append(Entry(f"{relative}/{OPAQUE_MARKER}", None, None, "opaque"))
-            if _kept_entries(item.path, relative + "/", entries) and not opaque:
-                del entries[mark:]
+    def _sort(self, directory: str, prefix: str) -> bool:
+        """The one rule of what a commit keeps: everything but the init-layer files
+        and sockets (which a tar cannot hold), and a directory goes too when it held
+        init-layer files and nothing kept (unless it is opaque: then it still hides
+        the lower one). True if `directory` goes."""
+        dropped_any, kept_any = False, False
+        with os.scandir(directory) as listing:
+            items = list(listing)
+        for item in items:
+            relative = prefix + item.name
+            if relative in INIT_LAYER_FILES:
+                self.dropped.append(item.path)
                 dropped_any = True
                 continue
-        kept_any = True
-    return dropped_any and not kept_any
+            _check(item.path, relative)
+            entry = entry_for(relative, item.path, item.stat(follow_symlinks=False))
+            if entry is None:
+                self.dropped.append(item.path)
+                continue
+            mark = len(self.kept)
+            self.kept.append(entry)
+            if entry.kind == "dir":
+                opaque = is_opaque(item.path)
+                if opaque:
+                    self.kept.append(Entry(f"{relative}/{OPAQUE_MARKER}", None, None, "opaque"))
+                if self._sort(item.path, relative + "/") and not opaque:
+                    del self.kept[mark:]
+                    self.dropped.append(item.path)
+                    dropped_any = True
+                    continue
+            kept_any = True
+        return dropped_any and not kept_any
 
 
-class _LayerCopy:
-    """Makes each entry of the upper dir again under the layer dir, in tar order (a
-    parent before its children). Owners, modes and times are set at the end in reverse
-    order: a directory's after its children are made (which changes its times), and
-    a read-only directory's after it has been filled."""
-
-    def __init__(self, source: str, target: str):
-        self.skip = len(source) + 1
-        self.target = target
-        self.first_copy = {}    # (dev, inode) of a hard-linked source -> its first copy
-        self.fixups = []        # (copy, stat of the source), in creation order
-
-    def __call__(self, entry, hardlink_to):
-        if entry.kind == "opaque":
-            make_opaque(os.path.join(self.target, entry.name.rpartition("/")[0]))
-            return None
-        st = entry.st
-        destination = os.path.join(self.target, entry.path[self.skip:])
-        inode = (st.st_dev, st.st_ino)
-        if hardlink_to is not None:
-            os.link(self.first_copy[inode], destination)
-            return None
-        self.fixups.append((destination, st))
-        if entry.kind == "file":
-            if st.st_nlink > 1:
-                self.first_copy[inode] = destination
-            fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            return open(fd, "wb", buffering=0)
-        if entry.kind == "dir":
-            os.mkdir(destination, 0o700)
-        elif entry.kind == "symlink":
-            os.symlink(os.readlink(entry.path), destination)
-        elif entry.kind == "whiteout":
-            make_whiteout(destination)
-        elif entry.kind == "fifo":
-            os.mkfifo(destination)
+def _tidy_in_place(layer: str) -> list:
+    """Make a moved upper dir what a layer keeps of it; returns its entries."""
+    contents = _Sorted(layer)
+    for path in contents.dropped:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)  # a directory emptied by the rule, or one named like an init-layer file
         else:
-            os.mknod(destination, st.st_mode, st.st_rdev)
-        return None
+            os.unlink(path)
+    for entry in contents.kept:
+        if entry.kind == "opaque":
+            make_opaque(os.path.join(layer, entry.name.rpartition("/")[0]))  # both names: with and without userxattr
+        elif entry.kind != "symlink":
+            strip_overlay_xattrs(entry.path)
+    return contents.kept
 
-    def finish(self):
-        for destination, st in reversed(self.fixups):
-            _copy_metadata(destination, st)
+
+def _content_size(entries) -> int:
+    """What `image history` shows: bytes of regular files, each name counted (as tree_size)."""
+    return sum(entry.st.st_size for entry in entries if entry.kind == "file")
 
 
 def _get_image(name, store):
@@ -165,38 +153,3 @@ def _check(path, relative):
             "lives in a lower layer; mount overlays with redirect_dir=off,metacopy=off "
             "(labkit.images.overlay does) and run the container again"
         )
-
-
-def _clean_in_place(directory: Path, prefix: str) -> bool:
-    """Drop init-layer files and overlay bookkeeping; True if the dir ended up empty
-    only because of what was dropped (so it can go too)."""
-    dropped_any, kept_any = False, False
-    with os.scandir(directory) as listing:
-        entries = list(listing)
-    for entry in entries:
-        relative = prefix + entry.name
-        if relative in INIT_LAYER_FILES:
-            os.unlink(entry.path)
-            dropped_any = True
-            continue
-        _check(entry.path, relative)
-        if entry.is_dir(follow_symlinks=False):
-            strip_overlay_xattrs(entry.path)
-            if is_opaque(entry.path):
-                make_opaque(entry.path)  # both xattr names, for mounts with and without userxattr
-            if _clean_in_place(Path(entry.path), relative + "/") and not is_opaque(entry.path):
-                os.rmdir(entry.path)
-                dropped_any = True
-                continue
-        elif not entry.is_symlink():
-            strip_overlay_xattrs(entry.path)
-        kept_any = True
-    return dropped_any and not kept_any
-
-
-def _copy_metadata(destination, st) -> None:
-    os.chown(destination, st.st_uid, st.st_gid, follow_symlinks=False)
-    if not stat.S_ISLNK(st.st_mode):
-        os.chmod(destination, stat.S_IMODE(st.st_mode))  # after chown, which clears setuid
-    os.utime(destination, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-

@@ -164,14 +164,15 @@ class Store:
         write_atomically(path, json.dumps(manifest, indent=2))  # readers see the old manifest or the new one
         return self.image(name)
 
-    def history_entry(self, step: str, digest: str | None) -> dict:
+    def history_entry(self, step: str, digest: str | None, size: int | None = None) -> dict:
+        """`size` (of the layer's file content) may be given by a caller that knows it."""
         from labkit.images.layers import tree_size
 
         entry = {"created_by": step, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if digest is None:
             entry.update(empty_layer=True, size=0)
         else:
-            entry.update(layer=digest, size=tree_size(self.layer_dir(digest)))
+            entry.update(layer=digest, size=tree_size(self.layer_dir(digest)) if size is None else size)
         return entry
 
     # -- what is in use, and removing what is not -----------------------------------
