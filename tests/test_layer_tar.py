@@ -2,6 +2,7 @@
 writes: each header, and whole layers against tests/tar_reference.py (no root needed)."""
 
 import os
+import shutil
 import tarfile
 
 import pytest
@@ -99,3 +100,55 @@ def test_the_tar_is_the_same_whatever_the_block_size(tmp_path, size):
     assert contents["a/deep/big"] == (tmp_path / "layer" / "a" / "deep" / "big").read_bytes()
     assert contents["small/5/299"] == (tmp_path / "layer" / "small" / "5" / "299").read_bytes()
     assert "a/hard" not in contents  # a hard link's content is its first name's
+
+
+# --- a layer read while its container runs: what the walk saw is what is read -------------
+
+def _upper_and_host(tmp_path):
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "secret").write_text("the host's secret\n")
+    upper = tmp_path / "upper"
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc" / "secret").write_text("the container's own\n")
+    return upper, host
+
+
+def test_a_directory_swapped_for_a_link_to_the_host_after_the_walk_is_refused_not_read(tmp_path):
+    from labkit.errors import ImageError
+    from labkit.images.layers import canonical_entries, tar_digest
+
+    upper, host = _upper_and_host(tmp_path)
+    entries = canonical_entries(upper)
+    # The container, still running during `commit`, swaps its directory for a link.
+    shutil.rmtree(upper / "etc")
+    (upper / "etc").symlink_to(host)
+    assert (upper / "etc" / "secret").read_text() == "the host's secret\n"   # what a read by path gets
+    with pytest.raises(ImageError, match="changed while it was being stored"):
+        tar_digest(entries)
+
+
+def test_a_file_swapped_for_a_link_after_the_walk_is_refused_not_read(tmp_path):
+    from labkit.errors import ImageError
+    from labkit.images.layers import canonical_entries, tar_digest
+
+    upper, host = _upper_and_host(tmp_path)
+    entries = canonical_entries(upper)
+    (upper / "etc" / "secret").unlink()
+    (upper / "etc" / "secret").symlink_to(host / "secret")
+    assert (upper / "etc" / "secret").read_text() == "the host's secret\n"
+    with pytest.raises(ImageError, match="changed while it was being stored"):
+        tar_digest(entries)
+
+
+def test_the_walk_never_lists_a_directory_that_became_a_link(tmp_path):
+    from labkit.errors import ImageError
+    from labkit.images.layers import open_as_seen
+
+    upper, host = _upper_and_host(tmp_path)
+    seen = os.stat(upper / "etc", follow_symlinks=False)
+    shutil.rmtree(upper / "etc")
+    (upper / "etc").symlink_to(host)
+    assert os.listdir(upper / "etc") == ["secret"]   # a listing by path shows the host's directory
+    with pytest.raises(ImageError, match="changed while it was being stored"):
+        open_as_seen(str(upper / "etc"), seen, os.O_DIRECTORY)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from labkit.errors import ImageError
 from labkit.images.layer_copy import LayerCopy
-from labkit.images.layers import Entry, entry_for, sort_canonically, tar_digest
+from labkit.images.layers import Entry, entry_for, open_as_seen, sort_canonically, tar_digest
 from labkit.images.store import Image, ImageConfig, Store, validate_name
 from labkit.images.whiteouts import (
     INIT_LAYER_FILES,
@@ -77,37 +77,42 @@ class _Sorted:
     def __init__(self, upper: str):
         self.kept = []       # tar entries, in canonical order
         self.dropped = []    # paths, each child before its directory
-        self._sort(upper, "")
+        self._sort(upper, "", os.stat(upper, follow_symlinks=False))
         self.kept = sort_canonically(self.kept)
 
-    def _sort(self, directory: str, prefix: str) -> bool:
+    def _sort(self, directory: str, prefix: str, seen: os.stat_result) -> bool:
         """The one rule of what a commit keeps: everything but the init-layer files
         and sockets (which a tar cannot hold), and a directory goes too when it held
         init-layer files and nothing kept (unless it is opaque: then it still hides
         the lower one). True if `directory` goes."""
         dropped_any, kept_any = False, False
-        with os.scandir(directory) as listing:
-            items = list(listing)
-        for item in items:
-            relative = prefix + item.name
+        fd = open_as_seen(directory, seen, os.O_DIRECTORY)   # never a host directory a link leads to
+        try:
+            with os.scandir(fd) as listing:
+                items = [(item.name, item.stat(follow_symlinks=False)) for item in listing]
+        finally:
+            os.close(fd)
+        for name, st in items:
+            path = os.path.join(directory, name)
+            relative = prefix + name
             if relative in INIT_LAYER_FILES:
-                self.dropped.append(item.path)
+                self.dropped.append(path)
                 dropped_any = True
                 continue
-            _check(item.path, relative)
-            entry = entry_for(relative, item.path, item.stat(follow_symlinks=False))
+            _check(path, relative)
+            entry = entry_for(relative, path, st)
             if entry is None:
-                self.dropped.append(item.path)
+                self.dropped.append(path)
                 continue
             mark = len(self.kept)
             self.kept.append(entry)
             if entry.kind == "dir":
-                opaque = is_opaque(item.path)
+                opaque = is_opaque(path)
                 if opaque:
                     self.kept.append(Entry(f"{relative}/{OPAQUE_MARKER}", None, None, "opaque"))
-                if self._sort(item.path, relative + "/") and not opaque:
+                if self._sort(path, relative + "/", st) and not opaque:
                     del self.kept[mark:]
-                    self.dropped.append(item.path)
+                    self.dropped.append(path)
                     dropped_any = True
                     continue
             kept_any = True

@@ -18,6 +18,7 @@ same digest on every run and every machine:
 """
 
 import contextlib
+import errno
 import hashlib
 import os
 import queue
@@ -48,22 +49,53 @@ class Entry:
 def canonical_entries(root) -> list:
     """Every entry of the layer at `root`, in canonical (sorted tar name) order."""
     entries = []
-    pending = [("", os.fspath(root))]
+    root = os.fspath(root)
+    pending = [("", root, os.stat(root, follow_symlinks=False))]
     while pending:
-        prefix, directory = pending.pop()
-        with os.scandir(directory) as listing:
-            for item in listing:
-                st = item.stat(follow_symlinks=False)
-                name = prefix + item.name
-                entry = entry_for(name, item.path, st)
-                if entry is None:
-                    continue
-                entries.append(entry)
-                if entry.kind == "dir":
-                    if is_opaque(item.path):
-                        entries.append(Entry(f"{name}/{OPAQUE_MARKER}", None, None, "opaque"))
-                    pending.append((name + "/", item.path))
+        prefix, directory, seen = pending.pop()
+        fd = open_as_seen(directory, seen, os.O_DIRECTORY)
+        try:
+            with os.scandir(fd) as listing:
+                for item in listing:
+                    st = item.stat(follow_symlinks=False)
+                    name = prefix + item.name
+                    path = os.path.join(directory, item.name)
+                    entry = entry_for(name, path, st)
+                    if entry is None:
+                        continue
+                    entries.append(entry)
+                    if entry.kind == "dir":
+                        if is_opaque(path):
+                            entries.append(Entry(f"{name}/{OPAQUE_MARKER}", None, None, "opaque"))
+                        pending.append((name + "/", path, st))
+        finally:
+            os.close(fd)
     return sort_canonically(entries)
+
+
+def open_as_seen(path, seen: os.stat_result, flags=0) -> int:
+    """Open `path` for reading only if it is still the very file the walk saw.
+
+    A layer is often read while its container runs (`commit` of a running container),
+    and that container may swap a file or a directory of its upper dir for a symlink
+    between the walk and the read: followed on the host, `upper/etc -> /etc` would put
+    the host's files into the layer. O_NOFOLLOW refuses a link as the last component;
+    a link further up lands on another inode, which the fstat check refuses. Each
+    directory the walk lists was opened this way, so every entry comes from inside."""
+    why = "it is another file now"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | flags)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
+            raise
+        fd, why = None, error.strerror   # a link now, or gone
+    if fd is not None:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (seen.st_dev, seen.st_ino):
+            return fd
+        os.close(fd)
+    raise ImageError(f"{path} changed while it was being stored ({why}): is its container still running? "
+                     "Nothing was stored; stop the container or commit again")
 
 
 def entry_for(name, path, st) -> Entry | None:
@@ -190,7 +222,7 @@ def tar_blocks(entries, next_buffer=None):
         yield from layout.put(header_block(info))
         layout.note(entry, info)
         if info.type == tarfile.REGTYPE and info.size:
-            yield from layout.content(entry.path, info.size)
+            yield from layout.content(entry, info.size)
             yield from layout.put(bytes(-info.size % BLOCK))
     end = 2 * BLOCK
     yield from layout.put(bytes(end + -(layout.total + end) % RECORD))
@@ -242,8 +274,9 @@ class _Layout:
         self._room()
         self.pieces.append((entry, info, None))
 
-    def content(self, path, size):
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    def content(self, entry, size):
+        path = entry.path
+        fd = open_as_seen(path, entry.st)
         try:
             done = 0
             while done < size:
