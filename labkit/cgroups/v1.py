@@ -81,6 +81,11 @@ class CgroupV1(Cgroup):
         for rule in parse_rules(rules):
             write(self._file("devices", "devices.allow"), str(rule))
 
+    def allow_every_device(self) -> None:
+        """Undo `_allow_only_devices` (a pool slot made with the default list, serving a
+        `--privileged` container): "a" in devices.allow is the parent's `a *:* rwm` again."""
+        write(self._file("devices", "devices.allow"), "a")
+
     def _set_memory(self, limit: int) -> None:
         write(self._file("memory", "memory.limit_in_bytes"), limit)
         # memory+swap equal to memory means no swap; the file exists only with swap accounting.

@@ -41,6 +41,8 @@ class Container:
         self.pid = None            # host PID of the container's first process
         self.result = None
         self.network = None        # the ContainerNetwork labkit.net gave it (bridge or container:NAME)
+        self.cgroup_name = None    # as the helper made it: "labkit/<id>", or a pool slot's name
+        self.pooled = None         # did a slot made ahead serve it (runtime/pool.py)?
         self._helper = None
         self._streams = None
         self._started_at = None
@@ -71,7 +73,7 @@ class Container:
     def cgroup(self):
         from labkit.cgroups import host_hierarchy
 
-        return host_hierarchy().open(f"labkit/{self.id}")
+        return host_hierarchy().open(self.cgroup_name or f"{host_hierarchy().parent}/{self.id}")
 
     @property
     def netns(self) -> str | None:
@@ -137,11 +139,13 @@ class Container:
         if answer["op"] == Op.HELD:
             self._held = True
             self.pid = answer["pid"]
+            self.cgroup_name = answer["cgroup"]
             self._attach_network()
             self._helper.send(Op.RELEASE, id=self.id)
             answer = self._helper.wait_for(self.id, (Op.STARTED, Op.EXITED))
         if answer["op"] == Op.STARTED:
             self.pid = answer["pid"]
+            self.cgroup_name, self.pooled = answer["cgroup"], answer["slot"]
             self.startup = time.monotonic() - self._started_at
             self.lifecycle.to(RUNNING)
         else:  # setup failed: the exit message is already here

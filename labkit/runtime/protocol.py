@@ -44,8 +44,8 @@ FIELDS = {
     Op.REMOVE: {"id", "dir"},
     Op.PING: {"id"},
     Op.SHUTDOWN: set(),
-    Op.HELD: {"id", "pid"},
-    Op.STARTED: {"id", "pid", "setup_seconds"},
+    Op.HELD: {"id", "pid", "cgroup"},
+    Op.STARTED: {"id", "pid", "setup_seconds", "cgroup", "slot"},   # cgroup: its name; slot: a pool slot served it
     Op.EXITED: {"id", "status", "error", "pid", "stats"},
     Op.FAILED: {"id", "error", "errno"},
     Op.REMOVED: {"id"},

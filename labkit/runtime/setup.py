@@ -6,6 +6,11 @@ private, builds its root from the overlay, mounts /proc, /dev and /sys, switches
 sets the hostname and finally execs the command. Read `supervise` and `become_container`
 top to bottom: they are the recipe of the README's "How it is built", in order.
 
+A pool slot (runtime/pool.py) runs the first half of the same recipe ahead of time, with
+no plan yet: its supervisor makes the default namespaces, its first process joins a
+fresh cgroup and waits. Once its plan comes, that process goes on with
+`set_up_container`, the second half, exactly as a container started here does.
+
 Everything here runs in a single-threaded child of the helper and must end in exec or
 `os._exit`: never return into the helper's loop.
 """
@@ -93,6 +98,12 @@ def supervise(plan, fds):
         report_failure(fds["error"], error)
     if pid == 0:
         become_container(plan, fds)
+    report_until_exit(pid, fds)
+
+
+def report_until_exit(pid, fds):
+    """The supervisor's part from the fork on: tell the helper the container's PID, wait
+    for it, tell the helper how it ended."""
     for name in ("error", "stdin", "stdout", "stderr", "go"):
         if fds.get(name) is not None:
             os.close(fds[name])
@@ -193,6 +204,15 @@ def become_container(plan, fds):
         syscalls.prctl_set_pdeathsig(signal.SIGKILL)  # supervisor gone: the whole container goes
         if "user" not in plan.namespaces:
             join_cgroup(plan.cgroup.procs_files)
+    except BaseException as error:  # noqa: BLE001
+        report_failure(fds["error"], error)
+    set_up_container(plan, fds)
+
+
+def set_up_container(plan, fds):
+    """From the container's own mount namespace to exec: in its cgroup already, and in
+    every namespace its supervisor made. A pool slot's first process starts here too."""
+    try:
         enter_cgroup_and_mount_namespaces(plan)
         make_mounts_private(plan)
         rootfs = plan.rootfs

@@ -108,6 +108,7 @@ def sweep(home: Path | None = None, hierarchy=None, min_age_seconds: float = 60.
                 continue
             if owner_alive(state):
                 live_ids.add(entry.name)
+                live_ids.add(str(state.get("cgroup") or "").rsplit("/", 1)[-1])
                 continue
             cgroup = hierarchy.open(state.get("cgroup") or f"labkit/{entry.name}")
             if cgroup.exists():
@@ -121,16 +122,27 @@ def sweep(home: Path | None = None, hierarchy=None, min_age_seconds: float = 60.
 
 def _sweep_orphan_cgroups(hierarchy, live_ids, min_age_seconds):
     """Empty labkit cgroups no container claims. Other LABKIT_HOMEs share the cgroup
-    parent, so only empty ones older than a minute go (a new one is empty for a moment)."""
+    parent, so only empty ones older than a minute go (a new one is empty for a moment).
+    A pool slot's cgroup (runtime/pool.py) names its helper: it goes, empty, at once when
+    that helper is gone, and never while it lives (it may be a container's by now)."""
     import time
+
+    from labkit.cgroups.pool import owner_of
 
     removed = []
     for name in hierarchy.children():
         leaf = name.rsplit("/", 1)[-1]
         if leaf in live_ids:
             continue
+        helper = owner_of(leaf)
+        if helper is not None and processes.is_running(*helper):
+            continue
         cgroup = hierarchy.open(name)
         if cgroup.pids():
+            continue
+        if helper is not None:
+            cgroup.delete()
+            removed.append(f"cgroup {name}")
             continue
         try:
             age = time.time() - os.stat(_any_dir(cgroup)).st_mtime

@@ -8,6 +8,9 @@ over a Unix socket: `start` (fork a container), `release`, `signal`, `kill`, `ex
 socket reaches EOF, or SIGTERM), it kills every container it started and removes what
 they left, so nothing outlives the owner.
 
+In its idle time it keeps a slot or two ready (runtime/pool.py): a cgroup, namespaces and
+a first process made ahead, which a `start` then only hands its plan to.
+
 The messages are declared in `labkit.runtime.protocol`, the plans they carry in
 `labkit.runtime.plan`.
 """
@@ -23,9 +26,10 @@ import sys
 import time
 
 from labkit.cgroups import host_hierarchy
+from labkit.cgroups.pool import write_limits
 from labkit.linux import syscalls
 from labkit.linux.processes import start_time as process_start_time
-from labkit.runtime import lifecycle, protocol, setup
+from labkit.runtime import lifecycle, pool, protocol, setup
 from labkit.runtime.container_dir import ContainerDir
 from labkit.runtime.plan import CgroupPlacement, ExecPlan, StartPlan, from_wire
 from labkit.runtime.protocol import FD_NAMES, MAX_MESSAGE, Op
@@ -59,6 +63,7 @@ class Zygote:
         self.containers = {}      # container id -> {"plan": StartPlan, "cgroup": ..., "init_pid": ...}
         self.stopped = {}         # container id -> StartPlan, for exited containers not yet removed
         self.running = True
+        self.pool = pool.Pool(pool.size_from_environment())
 
     # --- messages ----------------------------------------------------------------
 
@@ -72,9 +77,22 @@ class Zygote:
         self.sock.setblocking(False)
         self.selector.register(self.sock, selectors.EVENT_READ, self.on_request)
         while self.running:
-            for key, _ in self.selector.select(timeout=1.0):
+            idle = self.may_fill_pool()
+            events = self.selector.select(timeout=0 if idle else 1.0)
+            for key, _ in events:
                 key.data(key.fileobj)
+            if idle and not events and self.running:
+                self.pool.fill_one()
         self.shutdown()
+
+    def may_fill_pool(self) -> bool:
+        """Slots are made when nothing waits for this helper: never while a container is
+        being started, and while containers run only if no slot is left (a fork competes
+        with them for the CPU and would delay the report of their exit)."""
+        if not self.pool.wants_more():
+            return False
+        starting = any(p.kind == Op.START and not p.started_sent for p in self.processes.values())
+        return not starting and (not self.processes or not self.pool.slots)
 
     def on_request(self, sock):
         try:
@@ -104,30 +122,72 @@ class Zygote:
     # --- container lifecycle -------------------------------------------------------
 
     def op_start(self, request, fds):
-        """Create the container's directories and cgroup, then fork its supervisor."""
+        """A ready slot takes the plan if it fits; otherwise the container is made here."""
         plan = from_wire(StartPlan, request["plan"])
         stdio = dict(zip(FD_NAMES, _fds_or_none(fds, request["fd_names"])))
-        cgroup = None
         try:
             self.compile_seccomp(plan.process.security)
-            ContainerDir(plan.dir).make(plan.init_files, plan.user_map.uid if plan.user_map else None)
-            ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
-                                                "owner_start": process_start_time(os.getpid()),
-                                                "status": lifecycle.CREATED, "cgroup": f"labkit/{plan.id}"})
+            slot = self.pool.take(plan)
+            if slot is None or not self.start_in_slot(request["id"], plan, stdio, slot):
+                self.start_fresh(request["id"], plan, stdio)
+        finally:
+            for fd in stdio.values():
+                _close(fd)
+
+    def start_fresh(self, ident, plan, stdio):
+        """Create the container's directories and cgroup, then fork its supervisor."""
+        cgroup = None
+        try:
+            self.make_directory(plan, f"{host_hierarchy().parent}/{plan.id}")
             cgroup = host_hierarchy().create(plan.id, plan.limits)
-            plan.cgroup = CgroupPlacement(procs_files=cgroup.procs_files(), version=cgroup.version,
-                                          v1_mounts=cgroup.mount_table() if cgroup.version == 1 else [])
-            self.containers[plan.id] = {"plan": plan, "cgroup": cgroup, "init_pid": None}
-            self.fork_supervisor(request["id"], Op.START, plan, stdio, setup.supervise, hold=plan.hold)
+            self.place(plan, cgroup, slot=False)
+            self.fork_supervisor(ident, Op.START, plan, stdio, setup.supervise, hold=plan.hold)
         except BaseException:
             if cgroup is not None:
                 cgroup.delete()
             self.containers.pop(plan.id, None)
             ContainerDir(plan.dir).remove()
             raise
+
+    def start_in_slot(self, ident, plan, stdio, slot) -> bool:
+        """Write the plan's limits into the slot's cgroup, make the directories, hand the
+        slot's first process its plan. False (slot discarded) if that process is gone."""
+        go_r, go_w = os.pipe2(os.O_CLOEXEC) if plan.hold else (None, None)
+        cgroup = host_hierarchy().open(slot.cgroup_name)
+        try:
+            self.make_directory(plan, slot.cgroup_name)
+            write_limits(cgroup, plan.limits)
+            self.place(plan, cgroup, slot=True)
+            try:
+                self.pool.hand_over(slot, plan, {**stdio, "go": go_r})
+            except OSError:
+                self.containers.pop(plan.id, None)
+                ContainerDir(plan.dir).remove()
+                self.pool.discard(slot)
+                _close(go_w)
+                return False
+        except BaseException:
+            self.containers.pop(plan.id, None)
+            ContainerDir(plan.dir).remove()
+            self.pool.discard(slot)
+            _close(go_w)
+            raise
         finally:
-            for fd in stdio.values():
-                _close(fd)
+            _close(go_r)
+        slot.plan_socket.close()
+        self.watch(Process(ident, Op.START, slot.supervisor_pid, slot.error_r, slot.report_r, go_w))
+        return True
+
+    def make_directory(self, plan, cgroup_name):
+        ContainerDir(plan.dir).make(plan.init_files, plan.user_map.uid if plan.user_map else None)
+        ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
+                                            "owner_start": process_start_time(os.getpid()),
+                                            "status": lifecycle.CREATED, "cgroup": cgroup_name})
+
+    def place(self, plan, cgroup, slot):
+        plan.cgroup = CgroupPlacement(procs_files=cgroup.procs_files(), version=cgroup.version,
+                                      v1_mounts=cgroup.mount_table() if cgroup.version == 1 else [])
+        self.containers[plan.id] = {"plan": plan, "cgroup": cgroup, "init_pid": None, "slot": slot}
 
     def op_exec(self, request, fds):
         plan = from_wire(ExecPlan, request["plan"])
@@ -165,10 +225,12 @@ class Zygote:
                 os._exit(126)
         for fd in (error_w, report_w, go_r):
             _close(fd)
-        process = Process(ident, kind, pid, error_r, report_r, go_w)
+        self.watch(Process(ident, kind, pid, error_r, report_r, go_w))
+
+    def watch(self, process):
         self.processes[process.id] = process
-        self.selector.register(error_r, selectors.EVENT_READ, lambda _f, p=process: self.on_error_pipe(p))
-        self.selector.register(report_r, selectors.EVENT_READ, lambda _f, p=process: self.on_report(p))
+        self.selector.register(process.error_r, selectors.EVENT_READ, lambda _f, p=process: self.on_error_pipe(p))
+        self.selector.register(process.report_r, selectors.EVENT_READ, lambda _f, p=process: self.on_report(p))
 
     def on_error_pipe(self, process):
         if process.error_r is None:
@@ -204,7 +266,8 @@ class Zygote:
                     self.containers[process.id]["init_pid"] = process.init_pid
                 self.maybe_announce_start(process)
             elif word == "ready":
-                self.send(Op.HELD, id=process.id, pid=process.init_pid)
+                self.send(Op.HELD, id=process.id, pid=process.init_pid,
+                          cgroup=self.containers[process.id]["cgroup"].name)
             elif word == "exit":
                 process.status = int(value)
 
@@ -212,8 +275,11 @@ class Zygote:
         if process.started_sent or not process.exec_done or process.init_pid is None or process.error:
             return
         process.started_sent = True
+        container = self.containers.get(process.id) if process.kind == Op.START else None
         self.send(Op.STARTED, id=process.id, pid=process.init_pid,
-                  setup_seconds=time.monotonic() - process.started_at)
+                  setup_seconds=time.monotonic() - process.started_at,
+                  cgroup=container["cgroup"].name if container else None,
+                  slot=bool(container and container["slot"]))
 
     def finish(self, process):
         """The supervisor closed its report pipe: collect, clean up, tell the owner."""
@@ -333,6 +399,7 @@ class Zygote:
                     key.data(key.fileobj)
         for container in self.containers.values():
             container["cgroup"].delete()
+        self.pool.close()
         for plan in [c["plan"] for c in self.containers.values()] + list(self.stopped.values()):
             ContainerDir(plan.dir).remove()
 

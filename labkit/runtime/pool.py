@@ -1,0 +1,237 @@
+"""Ready slots ("seeds"): a container's cgroup, namespaces and first process, made ahead.
+
+Why it exists: on this kernel the first write of a process into a `cgroup.procs` file
+takes 6–17 ms. Moving a process between cgroups takes `cgroup_threadgroup_rwsem` for
+writing, and once that lock has gone idle taking it waits for an RCU grace period; we may
+not change the host's mounts (`favordynmods`) or sysctls (`rcu_expedited`) to avoid it.
+Making the cgroup, the namespaces and two forks cost ~4 ms more. None of it depends on
+the container's spec, so the helper does it ahead, in its idle time, for the next
+container or two:
+
+    helper ──fork──> S  supervisor: setsid, unshare uts|ipc|pid|net, then
+                     │   makes the fresh cgroup (default device list written)
+                     └─fork──> P  PID 1 of the new PID namespace: joins the cgroup (the
+                                  slow write, here, off anyone's path), says "ready" and
+                                  waits on a socket for its plan and stdio
+
+At `start` a plan that fits (`fits`) gets a slot: the helper writes the plan's limits
+into the slot's cgroup and hands P the plan; P goes on with `setup.set_up_container`,
+the same steps as a container started without a slot, and S reports `init`/`exit` as
+`setup.supervise` does. Any other plan (a user or time namespace, a shared namespace,
+other kinds, I/O limits) takes that path, unchanged.
+
+A slot is used once and its cgroup deleted with its container, never returned to the
+pool: some of a cgroup's counters cannot be reset (v1 `memory.oom_control`'s oom_kill
+and `pids.events`, v2 `cpu.stat` and `memory.events`), and a reused cgroup would show a
+student the previous container's OOM kills, refused forks and CPU time.
+
+A slot's cgroup keeps its own name, `labkit/pool-<helper pid>-<helper start>-<n>` (v2
+cannot rename a cgroup), recorded in state.json and the `started` message. The name says
+whose it is, so a sweep removes a dead helper's empty slots and never a live one's
+(labkit/cgroups/pool.py, which also writes a container's limits into a slot's cgroup).
+"""
+
+import errno
+import json
+import os
+import signal
+import socket
+from dataclasses import dataclass
+
+from labkit.cgroups import host_hierarchy
+from labkit.cgroups.pool import can_serve, make_slot_cgroup, slot_leaf
+from labkit.linux import syscalls
+from labkit.linux.namespaces import BY_NAME
+from labkit.linux.processes import start_time
+from labkit.runtime import setup
+from labkit.runtime.plan import StartPlan, from_wire, to_wire
+from labkit.runtime.protocol import MAX_MESSAGE
+from labkit.runtime.spec import DEFAULT_NAMESPACES
+
+DEFAULT_SIZE = 2
+# The slot's supervisor makes these; its first process makes mnt and cgroup (after it
+# has joined its cgroup: a cgroup namespace is rooted where its maker stands).
+SLOT_NAMESPACES = tuple(kind for kind in DEFAULT_NAMESPACES if kind not in ("mnt", "cgroup"))
+SLOT_PROCESS_NAME = "labkit-slot"      # a waiting P's comm, for the leak checks
+
+
+def size_from_environment() -> int:
+    """`LABKIT_POOL` in the helper's environment: how many slots to keep (0: none)."""
+    text = os.environ.get("LABKIT_POOL", str(DEFAULT_SIZE))
+    if not text.isdigit():
+        raise ValueError(f"LABKIT_POOL={text!r}: give a number of ready slots (0 turns the pool off)")
+    return int(text)
+
+
+def fits(plan: StartPlan, version: int) -> bool:
+    """Can a slot (the default namespaces made, a default cgroup joined) serve this plan?"""
+    return (set(plan.namespaces) == set(DEFAULT_NAMESPACES) and not plan.join and plan.user_map is None
+            and not plan.time_offsets and can_serve(plan.limits, version))
+
+
+@dataclass
+class Slot:
+    cgroup_name: str
+    supervisor_pid: int
+    error_r: int          # the first process's close-on-exec error pipe (EOF: exec'd)
+    report_r: int         # the supervisor's "init PID" / "exit STATUS" lines
+    plan_socket: socket.socket   # the helper's end; the first process waits on the other
+
+
+class Pool:
+    """The helper's ready slots. Everything here runs in the helper, single-threaded."""
+
+    def __init__(self, size: int):
+        self.hierarchy = host_hierarchy() if size else None
+        # Slots carry the default device list: no pool where the host cannot enforce one.
+        self.size = size if size and "devices" in self.hierarchy.controllers else 0
+        self.slots = []
+        self.made = 0
+        self.failures = 0   # slots found dead in a row; a host where they cannot be made stops trying
+        self.helper = (os.getpid(), start_time(os.getpid()))
+
+    def wants_more(self) -> bool:
+        return len(self.slots) < self.size
+
+    def fill_one(self) -> None:
+        """Fork one slot's supervisor. Costs the helper one fork; the rest happens in S and P."""
+        self.made += 1
+        cgroup_name = f"{self.hierarchy.parent}/{slot_leaf(*self.helper, self.made)}"
+        error_r, error_w = os.pipe2(os.O_CLOEXEC)
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _keep_only({error_w, report_w, theirs.fileno()})
+                _slot_supervisor(self.hierarchy, cgroup_name,
+                                 {"error": error_w, "report": report_w, "plan": theirs.fileno()})
+            finally:
+                os._exit(126)
+        for fd in (error_w, report_w):
+            os.close(fd)
+        theirs.close()
+        self.slots.append(Slot(cgroup_name, pid, error_r, report_r, ours))
+
+    def take(self, plan: StartPlan) -> Slot | None:
+        """A ready slot for this plan, or None (it does not fit, or no slot is ready)."""
+        if not self.slots or not fits(plan, self.hierarchy.version):
+            return None
+        for slot in list(self.slots):
+            try:
+                said = slot.plan_socket.recv(16, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue   # its first process has not joined the cgroup yet
+            except OSError:
+                said = b""
+            self.slots.remove(slot)
+            if said == b"ready":
+                self.failures = 0
+                return slot
+            self.discard(slot)   # it died (setup failed, or was killed): no use to anyone
+            self.failures += 1
+            if self.failures >= 3:
+                self.size = 0
+        return None
+
+    def hand_over(self, slot: Slot, plan: StartPlan, fds: dict) -> None:
+        """Send the plan (with its seccomp program, which JSON cannot carry) and the fds
+        (stdio and `go`) to the slot's first process. OSError: that process is gone."""
+        wire = to_wire(plan)
+        program = plan.process.security.seccomp_program or b""
+        wire["process"] = {**wire["process"], "security": {**wire["process"]["security"], "seccomp_program": None}}
+        names = [name for name, fd in fds.items() if fd is not None]
+        head = json.dumps({"plan": wire, "fd_names": names}).encode()   # JSON escapes any NUL
+        socket.send_fds(slot.plan_socket, [head + b"\0" + program], [fds[name] for name in names])
+
+    def discard(self, slot: Slot) -> None:
+        """Kill a slot's processes and remove its cgroup (a slot not handed over)."""
+        if slot in self.slots:
+            self.slots.remove(slot)
+        slot.plan_socket.close()
+        for kill in (os.killpg, os.kill):   # S calls setsid early; before that, only S itself
+            try:
+                kill(slot.supervisor_pid, signal.SIGKILL)   # P follows by its death signal
+            except (ProcessLookupError, PermissionError):
+                pass
+        os.waitpid(slot.supervisor_pid, 0)
+        for fd in (slot.error_r, slot.report_r):
+            os.close(fd)
+        self.hierarchy.open(slot.cgroup_name).delete()
+
+    def close(self) -> None:
+        for slot in list(self.slots):
+            self.discard(slot)
+
+
+# --- in the slot's processes: forks of the helper, never returning into it -----------
+
+def _keep_only(fds: set) -> None:
+    """Close every inherited descriptor but these (and stdio): the owner's socket, other
+    slots' sockets, a held container's `go` pipe must not be kept open by a slot."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _slot_supervisor(hierarchy, cgroup_name, fds):
+    """S: the first half of `setup.supervise`, with no plan yet (default namespaces)."""
+    try:
+        syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # the helper died: so do we
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.setsid()
+        cgroup = make_slot_cgroup(hierarchy, cgroup_name.split("/", 1)[1])
+        _make_slot_namespaces()
+        pid = os.fork()
+    except BaseException as error:  # noqa: BLE001 — the helper finds the slot dead at `take`
+        setup.report_failure(fds["error"], error)
+    if pid == 0:
+        _slot_first_process(cgroup.procs_files(), fds)
+    os.close(fds.pop("plan"))
+    setup.report_until_exit(pid, fds)
+
+
+@setup.step("create namespaces")
+def _make_slot_namespaces():
+    flags = 0
+    for kind in SLOT_NAMESPACES:
+        flags |= BY_NAME[kind].flag
+    syscalls.unshare(flags)
+
+
+def _slot_first_process(procs_files, fds):
+    """P: joins the cgroup now, waits for its plan, then is set up as any container."""
+    try:
+        syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # supervisor gone: so are we
+        syscalls.prctl_set_name(SLOT_PROCESS_NAME)
+        setup.join_cgroup(procs_files)
+        plan, received = _wait_for_plan(fds.pop("plan"))
+    except BaseException as error:  # noqa: BLE001
+        setup.report_failure(fds["error"], error)
+    setup.set_up_container(plan, {**fds, **received})
+
+
+def _wait_for_plan(plan_fd):
+    sock = socket.socket(fileno=plan_fd)
+    sock.send(b"ready")
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 8)
+            break
+        except InterruptedError:
+            continue
+    sock.close()
+    if not data:
+        os._exit(0)   # the helper discarded the slot, or went away
+    head, _, program = data.partition(b"\0")
+    message = json.loads(head)
+    if len(fds) != len(message["fd_names"]):
+        raise OSError(errno.EBADF, "the plan came without all its file descriptors")
+    plan = from_wire(StartPlan, message["plan"])
+    plan.process.security.seccomp_program = program or None
+    return plan, dict(zip(message["fd_names"], fds))
