@@ -57,6 +57,68 @@ def labkit_cgroups() -> set:
     return found
 
 
+_cgroup_leaves = {}   # container id -> the leaf name of its cgroup, once seen
+
+
+def container_cgroup_leaf(ident, home=None) -> str:
+    """The leaf name of a container's cgroup: `<id>`, or the pool slot's name that served
+    it (runtime/pool.py), as its state.json records. Remembered from the first look, so
+    that a check for leftovers still knows it after the state is gone."""
+    if ident not in _cgroup_leaves:
+        from labkit.runtime.container_dir import ContainerDir
+
+        directory = ContainerDir(os.path.join(home, "containers", ident)) if home else ContainerDir.of(ident)
+        state = directory.read_state() or {}
+        if not state.get("cgroup"):
+            return ident   # not made yet (or never): ask again later
+        _cgroup_leaves[ident] = state["cgroup"].rsplit("/", 1)[-1]
+    return _cgroup_leaves[ident]
+
+
+def helper_slot_cgroups(helper_pid) -> dict:
+    """{cgroup path: its pids} for the ready slots of the helper with this PID."""
+    from labkit.cgroups.pool import owner_of
+
+    slots = {}
+    for path in labkit_cgroups():
+        owner = owner_of(path.rsplit("/", 1)[-1])
+        if owner is not None and owner[0] == helper_pid:
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as procs:
+                    slots[path] = {int(line) for line in procs if line.strip()}
+            except FileNotFoundError:
+                pass
+    return slots
+
+
+def only_ready_slots_left(helper_pid, timeout=10.0) -> dict:
+    """The helper's slot cgroups that are not ready slots (each holds exactly one process,
+    named labkit-slot, waiting for a plan): a used slot torn down holds nothing and must
+    be gone. Retried for `timeout` seconds: a slot being made is empty for a moment."""
+    import time
+
+    from labkit.runtime.pool import SLOT_PROCESS_NAME
+
+    def not_ready():
+        wrong = {}
+        for path, pids in helper_slot_cgroups(helper_pid).items():
+            names = set()
+            for pid in pids:
+                try:
+                    with open(f"/proc/{pid}/comm") as comm:
+                        names.add(comm.read().strip())
+                except FileNotFoundError:
+                    names.add("?")
+            if len(pids) != 1 or names != {SLOT_PROCESS_NAME}:
+                wrong[path] = sorted(pids)
+        return wrong
+
+    deadline = time.monotonic() + timeout
+    while (wrong := not_ready()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return wrong
+
+
 def labkit_mounts() -> list:
     with open("/proc/self/mountinfo") as table:
         return [line for line in table if "labkit" in line or re.search(r" - overlay ", line)]
@@ -65,14 +127,15 @@ def labkit_mounts() -> list:
 @pytest.fixture
 def no_leftovers(labkit_home, monkeypatch):
     """Asserts the test left no container state, cgroup or mount of its own behind.
-    (Only this test's containers are checked: other processes may run their own.)"""
+    (Only this test's containers are checked: other processes may run their own.) The
+    helper's ready pool slots are not leftovers; any other cgroup of its slots is."""
     from labkit.runtime.container import Container
 
     made = []
     original = Container._plan
 
     def recording_plan(self, *args, **kwargs):
-        made.append(self.id)
+        made.append(self)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Container, "_plan", recording_plan)
@@ -84,8 +147,13 @@ def no_leftovers(labkit_home, monkeypatch):
     containers = labkit_home / "containers"
     left = sorted(os.listdir(containers)) if containers.exists() else []
     assert left == [], f"container directories left behind: {left}"
-    ours = {path for path in labkit_cgroups() if path.rsplit("/", 1)[-1] in made}
+    leaves = {c.id for c in made} | {c.cgroup_name.rsplit("/", 1)[-1] for c in made if c.cgroup_name}
+    ours = {path for path in labkit_cgroups() if path.rsplit("/", 1)[-1] in leaves}
     assert ours == set(), f"cgroups left behind: {sorted(ours)}"
+    from labkit.runtime import helper
+
+    if helper._helper is not None and helper._helper.gone is None:
+        assert only_ready_slots_left(helper._helper.pid) == {}, "pool slot cgroups left behind"
     assert [line for line in labkit_mounts() if line not in mounts_before] == [], "mounts left behind"
 
 

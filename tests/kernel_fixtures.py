@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import container_cgroup_leaf
 from labkit.kernelspec import KERNEL_NAME
 
 
@@ -151,15 +152,21 @@ def searchable(home: Path) -> Path:
 
 
 def container_ids(home: Path) -> list:
+    """The containers in `home`; each one's cgroup name is read (and remembered) from its
+    state: a pool slot's cgroup is not named after the container."""
     root = home / "containers"
-    return sorted(os.listdir(root)) if root.is_dir() else []
+    ids = sorted(os.listdir(root)) if root.is_dir() else []
+    for ident in ids:
+        container_cgroup_leaf(ident, str(home))
+    return ids
 
 
 def cgroup_dirs(container_id: str) -> list:
     """This container's cgroup directories, in every hierarchy (v1) or the one (v2)."""
     found = []
+    leaf = container_cgroup_leaf(container_id)
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        for candidate in (hierarchy / "labkit" / container_id, Path("/sys/fs/cgroup/labkit") / container_id):
+        for candidate in (hierarchy / "labkit" / leaf, Path("/sys/fs/cgroup/labkit") / leaf):
             if candidate.is_dir():
                 found.append(str(candidate))
     return sorted(set(found))

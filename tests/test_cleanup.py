@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import labkit_cgroups, labkit_mounts
+from conftest import container_cgroup_leaf, labkit_cgroups, labkit_mounts
 from labkit.runtime import Container, ContainerSpec, gc
 
 pytestmark = pytest.mark.root
@@ -54,7 +54,8 @@ def start_owner(labkit_home, script=OWNER):
 
 
 def cgroup_dirs(ident):
-    return {path for path in labkit_cgroups() if path.endswith("/" + ident)}
+    leaf = container_cgroup_leaf(ident)
+    return {path for path in labkit_cgroups() if path.endswith("/" + leaf)}
 
 
 @pytest.mark.slow

@@ -1,0 +1,278 @@
+"""The helper's ready slots (runtime/pool.py), on the real kernel: a slot's cgroup carries
+nothing of an earlier container, a slot really serves a start, a plan that does not fit
+takes the usual path, and nothing of a slot is left once its helper is gone."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import helper_slot_cgroups, labkit_cgroups, only_ready_slots_left
+from labkit.cgroups import detect_mode, host_hierarchy
+from labkit.cgroups.pool import owner_of
+from labkit.grading.resources import limits_of
+from labkit.runtime import Container, ContainerSpec, gc
+from labkit.runtime.helper import get_helper, settle, shutdown_helper
+from labkit.runtime.pool import SLOT_PROCESS_NAME
+
+pytestmark = pytest.mark.root
+
+V2_READY = detect_mode() == "v2" and {"memory", "cpu", "pids"} <= host_hierarchy().controllers
+V1_READY = detect_mode() == "v1" and {"memory", "cpu", "pids", "devices"} <= host_hierarchy().controllers
+
+
+def wait_until(condition, seconds=15.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    return condition()
+
+
+def ready_slots(helper_pid) -> dict:
+    """{cgroup path: the waiting first process} of the helper's ready slots."""
+    ready = {}
+    for path, pids in helper_slot_cgroups(helper_pid).items():
+        if len(pids) == 1:
+            pid = next(iter(pids))
+            try:
+                with open(f"/proc/{pid}/comm") as comm:
+                    if comm.read().strip() == SLOT_PROCESS_NAME:
+                        ready[path] = pid
+            except FileNotFoundError:
+                pass
+    return ready
+
+
+def a_slot_is_ready():
+    helper = get_helper().pid
+    assert wait_until(lambda: ready_slots(helper)), "the helper made no ready slot"
+    return helper
+
+
+def alive(pid) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def processes_in_netns(inode) -> list:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
+                    found.append(int(entry))
+            except (FileNotFoundError, PermissionError, ProcessLookupError):
+                pass
+    return found
+
+
+# --- a slot's cgroup is fresh ---------------------------------------------------------
+
+# A forks past its pids limit (in a shell of its own: a shell that cannot fork gives up),
+# is OOM-killed in part (dd; its shell goes on), burns CPU, then waits so that its
+# counters can be read.
+HEAVY = ("sh -c 'for i in 1 2 3 4 5 6 7 8 9 10; do sleep 2 & done' 2>/dev/null; sleep 3; "
+         "dd if=/dev/zero of=/dev/null bs=48M count=1; "
+         "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo used; exec sleep 600")
+
+
+def counters(cgroup) -> dict:
+    stats = cgroup.stats()
+    return {"oom_kills": stats.oom_kills, "pids_limit_hits": stats.pids_limit_hits,
+            "cpu_seconds": stats.cpu_seconds, "memory_peak": stats.memory_peak}
+
+
+def carries_nothing_of_a_previous_container(labkit_home):
+    """A, from a slot, with limits, using memory, CPU and forks; then B from the next slot."""
+    a_slot_is_ready()
+    first = Container(ContainerSpec(command=["sh", "-c", HEAVY], memory="32m", pids=6))
+    first.start(detach=True)
+    try:
+        assert first.pooled, "the first container was not served by a slot"
+        assert wait_until(lambda: "used" in first.logs(), 60), first.logs()
+        before = counters(first.cgroup)
+        # What a reused cgroup would carry into the next container: all of it nonzero.
+        assert before["oom_kills"] >= 1 and before["pids_limit_hits"] >= 1, before
+        assert before["cpu_seconds"] > 0.01 and before["memory_peak"] > 16 << 20, before
+        first_cgroup = first.cgroup_name
+    finally:
+        first.remove()
+    settle()
+    a_slot_is_ready()
+    second = Container(ContainerSpec(command=["sleep", "600"], memory="64m"))
+    second.start(detach=True)
+    try:
+        assert second.pooled, "the second container was not served by a slot"
+        assert second.cgroup_name != first_cgroup
+        cgroup = second.cgroup
+        assert limits_of(cgroup) == {"memory": 64 << 20, "cpus": None, "pids": None}
+        assert cgroup.pids() == [second.pid]
+        after = counters(cgroup)
+        assert after["oom_kills"] == 0 and after["pids_limit_hits"] == 0, after
+        assert after["cpu_seconds"] < before["cpu_seconds"] and after["memory_peak"] < 16 << 20, after
+    finally:
+        second.remove()
+
+
+@pytest.mark.skipif(not V1_READY, reason="the host's cgroups are not v1 with memory, cpu, pids and devices")
+def test_a_slot_carries_nothing_of_the_previous_container_on_v1(no_leftovers):
+    carries_nothing_of_a_previous_container(no_leftovers)
+
+
+@pytest.mark.cgroup_v2
+@pytest.mark.skipif(not V2_READY, reason="the host's cgroups are not v2 with memory, cpu and pids "
+                                         "controllers (CI runs these in a VM: .ci/v2-lane)")
+def test_a_slot_carries_nothing_of_the_previous_container_on_v2(no_leftovers):
+    carries_nothing_of_a_previous_container(no_leftovers)
+
+
+# --- which plans a slot serves ---------------------------------------------------------
+
+def test_a_slot_serves_a_default_container_and_the_helper_says_so(no_leftovers):
+    helper = a_slot_is_ready()
+    container = Container(ContainerSpec(command=["sh", "-c", "cat /proc/self/cgroup; hostname"], hostname="box"))
+    container.start(detach=True)
+    try:
+        leaf = container.cgroup_name.rsplit("/", 1)[-1]
+        assert container.pooled and owner_of(leaf)[0] == helper
+        assert container.files.read_state()["cgroup"] == container.cgroup_name
+        result = container.wait(30)
+        lines = container.logs().splitlines()
+    finally:
+        container.remove()
+    assert result.exit_code == 0
+    assert lines[-1] == "box"
+    # Seen from inside its cgroup namespace, its cgroup is the root, as without a slot.
+    assert all(line.endswith(":/") for line in lines[:-1]), lines
+
+
+@pytest.mark.parametrize("spec", [
+    dict(network="host"),
+    dict(namespaces=("mnt", "uts", "ipc", "pid", "net", "cgroup", "user")),
+    dict(time_offset=3600),
+], ids=["net-host", "userns", "time-offset"])
+def test_a_plan_that_does_not_fit_a_slot_takes_the_usual_path(no_leftovers, spec):
+    helper = a_slot_is_ready()
+    slots = set(ready_slots(helper))
+    container = Container(ContainerSpec(command=["sh", "-c", "echo ran"], **spec))
+    result = container.run()
+    assert (result.exit_code, result.stdout) == (0, "ran\n"), result.stderr
+    assert container.pooled is False and container.cgroup_name == f"labkit/{container.id}"
+    assert slots <= set(ready_slots(helper)), "a slot was used up by a plan it cannot serve"
+
+
+@pytest.mark.skipif(not V1_READY, reason="the host's cgroups are not v1 with a devices controller")
+def test_a_privileged_container_from_a_slot_may_open_every_device_on_v1(no_leftovers):
+    a_slot_is_ready()
+    container = Container(ContainerSpec(command=["cat", "/sys/fs/cgroup/devices/devices.list"], privileged=True))
+    result = container.run()
+    assert container.pooled and result.exit_code == 0, result.stderr
+    assert result.stdout == "a *:* rwm\n"
+    # The slot's own list, the default one, is what it would have kept without the rewrite.
+    a_slot_is_ready()
+    default = Container(ContainerSpec(command=["cat", "/sys/fs/cgroup/devices/devices.list"]))
+    assert default.run().stdout != "a *:* rwm\n" and default.pooled
+
+
+def test_an_interrupted_start_from_a_slot_leaves_nothing(no_leftovers):
+    a_slot_is_ready()
+    container = Container(ContainerSpec(command=["sh", "-c", "echo go; sleep 30; echo slept"]))
+
+    def interrupt(stream, text):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        container.run(on_output=interrupt)
+    assert container.pooled and container.result.interrupted and "slept" not in container.result.stdout
+    # (no_leftovers asserts: no directory, cgroup (the slot's included) or mount remains)
+
+
+# --- nothing of a slot outlives its helper ------------------------------------------------
+
+def slot_processes(helper_pid) -> dict:
+    """{first process: its supervisor} of the helper's ready slots."""
+    found = {}
+    for pid in ready_slots(helper_pid).values():
+        with open(f"/proc/{pid}/status") as status:
+            found[pid] = next(int(line.split()[1]) for line in status if line.startswith("PPid:"))
+    return found
+
+
+def test_shutting_the_helper_down_leaves_no_slot_cgroup_process_or_netns(labkit_home):
+    helper = a_slot_is_ready()
+    assert wait_until(lambda: len(ready_slots(helper)) >= 2), "the pool did not fill to two slots"
+    firsts = slot_processes(helper)
+    netns = {os.stat(f"/proc/{pid}/ns/net").st_ino for pid in firsts}
+    assert all(processes_in_netns(inode) for inode in netns)
+    shutdown_helper()
+    assert helper_slot_cgroups(helper) == {}
+    assert [pid for pair in firsts.items() for pid in pair if alive(pid)] == []
+    assert [inode for inode in netns if processes_in_netns(inode)] == []
+
+
+OWNER = """
+import time
+from labkit.runtime.helper import get_helper
+helper = get_helper()
+print(helper.pid, flush=True)
+time.sleep(100)
+"""
+
+
+@pytest.mark.parametrize("helper_too", [False, True], ids=["owner-killed", "owner-and-helper-killed"])
+def test_killed_owners_leave_no_slot_behind(labkit_home, helper_too):
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, LABKIT_HOME=str(labkit_home)))
+    helper = int(owner.stdout.readline())
+    assert wait_until(lambda: len(ready_slots(helper)) >= 2), "the pool did not fill to two slots"
+    firsts = slot_processes(helper)
+    paths = set(ready_slots(helper))
+    if helper_too:
+        os.kill(helper, signal.SIGKILL)
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    # Without its owner the helper removes its slots itself; SIGKILLed too, the slots'
+    # processes die by their parent-death signals and leave their cgroups empty...
+    assert wait_until(lambda: not any(alive(pid) for pair in firsts.items() for pid in pair))
+    if helper_too:
+        assert wait_until(lambda: not alive(helper))
+        assert all(os.path.isdir(path) for path in paths)
+        # ...which the sweep removes at once: their helper is gone.
+        removed = gc()
+        assert any(f"pool-{helper}-" in line for line in removed), removed
+    assert wait_until(lambda: helper_slot_cgroups(helper) == {})
+    assert [path for path in labkit_cgroups() if f"/pool-{helper}-" in path] == []
+
+
+def test_the_sweep_removes_a_dead_helpers_empty_slot_and_never_a_live_ones():
+    """Under a parent of this test's own (the shared `labkit` parent holds other tests'
+    cgroups), with no minimum age: empty cgroups named as a live helper's slot, a dead
+    helper's slot, and neither."""
+    from labkit.cgroups import Limits
+    from labkit.cgroups.pool import slot_leaf
+    from labkit.linux.processes import start_time
+    from labkit.runtime.state import _sweep_orphan_cgroups
+
+    hierarchy = type(host_hierarchy())()
+    hierarchy.parent = f"labkit-test-{os.getpid()}"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    live = hierarchy.create(slot_leaf(os.getpid(), start_time(os.getpid()), 1), Limits())
+    dead = hierarchy.create(slot_leaf(gone.pid, 12345, 1), Limits())
+    other = hierarchy.create("not-a-slot", Limits())
+    try:
+        removed = _sweep_orphan_cgroups(hierarchy, live_ids=set(), min_age_seconds=0)
+        assert sorted(removed) == sorted([f"cgroup {dead.name}", f"cgroup {other.name}"])
+        assert live.exists() and not dead.exists() and not other.exists()
+    finally:
+        for cgroup in (live, dead, other):
+            cgroup.delete()
