@@ -32,6 +32,7 @@ whose it is, so a sweep removes a dead helper's empty slots and never a live one
 """
 
 import errno
+import gc
 import json
 import os
 import signal
@@ -94,15 +95,28 @@ class Pool:
         return len(self.slots) < self.size
 
     def fill_one(self) -> None:
-        """Fork one slot's supervisor. Costs the helper one fork; the rest happens in S and P."""
+        """Fork one slot's supervisor. Costs the helper one fork; the rest happens in S and P.
+        A host that refuses (no memory, a pids limit) gets no slot: the next start takes
+        the usual path, and reports the host's error if it has one."""
         self.made += 1
         cgroup_name = f"{self.hierarchy.parent}/{slot_leaf(*self.helper, self.made)}"
-        error_r, error_w = os.pipe2(os.O_CLOEXEC)
-        report_r, report_w = os.pipe2(os.O_CLOEXEC)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
+        made = []
+        try:
+            error_r, error_w = _remember(made, os.pipe2(os.O_CLOEXEC))
+            report_r, report_w = _remember(made, os.pipe2(os.O_CLOEXEC))
+            ours, theirs = _remember(made, socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+            pid = os.fork()
+        except OSError:
+            for item in made:
+                if isinstance(item, socket.socket):
+                    item.close()
+                else:
+                    os.close(item)
+            self.failed()
+            return
         if pid == 0:
             try:
+                gc.disable()  # a collection would touch (and so copy) every page shared with the helper
                 _keep_only({error_w, report_w, theirs.fileno()})
                 _slot_supervisor(self.hierarchy, cgroup_name,
                                  {"error": error_w, "report": report_w, "plan": theirs.fileno()})
@@ -129,10 +143,13 @@ class Pool:
                 self.failures = 0
                 return slot
             self.discard(slot)   # it died (setup failed, or was killed): no use to anyone
-            self.failures += 1
-            if self.failures >= 3:
-                self.size = 0
+            self.failed()
         return None
+
+    def failed(self) -> None:
+        self.failures += 1
+        if self.failures >= 3:
+            self.size = 0   # this host cannot make slots (e.g. no device control): stop trying
 
     def hand_over(self, slot: Slot, plan: StartPlan, fds: dict) -> None:
         """Send the plan (with its seccomp program, which JSON cannot carry) and the fds
@@ -165,6 +182,11 @@ class Pool:
 
 
 # --- in the slot's processes: forks of the helper, never returning into it -----------
+
+def _remember(made: list, pair):
+    made.extend(pair)
+    return pair
+
 
 def _keep_only(fds: set) -> None:
     """Close every inherited descriptor but these (and stdio): the owner's socket, other

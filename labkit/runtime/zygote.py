@@ -35,6 +35,9 @@ from labkit.runtime.plan import CgroupPlacement, ExecPlan, StartPlan, from_wire
 from labkit.runtime.protocol import FD_NAMES, MAX_MESSAGE, Op
 
 
+POOL_QUIET_SECONDS = 0.1   # after a start, no slot is made for this long while it runs
+
+
 class Process:
     """One supervised process: a container's first process, or an `exec` inside one."""
 
@@ -64,6 +67,7 @@ class Zygote:
         self.stopped = {}         # container id -> StartPlan, for exited containers not yet removed
         self.running = True
         self.pool = pool.Pool(pool.size_from_environment())
+        self.container_exited = False  # a container exited (and was torn down) in this round of the loop
 
     # --- messages ----------------------------------------------------------------
 
@@ -77,22 +81,29 @@ class Zygote:
         self.sock.setblocking(False)
         self.selector.register(self.sock, selectors.EVENT_READ, self.on_request)
         while self.running:
-            idle = self.may_fill_pool()
-            events = self.selector.select(timeout=0 if idle else 1.0)
+            wait = self.until_pool_may_grow()
+            events = self.selector.select(timeout=1.0 if wait is None else wait)
+            self.container_exited = False
             for key, _ in events:
                 key.data(key.fileobj)
-            if idle and not events and self.running:
+            idle = wait == 0 and not events
+            if self.running and (idle or (self.container_exited and self.until_pool_may_grow() == 0)):
                 self.pool.fill_one()
         self.shutdown()
 
-    def may_fill_pool(self) -> bool:
-        """Slots are made when nothing waits for this helper: never while a container is
-        being started, and while containers run only if no slot is left (a fork competes
-        with them for the CPU and would delay the report of their exit)."""
+    def until_pool_may_grow(self):
+        """Seconds until a slot may be made (0: now, None: no slot is wanted). Slots are
+        made when nothing else waits, and right after a container's exit was reported and
+        torn down (a next start is often waiting by then: it waits for one fork, and
+        finds the slot made before). Not while a container is being started, nor in its
+        first moments (a fork competes with it for the CPU, and a short command's exit
+        would be reported late)."""
         if not self.pool.wants_more():
-            return False
-        starting = any(p.kind == Op.START and not p.started_sent for p in self.processes.values())
-        return not starting and (not self.processes or not self.pool.slots)
+            return None
+        if any(p.kind == Op.START and not p.started_sent for p in self.processes.values()):
+            return None   # its STARTED (or its failure) wakes the loop
+        youngest = max((p.started_at for p in self.processes.values()), default=None)
+        return 0 if youngest is None else max(0.0, youngest + POOL_QUIET_SECONDS - time.monotonic())
 
     def on_request(self, sock):
         try:
@@ -319,6 +330,7 @@ class Zygote:
         cgroup.delete()
         if plan.auto_remove:
             ContainerDir(plan.dir).remove()
+        self.container_exited = True
 
     def on_error_pipe_drain(self, process):
         while process.error_r is not None:
