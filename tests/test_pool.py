@@ -20,7 +20,6 @@ from labkit.runtime.pool import SLOT_PROCESS_NAME
 
 pytestmark = pytest.mark.root
 
-V2_READY = detect_mode() == "v2" and {"memory", "cpu", "pids"} <= host_hierarchy().controllers
 V1_READY = detect_mode() == "v1" and {"memory", "cpu", "pids", "devices"} <= host_hierarchy().controllers
 
 
@@ -129,8 +128,7 @@ def test_a_slot_carries_nothing_of_the_previous_container_on_v1(no_leftovers):
 
 
 @pytest.mark.cgroup_v2
-@pytest.mark.skipif(not V2_READY, reason="the host's cgroups are not v2 with memory, cpu and pids "
-                                         "controllers (CI runs these in a VM: .ci/v2-lane)")
+@pytest.mark.usefixtures("cgroup_v2_host")
 def test_a_slot_carries_nothing_of_the_previous_container_on_v2(no_leftovers):
     carries_nothing_of_a_previous_container(no_leftovers)
 
