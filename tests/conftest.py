@@ -119,6 +119,21 @@ def only_ready_slots_left(helper_pid, timeout=10.0) -> dict:
     return wrong
 
 
+def empty_slot_cgroups(helper_pid, timeout=10.0) -> list:
+    """The helper's slot cgroups with no process in them: a slot used by a container that
+    has exited, not torn down. (A ready slot holds its waiting first process; one used by
+    a container still running, maybe another test's, holds that container.) Retried for
+    `timeout` seconds: a slot being made is empty for a moment."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        empty = sorted(path for path, pids in helper_slot_cgroups(helper_pid).items() if not pids)
+        if not empty or time.monotonic() > deadline:
+            return empty
+        time.sleep(0.05)
+
+
 def labkit_mounts() -> list:
     with open("/proc/self/mountinfo") as table:
         return [line for line in table if "labkit" in line or re.search(r" - overlay ", line)]
@@ -128,7 +143,7 @@ def labkit_mounts() -> list:
 def no_leftovers(labkit_home, monkeypatch):
     """Asserts the test left no container state, cgroup or mount of its own behind.
     (Only this test's containers are checked: other processes may run their own.) The
-    helper's ready pool slots are not leftovers; any other cgroup of its slots is."""
+    helper's ready pool slots are not leftovers; an emptied slot cgroup is."""
     from labkit.runtime.container import Container
 
     made = []
@@ -153,7 +168,7 @@ def no_leftovers(labkit_home, monkeypatch):
     from labkit.runtime import helper
 
     if helper._helper is not None and helper._helper.gone is None:
-        assert only_ready_slots_left(helper._helper.pid) == {}, "pool slot cgroups left behind"
+        assert empty_slot_cgroups(helper._helper.pid) == [], "pool slot cgroups left behind"
     assert [line for line in labkit_mounts() if line not in mounts_before] == [], "mounts left behind"
 
 

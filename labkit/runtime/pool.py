@@ -118,7 +118,7 @@ class Pool:
             try:
                 gc.disable()  # a collection would touch (and so copy) every page shared with the helper
                 _keep_only({error_w, report_w, theirs.fileno()})
-                _slot_supervisor(self.hierarchy, cgroup_name,
+                _slot_supervisor(self.hierarchy, cgroup_name, self.helper[0],
                                  {"error": error_w, "report": report_w, "plan": theirs.fileno()})
             finally:
                 os._exit(126)
@@ -181,12 +181,12 @@ class Pool:
             self.discard(slot)
 
 
-# --- in the slot's processes: forks of the helper, never returning into it -----------
-
 def _remember(made: list, pair):
     made.extend(pair)
     return pair
 
+
+# --- in the slot's processes: forks of the helper, never returning into it -----------
 
 def _keep_only(fds: set) -> None:
     """Close every inherited descriptor but these (and stdio): the owner's socket, other
@@ -200,10 +200,12 @@ def _keep_only(fds: set) -> None:
                 pass
 
 
-def _slot_supervisor(hierarchy, cgroup_name, fds):
+def _slot_supervisor(hierarchy, cgroup_name, helper_pid, fds):
     """S: the first half of `setup.supervise`, with no plan yet (default namespaces)."""
     try:
         syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # the helper died: so do we
+        if os.getppid() != helper_pid:
+            os._exit(0)   # it died before the death signal was set
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.setsid()
