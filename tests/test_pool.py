@@ -274,3 +274,21 @@ def test_the_sweep_removes_a_dead_helpers_empty_slot_and_never_a_live_ones():
     finally:
         for cgroup in (live, dead, other):
             cgroup.delete()
+
+
+def test_the_leak_check_sees_a_slot_cgroup_left_empty(labkit_home):
+    """What no_leftovers relies on: a slot's cgroup whose container is gone but which was
+    not torn down is found (here one made by hand, named as the live helper's)."""
+    from conftest import empty_slot_cgroups
+    from labkit.cgroups import Limits
+    from labkit.cgroups.pool import slot_leaf
+    from labkit.linux.processes import start_time
+
+    helper = a_slot_is_ready()
+    assert empty_slot_cgroups(helper, timeout=5) == []
+    left = host_hierarchy().create(slot_leaf(helper, start_time(helper), 999999), Limits())
+    try:
+        found = empty_slot_cgroups(helper, timeout=0)
+        assert found and all(path.endswith("/" + left.name) for path in found)
+    finally:
+        left.delete()
