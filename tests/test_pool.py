@@ -48,8 +48,15 @@ def ready_slots(helper_pid) -> dict:
     return ready
 
 
+def ready_count(helper_pid) -> int:
+    """How many slots are ready (each has a cgroup in every hierarchy on v1)."""
+    return len({path.rsplit("/", 1)[-1] for path in ready_slots(helper_pid)})
+
+
 def a_slot_is_ready():
     helper = get_helper().pid
+    if not ready_slots(helper):
+        Container(ContainerSpec(command=["true"])).run()   # slots are made once a container was asked for
     assert wait_until(lambda: ready_slots(helper)), "the helper made no ready slot"
     return helper
 
@@ -133,7 +140,17 @@ def test_a_slot_carries_nothing_of_the_previous_container_on_v2(no_leftovers):
     carries_nothing_of_a_previous_container(no_leftovers)
 
 
-# --- which plans a slot serves ---------------------------------------------------------
+# --- when slots are made, which plans a slot serves ------------------------------------
+
+def test_a_helper_makes_slots_once_it_was_asked_for_a_container(labkit_home):
+    """A one-shot `labkit run` must not pay for slots it will never use."""
+    shutdown_helper()
+    helper = get_helper().pid
+    assert not wait_until(lambda: helper_slot_cgroups(helper), seconds=1), "slots made before any container"
+    Container(ContainerSpec(command=["true"])).run()
+    assert wait_until(lambda: ready_count(helper) == 2), "no slots after a container"
+
+
 
 def test_a_slot_serves_a_default_container_and_the_helper_says_so(no_leftovers):
     helper = a_slot_is_ready()
@@ -207,7 +224,7 @@ def slot_processes(helper_pid) -> dict:
 
 def test_shutting_the_helper_down_leaves_no_slot_cgroup_process_or_netns(labkit_home):
     helper = a_slot_is_ready()
-    assert wait_until(lambda: len(ready_slots(helper)) >= 2), "the pool did not fill to two slots"
+    assert wait_until(lambda: ready_count(helper) == 2), "the pool did not fill to two slots"
     firsts = slot_processes(helper)
     netns = {os.stat(f"/proc/{pid}/ns/net").st_ino for pid in firsts}
     assert all(processes_in_netns(inode) for inode in netns)
@@ -219,8 +236,10 @@ def test_shutting_the_helper_down_leaves_no_slot_cgroup_process_or_netns(labkit_
 
 OWNER = """
 import time
+from labkit.runtime import Container, ContainerSpec
 from labkit.runtime.helper import get_helper
 helper = get_helper()
+Container(ContainerSpec(command=["true"])).run()
 print(helper.pid, flush=True)
 time.sleep(100)
 """
@@ -231,7 +250,7 @@ def test_killed_owners_leave_no_slot_behind(labkit_home, helper_too):
     owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,
                              env=dict(os.environ, LABKIT_HOME=str(labkit_home)))
     helper = int(owner.stdout.readline())
-    assert wait_until(lambda: len(ready_slots(helper)) >= 2), "the pool did not fill to two slots"
+    assert wait_until(lambda: ready_count(helper) == 2), "the pool did not fill to two slots"
     firsts = slot_processes(helper)
     paths = set(ready_slots(helper))
     if helper_too:

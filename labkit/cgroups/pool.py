@@ -12,10 +12,16 @@ kills, refused forks and CPU time.
 import re
 
 from labkit.cgroups.base import Cgroup, Hierarchy, Limits
-from labkit.cgroups.devices import DOCKER_DEFAULT
 
-SLOT_DEVICES = list(DOCKER_DEFAULT)
 _NAME = re.compile(r"^pool-(\d+)-(\d+)-\d+$")
+
+
+def slot_devices() -> list:
+    """The device list a slot's cgroup is made with: Docker's default allow-list. (Read
+    when first needed: a helper that never makes a slot need not import it.)"""
+    from labkit.cgroups.devices import DOCKER_DEFAULT
+
+    return list(DOCKER_DEFAULT)
 
 
 def slot_leaf(helper_pid: int, helper_start: int, number: int) -> str:
@@ -33,7 +39,7 @@ def owner_of(leaf: str):
 def make_slot_cgroup(hierarchy: Hierarchy, leaf: str) -> Cgroup:
     """A fresh cgroup in every hierarchy a default container uses, with the default
     device list already written (it depends on the profile only, not on the spec)."""
-    return hierarchy.create(leaf, Limits(devices=SLOT_DEVICES))
+    return hierarchy.create(leaf, Limits(devices=slot_devices()))
 
 
 def can_serve(limits: Limits, version: int) -> bool:
@@ -41,12 +47,12 @@ def can_serve(limits: Limits, version: int) -> bool:
     ahead); a different device list only on v1, where `devices.allow` takes "a" back."""
     if limits.io_read_bps or limits.io_write_bps:
         return False
-    return limits.devices == SLOT_DEVICES or (limits.devices is None and version == 1)
+    return limits.devices == slot_devices() or (limits.devices is None and version == 1)
 
 
 def write_limits(cgroup: Cgroup, limits: Limits) -> None:
     """The container's limits into a slot's fresh cgroup (see `can_serve`)."""
-    if limits.devices == SLOT_DEVICES:
+    if limits.devices == slot_devices():
         limits = Limits(memory=limits.memory, cpus=limits.cpus, pids=limits.pids)   # written already
     elif limits.devices is None:
         cgroup.allow_every_device()

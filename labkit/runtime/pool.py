@@ -47,12 +47,8 @@ from labkit.linux.processes import start_time
 from labkit.runtime import setup
 from labkit.runtime.plan import StartPlan, from_wire, to_wire
 from labkit.runtime.protocol import MAX_MESSAGE
-from labkit.runtime.spec import DEFAULT_NAMESPACES
 
 DEFAULT_SIZE = 2
-# The slot's supervisor makes these; its first process makes mnt and cgroup (after it
-# has joined its cgroup: a cgroup namespace is rooted where its maker stands).
-SLOT_NAMESPACES = tuple(kind for kind in DEFAULT_NAMESPACES if kind not in ("mnt", "cgroup"))
 SLOT_PROCESS_NAME = "labkit-slot"      # a waiting P's comm, for the leak checks
 
 
@@ -66,6 +62,8 @@ def size_from_environment() -> int:
 
 def fits(plan: StartPlan, version: int) -> bool:
     """Can a slot (the default namespaces made, a default cgroup joined) serve this plan?"""
+    from labkit.runtime.spec import DEFAULT_NAMESPACES   # only once a slot exists: not in a one-shot helper
+
     return (set(plan.namespaces) == set(DEFAULT_NAMESPACES) and not plan.join and plan.user_map is None
             and not plan.time_offsets and can_serve(plan.limits, version))
 
@@ -222,9 +220,14 @@ def _slot_supervisor(hierarchy, cgroup_name, helper_pid, fds):
 
 @setup.step("create namespaces")
 def _make_slot_namespaces():
+    """The default kinds but mnt and cgroup: the first process makes those once its plan
+    has come (after joining its cgroup: a cgroup namespace is rooted where its maker stands)."""
+    from labkit.runtime.spec import DEFAULT_NAMESPACES
+
     flags = 0
-    for kind in SLOT_NAMESPACES:
-        flags |= BY_NAME[kind].flag
+    for kind in DEFAULT_NAMESPACES:
+        if kind not in ("mnt", "cgroup"):
+            flags |= BY_NAME[kind].flag
     syscalls.unshare(flags)
 
 

@@ -35,7 +35,7 @@ from labkit.runtime.plan import CgroupPlacement, ExecPlan, StartPlan, from_wire
 from labkit.runtime.protocol import FD_NAMES, MAX_MESSAGE, Op
 
 
-POOL_QUIET_SECONDS = 0.1   # after a start, no slot is made for this long while it runs
+POOL_QUIET_SECONDS = 0.1   # no slot is made in idle time until the helper was quiet this long
 
 
 class Process:
@@ -68,6 +68,8 @@ class Zygote:
         self.running = True
         self.pool = pool.Pool(pool.size_from_environment())
         self.container_exited = False  # a container exited (and was torn down) in this round of the loop
+        self.starts = 0                # containers asked for: slots are made once there was one
+        self.last_activity = time.monotonic()
 
     # --- messages ----------------------------------------------------------------
 
@@ -86,24 +88,28 @@ class Zygote:
             self.container_exited = False
             for key, _ in events:
                 key.data(key.fileobj)
-            idle = wait == 0 and not events
-            if self.running and (idle or (self.container_exited and self.until_pool_may_grow() == 0)):
+            if events:
+                self.last_activity = time.monotonic()
+            idle = wait is not None and not events   # quiet for the whole wait
+            in_a_row = self.container_exited and self.starts > 1 and self.until_pool_may_grow() is not None
+            if self.running and (idle or in_a_row):
                 self.pool.fill_one()
         self.shutdown()
 
     def until_pool_may_grow(self):
-        """Seconds until a slot may be made (0: now, None: no slot is wanted). Slots are
-        made when nothing else waits, and right after a container's exit was reported and
-        torn down (a next start is often waiting by then: it waits for one fork, and
-        finds the slot made before). Not while a container is being started, nor in its
-        first moments (a fork competes with it for the CPU, and a short command's exit
-        would be reported late)."""
-        if not self.pool.wants_more():
+        """Seconds until a slot may be made in idle time (0: now; None: no slot is wanted,
+        or not while a container is being started). Slots are made once this helper was
+        asked for a container (a one-shot `labkit run` makes none), after it was quiet for
+        a moment (a fork competes with a running container for the CPU, and would delay
+        the report of a short command's exit). When containers come one after the other,
+        `serve` also makes one right after each exit was reported and torn down: a next
+        start is often waiting by then; it waits for one fork, and finds the slot made before."""
+        if not self.pool.wants_more() or not self.starts:
             return None
         if any(p.kind == Op.START and not p.started_sent for p in self.processes.values()):
             return None   # its STARTED (or its failure) wakes the loop
-        youngest = max((p.started_at for p in self.processes.values()), default=None)
-        return 0 if youngest is None else max(0.0, youngest + POOL_QUIET_SECONDS - time.monotonic())
+        youngest = max((p.started_at for p in self.processes.values()), default=self.last_activity)
+        return max(0.0, max(youngest, self.last_activity) + POOL_QUIET_SECONDS - time.monotonic())
 
     def on_request(self, sock):
         try:
@@ -136,6 +142,7 @@ class Zygote:
         """A ready slot takes the plan if it fits; otherwise the container is made here."""
         plan = from_wire(StartPlan, request["plan"])
         stdio = dict(zip(FD_NAMES, _fds_or_none(fds, request["fd_names"])))
+        self.starts += 1
         try:
             self.compile_seccomp(plan.process.security)
             slot = self.pool.take(plan)
