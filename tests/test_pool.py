@@ -198,6 +198,19 @@ def test_a_privileged_container_from_a_slot_may_open_every_device_on_v1(no_lefto
     assert default.run().stdout != "a *:* rwm\n" and default.pooled
 
 
+def test_slots_killed_while_waiting_are_discarded_and_the_start_takes_the_usual_path(no_leftovers):
+    helper = a_slot_is_ready()
+    assert wait_until(lambda: ready_count(helper) == 2), "the pool did not fill to two slots"
+    waiting = set(ready_slots(helper).values())
+    for pid in waiting:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not any(alive(pid) for pid in waiting))
+    container = Container(ContainerSpec(command=["sh", "-c", "echo ran"]))
+    result = container.run()
+    assert (result.exit_code, result.stdout, container.pooled) == (0, "ran\n", False), result.stderr
+    # (no_leftovers asserts: the dead slots' cgroups went with them)
+
+
 def test_an_interrupted_start_from_a_slot_leaves_nothing(no_leftovers):
     a_slot_is_ready()
     container = Container(ContainerSpec(command=["sh", "-c", "echo go; sleep 30; echo slept"]))

@@ -35,6 +35,7 @@ import errno
 import gc
 import json
 import os
+import selectors
 import signal
 import socket
 from dataclasses import dataclass
@@ -75,12 +76,16 @@ class Slot:
     error_r: int          # the first process's close-on-exec error pipe (EOF: exec'd)
     report_r: int         # the supervisor's "init PID" / "exit STATUS" lines
     plan_socket: socket.socket   # the helper's end; the first process waits on the other
+    ready: bool = False   # the first process said so: it is in its cgroup
 
 
 class Pool:
-    """The helper's ready slots. Everything here runs in the helper, single-threaded."""
+    """The helper's ready slots. Everything here runs in the helper, single-threaded; the
+    helper's selector tells the pool when a slot's first process says "ready", or dies
+    while it waits (killed from outside: the slot is discarded at once, and replaced)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, selector):
+        self.selector = selector
         self.hierarchy = host_hierarchy() if size else None
         # Slots carry the default device list: no pool where the host cannot enforce one.
         self.size = size if size and "devices" in self.hierarchy.controllers else 0
@@ -123,25 +128,36 @@ class Pool:
         for fd in (error_w, report_w):
             os.close(fd)
         theirs.close()
-        self.slots.append(Slot(cgroup_name, pid, error_r, report_r, ours))
+        slot = Slot(cgroup_name, pid, error_r, report_r, ours)
+        self.slots.append(slot)
+        self.selector.register(ours, selectors.EVENT_READ, lambda _sock: self.on_slot_message(slot))
+
+    def on_slot_message(self, slot: Slot) -> None:
+        """"ready", or the end of the socket: the slot's first process died while it waited."""
+        try:
+            said = slot.plan_socket.recv(16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            said = b""
+        if said == b"ready":
+            slot.ready = True
+            self.failures = 0
+            return
+        self.discard(slot)   # setup failed, or it was killed: no use to anyone
+        self.failed()
 
     def take(self, plan: StartPlan) -> Slot | None:
         """A ready slot for this plan, or None (it does not fit, or no slot is ready)."""
         if not self.slots or not fits(plan, self.hierarchy.version):
             return None
-        for slot in list(self.slots):
-            try:
-                said = slot.plan_socket.recv(16, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                continue   # its first process has not joined the cgroup yet
-            except OSError:
-                said = b""
+        for slot in [slot for slot in self.slots if slot.ready]:
+            if _peer_gone(slot.plan_socket):
+                self.discard(slot)   # died since the last look
+                continue
             self.slots.remove(slot)
-            if said == b"ready":
-                self.failures = 0
-                return slot
-            self.discard(slot)   # it died (setup failed, or was killed): no use to anyone
-            self.failed()
+            self.selector.unregister(slot.plan_socket)
+            return slot
         return None
 
     def failed(self) -> None:
@@ -163,6 +179,7 @@ class Pool:
         """Kill a slot's processes and remove its cgroup (a slot not handed over)."""
         if slot in self.slots:
             self.slots.remove(slot)
+            self.selector.unregister(slot.plan_socket)
         slot.plan_socket.close()
         for kill in (os.killpg, os.kill):   # S calls setsid early; before that, only S itself
             try:
@@ -177,6 +194,15 @@ class Pool:
     def close(self) -> None:
         for slot in list(self.slots):
             self.discard(slot)
+
+
+def _peer_gone(sock) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _remember(made: list, pair):

@@ -66,7 +66,7 @@ class Zygote:
         self.containers = {}      # container id -> {"plan": StartPlan, "cgroup": ..., "init_pid": ...}
         self.stopped = {}         # container id -> StartPlan, for exited containers not yet removed
         self.running = True
-        self.pool = pool.Pool(pool.size_from_environment())
+        self.pool = pool.Pool(pool.size_from_environment(), self.selector)
         self.container_exited = False  # a container exited (and was torn down) in this round of the loop
         self.starts = 0                # containers asked for: slots are made once there was one
         self.last_activity = time.monotonic()
@@ -146,8 +146,10 @@ class Zygote:
         try:
             self.compile_seccomp(plan.process.security)
             slot = self.pool.take(plan)
-            if slot is None or not self.start_in_slot(request["id"], plan, stdio, slot):
+            if slot is None:
                 self.start_fresh(request["id"], plan, stdio)
+            else:
+                self.start_in_slot(request["id"], plan, stdio, slot)
         finally:
             for fd in stdio.values():
                 _close(fd)
@@ -167,34 +169,32 @@ class Zygote:
             ContainerDir(plan.dir).remove()
             raise
 
-    def start_in_slot(self, ident, plan, stdio, slot) -> bool:
+    def start_in_slot(self, ident, plan, stdio, slot):
         """Write the plan's limits into the slot's cgroup, make the directories, hand the
-        slot's first process its plan. False (slot discarded) if that process is gone."""
+        slot's first process its plan. That process is the container's from here on:
+        killed before the plan reached it (state.json names its cgroup already), its
+        supervisor reports how it ended, as for a container killed during its setup."""
         go_r, go_w = os.pipe2(os.O_CLOEXEC) if plan.hold else (None, None)
         cgroup = host_hierarchy().open(slot.cgroup_name)
         try:
             self.make_directory(plan, slot.cgroup_name)
             write_limits(cgroup, plan.limits)
             self.place(plan, cgroup, slot=True)
-            try:
-                self.pool.hand_over(slot, plan, {**stdio, "go": go_r})
-            except OSError:
-                self.containers.pop(plan.id, None)
-                ContainerDir(plan.dir).remove()
-                self.pool.discard(slot)
-                _close(go_w)
-                return False
         except BaseException:
             self.containers.pop(plan.id, None)
             ContainerDir(plan.dir).remove()
             self.pool.discard(slot)
+            _close(go_r)
             _close(go_w)
             raise
+        try:
+            self.pool.hand_over(slot, plan, {**stdio, "go": go_r})
+        except OSError:
+            pass   # it was killed since `take`: its exit is on the way
         finally:
             _close(go_r)
         slot.plan_socket.close()
         self.watch(Process(ident, Op.START, slot.supervisor_pid, slot.error_r, slot.report_r, go_w))
-        return True
 
     def make_directory(self, plan, cgroup_name):
         ContainerDir(plan.dir).make(plan.init_files, plan.user_map.uid if plan.user_map else None)
