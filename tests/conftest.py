@@ -2,9 +2,9 @@
 where the host cannot (not root, a controller missing) they skip and say what is missing."""
 
 import os
-import re
 
 import pytest
+from leak_checks import empty_slot_cgroups, labkit_cgroups, labkit_mounts
 
 
 def pytest_collection_modifyitems(config, items):
@@ -41,102 +41,6 @@ def labkit_home(tmp_path, monkeypatch):
         os.chmod(directory, os.stat(directory).st_mode | 0o011)
     monkeypatch.setenv("LABKIT_HOME", str(home))
     return home
-
-
-def labkit_cgroups() -> set:
-    """Every cgroup below a labkit parent, in every hierarchy of this host."""
-    found = set()
-    for root, dirs, _files in os.walk("/sys/fs/cgroup"):
-        depth = root.count("/") - 3
-        if depth > 3:
-            dirs[:] = []
-            continue
-        if os.path.basename(root) == "labkit":
-            found.update(os.path.join(root, d) for d in dirs)
-            dirs[:] = []
-    return found
-
-
-_cgroup_leaves = {}   # container id -> the leaf name of its cgroup, once seen
-
-
-def container_cgroup_leaf(ident, home=None) -> str:
-    """The leaf name of a container's cgroup: `<id>`, or the pool slot's name that served
-    it (runtime/pool.py), as its state.json records. Remembered from the first look, so
-    that a check for leftovers still knows it after the state is gone."""
-    if ident not in _cgroup_leaves:
-        from labkit.runtime.container_dir import ContainerDir
-
-        directory = ContainerDir(os.path.join(home, "containers", ident)) if home else ContainerDir.of(ident)
-        state = directory.read_state() or {}
-        if not state.get("cgroup"):
-            return ident   # not made yet (or never): ask again later
-        _cgroup_leaves[ident] = state["cgroup"].rsplit("/", 1)[-1]
-    return _cgroup_leaves[ident]
-
-
-def helper_slot_cgroups(helper_pid) -> dict:
-    """{cgroup path: its pids} for the ready slots of the helper with this PID."""
-    from labkit.cgroups.pool import owner_of
-
-    slots = {}
-    for path in labkit_cgroups():
-        owner = owner_of(path.rsplit("/", 1)[-1])
-        if owner is not None and owner[0] == helper_pid:
-            try:
-                with open(os.path.join(path, "cgroup.procs")) as procs:
-                    slots[path] = {int(line) for line in procs if line.strip()}
-            except FileNotFoundError:
-                pass
-    return slots
-
-
-def only_ready_slots_left(helper_pid, timeout=10.0) -> dict:
-    """The helper's slot cgroups that are not ready slots (each holds exactly one process,
-    named labkit-slot, waiting for a plan): a used slot torn down holds nothing and must
-    be gone. Retried for `timeout` seconds: a slot being made is empty for a moment."""
-    import time
-
-    from labkit.runtime.pool import SLOT_PROCESS_NAME
-
-    def not_ready():
-        wrong = {}
-        for path, pids in helper_slot_cgroups(helper_pid).items():
-            names = set()
-            for pid in pids:
-                try:
-                    with open(f"/proc/{pid}/comm") as comm:
-                        names.add(comm.read().strip())
-                except FileNotFoundError:
-                    names.add("?")
-            if len(pids) != 1 or names != {SLOT_PROCESS_NAME}:
-                wrong[path] = sorted(pids)
-        return wrong
-
-    deadline = time.monotonic() + timeout
-    while (wrong := not_ready()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return wrong
-
-
-def empty_slot_cgroups(helper_pid, timeout=10.0) -> list:
-    """The helper's slot cgroups with no process in them: a slot used by a container that
-    has exited, not torn down. (A ready slot holds its waiting first process; one used by
-    a container still running, maybe another test's, holds that container.) Retried for
-    `timeout` seconds: a slot being made is empty for a moment."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        empty = sorted(path for path, pids in helper_slot_cgroups(helper_pid).items() if not pids)
-        if not empty or time.monotonic() > deadline:
-            return empty
-        time.sleep(0.05)
-
-
-def labkit_mounts() -> list:
-    with open("/proc/self/mountinfo") as table:
-        return [line for line in table if "labkit" in line or re.search(r" - overlay ", line)]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import container_cgroup_leaf
+from leak_checks import container_cgroup_leaf
 from labkit.kernelspec import KERNEL_NAME
 
 

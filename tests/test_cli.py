@@ -30,7 +30,7 @@ def test_run_has_removed_its_container_and_helper_when_the_command_returns(labki
     """`labkit` skips the interpreter's teardown at exit, not the helper's shutdown: the
     container's directory, mounts and cgroups, and the helper (a fork of the command, so
     it has the command's arguments), are gone by the time the shell gets the exit status."""
-    from conftest import labkit_cgroups
+    from leak_checks import labkit_cgroups
 
     marker = f"marker-{os.getpid()}-{time.monotonic_ns()}"
     output = labkit_home / "output"

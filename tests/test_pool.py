@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import helper_slot_cgroups, labkit_cgroups, only_ready_slots_left
+from leak_checks import helper_slot_cgroups, labkit_cgroups, only_ready_slots_left
 from labkit.cgroups import detect_mode, host_hierarchy
 from labkit.cgroups.pool import owner_of
 from labkit.grading.resources import limits_of
@@ -311,7 +311,7 @@ def test_the_sweep_removes_a_dead_helpers_empty_slot_and_never_a_live_ones():
 def test_the_leak_check_sees_a_slot_cgroup_left_empty(labkit_home):
     """What no_leftovers relies on: a slot's cgroup whose container is gone but which was
     not torn down is found (here one made by hand, named as the live helper's)."""
-    from conftest import empty_slot_cgroups
+    from leak_checks import empty_slot_cgroups
     from labkit.cgroups import Limits
     from labkit.cgroups.pool import slot_leaf
     from labkit.linux.processes import start_time

@@ -46,7 +46,7 @@ def test_cpu_max_throttles_on_v2(labkit_home):
 
 
 def test_nothing_is_left_in_the_v2_hierarchy(labkit_home):
-    from conftest import only_ready_slots_left
+    from leak_checks import only_ready_slots_left
     from labkit.cgroups import host_hierarchy
     from labkit.cgroups.pool import owner_of
     from labkit.runtime import run
