@@ -87,7 +87,7 @@ ENDINGS = [ok, failing, oom, timeout, interrupt, exec_in_long_lived, bridge]
 
 
 def track(container, made):
-    made.append(container.id)
+    made.append(container)
     return container
 
 
@@ -99,11 +99,10 @@ def process_figures(pid) -> dict:
     return {"rss_bytes": rss, "open_fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
-def processes_of(ids) -> list:
+def processes_of(leaves) -> list:
     """Processes in a cgroup of one of the soak's containers (each container's processes
     join its cgroup first). Not every process below this one or below the helper: under
     pytest other tests' kernels and containers live there too."""
-    leaves = set(ids)
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -116,8 +115,7 @@ def processes_of(ids) -> list:
     return sorted(found)
 
 
-def cgroups_of(ids) -> list:
-    leaves = set(ids)
+def cgroups_of(leaves) -> list:
     left = []
     for root, dirs, _files in os.walk("/sys/fs/cgroup"):
         if os.path.basename(root) == "labkit":
@@ -128,8 +126,13 @@ def cgroups_of(ids) -> list:
     return sorted(left)
 
 
-def leftovers(home: Path, ids: list) -> dict:
+def leftovers(home: Path, made: list) -> dict:
+    """What is left of the containers in `made`. A container's cgroup is named after its
+    id, or after the pool slot that served it (`Container.cgroup_name`)."""
     from labkit.net import ipam, veth
+
+    ids = [container.id for container in made]
+    leaves = set(ids) | {c.cgroup_name.rsplit("/", 1)[-1] for c in made if c.cgroup_name}
 
     containers = home / "containers"
     scratch = home / "tmp"
@@ -140,13 +143,13 @@ def leftovers(home: Path, ids: list) -> dict:
     netns_dir = Path("/run/netns")
     return {
         "container_dirs": sorted(os.listdir(containers)) if containers.is_dir() else [],
-        "cgroups": cgroups_of(ids),
+        "cgroups": cgroups_of(leaves),
         "mounts": mounts,
         "veths": sorted(name for name in veth.host_ends() if name in prefixes),
         "netns": sorted(n for n in os.listdir(netns_dir) if any(i[:8] in n for i in ids)) if netns_dir.is_dir() else [],
         "leases": sorted(book.leases) if book is not None else [],
         "scratch_dirs": sorted(os.listdir(scratch)) if scratch.is_dir() else [],
-        "processes": processes_of(ids),
+        "processes": processes_of(leaves),
     }
 
 
