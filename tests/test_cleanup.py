@@ -190,3 +190,18 @@ def test_a_container_whose_directory_vanished_does_not_take_the_helper_down(no_l
     container.remove()
     assert helper.process.poll() is None and helper.gone is None
     assert Container(ContainerSpec(command="echo still here")).run().stdout == "still here\n"
+
+
+def test_an_interrupt_before_the_start_request_leaves_gives_a_killed_result_not_a_crash(no_leftovers, monkeypatch):
+    """The stop button between "created" and the request leaving (the plan being encoded):
+    the helper answers the kill with "no such running container", which is not an exit."""
+    from labkit.runtime import container as container_module
+
+    def interrupted_to_wire(plan):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(container_module.launch, "to_wire", interrupted_to_wire)
+    container = Container(ContainerSpec(command="sleep 5"))
+    with pytest.raises(KeyboardInterrupt):
+        container.run()
+    assert container.result is not None and container.result.signal == signal.SIGKILL

@@ -210,6 +210,10 @@ class Container:
                 continue  # a second press of stop: we are already stopping
         if self._streams:
             self._streams.drain()
+        if message is not None and message["op"] == Op.FAILED:
+            # The start never reached the helper (interrupted before the request left) or
+            # failed there: no container ran, nothing exited. Its Result says killed.
+            return None
         return message
 
     def _finish(self, exited, timed_out=False, interrupted=False) -> Result:
