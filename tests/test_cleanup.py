@@ -98,17 +98,25 @@ def test_killing_the_owner_removes_its_containers_at_once(labkit_home, script):
     assert cgroup_dirs(ident) == set()
 
 
-@pytest.mark.parametrize("script", [OWNER, FORKING_OWNER], ids=["helper-exec", "helper-forked"])
-def test_killing_owner_and_helper_is_swept_by_the_next_start(labkit_home, script):
-    """The README's promise, through a real next start: a new process's first container
-    (`labkit run`) sweeps what the dead owner left, with no `labkit gc`."""
-    mounts_before = labkit_mounts()
+def kill_owner_and_helper(labkit_home, script) -> str:
+    """Start an owner with a container, SIGKILL its helper and then the owner; the
+    container's id. The kernel's parent-death signals take the container down with its
+    helper, but its directories and cgroups stay until someone sweeps."""
     owner, ident, helper_pid, container_pid = start_owner(labkit_home, script)
     os.kill(helper_pid, signal.SIGKILL)
     owner.send_signal(signal.SIGKILL)
     owner.wait()
     assert wait_until(lambda: not alive(container_pid)), "container outlived its helper"
     assert (labkit_home / "containers" / ident).exists() and cgroup_dirs(ident)
+    return ident
+
+
+@pytest.mark.parametrize("script", [OWNER, FORKING_OWNER], ids=["helper-exec", "helper-forked"])
+def test_killing_owner_and_helper_is_swept_by_the_next_start(labkit_home, script):
+    """The README's promise, through a real next start: a new process's first container
+    (`labkit run`) sweeps what the dead owner left, with no `labkit gc`."""
+    mounts_before = labkit_mounts()
+    ident = kill_owner_and_helper(labkit_home, script)
     started = subprocess.run([sys.executable, "-m", "labkit.cli", "run", "--", "echo", "next"],
                              capture_output=True, text=True, timeout=300,
                              env=dict(os.environ, LABKIT_HOME=str(labkit_home)))
@@ -121,14 +129,7 @@ def test_killing_owner_and_helper_is_swept_by_the_next_start(labkit_home, script
 @pytest.mark.parametrize("script", [OWNER, FORKING_OWNER], ids=["helper-exec", "helper-forked"])
 def test_killing_owner_and_helper_is_swept_by_gc(labkit_home, script):
     mounts_before = labkit_mounts()
-    owner, ident, helper_pid, container_pid = start_owner(labkit_home, script)
-    os.kill(helper_pid, signal.SIGKILL)
-    owner.send_signal(signal.SIGKILL)
-    owner.wait()
-    # The kernel's parent-death signals take the container down with its helper...
-    assert wait_until(lambda: not alive(container_pid)), "container outlived its helper"
-    # ...but its directories and cgroups stay until someone sweeps.
-    assert (labkit_home / "containers" / ident).exists()
+    ident = kill_owner_and_helper(labkit_home, script)
     removed = gc()
     assert "container orphan" in removed
     assert not (labkit_home / "containers" / ident).exists()
@@ -205,3 +206,30 @@ def test_an_interrupt_before_the_start_request_leaves_gives_a_killed_result_not_
     with pytest.raises(KeyboardInterrupt):
         container.run()
     assert container.result is not None and container.result.signal == signal.SIGKILL
+
+
+def test_a_start_never_takes_the_lock_an_interrupt_could_leave_held(no_leftovers, monkeypatch):
+    """Popen.poll() takes a lock that an interrupt landing at the wrong bytecode leaves held,
+    and the helper's close at exit then waits on it forever (a full run hung so). The stop
+    button lands at every start: a start must not call it."""
+    Container(ContainerSpec(command=["true"])).run()
+
+    def poll(self):
+        raise AssertionError("Popen.poll() on a container's start")
+
+    monkeypatch.setattr(subprocess.Popen, "poll", poll)
+    for _ in range(2):
+        assert Container(ContainerSpec(command=["true"])).run().exit_code == 0
+
+
+def test_a_helper_that_died_is_reaped_and_replaced(no_leftovers):
+    from labkit.runtime import helper
+
+    Container(ContainerSpec(command=["true"])).run()
+    helper.settle()   # its teardown done: a helper killed during one leaves a directory to the sweep
+    old = helper.get_helper()
+    os.kill(old.pid, signal.SIGKILL)
+    assert wait_until(lambda: old.gone is not None), "the reader never saw the helper go"
+    assert Container(ContainerSpec(command=["echo", "again"])).run().stdout == "again\n"
+    assert helper.get_helper() is not old
+    assert not os.path.exists(f"/proc/{old.pid}"), "the dead helper was left a zombie"

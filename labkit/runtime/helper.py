@@ -136,6 +136,15 @@ class Helper:
                 # Short waits keep the caller interruptible (Ctrl-C, the stop button).
                 self.condition.wait(0.5 if remaining is None else min(remaining, 0.5))
 
+    def collect(self):
+        """A helper that is gone: reap it (no zombie left) and close our end."""
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.sock.close()
+
     def close(self):
         try:
             self.sock.send(protocol.encode(Op.SHUTDOWN))
@@ -153,9 +162,13 @@ def get_helper() -> Helper:
     """This process's helper, started (after a sweep of dead owners' leftovers) on first use."""
     global _helper
     with _lock:
-        if (_helper is not None and _helper.owner_pid == os.getpid() and _helper.process.poll() is None
-                and _helper.gone is None):
-            return _helper
+        if _helper is not None and _helper.owner_pid == os.getpid():
+            # Not Popen.poll(): it takes a lock that an interrupt (the stop button, landing
+            # at every start) can leave held, and the close at exit then waits on it forever.
+            # A helper that died closed its socket: the reader thread has said so in `gone`.
+            if _helper.gone is None and _helper.process.returncode is None:
+                return _helper
+            _helper.collect()
         if os.geteuid() != 0:
             raise HostError("labkit needs root to make namespaces, cgroups and mounts; run it as root "
                             "(sudo), or in a VM or Binder image where you are root")
