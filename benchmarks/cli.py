@@ -100,12 +100,7 @@ def measure(runs: int, layer: str, install: bool = True) -> dict:
                 rows["podman run --rootfs"] = _in_worker(workers, "podman worker", podman_command(rootfs))
             else:
                 notes.append(f"no podman row: {why}")
-            taken = {name: [] for name in rows}
-            for round_number in range(WARMUP + runs):
-                for name, once in rows.items():
-                    seconds = once()
-                    if round_number >= WARMUP:
-                        taken[name].append(seconds)
+            taken = timing.in_turn(rows, runs, WARMUP)
         finally:
             for worker in workers:
                 worker.close()

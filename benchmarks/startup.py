@@ -182,12 +182,7 @@ def measure_phases(runs: int, bundle: str, runtimes: list) -> dict:
             for runtime in runtimes:
                 workers.append(timing.command_worker(f"{runtime} worker"))
                 variants[f"{runtime} run"] = _oci_variant(workers[-1], *oci_argv(runtime, bundle))
-            taken = {name: [] for name in variants}
-            for round_number in range(WARMUP + runs):
-                for name, variant in variants.items():
-                    answer = variant()
-                    if round_number >= WARMUP:
-                        taken[name].append(answer)
+            taken = timing.in_turn(variants, runs, WARMUP)
         finally:
             for worker in workers:
                 worker.close()

@@ -41,6 +41,18 @@ def samples(function, runs: int, warmup: int = 0) -> list:
     return sorted(taken)
 
 
+def in_turn(functions: dict, runs: int, warmup: int) -> dict:
+    """{name: what each of `runs` calls returned}, the functions called in turn (a, b,
+    a, b, …) so that a busy machine slows each alike, after `warmup` rounds not kept."""
+    taken = {name: [] for name in functions}
+    for round_number in range(warmup + runs):
+        for name, function in functions.items():
+            answer = function()
+            if round_number >= warmup:
+                taken[name].append(answer)
+    return taken
+
+
 def summary(seconds: list) -> dict:
     """Median, p90 and extremes in milliseconds, and the raw samples in seconds as given
     (in the order they were taken, where the caller kept it: a drift stays visible)."""
