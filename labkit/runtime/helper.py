@@ -136,10 +136,11 @@ class Helper:
                 # Short waits keep the caller interruptible (Ctrl-C, the stop button).
                 self.condition.wait(0.5 if remaining is None else min(remaining, 0.5))
 
-    def collect(self):
-        """A helper that is gone: reap it (no zombie left) and close our end."""
+    def collect(self, timeout=5):
+        """Reap the helper (no zombie left), killing it after `timeout` seconds, and close
+        our end. For one that is gone, or that was asked to shut down (`close`)."""
         try:
-            self.process.wait(timeout=5)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -150,12 +151,7 @@ class Helper:
             self.sock.send(protocol.encode(Op.SHUTDOWN))
         except OSError:
             pass
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.sock.close()
+        self.collect(timeout=15)   # its teardown of every container first
 
 
 def get_helper() -> Helper:
