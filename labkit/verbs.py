@@ -10,7 +10,8 @@ build their argparse parsers from, so a new verb or flag is one entry in one tab
 An option is argparse's own flags and keywords, so what a user types is what argparse
 documents; a container option also names the ContainerSpec field it sets (`spec_field`),
 which is how `labkit run` and `%%container` turn options into a spec without a second
-list (labkit.cli.spec_from_options).
+list. Those options are one table here, CONTAINER_OPTIONS, which both front ends read:
+neither owns it, so neither imports the other (spec_from_options makes the spec).
 
 Plain classes, not dataclasses: `labkit --help` imports this module, argparse and
 labkit.errors, nothing else (the dataclasses module alone costs more than argparse).
@@ -80,6 +81,93 @@ class AllOf:
 
 def all_of(table: list, skip=()) -> AllOf:
     return AllOf(table, skip)
+
+
+# --- the container options: the one place to add one -------------------------------------
+# `labkit run`, `%%container` and `%container run` all take these, so the command line and
+# the magics cannot drift and neither front end reads the other's module (IPython and
+# nbgrader keep such tables in a neutral module too). An entry is argparse's flags and
+# keywords plus the ContainerSpec field the value goes to: a new option is one entry in this
+# list (and its field in the spec); no front end and not spec_from_options needs an edit.
+
+
+def _with_user_namespace(on: bool) -> dict:
+    if not on:
+        return {}
+    from labkit.runtime import DEFAULT_NAMESPACES
+
+    return {"namespaces": DEFAULT_NAMESPACES + ("user",)}
+
+
+CONTAINER_OPTIONS = [
+    option("--image", spec_field="image", default="busybox", help="image name (default: busybox)"),
+    option("--name", spec_field="name", help="container name"),
+    option("--hostname", spec_field="hostname", help="hostname inside (default: the name)"),
+    option("--memory", "-m", spec_field="memory", help="memory limit, e.g. 64m, 1g (swap disabled)"),
+    option("--cpus", spec_field="cpus", help="CPU limit as a fraction of cores, e.g. 0.5"),
+    option("--pids-limit", spec_field="pids", dest="pids", help="most processes at once"),
+    option("--env", "-e", spec_field="env", action="append", default=[], metavar="KEY=VALUE"),
+    option("--volume", "-v", spec_field="volumes", action="append", default=[], metavar="SRC:DST[:ro]"),
+    option("--workdir", "-w", spec_field="workdir", help="working directory inside"),
+    option("--user", "-u", spec_field="user", help="uid[:gid] or a user name from the image"),
+    option("--timeout", spec_field="timeout", type=float, help="kill the container after this many seconds"),
+    option("--net", "--network", spec_field="network", dest="network", default="none",
+           help="none (default), host, bridge or container:NAME"),
+    option("--publish", "-p", spec_field="publish", action="append", default=[], metavar="HOSTPORT:CONTAINERPORT"),
+    option("--cap-add", spec_field="cap_add", action="append", default=[], metavar="CAP",
+           help="keep a capability beyond Docker's default set, e.g. SYS_ADMIN (or ALL)"),
+    option("--cap-drop", spec_field="cap_drop", action="append", default=[], metavar="CAP",
+           help="drop a capability from the default set, e.g. NET_RAW (or ALL)"),
+    option("--privileged", spec_field="privileged", action="store_true",
+           help="all capabilities, no seccomp filter, every device, no masked paths"),
+    option("--security-opt", spec_field="security_opt", action="append", default=[], metavar="OPT",
+           help="seccomp=unconfined, seccomp=PROFILE.json (Docker's format), no-new-privileges"),
+    option("--device-read-bps", spec_field="device_read_bps", action="append", default=[], metavar="DEVICE:RATE",
+           help="limit reads from a block device, e.g. /dev/vda:1m (direct I/O on cgroup v1)"),
+    option("--device-write-bps", spec_field="device_write_bps", action="append", default=[], metavar="DEVICE:RATE"),
+    option("--init", spec_field="init", action="store_true", help="run a reaping PID 1 in front of the command"),
+    option("--userns", to_spec=_with_user_namespace, action="store_true",
+           help="also make a user namespace (root inside, not outside)"),
+    option("--timens", spec_field="time_offset", type=float, default=0.0, metavar="SECONDS",
+           help="a time namespace with CLOCK_MONOTONIC moved by SECONDS"),
+    option("--read-only", spec_field="read_only", action="store_true",
+           help="mount the container's root filesystem read-only"),
+    option("--tmpfs", spec_field="tmpfs", action="append", default=[], metavar="PATH",
+           help="a writable tmpfs at PATH (nosuid,nodev), e.g. /tmp with --read-only"),
+    option("--python", spec_field="python", action="store_true",
+           help="mount this Python (interpreter, standard library, shared libraries) read-only at its host "
+                "paths; a command starting with python or python3 runs it"),
+]
+
+
+def container_option(dest: str) -> Option:
+    """One of CONTAINER_OPTIONS by its destination, for a front end that takes only some
+    (`exec` takes --env, --workdir, --user and --timeout) or words its help differently."""
+    return next(entry for entry in CONTAINER_OPTIONS if entry.dest == dest)
+
+
+def add_container_options(parser, skip=()) -> None:
+    """Options shared by `run` and the `%%container` magic (Docker's spellings)."""
+    all_of(CONTAINER_OPTIONS, skip).add_to(parser)
+
+
+def spec_from_options(options, command):
+    """The ContainerSpec the parsed CONTAINER_OPTIONS describe, running `command`."""
+    from labkit.runtime import ContainerSpec
+
+    fields = {"command": command}
+    for entry in CONTAINER_OPTIONS:
+        if not hasattr(options, entry.dest):
+            continue  # a front end that does not take this option: the spec's default
+        value = getattr(options, entry.dest)
+        if entry.to_spec is not None:
+            fields.update(entry.to_spec(value))
+        elif entry.spec_field is not None:
+            fields[entry.spec_field] = value
+    return ContainerSpec(**fields)
+
+
+# --- verbs -------------------------------------------------------------------------------
 
 
 class Verb:

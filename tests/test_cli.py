@@ -210,21 +210,26 @@ def test_a_verb_imports_its_own_module_and_no_other():
 
 
 def test_a_new_container_option_is_one_entry_and_reaches_every_front_end():
-    from labkit import cli
+    from labkit import cli, verbs
     from labkit.magics.container import cell_parser, line_parser
     from labkit.verbs import option
 
-    cli.CONTAINER_OPTIONS.append(option("--box-name", spec_field="hostname", help="a second spelling"))
+    verbs.CONTAINER_OPTIONS.append(option("--box-name", spec_field="hostname", help="a second spelling"))
     try:
         parsed = [cli.build_parser("run").parse_args(["run", "--box-name", "b1", "--", "true"]),
                   cell_parser().parse_args(["--box-name", "b1"]),
                   line_parser().parse_args(["run", "--box-name", "b1", "--", "true"])]
-        specs = [cli.spec_from_options(options, ["true"]) for options in parsed]
+        specs = [verbs.spec_from_options(options, ["true"]) for options in parsed]
     finally:
-        cli.CONTAINER_OPTIONS.pop()
+        verbs.CONTAINER_OPTIONS.pop()
     assert [spec.hostname for spec in specs] == ["b1"] * 3
     with pytest.raises(SystemExit):
         cli.build_parser("run").parse_args(["run", "--box-name", "b1", "--", "true"])
+
+
+def test_the_cli_and_the_magics_read_the_option_table_not_each_other():
+    assert "labkit.cli" not in labkit_modules_after("import labkit.magics.container")
+    assert not {m for m in labkit_modules_after("import labkit.cli") if m.startswith("labkit.magics")}
 
 
 def test_a_new_image_verb_is_one_entry_in_the_cli_and_the_magic(capsys):

@@ -376,7 +376,7 @@ def test_a_bad_tmpfs_path_names_the_option(path):
 def test_read_only_and_tmpfs_flags_reach_the_spec():
     import argparse
 
-    from labkit.cli import add_container_options, spec_from_options
+    from labkit.verbs import add_container_options, spec_from_options
 
     parser = argparse.ArgumentParser()
     add_container_options(parser)

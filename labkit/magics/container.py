@@ -8,9 +8,10 @@
     ps
     %container logs web | stats web | top web | stop web | rm web | commit web IMAGE | ps
 
-Options are `labkit run`'s (labkit.cli.CONTAINER_OPTIONS), so the CLI and the magic
-cannot drift; the verbs are the table LINE_VERBS. `{var}` and `$var` in the option line
-come from the user namespace (IPython expands them before the magic sees the line).
+Options are `labkit run`'s (labkit.verbs.CONTAINER_OPTIONS, a table neither front end
+owns), so the CLI and the magic cannot drift; the verbs are the table
+LINE_VERBS. `{var}` and `$var` in the option line come from the user namespace (IPython
+expands them before the magic sees the line).
 """
 
 import argparse
@@ -19,10 +20,12 @@ import sys
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from labkit.cli import CONTAINER_OPTIONS, add_container_options, container_option, spec_from_options
 from labkit.errors import LabkitError
 from labkit.magics.errors import HelpShown, MagicParser, UsageError, fail_shortly
-from labkit.verbs import Verb, add_options, all_of, one_of, option, parser_for
+from labkit.verbs import (
+    CONTAINER_OPTIONS, Verb, add_container_options, add_options, all_of, container_option, one_of, option, parser_for,
+    spec_from_options,
+)
 
 OUTCOME_OPTIONS = (
     option("--out", metavar="VAR", help="store the Result in this variable"),
