@@ -1,6 +1,9 @@
 """How containers look in a notebook: a rich repr for Container, and the text `%container
-ps` and `%container stats` print. Importing this module adds `Container._repr_html_`
-(the runtime stays free of display code)."""
+ps` and `%container stats` print.
+
+The HTML repr is registered with IPython's display formatter when the magics are loaded
+(`%load_ext labkit`, or the labkit kernel's start-up): the runtime stays free of display
+code, and no class is changed behind its back at import time."""
 
 import html
 
@@ -57,5 +60,10 @@ def stats_line(container) -> str:
     return f"{container.name}: memory {memory} (peak {format_bytes(stats.memory_peak)}), CPU {cpu}, pids {pids}"
 
 
-if not hasattr(Container, "_repr_html_"):
-    Container._repr_html_ = container_html
+def register_reprs(ipython) -> None:
+    """Containers shown as `container_html` in this shell (its `text/html` formatter)."""
+    ipython.display_formatter.formatters["text/html"].for_type(Container, container_html)
+
+
+def unregister_reprs(ipython) -> None:
+    ipython.display_formatter.formatters["text/html"].pop(Container, None)

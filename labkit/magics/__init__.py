@@ -22,14 +22,18 @@ def _magic_classes() -> list:
 
 
 def register(ipython) -> None:
-    import labkit.display  # noqa: F401 — gives Container its rich repr
+    from labkit.display import register_reprs
 
+    register_reprs(ipython)
     for magic_class in _magic_classes():
         ipython.register_magics(magic_class)
 
 
 def unregister(ipython) -> None:
     """IPython has no unregister call: drop the names our classes registered."""
+    from labkit.display import unregister_reprs
+
+    unregister_reprs(ipython)
     table = ipython.magics_manager.magics
     for magic_class in _magic_classes():
         for kind, names in magic_class.magics.items():
