@@ -328,3 +328,29 @@ def test_the_v2_labkit_parent_goes_with_its_last_child():
     assert os.path.isdir(os.path.join(UNIFIED, hierarchy.parent)), "removed while another cgroup still used it"
     second.delete()
     assert not os.path.isdir(os.path.join(UNIFIED, hierarchy.parent))
+
+
+# --- device control, as the kernel holds it ----------------------------------------------
+
+@pytest.mark.root
+@pytest.mark.parametrize("version", [1, pytest.param(2, marks=pytest.mark.cgroup_v2)])
+def test_device_control_reads_the_v1_list_or_counts_the_v2_program(version):
+    from labkit.cgroups.devices import DOCKER_DEFAULT
+
+    if version == 1 and "devices" not in controller_mounts():
+        pytest.skip("no cgroup v1 devices hierarchy on this host")
+    if version == 2 and unified_mount() is None:
+        pytest.skip("no cgroup2 filesystem mounted on this host")
+    hierarchy = HierarchyV1() if version == 1 else HierarchyV2(unified_mount())
+    made = []
+    try:
+        for rules in (list(DOCKER_DEFAULT), None):
+            made.append(hierarchy.create(f"test-escapes-{os.getpid()}-{time.monotonic_ns()}", Limits(devices=rules)))
+        controlled, free = (cgroup.device_control() for cgroup in made)
+    finally:
+        for cgroup in made:
+            cgroup.delete()
+    if version == 1:
+        assert sorted(controlled) == sorted(DOCKER_DEFAULT) and free == []   # not in the devices hierarchy at all
+    else:
+        assert controlled == ["BPF_PROG_TYPE_CGROUP_DEVICE program attached (1)"] and free == []

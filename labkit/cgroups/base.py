@@ -164,6 +164,13 @@ class Cgroup(ABC):
     def exists(self) -> bool: ...
 
     @abstractmethod
+    def device_control(self) -> list:
+        """What decides which devices the processes inside may open, as the kernel holds
+        it: on v1 the lines of the cgroup's `devices.list`; on v2 (no such file) the
+        BPF_PROG_TYPE_CGROUP_DEVICE programs attached to it. Empty: no device control of
+        its own (a v1 cgroup without rules is not made in the devices hierarchy at all)."""
+
+    @abstractmethod
     def _remove_dirs(self, deadline: float) -> None: ...
 
     def add_process(self, pid: int) -> None:

@@ -18,6 +18,7 @@ from labkit.cgroups.devices import TYPE_CODES, parse_rules
 
 BPF_PROG_LOAD = 5
 BPF_PROG_ATTACH = 8
+BPF_PROG_QUERY = 16
 BPF_PROG_TYPE_CGROUP_DEVICE = 15
 BPF_CGROUP_DEVICE = 6
 BPF_F_ALLOW_MULTI = 2
@@ -89,10 +90,11 @@ def _rule_block(rule) -> list:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _bpf(command, attr: bytes, what: str) -> int:
+def _bpf(command, attr, what: str) -> int:
+    """bpf(2) with `attr`: bytes, or a ctypes buffer for a command the kernel answers in it."""
     if SYS_BPF is None:
         raise OSError(38, f"{what}: labkit does not know bpf(2)'s number on {os.uname().machine}")
-    buffer = ctypes.create_string_buffer(attr, len(attr))
+    buffer = ctypes.create_string_buffer(attr, len(attr)) if isinstance(attr, bytes) else attr
     result = _libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_int(command), buffer, ctypes.c_uint(len(attr)))
     if result < 0:
         err = ctypes.get_errno()
@@ -144,6 +146,21 @@ def attach(cgroup_dir: str, rules) -> None:
             os.close(directory)
     finally:
         os.close(program)
+
+
+def attached_programs(cgroup_dir: str) -> int:
+    """How many device programs are attached to the cgroup at `cgroup_dir` itself
+    (BPF_PROG_QUERY; a parent's program, which also applies, is not counted)."""
+    directory = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # union bpf_attr's query: target_fd, attach_type, query_flags, attach_flags,
+        # prog_ids (a pointer; none: only count), prog_cnt (written back at offset 24).
+        query = struct.pack("<IIII", directory, BPF_CGROUP_DEVICE, 0, 0).ljust(40, b"\0")
+        attr = ctypes.create_string_buffer(query, len(query))
+        _bpf(BPF_PROG_QUERY, attr, f"query the device programs attached to {cgroup_dir}")
+        return struct.unpack_from("<I", attr.raw, 24)[0]
+    finally:
+        os.close(directory)
 
 
 def supported() -> str | None:

@@ -86,6 +86,11 @@ class CgroupV1(Cgroup):
         `--privileged` container): "a" in devices.allow is the parent's `a *:* rwm` again."""
         write(self._file("devices", "devices.allow"), "a")
 
+    def device_control(self) -> list:
+        if "devices" not in self.dirs:
+            return []
+        return [line for line in read_text(self._file("devices", "devices.list")).splitlines() if line]
+
     def _set_memory(self, limit: int) -> None:
         write(self._file("memory", "memory.limit_in_bytes"), limit)
         # memory+swap equal to memory means no swap; the file exists only with swap accounting.

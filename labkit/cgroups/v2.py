@@ -65,6 +65,12 @@ class CgroupV2(Cgroup):
 
             device_filter.attach(self.path, limits.devices)
 
+    def device_control(self) -> list:
+        from labkit.cgroups import device_filter
+
+        count = device_filter.attached_programs(self.path)
+        return [f"BPF_PROG_TYPE_CGROUP_DEVICE program attached ({count})"] if count else []
+
     def stats(self) -> Stats:
         cpu = read_keyed(self._file("cpu.stat"))
         usage = cpu.get("usage_usec")

@@ -25,151 +25,19 @@ there to signal.
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from labkit.experiments.base import Check, finished, new_result, report, vm_unavailable
 
-# The probe: stdlib Python, run as root inside the container (or the VM), each attempt
-# in a forked child so that one (a keyring joined, a namespace entered) cannot change
-# the next. It prints one line: PROBE_MARK {attempt: outcome}.
+# The probe: stdlib Python run as root inside the container (or the VM), its own file
+# (escapes_probe.py). It prints one line: PROBE_MARK {attempt: outcome}.
+PROBE_FILE = Path(__file__).with_name("escapes_probe.py")
 PROBE_MARK = "labkit-escapes:"
-PROBE = r'''
-import ctypes, errno, json, os, stat, sys, time
-
-libc = ctypes.CDLL(None, use_errno=True)
-NR = {"x86_64": {"keyctl": 250, "add_key": 248}, "aarch64": {"keyctl": 219, "add_key": 217}}[os.uname().machine]
-MS_REMOUNT, MS_BIND = 32, 4096
-SETTING = "/proc/sys/kernel/printk_ratelimit_burst"
-NODE = "/tmp/labkit-escape-node"
-MOUNT_POINT = "/mnt/labkit-escape"
 
 
-def checked(result):
-    if result == -1:
-        number = ctypes.get_errno()
-        raise OSError(number, os.strerror(number))
-    return result
+def probe_program() -> str:
+    return PROBE_FILE.read_text()
 
-
-def keyring(_):
-    checked(libc.syscall(ctypes.c_long(NR["keyctl"]), 1, None))    # KEYCTL_JOIN_SESSION_KEYRING: a fresh one
-    checked(libc.syscall(ctypes.c_long(NR["add_key"]), b"user", b"labkit-escape", b"x", ctypes.c_size_t(1), -3))
-
-
-def user_namespace(_):
-    checked(libc.unshare(0x10000000))                              # CLONE_NEWUSER
-
-
-def mount(_):
-    os.makedirs(MOUNT_POINT, exist_ok=True)         # the probe image has it: no mkdir as --userns root
-    checked(libc.mount(b"none", MOUNT_POINT.encode(), b"tmpfs", 0, None))
-    checked(libc.umount2(MOUNT_POINT.encode(), 0))
-
-
-def write_back():
-    with open(SETTING) as setting:
-        value = setting.read()
-    with open(SETTING, "w") as setting:
-        setting.write(value)
-
-
-def kernel_setting(_):
-    write_back()
-
-
-def remount_kernel_settings(_):
-    try:
-        write_back()
-    except OSError as error:
-        if error.errno != errno.EROFS:
-            raise
-        checked(libc.mount(None, b"/proc/sys", None, MS_REMOUNT | MS_BIND, None))   # read-write again
-        write_back()
-
-
-def masked_file(_):
-    try:
-        with open("/proc/timer_list", "rb") as timers:
-            return "ok" if timers.read(64) else "masked"
-    except FileNotFoundError:
-        return "absent"
-
-
-def unregistered_block_major():
-    with open("/proc/devices") as table:
-        used = {int(line.split()[0]) for line in table.read().split("Block devices:")[1].splitlines() if line.strip()}
-    return next(major for major in range(240, 200, -1) if major not in used)
-
-
-def node(kind, major, minor, flags):
-    if os.path.lexists(NODE):
-        os.unlink(NODE)
-    try:
-        os.mknod(NODE, 0o600 | kind, os.makedev(major, minor))
-    except OSError as error:
-        return "mknod: " + errno.errorcode.get(error.errno, str(error.errno))
-    try:
-        os.close(os.open(NODE, flags))
-    finally:
-        os.unlink(NODE)
-
-
-def block_device(_):
-    return node(stat.S_IFBLK, unregistered_block_major(), 0, os.O_RDONLY)
-
-
-def kmsg(_):
-    return node(stat.S_IFCHR, 1, 11, os.O_WRONLY)                 # /dev/kmsg's numbers; nothing written
-
-
-def host_process(args):
-    os.kill(args["host_pid"], 0)
-
-
-def fork_past_pids_limit(args):
-    children = []
-    try:
-        for _ in range(args["forks"]):
-            pid = os.fork()
-            if pid == 0:
-                time.sleep(60)
-                os._exit(0)
-            children.append(pid)
-    finally:
-        for pid in children:
-            os.kill(pid, 9)
-        for pid in children:
-            os.waitpid(pid, 0)
-
-
-def in_a_child(attempt, args):
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        try:
-            outcome = attempt(args) or "ok"
-        except OSError as error:
-            outcome = errno.errorcode.get(error.errno, str(error.errno))
-        except Exception as error:
-            outcome = "error: %s: %s" % (type(error).__name__, error)
-        os.write(write_end, outcome.encode())
-        os._exit(0)
-    os.close(write_end)
-    answer = b""
-    while True:
-        chunk = os.read(read_end, 4096)
-        if not chunk:
-            break
-        answer += chunk
-    os.close(read_end)
-    os.waitpid(pid, 0)
-    return answer.decode() or "no answer"
-
-
-args = json.loads(sys.argv[1])
-outcomes = {name: in_a_child(globals()[name], args) for name in args["attempts"]}
-print(MARK + " " + json.dumps(outcomes), flush=True)
-'''.replace("MARK + ", json.dumps(PROBE_MARK) + " + ", 1)
 
 PROFILES = {
     "default": {},
@@ -292,28 +160,35 @@ def probe_python() -> ProbePython:
     """labkit's own interpreter when any user may reach it (a user namespace's root is
     an ordinary host uid), else the system's /usr/bin/python3: pyenv's, under a 0700
     /root, is out of a --userns container's reach."""
-    from labkit.runtime.python_mounts import interpreter, python_volumes
-
-    own = interpreter()
+    own, volumes = mounted_python()
     if _reachable_by_anyone(own):
-        return ProbePython(own, python_volumes())
+        return ProbePython(own, volumes)
     system = os.path.realpath(SYSTEM_PYTHON)
     if os.path.exists(system) and _reachable_by_anyone(system):
         import subprocess
 
-        ask = ("import json; from labkit.runtime.python_mounts import interpreter, python_volumes; "
-               "print(json.dumps([interpreter(), list(python_volumes())]))")
         import labkit
 
+        # That interpreter's own answer: its files are not this one's.
+        ask = "import json; from labkit.experiments.escapes import mounted_python; print(json.dumps(mounted_python()))"
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(labkit.__file__)))
         answer = subprocess.run([system, "-s", "-c", ask], capture_output=True, text=True,
                                 env={"PYTHONPATH": package_parent, "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
         if answer.returncode == 0:
             path, volumes = json.loads(answer.stdout)
             return ProbePython(path, tuple(volumes))
-    return ProbePython(own, python_volumes(),
+    return ProbePython(own, volumes,
                        f"labkit's Python ({own}) sits where a user namespace's root cannot reach it, "
                        f"and there is no {SYSTEM_PYTHON} to run instead")
+
+
+def mounted_python() -> tuple:
+    """(interpreter, ("SRC:DST:ro", …)) of this Python as `--python` mounts it: the
+    runtime's own answer, read from a spec that asks for it."""
+    from labkit.runtime import ContainerSpec
+
+    spec = ContainerSpec(command=["python3"], python=True).validated()
+    return spec.command[0], tuple(f"{volume.source}:{volume.target}:ro" for volume in spec.volumes)
 
 
 def _reachable_by_anyone(path) -> bool:
@@ -360,13 +235,14 @@ def _spec_fields(options: dict) -> dict:
 
 def _probe_arguments(params) -> str:
     # The host process to signal is this one: present on the host, never in a container.
-    return json.dumps({"attempts": list(params.attempts), "host_pid": os.getpid(), "forks": params.pids + 16})
+    return json.dumps({"attempts": list(params.attempts), "host_pid": os.getpid(), "forks": params.pids + 16,
+                       "mark": PROBE_MARK})
 
 
 def _in_a_container(params, options, python) -> dict:
     from labkit.runtime import run as run_container
 
-    outcome = run_container([python.path, "-c", PROBE, _probe_arguments(params)], image=probe_image(python),
+    outcome = run_container([python.path, "-c", probe_program(), _probe_arguments(params)], image=probe_image(python),
                             volumes=list(python.volumes), pids=params.pids, **_spec_fields(options))
     return _parse(outcome.stdout, f"the probe's container ({outcome.cause}): "
                                   f"{(outcome.error or outcome.stderr).strip()[-400:]}")
@@ -384,7 +260,7 @@ def probe_image(python) -> str:
     from labkit.runtime.build_step import run_build_step
 
     targets = sorted(volume.split(":")[1] for volume in python.volumes)
-    tag = "labkit-escapes-probe-" + hashlib.sha256("\n".join(targets + [PROBE]).encode()).hexdigest()[:12]
+    tag = "labkit-escapes-probe-" + hashlib.sha256("\n".join(targets + [probe_program()]).encode()).hexdigest()[:12]
     store = Store()
     if tag not in store.names():
         directories = [t for t in targets if os.path.isdir(t)] + ["/mnt/labkit-escape"]
@@ -399,7 +275,7 @@ def probe_image(python) -> str:
 def _in_a_vm(params, python) -> dict:
     from labkit.vm import run as run_vm
 
-    outcome = run_vm([python.path, "-c", PROBE, _probe_arguments(params)], memory=params.vm_memory, cpus=1)
+    outcome = run_vm([python.path, "-c", probe_program(), _probe_arguments(params)], memory=params.vm_memory, cpus=1)
     return _parse(outcome.output, f"the probe in the VM (exit {outcome.exit_code}): {outcome.output.strip()[-400:]}")
 
 
@@ -408,49 +284,6 @@ def _parse(output: str, what: str) -> dict:
         if line.startswith(PROBE_MARK):
             return json.loads(line[len(PROBE_MARK):])
     raise RuntimeError(f"no answer from {what}")
-
-
-# --- the by-hand view: a cgroup's device control, as the kernel holds it ----------------
-
-def device_control(cgroup) -> list:
-    """What decides which devices the processes of a labkit cgroup may open: on v1 the
-    lines of its `devices.list`; on v2 (no such file) the BPF_PROG_TYPE_CGROUP_DEVICE
-    programs attached to it, counted with BPF_PROG_QUERY. Empty: no device control of
-    its own (a v1 cgroup without rules is not made in the devices hierarchy at all)."""
-    if hasattr(cgroup, "dirs"):
-        if "devices" not in cgroup.dirs:
-            return []
-        return _lines(os.path.join(cgroup.dirs["devices"], "devices.list"))
-    count = attached_device_programs(cgroup.path)
-    return [f"BPF_PROG_TYPE_CGROUP_DEVICE program attached ({count})"] if count else []
-
-
-def _lines(path) -> list:
-    with open(path) as listing:
-        return [line for line in listing.read().splitlines() if line]
-
-
-def attached_device_programs(cgroup_dir: str) -> int:
-    """How many device programs are attached to the cgroup directly (bpf(BPF_PROG_QUERY))."""
-    import ctypes
-    import struct
-
-    from labkit.cgroups.device_filter import BPF_CGROUP_DEVICE, SYS_BPF
-
-    BPF_PROG_QUERY = 16
-    libc = ctypes.CDLL(None, use_errno=True)
-    directory = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        # union bpf_attr's query: target_fd, attach_type, query_flags, attach_flags,
-        # prog_ids (a pointer; none: only count), prog_cnt (written back at offset 24).
-        query = struct.pack("<IIII", directory, BPF_CGROUP_DEVICE, 0, 0).ljust(40, b"\0")
-        attr = ctypes.create_string_buffer(query, len(query))
-        if libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_int(BPF_PROG_QUERY), attr, ctypes.c_uint(len(query))) < 0:
-            number = ctypes.get_errno()
-            raise OSError(number, f"BPF_PROG_QUERY on {cgroup_dir}: {os.strerror(number)}")
-        return struct.unpack_from("<I", attr.raw, 24)[0]
-    finally:
-        os.close(directory)
 
 
 # --- classification: pure, from the recorded data alone ----------------------------------
