@@ -8,17 +8,25 @@ import os
 
 import pytest
 
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, HostError
 from labkit.linux import seccomp
 from labkit.linux.capabilities import CONTAINER_DEFAULT
 from labkit.security.default_seccomp import default_profile
 
-try:
-    seccomp.library()
-    HAVE_LIBSECCOMP = seccomp.kernel_support() is None
-except Exception:  # noqa: BLE001
-    HAVE_LIBSECCOMP = False
-pytestmark = pytest.mark.skipif(not HAVE_LIBSECCOMP, reason="needs libseccomp.so.2 and a kernel with seccomp filters")
+
+def why_seccomp_cannot_run() -> str | None:
+    """A skip's reason: no libseccomp on this host (labkit.linux.seccomp says so with a
+    HostError once dlopen and ldconfig have both not found it), or a kernel without seccomp
+    filters. Any other error while loading the library is a bug: it fails the module."""
+    try:
+        seccomp.library()
+    except HostError as missing:
+        return f"needs libseccomp.so.2: {missing}"
+    return seccomp.kernel_support()
+
+
+WHY_NOT = why_seccomp_cannot_run()
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
