@@ -20,8 +20,6 @@ from labkit.cgroups.v1 import controller_mounts
 from labkit.cgroups.v2 import unified_mount
 from labkit.errors import HostError
 
-pytestmark = pytest.mark.root
-
 V1 = controller_mounts()
 needs_v1 = pytest.mark.skipif(not {"memory", "cpu", "cpuacct", "pids"} <= set(V1),
                               reason="no cgroup v1 memory, cpu, cpuacct and pids hierarchies on this host")
@@ -92,6 +90,7 @@ def test_this_host_mode_is_detected():
 
 # --- v1 on this host ----------------------------------------------------------------
 
+@pytest.mark.root
 @needs_v1
 def test_v1_limits_are_written_in_kernel_units():
     cgroup = HierarchyV1().create(leaf(), Limits(memory=64 << 20, cpus=0.5, pids=7))
@@ -108,6 +107,7 @@ def test_v1_limits_are_written_in_kernel_units():
     assert not cgroup.exists()
 
 
+@pytest.mark.root
 @needs_v1
 def test_v1_add_process_stats_kill_and_delete():
     cgroup = HierarchyV1().create(leaf())
@@ -127,6 +127,7 @@ def test_v1_add_process_stats_kill_and_delete():
         cgroup.delete()
 
 
+@pytest.mark.root
 @needs_v1
 def test_v1_memory_limit_oom_kills_and_counts_it():
     cgroup = HierarchyV1().create(leaf(), Limits(memory=48 << 20))
@@ -140,6 +141,7 @@ def test_v1_memory_limit_oom_kills_and_counts_it():
         cgroup.delete()
 
 
+@pytest.mark.root
 @needs_v1
 def test_v1_delete_tolerates_a_cgroup_already_gone():
     cgroup = HierarchyV1().create(leaf())
@@ -159,6 +161,7 @@ def removed_between_open_and_read(directory):
     return read_text
 
 
+@pytest.mark.root
 @needs_v1
 def test_v1_pids_of_a_cgroup_removed_while_read_are_none(monkeypatch):
     """The sweep before every helper start reads each labkit cgroup on the host, and other
@@ -175,6 +178,7 @@ def test_v1_pids_of_a_cgroup_removed_while_read_are_none(monkeypatch):
         cgroup.delete()
 
 
+@pytest.mark.root
 @needs_unified
 def test_v2_pids_of_a_cgroup_removed_while_read_are_none(monkeypatch):
     from labkit.cgroups import v2
@@ -207,6 +211,7 @@ def test_v1_mount_table_groups_controllers_by_hierarchy():
 
 # --- v2 protocol on a real cgroup2 mount ---------------------------------------------
 
+@pytest.mark.root
 @needs_unified
 def test_v2_create_join_kill_and_delete_on_a_real_cgroup2():
     hierarchy = HierarchyV2(UNIFIED)
@@ -241,6 +246,7 @@ def test_v2_refuses_limits_for_controllers_it_lacks():
 
 # --- v2 with controllers (the VM lane) ---------------------------------------------------
 
+@pytest.mark.root
 @pytest.mark.cgroup_v2
 @pytest.mark.skipif(V2_FULL is None, reason=cgroup_v2[1].kwargs["reason"])
 def test_v2_limits_are_written_in_kernel_units():
@@ -257,6 +263,7 @@ def test_v2_limits_are_written_in_kernel_units():
     assert not cgroup.exists()
 
 
+@pytest.mark.root
 @pytest.mark.cgroup_v2
 @pytest.mark.skipif(V2_FULL is None, reason=cgroup_v2[1].kwargs["reason"])
 def test_v2_memory_max_oom_kills_and_memory_events_count_it():
@@ -272,6 +279,7 @@ def test_v2_memory_max_oom_kills_and_memory_events_count_it():
         cgroup.delete()
 
 
+@pytest.mark.root
 @pytest.mark.cgroup_v2
 @pytest.mark.skipif(V2_FULL is None, reason=cgroup_v2[1].kwargs["reason"])
 def test_v2_cpu_max_throttles_a_busy_loop():
@@ -284,6 +292,7 @@ def test_v2_cpu_max_throttles_a_busy_loop():
         cgroup.delete()
 
 
+@pytest.mark.root
 @pytest.mark.cgroup_v2
 @pytest.mark.skipif(V2_FULL is None, reason=cgroup_v2[1].kwargs["reason"])
 def test_v2_pids_max_refuses_forks_past_the_limit():
@@ -304,6 +313,7 @@ def private_parent(hierarchy):
     return hierarchy
 
 
+@pytest.mark.root
 @needs_v1
 def test_the_labkit_parent_goes_with_its_last_child():
     hierarchy = private_parent(HierarchyV1())
@@ -319,6 +329,7 @@ def test_the_labkit_parent_goes_with_its_last_child():
     third.delete()
 
 
+@pytest.mark.root
 @needs_unified
 def test_the_v2_labkit_parent_goes_with_its_last_child():
     hierarchy = private_parent(HierarchyV2(UNIFIED))

@@ -19,8 +19,6 @@ from labkit.cgroups.v1 import controller_mounts
 from labkit.cgroups.v2 import unified_mount
 from labkit.errors import ConfigError
 
-pytestmark = pytest.mark.root
-
 V1 = controller_mounts()
 UNIFIED = unified_mount()
 needs_v1_devices = pytest.mark.skipif("devices" not in V1, reason="no cgroup v1 devices hierarchy on this host")
@@ -75,6 +73,7 @@ def test_device_rules_read_as_the_v1_controller_writes_them():
         DeviceRule.parse("c 1:3 rwx")
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("version", [1, 2])
 def test_a_cgroup_with_device_rules_opens_only_what_they_allow(version, nodes):
     skip_without(version)
@@ -87,6 +86,7 @@ def test_a_cgroup_with_device_rules_opens_only_what_they_allow(version, nodes):
     assert opened == {nodes["null"]: "ok", nodes["zero"]: "Operation not permitted"}
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("version", [1, 2])
 def test_without_device_rules_the_same_node_opens(version, nodes):
     skip_without(version)
@@ -99,6 +99,7 @@ def test_without_device_rules_the_same_node_opens(version, nodes):
     assert opened == {nodes["zero"]: "ok"}
 
 
+@pytest.mark.root
 @needs_v1_devices
 def test_the_v1_devices_list_is_dockers_allow_list():
     cgroup = HierarchyV1().create(leaf(), Limits(devices=list(DOCKER_DEFAULT)))
@@ -123,6 +124,7 @@ def mknod_and_open(kind, major, minor, how, **options):
     return "made" in lines, "opened" in lines
 
 
+@pytest.mark.root
 @pytest.mark.cgroup_v2
 def test_a_block_device_node_can_be_made_but_not_opened(labkit_home, loop_device):
     number = os.stat(loop_device).st_rdev
@@ -140,6 +142,7 @@ def unregistered_block_major() -> int:
     return next(major for major in range(240, 200, -1) if major not in used)
 
 
+@pytest.mark.root
 @pytest.mark.cgroup_v2
 def test_a_block_node_is_refused_before_the_kernel_looks_for_its_disk(labkit_home):
     """Holds where no loop device can be made (the VM lane): device control answers
@@ -151,6 +154,7 @@ def test_a_block_node_is_refused_before_the_kernel_looks_for_its_disk(labkit_hom
     assert "No such device or address" in run(script, privileged=True).stdout
 
 
+@pytest.mark.root
 @pytest.mark.cgroup_v2
 def test_dev_kmsg_cannot_be_opened_for_writing(labkit_home):
     # /dev/kmsg is c 1:11; the privileged case only opens it (writes nothing).
@@ -158,6 +162,7 @@ def test_dev_kmsg_cannot_be_opened_for_writing(labkit_home):
     assert mknod_and_open("c", 1, 11, "write", privileged=True) == (True, True)
 
 
+@pytest.mark.root
 @pytest.mark.cgroup_v2
 def test_the_allowed_devices_still_work(labkit_home):
     from labkit.runtime import run
@@ -166,6 +171,7 @@ def test_the_allowed_devices_still_work(labkit_home):
     assert result.stdout.split() == ["16", "4"]
 
 
+@pytest.mark.root
 @pytest.mark.cgroup_v2
 def test_an_exec_is_under_the_containers_device_control(labkit_home):
     from labkit.runtime import Container

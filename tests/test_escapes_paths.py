@@ -18,8 +18,6 @@ from labkit.runtime import DEFAULT_NAMESPACES, Container, ContainerSpec, run
 from labkit.runtime.build_step import run_build_step
 from labkit.runtime.plan import MASKED_PATHS, READONLY_PATHS
 
-pytestmark = pytest.mark.root
-
 BOTH_WAYS = pytest.mark.parametrize("use_openat2", [True, False], ids=["openat2", "component-walk"])
 
 
@@ -135,6 +133,7 @@ def host_dir_untouched(host) -> bool:
             and (host / "keep").read_text() == "host file\n" and stat.S_IMODE(os.stat(host / "keep").st_mode) == 0o644)
 
 
+@pytest.mark.root
 def test_copy_does_not_write_through_a_link_planted_by_an_earlier_source(store, hostile_context):
     context, host = hostile_context
     image = build("FROM busybox\nCOPY a b /\n", "copy-escape", context, store=store)
@@ -156,6 +155,7 @@ def test_without_the_defence_the_same_copy_writes_into_the_host_dir(hostile_cont
     assert not host_dir_untouched(host)
 
 
+@pytest.mark.root
 def test_copy_parents_never_take_a_host_dirs_owner_and_mode_through_a_link_below(store, tmp_path):
     host = tmp_path / "host-private"
     (host / "sub").mkdir(parents=True)
@@ -185,6 +185,7 @@ def linked_image(store, tmp_path):
     return host
 
 
+@pytest.mark.root
 def test_a_file_volume_on_a_linked_target_never_creates_the_file_on_the_host(linked_image, tmp_path, no_leftovers):
     host = linked_image
     volume = tmp_path / "settings"
@@ -194,12 +195,14 @@ def test_a_file_volume_on_a_linked_target_never_creates_the_file_on_the_host(lin
     assert os.listdir(host) == []
 
 
+@pytest.mark.root
 def test_without_the_defence_the_linked_target_is_a_host_path(linked_image, store):
     # What mount_volumes did before: rootfs + target, handed to the host's kernel.
     layer = get_image("linked", store).layer_dirs[-1]
     assert os.path.realpath(f"{layer}/cfg") == f"{linked_image}/x"
 
 
+@pytest.mark.root
 def test_a_directory_volume_under_a_linked_dir_is_made_inside_the_root(linked_image, tmp_path, no_leftovers):
     source = tmp_path / "source"
     source.mkdir()
@@ -208,11 +211,13 @@ def test_a_directory_volume_under_a_linked_dir_is_made_inside_the_root(linked_im
     assert os.listdir(linked_image) == []  # /data -> <tmp>/host: the image's, not the host's
 
 
+@pytest.mark.root
 def test_a_tmpfs_under_a_linked_dir_is_made_inside_the_root(linked_image, no_leftovers):
     assert run("stat -f -c %T /data/scratch", image="linked", tmpfs=["/data/scratch"]).check().stdout == "tmpfs\n"
     assert os.listdir(linked_image) == []  # before, the mount point was made on the host
 
 
+@pytest.mark.root
 def test_a_directory_volume_under_a_dangling_link_is_refused_by_name(linked_image, tmp_path, no_leftovers):
     (tmp_path / "source").mkdir()
     result = run("true", image="linked", volumes=[f"{tmp_path / 'source'}:/dangling/sub"])
@@ -258,35 +263,41 @@ def looks_masked(report: str) -> bool:
     return (kind, what, count) == ("file", "1:3", "0") or (kind, what, count) == ("dir", "tmpfs", "0")
 
 
+@pytest.mark.root
 @pytest.mark.cgroup_v2
 @pytest.mark.parametrize("path", on_this_host(MASKED_PATHS))
 def test_a_masked_kernel_path_shows_nothing_of_the_host(path, no_leftovers):
     assert looks_masked(run(SHOW_WHAT_IS_THERE.format(path=path)).check().stdout)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("path", on_this_host(MASKED_PATHS))
 def test_without_masks_the_same_kernel_path_is_the_hosts(path, without_masks, no_leftovers):
     assert not looks_masked(run(SHOW_WHAT_IS_THERE.format(path=path)).check().stdout)
 
 
+@pytest.mark.root
 @pytest.mark.cgroup_v2
 @pytest.mark.parametrize("path", on_this_host(READONLY_PATHS))
 def test_a_kernel_settings_path_is_mounted_read_only(path, no_leftovers):
     assert run(MOUNT_OPTIONS.format(path=path)).check().stdout.startswith("ro,")
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("path", on_this_host(p for p in READONLY_PATHS if p != "/sys"))
 def test_without_the_defence_the_kernel_settings_path_is_writable(path, without_masks, no_leftovers):
     # /sys is left out: a fresh sysfs is mounted read-only whatever the lists say.
     assert run(MOUNT_OPTIONS.format(path=path)).check().stdout.startswith("rw,")
 
 
+@pytest.mark.root
 @pytest.mark.cgroup_v2
 def test_a_container_cannot_change_a_host_kernel_setting(no_leftovers):
     result = run(WRITE_BACK)
     assert result.exit_code != 0 and "Read-only file system" in result.stderr
 
 
+@pytest.mark.root
 def test_without_the_defence_a_container_changes_a_host_kernel_setting(without_masks, no_leftovers):
     # Only the value already there is written back: nothing on the host changes.
     with open(KERNEL_SETTING) as setting:
@@ -294,6 +305,7 @@ def test_without_the_defence_a_container_changes_a_host_kernel_setting(without_m
     assert run(WRITE_BACK).check().stdout == f"wrote {value}\n"
 
 
+@pytest.mark.root
 @pytest.mark.cgroup_v2
 def test_exec_joins_a_container_whose_kernel_paths_are_protected(no_leftovers):
     container = Container(ContainerSpec(command="sleep 60"))
@@ -306,12 +318,14 @@ def test_exec_joins_a_container_whose_kernel_paths_are_protected(no_leftovers):
         container.remove()
 
 
+@pytest.mark.root
 def test_a_user_namespace_container_has_the_same_masks(no_leftovers):
     userns = DEFAULT_NAMESPACES + ("user",)
     assert looks_masked(run(SHOW_WHAT_IS_THERE.format(path="/proc/keys"), namespaces=userns).check().stdout)
     assert run(MOUNT_OPTIONS.format(path="/proc/sys"), namespaces=userns).check().stdout.startswith("ro,")
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("masked", [True, False], ids=["default", "without-the-defence"])
 def test_the_hosts_sys_borrowed_by_a_user_namespace_is_read_only(masked, request, no_leftovers):
     # With --net host a user namespace may not mount a sysfs of its own: it binds the host's.
@@ -321,6 +335,7 @@ def test_the_hosts_sys_borrowed_by_a_user_namespace_is_read_only(masked, request
     assert options.check().stdout.startswith("ro," if masked else "rw,")
 
 
+@pytest.mark.root
 @pytest.mark.skipif(not hasattr(ContainerSpec(), "privileged"),
                     reason="ContainerSpec.privileged (--privileged, issue 10 part A) is not in this tree")
 def test_privileged_turns_the_masks_off(no_leftovers):

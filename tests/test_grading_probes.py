@@ -10,8 +10,6 @@ import pytest
 from labkit.grading import Answer, Observation
 from labkit.grading import probes as p
 
-pytestmark = pytest.mark.root
-
 
 def look(probe) -> Observation:
     seen = probe()
@@ -37,6 +35,7 @@ def start(labkit_home):
         container.remove()
 
 
+@pytest.mark.root
 def test_hostname_and_own_namespaces(start):
     box = start(name="gp-box", hostname="lab")
     assert look(p.hostname("gp-box", "lab")).passed
@@ -50,6 +49,7 @@ def test_hostname_and_own_namespaces(start):
     assert not look(p.shares_namespace(box, "net")).passed
 
 
+@pytest.mark.root
 def test_pid_view_and_the_host_pid_of_pid1(start, monkeypatch):
     import __main__
 
@@ -68,6 +68,7 @@ def test_pid_view_and_the_host_pid_of_pid1(start, monkeypatch):
     assert not look(p.host_pid_of_pid1(Answer("gp_answer"), box)).passed
 
 
+@pytest.mark.root
 def test_root_inside_is_not_root_outside_only_with_a_user_namespace(start):
     userns = start(name="gp-userns", namespaces=("mnt", "uts", "ipc", "pid", "net", "cgroup", "user"))
     assert look(p.root_inside_not_outside(userns)).passed
@@ -78,6 +79,7 @@ def test_root_inside_is_not_root_outside_only_with_a_user_namespace(start):
     assert look(p.uid_inside(plain, 0)).passed and not look(p.uid_inside(plain, 1000)).passed
 
 
+@pytest.mark.root
 def test_limits_are_read_back_from_the_cgroup(start):
     capped = start(name="gp-capped", memory="64m", cpus="0.5", pids=32)
     assert look(p.memory_limit(capped, 67108864)).passed
@@ -88,6 +90,7 @@ def test_limits_are_read_back_from_the_cgroup(start):
     assert look(p.memory_limit(free, "64m")).observed == "no memory limit"
 
 
+@pytest.mark.root
 def test_oom_kill_and_a_clean_finish_from_results(labkit_home):
     from labkit.runtime import run
 
@@ -97,6 +100,7 @@ def test_oom_kill_and_a_clean_finish_from_results(labkit_home):
     assert not look(p.oom_killed(fits)).passed and look(p.finished_ok(fits)).passed
 
 
+@pytest.mark.root
 def test_a_pids_limit_holds_a_burst_of_forks(labkit_home):
     from labkit.runtime import run
 
@@ -107,6 +111,7 @@ def test_a_pids_limit_holds_a_burst_of_forks(labkit_home):
     assert not look(p.fork_bomb_held(roomy)).passed
 
 
+@pytest.mark.root
 def test_cpu_share_and_throttling_of_a_busy_loop(start):
     spinner = start(name="gp-spin", cpus="0.25", command=["sh", "-c", "while :; do :; done"])
     assert look(p.cpu_share(spinner, 0.25, tolerance=0.10)).passed
@@ -125,6 +130,7 @@ def notes_image(labkit_home):
     return build("FROM busybox\nRUN echo my notes > /root/notes && rm /bin/vi\n", "gp-notes", run_step=run_build_step)
 
 
+@pytest.mark.root
 def test_layers_show_additions_and_whiteouts(notes_image, monkeypatch):
     import __main__
 
@@ -150,6 +156,7 @@ def test_a_missing_image_fails_the_check_with_its_name(labkit_home):
     assert not report.outcomes[0].passed and "no image 'gp-nope'" in report.outcomes[0].observed
 
 
+@pytest.mark.root
 def test_a_commit_keeps_changes_and_leaves_the_init_layer_out(start):
     editor = start(name="gp-editor")
     editor.exec(["sh", "-c", "echo milk > /root/todo"]).check()
@@ -158,6 +165,7 @@ def test_a_commit_keeps_changes_and_leaves_the_init_layer_out(start):
     assert look(p.commit_excludes_init("gp-commit", "busybox")).passed
 
 
+@pytest.mark.root
 def test_a_layer_holding_an_init_file_is_not_a_clean_commit(start):
     """labkit's own commit leaves the init files out; a "commit" made another way (the whole
     read-write tree, /etc/hostname included, stored as a layer) must fail the check."""
@@ -181,6 +189,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.root
 def test_containers_on_a_bridge_reach_each_other_by_name(start):
     web = start(name="gp-web", network="bridge")
     client = start(name="gp-client", network="bridge")
@@ -194,6 +203,7 @@ def test_containers_on_a_bridge_reach_each_other_by_name(start):
     assert not look(p.same_namespace(client, web, "net")).passed
 
 
+@pytest.mark.root
 def test_a_published_port_answers_on_loopback(start):
     port = free_port()
     start(name="gp-site", network="bridge", publish=[f"{port}:80"],
@@ -204,6 +214,7 @@ def test_a_published_port_answers_on_loopback(start):
     assert not closed.passed and "refused" in closed.observed.lower()
 
 
+@pytest.mark.root
 def test_a_container_that_is_not_running_fails_the_check_with_its_name(start):
     from labkit.grading import expect
     from labkit.grading.checks import run_checks

@@ -13,8 +13,6 @@ from labkit.errors import ConfigError
 from labkit.home import labkit_home, open_for_user_namespace
 from labkit.runtime import DEFAULT_NAMESPACES, Container, ContainerSpec
 
-pytestmark = pytest.mark.root
-
 NOBODY = 65534
 USERNS_ROOT = ContainerSpec().user_map[0]  # the host uid/gid of root in a --userns container
 
@@ -63,18 +61,21 @@ def setuid_copy(labkit_home):
         container.remove()
 
 
+@pytest.mark.root
 def test_another_host_user_cannot_reach_a_setuid_copy_in_a_read_write_layer(setuid_copy, labkit_home):
     assert mode(labkit_home) == 0o700
     refused = reach(setuid_copy)
     assert refused.returncode != 0 and "Permission denied" in refused.stderr
 
 
+@pytest.mark.root
 def test_with_a_0755_home_the_same_setuid_copy_is_within_reach(setuid_copy, labkit_home):
     os.chmod(labkit_home, 0o755)  # what older labkit left: the defence is the home's mode
     reached = reach(setuid_copy)
     assert (reached.returncode, reached.stdout.strip()) == (0, "4755 0")
 
 
+@pytest.mark.root
 def test_a_setuid_file_committed_into_an_image_layer_is_out_of_reach_too(setuid_copy, labkit_home):
     from labkit.images import commit, get_image
 
@@ -86,6 +87,7 @@ def test_a_setuid_file_committed_into_an_image_layer_is_out_of_reach_too(setuid_
     assert reach(in_layer).stdout.strip() == "4755 0"
 
 
+@pytest.mark.root
 def test_a_user_namespace_container_opens_the_home_to_its_own_root_only(labkit_home, no_leftovers):
     # In / : the read-write layer's own root, which this uid owns (no copy-up of a
     # root-owned lower directory, which overlay refuses in a user namespace).
@@ -103,6 +105,7 @@ def test_a_user_namespace_container_opens_the_home_to_its_own_root_only(labkit_h
         container.remove()
 
 
+@pytest.mark.root
 def test_a_second_user_namespace_map_on_the_same_home_is_refused_by_name(labkit_home):
     open_for_user_namespace(labkit_home, USERNS_ROOT, USERNS_ROOT)
     with pytest.raises(ConfigError, match=f"open to the user namespaces of host gid {USERNS_ROOT}"):
@@ -110,6 +113,7 @@ def test_a_second_user_namespace_map_on_the_same_home_is_refused_by_name(labkit_
     assert mode(labkit_home) == 0o710
 
 
+@pytest.mark.root
 def test_a_detached_containers_logs_and_state_are_not_world_readable(labkit_home, no_leftovers):
     container = Container(ContainerSpec(command="echo secret; sleep 30"))
     container.start(detach=True)

@@ -15,8 +15,6 @@ from labkit.errors import ImageError
 from labkit.images import commit, export_image, get_image, import_image
 from labkit.images.store import Store
 
-pytestmark = pytest.mark.root
-
 
 @pytest.fixture
 def store(labkit_home):
@@ -47,6 +45,7 @@ def store_snapshot(store):
 
 # --- round trips ----------------------------------------------------------------------------
 
+@pytest.mark.root
 @pytest.mark.parametrize("format, destination, compression", [
     ("oci", "layout", "gzip"), ("oci", "layout.tar", "none"), ("docker", "saved.tar", "gzip")])
 def test_round_trip_gives_identical_digests_and_config(layered, tmp_path, format, destination, compression):
@@ -56,6 +55,7 @@ def test_round_trip_gives_identical_digests_and_config(layered, tmp_path, format
     assert again.config == layered.config
 
 
+@pytest.mark.root
 def test_oci_then_docker_then_oci_keeps_digests(layered, tmp_path):
     store = layered.store
     first = import_image(export_image(layered, tmp_path / "a", "oci"), name="a", store=store)
@@ -64,6 +64,7 @@ def test_oci_then_docker_then_oci_keeps_digests(layered, tmp_path):
     assert first.layers == second.layers == third.layers == layered.layers
 
 
+@pytest.mark.root
 def test_oci_layout_has_the_standard_shape_and_blobs_match_their_names(layered, tmp_path):
     layout = export_image(layered, tmp_path / "layout", "oci")
     assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
@@ -75,12 +76,14 @@ def test_oci_layout_has_the_standard_shape_and_blobs_match_their_names(layered, 
     assert config["rootfs"]["diff_ids"] == layered.layers
 
 
+@pytest.mark.root
 def test_exports_are_byte_for_byte_reproducible(layered, tmp_path):
     one = export_image(layered, tmp_path / "one.tar", "docker")
     two = export_image(layered, tmp_path / "two.tar", "docker")
     assert one.read_bytes() == two.read_bytes()
 
 
+@pytest.mark.root
 def test_rootfs_tarball_is_the_merged_view(layered, tmp_path):
     path = export_image(layered, tmp_path / "root.tar.gz", "rootfs")
     with tarfile.open(path) as archive:
@@ -92,6 +95,7 @@ def test_rootfs_tarball_is_the_merged_view(layered, tmp_path):
     assert (flat.layer_dirs[0] / "etc" / "motd").read_text() == "hello\n"
 
 
+@pytest.mark.root
 def test_rootfs_directory_exports_and_imports(layered, tmp_path):
     directory = export_image(layered, tmp_path / "rootdir", "rootfs")
     assert sorted(os.listdir(directory / "etc")) == ["motd"]
@@ -100,6 +104,7 @@ def test_rootfs_directory_exports_and_imports(layered, tmp_path):
     assert flat.layers == tarred.layers
 
 
+@pytest.mark.root
 def test_export_to_an_existing_path_is_refused(layered, tmp_path):
     (tmp_path / "taken").write_text("mine")
     with pytest.raises(ImageError, match="already exists"):
@@ -216,12 +221,14 @@ def test_without_the_checks_the_same_archive_escapes_where_the_test_looks(store,
         assert os.stat(tmp_path / "outside").st_nlink == 2
 
 
+@pytest.mark.root
 def test_device_nodes_are_kept_only_when_allowed(store, tmp_path):
     path = make_tar(tmp_path / "dev.tar", [("dev", "dir", None), ("dev/null", "chr", None)])
     image = import_image(path, name="devices", store=store, allow_devices=True)
     assert stat.S_ISCHR(os.lstat(image.layer_dirs[0] / "dev" / "null").st_mode)
 
 
+@pytest.mark.root
 def test_setuid_bits_are_stripped_unless_kept(store, tmp_path):
     path = make_tar(tmp_path / "suid.tar", [("bin", "dir", None), ("bin/su", "setuid", "#!/bin/sh\n")])
     stripped = import_image(path, name="stripped", store=store)
@@ -267,6 +274,7 @@ def _rewrite_manifest(layout, manifest):
     (layout / "index.json").write_text(json.dumps(index))
 
 
+@pytest.mark.root
 def test_oci_blob_that_does_not_match_its_digest_is_refused(layered, tmp_path):
     store = layered.store
     layout = export_image(layered, tmp_path / "layout", "oci")
@@ -278,6 +286,7 @@ def test_oci_blob_that_does_not_match_its_digest_is_refused(layered, tmp_path):
     assert store_snapshot(store) == before
 
 
+@pytest.mark.root
 def test_oci_unknown_media_type_is_refused(layered, tmp_path):
     store = layered.store
     layout = export_image(layered, tmp_path / "layout", "oci")
@@ -290,6 +299,7 @@ def test_oci_unknown_media_type_is_refused(layered, tmp_path):
     assert store_snapshot(store) == before
 
 
+@pytest.mark.root
 def test_docker_archive_layer_that_does_not_match_its_diff_id_is_refused(layered, tmp_path):
     store = layered.store
     saved = export_image(layered, tmp_path / "saved.tar", "docker")
@@ -353,6 +363,7 @@ def swap_top_layer_docker(unpacked, tar_path):
     (unpacked / "manifest.json").write_text(json.dumps(manifest))
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("case", ["dotdot-3", "through-symlink", "hardlink-absolute", "symlink-escape"])
 def test_oci_layer_with_hostile_entries_is_refused_and_leaves_nothing(layered, tmp_path, case):
     store = layered.store
@@ -366,6 +377,7 @@ def test_oci_layer_with_hostile_entries_is_refused_and_leaves_nothing(layered, t
     assert_nothing_escaped(store, tmp_path)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("case", ["dotdot-3", "through-symlink", "hardlink-absolute", "symlink-escape"])
 def test_docker_save_layer_with_hostile_entries_is_refused_and_leaves_nothing(layered, tmp_path, case):
     store = layered.store
@@ -380,6 +392,7 @@ def test_docker_save_layer_with_hostile_entries_is_refused_and_leaves_nothing(la
     assert_nothing_escaped(store, tmp_path)
 
 
+@pytest.mark.root
 def test_a_swapped_layer_with_fixed_digests_is_otherwise_accepted(layered, tmp_path):
     """The hostile-layer tests above fail only because of the entries: the same surgery
     with a harmless layer imports."""
@@ -394,6 +407,7 @@ def test_a_swapped_layer_with_fixed_digests_is_otherwise_accepted(layered, tmp_p
     assert (image.layer_dirs[-1] / "fine").read_text() == "ok2"
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("field, value", [("Layers", "../outside.tar"), ("Layers", "{abs}"),
                                           ("Config", "../config.json"), ("Config", "/etc/hostname")])
 def test_docker_manifest_naming_files_outside_the_archive_is_refused(layered, tmp_path, field, value):
@@ -417,6 +431,7 @@ def test_docker_manifest_naming_files_outside_the_archive_is_refused(layered, tm
     assert store_snapshot(store) == before
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("digest", ["sha256:../../../outside", "sha256:/etc/hostname",
                                     "sha512:" + "0" * 128, "sha256:" + "A" * 64])
 def test_oci_manifest_with_a_malformed_layer_digest_is_refused(layered, tmp_path, digest):
@@ -431,6 +446,7 @@ def test_oci_manifest_with_a_malformed_layer_digest_is_refused(layered, tmp_path
     assert store_snapshot(store) == before
 
 
+@pytest.mark.root
 def test_docker_save_tar_with_a_traversing_member_name_reads_only_what_it_names(layered, tmp_path):
     """Inside a `docker save` tar, a member called ../x is never written anywhere: the
     archive is read in place, and a manifest naming '../x' is refused."""

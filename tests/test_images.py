@@ -25,8 +25,6 @@ from labkit.images.whiteouts import is_opaque, is_whiteout
 from labkit.runtime.build_step import run_build_step
 from labkit.runtime.state import layers_in_use
 
-pytestmark = pytest.mark.root
-
 
 def build(*arguments, **options):
     """A build as the front ends run one: RUN steps by the runtime's runner."""
@@ -129,6 +127,7 @@ def test_canonical_tar_lists_entries_by_name_parents_first_with_no_times_or_owne
     assert {(m.mtime, m.uname, m.gname) for m in members} == {(0, "", "")}
 
 
+@pytest.mark.root
 def test_whiteouts_and_opaque_dirs_are_written_in_oci_form(tmp_path):
     layer = tmp_path / "layer"
     (layer / "etc").mkdir(parents=True)
@@ -202,6 +201,7 @@ def test_scratch_dirs_of_dead_processes_are_swept(store):
 
 # --- overlay ----------------------------------------------------------------------------------
 
+@pytest.mark.root
 def test_image_with_128_layers_mounts_and_reads_its_bottom_layer(store, tmp_path):
     layers = []
     for index in range(128):
@@ -226,6 +226,7 @@ def test_image_with_128_layers_mounts_and_reads_its_bottom_layer(store, tmp_path
 
 # --- commit and diff ----------------------------------------------------------------------------
 
+@pytest.mark.root
 def test_file_deleted_in_a_container_is_gone_from_the_committed_image_only(store, tmp_path):
     base = get_image("busybox", store)
     change_through_overlay(base, tmp_path / "c", "rm bin/ls && echo hi > hello")
@@ -236,6 +237,7 @@ def test_file_deleted_in_a_container_is_gone_from_the_committed_image_only(store
     assert diff(new.layers[-1], base).lines() == ["C /bin", "D /bin/ls", "A /hello"]
 
 
+@pytest.mark.root
 def test_directory_replaced_in_a_container_is_opaque_in_the_committed_layer(store, tmp_path):
     base = get_image("busybox", store)
     change_through_overlay(base, tmp_path / "c", "rm -r etc && mkdir etc && echo new > etc/motd")
@@ -246,6 +248,7 @@ def test_directory_replaced_in_a_container_is_opaque_in_the_committed_layer(stor
     assert "passwd" in listing_through_overlay(base, tmp_path / "old", "etc")
 
 
+@pytest.mark.root
 def test_init_layer_files_are_never_committed(store, tmp_path):
     base = get_image("busybox", store)
     change_through_overlay(base, tmp_path / "c",
@@ -257,6 +260,7 @@ def test_init_layer_files_are_never_committed(store, tmp_path):
     assert tar_names(other.layer_dirs[-1]) == ["etc", "etc/motd"]
 
 
+@pytest.mark.root
 def test_commit_keeps_the_whiteout_as_a_character_device_on_disk(store, tmp_path):
     base = get_image("busybox", store)
     change_through_overlay(base, tmp_path / "c", "rm bin/ls")
@@ -288,6 +292,7 @@ def _tricky_upper(upper):
     os.chmod(upper / "a" / "deep" / "f", 0o640)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("consume", [False, True], ids=["copy", "move"])
 def test_commit_digest_is_the_digest_of_the_layer_it_stored(store, tmp_path, consume):
     upper = tmp_path / "upper"
@@ -319,6 +324,7 @@ def _upper_with_sockets(upper):
             listener.bind(str(upper / relative))
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("consume", [False, True], ids=["copy", "move"])
 def test_commit_digest_is_the_reference_digest_of_what_it_kept(store, tmp_path, consume):
     """The digest of a commit (copied or moved) is sha256 of the tar that Python's tarfile
@@ -335,6 +341,7 @@ def test_commit_digest_is_the_reference_digest_of_what_it_kept(store, tmp_path, 
     assert new.history[-1]["size"] == tree_size(stored) > 3 << 20  # as history shows it, hard links and all
 
 
+@pytest.mark.root
 def test_commit_that_fails_while_copying_leaves_no_layer_scratch_dir_thread_or_open_file(store, tmp_path):
     """A write the kernel refuses half-way through a file (EFBIG past RLIMIT_FSIZE)."""
     upper = tmp_path / "upper"
@@ -390,6 +397,7 @@ def context(tmp_path):
     return directory
 
 
+@pytest.mark.root
 @needs_runtime
 def test_three_step_build_makes_one_layer_per_step_and_rebuilds_from_cache(store, context):
     steps = []
@@ -406,6 +414,7 @@ def test_three_step_build_makes_one_layer_per_step_and_rebuilds_from_cache(store
     assert {n for _, n, _ in steps} == {7}
 
 
+@pytest.mark.root
 @needs_runtime
 def test_build_digests_are_the_same_in_a_fresh_store(store, context, tmp_path, monkeypatch):
     first = build(RECIPE, "demo", context, store=store).layers
@@ -413,6 +422,7 @@ def test_build_digests_are_the_same_in_a_fresh_store(store, context, tmp_path, m
     assert build(RECIPE, "demo", context, store=Store()).layers == first
 
 
+@pytest.mark.root
 @needs_runtime
 def test_changing_a_copied_file_rebuilds_from_that_step(store, context):
     first = build(RECIPE, "demo", context, store=store)
@@ -422,6 +432,7 @@ def test_changing_a_copied_file_rebuilds_from_that_step(store, context):
     assert second.layers[2] != first.layers[2]
 
 
+@pytest.mark.root
 @needs_runtime
 def test_built_image_runs_with_its_changes(store, context):
     Container, ContainerSpec = _runtime()
@@ -431,6 +442,7 @@ def test_built_image_runs_with_its_changes(store, context):
     assert result.exit_code == 1
 
 
+@pytest.mark.root
 @needs_runtime
 def test_container_commit_excludes_init_files_and_keeps_deletions(store):
     Container, ContainerSpec = _runtime()
@@ -448,6 +460,7 @@ def test_container_commit_excludes_init_files_and_keeps_deletions(store):
     assert (check.stdout, check.exit_code) == ("kept\n", 1)
 
 
+@pytest.mark.root
 @needs_runtime
 def test_failed_run_step_names_its_line_and_leaves_the_store_as_it_was(store, context):
     get_image("busybox", store)
@@ -474,6 +487,7 @@ def test_build_from_an_unknown_image_is_a_clear_error(store, context):
         build("FROM nothing-here\n", "x", context, store=store)
 
 
+@pytest.mark.root
 def test_copy_only_build_caches_on_file_content(store, context):
     recipe = "FROM busybox\nCOPY app.txt /app/app.txt\n"
     first = build(recipe, "c", context, store=store)

@@ -261,30 +261,6 @@ def test_detached_run_stores_container_with_rich_repr(kernel):
     kernel.ok("%container rm shown")
 
 
-def test_the_html_repr_is_the_display_formatters_while_the_extension_is_loaded(labkit_home):
-    """The notebook's HTML for a Container comes from IPython's text/html formatter, which
-    the extension registers (the kernel loads it at start-up), not from a method patched
-    onto the class: without the extension a Container has no HTML."""
-    from IPython.core.interactiveshell import InteractiveShell
-
-    import labkit
-    from labkit.display import container_html
-    from labkit.runtime import Container
-
-    shell = InteractiveShell.instance()
-    container = Container(command=["true"], name="shown")
-    assert "text/html" not in shell.display_formatter.format(container)[0]
-    labkit.load_ipython_extension(shell)
-    try:
-        shown = shell.display_formatter.format(container)[0]
-    finally:
-        labkit.unload_ipython_extension(shell)
-    assert shown["text/html"] == container_html(container)
-    assert "container shown" in shown["text/html"]
-    assert "text/html" not in shell.display_formatter.format(container)[0]
-    assert not hasattr(Container, "_repr_html_")
-
-
 def test_verbs_need_a_known_container(kernel):
     reply = kernel.run("%container logs nobody")
     assert (reply.ename, "no running container named 'nobody'" in reply.evalue) == ("ContainerError", True)

@@ -11,7 +11,6 @@ import pytest
 from labkit.linux.namespaces import NAMESPACES, available_namespaces, namespace_inode
 from labkit.runtime import Container, ContainerSpec, run
 
-pytestmark = pytest.mark.root
 ALL_KINDS = tuple(ns.name for ns in NAMESPACES)
 
 
@@ -25,6 +24,7 @@ def inodes_inside(namespaces) -> dict:
     return inodes
 
 
+@pytest.mark.root
 def test_namespace_table_has_all_eight_kinds_and_this_host_can_make_them():
     assert ALL_KINDS == ("mnt", "uts", "ipc", "pid", "net", "user", "cgroup", "time")
     assert {ns.flag_name for ns in NAMESPACES} >= {"CLONE_NEWNS", "CLONE_NEWTIME", "CLONE_NEWUSER"}
@@ -41,6 +41,7 @@ def test_namespace_table_gives_introduced_and_complete_releases_as_namespaces_7_
                         "cgroup": ("4.6", "4.6"), "time": ("5.6", "5.6")}
 
 
+@pytest.mark.root
 def test_every_kind_is_isolated_when_asked(labkit_home):
     inside = inodes_inside(ALL_KINDS)
     host = {kind: namespace_inode(kind) for kind in ALL_KINDS}
@@ -48,6 +49,7 @@ def test_every_kind_is_isolated_when_asked(labkit_home):
     assert same == [], f"these namespaces were shared with the host: {same}"
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("kind", [k for k in ALL_KINDS if k != "mnt"])
 def test_a_kind_left_out_of_the_spec_is_shared_with_the_host(labkit_home, kind):
     namespaces = tuple(k for k in ALL_KINDS if k != kind)
@@ -55,6 +57,7 @@ def test_a_kind_left_out_of_the_spec_is_shared_with_the_host(labkit_home, kind):
     assert inside[kind] == namespace_inode(kind)
 
 
+@pytest.mark.root
 def test_hostname_change_inside_is_invisible_outside(labkit_home):
     before = socket.gethostname()
     result = run("hostname changed-inside && hostname", hostname="box", cap_add=["SYS_ADMIN"]).check()
@@ -62,11 +65,13 @@ def test_hostname_change_inside_is_invisible_outside(labkit_home):
     assert socket.gethostname() == before
 
 
+@pytest.mark.root
 def test_hostname_needs_sys_admin_which_containers_lack_by_default(labkit_home):
     result = run("hostname nope", hostname="box")
     assert result.exit_code != 0
 
 
+@pytest.mark.root
 def test_the_command_is_pid_1_and_sees_only_its_own_processes(labkit_home):
     result = run("echo $$; sleep 0.2 & ls /proc | grep -c '^[0-9]'").check()
     pid_line, count = result.stdout.split()
@@ -76,6 +81,7 @@ def test_the_command_is_pid_1_and_sees_only_its_own_processes(labkit_home):
     assert len([p for p in os.listdir("/proc") if p.isdigit()]) > int(count)
 
 
+@pytest.mark.root
 def test_with_init_pid_1_is_a_reaper_and_the_command_is_pid_2(labkit_home):
     result = run("echo $$; cat /proc/1/comm", init=True).check()
     assert result.stdout.split() == ["2", "labkit-init"]
@@ -88,6 +94,7 @@ def _msgget(key):
     return libc, ident
 
 
+@pytest.mark.root
 def test_a_sysv_ipc_object_is_not_shared_across_ipc_namespaces(labkit_home):
     key = 0x1ab0_0000 + os.getpid() % 0xFFFF
     libc, ident = _msgget(key)
@@ -101,6 +108,7 @@ def test_a_sysv_ipc_object_is_not_shared_across_ipc_namespaces(labkit_home):
     assert key in keys(shared)
 
 
+@pytest.mark.root
 def test_a_posix_message_queue_made_inside_is_invisible_outside(labkit_home):
     name = f"labkit-q{os.getpid()}"
     made = run(f"touch /dev/mqueue/{name} && ls /dev/mqueue").check()
@@ -109,6 +117,7 @@ def test_a_posix_message_queue_made_inside_is_invisible_outside(labkit_home):
     assert name not in seen_from_host_ipc.stdout.split()
 
 
+@pytest.mark.root
 def test_a_mount_made_inside_is_invisible_outside(labkit_home):
     container = Container(ContainerSpec(command="mkdir -p /m && mount -t tmpfs labkit-test-tmpfs /m && echo mounted && sleep 30",
                                         cap_add=["SYS_ADMIN"]))
@@ -127,6 +136,7 @@ def test_a_mount_made_inside_is_invisible_outside(labkit_home):
         container.remove()
 
 
+@pytest.mark.root
 def test_only_loopback_in_a_new_network_namespace(labkit_home):
     result = run("ls /sys/class/net; cat /sys/class/net/lo/operstate").check()
     names = result.stdout.split()
@@ -134,12 +144,14 @@ def test_only_loopback_in_a_new_network_namespace(labkit_home):
     assert names[-1] in ("unknown", "up")
 
 
+@pytest.mark.root
 def test_proc_self_cgroup_is_root_inside_the_cgroup_namespace(labkit_home):
     result = run("cat /proc/self/cgroup").check()
     paths = {line.split(":", 2)[2] for line in result.stdout.splitlines()}
     assert paths == {"/"}
 
 
+@pytest.mark.root
 def test_uid_0_inside_a_user_namespace_is_not_root_outside(labkit_home):
     container = Container(ContainerSpec(command="id -u; sleep 30", namespaces=ALL_KINDS[:-1], user_map=(200000, 65536)))
     out = []
@@ -156,6 +168,7 @@ def test_uid_0_inside_a_user_namespace_is_not_root_outside(labkit_home):
         container.remove()
 
 
+@pytest.mark.root
 def test_exec_into_a_user_namespace_container_is_its_root_not_the_hosts(labkit_home):
     container = Container(ContainerSpec(command="sleep 30", namespaces=ALL_KINDS[:-1], user_map=(200000, 65536)))
     container.start(detach=True)
@@ -176,6 +189,7 @@ def host_uptime() -> float:
         return float(uptime.read().split()[0])
 
 
+@pytest.mark.root
 def test_a_time_namespace_offset_shows_in_clock_boottime_through_proc_uptime(labkit_home):
     """/proc/uptime is CLOCK_BOOTTIME. Bracketed by two host readings, so a slow start
     on a busy host cannot make it fail, and a missing offset (3 days) always does."""
@@ -187,6 +201,7 @@ def test_a_time_namespace_offset_shows_in_clock_boottime_through_proc_uptime(lab
     assert before + offset <= inside <= after + offset
 
 
+@pytest.mark.root
 def test_a_time_namespace_holds_the_offsets_of_clock_monotonic_and_clock_boottime(labkit_home):
     """CLOCK_MONOTONIC has no file of its own to read from a shell; the kernel's own
     record of the namespace's offsets, /proc/self/timens_offsets, shows both clocks."""
@@ -199,6 +214,7 @@ def test_a_time_namespace_holds_the_offsets_of_clock_monotonic_and_clock_boottim
     assert {line.split()[0]: line.split()[1] for line in plain.stdout.splitlines()} == {"monotonic": "0", "boottime": "0"}
 
 
+@pytest.mark.root
 def test_user_and_time_namespaces_together_offset_clock_boottime(labkit_home):
     offset = 86400 * 2
     before = host_uptime()

@@ -23,8 +23,6 @@ from labkit.errors import ConfigError
 from labkit.net import bridge, ipam
 from labkit.runtime import Container, ContainerSpec, run
 
-pytestmark = pytest.mark.root
-
 SERVE = "mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p {port} -h /www"
 
 
@@ -93,6 +91,7 @@ def detached(**fields) -> Container:
     return Container(ContainerSpec(**fields)).start(detach=True)
 
 
+@pytest.mark.root
 def test_two_bridge_containers_ping_each_other_by_name(clean):
     first = detached(name="alpha", command="sleep 30", network="bridge")
     try:
@@ -110,6 +109,7 @@ def test_two_bridge_containers_ping_each_other_by_name(clean):
         first.remove()
 
 
+@pytest.mark.root
 def test_bridge_container_has_eth0_with_its_address_and_a_route_via_the_bridge(clean):
     container = detached(command="sleep 30", network="bridge")
     try:
@@ -123,6 +123,7 @@ def test_bridge_container_has_eth0_with_its_address_and_a_route_via_the_bridge(c
         container.remove()
 
 
+@pytest.mark.root
 def test_published_port_is_reached_from_the_host_loopback(clean):
     port = free_port()
     container = detached(command=SERVE.format(text="hello-from-inside", port=8080), network="bridge",
@@ -135,6 +136,7 @@ def test_published_port_is_reached_from_the_host_loopback(clean):
         socket.create_connection(("127.0.0.1", port), timeout=2)
 
 
+@pytest.mark.root
 def test_two_containers_bind_the_same_port_without_conflict(clean):
     ports = [free_port(), free_port()]
     containers = [detached(command=SERVE.format(text=f"server-{index}", port=8080), network="bridge",
@@ -146,6 +148,7 @@ def test_two_containers_bind_the_same_port_without_conflict(clean):
             container.remove()
 
 
+@pytest.mark.root
 def test_a_host_port_in_use_is_an_error_before_the_container_starts(clean):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -157,12 +160,14 @@ def test_a_host_port_in_use_is_an_error_before_the_container_starts(clean):
     assert not (clean / "containers").exists() or os.listdir(clean / "containers") == []
 
 
+@pytest.mark.root
 def test_none_network_has_only_loopback_and_no_route_out(clean):
     # `ip route get` asks the routing table only: no packet is sent.
     result = run("ls /sys/class/net; ip route; ip route get 10.213.0.1 2>&1 || true").check()
     assert result.stdout == "lo\nip: RTNETLINK answers: Network is unreachable\n"
 
 
+@pytest.mark.root
 def test_joined_container_shares_the_interface_list(clean):
     owner = detached(name="pod", command="sleep 30", network="bridge")
     try:
@@ -180,6 +185,7 @@ def test_joined_container_shares_the_interface_list(clean):
         owner.remove()
 
 
+@pytest.mark.root
 def test_joining_a_container_that_is_not_running_is_an_error(clean):
     with pytest.raises(ConfigError, match="no running container by that name"):
         run("true", network="container:nobody-here")
@@ -192,6 +198,7 @@ def test_joining_a_container_that_is_not_running_is_an_error(clean):
         stopped.remove()
 
 
+@pytest.mark.root
 def test_a_subnet_that_overlaps_a_host_route_is_refused(clean, monkeypatch):
     routes = [network for network, _ in bridge.host_routes() if network.prefixlen and network.is_private
               and not network.is_loopback]
@@ -203,6 +210,7 @@ def test_a_subnet_that_overlaps_a_host_route_is_refused(clean, monkeypatch):
         run("true", network="bridge")
 
 
+@pytest.mark.root
 def test_an_exhausted_address_range_is_an_error(clean, monkeypatch):
     # A /30 has room for the gateway and one container.
     subnet = ipam.choose_subnet([network for network, _ in bridge.host_routes()])
@@ -237,12 +245,14 @@ except HostError as error:
     assert "needs CAP_NET_ADMIN" in output
 
 
+@pytest.mark.root
 def test_a_hundred_bridge_containers_leave_no_veth_address_lease_or_bridge(clean):
     for _ in range(100):
         run("true", network="bridge").check()
     # (clean asserts the host's link table, addresses and the lease file)
 
 
+@pytest.mark.root
 def test_the_sweep_removes_what_a_killed_owner_left(clean):
     owner_script = """
 import time
@@ -266,6 +276,7 @@ time.sleep(100)
     assert any(item.startswith("bridge ") for item in removed)
 
 
+@pytest.mark.root
 def test_network_ls_and_inspect_on_the_command_line(clean):
     container = detached(name="listed", command="sleep 30", network="bridge")
     try:
@@ -282,6 +293,7 @@ def test_network_ls_and_inspect_on_the_command_line(clean):
         container.remove()
 
 
+@pytest.mark.root
 def test_bridge_works_where_an_event_loop_already_runs_as_in_a_jupyter_kernel(clean):
     import asyncio
 
@@ -291,6 +303,7 @@ def test_bridge_works_where_an_event_loop_already_runs_as_in_a_jupyter_kernel(cl
     assert " eth0 " in asyncio.run(cell())
 
 
+@pytest.mark.root
 def test_owners_starting_containers_at_the_same_time_get_distinct_addresses(clean):
     owner_script = """
 import sys

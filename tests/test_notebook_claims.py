@@ -12,8 +12,6 @@ import pytest
 from labkit.experiments import get
 from labkit.experiments.base import ExperimentResult, running
 
-pytestmark = pytest.mark.root
-
 
 def _open_and_look(container, path, flags):
     """Open /path in the container's root from the host; is it in the read-write layer
@@ -26,6 +24,7 @@ def _open_and_look(container, path, flags):
         os.close(descriptor)
 
 
+@pytest.mark.root
 def test_opening_an_image_file_for_writing_copies_it_up_before_any_write(labkit_home):
     with running(command=["sleep", "60"]) as container:
         size_in_image = os.stat(f"/proc/{container.pid}/root/etc/passwd").st_size
@@ -63,6 +62,7 @@ def _catches(pid, number) -> bool:
     return bool(mask & (1 << (number - 1)))
 
 
+@pytest.mark.root
 def test_pid_1_drops_sigterm_from_the_host_without_a_handler_but_sigkill_always_arrives(labkit_home):
     import signal
 
@@ -74,6 +74,7 @@ def test_pid_1_drops_sigterm_from_the_host_without_a_handler_but_sigkill_always_
         assert container.wait(timeout=30).signal == signal.SIGKILL
 
 
+@pytest.mark.root
 def test_pid_1_with_a_handler_gets_sigterm_from_the_host(labkit_home):
     import signal
     import time

@@ -8,9 +8,8 @@ import pytest
 from labkit.errors import ConfigError, ContainerError, HostError, ImageNotFound
 from labkit.runtime import Container, ContainerSpec, run
 
-pytestmark = pytest.mark.root
 
-
+@pytest.mark.root
 def test_output_streams_in_order_as_it_arrives(no_leftovers, tmp_path):
     # Causal, not timed: the container waits for a file that the callback creates only
     # when the line before has reached us. Output held back until exit would leave the
@@ -30,6 +29,7 @@ def test_output_streams_in_order_as_it_arrives(no_leftovers, tmp_path):
     assert result.stdout == "one\nthree\n" and result.stderr == "two\n"
 
 
+@pytest.mark.root
 def test_exit_code_and_cause(no_leftovers):
     result = run("exit 3")
     assert (result.exit_code, result.cause, result.ok) == (3, "exited 3", False)
@@ -38,12 +38,14 @@ def test_exit_code_and_cause(no_leftovers):
     assert raised.value.exit_code == 3
 
 
+@pytest.mark.root
 def test_pid_1_ignores_sigkill_sent_from_inside_its_own_namespace(no_leftovers):
     # The kernel protects a PID namespace's init from its own namespace's signals.
     result = run("kill -9 $$; echo still here").check()
     assert result.stdout == "still here\n"
 
 
+@pytest.mark.root
 def test_killed_by_a_signal_from_outside_is_reported_as_such(no_leftovers):
     container = Container(ContainerSpec(command="sleep 60"))
     container.start(detach=True)
@@ -55,6 +57,7 @@ def test_killed_by_a_signal_from_outside_is_reported_as_such(no_leftovers):
         container.remove()
 
 
+@pytest.mark.root
 def test_memory_limit_oom_kills_and_result_says_so(no_leftovers):
     result = run("dd if=/dev/zero of=/dev/null bs=96M count=1", memory="32m")
     assert result.oom_killed
@@ -62,12 +65,14 @@ def test_memory_limit_oom_kills_and_result_says_so(no_leftovers):
     assert result.memory_peak <= 32 << 20
 
 
+@pytest.mark.root
 def test_memory_under_the_limit_is_fine_and_peak_is_recorded(no_leftovers):
     result = run("dd if=/dev/zero of=/dev/null bs=8M count=1", memory="64m").check()
     assert not result.oom_killed
     assert 8 << 20 <= result.memory_peak <= 64 << 20
 
 
+@pytest.mark.root
 def test_a_fork_bomb_stops_at_the_pids_limit_and_the_container_still_exits(no_leftovers):
     result = run("bomb() { bomb | bomb & }; bomb; sleep 2; ps | wc -l", pids=16, timeout=20)
     assert result.stats["pids_limit_hits"] > 0
@@ -82,6 +87,7 @@ def cpu_stat(cgroup) -> dict:
     return read_keyed(cgroup._file("cpu", "cpu.stat") if hasattr(cgroup, "dirs") else cgroup._file("cpu.stat"))
 
 
+@pytest.mark.root
 def test_a_busy_loop_under_a_quarter_cpu_uses_a_quarter_of_a_core(no_leftovers):
     """Judged by the kernel's own counters, which a busy host cannot skew: in every
     throttled period the loop used its whole quota (25 ms of 100 ms), and over all
@@ -109,12 +115,14 @@ def test_a_busy_loop_under_a_quarter_cpu_uses_a_quarter_of_a_core(no_leftovers):
     assert used <= (after["nr_periods"] + 1) * quota * 1.1, f"used {used:.3f} s in {after['nr_periods']} periods"
 
 
+@pytest.mark.root
 def test_timeout_kills_the_container_and_says_so(no_leftovers):
     result = run("sleep 30", timeout=0.5)
     assert result.timed_out and result.cause == "timed out"
     assert result.exit_code is None and result.signal is not None  # killed: sleep never finished
 
 
+@pytest.mark.root
 def test_env_workdir_user_and_volumes(tmp_path, no_leftovers):
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -127,23 +135,27 @@ def test_env_workdir_user_and_volumes(tmp_path, no_leftovers):
     assert as_nobody.stdout.split() == ["65534", "65534"]
 
 
+@pytest.mark.root
 def test_a_read_only_volume_cannot_be_written(tmp_path, no_leftovers):
     result = run("echo x > /data/file", volumes=[f"{tmp_path}:/data:ro"])
     assert result.exit_code != 0
     assert "Read-only file system" in result.stderr
 
 
+@pytest.mark.root
 def test_writes_go_to_the_container_layer_not_the_image(labkit_home):
     first = run("echo changed > /etc/motd; cat /etc/motd").check()
     second = run("cat /etc/motd 2>&1 || true").check()
     assert first.stdout == "changed\n" and "changed" not in second.stdout
 
 
+@pytest.mark.root
 def test_init_layer_files_are_generated_per_container(no_leftovers):
     result = run("cat /etc/hostname; grep box1 /etc/hosts", hostname="box1").check()
     assert result.stdout.splitlines()[0] == "box1"
 
 
+@pytest.mark.root
 def test_a_detached_container_lives_until_stopped_and_exec_joins_it(no_leftovers):
     container = Container(ContainerSpec(command="echo started; sleep 60; echo done", name="longlived"))
     container.start(detach=True)
@@ -162,6 +174,7 @@ def test_a_detached_container_lives_until_stopped_and_exec_joins_it(no_leftovers
         container.remove()
 
 
+@pytest.mark.root
 def test_exec_into_a_stopped_container_is_refused(no_leftovers):
     container = Container(ContainerSpec(command="true"))
     container.run()
@@ -169,6 +182,7 @@ def test_exec_into_a_stopped_container_is_refused(no_leftovers):
         container.exec("true")
 
 
+@pytest.mark.root
 def test_two_containers_cannot_share_a_name(no_leftovers):
     first = Container(ContainerSpec(command="sleep 30", name="twin"))
     first.start(detach=True)
@@ -184,6 +198,7 @@ def test_unknown_image_is_a_clear_error(labkit_home):
         Container(ContainerSpec(image="nosuch", command="true"))
 
 
+@pytest.mark.root
 def test_a_missing_command_exits_127_and_says_which(no_leftovers):
     result = run(["no-such-command", "x"])
     assert result.exit_code == 127
@@ -258,6 +273,7 @@ def read_through_cgroup(script, loop_device, **limits):
     return counted, max(float(took.group(2)) - float(took.group(1)), 0.01)
 
 
+@pytest.mark.root
 def test_device_read_rate_limits_direct_reads(no_leftovers, loop_device):
     """The kernel counted every byte in the limited cgroup, and the rate it allowed is at
     most the limit: a one-sided bound that a busy host only makes easier to meet. The
@@ -334,6 +350,7 @@ def test_helper_messages_are_checked_against_one_declaration():
 
 # --- --read-only and --tmpfs -------------------------------------------------------------------
 
+@pytest.mark.root
 def test_a_read_only_root_refuses_writes_with_erofs_and_a_tmpfs_takes_them(no_leftovers):
     container = Container(command="echo x > /file; echo status $?; echo y > /scratch/file && cat /scratch/file; "
                                   "echo z > /dev/shm/file && echo shm ok; grep -E ' / | /scratch ' /proc/mounts",
@@ -353,11 +370,13 @@ def test_a_read_only_root_refuses_writes_with_erofs_and_a_tmpfs_takes_them(no_le
         container.remove()
 
 
+@pytest.mark.root
 def test_without_read_only_the_same_write_succeeds(no_leftovers):
     result = run("echo x > /file && cat /file").check()
     assert result.stdout == "x\n"
 
 
+@pytest.mark.root
 def test_read_only_root_in_a_user_namespace(no_leftovers):
     from labkit.runtime import DEFAULT_NAMESPACES
 
@@ -388,6 +407,7 @@ def test_read_only_and_tmpfs_flags_reach_the_spec():
 
 # --- what images ask of the runtime (images never read the runtime's files) -----------------
 
+@pytest.mark.root
 def test_layers_in_use_names_a_live_containers_layers_until_it_is_removed(no_leftovers):
     from labkit.runtime.state import layers_in_use
 
@@ -400,6 +420,7 @@ def test_layers_in_use_names_a_live_containers_layers_until_it_is_removed(no_lef
     assert not set(container.image.layers) & layers_in_use()
 
 
+@pytest.mark.root
 def test_commit_and_diff_of_a_container_go_through_the_runtimes_record(no_leftovers):
     from labkit.images.containers import changes, commit_container
     from labkit.runtime.state import find_container
@@ -426,6 +447,7 @@ def test_a_recipe_with_run_needs_the_runtimes_runner(tmp_path, labkit_home):
         build("FROM busybox\nRUN true\n", "x", tmp_path)
 
 
+@pytest.mark.root
 def test_network_inspect_lists_this_sessions_published_ports_from_the_network_itself(no_leftovers):
     import socket
 
@@ -522,6 +544,7 @@ def test_the_lifecycle_allows_exactly_its_table_and_names_an_illegal_step():
                for s in states if s != "removed")
 
 
+@pytest.mark.root
 def test_a_detached_container_that_ends_by_itself_is_seen_as_exited(no_leftovers):
     from labkit.display import status
 
@@ -540,6 +563,7 @@ def test_a_detached_container_that_ends_by_itself_is_seen_as_exited(no_leftovers
     assert container.state == "removed"
 
 
+@pytest.mark.root
 def test_a_container_that_has_exited_and_is_being_removed_holds_no_layer(no_leftovers):
     """`%%container --image X` then `%image rm X`: the helper removes the first container's
     directory after it has reported the exit, so the layers must stop counting as in use
