@@ -2,7 +2,9 @@
 
     hierarchy = host_hierarchy()            # v1 or v2, probed
     cgroup = hierarchy.create("demo", Limits(memory=64 << 20, cpus=0.5, pids=32))
-    cgroup.add_process(pid); cgroup.stats(); cgroup.delete()
+    cgroup.add_process(pid); cgroup.stats()
+    cgroup.device_control()                 # v1: its devices.list; v2: its BPF device programs
+    cgroup.delete()
 """
 
 import functools
