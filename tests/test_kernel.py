@@ -99,6 +99,7 @@ def assert_nothing_left(home, containers, timeout=15):
     assert [p for pids in containers.values() for p in pids if process_alive(p)] == [], "processes left"
 
 
+@pytest.mark.root
 def test_stop_button_ends_the_container_and_leaves_nothing(fresh_kernel):
     msg_id = fresh_kernel.send("%%container\nsleep 30")
     containers = running_container(fresh_kernel)
@@ -110,6 +111,7 @@ def test_stop_button_ends_the_container_and_leaves_nothing(fresh_kernel):
     assert fresh_kernel.ok("%%container\necho still usable").stdout == "still usable\n"
 
 
+@pytest.mark.root
 def test_stop_button_during_exec_leaves_the_container_running(fresh_kernel):
     fresh_kernel.ok("%container run -d --name web -- sleep 1000")
     before = running_container(fresh_kernel)
@@ -122,6 +124,7 @@ def test_stop_button_during_exec_leaves_the_container_running(fresh_kernel):
     assert "running" in fresh_kernel.ok("%container ps").stdout
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("how", ("shutdown", "restart", "kill"))
 def test_ending_the_kernel_removes_its_detached_containers(fresh_kernel, how):
     fresh_kernel.ok("%container run -d --name web -- sleep 1000")

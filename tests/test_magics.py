@@ -11,8 +11,6 @@ from kernel_fixtures import (  # noqa: F401 — fixtures are used by name
     cgroup_pids, container_ids, kernel, labkit_kernelspec, wait_until,
 )
 
-pytestmark = pytest.mark.root
-
 CGROUP_FILE = {  # v2 file, v1 file: whichever the host has
     "memory": ("memory.max", "memory/memory.limit_in_bytes"),
     "cpu": ("cpu.max", "cpu/cpu.cfs_quota_us"),
@@ -28,15 +26,18 @@ def read_cgroup(kind):
 # --- the cell runs in a container, its output streams into the cell ----------------------
 
 
+@pytest.mark.root
 def test_cell_runs_in_its_own_pid_namespace(kernel):
     assert kernel.ok("%%container\necho $$").stdout == "1\n"
 
 
+@pytest.mark.root
 def test_output_arrives_as_it_is_written_and_in_order(kernel):
     reply = kernel.ok("%%container\necho a; sleep 0.3; echo b >&2; sleep 0.3; echo c")
     assert reply.streams == [("stdout", "a\n"), ("stderr", "b\n"), ("stdout", "c\n")]
 
 
+@pytest.mark.root
 def test_output_of_two_writes_apart_in_time_is_two_messages(kernel):
     reply = kernel.ok("%%container\necho a; sleep 0.3; echo b")
     assert reply.streams == [("stdout", "a\n"), ("stdout", "b\n")]
@@ -45,6 +46,7 @@ def test_output_of_two_writes_apart_in_time_is_two_messages(kernel):
 # --- every option has an effect -------------------------------------------------------
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("options, script, expected", [
     ("--name probe-name", "hostname", "probe-name"),
     ("--hostname lab", "hostname", "lab"),
@@ -72,21 +74,25 @@ def test_option_has_its_effect_inside(kernel, options, script, expected):
         assert output == expected
 
 
+@pytest.mark.root
 def test_cpus_sets_the_cpu_quota(kernel):
     output = kernel.ok(f"%%container --cpus 0.5\n{read_cgroup('cpu')}").stdout.split()
     assert output[0] == str(output[1:] and int(output[1]) // 2 or 50000)
 
 
+@pytest.mark.root
 def test_host_network_shows_the_hosts_interfaces(kernel):
     inside = set(kernel.ok("%%container --net host\nls /sys/class/net").stdout.split())
     # Other tests add and remove veths meanwhile: compare what both see, beyond lo.
     assert inside & set(os.listdir("/sys/class/net")) - {"lo"}
 
 
+@pytest.mark.root
 def test_bridge_network_gives_an_eth0(kernel):
     assert kernel.ok("%%container --net bridge\nls /sys/class/net").stdout.split() == ["eth0", "lo"]
 
 
+@pytest.mark.root
 def test_published_port_reaches_a_server_inside(kernel):
     import socket
     with socket.socket() as probe:
@@ -102,6 +108,7 @@ def test_published_port_reaches_a_server_inside(kernel):
     assert answer == "served\n"
 
 
+@pytest.mark.root
 def test_volume_is_visible_and_ro_is_read_only(kernel, tmp_path):
     (tmp_path / "note").write_text("from the host\n")
     reply = kernel.ok(f"%%container -v {tmp_path}:/data:ro --no-raise --out r\ncat /data/note; touch /data/x")
@@ -112,18 +119,21 @@ def test_volume_is_visible_and_ro_is_read_only(kernel, tmp_path):
     assert (tmp_path / "y").read_text() == "written\n"
 
 
+@pytest.mark.root
 def test_time_namespace_moves_the_containers_clock(kernel):
     host_uptime = float(open("/proc/uptime").read().split()[0])
     inside = float(kernel.ok("%%container --timens 1000000\ncut -d' ' -f1 /proc/uptime").stdout)
     assert inside - host_uptime > 900_000
 
 
+@pytest.mark.root
 def test_timeout_kills_the_container_and_says_so(kernel):
     kernel.ok("%%container --timeout 0.5 --no-raise --out r\nsleep 30")
     reply = kernel.ok("print(r.timed_out, r.cause, r.ok)")
     assert reply.stdout == "True timed out False\n"
 
 
+@pytest.mark.root
 def test_python_runs_the_cell_with_the_kernels_interpreter_in_busybox(kernel):
     reply = kernel.ok("%%container --python --hostname py\n"
                       "import os, socket, ssl, json, sqlite3, ctypes, sys\n"
@@ -132,6 +142,7 @@ def test_python_runs_the_cell_with_the_kernels_interpreter_in_busybox(kernel):
     assert reply.stdout == f"py 1 True\n{tuple(sys.version_info[:2])}\n"
 
 
+@pytest.mark.root
 def test_python_cell_streams_as_it_prints(kernel):
     reply = kernel.ok("%%container --python\nimport time\nprint('a')\ntime.sleep(0.3)\nprint('b')")
     assert reply.stdout == "a\nb\n"
@@ -139,6 +150,7 @@ def test_python_cell_streams_as_it_prints(kernel):
     assert [i for i, t in enumerate(texts) if "a" in t][0] < [i for i, t in enumerate(texts) if "b" in t][0]
 
 
+@pytest.mark.root
 def test_option_line_expands_variables_from_the_user_namespace(kernel):
     kernel.ok("limit = '24m'\nwho = 'expanded'")
     reply = kernel.ok(f"%%container --memory {{limit}} --hostname $who\nhostname; {read_cgroup('memory')}")
@@ -148,6 +160,7 @@ def test_option_line_expands_variables_from_the_user_namespace(kernel):
 # --- the Result, failures and misuse ------------------------------------------------------
 
 
+@pytest.mark.root
 def test_out_stores_the_result_with_its_fields(kernel):
     kernel.ok("%%container --memory 64m --out r\necho out; echo err >&2")
     reply = kernel.ok("print(r.exit_code, r.signal, repr(r.stdout), repr(r.stderr), r.memory_limit, r.ok,\n"
@@ -155,6 +168,7 @@ def test_out_stores_the_result_with_its_fields(kernel):
     assert reply.stdout == f"0 None 'out\\n' 'err\\n' {64 << 20} True exited 0 True True True False\n"
 
 
+@pytest.mark.root
 def test_failing_cell_raises_container_error_with_exit_code(kernel):
     reply = kernel.run("%%container\necho about to fail >&2; exit 3")
     assert (reply.status, reply.ename) == ("error", "ContainerError")
@@ -164,6 +178,7 @@ def test_failing_cell_raises_container_error_with_exit_code(kernel):
     assert kernel.ok("print(error.exit_code, error.cause)").stdout == "3 exited 3\n"
 
 
+@pytest.mark.root
 def test_oom_killed_cell_says_so(kernel):
     reply = kernel.run("%%container --memory 8m\nhead -c 64m /dev/zero | tail > /dev/null")
     assert (reply.status, reply.ename) == ("error", "ContainerError")
@@ -172,11 +187,13 @@ def test_oom_killed_cell_says_so(kernel):
     assert kernel.ok("print(r.oom_killed)").stdout == "True\n"
 
 
+@pytest.mark.root
 def test_pid_1_ignores_a_kill_from_inside(kernel):
     """The kernel protects a PID namespace's init from signals it has no handler for."""
     assert kernel.ok("%%container --out r\nkill -9 $$; echo survived").stdout == "survived\n"
 
 
+@pytest.mark.root
 def test_killed_from_outside_says_by_which_signal(kernel):
     before = set(container_ids(kernel.home))
     msg_id = kernel.send("%%container\nsleep 30")
@@ -187,6 +204,7 @@ def test_killed_from_outside_says_by_which_signal(kernel):
     assert (reply.ename, "killed by SIGKILL" in reply.evalue) == ("ContainerError", True)
 
 
+@pytest.mark.root
 def test_no_raise_keeps_the_cell_green(kernel):
     kernel.ok("%%container --no-raise --out r\nexit 4")
     assert kernel.ok("print(r.exit_code, r.ok)").stdout == "4 False\n"
@@ -217,6 +235,7 @@ def test_help_prints_and_does_not_fail(kernel):
 # --- long-lived containers -----------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_detached_container_lifecycle(kernel):
     kernel.ok("web = %container run -d --name web --memory 32m -- "
               "sh -c 'echo hello from $(hostname); touch /tmp/ready; exec sleep 1000'")
@@ -236,6 +255,7 @@ def test_detached_container_lifecycle(kernel):
     assert "no long-lived containers" in kernel.ok("%container ps").stdout
 
 
+@pytest.mark.root
 def test_exec_failure_raises_and_no_raise_keeps_result(kernel):
     kernel.ok("%container run -d --name ex -- sleep 1000")
     reply = kernel.run("%%container exec ex\nexit 5")
@@ -245,6 +265,7 @@ def test_exec_failure_raises_and_no_raise_keeps_result(kernel):
     kernel.ok("%container rm ex")
 
 
+@pytest.mark.root
 def test_commit_makes_an_image_a_new_container_can_run(kernel):
     kernel.ok("%container run -d --name maker -- sh -c 'echo baked > /marker; touch /tmp/ready; exec sleep 1000'")
     kernel.ok("%%container exec maker\nwhile [ ! -e /tmp/ready ]; do sleep 0.05; done")
@@ -253,6 +274,7 @@ def test_commit_makes_an_image_a_new_container_can_run(kernel):
     assert kernel.ok("%%container --image marked\ncat /marker").stdout == "baked\n"
 
 
+@pytest.mark.root
 def test_detached_run_stores_container_with_rich_repr(kernel):
     kernel.ok("%container run -d --name shown --out c -- sleep 1000")
     reply = kernel.ok("c")
@@ -269,6 +291,7 @@ def test_verbs_need_a_known_container(kernel):
 # --- widgets ------------------------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_monitor_follows_a_container_against_its_limits_and_stops_when_it_exits(kernel):
     kernel.ok("%container run -d --name watched --memory 64m --cpus 0.5 --pids-limit 20 -- "
               "sh -c 'while :; do :; done'")
