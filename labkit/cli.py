@@ -16,7 +16,6 @@ import gc
 import importlib
 import sys
 
-from labkit.errors import LabkitError
 from labkit.verbs import CONTAINER_OPTIONS, Verb, add_verbs, all_of, dispatch, option, spec_from_options
 
 # --- labkit's own verbs ---------------------------------------------------------------
@@ -30,8 +29,6 @@ def cmd_run(options):
     from labkit.runtime import Container
     from labkit.runtime.helper import fork_from_caller
 
-    if not options.command:
-        raise LabkitError("labkit run needs a command after --, e.g. labkit run -- echo hello")
     fork_from_caller()  # this process is small and single-threaded: it can be its own helper
     container = Container(spec_from_options(options, options.command))
     stdin = sys.stdin.fileno() if options.interactive else None

@@ -110,6 +110,8 @@ CONTAINER_OPTIONS = [
     option("--volume", "-v", spec_field="volumes", action="append", default=[], metavar="SRC:DST[:ro]"),
     option("--workdir", "-w", spec_field="workdir", help="working directory inside"),
     option("--user", "-u", spec_field="user", help="uid[:gid] or a user name from the image"),
+    option("--entrypoint", spec_field="entrypoint", metavar="CMD",
+           help="run CMD instead of the image's ENTRYPOINT (\"\" for none); the image's CMD is dropped"),
     option("--timeout", spec_field="timeout", type=float, help="kill the container after this many seconds"),
     option("--net", "--network", spec_field="network", dest="network", default="none",
            help="none (default), host, bridge or container:NAME"),

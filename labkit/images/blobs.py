@@ -15,6 +15,9 @@ from labkit.errors import ImageError
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 COMPRESSIONS = ("none", "gzip", "zstd")
+LAYER_TYPE_FOR = {"none": "application/vnd.oci.image.layer.v1.tar",
+                  "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+                  "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
 
 try:
     import zstandard
@@ -23,10 +26,12 @@ except ImportError:
 
 
 class HashingReader(io.RawIOBase):
-    """Reads through to `raw`, keeping the sha256 and length of every byte read."""
+    """Reads through to `raw`, keeping the sha256 and length of every byte read (and
+    the bytes themselves in `copy_to`, a file, when given)."""
 
-    def __init__(self, raw):
+    def __init__(self, raw, copy_to=None):
         self.raw = raw
+        self.copy_to = copy_to
         self.hash = hashlib.sha256()
         self.size = 0
 
@@ -39,6 +44,8 @@ class HashingReader(io.RawIOBase):
         buffer[:count] = data
         self.hash.update(data)
         self.size += count
+        if self.copy_to is not None:
+            self.copy_to.write(data)
         return count
 
     def drain(self) -> None:

@@ -42,7 +42,8 @@ def commit(upper_dir, base_image, new_name: str, store: Store | None = None,
         digest, size = _store_layer(Path(upper_dir), store, consume)
         step = message or f"labkit commit of {Path(upper_dir)}"
         history = list(base.history) + [store.history_entry(step, digest, size)]
-        return store.save_image(new_name, list(base.layers) + [digest], config or base.config, history)
+        sources = [base.source(index) for index in range(len(base.layers))] + [None]  # the base's blobs stay
+        return store.save_image(new_name, list(base.layers) + [digest], config or base.config, history, sources)
 
 
 def commit_layer(upper_dir, store: Store, consume: bool = False) -> str:

@@ -16,8 +16,16 @@ from pathlib import Path
 
 from labkit.errors import ImageError
 from labkit.images.bundles import OutputDirectory, canonical_json, read_json
-from labkit.images.layer_io import export_layer, import_layer
-from labkit.images.oci import config_from_oci, merge_history, oci_config
+from labkit.images.layer_io import copy_blob, export_layer, import_layer
+from labkit.images.oci import (
+    config_from_oci,
+    diff_ids_of,
+    image_config_blob,
+    keep_config_blob,
+    merge_history,
+    oci_config,
+    parse_json,
+)
 from labkit.images.store import Image, Store, validate_name
 
 NAMED_BY_DIGEST = re.compile(r"(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?")
@@ -28,7 +36,8 @@ def import_docker(bundle, store: Store, name: str | None = None, ref: str | None
     if not isinstance(entries, list) or not entries:
         raise ImageError(f"{bundle.source}: manifest.json lists no images; it is not a docker save archive")
     entry = _pick(entries, ref or name, bundle.source)
-    config_document = _read_config(bundle, entry["Config"])
+    config_data = _read_config(bundle, entry["Config"])
+    config_document = parse_json(config_data, bundle.source, entry["Config"])
     config, diff_ids, source_history = config_from_oci(config_document, bundle.source)
     layer_files = entry.get("Layers") or []
     if len(layer_files) != len(diff_ids):
@@ -38,15 +47,19 @@ def import_docker(bundle, store: Store, name: str | None = None, ref: str | None
     default = tags[0].rsplit("/", 1)[-1].removesuffix(":latest") if tags else "imported"
     name = validate_name(name or default)
     with store.lock():
-        layers = []
+        layers, sources = [], []
         for layer_file, diff_id in zip(layer_files, diff_ids):
             match = NAMED_BY_DIGEST.fullmatch(layer_file)
             blob_digest = f"sha256:{match.group(1)}" if match and layer_file.startswith("blobs/") else None
             with bundle.open(layer_file) as handle:
-                layers.append(import_layer(store, handle, f"{bundle.source}: {layer_file}", blob_digest,
-                                           diff_id, **options))
+                layer, source = import_layer(store, handle, f"{bundle.source}: {layer_file}", blob_digest, diff_id,
+                                             **options)
+            if source.digest != source.diff_id:  # Docker 25's OCI-shaped archive may hold compressed blobs
+                source.media_type = "application/vnd.oci.image.layer.v1.tar+gzip"
+            layers.append(layer)
+            sources.append(source)
         history = merge_history(source_history, layers, store, f"imported from {bundle.source}")
-        return store.save_image(name, layers, config, history)
+        return store.save_image(name, layers, config, history, sources, keep_config_blob(store, config_data))
 
 
 def _pick(entries: list, wanted: str | None, source: str) -> dict:
@@ -67,10 +80,7 @@ def _read_config(bundle, config_file: str) -> dict:
     if match and hashlib.sha256(data).hexdigest() != match.group(1):
         raise ImageError(f"{bundle.source}: {config_file} does not hash to the digest in its name; "
                          "the archive is corrupt or was tampered with")
-    try:
-        return json.loads(data)
-    except ValueError as error:
-        raise ImageError(f"{bundle.source}: {config_file} is not valid JSON ({error})") from None
+    return data
 
 
 def export_docker(image: Image, destination: Path) -> Path:
@@ -78,13 +88,16 @@ def export_docker(image: Image, destination: Path) -> Path:
     output = OutputDirectory(destination)
     try:
         layer_files = []
-        for digest in image.layers:
-            folder = output.work / digest[7:]
-            folder.mkdir()
+        for index, (digest, diff_id) in enumerate(zip(image.layers, diff_ids_of(image))):
+            folder = output.work / diff_id[7:]
+            folder.mkdir(exist_ok=True)
             with open(folder / "layer.tar", "wb") as out:
-                export_layer(image.store, digest, out, "none")
-            layer_files.append(f"{digest[7:]}/layer.tar")
-        config = canonical_json(oci_config(image, list(image.layers)))
+                if image.source(index):  # as received, uncompressed: its diff_id is kept
+                    copy_blob(image.store, image.source(index), out, decompress=True)
+                else:
+                    export_layer(image.store, digest, out, "none")
+            layer_files.append(f"{diff_id[7:]}/layer.tar")
+        config = image_config_blob(image) or canonical_json(oci_config(image, diff_ids_of(image)))
         config_file = hashlib.sha256(config).hexdigest() + ".json"
         (output.work / config_file).write_bytes(config)
         manifest = [{"Config": config_file, "RepoTags": [f"{image.name}:latest" if ":" not in image.name

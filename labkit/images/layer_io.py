@@ -8,21 +8,24 @@ from labkit.errors import ImageError
 from labkit.images.blobs import HashingReader, open_compressor, open_decompressed, zstandard
 from labkit.images.extract import extract_layer
 from labkit.images.layers import HashingSink, write_canonical_tar
-from labkit.images.store import Store
+from labkit.images.store import LayerSource, Store
 
 CORRUPTION = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError) + (
     (zstandard.ZstdError,) if zstandard else ())
 
 
 def import_layer(store: Store, fileobj, source: str, blob_digest: str | None = None,
-                 diff_id: str | None = None, allow_devices: bool = False, keep_setuid: bool = False) -> str:
-    """Unpack a layer blob into the store; returns the layer's (canonical) digest.
+                 diff_id: str | None = None, allow_devices: bool = False, keep_setuid: bool = False,
+                 media_type: str = "application/vnd.oci.image.layer.v1.tar", keep_blob: bool = True) -> tuple:
+    """Unpack a layer blob into the store and keep the blob as received beside it;
+    returns (the layer's canonical digest, its LayerSource).
 
     `blob_digest` (of the bytes as given) and `diff_id` (of the uncompressed tar) are
-    checked when known; on any failure nothing is left in the store.
+    checked when known; on any failure nothing is left in the store. `keep_blob=False`
+    (a tar labkit made itself) keeps no blob, and the source is None.
     """
-    raw = HashingReader(fileobj)
-    with store.scratch() as scratch:
+    with store.scratch() as scratch, open(scratch / "blob", "wb") as received:
+        raw = HashingReader(fileobj, copy_to=received)
         layer = scratch / "layer"
         layer.mkdir()
         try:
@@ -39,7 +42,27 @@ def import_layer(store: Store, fileobj, source: str, blob_digest: str | None = N
         if diff_id and plain.digest != diff_id:
             raise ImageError(f"{source} does not match the image config: diff_id {diff_id}, uncompressed "
                              f"content {plain.digest}; the archive is corrupt or was tampered with")
-        return store.add_layer(layer)
+        received.close()
+        if not keep_blob:
+            return store.add_layer(layer), None
+        store.add_blob(scratch / "blob", raw.digest)
+        return store.add_layer(layer), LayerSource(raw.digest, plain.digest, media_type, raw.size)
+
+
+def copy_blob(store: Store, source: LayerSource, out, decompress: bool = False) -> None:
+    """Write the blob `source` as received (or its uncompressed tar) to `out`, checking
+    it on the way: a damaged store is never exported silently."""
+    path = store.blob_path(source.digest)
+    with open(path, "rb") as handle:
+        raw = HashingReader(handle)
+        reader = HashingReader(open_decompressed(raw, str(path))) if decompress else raw
+        for chunk in iter(lambda: reader.read(1 << 20), b""):
+            out.write(chunk)
+        raw.drain()
+    expected, got = (source.diff_id, reader.digest) if decompress else (source.digest, raw.digest)
+    if got != expected:
+        raise ImageError(f"the blob {source.digest} in {path} is damaged: it now hashes to {got}, not {expected}; "
+                         "remove the images that use it and import them again")
 
 
 def export_layer(store: Store, digest: str, out, compression: str = "gzip") -> tuple:

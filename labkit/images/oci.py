@@ -15,8 +15,9 @@ import re
 from pathlib import Path
 
 from labkit.errors import ImageError
+from labkit.images.blobs import LAYER_TYPE_FOR
 from labkit.images.bundles import OutputDirectory, canonical_json, read_json
-from labkit.images.layer_io import export_layer, import_layer
+from labkit.images.layer_io import copy_blob, export_layer, import_layer
 from labkit.images.store import Image, ImageConfig, Store, validate_name
 
 LAYOUT_VERSION = "1.0.0"
@@ -30,20 +31,32 @@ CONFIG_TYPES = {"application/vnd.oci.image.config.v1+json",
 LAYER_TYPES = {"application/vnd.oci.image.layer.v1.tar",
                "application/vnd.oci.image.layer.v1.tar+gzip",
                "application/vnd.oci.image.layer.v1.tar+zstd",
-               "application/vnd.docker.image.rootfs.diff.tar.gzip"}
-LAYER_TYPE_FOR = {"none": "application/vnd.oci.image.layer.v1.tar",
-                  "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-                  "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
+               "application/vnd.docker.image.rootfs.diff.tar.gzip",
+               "application/vnd.docker.image.rootfs.diff.tar"}
+DOCKER_TO_OCI = {"application/vnd.docker.image.rootfs.diff.tar.gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+                 "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar"}
 BLOB_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
 
 
 # -- image config, shared with docker-save archives ------------------------------------
 
+# Docker's config keys and ImageConfig's fields, one to one (ExposedPorts and Volumes are
+# objects whose keys are the values).
+CONFIG_KEYS = (("Env", "env"), ("Cmd", "cmd"), ("Entrypoint", "entrypoint"), ("WorkingDir", "workdir"),
+               ("User", "user"), ("Labels", "labels"), ("StopSignal", "stop_signal"),
+               ("ExposedPorts", "exposed_ports"), ("Volumes", "volumes"))
+SET_KEYS = ("ExposedPorts", "Volumes")
+
+
 def oci_config(image: Image, diff_ids: list) -> dict:
-    config = {"Env": image.config.env, "WorkingDir": image.config.workdir, "Cmd": image.config.cmd}
-    if image.config.labels:
-        config["Labels"] = image.config.labels
+    config = dict(image.config.other)
+    for key, attribute in CONFIG_KEYS:
+        value = getattr(image.config, attribute)
+        if key in SET_KEYS:
+            value = {item: {} for item in value}
+        if value or (key == "Cmd" and value is not None and image.config.entrypoint is None):
+            config[key] = value
     history = [{key: value for key, value in (("created", entry.get("created")),
                                               ("created_by", entry.get("created_by")),
                                               ("empty_layer", entry.get("empty_layer"))) if value}
@@ -59,12 +72,40 @@ def config_from_oci(document: dict, source: str) -> tuple:
         diff_ids = list(document["rootfs"]["diff_ids"])
     except (KeyError, TypeError):
         raise ImageError(f"{source}: the image config has no rootfs.diff_ids; it is not an image config") from None
-    settings = document.get("config") or {}
-    cmd = (settings.get("Entrypoint") or []) + (settings.get("Cmd") or [])
-    config = ImageConfig(env=list(settings.get("Env") or ImageConfig().env),
-                         workdir=settings.get("WorkingDir") or "/",
-                         cmd=cmd or ["sh"], labels=dict(settings.get("Labels") or {}))
+    settings = dict(document.get("config") or {})
+    values = {attribute: settings.pop(key, None) for key, attribute in CONFIG_KEYS}
+    for key in SET_KEYS:
+        values[dict(CONFIG_KEYS)[key]] = sorted(values[dict(CONFIG_KEYS)[key]] or {})
+    config = ImageConfig(env=list(values["env"] or ImageConfig().env), workdir=values["workdir"] or "/",
+                         cmd=values["cmd"], entrypoint=values["entrypoint"], user=values["user"] or "",
+                         labels=dict(values["labels"] or {}), stop_signal=values["stop_signal"] or "",
+                         exposed_ports=values["exposed_ports"], volumes=values["volumes"],
+                         shell=settings.pop("Shell", None) or ImageConfig().shell, other=settings)
     return config, diff_ids, list(document.get("history") or [])
+
+
+def image_config_blob(image: Image) -> bytes | None:
+    """The config as it was received, for an imported image whose every layer is still
+    the blob it came as: exported unchanged, so the image ID (its digest) is kept."""
+    if not image.config_blob or not all(image.source(i) for i in range(len(image.layers))):
+        return None
+    path = image.store.blob_path(image.config_blob)
+    data = path.read_bytes()
+    if "sha256:" + hashlib.sha256(data).hexdigest() != image.config_blob:
+        raise ImageError(f"the image config {image.config_blob} in {path} is damaged; import the image again")
+    return data
+
+
+def diff_ids_of(image: Image) -> list:
+    return [image.source(i).diff_id if image.source(i) else digest for i, digest in enumerate(image.layers)]
+
+
+def keep_config_blob(store: Store, data: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with store.scratch() as scratch:
+        (scratch / "config").write_bytes(data)
+        store.add_blob(scratch / "config", digest)
+    return digest
 
 
 def merge_history(source_history: list, layers: list, store: Store, origin: str) -> list:
@@ -93,6 +134,17 @@ def blob_name(descriptor: dict, source: str) -> str:
 
 
 def read_checked_json(bundle, descriptor: dict):
+    return parse_json(read_checked_bytes(bundle, descriptor), bundle.source, blob_name(descriptor, bundle.source))
+
+
+def parse_json(data: bytes, source: str, name: str):
+    try:
+        return json.loads(data)
+    except ValueError as error:
+        raise ImageError(f"{source}: {name} is not valid JSON ({error})") from None
+
+
+def read_checked_bytes(bundle, descriptor: dict) -> bytes:
     name = blob_name(descriptor, bundle.source)
     with bundle.open(name) as handle:
         data = handle.read(16 << 20)
@@ -100,10 +152,7 @@ def read_checked_json(bundle, descriptor: dict):
     if digest != descriptor["digest"] or ("size" in descriptor and descriptor["size"] != len(data)):
         raise ImageError(f"{bundle.source}: {name} does not match its descriptor (digest {descriptor['digest']}, "
                          f"size {descriptor.get('size')}; content {digest}, {len(data)} bytes): corrupt or tampered")
-    try:
-        return json.loads(data)
-    except ValueError as error:
-        raise ImageError(f"{bundle.source}: {name} is not valid JSON ({error})") from None
+    return data
 
 
 def check_media_type(descriptor: dict, allowed: set, what: str, source: str) -> None:
@@ -150,20 +199,24 @@ def import_oci(bundle, store: Store, name: str | None = None, ref: str | None = 
     check_media_type(manifest.get("config", {}), CONFIG_TYPES, "the image config", bundle.source)
     for layer in manifest.get("layers", []):
         check_media_type(layer, LAYER_TYPES, f"layer {layer.get('digest')}", bundle.source)
-    config, diff_ids, source_history = config_from_oci(read_checked_json(bundle, manifest["config"]), bundle.source)
+    config_data = read_checked_bytes(bundle, manifest["config"])
+    config, diff_ids, source_history = config_from_oci(parse_json(config_data, bundle.source, "the config"),
+                                                       bundle.source)
     if len(diff_ids) != len(manifest.get("layers", [])):
         raise ImageError(f"{bundle.source}: the manifest lists {len(manifest.get('layers', []))} layers but the "
                          f"config {len(diff_ids)} diff_ids; the image is inconsistent")
     name = validate_name(name or (ref_name or "").rsplit("/", 1)[-1] or "imported")
     with store.lock():
-        layers = []
+        layers, sources = [], []
         for descriptor, diff_id in zip(manifest["layers"], diff_ids):
             blob = blob_name(descriptor, bundle.source)
             with bundle.open(blob) as handle:
-                layers.append(import_layer(store, handle, f"{bundle.source}: {blob}", descriptor["digest"],
-                                           diff_id, **options))
+                layer, source = import_layer(store, handle, f"{bundle.source}: {blob}", descriptor["digest"],
+                                             diff_id, media_type=descriptor["mediaType"], **options)
+            layers.append(layer)
+            sources.append(source)
         history = merge_history(source_history, layers, store, f"imported from {bundle.source}")
-        return store.save_image(name, layers, config, history)
+        return store.save_image(name, layers, config, history, sources, keep_config_blob(store, config_data))
 
 
 # -- writing a layout ---------------------------------------------------------------------
@@ -174,9 +227,9 @@ def export_oci(image: Image, destination: Path, compression: str = "gzip") -> Pa
     try:
         blobs = output.work / "blobs" / "sha256"
         blobs.mkdir(parents=True)
-        layer_descriptors = [_write_layer(image, digest, blobs, compression) for digest in image.layers]
-        config = _write_blob(blobs, canonical_json(oci_config(image, list(image.layers))),
-                             "application/vnd.oci.image.config.v1+json")
+        layer_descriptors = [_write_layer(image, index, blobs, compression) for index in range(len(image.layers))]
+        config_data = image_config_blob(image) or canonical_json(oci_config(image, diff_ids_of(image)))
+        config = _write_blob(blobs, config_data, "application/vnd.oci.image.config.v1+json")
         manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                     "config": config, "layers": layer_descriptors}
         manifest_descriptor = _write_blob(blobs, canonical_json(manifest), manifest["mediaType"])
@@ -201,9 +254,21 @@ def _write_blob(blobs: Path, data: bytes, media_type: str) -> dict:
     return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
 
 
-def _write_layer(image: Image, digest: str, blobs: Path, compression: str) -> dict:
+def _write_layer(image: Image, index: int, blobs: Path, compression: str) -> dict:
+    """An imported layer goes out as the blob it came as (whatever `compression`
+    says); a layer labkit made is written as its canonical tar, compressed."""
+    digest, source = image.layers[index], image.source(index)
     partial = blobs / f".{digest[7:]}.partial"
     with open(partial, "wb") as out:
-        blob_digest, size = export_layer(image.store, digest, out, compression)
+        if source is not None:
+            copy_blob(image.store, source, out)
+            blob_digest, size, media_type = source.digest, source.size, _oci_media_type(source.media_type)
+        else:
+            blob_digest, size = export_layer(image.store, digest, out, compression)
+            media_type = LAYER_TYPE_FOR[compression]
     os.rename(partial, blobs / blob_digest[7:])
-    return {"mediaType": LAYER_TYPE_FOR[compression], "digest": blob_digest, "size": size}
+    return {"mediaType": media_type, "digest": blob_digest, "size": size}
+
+
+def _oci_media_type(media_type: str) -> str:
+    return DOCKER_TO_OCI.get(media_type, media_type)

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from labkit.errors import ImageError
-from labkit.images.blobs import open_compressor
+from labkit.images.blobs import LAYER_TYPE_FOR, compression_of, open_compressor
 from labkit.images.bundles import OutputDirectory
 from labkit.images.layer_io import import_layer
 from labkit.images.layers import write_canonical_tar
@@ -23,12 +23,16 @@ def import_rootfs(path: Path, store: Store, name: str, **options) -> Image:
     validate_name(name)
     with store.lock():
         if path.is_dir():
-            digest = _import_directory(path, store, **options)
+            digest, source = _import_directory(path, store, **options), None
         else:
             with open(path, "rb") as handle:
-                digest = import_layer(store, handle, str(path), **options)
+                media_type = LAYER_TYPE_FOR[compression_of(handle.read(4))]
+                handle.seek(0)
+                # the tarball is kept as it came: exported, its layer has the digest
+                # `podman import` gives the same file
+                digest, source = import_layer(store, handle, str(path), media_type=media_type, **options)
         history = [store.history_entry(f"imported rootfs {path}", digest)]
-        return store.save_image(name, [digest], ImageConfig(), history)
+        return store.save_image(name, [digest], ImageConfig(), history, [source])
 
 
 def _import_directory(path: Path, store: Store, **options) -> str:
@@ -49,7 +53,7 @@ def _import_directory(path: Path, store: Store, **options) -> str:
     writer.start()
     try:
         with open(read_end, "rb") as source:
-            digest = import_layer(store, source, str(path), **options)
+            digest, _ = import_layer(store, source, str(path), keep_blob=False, **options)
     finally:
         writer.join()
     if failure:

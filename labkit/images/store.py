@@ -35,15 +35,62 @@ SCRATCH_PREFIX = "scratch-"
 
 @dataclass
 class ImageConfig:
+    """What Docker's image config says about the container to run (OCI image-spec's
+    `config`): who runs what, where, with which environment. `cmd` and `entrypoint`
+    are None when the image sets none (not the same as an empty list, as in Docker)."""
+
     env: list = field(default_factory=lambda: [DEFAULT_PATH])
     workdir: str = "/"
-    cmd: list = field(default_factory=lambda: ["sh"])
+    cmd: list | None = field(default_factory=lambda: ["sh"])
     labels: dict = field(default_factory=dict)
+    entrypoint: list | None = None
+    user: str = ""                              # name or uid[:gid], resolved in the image's /etc/passwd
+    exposed_ports: list = field(default_factory=list)   # "80/tcp"
+    stop_signal: str = ""
+    volumes: list = field(default_factory=list)
+    shell: list = field(default_factory=lambda: ["/bin/sh", "-c"])   # Dockerfile SHELL, for later builds
+    other: dict = field(default_factory=dict)   # keys labkit does not use (Healthcheck, OnBuild...), kept
+
+    def command(self, command: list | None = None, entrypoint: str | None = None) -> list:
+        """The command a container of this image runs, as Docker decides it: ENTRYPOINT
+        then CMD; a given command replaces CMD; a given entrypoint ("" for none)
+        replaces ENTRYPOINT and drops CMD."""
+        if entrypoint is not None:
+            return ([entrypoint] if entrypoint else []) + list(command or [])
+        return list(self.entrypoint or []) + list(command or self.cmd or [])
+
+    def stop_signal_number(self) -> int:
+        """STOPSIGNAL as a number ("SIGQUIT", "QUIT" or "3"); SIGTERM when unset."""
+        import signal
+
+        name = self.stop_signal.upper()
+        if not name:
+            return int(signal.SIGTERM)
+        if name.isdigit():
+            return int(name)
+        try:
+            return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
+        except KeyError:
+            raise ImageError(f"the image's STOPSIGNAL {self.stop_signal!r} is not a signal name or number") from None
+
+    def copy(self) -> "ImageConfig":
+        return ImageConfig.from_dict(json.loads(json.dumps(asdict(self))))
 
     @classmethod
     def from_dict(cls, data: dict) -> "ImageConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass
+class LayerSource:
+    """A layer's blob as it was received (import): exported again byte for byte, so its
+    digest and the image's ID survive a round trip through labkit."""
+
+    digest: str             # of the blob as received (compressed or not)
+    diff_id: str            # of its uncompressed tar
+    media_type: str
+    size: int
 
 
 @dataclass
@@ -53,6 +100,11 @@ class Image:
     config: ImageConfig
     history: list
     store: "Store"
+    sources: list = field(default_factory=list)   # a LayerSource or None per layer
+    config_blob: str | None = None   # digest of the config as received, for an unchanged imported image
+
+    def source(self, index: int):
+        return self.sources[index] if index < len(self.sources) else None
 
     @property
     def layer_dirs(self) -> list:
@@ -62,6 +114,10 @@ class Image:
     def to_dict(self) -> dict:
         return {"name": self.name, "layers": list(self.layers), "config": asdict(self.config),
                 "history": list(self.history)}
+
+
+def _sources_from(data) -> list:
+    return [LayerSource(**entry) if entry else None for entry in data or []]
 
 
 def validate_name(name: str) -> str:
@@ -86,6 +142,7 @@ class Store:
         self.images_root = self.home / "images"
         self.tmp_root = self.home / "tmp"
         self.cache_root = self.home / "build-cache"
+        self.blobs_root = self.home / "blobs" / "sha256"
 
     # -- layers -------------------------------------------------------------------
 
@@ -123,6 +180,37 @@ class Store:
             shutil.rmtree(directory)  # another process stored the same layer meanwhile
         return digest
 
+    # -- blobs as received (import), kept for export ---------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs_root / validate_digest(digest).split(":", 1)[1]
+
+    def add_blob(self, path: Path, digest: str) -> None:
+        """Move the file `path`, whose content hashes to `digest`, into the store."""
+        self.blobs_root.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o644)
+        os.replace(path, self.blob_path(digest))
+
+    def blobs_used_by_images(self) -> set:
+        used = set()
+        for name in self.names():
+            try:
+                manifest = json.loads(self._image_file(name).read_text())
+            except FileNotFoundError:
+                continue
+            used.update(entry["digest"] for entry in manifest.get("sources") or [] if entry)
+            if manifest.get("config_blob"):
+                used.add(manifest["config_blob"])
+        return used
+
+    def _remove_unused_blobs(self) -> None:
+        if not self.blobs_root.is_dir():
+            return
+        used = self.blobs_used_by_images()
+        for entry in self.blobs_root.iterdir():
+            if "sha256:" + entry.name not in used:
+                entry.unlink(missing_ok=True)
+
     # -- images -------------------------------------------------------------------
 
     def _image_file(self, name: str) -> Path:
@@ -145,7 +233,8 @@ class Store:
                 "build or import one, or use the base image 'busybox'"
             ) from None
         image = Image(name, manifest["layers"], ImageConfig.from_dict(manifest.get("config", {})),
-                      manifest.get("history", []), self)
+                      manifest.get("history", []), self, _sources_from(manifest.get("sources")),
+                      manifest.get("config_blob"))
         for digest in image.layers:
             if not self.has_layer(digest):
                 raise ImageNotFound(
@@ -154,12 +243,19 @@ class Store:
                 )
         return image
 
-    def save_image(self, name: str, layers: list, config: ImageConfig, history: list) -> Image:
+    def save_image(self, name: str, layers: list, config: ImageConfig, history: list,
+                   sources: list = (), config_blob: str | None = None) -> Image:
+        """`sources` (a LayerSource or None per layer) and `config_blob` name blobs already
+        in the store: what an import received, to be exported unchanged."""
         for digest in layers:
             if not self.has_layer(digest):
                 raise ImageError(f"cannot save image {name!r}: layer {digest} is not in the store")
         self.images_root.mkdir(parents=True, exist_ok=True)
         manifest = {"name": name, "layers": list(layers), "config": asdict(config), "history": history}
+        if any(sources):
+            manifest["sources"] = [asdict(source) if source else None for source in sources][:len(layers)]
+        if config_blob:
+            manifest["config_blob"] = config_blob
         path = self._image_file(name)
         write_atomically(path, json.dumps(manifest, indent=2))  # readers see the old manifest or the new one
         return self.image(name)
@@ -199,12 +295,15 @@ class Store:
                 self.image(name)  # raises ImageNotFound with the list of images
             layers = json.loads(path.read_text())["layers"]
             path.unlink()
-            return self._remove_unused(set(layers), layers_used_by_containers())
+            removed = self._remove_unused(set(layers), layers_used_by_containers())
+            self._remove_unused_blobs()
+            return removed
 
     def prune(self, *, layers_used_by_containers) -> list:
         """Delete every layer no image or container uses, stale scratch dirs and dead cache entries."""
         with self.lock(exclusive=True):
             removed = self._remove_unused(set(self.layer_digests()), layers_used_by_containers())
+            self._remove_unused_blobs()
             self.sweep_scratch()
             from labkit.images.cache import BuildCache  # cache.py imports this module
 

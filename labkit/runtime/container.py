@@ -241,10 +241,10 @@ class Container:
         return self.result
 
     def stop(self, grace: float = STOP_GRACE) -> Result:
-        """SIGTERM to PID 1, then SIGKILL after `grace` seconds (PID 1 ignores signals it
+        """SIGTERM (or the image's STOPSIGNAL) to PID 1, then SIGKILL after `grace` seconds (PID 1 ignores signals it
         has no handler for, so many commands only go with the SIGKILL)."""
         if self.state == "running" and self.result is None:
-            self._helper.send(Op.SIGNAL, id=self.id, signal=int(signal.SIGTERM))
+            self._helper.send(Op.SIGNAL, id=self.id, signal=self.image.config.stop_signal_number())
             try:
                 exited = self._pump_until_exit(time.monotonic() + grace)
             except KeyboardInterrupt:
@@ -326,7 +326,7 @@ class Container:
 
     @property
     def command(self) -> list:
-        return self.spec.command or list(self.image.config.cmd)
+        return self.image.config.command(self.spec.command, self.spec.entrypoint)
 
     # --- how the plan is made ----------------------------------------------------------
 
@@ -349,7 +349,8 @@ class Container:
         from labkit.cgroups import host_hierarchy
 
         if not self.command:
-            raise ConfigError(f"no command given and image {self.image.name!r} has no CMD")
+            raise ConfigError(f"no command given and image {self.image.name!r} has no ENTRYPOINT or CMD; "
+                              "give a command (labkit run --image IMAGE -- COMMAND)")
         plan = launch.start_plan(self.spec, self.image, id=self.id, name=self.name, hostname=self.hostname,
                                  directory=self.dir, command=self.command, hold=hold, auto_remove=auto_remove)
         host_hierarchy().check(plan.limits)

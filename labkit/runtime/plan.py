@@ -234,7 +234,8 @@ def process_plan(spec, image, hostname, command, env=(), workdir=None, user=None
         command=list(command),
         env=merge_env(image.config.env, [f"HOSTNAME={hostname}", "HOME=/root"], spec.env, env),
         workdir=workdir or spec.workdir or image.config.workdir or "/",
-        user=user if user is not None else spec.user, security=security_plan(spec), image=image.name)
+        user=next(u for u in (user, spec.user, image.config.user, "") if u is not None) or None,
+        security=security_plan(spec), image=image.name)
 
 
 def init_files(hostname) -> dict:

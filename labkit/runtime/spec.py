@@ -37,6 +37,7 @@ class Volume:
 class ContainerSpec:
     image: object = "busybox"               # a name, or an images.Image
     command: list = field(default_factory=list)   # empty: the image's CMD
+    entrypoint: str | None = None            # replaces the image's ENTRYPOINT ("" for none) and CMD
     name: str | None = None
     hostname: str | None = None
     namespaces: tuple = DEFAULT_NAMESPACES
