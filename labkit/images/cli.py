@@ -98,8 +98,24 @@ def cmd_build(options):
         print(f"Step {index + 1}/{total} : {text.strip()}" if not text.startswith(" ->") else f"  {text.strip()}",
               flush=True)
 
-    image = build(recipe, options.tag, options.context, store=_store(), on_progress=progress, run_step=run_build_step)
+    image = build(recipe, options.tag, options.context, store=_store(), on_progress=progress, run_step=run_build_step,
+                  build_args=_build_args(options.build_arg))
     print(f"built {image.name}: {len(image.layers)} layers")
+
+
+def _build_args(given: list) -> dict:
+    """NAME=value, or NAME alone for the value of this environment's NAME (as Docker)."""
+    import os
+
+    args = {}
+    for text in given:
+        name, equals, value = text.partition("=")
+        if not equals:
+            if name not in os.environ:
+                continue  # Docker: an unset NAME is left to the ARG's default
+            value = os.environ[name]
+        args[name] = value
+    return args
 
 
 def cmd_commit(options):
@@ -139,9 +155,11 @@ IMAGE_VERBS = [
 # `labkit image VERB` and `%image VERB` are both made from IMAGE_VERBS.
 VERBS = (
     Verb("image", "list, inspect, import, export and remove images", verbs=IMAGE_VERBS),
-    Verb("build", "build an image from a recipe (a Dockerfile subset)", cmd_build, (
+    Verb("build", "build an image from a Dockerfile (offline: FROM names a local image)", cmd_build, (
         option("-t", "--tag", required=True, help="name of the image to make"),
-        option("-f", "--file", help="the recipe (default: CONTEXT/Dockerfile)"),
+        option("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile)"),
+        option("--build-arg", action="append", default=[], metavar="NAME[=VALUE]",
+               help="a value for an ARG of the Dockerfile"),
         option("context", nargs="?", default=".", help="directory COPY reads from"),
     )),
     Verb("commit", "save a container's changes as a new image", cmd_commit, (

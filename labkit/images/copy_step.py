@@ -12,6 +12,7 @@ import hashlib
 import os
 import posixpath
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.errors import ImageError
@@ -20,25 +21,28 @@ from labkit.images.recipe import recipe_error
 from labkit.linux import paths
 
 
-def resolve_sources(instruction, context: Path) -> list:
-    """[(source path, path inside the image)] for a COPY instruction."""
+def resolve_sources(line: int, patterns: list, destination: str, context: Path, shown: str = "") -> list:
+    """[(source path, path inside the image)] for a COPY of `patterns` from `context`
+    (a build context, or the root of a stage for COPY --from); `shown` names it in errors."""
     context = Path(context).resolve()
-    value = instruction.value
+    shown = shown or str(context)
     pairs = []
-    for pattern in value["sources"]:
-        matches = sorted(glob.glob(str(context / pattern))) if glob.has_magic(pattern) else [str(context / pattern)]
+    for pattern in patterns:
+        matches = sorted(glob.glob(str(context / pattern.lstrip("/")))) if glob.has_magic(pattern) else [
+            str(context / pattern.lstrip("/"))]
         for match in matches:
             real = Path(match).resolve()
             if real != context and context not in real.parents:
-                raise recipe_error(instruction.line, f"COPY source {pattern!r} is outside the build context {context}; "
-                                                     "move it into the context directory")
+                raise recipe_error(line, f"COPY source {pattern!r} is outside the build context {shown}; "
+                                         "move it into the context directory")
             if not os.path.lexists(real):
                 matches = []
                 break
             pairs.append(real)
         if not matches:
-            raise recipe_error(instruction.line, f"COPY source {pattern!r} does not exist in the build context {context}")
-    return [(source, _destination(source, value["destination"], len(pairs) > 1)) for source in pairs]
+            raise recipe_error(line, f"COPY source {pattern!r} does not exist in {shown}"
+                                     " (or .dockerignore leaves it out)")
+    return [(source, _destination(source, destination, len(pairs) > 1)) for source in pairs]
 
 
 def _destination(source: Path, destination: str, several: bool) -> str:
@@ -78,7 +82,32 @@ def _walk(source: Path):
                 yield path, os.path.relpath(path, source)
 
 
-def make_copy_layer(sources: list, workdir: str, layer: Path, lowers_top_first: list) -> None:
+@dataclass(frozen=True)
+class Ownership:
+    """Who owns what COPY writes, and its mode: root and the context's modes by default
+    (as Docker); `owner` (uid, gid) for --chown; `keep` the source's owner (ADD of an
+    archive keeps the archive's); `mode` for --chmod."""
+
+    owner: tuple | None = None
+    keep: bool = False
+    mode: int | None = None
+
+    def apply(self, fd: int, source: Path) -> None:
+        st = os.lstat(source)
+        uid, gid = (st.st_uid, st.st_gid) if self.keep else (self.owner or (0, 0))
+        os.fchown(fd, uid, gid)  # first: chown clears setuid and setgid bits
+        os.fchmod(fd, self.mode if self.mode is not None else stat.S_IMODE(st.st_mode))
+
+    def link_owner(self, source: Path) -> tuple:
+        st = os.lstat(source)
+        return (st.st_uid, st.st_gid) if self.keep else (self.owner or (0, 0))
+
+
+ROOT_OWNED = Ownership()
+
+
+def make_copy_layer(sources: list, workdir: str, layer: Path, lowers_top_first: list,
+                    ownership: Ownership = ROOT_OWNED) -> None:
     """Write the COPY layer into the empty dir `layer`.
 
     Every write goes through an fd of `layer` (labkit.linux.paths): a link that an
@@ -92,14 +121,14 @@ def make_copy_layer(sources: list, workdir: str, layer: Path, lowers_top_first: 
             if not inside:  # COPY dir / : the contents go into the layer's root
                 top = paths.open_in_root(root, "", os.O_RDONLY | os.O_DIRECTORY)
                 try:
-                    _copy_children(source, top)
-                    _own_and_mode(top, source)
+                    _copy_children(source, top, ownership)
+                    ownership.apply(top, source)
                 finally:
                     os.close(top)
                 continue
             parent = paths.open_in_root(root, posixpath.dirname(inside), os.O_PATH | os.O_DIRECTORY)
             try:
-                _copy_entry(source, parent, posixpath.basename(inside), "/" + inside)
+                _copy_entry(source, parent, posixpath.basename(inside), "/" + inside, ownership)
             finally:
                 os.close(parent)
     finally:
@@ -143,7 +172,7 @@ def _directory_below(lowers_top_first: list, relative: str):
     return st if stat.S_ISDIR(st.st_mode) else None
 
 
-def _copy_entry(source: Path, parent: int, name: str, shown: str) -> None:
+def _copy_entry(source: Path, parent: int, name: str, shown: str, ownership: Ownership) -> None:
     """Copy `source` to `name` in the directory `parent` (an fd), never following a link there."""
     st = os.lstat(source)
     existing = _lstat_at(parent, name)
@@ -157,29 +186,29 @@ def _copy_entry(source: Path, parent: int, name: str, shown: str) -> None:
             os.mkdir(name, 0o700, dir_fd=parent)
         directory = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         try:
-            _copy_children(source, directory, shown)
-            _own_and_mode(directory, source)
+            _copy_children(source, directory, ownership, shown)
+            ownership.apply(directory, source)
         finally:
             os.close(directory)
     elif stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(source), name, dir_fd=parent)
-        os.chown(name, 0, 0, dir_fd=parent, follow_symlinks=False)
+        os.chown(name, *ownership.link_owner(source), dir_fd=parent, follow_symlinks=False)
     elif stat.S_ISREG(st.st_mode):
         copy = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
         try:
             with open(source, "rb") as content:
                 for chunk in iter(lambda: content.read(1 << 20), b""):
                     _write_all(copy, chunk)
-            _own_and_mode(copy, source)
+            ownership.apply(copy, source)
         finally:
             os.close(copy)
     else:
         raise ImageError(f"COPY cannot copy {source}: only files, directories and symbolic links can be copied")
 
 
-def _copy_children(source: Path, directory: int, shown: str = "") -> None:
+def _copy_children(source: Path, directory: int, ownership: Ownership, shown: str = "") -> None:
     for name in sorted(os.listdir(source)):
-        _copy_entry(Path(source) / name, directory, name, f"{shown}/{name}")
+        _copy_entry(Path(source) / name, directory, name, f"{shown}/{name}", ownership)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -193,10 +222,3 @@ def _lstat_at(directory: int, name: str):
         return os.stat(name, dir_fd=directory, follow_symlinks=False)
     except FileNotFoundError:
         return None
-
-
-def _own_and_mode(fd: int, source: Path) -> None:
-    """Files in an image belong to root (as in Docker); modes come from the context.
-    chown first: it clears setuid and setgid bits."""
-    os.fchown(fd, 0, 0)
-    os.fchmod(fd, stat.S_IMODE(os.lstat(source).st_mode))

@@ -14,7 +14,7 @@ def run_build_step(image, command: list, config):
     Returns (Result, layer digest or None when the command failed).
     """
     container = Container(ContainerSpec(image=image, command=list(command), env=list(config.env),
-                                        workdir=config.workdir or "/"))
+                                        workdir=config.workdir or "/", user=config.user or None))
     try:
         result = container.run(remove=False)
         if result.exit_code != 0:
