@@ -17,12 +17,16 @@ test: setup
 setup: system-packages $(STAMP)
 
 # A fresh machine may have no package lists yet: fetch them once, then what we need.
-# chromium is for the browser test (tests/test_browser.py); where the distribution cannot
+# podman and runc are the oracle of tests/test_docker_oracle.py (labkit's builds and images
+# against podman's, offline). chromium is for the browser test (tests/test_browser.py); where the distribution cannot
 # install it (Ubuntu ships it as a snap, which does not run here) that test skips and says so.
 system-packages:
 	@ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 || apt-get update -qq
 	@[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && command -v losetup >/dev/null || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static iproute2 util-linux
+	@command -v podman >/dev/null && command -v runc >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc >/dev/null || \
+	  echo "make: podman and runc could not be installed from apt; tests/test_docker_oracle.py will skip"
 	@[ -x /usr/bin/chromium ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
 	  echo "make: chromium could not be installed from apt; tests/test_browser.py will skip"
 

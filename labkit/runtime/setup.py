@@ -545,6 +545,22 @@ def resolve_user(user):
     return uid, uid if gid is None else gid
 
 
+def supplementary_groups(user, gid):
+    """The primary group and every group of /etc/group that lists the user by name, as
+    runc gives a process (`id -G` shows the same under podman and labkit)."""
+    name = user.partition(":")[0]
+    groups = [gid]
+    try:
+        with open("/etc/group") as handle:
+            for line in handle:
+                fields = line.strip().split(":")
+                if len(fields) > 3 and fields[2].isdigit() and name in fields[3].split(","):
+                    groups.append(int(fields[2]))
+    except FileNotFoundError:
+        pass
+    return sorted(set(groups))
+
+
 def _lookup(table, name, what):
     try:
         with open(table) as handle:
@@ -571,7 +587,7 @@ def become_user_and_exec(process):
         load_seccomp_filter(process.security)
     if user is not None:
         uid, gid = user
-        os.setgroups([])
+        os.setgroups(supplementary_groups(process.user, gid))
         os.setgid(gid)
         os.setuid(uid)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
