@@ -86,7 +86,7 @@ VERBS = (
 PLUGINS = (
     ("labkit.images.cli", "add_subcommands", {
         "image": "list, inspect, import, export and remove images",
-        "build": "build an image from a recipe (a Dockerfile subset)",
+        "build": "build an image from a Dockerfile (offline: FROM names a local image)",
         "commit": "save a container's changes as a new image"}),
     ("labkit.net.cli", "add_subcommands", {"network": "list and inspect container networks"}),
     ("labkit.vm.cli", "add_subcommand", {"vm": "a small VM with a real cgroup v2 kernel (QEMU)"}),

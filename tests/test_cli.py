@@ -62,7 +62,7 @@ def test_run_has_removed_its_container_and_helper_when_the_command_returns(labki
     (["-v", "/no/such/dir:/data", "--", "true"], "does not exist on the host", 2),
     pytest.param(["--", "no-such-command"], "command 'no-such-command' not found", 127, marks=pytest.mark.root),
     (["--cpus", "0", "--", "true"], "must be a positive number of cores", 2),
-    ([], "needs a command", 2),
+    (["--entrypoint", ""], "nothing to run", 2),
 ])
 def test_bad_input_is_one_clear_line_and_nothing_is_left(labkit_home, args, message, code):
     done = labkit("run", *args, home=labkit_home)
@@ -71,6 +71,14 @@ def test_bad_input_is_one_clear_line_and_nothing_is_left(labkit_home, args, mess
     assert "Traceback" not in done.stderr
     containers = labkit_home / "containers"
     assert not containers.exists() or os.listdir(containers) == []
+
+
+@pytest.mark.root
+def test_run_without_a_command_runs_the_images_cmd_and_entrypoint_replaces_it(labkit_home):
+    done = labkit("run", "--", home=labkit_home)  # busybox's CMD is sh, which reads no stdin and ends
+    assert (done.returncode, done.stderr) == (0, "")
+    done = labkit("run", "--entrypoint", "echo", "--", "hi", home=labkit_home)
+    assert (done.returncode, done.stdout) == (0, "hi\n")
 
 
 @pytest.mark.root

@@ -1,7 +1,7 @@
 """Images: read-only layers plus config; the base image 'busybox' needs no network.
 
     get_image("busybox")                      an Image: .name, .layers, .layer_dirs, .config
-    build(recipe_text, "web", context_dir, run_step=...)  a Dockerfile subset, one layer per RUN/COPY
+    build(dockerfile_text, "web", context_dir, run_step=..., build_args={})  one layer per RUN/COPY/ADD
     commit(upper_dir, base_image, "mine")     a container's changes as a new image
     import_image(path) / export_image(...)    OCI layouts, docker save archives, rootfs tarballs
 """

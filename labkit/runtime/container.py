@@ -349,8 +349,8 @@ class Container:
         from labkit.cgroups import host_hierarchy
 
         if not self.command:
-            raise ConfigError(f"no command given and image {self.image.name!r} has no ENTRYPOINT or CMD; "
-                              "give a command (labkit run --image IMAGE -- COMMAND)")
+            raise ConfigError(f"nothing to run: no command given, and image {self.image.name!r} has no "
+                              "ENTRYPOINT or CMD (or --entrypoint dropped them); give a command after --")
         plan = launch.start_plan(self.spec, self.image, id=self.id, name=self.name, hostname=self.hostname,
                                  directory=self.dir, command=self.command, hold=hold, auto_remove=auto_remove)
         host_hierarchy().check(plan.limits)
