@@ -222,6 +222,13 @@ CORPUS = {
         RUN id -u > /tmp/uid
         CMD ["sh", "-c", "id -u; id -g; id -G"]
         """),
+    "workdir-without-run": dict(dockerfile="""
+        FROM localhost/base
+        WORKDIR /made/by/workdir
+        COPY file.txt .
+        WORKDIR /empty/workdir
+        CMD ["pwd"]
+        """, files={"file.txt": "f\n"}),
     "entrypoint-and-cmd": dict(dockerfile="""
         FROM localhost/base
         ENTRYPOINT ["echo", "entry"]
@@ -402,7 +409,7 @@ def test_labkit_builds_what_podman_builds(oracle, name, tmp_path):
     podman("save", "--format", "oci-archive", "-o", tmp_path / "theirs-oci.tar", f"localhost/{name}")
     import_image(tmp_path / "theirs-oci.tar", name=f"from-podman-{name}", store=store)
 
-    probe = ["-c", "id -u; id -g; id -G; pwd"]
+    probe = ["-c", "id -u; id -g; id -G; pwd; echo $HOME"]
     for label, in_podman, in_labkit in (("podman's", f"localhost/{name}", f"from-podman-{name}"),
                                         ("labkit's", loaded, name)):
         podman_default, labkit_default = podman.run(in_podman), _labkit_run(in_labkit)

@@ -555,3 +555,65 @@ def test_image_commands_name_a_missing_image_in_one_line(labkit_home, verb):
     done = labkit_image(verb, "nosuch", home=labkit_home)
     assert done.returncode == 2
     assert "no image named 'nosuch'" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- Dockerfile behaviours that need a real build ------------------------------------------
+
+def test_copy_to_a_directory_the_image_has_goes_inside_it_as_in_docker(store, context):
+    image = build("FROM busybox\nCOPY app.txt /tmp\nWORKDIR /new/dir\nCOPY app.txt .\n", "into", context,
+                  store=store)
+    assert (image.layer_dirs[-2] / "tmp" / "app.txt").read_text() == "the app\n"
+    assert (image.layer_dirs[-1] / "new" / "dir" / "app.txt").read_text() == "the app\n"
+
+
+def test_dockerignore_keeps_files_out_of_a_build(store, context):
+    (context / "secrets").mkdir()
+    (context / "secrets" / "key").write_text("hunter2\n")
+    (context / "debug.log").write_text("log\n")
+    recipe = "FROM busybox\nCOPY . /app/\n"
+    with_everything = build(recipe, "all", context, store=store)
+    assert (with_everything.layer_dirs[-1] / "app" / "secrets" / "key").exists()  # without the file: all goes in
+    (context / ".dockerignore").write_text("secrets\n*.log\n")
+    image = build(recipe, "ignored", context, store=store)
+    names = sorted(p.name for p in (image.layer_dirs[-1] / "app").iterdir())
+    assert names == [".dockerignore", "app.txt"]
+    with pytest.raises(ImageError, match="'secrets/key' does not exist .*dockerignore"):
+        build("FROM busybox\nCOPY secrets/key /key\n", "x", context, store=store)
+
+
+def test_build_args_reach_arg_substitution_and_run_but_not_the_image(store, context):
+    recipe = "FROM busybox\nARG WHO=nobody\nENV GREETING=hello-$WHO\nRUN echo \"$WHO $GREETING\" > /out\n"
+    image = build(recipe, "args", context, store=store, build_args={"WHO": "lab"})
+    assert (image.layer_dirs[-1] / "out").read_text() == "lab hello-lab\n"
+    assert "GREETING=hello-lab" in image.config.env and not any(e.startswith("WHO=") for e in image.config.env)
+
+
+def test_from_a_registry_path_without_network_is_one_clear_line(store, context):
+    with pytest.raises(ImageError, match=r"FROM docker.io/library/alpine:3.19: .*builds offline and pulls nothing"):
+        build("FROM docker.io/library/alpine:3.19\n", "x", context, store=store)
+    get_image("busybox", store)
+    image = build("FROM docker.io/library/busybox:latest\n", "resolved", context, store=store)
+    assert image.layers == get_image("busybox", store).layers
+
+
+def test_blobs_kept_by_an_import_go_with_the_last_image_that_uses_them(store, tmp_path):
+    from labkit.images import export_image, import_image
+
+    export_image(get_image("busybox", store), tmp_path / "busybox.tar", "rootfs")
+    image = import_image(tmp_path / "busybox.tar", name="imported", store=store)
+    blob = store.blob_path(image.sources[0].digest)
+    assert blob.read_bytes() == (tmp_path / "busybox.tar").read_bytes()
+    store.remove_image("imported", layers_used_by_containers=layers_in_use)
+    assert not blob.exists()
+
+
+def test_a_damaged_blob_is_never_exported(store, tmp_path):
+    from labkit.images import export_image, import_image
+
+    export_image(get_image("busybox", store), tmp_path / "busybox.tar", "rootfs")
+    image = import_image(tmp_path / "busybox.tar", name="imported", store=store)
+    with open(store.blob_path(image.sources[0].digest), "r+b") as blob:
+        blob.seek(2000)
+        blob.write(b"X")
+    with pytest.raises(ImageError, match="is damaged"):
+        export_image(image, tmp_path / "out.tar", "oci")

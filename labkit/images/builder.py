@@ -17,7 +17,14 @@ from pathlib import Path
 from labkit.errors import ImageError, ImageNotFound
 from labkit.images.add_archive import is_archive, unpack
 from labkit.images.cache import BuildCache, step_key
-from labkit.images.copy_step import ROOT_OWNED, Ownership, content_key, make_copy_layer, resolve_sources
+from labkit.images.copy_step import (
+    ROOT_OWNED,
+    Ownership,
+    content_key,
+    is_directory_in_image,
+    make_copy_layer,
+    resolve_sources,
+)
 from labkit.images.dockerfile_words import split_words, substitute
 from labkit.images.dockerignore import DockerIgnore, copy_context
 from labkit.images.image_users import resolve_owner
@@ -264,6 +271,8 @@ class _StageState:
         if len(sources) > 1 and not destination.endswith("/"):
             raise recipe_error(step.line, f"with several sources, {step.keyword}'s destination must be a "
                                           "directory ending in '/'")
+        if is_directory_in_image(self._lowers(), destination, self.config.workdir):
+            destination = destination.rstrip("/") + "/"
         ownership = self._ownership(step)
         if "from" in step.flags:
             root, shown = self.build.root_of(self.sub(step, step.flags["from"]), step.line)

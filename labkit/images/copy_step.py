@@ -158,6 +158,15 @@ def _make_parents(root: int, inside: str, lowers_top_first: list) -> None:
             os.close(made)
 
 
+def is_directory_in_image(lowers_top_first: list, destination: str, workdir: str) -> bool:
+    """Does `destination` name a directory: '.', '..', a trailing '/' or '/.', or a
+    directory the image already has (Docker copies into it, not over it)?"""
+    if destination in (".", "..") or destination.endswith(("/", "/.", "/..")):
+        return True
+    inside = absolute_in_image(destination, workdir)
+    return not inside or _directory_below(lowers_top_first, inside) is not None
+
+
 def _directory_below(lowers_top_first: list, relative: str):
     """The stat of the plain directory the image below shows at `relative`, or None.
     A link on the way (in the layer, `etc -> /somewhere`) is not followed: its target

@@ -232,7 +232,8 @@ def process_plan(spec, image, hostname, command, env=(), workdir=None, user=None
     """The process of a container (or of an `exec` into it, with its own overrides)."""
     return ProcessPlan(
         command=list(command),
-        env=merge_env(image.config.env, [f"HOSTNAME={hostname}", "HOME=/root"], spec.env, env),
+        # HOME, unless set, comes from the user's passwd entry inside (setup.home_of), as runc
+        env=merge_env([f"HOSTNAME={hostname}"], image.config.env, spec.env, env),
         workdir=workdir or spec.workdir or image.config.workdir or "/",
         user=next(u for u in (user, spec.user, image.config.user, "") if u is not None) or None,
         security=security_plan(spec), image=image.name)

@@ -545,6 +545,21 @@ def resolve_user(user):
     return uid, uid if gid is None else gid
 
 
+def home_of(user):
+    """The home directory /etc/passwd gives the user (by name or uid), else "/" (runc's
+    default for a user without an entry)."""
+    name = user.partition(":")[0]
+    try:
+        with open("/etc/passwd") as handle:
+            for line in handle:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) > 5 and name in (fields[0], fields[2]):
+                    return fields[5] or "/"
+    except FileNotFoundError:
+        pass
+    return "/"
+
+
 def supplementary_groups(user, gid):
     """The primary group and every group of /etc/group that lists the user by name, as
     runc gives a process (`id -G` shows the same under podman and labkit)."""
@@ -585,6 +600,7 @@ def become_user_and_exec(process):
     filter_before_setuid = user is not None and not process.security.no_new_privileges
     if filter_before_setuid:
         load_seccomp_filter(process.security)
+    env.setdefault("HOME", home_of(process.user or "0"))
     if user is not None:
         uid, gid = user
         os.setgroups(supplementary_groups(process.user, gid))
