@@ -617,3 +617,12 @@ def test_a_damaged_blob_is_never_exported(store, tmp_path):
         blob.write(b"X")
     with pytest.raises(ImageError, match="is damaged"):
         export_image(image, tmp_path / "out.tar", "oci")
+
+
+def test_a_run_under_another_shell_or_user_is_not_taken_from_the_cache(store, context):
+    plain = build("FROM busybox\nRUN echo $0 $(id -u) > /s\n", "a", context, store=store)
+    ash = build('FROM busybox\nSHELL ["/bin/ash", "-c"]\nRUN echo $0 $(id -u) > /s\n', "b", context, store=store)
+    nobody = build("FROM busybox\nUSER nobody\nRUN echo $0 $(id -u) > /tmp/s\n", "c", context, store=store)
+    assert (plain.layer_dirs[-1] / "s").read_text() == "/bin/sh 0\n"
+    assert (ash.layer_dirs[-1] / "s").read_text() == "/bin/ash 0\n"
+    assert (nobody.layer_dirs[-1] / "tmp" / "s").read_text() == "/bin/sh 65534\n"

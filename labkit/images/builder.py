@@ -233,7 +233,9 @@ class _StageState:
         return "config updated"
 
     def _layer_step(self, step, content: str, env: list, make_layer) -> str:
-        key = step_key(self.layers, step.text, env + [f"USER={self.config.user}"], self.config.workdir, content)
+        # who runs it and with which shell decide a RUN's layer too
+        decided_by = env + [f"USER={self.config.user}", "SHELL=" + "\0".join(self.config.shell)]
+        key = step_key(self.layers, step.text, decided_by, self.config.workdir, content)
         digest = self.build.cache.get(key)
         cached = digest is not None
         if not cached:
