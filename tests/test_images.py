@@ -626,3 +626,14 @@ def test_a_run_under_another_shell_or_user_is_not_taken_from_the_cache(store, co
     assert (plain.layer_dirs[-1] / "s").read_text() == "/bin/sh 0\n"
     assert (ash.layer_dirs[-1] / "s").read_text() == "/bin/ash 0\n"
     assert (nobody.layer_dirs[-1] / "tmp" / "s").read_text() == "/bin/sh 65534\n"
+
+
+def test_copy_from_a_stage_follows_its_links_inside_the_stage_never_onto_the_host(store, context):
+    recipe = ("FROM busybox AS build\nRUN mkdir -p /real/dir && echo inside > /real/dir/passwd && "
+              "ln -s /real/dir /app && ln -s /etc/passwd /app-passwd\n"
+              "FROM busybox\nCOPY --from=build /app/passwd /from-link\nCOPY --from=build /app-passwd /copied-passwd\n")
+    image = build(recipe, "links", context, store=store)
+    assert (image.layer_dirs[-2] / "from-link").read_text() == "inside\n"
+    busybox_passwd = (get_image("busybox", store).layer_dirs[0] / "etc" / "passwd").read_text()
+    assert (image.layer_dirs[-1] / "copied-passwd").read_text() == busybox_passwd  # the stage's, not the host's
+    assert busybox_passwd != open("/etc/passwd").read()

@@ -280,7 +280,7 @@ class _StageState:
             root, shown = self.build.root_of(self.sub(step, step.flags["from"]), step.line)
         else:
             root, shown = self.build.context_copy(), f"the build context {self.build.context}"
-        pairs = resolve_sources(step.line, sources, destination, root, shown)
+        pairs = resolve_sources(step.line, sources, destination, root, shown, links_inside="from" in step.flags)
         if step.keyword != "ADD":
             return [(pairs, ownership)]
         groups = []

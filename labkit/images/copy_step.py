@@ -21,15 +21,22 @@ from labkit.images.recipe import recipe_error
 from labkit.linux import paths
 
 
-def resolve_sources(line: int, patterns: list, destination: str, context: Path, shown: str = "") -> list:
+def resolve_sources(line: int, patterns: list, destination: str, context: Path, shown: str = "",
+                    links_inside: bool = False) -> list:
     """[(source path, path inside the image)] for a COPY of `patterns` from `context`
-    (a build context, or the root of a stage for COPY --from); `shown` names it in errors."""
+    (a build context, or the root of a stage for COPY --from); `shown` names it in errors.
+    `links_inside`: `context` is an image's root, whose links (absolute ones too) point
+    inside it, as they do in the container."""
     context = Path(context).resolve()
     shown = shown or str(context)
     pairs = []
     for pattern in patterns:
-        matches = sorted(glob.glob(str(context / pattern.lstrip("/")))) if glob.has_magic(pattern) else [
-            str(context / pattern.lstrip("/"))]
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(str(context / pattern.lstrip("/"))))
+        elif links_inside:
+            matches = [str(resolve_in_root(context, pattern, line))]
+        else:
+            matches = [str(context / pattern.lstrip("/"))]
         for match in matches:
             real = Path(match).resolve()
             if real != context and context not in real.parents:
@@ -43,6 +50,29 @@ def resolve_sources(line: int, patterns: list, destination: str, context: Path, 
             raise recipe_error(line, f"COPY source {pattern!r} does not exist in {shown}"
                                      " (or .dockerignore leaves it out)")
     return [(source, _destination(source, destination, len(pairs) > 1)) for source in pairs]
+
+
+def resolve_in_root(root: Path, path: str, line: int, hops: int = 40) -> Path:
+    """`path` inside `root` with every link on the way resolved as if `root` were '/'."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    current = root
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            current = current.parent if current != root else root
+            continue
+        candidate = current / part
+        if not candidate.is_symlink():
+            current = candidate
+            continue
+        hops -= 1
+        if hops < 0:
+            raise recipe_error(line, f"COPY --from source {path!r}: too many levels of symbolic links")
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            current = root
+        parts[:0] = [piece for piece in target.split("/") if piece not in ("", ".")]
+    return current
 
 
 def _destination(source: Path, destination: str, several: bool) -> str:
