@@ -10,7 +10,6 @@ diff_id in the config, and files named by a digest must hash to that digest.
 """
 
 import hashlib
-import json
 import re
 from pathlib import Path
 

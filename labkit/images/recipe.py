@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from labkit.errors import ImageError
-from labkit.images.dockerfile_words import SubstitutionError, split_raw
+from labkit.images.dockerfile_words import split_raw
 
 SUPPORTED = ("FROM", "RUN", "COPY", "ADD", "ENV", "ARG", "WORKDIR", "USER", "EXPOSE", "ENTRYPOINT", "CMD",
              "LABEL", "SHELL", "STOPSIGNAL", "VOLUME")
@@ -210,7 +210,7 @@ def _parse_copy(argument, escape):
     words = words if words is not None else split_raw(argument, escape)
     if len(words) < 2:
         raise ImageError("needs at least one source and a destination")
-    return {"sources": words[:-1], "destination": words[-1], "json": json_list(argument) is not None}
+    return {"sources": words[:-1], "destination": words[-1]}
 
 
 def _parse_pairs(keyword):
@@ -266,6 +266,3 @@ def _check_stage_names(stages, problems):
         if stage.name in seen:
             problems.add(stage.line, f"stage name {stage.name!r} is already used on line {seen[stage.name]}")
         seen[stage.name] = stage.line
-
-
-__all__ = ["Dockerfile", "Instruction", "Stage", "SubstitutionError", "json_list", "parse_recipe", "recipe_error"]
