@@ -164,6 +164,16 @@ def test_dev_kmsg_cannot_be_opened_for_writing(labkit_home):
 
 @pytest.mark.root
 @pytest.mark.cgroup_v2
+def test_dev_fuse_is_refused_as_docker_refuses_it(labkit_home):
+    # moby's default spec denies c 10:229 (daemon/pkg/oci/defaults.go). Opening /dev/fuse
+    # and closing it again mounts nothing; without device control it opens.
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no fuse driver on this host: /dev/fuse is missing, so an open fails either way")
+    assert mknod_and_open("c", 10, 229, "write") == (True, False)
+    assert mknod_and_open("c", 10, 229, "write", privileged=True) == (True, True)
+
+
+@pytest.mark.cgroup_v2
 def test_the_allowed_devices_still_work(labkit_home):
     from labkit.runtime import run
 

@@ -46,7 +46,9 @@ class DeviceRule:
 
 
 # Docker's default: mknod of anything (a node is harmless until it is opened), and
-# read/write only of these.
+# read/write only of these: runc's allowed devices (libcontainer/specconv: AllowedDevices,
+# tun re-added in runc 1.2.4) and moby's spec (daemon/pkg/oci/defaults.go), which denies
+# /dev/fuse (c 10:229) explicitly, so it is not here.
 DOCKER_DEFAULT = (
     "c *:* m", "b *:* m",
     "c 1:3 rwm",      # /dev/null
@@ -59,7 +61,6 @@ DOCKER_DEFAULT = (
     "c 5:2 rwm",      # /dev/ptmx
     "c 136:* rwm",    # /dev/pts/*
     "c 10:200 rwm",   # /dev/net/tun
-    "c 10:229 rwm",   # /dev/fuse
 )
 
 
