@@ -17,4 +17,14 @@ SOLUTIONS = {
             '(WSL 2 or Hyper-V) and the containers share that VM\'s Linux kernel."""'
         ),
     },
+    "08-security.ipynb": {
+        "keyring-not-mount": 'my_option = "--security-opt seccomp=unconfined"',
+        "mknod-refused-by-namespace": 'my_options = "--userns"',
+        "explain-privileged": (
+            'my_explanation = """The PID namespace is still there: the container names only its own '
+            "processes, so the host's are out of reach. But a namespace only decides what the container can "
+            "name; with every capability, no seccomp and every device, it can still call into the shared "
+            'kernel and change it."""'
+        ),
+    },
 }

@@ -331,11 +331,18 @@ def table(result, profiles=None) -> str:
     for name in result.params["attempts"]:
         lines.append(name.ljust(26) + "".join(cells[name, p].ljust(width) for p in profiles).rstrip())
     lines += [f"{profile} skipped: {why}" for profile, why in result.data.get("skipped_profiles", {}).items()]
+    lines.append(pids_note(result))
     return "\n".join(lines)
 
 
+def pids_note(result) -> str:
+    """Docker sets no pids limit by default; this experiment gives every profile one."""
+    return (f"every container profile above also has --pids-limit {result.params.get('pids', Params.pids)} "
+            "(Docker's default has no pids limit: without it, fork_past_pids_limit gets through)")
+
+
 def check(result) -> Check:
-    claim = ("the default profile stops every attempt, each cell is stopped by the first defence standing "
+    claim = ("the default profile (with a pids limit added) stops every attempt, each cell is stopped by the first defence standing "
              "there, and an attempt gets through wherever none stands")
     if result.skipped:
         return Check.skip(claim, result.skipped)
@@ -387,7 +394,8 @@ def plot(result):
                   key=list(COLOURS).index)
     axes.legend(handles=[Patch(color=COLOURS[k], label=k) for k in used], loc="upper left",
                 bbox_to_anchor=(1.01, 1), fontsize=8, title="stopped by", title_fontsize=8)
-    title = "as root inside a container (and in a VM): what stopped each attempt"
+    title = ("as root inside a container (and in a VM): what stopped each attempt\n"
+             f"(every container profile with --pids-limit {result.params.get('pids', Params.pids)}: Docker sets none by default)")
     if result.data.get("vm_skipped"):
         title += f"\nVM column skipped: {result.data['vm_skipped'][:80]}"
     axes.set_title(title, fontsize=9, pad=28)
