@@ -244,7 +244,17 @@ def execute(path: Path, kernel_name: str = "labkit", timeout: int = 600, startup
         client.execute()
     except CellExecutionError as error:
         return notebook, error
+    strip_widgets(notebook)
     return notebook, None
+
+
+def strip_widgets(notebook) -> None:
+    """A cell tagged `strip-output` shows a live widget: a browser draws it, and its saved
+    text (`VBox(children=…)`) tells a reader nothing, so the saved copy keeps no output."""
+    for cell in notebook.cells:
+        if "strip-output" in cell.get("metadata", {}).get("tags", []):
+            cell.outputs = []
+    notebook.metadata.pop("widgets", None)
 
 
 def cmd_notebooks_run(options):

@@ -7,6 +7,16 @@ value replaces the answer cell's source.
 """
 
 SOLUTIONS = {
+    "00-start-here.ipynb": {
+        "hostname-options": 'my_options = "--hostname student"',
+        "trap-sigterm": """my_command = "sh -c 'trap \\"echo got TERM; exit 0\\" TERM; while :; do sleep 0.1; done'\"""",
+        "explain-stop": (
+            'my_explanation = """PID 1 of a PID namespace only receives signals it has a handler for; a plain '
+            "program installs no handler for SIGTERM, so the kernel drops docker stop's SIGTERM and Docker waits "
+            '10 s before SIGKILL, which always arrives from the host. --init runs tini as PID 1, which has a '
+            'handler and forwards the signal to the program."""'
+        ),
+    },
     "07-containers-vs-vms.ipynb": {
         "timens-options": 'my_options = "--timens 3600 --hostname guest"',
         "own-or-kernel": 'my_answer = {"hostname", "loopback MTU"}',

@@ -29,7 +29,7 @@ class Namespace:
 
 
 NAMESPACES = (
-    Namespace("mnt", syscalls.CLONE_NEWNS, "CLONE_NEWNS", "mount points and the root directory", "2.4.19", "2.4.19"),
+    Namespace("mnt", syscalls.CLONE_NEWNS, "CLONE_NEWNS", "mount points", "2.4.19", "2.4.19"),
     Namespace("uts", syscalls.CLONE_NEWUTS, "CLONE_NEWUTS", "hostname and NIS domain name", "2.6.19", "2.6.19"),
     Namespace("ipc", syscalls.CLONE_NEWIPC, "CLONE_NEWIPC", "System V IPC objects and POSIX message queues",
               "2.6.19", "2.6.30"),
