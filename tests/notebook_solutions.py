@@ -17,6 +17,15 @@ SOLUTIONS = {
             'handler and forwards the signal to the program."""'
         ),
     },
+    "01-namespaces.ipynb": {
+        "userns-options": 'my_options = "--userns"',
+        "host-net-options": 'my_options = "--net host"',
+        "explain-supervisor": (
+            'my_explanation = """unshare(CLONE_NEWPID) does not move the caller: only its children are born in '
+            "the new PID namespace. So the supervisor unshares uts, ipc, net and pid, stays in the first three, "
+            'and its child becomes PID 1 of the new PID namespace."""'
+        ),
+    },
     "07-containers-vs-vms.ipynb": {
         "timens-options": 'my_options = "--timens 3600 --hostname guest"',
         "own-or-kernel": 'my_answer = {"hostname", "loopback MTU"}',
