@@ -26,6 +26,16 @@ SOLUTIONS = {
             'and its child becomes PID 1 of the new PID namespace."""'
         ),
     },
+    "06-union-fs-and-layers.ipynb": {
+        "copy-up-entries": 'my_prediction = {"etc", "etc/group"}',
+        "whiteout": 'my_prediction = ("whiteout", True)',
+        "explain-init-layer": (
+            'my_explanation = """In labkit the edit copies /etc/hosts up into the read-write layer, and commit '
+            "leaves the init layer's files out by name. In Docker the init layer holds an empty placeholder and "
+            "the real file is a bind mount from the container's directory, so the edit never reaches the "
+            'read-write layer."""'
+        ),
+    },
     "07-containers-vs-vms.ipynb": {
         "timens-options": 'my_options = "--timens 3600 --hostname guest"',
         "own-or-kernel": 'my_answer = {"hostname", "loopback MTU"}',
