@@ -26,6 +26,15 @@ SOLUTIONS = {
             'and its child becomes PID 1 of the new PID namespace."""'
         ),
     },
+    "02-pid-and-mount.ipynb": {
+        "mount-inside": 'my_command = "mkdir -p /mnt/notes && mount -t tmpfs notes /mnt/notes"\nmy_host_sees = False',
+        "sleeper-pids": "my_guess = [2, 3]",
+        "explain-propagation": (
+            'my_explanation = """A new mount namespace copies the mount table, and each copied mount keeps its '
+            "propagation: under a shared mount the copy is in the same peer group, so a mount made inside "
+            'appears on the host too. Private propagation takes the copies out of the peer group."""'
+        ),
+    },
     "06-union-fs-and-layers.ipynb": {
         "copy-up-entries": 'my_prediction = {"etc", "etc/group"}',
         "whiteout": 'my_prediction = ("whiteout", True)',
