@@ -35,6 +35,15 @@ SOLUTIONS = {
             'appears on the host too. Private propagation takes the copies out of the peer group."""'
         ),
     },
+    "04-cgroups-memory.ipynb": {
+        "limit-and-kill": 'my_limit = "20m"\nmy_kill_at_mib = 20',
+        "limit-bytes": "my_bytes = 48 * 1024 * 1024",
+        "explain-oom": (
+            'my_explanation = """Every page a process in the cgroup touches is a charge against the limit. At the '
+            "limit the kernel first reclaims, and when nothing can be reclaimed it refuses the charge and the OOM "
+            'killer picks a victim by its badness score, tail or the shell, so usage never passes the limit."""'
+        ),
+    },
     "06-union-fs-and-layers.ipynb": {
         "copy-up-entries": 'my_prediction = {"etc", "etc/group"}',
         "whiteout": 'my_prediction = ("whiteout", True)',
