@@ -44,6 +44,15 @@ SOLUTIONS = {
             'killer picks a victim by its badness score, tail or the shell, so usage never passes the limit."""'
         ),
     },
+    "05-cgroups-cpu-and-pids.ipynb": {
+        "quota-prediction": "my_cpu_seconds = 0.25\nmy_throttled = 10",
+        "bomb-prediction": "my_pids_current = 8",
+        "explain-quota": (
+            'my_explanation = """A quota is a ceiling, not a reservation: it stops the cgroup from running more, '
+            "but other work on a busy host can still take the CPU, so getting less proves nothing about the "
+            'limit. Only a weight (cpu.weight or cpu.shares) or a dedicated CPU gives it a share."""'
+        ),
+    },
     "06-union-fs-and-layers.ipynb": {
         "copy-up-entries": 'my_prediction = {"etc", "etc/group"}',
         "whiteout": 'my_prediction = ("whiteout", True)',
