@@ -35,6 +35,15 @@ SOLUTIONS = {
             'appears on the host too. Private propagation takes the copies out of the peer group."""'
         ),
     },
+    "03-network.ipynb": {
+        "third-listener": "my_prediction = True",
+        "quiet-namespace": 'my_command = "nsenter --net={b} sysctl -q -w net.ipv4.icmp_echo_ignore_all=1"',
+        "explain-sysctl": (
+            'my_explanation = """Settings under net belong to a network namespace, so each container has its '
+            "own copy; printk_ratelimit_burst is one per kernel, shared by everyone. The container's /proc/sys is "
+            'read-only, and docker run --sysctl sets only namespaced ones, from outside, before the command."""'
+        ),
+    },
     "04-cgroups-memory.ipynb": {
         "limit-and-kill": 'my_limit = "20m"\nmy_kill_at_mib = 20',
         "limit-bytes": "my_bytes = 48 * 1024 * 1024",
