@@ -104,5 +104,11 @@ def test_each_self_check_rejects_the_shipped_placeholder_and_says_what_it_saw(na
 @pytest.mark.parametrize("name", sorted(SOLUTIONS))
 def test_each_self_check_passes_a_correct_answer(name):
     _needs_the_kernel()
+    busy = []
     for first_line, text in _run_exercises(name, solved=True):
+        if "busy host" in text:   # a timing check that could not judge: the student is told to run again
+            busy.append(f"{first_line}: {text.strip()}")
+            continue
         assert "PASS" in text and "NOT YET" not in text, f"{name}: {first_line!r} failed a correct answer: {text!r}"
+    if busy:
+        pytest.skip(f"{name}: the host was too busy to judge (every other check passed): {busy}")
