@@ -13,6 +13,7 @@ from pathlib import Path
 
 from labkit.home import labkit_home
 from labkit.vm import guest
+from labkit.vm.modules import GUEST_MODULES
 
 
 def vm_home() -> Path:
@@ -62,7 +63,7 @@ def save(kernel: CachedKernel) -> None:
 
 def guest_scripts_fingerprint() -> str:
     """Changes when a labkit upgrade changes what runs in the guest, so runs rebuild."""
-    text = guest.STAGE1_INIT + guest.STAGE2
+    text = guest.STAGE1_INIT + guest.STAGE2 + " ".join(GUEST_MODULES)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

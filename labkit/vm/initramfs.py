@@ -12,7 +12,7 @@ from labkit.vm.modules import module_bytes, module_name, modules_in_load_order
 
 
 def build_base(busybox: Path, modules_dir: Path) -> bytes:
-    """busybox, the root-mounting modules (decompressed, numbered in load order), /init."""
+    """busybox, the guest's modules (decompressed, numbered in load order), /init."""
     archive = CpioArchive()
     for directory in ("bin", "dev", "lib", "lib/modules", "labkit"):
         archive.directory(directory)

@@ -12,9 +12,13 @@ from labkit.errors import HostError
 # virtio_pci finds the 9p device, 9pnet_virtio carries 9P over it, 9p mounts the
 # host's root, overlay puts a writable tmpfs over that read-only root.
 ROOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
+# loop: Debian builds it as a module and nothing in the guest loads it (the guest has no
+# udev and its modules dir no modules.dep), so without it no loop device can be made there
+# and the cgroup v2 lane never tries a block device against device control.
+GUEST_MODULES = ROOT_MODULES + ("loop",)
 
 
-def modules_in_load_order(modules_dir: Path, wanted=ROOT_MODULES) -> list[Path]:
+def modules_in_load_order(modules_dir: Path, wanted=GUEST_MODULES) -> list[Path]:
     """The `.ko` files for `wanted` and everything they depend on, dependencies first."""
     by_name = _modules_by_name(modules_dir)
     builtin = _builtin_names(modules_dir)
@@ -28,7 +32,7 @@ def modules_in_load_order(modules_dir: Path, wanted=ROOT_MODULES) -> list[Path]:
         if name not in by_name:
             raise HostError(
                 f"kernel module {name} is neither in {modules_dir} nor built in; "
-                "the guest cannot mount its root without it (is this Debian's generic kernel?)"
+                "the guest needs it (is this Debian's generic kernel?)"
             )
         for dependency in _depends(module_bytes(by_name[name])):
             visit(dependency)
