@@ -193,6 +193,38 @@ def test_v2_pids_of_a_cgroup_removed_while_read_are_none(monkeypatch):
         cgroup.delete()
 
 
+@needs_v1
+def test_v1_stats_of_a_cgroup_removed_while_read_are_empty(monkeypatch):
+    """Container.stats() and %container stats read while the helper tears the container
+    down: the kernel answers ENODEV for a file opened before the rmdir, which means gone."""
+    from labkit.cgroups import base
+
+    cgroup = HierarchyV1().create(leaf())
+    monkeypatch.setattr(base, "read_text", removed_between_open_and_read(cgroup.dirs["memory"]))
+    try:
+        stats = cgroup.stats()
+        assert stats.memory_current is None and stats.oom_kills == 0
+        assert not os.path.exists(cgroup.dirs["memory"])
+    finally:
+        monkeypatch.undo()
+        cgroup.delete()
+
+
+@needs_unified
+def test_v2_stats_of_a_cgroup_removed_while_read_are_empty(monkeypatch):
+    from labkit.cgroups import base
+
+    cgroup = HierarchyV2(UNIFIED).create(leaf())
+    monkeypatch.setattr(base, "read_text", removed_between_open_and_read(cgroup.path))
+    try:
+        stats = cgroup.stats()
+        assert stats.cpu_seconds is None and stats.memory_current is None
+        assert not cgroup.exists()
+    finally:
+        monkeypatch.undo()
+        cgroup.delete()
+
+
 def test_a_limit_the_host_cannot_enforce_is_refused_by_name():
     hierarchy = HierarchyV1(mounts={"memory": "/nonexistent"})
     with pytest.raises(HostError, match="pids limit needs the pids cgroup controller"):

@@ -71,10 +71,13 @@ def gone(error: OSError) -> bool:
 
 
 def read_int(path) -> int | None:
+    """The number in a one-value file; None for "max" or a cgroup that is gone."""
     try:
         text = read_text(path).strip()
-    except FileNotFoundError:
-        return None
+    except OSError as error:
+        if gone(error):
+            return None
+        raise
     return None if text == "max" else int(text)
 
 
@@ -82,12 +85,15 @@ def read_keyed(path) -> dict:
     """Files of `key value` lines (memory.events, cpu.stat, pids.events, ...)."""
     values = {}
     try:
-        for line in read_text(path).splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[1].lstrip("-").isdigit():
-                values[parts[0]] = int(parts[1])
-    except FileNotFoundError:
-        pass
+        text = read_text(path)
+    except OSError as error:
+        if gone(error):
+            return values  # a cgroup that is gone has nothing to count
+        raise
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            values[parts[0]] = int(parts[1])
     return values
 
 
