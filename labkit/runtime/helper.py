@@ -242,13 +242,29 @@ def settle() -> None:
     """Wait until this process's helper has finished tearing down every container that
     has exited (it does that right after reporting the exit). For checks of what is
     left behind; nothing else needs it."""
+    _ping_own_helper("settle")
+
+
+def ready_slots() -> list:
+    """The cgroup names of the ready slots (runtime/pool.py) this process's helper would
+    hand the next start, as the helper knows them: a slot's first process is seen waiting
+    from outside before its "ready" has reached the helper."""
+    pong = _ping_own_helper("ready-slots")
+    return [] if pong is None else pong["ready_slots"]
+
+
+def _ping_own_helper(ident: str) -> dict | None:
+    """A PONG from this process's helper, once it has handled everything before; None
+    without a live helper."""
     with _lock:
         helper = _helper if _helper is not None and _helper.owner_pid == os.getpid() else None
     if helper is None or helper.gone is not None:
-        return
-    helper.send(Op.PING, id="settle")
-    if helper.wait_for("settle", (Op.PONG,), timeout=60) is None:
-        raise HostError("the labkit helper did not finish its teardown within 60 s")
+        return None
+    helper.send(Op.PING, id=ident)
+    pong = helper.wait_for(ident, (Op.PONG,), timeout=60)
+    if pong is None:
+        raise HostError("the labkit helper did not answer within 60 s")
+    return pong
 
 
 def shutdown_helper():

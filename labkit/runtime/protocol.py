@@ -49,7 +49,7 @@ FIELDS = {
     Op.EXITED: {"id", "status", "error", "pid", "stats"},
     Op.FAILED: {"id", "error", "errno"},
     Op.REMOVED: {"id"},
-    Op.PONG: {"id", "pid"},
+    Op.PONG: {"id", "pid", "ready_slots"},   # ready_slots: cgroup names of the slots a start would get now
 }
 
 

@@ -392,7 +392,8 @@ class Zygote:
         self.send(Op.REMOVED, id=request["id"])
 
     def op_ping(self, request, fds):
-        self.send(Op.PONG, id=request["id"], pid=os.getpid())
+        self.send(Op.PONG, id=request["id"], pid=os.getpid(),
+                  ready_slots=[slot.cgroup_name for slot in self.pool.slots if slot.ready])
 
     def op_shutdown(self, request, fds):
         self.running = False
