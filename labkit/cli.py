@@ -16,7 +16,7 @@ import gc
 import importlib
 import sys
 
-from labkit.verbs import CONTAINER_OPTIONS, Verb, add_verbs, all_of, dispatch, option, spec_from_options
+from labkit.verbs import CONTAINER_OPTIONS, Parser, Verb, add_verbs, all_of, dispatch, option, spec_from_options
 
 # --- labkit's own verbs ---------------------------------------------------------------
 
@@ -29,8 +29,9 @@ def cmd_run(options):
     from labkit.runtime import Container
     from labkit.runtime.helper import fork_from_caller
 
+    spec = spec_from_options(options, options.command).validated()   # bad input: before any fork
     fork_from_caller()  # this process is small and single-threaded: it can be its own helper
-    container = Container(spec_from_options(options, options.command))
+    container = Container(spec)
     stdin = sys.stdin.fileno() if options.interactive else None
     result = container.run(stdout=sys.stdout.fileno(), stderr=sys.stderr.fileno(), stdin=stdin)
     if not result.ok:
@@ -116,7 +117,7 @@ def build_parser(verb: str | None = None, listed: bool = False):
 
     Each parser argparse makes costs ~0.3 ms, most of it gettext looking for a translation
     of its headings on disk: `labkit run` makes three, not the fourteen of a full table."""
-    parser = argparse.ArgumentParser(prog="labkit", description="Learn how Linux containers work, on the real kernel.")
+    parser = Parser(prog="labkit", description="Learn how Linux containers work, on the real kernel.")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
     known = not listed and verb is not None and (any(v.name == verb for v in VERBS) or
                                                  any(named and verb in named[0] for _, _, *named in PLUGINS))
@@ -146,7 +147,7 @@ def command():
     A plugin's verb may hold a file that only that teardown would flush: the ordinary exit."""
     try:
         code = main()
-    except SystemExit as done:  # argparse's --help and usage errors
+    except SystemExit as done:  # argparse's --help and usage errors (verbs.USAGE_EXIT)
         code = done.code
         if not (code is None or isinstance(code, int)):
             raise

@@ -17,6 +17,11 @@ class ImageError(LabkitError):
     """An image or layer is missing, corrupt or hostile."""
 
 
+class BadImageInput(ImageError, ConfigError):
+    """What the user gave to make an image (a recipe line, an archive member) cannot be
+    used: an ImageError, and bad input as a ConfigError is (the CLI exits 125)."""
+
+
 class ImageNotFound(ImageError, LookupError):
     """No image by that name."""
 

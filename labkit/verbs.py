@@ -20,7 +20,7 @@ labkit.errors, nothing else (the dataclasses module alone costs more than argpar
 import argparse
 import sys
 
-from labkit.errors import LabkitError
+from labkit.errors import ConfigError, LabkitError
 
 
 class Option:
@@ -217,10 +217,28 @@ def parser_for(verbs, parser_class=argparse.ArgumentParser, dest="verb", metavar
     return parser
 
 
+# What `labkit` exits with when what it was given cannot be used (a bad option or value, a
+# recipe line, an archive member), before any container ran: Docker's CLI says 125 for its
+# own errors, so a script can tell them from the container's exit status.
+USAGE_EXIT = 125
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors exit USAGE_EXIT instead of 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(USAGE_EXIT, f"{self.prog}: error: {message}\n")
+
+
 def dispatch(options) -> int:
-    """Run a parsed verb: a LabkitError is one line for the user, not a traceback."""
+    """Run a parsed verb: a LabkitError is one line for the user, not a traceback; bad
+    input (ConfigError) exits USAGE_EXIT, any other failure 2."""
     try:
         return options.func(options) or 0
+    except ConfigError as error:
+        print(f"labkit: {error}", file=sys.stderr)
+        return USAGE_EXIT
     except LabkitError as error:
         print(f"labkit: {error}", file=sys.stderr)
         return 2

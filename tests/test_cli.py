@@ -57,12 +57,12 @@ def test_run_has_removed_its_container_and_helper_when_the_command_returns(labki
 
 
 @pytest.mark.parametrize("args, message, code", [
-    (["--memory", "lots", "--", "true"], "--memory 'lots' is not a size", 2),
+    (["--memory", "lots", "--", "true"], "--memory 'lots' is not a size", 125),
     (["--image", "nosuch", "--", "true"], "no image named 'nosuch'", 2),
-    (["-v", "/no/such/dir:/data", "--", "true"], "does not exist on the host", 2),
+    (["-v", "/no/such/dir:/data", "--", "true"], "does not exist on the host", 125),
     pytest.param(["--", "no-such-command"], "command 'no-such-command' not found", 127, marks=pytest.mark.root),
-    (["--cpus", "0", "--", "true"], "must be a positive number of cores", 2),
-    (["--entrypoint", ""], "nothing to run", 2),
+    (["--cpus", "0", "--", "true"], "must be a positive number of cores", 125),
+    (["--entrypoint", ""], "nothing to run", 125),
 ])
 def test_bad_input_is_one_clear_line_and_nothing_is_left(labkit_home, args, message, code):
     done = labkit("run", *args, home=labkit_home)

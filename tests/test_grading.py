@@ -260,13 +260,13 @@ def test_grade_refuses_bad_options_naming_them(tmp_path, capsys):
 
     source = tmp_path / "lab.ipynb"
     nbformat.write(source_notebook(), str(source))
-    assert main(["grade", "run", str(source), str(source), "--out", str(tmp_path / "g"), "--timeout", "0"]) == 2
+    assert main(["grade", "run", str(source), str(source), "--out", str(tmp_path / "g"), "--timeout", "0"]) == 125
     assert "--timeout 0" in capsys.readouterr().err
     plain = tmp_path / "plain.ipynb"
     nbformat.write(new_notebook(cells=[new_code_cell("1")]), str(plain))
-    assert main(["grade", "release", str(plain), "--out", str(tmp_path / "r")]) == 2
+    assert main(["grade", "release", str(plain), "--out", str(tmp_path / "r")]) == 125
     assert "has no nbgrader cells" in capsys.readouterr().err
-    assert main(["grade", "release", str(source), "--out", str(tmp_path)]) == 2
+    assert main(["grade", "release", str(source), "--out", str(tmp_path)]) == 125
     assert "would overwrite the solutions" in capsys.readouterr().err
     assert main(["grade", "release", str(source), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "lab.ipynb").exists()

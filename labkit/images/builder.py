@@ -29,6 +29,7 @@ from labkit.images.dockerfile_words import split_words, substitute
 from labkit.images.dockerignore import DockerIgnore, copy_context
 from labkit.images.image_users import resolve_owner
 from labkit.images.named import get_image
+from labkit.images.overlay import MAX_IMAGE_LAYERS
 from labkit.images.recipe import parse_recipe, recipe_error
 from labkit.images.rootfs import flatten
 from labkit.images.store import Image, ImageConfig, Store, validate_name
@@ -233,6 +234,10 @@ class _StageState:
         return "config updated"
 
     def _layer_step(self, step, content: str, env: list, make_layer) -> str:
+        if len(self.layers) >= MAX_IMAGE_LAYERS:
+            raise recipe_error(step.line, f"{step.keyword} would make layer {len(self.layers) + 1}, and overlayfs "
+                                          f"stacks at most {MAX_IMAGE_LAYERS + 1} lower layers (the image's and "
+                                          "a container's init layer); join RUN steps with && or COPY more at once")
         # who runs it and with which shell decide a RUN's layer too
         decided_by = env + [f"USER={self.config.user}", "SHELL=" + "\0".join(self.config.shell)]
         key = step_key(self.layers, step.text, decided_by, self.config.workdir, content)
@@ -257,9 +262,10 @@ class _StageState:
         result, digest = self.build.run_step(intermediate, command, config)
         if result.exit_code != 0:
             output = (result.stderr or result.stdout or "").strip().splitlines()[-5:]
-            raise recipe_error(step.line, f"{step.text!r} failed with exit code {result.exit_code}"
-                                          + (": " + " | ".join(output) if output else "")
-                                          + "; fix the command and build again")
+            # The command failed, not the recipe's form: a build failure, not bad input.
+            raise ImageError(f"recipe line {step.line}: {step.text!r} failed with exit code {result.exit_code}"
+                             + (": " + " | ".join(output) if output else "")
+                             + "; fix the command and build again")
         return digest
 
     def _lowers(self) -> list:

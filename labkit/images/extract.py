@@ -22,10 +22,15 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkit.errors import ImageError
+from labkit.errors import BadImageInput, ImageError
 from labkit.images.whiteouts import OPAQUE_MARKER, WHITEOUT_PREFIX, make_opaque, make_whiteout
 
 PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
+NAME_MAX = 255     # bytes in one path component (Linux)
+PATH_MAX = 4096    # bytes in a path a syscall takes, its NUL included (Linux)
+# Deeper trees are legal, but Python's shutil.rmtree recurses once per level (its limit
+# is ~1000 frames): a scratch dir that deep could not be removed after a failed import.
+MAX_DEPTH = 256
 
 
 @dataclass
@@ -51,15 +56,28 @@ class _Extraction:
         self.report = ExtractReport()
 
     def refuse(self, name, why, what_to_do="it is not a safe image; do not use it"):
-        raise ImageError(f"{self.source}: refusing entry {name!r}: {why}; {what_to_do}")
+        shown = repr(name) if len(name) <= 100 else f"{name[:60]!r}… ({len(name)} characters)"
+        raise BadImageInput(f"{self.source}: refusing entry {shown}: {why}; {what_to_do}")
 
     def clean_name(self, raw: str, what: str = "its name") -> str:
+        if "\0" in raw:
+            self.refuse(raw, f"{what} contains a NUL byte, which no file name can hold")
         if raw.startswith("/"):
             self.refuse(raw, f"{what} is an absolute path")
         parts = [part for part in raw.split("/") if part not in ("", ".")]
         if ".." in parts:
             self.refuse(raw, f"{what} contains '..'")
-        return "/".join(parts)
+        longest = max((len(os.fsencode(part)) for part in parts), default=0)
+        if longest > NAME_MAX:
+            self.refuse(raw, f"{what} has a part of {longest} bytes, and Linux takes at most {NAME_MAX}",
+                        "no file system here could hold it")
+        if len(parts) > MAX_DEPTH:
+            self.refuse(raw, f"{what} is {len(parts)} directories deep; labkit unpacks at most {MAX_DEPTH}")
+        name = "/".join(parts)
+        if len(os.fsencode(self.path(name))) >= PATH_MAX:
+            self.refuse(raw, f"{what} makes a path longer than Linux's {PATH_MAX - 1} bytes",
+                        "no program could open it")
+        return name
 
     def path(self, name: str) -> str:
         return os.path.join(self.target, name)
@@ -145,6 +163,9 @@ class _Extraction:
         self.refuse(name, f"its tar type {member.type!r} is not a file, directory, link, fifo or device")
 
     def check_symlink(self, name, target) -> None:
+        if "\0" in target or not target or len(os.fsencode(target)) >= PATH_MAX:
+            self.refuse(name, f"it is a symlink whose target is empty, holds a NUL byte or is longer than "
+                              f"Linux's {PATH_MAX - 1} bytes")
         if target.startswith("/"):
             return
         resolved = os.path.normpath(os.path.join(os.path.dirname(name), target))

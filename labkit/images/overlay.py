@@ -20,6 +20,7 @@ from labkit.linux import syscalls
 
 MAX_OPTIONS = os.sysconf("SC_PAGE_SIZE") - 1  # the kernel wants a NUL within the page
 MAX_LAYERS = 500  # overlay's own limit on lower layers
+MAX_IMAGE_LAYERS = MAX_LAYERS - 1   # a container stacks its init layer on the image's
 # Commit copies the upper dir as it is: it must hold whole files and plain
 # directories, never pointers back into the lowers (redirects, metadata-only copies).
 FIXED_OPTIONS = "redirect_dir=off,index=off,metacopy=off"

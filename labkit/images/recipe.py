@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from labkit.errors import ImageError
+from labkit.errors import BadImageInput, ImageError
 from labkit.images.dockerfile_words import split_raw
 
 SUPPORTED = ("FROM", "RUN", "COPY", "ADD", "ENV", "ARG", "WORKDIR", "USER", "EXPOSE", "ENTRYPOINT", "CMD",
@@ -58,8 +58,9 @@ class Dockerfile:
     escape: str = "\\"
 
 
-def recipe_error(line: int, message: str) -> ImageError:
-    return ImageError(f"recipe line {line}: {message}")
+def recipe_error(line: int, message: str) -> BadImageInput:
+    """A recipe line that cannot be built: bad input (the CLI exits 125)."""
+    return BadImageInput(f"recipe line {line}: {message}")
 
 
 class _Problems(list):
@@ -92,13 +93,13 @@ def parse_recipe(text: str) -> Dockerfile:
         else:
             stages[-1].steps.append(instruction)
     if not stages and not problems:
-        raise ImageError("the recipe is empty; it needs at least a FROM line")
+        raise BadImageInput("the recipe is empty; it needs at least a FROM line")
     _check_stage_names(stages, problems)
     if problems:
         if len(problems) == 1:
             raise recipe_error(*problems[0])
-        raise ImageError(f"the recipe has {len(problems)} lines labkit cannot build:\n"
-                         + "\n".join(f"  line {line}: {message}" for line, message in problems))
+        raise BadImageInput(f"the recipe has {len(problems)} lines labkit cannot build:\n"
+                            + "\n".join(f"  line {line}: {message}" for line, message in problems))
     return Dockerfile(global_args, stages, escape)
 
 

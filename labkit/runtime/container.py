@@ -10,16 +10,17 @@ import signal
 import time
 from pathlib import Path
 
-from labkit.errors import ConfigError, ContainerError, HostError, ImageNotFound
+from labkit.errors import ConfigError, ContainerError, HostError, ImageError, ImageNotFound
 from labkit.home import open_for_user_namespace
 from labkit.images import Image, get_image
+from labkit.images.overlay import MAX_IMAGE_LAYERS
 from labkit.runtime import plan as launch
 from labkit.runtime.container_dir import ContainerDir
 from labkit.runtime.helper import get_helper
 from labkit.runtime.lifecycle import CREATED, EXITED, REMOVED, RUNNING, Lifecycle
 from labkit.runtime.protocol import Op
 from labkit.runtime.result import Result
-from labkit.runtime.spec import ContainerSpec
+from labkit.runtime.spec import ContainerSpec, parse_env, parse_timeout, parse_user, parse_workdir
 from labkit.runtime.state import all_states, owner_alive
 from labkit.runtime.streams import OutputStreams
 
@@ -35,6 +36,10 @@ class Container:
         self.name = self.spec.name or f"labkit-{self.id[:8]}"
         self.hostname = self.spec.hostname or self.name
         self.image = self.spec.image if isinstance(self.spec.image, Image) else get_image(self.spec.image)
+        if len(self.image.layers) > MAX_IMAGE_LAYERS:
+            raise ImageError(f"image {self.image.name!r} has {len(self.image.layers)} layers, and overlayfs stacks "
+                             f"at most {MAX_IMAGE_LAYERS + 1} lower layers (the image's and the init layer); "
+                             "squash it (export it as a rootfs and import that)")
         self.files = ContainerDir.of(self.id)   # its directory on disk: paths, state.json
         self.dir = self.files.path
         self.lifecycle = Lifecycle(self.name)   # configured → created → running → exited → removed
@@ -289,7 +294,11 @@ class Container:
             raise ContainerError(f"container {self.name} is not running; start it before exec")
         if isinstance(command, str):
             command = ["sh", "-c", command]
-        process = _ExecProcess(self, list(command), list(env), workdir, user, timeout)
+        # The same checks as the spec's own --env, --workdir, --user and --timeout.
+        env = [parse_env(item) for item in env]
+        workdir, timeout = parse_workdir(workdir), parse_timeout(timeout)
+        user = parse_user(user, self.spec.namespaces, self.spec.user_map)
+        process = _ExecProcess(self, [str(part) for part in command], env, workdir, user, timeout)
         return process.run(on_output)
 
     def stats(self):

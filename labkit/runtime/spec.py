@@ -1,18 +1,30 @@
 """ContainerSpec: everything a container is, as data. Validated before anything is made."""
 
+import math
 import os
+import posixpath
 import re
 import stat
+import time
 from dataclasses import dataclass, field
 
 from labkit.errors import ConfigError
 from labkit.linux.namespaces import BY_NAME
 from labkit.security.options import capability_name, device_rules, parse_security_opts
-from labkit.units import parse_bytes, parse_count, parse_cpus
+from labkit.units import parse_bytes, parse_count, parse_cpus, parse_seconds
 
 # Six kinds, as Docker: user and time namespaces are opt-in.
 DEFAULT_NAMESPACES = ("mnt", "uts", "ipc", "pid", "net", "cgroup")
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+USER_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.-]{0,31}$")
+MAX_ID = 4294967294          # uid_t's top value, (uid_t)-1, means "unchanged" to setresuid
+MIN_MEMORY = 6 << 20         # Docker's floor: below it a container dies before its command runs
+PID_MAX_LIMIT = 4194304      # the kernel refuses a pids.max above it (PID_MAX_LIMIT on 64-bit)
+KTIME_SEC_MAX_HALF = 4611686018   # a time namespace's clocks must stay in [0, KTIME_SEC_MAX/2]
+# The kernel's own filesystems in the container: labkit mounts them (masked and read-only
+# where Docker does) and a mount over one would undo that. runc refuses /proc and anything
+# inside it; over /sys or /dev the container would lose its sysfs or its device nodes.
+KERNEL_FILESYSTEMS = ("/proc", "/sys", "/dev")
 
 
 @dataclass
@@ -80,27 +92,30 @@ class ContainerSpec:
         if isinstance(spec.command, str):
             spec.command = ["sh", "-c", spec.command]
         spec.command = [str(part) for part in spec.command]
+        for part in spec.command:
+            _no_nul(part, "the command's argument")
+        if isinstance(spec.image, str):
+            _image_name(spec.image)
         if spec.name is not None and not NAME_PATTERN.match(spec.name):
             raise ConfigError(f"--name {spec.name!r}: a container name must be letters, digits, '_', '.' or '-' (at most 63)")
         if spec.hostname is not None and not re.match(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$", spec.hostname):
             raise ConfigError(f"--hostname {spec.hostname!r} is not a valid hostname (letters, digits, '.' and '-')")
         spec.namespaces = tuple(self._namespaces())
-        spec.memory = None if spec.memory is None else parse_bytes(spec.memory, "--memory")
+        spec.memory = None if spec.memory is None else _memory(spec.memory)
         spec.cpus = None if spec.cpus is None else parse_cpus(spec.cpus, "--cpus")
-        spec.pids = None if spec.pids is None else parse_count(spec.pids, "--pids-limit")
-        for item in spec.env:
-            if "=" not in item or item.startswith("="):
-                raise ConfigError(f"--env {item!r} is not KEY=VALUE")
+        spec.pids = None if spec.pids is None else parse_count(spec.pids, "--pids-limit", most=PID_MAX_LIMIT)
+        spec.env = [parse_env(item) for item in spec.env]
+        spec.user = parse_user(spec.user, spec.namespaces, spec.user_map)
         if spec.python:
             from labkit.runtime.python_mounts import with_python
 
             spec.volumes, spec.command = with_python(spec.volumes, spec.command)
         spec.volumes = [v if isinstance(v, Volume) else Volume.parse(v) for v in spec.volumes]
         for volume in spec.volumes:
+            _no_nul(volume.source, "--volume source")
             if not os.path.exists(volume.source):
                 raise ConfigError(f"--volume source {volume.source!r} does not exist on the host; create it or fix the path")
-            if not os.path.isabs(volume.target):
-                raise ConfigError(f"--volume target {volume.target!r} must be an absolute path inside the container")
+            volume.target = mount_target(volume.target, "--volume target")
             volume.source = os.path.realpath(volume.source)
         spec.cap_add = [capability_name(name, "--cap-add") for name in spec.cap_add]
         spec.cap_drop = [capability_name(name, "--cap-drop") for name in spec.cap_drop]
@@ -110,16 +125,11 @@ class ContainerSpec:
         spec.device_write_bps = _device_rates(spec.device_write_bps, "--device-write-bps")
         spec.read_only = bool(spec.read_only)
         spec.tmpfs = [_tmpfs_target(path) for path in spec.tmpfs]
-        if spec.workdir is not None and not spec.workdir.startswith("/"):
-            raise ConfigError(f"--workdir {spec.workdir!r} must be an absolute path")
-        if spec.timeout is not None:
-            try:
-                spec.timeout = float(spec.timeout)
-            except ValueError:
-                raise ConfigError(f"--timeout {spec.timeout!r} is not a number of seconds") from None
-            if spec.timeout <= 0:
-                raise ConfigError(f"--timeout {spec.timeout!r} must be more than zero seconds")
-        if not (spec.network in ("none", "host", "bridge") or spec.network.startswith("container:")):
+        spec.workdir = parse_workdir(spec.workdir)
+        spec.timeout = parse_timeout(spec.timeout)
+        spec.time_offset = _time_offset(spec.time_offset)
+        if not (spec.network in ("none", "host", "bridge") or spec.network.startswith("container:")
+                and NAME_PATTERN.match(spec.network.partition(":")[2])):
             raise ConfigError(f"--net {spec.network!r} is not one of none, host, bridge, container:NAME")
         if spec.publish and spec.network != "bridge":
             raise ConfigError(f"publishing ports ({', '.join(spec.publish)}) needs --net bridge; "
@@ -141,14 +151,112 @@ class ContainerSpec:
 
 
 def _tmpfs_target(path) -> str:
-    """An absolute, normalised path inside the container that is not "/" itself."""
+    """An absolute, normalised path inside the container, not "/" and no kernel filesystem."""
     text = str(path)
+    if "," in text:
+        raise ConfigError(f"--tmpfs {text!r}: give a directory without ',' (e.g. /tmp or /run)")
+    return mount_target(text, "--tmpfs")
+
+
+def mount_target(path, what) -> str:
+    """Where a volume or tmpfs goes: absolute, normalised, below "/" and not over (or, for
+    /proc, inside) a kernel filesystem the runtime mounts, as runc refuses."""
+    text = str(path)
+    _no_nul(text, what)
     if not text.startswith("/"):
-        raise ConfigError(f"--tmpfs {text!r} must be an absolute path inside the container, e.g. /tmp")
-    normal = os.path.normpath(text)
-    if normal in ("/", "//") or "," in normal:
-        raise ConfigError(f"--tmpfs {text!r}: give a directory below / without ',' (e.g. /tmp or /run)")
+        raise ConfigError(f"{what} {text!r} must be an absolute path inside the container, e.g. /data")
+    normal = "/" + posixpath.normpath(text).lstrip("/")
+    if normal == "/":
+        raise ConfigError(f"{what} {text!r} would replace the container's root; mount below it, e.g. /data")
+    if normal in KERNEL_FILESYSTEMS:
+        raise ConfigError(f"{what} {text!r} would replace the container's {normal} (the kernel's own filesystem, "
+                          "which labkit mounts and masks as Docker does); pick another path, e.g. /data")
+    if normal.startswith("/proc/"):
+        raise ConfigError(f"{what} {text!r} is inside /proc, where runc refuses mounts (one could unmask a "
+                          "masked file); pick a path outside /proc")
     return normal
+
+
+def parse_user(user, namespaces=(), user_map=(100000, 65536)) -> str | None:
+    """`uid[:gid]` or `name[:group]` (None or "": the image's user), checked before anything
+    is made: a uid the kernel cannot take fails at setresuid, deep in setup."""
+    if user is None or user == "":
+        return None
+    text = str(user)
+    name, colon, group = text.partition(":")
+    parts = [("user", name)] + ([("group", group)] if colon else [])
+    for kind, part in parts:
+        if part.isdigit():
+            if int(part) > MAX_ID:
+                raise ConfigError(f"--user {text!r}: {kind} id {part} is out of range (0 to {MAX_ID})")
+            if "user" in namespaces and int(part) >= user_map[1]:
+                raise ConfigError(f"--user {text!r}: {kind} id {part} is not mapped in the user namespace "
+                                  f"(ids 0 to {user_map[1] - 1} are); give one of those")
+        elif not USER_NAME.match(part):
+            raise ConfigError(f"--user {text!r} is not uid[:gid] or name[:group] "
+                              "(e.g. 1000, 1000:1000 or nobody)")
+    return text
+
+
+def parse_workdir(workdir) -> str | None:
+    if workdir is None:
+        return None
+    _no_nul(str(workdir), "--workdir")
+    if not str(workdir).startswith("/"):
+        raise ConfigError(f"--workdir {workdir!r} must be an absolute path")
+    return str(workdir)
+
+
+def parse_timeout(timeout) -> float | None:
+    if timeout is None:
+        return None
+    seconds = parse_seconds(timeout, "--timeout")
+    if seconds <= 0:
+        raise ConfigError(f"--timeout {timeout!r} must be more than zero seconds")
+    return seconds
+
+
+def _time_offset(offset) -> float:
+    """The kernel keeps a time namespace's CLOCK_MONOTONIC and CLOCK_BOOTTIME, offset
+    included, between 0 and KTIME_SEC_MAX/2 as it stands now (ERANGE otherwise)."""
+    seconds = parse_seconds(offset, "--timens")
+    if seconds == 0:
+        return 0.0
+    least = -math.floor(time.clock_gettime(time.CLOCK_MONOTONIC))
+    most = KTIME_SEC_MAX_HALF - math.ceil(time.clock_gettime(time.CLOCK_BOOTTIME))
+    if not least <= seconds <= most:
+        raise ConfigError(f"--timens {offset!r} would move the container's clocks out of the kernel's range: "
+                          f"give from {least} (this host's uptime, back to zero) to {most} seconds")
+    return seconds
+
+
+def _memory(value) -> int:
+    memory = parse_bytes(value, "--memory")
+    if memory < MIN_MEMORY:
+        raise ConfigError(f"--memory {value!r} is below Docker's minimum of 6 MiB, too little to start a "
+                          "container; give at least 6m")
+    return memory
+
+
+def parse_env(item) -> str:
+    text = str(item)
+    _no_nul(text, "--env")
+    if "=" not in text or text.startswith("="):
+        raise ConfigError(f"--env {text!r} is not KEY=VALUE")
+    return text
+
+
+def _image_name(name: str) -> None:
+    from labkit.images.store import NAME_PATTERN as IMAGE_NAME
+
+    if not IMAGE_NAME.fullmatch(name):
+        raise ConfigError(f"--image {name!r} is not an image name: use letters, digits, '.', '_', ':' or '-' "
+                          "(at most 128, starting with a letter or digit)")
+
+
+def _no_nul(text: str, what) -> None:
+    if "\0" in text:
+        raise ConfigError(f"{what} {text!r} contains a NUL byte, which no path, argument or variable can hold")
 
 
 def _device_rates(entries, what) -> dict:
