@@ -224,11 +224,11 @@ USAGE_EXIT = 125
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse's parser, whose usage errors exit USAGE_EXIT instead of 2."""
+    """argparse's parser, whose usage errors are one line and exit USAGE_EXIT instead of 2."""
 
     def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(USAGE_EXIT, f"{self.prog}: error: {message}\n")
+        # One line, as Docker's CLI: the usage block would bury it.
+        self.exit(USAGE_EXIT, f"{self.prog}: {message}; see '{self.prog} --help'\n")
 
 
 def dispatch(options) -> int:

@@ -9,7 +9,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
-from labkit.errors import ImageError
+from labkit.errors import BadImageInput
 
 
 class DirectoryBundle:
@@ -20,7 +20,7 @@ class DirectoryBundle:
     def _path(self, name: str) -> Path:
         parts = [p for p in name.split("/") if p not in ("", ".")]
         if name.startswith("/") or ".." in parts:
-            raise ImageError(f"{self.source}: refusing to read {name!r}: it points outside the archive")
+            raise BadImageInput(f"{self.source}: refusing to read {name!r}: it points outside the archive")
         return self.root.joinpath(*parts)
 
     def exists(self, name: str) -> bool:
@@ -30,7 +30,7 @@ class DirectoryBundle:
         try:
             return open(self._path(name), "rb")
         except FileNotFoundError:
-            raise ImageError(f"{self.source}: {name} is missing; the archive is incomplete") from None
+            raise BadImageInput(f"{self.source}: {name} is missing; the archive is incomplete") from None
 
     def close(self):
         pass
@@ -41,19 +41,21 @@ class TarBundle:
         self.source = str(path)
         try:
             self.archive = tarfile.open(path, "r:*")
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
-            raise ImageError(f"{path} is not a readable tar archive ({error}); check the file") from None
+        except (tarfile.TarError, EOFError, OSError, zlib.error):
+            # tarfile's own text lists each compression it tried, one line each.
+            raise BadImageInput(f"{path} is not a readable tar archive (plain, gzip, bzip2 or xz); "
+                                "check the file") from None
         try:
             members = self.archive.getmembers()
         except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
             # zlib.error: gzip data damaged past its header, found while seeking to a member
             self.archive.close()
-            raise ImageError(f"{path} is not a readable tar archive ({error}); check the file") from None
+            raise BadImageInput(f"{path} is not a readable tar archive ({error}); check the file") from None
         self.members = {}
         for member in members:
             name = "/".join(p for p in member.name.split("/") if p not in ("", "."))
             if name in self.members and member.isfile():
-                raise ImageError(f"{path}: {name!r} appears twice in the archive; refusing to guess which to use")
+                raise BadImageInput(f"{path}: {name!r} appears twice in the archive; refusing to guess which to use")
             if member.isfile():
                 self.members[name] = member
 
@@ -62,7 +64,7 @@ class TarBundle:
 
     def open(self, name: str):
         if name not in self.members:
-            raise ImageError(f"{self.source}: {name} is missing; the archive is incomplete")
+            raise BadImageInput(f"{self.source}: {name} is missing; the archive is incomplete")
         return self.archive.extractfile(self.members[name])
 
     def close(self):
@@ -75,18 +77,18 @@ def open_bundle(path: Path):
         return DirectoryBundle(path)
     if path.is_file():
         return TarBundle(path)
-    raise ImageError(f"{path} does not exist; give a directory or a tar archive")
+    raise BadImageInput(f"{path} does not exist; give a directory or a tar archive")
 
 
 def read_json(bundle, name: str, limit: int = 16 << 20):
     with bundle.open(name) as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
-        raise ImageError(f"{bundle.source}: {name} is larger than {limit} bytes; it is not a manifest")
+        raise BadImageInput(f"{bundle.source}: {name} is larger than {limit} bytes; it is not a manifest")
     try:
         return json.loads(data)
     except ValueError as error:
-        raise ImageError(f"{bundle.source}: {name} is not valid JSON ({error})") from None
+        raise BadImageInput(f"{bundle.source}: {name} is not valid JSON ({error})") from None
 
 
 def canonical_json(value) -> bytes:
@@ -99,7 +101,7 @@ class OutputDirectory:
     def __init__(self, destination: Path):
         self.destination = Path(destination)
         if self.destination.exists() and not (self.destination.is_dir() and not any(self.destination.iterdir())):
-            raise ImageError(f"{self.destination} already exists; remove it or choose another path")
+            raise BadImageInput(f"{self.destination} already exists; remove it or choose another path")
         self.destination.parent.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.", dir=self.destination.parent))
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from labkit.errors import ImageError
+from labkit.errors import BadImageInput
 from labkit.verbs import Verb, add_verbs, dispatch, option, parser_for
 
 
@@ -92,7 +92,7 @@ def cmd_build(options):
     try:
         recipe = recipe_path.read_text()
     except OSError as error:
-        raise ImageError(f"cannot read the recipe {recipe_path}: {error.strerror}; give one with -f") from None
+        raise BadImageInput(f"cannot read the recipe {recipe_path}: {error.strerror}; give one with -f") from None
 
     def progress(index, total, text):
         print(f"Step {index + 1}/{total} : {text.strip()}" if not text.startswith(" ->") else f"  {text.strip()}",

@@ -13,7 +13,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from labkit.errors import ImageError
+from labkit.errors import BadImageInput
 from labkit.images.bundles import OutputDirectory, canonical_json, read_json
 from labkit.images.layer_io import copy_blob, export_layer, import_layer
 from labkit.images.oci import (
@@ -33,15 +33,15 @@ NAMED_BY_DIGEST = re.compile(r"(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?")
 def import_docker(bundle, store: Store, name: str | None = None, ref: str | None = None, **options) -> Image:
     entries = read_json(bundle, "manifest.json")
     if not isinstance(entries, list) or not entries:
-        raise ImageError(f"{bundle.source}: manifest.json lists no images; it is not a docker save archive")
+        raise BadImageInput(f"{bundle.source}: manifest.json lists no images; it is not a docker save archive")
     entry = _pick(entries, ref or name, bundle.source)
     config_data = _read_config(bundle, entry["Config"])
     config_document = parse_json(config_data, bundle.source, entry["Config"])
     config, diff_ids, source_history = config_from_oci(config_document, bundle.source)
     layer_files = entry.get("Layers") or []
     if len(layer_files) != len(diff_ids):
-        raise ImageError(f"{bundle.source}: manifest.json lists {len(layer_files)} layers but the config "
-                         f"{len(diff_ids)} diff_ids; the archive is inconsistent")
+        raise BadImageInput(f"{bundle.source}: manifest.json lists {len(layer_files)} layers but the config "
+                            f"{len(diff_ids)} diff_ids; the archive is inconsistent")
     tags = entry.get("RepoTags") or []
     default = tags[0].rsplit("/", 1)[-1].removesuffix(":latest") if tags else "imported"
     name = validate_name(name or default)
@@ -68,7 +68,7 @@ def _pick(entries: list, wanted: str | None, source: str) -> dict:
         entries = named or entries
     if len(entries) != 1:
         tags = ", ".join(t for e in entries for t in e.get("RepoTags") or []) or "untagged"
-        raise ImageError(f"{source} holds {len(entries)} images ({tags}); say which one with --ref")
+        raise BadImageInput(f"{source} holds {len(entries)} images ({tags}); say which one with --ref")
     return entries[0]
 
 
@@ -77,8 +77,8 @@ def _read_config(bundle, config_file: str) -> dict:
         data = handle.read(16 << 20)
     match = NAMED_BY_DIGEST.fullmatch(config_file)
     if match and hashlib.sha256(data).hexdigest() != match.group(1):
-        raise ImageError(f"{bundle.source}: {config_file} does not hash to the digest in its name; "
-                         "the archive is corrupt or was tampered with")
+        raise BadImageInput(f"{bundle.source}: {config_file} does not hash to the digest in its name; "
+                            "the archive is corrupt or was tampered with")
     return data
 
 

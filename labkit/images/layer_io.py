@@ -4,7 +4,7 @@ import gzip
 import tarfile
 import zlib
 
-from labkit.errors import ImageError
+from labkit.errors import BadImageInput, ImageError
 from labkit.images.blobs import HashingReader, open_compressor, open_decompressed, zstandard
 from labkit.images.extract import extract_layer
 from labkit.images.layers import HashingSink, write_canonical_tar
@@ -34,14 +34,14 @@ def import_layer(store: Store, fileobj, source: str, blob_digest: str | None = N
             plain.drain()  # to the end: gzip checks its CRC only there, and digests need every byte
             raw.drain()
         except CORRUPTION as error:
-            raise ImageError(f"{source} is not a complete layer archive ({error}): it is truncated or "
-                             "corrupt; export or download it again") from None
+            raise BadImageInput(f"{source} is not a complete layer archive ({error}): it is truncated or "
+                                "corrupt; export or download it again") from None
         if blob_digest and raw.digest != blob_digest:
-            raise ImageError(f"{source} does not match its digest: the manifest says {blob_digest}, the "
-                             f"content is {raw.digest}; the archive is corrupt or was tampered with")
+            raise BadImageInput(f"{source} does not match its digest: the manifest says {blob_digest}, the "
+                                f"content is {raw.digest}; the archive is corrupt or was tampered with")
         if diff_id and plain.digest != diff_id:
-            raise ImageError(f"{source} does not match the image config: diff_id {diff_id}, uncompressed "
-                             f"content {plain.digest}; the archive is corrupt or was tampered with")
+            raise BadImageInput(f"{source} does not match the image config: diff_id {diff_id}, uncompressed "
+                                f"content {plain.digest}; the archive is corrupt or was tampered with")
         received.close()
         if not keep_blob:
             return store.add_layer(layer), None

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from labkit.errors import ImageError
+from labkit.errors import BadImageInput, ImageError
 from labkit.images.blobs import LAYER_TYPE_FOR
 from labkit.images.bundles import OutputDirectory, canonical_json, read_json
 from labkit.images.layer_io import copy_blob, export_layer, import_layer
@@ -71,7 +71,7 @@ def config_from_oci(document: dict, source: str) -> tuple:
     try:
         diff_ids = list(document["rootfs"]["diff_ids"])
     except (KeyError, TypeError):
-        raise ImageError(f"{source}: the image config has no rootfs.diff_ids; it is not an image config") from None
+        raise BadImageInput(f"{source}: the image config has no rootfs.diff_ids; it is not an image config") from None
     settings = dict(document.get("config") or {})
     values = {attribute: settings.pop(key, None) for key, attribute in CONFIG_KEYS}
     for key in SET_KEYS:
@@ -129,7 +129,7 @@ def blob_name(descriptor: dict, source: str) -> str:
     digest = descriptor.get("digest", "")
     match = BLOB_DIGEST.fullmatch(digest)
     if not match:
-        raise ImageError(f"{source}: unsupported or malformed digest {digest!r} (expected sha256:<64 hex>)")
+        raise BadImageInput(f"{source}: unsupported or malformed digest {digest!r} (expected sha256:<64 hex>)")
     return f"blobs/sha256/{match.group(1)}"
 
 
@@ -141,7 +141,7 @@ def parse_json(data: bytes, source: str, name: str):
     try:
         return json.loads(data)
     except ValueError as error:
-        raise ImageError(f"{source}: {name} is not valid JSON ({error})") from None
+        raise BadImageInput(f"{source}: {name} is not valid JSON ({error})") from None
 
 
 def read_checked_bytes(bundle, descriptor: dict) -> bytes:
@@ -150,16 +150,16 @@ def read_checked_bytes(bundle, descriptor: dict) -> bytes:
         data = handle.read(16 << 20)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     if digest != descriptor["digest"] or ("size" in descriptor and descriptor["size"] != len(data)):
-        raise ImageError(f"{bundle.source}: {name} does not match its descriptor (digest {descriptor['digest']}, "
-                         f"size {descriptor.get('size')}; content {digest}, {len(data)} bytes): corrupt or tampered")
+        raise BadImageInput(f"{bundle.source}: {name} does not match its descriptor (digest {descriptor['digest']}, "
+                            f"size {descriptor.get('size')}; content {digest}, {len(data)} bytes): corrupt or tampered")
     return data
 
 
 def check_media_type(descriptor: dict, allowed: set, what: str, source: str) -> None:
     media_type = descriptor.get("mediaType")
     if media_type not in allowed:
-        raise ImageError(f"{source}: unknown media type {media_type!r} for {what}; labkit reads "
-                         f"{', '.join(sorted(allowed))}")
+        raise BadImageInput(f"{source}: unknown media type {media_type!r} for {what}; labkit reads "
+                            f"{', '.join(sorted(allowed))}")
 
 
 def pick_manifest(bundle, index: dict, wanted: str | None) -> tuple:
@@ -177,8 +177,8 @@ def pick_manifest(bundle, index: dict, wanted: str | None) -> tuple:
         candidates = named or candidates
     if len(candidates) != 1:
         refs = ", ".join(str(ref) for _, ref in candidates) or "none"
-        raise ImageError(f"{bundle.source} holds {len(candidates)} images matching (refs: {refs}); "
-                         "say which one with --ref")
+        raise BadImageInput(f"{bundle.source} holds {len(candidates)} images matching (refs: {refs}); "
+                            "say which one with --ref")
     return candidates[0]
 
 
@@ -191,8 +191,8 @@ def _is_this_platform(descriptor: dict) -> bool:
 def import_oci(bundle, store: Store, name: str | None = None, ref: str | None = None, **options) -> Image:
     layout = read_json(bundle, "oci-layout")
     if layout.get("imageLayoutVersion") != LAYOUT_VERSION:
-        raise ImageError(f"{bundle.source}: OCI layout version {layout.get('imageLayoutVersion')!r} is not "
-                         f"{LAYOUT_VERSION!r}, the only one labkit reads")
+        raise BadImageInput(f"{bundle.source}: OCI layout version {layout.get('imageLayoutVersion')!r} is not "
+                            f"{LAYOUT_VERSION!r}, the only one labkit reads")
     descriptor, ref_name = pick_manifest(bundle, read_json(bundle, "index.json"), ref or name)
     check_media_type(descriptor, MANIFEST_TYPES, "the image manifest", bundle.source)
     manifest = read_checked_json(bundle, descriptor)
@@ -203,8 +203,8 @@ def import_oci(bundle, store: Store, name: str | None = None, ref: str | None = 
     config, diff_ids, source_history = config_from_oci(parse_json(config_data, bundle.source, "the config"),
                                                        bundle.source)
     if len(diff_ids) != len(manifest.get("layers", [])):
-        raise ImageError(f"{bundle.source}: the manifest lists {len(manifest.get('layers', []))} layers but the "
-                         f"config {len(diff_ids)} diff_ids; the image is inconsistent")
+        raise BadImageInput(f"{bundle.source}: the manifest lists {len(manifest.get('layers', []))} layers but the "
+                            f"config {len(diff_ids)} diff_ids; the image is inconsistent")
     name = validate_name(name or (ref_name or "").rsplit("/", 1)[-1] or "imported")
     with store.lock():
         layers, sources = [], []

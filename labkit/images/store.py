@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from labkit.errors import ImageError, ImageNotFound
+from labkit.errors import BadImageInput, ImageError, ImageNotFound
 from labkit.files import write_atomically
 from labkit.home import labkit_home
 
@@ -122,7 +122,7 @@ def _sources_from(data) -> list:
 
 def validate_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise ImageError(
+        raise BadImageInput(
             f"{name!r} is not a valid image name: use letters, digits, '.', '_', ':' or '-' "
             "(at most 128, starting with a letter or digit)"
         )

@@ -41,10 +41,10 @@ class PortMapping:
         ports, _, protocol = str(text).partition("/")
         protocol = protocol or "tcp"
         if protocol != "tcp":
-            raise ConfigError(f"published port {text!r}: only tcp is supported (udp has no connections to proxy)")
+            raise ConfigError(f"--publish {text!r}: only tcp is supported (udp has no connections to proxy)")
         host, sep, inside = ports.partition(":")
         if not sep:
-            raise ConfigError(f"published port {text!r} is not HOSTPORT:CONTAINERPORT, e.g. 8080:80")
+            raise ConfigError(f"--publish {text!r} is not HOSTPORT:CONTAINERPORT, e.g. 8080:80")
         return cls(_port(host, text), _port(inside, text), protocol)
 
     def __str__(self):
@@ -53,7 +53,7 @@ class PortMapping:
 
 def _port(value, text) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
-        raise ConfigError(f"published port {text!r}: {value!r} is not a port number (1-65535)")
+        raise ConfigError(f"--publish {text!r}: {value!r} is not a port number (1-65535)")
     return int(value)
 
 
