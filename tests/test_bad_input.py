@@ -19,6 +19,7 @@ import sys
 import tarfile
 
 import pytest
+from kernel_fixtures import container_ids, kernel, labkit_kernelspec  # noqa: F401 — fixtures are used by name
 
 from labkit.errors import BadImageInput, ConfigError
 
@@ -388,3 +389,25 @@ def test_a_hostile_member_is_a_bad_image_input_without_root(tmp_path):
     with open(archive_with(tmp_path, member("a" * 6000)), "rb") as stream:
         with pytest.raises(BadImageInput, match="has a part of 6000 bytes"):
             extract_layer(stream, target)
+
+
+# --- the notebook magics: a real exception, so that the notebook fails loudly ---------------
+
+MAGIC_ROWS = [
+    ("%%container --cpus 1e9\ntrue", "ConfigError", "--cpus '1e9'"),
+    ("%%container --volume /tmp:/proc\ntrue", "ConfigError", "--volume target '/proc'"),
+    ("%%container --tmpfs /proc\ntrue", "ConfigError", "--tmpfs '/proc'"),
+    ("%%container --user 99999999999\ntrue", "ConfigError", "--user '99999999999'"),
+    ("%%container --timens nan\ntrue", "ConfigError", "--timens nan"),
+    ("%container run -d --memory 99999999999999g -- sleep 1", "ConfigError", "--memory '99999999999999g'"),
+]
+
+
+@pytest.mark.root
+def test_bad_input_in_a_magic_fails_the_cell_with_one_line(kernel):
+    for cell, ename, named in MAGIC_ROWS:
+        reply = kernel.run(cell)
+        assert (reply.status, reply.ename) == ("error", ename), cell
+        assert named in reply.evalue and "\n" not in reply.evalue, reply.evalue
+        assert [kind for kind, _ in reply.messages] == ["error"], "an error message, not a printed line"
+    assert container_ids(kernel.home) == []
