@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 from labkit.errors import ConfigError
 from labkit.linux.namespaces import BY_NAME
-from labkit.net.ports import PortMapping
 from labkit.security.options import capability_name, device_rules, parse_security_opts
 from labkit.units import parse_bytes, parse_count, parse_cpus, parse_seconds
 
@@ -132,8 +131,11 @@ class ContainerSpec:
         if not (spec.network in ("none", "host", "bridge") or spec.network.startswith("container:")
                 and NAME_PATTERN.match(spec.network.partition(":")[2])):
             raise ConfigError(f"--net {spec.network!r} is not one of none, host, bridge, container:NAME")
-        for entry in spec.publish:
-            PortMapping.parse(entry)
+        if spec.publish:
+            from labkit.net.ports import PortMapping   # its proxy's threads: only when ports are published
+
+            for entry in spec.publish:
+                PortMapping.parse(entry)
         if spec.publish and spec.network != "bridge":
             raise ConfigError(f"publishing ports ({', '.join(spec.publish)}) needs --net bridge; "
                               f"with --net {spec.network} there is no container address to forward to")
