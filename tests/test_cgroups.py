@@ -161,68 +161,41 @@ def removed_between_open_and_read(directory):
     return read_text
 
 
-@pytest.mark.root
-@needs_v1
-def test_v1_pids_of_a_cgroup_removed_while_read_are_none(monkeypatch):
-    """The sweep before every helper start reads each labkit cgroup on the host, and other
-    owners remove theirs meanwhile: the kernel answers ENODEV, which means gone."""
-    from labkit.cgroups import v1
+def read_while_removed(monkeypatch, cgroup, directory, read):
+    """What `read` ("pids" or "stats") gives for a cgroup whose `directory` is removed
+    between the open and the read of its file. pids() reads through its backend's module,
+    stats() through base's read_int and read_keyed."""
+    from labkit.cgroups import base
 
-    cgroup = HierarchyV1().create(leaf())
-    monkeypatch.setattr(v1, "read_text", removed_between_open_and_read(cgroup.dirs["pids"]))
+    module = sys.modules[type(cgroup).__module__] if read == "pids" else base
+    monkeypatch.setattr(module, "read_text", removed_between_open_and_read(directory))
     try:
-        assert cgroup.pids() == []
-        assert not os.path.exists(cgroup.dirs["pids"])
+        return getattr(cgroup, read)()
     finally:
         monkeypatch.undo()
         cgroup.delete()
+
+
+# The sweep before every helper start reads each labkit cgroup on the host (pids), and
+# Container.stats() and %container stats read while the helper tears a container down:
+# meanwhile the kernel answers ENODEV for a file opened before the rmdir, which means gone.
+@pytest.mark.root
+@needs_v1
+@pytest.mark.parametrize("read", ["pids", "stats"])
+def test_v1_a_cgroup_removed_while_read_reads_as_gone(monkeypatch, read):
+    cgroup = HierarchyV1().create(leaf())
+    controller = "pids" if read == "pids" else "memory"
+    got = read_while_removed(monkeypatch, cgroup, cgroup.dirs[controller], read)
+    assert got == [] if read == "pids" else (got.memory_current, got.oom_kills) == (None, 0)
 
 
 @pytest.mark.root
 @needs_unified
-def test_v2_pids_of_a_cgroup_removed_while_read_are_none(monkeypatch):
-    from labkit.cgroups import v2
-
+@pytest.mark.parametrize("read", ["pids", "stats"])
+def test_v2_a_cgroup_removed_while_read_reads_as_gone(monkeypatch, read):
     cgroup = HierarchyV2(UNIFIED).create(leaf())
-    monkeypatch.setattr(v2, "read_text", removed_between_open_and_read(cgroup.path))
-    try:
-        assert cgroup.pids() == []
-        assert not cgroup.exists()
-    finally:
-        monkeypatch.undo()
-        cgroup.delete()
-
-
-@needs_v1
-def test_v1_stats_of_a_cgroup_removed_while_read_are_empty(monkeypatch):
-    """Container.stats() and %container stats read while the helper tears the container
-    down: the kernel answers ENODEV for a file opened before the rmdir, which means gone."""
-    from labkit.cgroups import base
-
-    cgroup = HierarchyV1().create(leaf())
-    monkeypatch.setattr(base, "read_text", removed_between_open_and_read(cgroup.dirs["memory"]))
-    try:
-        stats = cgroup.stats()
-        assert stats.memory_current is None and stats.oom_kills == 0
-        assert not os.path.exists(cgroup.dirs["memory"])
-    finally:
-        monkeypatch.undo()
-        cgroup.delete()
-
-
-@needs_unified
-def test_v2_stats_of_a_cgroup_removed_while_read_are_empty(monkeypatch):
-    from labkit.cgroups import base
-
-    cgroup = HierarchyV2(UNIFIED).create(leaf())
-    monkeypatch.setattr(base, "read_text", removed_between_open_and_read(cgroup.path))
-    try:
-        stats = cgroup.stats()
-        assert stats.cpu_seconds is None and stats.memory_current is None
-        assert not cgroup.exists()
-    finally:
-        monkeypatch.undo()
-        cgroup.delete()
+    got = read_while_removed(monkeypatch, cgroup, cgroup.path, read)
+    assert got == [] if read == "pids" else (got.cpu_seconds, got.memory_current) == (None, None)
 
 
 def test_a_limit_the_host_cannot_enforce_is_refused_by_name():
