@@ -411,3 +411,23 @@ def test_bad_input_in_a_magic_fails_the_cell_with_one_line(kernel):
         assert named in reply.evalue and "\n" not in reply.evalue, reply.evalue
         assert [kind for kind, _ in reply.messages] == ["error"], "an error message, not a printed line"
     assert container_ids(kernel.home) == []
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("keywords, named", [
+    (dict(user="99999999999"), "--user '99999999999'"),
+    (dict(env=["NOEQUALS"]), "--env 'NOEQUALS'"),
+    (dict(workdir="relative"), "--workdir 'relative'"),
+    (dict(timeout=float("nan")), "--timeout nan"),
+], ids=["user", "env", "workdir", "timeout"])
+def test_exec_checks_its_options_as_the_spec_does(no_leftovers, keywords, named):
+    from labkit.runtime import Container, ContainerSpec
+
+    container = Container(ContainerSpec(command=["sleep", "60"]))
+    container.start(detach=True)
+    try:
+        with pytest.raises(ConfigError, match=named.replace("'", ".")):
+            container.exec(["true"], **keywords)
+        assert container.top() and len(container.top()) == 1, "no process was started for the bad exec"
+    finally:
+        container.remove()
