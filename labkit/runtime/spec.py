@@ -16,7 +16,7 @@ from labkit.units import parse_bytes, parse_count, parse_cpus, parse_seconds
 # Six kinds, as Docker: user and time namespaces are opt-in.
 DEFAULT_NAMESPACES = ("mnt", "uts", "ipc", "pid", "net", "cgroup")
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-USER_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.-]{0,31}$")
+USER_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.-]{0,31}\$?$")   # useradd's, with a machine account's $
 MAX_ID = 4294967294          # uid_t's top value, (uid_t)-1, means "unchanged" to setresuid
 MIN_MEMORY = 6 << 20         # Docker's floor: below it a container dies before its command runs
 PID_MAX_LIMIT = 4194304      # the kernel refuses a pids.max above it (PID_MAX_LIMIT on 64-bit)
