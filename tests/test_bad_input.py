@@ -168,7 +168,7 @@ def ids(rows) -> list:
 
 
 def test_every_option_that_takes_a_value_has_rows():
-    from labkit.cli import CONTAINER_OPTIONS
+    from labkit.verbs import CONTAINER_OPTIONS
 
     covered = {arg.split("=")[0] for args, _ in OPTION_ROWS for arg in args if arg.startswith("--")}
     takes_value = {entry.flags[0] for entry in CONTAINER_OPTIONS if entry.kwargs.get("action") != "store_true"}
@@ -221,7 +221,8 @@ def test_a_bad_option_is_one_line_naming_it_and_exits_125(in_process_cli, args, 
 @pytest.mark.parametrize("args, named", SPEC_ROWS, ids=ids(SPEC_ROWS))
 def test_the_python_api_refuses_the_same_values_with_a_config_error(args, named):
     """What the magics and `Container(...)` call: ContainerSpec.validated()."""
-    from labkit.cli import build_parser, spec_from_options
+    from labkit.cli import build_parser
+    from labkit.verbs import spec_from_options
 
     options = build_parser("run").parse_args(["run", *args, "--", "true"])
     with pytest.raises(ConfigError) as refused:
