@@ -432,3 +432,19 @@ def test_exec_checks_its_options_as_the_spec_does(no_leftovers, keywords, named)
         assert container.top() and len(container.top()) == 1, "no process was started for the bad exec"
     finally:
         container.remove()
+
+
+@pytest.mark.root
+def test_without_the_check_a_volume_replaces_the_masked_proc(no_leftovers, tmp_path, monkeypatch):
+    """What the /proc refusal prevents: with the check taken out, a volume at /proc hides
+    the container's own procfs (and with it every mask Docker's profile puts on it)."""
+    from labkit.runtime import Container, ContainerSpec
+
+    shown = tmp_path / "shown"
+    shown.mkdir()
+    (shown / "marker").write_text("host directory\n")
+    with pytest.raises(ConfigError, match="--volume target '/proc'"):
+        Container(ContainerSpec(command=["cat", "/proc/marker"], volumes=[f"{shown}:/proc"]))
+    monkeypatch.setattr(sys.modules[ContainerSpec.__module__], "mount_target", lambda path, what: path)
+    result = Container(ContainerSpec(command=["cat", "/proc/marker"], volumes=[f"{shown}:/proc"])).run()
+    assert (result.exit_code, result.stdout) == (0, "host directory\n"), result.stderr
