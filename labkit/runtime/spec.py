@@ -94,6 +94,8 @@ class ContainerSpec:
         spec.command = [str(part) for part in spec.command]
         for part in spec.command:
             _no_nul(part, "the command's argument")
+        if spec.entrypoint is not None:
+            _no_nul(str(spec.entrypoint), "--entrypoint")
         if isinstance(spec.image, str):
             _image_name(spec.image)
         if spec.name is not None and not NAME_PATTERN.match(spec.name):
