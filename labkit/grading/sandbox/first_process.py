@@ -37,8 +37,11 @@ OWNED_BY_THE_USER_NAMESPACE = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE
 
 
 def main(argv):
-    config = json.loads(argv[1])
-    report = int(argv[2])
+    config = json.loads(sys.stdin.read())   # not on the command line: PID 1's is readable inside
+    report = int(argv[1])
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
     syscalls.prctl_set_pdeathsig(signal.SIGKILL)
     if os.getppid() != config["owner"]:
         os._exit(1)  # the grader died before we could set the death signal

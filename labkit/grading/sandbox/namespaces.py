@@ -81,10 +81,12 @@ class NamespaceSandbox(BaseSandbox):
         ready_r, ready_w = os.pipe()
         try:
             self._keeper = subprocess.Popen(
-                [sys.executable, "-m", "labkit.grading.sandbox.first_process", json.dumps(config), str(ready_w)],
-                pass_fds=(ready_w,), stdin=subprocess.DEVNULL, cwd="/", env=_plain_env())
+                [sys.executable, "-m", "labkit.grading.sandbox.first_process", str(ready_w)],
+                pass_fds=(ready_w,), stdin=subprocess.PIPE, cwd="/", env=_plain_env())
         finally:
             os.close(ready_w)
+        with self._keeper.stdin as config_pipe:
+            config_pipe.write(json.dumps(config).encode())
         with os.fdopen(ready_r) as ready:
             answer = _read_with_timeout(ready, START_TIMEOUT)
         if not answer.startswith("ready"):
