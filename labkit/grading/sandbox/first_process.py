@@ -78,6 +78,9 @@ def become_pid1(config, report):
         build_root(config)
         stage = "make the user namespace and the namespaces it owns"
         enter_user_namespace(config["uid"], config["count"])
+        # Changing our uid cleared the death signal: set it again. (A keeper killed in the
+        # few instructions between leaves us to the next sweep, which kills by cgroup.)
+        syscalls.prctl_set_pdeathsig(signal.SIGKILL)
         stage = "mount what belongs to the new namespaces"
         mount_own_filesystems(config)
         stage = "set the hostname, bring up loopback"

@@ -10,11 +10,15 @@ loopback, which the grader cannot reach: the kernel talks ZMQ over Unix sockets
 import os
 
 from jupyter_client.manager import KernelManager
-from traitlets import Any
+from traitlets import Any, DottedObjectName
 
 
 class SandboxKernelManager(KernelManager):
     sandbox = Any(help="the Sandbox this kernel runs in")
+    # nbclient waits for output and for the kernel's death on one event loop: a blocking
+    # client's get_msg would hold that loop, and a sandbox that ends (its wall-clock
+    # budget) would never be noticed.
+    client_class = DottedObjectName("jupyter_client.asynchronous.AsyncKernelClient")
 
     def format_kernel_cmd(self, extra_arguments=None):
         return self.sandbox.launch_prefix() + super().format_kernel_cmd(extra_arguments)
