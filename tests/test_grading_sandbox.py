@@ -65,11 +65,19 @@ def _left_by(sandboxes) -> list:
         recorded = getattr(box, "recorded", None)
         if recorded is None:
             continue
-        entry = getattr(box, "slot", None) is not None and os.path.join("/run/labkit/sandboxes", f"{box.slot}.json")
-        if entry and os.path.exists(entry) and f'"owner_pid": {os.getpid()},' in open(entry).read():
-            left.append(f"registry entry {entry}")
         if os.path.exists(recorded["directory"]):
             left.append(f"directory {recorded['directory']}")
+        entry = getattr(box, "slot", None) is not None and os.path.join("/run/labkit/sandboxes", f"{box.slot}.json")
+        try:
+            holder = entry and open(entry).read()
+        except FileNotFoundError:
+            holder = None
+        if holder and f'"owner_pid": {os.getpid()},' in holder:
+            left.append(f"registry entry {entry}")
+        elif holder:
+            continue   # the slot (its cgroup names, its uid range) is another grader's now
+        # The mount check below also covers the network namespace: one outlives its last
+        # process only while something mounts it.
         left += [f"cgroup {path}" for path in recorded["cgroups"] if os.path.exists(path)]
         with open("/proc/self/mountinfo") as table:
             left += [f"mount {line.split()[4]}" for line in table if recorded["directory"] in line]
@@ -388,7 +396,7 @@ def test_a_killed_grader_leaves_nothing_after_the_next_sweep(tmp_path):
     while os.path.exists(f"/proc/{pid1}") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{pid1}"), "the sandbox's PID 1 outlived its grader"
-    assert sweep() != []
+    sweep()   # (another grader on this host may have swept it first: what counts is that it is gone)
     assert not os.path.exists(directory)
 
 
