@@ -15,13 +15,12 @@ Device rules (v1 `devices`, v2 a BPF program) need the host's CAP_SYS_ADMIN to w
 which no process inside has: the sandbox's own rules, set here, hold for everything in it.
 """
 
-import errno
 import os
 import signal
 import time
 
 from labkit.cgroups import Limits, detect_mode
-from labkit.cgroups.base import retry_if_parent_went
+from labkit.cgroups.base import remove_dir, retry_if_parent_went
 from labkit.cgroups.devices import DOCKER_DEFAULT
 from labkit.cgroups.v1 import CgroupV1, controller_mounts
 from labkit.cgroups.v2 import CgroupV2, unified_mount
@@ -153,15 +152,13 @@ def tree_pids(directory) -> set:
     return found
 
 
-def remove_trees(directories, timeout=10.0):
-    """Kill everything in these cgroups and the ones below them, then remove them, deepest
-    first (the sandbox's own containers made cgroups below it)."""
-    directories = [d for d in directories if os.path.isdir(d)]
+def kill_all(directories, timeout=10.0):
+    """SIGKILL everything in these cgroups and below, until they are empty."""
     deadline = time.monotonic() + timeout
     while True:
         pids = set().union(*(tree_pids(d) for d in directories)) if directories else set()
         if not pids:
-            break
+            return
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -170,23 +167,18 @@ def remove_trees(directories, timeout=10.0):
         if time.monotonic() > deadline:
             raise HostError(f"processes {sorted(pids)} in the sandbox's cgroups do not die")
         time.sleep(0.005)
+
+
+def remove_trees(directories, timeout=10.0):
+    """Kill everything in these cgroups and the ones below them, then remove them, deepest
+    first (the sandbox's own containers made cgroups below it)."""
+    directories = [d for d in directories if os.path.isdir(d)]
+    deadline = time.monotonic() + timeout
+    kill_all(directories, timeout)
     for directory in directories:
         for path, _dirs, _files in os.walk(directory, topdown=False):
-            _rmdir(path, deadline)
+            remove_dir(path, deadline)
         try:
             os.rmdir(os.path.dirname(directory))  # the shared parent goes with its last sandbox
         except OSError:
             pass
-
-
-def _rmdir(path, deadline):
-    while True:
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError as error:
-            if error.errno != errno.EBUSY or time.monotonic() > deadline:
-                raise OSError(error.errno, f"remove the sandbox's cgroup {path}: {error.strerror}") from None
-            time.sleep(0.005)

@@ -20,11 +20,11 @@ Two processes, in order:
   as the reaper of the PID namespace.
 """
 
-import errno
 import json
 import os
 import signal
 import sys
+from collections import namedtuple
 
 from labkit.linux import syscalls
 from labkit.linux.syscalls import (
@@ -32,6 +32,7 @@ from labkit.linux.syscalls import (
     MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT,
 )
 
+UserMap = namedtuple("UserMap", "uid count")
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 OWNED_BY_THE_USER_NAMESPACE = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP
 
@@ -60,9 +61,14 @@ def main(argv):
 def keep(pid1):
     """Wait for PID 1; pass SIGTERM on as SIGKILL (a PID namespace ends when its PID 1 does)."""
     signal.signal(signal.SIGTERM, lambda *_: os.kill(pid1, signal.SIGKILL))
+    exit_with(pid1)
+
+
+def exit_with(child):
+    """Wait for `child` and exit with its status (the keeper, and the kernel's launcher)."""
     while True:
         try:
-            _, status = os.waitpid(pid1, 0)
+            _, status = os.waitpid(child, 0)
             os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
         except InterruptedError:
             continue
@@ -160,38 +166,12 @@ def mount_dev(dev):
 
 
 def enter_user_namespace(uid, count):
-    """unshare the user namespace and the kinds it will own; a child left outside writes
-    the uid/gid map (only the parent namespace may), then we become root inside."""
-    ready_r, ready_w = os.pipe()
-    done_r, done_w = os.pipe()
-    parent = os.getpid()
-    mapper = os.fork()
-    if mapper == 0:
-        os.close(ready_w)
-        os.close(done_r)
-        os.read(ready_r, 1)
-        try:
-            for name in ("uid_map", "gid_map"):
-                with open(f"/proc/{parent}/{name}", "w") as handle:
-                    handle.write(f"0 {uid} {count}\n")
-            os.write(done_w, b"k")
-        finally:
-            os._exit(0)
-    os.close(ready_r)
-    os.close(done_w)
-    try:
-        syscalls.unshare(OWNED_BY_THE_USER_NAMESPACE)
-    finally:
-        os.write(ready_w, b"g")
-        os.close(ready_w)
-        answer = os.read(done_r, 1)
-        os.close(done_r)
-        os.waitpid(mapper, 0)
-    if answer != b"k":
-        raise OSError(errno.EPERM, "could not write the user namespace's uid/gid map")
+    """unshare the user namespace and the kinds it will own, with the runtime's own
+    mapper (a child left outside writes the uid/gid map), then drop the host's groups."""
+    from labkit.runtime.setup import unshare_user_namespace
+
+    unshare_user_namespace(OWNED_BY_THE_USER_NAMESPACE, UserMap(uid, count))
     os.setgroups([])
-    os.setgid(0)
-    os.setuid(0)
 
 
 def mount_own_filesystems(config):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from labkit.grading.sandbox.base import BaseSandbox
+from labkit.grading.sandbox.cgroup import tree_pids
 
 
 class HostSandbox(BaseSandbox):
@@ -24,7 +25,7 @@ class HostSandbox(BaseSandbox):
     def pids(self) -> list:
         found = set(self._kernel_pids())
         for path in self.cgroup_paths.values():
-            found.update(_cgroup_tree_pids(path))
+            found.update(tree_pids(path))
         return sorted(found)
 
     def owns_pid(self, pid) -> bool:
@@ -55,18 +56,6 @@ def _host_labkit_cgroups() -> dict:
         return {"unified": os.path.join(unified_mount(), "labkit")}
     mounts = controller_mounts()
     return {c: os.path.join(mounts[c], "labkit") for c in ("memory", "pids", "cpu") if c in mounts}
-
-
-def _cgroup_tree_pids(path) -> set:
-    found = set()
-    for directory, _dirs, files in os.walk(path):
-        if "cgroup.procs" in files:
-            try:
-                with open(os.path.join(directory, "cgroup.procs")) as procs:
-                    found.update(int(p) for p in procs.read().split())
-            except OSError:
-                pass  # removed while we walked
-    return found
 
 
 def _descendants(roots) -> list:

@@ -24,7 +24,7 @@ import threading
 import labkit
 from labkit.errors import HostError
 from labkit.grading.sandbox.base import BaseSandbox
-from labkit.grading.sandbox.cgroup import SandboxCgroup, remove_trees
+from labkit.grading.sandbox.cgroup import SandboxCgroup, kill_all, remove_trees
 from labkit.linux import processes
 from labkit.linux.syscalls import CLONE_NEWNET
 
@@ -48,6 +48,7 @@ class NamespaceSandbox(BaseSandbox):
         self.kernel_dir = None
         self._keeper = None
         self._pidns = None
+        self._pid1 = None   # a pidfd of PID 1
 
     # --- made -----------------------------------------------------------------------
 
@@ -66,6 +67,7 @@ class NamespaceSandbox(BaseSandbox):
         _record(self.slot, {"cgroups": list(self.cgroup.dirs.values())})
         self.cgroup_paths = self.cgroup.paths
         self.pid = self._start()
+        self._pid1 = os.pidfd_open(self.pid)
         self.netns_path = f"/proc/{self.pid}/ns/net"
         self._pidns = os.stat(f"/proc/{self.pid}/ns/pid")
 
@@ -172,11 +174,14 @@ class NamespaceSandbox(BaseSandbox):
         if self._keeper is not None and self._keeper.poll() is None:
             self._keeper.kill()   # its PID 1 follows (PDEATHSIG), and with it the PID namespace
         if self.cgroup is not None:
-            for pid in self.cgroup.pids():   # the kernels' launchers, outside the PID namespace
+            # PID 1 first (the kernel then ends its whole PID namespace), then what is
+            # left: the kernels' launchers outside it, what was forked meanwhile.
+            if self._pid1 is not None:
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    signal.pidfd_send_signal(self._pid1, signal.SIGKILL)   # never a reused PID
                 except ProcessLookupError:
                     pass
+            kill_all(list(self.cgroup.dirs.values()))
 
     def _close(self):
         self._kill_everything()
@@ -184,6 +189,9 @@ class NamespaceSandbox(BaseSandbox):
             self._keeper.wait()
         if self.cgroup is not None:
             self.cgroup.remove()
+        if self._pid1 is not None:
+            os.close(self._pid1)
+            self._pid1 = None
         if self.slot is not None:
             _release_slot(self.slot)
 
