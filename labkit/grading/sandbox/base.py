@@ -40,6 +40,9 @@ class BaseSandbox:
     def open(self):
         self._log = KernelLog()
         self.directory = Path(tempfile.mkdtemp(prefix="labkit-sandbox-", dir=self._workdir))
+        # Others may pass through (not list): a --userns container's root, an unprivileged
+        # host uid, walks down to its layers in the home below (labkit/home.py).
+        os.chmod(self.directory, 0o711)
         try:
             self.scratch = self.directory / "scratch"
             self.home = self.directory / "home"
