@@ -19,9 +19,9 @@ _NAME = re.compile(r"^pool-(\d+)-(\d+)-\d+$")
 def slot_devices() -> list:
     """The device list a slot's cgroup is made with: Docker's default allow-list. (Read
     when first needed: a helper that never makes a slot need not import it.)"""
-    from labkit.cgroups.devices import DOCKER_DEFAULT
+    from labkit.cgroups.devices import DOCKER_DEFAULT, enforceable
 
-    return list(DOCKER_DEFAULT)
+    return enforceable(list(DOCKER_DEFAULT))
 
 
 def slot_leaf(helper_pid: int, helper_start: int, number: int) -> str:

@@ -95,3 +95,15 @@ def available_namespaces() -> dict:
     if probe.returncode != 0:
         return {ns.name: f"probe failed: {probe.stderr.strip()[-200:]}" for ns in NAMESPACES}
     return json.loads(probe.stdout)
+
+
+@functools.lru_cache(maxsize=1)
+def in_initial_user_namespace() -> bool:
+    """Is this process in the host's own user namespace? There, uid_map maps every id to
+    itself; inside a user namespace (a grading sandbox, a rootless session) root lacks
+    what only the host's CAP_SYS_ADMIN grants: mknod, device cgroup rules, trusted.* xattrs."""
+    try:
+        with open("/proc/self/uid_map") as handle:
+            return handle.read().split() == ["0", "0", "4294967295"]
+    except FileNotFoundError:
+        return True  # a kernel without user namespaces has only the initial one

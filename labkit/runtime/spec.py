@@ -81,10 +81,11 @@ class ContainerSpec:
     def limits(self):
         """The cgroup limits this (validated) spec asks for."""
         from labkit.cgroups import Limits
+        from labkit.cgroups.devices import enforceable
 
         return Limits(memory=self.memory, cpus=self.cpus, pids=self.pids,
                       io_read_bps=dict(self.device_read_bps), io_write_bps=dict(self.device_write_bps),
-                      devices=device_rules(self))
+                      devices=enforceable(device_rules(self)))
 
     def validated(self) -> "ContainerSpec":
         """A copy with units parsed and every value checked; raises ConfigError."""

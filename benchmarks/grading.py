@@ -1,0 +1,101 @@
+"""Seconds per submission, graded in a sandbox against without one, in one run.
+
+    python benchmarks/grading.py [--runs 5] [--warmup 1] [--notebook PATH] [--quick] [--json FILE]
+
+One submission = make the sandbox, start the "labkit" kernel in it, run every code cell
+of a lab notebook (the instructor's source, solutions in: a full-marks submission whose
+cells start containers, set limits, build images), shut the kernel down, remove the
+sandbox. Rows, called in turn (none, namespaces, none, ...) so that a busy machine slows
+both alike:
+
+- none:        Sandbox(kind="none"): the kernel on the host, as before sandboxes
+- namespaces:  Sandbox(kind="namespaces"): user, mount, PID, net, UTS, IPC and cgroup
+               namespaces, a delegated cgroup with limits, the kernel over ipc sockets
+- namespaces (sandbox only): make and remove the sandbox, no kernel: its own cost
+
+Goal (issue 19): namespaces ≤ 1.25× none. Printed, never asserted.
+
+Hook for `--jobs` (the grader's part of issue 19): `ROWS` maps a row name to a function
+taking the list of submission notebooks and returning seconds per submission; a row such
+as "jobs 2 vs 1 on 20 submissions" is one more entry calling `labkit grade run --jobs N`.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import timing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+DEFAULT_NOTEBOOK = os.path.join(ROOT, "notebooks", "labs", "02-cgroups-lab.ipynb")
+
+
+def grade_one(kind: str, notebook_path: str) -> float:
+    """Seconds to run one submission's cells in a fresh sandbox of `kind`."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from labkit.grading.sandbox import Sandbox, SandboxLimits
+
+    notebook = nbformat.read(notebook_path, as_version=4)
+    started = time.perf_counter()
+    with Sandbox(kind=kind, limits=SandboxLimits(memory="2g", pids=512, cpus=1.0, wall_seconds=600)) as box:
+        NotebookClient(notebook, km=box.kernel_manager(kernel_name="labkit"), timeout=120, allow_errors=True,
+                       resources={"metadata": {"path": str(box.scratch)}}).execute()
+    return time.perf_counter() - started
+
+
+def sandbox_only() -> float:
+    from labkit.grading.sandbox import Sandbox
+
+    started = time.perf_counter()
+    with Sandbox(kind="namespaces"):
+        pass
+    return time.perf_counter() - started
+
+
+ROWS = {
+    "none": lambda notebooks: [grade_one("none", n) for n in notebooks],
+    "namespaces": lambda notebooks: [grade_one("namespaces", n) for n in notebooks],
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--notebook", action="append", help="a submission to run (repeatable); default: "
+                        "the cgroups lab's source")
+    parser.add_argument("--quick", action="store_true", help="2 runs, no warm-up (a smoke test)")
+    parser.add_argument("--json", help="also write the rows and raw samples to this file")
+    options = parser.parse_args()
+    if options.quick:
+        options.runs, options.warmup = 2, 0
+    if os.geteuid() != 0:
+        sys.exit("benchmarks/grading.py needs root (the sandbox makes namespaces and cgroups)")
+    from labkit.kernelspec import install
+
+    install(prefix=sys.prefix)   # the kernel the sandbox starts: this Python's
+    notebooks = options.notebook or [DEFAULT_NOTEBOOK]
+    functions = {name: (lambda row=row: statistics.fmean(row(notebooks))) for name, row in ROWS.items()}
+    functions["namespaces (sandbox only)"] = sandbox_only
+    taken = timing.in_turn(functions, options.runs, options.warmup)
+    rows = {name: timing.summary(seconds) for name, seconds in taken.items()}
+    ratio = rows["namespaces"]["median_ms"] / rows["none"]["median_ms"]
+    print(f"seconds per submission ({len(notebooks)} notebook(s), {options.runs} runs in turn, "
+          f"load {timing.load_average()[0]:.2f}):")
+    for name, row in rows.items():
+        print(f"  {name:28} median {row['median_ms'] / 1000:7.3f} s   p90 {row['p90_ms'] / 1000:7.3f} s")
+    print(f"  namespaces / none: {ratio:.2f}x (goal <= 1.25x)")
+    if options.json:
+        with open(options.json, "w") as handle:
+            json.dump({"rows": rows, "ratio": ratio, "notebooks": notebooks,
+                       "load": timing.load_average()}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
