@@ -1,5 +1,6 @@
 """`labkit kernel install`: the "Python 3 (labkit)" Jupyter kernel, which preloads the
-labkit magics (`--ext labkit`).
+labkit magics (`--ext labkit`), and its twin "Python 3 (labkit in a VM)" (`--vm`), the
+same kernel started inside a labkit VM by labkit.vm.provisioner.
 
 The spec ships inside the package (labkit/kernelspec/); installing copies it with the
 kernel's argv pointing at the Python running the install, so the kernel finds the same
@@ -13,25 +14,43 @@ import tempfile
 from pathlib import Path
 
 KERNEL_NAME = "labkit"
+VM_KERNEL_NAME = "labkit-vm"
+VM_DISPLAY_NAME = "Python 3 (labkit in a VM)"
+# The entry point (pyproject.toml) under which jupyter_client finds labkit.vm.provisioner.
+VM_PROVISIONER = "labkit-vm-provisioner"
 SPEC_DIR = Path(__file__).resolve().parent / "kernelspec"
 
 
-def spec_for(python: str = sys.executable) -> dict:
+def spec_for(python: str = sys.executable, vm: bool = False) -> dict:
     spec = json.loads((SPEC_DIR / "kernel.json").read_text())
     spec["argv"][0] = python
+    if vm:
+        spec["display_name"] = VM_DISPLAY_NAME
+        spec["metadata"]["kernel_provisioner"] = {
+            "provisioner_name": VM_PROVISIONER,
+            "config": {"memory": "1g", "cpus": 2},
+        }
     return spec
 
 
-def install(user: bool = False, prefix: str | None = None, python: str = sys.executable) -> str:
-    """Install the kernelspec; returns the directory it went to. Neither `user` nor
-    `prefix`: the system-wide location, as `jupyter kernelspec install` does."""
+def write_spec(directory: Path, python: str = sys.executable, vm: bool = False) -> Path:
+    """A kernelspec directory (kernel.json and the logos) at `directory`."""
+    shutil.copytree(SPEC_DIR, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    (directory / "kernel.json").write_text(json.dumps(spec_for(python, vm), indent=1) + "\n")
+    return directory
+
+
+def install(user: bool = False, prefix: str | None = None, python: str = sys.executable,
+            vm: bool = False, name: str | None = None) -> str:
+    """Install the kernelspec (the VM one with `vm`) under `name` (default "labkit" or
+    "labkit-vm"); returns the directory it went to. Neither `user` nor `prefix`: the
+    system-wide location, as `jupyter kernelspec install` does."""
     from jupyter_client.kernelspec import KernelSpecManager
 
+    name = name or (VM_KERNEL_NAME if vm else KERNEL_NAME)
     with tempfile.TemporaryDirectory() as work:
-        source = Path(work) / KERNEL_NAME
-        shutil.copytree(SPEC_DIR, source, ignore=shutil.ignore_patterns("__pycache__"))
-        (source / "kernel.json").write_text(json.dumps(spec_for(python), indent=1) + "\n")
-        return KernelSpecManager().install_kernel_spec(str(source), KERNEL_NAME, user=user, prefix=prefix)
+        source = write_spec(Path(work) / name, python, vm)
+        return KernelSpecManager().install_kernel_spec(str(source), name, user=user, prefix=prefix)
 
 
 def uninstall() -> str:

@@ -8,18 +8,19 @@ from pathlib import Path
 
 from labkit.vm import guest
 from labkit.vm.cpio import CpioArchive
-from labkit.vm.modules import module_bytes, module_name, modules_in_load_order
+from labkit.vm.modules import GUEST_MODULES, module_bytes, module_name, modules_in_load_order
 
 
-def build_base(busybox: Path, modules_dir: Path) -> bytes:
-    """busybox, the guest's modules (decompressed, numbered in load order), /init."""
+def build_base(busybox: Path, modules_dir: Path, extra_modules=()) -> bytes:
+    """busybox, the guest's modules and `extra_modules` (decompressed, numbered in load
+    order), /init."""
     archive = CpioArchive()
     for directory in ("bin", "dev", "lib", "lib/modules", "labkit"):
         archive.directory(directory)
     # Without /dev/console in the initramfs the kernel starts /init with no stdio.
     archive.char_device("dev/console", 5, 1)
     archive.file("bin/busybox", busybox.read_bytes(), mode=0o755)
-    for number, module in enumerate(modules_in_load_order(modules_dir)):
+    for number, module in enumerate(modules_in_load_order(modules_dir, (*GUEST_MODULES, *extra_modules))):
         archive.file(f"lib/modules/{number:02d}-{module_name(module)}.ko", module_bytes(module))
     archive.file("init", guest.STAGE1_INIT.encode(), mode=0o755)
     archive.file("labkit/stage2", guest.STAGE2.encode())

@@ -1,0 +1,246 @@
+"""The "Python 3 (labkit in a VM)" kernel: a Jupyter kernel provisioner whose kernel
+runs inside a labkit VM (cgroup v2 with every controller, root inside).
+
+The Jupyter server stays on the host. The first launch boots one guest for the
+kernel's whole life; in it `agent.py` starts the IPython kernel, delivers signals to
+it and reports its exit. The kernel's five ZeroMQ ports and the agent's control
+port reach the guest through QEMU's user-mode network, forwarded from 127.0.0.1
+only, with `restrict=on`: the guest reaches nothing outside. The kernel's working
+directory (the notebook's) is shared read-write at the same path.
+
+Interrupt sends SIGINT to the kernel's process group in the guest, restart starts a
+new kernel process in the same guest (no reboot), shutdown kills QEMU.
+
+Settings, from the kernelspec's `metadata.kernel_provisioner.config` or, winning
+over it, the kernel's environment: memory (LABKIT_VM_MEMORY, default 1g), cpus
+(LABKIT_VM_CPUS, default 2), boot_timeout (LABKIT_VM_BOOT_TIMEOUT, seconds, 300);
+LABKIT_VM_ACCEL=kvm|tcg forces the acceleration.
+"""
+
+import asyncio
+import collections
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from jupyter_client.connect import LocalPortCache
+from jupyter_client.provisioning import LocalProvisioner
+from traitlets import Float, Integer, Unicode
+
+from labkit.errors import HostError
+from labkit.vm import host, initramfs, machine
+from labkit.vm.accel import ACCEL_VARIABLE, Acceleration, choose_acceleration
+from labkit.vm.leftovers import new_run_dir, sweep_leftovers_of_dead_runs
+from labkit.vm.qemu import QemuProcess, qemu_command
+
+AGENT = Path(__file__).resolve().parent / "agent.py"
+# The guest's network device, on top of what mounts its root.
+NETWORK_MODULES = ("virtio_net",)
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
+# Told to the kernel (and shown by the labkit extension in its first cell).
+BOOT_VARIABLE = "LABKIT_VM_KERNEL"
+
+
+class Guest:
+    """One booted VM running the agent; outlives kernel restarts, not the kernel."""
+
+    def __init__(self, memory_mib, cpus, rw_dir, ports, acceleration, log):
+        self.log = log
+        self.token = secrets.token_hex(16)
+        self.control_port = LocalPortCache.instance().find_available_port("127.0.0.1")
+        self.acceleration = acceleration
+        self.started = time.monotonic()
+        self.booted_seconds = None
+        self.console = collections.deque(maxlen=40)
+        sweep_leftovers_of_dead_runs()
+        self.workdir = new_run_dir()
+        kernel = machine.ready_kernel()
+        busybox = host.static_busybox()
+        if busybox is None:
+            raise HostError("no static busybox for the guest's initramfs; run `labkit vm setup`")
+        command = [sys.executable, "-I", str(AGENT), str(self.control_port)]
+        environment = machine._guest_environment({"LABKIT_VM_AGENT_TOKEN": self.token})
+        initrd = self.workdir / "initrd.cpio"
+        initrd.write_bytes(initramfs.build_base(busybox, kernel.modules_dir, NETWORK_MODULES)
+                           + initramfs.build_run(command, "/", environment, self.token, rw_dir))
+        forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{port}-:{port}" for port in (*ports, self.control_port))
+        argv = qemu_command(host.qemu_binary(), kernel.vmlinux, initrd, memory_mib, cpus, acceleration, rw_dir) + [
+            "-netdev", f"user,id=net0,restrict=on,{forwards}", "-device", "virtio-net-pci,netdev=net0",
+        ]
+        self.qemu = QemuProcess(argv, self._console_line)
+
+    def _console_line(self, text, seconds):
+        self.console.append(text)
+        if self.booted_seconds is not None:
+            self.log.info("labkit VM kernel (guest): %s", text)
+
+    def describe(self) -> str:
+        said = "\n".join("  " + line for line in self.console if line.strip()) or "  (nothing)"
+        text = f"its console said:\n{said}"
+        if self.qemu.exited and self.qemu.stderr.strip():
+            text += "\nQEMU said:\n" + self.qemu.stderr.strip()[-2000:]
+        return text
+
+    async def request(self, op, timeout=10.0, **fields) -> dict:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.control_port), timeout)
+        try:
+            writer.write((json.dumps({"token": self.token, "op": op, **fields}) + "\n").encode())
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), timeout)
+        finally:
+            writer.close()
+        if not line:
+            # QEMU accepts a forwarded connection before the guest listens, then drops it.
+            raise ConnectionError("the agent in the guest did not answer")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise HostError(f"the VM kernel's agent refused {op}: {answer['error']}")
+        return answer
+
+    async def wait_for_agent(self, deadline):
+        while True:
+            if self.qemu.exited:
+                raise GuestStopped(f"the VM stopped while booting (QEMU exit status {self.qemu.exit_status}); "
+                                   + self.describe())
+            if time.monotonic() > deadline:
+                raise HostError(f"the VM kernel's guest did not come up within {deadline - self.started:.0f} s "
+                                f"under {self.acceleration.name}; raise LABKIT_VM_BOOT_TIMEOUT if the host is "
+                                f"just slow. " + self.describe())
+            try:
+                await self.request("hello", timeout=2.0)
+            except (OSError, ConnectionError, asyncio.TimeoutError, ValueError):
+                await asyncio.sleep(0.2)
+                continue
+            self.booted_seconds = time.monotonic() - self.started
+            return
+
+    def stop(self):
+        self.qemu.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class GuestStopped(HostError):
+    """QEMU exited before the agent answered."""
+
+
+class LabkitVMProvisioner(LocalProvisioner):
+    """Runs the kernel in a labkit VM; see the module's docstring."""
+
+    memory = Unicode("1g", config=True, help="guest memory (LABKIT_VM_MEMORY wins)")
+    cpus = Integer(2, config=True, help="guest CPUs (LABKIT_VM_CPUS wins)")
+    boot_timeout = Float(300.0, config=True, help="seconds the guest may take to come up (LABKIT_VM_BOOT_TIMEOUT)")
+
+    guest = None
+    kernel_pid = None
+
+    @property
+    def has_process(self) -> bool:
+        return self.kernel_pid is not None
+
+    async def launch_kernel(self, cmd, **kwargs):
+        env = dict(kwargs.get("env") or os.environ)
+        cwd = str(Path(kwargs.get("cwd") or os.getcwd()).resolve())
+        if self.guest is not None and self.guest.qemu.exited:
+            self.log.warning("labkit VM kernel: the guest stopped (%s); booting a new one", self.guest.describe())
+            self.guest.stop()
+            self.guest = None
+        if self.guest is None:
+            self.guest = await self._boot(env, cwd)
+        guest = self.guest
+        env.update(LABKIT_HOME=machine.GUEST_LABKIT_HOME, LANG=env.get("LANG", "C.UTF-8"))
+        env[BOOT_VARIABLE] = (f"booted in {guest.booted_seconds:.1f} s under {guest.acceleration.name} "
+                              f"({guest.acceleration.reason})")
+        connection = {key: (value.decode() if isinstance(value, bytes) else value)
+                      for key, value in self.connection_info.items()}
+        answer = await guest.request("start", argv=cmd, env=env, cwd=cwd, connection=connection,
+                                     connection_file=self.parent.connection_file)
+        self.kernel_pid = answer["pid"]
+        self.pid = self.kernel_pid
+        self.log.info("labkit VM kernel: kernel started in the guest (pid %s there)", self.kernel_pid)
+        return self.connection_info
+
+    async def _boot(self, env, cwd) -> Guest:
+        memory = env.get("LABKIT_VM_MEMORY", self.memory)
+        cpus = env.get("LABKIT_VM_CPUS", self.cpus)
+        timeout = float(env.get("LABKIT_VM_BOOT_TIMEOUT", self.boot_timeout))
+        settings = dict(memory_mib=machine._memory_mib(memory), cpus=machine._whole_cpus(cpus),
+                        rw_dir=machine._shared_directory(cwd),
+                        ports=[self.connection_info[name] for name in PORT_NAMES])
+        acceleration = choose_acceleration()
+        try:
+            return await self._boot_with(acceleration, timeout, settings)
+        except GuestStopped:
+            if acceleration.name != "kvm" or os.environ.get(ACCEL_VARIABLE):
+                raise
+            fallback = Acceleration("tcg", "software emulation because KVM failed to boot the guest")
+            return await self._boot_with(fallback, timeout, settings)
+
+    async def _boot_with(self, acceleration, timeout, settings) -> Guest:
+        self.log.info("labkit VM kernel: booting a guest (%s MiB, %s CPUs) under %s: %s; "
+                      "this takes ~10 s under emulation, ~2 s under KVM",
+                      settings["memory_mib"], settings["cpus"], acceleration.name, acceleration.reason)
+        guest = Guest(acceleration=acceleration, log=self.log, **settings)
+        deadline = guest.started + (min(timeout, machine.KVM_BOOT_TIMEOUT) if acceleration.name == "kvm" else timeout)
+        try:
+            await guest.wait_for_agent(deadline)
+        except BaseException as error:
+            guest.stop()
+            if acceleration.name == "kvm" and not isinstance(error, GuestStopped) and isinstance(error, HostError):
+                raise GuestStopped(str(error)) from error
+            raise
+        self.log.info("labkit VM kernel: guest up in %.1f s; starting the kernel in it", guest.booted_seconds)
+        return guest
+
+    async def poll(self):
+        if self.kernel_pid is None:
+            return 0
+        if self.guest is None or self.guest.qemu.exited:
+            return 1 if self.guest is None else (self.guest.qemu.exit_status or 1)
+        try:
+            return (await self.guest.request("poll"))["exit"]
+        except (OSError, ConnectionError, asyncio.TimeoutError, ValueError):
+            return None  # a busy emulated guest can be slow to answer; the restarter asks again
+
+    async def wait(self):
+        status = 0
+        if self.kernel_pid is not None:
+            while (status := await self.poll()) is None:
+                await asyncio.sleep(0.1)
+            self.kernel_pid = None
+        return status
+
+    async def send_signal(self, signum):
+        if self.kernel_pid is not None and self.guest is not None and not self.guest.qemu.exited:
+            await self.guest.request("signal", signum=int(signum))
+
+    async def kill(self, restart=False):
+        try:
+            await self.send_signal(9)
+        except (OSError, ConnectionError, asyncio.TimeoutError, ValueError, HostError):
+            if not restart:
+                self._stop_guest()
+
+    async def terminate(self, restart=False):
+        await self.send_signal(15)
+
+    def get_shutdown_wait_time(self, recommended=5.0):
+        # A kernel in an emulated guest takes longer to stop.
+        return max(recommended, 15.0)
+
+    def get_stable_start_time(self, recommended=10.0):
+        return max(recommended, 30.0)
+
+    async def cleanup(self, restart=False):
+        if not restart:
+            self._stop_guest()
+        await super().cleanup(restart=restart)
+
+    def _stop_guest(self):
+        if self.guest is not None:
+            self.guest.stop()
+            self.guest = None
+            self.kernel_pid = None
