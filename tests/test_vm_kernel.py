@@ -1,0 +1,167 @@
+"""The "Python 3 (labkit in a VM)" kernel (labkit.vm.provisioner), driven through
+jupyter_client as JupyterLab drives it.
+
+One guest boots for the whole module (~10 s under emulation, plus the kernel's own
+start-up, which dominates: ~45 s on a loaded 2-core host); restart reuses it, and the
+last booting test shuts it down and checks that no QEMU is left. Skips,
+naming what is missing, where `labkit vm setup` has not run.
+"""
+
+import json
+import os
+import queue
+import time
+
+import pytest
+from test_vm import leftovers_of, vm_test
+
+from labkit.kernelspec import VM_KERNEL_NAME, write_spec
+from labkit.vm.agent import Agent
+
+STARTUP_TIMEOUT = 600   # a loaded 2-core host under emulation; the benchmark reports real times
+CELL_TIMEOUT = 300
+
+
+class VMKernel:
+    def __init__(self, spec_dir, cwd):
+        from jupyter_client.kernelspec import KernelSpecManager
+        from jupyter_client.manager import KernelManager
+
+        write_spec(spec_dir / VM_KERNEL_NAME, vm=True)
+        specs = KernelSpecManager(kernel_dirs=[str(spec_dir)])
+        self.manager = KernelManager(kernel_name=VM_KERNEL_NAME, kernel_spec_manager=specs)
+        self.manager.start_kernel(cwd=str(cwd))
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=STARTUP_TIMEOUT)
+
+    def run(self, code, timeout=CELL_TIMEOUT):
+        """(reply content, text the cell printed)."""
+        printed = []
+
+        def output(message):
+            if message["msg_type"] == "stream":
+                printed.append(message["content"]["text"])
+            elif message["msg_type"] == "error":
+                printed.append("\n".join(message["content"]["traceback"]))
+
+        reply = self.client.execute_interactive(code, timeout=timeout, output_hook=output)
+        return reply["content"], "".join(printed)
+
+    def value(self, expression):
+        content, printed = self.run(f"import os\nprint(repr({expression}))")
+        assert content["status"] == "ok", printed
+        return eval(printed.strip().splitlines()[-1])  # noqa: S307 — our own repr()
+
+    @property
+    def qemu_pid(self):
+        return self.manager.provisioner.guest.qemu.pid
+
+
+@pytest.fixture(scope="module")
+def vm_kernel(tmp_path_factory):
+    work = tmp_path_factory.mktemp("vm-kernel")
+    notebooks = work / "notebooks"
+    notebooks.mkdir()
+    kernel = VMKernel(work / "kernels", notebooks)
+    kernel.notebooks = notebooks
+    try:
+        yield kernel
+    finally:
+        kernel.client.stop_channels()
+        if kernel.manager.has_kernel:
+            kernel.manager.shutdown_kernel(now=True)
+        elif kernel.manager.provisioner is not None:  # the kernel died; its guest may not have
+            kernel.manager.cleanup_resources()
+
+
+@vm_test
+def test_vm_kernel_runs_containers_on_cgroup_v2_with_the_notebooks_shared(vm_kernel):
+    assert vm_kernel.value("os.uname().release") != os.uname().release  # the guest's own kernel
+    assert vm_kernel.value("os.getcwd()") == str(vm_kernel.notebooks)
+    content, printed = vm_kernel.run("open('from-the-vm.txt', 'w').write('written inside')")
+    assert content["status"] == "ok", printed
+    assert (vm_kernel.notebooks / "from-the-vm.txt").read_text() == "written inside"
+
+    content, printed = vm_kernel.run("%%container\nhostname; cat /proc/self/cgroup")
+    assert content["status"] == "ok", printed
+    assert "0::/" in printed  # the container's cgroup, on the guest's unified hierarchy
+
+    content, printed = vm_kernel.run("%%container --memory 32m\ncat /sys/fs/cgroup/memory.max")
+    assert content["status"] == "ok", printed
+    assert str(32 << 20) in printed.split()
+
+
+@vm_test
+def test_vm_kernel_interrupt_stops_a_long_container_cell(vm_kernel):
+    client = vm_kernel.client
+    while True:  # drain what earlier cells left on iopub
+        try:
+            client.get_iopub_msg(timeout=0.1)
+        except queue.Empty:
+            break
+    request = client.execute("%%container\necho started; sleep 100")
+    deadline = time.monotonic() + CELL_TIMEOUT
+    while True:
+        message = client.get_iopub_msg(timeout=max(1, deadline - time.monotonic()))
+        if message["parent_header"].get("msg_id") != request:
+            continue
+        if message["msg_type"] == "stream" and "started" in message["content"]["text"]:
+            break
+        assert message["msg_type"] != "error", message["content"]
+    vm_kernel.manager.interrupt_kernel()
+    reply = client.get_shell_msg(timeout=60)  # far less than the 100 s the cell would take
+    assert reply["parent_header"]["msg_id"] == request
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]
+    # The interrupted container is gone: nothing left in the guest's labkit home.
+    left = vm_kernel.value("sorted(os.listdir(os.path.join(os.environ['LABKIT_HOME'], 'containers')))")
+    assert left == []
+
+
+@vm_test
+def test_vm_kernel_restart_starts_a_new_kernel_in_the_same_guest(vm_kernel):
+    before = vm_kernel.value("os.getpid()")
+    qemu = vm_kernel.qemu_pid
+    vm_kernel.manager.restart_kernel()
+    vm_kernel.client.wait_for_ready(timeout=STARTUP_TIMEOUT)
+    assert vm_kernel.qemu_pid == qemu, "restart rebooted the guest"
+    assert vm_kernel.value("os.getpid()") != before
+    assert vm_kernel.value("'container' in get_ipython().magics_manager.magics['cell']")
+
+
+@vm_test
+def test_vm_kernel_shutdown_leaves_no_qemu(vm_kernel):
+    """Last of the booting tests: it shuts the module's kernel down."""
+    qemu, workdir = vm_kernel.qemu_pid, vm_kernel.manager.provisioner.guest.workdir
+    vm_kernel.client.stop_channels()
+    vm_kernel.manager.shutdown_kernel()
+    assert not os.path.exists(f"/proc/{qemu}"), f"QEMU (pid {qemu}) still runs after shutdown"
+    assert not workdir.exists(), f"{workdir} left behind"
+    assert leftovers_of(os.getpid()) == ([], []), "a VM kernel left a QEMU process or its temp dir behind"
+
+
+# --- without booting --------------------------------------------------------------
+
+
+def test_agent_refuses_a_request_without_the_token():
+    agent = Agent("s3cret")
+    assert agent.answer({"op": "hello"}) == {"error": "bad token"}
+    assert agent.answer({"op": "hello", "token": "guess"}) == {"error": "bad token"}
+    assert agent.answer({"op": "start", "token": "s3cret-not"}) == {"error": "bad token"}
+    assert agent.answer({"op": "hello", "token": "s3cret"}) == {"ok": True}
+    assert "unknown op" in agent.answer({"op": "rm", "token": "s3cret"})["error"]
+
+
+def test_vm_kernelspec_names_the_provisioner_and_the_same_kernel_command(tmp_path):
+    from importlib.metadata import entry_points
+
+    from labkit.kernelspec import VM_PROVISIONER, spec_for
+
+    spec = json.loads((write_spec(tmp_path / "vm", vm=True) / "kernel.json").read_text())
+    assert spec["argv"] == spec_for()["argv"]
+    assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == VM_PROVISIONER
+    assert spec["interrupt_mode"] == "signal"
+    found = {point.name: point.value for point in entry_points(group="jupyter_client.kernel_provisioners")}
+    assert found.get(VM_PROVISIONER) == "labkit.vm.provisioner:LabkitVMProvisioner", \
+        "the provisioner's entry point is not installed: reinstall labkit (make setup)"
