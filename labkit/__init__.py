@@ -12,9 +12,27 @@ def load_ipython_extension(ipython):
     from labkit.magics import register
 
     register(ipython)
+    _say_where_once(ipython)
 
 
 def unload_ipython_extension(ipython):
     from labkit.magics import unregister
 
     unregister(ipython)
+
+
+def _say_where_once(ipython):
+    """In the VM kernel (labkit.vm.provisioner sets LABKIT_VM_KERNEL), the first cell
+    says that it runs in a VM and what its boot cost: that is not hidden."""
+    import os
+    import sys
+
+    booted = os.environ.get("LABKIT_VM_KERNEL")
+    if not booted:
+        return
+
+    def say(*args):
+        ipython.events.unregister("pre_run_cell", say)
+        print(f"labkit: this kernel runs inside a VM on a cgroup v2 kernel ({booted})", file=sys.stderr)
+
+    ipython.events.register("pre_run_cell", say)

@@ -22,6 +22,7 @@ def diagnose() -> list:
     rows.append(check_overlay())
     rows.append(check_busybox())
     rows.append(check_vm())
+    rows.append(check_vm_kernel())
     return rows
 
 
@@ -41,16 +42,93 @@ def check_namespaces() -> list:
     from labkit.linux.namespaces import NAMESPACES, available_namespaces
 
     found = available_namespaces()
+    status = _own_status()
     rows = []
     for ns in NAMESPACES:
         reason = found.get(ns.name)
         optional = ns.name in ("user", "time")
-        fix = {"user": "sysctl user.max_user_namespaces=15000 (or kernel.unprivileged_userns_clone=1)",
-               "time": "needs Linux 5.6 or newer"}.get(ns.name, "needs a kernel built with this namespace")
-        rows.append(Check(f"namespace {ns.name}", reason is None,
-                          f"{ns.flag_name}: {ns.isolates}" if reason is None else reason,
-                          "" if reason is None else fix, required=not optional))
+        detail, fix = f"{ns.flag_name}: {ns.isolates}", ""
+        if reason is not None:
+            detail, fix = refusal_cause(ns.name, reason, status)
+        rows.append(Check(f"namespace {ns.name}", reason is None, detail, fix, required=not optional))
     return rows
+
+
+def _own_status() -> str:
+    with open("/proc/self/status") as handle:
+        return handle.read()
+
+
+def _status_field(status: str, name: str) -> str:
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key == name:
+            return value.strip()
+    return ""
+
+
+def refusal_cause(kind: str, reason: str, status: str, sysctl=None) -> tuple:
+    """(what refused namespace `kind`, what to do), from /proc/self/status's Seccomp
+    and CapEff fields and the user-namespace sysctls. `reason` is the probe's
+    strerror; `sysctl(name)` reads /proc/sys/<name> (None when absent)."""
+    from labkit.linux import capabilities
+
+    sysctl = sysctl or _read_sysctl
+    vm_kernel = "use the VM kernel: `labkit lab --vm`, or pick \"Python 3 (labkit in a VM)\" in Jupyter"
+    if kind == "time" and "not supported" in reason.lower():
+        return reason, "needs Linux 5.6 or newer"
+    if "kernel has no" in reason:
+        return reason, "needs a kernel built with this namespace"
+    if _status_field(status, "Seccomp") == "2":
+        return (f"{reason}: a seccomp filter confines this process (Seccomp: 2 in /proc/self/status), as a "
+                "container's default profile does; it refuses new namespaces and nothing inside can lift it",
+                vm_kernel)
+    if kind == "user":
+        if sysctl("user/max_user_namespaces") == "0":
+            return f"{reason}: user.max_user_namespaces is 0", "sysctl user.max_user_namespaces=15000 (as root)"
+        if sysctl("kernel/unprivileged_userns_clone") == "0":
+            return (f"{reason}: kernel.unprivileged_userns_clone is 0",
+                    "sysctl kernel.unprivileged_userns_clone=1 (as root)")
+        if sysctl("kernel/apparmor_restrict_unprivileged_userns") == "1":
+            return (f"{reason}: AppArmor restricts unprivileged user namespaces",
+                    "sysctl kernel.apparmor_restrict_unprivileged_userns=0 (as root), or " + vm_kernel)
+        return reason, vm_kernel
+    effective = capabilities.decode(int(_status_field(status, "CapEff") or "0", 16))
+    if "sys_admin" not in effective:
+        return (f"{reason}: this process lacks CAP_SYS_ADMIN (CapEff in /proc/self/status); labkit makes it "
+                "inside a user namespace when that is allowed", "run as root, or rootless where user namespaces work")
+    return reason, "needs a kernel built with this namespace"
+
+
+def _read_sysctl(name: str):
+    try:
+        with open(f"/proc/sys/{name}") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def namespaces_usable() -> tuple:
+    """(True, "") when labkit can make containers here (as root, or rootless in a user
+    namespace), else (False, why), for `labkit lab` to choose the VM kernel."""
+    from labkit.linux.namespaces import available_namespaces
+
+    found = available_namespaces()
+    refused = {kind: reason for kind, reason in found.items() if reason is not None and kind != "time"}
+    if not refused or found.get("user") is None:
+        return True, ""
+    kind = "user" if "user" in refused else sorted(refused)[0]
+    detail, _ = refusal_cause(kind, refused[kind], _own_status())
+    return False, f"namespace {kind}: {detail}"
+
+
+def check_vm_kernel() -> Check:
+    usable, why = namespaces_usable()
+    if usable:
+        return Check("VM kernel", True, "not needed: containers can be made on this host", required=False)
+    return Check("VM kernel", False, f"containers cannot be made here ({why})",
+                 "labkit lab --vm (after labkit vm setup): the kernel runs in a VM with cgroup v2, root inside",
+                 required=False)
 
 
 def check_cgroups() -> list:
