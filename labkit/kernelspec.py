@@ -66,8 +66,10 @@ def uninstall() -> str:
 
 def cmd_install(options):
     prefix = sys.prefix if options.sys_prefix else options.prefix
-    directory = install(user=options.user, prefix=prefix)
-    print(f"installed kernel {KERNEL_NAME!r} (Python 3 (labkit), {sys.executable}) in {directory}")
+    directory = install(user=options.user, prefix=prefix, vm=options.vm, name=options.name)
+    name = options.name or (VM_KERNEL_NAME if options.vm else KERNEL_NAME)
+    shown = VM_DISPLAY_NAME if options.vm else "Python 3 (labkit)"
+    print(f"installed kernel {name!r} ({shown}, {sys.executable}) in {directory}")
     return 0
 
 
@@ -89,7 +91,8 @@ def add_subcommand(subparsers):
                 option("--user", action="store_true", help="for this user only (~/.local/share/jupyter)"),
                 option("--sys-prefix", action="store_true", help=f"into this environment ({sys.prefix})"),
                 option("--prefix", help="into PREFIX/share/jupyter/kernels"),
-            ),)),
+            ), option("--vm", action="store_true", help=f"the kernel that runs in a VM ({VM_KERNEL_NAME!r})"),
+               option("--name", help="install under this name (e.g. --vm --name labkit: the notebooks get the VM)"))),
             Verb("uninstall", "remove the installed 'labkit' kernelspec", cmd_uninstall),
         )),
     ))

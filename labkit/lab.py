@@ -1,16 +1,18 @@
 """`labkit lab` starts JupyterLab on the notebooks; `labkit notebooks run` executes them
 headless (nbclient, the labkit kernel) and writes the executed copies.
 
-    labkit lab [--port 8888] [--notebooks DIR]
+    labkit lab [--port 8888] [--notebooks DIR] [--vm]
     labkit notebooks run [--out DIR | --in-place] [NOTEBOOK ...]
 """
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -78,8 +80,41 @@ def lab_command(notebooks: Path, port: int) -> list:
     return command
 
 
-def lab_environment(token: str) -> dict:
-    return dict(os.environ, JUPYTER_TOKEN=token)
+def lab_environment(token: str, vm_specs: Path | None = None) -> dict:
+    """`vm_specs`: a directory whose kernels/labkit is the VM kernel; first on
+    JUPYTER_PATH, so that the notebooks, which name the `labkit` kernel, get it."""
+    environment = dict(os.environ, JUPYTER_TOKEN=token)
+    if vm_specs is not None:
+        environment["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(vm_specs), os.environ.get("JUPYTER_PATH")]))
+    return environment
+
+
+def use_vm_kernel(asked: bool, say=print) -> bool:
+    """--vm, or, by itself, where labkit doctor finds that containers cannot be made
+    (said once). The VM must then be set up: a clear error if it is not."""
+    from labkit.doctor import namespaces_usable
+
+    if not asked:
+        usable, why = namespaces_usable()
+        if usable:
+            return False
+        say(f"labkit lab: containers cannot be made on this host ({why}); "
+            "the notebooks' kernel runs in a VM instead (\"Python 3 (labkit in a VM)\")")
+    from labkit.vm import status
+
+    report = status()
+    if not report.can_run:
+        raise HostError("the VM kernel cannot start here: " + "; ".join(report.missing))
+    return True
+
+
+def write_vm_specs(directory: Path) -> Path:
+    """kernels/labkit and kernels/labkit-vm, both the VM kernel, under `directory`."""
+    from labkit.kernelspec import KERNEL_NAME, VM_KERNEL_NAME, write_spec
+
+    for name in (KERNEL_NAME, VM_KERNEL_NAME):
+        write_spec(directory / "kernels" / name, vm=True)
+    return directory
 
 
 def server_answers(url: str, token: str) -> bool:
@@ -195,6 +230,9 @@ def cmd_lab(options):
     if not notebooks.is_dir():
         raise HostError(f"no notebooks directory at {notebooks}; pass --notebooks DIR")
     ensure_kernelspec()
+    vm_specs = None
+    if use_vm_kernel(options.vm, say=lambda line: print(line, file=sys.stderr, flush=True)):
+        vm_specs = write_vm_specs(Path(tempfile.mkdtemp(prefix="labkit-lab-vm-specs-")))
     port = free_port(options.port)
     token = secrets.token_hex(24)
     url = f"http://127.0.0.1:{port}"
@@ -203,7 +241,8 @@ def cmd_lab(options):
     server = None
     try:
         # Its own session: a Ctrl-C in the terminal reaches us, and we stop it in order.
-        server = subprocess.Popen(lab_command(notebooks, port), env=lab_environment(token), start_new_session=True)
+        server = subprocess.Popen(lab_command(notebooks, port), env=lab_environment(token, vm_specs),
+                                  start_new_session=True)
         wait_until_answering(server, url, token)
         print(f"JupyterLab on {notebooks}\n\n    {url}/lab?token={token}\n\n"
               f"(bound to 127.0.0.1 only; from another machine: ssh -L {port}:127.0.0.1:{port} HOST)", flush=True)
@@ -219,6 +258,8 @@ def cmd_lab(options):
             shut_down(server)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if vm_specs is not None:
+            shutil.rmtree(vm_specs, ignore_errors=True)
 
 
 # --- labkit notebooks run ---------------------------------------------------------------
@@ -284,6 +325,8 @@ def add_subcommand(subparsers):
     lab = subparsers.add_parser("lab", help="start JupyterLab on the notebooks (127.0.0.1, with a token)")
     lab.add_argument("--port", type=int, default=8888, help="preferred port (default 8888; a free one if taken)")
     lab.add_argument("--notebooks", help=f"directory to serve (default {default_notebooks()})")
+    lab.add_argument("--vm", action="store_true",
+                     help="run the notebooks' kernel in a VM (chosen by itself where containers cannot be made)")
     lab.set_defaults(func=cmd_lab)
 
     notebooks = subparsers.add_parser("notebooks", help="execute the notebooks headless")

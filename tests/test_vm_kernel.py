@@ -10,6 +10,8 @@ naming what is missing, where `labkit vm setup` has not run.
 import json
 import os
 import queue
+import subprocess
+import sys
 import time
 
 import pytest
@@ -165,3 +167,21 @@ def test_vm_kernelspec_names_the_provisioner_and_the_same_kernel_command(tmp_pat
     found = {point.name: point.value for point in entry_points(group="jupyter_client.kernel_provisioners")}
     assert found.get(VM_PROVISIONER) == "labkit.vm.provisioner:LabkitVMProvisioner", \
         "the provisioner's entry point is not installed: reinstall labkit (make setup)"
+
+
+def test_labkit_lab_vm_gives_the_notebooks_labkit_kernel_the_vm(tmp_path):
+    """The notebooks name the `labkit` kernel: under `labkit lab --vm` that name must
+    start the VM kernel, and the host's own spec must not win."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from labkit.kernelspec import KERNEL_NAME, VM_DISPLAY_NAME
+    from labkit.lab import lab_environment, write_vm_specs
+
+    environment = lab_environment("token", write_vm_specs(tmp_path))
+    assert environment["JUPYTER_PATH"].split(os.pathsep)[0] == str(tmp_path)
+    found = subprocess.run(
+        [sys.executable, "-c", "from jupyter_client.kernelspec import KernelSpecManager as M; "
+                               f"print(M().get_kernel_spec({KERNEL_NAME!r}).display_name)"],
+        env=environment, capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == VM_DISPLAY_NAME
+    assert KernelSpecManager().get_kernel_spec(KERNEL_NAME).display_name != VM_DISPLAY_NAME  # ours is untouched
