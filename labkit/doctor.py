@@ -109,17 +109,23 @@ def _read_sysctl(name: str):
 
 
 def namespaces_usable() -> tuple:
-    """(True, "") when labkit can make containers here (as root, or rootless in a user
-    namespace), else (False, why), for `labkit lab` to choose the VM kernel."""
+    """(True, "") when labkit can make containers here (root with CAP_SYS_ADMIN, and
+    every namespace but the optional user and time ones), else (False, why), for
+    `labkit lab` to choose the VM kernel. labkit has no rootless mode yet."""
+    from labkit.linux import capabilities
     from labkit.linux.namespaces import available_namespaces
 
     found = available_namespaces()
-    refused = {kind: reason for kind, reason in found.items() if reason is not None and kind != "time"}
-    if not refused or found.get("user") is None:
+    refused = {kind: reason for kind, reason in found.items() if reason is not None}
+    required = {kind: reason for kind, reason in refused.items() if kind not in ("user", "time")}
+    privileged = os.geteuid() == 0 and "sys_admin" in capabilities.of_process()["CapEff"]
+    if privileged and not required:
         return True, ""
-    kind = "user" if "user" in refused else sorted(refused)[0]
-    detail, _ = refusal_cause(kind, refused[kind], _own_status())
-    return False, f"namespace {kind}: {detail}"
+    if refused.keys() - {"time"}:
+        kind = "user" if "user" in refused else sorted(required)[0]
+        detail, _ = refusal_cause(kind, refused[kind], _own_status())
+        return False, f"namespace {kind}: {detail}"
+    return False, f"labkit makes containers as root with CAP_SYS_ADMIN, and this process (uid {os.geteuid()}) is not"
 
 
 def check_vm_kernel() -> Check:
