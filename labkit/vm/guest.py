@@ -20,7 +20,16 @@ RW_TAG = "labkitrw"
 # round trips through the emulated device for every file read.
 NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=512000"
 
-STAGE1_INIT = rf"""#!/bin/busybox sh
+def stage1_init(root_cache="none") -> str:
+    """Stage 1's script. `root_cache` is the 9p cache mode of the host's read-only root:
+    "none" reads every file from the host each time; "loose" lets the guest keep what it
+    read (the VM kernel: a kernel's imports then come from guest memory after the first
+    start, at the price of not seeing later changes to host files)."""
+    # 9p's default is "none": the default script stays as it was (its fingerprint too).
+    return _STAGE1_INIT.replace("@ROOT_CACHE@", "" if root_cache == "none" else f",cache={root_cache}")
+
+
+_STAGE1_INIT = rf"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
 fail() {{
@@ -35,7 +44,7 @@ done
 # virtio_pci probes the 9p device asynchronously: retry until the tag appears.
 mkdir -p /lower /upper /newroot
 tries=0
-until mount -t 9p -o {NINEP_OPTIONS},ro {ROOT_TAG} /lower 2>/dev/null; do
+until mount -t 9p -o {NINEP_OPTIONS},ro@ROOT_CACHE@ {ROOT_TAG} /lower 2>/dev/null; do
     tries=$((tries + 1))
     [ "$tries" -lt 200 ] || fail "the host's root (9p tag {ROOT_TAG}) never appeared"
     usleep 20000
@@ -84,6 +93,7 @@ mkdir -p /newroot{RUN_DIR}
 cp /bin/busybox /labkit/* /newroot{RUN_DIR}/
 exec switch_root /newroot {RUN_DIR}/busybox sh {RUN_DIR}/stage2
 """
+STAGE1_INIT = stage1_init()
 
 STAGE2 = rf"""bb={RUN_DIR}/busybox
 token="$($bb cat {RUN_DIR}/token)"

@@ -11,9 +11,9 @@ from labkit.vm.cpio import CpioArchive
 from labkit.vm.modules import GUEST_MODULES, module_bytes, module_name, modules_in_load_order
 
 
-def build_base(busybox: Path, modules_dir: Path, extra_modules=()) -> bytes:
+def build_base(busybox: Path, modules_dir: Path, extra_modules=(), init=guest.STAGE1_INIT) -> bytes:
     """busybox, the guest's modules and `extra_modules` (decompressed, numbered in load
-    order), /init."""
+    order), /init (stage 1's script, `init`)."""
     archive = CpioArchive()
     for directory in ("bin", "dev", "lib", "lib/modules", "labkit"):
         archive.directory(directory)
@@ -22,7 +22,7 @@ def build_base(busybox: Path, modules_dir: Path, extra_modules=()) -> bytes:
     archive.file("bin/busybox", busybox.read_bytes(), mode=0o755)
     for number, module in enumerate(modules_in_load_order(modules_dir, (*GUEST_MODULES, *extra_modules))):
         archive.file(f"lib/modules/{number:02d}-{module_name(module)}.ko", module_bytes(module))
-    archive.file("init", guest.STAGE1_INIT.encode(), mode=0o755)
+    archive.file("init", init.encode(), mode=0o755)
     archive.file("labkit/stage2", guest.STAGE2.encode())
     archive.file("labkit/modules_dir", str(modules_dir).encode())
     return bytes(archive)

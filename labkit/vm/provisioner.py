@@ -32,7 +32,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Float, Integer, Unicode
 
 from labkit.errors import HostError
-from labkit.vm import host, initramfs, machine
+from labkit.vm import guest, host, initramfs, machine
 from labkit.vm.accel import ACCEL_VARIABLE, Acceleration, choose_acceleration
 from labkit.vm.leftovers import new_run_dir, sweep_leftovers_of_dead_runs
 from labkit.vm.qemu import QemuProcess, qemu_command
@@ -41,6 +41,9 @@ AGENT = Path(__file__).resolve().parent / "agent.py"
 # The guest's network device, on top of what mounts its root.
 NETWORK_MODULES = ("virtio_net",)
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
+# The guest keeps what it read from the host's root: a restart's imports come from
+# guest memory, not through 9p again (see guest.stage1_init).
+ROOT_CACHE = "loose"
 # Told to the kernel (and shown by the labkit extension in its first cell).
 BOOT_VARIABLE = "LABKIT_VM_KERNEL"
 
@@ -65,7 +68,8 @@ class Guest:
         command = [sys.executable, "-I", str(AGENT), str(self.control_port)]
         environment = machine._guest_environment({"LABKIT_VM_AGENT_TOKEN": self.token})
         initrd = self.workdir / "initrd.cpio"
-        initrd.write_bytes(initramfs.build_base(busybox, kernel.modules_dir, NETWORK_MODULES)
+        initrd.write_bytes(initramfs.build_base(busybox, kernel.modules_dir, NETWORK_MODULES,
+                                                 init=guest.stage1_init(ROOT_CACHE))
                            + initramfs.build_run(command, "/", environment, self.token, rw_dir))
         forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{port}-:{port}" for port in (*ports, self.control_port))
         argv = qemu_command(host.qemu_binary(), kernel.vmlinux, initrd, memory_mib, cpus, acceleration, rw_dir) + [
