@@ -67,6 +67,7 @@ def vm_kernel(tmp_path_factory):
     notebooks.mkdir()
     kernel = VMKernel(work / "kernels", notebooks)
     kernel.notebooks = notebooks
+    kernel.first_output = kernel.run("pass")[1]
     try:
         yield kernel
     finally:
@@ -79,6 +80,9 @@ def vm_kernel(tmp_path_factory):
 
 @vm_test
 def test_vm_kernel_runs_containers_on_cgroup_v2_with_the_notebooks_shared(vm_kernel):
+    assert "this kernel runs inside a VM" in vm_kernel.first_output  # the boot's cost is shown, once
+    assert "booted in" in vm_kernel.first_output
+    assert "runs inside a VM" not in vm_kernel.run("pass")[1]
     assert vm_kernel.value("os.uname().release") != os.uname().release  # the guest's own kernel
     assert vm_kernel.value("os.getcwd()") == str(vm_kernel.notebooks)
     content, printed = vm_kernel.run("open('from-the-vm.txt', 'w').write('written inside')")
