@@ -90,21 +90,27 @@ def lab_environment(token: str, vm_specs: Path | None = None) -> dict:
 
 
 def use_vm_kernel(asked: bool, say=print) -> bool:
-    """--vm, or, by itself, where labkit doctor finds that containers cannot be made
-    (said once). The VM must then be set up: a clear error if it is not."""
+    """--vm (an error if the VM is not set up), or, by itself, where labkit doctor finds
+    that containers cannot be made and the VM can start (said once, either way)."""
     from labkit.doctor import namespaces_usable
 
-    if not asked:
-        usable, why = namespaces_usable()
-        if usable:
-            return False
-        say(f"labkit lab: containers cannot be made on this host ({why}); "
-            "the notebooks' kernel runs in a VM instead (\"Python 3 (labkit in a VM)\")")
     from labkit.vm import status
 
+    if asked:
+        report = status()
+        if not report.can_run:
+            raise HostError("the VM kernel cannot start here: " + "; ".join(report.missing))
+        return True
+    usable, why = namespaces_usable()
+    if usable:
+        return False
     report = status()
     if not report.can_run:
-        raise HostError("the VM kernel cannot start here: " + "; ".join(report.missing))
+        say(f"labkit lab: containers cannot be made on this host ({why}), and the VM kernel that would make "
+            f"them cannot start ({'; '.join(report.missing)}); the notebooks' container cells will fail")
+        return False
+    say(f"labkit lab: containers cannot be made on this host ({why}); "
+        "the notebooks' kernel runs in a VM instead (\"Python 3 (labkit in a VM)\")")
     return True
 
 
