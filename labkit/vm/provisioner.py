@@ -75,7 +75,9 @@ class Guest:
         argv = qemu_command(host.qemu_binary(), kernel.vmlinux, initrd, memory_mib, cpus, acceleration, rw_dir) + [
             "-netdev", f"user,id=net0,restrict=on,{forwards}", "-device", "virtio-net-pci,netdev=net0",
         ]
-        self.qemu = QemuProcess(argv, self._console_line)
+        # Its own session, as jupyter_client gives a local kernel: a SIGTERM or Ctrl-C to
+        # the server's process group must not kill the VM before the kernel shuts down.
+        self.qemu = QemuProcess(argv, self._console_line, new_session=True)
 
     def _console_line(self, text, seconds):
         self.console.append(text)
@@ -220,8 +222,14 @@ class LabkitVMProvisioner(LocalProvisioner):
         return status
 
     async def send_signal(self, signum):
-        if self.kernel_pid is not None and self.guest is not None and not self.guest.qemu.exited:
+        if self.kernel_pid is None or self.guest is None:
+            return
+        try:
             await self.guest.request("signal", signum=int(signum))
+        except (OSError, ConnectionError, asyncio.TimeoutError, ValueError):
+            if self.guest.qemu.wait(1.0):
+                return  # the guest is gone, and its kernel with it: nothing left to signal
+            raise
 
     async def kill(self, restart=False):
         try:

@@ -59,16 +59,21 @@ def _qemu_escape(path) -> str:
 
 
 class QemuProcess:
-    """A started QEMU whose console lines go to `on_line(text, seconds_since_start)`."""
+    """A started QEMU whose console lines go to `on_line(text, seconds_since_start)`.
 
-    def __init__(self, argv, on_line):
+    `new_session`: out of the caller's process group, so that a signal to that group
+    (Ctrl-C in a terminal, `labkit lab` stopping its server) does not kill the VM
+    before its owner has shut down what runs in it."""
+
+    def __init__(self, argv, on_line, new_session=False):
         self.started = time.monotonic()
         self.stderr = ""
         self.peak_rss_bytes = None
         self.exit_status = None
         self.lifetime_seconds = None
         self._process = subprocess.Popen(
-            _die_with_caller(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            _die_with_caller(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=new_session,
         )
         self._exited = threading.Event()
         self._threads = [
