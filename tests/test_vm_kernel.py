@@ -37,12 +37,12 @@ class VMKernel:
         self.client.start_channels()
         self.client.wait_for_ready(timeout=STARTUP_TIMEOUT)
 
-    def run(self, code, timeout=CELL_TIMEOUT):
-        """(reply content, text the cell printed)."""
+    def run(self, code, timeout=CELL_TIMEOUT, streams=("stdout", "stderr")):
+        """(reply content, text the cell printed on `streams`, and its errors)."""
         printed = []
 
         def output(message):
-            if message["msg_type"] == "stream":
+            if message["msg_type"] == "stream" and message["content"]["name"] in streams:
                 printed.append(message["content"]["text"])
             elif message["msg_type"] == "error":
                 printed.append("\n".join(message["content"]["traceback"]))
@@ -51,7 +51,8 @@ class VMKernel:
         return reply["content"], "".join(printed)
 
     def value(self, expression):
-        content, printed = self.run(f"import os\nprint(repr({expression}))")
+        # stdout only: a restarted kernel's first cell also says, on stderr, that it runs in a VM
+        content, printed = self.run(f"import os\nprint(repr({expression}))", streams=("stdout",))
         assert content["status"] == "ok", printed
         return eval(printed.strip().splitlines()[-1])  # noqa: S307 — our own repr()
 
