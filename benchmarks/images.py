@@ -123,7 +123,7 @@ def bench_build(root: Path, repeat: int) -> dict:
     from labkit.images.store import Store
 
     try:
-        from labkit.runtime.build_step import run_build_step
+        from labkit.runtime.client.build_step import run_build_step
     except ImportError:
         print("build: skipped, labkit.runtime is not available")
         return {}

@@ -161,7 +161,7 @@ def soak(containers: int = 1000, concurrency: int = 8, home: Path | None = None,
     home = Path(home or tempfile.mkdtemp(prefix="labkit-soak-"))
     os.environ["LABKIT_HOME"] = str(home)
     from labkit.runtime import Container, ContainerSpec
-    from labkit.runtime.helper import get_helper, settle, shutdown_helper
+    from labkit.runtime.client.helper_client import get_helper, settle, shutdown_helper
 
     made, wrong, lock = [], [], threading.Lock()
     counts = {ending.__name__: 0 for ending in ENDINGS}

@@ -6,7 +6,7 @@
 1. One container at a time (median and p90 of --runs; the variants are called in turn,
    so a busy machine slows them alike). Each phase is read by the client on one clock
    from the moment it asks: exec (the helper reports STARTED), exit (EXITED), cleaned
-   (the helper's teardown is finished: `labkit.runtime.helper.settle()` returns).
+   (the helper's teardown is finished: `labkit.runtime.client.helper_client.settle()` returns).
    - labkit:              Container.run(): six namespaces, memory+cpu+pids(+devices)
                           cgroups, overlay root with an init layer, pivot_root, /proc
                           /dev /sys, Docker's default profile (capabilities, seccomp,
@@ -66,7 +66,7 @@ def container_spec(privileged: bool):
 
 def serve_labkit() -> None:
     from labkit.images import get_image
-    from labkit.runtime.helper import get_helper
+    from labkit.runtime.client.helper_client import get_helper
 
     get_image("busybox")
     get_helper()
@@ -86,7 +86,7 @@ def serve_labkit() -> None:
 def one_container(spec) -> dict:
     """request → exec → exit → cleaned of one container, in seconds from the request."""
     from labkit.runtime import Container
-    from labkit.runtime.helper import get_helper, settle
+    from labkit.runtime.client.helper_client import get_helper, settle
 
     helper = get_helper().pid
     cpu = helper_cpu_seconds(helper)
@@ -110,7 +110,7 @@ def batch(spec, count: int) -> dict:
     """`count` containers back to back, then settle(). Times on the system-wide monotonic
     clock, so that two clients' batches can be laid side by side."""
     from labkit.runtime import Container
-    from labkit.runtime.helper import get_helper, settle
+    from labkit.runtime.client.helper_client import get_helper, settle
 
     helper = get_helper().pid
     settle()

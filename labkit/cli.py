@@ -27,7 +27,7 @@ def cmd_run(options):
     # a run makes dies with the process. The helper forked from here inherits the setting.
     gc.disable()
     from labkit.runtime import Container
-    from labkit.runtime.helper import fork_from_caller
+    from labkit.runtime.client.helper_client import fork_from_caller
 
     spec = spec_from_options(options, options.command).validated()   # bad input: before any fork
     fork_from_caller()  # this process is small and single-threaded: it can be its own helper
@@ -59,7 +59,7 @@ def cmd_gc(options):
 
 
 def cmd_ps(options):
-    from labkit.runtime.state import host_containers
+    from labkit.runtime.client.state import host_containers
 
     print(f"{'NAME':24} {'ID':16} {'IMAGE':12} {'STATUS':10} OWNER")
     for state in host_containers():

@@ -48,7 +48,7 @@ def no_leftovers(labkit_home, monkeypatch):
     """Asserts the test left no container state, cgroup or mount of its own behind.
     (Only this test's containers are checked: other processes may run their own.) The
     helper's ready pool slots are not leftovers; an emptied slot cgroup is."""
-    from labkit.runtime.container import Container
+    from labkit.runtime.client.container import Container
 
     made = []
     original = Container._plan
@@ -60,7 +60,7 @@ def no_leftovers(labkit_home, monkeypatch):
     monkeypatch.setattr(Container, "_plan", recording_plan)
     mounts_before = labkit_mounts()
     yield labkit_home
-    from labkit.runtime.helper import settle
+    from labkit.runtime.client.helper_client import settle
 
     settle()  # the helper tears a container down right after reporting its exit
     containers = labkit_home / "containers"
@@ -69,7 +69,7 @@ def no_leftovers(labkit_home, monkeypatch):
     leaves = {c.id for c in made} | {c.cgroup_name.rsplit("/", 1)[-1] for c in made if c.cgroup_name}
     ours = {path for path in labkit_cgroups() if path.rsplit("/", 1)[-1] in leaves}
     assert ours == set(), f"cgroups left behind: {sorted(ours)}"
-    from labkit.runtime import helper
+    from labkit.runtime.client import helper_client as helper
 
     if helper._helper is not None and helper._helper.gone is None:
         assert empty_slot_cgroups(helper._helper.pid) == [], "pool slot cgroups left behind"

@@ -27,7 +27,7 @@ _cgroup_leaves = {}   # container id -> the leaf name of its cgroup, once seen
 
 def container_cgroup_leaf(ident, home=None) -> str:
     """The leaf name of a container's cgroup: `<id>`, or the pool slot's name that served
-    it (runtime/pool.py), as its state.json records. Remembered from the first look, so
+    it (runtime/helper/ready_slots.py), as its state.json records. Remembered from the first look, so
     that a check for leftovers still knows it after the state is gone."""
     if ident not in _cgroup_leaves:
         from labkit.runtime.container_dir import ContainerDir
@@ -42,7 +42,7 @@ def container_cgroup_leaf(ident, home=None) -> str:
 
 def helper_slot_cgroups(helper_pid) -> dict:
     """{cgroup path: its pids} for the ready slots of the helper with this PID."""
-    from labkit.cgroups.pool import owner_of
+    from labkit.cgroups.slot_cgroups import owner_of
 
     slots = {}
     for path in labkit_cgroups():
@@ -62,7 +62,7 @@ def only_ready_slots_left(helper_pid, timeout=10.0) -> dict:
     be gone. Retried for `timeout` seconds: a slot being made is empty for a moment."""
     import time
 
-    from labkit.runtime.pool import SLOT_PROCESS_NAME
+    from labkit.runtime.inside.slot import SLOT_PROCESS_NAME
 
     def not_ready():
         wrong = {}

@@ -43,7 +43,7 @@ def wait_until(condition, seconds=10):
 
 
 # The `labkit` command's way: its helper is a fork of itself, not a new interpreter.
-FORKING_OWNER = "from labkit.runtime.helper import fork_from_caller; fork_from_caller()\n" + OWNER
+FORKING_OWNER = "from labkit.runtime.client.helper_client import fork_from_caller; fork_from_caller()\n" + OWNER
 
 
 def start_owner(labkit_home, script=OWNER):
@@ -86,7 +86,7 @@ def test_two_hundred_containers_of_every_ending_leave_nothing(no_leftovers):
 def test_killing_the_owner_removes_its_containers_at_once(labkit_home, script):
     owner, ident, helper_pid, container_pid = start_owner(labkit_home, script)
     with open(f"/proc/{helper_pid}/cmdline", "rb") as cmdline:
-        forked = b"labkit.runtime.zygote" not in cmdline.read()
+        forked = b"-m\0labkit.runtime.helper\0" not in cmdline.read()
     assert forked == (script is FORKING_OWNER)
     assert alive(container_pid) and cgroup_dirs(ident)
     owner.send_signal(signal.SIGKILL)
@@ -196,7 +196,7 @@ def test_a_container_whose_directory_vanished_does_not_take_the_helper_down(no_l
 def test_an_interrupt_before_the_start_request_leaves_gives_a_killed_result_not_a_crash(no_leftovers, monkeypatch):
     """The stop button between "created" and the request leaving (the plan being encoded):
     the helper answers the kill with "no such running container", which is not an exit."""
-    from labkit.runtime import container as container_module
+    from labkit.runtime.client import container as container_module
 
     def interrupted_to_wire(plan):
         raise KeyboardInterrupt
@@ -223,7 +223,7 @@ def test_a_start_never_takes_the_lock_an_interrupt_could_leave_held(no_leftovers
 
 
 def test_a_helper_that_died_is_reaped_and_replaced(no_leftovers):
-    from labkit.runtime import helper
+    from labkit.runtime.client import helper_client as helper
 
     Container(ContainerSpec(command=["true"])).run()
     helper.settle()   # its teardown done: a helper killed during one leaves a directory to the sweep

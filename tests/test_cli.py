@@ -119,7 +119,7 @@ def test_python_spec_mounts_the_interpreter_read_only_once():
 
 
 def test_ps_says_orphaned_when_the_runtime_finds_the_owner_gone(labkit_home):
-    from labkit.runtime.state import containers_root, write_state
+    from labkit.runtime.client.state import containers_root, write_state
 
     gone = os.getpid()  # a live PID, but with a start time it never had: a PID reused since
     directory = containers_root(labkit_home) / "0123456789abcdef"
@@ -182,7 +182,7 @@ def test_run_loads_no_netlink_and_no_other_verb_in_the_command_or_its_helper(lab
     from labkit.cli import PLUGINS
 
     printed = run_probe(labkit_home, (
-        "from labkit.runtime import zygote\n"
+        "from labkit.runtime.helper import zygote\n"
         "take_start = zygote.Zygote.op_start\n"
         "def listing_start(self, request, fds):\n"
         "    print('helper', *sorted(sys.modules), flush=True)\n"
@@ -195,7 +195,7 @@ def test_run_loads_no_netlink_and_no_other_verb_in_the_command_or_its_helper(lab
     not_for_run = {module for module, *_ in PLUGINS} | {
         "labkit.net.bridge", "labkit.net.rtnl", "labkit.net.hooks", "labkit.net.ports", "labkit.net.veth",
         "labkit.images.builder", "labkit.images.transfer", "labkit.magics", "labkit.doctor", "labkit.widgets"}
-    assert "labkit.runtime.container" in listings["command"] and "labkit.runtime.setup" in listings["helper"]
+    assert "labkit.runtime.client.container" in listings["command"] and "labkit.runtime.inside.recipe" in listings["helper"]
     for process, loaded in listings.items():
         assert not loaded & not_for_run, process
         assert not {m for m in loaded if m.split(".")[0] in ("pyroute2", "IPython", "matplotlib")}, process

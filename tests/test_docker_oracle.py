@@ -139,7 +139,7 @@ def oracle(tmp_path_factory):
             import_image(top / "base-oci.tar", name="base", store=store)
             yield podman, store, top
         finally:
-            from labkit.runtime.helper import settle
+            from labkit.runtime.client.helper_client import settle
 
             settle()
             podman.cleanup()
@@ -380,7 +380,7 @@ def test_labkit_builds_what_podman_builds(oracle, name, tmp_path):
     _write_context(context, case)
     build_args = case.get("build_args", {})
 
-    from labkit.runtime.build_step import run_build_step
+    from labkit.runtime.client.build_step import run_build_step
 
     ours = build((context / "Dockerfile").read_text(), name, context, store=store, run_step=run_build_step,
                  build_args=build_args)

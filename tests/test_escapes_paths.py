@@ -15,7 +15,7 @@ from labkit.images import build, get_image
 from labkit.images.store import Store
 from labkit.linux import paths
 from labkit.runtime import DEFAULT_NAMESPACES, Container, ContainerSpec, run
-from labkit.runtime.build_step import run_build_step
+from labkit.runtime.client.build_step import run_build_step
 from labkit.runtime.plan import MASKED_PATHS, READONLY_PATHS
 
 BOTH_WAYS = pytest.mark.parametrize("use_openat2", [True, False], ids=["openat2", "component-walk"])

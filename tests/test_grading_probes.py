@@ -125,7 +125,7 @@ def test_cpu_share_and_throttling_of_a_busy_loop(start):
 @pytest.fixture
 def notes_image(labkit_home):
     from labkit.images import build
-    from labkit.runtime.build_step import run_build_step
+    from labkit.runtime.client.build_step import run_build_step
 
     return build("FROM busybox\nRUN echo my notes > /root/notes && rm /bin/vi\n", "gp-notes", run_step=run_build_step)
 

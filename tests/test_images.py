@@ -22,8 +22,8 @@ from labkit.images.layers import canonical_entries, layer_digest, tree_size, wri
 from labkit.images.overlay import MAX_OPTIONS, overlay_options
 from labkit.images.store import Store
 from labkit.images.whiteouts import is_opaque, is_whiteout
-from labkit.runtime.build_step import run_build_step
-from labkit.runtime.state import layers_in_use
+from labkit.runtime.client.build_step import run_build_step
+from labkit.runtime.client.state import layers_in_use
 
 
 def build(*arguments, **options):

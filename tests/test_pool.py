@@ -1,4 +1,4 @@
-"""The helper's ready slots (runtime/pool.py), on the real kernel: a slot's cgroup carries
+"""The helper's ready slots (runtime/helper/ready_slots.py), on the real kernel: a slot's cgroup carries
 nothing of an earlier container, a slot really serves a start, a plan that does not fit
 takes the usual path, and nothing of a slot is left once its helper is gone."""
 
@@ -12,11 +12,11 @@ import pytest
 
 from leak_checks import helper_slot_cgroups, labkit_cgroups, only_ready_slots_left
 from labkit.cgroups import detect_mode, host_hierarchy
-from labkit.cgroups.pool import owner_of
+from labkit.cgroups.slot_cgroups import owner_of
 from labkit.grading.resources import limits_of
 from labkit.runtime import Container, ContainerSpec, gc
-from labkit.runtime.helper import get_helper, ready_slots as helper_ready_slots, settle, shutdown_helper
-from labkit.runtime.pool import SLOT_PROCESS_NAME
+from labkit.runtime.client.helper_client import get_helper, ready_slots as helper_ready_slots, settle, shutdown_helper
+from labkit.runtime.inside.slot import SLOT_PROCESS_NAME
 
 pytestmark = pytest.mark.root
 
@@ -263,7 +263,7 @@ def test_shutting_the_helper_down_leaves_no_slot_cgroup_process_or_netns(labkit_
 OWNER = """
 import time
 from labkit.runtime import Container, ContainerSpec
-from labkit.runtime.helper import get_helper
+from labkit.runtime.client.helper_client import get_helper
 helper = get_helper()
 Container(ContainerSpec(command=["true"])).run()
 print(helper.pid, flush=True)
@@ -301,9 +301,9 @@ def test_the_sweep_removes_a_dead_helpers_empty_slot_and_never_a_live_ones():
     cgroups), with no minimum age: empty cgroups named as a live helper's slot, a dead
     helper's slot, and neither."""
     from labkit.cgroups import Limits
-    from labkit.cgroups.pool import slot_leaf
+    from labkit.cgroups.slot_cgroups import slot_leaf
     from labkit.linux.processes import start_time
-    from labkit.runtime.state import _sweep_orphan_cgroups
+    from labkit.runtime.client.state import _sweep_orphan_cgroups
 
     hierarchy = type(host_hierarchy())()
     hierarchy.parent = f"labkit-test-{os.getpid()}"
@@ -326,7 +326,7 @@ def test_the_leak_check_sees_a_slot_cgroup_left_empty(labkit_home):
     not torn down is found (here one made by hand, named as the live helper's)."""
     from leak_checks import empty_slot_cgroups
     from labkit.cgroups import Limits
-    from labkit.cgroups.pool import slot_leaf
+    from labkit.cgroups.slot_cgroups import slot_leaf
     from labkit.linux.processes import start_time
 
     helper = a_slot_is_ready()

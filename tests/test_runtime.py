@@ -218,7 +218,7 @@ def test_a_limit_the_host_cannot_enforce_is_refused_before_anything_is_made(no_l
 
 
 def test_not_being_root_is_a_clear_error(labkit_home, monkeypatch):
-    import labkit.runtime.helper as helper
+    import labkit.runtime.client.helper_client as helper
 
     monkeypatch.setattr(helper, "_helper", None)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
@@ -409,7 +409,7 @@ def test_read_only_and_tmpfs_flags_reach_the_spec():
 
 @pytest.mark.root
 def test_layers_in_use_names_a_live_containers_layers_until_it_is_removed(no_leftovers):
-    from labkit.runtime.state import layers_in_use
+    from labkit.runtime.client.state import layers_in_use
 
     container = Container(ContainerSpec(command="sleep 60"))
     container.start(detach=True)
@@ -423,7 +423,7 @@ def test_layers_in_use_names_a_live_containers_layers_until_it_is_removed(no_lef
 @pytest.mark.root
 def test_commit_and_diff_of_a_container_go_through_the_runtimes_record(no_leftovers):
     from labkit.images.containers import changes, commit_container
-    from labkit.runtime.state import find_container
+    from labkit.runtime.client.state import find_container
 
     container = Container(ContainerSpec(command="echo hi > /made-here"))
     try:
@@ -443,7 +443,7 @@ def test_a_recipe_with_run_needs_the_runtimes_runner(tmp_path, labkit_home):
     from labkit.errors import ImageError
     from labkit.images.builder import build
 
-    with pytest.raises(ImageError, match="recipe line 2: RUN needs a container runner: pass run_step=labkit.runtime.build_step.run_build_step"):
+    with pytest.raises(ImageError, match="recipe line 2: RUN needs a container runner: pass run_step=labkit.runtime.client.build_step.run_build_step"):
         build("FROM busybox\nRUN true\n", "x", tmp_path)
 
 
@@ -569,7 +569,7 @@ def test_a_container_that_has_exited_and_is_being_removed_holds_no_layer(no_left
     directory after it has reported the exit, so the layers must stop counting as in use
     at the exit, not when the directory is finally gone (otherwise `image rm` right after
     such a cell removes 0 layers on one run and 1 on the next)."""
-    from labkit.runtime.state import layers_in_use
+    from labkit.runtime.client.state import layers_in_use
 
     for _ in range(5):
         container = Container(ContainerSpec(command=["true"]))

@@ -48,15 +48,15 @@ def test_cpu_max_throttles_on_v2(labkit_home):
 def test_nothing_is_left_in_the_v2_hierarchy(labkit_home):
     from leak_checks import only_ready_slots_left
     from labkit.cgroups import host_hierarchy
-    from labkit.cgroups.pool import owner_of
+    from labkit.cgroups.slot_cgroups import owner_of
     from labkit.runtime import run
-    from labkit.runtime.helper import get_helper, settle, shutdown_helper
+    from labkit.runtime.client.helper_client import get_helper, settle, shutdown_helper
 
     for _ in range(5):
         run("true").check()
     settle()
     helper = get_helper().pid
-    # While the helper lives, only its ready pool slots (runtime/pool.py) remain...
+    # While the helper lives, only its ready pool slots (runtime/helper/ready_slots.py) remain...
     assert only_ready_slots_left(helper) == {}
     assert [name for name in host_hierarchy().children()
             if (owner_of(name.rsplit("/", 1)[-1]) or (None,))[0] != helper] == []

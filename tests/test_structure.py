@@ -163,9 +163,9 @@ def sys_modules_lookups(source: str) -> list:
 
 
 def test_the_sys_modules_check_sees_both_spellings():
-    source = 'import sys\na = sys.modules.get("labkit.runtime.container")\nb = sys.modules["labkit.net"]\n' \
+    source = 'import sys\na = sys.modules.get("labkit.runtime.client.container")\nb = sys.modules["labkit.net"]\n' \
              'c = sys.modules.get("ipykernel")\n'
-    assert sys_modules_lookups(source) == ["labkit.runtime.container", "labkit.net"]
+    assert sys_modules_lookups(source) == ["labkit.runtime.client.container", "labkit.net"]
 
 
 def test_no_module_reaches_another_through_sys_modules():

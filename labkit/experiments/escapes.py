@@ -257,7 +257,7 @@ def probe_image(python) -> str:
     import tempfile
 
     from labkit.images import Store, build
-    from labkit.runtime.build_step import run_build_step
+    from labkit.runtime.client.build_step import run_build_step
 
     targets = sorted(volume.split(":")[1] for volume in python.volumes)
     tag = "labkit-escapes-probe-" + hashlib.sha256("\n".join(targets + [probe_program()]).encode()).hexdigest()[:12]

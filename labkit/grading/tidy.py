@@ -11,7 +11,7 @@ from labkit.errors import LabkitError
 def remove_images(names) -> list:
     """Remove these images if they exist (their layers too, unless something else uses them)."""
     from labkit.images import Store
-    from labkit.runtime.state import layers_in_use
+    from labkit.runtime.client.state import layers_in_use
 
     store, removed = Store(), []
     for name in names:

@@ -8,7 +8,7 @@ ARG once it declares it; `--build-arg` overrides a default; ENV wins over an ARG
 same name; ARGs are in RUN's environment but not in the image.
 
 RUN runs a container, which is the runtime's job: the caller hands in `run_step`
-(labkit.runtime.build_step.run_build_step), so images never import the runtime."""
+(labkit.runtime.client.build_step.run_build_step), so images never import the runtime."""
 
 import posixpath
 import signal
@@ -41,7 +41,7 @@ def build(recipe: str, name: str, context=".", store: Store | None = None, on_pr
 
     on_progress(step_index, total, text) is called when a step starts and when it ends.
     run_step(image, command, config) -> (Result, layer digest or None) runs a RUN step;
-    a recipe with RUN needs it (labkit.runtime.build_step.run_build_step).
+    a recipe with RUN needs it (labkit.runtime.client.build_step.run_build_step).
     build_args: NAME -> value, as `--build-arg NAME=value`.
     """
     store = store or Store()
@@ -50,7 +50,7 @@ def build(recipe: str, name: str, context=".", store: Store | None = None, on_pr
     runs = [step for stage in dockerfile.stages for step in stage.steps if step.keyword == "RUN"]
     if runs and run_step is None:
         raise recipe_error(runs[0].line, "RUN needs a container runner: pass "
-                                         "run_step=labkit.runtime.build_step.run_build_step to build()")
+                                         "run_step=labkit.runtime.client.build_step.run_build_step to build()")
     with store.lock(), store.scratch() as scratch:
         session = _Build(store, dockerfile, dict(build_args or {}), Path(context), scratch, run_step,
                          on_progress or (lambda index, total, text: None))

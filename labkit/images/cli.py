@@ -47,13 +47,13 @@ def cmd_layers(options):
 
 def cmd_diff(options):
     from labkit.images.containers import changes
-    from labkit.runtime.state import find_container
+    from labkit.runtime.client.state import find_container
 
     print("\n".join(changes(options.image, options.layer, _store(), find_container=find_container).lines()))
 
 
 def cmd_rm(options):
-    from labkit.runtime.state import layers_in_use
+    from labkit.runtime.client.state import layers_in_use
 
     store = _store()
     for name in options.images:
@@ -62,7 +62,7 @@ def cmd_rm(options):
 
 
 def cmd_prune(options):
-    from labkit.runtime.state import layers_in_use
+    from labkit.runtime.client.state import layers_in_use
 
     removed = _store().prune(layers_used_by_containers=layers_in_use)
     print(f"removed {len(removed)} unused layers")
@@ -86,7 +86,7 @@ def cmd_export(options):
 
 def cmd_build(options):
     from labkit.images.builder import build
-    from labkit.runtime.build_step import run_build_step
+    from labkit.runtime.client.build_step import run_build_step
 
     recipe_path = Path(options.file) if options.file else Path(options.context) / "Dockerfile"
     try:
@@ -120,7 +120,7 @@ def _build_args(given: list) -> dict:
 
 def cmd_commit(options):
     from labkit.images.containers import commit_container
-    from labkit.runtime.state import find_container
+    from labkit.runtime.client.state import find_container
 
     image = commit_container(find_container(options.container), options.image, options.message, store=_store())
     print(f"committed {options.container} as {image.name} (layer {image.layers[-1][7:19]})")

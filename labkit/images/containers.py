@@ -1,6 +1,6 @@
 """Images seen from containers the runtime made: commit one, diff one.
 
-A container is given as the runtime's record of it (labkit.runtime.state.find_container:
+A container is given as the runtime's record of it (labkit.runtime.client.state.find_container:
 name, id, image, image_layers and upper, its read-write layer); images never read the
 runtime's files themselves.
 """

@@ -283,7 +283,7 @@ class Store:
         return used
 
     # Which layers containers use is the runtime's knowledge: rm and prune are handed
-    # `layers_used_by_containers` (labkit.runtime.state.layers_in_use) by their caller and
+    # `layers_used_by_containers` (labkit.runtime.client.state.layers_in_use) by their caller and
     # call it under the exclusive lock, so a container starting meanwhile (it holds the
     # shared lock until its state names its layers) is counted.
 

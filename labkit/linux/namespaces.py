@@ -8,6 +8,7 @@ that let an unprivileged user create one; POSIX message queues joined the IPC na
 in 2.6.30.
 """
 
+import errno
 import functools
 import os
 from dataclasses import dataclass
@@ -107,3 +108,43 @@ def in_initial_user_namespace() -> bool:
             return handle.read().split() == ["0", "0", "4294967295"]
     except FileNotFoundError:
         return True  # a kernel without user namespaces has only the initial one
+
+
+def unshare_user_namespace(flags, user_map, before_mapping=lambda: None):
+    """A new user namespace needs its uid/gid map written from the parent namespace:
+    a short-lived child that stays outside writes it for us.
+
+    `before_mapping` runs right after the unshare, while we still are the host's root
+    by uid: once we setuid into the new namespace the kernel marks us non-dumpable and
+    our own /proc/self files (timens_offsets among them) stop being ours to write."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    parent = os.getpid()
+    mapper = os.fork()
+    if mapper == 0:
+        os.close(ready_w)
+        os.close(done_r)
+        os.read(ready_r, 1)
+        try:
+            line = f"0 {user_map.uid} {user_map.count}\n"
+            for name in ("uid_map", "gid_map"):
+                with open(f"/proc/{parent}/{name}", "w") as handle:
+                    handle.write(line)
+            os.write(done_w, b"k")
+        finally:
+            os._exit(0)
+    os.close(ready_r)
+    os.close(done_w)
+    try:
+        syscalls.unshare(flags)
+        before_mapping()
+    finally:
+        os.write(ready_w, b"g")
+        os.close(ready_w)
+        answer = os.read(done_r, 1)
+        os.close(done_r)
+        os.waitpid(mapper, 0)
+    if answer != b"k":
+        raise OSError(errno.EPERM, "could not write the user namespace's uid/gid map")
+    os.setgid(0)  # become root of the new namespace (host uid user_map.uid)
+    os.setuid(0)

@@ -93,7 +93,7 @@ class ImageMagics(Magics):
 
     def _build(self, options, recipe):
         from labkit.images.builder import build
-        from labkit.runtime.build_step import run_build_step
+        from labkit.runtime.client.build_step import run_build_step
 
         def progress(index, total, text):
             line = f"  {text.strip()}" if text.startswith(" ->") else f"Step {index + 1}/{total} : {text}"

@@ -3,15 +3,30 @@
     from labkit.runtime import run
     result = run("echo hello from $(hostname)", memory="64m")
 
-Names are loaded lazily: the helper process imports `labkit.runtime.setup` and must not
-pay for the client side (images, IPython-facing reprs) in memory or start-up time.
+The code is laid out by the process each line runs in:
+
+    client/       the caller (a Jupyter kernel, the `labkit` command): Container, Result,
+                  the helper's client end, output streams, state read back, the sweep
+    helper/       the helper process: one per caller, forks every container
+    supervisor/   a container's supervisor: namespaces, fork of PID 1, its exit reported
+    inside/       the container's first process, from fork to exec: the recipe
+
+and what crosses between them is declared once, here at the top: spec.py (what the user
+asks), plan.py (what the helper is sent), protocol.py (the messages), lifecycle.py,
+container_dir.py (the directory on disk), step_failure.py (the error pipe).
+tests/test_structure.py holds the rule: a process's code imports only its own package,
+the shared modules and the package of the process it forks (client → helper →
+supervisor → inside), never one above it.
+
+Names are loaded lazily: the helper process imports `labkit.runtime.helper` and must
+not pay for the client side (images, IPython-facing reprs) in memory or start-up time.
 """
 
 import importlib
 
 _EXPORTS = {
-    "Container": "labkit.runtime.container", "get": "labkit.runtime.container",
-    "running_containers": "labkit.runtime.container", "Result": "labkit.runtime.result",
+    "Container": "labkit.runtime.client.container", "get": "labkit.runtime.client.container",
+    "running_containers": "labkit.runtime.client.container", "Result": "labkit.runtime.client.result",
     "ContainerSpec": "labkit.runtime.spec", "Volume": "labkit.runtime.spec",
     "DEFAULT_NAMESPACES": "labkit.runtime.spec",
 }
@@ -27,7 +42,7 @@ def __getattr__(name):
 
 def run(command, on_output=None, **fields):
     """Run `command` (a list, or a shell string) in a fresh container and remove it."""
-    from labkit.runtime.container import Container
+    from labkit.runtime.client.container import Container
     from labkit.runtime.spec import ContainerSpec
 
     return Container(ContainerSpec(command=command, **fields)).run(on_output=on_output)
@@ -35,6 +50,6 @@ def run(command, on_output=None, **fields):
 
 def gc() -> list:
     """Remove what containers of dead owners left behind (also done at every start)."""
-    from labkit.runtime.leftovers import sweep
+    from labkit.runtime.client.leftovers import sweep
 
     return sweep()

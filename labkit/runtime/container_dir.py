@@ -9,7 +9,8 @@
         stdout.log  stderr.log  a detached container's output
 
 The client makes the directory (for a detached container's logs) and reads state.json;
-the helper makes the rest, writes state.json and removes it all.
+the helper makes the rest, writes state.json and removes it all. Shared: one layout for
+both sides, and for plan.py's paths.
 """
 
 import json

@@ -9,6 +9,8 @@
 `running`: its first process runs (or its setup failed and the exit is on its way).
 `exited`: the Result is known. `removed`: nothing of it is left on disk. The helper
 writes `created` and `exited` into state.json with the same names.
+
+Shared: the client keeps a container's Lifecycle; the helper writes the same state names.
 """
 
 from labkit.errors import ContainerError

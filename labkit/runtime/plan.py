@@ -1,13 +1,17 @@
 """The launch plan: what the helper needs to make a container (or an `exec` into one),
 as typed data. `ContainerSpec` is what a user asks for; `Container._plan` compiles it,
 with the image and the network's answer, into a `StartPlan`; the helper receives it
-over its socket, adds where the cgroup is (`CgroupPlacement`), and `runtime/setup.py`
-reads it attribute by attribute.
+over its socket, adds where the cgroup is (`CgroupPlacement`), and the supervisor and
+the container's first process (runtime/supervisor/, runtime/inside/) read it attribute
+by attribute.
+
+Shared by every process: the client compiles it (`start_plan`, `process_plan`), the
+helper decodes and completes it, the processes it forks read it.
 
 Across the socket a plan is JSON. `to_wire`/`from_wire` are strict on purpose: a field
 the other side does not know, or one it expects and does not get, is an error, never a
 silently ignored option. Adding an option is: a field on the spec, a field here (and
-its line in `start_plan`), and the setup step that reads it.
+its line in `start_plan`), and the step in runtime/inside/ that reads it.
 """
 
 import dataclasses

@@ -1,5 +1,6 @@
-"""The messages between the client (runtime/helper.py) and the helper (runtime/zygote.py):
-one declaration both sides use, so that a misspelled operation or field fails at once.
+"""The messages between the client (runtime/client/helper_client.py) and the helper
+(runtime/helper/zygote.py): one declaration both sides use, so that a misspelled
+operation or field fails at once. Shared: it is the format of that crossing.
 
 One JSON object per SOCK_SEQPACKET datagram; stdio file descriptors travel with a
 `start` or `exec` request as SCM_RIGHTS, named by its `fd_names`.

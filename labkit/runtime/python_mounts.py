@@ -5,6 +5,9 @@ interpreter's own files, read-only and at their host paths: the binary, its stan
 library, and the directories of the shared libraries the binary and its extension modules
 link (as the dynamic loader finds them: ldd). At the same paths the interpreter finds its
 prefix and the loader its libraries without any configuration inside.
+
+Runs in the caller, while a spec is validated (`ContainerSpec.validated`): it is part of
+turning the spec's `python=True` into volumes, and so shared with spec.py.
 """
 
 import functools

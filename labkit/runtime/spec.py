@@ -1,4 +1,7 @@
-"""ContainerSpec: everything a container is, as data. Validated before anything is made."""
+"""ContainerSpec: everything a container is, as data. Validated before anything is made.
+
+Shared: the caller builds and validates it (runtime/client/); the helper and a ready
+slot's supervisor read its DEFAULT_NAMESPACES."""
 
 import math
 import os

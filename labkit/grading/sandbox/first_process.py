@@ -168,7 +168,7 @@ def mount_dev(dev):
 def enter_user_namespace(uid, count):
     """unshare the user namespace and the kinds it will own, with the runtime's own
     mapper (a child left outside writes the uid/gid map), then drop the host's groups."""
-    from labkit.runtime.setup import unshare_user_namespace
+    from labkit.linux.namespaces import unshare_user_namespace
 
     unshare_user_namespace(OWNED_BY_THE_USER_NAMESPACE, UserMap(uid, count))
     os.setgroups([])

@@ -1,9 +1,11 @@
 """What a build's RUN step needs from the runtime: run the command in a container on the
 image so far and keep what it changed as a layer. The runtime offers it; front ends
-hand it to labkit.images.builder.build (images never import the runtime)."""
+hand it to labkit.images.builder.build (images never import the runtime).
+
+Runs in the caller (a build is a client of the runtime like any other)."""
 
 from labkit.images.commit import commit_layer
-from labkit.runtime.container import Container
+from labkit.runtime.client.container import Container
 from labkit.runtime.spec import ContainerSpec
 
 

@@ -1,15 +1,17 @@
 """The helper: a small, single-threaded process that forks once per container.
 
-Why it exists: a Jupyter kernel is large and multi-threaded, and forking it is slow
-(14 ms at 220 MB) and unsafe. The helper is started once per owner (`python -m
-labkit.runtime.zygote`), imports only what container setup needs, and serves requests
-over a Unix socket: `start` (fork a container), `release`, `signal`, `kill`, `exec`,
-`remove`. It reports `started` / `held` / `exited` back. When its owner goes away (the
-socket reaches EOF, or SIGTERM), it kills every container it started and removes what
-they left, so nothing outlives the owner.
+Runs in the helper process itself (`python -m labkit.runtime.helper`, or a fork of the
+`labkit` command: runtime/client/helper_client.py starts it either way). Why it exists:
+a Jupyter kernel is large and multi-threaded, and forking it is slow (14 ms at 220 MB)
+and unsafe. The helper is started once per owner, imports only what container setup
+needs, and serves requests over a Unix socket: `start` (fork a container's supervisor,
+runtime/supervisor/), `release`, `signal`, `kill`, `exec`, `remove`. It reports
+`started` / `held` / `exited` back. When its owner goes away (the socket reaches EOF, or
+SIGTERM), it kills every container it started and removes what they left, so nothing
+outlives the owner.
 
-In its idle time it keeps a slot or two ready (runtime/pool.py): a cgroup, namespaces and
-a first process made ahead, which a `start` then only hands its plan to.
+In its idle time it keeps a slot or two ready (runtime/helper/ready_slots.py): a cgroup,
+namespaces and a first process made ahead, which a `start` then only hands its plan to.
 
 The messages are declared in `labkit.runtime.protocol`, the plans they carry in
 `labkit.runtime.plan`.
@@ -26,13 +28,15 @@ import sys
 import time
 
 from labkit.cgroups import host_hierarchy
-from labkit.cgroups.pool import write_limits
+from labkit.cgroups.slot_cgroups import write_limits
 from labkit.linux import syscalls
 from labkit.linux.processes import start_time as process_start_time
-from labkit.runtime import lifecycle, pool, protocol, setup
+from labkit.runtime import lifecycle, protocol
 from labkit.runtime.container_dir import ContainerDir
+from labkit.runtime.helper import ready_slots
 from labkit.runtime.plan import CgroupPlacement, ExecPlan, StartPlan, from_wire
 from labkit.runtime.protocol import FD_NAMES, MAX_MESSAGE, Op
+from labkit.runtime.supervisor.supervise import supervise
 
 
 POOL_QUIET_SECONDS = 0.1   # no slot is made in idle time until the helper was quiet this long
@@ -66,7 +70,7 @@ class Zygote:
         self.containers = {}      # container id -> {"plan": StartPlan, "cgroup": ..., "init_pid": ...}
         self.stopped = {}         # container id -> StartPlan, for exited containers not yet removed
         self.running = True
-        self.pool = pool.Pool(pool.size_from_environment(), self.selector)
+        self.pool = ready_slots.Pool(ready_slots.size_from_environment(), self.selector)
         self.container_exited = False  # a container exited (and was torn down) in this round of the loop
         self.starts = 0                # containers asked for: slots are made once there was one
         self.last_activity = time.monotonic()
@@ -161,7 +165,7 @@ class Zygote:
             self.make_directory(plan, f"{host_hierarchy().parent}/{plan.id}")
             cgroup = host_hierarchy().create(plan.id, plan.limits)
             self.place(plan, cgroup, slot=False)
-            self.fork_supervisor(ident, Op.START, plan, stdio, setup.supervise, hold=plan.hold)
+            self.fork_supervisor(ident, Op.START, plan, stdio, supervise, hold=plan.hold)
         except BaseException:
             if cgroup is not None:
                 cgroup.delete()
@@ -217,9 +221,9 @@ class Zygote:
         self.compile_seccomp(plan.process.security)
         stdio = dict(zip(FD_NAMES, _fds_or_none(fds, request["fd_names"])))
         try:
-            from labkit.runtime import enter
+            from labkit.runtime.supervisor.exec import supervise_exec
 
-            self.fork_supervisor(request["id"], Op.EXEC, plan, stdio, enter.supervise_exec, hold=False)
+            self.fork_supervisor(request["id"], Op.EXEC, plan, stdio, supervise_exec, hold=False)
         finally:
             for fd in stdio.values():
                 _close(fd)
@@ -462,6 +466,3 @@ def main():
     gc.freeze()
     zygote.serve()
 
-
-if __name__ == "__main__":
-    main()

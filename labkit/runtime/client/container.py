@@ -1,5 +1,8 @@
 """Container: a spec turned into a running process and, always, back into nothing.
 
+Runs in the caller (the Jupyter kernel or the `labkit` command): it compiles the spec
+into a plan and asks the helper (runtime/client/helper_client.py) for everything else.
+
 Lifecycle (the OCI vocabulary): configured → created → running → exited → removed.
 `run()` goes through all of it; long-lived containers use `start(detach=True)`,
 `exec()`, `stop()`, `remove()`.
@@ -16,13 +19,13 @@ from labkit.images import Image, get_image
 from labkit.images.overlay import MAX_IMAGE_LAYERS
 from labkit.runtime import plan as launch
 from labkit.runtime.container_dir import ContainerDir
-from labkit.runtime.helper import get_helper
+from labkit.runtime.client.helper_client import get_helper
+from labkit.runtime.client.result import Result
+from labkit.runtime.client.state import all_states, owner_alive
+from labkit.runtime.client.streams import OutputStreams
 from labkit.runtime.lifecycle import CREATED, EXITED, REMOVED, RUNNING, Lifecycle
 from labkit.runtime.protocol import Op
-from labkit.runtime.result import Result
 from labkit.runtime.spec import ContainerSpec, parse_env, parse_timeout, parse_user, parse_workdir
-from labkit.runtime.state import all_states, owner_alive
-from labkit.runtime.streams import OutputStreams
 
 STOP_GRACE = 10.0
 
@@ -47,7 +50,7 @@ class Container:
         self.result = None
         self.network = None        # the ContainerNetwork labkit.net gave it (bridge or container:NAME)
         self.cgroup_name = None    # as the helper made it: "labkit/<id>", or a pool slot's name
-        self.pooled = None         # did a slot made ahead serve it (runtime/pool.py)?
+        self.pooled = None         # did a slot made ahead serve it (runtime/helper/ready_slots.py)?
         self._helper = None
         self._streams = None
         self._started_at = None

@@ -1,14 +1,20 @@
 """`exec`: run another process inside a running container by joining its cgroup and
-namespaces (what `nsenter` and `docker exec` do)."""
+namespaces (what `nsenter` and `docker exec` do).
+
+Runs in an exec's supervisor, forked by the helper (`Zygote.op_exec`), and in the two
+forks below it: the child joins the container's namespaces, the grandchild (inside the
+pid and time namespaces, which apply to children only) ends as the container's own first
+process does, in runtime/inside/command.py.
+"""
 
 import os
 import signal
 
 from labkit.linux import syscalls
 from labkit.linux.namespaces import BY_NAME
-from labkit.runtime.setup import (
-    SetupError, attach_stdio, become_user_and_exec, join_cgroup, report_failure, step,
-)
+from labkit.runtime.inside.command import attach_stdio, become_user_and_exec
+from labkit.runtime.inside.recipe import join_cgroup
+from labkit.runtime.step_failure import report_failure, step
 
 # user first (it grants the rights the others need); mnt last (it changes our root).
 ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "time", "mnt")
@@ -76,5 +82,3 @@ def join_namespaces(namespace_fds):
         os.setgid(0)
         os.setuid(0)
 
-
-__all__ = ["supervise_exec", "SetupError"]

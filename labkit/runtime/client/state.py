@@ -1,7 +1,11 @@
 """Every container's state, read from their directories (runtime/container_dir.py): who
 runs, which layers they use, which a dead owner left behind, and the sweep that removes
 those containers and cgroups (the network's part is swept beside it, by
-runtime/leftovers.py)."""
+runtime/client/leftovers.py).
+
+Runs in the caller: `labkit ps`, `image rm`/`prune`, commit and diff, and the sweep
+before a helper starts. The helper writes state.json (runtime/helper/zygote.py); this
+module reads what every helper wrote."""
 
 import json
 import os
@@ -123,11 +127,11 @@ def sweep(home: Path | None = None, hierarchy=None, min_age_seconds: float = 60.
 def _sweep_orphan_cgroups(hierarchy, live_ids, min_age_seconds):
     """Empty labkit cgroups no container claims. Other LABKIT_HOMEs share the cgroup
     parent, so only empty ones older than a minute go (a new one is empty for a moment).
-    A pool slot's cgroup (runtime/pool.py) names its helper: it goes, empty, at once when
+    A pool slot's cgroup (runtime/helper/ready_slots.py) names its helper: it goes, empty, at once when
     that helper is gone, and never while it lives (it may be a container's by now)."""
     import time
 
-    from labkit.cgroups.pool import owner_of
+    from labkit.cgroups.slot_cgroups import owner_of
 
     removed = []
     for name in hierarchy.children():

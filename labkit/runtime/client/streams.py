@@ -1,6 +1,9 @@
 """A container's stdout and stderr on the owner's side: read from pipes as data arrives,
 decoded, handed to a callback (the notebook cell), and kept for the Result.
 
+Runs in the caller; the other ends of the pipes are handed to the container through the
+helper's socket (SCM_RIGHTS) and become its fds 1 and 2.
+
 Why pipes and not the owner's own descriptors: under nbval a child writing straight to
 inherited descriptors is lost; the kernel must write the output itself.
 """

@@ -1,4 +1,4 @@
-"""The cgroup part of the helper's ready slots (runtime/pool.py explains them): how a
+"""The cgroup part of the helper's ready slots (runtime/helper/ready_slots.py explains them): how a
 slot's cgroup is named and made, and how a container's limits go into it.
 
 A slot's cgroup is made with the default device list and no limits, and used once: the

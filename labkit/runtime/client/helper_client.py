@@ -1,4 +1,7 @@
-"""The owner's side of the helper: start it once, send it requests, collect its events.
+"""The client's end of the helper: start it once, send it requests, collect its events.
+
+Runs in the caller (the Jupyter kernel or the `labkit` command); the helper process
+itself is runtime/helper/.
 
 Safe to use from a multi-threaded process (a Jupyter kernel): the helper is started with
 subprocess (fork+exec of a fresh interpreter), never by forking the caller. A caller that
@@ -53,7 +56,7 @@ class Helper:
         else:
             env = dict(os.environ, LABKIT_HELPER_FD=str(theirs.fileno()), LABKIT_OWNER_PID=str(os.getpid()))
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "labkit.runtime.zygote"],
+                [sys.executable, "-m", "labkit.runtime.helper"],
                 pass_fds=(theirs.fileno(),), env=env, start_new_session=True,
                 stdin=subprocess.DEVNULL, close_fds=True,
             )
@@ -168,7 +171,7 @@ def get_helper() -> Helper:
         if os.geteuid() != 0:
             raise HostError("labkit needs root to make namespaces, cgroups and mounts; run it as root "
                             "(sudo), or in a VM or Binder image where you are root")
-        from labkit.runtime.leftovers import sweep
+        from labkit.runtime.client.leftovers import sweep
 
         sweep()
         _helper = Helper(forked=_fork_from_caller and _single_threaded())
@@ -221,7 +224,8 @@ class ForkedHelper:
 
 
 def _become_helper(sock_fd, owner):
-    """In the fork: what `python -m labkit.runtime.zygote` would be, minus the start-up.
+    """In the fork, the helper process from here on: what `python -m labkit.runtime.helper`
+    would be, minus the start-up.
     Never returns (the caller's atexit handlers and buffers are not ours to run)."""
     try:
         os.setsid()
@@ -230,9 +234,9 @@ def _become_helper(sock_fd, owner):
         os.closerange(3, sock_fd)
         os.closerange(sock_fd + 1, os.sysconf("SC_OPEN_MAX"))
         os.environ.update(LABKIT_HELPER_FD=str(sock_fd), LABKIT_OWNER_PID=str(owner))
-        from labkit.runtime import zygote
+        from labkit.runtime.helper.zygote import main
 
-        zygote.main()
+        main()
     except BaseException:  # noqa: BLE001 — sys.exit() in main included: leave quietly
         pass
     os._exit(0)
@@ -246,7 +250,7 @@ def settle() -> None:
 
 
 def ready_slots() -> list:
-    """The cgroup names of the ready slots (runtime/pool.py) this process's helper would
+    """The cgroup names of the ready slots (runtime/helper/ready_slots.py) this process's helper would
     hand the next start, as the helper knows them: a slot's first process is seen waiting
     from outside before its "ready" has reached the helper."""
     pong = _ping_own_helper("ready-slots")

@@ -1,5 +1,8 @@
 """Ready slots ("seeds"): a container's cgroup, namespaces and first process, made ahead.
 
+Runs in the helper: the pool it keeps, and the hand-over of a plan to a slot. The slot's
+own two processes run runtime/supervisor/slot.py (S) and runtime/inside/slot.py (P).
+
 Why it exists: on this kernel the first write of a process into a `cgroup.procs` file
 takes 6–17 ms. Moving a process between cgroups takes `cgroup_threadgroup_rwsem` for
 writing, and once that lock has gone idle taking it waits for an RCU grace period; we may
@@ -15,9 +18,9 @@ container or two:
                                   waits on a socket for its plan and stdio
 
 At `start` a plan that fits (`fits`) gets a slot: the helper writes the plan's limits
-into the slot's cgroup and hands P the plan; P goes on with `setup.set_up_container`,
-the same steps as a container started without a slot, and S reports `init`/`exit` as
-`setup.supervise` does. Any other plan (a user or time namespace, a shared namespace,
+into the slot's cgroup and hands P the plan; P goes on with `set_up_container`
+(runtime/inside/recipe.py), the same steps as a container started without a slot, and
+S reports `init`/`exit` as a container's supervisor does. Any other plan (a user or time namespace, a shared namespace,
 other kinds, I/O limits) takes that path, unchanged.
 
 A slot is used once and its cgroup deleted with its container, never returned to the
@@ -28,10 +31,9 @@ student the previous container's OOM kills, refused forks and CPU time.
 A slot's cgroup keeps its own name, `labkit/pool-<helper pid>-<helper start>-<n>` (v2
 cannot rename a cgroup), recorded in state.json and the `started` message. The name says
 whose it is, so a sweep removes a dead helper's empty slots and never a live one's
-(labkit/cgroups/pool.py, which also writes a container's limits into a slot's cgroup).
+(labkit/cgroups/slot_cgroups.py, which also writes a container's limits into a slot's cgroup).
 """
 
-import errno
 import gc
 import json
 import os
@@ -41,16 +43,11 @@ import socket
 from dataclasses import dataclass
 
 from labkit.cgroups import host_hierarchy
-from labkit.cgroups.pool import can_serve, make_slot_cgroup, slot_leaf
-from labkit.linux import syscalls
-from labkit.linux.namespaces import BY_NAME
+from labkit.cgroups.slot_cgroups import can_serve, slot_leaf
 from labkit.linux.processes import start_time
-from labkit.runtime import setup
-from labkit.runtime.plan import StartPlan, from_wire, to_wire
-from labkit.runtime.protocol import MAX_MESSAGE
+from labkit.runtime.plan import StartPlan, to_wire
 
 DEFAULT_SIZE = 2
-SLOT_PROCESS_NAME = "labkit-slot"      # a waiting P's comm, for the leak checks
 
 
 def size_from_environment() -> int:
@@ -101,6 +98,8 @@ class Pool:
         """Fork one slot's supervisor. Costs the helper one fork; the rest happens in S and P.
         A host that refuses (no memory, a pids limit) gets no slot: the next start takes
         the usual path, and reports the host's error if it has one."""
+        from labkit.runtime.supervisor.slot import keep_only, supervise_slot   # once a slot is wanted
+
         self.made += 1
         cgroup_name = f"{self.hierarchy.parent}/{slot_leaf(*self.helper, self.made)}"
         made = []
@@ -120,8 +119,8 @@ class Pool:
         if pid == 0:
             try:
                 gc.disable()  # a collection would touch (and so copy) every page shared with the helper
-                _keep_only({error_w, report_w, theirs.fileno()})
-                _slot_supervisor(self.hierarchy, cgroup_name, self.helper[0],
+                keep_only({error_w, report_w, theirs.fileno()})
+                supervise_slot(self.hierarchy, cgroup_name, self.helper[0],
                                  {"error": error_w, "report": report_w, "plan": theirs.fileno()})
             finally:
                 os._exit(126)
@@ -208,83 +207,3 @@ def _peer_gone(sock) -> bool:
 def _remember(made: list, pair):
     made.extend(pair)
     return pair
-
-
-# --- in the slot's processes: forks of the helper, never returning into it -----------
-
-def _keep_only(fds: set) -> None:
-    """Close every inherited descriptor but these (and stdio): the owner's socket, other
-    slots' sockets, a held container's `go` pipe must not be kept open by a slot."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-def _slot_supervisor(hierarchy, cgroup_name, helper_pid, fds):
-    """S: the first half of `setup.supervise`, with no plan yet (default namespaces)."""
-    try:
-        syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # the helper died: so do we
-        if os.getppid() != helper_pid:
-            os._exit(0)   # it died before the death signal was set
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.setsid()
-        cgroup = make_slot_cgroup(hierarchy, cgroup_name.split("/", 1)[1])
-        _make_slot_namespaces()
-        pid = os.fork()
-    except BaseException as error:  # noqa: BLE001 — the helper finds the slot dead at `take`
-        setup.report_failure(fds["error"], error)
-    if pid == 0:
-        _slot_first_process(cgroup.procs_files(), fds)
-    os.close(fds.pop("plan"))
-    setup.report_until_exit(pid, fds)
-
-
-@setup.step("create namespaces")
-def _make_slot_namespaces():
-    """The default kinds but mnt and cgroup: the first process makes those once its plan
-    has come (after joining its cgroup: a cgroup namespace is rooted where its maker stands)."""
-    from labkit.runtime.spec import DEFAULT_NAMESPACES
-
-    flags = 0
-    for kind in DEFAULT_NAMESPACES:
-        if kind not in ("mnt", "cgroup"):
-            flags |= BY_NAME[kind].flag
-    syscalls.unshare(flags)
-
-
-def _slot_first_process(procs_files, fds):
-    """P: joins the cgroup now, waits for its plan, then is set up as any container."""
-    try:
-        syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # supervisor gone: so are we
-        syscalls.prctl_set_name(SLOT_PROCESS_NAME)
-        setup.join_cgroup(procs_files)
-        plan, received = _wait_for_plan(fds.pop("plan"))
-    except BaseException as error:  # noqa: BLE001
-        setup.report_failure(fds["error"], error)
-    setup.set_up_container(plan, {**fds, **received})
-
-
-def _wait_for_plan(plan_fd):
-    sock = socket.socket(fileno=plan_fd)
-    sock.send(b"ready")
-    while True:
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 8)
-            break
-        except InterruptedError:
-            continue
-    sock.close()
-    if not data:
-        os._exit(0)   # the helper discarded the slot, or went away
-    head, _, program = data.partition(b"\0")
-    message = json.loads(head)
-    if len(fds) != len(message["fd_names"]):
-        raise OSError(errno.EBADF, "the plan came without all its file descriptors")
-    plan = from_wire(StartPlan, message["plan"])
-    plan.process.security.seccomp_program = program or None
-    return plan, dict(zip(message["fd_names"], fds))

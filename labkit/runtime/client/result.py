@@ -1,4 +1,6 @@
-"""Result: what a finished container did (exit, output, resources), with a readable repr."""
+"""Result: what a finished container did (exit, output, resources), with a readable repr.
+
+Built in the caller from the helper's `exited` message and the output the caller read."""
 
 import os
 import signal as signals

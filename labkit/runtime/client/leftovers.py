@@ -1,9 +1,10 @@
 """What dead owners left behind, gathered in one place: their containers and cgroups
-(runtime/state.py) and their network leases and bridge (labkit.net). Run before each
-helper starts and by `labkit gc`."""
+(runtime/client/state.py) and their network leases and bridge (labkit.net).
+
+Runs in the caller, before it starts its helper and in `labkit gc`."""
 
 from labkit import net
-from labkit.runtime import state
+from labkit.runtime.client import state
 
 
 def sweep(home=None) -> list:

@@ -1,0 +1,6 @@
+"""`python -m labkit.runtime.helper`: the helper process's entry point (runtime/client/
+helper_client.py starts it so, with the socket's fd in LABKIT_HELPER_FD)."""
+
+from labkit.runtime.helper.zygote import main
+
+main()

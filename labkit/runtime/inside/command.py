@@ -1,0 +1,165 @@
+"""The last steps before the command: stdio, working directory, user, capabilities,
+seccomp, exec (or `--init`'s small reaper in front of it).
+
+Runs in the container's first process, after its root is switched (runtime/inside/
+recipe.py), and in an `exec`'s last fork (runtime/supervisor/exec.py): the same end for
+both, so an exec'd process gets the container's user, capabilities and seccomp filter.
+"""
+
+import errno
+import os
+import signal
+
+from labkit.linux import capabilities, seccomp, syscalls
+from labkit.runtime.inside.mounts import ensure_dir
+from labkit.runtime.step_failure import SetupError, report_failure, step
+
+
+@step("attach stdin, stdout and stderr")
+def attach_stdio(fds):
+    for target, name in enumerate(("stdin", "stdout", "stderr")):
+        fd = fds.get(name)
+        if fd is None:
+            fd = os.open("/dev/null", os.O_RDWR)
+        os.dup2(fd, target)
+        if fd > 2:
+            os.close(fd)
+
+
+@step("change to the working directory")
+def working_directory(process):
+    ensure_dir(process.workdir)
+    return process.workdir
+
+
+def resolve_user(user):
+    """'uid[:gid]' or 'name[:group]' looked up in the container's /etc/passwd and /etc/group."""
+    name, _, group = user.partition(":")
+    uid = gid = None
+    if name.isdigit():
+        uid = int(name)
+    else:
+        uid, gid = _lookup("/etc/passwd", name, "user")
+    if group:
+        gid = int(group) if group.isdigit() else _lookup("/etc/group", group, "group")[0]
+    return uid, uid if gid is None else gid
+
+
+def home_of(user):
+    """The home directory /etc/passwd gives the user (by name or uid), else "/" (runc's
+    default for a user without an entry)."""
+    name = user.partition(":")[0]
+    try:
+        with open("/etc/passwd") as handle:
+            for line in handle:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) > 5 and name in (fields[0], fields[2]):
+                    return fields[5] or "/"
+    except FileNotFoundError:
+        pass
+    return "/"
+
+
+def supplementary_groups(user, gid):
+    """The primary group and every group of /etc/group that lists the user by name, as
+    runc gives a process (`id -G` shows the same under podman and labkit)."""
+    name = user.partition(":")[0]
+    groups = [gid]
+    try:
+        with open("/etc/group") as handle:
+            for line in handle:
+                fields = line.strip().split(":")
+                if len(fields) > 3 and fields[2].isdigit() and name in fields[3].split(","):
+                    groups.append(int(fields[2]))
+    except FileNotFoundError:
+        pass
+    return sorted(set(groups))
+
+
+def _lookup(table, name, what):
+    try:
+        with open(table) as handle:
+            for line in handle:
+                fields = line.strip().split(":")
+                if fields[0] == name and len(fields) > 3:
+                    return int(fields[2]), int(fields[3])
+    except FileNotFoundError:
+        pass
+    raise SetupError("set user", OSError(errno.ENOENT, f"no {what} named {name!r} in the container's {table}"))
+
+
+@step("exec the command")
+def become_user_and_exec(process):
+    """`process` is the plan's ProcessPlan."""
+    env = dict(item.split("=", 1) for item in process.env)
+    keep_capabilities(process.security)
+    user = resolve_user(process.user) if process.user else None
+    # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which setuid to a
+    # non-root user takes away: then it is loaded first (as runc does), and the profile
+    # allows the setgroups/setgid/setuid calls that follow.
+    filter_before_setuid = user is not None and not process.security.no_new_privileges
+    if filter_before_setuid:
+        load_seccomp_filter(process.security)
+    env.setdefault("HOME", home_of(process.user or "0"))
+    if user is not None:
+        uid, gid = user
+        os.setgroups(supplementary_groups(process.user, gid))
+        os.setgid(gid)
+        os.setuid(uid)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
+    if not filter_before_setuid:
+        load_seccomp_filter(process.security)
+    command = process.command
+    try:
+        os.execvpe(command[0], command, env)
+    except FileNotFoundError:
+        path = env.get("PATH", "")
+        raise SetupError("exec the command", OSError(
+            errno.ENOENT, f"command {command[0]!r} not found in the container (image {process.image}, PATH={path})")) from None
+
+
+@step("drop capabilities")
+def keep_capabilities(security):
+    """Only the container's capabilities stay in the bounding set (Docker's 14 by
+    default); `no-new-privileges` also sets no_new_privs before anything is exec'd."""
+    capabilities.drop_bounding_set(set(security.capabilities))
+    if security.no_new_privileges:
+        syscalls.prctl_set_no_new_privs()
+
+
+@step("load the seccomp filter")
+def load_seccomp_filter(security):
+    """The last step before exec: from here on the kernel checks every syscall against
+    the profile the helper compiled (labkit.linux.seccomp)."""
+    if security.seccomp_program:
+        seccomp.load_filter(security.seccomp_program)
+
+
+def run_as_init(process, error_fd):
+    """`--init`: PID 1 stays a tiny reaper that forwards signals to the command."""
+    # Named before the fork: the command runs as soon as it is forked, and one that reads
+    # /proc/1/comm must not see the helper's name (a race a busy host loses).
+    syscalls.prctl_set_name("labkit-init")
+    child = os.fork()
+    if child:
+        os.close(error_fd)  # the command's exec closes its copy; EOF then means "started"
+        keep_capabilities(process.security)  # the reaper stays inside the container's profile too
+        load_seccomp_filter(process.security)
+        forward = lambda number, _frame: os.kill(child, number)  # noqa: E731
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
+            signal.signal(number, forward)
+        while True:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                os._exit(0)
+            except InterruptedError:
+                continue
+            if pid == child:
+                os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+    try:
+        become_user_and_exec(process)
+    except BaseException as error:  # noqa: BLE001
+        report_failure(error_fd, error)

@@ -1,0 +1,55 @@
+"""A ready slot's first process (P): joins its cgroup ahead of time, then waits for a plan.
+
+Runs in PID 1 of the slot's new PID namespace, forked by the slot's supervisor
+(runtime/supervisor/slot.py). The slow first write into `cgroup.procs` happens here, off
+anyone's path; once the helper hands over a plan and the stdio fds on the slot's socket,
+this process goes on with `set_up_container`, exactly as a container started without a
+slot does (runtime/inside/recipe.py).
+"""
+
+import errno
+import json
+import os
+import signal
+import socket
+
+from labkit.linux import syscalls
+from labkit.runtime.inside.recipe import join_cgroup, set_up_container
+from labkit.runtime.plan import StartPlan, from_wire
+from labkit.runtime.protocol import MAX_MESSAGE
+from labkit.runtime.step_failure import report_failure
+
+SLOT_PROCESS_NAME = "labkit-slot"      # a waiting P's comm, for the leak checks
+
+
+def wait_as_slot(procs_files, fds):
+    """P: joins the cgroup now, waits for its plan, then is set up as any container."""
+    try:
+        syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # supervisor gone: so are we
+        syscalls.prctl_set_name(SLOT_PROCESS_NAME)
+        join_cgroup(procs_files)
+        plan, received = wait_for_plan(fds.pop("plan"))
+    except BaseException as error:  # noqa: BLE001
+        report_failure(fds["error"], error)
+    set_up_container(plan, {**fds, **received})
+
+
+def wait_for_plan(plan_fd):
+    sock = socket.socket(fileno=plan_fd)
+    sock.send(b"ready")
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 8)
+            break
+        except InterruptedError:
+            continue
+    sock.close()
+    if not data:
+        os._exit(0)   # the helper discarded the slot, or went away
+    head, _, program = data.partition(b"\0")
+    message = json.loads(head)
+    if len(fds) != len(message["fd_names"]):
+        raise OSError(errno.EBADF, "the plan came without all its file descriptors")
+    plan = from_wire(StartPlan, message["plan"])
+    plan.process.security.seccomp_program = program or None
+    return plan, dict(zip(message["fd_names"], fds))

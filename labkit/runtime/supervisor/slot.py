@@ -1,0 +1,62 @@
+"""A ready slot's supervisor (S): made by the helper ahead of any plan, with the default
+namespaces, parent of the slot's first process.
+
+Runs in its own process, forked by the helper in its idle time (runtime/helper/
+ready_slots.py explains the slots). It does what runtime/supervisor/supervise.py does
+for a container, with no plan yet: setsid, a fresh cgroup, the default namespaces but
+mnt and cgroup, one fork (runtime/inside/slot.py), then the same `init`/`exit` reports.
+"""
+
+import os
+import signal
+
+from labkit.cgroups.slot_cgroups import make_slot_cgroup
+from labkit.linux import syscalls
+from labkit.linux.namespaces import BY_NAME
+from labkit.runtime.inside.slot import wait_as_slot
+from labkit.runtime.spec import DEFAULT_NAMESPACES
+from labkit.runtime.step_failure import report_failure, step
+from labkit.runtime.supervisor.supervise import report_until_exit
+
+
+def keep_only(fds: set) -> None:
+    """Close every inherited descriptor but these (and stdio): the owner's socket, other
+    slots' sockets, a held container's `go` pipe must not be kept open by a slot."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def supervise_slot(hierarchy, cgroup_name, helper_pid, fds):
+    """S: the first half of `supervise` (runtime/supervisor/supervise.py), with no plan yet (default namespaces)."""
+    try:
+        syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # the helper died: so do we
+        if os.getppid() != helper_pid:
+            os._exit(0)   # it died before the death signal was set
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.setsid()
+        cgroup = make_slot_cgroup(hierarchy, cgroup_name.split("/", 1)[1])
+        make_slot_namespaces()
+        pid = os.fork()
+    except BaseException as error:  # noqa: BLE001 — the helper finds the slot dead at `take`
+        report_failure(fds["error"], error)
+    if pid == 0:
+        wait_as_slot(cgroup.procs_files(), fds)
+    os.close(fds.pop("plan"))
+    report_until_exit(pid, fds)
+
+
+@step("create namespaces")
+def make_slot_namespaces():
+    """The default kinds but mnt and cgroup: the first process makes those once its plan
+    has come (after joining its cgroup: a cgroup namespace is rooted where its maker stands)."""
+    flags = 0
+    for kind in DEFAULT_NAMESPACES:
+        if kind not in ("mnt", "cgroup"):
+            flags |= BY_NAME[kind].flag
+    syscalls.unshare(flags)
