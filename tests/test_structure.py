@@ -1,8 +1,30 @@
-"""The package's shape, read from its source: no import circles, and the layers point one
-way (runtime → images, net → primitives; never back up).
+"""The package's shape, read from its source: no import circles, the layers point one
+way (runtime → images, net → primitives; never back up), and the runtime's code keeps
+to the process it runs in.
 
-Every import counts, also one inside a function: a lazy import is still a dependency,
-only a later one.
+Every import counts, also one inside a function (a lazy import is still a dependency,
+only a later one) and one made with `importlib.import_module` (a literal name, an
+f-string's literal start joined with a string of the same file, or a name the file holds
+as a string, as the lazy-export tables do); a call the walker cannot follow fails
+`test_every_import_module_call_can_be_followed`.
+
+**The process rule.** labkit.runtime's code runs in four processes, each started by the
+one before it, and is laid out so:
+
+    client      the caller (a Jupyter kernel, the `labkit` command); also the package's
+                public face, `labkit.runtime` itself
+      └─starts→ helper      (exec of `python -m labkit.runtime.helper`, or a fork of the caller)
+         └─forks→ supervisor   (one per container or exec; a ready slot's too)
+            └─forks→ inside      (the container's first process, until exec)
+
+Data that crosses between them (spec, plan, protocol, lifecycle, the container's
+directory, a step's failure) lives in shared modules at the top of labkit.runtime.
+A module in a process's package may import its own package, the shared modules, and the
+package of the process it starts, whose first lines run in a fork of it; never a
+process further down (the client never imports what runs in a supervisor or inside a
+container) and never one above it (nothing inside imports the client or the helper).
+A shared module imports no process's package. The rest of labkit reaches the runtime
+through the client and the shared modules only. No exceptions are listed.
 """
 
 import ast
@@ -20,6 +42,9 @@ FRONT_ENDS = ("labkit.images.cli", "labkit.net.cli")
 # Known and named, to be removed. Anything not listed here fails the tests below.
 KNOWN_CIRCLES = []
 KNOWN_UPWARD = set()
+RUNTIME = "labkit.runtime"
+# Each starts the next: the order of the process rule (see the docstring).
+PROCESSES = ("client", "helper", "supervisor", "inside")
 
 
 def module_name(path: Path) -> str:
@@ -32,10 +57,11 @@ def package_modules() -> dict:
 
 
 def imports_of(name: str, path: Path, modules: dict) -> set:
-    """The labkit modules that `name` imports, anywhere in the file."""
+    """The labkit modules that `name` imports, anywhere in the file (import_module calls too)."""
     is_package = path.name == "__init__.py"
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    found = set(dynamic_imports(tree, modules)[0])
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -52,9 +78,53 @@ def imports_of(name: str, path: Path, modules: dict) -> set:
         for target in targets:
             while target and target not in modules:
                 target = target.rpartition(".")[0]   # `import labkit.net.hooks as h` names a module
-            if target and target != name and target.startswith("labkit"):
+            if target and target.startswith("labkit"):
                 found.add(target)
+    found.discard(name)
     return found
+
+
+def is_import_module_call(node) -> bool:
+    """importlib.import_module(...), import_module(...) or __import__(...)."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return False
+    function = node.func
+    if isinstance(function, ast.Attribute):
+        return function.attr == "import_module" and isinstance(function.value, ast.Name) \
+            and function.value.id == "importlib"
+    return isinstance(function, ast.Name) and function.id in ("import_module", "__import__")
+
+
+def dynamic_imports(tree, modules: dict) -> tuple:
+    """(the labkit modules a file's import_module calls can load, the calls it cannot follow).
+
+    A literal names its module. An f-string's literal start (`f"labkit.experiments.{name}"`)
+    is joined with each string of the file that makes a module's name. Any other argument
+    (`_EXPORTS[name]`) can load each labkit.* module the file names in a string. A call none of
+    these resolves is returned, by line, as not followed."""
+    strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    found, unfollowed = set(), []
+    for node in ast.walk(tree):
+        if not is_import_module_call(node):
+            continue
+        argument = node.args[0]
+        if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+            targets = {argument.value} & set(modules) if argument.value.startswith("labkit") else {None}
+        elif isinstance(argument, ast.JoinedStr):
+            start = ""
+            for part in argument.values:
+                if not isinstance(part, ast.Constant):
+                    break
+                start += part.value
+            targets = {start + text for text in strings} & set(modules) if start else set()
+        else:
+            targets = {text for text in strings if text.startswith("labkit.")} & set(modules)
+        targets.discard(None)   # a module outside labkit (`importlib.import_module("json")`)
+        if targets or (isinstance(argument, ast.Constant) and not str(argument.value).startswith("labkit")):
+            found |= targets
+        else:
+            unfollowed.append(node.lineno)
+    return found, unfollowed
 
 
 def import_graph() -> dict:
@@ -174,3 +244,118 @@ def test_no_module_reaches_another_through_sys_modules():
     hidden = [f"{name}: {target}" for name, path in package_modules().items()
               for target in sys_modules_lookups(path.read_text())]
     assert hidden == [], "modules looked up in sys.modules: " + ", ".join(hidden)
+
+
+# --- import_module calls ------------------------------------------------------------------
+
+def demo_package(tmp_path, files: dict) -> dict:
+    """The import graph of a throwaway labkit.demo package made of `files`."""
+    package = tmp_path / "labkit" / "demo"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(files.pop("__init__.py", ""))
+    for name, text in files.items():
+        (package / name).write_text(text)
+    modules = {module_name_in(tmp_path, p): p for p in sorted(package.rglob("*.py"))}
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def test_a_circle_through_import_module_is_seen_in_each_spelling(tmp_path):
+    graph = demo_package(tmp_path, {
+        "__init__.py": 'import importlib\n_EXPORTS = {"Thing": "labkit.demo.lazy"}\n'
+                       'def __getattr__(name):\n    return getattr(importlib.import_module(_EXPORTS[name]), name)\n',
+        "lazy.py": "from labkit.demo import table\n",
+        "table.py": 'from importlib import import_module\nNAMES = ("plugin",)\n'
+                    'def get(name):\n    return import_module(f"labkit.demo.{name}")\n',
+        "plugin.py": 'import importlib\ndef back():\n    return importlib.import_module("labkit.demo")\n',
+    })
+    assert graph["labkit.demo"] == {"labkit.demo.lazy"}
+    assert graph["labkit.demo.table"] == {"labkit.demo.plugin"}
+    assert graph["labkit.demo.plugin"] == {"labkit.demo"}
+    assert circles(graph) == [["labkit.demo", "labkit.demo.lazy", "labkit.demo.plugin", "labkit.demo.table"]]
+
+
+def test_an_import_module_call_the_walker_cannot_follow_is_named():
+    source = 'import importlib\ndef load(name):\n    return importlib.import_module(name)\n' \
+             'json = importlib.import_module("json")\n'
+    assert dynamic_imports(ast.parse(source), package_modules()) == (set(), [3])
+
+
+def test_every_import_module_call_can_be_followed():
+    modules = package_modules()
+    unfollowed = [f"{name}:{line}" for name, path in modules.items()
+                  for line in dynamic_imports(ast.parse(path.read_text()), modules)[1]]
+    assert unfollowed == [], "import_module calls whose module the structure tests cannot tell: " + ", ".join(unfollowed)
+
+
+# --- the process rule (see the module's docstring) ----------------------------------------
+
+def process_of(module: str) -> str | None:
+    """client, helper, supervisor or inside; "shared" for the runtime's other modules;
+    None outside the runtime. `labkit.runtime` itself is the client's public face."""
+    if module == RUNTIME:
+        return "client"
+    if not module.startswith(RUNTIME + "."):
+        return None
+    package = module.split(".")[2]
+    return package if package in PROCESSES else "shared"
+
+
+def process_rule_breaches(graph: dict) -> list:
+    breaches = []
+    for name, targets in sorted(graph.items()):
+        here = process_of(name)
+        for target in sorted(targets):
+            there = process_of(target)
+            if there not in PROCESSES:
+                continue   # a shared module or outside the runtime: any process may use it
+            if here is None:
+                allowed = there == "client"
+            elif here == "shared":
+                allowed = False
+            else:
+                allowed = PROCESSES.index(there) - PROCESSES.index(here) in (0, 1)
+            if not allowed:
+                breaches.append(f"{name} ({here or 'outside the runtime'}) -> {target} ({there})")
+    return breaches
+
+
+def test_the_process_rule_names_every_kind_of_breach():
+    """A synthetic graph: each allowed edge passes, each kind of breach is named."""
+    allowed = {
+        "labkit.runtime.client.container": {"labkit.runtime.plan", "labkit.runtime.client.streams"},
+        "labkit.runtime.client.helper_client": {"labkit.runtime.helper.zygote"},   # it forks the helper
+        "labkit.runtime.helper.zygote": {"labkit.runtime.supervisor.supervise", "labkit.runtime.protocol"},
+        "labkit.runtime.supervisor.supervise": {"labkit.runtime.inside.recipe"},
+        "labkit.runtime.inside.recipe": {"labkit.runtime.step_failure", "labkit.linux.syscalls"},
+        "labkit.runtime": {"labkit.runtime.client.container"},
+        "labkit.magics.container": {"labkit.runtime", "labkit.runtime.client.container", "labkit.runtime.spec"},
+    }
+    assert process_rule_breaches(allowed) == []
+    breaches = {
+        "labkit.runtime.client.container": {"labkit.runtime.inside.recipe", "labkit.runtime.supervisor.exec"},
+        "labkit.runtime.inside.recipe": {"labkit.runtime.client.result", "labkit.runtime.supervisor.supervise"},
+        "labkit.runtime.helper.zygote": {"labkit.runtime.client.state", "labkit.runtime.inside.mounts"},
+        "labkit.runtime.supervisor.exec": {"labkit.runtime.helper.ready_slots"},
+        "labkit.runtime.plan": {"labkit.runtime.helper.zygote"},
+        "labkit.runtime.spec": {"labkit.runtime"},
+        "labkit.experiments.escapes": {"labkit.runtime.inside.mounts"},
+    }
+    assert process_rule_breaches(breaches) == [
+        "labkit.experiments.escapes (outside the runtime) -> labkit.runtime.inside.mounts (inside)",
+        "labkit.runtime.client.container (client) -> labkit.runtime.inside.recipe (inside)",
+        "labkit.runtime.client.container (client) -> labkit.runtime.supervisor.exec (supervisor)",
+        "labkit.runtime.helper.zygote (helper) -> labkit.runtime.client.state (client)",
+        "labkit.runtime.helper.zygote (helper) -> labkit.runtime.inside.mounts (inside)",
+        "labkit.runtime.inside.recipe (inside) -> labkit.runtime.client.result (client)",
+        "labkit.runtime.inside.recipe (inside) -> labkit.runtime.supervisor.supervise (supervisor)",
+        "labkit.runtime.plan (shared) -> labkit.runtime.helper.zygote (helper)",
+        "labkit.runtime.spec (shared) -> labkit.runtime (client)",
+        "labkit.runtime.supervisor.exec (supervisor) -> labkit.runtime.helper.ready_slots (helper)",
+    ]
+
+
+def test_the_runtime_keeps_each_line_in_the_process_it_runs_in():
+    graph = import_graph()
+    packages = {process_of(name) for name in graph if name.startswith(RUNTIME + ".")}
+    assert packages == set(PROCESSES) | {"shared"}, "the runtime is not laid out by process"
+    assert process_rule_breaches(graph) == []

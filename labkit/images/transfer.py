@@ -45,7 +45,7 @@ def export_image(image, destination, format: str = "oci", compression: str = "gz
                  store: Store | None = None) -> Path:
     """Write `image` (an Image or a name) to `destination` in `format`."""
     if not isinstance(image, Image):
-        from labkit.images import get_image
+        from labkit.images.named import get_image
 
         image = get_image(image, store or Store())
     destination = Path(destination)
