@@ -15,6 +15,7 @@ import os
 import struct
 
 from labkit.cgroups.devices import TYPE_CODES, parse_rules
+from labkit.linux.syscalls import libc as _libc
 
 BPF_PROG_LOAD = 5
 BPF_PROG_ATTACH = 8
@@ -83,11 +84,6 @@ def _rule_block(rule) -> list:
     block.append(_insn(MOV64_IMM, R0, imm=1))
     block.append(_insn(EXIT))
     return block
-
-
-# The C library already linked into this process (dlopen(NULL)); not find_library,
-# which runs ldconfig (~15-50 ms here) on every import.
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _bpf(command, attr, what: str) -> int:

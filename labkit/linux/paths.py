@@ -16,7 +16,7 @@ import errno
 import os
 import stat
 
-from labkit.linux.syscalls import _libc
+from labkit.linux.syscalls import libc
 
 SYS_openat2 = 437  # the same number on every architecture (added after the 5.1 unification)
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -85,7 +85,7 @@ def fd_path(fd: int) -> str:
 
 def openat2(dir_fd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     how = _OpenHow(flags, mode, resolve)
-    fd = _libc.syscall(ctypes.c_long(SYS_openat2), ctypes.c_int(dir_fd), os.fsencode(path),
+    fd = libc.syscall(ctypes.c_long(SYS_openat2), ctypes.c_int(dir_fd), os.fsencode(path),
                        ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
     if fd == -1:
         err = ctypes.get_errno()

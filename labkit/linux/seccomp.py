@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 
 from labkit.errors import ConfigError
+from labkit.linux.syscalls import libc
 
 # --- libseccomp through ctypes ----------------------------------------------------------
 
@@ -382,9 +383,6 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-# The C library already linked into this process (dlopen(NULL)); not find_library,
-# which runs ldconfig (~15-50 ms here) on every import.
-_libc = ctypes.CDLL(None, use_errno=True)
 _SYS_SECCOMP = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "i686": 354, "i386": 354, "armv7l": 383,
                 "ppc64le": 358, "s390x": 348}.get(os.uname().machine)
 
@@ -397,10 +395,10 @@ def load_filter(program: bytes) -> None:
     count = len(program) // _SOCK_FILTER_SIZE
     fprog = _SockFprog(count, ctypes.cast(buffer, ctypes.c_void_p))
     if _SYS_SECCOMP is not None:
-        result = _libc.syscall(ctypes.c_long(_SYS_SECCOMP), ctypes.c_uint(SECCOMP_SET_MODE_FILTER), ctypes.c_uint(0),
+        result = libc.syscall(ctypes.c_long(_SYS_SECCOMP), ctypes.c_uint(SECCOMP_SET_MODE_FILTER), ctypes.c_uint(0),
                                ctypes.byref(fprog))
     else:  # a machine whose seccomp(2) number we do not carry: prctl does the same
-        result = _libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(fprog), 0, 0)
+        result = libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(fprog), 0, 0)
     if result == -1:
         err = ctypes.get_errno()
         raise OSError(err, f"seccomp(SECCOMP_SET_MODE_FILTER, {count} instructions): {os.strerror(err)}")

@@ -1,5 +1,8 @@
 """ctypes wrappers over libc; every failure is an OSError naming what was attempted.
 
+`libc` here is labkit's one handle on the C library: other modules that call into it
+(seccomp's filter load, cgroup v2's bpf) take it from here rather than opening it again.
+
 Kept free of heavy imports: the container helper process imports this module and
 forks once per container, so everything here must be cheap to have in memory.
 """
@@ -23,7 +26,7 @@ def _linked_libc():
     return libc
 
 
-_libc = _linked_libc()
+libc = _linked_libc()
 
 # clone(2) / unshare(2) flags
 CLONE_NEWTIME = 0x00000080
@@ -76,31 +79,31 @@ def _bytes(path):
 
 def unshare(flags: int) -> None:
     """unshare(2): move the caller into new namespaces of the kinds in `flags`."""
-    _check(_libc.unshare(ctypes.c_int(flags)), f"unshare(0x{flags:x})")
+    _check(libc.unshare(ctypes.c_int(flags)), f"unshare(0x{flags:x})")
 
 
 def setns(fd: int, nstype: int = 0) -> None:
     """setns(2): join the namespace that `fd` (an open /proc/PID/ns/* file) refers to."""
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), f"setns(fd {fd}, 0x{nstype:x})")
+    _check(libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), f"setns(fd {fd}, 0x{nstype:x})")
 
 
 def mount(source, target, fstype=None, flags: int = 0, data=None) -> None:
     """mount(2)."""
     _check(
-        _libc.mount(_bytes(source), _bytes(target), _bytes(fstype), ctypes.c_ulong(flags), _bytes(data)),
+        libc.mount(_bytes(source), _bytes(target), _bytes(fstype), ctypes.c_ulong(flags), _bytes(data)),
         f"mount {source!r} on {target!r} (type {fstype}, flags 0x{flags:x}, {data or 'no options'})",
     )
 
 
 def umount2(target, flags: int = 0) -> None:
     """umount2(2)."""
-    _check(_libc.umount2(_bytes(target), ctypes.c_int(flags)), f"umount {target!r}")
+    _check(libc.umount2(_bytes(target), ctypes.c_int(flags)), f"umount {target!r}")
 
 
 def pivot_root(new_root, put_old) -> None:
     """pivot_root(2): make `new_root` the root of this mount namespace, the old root at `put_old`."""
     _check(
-        _libc.syscall(ctypes.c_long(SYS_pivot_root), _bytes(new_root), _bytes(put_old)),
+        libc.syscall(ctypes.c_long(SYS_pivot_root), _bytes(new_root), _bytes(put_old)),
         f"pivot_root({new_root!r}, {put_old!r})",
     )
 
@@ -108,12 +111,12 @@ def pivot_root(new_root, put_old) -> None:
 def sethostname(name: str) -> None:
     """sethostname(2), inside the caller's UTS namespace."""
     raw = name.encode()
-    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), f"sethostname({name!r})")
+    _check(libc.sethostname(raw, ctypes.c_size_t(len(raw))), f"sethostname({name!r})")
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(
-        _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+        libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
                     ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)),
         f"prctl({option}, {arg2})",
     )
@@ -137,4 +140,4 @@ def prctl_set_child_subreaper() -> None:
 def prctl_set_name(name: str) -> None:
     """The `comm` shown by ps (at most 15 bytes)."""
     buffer = ctypes.create_string_buffer(name.encode()[:15])
-    _check(_libc.prctl(ctypes.c_int(PR_SET_NAME), buffer, 0, 0, 0), f"prctl(PR_SET_NAME, {name!r})")
+    _check(libc.prctl(ctypes.c_int(PR_SET_NAME), buffer, 0, 0, 0), f"prctl(PR_SET_NAME, {name!r})")
