@@ -92,11 +92,9 @@ def all_of(table: list, skip=()) -> AllOf:
 
 
 def _with_user_namespace(on: bool) -> dict:
-    if not on:
-        return {}
-    from labkit.runtime import DEFAULT_NAMESPACES
+    from labkit.runtime import userns_fields
 
-    return {"namespaces": DEFAULT_NAMESPACES + ("user",)}
+    return userns_fields(on)
 
 
 CONTAINER_OPTIONS = [

@@ -53,3 +53,31 @@ def test_volumes_parse_like_docker(tmp_path):
 
 def test_capabilities_accept_docker_spellings():
     assert ContainerSpec(cap_add=["SYS_ADMIN", "cap_net_admin"]).validated().cap_add == ["sys_admin", "net_admin"]
+
+
+def test_the_network_mode_is_parsed_once_into_a_type():
+    from labkit.runtime import NetworkMode
+
+    modes = {text: ContainerSpec(network=text).validated().network for text in ("none", "host", "bridge", "container:web")}
+    assert {text: (m.kind, m.peer, m.managed, m.is_host, m.is_bridge) for text, m in modes.items()} == {
+        "none": ("none", None, False, False, False), "host": ("host", None, False, True, False),
+        "bridge": ("bridge", None, True, False, True), "container:web": ("container", "web", True, False, False)}
+    assert [str(mode) for mode in modes.values()] == ["none", "host", "bridge", "container:web"]
+    assert NetworkMode.parse(modes["bridge"]) is modes["bridge"]
+    for bad in ("container:", "bridge:x", "Host"):
+        with pytest.raises(ConfigError, match="is not one of none, host, bridge, container:NAME"):
+            ContainerSpec(network=bad).validated()
+
+
+def test_userns_is_translated_in_one_place_and_its_map_is_a_type():
+    from labkit.runtime import DEFAULT_NAMESPACES, UserNamespaceMap, userns_fields
+
+    assert userns_fields(False) == {}
+    assert userns_fields(True) == {"namespaces": DEFAULT_NAMESPACES + ("user",)}
+    spec = ContainerSpec(**userns_fields(True), user_map=(200000, 1000)).validated()
+    assert spec.user_map == UserNamespaceMap(uid=200000, count=1000) and spec.user_map.uid == 200000
+    assert ContainerSpec().validated().user_map == (100000, 65536)
+    for bad, why in (((0, 65536), "must be positive"), ((1, 2, 3), "is not \\(host uid, count\\)"), ("x", "is not")):
+        with pytest.raises(ConfigError, match=why):
+            ContainerSpec(user_map=bad).validated()
+

@@ -225,12 +225,10 @@ VM_DEFENCES = {"seccomp": False, "capabilities": ["all"], "masked_paths": False,
 
 
 def _spec_fields(options: dict) -> dict:
-    fields = {key: value for key, value in options.items() if key != "userns"}
-    if options.get("userns"):
-        from labkit.runtime import DEFAULT_NAMESPACES
+    from labkit.runtime import userns_fields
 
-        fields["namespaces"] = DEFAULT_NAMESPACES + ("user",)
-    return fields
+    fields = {key: value for key, value in options.items() if key != "userns"}
+    return {**fields, **userns_fields(bool(options.get("userns")))}
 
 
 def _probe_arguments(params) -> str:

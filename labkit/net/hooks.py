@@ -87,7 +87,7 @@ def prepare(spec, who: Who, hosts_text: str, peer: Peer | None = None):
     require_net_admin()
     ports = publish_all(spec.publish)
     try:
-        if spec.network == "bridge":
+        if spec.network.is_bridge:
             network, setup = _lease_address(who, hosts_text)
         else:
             network, setup = _join(who, hosts_text, peer)

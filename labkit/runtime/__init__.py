@@ -28,7 +28,8 @@ _EXPORTS = {
     "Container": "labkit.runtime.client.container", "get": "labkit.runtime.client.container",
     "running_containers": "labkit.runtime.client.container", "Result": "labkit.runtime.client.result",
     "ContainerSpec": "labkit.runtime.spec", "Volume": "labkit.runtime.spec",
-    "DEFAULT_NAMESPACES": "labkit.runtime.spec",
+    "DEFAULT_NAMESPACES": "labkit.runtime.spec", "NetworkMode": "labkit.runtime.spec",
+    "UserNamespaceMap": "labkit.runtime.spec", "userns_fields": "labkit.runtime.spec",
 }
 
 __all__ = sorted(_EXPORTS) + ["run", "gc"]

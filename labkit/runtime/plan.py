@@ -225,7 +225,7 @@ def start_plan(spec, image, *, id, name, hostname, directory, command, hold, aut
         **kernel_path_lists(spec),
         read_only=spec.read_only, tmpfs=list(spec.tmpfs), limits=spec.limits(),
         time_offsets={"monotonic": spec.time_offset, "boottime": spec.time_offset} if spec.time_offset else {},
-        user_map=UserMap(*spec.user_map) if "user" in spec.namespaces else None,
+        user_map=UserMap(spec.user_map.uid, spec.user_map.count) if "user" in spec.namespaces else None,
         join={}, network_inside=None,
         record=ContainerRecord(id=id, name=name, image=image.name, image_layers=list(image.layers),
                                command=list(command), created=time.time(), client_pid=os.getpid()),

@@ -1,5 +1,9 @@
 """ContainerSpec: everything a container is, as data. Validated before anything is made.
 
+Options that mean more than their text are parsed here once, into types the rest of the
+runtime reads: `--net` into a NetworkMode, the user namespace's map into a
+UserNamespaceMap, and `--userns` into the spec fields it stands for (`userns_fields`).
+
 Shared: the caller builds and validates it (runtime/client/); the helper and a ready
 slot's supervisor read its DEFAULT_NAMESPACES."""
 
@@ -9,6 +13,7 @@ import posixpath
 import re
 import stat
 import time
+from collections import namedtuple
 from dataclasses import dataclass, field
 
 from labkit.errors import ConfigError
@@ -28,6 +33,65 @@ KTIME_SEC_MAX_HALF = 4611686018   # a time namespace's clocks must stay in [0, K
 # where Docker does) and a mount over one would undo that. runc refuses /proc and anything
 # inside it; over /sys or /dev the container would lose its sysfs or its device nodes.
 KERNEL_FILESYSTEMS = ("/proc", "/sys", "/dev")
+
+
+@dataclass(frozen=True)
+class NetworkMode:
+    """`--net`: none (a network namespace with loopback only), host (the host's own),
+    bridge (an address on labkit's bridge) or container:NAME (NAME's namespace, shared)."""
+    kind: str                       # "none", "host", "bridge" or "container"
+    peer: str | None = None         # container:NAME's NAME
+
+    @classmethod
+    def parse(cls, value) -> "NetworkMode":
+        if isinstance(value, NetworkMode):
+            return value
+        text = str(value)
+        kind, colon, peer = text.partition(":")
+        if (not colon and kind in ("none", "host", "bridge")) or (kind == "container" and NAME_PATTERN.match(peer)):
+            return cls(kind, peer or None)
+        raise ConfigError(f"--net {text!r} is not one of none, host, bridge, container:NAME")
+
+    @property
+    def is_host(self) -> bool:
+        return self.kind == "host"
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.kind == "bridge"
+
+    @property
+    def managed(self) -> bool:
+        """Does labkit.net take part (an address to lease, a peer's namespace to join)?
+        With none and host there is nothing for it to do."""
+        return self.kind in ("bridge", "container")
+
+    def __str__(self) -> str:
+        return f"container:{self.peer}" if self.peer else self.kind
+
+
+class UserNamespaceMap(namedtuple("UserNamespaceMap", ("uid", "count"), defaults=(100000, 65536))):
+    """A user namespace's map: its root is host uid (and gid) `uid`, and `count` ids
+    from there are mapped (`0 uid count` in uid_map and gid_map). A (uid, count) tuple
+    is one too."""
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, value) -> "UserNamespaceMap":
+        try:
+            uid, count = (int(number) for number in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"user_map {value!r} is not (host uid, count), e.g. (100000, 65536)") from None
+        if uid < 1 or count < 1:
+            raise ConfigError(f"user_map {value!r}: the host uid and the count must be positive "
+                              "(uid 0 would make the container's root the host's)")
+        return cls(uid, count)
+
+
+def userns_fields(on: bool) -> dict:
+    """What `--userns` means for a spec: the default namespaces and a user namespace (mapped
+    by the spec's `user_map`). The one translation of the flag; each front end calls it."""
+    return {"namespaces": DEFAULT_NAMESPACES + ("user",)} if on else {}
 
 
 @dataclass
@@ -64,10 +128,10 @@ class ContainerSpec:
     volumes: list = field(default_factory=list)   # Volume or "SRC:DST[:ro]"
     user: str | None = None                  # "uid[:gid]" or a name from the image
     timeout: float | None = None             # seconds, then the container is killed
-    network: str = "none"                    # none | host | bridge | container:NAME
+    network: object = "none"                 # none | host | bridge | container:NAME (a NetworkMode once validated)
     init: bool = False                       # a reaping PID 1 in front of the command
     time_offset: float = 0.0                 # seconds added to CLOCK_MONOTONIC/BOOTTIME (time ns)
-    user_map: tuple = (100000, 65536)        # host uid/gid range for a user namespace
+    user_map: tuple = UserNamespaceMap()     # host uid/gid range for a user namespace
     publish: list = field(default_factory=list)   # "HOSTPORT:CONTAINERPORT[/tcp]"
     cap_add: list = field(default_factory=list)   # capabilities beyond Docker's default set (or ALL)
     cap_drop: list = field(default_factory=list)  # capabilities taken from it (or ALL)
@@ -111,6 +175,7 @@ class ContainerSpec:
         spec.cpus = None if spec.cpus is None else parse_cpus(spec.cpus, "--cpus")
         spec.pids = None if spec.pids is None else parse_count(spec.pids, "--pids-limit", most=PID_MAX_LIMIT)
         spec.env = [parse_env(item) for item in spec.env]
+        spec.user_map = UserNamespaceMap.parse(spec.user_map)
         spec.user = parse_user(spec.user, spec.namespaces, spec.user_map)
         if spec.python:
             from labkit.runtime.python_mounts import with_python
@@ -134,18 +199,16 @@ class ContainerSpec:
         spec.workdir = parse_workdir(spec.workdir)
         spec.timeout = parse_timeout(spec.timeout)
         spec.time_offset = _time_offset(spec.time_offset)
-        if not (spec.network in ("none", "host", "bridge") or spec.network.startswith("container:")
-                and NAME_PATTERN.match(spec.network.partition(":")[2])):
-            raise ConfigError(f"--net {spec.network!r} is not one of none, host, bridge, container:NAME")
+        spec.network = NetworkMode.parse(spec.network)
         if spec.publish:
             from labkit.net.ports import PortMapping   # its proxy's threads: only when ports are published
 
             for entry in spec.publish:
                 PortMapping.parse(entry)
-        if spec.publish and spec.network != "bridge":
+        if spec.publish and not spec.network.is_bridge:
             raise ConfigError(f"publishing ports ({', '.join(spec.publish)}) needs --net bridge; "
                               f"with --net {spec.network} there is no container address to forward to")
-        if spec.network == "host":
+        if spec.network.is_host:
             spec.namespaces = tuple(n for n in spec.namespaces if n != "net")
         if spec.time_offset and "time" not in spec.namespaces:
             spec.namespaces = spec.namespaces + ("time",)

@@ -109,7 +109,7 @@ class Container:
         if self.state != "configured":
             raise ContainerError(f"container {self.name} was already started ({self.state})")
         self._check_name_free()
-        hold = self.spec.network not in ("none", "host")
+        hold = self.spec.network.managed
         # Until the helper has written state.json (which names our layers as in use), a
         # prune could remove them: hold the store's shared lock over the start.
         with self.image.store.lock():
@@ -413,27 +413,27 @@ class Container:
 
     def _prepare_network(self, hosts_text):
         """The network's part of the plan (None with --net none/host); sets self.network."""
-        if self.spec.network in ("none", "host"):
+        if not self.spec.network.managed:
             return None
         from labkit.net import hooks
 
         who = hooks.Who(id=self.id, name=self.name, hostname=self.hostname,
                         hosts_file=str(self.files.hosts_file))
         peer = None
-        if self.spec.network.startswith("container:"):
-            peer = _network_peer(self.spec.network.split(":", 1)[1])
+        if self.spec.network.peer:
+            peer = _network_peer(self.spec.network.peer)
         self.network, setup = hooks.prepare(self.spec, who, hosts_text, peer)
         return setup
 
     def _attach_network(self):
-        if self.spec.network in ("none", "host"):
+        if not self.spec.network.managed:
             return
         from labkit.net import hooks
 
         hooks.attach(self.network, self.pid, self.name)
 
     def _detach_network(self):
-        if self.spec.network in ("none", "host"):
+        if not self.spec.network.managed:
             return
         from labkit.net import hooks
 
@@ -450,7 +450,7 @@ def _network_peer(name):
         running = ", ".join(sorted(_running)) or "none"
         raise ConfigError(f"cannot join the network of {name!r}: no running container by that name in this "
                           f"session (running: {running}); start it with detach=True first")
-    if target.spec.network == "host":
+    if target.spec.network.is_host:
         raise ConfigError(f"container {name!r} uses the host's network; use --net host instead of container:{name}")
     try:
         hosts_text = target.files.hosts_file.read_text()
