@@ -25,8 +25,8 @@ not pay for the client side (images, IPython-facing reprs) in memory or start-up
 import importlib
 
 _EXPORTS = {
-    "Container": "labkit.runtime.client.container", "get": "labkit.runtime.client.container",
-    "running_containers": "labkit.runtime.client.container", "Result": "labkit.runtime.client.result",
+    "Container": "labkit.runtime.client.container", "get": "labkit.runtime.client.registry",
+    "running_containers": "labkit.runtime.client.registry", "Result": "labkit.runtime.client.result",
     "ContainerSpec": "labkit.runtime.spec", "Volume": "labkit.runtime.spec",
     "DEFAULT_NAMESPACES": "labkit.runtime.spec", "NetworkMode": "labkit.runtime.spec",
     "UserNamespaceMap": "labkit.runtime.spec", "userns_fields": "labkit.runtime.spec",

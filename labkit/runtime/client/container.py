@@ -19,17 +19,18 @@ from labkit.images import Image, get_image
 from labkit.images.overlay import MAX_IMAGE_LAYERS
 from labkit.runtime import plan as launch
 from labkit.runtime.container_dir import ContainerDir
+from labkit.runtime.client.exec_process import ExecProcess
 from labkit.runtime.client.helper_client import get_helper
-from labkit.runtime.client.result import Result
+from labkit.runtime.client.network import attach_network, detach_network, prepare_network
+from labkit.runtime.client.registry import forget, remember
+from labkit.runtime.client.result import Result, describe_setup_error
 from labkit.runtime.client.state import all_states, owner_alive
-from labkit.runtime.client.streams import OutputStreams
+from labkit.runtime.client.streams import open_stdio
 from labkit.runtime.lifecycle import CREATED, EXITED, REMOVED, RUNNING, Lifecycle
 from labkit.runtime.protocol import Op
 from labkit.runtime.spec import ContainerSpec, parse_env, parse_timeout, parse_user, parse_workdir
 
 STOP_GRACE = 10.0
-
-_running = {}  # name -> Container, the long-lived containers of this process
 
 
 class Container:
@@ -122,12 +123,12 @@ class Container:
                 self._abandon_start()
                 raise
         if detach:
-            _running[self.name] = self
+            remember(self)
         return self
 
     def _launch(self, plan, on_output, stdout, stderr, stdin, detach):
         self._helper = get_helper()
-        fds, names, self._streams = self._open_stdio(on_output, stdout, stderr, stdin, detach)
+        fds, names, self._streams = open_stdio(self.files, on_output, stdout, stderr, stdin, detach)
         self._started_at = time.monotonic()
         if self.spec.timeout:
             self._deadline = self._started_at + self.spec.timeout
@@ -148,7 +149,7 @@ class Container:
             self._held = True
             self.pid = answer["pid"]
             self.cgroup_name = answer["cgroup"]
-            self._attach_network()
+            attach_network(self)
             self._helper.send(Op.RELEASE, id=self.id)
             answer = self._helper.wait_for(self.id, (Op.STARTED, Op.EXITED))
         if answer["op"] == Op.STARTED:
@@ -166,7 +167,7 @@ class Container:
         labkit.net took for it."""
         if self.state == "created" and self.result is None:
             self._finish(self._kill_and_collect())
-        self._detach_network()
+        detach_network(self)
 
     def wait(self, timeout=None) -> Result:
         """Stream output until the container exits. After the spec's timeout (or
@@ -238,13 +239,13 @@ class Container:
             memory_peak=stats.get("memory_peak"), memory_limit=self.spec.memory,
             cpu_seconds=stats.get("cpu_seconds"), oom_killed=bool(stats.get("oom_kills")),
             timed_out=timed_out, interrupted=interrupted, stats=stats,
-            error=_describe_setup_error(error) if error else None,
+            error=describe_setup_error(error) if error else None,
         )
         if error and error.get("exit_code"):
             self.result.exit_code = error["exit_code"]
             self.result.signal = None
         self._close_streams()
-        self._detach_network()
+        detach_network(self)
         self.lifecycle.to(EXITED)
         return self.result
 
@@ -286,7 +287,7 @@ class Container:
         if self.state != "configured" and not self._removed_by_helper and self.dir.exists():
             self._helper.send(Op.REMOVE, id=self.id, dir=str(self.dir))
             self._helper.wait_for(self.id, (Op.REMOVED,), timeout=30)
-        _running.pop(self.name, None)
+        forget(self.name)
         self.lifecycle.to(REMOVED)
 
     # --- while it runs ---------------------------------------------------------------
@@ -301,7 +302,7 @@ class Container:
         env = [parse_env(item) for item in env]
         workdir, timeout = parse_workdir(workdir), parse_timeout(timeout)
         user = parse_user(user, self.spec.namespaces, self.spec.user_map)
-        process = _ExecProcess(self, [str(part) for part in command], env, workdir, user, timeout)
+        process = ExecProcess(self, [str(part) for part in command], env, workdir, user, timeout)
         return process.run(on_output)
 
     def stats(self):
@@ -369,8 +370,8 @@ class Container:
         if plan.user_map is not None:
             for home in {self.dir.parent.parent, self.image.store.home}:
                 open_for_user_namespace(Path(home), plan.user_map.uid, plan.user_map.uid)
-        # Last: from here on an address and ports are taken, and given back by _detach_network.
-        network = self._prepare_network(plan.init_files["hosts"])
+        # Last: from here on an address and ports are taken, and given back by detach_network.
+        network = prepare_network(self, plan.init_files["hosts"])
         if network is not None:
             plan.init_files["hosts"] = network.hosts
             plan.join = network.join
@@ -381,155 +382,6 @@ class Container:
         return launch.process_plan(self.spec, self.image, self.hostname, command or self.command,
                                    env=env, workdir=workdir, user=user)
 
-    def _open_stdio(self, on_output, stdout, stderr, stdin, detach):
-        """fds to hand the container, their names, and the reader on our side."""
-        fds, names = [], []
-        streams = OutputStreams(on_output)
-        if detach:
-            self.dir.mkdir(parents=True, exist_ok=True)  # the helper makes the rest
-            for name in ("stdout", "stderr"):
-                fds.append(os.open(self.files.log(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
-                names.append(name)
-            streams = OutputStreams(None)
-        else:
-            for name, given in (("stdout", stdout), ("stderr", stderr)):
-                if given is not None:
-                    fds.append(given)
-                else:
-                    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-                    streams.add(name, read_end)
-                    fds.append(write_end)
-                names.append(name)
-        if stdin is not None:
-            fds.append(stdin)
-            names.append("stdin")
-        return fds, names, streams
-
     def _close_streams(self):
         if self._streams:
             self._streams.close()
-
-    # --- network (labkit.net, asked with plain values) -----------------------------------
-
-    def _prepare_network(self, hosts_text):
-        """The network's part of the plan (None with --net none/host); sets self.network."""
-        if not self.spec.network.managed:
-            return None
-        from labkit.net import hooks
-
-        who = hooks.Who(id=self.id, name=self.name, hostname=self.hostname,
-                        hosts_file=str(self.files.hosts_file))
-        peer = None
-        if self.spec.network.peer:
-            peer = _network_peer(self.spec.network.peer)
-        self.network, setup = hooks.prepare(self.spec, who, hosts_text, peer)
-        return setup
-
-    def _attach_network(self):
-        if not self.spec.network.managed:
-            return
-        from labkit.net import hooks
-
-        hooks.attach(self.network, self.pid, self.name)
-
-    def _detach_network(self):
-        if not self.spec.network.managed:
-            return
-        from labkit.net import hooks
-
-        hooks.detach(self.network, self.id)
-
-
-def _network_peer(name):
-    """The running container whose network `--net container:NAME` shares."""
-    from labkit.net import hooks
-
-    target = _running.get(name)
-    if target is None or target.state != "running" or target.result is not None or not target.pid \
-            or not os.path.exists(target.netns):
-        running = ", ".join(sorted(_running)) or "none"
-        raise ConfigError(f"cannot join the network of {name!r}: no running container by that name in this "
-                          f"session (running: {running}); start it with detach=True first")
-    if target.spec.network.is_host:
-        raise ConfigError(f"container {name!r} uses the host's network; use --net host instead of container:{name}")
-    try:
-        hosts_text = target.files.hosts_file.read_text()
-    except FileNotFoundError:
-        hosts_text = None
-    return hooks.Peer(name=name, netns=target.netns, network=target.network, hosts_text=hosts_text)
-
-
-class _ExecProcess:
-    """One `exec` into a running container: same pipes and events as a container."""
-
-    def __init__(self, container, command, env, workdir, user, timeout):
-        self.container = container
-        self.id = os.urandom(8).hex()
-        self.plan = launch.ExecPlan(target=container.id, namespaces=list(container.spec.namespaces),
-                                    process=container._process_plan(command, env, workdir, user))
-        self.timeout = timeout
-
-    def run(self, on_output) -> Result:
-        helper = self.container._helper
-        streams = OutputStreams(on_output)
-        fds = []
-        for name in ("stdout", "stderr"):
-            read_end, write_end = os.pipe2(os.O_CLOEXEC)
-            streams.add(name, read_end)
-            fds.append(write_end)
-        started = time.monotonic()
-        try:
-            helper.send(Op.EXEC, fds, id=self.id, plan=launch.to_wire(self.plan), fd_names=["stdout", "stderr"])
-        finally:
-            for fd in fds:
-                os.close(fd)
-        deadline = None if self.timeout is None else started + self.timeout
-        exited, timed_out = None, False
-        try:
-            while streams.open:
-                streams.pump(0.25)
-                failed = helper.take(self.id, (Op.FAILED,))
-                if failed:
-                    streams.close()
-                    raise ContainerError(f"exec in {self.container.name} failed: {failed['error']}")
-                if deadline and time.monotonic() > deadline:
-                    timed_out = True
-                    break
-            while exited is None:
-                if timed_out:
-                    helper.send(Op.KILL, id=self.id)
-                exited = helper.wait_for(self.id, (Op.EXITED,), timeout=0.5)
-                if exited and exited["op"] == Op.FAILED:
-                    raise ContainerError(f"exec in {self.container.name} failed: {exited['error']}")
-        except KeyboardInterrupt:
-            helper.send(Op.KILL, id=self.id)
-            helper.wait_for(self.id, (Op.EXITED,), timeout=10)
-            streams.close()
-            raise
-        streams.drain()
-        error = exited.get("error")
-        result = Result.from_status(exited["status"], name=self.container.name, command=self.plan.process.command,
-                                    stdout=streams.text("stdout"), stderr=streams.text("stderr"),
-                                    duration=time.monotonic() - started, timed_out=timed_out,
-                                    error=_describe_setup_error(error) if error else None)
-        if error and error.get("exit_code"):
-            result.exit_code, result.signal = error["exit_code"], None
-        streams.close()
-        return result
-
-
-def _describe_setup_error(error: dict) -> str:
-    return error.get("message") or str(error)
-
-
-def running_containers() -> dict:
-    """The long-lived containers this process started, by name."""
-    return dict(_running)
-
-
-def get(name: str) -> Container:
-    try:
-        return _running[name]
-    except KeyError:
-        names = ", ".join(sorted(_running)) or "none"
-        raise ContainerError(f"no running container named {name!r} in this session (running: {names})") from None

@@ -87,3 +87,8 @@ class Result:
         body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
                        f"{html.escape(str(v))}</td></tr>" for k, v in rows)
         return f"<table><caption>container {html.escape(self.name)}</caption>{body}</table>"
+
+
+def describe_setup_error(error: dict) -> str:
+    """The text of a setup failure the helper reported (runtime/step_failure.py's payload)."""
+    return error.get("message") or str(error)
