@@ -24,7 +24,9 @@ package of the process it starts, whose first lines run in a fork of it; never a
 process further down (the client never imports what runs in a supervisor or inside a
 container) and never one above it (nothing inside imports the client or the helper).
 A shared module imports no process's package. The rest of labkit reaches the runtime
-through the client and the shared modules only. No exceptions are listed.
+through the client and the shared modules only. And through any chain of imports (a
+helper module → labkit.security → ...), no process's code reaches the code of a process
+above it, nor a shared module the code of any process. No exceptions are listed.
 """
 
 import ast
@@ -359,3 +361,48 @@ def test_the_runtime_keeps_each_line_in_the_process_it_runs_in():
     packages = {process_of(name) for name in graph if name.startswith(RUNTIME + ".")}
     assert packages == set(PROCESSES) | {"shared"}, "the runtime is not laid out by process"
     assert process_rule_breaches(graph) == []
+
+
+def reached(graph: dict, name: str) -> set:
+    """Every module `name` imports, directly or through others."""
+    found, todo = set(), [name]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in found:
+                found.add(target)
+                todo.append(target)
+    return found
+
+
+def upward_chains(graph: dict) -> list:
+    """Runtime modules that reach, through any chain, a process above their own (or, for a
+    shared module, any process's code)."""
+    found = []
+    for name in sorted(graph):
+        here = process_of(name)
+        if here not in PROCESSES and here != "shared":
+            continue
+        rank = PROCESSES.index(here) if here in PROCESSES else -1
+        above = sorted(target for target in reached(graph, name) if process_of(target) in PROCESSES
+                       and (here == "shared" or PROCESSES.index(process_of(target)) < rank))
+        if above:
+            found.append(f"{name} ({here}) reaches {', '.join(above)}")
+    return found
+
+
+def test_a_chain_through_another_package_up_to_the_client_is_named():
+    graph = {
+        "labkit.runtime.helper.zygote": {"labkit.security.compiled"},
+        "labkit.security.compiled": {"labkit.runtime.client.state"},   # allowed on its own: outside → client
+        "labkit.runtime.inside.recipe": {"labkit.net.inside"},
+        "labkit.runtime.plan": {"labkit.security.compiled"},
+    }
+    assert process_rule_breaches(graph) == []
+    assert upward_chains(graph) == [
+        "labkit.runtime.helper.zygote (helper) reaches labkit.runtime.client.state",
+        "labkit.runtime.plan (shared) reaches labkit.runtime.client.state",
+    ]
+
+
+def test_no_process_reaches_the_code_of_one_above_it():
+    assert upward_chains(import_graph()) == []
