@@ -19,7 +19,6 @@ from labkit.images import Image, get_image
 from labkit.images.overlay import MAX_IMAGE_LAYERS
 from labkit.runtime import plan as launch
 from labkit.runtime.container_dir import ContainerDir
-from labkit.runtime.client.exec_process import ExecProcess
 from labkit.runtime.client.helper_client import get_helper
 from labkit.runtime.client.network import attach_network, detach_network, prepare_network
 from labkit.runtime.client.registry import forget, remember
@@ -302,6 +301,8 @@ class Container:
         env = [parse_env(item) for item in env]
         workdir, timeout = parse_workdir(workdir), parse_timeout(timeout)
         user = parse_user(user, self.spec.namespaces, self.spec.user_map)
+        from labkit.runtime.client.exec_process import ExecProcess   # not loaded by a run without exec
+
         process = ExecProcess(self, [str(part) for part in command], env, workdir, user, timeout)
         return process.run(on_output)
 
