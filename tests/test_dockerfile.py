@@ -1,6 +1,8 @@
 """Dockerfile reading without root: Docker's substitution rules, .dockerignore's pattern
 rules, every unsupported line listed at once, the image config's command rules."""
 
+import os
+
 import pytest
 
 from labkit.errors import ImageError
@@ -127,3 +129,20 @@ def test_stop_signal_names_and_numbers():
     assert ImageConfig().stop_signal_number() == signal.SIGTERM
     with pytest.raises(ImageError, match="not a signal"):
         ImageConfig(stop_signal="SIGNOPE").stop_signal_number()
+
+
+def test_a_context_that_holds_the_copy_or_the_home_leaves_them_out(tmp_path):
+    context = tmp_path / "context"
+    home = context / "labkit-home"
+    (home / "layers").mkdir(parents=True)
+    (home / "layers" / "secret").write_text("a layer's file\n")
+    (context / "f").write_text("f\n")
+    copy = home / "tmp" / "scratch" / "context"   # the builder copies into its home's scratch
+    copy.mkdir(parents=True)
+    copy_context(context, copy, DockerIgnore([]), leave_out=(home,))
+    assert sorted(os.listdir(copy)) == ["f"]
+    # Without leave_out the home (and the copy inside it) is walked: the copy holds its own copy.
+    again = tmp_path / "plain"
+    again.mkdir()
+    copy_context(context, again, DockerIgnore([]))
+    assert (again / "labkit-home" / "layers" / "secret").exists()

@@ -126,7 +126,7 @@ class _Build:
                 raise ImageError(f"the build context {self.context} is not a directory")
             self._context_copy = self.scratch / "context"
             self._context_copy.mkdir()
-            copy_context(root, self._context_copy, DockerIgnore.read(root))
+            copy_context(root, self._context_copy, DockerIgnore.read(root), leave_out=(self.store.home,))
         return self._context_copy
 
     def root_of(self, source: str, line: int) -> tuple:

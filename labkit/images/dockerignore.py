@@ -111,9 +111,15 @@ class DockerIgnore:
                                     or "[" in p.text) for p in self.patterns)
 
 
-def copy_context(context: Path, target: Path, ignore: DockerIgnore) -> None:
+def copy_context(context: Path, target: Path, ignore: DockerIgnore, leave_out=()) -> None:
     """Copy what `ignore` lets through of `context` into the empty dir `target`:
-    directories, regular files and symbolic links (as links: never followed)."""
+    directories, regular files and symbolic links (as links: never followed).
+
+    `target` itself and the directories in `leave_out` (labkit's own home, when a context
+    holds it) are never entered: the copy is made inside the home's scratch, so a context
+    above the home would otherwise copy its own copy until a name grows too long, and the
+    store's layers (setuid files among them) are no build's input."""
+    never = {(st.st_dev, st.st_ino) for st in map(_stat_or_none, (target, *leave_out)) if st is not None}
     walked_only = []  # excluded directories walked for an exception: kept only if not empty
     for directory, dirs, files in os.walk(context):
         relative_dir = os.path.relpath(directory, context)
@@ -124,6 +130,9 @@ def copy_context(context: Path, target: Path, ignore: DockerIgnore) -> None:
             path = os.path.join(directory, name)
             if os.path.islink(path):
                 files.append(name)  # os.walk lists a link to a directory among dirs
+                continue
+            found = os.lstat(path)
+            if (found.st_dev, found.st_ino) in never:
                 continue
             if ignore.excludes(relative):
                 if not ignore.may_hold_included(relative):
@@ -150,3 +159,10 @@ def copy_context(context: Path, target: Path, ignore: DockerIgnore) -> None:
             os.rmdir(target / relative)
         except OSError:
             pass  # it holds what an exception let in
+
+
+def _stat_or_none(path):
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
