@@ -15,8 +15,8 @@ from labkit.grading import probes
 from labkit.grading.cell_source import AnswerRef, parse_answer, parse_check
 from labkit.grading.checks import Expectation, Observation, ProbeFailed, Report, run_checks
 from labkit.grading.evidence import candidate_cgroups, kernel_events, owned
-from labkit.grading.targets import (Answer, Finished, Process, cgroup_of_pid, first_process, process_by_id,
-                                    reset_world, using_world)
+from labkit.grading.targets import (Answer, Finished, Process, cgroup_of_pid, first_process, namespace_pids,
+                                    process_by_id, reset_world, using_world)
 
 PROBES = frozenset(name for name in probes.__all__ if name != "Answer")
 
@@ -75,9 +75,29 @@ class GraderWorld:
     def _owns_cgroup(self, cgroup) -> bool:
         return owned(self.box, cgroup)
 
+    def host_pid(self, pid: int) -> int | None:
+        """The host PID of the process the notebook knows as `pid` (PIDs the kernel sees
+        are in the sandbox's PID namespace); None if the sandbox has no such process."""
+        if not self.box.pid:
+            return pid if self.box.owns_pid(pid) else None
+        level = len(namespace_pids(self.box.pid)) - 1
+        for host in self.box.pids():
+            try:
+                seen = namespace_pids(host)
+            except OSError:
+                continue
+            if len(seen) > level and seen[level] == pid and self.box.owns_pid(host):
+                return host
+        return None
+
     def process(self, target) -> Process:
         if isinstance(target, str) and not target.startswith("/") and not target.isdigit():
             return self._container(target)
+        if isinstance(target, int) and not isinstance(target, bool) or isinstance(target, str) and target.isdigit():
+            host = self.host_pid(int(target))
+            if host is None:
+                raise ProbeFailed(f"no process {target} is running in this submission")
+            target = host
         process = process_by_id(target, self.box.owns_pid, self._owns_cgroup)
         if process.cgroup is not None and not self._owns_cgroup(process.cgroup):
             raise ProbeFailed(f"{process.label} is not in this submission's cgroups")

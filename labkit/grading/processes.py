@@ -100,7 +100,10 @@ def host_pid_of_pid1(answer, target):
             given = int(given)
         except (TypeError, ValueError):
             raise ProbeFailed(f"the answer {given!r} is not a PID (a whole number)") from None
-        if not os.path.exists(f"/proc/{given}") or given <= 0:
+        if given <= 0 or current_world().host_pid(given) is None:
+            return Observation(False, "no process on the host has that PID")
+        given = current_world().host_pid(given)
+        if not os.path.exists(f"/proc/{given}"):
             return Observation(False, "no process on the host has that PID")
         try:
             same_ns = _inode(given, "pid") == _inode(process.pid, "pid")

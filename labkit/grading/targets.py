@@ -211,6 +211,9 @@ class KernelWorld:
     def host_path(self, path: str) -> str:
         return path
 
+    def host_pid(self, pid: int) -> int | None:
+        return pid
+
     def judge_commit(self, made_from: dict, layer_dir) -> Observation:
         from labkit.grading.layers import layer_matches_upper
         from labkit.runtime.state import find_container
