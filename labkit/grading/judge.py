@@ -15,7 +15,8 @@ from labkit.grading import probes
 from labkit.grading.cell_source import AnswerRef, parse_answer, parse_check
 from labkit.grading.checks import Expectation, Observation, ProbeFailed, Report, run_checks
 from labkit.grading.evidence import candidate_cgroups, kernel_events, owned
-from labkit.grading.targets import (Answer, Finished, Process, cgroup_of_pid, first_process, namespace_pids,
+from labkit.grading.targets import (Answer, Finished, Process, cgroup_from_path, cgroup_of_pid, first_process,
+                                    namespace_pids,
                                     process_by_id, reset_world, using_world)
 
 PROBES = frozenset(name for name in probes.__all__ if name != "Answer")
@@ -98,6 +99,8 @@ class GraderWorld:
             if host is None:
                 raise ProbeFailed(f"no process {target} is running in this submission")
             target = host
+        elif isinstance(target, str) and target.startswith("/"):
+            return self._cgroup(target)
         process = process_by_id(target, self.box.owns_pid, self._owns_cgroup)
         if process.cgroup is not None and not self._owns_cgroup(process.cgroup):
             raise ProbeFailed(f"{process.label} is not in this submission's cgroups")
@@ -117,6 +120,18 @@ class GraderWorld:
                     continue
                 return Process(f"container {name}", pid, real)
         raise ProbeFailed(f"no running container named {name!r} in this submission")
+
+    def _cgroup(self, path) -> Process:
+        """A cgroup path as the notebook sees it (the sandbox's cgroup namespace) or as the
+        host does; it must be the sandbox's, with a process of the sandbox's in it."""
+        relative = next(iter(cgroup_from_path(path).values()), path)
+        for cgroup in candidate_cgroups(self.box, relative):
+            if not (cgroup.exists() and self._owns_cgroup(cgroup)):
+                continue
+            pid = first_process([p for p in cgroup.pids() if self.box.owns_pid(p)])
+            if pid is not None:
+                return Process(f"cgroup {path}", pid, cgroup)
+        raise ProbeFailed(f"no cgroup {path} with a process in it in this submission")
 
     def finished(self, target) -> Finished:
         if not (isinstance(target, str) and not target.startswith("/") and not target.isdigit()):
