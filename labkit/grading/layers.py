@@ -103,6 +103,8 @@ def is_whiteout_of(answer, image_name, path):
     def look():
         image = image_named(image_name)
         given = value_of(answer)
+        if isinstance(given, os.PathLike):
+            given = os.fspath(given)
         if not isinstance(given, str):
             raise ProbeFailed(f"the answer {given!r} is not a path")
         try:
@@ -127,12 +129,12 @@ def commit_excludes_init(image_name, base_name):
         image, base = image_named(image_name), image_named(base_name)
         if image.layers[:-1] != base.layers or len(image.layers) != len(base.layers) + 1:
             return Observation(False, f"{image.name} is not {base.name} plus one committed layer")
-        made_from = committed_from(image)
-        if made_from is None:
-            return Observation(False, f"the top layer of {image.name} was not committed from a container")
         kept = [f"/{name}" for name in INIT_FILES if layer_state(image.layer_dirs[-1], name) == "added"]
         if kept:
             return Observation(False, "the committed layer holds " + ", ".join(kept))
+        made_from = committed_from(image)
+        if made_from is None:
+            return Observation(False, f"the top layer of {image.name} was not committed from a container")
         return current_world().judge_commit(made_from, image.layer_dirs[-1])
     return look
 

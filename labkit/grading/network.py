@@ -114,6 +114,7 @@ def reaches_by_name(first, second, deadline=5.0):
     def look():
         a, b = running_process(first), running_process(second)
         name = value_of(second)
+        name = getattr(name, "name", name)        # a Container of the kernel's (feedback only)
         if not isinstance(name, str) or name.startswith("/"):
             raise ProbeFailed("reaching by name needs the second container's name")
         if bridge_of(a) is None or bridge_of(a) != bridge_of(b):

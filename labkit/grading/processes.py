@@ -144,7 +144,7 @@ def root_inside_not_outside(target):
         process = running_process(target)
         own = _inode(process.pid, "user") != _reference("user")
         if not own:
-            return Observation(False, "the container is in the notebook's user namespace: its root is that root")
+            return Observation(False, "the container is in the host's user namespace: its root is the host's root")
         root = [outside for inside, outside, count in uid_map(process.pid) if inside == 0]
         outside = host_uid(process.pid)
         if not root:
