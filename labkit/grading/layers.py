@@ -135,7 +135,14 @@ def commit_excludes_init(image_name, base_name):
         made_from = committed_from(image)
         if made_from is None:
             return Observation(False, f"the top layer of {image.name} was not committed from a container")
-        return current_world().judge_commit(made_from, image.layer_dirs[-1])
+        name = made_from.get("name") or made_from.get("id")
+        ran, upper = current_world().committed_container(made_from)
+        if not ran:
+            return Observation(False, f"the store says container {name}, but no such container ran here")
+        differs = layer_matches_upper(image.layer_dirs[-1], upper) if upper else None
+        if differs:
+            return Observation(False, f"committed from container {name}, but {differs} is not its file")
+        return Observation(True, f"committed from container {name}'s read-write layer")
     return look
 
 

@@ -214,17 +214,14 @@ class KernelWorld:
     def host_pid(self, pid: int) -> int | None:
         return pid
 
-    def judge_commit(self, made_from: dict, layer_dir) -> Observation:
-        from labkit.grading.layers import layer_matches_upper
+    def committed_container(self, made_from: dict) -> tuple:
+        """(whether that container ran here, its read-write layer's directory or None)."""
         from labkit.runtime.state import find_container
 
         try:
-            upper = find_container(made_from["id"])["upper"]
+            return True, find_container(made_from["id"])["upper"]
         except Exception:  # noqa: BLE001 — removed since: the store's record is what is left
-            return Observation(True, f"committed from container {made_from.get('name')}")
-        differs = layer_matches_upper(layer_dir, upper)
-        return Observation(differs is None, f"committed from container {made_from.get('name')}"
-                           + (f", but {differs} is not its file" if differs else ""))
+            return True, None
 
 
 def process_by_id(target, owns_pid, owns_cgroup) -> Process:
