@@ -150,7 +150,11 @@ def _execute(notebook, cell_timeout, kernel_name, submission, box, checks) -> di
 
     # On a timeout: interrupt the kernel and answer for the cell at once (error_on_timeout)
     # instead of waiting on a cell that may ignore the interrupt.
-    client = CappedClient(notebook, km=box.kernel_manager(kernel_name=kernel_name), timeout=cell_timeout,
+    # An asynchronous client: with a blocking one, nbclient's wait for a cell's last output
+    # blocks its event loop with no timeout, and a flood that drops the kernel's "idle" message
+    # (ZMQ's high-water mark) hangs the grader for good.
+    manager = box.kernel_manager(kernel_name=kernel_name, client_class="jupyter_client.asynchronous.AsyncKernelClient")
+    client = CappedClient(notebook, km=manager, timeout=cell_timeout,
                           allow_errors=True, interrupt_on_timeout=True, record_timing=False,
                           on_cell_executed=note_cut,
                           error_on_timeout={"ename": CUT, "evalue": f"cut after {cell_timeout:g} s", "traceback": []},
@@ -212,10 +216,16 @@ def _client_class():
             if kept is None:
                 kept = self._labkit_kept = {}
                 self._labkit_cut = {}
-            size = _output_size(msg.get("content", {}))
-            if kept.get(cell_index, 0) + size > OUTPUT_CAP:
-                self._labkit_cut[cell_index] = self._labkit_cut.get(cell_index, 0) + size
-                return None
+            content = msg.get("content", {})
+            size, room = _output_size(content), OUTPUT_CAP - kept.get(cell_index, 0)
+            if size > room:
+                if room > 0 and isinstance(content.get("text"), str):    # a stream: keep its head
+                    self._labkit_cut[cell_index] = self._labkit_cut.get(cell_index, 0) + size - room
+                    msg = {**msg, "content": {**content, "text": content["text"][:room]}}
+                    size = room
+                else:
+                    self._labkit_cut[cell_index] = self._labkit_cut.get(cell_index, 0) + size
+                    return None
             kept[cell_index] = kept.get(cell_index, 0) + size
             return super().output(outs, msg, display_id, cell_index)
 
