@@ -7,7 +7,7 @@ import os
 import time
 
 from labkit.cgroups.base import read_int, read_text
-from labkit.grading.checks import Observation
+from labkit.grading.checks import Observation, ProbeFailed
 from labkit.grading.targets import finished_container, poll, running_process
 from labkit.units import format_bytes, parse_bytes
 
@@ -109,9 +109,23 @@ def fork_bomb_held(target, deadline=5.0):
 
 
 def throttled(target, deadline=5.0):
-    """The CPU quota throttled the container at least once (cpu.stat nr_throttled)."""
+    """The CPU quota throttled the container at least once (cpu.stat nr_throttled). On a
+    host so busy that a running container waited for a CPU most of the time (its run-queue
+    delay, as cpu_share measures it), the quota could not bite: its quota is judged instead."""
     def look():
-        return poll(lambda: _events(target, "throttled_periods", "period(s) throttled"), deadline)
+        seen = poll(lambda: _events(target, "throttled_periods", "period(s) throttled"), deadline)
+        if seen.passed:
+            return seen
+        try:
+            container = running_process(target)
+        except ProbeFailed:
+            return seen
+        _, crowded = _cpu_window(container, 1.0)
+        quota = limits_of(container.cgroup)["cpus"]
+        if crowded and quota is not None:
+            return Observation(True, f"the host was too busy for its quota ({quota:g} cores) to bite: it waited "
+                               "for a CPU most of the time")
+        return seen
     return look
 
 
