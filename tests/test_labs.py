@@ -153,7 +153,7 @@ def submissions_for(lab, source, released_dir, folder: Path) -> dict:
         corrupt.write_bytes(b"\x00\x01 this was never a notebook")
         files["corrupt"] = str(corrupt)
         flood = with_cells(source, {})
-        flood.cells.insert(at, nbformat.v4.new_code_cell("print('x' * (200 << 20))"))
+        flood.cells.insert(at, nbformat.v4.new_code_cell("print('x' * (24 << 20))"))
         files["flood"] = write(flood, folder / "flood" / name)
         files["x y"] = write(source, folder / "x y" / name)
         files["x_y"] = write(with_cells(source, {WRONG[lab][0]: WRONG[lab][1]}), folder / "x_y" / name)
