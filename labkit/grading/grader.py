@@ -150,11 +150,7 @@ def _execute(notebook, cell_timeout, kernel_name, submission, box, checks) -> di
 
     # On a timeout: interrupt the kernel and answer for the cell at once (error_on_timeout)
     # instead of waiting on a cell that may ignore the interrupt.
-    # An asynchronous client: with a blocking one, nbclient's wait for a cell's last output
-    # blocks its event loop with no timeout, and a flood that drops the kernel's "idle" message
-    # (ZMQ's high-water mark) hangs the grader for good.
-    manager = box.kernel_manager(kernel_name=kernel_name, client_class="jupyter_client.asynchronous.AsyncKernelClient")
-    client = CappedClient(notebook, km=manager, timeout=cell_timeout,
+    client = CappedClient(notebook, km=box.kernel_manager(kernel_name=kernel_name), timeout=cell_timeout,
                           allow_errors=True, interrupt_on_timeout=True, record_timing=False,
                           on_cell_executed=note_cut,
                           error_on_timeout={"ename": CUT, "evalue": f"cut after {cell_timeout:g} s", "traceback": []},
