@@ -206,7 +206,12 @@ class KernelWorld:
         return Store()
 
     def in_netns(self, fn, *args):
-        return fn(*args)
+        """fn in a thread of its own: a kernel runs cells inside an event loop, in which
+        pyroute2 refuses to start its own (see labkit.net.rtnl)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labkit-probe") as pool:
+            return pool.submit(fn, *args).result()
 
     def host_path(self, path: str) -> str:
         return path
