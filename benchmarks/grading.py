@@ -15,6 +15,10 @@ both alike:
 
 Goal (issue 19): namespaces ≤ 1.25× none. Printed, never asserted.
 
+`--jobs-rows N` adds two rows (alone, with its own runs): `labkit grade run` of N copies of
+the notebook with `--jobs 1` and with `--jobs 2`, in turn, as seconds per submission, and
+their ratio (on 2 cores, at best 0.5x).
+
 Hook for `--jobs` (the grader's part of issue 19): `ROWS` maps a row name to a function
 taking the list of submission notebooks and returning seconds per submission; a row such
 as "jobs 2 vs 1 on 20 submissions" is one more entry calling `labkit grade run --jobs N`.
@@ -64,6 +68,40 @@ ROWS = {
 }
 
 
+def grade_run(jobs: int, notebook_path: str, copies: int) -> float:
+    """Seconds per submission for `labkit grade run --jobs JOBS` on `copies` submissions."""
+    import shutil
+    import tempfile
+
+    from labkit.cli import main as labkit
+
+    with tempfile.TemporaryDirectory(prefix="labkit-bench-grade-") as folder:
+        paths = []
+        for number in range(copies):
+            path = os.path.join(folder, f"student{number:02d}.ipynb")
+            shutil.copy(notebook_path, path)
+            paths.append(path)
+        started = time.perf_counter()
+        code = labkit(["grade", "run", notebook_path, *paths, "--out", os.path.join(folder, "grades"),
+                       "--jobs", str(jobs)])
+        taken = time.perf_counter() - started
+        if code != 0:
+            raise SystemExit(f"labkit grade run --jobs {jobs} failed ({code})")
+    return taken / copies
+
+
+def jobs_rows(options) -> None:
+    notebook = (options.notebook or [DEFAULT_NOTEBOOK])[0]
+    functions = {f"jobs {jobs}": (lambda jobs=jobs: grade_run(jobs, notebook, options.jobs_rows)) for jobs in (1, 2)}
+    taken = timing.in_turn(functions, options.runs, 0)
+    rows = {name: timing.summary(seconds) for name, seconds in taken.items()}
+    print(f"labkit grade run on {options.jobs_rows} submissions of {os.path.basename(notebook)}, seconds per "
+          f"submission ({options.runs} runs in turn, load {timing.load_average()[0]:.2f}):")
+    for name, row in rows.items():
+        print(f"  {name:28} median {row['median_ms'] / 1000:7.3f} s   p90 {row['p90_ms'] / 1000:7.3f} s")
+    print(f"  jobs 2 / jobs 1: {rows['jobs 2']['median_ms'] / rows['jobs 1']['median_ms']:.2f}x")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -72,6 +110,8 @@ def main():
                         "the cgroups lab's source")
     parser.add_argument("--quick", action="store_true", help="2 runs, no warm-up (a smoke test)")
     parser.add_argument("--json", help="also write the rows and raw samples to this file")
+    parser.add_argument("--jobs-rows", type=int, metavar="N", help="only the --jobs 2 vs --jobs 1 rows, on N "
+                        "copies of the notebook (the issue's: 20)")
     options = parser.parse_args()
     if options.quick:
         options.runs, options.warmup = 2, 0
@@ -80,6 +120,9 @@ def main():
     from labkit.kernelspec import install
 
     install(prefix=sys.prefix)   # the kernel the sandbox starts: this Python's
+    if options.jobs_rows:
+        jobs_rows(options)
+        return
     notebooks = options.notebook or [DEFAULT_NOTEBOOK]
     functions = {name: (lambda row=row: statistics.fmean(row(notebooks))) for name, row in ROWS.items()}
     functions["namespaces (sandbox only)"] = sandbox_only

@@ -262,6 +262,13 @@ def test_grade_refuses_bad_options_naming_them(tmp_path, capsys):
     nbformat.write(source_notebook(), str(source))
     assert main(["grade", "run", str(source), str(source), "--out", str(tmp_path / "g"), "--timeout", "0"]) == 125
     assert "--timeout 0" in capsys.readouterr().err
+    assert main(["grade", "run", str(source), str(source), "--out", str(tmp_path / "g"), "--jobs", "0"]) == 125
+    assert "--jobs 0" in capsys.readouterr().err
+    assert main(["grade", "run", str(source), str(source), "--out", str(tmp_path / "g"), "--jobs", "2",
+                 "--sandbox", "none"]) == 125
+    assert "share the host's container names" in capsys.readouterr().err
+    assert main(["grade", "run", str(source), str(source), "--out", str(tmp_path / "g"), "--sandbox", "box"]) == 125
+    assert "--sandbox box" in capsys.readouterr().err
     plain = tmp_path / "plain.ipynb"
     nbformat.write(new_notebook(cells=[new_code_cell("1")]), str(plain))
     assert main(["grade", "release", str(plain), "--out", str(tmp_path / "r")]) == 125
@@ -270,3 +277,131 @@ def test_grade_refuses_bad_options_naming_them(tmp_path, capsys):
     assert "would overwrite the solutions" in capsys.readouterr().err
     assert main(["grade", "release", str(source), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "lab.ipynb").exists()
+
+
+# --- the grader reads a grade cell as data ----------------------------------------------------
+
+from labkit.grading.cell_source import AnswerRef, parse_answer, parse_check  # noqa: E402
+
+
+def test_a_check_cell_is_read_as_data_hidden_tests_included():
+    call = parse_check('check("limits",\n'
+                       '    expect("memory", 1, probes.memory_limit("cg-capped", "64m"), hint="look"),\n'
+                       '    ### BEGIN HIDDEN TESTS\n'
+                       '    expect("pid", 2, probes.host_pid_of_pid1(Answer("box_pid"), "ns-box"), id="p"),\n'
+                       '    ### END HIDDEN TESTS\n'
+                       ')', probe_names={"memory_limit", "host_pid_of_pid1"})
+    assert call.title == "limits" and [e.points for e in call.expectations] == [1.0, 2.0]
+    assert call.expectations[0].probe.args == ("cg-capped", "64m") and call.expectations[0].hint == "look"
+    assert call.expectations[1].probe.args == (AnswerRef("box_pid"), "ns-box") and call.expectations[1].id == "p"
+
+
+@pytest.mark.parametrize("source, words", [
+    ("3", "one check"),
+    ("check('a', expect('x', 1, probes.hostname(box, 'lab')))", "must be literals"),
+    ("check('a', expect('x', 1, probes.hostname('box', 'lab'.upper())))", "must be literals"),
+    ("check('a', expect('x', 1, lambda: True))", "probes.NAME"),
+    ("check('a', expect('x', 1, probes.nothing('box')))", "not a probe the grader knows"),
+    ("check('a', expect('x', -1, probes.hostname('box', 'lab')))", "zero or more"),
+    ("check('a', expect('x', 1, probes.hostname(Answer('a.b'), 'lab')))", "not a variable name"),
+    ("import os\ncheck('a')", "nothing else"),
+    ("check(title, expect('x', 1, probes.hostname('b', 'l')))", "string literal"),
+])
+def test_anything_but_literals_in_a_check_cell_is_refused_naming_the_line(source, words):
+    with pytest.raises(FormatError, match=words):
+        parse_check(source, probe_names={"hostname"})
+
+
+def test_every_lab_check_cell_is_one_the_grader_can_judge():
+    from pathlib import Path
+
+    from labkit.grading.grader import parsed_checks
+
+    for path in sorted((Path(__file__).resolve().parent.parent / "notebooks" / "labs").glob("*.ipynb")):
+        checks = parsed_checks(nbformat.read(str(path), as_version=4))
+        assert checks and all(call.expectations for call in checks.values()), path
+
+
+@pytest.mark.parametrize("text, value", [
+    ("4242", 4242), ("'ns-box'", "ns-box"), ("PosixPath('/a/b')", "/a/b"), ("(1, 'x')", (1, "x")),
+])
+def test_an_answer_is_the_literal_the_kernel_sent(text, value):
+    assert parse_answer(text) == value
+
+
+@pytest.mark.parametrize("text", ["<Result big: OOM-killed>", "__import__('os').system('x')", "Path(x)", "f(1)"])
+def test_an_answer_that_is_not_a_literal_is_refused(text):
+    with pytest.raises((ValueError, SyntaxError)):
+        parse_answer(text)
+
+
+def test_the_grader_judges_with_its_own_probes_whatever_the_kernel_rebinds(monkeypatch):
+    """judge_cell builds probes from the grader's module; a kernel's rebinding is not seen."""
+    import labkit.grading.probes as probes_module
+    from labkit.grading.judge import judge_cell, parse
+    from labkit.grading.targets import Finished
+
+    class World:
+        reference = "self"
+
+        def finished(self, target):
+            return Finished(f"container {target}", target == "big", oom_kills=1 if target == "big" else 0)
+
+    call = parse('check("oom", expect("big", 2, probes.oom_killed("big", deadline=0)),'
+                 ' expect("fake", 1, probes.oom_killed("fake", deadline=0)))', "cell")
+    report = judge_cell(call, World())
+    assert [o.passed for o in report.outcomes] == [True, False] and report.score == 2
+    assert "never ran" in report.outcomes[1].observed
+    assert probes_module.oom_killed is not None
+
+
+# --- the gradebook is the grader's ---------------------------------------------------------------
+
+def test_names_that_sanitise_alike_get_distinct_stable_files():
+    from labkit.grading.gradebook import safe_file_name
+
+    names = ["x y", "x_y", "x/y", "../x_y", "x_y-" + safe_file_name("x y").rsplit("-", 1)[1], "élève", "=cmd"]
+    files = [safe_file_name(n) for n in names]
+    assert len(set(files)) == len(names)
+    assert safe_file_name("x_y") == "x_y" and safe_file_name("x y") == safe_file_name("x y")
+    assert all("/" not in f and not f.startswith(".") for f in files)
+
+
+@pytest.mark.parametrize("text, kept", [("=1+1", "'=1+1"), ("+cmd", "'+cmd"), ("-2", "'-2"), ("@SUM(A1)", "'@SUM(A1)"),
+                                        ("\tx", "'\tx"), ("\rx", "'\rx"), ("alice", "alice"), ("", "")])
+def test_csv_cells_that_a_spreadsheet_would_run_are_text(text, kept):
+    from labkit.grading.gradebook import spreadsheet_safe
+
+    assert spreadsheet_safe(text) == kept
+
+
+def test_a_formula_like_student_name_is_text_in_the_csv(tmp_path):
+    evil = Submission("=HYPERLINK(\"x\")", "@evil.ipynb", [CellScore("a", 1, 3, "scored")], 3, error="-oops")
+    write_all(tmp_path, "lab.ipynb", [("a", 3)], [evil])
+    row = list(csv.DictReader(open(tmp_path / "gradebook.csv")))[0]
+    assert row["student"].startswith("'=") and row["file"] == "'@evil.ipynb" and row["error"] == "'-oops"
+
+
+# --- progress counts every exercise ---------------------------------------------------------------
+
+def test_progress_counts_every_exercise_of_the_notebook_not_only_those_run(tmp_path):
+    notebook = new_notebook(cells=[
+        nbgrader(new_code_cell("check('one', expect('a', 1, probes.x()))"), "c1", grade=True, locked=True, points=1),
+        nbgrader(new_code_cell("check('two', expect('b', 2, probes.x()), expect('c', 1, probes.x()))"), "c2",
+                 grade=True, locked=True, points=3),
+    ])
+    path = tmp_path / "lab.ipynb"
+    nbformat.write(notebook, str(path))
+    forget()
+    check("one", expect("a", 1, lambda: True))
+    shown = progress(str(path))
+    assert repr(shown) == "1 of 3 checks passed, 1 of 4 points; 1 of 2 exercise(s) run"
+    assert "width:25%" in shown._repr_html_() and "not run yet" in shown._repr_html_()
+    forget()
+
+
+def test_output_is_measured_for_the_cap_without_holding_it_twice():
+    from labkit.grading.grader import _output_size
+
+    assert _output_size({"name": "stdout", "text": "x" * 10}) == 10
+    assert _output_size({"data": {"text/plain": "12", "text/html": "<b>"}}) == 5

@@ -1,8 +1,10 @@
 """The four graded labs, graded for real: `labkit grade run` on the source (full marks), the
 released version (zero, no crash), one exercise wrong (exactly its points lost, its hint in
-the feedback), another correct way (full marks); on the namespaces lab also an edited check
-cell (graded with the original), a hanging cell (cut, the rest graded) and a file that is
-not a notebook. Then nbgrader's own generate_assignment + autograde give the same totals.
+the feedback), another correct way (full marks), a way by hand (full marks); on the
+namespaces lab also an edited check cell (graded with the original), a hanging cell (cut,
+the rest graded), a flood of output (capped in the executed notebook), a file that is not a
+notebook and students whose names make the same file name. Then nbgrader's own
+generate_assignment + autograde give the same totals on every honest submission.
 
 Each kernel start costs seconds: every lab is graded in one `labkit grade run` with all its
 submissions, once per module, and the tests read the gradebook it wrote."""
@@ -69,6 +71,30 @@ OTHER_WAY = {
 }
 
 
+# The same state made by hand, outside labkit's options: {answer cell: new source}
+BY_HAND = {
+    "02-cgroups-lab": {
+        # the CPU quota written into the container's cgroup by hand (v1: cfs files, v2: cpu.max)
+        "cg-limits-answer": (
+            "capped = %container run -d --name cg-capped --memory 64m --pids-limit 32 -- sleep 600\n"
+            "import os\n"
+            "if hasattr(capped.cgroup, 'dirs'):\n"
+            "    for name, value in (('cpu.cfs_period_us', '100000'), ('cpu.cfs_quota_us', '50000')):\n"
+            "        with open(os.path.join(capped.cgroup.dirs['cpu'], name), 'w') as f:\n"
+            "            f.write(value)\n"
+            "else:\n"
+            "    with open(os.path.join(capped.cgroup.path, 'cpu.max'), 'w') as f:\n"
+            "        f.write('50000 100000')"),
+    },
+    "03-images-lab": {
+        # the file written into the container's read-write layer from outside, then committed
+        "img-todo-answer": "import os\nos.makedirs(editor.upper_dir / 'root', exist_ok=True)\n"
+                           "(editor.upper_dir / 'root' / 'todo').write_text('buy milk\\n')",
+    },
+}
+HONEST = ("full", "empty", "wrong", "other", "byhand")
+
+
 def with_cells(notebook, changes: dict):
     copy = nbformat.from_dict(json.loads(json.dumps(notebook)))
     for cell in copy.cells:
@@ -114,6 +140,8 @@ def submissions_for(lab, source, released_dir, folder: Path) -> dict:
         "wrong": write(with_cells(source, {answer: wrong}), folder / "wrong" / name),
         "other": write(with_cells(source, OTHER_WAY[lab]), folder / "other" / name),
     }
+    if lab in BY_HAND:
+        files["byhand"] = write(with_cells(source, BY_HAND[lab]), folder / "byhand" / name)
     if lab == "01-namespaces-lab":
         tampered = with_cells(source, {"ns-box-answer": "pass", "ns-box-check": "3"})
         files["tampered"] = write(tampered, folder / "tampered" / name)
@@ -124,11 +152,22 @@ def submissions_for(lab, source, released_dir, folder: Path) -> dict:
         corrupt = folder / "corrupt.ipynb"
         corrupt.write_bytes(b"\x00\x01 this was never a notebook")
         files["corrupt"] = str(corrupt)
+        flood = with_cells(source, {})
+        flood.cells.insert(at, nbformat.v4.new_code_cell("print('x' * (24 << 20))"))
+        files["flood"] = write(flood, folder / "flood" / name)
+        files["x y"] = write(source, folder / "x y" / name)
+        files["x_y"] = write(with_cells(source, {WRONG[lab][0]: WRONG[lab][1]}), folder / "x_y" / name)
+        files["=cmd"] = write(source, folder / "=cmd" / name)
     return files
 
 
 @pytest.fixture(scope="module")
-def gradebooks(released, tmp_path_factory):
+def state_before(labkit_kernelspec):  # noqa: F811
+    return sandbox_state()
+
+
+@pytest.fixture(scope="module")
+def gradebooks(released, tmp_path_factory, state_before):
     """{lab: (gradebook.json as data, {student: row of gradebook.csv}, out dir)}"""
     books = {}
     for lab in LABS:
@@ -137,7 +176,8 @@ def gradebooks(released, tmp_path_factory):
         folder = tmp_path_factory.mktemp(lab)
         files = submissions_for(lab, source, released, folder / "submitted")
         out = folder / "grades"
-        assert main(["grade", "run", str(source_path), *files.values(), "--out", str(out), "--timeout", "20"]) == 0
+        assert main(["grade", "run", str(source_path), *files.values(), "--out", str(out), "--timeout", "20",
+                     "--jobs", "2"]) == 0
         data = json.loads((out / "gradebook.json").read_text())
         rows = {row["student"]: row for row in csv.DictReader(open(out / "gradebook.csv"))}
         books[lab] = (data, rows, out)
@@ -177,6 +217,33 @@ def test_another_correct_way_scores_full_marks(gradebooks, lab):
     assert other["total"] == other["max_total"], [c for c in other["cells"] if c["score"] < c["max_score"]]
 
 
+@pytest.mark.parametrize("lab", sorted(BY_HAND))
+def test_a_way_by_hand_scores_full_marks(gradebooks, lab):
+    data, _, _ = gradebooks[lab]
+    byhand = by_student(data)["byhand"]
+    assert byhand["total"] == byhand["max_total"], [c for c in byhand["cells"] if c["score"] < c["max_score"]]
+
+
+def test_a_flood_of_output_is_capped_in_the_executed_notebook(gradebooks):
+    data, _, out = gradebooks["01-namespaces-lab"]
+    flood = by_student(data)["flood"]
+    assert flood["total"] == flood["max_total"]
+    executed = next((out / "executed").glob("flood*.ipynb"))
+    assert executed.stat().st_size < 4 << 20
+    assert "output was cut at 1 MiB" in executed.read_text()
+
+
+def test_names_that_sanitise_alike_keep_their_own_files_and_no_name_is_a_formula(gradebooks):
+    data, rows, out = gradebooks["01-namespaces-lab"]
+    students = by_student(data)
+    assert students["x y"]["total"] == students["x y"]["max_total"]
+    assert students["x_y"]["total"] == students["x_y"]["max_total"] - WRONG["01-namespaces-lab"][3]
+    feedback = sorted(p.name for p in (out / "feedback").iterdir())
+    assert "x_y.html" in feedback and len([f for f in feedback if f.startswith("x_y")]) == 2
+    assert WRONG["01-namespaces-lab"][4] in (out / "feedback" / "x_y.html").read_text()
+    assert "'=cmd" in rows and "=cmd" not in rows
+
+
 def test_an_edited_check_cell_is_graded_with_the_original(gradebooks):
     data, _, _ = gradebooks["01-namespaces-lab"]
     tampered = {c["grade_id"]: c for c in by_student(data)["tampered"]["cells"]}
@@ -201,12 +268,18 @@ def test_a_file_that_is_not_a_notebook_is_a_line_in_the_gradebook(gradebooks):
     assert rows["corrupt"]["error"].startswith("not a notebook")
 
 
-def test_grading_left_no_containers_or_images_behind(gradebooks, lab_home):
-    from labkit.images import Store
+def sandbox_state() -> set:
+    """Sandbox cgroups, mounts and directories on the host now."""
+    cgroups = {str(p) for root in Path("/sys/fs/cgroup").iterdir() for p in (root / "labkit-sandbox").glob("*")
+               if p.is_dir()}
+    mounts = {line for line in open("/proc/self/mountinfo") if "labkit-sandbox-" in line}
+    return cgroups | mounts | {str(p) for p in Path("/tmp").glob("labkit-sandbox-*")}
 
-    assert Store(lab_home).names() in ([], ["busybox"])
-    containers = lab_home / "containers"
-    assert not containers.exists() or os.listdir(containers) == []
+
+def test_grading_left_nothing_behind_on_the_host(gradebooks, state_before):
+    """Each submission ran in its own sandbox: its cgroups, mounts and directories are gone
+    (what other sandboxes on the host hold now is not ours: only what is new counts)."""
+    assert sandbox_state() <= state_before
 
 
 # --- the same notebooks through real nbgrader -----------------------------------------------
@@ -239,8 +312,7 @@ def test_nbgrader_autograde_gives_the_same_totals(gradebooks, tmp_path):
         shutil.copytree(LABS_DIR, course / "source" / lab, ignore=lambda d, names: [
             n for n in names if n != f"{lab}.ipynb"])
         nbgrader(course, "generate_assignment", lab, "--force")
-        for student, notebook in (("full", course / "source" / lab / f"{lab}.ipynb"),
-                                  ("empty", course / "release" / lab / f"{lab}.ipynb")):
+        for student, notebook in honest_files(lab, gradebooks).items():
             target = course / "submitted" / student / lab
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy(notebook, target / f"{lab}.ipynb")
@@ -248,6 +320,11 @@ def test_nbgrader_autograde_gives_the_same_totals(gradebooks, tmp_path):
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as book:
         for lab in LABS:
             ours = by_student(gradebooks[lab][0])
-            for student in ("full", "empty"):
+            for student in honest_files(lab, gradebooks):
                 theirs = book.find_submission(lab, student).score
                 assert theirs == ours[student]["total"], (lab, student, theirs, ours[student]["total"])
+
+
+def honest_files(lab, gradebooks) -> dict:
+    students = by_student(gradebooks[lab][0])
+    return {student: students[student]["file"] for student in HONEST if student in students}

@@ -25,6 +25,11 @@ def add_subcommand(subparsers) -> None:
     run.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                      help="cut a cell that runs longer than this (default 30)")
     run.add_argument("--kernel", help="kernel to run submissions in (default: the source's, usually labkit)")
+    run.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="grade N submissions at once, each in its own sandbox (default 1)")
+    run.add_argument("--sandbox", default="namespaces", metavar="KIND",
+                     help="where each submission runs: namespaces (default), vm, or none (on the host, "
+                          "no isolation: for trusted notebooks only)")
     run.set_defaults(func=cmd_run)
 
 
@@ -43,6 +48,17 @@ def _read_source(path):
     if not any(grading(cell) for cell in notebook.cells):
         raise ConfigError(f"source {path} has no nbgrader cells (cell.metadata.nbgrader); is it a lab's source?")
     return notebook, grade_cells(notebook)
+
+
+def _judgeable(notebook, path) -> None:
+    """Every grade cell is a check(...) call the grader can judge itself."""
+    from labkit.grading.grader import parsed_checks
+    from labkit.grading.notebook import FormatError
+
+    try:
+        parsed_checks(notebook)
+    except FormatError as error:
+        raise ConfigError(f"source {path}: {error}") from None
 
 
 def cmd_release(options) -> int:
@@ -70,28 +86,64 @@ def cmd_release(options) -> int:
 
 def cmd_run(options) -> int:
     from labkit.grading.gradebook import write_all
-    from labkit.grading.grader import grade
+    from labkit.grading.grader import student_name
+    from labkit.grading.sandbox import KINDS
 
     if options.timeout <= 0:
         raise ConfigError(f"--timeout {options.timeout:g}: a cell needs more than zero seconds")
+    if options.jobs < 1:
+        raise ConfigError(f"--jobs {options.jobs}: grade at least one submission at a time")
+    if options.sandbox not in KINDS:
+        raise ConfigError(f"--sandbox {options.sandbox}: not one of {', '.join(KINDS)}")
+    if options.sandbox == "none" and options.jobs > 1:
+        raise ConfigError(f"--jobs {options.jobs} with --sandbox none: without a sandbox, submissions share the "
+                          "host's container names, ports and bridge; grade one at a time, or use a sandbox")
     source, grade_ids = _read_source(options.source)
-    submissions = []
-    progress = Progress(len(options.submissions))
+    _judgeable(source, options.source)
+    names = []
     for path in options.submissions:
-        progress.start(path)
-        try:
-            submission = grade(source, options.source, path, cell_timeout=options.timeout, kernel_name=options.kernel)
-        except KeyboardInterrupt:
-            progress.close()
-            raise
-        submission.student = _unique(submission.student, {s.student for s in submissions})
-        submissions.append(submission)
-        progress.done(submission)
-    progress.close()
+        names.append(_unique(student_name(path, options.source), set(names)))
+    settings = {"cell_timeout": options.timeout, "kernel_name": options.kernel, "sandbox": options.sandbox}
+    progress = Progress(len(options.submissions))
+    done = {}
+    try:
+        for index, submission in graded(source, options.source, options.submissions, options.jobs, settings, progress):
+            submission.student = names[index]
+            done[index] = submission
+            progress.done(submission)
+    finally:
+        progress.close()
+    submissions = [done[index] for index in sorted(done)]
     out = Path(options.out)
     write_all(out, options.source, grade_ids, submissions)
     print(f"graded {len(submissions)} submission(s): {out / 'gradebook.csv'}, {out / 'gradebook.json'}, {out / 'feedback'}/")
     return 0
+
+
+def graded(source, source_path, paths, jobs, settings, progress):
+    """(index, Submission) as each is graded: in turn, or `jobs` at once in worker processes
+    (each submission in its own sandbox either way)."""
+    from labkit.grading.grader import grade
+
+    if jobs == 1:
+        for index, path in enumerate(paths):
+            progress.start(path)
+            yield index, grade(source, source_path, path, **settings)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn, not fork: the grader may hold threads (a fork copies none of them, and their locks)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(grade, source, source_path, path, **settings): index for index, path in enumerate(paths)}
+        progress.start(f"{min(jobs, len(paths))} at a time")
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def _unique(name, taken) -> str:

@@ -1,13 +1,21 @@
 """What `labkit grade run` writes: gradebook.csv (a row per student, a column per grade
 cell, the total), gradebook.json (every check with what it observed), a feedback page
 per student (each check, passed or not, with the hint for what failed) and the notebook
-as it ran (executed/STUDENT.ipynb: what the instructor opens to see why)."""
+as it ran (executed/STUDENT.ipynb: what the instructor opens to see why).
+
+Only the grader writes here, after every submission was graded, each file whole (a
+temporary beside it, then a rename), in a folder no sandbox can see. A student's name
+never becomes a formula in a spreadsheet, and two names never share a file."""
 
 import csv
+import hashlib
 import html
+import io
 import json
+import re
 from pathlib import Path
 
+from labkit.files import write_atomically
 from labkit.grading.checks import format_points
 
 
@@ -19,31 +27,50 @@ def write_all(out: Path, source_path, grade_ids, submissions) -> None:
     feedback.mkdir(exist_ok=True)
     executed = out / "executed"
     for submission in submissions:
-        (feedback / f"{safe_file_name(submission.student)}.html").write_text(feedback_html(submission))
+        write_atomically(feedback / f"{safe_file_name(submission.student)}.html", feedback_html(submission))
         if submission.executed is not None:
             import nbformat
 
             executed.mkdir(exist_ok=True)
-            nbformat.write(submission.executed, str(executed / f"{safe_file_name(submission.student)}.ipynb"))
+            write_atomically(executed / f"{safe_file_name(submission.student)}.ipynb",
+                             nbformat.writes(submission.executed))
+
+
+_SUFFIXED = re.compile(r"-[0-9a-f]{8}$")
 
 
 def safe_file_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".") or "student"
+    """A file name for a student: their name if it is one already, else the name made safe
+    plus 8 hex digits of its hash, so `x y` and `x_y` (or `../x`) never share a file and a
+    name always gets the same one."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")[:100] or "student"
+    if safe == name and not _SUFFIXED.search(name):
+        return safe
+    return f"{safe}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A cell a spreadsheet reads as text: one starting with = + - @ (a formula) or a tab
+    or carriage return gets a leading apostrophe."""
+    text = str(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def write_csv(path, grade_ids, submissions) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["student", "file", *[cid for cid, _ in grade_ids], "total", "max_total", "error"])
-        for s in submissions:
-            writer.writerow([s.student, s.path, *[format_points(s.score_of(cid)) for cid, _ in grade_ids],
-                             format_points(s.total), format_points(s.max_total), s.error or ""])
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(["student", "file", *[spreadsheet_safe(cid) for cid, _ in grade_ids], "total", "max_total", "error"])
+    for s in submissions:
+        writer.writerow([spreadsheet_safe(s.student), spreadsheet_safe(s.path),
+                         *[format_points(s.score_of(cid)) for cid, _ in grade_ids],
+                         format_points(s.total), format_points(s.max_total), spreadsheet_safe(s.error or "")])
+    write_atomically(path, handle.getvalue())
 
 
 def write_json(path, source_path, grade_ids, submissions) -> None:
     data = {"source": str(source_path), "grade_cells": [{"grade_id": cid, "points": p} for cid, p in grade_ids],
             "submissions": [s.to_dict() for s in submissions]}
-    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+    write_atomically(path, json.dumps(data, indent=1) + "\n")
 
 
 def feedback_html(submission) -> str:

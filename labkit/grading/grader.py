@@ -1,21 +1,26 @@
-"""Autograding without a database: each submission in a fresh kernel, one at a time.
+"""Autograding without a database: each submission in its own sandbox, judged from outside.
 
 For each submission: read it (a file that is not a notebook becomes a gradebook line,
-never a crash), restore every locked and grade cell from the source by grade_id, run the
-cells headless with a per-cell timeout (a cell that hangs is interrupted and the rest
-still run), score the grade cells, shut the kernel down (its containers go with it: the
-helper removes an owner's containers when the owner exits), then remove the images and
-leftovers the submission made, before the next one starts.
+never a crash), restore every locked and grade cell from the source by grade_id, make a
+sandbox (labkit.grading.sandbox) and start the kernel inside it, run the cells headless
+with a per-cell timeout (a cell that hangs is interrupted and the rest still run). A
+grade cell is not run in the kernel: once the cells before it ran, the grader reads its
+source as data and judges its expectations itself (labkit.grading.judge) against the
+sandbox's real state, so nothing the student's code does to `check`, the probes or the
+display counts. Leaving the sandbox ends everything the submission started.
 """
 
-import tempfile
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkit.grading.notebook import grade_cells, grade_id, restore
-from labkit.grading.scoring import score_notebook
+from labkit.grading.notebook import grade_cells, grade_id, is_grade, points, restore, source_text
+from labkit.grading.scoring import CellScore
 
 DEFAULT_CELL_TIMEOUT = 30.0
+OUTPUT_CAP = 1 << 20          # characters of output kept per cell in the executed notebook
+NOTEBOOK_NAME = "submission.ipynb"   # the restored notebook in the kernel's working directory
 
 
 @dataclass
@@ -68,8 +73,20 @@ def read_notebook(path):
     return notebook
 
 
-def grade(source, source_path, path, cell_timeout=DEFAULT_CELL_TIMEOUT, kernel_name=None) -> Submission:
+def parsed_checks(source) -> dict:
+    """{grade_id: the parsed check call} of the source's grade cells (FormatError if one
+    is not a check(...) call the grader can judge)."""
+    from labkit.grading.judge import parse
+
+    return {grade_id(cell): parse(source_text(cell), f"grade cell {grade_id(cell)!r}")
+            for cell in source.cells if is_grade(cell)}
+
+
+def grade(source, source_path, path, cell_timeout=DEFAULT_CELL_TIMEOUT, kernel_name=None,
+          sandbox="namespaces", limits=None, workdir=None) -> Submission:
     """Grade one submission file against the source notebook (already read)."""
+    from labkit.grading.sandbox import Sandbox
+
     submission = Submission(student_name(path, source_path), str(path),
                             max_total=sum(points for _, points in grade_cells(source)))
     try:
@@ -78,14 +95,23 @@ def grade(source, source_path, path, cell_timeout=DEFAULT_CELL_TIMEOUT, kernel_n
         submission.error = str(error)
         submission.cells = _zero_scores(source, "not graded")
         return submission
-    before = _image_names()
-    try:
-        ran = _execute(notebook, cell_timeout, kernel_name or _kernel_of(source), submission)
-    finally:
-        _tear_down(before)
-    submission.cells = score_notebook(notebook, ran)
+    checks = parsed_checks(source)
+    with Sandbox(kind=sandbox, limits=limits, workdir=workdir) as box:
+        reports = _execute(notebook, cell_timeout, kernel_name or _kernel_of(source), submission, box, checks)
+        if box.timed_out:
+            submission.notes.append(f"the submission ran out of its {box.limits.wall_seconds:g} s; "
+                                    "later cells did not run")
+    submission.cells = [_score(cell, reports.get(grade_id(cell))) for cell in source.cells if is_grade(cell)]
     submission.executed = notebook
     return submission
+
+
+def _score(cell, report) -> CellScore:
+    most = points(cell)
+    if report is None:
+        return CellScore(grade_id(cell), 0.0, most, "not run")
+    checks = report.to_dict()["checks"]
+    return CellScore(grade_id(cell), max(0.0, min(report.score, most)), most, "scored", checks)
 
 
 def _kernel_of(source) -> str:
@@ -101,50 +127,117 @@ def _zero_scores(source, status):
 CUT = "LabkitCellTimeout"   # the ename of the answer given for a cell cut at the timeout
 
 
-def _execute(notebook, cell_timeout, kernel_name, submission) -> set:
-    """Run every code cell; return the grade_ids of the cells that ran."""
-    from nbclient import NotebookClient
+def _execute(notebook, cell_timeout, kernel_name, submission, box, checks) -> dict:
+    """Run every code cell in the sandbox's kernel, judging each grade cell from outside
+    when its turn comes; return {grade_id: Report} of the grade cells judged."""
     from nbclient.exceptions import DeadKernelError
     from nbformat.v4 import new_output
+
+    from labkit.grading.evidence import Watch
+    from labkit.grading.judge import GraderWorld, judge_cell, read_answer
+
+    import nbformat
 
     for cell in notebook.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-    ran, cut = set(), []
+    nbformat.write(notebook, str(Path(box.scratch) / NOTEBOOK_NAME))   # for progress(): every exercise
+    reports, cut = {}, []
 
     def note_cut(cell, cell_index, execute_reply):
         if execute_reply and execute_reply.get("content", {}).get("ename") == CUT:
             cut.append(cell_index)
 
-    with tempfile.TemporaryDirectory(prefix="labkit-grade-") as workdir:
-        # On a timeout: interrupt the kernel and answer for the cell at once (error_on_timeout)
-        # instead of waiting on a cell that may ignore the interrupt.
-        client = NotebookClient(notebook, kernel_name=kernel_name, timeout=cell_timeout, allow_errors=True,
-                                interrupt_on_timeout=True, record_timing=False, on_cell_executed=note_cut,
-                                error_on_timeout={"ename": CUT, "evalue": f"cut after {cell_timeout:g} s",
-                                                  "traceback": []},
-                                resources={"metadata": {"path": workdir}})
-        with client.setup_kernel():
-            for index, cell in enumerate(notebook.cells):
-                if cell.cell_type != "code":
-                    continue
-                try:
-                    client.execute_cell(cell, index)
-                except DeadKernelError:
-                    submission.notes.append(f"the kernel died in cell {index}; later cells did not run")
+    # On a timeout: interrupt the kernel and answer for the cell at once (error_on_timeout)
+    # instead of waiting on a cell that may ignore the interrupt.
+    client = CappedClient(notebook, km=box.kernel_manager(kernel_name=kernel_name), timeout=cell_timeout,
+                          allow_errors=True, interrupt_on_timeout=True, record_timing=False,
+                          on_cell_executed=note_cut,
+                          error_on_timeout={"ename": CUT, "evalue": f"cut after {cell_timeout:g} s", "traceback": []},
+                          resources={"metadata": {"path": str(box.scratch)}})
+    with Watch(box) as watch, client.setup_kernel(env={**os.environ, "LABKIT_NOTEBOOK": NOTEBOOK_NAME}):
+        world = GraderWorld(box, lambda name: read_answer(client, name, cell_timeout), watch)
+        for index, cell in enumerate(notebook.cells):
+            if cell.cell_type != "code":
+                continue
+            if grade_id(cell) in checks:
+                report = judge_cell(checks[grade_id(cell)], world)
+                reports[grade_id(cell)] = report
+                cell.outputs = [new_output("execute_result", data=_bundle(report), execution_count=None)]
+                continue
+            try:
+                client.execute_cell(cell, index)
+            except DeadKernelError:
+                submission.notes.append(f"the kernel died in cell {index}; later cells did not run")
+                break
+            client.note_what_was_cut(cell, index)
+            if cut and cut[-1] == index:
+                submission.cut.append(grade_id(cell) or f"cell {index}")
+                cell.outputs.append(new_output("error", ename=CUT, evalue=f"cut after {cell_timeout:g} s",
+                                               traceback=[]))
+                if not _recovered(client):
+                    submission.notes.append(f"the kernel did not recover after cell {index} was cut "
+                                            "(it ignores interrupts); later cells did not run")
                     break
-                if cut and cut[-1] == index:
-                    submission.cut.append(grade_id(cell) or f"cell {index}")
-                    cell.outputs.append(new_output("error", ename=CUT, evalue=f"cut after {cell_timeout:g} s",
-                                                   traceback=[]))
-                    if not _recovered(client):
-                        submission.notes.append(f"the kernel did not recover after cell {index} was cut "
-                                                "(it ignores interrupts); later cells did not run")
-                        break
-                    continue
-                if grade_id(cell):
-                    ran.add(grade_id(cell))
-    return ran
+    return reports
+
+
+def _bundle(report) -> dict:
+    bundle = report._repr_mimebundle_()
+    return {key: value for key, value in bundle.items()}
+
+
+def _output_size(content) -> int:
+    total = 0
+    for key in ("text", "data", "traceback", "evalue"):
+        value = content.get(key)
+        if isinstance(value, str):
+            total += len(value)
+        elif isinstance(value, dict):
+            total += sum(len(v) if isinstance(v, str) else len(json.dumps(v)) for v in value.values())
+        elif isinstance(value, list):
+            total += sum(len(str(v)) for v in value)
+    return total
+
+
+def _client_class():
+    from nbclient import NotebookClient
+
+    class Capped(NotebookClient):
+        """Keeps at most OUTPUT_CAP characters of each cell's output (the rest is counted,
+        not held), and says in the cell what was cut."""
+
+        def output(self, outs, msg, display_id, cell_index):
+            kept = getattr(self, "_labkit_kept", None)
+            if kept is None:
+                kept = self._labkit_kept = {}
+                self._labkit_cut = {}
+            content = msg.get("content", {})
+            size, room = _output_size(content), OUTPUT_CAP - kept.get(cell_index, 0)
+            if size > room:
+                if room > 0 and isinstance(content.get("text"), str):    # a stream: keep its head
+                    self._labkit_cut[cell_index] = self._labkit_cut.get(cell_index, 0) + size - room
+                    msg = {**msg, "content": {**content, "text": content["text"][:room]}}
+                    size = room
+                else:
+                    self._labkit_cut[cell_index] = self._labkit_cut.get(cell_index, 0) + size
+                    return None
+            kept[cell_index] = kept.get(cell_index, 0) + size
+            return super().output(outs, msg, display_id, cell_index)
+
+        def note_what_was_cut(self, cell, index):
+            from nbformat.v4 import new_output
+
+            dropped = getattr(self, "_labkit_cut", {}).pop(index, 0)
+            if dropped:
+                cell.outputs.append(new_output("stream", name="stdout", text=(
+                    f"\n[labkit grade run: this cell's output was cut at {OUTPUT_CAP // (1 << 20)} MiB; "
+                    f"{dropped} more characters were not kept]\n")))
+    return Capped
+
+
+def CappedClient(*args, **kwargs):  # noqa: N802 — a class, made on first use (nbclient is imported late)
+    return _client_class()(*args, **kwargs)
 
 
 def _recovered(client) -> bool:
@@ -155,31 +248,3 @@ def _recovered(client) -> bool:
         return client.wait_for_reply(client.kc.kernel_info()) is not None
     except DeadKernelError:
         return False
-
-
-def _image_names() -> set:
-    from labkit.images import Store
-
-    try:
-        return set(Store().names())
-    except Exception:  # noqa: BLE001 — no store yet: nothing to keep
-        return set()
-
-
-def _tear_down(images_before: set) -> None:
-    """Images the submission built go; so does what its dead kernel's containers left."""
-    from labkit.grading.tidy import remove_images
-    from labkit.runtime import gc
-
-    remove_images(sorted(_image_names() - images_before))
-    gc()
-    _sweep_network()
-
-
-def _sweep_network() -> None:
-    try:
-        from labkit.net import sweep
-
-        sweep()
-    except Exception:  # noqa: BLE001 — no network made, or no pyroute2: nothing to sweep
-        pass

@@ -7,7 +7,7 @@ import os
 import stat
 
 from labkit.grading.checks import Observation, ProbeFailed
-from labkit.grading.targets import value_of
+from labkit.grading.targets import current_world, value_of
 from labkit.images.whiteouts import is_opaque, is_whiteout
 
 from labkit.images.whiteouts import INIT_LAYER_FILES as INIT_FILES
@@ -18,7 +18,7 @@ def image_named(name):
 
     name = value_of(name)
     try:
-        return get_image(name)
+        return get_image(name, store=current_world().store())
     except Exception as error:
         raise ProbeFailed(f"no image {name!r} in the store ({type(error).__name__})") from None
 
@@ -98,29 +98,84 @@ def image_lacks(image_name, path):
 
 
 def is_whiteout_of(answer, image_name, path):
-    """`answer` is the host path of the whiteout that hides `path` in one of the image's layers."""
+    """`answer` is the path of the whiteout that hides `path` in one of the image's layers
+    (compared by inode: the path may be the one the notebook sees)."""
     def look():
         image = image_named(image_name)
-        given = os.path.realpath(str(value_of(answer)))
-        expected = [os.path.join(d, _relative(path)) for d in image.layer_dirs]
+        given = value_of(answer)
+        if isinstance(given, os.PathLike):
+            given = os.fspath(given)
+        if not isinstance(given, str):
+            raise ProbeFailed(f"the answer {given!r} is not a path")
         try:
-            st = os.lstat(given)
-        except FileNotFoundError:
-            return Observation(False, "no file at that path on the host")
+            st = os.lstat(current_world().host_path(given))
+        except (FileNotFoundError, NotADirectoryError):
+            return Observation(False, "no file at that path")
         if not is_whiteout(st):
             return Observation(False, "that path is not a whiteout (a character device 0:0)")
-        return Observation(given in (os.path.realpath(p) for p in expected),
-                           "a whiteout in the image's top layer" if given == os.path.realpath(expected[-1])
+        expected = [_entry(d, _relative(path)) for d in image.layer_dirs]
+        same = [e is not None and (e.st_dev, e.st_ino) == (st.st_dev, st.st_ino) for e in expected]
+        return Observation(any(same), "a whiteout in the image's top layer" if same[-1]
                            else "a whiteout, but not the one that hides that path in this image")
     return look
 
 
 def commit_excludes_init(image_name, base_name):
-    """`image_name` is `base_name` plus one layer, and that layer has none of the init files."""
+    """`image_name` is `base_name` plus one layer committed from a container's read-write
+    layer (the store records which container at commit time; that container ran here, and
+    while its read-write layer is still there, the layer's files are its files), and that
+    layer has none of the init files."""
     def look():
         image, base = image_named(image_name), image_named(base_name)
         if image.layers[:-1] != base.layers or len(image.layers) != len(base.layers) + 1:
             return Observation(False, f"{image.name} is not {base.name} plus one committed layer")
         kept = [f"/{name}" for name in INIT_FILES if layer_state(image.layer_dirs[-1], name) == "added"]
-        return Observation(not kept, "the committed layer holds " + (", ".join(kept) if kept else "no init-layer file"))
+        if kept:
+            return Observation(False, "the committed layer holds " + ", ".join(kept))
+        made_from = committed_from(image)
+        if made_from is None:
+            return Observation(False, f"the top layer of {image.name} was not committed from a container")
+        name = made_from.get("name") or made_from.get("id")
+        ran, upper = current_world().committed_container(made_from)
+        if not ran:
+            return Observation(False, f"the store says container {name}, but no such container ran here")
+        differs = layer_matches_upper(image.layer_dirs[-1], upper) if upper else None
+        if differs:
+            return Observation(False, f"committed from container {name}, but {differs} is not its file")
+        return Observation(True, f"committed from container {name}'s read-write layer")
     return look
+
+
+def committed_from(image) -> dict | None:
+    """The container the image's top layer was committed from, as the store recorded it."""
+    top = image.history[-1] if image.history else {}
+    container = top.get("container") if top.get("layer") == image.layers[-1] else None
+    return container if isinstance(container, dict) and container.get("id") else None
+
+
+def layer_matches_upper(layer_dir, upper_dir) -> str | None:
+    """None if every file of the layer is the same file in the container's read-write
+    layer (same type, same bytes); else the first path that differs."""
+    for directory, dirs, files in os.walk(layer_dir):
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            relative = os.path.relpath(path, layer_dir)
+            mine, theirs = os.lstat(path), _entry(upper_dir, relative)
+            if theirs is None or stat.S_IFMT(mine.st_mode) != stat.S_IFMT(theirs.st_mode):
+                return "/" + relative
+            if stat.S_ISREG(mine.st_mode) and not _same_bytes(path, os.path.join(upper_dir, relative)):
+                return "/" + relative
+    return None
+
+
+def _same_bytes(first, second) -> bool:
+    try:
+        with open(first, "rb") as a, open(second, "rb") as b:
+            while True:
+                x, y = a.read(1 << 16), b.read(1 << 16)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+    except OSError:
+        return False

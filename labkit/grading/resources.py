@@ -7,8 +7,8 @@ import os
 import time
 
 from labkit.cgroups.base import read_int, read_text
-from labkit.grading.checks import Observation
-from labkit.grading.targets import finished_result, is_result, poll, running_container
+from labkit.grading.checks import Observation, ProbeFailed
+from labkit.grading.targets import finished_container, poll, running_process
 from labkit.units import format_bytes, parse_bytes
 
 V1_NO_MEMORY_LIMIT = 1 << 62   # v1 reports "no limit" as a huge page-rounded number
@@ -58,7 +58,7 @@ def memory_limit(target, expected, tolerance=0.02):
     want = parse_bytes(expected)
 
     def look():
-        seen = limits_of(running_container(target).cgroup)["memory"]
+        seen = limits_of(running_process(target).cgroup)["memory"]
         return Observation(within(seen, want, tolerance),
                            "no memory limit" if seen is None else f"memory limit {format_bytes(seen)}")
     return look
@@ -67,7 +67,7 @@ def memory_limit(target, expected, tolerance=0.02):
 def cpu_limit(target, expected: float, tolerance=0.02):
     """The container's CPU quota is `expected` cores ± tolerance."""
     def look():
-        seen = limits_of(running_container(target).cgroup)["cpus"]
+        seen = limits_of(running_process(target).cgroup)["cpus"]
         return Observation(within(seen, float(expected), tolerance),
                            "no CPU limit" if seen is None else f"CPU limit {seen:g} cores")
     return look
@@ -76,65 +76,65 @@ def cpu_limit(target, expected: float, tolerance=0.02):
 def pids_limit(target, expected: int):
     """The container may have at most `expected` processes at once."""
     def look():
-        seen = limits_of(running_container(target).cgroup)["pids"]
+        seen = limits_of(running_process(target).cgroup)["pids"]
         return Observation(seen == int(expected), "no pids limit" if seen is None else f"pids limit {seen}")
     return look
 
 
 def finished_ok(target):
-    """A finished container (a Result) exited 0 and was not killed."""
+    """A container ran and was not OOM-killed (nor stopped by its pids limit)."""
     def look():
-        result = finished_result(target)
-        return Observation(result.ok, result.cause)
+        seen = finished_container(target)
+        if not seen.ran:
+            return Observation(False, f"{seen.label} never ran")
+        fine = not seen.oom_kills
+        words = "; ".join(seen.evidence) or ("ran to its end" if fine else "OOM-killed")
+        return Observation(fine, f"{seen.label}: {words}" if fine else f"{seen.label}: {seen.oom_kills} OOM kill(s)")
     return look
 
 
 def oom_killed(target, deadline=5.0):
-    """The kernel's OOM killer killed a process in the container's cgroup (a Result's
-    cgroup counters at exit, or a running container's, polled)."""
+    """The kernel's OOM killer killed a process in the container's cgroup (the kernel's
+    log or its counters, seen while it ran; for a running container, polled)."""
     def look():
-        if is_result(target):
-            result = finished_result(target)
-            return Observation(result.oom_killed, result.cause)
-        container = running_container(target)
-        return poll(lambda: _oom_seen(container), deadline)
+        return poll(lambda: _events(target, "oom_kills", "OOM kill(s) in its cgroup"), deadline)
     return look
-
-
-def _oom_seen(container):
-    kills = container.cgroup.stats().oom_kills
-    return Observation(kills > 0, f"{kills} OOM kill(s) in its cgroup")
 
 
 def fork_bomb_held(target, deadline=5.0):
     """Forks were refused because the pids limit was reached (pids.events max)."""
     def look():
-        if is_result(target):
-            result = finished_result(target)
-            hits = result.stats.get("pids_limit_hits") or 0
-            return Observation(hits > 0, f"{'some' if hits else 'no'} forks refused by the pids limit; {result.cause}")
-        container = running_container(target)
-
-        def seen():
-            hits = container.cgroup.stats().pids_limit_hits
-            return Observation(hits > 0, f"{'some' if hits else 'no'} forks refused by the pids limit")
-        return poll(seen, deadline)
+        return poll(lambda: _events(target, "pids_limit_hits", "fork(s) refused by the pids limit"), deadline)
     return look
 
 
 def throttled(target, deadline=5.0):
-    """The CPU quota throttled the container at least once (cpu.stat nr_throttled)."""
+    """The CPU quota throttled the container at least once (cpu.stat nr_throttled). On a
+    host so busy that a running container waited for a CPU most of the time (its run-queue
+    delay, as cpu_share measures it), the quota could not bite: its quota is judged instead."""
     def look():
-        if is_result(target):
-            periods = finished_result(target).stats.get("throttled_periods") or 0
-            return Observation(periods > 0, f"{'throttled' if periods else 'never throttled'}")
-        container = running_container(target)
-
-        def seen():
-            periods = container.cgroup.stats().throttled_periods or 0
-            return Observation(periods > 0, f"{'throttled' if periods else 'never throttled'}")
-        return poll(seen, deadline)
+        seen = poll(lambda: _events(target, "throttled_periods", "period(s) throttled"), deadline)
+        if seen.passed:
+            return seen
+        try:
+            container = running_process(target)
+        except ProbeFailed:
+            return seen
+        _, crowded = _cpu_window(container, 1.0)
+        quota = limits_of(container.cgroup)["cpus"]
+        if crowded and quota is not None:
+            return Observation(True, f"the host was too busy for its quota ({quota:g} cores) to bite: it waited "
+                               "for a CPU most of the time")
+        return seen
     return look
+
+
+def _events(target, counter, words) -> Observation:
+    seen = finished_container(target)
+    if not seen.ran:
+        return Observation(False, f"{seen.label} never ran")
+    count = getattr(seen, counter)
+    return Observation(count > 0, f"{seen.label}: {count} {words}")
 
 
 def cpu_share(target, expected: float, tolerance=0.10, window=1.0, deadline=15.0):
@@ -145,14 +145,9 @@ def cpu_share(target, expected: float, tolerance=0.10, window=1.0, deadline=15.0
     in which the container waited for a CPU (its run-queue delay in /proc/PID/schedstat,
     a quarter of the window or more) measures the busy host, not the quota, and does not
     count; if every window was like that, the quota itself is judged (cpu.max or
-    cfs_quota_us) and the observation says so. A Result is judged by CPU time over its duration."""
+    cfs_quota_us) and the observation says so."""
     def look():
-        if is_result(target):
-            result = finished_result(target)
-            if not result.cpu_seconds or not result.duration:
-                return Observation(False, "it used no measurable CPU")
-            return _share_seen(result.cpu_seconds / result.duration, expected, tolerance)
-        container = running_container(target)
+        container = running_process(target)
         end = time.monotonic() + deadline
         windows = []
         while True:

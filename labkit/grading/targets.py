@@ -1,8 +1,23 @@
-"""What a probe looks at: a running container (by name or object), a stored Result, or a
-variable the student set in the notebook, resolved when the check runs, not when the
-check cell is written. Polling for state that takes a moment to appear."""
+"""What a probe looks at, resolved to real kernel state: a process (its host PID and the
+cgroup the kernel says it is in) or a finished container's evidence.
 
+A probe is written once and asks the current *world* to resolve its targets:
+
+- in the student's kernel (`check` cells in JupyterLab, feedback only) the world is the
+  kernel itself: a container name is one of its running Containers, `Answer("x")` is the
+  object in the notebook;
+- in `labkit grade run` the world is the grader's (labkit.grading.judge): names are
+  looked up in the sandbox's LABKIT_HOME, every process and cgroup must be inside the
+  sandbox, `Answer("x")` is a literal the kernel sent. Nothing the student made is called.
+
+A target is a container name, a host PID (an int) or a cgroup path (a string starting
+with "/"), given directly or through `Answer("variable")`.
+"""
+
+import contextvars
+import os
 import time
+from dataclasses import dataclass, field
 
 from labkit.grading.checks import Observation, ProbeFailed
 
@@ -17,10 +32,221 @@ class Answer:
         return f"Answer({self.name!r})"
 
     def value(self):
+        return current_world().answer(self.name)
+
+
+@dataclass
+class Process:
+    """A process found from a target: what the kernel says about it, nothing more."""
+    label: str                    # in words: "container ns-box", "PID 4242", "cgroup /x"
+    pid: int                      # its host PID (the first process of a container)
+    cgroup: object = None         # a labkit Cgroup over the real directories, or None
+
+
+@dataclass
+class Finished:
+    """What the kernel showed of a container that may have ended (an OOM kill, forks
+    refused at the pids limit, throttling), gathered while the cells ran."""
+    label: str
+    ran: bool                     # a process ran in its cgroup
+    oom_kills: int = 0
+    pids_limit_hits: int = 0
+    throttled_periods: int = 0
+    evidence: list = field(default_factory=list)     # kernel log lines, in words
+
+
+def value_of(target):
+    return target.value() if isinstance(target, Answer) else target
+
+
+def running_process(target) -> Process:
+    return current_world().process(value_of(target))
+
+
+def finished_container(target) -> Finished:
+    return current_world().finished(value_of(target))
+
+
+def poll(look, deadline: float, interval: float = 0.1) -> Observation:
+    """Call `look()` until it passes or `deadline` seconds have gone; the last look counts."""
+    end = time.monotonic() + deadline
+    while True:
+        seen = look()
+        if seen.passed or time.monotonic() >= end:
+            return seen
+        time.sleep(interval)
+
+
+# --- kernel state shared by both worlds ------------------------------------------------
+
+def namespace_pids(pid) -> list:
+    """NSpid: the process's PID in each PID namespace it is in, outermost first."""
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("NSpid:"):
+                return [int(word) for word in line.split()[1:]]
+    return [int(pid)]
+
+
+def cgroup_of_pid(pid):
+    """The cgroup the kernel has `pid` in (/proc/PID/cgroup), as a labkit Cgroup."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as handle:
+            lines = handle.read().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProbeFailed(f"no process {pid} is running") from None
+    return cgroup_at(_relative_paths(lines))
+
+
+def _relative_paths(lines) -> dict:
+    """{controller: path below its hierarchy's root} ("unified" for cgroup v2)."""
+    paths = {}
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        for controller in (controllers.split(",") if controllers else ["unified"]):
+            paths[controller] = path
+    return paths
+
+
+def cgroup_at(relative: dict):
+    """A labkit Cgroup over the host directories of {controller: relative path}."""
+    from labkit.cgroups import detect_mode
+    from labkit.cgroups.v1 import CgroupV1, controller_mounts
+    from labkit.cgroups.v2 import CgroupV2, unified_mount
+
+    if detect_mode() == "v2":
+        path = relative.get("unified", "/")
+        return CgroupV2(path.strip("/"), os.path.join(unified_mount(), path.lstrip("/")))
+    mounts = controller_mounts()
+    dirs = {c: os.path.join(mounts[c], relative[c].lstrip("/")) for c in ("memory", "cpu", "cpuacct", "pids")
+            if c in mounts and c in relative}
+    name = relative.get("memory") or relative.get("pids") or next(iter(relative.values()), "/")
+    return CgroupV1(name.strip("/"), dirs)
+
+
+def cgroup_from_path(path: str) -> dict:
+    """{controller: relative path} for a cgroup path a student gives: a host directory
+    under a cgroup mount (/sys/fs/cgroup/memory/x) or a path below the roots (/x)."""
+    from labkit.cgroups import detect_mode
+    from labkit.cgroups.v1 import controller_mounts
+    from labkit.cgroups.v2 import unified_mount
+
+    path = os.path.normpath(path)
+    if detect_mode() == "v2":
+        root = unified_mount()
+        relative = path[len(root):] if path.startswith(root.rstrip("/") + "/") else path
+        return {"unified": relative or "/"}
+    mounts = controller_mounts()
+    for point in sorted(set(mounts.values()), key=len, reverse=True):
+        if path.startswith(point.rstrip("/") + "/"):
+            relative = path[len(point.rstrip("/")):]
+            return {c: relative for c in mounts}
+    return {c: path for c in mounts}
+
+
+def first_process(pids) -> int | None:
+    """A cgroup's first process: PID 1 of its own PID namespace if it has one, else the
+    oldest (by start time)."""
+    found = []
+    for pid in pids:
+        try:
+            inner = namespace_pids(pid)[-1]
+            with open(f"/proc/{pid}/stat") as handle:
+                started = int(handle.read().rsplit(")", 1)[1].split()[19])
+        except (OSError, ValueError, IndexError):
+            continue
+        found.append((inner != 1, started, pid))
+    return min(found)[2] if found else None
+
+
+# --- the world: who resolves names -------------------------------------------------------
+
+class KernelWorld:
+    """The student's own kernel: names are its running Containers (feedback in JupyterLab;
+    nothing here counts for a grade)."""
+
+    reference = "self"        # whose namespaces are "the notebook's"
+
+    def answer(self, name):
         namespace = _user_namespace()
-        if self.name not in namespace:
-            raise ProbeFailed(f"`{self.name}` is not set: run your answer cell above first")
-        return namespace[self.name]
+        if name not in namespace:
+            raise ProbeFailed(f"`{name}` is not set: run your answer cell above first")
+        return namespace[name]
+
+    def process(self, target) -> Process:
+        from labkit.runtime import Container, get
+
+        if isinstance(target, str) and not target.startswith("/"):
+            try:
+                target = get(target)
+            except Exception:
+                raise ProbeFailed(f"no running container named {target!r} in this notebook") from None
+        if isinstance(target, Container):
+            if target.state != "running" or target.result is not None:
+                cause = target.result.cause if target.result else target.state
+                raise ProbeFailed(f"container {target.name} is not running ({cause})")
+            return Process(f"container {target.name}", target.pid, target.cgroup)
+        return process_by_id(target, owns_pid=lambda pid: True, owns_cgroup=lambda cgroup: True)
+
+    def finished(self, target) -> Finished:
+        from labkit.runtime import Result
+
+        if not isinstance(target, Result):
+            process = self.process(target)
+            stats = process.cgroup.stats()
+            return Finished(process.label, True, stats.oom_kills, stats.pids_limit_hits, stats.throttled_periods or 0)
+        stats = target.stats or {}
+        return Finished(f"container {target.name}", True, int(target.oom_killed or stats.get("oom_kills") or 0),
+                        int(stats.get("pids_limit_hits") or 0), int(stats.get("throttled_periods") or 0),
+                        [target.cause])
+
+    def store(self):
+        from labkit.images import Store
+
+        return Store()
+
+    def in_netns(self, fn, *args):
+        """fn in a thread of its own: a kernel runs cells inside an event loop, in which
+        pyroute2 refuses to start its own (see labkit.net.rtnl)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labkit-probe") as pool:
+            return pool.submit(fn, *args).result()
+
+    def host_path(self, path: str) -> str:
+        return path
+
+    def host_pid(self, pid: int) -> int | None:
+        return pid
+
+    def committed_container(self, made_from: dict) -> tuple:
+        """(whether that container ran here, its read-write layer's directory or None)."""
+        from labkit.runtime.state import find_container
+
+        try:
+            return True, find_container(made_from["id"])["upper"]
+        except Exception:  # noqa: BLE001 — removed since: the store's record is what is left
+            return True, None
+
+
+def process_by_id(target, owns_pid, owns_cgroup) -> Process:
+    """A host PID (int) or a cgroup path ("/...") to a Process, if it is the sandbox's."""
+    if isinstance(target, bool) or not isinstance(target, (int, str)):
+        raise ProbeFailed(f"expected a container name, a PID or a cgroup path, found {type(target).__name__}")
+    if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
+        pid = int(target)
+        if not os.path.exists(f"/proc/{pid}") or not owns_pid(pid):
+            raise ProbeFailed(f"no process {pid} is running in this submission")
+        return Process(f"PID {pid}", pid, cgroup_of_pid(pid))
+    if not target.startswith("/"):
+        raise ProbeFailed(f"no running container named {target!r}")
+    cgroup = cgroup_at(cgroup_from_path(target))
+    if not cgroup.exists() or not owns_cgroup(cgroup):
+        raise ProbeFailed(f"no cgroup {target} in this submission")
+    pid = first_process([p for p in cgroup.pids() if owns_pid(p)])
+    if pid is None:
+        raise ProbeFailed(f"cgroup {target} has no process")
+    return Process(f"cgroup {target}", pid, cgroup)
 
 
 def _user_namespace() -> dict:
@@ -36,49 +262,17 @@ def _user_namespace() -> dict:
     return vars(__main__)
 
 
-def value_of(target):
-    return target.value() if isinstance(target, Answer) else target
+_world = contextvars.ContextVar("labkit_grading_world", default=None)
 
 
-def running_container(target):
-    """A Container of this kernel that is running now."""
-    from labkit.runtime import Container, get
-
-    target = value_of(target)
-    if isinstance(target, str):
-        try:
-            target = get(target)
-        except Exception:
-            raise ProbeFailed(f"no running container named {target!r} in this notebook") from None
-    if not isinstance(target, Container):
-        raise ProbeFailed(f"expected a container, found {type(target).__name__}")
-    if target.state != "running" or target.result is not None:
-        raise ProbeFailed(f"container {target.name} is not running ({target.result.cause if target.result else target.state})")
-    return target
+def current_world():
+    return _world.get() or KernelWorld()
 
 
-def finished_result(target):
-    """A Result (what `%%container --out NAME` stores)."""
-    from labkit.runtime import Result
-
-    target = value_of(target)
-    if not isinstance(target, Result):
-        name = target.name if isinstance(target, Answer) else repr(target)
-        raise ProbeFailed(f"expected the Result of a finished container, found {type(target).__name__} {name}")
-    return target
+def using_world(world):
+    """Set the world for this thread's probes; returns a token for `_world.reset`."""
+    return _world.set(world)
 
 
-def is_result(target) -> bool:
-    from labkit.runtime import Result
-
-    return isinstance(value_of(target), Result)
-
-
-def poll(look, deadline: float, interval: float = 0.1) -> Observation:
-    """Call `look()` until it passes or `deadline` seconds have gone; the last look counts."""
-    end = time.monotonic() + deadline
-    while True:
-        seen = look()
-        if seen.passed or time.monotonic() >= end:
-            return seen
-        time.sleep(interval)
+def reset_world(token) -> None:
+    _world.reset(token)

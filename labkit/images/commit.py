@@ -29,8 +29,13 @@ from labkit.images.whiteouts import (
 
 
 def commit(upper_dir, base_image, new_name: str, store: Store | None = None,
-           message: str = "", config: ImageConfig | None = None, consume: bool = False) -> Image:
+           message: str = "", config: ImageConfig | None = None, consume: bool = False,
+           container: dict | None = None) -> Image:
     """Save `base_image` plus the changes in `upper_dir` as the image `new_name`.
+
+    `container` ({"id", "name"}) is recorded in the new layer's history entry: the layer
+    is that container's read-write layer (what a graded lab asks of a commit, as against
+    a layer a build made).
 
     `consume=True` moves the files out of `upper_dir` instead of copying them (for a
     container that is about to be removed, as in a build); the upper dir is left empty.
@@ -41,7 +46,10 @@ def commit(upper_dir, base_image, new_name: str, store: Store | None = None,
     with store.lock():
         digest, size = _store_layer(Path(upper_dir), store, consume)
         step = message or f"labkit commit of {Path(upper_dir)}"
-        history = list(base.history) + [store.history_entry(step, digest, size)]
+        entry = store.history_entry(step, digest, size)
+        if container is not None:
+            entry["container"] = {"id": str(container.get("id", "")), "name": str(container.get("name", ""))}
+        history = list(base.history) + [entry]
         sources = [base.source(index) for index in range(len(base.layers))] + [None]  # the base's blobs stay
         return store.save_image(new_name, list(base.layers) + [digest], config or base.config, history, sources)
 

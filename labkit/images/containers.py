@@ -29,7 +29,8 @@ def commit_container(container: dict, image_name: str, message: str = "", store:
     store = store or Store()
     base = container_base_image(container, store)
     return commit(Path(container["upper"]), base, image_name, store=store,
-                  message=message or f"commit of container {container.get('name', container.get('id'))}")
+                  message=message or f"commit of container {container.get('name', container.get('id'))}",
+                  container=container)
 
 
 def container_diff(container: dict, store: Store | None = None):

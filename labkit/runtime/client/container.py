@@ -336,7 +336,8 @@ class Container:
         """Turn the read-write layer into a new image (see labkit.images.commit)."""
         from labkit.images.commit import commit
 
-        return commit(self.upper_dir, self.image, image_name, message=message or f"commit of {self.name}")
+        return commit(self.upper_dir, self.image, image_name, message=message or f"commit of {self.name}",
+                      container={"id": self.id, "name": self.name})
 
     @property
     def command(self) -> list:

@@ -1,0 +1,347 @@
+"""Forged submissions, graded for real by `labkit grade run` in its sandbox: each scores what
+an honest grader gives (0 for the forgery, exactly the points of the honest part), the next
+submission is unaffected, and nothing is left on the host.
+
+The forgeries are the ones a cheating student tried against the labs (issue 19): rebinding
+`check`, the probes, `sum` or the report's display, an IPython hook, a replaced module,
+labkit's own files edited from inside, hand-built Results, a container state pointing at
+a cgroup made on the host, a `hostname` program replaced in the container, a server on the
+port on the host, a plain build passed off as a commit, and detached processes that outlive
+the kernel to rewrite the gradebook, another submission's file, or to answer the next
+submission's port check. Where safe, the same trick is shown to work without the defence
+(`--sandbox none`, or nbgrader, which trusts the kernel: see test_labs.py)."""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from kernel_fixtures import labkit_kernelspec  # noqa: F401 — a fixture
+from labkit.cli import main
+from labkit.grading.notebook import grade_id
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+LABS_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "labs"
+MARKER = "labkit-forgery-marker"
+PORT = 18480
+
+FORGERIES_ON_A_BLANK_CGROUPS_LAB = {
+    "check-lambda": "check = lambda cell, *e: sum(x.points for x in e)",
+    "probes-replaced": ("import labkit.grading.probes as P\n"
+                        "for n in P.__all__:\n"
+                        "    setattr(P, n, lambda *a, **k: (lambda: True))"),
+    "builtins-sum": "import builtins\nbuiltins.sum = lambda *a, **k: 1000",
+    "repr-patched": ("from labkit.grading.checks import Report\n"
+                     "Report._repr_mimebundle_ = lambda self, include=None, exclude=None: {'text/plain': '10'}\n"
+                     "Report.__repr__ = lambda self: '10'"),
+    "pre-run-cell": "get_ipython().events.register('pre_run_cell', lambda *a: display(1000))",
+    "sys-modules": ("import sys, types\n"
+                    "fake = types.ModuleType('labkit.grading')\n"
+                    "fake.check = lambda *a: 10\n"
+                    "fake.expect = lambda *a, **k: None\n"
+                    "fake.Answer = lambda name: name\n"
+                    "fake.progress = lambda: None\n"
+                    "fake.tidy = lambda **k: None\n"
+                    "fake.probes = types.SimpleNamespace()\n"
+                    "for n in ['memory_limit', 'cpu_limit', 'pids_limit', 'finished_ok', 'oom_killed', 'cpu_share',\n"
+                    "          'throttled', 'fork_bomb_held']:\n"
+                    "    setattr(fake.probes, n, lambda *a, **k: None)\n"
+                    "sys.modules['labkit.grading'] = fake\n"
+                    "from labkit.grading import Answer, check, expect, probes, progress, tidy"),
+    "edit-installed": ("import labkit.grading.checks as c, labkit.grading.judge as j, pathlib\n"
+                       "for module in (c, j):\n"
+                       "    p = pathlib.Path(module.__file__)\n"
+                       "    try:\n"
+                       "        p.write_text(p.read_text().replace('return sum(o.points for o in self.outcomes)', "
+                       "'return 1000'))\n"
+                       "    except OSError as error:\n"
+                       "        print('could not edit', p, error)"),
+    "results-forged": ("from labkit.runtime import Result\n"
+                       "small = Result(name='small', command=['true'], exit_code=0)\n"
+                       "big = Result(name='big', command=['dd'], exit_code=None, signal=9, oom_killed=True)\n"
+                       "bomb = Result(name='bomb', command=['sh'], exit_code=0, stats={'pids_limit_hits': 5})"),
+}
+
+
+def with_cells(notebook, changes: dict, after_setup: str | None = None):
+    copy = nbformat.from_dict(json.loads(json.dumps(notebook)))
+    for cell in copy.cells:
+        if grade_id(cell) in changes:
+            cell.source = changes[grade_id(cell)]
+    if after_setup is not None:
+        at = next(i for i, c in enumerate(copy.cells) if (grade_id(c) or "").endswith("-setup")) + 1
+        copy.cells.insert(at, nbformat.v4.new_code_cell(after_setup))
+    return copy
+
+
+def write(notebook, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, str(path))
+    return str(path)
+
+
+def grade(source: Path, files: dict, out: Path, *options) -> dict:
+    assert main(["grade", "run", str(source), *files.values(), "--out", str(out), "--timeout", "30", *options]) == 0
+    data = json.loads((out / "gradebook.json").read_text())
+    return {s["student"]: s for s in data["submissions"]}
+
+
+def read(path) -> dict:
+    return nbformat.read(str(path), as_version=4)
+
+
+@pytest.fixture(scope="module")
+def released(labkit_kernelspec, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("released")
+    assert main(["grade", "release", *[str(p) for p in sorted(LABS_DIR.glob("*.ipynb"))], "--out", str(out)]) == 0
+    return out
+
+
+def host_cgroup_like_a_container(limits: dict):
+    """A cgroup on the host (outside any sandbox) with the lab's limits and a process in
+    it: what a container state forged inside the sandbox could point at."""
+    import subprocess
+
+    from labkit.cgroups import Limits, host_hierarchy
+
+    cgroup = host_hierarchy().create(f"forged-{os.getpid()}", Limits(**limits))
+    sleeper = subprocess.Popen(["sleep", "600"])
+    cgroup.add_process(sleeper.pid)
+    return cgroup, sleeper
+
+
+@pytest.fixture(scope="module")
+def host_state():
+    """What the leak check compares against: sandbox cgroups, mounts and temp dirs now."""
+    return {"cgroups": sandbox_cgroups(), "mounts": sandbox_mounts(), "dirs": sandbox_dirs()}
+
+
+def sandbox_cgroups() -> set:
+    found = set()
+    for root in Path("/sys/fs/cgroup").iterdir():
+        parent = root / "labkit-sandbox"
+        if parent.is_dir():
+            found.update(str(p) for p in parent.iterdir() if p.is_dir())
+    return found
+
+
+def sandbox_mounts() -> set:
+    return {line for line in open("/proc/self/mountinfo") if "labkit-sandbox-" in line}
+
+
+def sandbox_dirs() -> set:
+    return {str(p) for p in Path("/tmp").glob("labkit-sandbox-*")}
+
+
+def processes_with(marker: str) -> list:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def cgroups_lab(released, tmp_path_factory):
+    source_path = LABS_DIR / "02-cgroups-lab.ipynb"
+    source, blank = read(source_path), read(released / "02-cgroups-lab.ipynb")
+    folder = tmp_path_factory.mktemp("forged-cgroups")
+    files = {name: write(with_cells(blank, {}, cell), folder / f"{name}.ipynb")
+             for name, cell in FORGERIES_ON_A_BLANK_CGROUPS_LAB.items()}
+    limits_answer = next(c.source for c in source.cells if grade_id(c) == "cg-limits-answer")
+    honest_limits = with_cells(blank, {"cg-limits-answer": limits_answer}, FORGERIES_ON_A_BLANK_CGROUPS_LAB["results-forged"])
+    files["limits-honest-results-forged"] = write(honest_limits, folder / "limits-honest-results-forged.ipynb")
+    cgroup, sleeper = host_cgroup_like_a_container({"memory": 64 << 20, "cpus": 0.5, "pids": 32})
+    try:
+        forged_state = ("import json, os\n"
+                        "for n, cgroup in enumerate(['labkit/{leaf}', '../../../../labkit/{leaf}', '/labkit/{leaf}']):\n"
+                        "    d = os.path.join(os.environ['LABKIT_HOME'], 'containers', f'forged{{n}}')\n"
+                        "    os.makedirs(d, exist_ok=True)\n"
+                        "    with open(os.path.join(d, 'state.json'), 'w') as f:\n"
+                        "        json.dump({{'name': 'cg-capped', 'id': f'forged{{n}}', 'cgroup': cgroup}}, f)"
+                        ).format(leaf=cgroup.name.rsplit("/", 1)[-1])
+        files["state-forged"] = write(with_cells(blank, {"cg-limits-answer": forged_state}), folder / "state-forged.ipynb")
+        checks_file = Path(__import__("labkit.grading.checks").grading.checks.__file__)
+        before = hashlib.sha256(checks_file.read_bytes()).hexdigest()
+        graded = grade(source_path, files, folder / "grades", "--jobs", "2")
+        yield graded, before, checks_file
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        cgroup.delete()
+
+
+@pytest.mark.parametrize("student", sorted(FORGERIES_ON_A_BLANK_CGROUPS_LAB))
+def test_a_forgery_in_the_students_kernel_scores_nothing(cgroups_lab, student):
+    graded, _, _ = cgroups_lab
+    assert graded[student]["error"] is None
+    assert graded[student]["total"] == 0, [c for c in graded[student]["cells"] if c["score"]]
+    assert all(c["status"] == "scored" for c in graded[student]["cells"]), "every check was judged"
+
+
+def test_hand_built_results_earn_nothing_next_to_honest_limits(cgroups_lab):
+    graded, _, _ = cgroups_lab
+    cells = {c["grade_id"]: c for c in graded["limits-honest-results-forged"]["cells"]}
+    assert cells["cg-limits-check"]["score"] == 3
+    assert graded["limits-honest-results-forged"]["total"] == 3
+    observed = [check["observed"] for check in cells["cg-oom-check"]["checks"]]
+    assert any("never ran" in words for words in observed), observed
+
+
+def test_a_container_state_pointing_at_a_host_cgroup_earns_nothing(cgroups_lab):
+    graded, _, _ = cgroups_lab
+    assert graded["state-forged"]["total"] == 0
+    limits = next(c for c in graded["state-forged"]["cells"] if c["grade_id"] == "cg-limits-check")
+    assert all("no running container named 'cg-capped'" in c["observed"] for c in limits["checks"])
+
+
+def test_labkits_own_files_cannot_be_edited_from_a_submission(cgroups_lab):
+    _, before, checks_file = cgroups_lab
+    assert hashlib.sha256(checks_file.read_bytes()).hexdigest() == before
+
+
+def test_a_replaced_hostname_program_is_not_the_hostname(released, tmp_path):
+    source_path = LABS_DIR / "01-namespaces-lab.ipynb"
+    fake = ("box = %container run -d --name ns-box -- sh -c "
+            "'rm /bin/hostname; printf \"#!/bin/sh\\necho lab\\n\" > /bin/hostname; chmod +x /bin/hostname; exec sleep 600'")
+    files = {"hostname": write(with_cells(read(source_path), {"ns-box-answer": fake}), tmp_path / "hostname.ipynb")}
+    graded = grade(source_path, files, tmp_path / "grades")
+    cells = {c["grade_id"]: c for c in graded["hostname"]["cells"]}
+    assert cells["ns-box-check"]["score"] == 2, cells["ns-box-check"]["checks"]
+    assert graded["hostname"]["total"] == graded["hostname"]["max_total"] - 1
+
+
+def test_a_plain_build_is_not_a_commit(released, tmp_path):
+    source_path = LABS_DIR / "03-images-lab.ipynb"
+    build = "%%image build lab-commit\nFROM busybox\nRUN mkdir -p /root && echo buy milk > /root/todo"
+    files = {"built": write(with_cells(read(source_path), {"img-commit-answer": build}), tmp_path / "built.ipynb")}
+    graded = grade(source_path, files, tmp_path / "grades")
+    cells = {c["grade_id"]: c for c in graded["built"]["cells"]}
+    assert cells["img-commit-check"]["score"] == 1, cells["img-commit-check"]["checks"]   # the file is there
+    assert graded["built"]["total"] == graded["built"]["max_total"] - 2
+
+
+class PageServer:
+    """A server on the host's 127.0.0.1:PORT giving the lab's page (a host-side fake)."""
+
+    def __init__(self, port):
+        self.socket = socket.socket()
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", port))
+        self.socket.listen()
+        self.socket.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                continue
+            with connection:
+                connection.settimeout(1)
+                try:
+                    connection.recv(1000)
+                    connection.sendall(b"HTTP/1.0 200 OK\r\n\r\nhello from net-site\n")
+                except OSError:
+                    pass
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        self.socket.close()
+
+
+LISTENER = (
+    "import subprocess, sys\n"
+    "code = '''\n"
+    "import socket  # " + MARKER + "\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('127.0.0.1', 18480)); s.listen()\n"
+    "while True:\n"
+    "    c, _ = s.accept(); c.recv(1000); c.sendall(b'HTTP/1.0 200 OK\\\\r\\\\n\\\\r\\\\nhello from net-site\\\\n'); c.close()\n"
+    "'''\n"
+    "subprocess.Popen(['setsid', sys.executable, '-c', code], start_new_session=True,\n"
+    "                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)")
+
+
+def writer(targets) -> str:
+    script = "; ".join(f"echo student,=1+1 > {target}" for target in targets)
+    return ("import subprocess\n"
+            f"subprocess.Popen(['setsid', 'sh', '-c', 'sleep 3; {script}; sleep 600 # {MARKER}'],\n"
+            "                 start_new_session=True)")
+
+
+@pytest.fixture(scope="module")
+def network_lab(released, tmp_path_factory, host_state):
+    source_path = LABS_DIR / "04-network-lab.ipynb"
+    blank = read(released / "04-network-lab.ipynb")
+    folder = tmp_path_factory.mktemp("forged-network")
+    out = folder / "grades"
+    out.mkdir()
+    (out / "gradebook.csv").write_text("before\n")
+    bystander = folder / "bystander.ipynb"
+    write(blank, bystander)
+    bystander_bytes = bystander.read_bytes()
+    files = {
+        "host-fake": write(blank, folder / "host-fake.ipynb"),
+        "listener": write(with_cells(blank, {}, LISTENER), folder / "listener.ipynb"),
+        "after-listener": write(blank, folder / "after-listener.ipynb"),
+        "writer": write(with_cells(blank, {}, writer([out / "gradebook.csv", out / "gradebook.json", bystander])),
+                        folder / "writer.ipynb"),
+    }
+    server = PageServer(PORT)
+    try:
+        graded = grade(source_path, files, out)        # one at a time, in this order
+        written = {name: (out / name).read_bytes() for name in ("gradebook.csv", "gradebook.json")}
+        time.sleep(5)                                  # the writer would have written by now
+        unchanged = all((out / name).read_bytes() == data for name, data in written.items())
+        unsandboxed = grade(source_path, {"host-fake": files["host-fake"]}, folder / "unsandboxed", "--sandbox", "none")
+    finally:
+        server.close()
+    yield graded, unchanged, bystander.read_bytes() == bystander_bytes, unsandboxed
+
+
+def test_a_server_on_the_host_port_does_not_answer_for_the_submission(network_lab):
+    graded, _, _, unsandboxed = network_lab
+    assert graded["host-fake"]["total"] == 0
+    # without the sandbox, the port check asks the host and the fake earns its points
+    assert unsandboxed["host-fake"]["total"] == 3
+
+
+def test_a_server_left_by_one_submission_does_not_answer_for_the_next(network_lab):
+    graded, _, _, _ = network_lab
+    # In its own sandbox the listener answers its own port check: the probe asks only that
+    # the port answers in the submission's network namespace (docs/labs.md says so).
+    assert graded["listener"]["total"] == 3
+    assert graded["after-listener"]["total"] == 0
+
+
+def test_a_detached_process_cannot_rewrite_the_gradebook_or_another_submission(network_lab):
+    graded, unchanged, bystander_unchanged, _ = network_lab
+    assert graded["writer"]["total"] == 0
+    assert unchanged, "the gradebook changed after grading"
+    assert bystander_unchanged, "another submission's file changed"
+
+
+def test_nothing_a_forgery_started_is_left_on_the_host(network_lab, cgroups_lab, host_state):
+    assert processes_with(MARKER) == []
+    assert sandbox_cgroups() <= host_state["cgroups"]
+    assert sandbox_mounts() <= host_state["mounts"]
+    assert sandbox_dirs() <= host_state["dirs"]
+
