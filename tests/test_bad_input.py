@@ -189,7 +189,7 @@ def in_process_cli(tmp_path, monkeypatch, capsys):
     def no_container(*args):
         raise AssertionError("this bad input got past validation: labkit run went on to start a container")
 
-    monkeypatch.setattr("labkit.runtime.helper.fork_from_caller", no_container)
+    monkeypatch.setattr("labkit.runtime.client.helper_client.fork_from_caller", no_container)
     collecting = gc.isenabled()
 
     def run(args, command=("--", "true")):

@@ -221,7 +221,7 @@ class KernelWorld:
 
     def committed_container(self, made_from: dict) -> tuple:
         """(whether that container ran here, its read-write layer's directory or None)."""
-        from labkit.runtime.state import find_container
+        from labkit.runtime.client.state import find_container
 
         try:
             return True, find_container(made_from["id"])["upper"]
