@@ -5,6 +5,7 @@ work without the defence, so that no test here can pass by being unable to fail.
 Attempts write only into temp dirs the test made.
 """
 
+import glob
 import os
 import shutil
 import stat
@@ -252,8 +253,13 @@ def without_masks(monkeypatch):
 
 
 def on_this_host(paths_list):
-    return [pytest.param(path, marks=pytest.mark.skipif(not os.path.lexists(path), reason=f"this host has no {path}"))
-            for path in paths_list]
+    """A param per path this host has (a pattern: per match); what it lacks, a skip saying so."""
+    params = []
+    for pattern in paths_list:
+        found = sorted(glob.glob(pattern))
+        params += [pytest.param(path, id=path) for path in found] or [
+            pytest.param(pattern, id=pattern, marks=pytest.mark.skip(reason=f"this host has no {pattern}"))]
+    return params
 
 
 def looks_masked(report: str) -> bool:
@@ -274,6 +280,63 @@ def test_a_masked_kernel_path_shows_nothing_of_the_host(path, no_leftovers):
 @pytest.mark.parametrize("path", on_this_host(MASKED_PATHS))
 def test_without_masks_the_same_kernel_path_is_the_hosts(path, without_masks, no_leftovers):
     assert not looks_masked(run(SHOW_WHAT_IS_THERE.format(path=path)).check().stdout)
+
+
+# moby's 2025 additions (GHSA-6fw5-f8r9-fgfm): the host's interrupt counters and each
+# CPU's thermal_throttle counters tell a container what the host is doing.
+READ_INTERRUPTS = "wc -c < /proc/interrupts; grep -c CPU0 /proc/interrupts || true"
+THERMAL_THROTTLE = "/sys/devices/system/cpu/cpu*/thermal_throttle"
+
+
+@pytest.mark.root
+@pytest.mark.cgroup_v2
+def test_proc_interrupts_reads_empty_in_a_container_and_from_exec(no_leftovers):
+    assert run(READ_INTERRUPTS).check().stdout == "0\n0\n"
+    container = Container(ContainerSpec(command="sleep 60"))
+    container.start(detach=True)
+    try:
+        assert container.exec(READ_INTERRUPTS).check().stdout == "0\n0\n"
+        assert looks_masked(container.exec(SHOW_WHAT_IS_THERE.format(path="/proc/interrupts")).check().stdout)
+    finally:
+        container.remove()
+
+
+@pytest.mark.root
+def test_privileged_proc_interrupts_shows_the_hosts_counters(no_leftovers):
+    size, header = run(READ_INTERRUPTS, privileged=True).check().stdout.split()
+    assert int(size) > 0 and header == "1"
+
+
+@pytest.mark.root
+@pytest.mark.cgroup_v2
+def test_every_cpus_thermal_throttle_is_masked_also_from_exec(no_leftovers):
+    on_host = sorted(glob.glob(THERMAL_THROTTLE))
+    if not on_host:
+        pytest.skip(f"this host has no {THERMAL_THROTTLE} (no CPU reports thermal throttling): nothing to mask")
+    show_each = "".join(SHOW_WHAT_IS_THERE.format(path=path) for path in on_host)
+    assert all(looks_masked(line) for line in run(show_each).check().stdout.splitlines())
+    assert not any(looks_masked(line) for line in run(show_each, privileged=True).check().stdout.splitlines())
+    container = Container(ContainerSpec(command="sleep 60"))
+    container.start(detach=True)
+    try:
+        lines = container.exec(show_each).check().stdout.splitlines()
+        assert len(lines) == len(on_host) and all(looks_masked(line) for line in lines)
+    finally:
+        container.remove()
+
+
+@pytest.mark.root
+def test_a_masked_pattern_covers_every_match_in_the_containers_sys(monkeypatch, no_leftovers):
+    # The thermal_throttle pattern's machinery, on a pattern every host matches (one per CPU).
+    from labkit.runtime import plan
+
+    pattern = "/sys/devices/system/cpu/cpu*/topology"
+    on_host = sorted(glob.glob(pattern))
+    show_each = "".join(SHOW_WHAT_IS_THERE.format(path=path) for path in on_host)
+    assert on_host and not any(looks_masked(line) for line in run(show_each).check().stdout.splitlines())
+    monkeypatch.setattr(plan, "kernel_path_lists", lambda spec: {"masked_paths": [pattern], "readonly_paths": []})
+    lines = run(show_each).check().stdout.splitlines()
+    assert len(lines) == len(on_host) and all(looks_masked(line) for line in lines)
 
 
 @pytest.mark.root

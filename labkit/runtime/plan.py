@@ -194,10 +194,14 @@ def _field_types(cls) -> dict:
 # Docker's default lists (moby's oci defaults): kernel files a container has no business
 # reading (host-wide timers, keys, hardware) are masked; kernel settings shared with
 # the host (/proc/sys: a write there changes the host) are read-only. A path this host
-# lacks is skipped. `--privileged` sends empty lists.
-MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-                "/sys/firmware", "/sys/devices/virtual/powercap")
+# lacks is skipped. `--privileged` sends empty lists. /proc/interrupts and the CPUs'
+# thermal_throttle counters are moby's 2025 additions (advisory GHSA-6fw5-f8r9-fgfm: they
+# let a container watch the host's activity); moby expands the CPUs at spec time on the
+# host, labkit expands the pattern where the container's mounts are made (inside/mounts.py).
+MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+                "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+                "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+                "/sys/devices/system/cpu/cpu*/thermal_throttle")
 # /sys last: a fresh sysfs is mounted read-only already; the host's, borrowed in a user
 # namespace, is made so here.
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", "/sys")

@@ -7,6 +7,7 @@ to "pivot_root", in that order.
 """
 
 import errno
+import glob
 import os
 import stat
 
@@ -190,7 +191,10 @@ def protect_kernel_paths(plan, rootfs):
 
     The paths are the kernel's own, below the /proc and /sys just mounted; only those two
     come from the image. Where the image made one a link (`/proc -> /etc`) it is skipped:
-    the container has no kernel filesystem there, and the link's target is the host's."""
+    the container has no kernel filesystem there, and the link's target is the host's.
+
+    A path may be a pattern (`/sys/devices/system/cpu/cpu*/thermal_throttle`): it stands
+    for what matches in the container's own /proc or /sys, which may be nothing."""
     real = {}
     for paths_list, protect in ((plan.masked_paths, mask_path), (plan.readonly_paths, make_read_only)):
         for path in paths_list:
@@ -198,7 +202,15 @@ def protect_kernel_paths(plan, rootfs):
             if top not in real:
                 real[top] = _is_real_directory(f"{rootfs}/{top}")
             if real[top]:
-                protect(rootfs + path)
+                for found in _matches(rootfs, path):
+                    protect(found)
+
+
+def _matches(rootfs, path):
+    """`rootfs + path`, or with a pattern every path under rootfs it matches (sorted)."""
+    if not any(char in path for char in "*?["):
+        return [rootfs + path]
+    return sorted(glob.glob(glob.escape(rootfs) + path))
 
 
 def _is_real_directory(path):
