@@ -5,6 +5,7 @@ import ctypes
 import errno
 import json
 import os
+import struct
 
 import pytest
 
@@ -160,6 +161,60 @@ def test_errno_ret_of_a_rule_is_what_the_caller_sees(tmp_path):
                                     "syscalls": [{"names": ["keyctl"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]})
     program = seccomp.Profile.load(path).compile(set())
     assert errno_in_child_after_filter(program, keyctl_get_session_keyring) == errno.ENOSYS
+
+
+UNKNOWN_TO_EVERY_KERNEL = 1000  # no architecture has a syscall numbered this high yet
+RETURN_ENOSYS = struct.pack("=HBBI", 0x06, 0, 0, seccomp.SCMP_ACT_ERRNO | errno.ENOSYS)  # BPF_RET|BPF_K
+
+
+def unknown_syscall():
+    return _libc.syscall(ctypes.c_long(UNKNOWN_TO_EVERY_KERNEL))
+
+
+def without_the_stub(program):
+    """libseccomp's program alone: what follows the stub's ENOSYS return, its last instruction."""
+    end = program.index(RETURN_ENOSYS)
+    assert end % 8 == 0
+    return program[end + 8:]
+
+
+@pytest.mark.root
+def test_a_syscall_newer_than_the_profile_gets_enosys_as_runc_gives_it():
+    program = seccomp.Profile.from_json(default_profile()).compile(CONTAINER_DEFAULT)
+    assert errno_in_child_after_filter(program, unknown_syscall) == errno.ENOSYS
+    # Listed and denied stays EPERM (Docker's choice); listed and allowed is allowed.
+    assert errno_in_child_after_filter(program, keyctl_get_session_keyring) == errno.EPERM
+    assert errno_in_child_after_filter(program, unshare_user) == errno.EPERM
+    assert errno_in_child_after_filter(program, os.getpid) == 0
+    # Without the stub, libseccomp's filter gives the profile's default to the unknown call.
+    assert errno_in_child_after_filter(without_the_stub(program), unknown_syscall) == errno.EPERM
+    assert errno_in_child_after_filter(without_the_stub(program), os.getpid) == 0
+
+
+@pytest.mark.root
+def test_a_syscall_the_profile_skips_below_its_highest_one_stays_eperm(tmp_path):
+    # "Unknown" is "newer than the profile": a hole below its highest syscall is the profile's refusal.
+    path = write_profile(tmp_path, {"defaultAction": "SCMP_ACT_ERRNO",
+                                    "syscalls": [{"names": ["getpid", "exit", "exit_group", "write", "pidfd_open"],
+                                                  "action": "SCMP_ACT_ALLOW"}]})
+    program = seccomp.Profile.load(path).compile(set())
+    assert seccomp.syscall_number("unshare") < seccomp.syscall_number("pidfd_open")
+    assert errno_in_child_after_filter(program, unshare_user) == errno.EPERM
+    assert errno_in_child_after_filter(program, unknown_syscall) == errno.ENOSYS
+
+
+def test_the_stub_bounds_each_architecture_by_its_own_highest_syscall():
+    program = seccomp.enosys_stub({0xC000003E: 456, 0x40000003: 462})
+    bounds = [struct.unpack("=HBBI", program[at:at + 8])[3] for at in range(0, len(program), 8)
+              if struct.unpack("=HBBI", program[at:at + 8])[0] == 0x25]  # BPF_JGT
+    assert bounds == [456, 462] and program.endswith(RETURN_ENOSYS)
+
+
+def test_a_profile_that_allows_by_default_gets_no_stub():
+    allow = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["keyctl"], "action": "SCMP_ACT_ERRNO"}]}
+    deny = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["keyctl"], "action": "SCMP_ACT_ALLOW"}]}
+    assert RETURN_ENOSYS not in seccomp.Profile.from_json(allow).compile(set())
+    assert RETURN_ENOSYS in seccomp.Profile.from_json(deny).compile(set())
 
 
 def test_library_and_kernel_are_reported():

@@ -20,6 +20,7 @@ import ctypes.util
 import errno
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 
 from labkit.errors import ConfigError
@@ -82,6 +83,8 @@ def _declare(lib):
     lib.seccomp_arch_resolve_name.restype = ctypes.c_uint32
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
     lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
+    lib.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
+    lib.seccomp_syscall_resolve_name_arch.restype = ctypes.c_int
     lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
                                            ctypes.POINTER(_ArgumentComparison)]
     lib.seccomp_rule_add_array.restype = ctypes.c_int
@@ -255,21 +258,27 @@ class Profile:
                 lib.seccomp_attr_set(context, SCMP_FLTATR_CTL_OPTIMIZE, 2)
             except OSError:
                 pass  # libseccomp older than 2.5: the linear chain, same decisions
+            tokens = {lib.seccomp_arch_native()}
             for name in self.architectures:
                 token = lib.seccomp_arch_resolve_name(name.encode())
                 if token == 0:
                     continue  # an architecture this libseccomp does not know cannot run here
+                tokens.add(token)
                 try:
                     lib.seccomp_arch_add(context, token)
                 except OSError as error:
                     if error.errno != errno.EEXIST:  # the native one is already in
                         raise
-            for rule in self.rules:
-                if rule.applies(caps, arch, kernel):
-                    _add_rule(lib, context, rule, default)
-            return _export(lib, context)
+            applied = [rule for rule in self.rules if rule.applies(caps, arch, kernel)]
+            for rule in applied:
+                _add_rule(lib, context, rule, default)
+            program = _export(lib, context)
         finally:
             lib.seccomp_release(context)
+        if default & 0xFFFF0000 in (SCMP_ACT_ALLOW, SCMP_ACT_LOG, SCMP_ACT_TRACE):
+            return program  # what the profile does not name is allowed: nothing is unknown
+        names = {name for rule in applied for name in rule.names}
+        return enosys_stub(_last_syscalls(lib, tokens, names)) + program
 
 
 def _rule(entry, where) -> Rule:
@@ -349,6 +358,69 @@ def _add_rule(lib, context, rule, default):
         for group in groups:
             array = (_ArgumentComparison * max(1, len(group)))(*[_ArgumentComparison(*c) for c in group])
             lib.seccomp_rule_add_array(context, action, number, len(group), array)
+
+
+# What compile() makes; a cached program of another format is compiled anew (security/compiled.py).
+PROGRAM_FORMAT = 2  # 2: with the ENOSYS stub
+
+# --- unknown syscalls: ENOSYS, as runc answers them ------------------------------------
+# A program built against a newer kernel tries a new syscall and, on ENOSYS, falls back to
+# an older one (glibc does so for clone3, statx, ...). EPERM would tell it the call exists
+# and was refused. runc (libcontainer/seccomp/patchbpf) therefore puts a stub before the
+# filter: a syscall numbered above the highest one the profile names, on that architecture,
+# is "newer than the profile" and gets ENOSYS; every other one goes through the filter,
+# so a call the profile lists and denies still gets its EPERM.
+
+_X32_BIT = 0x40000000  # x32 calls carry it on x86_64: the filter decides those, as before
+_AUDIT_ARCH_X86_64 = 0xC000003E
+_BPF_LD_W_ABS, _BPF_JEQ, _BPF_JGT, _BPF_JSET, _BPF_JA, _BPF_RET = 0x20, 0x15, 0x25, 0x45, 0x05, 0x06
+_SECCOMP_DATA_NR, _SECCOMP_DATA_ARCH = 0, 4
+
+
+def _last_syscalls(lib, tokens, names) -> dict:
+    """{audit arch: the highest syscall number `names` hold on it}. libseccomp's arch
+    tokens are the kernel's AUDIT_ARCH_* values, except x32's pseudo one (not a real
+    arch: its calls come as x86_64's with the x32 bit), which is left out."""
+    last = {}
+    for token in tokens:
+        if token & 0x80000000 == 0 and token & 0xFFFF == 0x3E:  # x32: EM_X86_64, 32-bit
+            continue
+        numbers = [lib.seccomp_syscall_resolve_name_arch(token, name.encode()) for name in names]
+        known = [number for number in numbers if number >= 0]  # negative: not on this arch
+        if known:
+            last[token] = max(known)
+    return last
+
+
+def enosys_stub(last_syscalls: dict) -> bytes:
+    """BPF that returns ENOSYS for a syscall numbered above last_syscalls[arch] and
+    otherwise falls through to what follows it (the profile's own filter)."""
+    ENOSYS, FILTER = "enosys", "filter"
+    code = [(_BPF_LD_W_ABS, 0, 0, _SECCOMP_DATA_ARCH)]
+    for position, audit_arch in enumerate(last_syscalls):
+        code.append((_BPF_JEQ, f"arch{position}", 0, audit_arch))
+    code.append((_BPF_JA, 0, 0, FILTER))  # an arch the profile does not know: the filter kills it
+    labels = {}
+    for position, (audit_arch, last) in enumerate(last_syscalls.items()):
+        labels[f"arch{position}"] = len(code)
+        code.append((_BPF_LD_W_ABS, 0, 0, _SECCOMP_DATA_NR))
+        if audit_arch == _AUDIT_ARCH_X86_64:
+            code.append((_BPF_JSET, FILTER, 0, _X32_BIT))
+        code.append((_BPF_JGT, ENOSYS, FILTER, last))
+    labels[ENOSYS] = len(code)
+    code.append((_BPF_RET, 0, 0, SCMP_ACT_ERRNO | errno.ENOSYS))
+    labels[FILTER] = len(code)
+
+    def offset(target, at):
+        return labels[target] - at - 1 if isinstance(target, str) else target
+
+    program = bytearray()
+    for at, (op, jt, jf, k) in enumerate(code):
+        if op == _BPF_JA:
+            program += struct.pack("=HBBI", op, 0, 0, offset(k, at))
+        else:
+            program += struct.pack("=HBBI", op, offset(jt, at), offset(jf, at), k)
+    return bytes(program)
 
 
 def _export(lib, context) -> bytes:

@@ -42,7 +42,7 @@ def _from_disk_or_compiled(profile, capabilities) -> bytes:
     from labkit.linux import seccomp
 
     identity = json.dumps([profile, sorted(capabilities), seccomp.libseccomp_version(), os.uname().machine,
-                           os.uname().release], sort_keys=True)
+                           os.uname().release, seccomp.PROGRAM_FORMAT], sort_keys=True)
     path = labkit_home() / "cache" / "seccomp" / (hashlib.sha256(identity.encode()).hexdigest() + ".bpf")
     try:
         program = path.read_bytes()
