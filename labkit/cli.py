@@ -16,7 +16,8 @@ import gc
 import importlib
 import sys
 
-from labkit.verbs import CONTAINER_OPTIONS, Parser, Verb, add_verbs, all_of, dispatch, option, spec_from_options
+from labkit.verbs import (CONTAINER_OPTIONS, Option, Parser, Verb, add_verbs, all_of, container_option, dispatch,
+                          option, spec_from_options)
 
 # --- labkit's own verbs ---------------------------------------------------------------
 
@@ -68,12 +69,19 @@ def cmd_ps(options):
     return 0
 
 
+def _with_short(entry: Option, flag: str) -> Option:
+    """A container option with a short flag only the command line has (`run -h`: the
+    magics keep -h for their help)."""
+    return Option(entry.flags + (flag,), entry.kwargs, entry.spec_field, entry.to_spec)
+
+
 VERBS = (
     Verb("run", "run a command in a fresh container", cmd_run, (
-        all_of(CONTAINER_OPTIONS),
+        all_of(CONTAINER_OPTIONS, skip=("hostname",)),
+        _with_short(container_option("hostname"), "-h"),
         option("--interactive", "-i", action="store_true", help="pass stdin to the container"),
         option("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…"),
-    )),
+    ), add_help=False),   # -h is --hostname, as docker run's; --help is the help
     Verb("doctor", "what this host offers, and what to do about what it lacks", cmd_doctor),
     Verb("gc", "remove what containers of dead owners left behind", cmd_gc),
     Verb("ps", "list containers known on this host", cmd_ps),

@@ -104,7 +104,10 @@ CONTAINER_OPTIONS = [
     option("--memory", "-m", spec_field="memory", help="memory limit, e.g. 64m, 1g (swap disabled)"),
     option("--cpus", spec_field="cpus", help="CPU limit as a fraction of cores, e.g. 0.5"),
     option("--pids-limit", spec_field="pids", dest="pids", help="most processes at once"),
-    option("--env", "-e", spec_field="env", action="append", default=[], metavar="KEY=VALUE"),
+    option("--env", "-e", spec_field="env", action="append", default=[], metavar="KEY[=VALUE]",
+           help="set KEY; KEY alone passes this environment's value (none if unset)"),
+    option("--env-file", spec_field="env_file", action="append", default=[], metavar="FILE",
+           help="read KEY=VALUE (or KEY) lines from FILE; # starts a comment"),
     option("--volume", "-v", spec_field="volumes", action="append", default=[], metavar="SRC:DST[:ro]"),
     option("--workdir", "-w", spec_field="workdir", help="working directory inside"),
     option("--user", "-u", spec_field="user", help="uid[:gid] or a user name from the image"),
@@ -113,7 +116,9 @@ CONTAINER_OPTIONS = [
     option("--timeout", spec_field="timeout", type=float, help="kill the container after this many seconds"),
     option("--net", "--network", spec_field="network", dest="network", default="none",
            help="none (default), host, bridge or container:NAME"),
-    option("--publish", "-p", spec_field="publish", action="append", default=[], metavar="HOSTPORT:CONTAINERPORT"),
+    option("--publish", "-p", spec_field="publish", action="append", default=[],
+           metavar="[IP:]HOSTPORT:CONTAINERPORT", help="forward the host's port (on 127.0.0.1 unless IP) to the "
+                                                      "container's (TCP; needs --net bridge)"),
     option("--cap-add", spec_field="cap_add", action="append", default=[], metavar="CAP",
            help="keep a capability beyond Docker's default set, e.g. SYS_ADMIN (or ALL)"),
     option("--cap-drop", spec_field="cap_drop", action="append", default=[], metavar="CAP",
@@ -132,8 +137,8 @@ CONTAINER_OPTIONS = [
            help="a time namespace with CLOCK_MONOTONIC moved by SECONDS"),
     option("--read-only", spec_field="read_only", action="store_true",
            help="mount the container's root filesystem read-only"),
-    option("--tmpfs", spec_field="tmpfs", action="append", default=[], metavar="PATH",
-           help="a writable tmpfs at PATH (nosuid,nodev), e.g. /tmp with --read-only"),
+    option("--tmpfs", spec_field="tmpfs", action="append", default=[], metavar="PATH[:OPTIONS]",
+           help="a tmpfs at PATH (nosuid,nodev,noexec unless OPTIONS say), e.g. /tmp:size=64m,exec"),
     option("--python", spec_field="python", action="store_true",
            help="mount this Python (interpreter, standard library, shared libraries) read-only at its host "
                 "paths; a command starting with python or python3 runs it"),
@@ -176,8 +181,8 @@ class Verb:
     (`labkit image ls`)."""
 
     def __init__(self, name: str, help: str, run=None, options: tuple = (), verbs: tuple = (),
-                 metavar: str = "VERB", description: str | None = None):
-        self.name, self.help, self.run = name, help, run
+                 metavar: str = "VERB", description: str | None = None, add_help: bool = True):
+        self.name, self.help, self.run, self.add_help = name, help, run, add_help
         self.options, self.verbs = options, verbs  # kept as given: a list stays open to additions
         self.metavar, self.description = metavar, description
 
@@ -192,7 +197,10 @@ def add_options(parser, options) -> None:
 
 def add_verb(subparsers, verb: Verb):
     """The parser of one verb (and of its sub-verbs) in `subparsers`."""
-    parser = subparsers.add_parser(verb.name, help=verb.help, description=verb.description or verb.help)
+    parser = subparsers.add_parser(verb.name, help=verb.help, description=verb.description or verb.help,
+                                   allow_abbrev=False, add_help=verb.add_help)
+    if not verb.add_help:  # the verb gives -h another meaning (`run -h NAME`: the hostname, as Docker's)
+        parser.add_argument("--help", action="help", help="show this help message and exit")
     add_options(parser, verb.options)
     if verb.verbs:
         add_verbs(parser.add_subparsers(dest=f"{verb.name.replace('-', '_')}_verb", metavar=verb.metavar),
@@ -210,7 +218,7 @@ def add_verbs(subparsers, verbs) -> None:
 
 def parser_for(verbs, parser_class=argparse.ArgumentParser, dest="verb", metavar="VERB", **keywords):
     """A whole parser whose first word is one of `verbs` (a magic's, or a module's alone)."""
-    parser = parser_class(**keywords)
+    parser = parser_class(**{"allow_abbrev": False, **keywords})
     add_verbs(parser.add_subparsers(dest=dest, metavar=metavar), verbs)
     return parser
 
@@ -222,7 +230,14 @@ USAGE_EXIT = 125
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse's parser, whose usage errors are one line and exit USAGE_EXIT instead of 2."""
+    """argparse's parser, whose usage errors are one line and exit USAGE_EXIT instead of 2,
+    and which takes no abbreviation of a long option: with them `--pid host` (Docker: the
+    host's PID namespace) was read as `--pids-limit host`. Docker's CLI has none either.
+    Sub-verbs' parsers are of this class too (argparse makes them of the parent's class)."""
+
+    def __init__(self, *args, **keywords):
+        keywords.setdefault("allow_abbrev", False)
+        super().__init__(*args, **keywords)
 
     def error(self, message):
         # One line, as Docker's CLI: the usage block would bury it.

@@ -72,7 +72,8 @@ OPTION_ROWS = [
     # --env
     (["--env", ""], "--env ''"),
     (["--env", "=x"], "--env '=x'"),
-    (["--env", "NOEQUALS"], "--env 'NOEQUALS'"),
+    (["--env", "=x"], "--env '=x'"),
+    (["--env-file", "/nonexistent/env"], "--env-file '/nonexistent/env'"),
     (["--env", "A=\0"], "--env 'A=\\x00'"),
     # --volume: form, missing source, relative target, reserved targets (as runc refuses)
     (["--volume", "/tmp"], "--volume '/tmp'"),
@@ -115,6 +116,9 @@ OPTION_ROWS = [
     (["--net", "bridge", "--publish", "99999:80"], "--publish '99999:80'"),
     (["--net", "bridge", "--publish", "abc"], "--publish 'abc'"),
     (["--net", "bridge", "--publish", "80:80/udp"], "--publish '80:80/udp'"),
+    (["--net", "bridge", "--publish", "1.2.3:80:80"], "--publish '1.2.3:80:80'"),
+    (["--net", "bridge", "--publish", "::1:80:80"], "--publish '::1:80:80'"),
+    (["--net", "bridge", "--publish", "127.0.0.1::80"], "--publish '127.0.0.1::80'"),
     # --cap-add, --cap-drop, --security-opt
     (["--cap-add", "NOPE"], "--cap-add 'NOPE'"),
     (["--cap-add", ""], "--cap-add ''"),
@@ -140,6 +144,11 @@ OPTION_ROWS = [
     (["--tmpfs", "/sys"], "--tmpfs '/sys'"),
     (["--tmpfs", "/dev"], "--tmpfs '/dev'"),
     (["--tmpfs", "/a,b"], "--tmpfs '/a,b'"),
+    (["--tmpfs", "/tmp:size=lots"], "--tmpfs '/tmp:size=lots'"),
+    (["--tmpfs", "/tmp:mode=999"], "--tmpfs '/tmp:mode=999'"),
+    (["--tmpfs", "/tmp:uid=-1"], "--tmpfs '/tmp:uid=-1'"),
+    (["--tmpfs", "/tmp:nosuchoption"], "--tmpfs '/tmp:nosuchoption'"),
+    (["--tmpfs", "/tmp:size"], "--tmpfs '/tmp:size'"),
     # --entrypoint (an empty one with nothing to run: tests/test_cli.py, as it is found
     # once the image is known)
     (["--entrypoint", "a\0b"], "--entrypoint 'a\\x00b'"),
@@ -419,7 +428,7 @@ def test_bad_input_in_a_magic_fails_the_cell_with_one_line(kernel):
 @pytest.mark.root
 @pytest.mark.parametrize("keywords, named", [
     (dict(user="99999999999"), "--user '99999999999'"),
-    (dict(env=["NOEQUALS"]), "--env 'NOEQUALS'"),
+    (dict(env=["=NOKEY"]), "--env '=NOKEY'"),
     (dict(workdir="relative"), "--workdir 'relative'"),
     (dict(timeout=float("nan")), "--timeout nan"),
 ], ids=["user", "env", "workdir", "timeout"])

@@ -75,12 +75,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def fetch(port, seconds=5.0) -> str:
-    """GET http://127.0.0.1:PORT/ once the server inside has come up."""
+def fetch(port, seconds=5.0, address="127.0.0.1") -> str:
+    """GET http://ADDRESS:PORT/ once the server inside has come up."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+            return urllib.request.urlopen(f"http://{address}:{port}/", timeout=2).read().decode()
         except OSError:
             if time.monotonic() > deadline:
                 raise
@@ -134,6 +134,21 @@ def test_published_port_is_reached_from_the_host_loopback(clean):
         container.remove()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+@pytest.mark.root
+def test_a_port_published_on_an_address_listens_there_only(clean):
+    """Docker's `-p IP:HOSTPORT:CONTAINERPORT`: 127.0.0.2 (loopback, as every address a
+    test may use) serves, 127.0.0.1 on the same port does not."""
+    port = free_port()
+    container = detached(command=SERVE.format(text="on-two", port=8080), network="bridge",
+                         publish=[f"127.0.0.2:{port}:8080"])
+    try:
+        assert fetch(port, address="127.0.0.2") == "on-two\n"
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+    finally:
+        container.remove()
 
 
 @pytest.mark.root

@@ -316,7 +316,7 @@ def test_a_launch_plan_survives_the_socket_unchanged(labkit_home):
     plan = _a_start_plan()
     again = launch.from_wire(launch.StartPlan, json.loads(json.dumps(launch.to_wire(plan))))
     assert again == plan
-    assert again.limits.memory == 64 << 20 and again.process.command == ["true"] and again.tmpfs == ["/tmp"]
+    assert again.limits.memory == 64 << 20 and again.process.command == ["true"] and again.tmpfs == [["/tmp", 14, ""]]   # MS_NOSUID|MS_NODEV|MS_NOEXEC
 
 
 @pytest.mark.parametrize("change, complaint", [

@@ -18,7 +18,7 @@ def test_units_are_parsed_once_into_bytes_cores_and_counts():
 @pytest.mark.parametrize("fields, message", [
     ({"namespaces": ("mnt", "bogus")}, "unknown namespace kind 'bogus'"),
     ({"namespaces": ("pid", "net")}, "own mount namespace"),
-    ({"env": ["NOVALUE"]}, "KEY=VALUE"),
+    ({"env": ["=NOKEY"]}, "KEY=VALUE"),
     ({"volumes": ["/does/not/exist:/data"]}, "does not exist on the host"),
     ({"volumes": ["/tmp"]}, "SRC:DST"),
     ({"volumes": ["/tmp:relative"]}, "absolute path"),

@@ -218,7 +218,7 @@ def send(address, megabytes, port=PORT) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m labkit.experiments.network")
+    parser = argparse.ArgumentParser(prog="python -m labkit.experiments.network", allow_abbrev=False)
     parser.add_argument("end", choices=("sink", "source"))
     parser.add_argument("--netns", default="", help="a network namespace to join (default: the host's)")
     parser.add_argument("--port", type=int, default=PORT)

@@ -26,7 +26,12 @@ class HelpShown(Exception):
 
 class MagicParser(argparse.ArgumentParser):
     """argparse exits the process on bad usage; in a kernel that must be an exception.
-    Sub-verbs' parsers are of this class too (argparse makes them of the parent's class)."""
+    Sub-verbs' parsers are of this class too (argparse makes them of the parent's class).
+    No abbreviations, as on the command line: `--pid host` is not `--pids-limit host`."""
+
+    def __init__(self, *args, **keywords):
+        keywords.setdefault("allow_abbrev", False)
+        super().__init__(*args, **keywords)
 
     def error(self, message):
         raise UsageError(f"{message}\n{self.format_usage().strip()}")

@@ -1,5 +1,6 @@
-"""Published ports: `-p HOSTPORT:CONTAINERPORT[/tcp]` makes a container's TCP port
-reachable on the host at 127.0.0.1:HOSTPORT.
+"""Published ports: `-p [IP:]HOSTPORT:CONTAINERPORT[/tcp]` makes a container's TCP port
+reachable on the host at IP:HOSTPORT (127.0.0.1 when no IP is given: Docker's default is
+every address, 0.0.0.0, which would put a student's container on the network).
 
 How: a small userspace proxy in the owner process (the kernel, script or CLI that
 started the container), like Docker's `docker-proxy`. It listens on 127.0.0.1:HOSTPORT
@@ -35,20 +36,30 @@ class PortMapping:
     host_port: int
     container_port: int
     protocol: str = "tcp"
+    host_ip: str = HOST_ADDRESS
 
     @classmethod
     def parse(cls, text: str) -> "PortMapping":
+        """Docker's `[IP:]HOSTPORT:CONTAINERPORT[/PROTOCOL]`, IPv4 (an IPv6 address is
+        refused: the proxy listens on IPv4)."""
         ports, _, protocol = str(text).partition("/")
         protocol = protocol or "tcp"
         if protocol != "tcp":
             raise ConfigError(f"--publish {text!r}: only tcp is supported (udp has no connections to proxy)")
-        host, sep, inside = ports.partition(":")
-        if not sep:
-            raise ConfigError(f"--publish {text!r} is not HOSTPORT:CONTAINERPORT, e.g. 8080:80")
-        return cls(_port(host, text), _port(inside, text), protocol)
+        parts = ports.split(":")
+        if len(parts) not in (2, 3):
+            raise ConfigError(f"--publish {text!r} is not [IP:]HOSTPORT:CONTAINERPORT, e.g. 8080:80 or "
+                              "127.0.0.1:8080:80")
+        address = parts[0] if len(parts) == 3 else HOST_ADDRESS
+        try:
+            socket.inet_pton(socket.AF_INET, address)
+        except OSError:
+            raise ConfigError(f"--publish {text!r}: {address!r} is not an IPv4 address of this host, "
+                              "e.g. 127.0.0.1") from None
+        return cls(_port(parts[-2], text), _port(parts[-1], text), protocol, address)
 
     def __str__(self):
-        return f"{HOST_ADDRESS}:{self.host_port}->{self.container_port}/{self.protocol}"
+        return f"{self.host_ip}:{self.host_port}->{self.container_port}/{self.protocol}"
 
 
 def _port(value, text) -> int:
@@ -72,14 +83,17 @@ class PublishedPort:
         # SO_REUSEADDR only skips TIME_WAIT leftovers; a live listener still gives EADDRINUSE.
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self.listener.bind((HOST_ADDRESS, mapping.host_port))
+            self.listener.bind((mapping.host_ip, mapping.host_port))
             self.listener.listen(64)
         except OSError as error:
             self.listener.close()
             if error.errno == errno.EADDRINUSE:
-                raise ConfigError(f"cannot publish {mapping}: port {mapping.host_port} on {HOST_ADDRESS} is "
+                raise ConfigError(f"cannot publish {mapping}: port {mapping.host_port} on {mapping.host_ip} is "
                                   f"already in use (another program or container); pick another host port") from None
-            raise HostError(f"cannot listen on {HOST_ADDRESS}:{mapping.host_port}: {error.strerror}") from None
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(f"cannot publish {mapping}: {mapping.host_ip} is not an address of this host; "
+                                  f"give one it has, e.g. {HOST_ADDRESS}") from None
+            raise HostError(f"cannot listen on {mapping.host_ip}:{mapping.host_port}: {error.strerror}") from None
 
     def start(self, container_ip: str):
         self.target = (container_ip, self.mapping.container_port)
@@ -178,9 +192,9 @@ def publish_all(texts) -> list:
     mappings = [PortMapping.parse(text) for text in texts]
     seen = set()
     for mapping in mappings:
-        if mapping.host_port in seen:
-            raise ConfigError(f"host port {mapping.host_port} is published twice")
-        seen.add(mapping.host_port)
+        if (mapping.host_ip, mapping.host_port) in seen:
+            raise ConfigError(f"host port {mapping.host_ip}:{mapping.host_port} is published twice")
+        seen.add((mapping.host_ip, mapping.host_port))
     published = []
     try:
         for mapping in mappings:

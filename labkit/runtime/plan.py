@@ -100,7 +100,7 @@ class StartPlan:
     masked_paths: list               # kernel paths hidden (Docker's list; none with --privileged)
     readonly_paths: list             # kernel paths made read-only (likewise)
     read_only: bool                  # the overlay root mounted read-only
-    tmpfs: list                      # writable tmpfs mounts (absolute paths inside)
+    tmpfs: list                      # [path inside, MS_* flags, tmpfs data] per --tmpfs
     limits: Limits
     time_offsets: dict               # clock name -> seconds, for a time namespace
     user_map: UserMap | None         # set when a user namespace is made
@@ -219,6 +219,8 @@ def kernel_path_lists(spec) -> dict:
 def start_plan(spec, image, *, id, name, hostname, directory, command, hold, auto_remove) -> StartPlan:
     """The plan for a validated ContainerSpec on `image`, in `directory` (the network's
     part, `join` and `network_inside`, is filled in by the runtime after labkit.net answers)."""
+    from labkit.runtime.spec import parse_tmpfs   # the client's module: not loaded where plans are read
+
     paths = ContainerDir(directory)
     return StartPlan(
         id=id, dir=str(paths.path), rootfs=str(paths.rootfs), upper=str(paths.upper), work=str(paths.work),
@@ -227,7 +229,7 @@ def start_plan(spec, image, *, id, name, hostname, directory, command, hold, aut
         process=process_plan(spec, image, hostname, command), init=spec.init, hold=hold, auto_remove=auto_remove,
         volumes=[VolumeMount(v.source, v.target, v.readonly) for v in spec.volumes],
         **kernel_path_lists(spec),
-        read_only=spec.read_only, tmpfs=list(spec.tmpfs), limits=spec.limits(),
+        read_only=spec.read_only, tmpfs=[list(parse_tmpfs(entry)) for entry in spec.tmpfs], limits=spec.limits(),
         time_offsets={"monotonic": spec.time_offset, "boottime": spec.time_offset} if spec.time_offset else {},
         user_map=UserMap(spec.user_map.uid, spec.user_map.count) if "user" in spec.namespaces else None,
         join={}, network_inside=None,

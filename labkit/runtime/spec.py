@@ -123,7 +123,8 @@ class ContainerSpec:
     memory: object = None                    # bytes, or "64m"
     cpus: object = None                      # fraction of cores, "0.5"
     pids: object = None                      # most processes at once
-    env: list = field(default_factory=list)  # "KEY=VALUE"
+    env: list = field(default_factory=list)  # "KEY=VALUE", or "KEY": the caller's value (none if unset)
+    env_file: list = field(default_factory=list)  # files of KEY=VALUE lines (Docker's --env-file)
     workdir: str | None = None
     volumes: list = field(default_factory=list)   # Volume or "SRC:DST[:ro]"
     user: str | None = None                  # "uid[:gid]" or a name from the image
@@ -142,7 +143,7 @@ class ContainerSpec:
     device_read_bps: list = field(default_factory=list)   # "DEVICE:RATE", e.g. "/dev/vda:1m"
     device_write_bps: list = field(default_factory=list)
     read_only: bool = False                  # the root filesystem mounted read-only (docker --read-only)
-    tmpfs: list = field(default_factory=list)     # writable tmpfs mounts, absolute paths inside
+    tmpfs: list = field(default_factory=list)     # writable tmpfs mounts, "PATH[:OPTIONS]" (Docker's)
     python: bool = False                     # mount labkit's Python read-only (runtime/python_mounts.py)
 
     def limits(self):
@@ -174,7 +175,9 @@ class ContainerSpec:
         spec.memory = None if spec.memory is None else _memory(spec.memory)
         spec.cpus = None if spec.cpus is None else parse_cpus(spec.cpus, "--cpus")
         spec.pids = None if spec.pids is None else parse_count(spec.pids, "--pids-limit", most=PID_MAX_LIMIT)
-        spec.env = [parse_env(item) for item in spec.env]
+        spec.env = [item for item in (parse_env(entry) for entry in env_files(spec.env_file) + list(spec.env))
+                    if item is not None]
+        spec.env_file = []   # read once: their lines are in env now
         spec.user_map = UserNamespaceMap.parse(spec.user_map)
         spec.user = parse_user(spec.user, spec.namespaces, spec.user_map)
         if spec.python:
@@ -195,7 +198,7 @@ class ContainerSpec:
         spec.device_read_bps = _device_rates(spec.device_read_bps, "--device-read-bps")
         spec.device_write_bps = _device_rates(spec.device_write_bps, "--device-write-bps")
         spec.read_only = bool(spec.read_only)
-        spec.tmpfs = [_tmpfs_target(path) for path in spec.tmpfs]
+        spec.tmpfs = [format_tmpfs(*parse_tmpfs(entry)) for entry in spec.tmpfs]
         spec.workdir = parse_workdir(spec.workdir)
         spec.timeout = parse_timeout(spec.timeout)
         spec.time_offset = _time_offset(spec.time_offset)
@@ -224,12 +227,71 @@ class ContainerSpec:
         return [kind for kind in BY_NAME if kind in kinds]
 
 
-def _tmpfs_target(path) -> str:
-    """An absolute, normalised path inside the container, not "/" and no kernel filesystem."""
-    text = str(path)
-    if "," in text:
-        raise ConfigError(f"--tmpfs {text!r}: give a directory without ',' (e.g. /tmp or /run)")
-    return mount_target(text, "--tmpfs")
+# `--tmpfs PATH[:OPTIONS]` as Docker reads it: OPTIONS are mount(8)'s for tmpfs, comma
+# separated; a tmpfs is nosuid, nodev and noexec unless an option says otherwise (Docker's
+# defaults, moby's daemon/oci_linux.go), and the options the kernel's tmpfs takes as data
+# (size=, mode=, uid=, gid=, nr_inodes=, nr_blocks=) pass through to it.
+TMPFS_FLAGS = {"ro": ("rdonly", True), "rw": ("rdonly", False), "nosuid": ("nosuid", True),
+               "suid": ("nosuid", False), "nodev": ("nodev", True), "dev": ("nodev", False),
+               "noexec": ("noexec", True), "exec": ("noexec", False), "noatime": ("noatime", True),
+               "atime": ("noatime", False), "nodiratime": ("nodiratime", True),
+               "diratime": ("nodiratime", False), "relatime": ("relatime", True),
+               "norelatime": ("relatime", False), "strictatime": ("strictatime", True)}
+TMPFS_DEFAULTS = ("nosuid", "nodev", "noexec")
+TMPFS_DATA = ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks")
+MOUNT_FLAG_BITS = {"rdonly": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048,
+                   "relatime": 1 << 21, "strictatime": 1 << 24}
+
+
+def parse_tmpfs(entry) -> tuple:
+    """"/tmp:size=1m,exec" -> ("/tmp", MS_* flags, "size=1m"): where, how, and the data the
+    kernel's tmpfs reads, each option checked here (a typo is a clear line, not EINVAL
+    from mount(2) deep in the container's setup)."""
+    text = str(entry)
+    _no_nul(text, "--tmpfs")
+    path, _, options = text.partition(":")
+    if "," in path:
+        raise ConfigError(f"--tmpfs {text!r}: the options come after a ':', e.g. /tmp:size=64m,mode=1777")
+    target = mount_target(path, "--tmpfs")
+    flags = dict.fromkeys(TMPFS_DEFAULTS, True)
+    data = {}
+    for option in filter(None, options.split(",")) if options else ():
+        key, equals, value = option.partition("=")
+        if not equals and key in TMPFS_FLAGS:
+            name, on = TMPFS_FLAGS[key]
+            flags[name] = on
+        elif equals and key in TMPFS_DATA:
+            data[key] = _tmpfs_value(text, key, value)
+        else:
+            raise ConfigError(f"--tmpfs {text!r}: unknown option {option!r}; give PATH[:OPTIONS] with options "
+                              f"such as size=64m, mode=1777, uid=N, gid=N, exec, ro (mount(8)'s for tmpfs)")
+    bits = sum(MOUNT_FLAG_BITS[name] for name, on in flags.items() if on)
+    return target, bits, ",".join(f"{key}={value}" for key, value in data.items())
+
+
+def _tmpfs_value(text, key, value) -> str:
+    if key == "mode":
+        if not re.fullmatch(r"[0-7]{1,4}", value):
+            raise ConfigError(f"--tmpfs {text!r}: mode={value!r} is not an octal mode such as 1777 or 755")
+    elif key == "size":
+        if not re.fullmatch(r"[0-9]{1,19}[kmgKMG]?|[0-9]{1,2}%", value):   # size=0: no limit, as mount(8)
+            raise ConfigError(f"--tmpfs {text!r}: size={value!r} is not a size such as 64m, 1g or 50%")
+    elif not value.isdigit() or int(value) > MAX_ID:
+        raise ConfigError(f"--tmpfs {text!r}: {key}={value!r} is not a number (0 to {MAX_ID})")
+    return value
+
+
+def format_tmpfs(target, bits, data) -> str:
+    """The shortest "PATH[:OPTIONS]" of parse_tmpfs's answer (the options that differ from
+    Docker's defaults, then the data), which parse_tmpfs reads back the same: a spec is
+    validated twice, by the front end and by Container."""
+    words = []
+    for name, bit in MOUNT_FLAG_BITS.items():
+        on = bool(bits & bit)
+        if on != (name in TMPFS_DEFAULTS):
+            words.append(next(word for word, meaning in TMPFS_FLAGS.items() if meaning == (name, on)))
+    options = ",".join(words + ([data] if data else []))
+    return f"{target}:{options}" if options else target
 
 
 def mount_target(path, what) -> str:
@@ -312,12 +374,43 @@ def _memory(value) -> int:
     return memory
 
 
-def parse_env(item) -> str:
+def parse_env(item) -> str | None:
+    """KEY=VALUE as given; a bare KEY takes the caller's value, and is not set at all when
+    the caller has none (Docker's rule for `-e KEY` and an env file's `KEY` line)."""
     text = str(item)
     _no_nul(text, "--env")
-    if "=" not in text or text.startswith("="):
-        raise ConfigError(f"--env {text!r} is not KEY=VALUE")
-    return text
+    if text.startswith("=") or not text:
+        raise ConfigError(f"--env {text!r} is not KEY=VALUE or KEY (to pass this environment's KEY on)")
+    if "=" in text:
+        return text
+    value = os.environ.get(text)
+    return None if value is None else f"{text}={value}"
+
+
+def env_files(paths) -> list:
+    """The KEY=VALUE and KEY lines of `--env-file` files, in order, as Docker reads them:
+    blank lines and lines starting with # are skipped, leading whitespace is dropped, the
+    value is everything after the first '=' (quotes included: no shell here)."""
+    lines = []
+    for path in paths:
+        text = str(path)
+        _no_nul(text, "--env-file")
+        try:
+            with open(text, encoding="utf-8") as file:
+                content = file.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"--env-file {text!r}: {getattr(error, 'strerror', None) or error}; "
+                              "give a readable UTF-8 file of KEY=VALUE lines") from None
+        for number, line in enumerate(content.splitlines(), 1):
+            line = line.lstrip()
+            if not line or line.startswith("#"):
+                continue
+            key = line.partition("=")[0]
+            if not key or any(c.isspace() for c in key):
+                raise ConfigError(f"--env-file {text!r} line {number}: {line!r} is not KEY=VALUE or KEY "
+                                  "(a name without spaces)")
+            lines.append(line)
+    return lines
 
 
 def _image_name(name: str) -> None:

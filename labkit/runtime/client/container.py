@@ -298,7 +298,7 @@ class Container:
         if isinstance(command, str):
             command = ["sh", "-c", command]
         # The same checks as the spec's own --env, --workdir, --user and --timeout.
-        env = [parse_env(item) for item in env]
+        env = [item for item in map(parse_env, env) if item is not None]   # a bare KEY: the caller's value, if any
         workdir, timeout = parse_workdir(workdir), parse_timeout(timeout)
         user = parse_user(user, self.spec.namespaces, self.spec.user_map)
         from labkit.runtime.client.exec_process import ExecProcess   # not loaded by a run without exec

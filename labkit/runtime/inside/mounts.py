@@ -158,15 +158,16 @@ def _volume_target(root, volume):
 
 @step("mount tmpfs")
 def mount_tmpfs(plan, rootfs):
-    """`--tmpfs PATH`: a writable, memory-backed directory (also on a read-only root)."""
+    """`--tmpfs PATH[:OPTIONS]`: a memory-backed directory (also on a read-only root), with
+    the mount flags and tmpfs data spec.parse_tmpfs made of the options."""
     if not plan.tmpfs:
         return
     root = paths.open_root(rootfs)  # resolved inside the root, as the volumes are
     try:
-        for path in plan.tmpfs:
+        for path, flags, data in plan.tmpfs:
             target = paths.make_dirs_in_root(root, path)
             try:
-                syscalls.mount("tmpfs", paths.fd_path(target), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+                syscalls.mount("tmpfs", paths.fd_path(target), "tmpfs", flags, data or None)
             finally:
                 os.close(target)
     finally:
