@@ -34,11 +34,65 @@ def cmd_run(options):
     fork_from_caller()  # this process is small and single-threaded: it can be its own helper
     container = Container(spec)
     stdin = sys.stdin.fileno() if options.interactive else None
-    result = container.run(stdout=sys.stdout.fileno(), stderr=sys.stderr.fileno(), stdin=stdin)
+    with forwarded_signals(container) as forwarding:
+        try:
+            container.start(stdout=sys.stdout.fileno(), stderr=sys.stderr.fileno(), stdin=stdin, auto_remove=True)
+            forwarding.send_pending()
+            result = container.wait()
+        finally:
+            if container.state != "removed":
+                container.remove()
     if not result.ok:
         print(f"labkit: container {result.name} {result.cause}" + (f": {result.error}" if result.error else ""),
               file=sys.stderr)
     return result.returncode
+
+
+# What `labkit run` passes on to the container's PID 1, as `docker run` does (its
+# --sig-proxy, on by default): the container then decides, and its exit status is
+# labkit's (128+n when the signal killed it). A third SIGINT kills the container: the
+# way out of one whose PID 1 ignores interrupts (`docker run` gives none).
+FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP")
+INTERRUPTS_TO_KILL = 3
+
+
+class forwarded_signals:
+    """While the container runs, FORWARDED signals to this process go to its PID 1; one
+    that comes before the container started is sent once it has."""
+
+    def __init__(self, container):
+        self.container, self.pending, self.interrupts, self.previous = container, [], 0, {}
+
+    def __enter__(self):
+        import signal
+
+        for name in FORWARDED:
+            number = getattr(signal, name)
+            self.previous[number] = signal.signal(number, self.on_signal)
+        return self
+
+    def on_signal(self, number, frame):
+        import signal
+
+        if number == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts >= INTERRUPTS_TO_KILL:
+                raise KeyboardInterrupt   # wait() kills and collects the container
+        if self.container.state == "running":
+            self.container.signal(number)
+        else:
+            self.pending.append(number)   # still starting: send_pending() sends it once it runs
+
+    def send_pending(self):
+        while self.pending:
+            self.container.signal(self.pending.pop(0))
+
+    def __exit__(self, *exc):
+        import signal
+
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        return False
 
 
 def cmd_doctor(options):

@@ -138,3 +138,62 @@ def test_run_h_is_the_hostname_and_help_is_still_there(labkit_home):
     assert (done.returncode, done.stdout) == (0, "box7\n")
     helped = labkit("run", "--help", home=labkit_home)
     assert helped.returncode == 0 and "-h HOSTNAME" in helped.stdout and "--help" in helped.stdout
+
+
+# --- signals to `labkit run` go to the container -----------------------------------------
+
+TRAPS = ('trap "echo got TERM; exit 7" TERM; trap "echo got HUP; exit 8" HUP; trap "echo got INT; exit 9" INT; '
+         'echo ready; while :; do sleep 0.05; done')
+
+
+def started(home, *args):
+    """A `labkit run` whose container has printed its first line."""
+    process = subprocess.Popen([sys.executable, "-m", "labkit.cli", "run", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=dict(os.environ, LABKIT_HOME=str(home)))
+    assert process.stdout.readline() == "ready\n"
+    return process
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("signal_name, code", [("SIGTERM", 7), ("SIGHUP", 8), ("SIGINT", 9)])
+def test_a_signal_to_labkit_run_goes_to_the_containers_pid_1(labkit_home, signal_name, code):
+    """As `docker run` (its --sig-proxy): PID 1's trap runs and its exit status is labkit's.
+    Without the forwarding, SIGTERM and SIGHUP kill labkit itself (-15, -1) and SIGINT
+    kills the container (130), and no trap runs."""
+    import signal
+
+    process = started(labkit_home, "--", "sh", "-c", TRAPS)
+    process.send_signal(getattr(signal, signal_name))
+    out, err = process.communicate(timeout=60)
+    assert (process.returncode, out) == (code, f"got {signal_name[3:]}\n"), err
+    assert nothing_left(labkit_home)
+
+
+@pytest.mark.root
+def test_a_container_killed_by_the_forwarded_signal_exits_128_plus_it(labkit_home):
+    """`--init` passes SIGTERM on to `sleep`, which dies of it: 143, as Docker reports."""
+    import signal
+
+    process = started(labkit_home, "--init", "--", "sh", "-c", "echo ready; exec sleep 100")
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert nothing_left(labkit_home)
+
+
+@pytest.mark.root
+def test_the_third_interrupt_kills_a_pid_1_that_ignores_them(labkit_home):
+    """PID 1 without a handler never sees SIGINT (the kernel's rule for init): interrupts
+    one by one (each waited for, as a user presses ^C) and the third one kills it."""
+    import signal
+    import time
+
+    process = started(labkit_home, "--", "sh", "-c", "echo ready; exec sleep 100")
+    for _ in range(2):
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.3)   # not a timing assertion: signals sent at once may arrive as one
+        assert process.poll() is None, "a forwarded SIGINT that PID 1 ignores leaves it running"
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert nothing_left(labkit_home)

@@ -270,6 +270,13 @@ class Container:
                 self._finish(exited)
         return self.state
 
+    def signal(self, number: int) -> None:
+        """Send signal `number` to the container's PID 1 (`docker kill -s`). The kernel
+        gives PID 1 only the signals it has a handler for (SIGKILL aside): a shell without
+        a trap ignores SIGTERM there, as under Docker."""
+        if self.state == "running" and self.result is None:
+            self._helper.send(Op.SIGNAL, id=self.id, signal=int(number))
+
     def kill(self) -> Result:
         if self.state == "running" and self.result is None:
             self._finish(self._kill_and_collect())
