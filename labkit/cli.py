@@ -118,6 +118,8 @@ def cmd_ps(options):
 
     print(f"{'NAME':24} {'ID':16} {'IMAGE':12} {'STATUS':10} OWNER")
     for state in host_containers():
+        if not options.all and state["status"] not in ("created", "running"):
+            continue   # docker ps: the containers that are up; -a: every one
         print(f"{state.get('name', '?'):24} {state['id']:16} {state.get('image', '?'):12} "
               f"{state['status']:10} {state.get('client_pid')}")
     return 0
@@ -138,7 +140,9 @@ VERBS = (
     ), add_help=False),   # -h is --hostname, as docker run's; --help is the help
     Verb("doctor", "what this host offers, and what to do about what it lacks", cmd_doctor),
     Verb("gc", "remove what containers of dead owners left behind", cmd_gc),
-    Verb("ps", "list containers known on this host", cmd_ps),
+    Verb("ps", "list the running containers on this host (-a: every one)", cmd_ps, (
+        option("--all", "-a", action="store_true", help="also the exited and orphaned ones"),
+    )),
 )
 
 # Modules that add their own verbs: (module, function, {verb: help}). The function is

@@ -126,8 +126,34 @@ def test_ps_says_orphaned_when_the_runtime_finds_the_owner_gone(labkit_home):
     directory.mkdir(parents=True)
     write_state(directory, {"id": "0123456789abcdef", "name": "left", "image": "busybox", "status": "running",
                             "owner_pid": gone, "owner_start": -1, "client_pid": gone})
-    line = [row for row in labkit("ps", home=labkit_home).stdout.splitlines() if row.startswith("left ")]
+    line = [row for row in labkit("ps", "-a", home=labkit_home).stdout.splitlines() if row.startswith("left ")]
     assert line and line[0].split()[3] == "orphaned"
+    assert "left " not in labkit("ps", home=labkit_home).stdout   # docker ps: only what is up
+
+
+@pytest.mark.root
+def test_ps_shows_the_true_state_running_then_exited_then_nothing(labkit_home, monkeypatch):
+    """A detached container is "running" while its command runs (it used to show as
+    "created", the state the helper writes before the start), "exited" under -a once it
+    stopped, and gone from both once removed."""
+    from labkit.runtime import Container, ContainerSpec
+
+    monkeypatch.setenv("LABKIT_HOME", str(labkit_home))
+
+    def status():
+        rows = {tuple(row.split()[:1]): row.split()[3] for row in
+                labkit("ps", "-a", home=labkit_home).stdout.splitlines()[1:]}
+        shown = [row.split()[0] for row in labkit("ps", home=labkit_home).stdout.splitlines()[1:]]
+        return rows.get(("state-probe",)), "state-probe" in shown
+
+    container = Container(ContainerSpec(command=["sleep", "100"], name="state-probe")).start(detach=True)
+    try:
+        assert status() == ("running", True)
+        container.stop(grace=0.5)
+        assert status() == ("exited", False)
+    finally:
+        container.remove()
+    assert status() == (None, False)
 
 
 # --- one table of verbs and options ---------------------------------------------------------

@@ -38,13 +38,25 @@ def all_states(home: Path | None = None) -> list:
     return found
 
 
-def host_containers(home: Path | None = None) -> list:
+def host_containers(home: Path | None = None, hierarchy=None) -> list:
     """Every container's state on this host, its "status" the runtime's answer: what the
-    owner last wrote, or "orphaned" when the owner is gone (`labkit gc` removes those)."""
+    owner last wrote, "running" when one written "created" has processes in its cgroup
+    (the helper writes no state when the command starts: that write would sit on every
+    start's path), or "orphaned" when the owner is gone (`labkit gc` removes those)."""
+    from labkit.runtime import lifecycle
+
     states = all_states(home)
     for state in states:
         if not owner_alive(state):
             state["status"] = "orphaned"
+        elif state.get("status") == lifecycle.CREATED and state.get("cgroup"):
+            if hierarchy is None:
+                from labkit.cgroups import host_hierarchy
+
+                hierarchy = host_hierarchy()
+            cgroup = hierarchy.open(state["cgroup"])
+            if cgroup.exists() and cgroup.pids():
+                state["status"] = lifecycle.RUNNING
         state.setdefault("status", "?")
     return states
 
