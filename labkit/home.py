@@ -2,14 +2,20 @@
 
 Read-write layers and image layers hold whatever a container made, setuid-root copies of
 binaries included: a host user who can walk to such a file can run it as root. So the
-home is private, 0700, as Docker's data root. A container with a user namespace runs as
-an unprivileged host uid that must walk down to its layers; for it the home becomes 0710
-with that uid's group, as Docker does for its remapped root: the container's root gets
-in, other host users still do not. Homes left 0755 by older labkit are tightened on
+home is private, 0700, as Docker's data root, and so are `containers/` and `layers/`
+(whatever the umask). A container with a user namespace runs as an unprivileged host uid
+that must walk down to its layers; for it the home, `containers/` and `layers/` become
+0710 with that uid's group, as Docker does for its remapped root: the container's root
+gets in, other host users still do not. Homes left 0755 by older labkit are tightened on
 first use.
+
+A mode is only a defence if no one else can change it: a home another user owns (a
+predictable path such as /tmp/labkit made first by a local user, left 0777) is refused,
+and so is one below a directory another user could rename or replace it in.
 """
 
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -17,16 +23,17 @@ from labkit.errors import ConfigError
 
 PRIVATE = 0o700
 USER_NAMESPACES = 0o710  # group: the host gid of a user-namespace container's root
+PRIVATE_SUBDIRS = ("containers", "layers")  # where containers' files lie, setuid copies included
 
 _checked = set()  # homes made private by this process
 
 
 def labkit_home() -> Path:
-    """`$LABKIT_HOME`, else /var/lib/labkit as root, else ~/.local/share/labkit; made
-    private the first time this process uses it."""
+    """`$LABKIT_HOME`, else /var/lib/labkit as root, else ~/.local/share/labkit; checked
+    (ours alone) and made private the first time this process uses it."""
     configured = os.environ.get("LABKIT_HOME")
     if configured:
-        home = Path(configured)
+        home = Path(os.path.abspath(configured))
     elif os.geteuid() == 0:
         home = Path("/var/lib/labkit")
     else:
@@ -38,26 +45,67 @@ def labkit_home() -> Path:
 
 
 def make_private(home: Path) -> None:
-    """Create `home` 0700, or tighten one that others may enter. 0710 with a group other
-    than root's is left alone: a user-namespace container may be using it."""
+    """Create `home` 0700, or tighten one that others may enter; refuse one that someone
+    else owns or could replace. 0710 with a group other than root's is left alone: a
+    user-namespace container may be using it."""
     try:
-        home.parent.mkdir(parents=True, exist_ok=True)
+        _make_parents(home.parent)
         os.mkdir(home, PRIVATE)
     except FileExistsError:
         pass
     except OSError:
-        return  # cannot be made here (read-only, not ours): the first write says so, naming the path
+        if not os.path.lexists(home):
+            return  # cannot be made here (read-only, not ours): the first write says so, naming the path
+    check_trusted(home)
     st = os.stat(home)
-    if st.st_uid != os.geteuid():
-        return  # not ours to change (a LABKIT_HOME someone set up for us)
     if not _is_private(st):
         os.chmod(home, PRIVATE)
+    for name in PRIVATE_SUBDIRS:
+        private_dir(home / name)
+
+
+def private_dir(path: Path) -> Path:
+    """`path` made if missing, 0700 whatever the umask (0710 kept: see the module's doc)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, PRIVATE)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise ConfigError(f"{path} is not a directory of uid {os.geteuid()}'s; remove it and try again")
+    if not _is_private(st):
+        os.chmod(path, PRIVATE)
+    return path
+
+
+def check_trusted(home: Path) -> None:
+    """Refuse a home that is not ours alone: owned by another user, a symlink another user
+    owns, or below a directory another user owns or may write to (who could rename the
+    home away and put one of their own in its place)."""
+    me = os.geteuid()
+    for path, st in _chain(home):
+        if st.st_uid not in (0, me):
+            what = "LABKIT_HOME" if path == home else f"{path}, above LABKIT_HOME {home},"
+            raise ConfigError(
+                f"{what} belongs to {_user(st.st_uid)}, not to {_user(me)}: its owner could open it to everyone "
+                f"and run, as root, the setuid files containers leave in it. Use a directory of your own "
+                f"(unset LABKIT_HOME for {_default_home()}), or have {_user(st.st_uid)} remove it")
+        if path != home and stat.S_ISDIR(st.st_mode) and _others_may_write(st):
+            raise ConfigError(
+                f"{path}, above LABKIT_HOME {home}, may be written by others (mode "
+                f"{oct(stat.S_IMODE(st.st_mode))}, not sticky): another user could replace the home. "
+                f"Put LABKIT_HOME below a directory only you (or root) may write to")
+    if os.stat(home).st_uid != me:
+        raise ConfigError(f"LABKIT_HOME {home} belongs to {_user(os.stat(home).st_uid)}, not to {_user(me)}: "
+                          f"use a directory of your own (unset LABKIT_HOME for {_default_home()})")
 
 
 def open_for_user_namespace(home: Path, uid: int, gid: int) -> None:
-    """Let a user-namespace container's root (host `uid`/`gid`) walk into the home, and
-    no one else: 0710 with group `gid`. Directories above the home are not labkit's:
-    they must already let others through."""
+    """Let a user-namespace container's root (host `uid`/`gid`) walk into the home and down
+    to its layers and its container directory, and no one else: 0710 with group `gid` on the
+    home, `containers/` and `layers/`. Directories above the home are not labkit's: they
+    must already let others through."""
     for directory in home.parents:
         if not os.stat(directory).st_mode & 0o001:
             raise ConfigError(
@@ -65,15 +113,58 @@ def open_for_user_namespace(home: Path, uid: int, gid: int) -> None:
                 f"(mode {oct(stat.S_IMODE(os.stat(directory).st_mode))}); allow it with `chmod o+x {directory}` "
                 "or put LABKIT_HOME somewhere others may pass through")
     make_private(home)
-    st = os.stat(home)
-    if stat.S_IMODE(st.st_mode) == USER_NAMESPACES and st.st_gid == gid:
-        return
-    if stat.S_IMODE(st.st_mode) == USER_NAMESPACES and st.st_gid not in (0, gid):
-        raise ConfigError(
-            f"LABKIT_HOME {home} is open to the user namespaces of host gid {st.st_gid}; a container "
-            f"mapped to host uid/gid {uid}/{gid} needs a LABKIT_HOME of its own (or the same --userns map)")
-    os.chown(home, -1, gid)
-    os.chmod(home, USER_NAMESPACES)
+    for directory in (home, *(home / name for name in PRIVATE_SUBDIRS)):
+        st = os.stat(directory)
+        if stat.S_IMODE(st.st_mode) == USER_NAMESPACES and st.st_gid == gid:
+            continue
+        if stat.S_IMODE(st.st_mode) == USER_NAMESPACES and st.st_gid not in (0, gid):
+            raise ConfigError(
+                f"LABKIT_HOME {home} is open to the user namespaces of host gid {st.st_gid}; a container "
+                f"mapped to host uid/gid {uid}/{gid} needs a LABKIT_HOME of its own (or the same --userns map)")
+        os.chown(directory, -1, gid)
+        os.chmod(directory, USER_NAMESPACES)
+
+
+def _chain(home: Path):
+    """(path, lstat) for the home and each directory above it, as given and as resolved:
+    a symlink on the way counts as much as a directory."""
+    seen = set()
+    for start in (home, Path(os.path.realpath(home))):
+        for path in (start, *start.parents):
+            if path not in seen:
+                seen.add(path)
+                yield path, os.lstat(path)
+
+
+def _make_parents(directory: Path) -> None:
+    """Missing directories above the home, 0755 whatever the umask (a 0777 one would be
+    refused as replaceable)."""
+    missing = []
+    while not os.path.lexists(directory):
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        os.mkdir(path, 0o755)
+        os.chmod(path, 0o755)
+
+
+def _others_may_write(st) -> bool:
+    mode = st.st_mode
+    if mode & stat.S_ISVTX:
+        return False  # sticky (/tmp): only an entry's owner may rename it, and that owner was checked
+    group_may = mode & stat.S_IWGRP and st.st_gid not in (0, os.getegid())
+    return bool(mode & stat.S_IWOTH or group_may)
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _default_home() -> str:
+    return "/var/lib/labkit" if os.geteuid() == 0 else "~/.local/share/labkit"
 
 
 def _is_private(st) -> bool:

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,7 +71,8 @@ def test_another_host_user_cannot_reach_a_setuid_copy_in_a_read_write_layer(setu
 
 @pytest.mark.root
 def test_with_a_0755_home_the_same_setuid_copy_is_within_reach(setuid_copy, labkit_home):
-    os.chmod(labkit_home, 0o755)  # what older labkit left: the defence is the home's mode
+    for directory in (labkit_home, labkit_home / "containers"):
+        os.chmod(directory, 0o755)  # what older labkit left: the defence is these modes
     reached = reach(setuid_copy)
     assert (reached.returncode, reached.stdout.strip()) == (0, "4755 0")
 
@@ -83,7 +85,8 @@ def test_a_setuid_file_committed_into_an_image_layer_is_out_of_reach_too(setuid_
     in_layer = image.layer_dirs[-1] / "tmp" / "sush"
     assert (mode(in_layer), os.stat(in_layer).st_uid) == (0o4755, 0)
     assert "Permission denied" in reach(in_layer).stderr
-    os.chmod(labkit_home, 0o755)
+    for directory in (labkit_home, labkit_home / "layers"):
+        os.chmod(directory, 0o755)
     assert reach(in_layer).stdout.strip() == "4755 0"
 
 
@@ -96,7 +99,9 @@ def test_a_user_namespace_container_opens_the_home_to_its_own_root_only(labkit_h
     try:
         container.run(remove=False).check()
         st = os.stat(labkit_home)
-        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o710, USERNS_ROOT)
+        for directory in (labkit_home, labkit_home / "containers", labkit_home / "layers"):
+            st = os.stat(directory)
+            assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o710, USERNS_ROOT), directory
         copy = container.upper_dir / "sush"
         assert reach(copy, USERNS_ROOT, USERNS_ROOT).stdout.strip() == f"4755 {USERNS_ROOT}"
         refused = reach(copy)
@@ -122,3 +127,123 @@ def test_a_detached_containers_logs_and_state_are_not_world_readable(labkit_home
             assert mode(container.dir / name) & 0o077 == 0, name
     finally:
         container.remove()
+
+
+# --- a home no other user owns or can replace (a real second host user) ------------------
+
+
+@pytest.fixture
+def second_user():
+    """A real local account (as on a shared teaching host), removed with its home after the test."""
+    import pwd
+
+    name = f"lkhome{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", "-r", name], capture_output=True)
+        assert subprocess.run(["id", name], capture_output=True).returncode != 0, f"account {name} left behind"
+
+
+@pytest.fixture
+def their_tmp_dir(second_user):
+    """A predictable path in /tmp that the second user made first, 0777 (as an attacker would)."""
+    path = f"/tmp/labkit-shared-{os.getpid()}"
+    made = as_user(second_user.pw_uid, second_user.pw_gid, "sh", "-c", f"umask 0; mkdir -m 0777 {path}")
+    assert made.returncode == 0, made.stderr
+    try:
+        yield Path(path)
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", path], check=True)
+
+
+SETUID_PYTHON = "cp /host-python /tmp/sush && chmod 4755 /tmp/sush"
+WHO = "import os; print(os.getuid(), os.geteuid())"
+
+
+def setuid_python_in(container_home) -> Container:
+    """A container (kept, not removed) that made a setuid-root copy of the host's Python in
+    its read-write layer: unlike busybox, Python keeps the euid a setuid bit gives it."""
+    python = os.path.realpath(sys.executable)
+    container = Container(ContainerSpec(command=SETUID_PYTHON, volumes=[f"{python}:/host-python:ro"]))
+    container.run(remove=False).check()
+    return container
+
+
+def test_without_the_check_a_home_another_user_owns_gives_that_user_root(labkit_home, second_user, no_leftovers):
+    # What labkit left before: a home the user made first, used as it was, and its
+    # directories at the umask's 0755. The user runs the container's setuid copy: host root.
+    container = setuid_python_in(labkit_home)
+    try:
+        os.chown(labkit_home, second_user.pw_uid, second_user.pw_gid)
+        for directory in (labkit_home, labkit_home / "containers", container.dir, container.upper_dir,
+                          container.upper_dir / "tmp"):
+            os.chmod(directory, 0o755)
+        for directory in labkit_home.parents:
+            if directory == Path("/tmp"):
+                break
+            os.chmod(directory, os.stat(directory).st_mode | 0o001)
+        ran = as_user(second_user.pw_uid, second_user.pw_gid, str(container.upper_dir / "tmp" / "sush"), "-c", WHO)
+        assert ran.stdout.split() == [str(second_user.pw_uid), "0"], ran.stderr
+    finally:
+        os.chown(labkit_home, 0, 0)
+        container.remove()
+
+
+def test_a_home_another_user_made_first_is_refused_and_left_untouched(their_tmp_dir, second_user, monkeypatch):
+    monkeypatch.setenv("LABKIT_HOME", str(their_tmp_dir))
+    with pytest.raises(ConfigError) as refused:
+        Container(ContainerSpec(command="true")).run()
+    message = str(refused.value)
+    assert f"belongs to {second_user.pw_name} (uid {second_user.pw_uid})" in message
+    assert "unset LABKIT_HOME" in message
+    assert os.listdir(their_tmp_dir) == [] and mode(their_tmp_dir) == 0o777
+
+
+def test_a_home_below_a_directory_another_user_may_write_is_refused(their_tmp_dir, second_user, monkeypatch):
+    # root's own home, but the user may rename it away and put theirs in its place
+    home = their_tmp_dir / "root-home"
+    monkeypatch.setenv("LABKIT_HOME", str(home))
+    with pytest.raises(ConfigError, match=f"{their_tmp_dir}, above LABKIT_HOME {home}, belongs to {second_user.pw_name}"):
+        labkit_home()
+    os.chown(their_tmp_dir, 0, 0)  # root's now, but still 0777 and not sticky
+    with pytest.raises(ConfigError, match=r"may be written by others \(mode 0o777, not sticky\)"):
+        labkit_home()
+
+
+def test_a_symlink_another_user_owns_is_refused(their_tmp_dir, second_user, tmp_path, monkeypatch):
+    link = their_tmp_dir / "home"
+    made = as_user(second_user.pw_uid, second_user.pw_gid, "ln", "-s", str(tmp_path), str(link))
+    assert made.returncode == 0, made.stderr
+    monkeypatch.setenv("LABKIT_HOME", str(link))
+    with pytest.raises(ConfigError, match=f"belongs to {second_user.pw_name}"):
+        labkit_home()
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # one any user may run (the test's own may sit in root's home)
+
+
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="no /usr/bin/python3 for an ordinary user to run")
+def test_running_as_an_ordinary_user_a_home_root_owns_is_refused(second_user, tmp_path):
+    home = tmp_path / "roots"
+    home.mkdir(mode=0o700)
+    for directory in (tmp_path, *tmp_path.parents):
+        if directory == Path("/tmp"):
+            break
+        os.chmod(directory, os.stat(directory).st_mode | 0o005)
+    source = Path(__file__).resolve().parent.parent
+    ran = as_user(second_user.pw_uid, second_user.pw_gid, "env", f"PYTHONPATH={source}", f"LABKIT_HOME={home}",
+                  SYSTEM_PYTHON, "-c", "from labkit.home import labkit_home; labkit_home()")
+    assert ran.returncode != 0
+    assert f"LABKIT_HOME {home} belongs to root (uid 0), not to {second_user.pw_name}" in ran.stderr
+
+
+def test_containers_and_layers_are_private_whatever_the_umask(labkit_home, no_leftovers):
+    old = os.umask(0)
+    try:
+        Container(ContainerSpec(command="true")).run().check()
+    finally:
+        os.umask(old)
+    for name in ("containers", "layers"):
+        assert mode(labkit_home / name) == 0o700, name

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from labkit.errors import BadImageInput, ImageError, ImageNotFound
 from labkit.files import write_atomically
-from labkit.home import labkit_home
+from labkit.home import labkit_home, private_dir
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
@@ -168,7 +168,7 @@ class Store:
         os.chmod(directory, 0o755)  # the root's mode is not in the tar: make it one value
         digest = digest or layer_digest(directory)
         target = self.layer_dir(digest)
-        self.layers_root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.layers_root)  # setuid files of containers' making: not for other users
         if target.exists():
             shutil.rmtree(directory)  # same content already stored: layers are shared
             return digest

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from labkit.files import write_atomically
-from labkit.home import labkit_home
+from labkit.home import labkit_home, private_dir
 
 STATE_FILE = "state.json"
 LOG_NAMES = ("stdout", "stderr")
@@ -73,6 +73,7 @@ class ContainerDir:
         """upper, work, rootfs and the init layer's etc/ files (the helper, at start).
         `owner_uid`: with a user namespace, the host uid of the container's root, which
         must own what it writes to."""
+        private_dir(self.path.parent)
         os.makedirs(self.path, exist_ok=True)  # a detached container's logs may be there already
         for path in (self.upper, self.work, self.rootfs):
             os.mkdir(path)
