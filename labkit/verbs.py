@@ -139,6 +139,10 @@ CONTAINER_OPTIONS = [
            help="mount the container's root filesystem read-only"),
     option("--tmpfs", spec_field="tmpfs", action="append", default=[], metavar="PATH[:OPTIONS]",
            help="a tmpfs at PATH (nosuid,nodev,noexec unless OPTIONS say), e.g. /tmp:size=64m,exec"),
+    option("--storage-opt", spec_field="storage_opt", action="append", default=[], metavar="size=SIZE",
+           help="bound the read-write layer, e.g. size=1g (a tmpfs of that size holds it)"),
+    option("--log-opt", spec_field="log_opt", action="append", default=[], metavar="KEY=VALUE",
+           help="a detached container's logs: max-size=10m (then rotated), max-file=3"),
     option("--python", spec_field="python", action="store_true",
            help="mount this Python (interpreter, standard library, shared libraries) read-only at its host "
                 "paths; a command starting with python or python3 runs it"),

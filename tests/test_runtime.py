@@ -477,7 +477,8 @@ def test_a_containers_directory_is_laid_out_and_removed_by_one_module(tmp_path):
 
     directory = ContainerDir(tmp_path / "c1")
     directory.make({"hosts": "127.0.0.1\tlocalhost\n", "hostname": "c1\n"})
-    assert sorted(p.name for p in directory.path.iterdir()) == ["init", "rootfs", "upper", "work"]
+    assert sorted(p.name for p in directory.path.iterdir()) == ["init", "layer", "rootfs"]
+    assert sorted(p.name for p in directory.layer.iterdir()) == ["upper", "work"]
     assert directory.hosts_file.read_text() == "127.0.0.1\tlocalhost\n"
     assert directory.read_state() is None
     directory.write_state({"name": "c1", "status": "created"})

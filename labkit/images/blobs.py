@@ -25,15 +25,40 @@ except ImportError:
     zstandard = None
 
 
+class UnpackBudget:
+    """Bytes one import may unpack to, over all its layers: the class defaults' import_size
+    (labkit.defaults). A gzip bomb (1 MB that inflates to 1 GiB) stops here, not at a full disk."""
+
+    def __init__(self, limit: int | None = None):
+        from labkit.defaults import class_defaults
+
+        defaults = class_defaults()
+        self.limit = limit if limit is not None else defaults.default("import_size")
+        self.where = f"[import_size] in {defaults.path}" if defaults.path else "labkit's built-in import size"
+        self.used = 0
+
+    def take(self, count: int, source: str) -> None:
+        self.used += count
+        if self.limit is not None and self.used > self.limit:
+            from labkit.units import format_bytes
+
+            raise ImageError(f"{source} unpacks to more than {format_bytes(self.limit)}, the most an import may "
+                             f"unpack to ({self.where}); nothing was imported. A compressed archive this large "
+                             "inflated is likely a decompression bomb; if it is not, raise the limit there")
+
+
 class HashingReader(io.RawIOBase):
     """Reads through to `raw`, keeping the sha256 and length of every byte read (and
-    the bytes themselves in `copy_to`, a file, when given)."""
+    the bytes themselves in `copy_to`, a file, when given; each byte is charged to
+    `budget`, when given)."""
 
-    def __init__(self, raw, copy_to=None):
+    def __init__(self, raw, copy_to=None, budget: UnpackBudget | None = None, source: str = ""):
         self.raw = raw
         self.copy_to = copy_to
         self.hash = hashlib.sha256()
         self.size = 0
+        self.budget = budget
+        self.source = source
 
     def readable(self):
         return True
@@ -46,6 +71,8 @@ class HashingReader(io.RawIOBase):
         self.size += count
         if self.copy_to is not None:
             self.copy_to.write(data)
+        if self.budget is not None:
+            self.budget.take(count, self.source)
         return count
 
     def drain(self) -> None:

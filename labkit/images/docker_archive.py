@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from labkit.errors import BadImageInput
+from labkit.images.blobs import UnpackBudget
 from labkit.images.bundles import OutputDirectory, canonical_json, read_json
 from labkit.images.layer_io import copy_blob, export_layer, import_layer
 from labkit.images.oci import (
@@ -45,6 +46,7 @@ def import_docker(bundle, store: Store, name: str | None = None, ref: str | None
     tags = entry.get("RepoTags") or []
     default = tags[0].rsplit("/", 1)[-1].removesuffix(":latest") if tags else "imported"
     name = validate_name(name or default)
+    options.setdefault("budget", UnpackBudget())  # one for all the layers of this import
     with store.lock():
         layers, sources = [], []
         for layer_file, diff_id in zip(layer_files, diff_ids):

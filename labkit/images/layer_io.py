@@ -5,7 +5,7 @@ import tarfile
 import zlib
 
 from labkit.errors import BadImageInput, ImageError
-from labkit.images.blobs import HashingReader, open_compressor, open_decompressed, zstandard
+from labkit.images.blobs import HashingReader, UnpackBudget, open_compressor, open_decompressed, zstandard
 from labkit.images.extract import extract_layer
 from labkit.images.layers import HashingSink, write_canonical_tar
 from labkit.images.store import LayerSource, Store
@@ -16,20 +16,23 @@ CORRUPTION = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, UnicodeD
 
 def import_layer(store: Store, fileobj, source: str, blob_digest: str | None = None,
                  diff_id: str | None = None, allow_devices: bool = False, keep_setuid: bool = False,
-                 media_type: str = "application/vnd.oci.image.layer.v1.tar", keep_blob: bool = True) -> tuple:
+                 media_type: str = "application/vnd.oci.image.layer.v1.tar", keep_blob: bool = True,
+                 budget: UnpackBudget | None = None) -> tuple:
     """Unpack a layer blob into the store and keep the blob as received beside it;
     returns (the layer's canonical digest, its LayerSource).
 
     `blob_digest` (of the bytes as given) and `diff_id` (of the uncompressed tar) are
     checked when known; on any failure nothing is left in the store. `keep_blob=False`
-    (a tar labkit made itself) keeps no blob, and the source is None.
+    (a tar labkit made itself) keeps no blob, and the source is None. `budget`: what the
+    whole import may still unpack to (a fresh one: this layer alone).
     """
+    budget = budget or UnpackBudget()
     with store.scratch() as scratch, open(scratch / "blob", "wb") as received:
         raw = HashingReader(fileobj, copy_to=received)
         layer = scratch / "layer"
         layer.mkdir()
         try:
-            plain = HashingReader(open_decompressed(raw, source))
+            plain = HashingReader(open_decompressed(raw, source), budget=budget, source=source)
             extract_layer(plain, layer, source, allow_devices=allow_devices, keep_setuid=keep_setuid)
             plain.drain()  # to the end: gzip checks its CRC only there, and digests need every byte
             raw.drain()

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from labkit.errors import BadImageInput, ImageError
-from labkit.images.blobs import LAYER_TYPE_FOR
+from labkit.images.blobs import LAYER_TYPE_FOR, UnpackBudget
 from labkit.images.bundles import OutputDirectory, canonical_json, read_json
 from labkit.images.layer_io import copy_blob, export_layer, import_layer
 from labkit.images.store import Image, ImageConfig, Store, validate_name
@@ -206,6 +206,7 @@ def import_oci(bundle, store: Store, name: str | None = None, ref: str | None = 
         raise BadImageInput(f"{bundle.source}: the manifest lists {len(manifest.get('layers', []))} layers but the "
                             f"config {len(diff_ids)} diff_ids; the image is inconsistent")
     name = validate_name(name or (ref_name or "").rsplit("/", 1)[-1] or "imported")
+    options.setdefault("budget", UnpackBudget())  # one for all the layers of this import
     with store.lock():
         layers, sources = [], []
         for descriptor, diff_id in zip(manifest["layers"], diff_ids):

@@ -90,6 +90,38 @@ def write_output(stream, text):
     target.flush()
 
 
+# What one cell shows of a container's output. Every character shown is kept by the
+# kernel, sent over ZeroMQ and kept again by the browser: a 200 MB output grew the kernel
+# from 55 to 279 MB. Jupyter's own guard (iopub_data_rate_limit, 1 MB/s) cuts output and
+# says so; this cuts at a size, so the same cell shows the same thing on any machine.
+CELL_OUTPUT_LIMIT = 1 << 20   # characters, stdout and stderr together
+
+
+class CappedOutput:
+    """write_output up to `limit` characters; the rest is counted, not kept, and `finish`
+    says how much was cut."""
+
+    def __init__(self, limit: int = CELL_OUTPUT_LIMIT):
+        self.limit = limit
+        self.shown = 0
+        self.cut = 0
+
+    def __call__(self, stream, text):
+        room = self.limit - self.shown
+        if room > 0:
+            part = text[:room]
+            write_output(stream, part)
+            self.shown += len(part)
+            text = text[len(part):]
+        self.cut += len(text)
+
+    def finish(self):
+        if self.cut:
+            write_output("stderr", f"\n[labkit: output cut: {self.cut:,} more characters not shown (a cell shows the "
+                                   f"first {self.limit:,}); --out VAR keeps the Result, whose stdout and stderr "
+                                   "hold up to 16 MiB each]\n")
+
+
 @magics_class
 class ContainerMagics(Magics):
     def __init__(self, shell=None):
@@ -126,14 +158,22 @@ class ContainerMagics(Magics):
     def _run(self, options, command):
         from labkit.runtime import Container
 
-        result = Container(spec_from_options(options, command)).run(on_output=write_output)
+        output = CappedOutput()
+        try:
+            result = Container(spec_from_options(options, command)).run(on_output=output)
+        finally:
+            output.finish()
         return self._outcome(options, result)
 
     def _exec(self, options, command):
         from labkit.runtime import get
 
-        result = get(options.target).exec(command, on_output=write_output, env=options.env,
-                                          workdir=options.workdir, user=options.user, timeout=options.timeout)
+        output = CappedOutput()
+        try:
+            result = get(options.target).exec(command, on_output=output, env=options.env,
+                                              workdir=options.workdir, user=options.user, timeout=options.timeout)
+        finally:
+            output.finish()
         return self._outcome(options, result)
 
     def _outcome(self, options, result):
@@ -173,7 +213,15 @@ class ContainerMagics(Magics):
     def _verb_logs(self, options):
         from labkit.runtime import get
 
-        write_output("stdout", get(options.target).logs())
+        container = get(options.target)
+        size = container.log_size()
+        if size > CELL_OUTPUT_LIMIT:  # the newest part: what a reader of logs wants, as `docker logs --tail`
+            write_output("stderr", f"[labkit: the first {size - CELL_OUTPUT_LIMIT:,} bytes of the logs are not "
+                                   f"shown (a cell shows the last {CELL_OUTPUT_LIMIT:,}); the whole logs: "
+                                   f"{', '.join(str(path) for path in container.log_files())}]\n")
+            write_output("stdout", container.logs(last=CELL_OUTPUT_LIMIT))
+        else:
+            write_output("stdout", container.logs())
 
     def _verb_stats(self, options):
         from labkit.display import stats_line

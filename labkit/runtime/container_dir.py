@@ -2,11 +2,12 @@
 
     LABKIT_HOME/containers/<id>/
         state.json              what the runtime records: name, image, image_layers, status, owner
-        upper/  work/           the overlay's read-write layer (what commit keeps) and its work dir
+        layer/upper/ layer/work/  the overlay's read-write layer (what commit keeps) and its work dir;
+                                `layer` is a tmpfs of the size asked for when the layer is bounded
         rootfs/                 where the overlay is mounted, inside the container's mount namespace
         init/etc/               the init layer (hostname, hosts, resolv.conf): the overlay's top
                                 lower layer, never committed; hosts is rewritten in place for peers
-        stdout.log  stderr.log  a detached container's output
+        stdout.log  stderr.log  a detached container's output (rotated: stdout.log.1, ... older)
 
 The client makes the directory (for a detached container's logs) and reads state.json;
 the helper makes the rest, writes state.json and removes it all. Shared: one layout for
@@ -18,11 +19,28 @@ import os
 import shutil
 from pathlib import Path
 
+from labkit.errors import HostError
 from labkit.files import write_atomically
 from labkit.home import labkit_home, private_dir
+from labkit.linux import syscalls
 
 STATE_FILE = "state.json"
 LOG_NAMES = ("stdout", "stderr")
+
+
+def mount_layer_tmpfs(directory: Path, size: int) -> None:
+    """A tmpfs of `size` bytes to hold upper/ and work/ (overlay wants both on one
+    filesystem). Why tmpfs: the host's own filesystem cannot bound one directory (Docker's
+    overlay2 `size=` needs xfs project quotas, which an ext4 host lacks), a loop-mounted
+    image costs a file, a mkfs and a loop device per container; a tmpfs costs one mount.
+    Its pages are memory, charged to the container that writes them (its --memory
+    counts them too), and they are freed when the container is removed."""
+    try:
+        syscalls.mount("labkit-layer", str(directory), "tmpfs", 0, f"size={size},mode=0755")
+    except OSError as error:
+        raise HostError(f"--storage-opt size={size}: cannot bound the read-write layer on this host "
+                        f"(a tmpfs of that size could not be mounted: {error.strerror}); "
+                        "run without a size (and without a [storage] default in the class defaults)") from None
 
 
 def containers_root(home: Path | None = None) -> Path:
@@ -40,12 +58,16 @@ class ContainerDir:
     # --- paths -------------------------------------------------------------------------
 
     @property
+    def layer(self) -> Path:
+        return self.path / "layer"
+
+    @property
     def upper(self) -> Path:
-        return self.path / "upper"
+        return self.layer / "upper"
 
     @property
     def work(self) -> Path:
-        return self.path / "work"
+        return self.layer / "work"
 
     @property
     def rootfs(self) -> Path:
@@ -64,17 +86,30 @@ class ContainerDir:
         return self.path / STATE_FILE
 
     def log(self, name: str) -> Path:
-        """stdout.log or stderr.log."""
+        """stdout.log or stderr.log (the newest part, when rotated)."""
         return self.path / f"{name}.log"
+
+    def logs(self, name: str) -> list:
+        """Every part of stdout or stderr still kept, oldest first: stdout.log.N … stdout.log."""
+        current = self.log(name)
+        rotated = []
+        number = 1
+        while current.with_name(f"{current.name}.{number}").exists():
+            rotated.append(current.with_name(f"{current.name}.{number}"))
+            number += 1
+        return [*reversed(rotated), *([current] if current.exists() else [])]
 
     # --- making and removing -------------------------------------------------------------
 
-    def make(self, init_files: dict, owner_uid: int | None = None) -> None:
+    def make(self, init_files: dict, owner_uid: int | None = None, storage_size: int | None = None) -> None:
         """upper, work, rootfs and the init layer's etc/ files (the helper, at start).
         `owner_uid`: with a user namespace, the host uid of the container's root, which
-        must own what it writes to."""
+        must own what it writes to. `storage_size`: bytes the read-write layer may hold."""
         private_dir(self.path.parent)
-        os.makedirs(self.path, exist_ok=True)  # a detached container's logs may be there already
+        os.makedirs(self.path, exist_ok=True)
+        os.mkdir(self.layer)
+        if storage_size is not None:
+            mount_layer_tmpfs(self.layer, storage_size)
         for path in (self.upper, self.work, self.rootfs):
             os.mkdir(path)
         init_etc = self.init / "etc"
@@ -87,6 +122,8 @@ class ContainerDir:
                 os.chown(path, owner_uid, owner_uid)
 
     def remove(self) -> None:
+        if os.path.ismount(self.layer):
+            syscalls.umount2(str(self.layer), syscalls.MNT_DETACH)
         shutil.rmtree(self.path, ignore_errors=True)
 
     # --- state.json ------------------------------------------------------------------------

@@ -74,6 +74,14 @@ class ContainerRecord:
 
 
 @dataclass
+class LogPlan:
+    """A detached container's stdout/stderr: written by the helper into the container's
+    directory, each file rotated at `max_size` bytes, `max_files` of each kept."""
+    max_size: int
+    max_files: int
+
+
+@dataclass
 class CgroupPlacement:
     """Filled in by the helper once it made (or found) the cgroup: never sent by the client."""
     procs_files: list                # cgroup.procs file(s) to write our PID into
@@ -107,6 +115,8 @@ class StartPlan:
     join: dict                       # namespace kind -> /proc/PID/ns/<kind> to join instead
     network_inside: NetworkInside | None
     record: ContainerRecord
+    storage_size: int | None         # bytes: the read-write layer on a tmpfs of this size (None: unbounded)
+    logs: LogPlan | None             # set for a detached container (by start()): the helper writes its logs
     cgroup: CgroupPlacement | None = None   # the helper's part
 
 
@@ -235,6 +245,7 @@ def start_plan(spec, image, *, id, name, hostname, directory, command, hold, aut
         join={}, network_inside=None,
         record=ContainerRecord(id=id, name=name, image=image.name, image_layers=list(image.layers),
                                command=list(command), created=time.time(), client_pid=os.getpid()),
+        storage_size=spec.storage_size, logs=None,
     )
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from labkit.errors import ConfigError
 from labkit.linux.namespaces import BY_NAME
 from labkit.security.options import capability_name, device_rules, parse_security_opts
-from labkit.units import parse_bytes, parse_count, parse_cpus, parse_seconds
+from labkit.units import parse_assignments, parse_bytes, parse_count, parse_cpus, parse_seconds
 
 # Six kinds, as Docker: user and time namespaces are opt-in.
 DEFAULT_NAMESPACES = ("mnt", "uts", "ipc", "pid", "net", "cgroup")
@@ -145,6 +145,12 @@ class ContainerSpec:
     read_only: bool = False                  # the root filesystem mounted read-only (docker --read-only)
     tmpfs: list = field(default_factory=list)     # writable tmpfs mounts, "PATH[:OPTIONS]" (Docker's)
     python: bool = False                     # mount labkit's Python read-only (runtime/python_mounts.py)
+    storage_opt: list = field(default_factory=list)   # "size=1g": the read-write layer's size (docker --storage-opt)
+    log_opt: list = field(default_factory=list)       # "max-size=10m", "max-file=3": a detached container's logs
+    # Filled by validated() from the two above and the class defaults (labkit.defaults):
+    storage_size: int | None = None          # bytes the read-write layer may hold (None: unbounded)
+    log_max_size: int | None = None          # bytes of stdout.log (and of stderr.log) before it is rotated
+    log_max_files: int | None = None         # files of each kept, the current one included
 
     def limits(self):
         """The cgroup limits this (validated) spec asks for."""
@@ -175,6 +181,7 @@ class ContainerSpec:
         spec.memory = None if spec.memory is None else _memory(spec.memory)
         spec.cpus = None if spec.cpus is None else parse_cpus(spec.cpus, "--cpus")
         spec.pids = None if spec.pids is None else parse_count(spec.pids, "--pids-limit", most=PID_MAX_LIMIT)
+        _apply_class_defaults(spec)
         spec.env = [item for item in (parse_env(entry) for entry in env_files(spec.env_file) + list(spec.env))
                     if item is not None]
         spec.env_file = []   # read once: their lines are in env now
@@ -292,6 +299,28 @@ def format_tmpfs(target, bits, data) -> str:
             words.append(next(word for word, meaning in TMPFS_FLAGS.items() if meaning == (name, on)))
     options = ",".join(words + ([data] if data else []))
     return f"{target}:{options}" if options else target
+
+
+STORAGE_OPTS = {"size": ("storage_size", parse_bytes)}
+LOG_OPTS = {"max-size": ("log_max_size", parse_bytes), "max-file": ("log_max_files", parse_count)}
+
+
+def _apply_class_defaults(spec) -> None:
+    """--storage-opt and --log-opt parsed (Docker's KEY=VALUE), then every limit filled from
+    the class defaults and checked against their max (labkit.defaults names the file)."""
+    from labkit.defaults import class_defaults
+
+    for option, given, known in (("--storage-opt", spec.storage_opt, STORAGE_OPTS), ("--log-opt", spec.log_opt, LOG_OPTS)):
+        for key, value in parse_assignments(given, option).items():
+            if key not in known:
+                raise ConfigError(f"{option} {key}={value}: unknown option {key!r}; "
+                                  f"the options are {', '.join(known)}")
+            field_name, parse = known[key]
+            setattr(spec, field_name, parse(value, f"{option} {key}"))
+    defaults = class_defaults()
+    for item, field_name in (("memory", "memory"), ("pids", "pids"), ("cpus", "cpus"), ("storage", "storage_size"),
+                             ("log_size", "log_max_size"), ("log_files", "log_max_files")):
+        setattr(spec, field_name, defaults.resolve(item, getattr(spec, field_name)))
 
 
 def mount_target(path, what) -> str:

@@ -115,6 +115,8 @@ class Container:
         with self.image.store.lock():
             self._check_layers_present()
             plan = self._plan(hold=hold, auto_remove=auto_remove and not detach)
+            if detach:  # the helper writes its output into rotated files
+                plan.logs = launch.LogPlan(self.spec.log_max_size, self.spec.log_max_files)
             self._removed_by_helper = plan.auto_remove
             try:
                 self._launch(plan, on_output, stdout, stderr, stdin, detach)
@@ -127,7 +129,7 @@ class Container:
 
     def _launch(self, plan, on_output, stdout, stderr, stdin, detach):
         self._helper = get_helper()
-        fds, names, self._streams = open_stdio(self.files, on_output, stdout, stderr, stdin, detach)
+        fds, names, self._streams = open_stdio(on_output, stdout, stderr, stdin, detach)
         self._started_at = time.monotonic()
         if self.spec.timeout:
             self._deadline = self._started_at + self.spec.timeout
@@ -328,16 +330,22 @@ class Container:
                 pass
         return rows
 
-    def logs(self) -> str:
-        """What a detached container wrote to stdout and stderr."""
-        parts = []
-        for name in ("stdout", "stderr"):
-            path = self.files.log(name)
-            if path.exists():
-                parts.append(path.read_text(errors="replace"))
-        if not parts and self.result is not None:
-            return self.result.stdout + self.result.stderr
-        return "".join(parts)
+    def logs(self, last: int | None = None) -> str:
+        """What a detached container wrote to stdout, then stderr (what rotation kept);
+        `last`: only the last that many bytes of it (the files are not read whole)."""
+        files = self.log_files()
+        if not files and self.result is not None:
+            text = self.result.stdout + self.result.stderr
+            return text if last is None else text[-last:] if last else ""
+        return b"".join(_tail(files, last)).decode(errors="replace")
+
+    def log_files(self) -> list:
+        """The files `logs()` reads, in its order (stdout's oldest first, then stderr's)."""
+        return [path for name in ("stdout", "stderr") for path in self.files.logs(name)]
+
+    def log_size(self) -> int:
+        """Bytes in the log files now (what `logs()` would return whole)."""
+        return sum(_size(path) for path in self.log_files())
 
     def commit(self, image_name: str, message: str = ""):
         """Turn the read-write layer into a new image (see labkit.images.commit)."""
@@ -394,3 +402,30 @@ class Container:
     def _close_streams(self):
         if self._streams:
             self._streams.close()
+
+
+def _tail(files, last):
+    """The last `last` bytes (all if None) of the files taken as one, as chunks in order."""
+    chunks = []
+    for path in reversed(files):
+        if last is not None and last <= 0:
+            break
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if last is not None and size > last:
+                    handle.seek(size - last)
+                data = handle.read() if last is None else handle.read(last)
+        except FileNotFoundError:
+            continue  # rotated away meanwhile
+        chunks.append(data)
+        if last is not None:
+            last -= len(data)
+    return list(reversed(chunks))
+
+
+def _size(path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0

@@ -81,17 +81,14 @@ class OutputStreams:
         self.selector.close()
 
 
-def open_stdio(files, on_output, stdout, stderr, stdin, detach):
+def open_stdio(on_output, stdout, stderr, stdin, detach):
     """fds to hand the container, their names, and the reader on our side. Detached, the
-    output goes to log files in the container's directory (`files`, a ContainerDir);
-    `stdout`/`stderr`/`stdin` given are the caller's own fds, passed on as they are."""
+    container's stdout and stderr are pipes the helper makes and reads into the rotated
+    logs (runtime/helper/logs.py); `stdout`/`stderr`/`stdin` given are the caller's own
+    fds, passed on as they are."""
     fds, names = [], []
     streams = OutputStreams(on_output)
     if detach:
-        files.path.mkdir(parents=True, exist_ok=True)  # the helper makes the rest
-        for name in ("stdout", "stderr"):
-            fds.append(os.open(files.log(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
-            names.append(name)
         streams = OutputStreams(None)
     else:
         for name, given in (("stdout", stdout), ("stderr", stderr)):

@@ -62,8 +62,10 @@ def fits(plan: StartPlan, version: int) -> bool:
     """Can a slot (the default namespaces made, a default cgroup joined) serve this plan?"""
     from labkit.runtime.spec import DEFAULT_NAMESPACES   # only once a slot exists: not in a one-shot helper
 
+    # A bounded read-write layer is a tmpfs the helper mounts at start, after a slot's
+    # mount namespace was copied: the slot would not see it.
     return (set(plan.namespaces) == set(DEFAULT_NAMESPACES) and not plan.join and plan.user_map is None
-            and not plan.time_offsets and can_serve(plan.limits, version))
+            and not plan.time_offsets and plan.storage_size is None and can_serve(plan.limits, version))
 
 
 @dataclass

@@ -34,6 +34,7 @@ from labkit.linux.processes import start_time as process_start_time
 from labkit.runtime import lifecycle, protocol
 from labkit.runtime.container_dir import ContainerDir
 from labkit.runtime.helper import ready_slots
+from labkit.runtime.helper.logs import LogPipes
 from labkit.runtime.plan import CgroupPlacement, ExecPlan, StartPlan, from_wire
 from labkit.runtime.protocol import FD_NAMES, MAX_MESSAGE, Op
 from labkit.runtime.supervisor.supervise import supervise
@@ -71,6 +72,7 @@ class Zygote:
         self.stopped = {}         # container id -> StartPlan, for exited containers not yet removed
         self.running = True
         self.pool = ready_slots.Pool(ready_slots.size_from_environment(), self.selector)
+        self.logs = LogPipes(self.selector)   # detached containers' stdout/stderr, into rotated files
         self.container_exited = False  # a container exited (and was torn down) in this round of the loop
         self.starts = 0                # containers asked for: slots are made once there was one
         self.last_activity = time.monotonic()
@@ -162,7 +164,7 @@ class Zygote:
         """Create the container's directories and cgroup, then fork its supervisor."""
         cgroup = None
         try:
-            self.make_directory(plan, f"{host_hierarchy().parent}/{plan.id}")
+            self.make_directory(plan, f"{host_hierarchy().parent}/{plan.id}", stdio)
             cgroup = host_hierarchy().create(plan.id, plan.limits)
             self.place(plan, cgroup, slot=False)
             self.fork_supervisor(ident, Op.START, plan, stdio, supervise, hold=plan.hold)
@@ -181,7 +183,7 @@ class Zygote:
         go_r, go_w = os.pipe2(os.O_CLOEXEC) if plan.hold else (None, None)
         cgroup = host_hierarchy().open(slot.cgroup_name)
         try:
-            self.make_directory(plan, slot.cgroup_name)
+            self.make_directory(plan, slot.cgroup_name, stdio)
             write_limits(cgroup, plan.limits)
             self.place(plan, cgroup, slot=True)
         except BaseException:
@@ -200,8 +202,13 @@ class Zygote:
         slot.plan_socket.close()
         self.watch(Process(ident, Op.START, slot.supervisor_pid, slot.error_r, slot.report_r, go_w))
 
-    def make_directory(self, plan, cgroup_name):
-        ContainerDir(plan.dir).make(plan.init_files, plan.user_map.uid if plan.user_map else None)
+    def make_directory(self, plan, cgroup_name, stdio):
+        """The container's directory, its state.json and (detached) its log files, whose
+        pipes' write ends go into `stdio` for the container."""
+        ContainerDir(plan.dir).make(plan.init_files, plan.user_map.uid if plan.user_map else None, plan.storage_size)
+        if plan.logs is not None:
+            paths = {name: ContainerDir(plan.dir).log(name) for name in ("stdout", "stderr")}
+            stdio.update(self.logs.make(plan.id, paths, plan.logs.max_size, plan.logs.max_files))
         ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
                                             "owner_start": process_start_time(os.getpid()),
                                             "status": lifecycle.CREATED, "cgroup": cgroup_name})
@@ -320,6 +327,7 @@ class Zygote:
             return
         container = self.containers.pop(process.id)
         cgroup, plan = container["cgroup"], container["plan"]
+        self.logs.drain(plan.id)  # its last words are in the files before anyone hears it exited
         stats = _stats_dict(cgroup)
         if not plan.auto_remove:
             self.stopped[plan.id] = plan
@@ -391,6 +399,7 @@ class Zygote:
     def op_remove(self, request, fds):
         if request["id"] in self.processes:
             raise RuntimeError(f"container {request['id']} is still running; stop it first")
+        self.logs.close(request["id"])
         ContainerDir(request["dir"]).remove()
         self.stopped.pop(request["id"], None)
         self.send(Op.REMOVED, id=request["id"])
@@ -424,6 +433,7 @@ class Zygote:
         for container in self.containers.values():
             container["cgroup"].delete()
         self.pool.close()
+        self.logs.close_all()
         for plan in [c["plan"] for c in self.containers.values()] + list(self.stopped.values()):
             ContainerDir(plan.dir).remove()
 
