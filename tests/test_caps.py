@@ -1,0 +1,161 @@
+"""Nothing a container writes grows without end: a detached container's logs are rotated,
+an import stops at the import size (a gzip bomb), a notebook cell shows at most
+CELL_OUTPUT_LIMIT characters and says what it cut. Real kernel, as root."""
+
+import gzip
+import os
+import tarfile
+import time
+
+import pytest
+
+from kernel_fixtures import kernel, labkit_kernelspec  # noqa: F401 — fixtures are used by name
+from labkit.errors import ImageError
+from labkit.images import import_image
+from labkit.images.store import Store
+from labkit.magics.container import CELL_OUTPUT_LIMIT
+from labkit.runtime import Container, ContainerSpec
+
+pytestmark = pytest.mark.root
+
+KIB = 1 << 10
+MIB = 1 << 20
+
+
+def wait_for_exit(container, timeout=60):
+    deadline = time.monotonic() + timeout
+    while container.poll() == "running":
+        assert time.monotonic() < deadline, "the container did not exit"
+        time.sleep(0.05)
+
+
+# --- a detached container's logs -------------------------------------------------------
+
+WRITE_3_MIB = "i=0; while [ $i -lt 3072 ]; do head -c 1023 /dev/zero | tr '\\0' x; echo; i=$((i+1)); done; echo last line"
+
+
+def test_a_detached_containers_log_is_rotated_at_max_size_keeping_max_file(labkit_home, no_leftovers):
+    container = Container(ContainerSpec(command=WRITE_3_MIB, log_opt=["max-size=256k", "max-file=3"]))
+    container.start(detach=True)
+    try:
+        wait_for_exit(container)
+        names = sorted(path.name for path in container.files.path.iterdir() if path.name.startswith("stdout.log"))
+        assert names == ["stdout.log", "stdout.log.1", "stdout.log.2"]
+        sizes = [os.path.getsize(container.files.path / name) for name in names]
+        assert all(size <= 256 * KIB for size in sizes) and sizes[1] == sizes[2] == 256 * KIB
+        assert container.log_size() == sum(sizes) + os.path.getsize(container.files.log("stderr"))
+        assert container.logs().endswith("last line\n")  # the newest part is kept, in order
+    finally:
+        container.remove()
+
+
+def test_without_rotation_the_same_output_is_all_in_one_file(labkit_home, no_leftovers):
+    # the defence is max-size: one file that may hold it all takes all of it
+    container = Container(ContainerSpec(command=WRITE_3_MIB, log_opt=["max-size=1g", "max-file=1"]))
+    container.start(detach=True)
+    try:
+        wait_for_exit(container)
+        assert os.path.getsize(container.files.log("stdout")) == 3072 * KIB + len("last line\n")
+    finally:
+        container.remove()
+
+
+def test_the_class_default_log_size_applies(labkit_home, no_leftovers, tmp_path, monkeypatch):
+    defaults = tmp_path / "defaults.toml"
+    defaults.write_text('[log_size]\ndefault = "128k"\n[log_files]\ndefault = 2\n')
+    monkeypatch.setenv("LABKIT_DEFAULTS", str(defaults))
+    container = Container(ContainerSpec(command=WRITE_3_MIB))
+    container.start(detach=True)
+    try:
+        wait_for_exit(container)
+        assert [path.name for path in container.files.logs("stdout")] == ["stdout.log.1", "stdout.log"]
+        assert container.log_size() <= 2 * 128 * KIB
+    finally:
+        container.remove()
+
+
+# --- a gzip bomb ----------------------------------------------------------------------------
+
+
+def gzip_bomb(path, size):
+    """A rootfs tarball holding one file of `size` zero bytes, gzip-compressed (1 GiB: ~1 MB)."""
+
+    class Zeros:
+        def __init__(self, left):
+            self.left = left
+
+        def read(self, count=-1):
+            count = self.left if count < 0 else min(count, self.left)
+            self.left -= count
+            return bytes(count)
+
+    with gzip.open(path, "wb", compresslevel=9) as out, tarfile.open(fileobj=out, mode="w") as archive:
+        member = tarfile.TarInfo("zeros")
+        member.size = size
+        archive.addfile(member, Zeros(size))
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_gib_bomb(tmp_path_factory):
+    return gzip_bomb(tmp_path_factory.mktemp("bomb") / "bomb.tar.gz", 1 << 30)
+
+
+def import_limit(tmp_path, monkeypatch, size):
+    defaults = tmp_path / "defaults.toml"
+    defaults.write_text(f'[import_size]\ndefault = "{size}"\n')
+    monkeypatch.setenv("LABKIT_DEFAULTS", str(defaults))
+    return defaults
+
+
+def test_a_gzip_bomb_stops_at_the_import_size_and_leaves_nothing(one_gib_bomb, labkit_home, tmp_path, monkeypatch):
+    assert os.path.getsize(one_gib_bomb) < 2 * MIB
+    defaults = import_limit(tmp_path, monkeypatch, "64m")
+    store = Store()
+    with pytest.raises(ImageError) as refused:
+        import_image(one_gib_bomb, name="bomb", store=store)
+    assert f"unpacks to more than 64.0 MiB, the most an import may unpack to ([import_size] in {defaults})" \
+        in str(refused.value)
+    assert store.layer_digests() == [] and "bomb" not in store.names()
+    assert os.listdir(store.tmp_root) == []
+
+
+def test_under_a_higher_limit_the_same_kind_of_archive_unpacks_whole(labkit_home, tmp_path, monkeypatch):
+    # the defence is the limit: a smaller bomb, allowed, is unpacked to its full size
+    bomb = gzip_bomb(tmp_path / "small.tar.gz", 24 * MIB)
+    import_limit(tmp_path, monkeypatch, "32m")
+    image = import_image(bomb, name="small", store=Store())
+    assert os.path.getsize(image.layer_dirs[0] / "zeros") == 24 * MIB
+    import_limit(tmp_path, monkeypatch, "16m")
+    with pytest.raises(ImageError, match="unpacks to more than 16.0 MiB"):
+        import_image(bomb, name="small2", store=Store())
+
+
+# --- what a notebook cell shows -------------------------------------------------------------
+
+
+def test_a_cells_output_is_cut_at_the_limit_with_a_note(kernel):
+    size = 8 * MIB
+    reply = kernel.ok(f"%%container\nhead -c {size} /dev/zero | tr '\\0' a", timeout=120)
+    assert reply.stdout == "a" * CELL_OUTPUT_LIMIT
+    cut = size - CELL_OUTPUT_LIMIT
+    assert f"[labkit: output cut: {cut:,} more characters not shown (a cell shows the first " \
+           f"{CELL_OUTPUT_LIMIT:,})" in reply.stderr
+    assert len(reply.stderr) < 400
+
+
+def test_output_under_the_limit_is_shown_whole_without_a_note(kernel):
+    reply = kernel.ok("%%container\nhead -c 1000 /dev/zero | tr '\\0' a")
+    assert reply.stdout == "a" * 1000 and reply.stderr == ""
+
+
+def test_container_logs_in_a_cell_shows_the_newest_part_and_says_what_it_cut(kernel):
+    kernel.ok("%container run -d --name chatty -- sh -c \"head -c 3145728 /dev/zero | tr '\\\\0' b; echo; echo newest\"")
+    try:
+        kernel.ok("import time\nfrom labkit.runtime import get\n"
+                  "while get('chatty').poll() == 'running': time.sleep(0.05)")
+        reply = kernel.ok("%container logs chatty")
+        assert len(reply.stdout) == CELL_OUTPUT_LIMIT and reply.stdout.endswith("b\nnewest\n")
+        assert f"[labkit: the first {3145728 + 8 - CELL_OUTPUT_LIMIT:,} bytes of the logs are not shown" in reply.stderr
+    finally:
+        kernel.ok("%container rm chatty")
