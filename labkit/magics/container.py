@@ -94,15 +94,15 @@ def write_output(stream, text):
 # kernel, sent over ZeroMQ and kept again by the browser: a 200 MB output grew the kernel
 # from 55 to 279 MB. Jupyter's own guard (iopub_data_rate_limit, 1 MB/s) cuts output and
 # says so; this cuts at a size, so the same cell shows the same thing on any machine.
-CELL_OUTPUT_LIMIT = 1 << 20   # characters, stdout and stderr together
+CELL_OUTPUT_LIMIT = 1 << 20   # characters, stdout and stderr together (a notebook may set it)
 
 
 class CappedOutput:
     """write_output up to `limit` characters; the rest is counted, not kept, and `finish`
     says how much was cut."""
 
-    def __init__(self, limit: int = CELL_OUTPUT_LIMIT):
-        self.limit = limit
+    def __init__(self, limit: int | None = None):
+        self.limit = CELL_OUTPUT_LIMIT if limit is None else limit
         self.shown = 0
         self.cut = 0
 
@@ -214,12 +214,12 @@ class ContainerMagics(Magics):
         from labkit.runtime import get
 
         container = get(options.target)
-        size = container.log_size()
-        if size > CELL_OUTPUT_LIMIT:  # the newest part: what a reader of logs wants, as `docker logs --tail`
-            write_output("stderr", f"[labkit: the first {size - CELL_OUTPUT_LIMIT:,} bytes of the logs are not "
-                                   f"shown (a cell shows the last {CELL_OUTPUT_LIMIT:,}); the whole logs: "
+        size, limit = container.log_size(), CELL_OUTPUT_LIMIT
+        if size > limit:  # the newest part: what a reader of logs wants, as `docker logs --tail`
+            write_output("stderr", f"[labkit: the first {size - limit:,} bytes of the logs are not "
+                                   f"shown (a cell shows the last {limit:,}); the whole logs: "
                                    f"{', '.join(str(path) for path in container.log_files())}]\n")
-            write_output("stdout", container.logs(last=CELL_OUTPUT_LIMIT))
+            write_output("stdout", container.logs(last=limit))
         else:
             write_output("stdout", container.logs())
 
