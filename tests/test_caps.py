@@ -3,6 +3,8 @@ an import stops at the import size (a gzip bomb), a notebook cell shows at most
 CELL_OUTPUT_LIMIT characters and says what it cut. Real kernel, as root."""
 
 import gzip
+import hashlib
+import json
 import os
 import tarfile
 import time
@@ -113,7 +115,38 @@ def test_a_gzip_bomb_stops_at_the_import_size_and_leaves_nothing(one_gib_bomb, l
     assert f"unpacks to more than 64.0 MiB, the most an import may unpack to ([import_size] in {defaults})" \
         in str(refused.value)
     assert store.layer_digests() == [] and "bomb" not in store.names()
-    assert os.listdir(store.tmp_root) == []
+    assert not store.tmp_root.exists() or os.listdir(store.tmp_root) == []
+
+
+def oci_layout_around(layer_blob, directory):
+    """An OCI image layout (a directory: no archive to list first) whose one layer is `layer_blob`."""
+    blobs = directory / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data, media_type):
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+    layer = blob(layer_blob.read_bytes(), "application/vnd.oci.image.layer.v1.tar+gzip")
+    config = blob(json.dumps({"rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]}}).encode(),
+                  "application/vnd.oci.image.config.v1+json")
+    manifest = blob(json.dumps({"schemaVersion": 2, "config": config, "layers": [layer]}).encode(),
+                    "application/vnd.oci.image.manifest.v1+json")
+    (directory / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (directory / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest]}))
+    return directory
+
+
+def test_a_gzip_bomb_as_an_images_layer_stops_at_the_import_size_too(one_gib_bomb, labkit_home, tmp_path,
+                                                                      monkeypatch):
+    layout = oci_layout_around(one_gib_bomb, tmp_path / "layout")
+    import_limit(tmp_path, monkeypatch, "64m")
+    store = Store()
+    with pytest.raises(ImageError, match="unpacks to more than 64.0 MiB"):
+        import_image(layout, name="bomb", store=store)
+    assert store.layer_digests() == [] and "bomb" not in store.names()
+    assert not store.tmp_root.exists() or os.listdir(store.tmp_root) == []
 
 
 def test_under_a_higher_limit_the_same_kind_of_archive_unpacks_whole(labkit_home, tmp_path, monkeypatch):

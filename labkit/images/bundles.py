@@ -1,6 +1,7 @@
 """Reading and writing a set of named files that arrives as a directory or as a tar
 (an OCI image layout, a `docker save` archive)."""
 
+import gzip
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import zlib
 from pathlib import Path
 
 from labkit.errors import BadImageInput
+from labkit.images.blobs import GZIP_MAGIC, UnpackBudget
 
 
 class DirectoryBundle:
@@ -40,7 +42,7 @@ class TarBundle:
     def __init__(self, path: Path):
         self.source = str(path)
         try:
-            self.archive = tarfile.open(path, "r:*")
+            self.archive = _open_tar(Path(path))
         except (tarfile.TarError, EOFError, OSError, zlib.error):
             # tarfile's own text lists each compression it tried, one line each.
             raise BadImageInput(f"{path} is not a readable tar archive (plain, gzip, bzip2 or xz); "
@@ -69,6 +71,53 @@ class TarBundle:
 
     def close(self):
         self.archive.close()
+
+
+def _open_tar(path: Path):
+    """A gzip-compressed archive is read through the import size (UnpackBudget): listing
+    its members inflates it whole, and a bomb must stop at the limit here too."""
+    with open(path, "rb") as probe:
+        compressed = probe.read(2) == GZIP_MAGIC
+    if not compressed:
+        return tarfile.open(path, "r:*")
+    inflated = gzip.GzipFile(path, "rb")
+    return tarfile.open(fileobj=_Budgeted(inflated, UnpackBudget(), str(path)), mode="r:")
+
+
+class _Budgeted:
+    """A seekable reader that charges each byte it reaches beyond the furthest one so far
+    (re-reading after a seek back is free: it is the same content)."""
+
+    def __init__(self, fileobj, budget, source):
+        self.fileobj, self.budget, self.source = fileobj, budget, source
+        self.name = source
+        self.furthest = 0
+
+    def read(self, size=-1):
+        data = self.fileobj.read(size)
+        self._charge()
+        return data
+
+    def seek(self, offset, whence=0):
+        if whence == 0 and offset > self.furthest:  # inflating on the way: a chunk at a time, charged
+            self.fileobj.seek(self.furthest)
+            while self.fileobj.tell() < offset and self.read(min(1 << 20, offset - self.fileobj.tell())):
+                pass
+        position = self.fileobj.seek(offset, whence)
+        self._charge()
+        return position
+
+    def tell(self):
+        return self.fileobj.tell()
+
+    def close(self):
+        self.fileobj.close()
+
+    def _charge(self):
+        position = self.fileobj.tell()
+        if position > self.furthest:
+            self.budget.take(position - self.furthest, self.source)
+            self.furthest = position
 
 
 def open_bundle(path: Path):
