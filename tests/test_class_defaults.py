@@ -161,3 +161,37 @@ def test_a_bounded_layer_is_committed_and_its_mount_removed_with_the_container(l
     finally:
         container.remove()
     assert not container.files.path.exists()
+
+
+@pytest.mark.root
+def test_a_bounded_layer_works_for_a_user_namespace_container(labkit_home, no_leftovers, tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_DEFAULTS", str(tmp_path / "none.toml"))
+    from labkit.runtime import DEFAULT_NAMESPACES
+
+    result = Container(ContainerSpec(command=FILL, storage_opt=["size=8m"],
+                                     namespaces=DEFAULT_NAMESPACES + ("user",))).run()
+    assert "No space left on device" in result.stdout, result.stdout + result.stderr
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="no /usr/bin/python3 for an ordinary user to run")
+def test_where_the_layer_cannot_be_bounded_the_refusal_says_so(tmp_path):
+    # An ordinary user may not mount a tmpfs on the host: the kernel refuses, labkit says what it means.
+    os.chmod(tmp_path, 0o777)
+    for directory in tmp_path.parents:
+        if str(directory) == "/tmp":
+            break
+        os.chmod(directory, os.stat(directory).st_mode | 0o005)
+    source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    probe = ("from pathlib import Path; from labkit.errors import HostError\n"
+             "from labkit.runtime.container_dir import mount_layer_tmpfs\n"
+             f"Path('{tmp_path}/layer').mkdir()\n"
+             f"try: mount_layer_tmpfs(Path('{tmp_path}/layer'), 8 << 20)\n"
+             "except HostError as error: print(error)\n")
+    ran = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", "env",
+                          f"PYTHONPATH={source}", SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert ran.stdout.startswith("--storage-opt size 8.0 MiB: cannot bound the read-write layer on this host "
+                                 "(a tmpfs of that size could not be mounted: Operation not permitted)"), ran.stderr

@@ -23,6 +23,7 @@ from labkit.errors import HostError
 from labkit.files import write_atomically
 from labkit.home import labkit_home, private_dir
 from labkit.linux import syscalls
+from labkit.units import format_bytes
 
 STATE_FILE = "state.json"
 LOG_NAMES = ("stdout", "stderr")
@@ -38,8 +39,8 @@ def mount_layer_tmpfs(directory: Path, size: int) -> None:
     try:
         syscalls.mount("labkit-layer", str(directory), "tmpfs", 0, f"size={size},mode=0755")
     except OSError as error:
-        raise HostError(f"--storage-opt size={size}: cannot bound the read-write layer on this host "
-                        f"(a tmpfs of that size could not be mounted: {error.strerror}); "
+        raise HostError(f"--storage-opt size {format_bytes(size)}: cannot bound the read-write layer on this host "
+                        f"(a tmpfs of that size could not be mounted: {os.strerror(error.errno)}); "
                         "run without a size (and without a [storage] default in the class defaults)") from None
 
 
