@@ -34,11 +34,6 @@ from pathlib import Path
 from labkit.errors import ConfigError
 from labkit.units import format_bytes, parse_bytes, parse_count, parse_cpus
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (pyproject.toml)
-    import tomli as tomllib
-
 SYSTEM_FILE = Path("/etc/labkit/defaults.toml")
 
 
@@ -116,6 +111,10 @@ def class_defaults() -> Defaults:
 
 
 def _parse(path: Path) -> dict:
+    try:  # imported only when there is a file: 10 ms of every `labkit run` otherwise
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (pyproject.toml)
+        import tomli as tomllib
     try:
         with open(path, "rb") as handle:
             table = tomllib.load(handle)

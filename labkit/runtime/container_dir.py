@@ -22,7 +22,6 @@ from pathlib import Path
 from labkit.errors import HostError
 from labkit.files import write_atomically
 from labkit.home import labkit_home, private_dir
-from labkit.linux import syscalls
 from labkit.units import format_bytes
 
 STATE_FILE = "state.json"
@@ -36,6 +35,8 @@ def mount_layer_tmpfs(directory: Path, size: int) -> None:
     image costs a file, a mkfs and a loop device per container; a tmpfs costs one mount.
     Its pages are memory, charged to the container that writes them (its --memory
     counts them too), and they are freed when the container is removed."""
+    from labkit.linux import syscalls  # ctypes: not for a client that never mounts
+
     try:
         syscalls.mount("labkit-layer", str(directory), "tmpfs", 0, f"size={size},mode=0755")
     except OSError as error:
@@ -124,6 +125,8 @@ class ContainerDir:
 
     def remove(self) -> None:
         if os.path.ismount(self.layer):
+            from labkit.linux import syscalls
+
             syscalls.umount2(str(self.layer), syscalls.MNT_DETACH)
         shutil.rmtree(self.path, ignore_errors=True)
 
