@@ -171,6 +171,7 @@ def setuid_python_in(container_home) -> Container:
     return container
 
 
+@pytest.mark.root
 def test_without_the_check_a_home_another_user_owns_gives_that_user_root(labkit_home, second_user, no_leftovers):
     # What labkit left before: a home the user made first, used as it was, and its
     # directories at the umask's 0755. The user runs the container's setuid copy: host root.
@@ -191,6 +192,7 @@ def test_without_the_check_a_home_another_user_owns_gives_that_user_root(labkit_
         container.remove()
 
 
+@pytest.mark.root
 def test_a_home_another_user_made_first_is_refused_and_left_untouched(their_tmp_dir, second_user, monkeypatch):
     monkeypatch.setenv("LABKIT_HOME", str(their_tmp_dir))
     with pytest.raises(ConfigError) as refused:
@@ -201,6 +203,7 @@ def test_a_home_another_user_made_first_is_refused_and_left_untouched(their_tmp_
     assert os.listdir(their_tmp_dir) == [] and mode(their_tmp_dir) == 0o777
 
 
+@pytest.mark.root
 def test_a_home_below_a_directory_another_user_may_write_is_refused(their_tmp_dir, second_user, monkeypatch):
     # root's own home, but the user may rename it away and put theirs in its place
     home = their_tmp_dir / "root-home"
@@ -212,6 +215,7 @@ def test_a_home_below_a_directory_another_user_may_write_is_refused(their_tmp_di
         labkit_home()
 
 
+@pytest.mark.root
 def test_a_symlink_another_user_owns_is_refused(their_tmp_dir, second_user, tmp_path, monkeypatch):
     link = their_tmp_dir / "home"
     made = as_user(second_user.pw_uid, second_user.pw_gid, "ln", "-s", str(tmp_path), str(link))
@@ -224,6 +228,7 @@ def test_a_symlink_another_user_owns_is_refused(their_tmp_dir, second_user, tmp_
 SYSTEM_PYTHON = "/usr/bin/python3"  # one any user may run (the test's own may sit in root's home)
 
 
+@pytest.mark.root
 @pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="no /usr/bin/python3 for an ordinary user to run")
 def test_running_as_an_ordinary_user_a_home_root_owns_is_refused(second_user, tmp_path):
     home = tmp_path / "roots"
@@ -239,6 +244,7 @@ def test_running_as_an_ordinary_user_a_home_root_owns_is_refused(second_user, tm
     assert f"LABKIT_HOME {home} belongs to root (uid 0), not to {second_user.pw_name}" in ran.stderr
 
 
+@pytest.mark.root
 def test_containers_and_layers_are_private_whatever_the_umask(labkit_home, no_leftovers):
     old = os.umask(0)
     try:
