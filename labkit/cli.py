@@ -27,6 +27,9 @@ def cmd_run(options):
     # objects each import below allocates (~10% of the start here); what little garbage
     # a run makes dies with the process. The helper forked from here inherits the setting.
     gc.disable()
+    from labkit.linux.sealed_exe import run_sealed
+
+    run_sealed()  # its fork, the helper, must not run a file a container can reach (CVE-2019-5736)
     from labkit.runtime import Container
     from labkit.runtime.client.helper_client import fork_from_caller
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -74,3 +75,117 @@ def test_a_sealed_copy_refuses_the_same_write(throwaway_python):
     finally:
         os.close(held)
     assert throwaway_python.read_bytes() == original
+
+
+# --- through labkit: run and exec ---------------------------------------------------------
+
+# What the image's /bin/evil (a symlink to /proc/self/exe) reports from inside: where the
+# link leads, what opening it for writing gives, and the file's seals (F_GET_SEALS).
+PROBE = """
+import errno, fcntl, os, sys
+def probe(exe):
+    try:
+        os.close(os.open(exe, os.O_WRONLY))
+        write = "opened"
+    except OSError as error:
+        write = errno.errorcode[error.errno]
+    fd = os.open(exe, os.O_RDONLY)
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError as error:
+        seals = errno.errorcode[error.errno]
+    print(os.readlink(exe), write, seals, os.read(fd, 4) == b"\\x7fELF", flush=True)
+"""
+SEALED = 0x1 | 0x2 | 0x4 | 0x8   # F_SEAL_SEAL | SHRINK | GROW | WRITE
+
+
+@pytest.fixture
+def evil_image(labkit_home, tmp_path):
+    """busybox with /bin/evil -> /proc/self/exe (the CVE-2019-5736 entry point)."""
+    from labkit.images import commit, get_image
+
+    upper = tmp_path / "evil-upper"
+    (upper / "bin").mkdir(parents=True)
+    os.symlink("/proc/self/exe", upper / "bin" / "evil")
+    return commit(upper, get_image("busybox"), "evil")
+
+
+def evil_spec(command, **options):
+    from labkit.runtime import ContainerSpec
+
+    # --python: the interpreter's libraries at their host paths, so that the host's
+    # interpreter, reached through the link, runs inside
+    return ContainerSpec(image="evil", command=command, python=True, env=[f"PYTHONHOME={sys.base_prefix}"], **options)
+
+
+def parse(line):
+    target, write, seals, elf = line.rsplit(" ", 3)
+    return target, write, seals, elf
+
+
+@pytest.mark.root
+def test_a_container_running_proc_self_exe_gets_a_sealed_copy_not_the_hosts_file(evil_image, no_leftovers):
+    from labkit.runtime import Container
+
+    result = Container(evil_spec(["/bin/evil", "-S", "-c", PROBE + "probe('/proc/self/exe')"])).run()
+    assert result.exit_code == 0, result.stderr
+    target, write, seals, elf = parse(result.stdout.strip())
+    assert elf == "True"                       # it runs the interpreter, and may read it ...
+    assert target.startswith("/memfd:labkit-python"), target   # ... a copy, not the host's file
+    assert write in ("ETXTBSY", "EPERM") and int(seals) & SEALED == SEALED
+
+
+@pytest.mark.root
+def test_a_joined_process_seen_through_proc_pid_exe_is_a_sealed_copy_too(evil_image, no_leftovers):
+    import threading
+
+    from labkit.runtime import Container
+
+    watcher = PROBE + """
+import time
+while True:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"joined-marker" in open(f"/proc/{pid}/cmdline", "rb").read():
+                probe(f"/proc/{pid}/exe")
+                sys.exit(0)
+        except OSError:
+            pass
+    time.sleep(0.02)
+"""
+    container = Container(evil_spec(["/bin/evil", "-S", "-c", watcher]))
+    container.start(detach=True)
+    try:
+        joined = threading.Thread(target=container.exec, daemon=True, args=(
+            ["/bin/evil", "-S", "-c", "import time; time.sleep(60)", "joined-marker"],), kwargs={"timeout": 60})
+        joined.start()
+        deadline = time.monotonic() + 60
+        while container.poll() == "running":
+            assert time.monotonic() < deadline, "the watcher never saw the joined process"
+            time.sleep(0.05)
+        target, write, seals, elf = parse(container.logs().strip().splitlines()[-1])
+        assert target.startswith("/memfd:labkit-python"), (target, container.logs())
+        assert write in ("ETXTBSY", "EPERM") and int(seals) & SEALED == SEALED
+    finally:
+        container.remove()
+    joined.join(timeout=60)
+
+
+@pytest.mark.root
+def test_the_helper_runs_from_the_sealed_copy(labkit_home):
+    from labkit.linux.sealed_exe import running_sealed
+    from labkit.runtime import Container, ContainerSpec
+    from labkit.runtime.helper import get_helper
+
+    Container(ContainerSpec(command="true")).run().check()
+    assert running_sealed(get_helper().pid)
+
+
+@pytest.mark.root
+def test_labkit_run_whose_helper_is_its_own_fork_runs_it_sealed_too(evil_image, no_leftovers):
+    ran = subprocess.run([sys.executable, "-m", "labkit.cli", "run", "--image", "evil", "--python",
+                          "-e", f"PYTHONHOME={sys.base_prefix}", "--", "/bin/evil", "-S", "-c",
+                          PROBE + "probe('/proc/self/exe')"], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    target, write, seals, elf = parse(ran.stdout.strip())
+    assert target.startswith("/memfd:labkit-python") and int(seals) & SEALED == SEALED, ran.stdout

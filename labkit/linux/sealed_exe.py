@@ -19,6 +19,7 @@ prefix and a venv's pyvenv.cfg from argv[0], not from the executable's name).
 
 import fcntl
 import os
+import sys
 
 MEMFD_NAME = "labkit-python"
 SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
@@ -55,6 +56,14 @@ def exec_path() -> str:
     """The path a child of this process execs to run the sealed copy (a child may exec
     its parent's fd: it needs no copy of its own)."""
     return f"/proc/{os.getpid()}/fd/{sealed_copy()}"
+
+
+def run_sealed() -> None:
+    """Go on as this same program, run from the sealed copy: exec it again with the same
+    arguments (nothing happens when this process already runs sealed). For a program that
+    becomes the helper by forking itself (`labkit run`), before it has done anything."""
+    if not running_sealed():
+        os.execv(f"/proc/self/fd/{sealed_copy()}", [sys.executable, *sys.orig_argv[1:]])
 
 
 def running_sealed(pid: int | str = "self") -> bool:

@@ -7,6 +7,9 @@ Safe to use from a multi-threaded process (a Jupyter kernel): the helper is star
 subprocess (fork+exec of a fresh interpreter), never by forking the caller. A caller that
 is small and single-threaded (the `labkit` command) may ask for a fork of itself instead
 (`fork_from_caller(True)`): no second interpreter to start, no second import of labkit.
+Either way the helper, and so every process that becomes or joins a container, runs from
+a sealed copy of the interpreter (labkit.linux.sealed_exe): a fork only when the caller
+itself runs from one (`labkit run` execs itself so first).
 """
 
 import atexit
@@ -19,6 +22,7 @@ import threading
 import time
 
 from labkit.errors import HostError
+from labkit.linux import sealed_exe
 from labkit.runtime import protocol
 from labkit.runtime.protocol import MAX_MESSAGE, Op
 
@@ -56,7 +60,7 @@ class Helper:
         else:
             env = dict(os.environ, LABKIT_HELPER_FD=str(theirs.fileno()), LABKIT_OWNER_PID=str(os.getpid()))
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "labkit.runtime.helper"],
+                [sys.executable, "-m", "labkit.runtime.helper"], executable=sealed_exe.exec_path(),
                 pass_fds=(theirs.fileno(),), env=env, start_new_session=True,
                 stdin=subprocess.DEVNULL, close_fds=True,
             )
@@ -174,7 +178,8 @@ def get_helper() -> Helper:
         from labkit.runtime.client.leftovers import sweep
 
         sweep()
-        _helper = Helper(forked=_fork_from_caller and _single_threaded())
+        # Forked, the helper runs what this process runs: only a sealed copy will do.
+        _helper = Helper(forked=_fork_from_caller and _single_threaded() and sealed_exe.running_sealed())
         return _helper
 
 
