@@ -8,8 +8,8 @@ subprocess (fork+exec of a fresh interpreter), never by forking the caller. A ca
 is small and single-threaded (the `labkit` command) may ask for a fork of itself instead
 (`fork_from_caller(True)`): no second interpreter to start, no second import of labkit.
 Either way the helper, and so every process that becomes or joins a container, runs from
-a sealed copy of the interpreter (labkit.linux.sealed_exe): a fork only when the caller
-itself runs from one (`labkit run` execs itself so first).
+a sealed copy of the interpreter (labkit.linux.sealed_exe): a caller that asks to be forked
+is executed again from it first (`labkit run` does so before its imports).
 """
 
 import atexit
@@ -35,8 +35,12 @@ def fork_from_caller(allowed: bool = True) -> None:
     """Let this process's helper be a fork of it. Only for a small, single-threaded
     caller: a fork copies the caller's memory map into every container's fork, and a
     fork of a multi-threaded process may hold a lock no thread will release. Checked
-    again when the helper starts (a thread started since then turns it off)."""
+    again when the helper starts (a thread started since then turns it off). A caller
+    not yet running from the sealed interpreter is executed again from it, with the same
+    arguments, before this returns: its fork must not run a file containers can reach."""
     global _fork_from_caller
+    if allowed and _single_threaded():
+        sealed_exe.run_sealed()
     _fork_from_caller = allowed
 
 
