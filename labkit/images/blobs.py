@@ -10,7 +10,7 @@ import gzip
 import hashlib
 import io
 
-from labkit.errors import ImageError
+from labkit.errors import BadImageInput, ImageError
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -42,7 +42,7 @@ class UnpackBudget:
         if self.limit is not None and self.used > self.limit:
             from labkit.units import format_bytes
 
-            raise ImageError(f"{source} unpacks to more than {format_bytes(self.limit)}, the most an import may "
+            raise BadImageInput(f"{source} unpacks to more than {format_bytes(self.limit)}, the most an import may "
                              f"unpack to ({self.where}); nothing was imported. A compressed archive this large "
                              "inflated is likely a decompression bomb; if it is not, raise the limit there")
 
