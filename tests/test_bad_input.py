@@ -149,6 +149,15 @@ OPTION_ROWS = [
     (["--tmpfs", "/tmp:uid=-1"], "--tmpfs '/tmp:uid=-1'"),
     (["--tmpfs", "/tmp:nosuchoption"], "--tmpfs '/tmp:nosuchoption'"),
     (["--tmpfs", "/tmp:size"], "--tmpfs '/tmp:size'"),
+    # --storage-opt, --log-opt: Docker's KEY=VALUE, then each value as its kind
+    (["--storage-opt", "size=lots"], "--storage-opt size 'lots'"),
+    (["--storage-opt", "size=0"], "--storage-opt size '0'"),
+    (["--storage-opt", "size"], "--storage-opt 'size'"),
+    (["--storage-opt", "nosuch=1"], "--storage-opt nosuch=1"),
+    (["--log-opt", "max-size=-1"], "--log-opt max-size '-1'"),
+    (["--log-opt", "max-file=0"], "--log-opt max-file '0'"),
+    (["--log-opt", "max-file=x"], "--log-opt max-file 'x'"),
+    (["--log-opt", "color=1"], "--log-opt color=1"),
     # --entrypoint (an empty one with nothing to run: tests/test_cli.py, as it is found
     # once the image is known)
     (["--entrypoint", "a\0b"], "--entrypoint 'a\\x00b'"),

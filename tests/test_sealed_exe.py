@@ -175,7 +175,7 @@ while True:
 def test_the_helper_runs_from_the_sealed_copy(labkit_home):
     from labkit.linux.sealed_exe import running_sealed
     from labkit.runtime import Container, ContainerSpec
-    from labkit.runtime.helper import get_helper
+    from labkit.runtime.client.helper_client import get_helper
 
     Container(ContainerSpec(command="true")).run().check()
     assert running_sealed(get_helper().pid)
