@@ -109,25 +109,30 @@ def join_cgroup(procs_files):
 
 def build_root(config):
     root = config["root"]
+    owner = config["uid"]
     syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
-    syscalls.mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=16m")
+    # The root tmpfs and every directory made on it belong to the sandbox's root (host
+    # `owner`), not to the host's root, whom the user namespace does not map (it would
+    # show as nobody): labkit inside refuses a LABKIT_HOME below a directory another
+    # user owns (labkit/home.py). Read-only and locked, the root's own can change nothing.
+    syscalls.mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=755,size=16m,uid={owner},gid={owner}")
     for path, target in config["symlinks"].items():
-        make_parents(root + path)
+        make_parents(root + path, owner)
         os.symlink(target, root + path)
     for path, mode in (("/tmp", 0o1777), ("/var/tmp", 0o1777), ("/run", 0o755), ("/root", 0o700)):
-        make_dir(root + path)
+        make_dir(root + path, owner)
         syscalls.mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode:o},size=64m")
         os.chown(root + path, config["uid"], config["uid"])
     # After the tmpfs mounts: the submission's directories may be below /tmp.
     for path in config["read_only"]:
-        bind(path, root + path, read_only=True)
+        bind(path, root + path, read_only=True, owner=owner)
     for path in config["read_write"]:
-        bind(path, root + path, read_only=False)
-    make_dir(root + "/proc")
+        bind(path, root + path, read_only=False, owner=owner)
+    make_dir(root + "/proc", owner)
     syscalls.mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    make_dir(root + "/sys")
+    make_dir(root + "/sys", owner)
     syscalls.mount("sysfs", root + "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    mount_dev(root + "/dev")
+    mount_dev(root + "/dev", owner)
     os.mkdir(root + "/.old")
     syscalls.pivot_root(root, root + "/.old")
     os.chdir("/")
@@ -137,19 +142,19 @@ def build_root(config):
     syscalls.mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def bind(source, target, read_only):
+def bind(source, target, read_only, owner=None):
     if os.path.isdir(source):
-        make_dir(target)
+        make_dir(target, owner)
     else:
-        make_parents(target)
+        make_parents(target, owner)
         open(target, "a").close()
     syscalls.mount(source, target, None, MS_BIND | MS_REC)
     flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (MS_RDONLY if read_only else 0)
     syscalls.mount(None, target, None, flags)
 
 
-def mount_dev(dev):
-    make_dir(dev)
+def mount_dev(dev, owner=None):
+    make_dir(dev, owner)
     syscalls.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=1m")
     for name in DEVICES:
         # The host's nodes, bound: a user namespace may not mknod, and the sandbox's
@@ -214,12 +219,20 @@ def reap_forever():
             continue
 
 
-def make_dir(path):
-    os.makedirs(path, mode=0o755, exist_ok=True)
+def make_dir(path, owner=None):
+    """`path` and the directories missing above it, 0755 (owned by host uid `owner`)."""
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for made in reversed(missing):
+        os.mkdir(made, 0o755)
+        if owner is not None:
+            os.chown(made, owner, owner)
 
 
-def make_parents(path):
-    make_dir(os.path.dirname(path))
+def make_parents(path, owner=None):
+    make_dir(os.path.dirname(path), owner)
 
 
 def fail(report, stage, error):
