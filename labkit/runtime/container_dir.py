@@ -9,8 +9,8 @@
                                 lower layer, never committed; hosts is rewritten in place for peers
         stdout.log  stderr.log  a detached container's output (rotated: stdout.log.1, ... older)
 
-The client makes the directory (for a detached container's logs) and reads state.json;
-the helper makes the rest, writes state.json and removes it all. Shared: one layout for
+The helper makes it all (a detached container's logs too, which it writes), writes
+state.json and removes it; the client reads state.json and the logs. Shared: one layout for
 both sides, and for plan.py's paths.
 """
 
