@@ -208,6 +208,9 @@ def in_process_cli(tmp_path, monkeypatch, capsys):
         raise AssertionError("this bad input got past validation: labkit run went on to start a container")
 
     monkeypatch.setattr("labkit.runtime.client.helper_client.fork_from_caller", no_container)
+    # labkit run executes itself again from the sealed interpreter first: here that would
+    # be pytest, started over. The real process's rows (CLI_ROWS) go through it.
+    monkeypatch.setattr("labkit.linux.sealed_exe.run_sealed", lambda: None)
     collecting = gc.isenabled()
 
     def run(args, command=("--", "true")):
