@@ -3,8 +3,10 @@ gets them, none may ask for more than the file's max, and a bounded read-write l
 really bounded. Parsing is plain logic; the rest runs on the real kernel, as root."""
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -185,7 +187,11 @@ def test_where_the_layer_cannot_be_bounded_the_refusal_says_so(tmp_path):
         if str(directory) == "/tmp":
             break
         os.chmod(directory, os.stat(directory).st_mode | 0o005)
-    source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # The ordinary user reads labkit from a copy beside the test: the checkout itself may sit
+    # below a directory only root may enter (a fresh clone in a 0700 mktemp dir, as in CI).
+    source = tmp_path / "src"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "labkit", source / "labkit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     probe = ("from pathlib import Path; from labkit.errors import HostError\n"
              "from labkit.runtime.container_dir import mount_layer_tmpfs\n"
              f"Path('{tmp_path}/layer').mkdir()\n"
