@@ -3,6 +3,7 @@
 "an ordinary host user" is uid/gid 65534 (nobody), reached with setpriv."""
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -237,7 +238,11 @@ def test_running_as_an_ordinary_user_a_home_root_owns_is_refused(second_user, tm
         if directory == Path("/tmp"):
             break
         os.chmod(directory, os.stat(directory).st_mode | 0o005)
-    source = Path(__file__).resolve().parent.parent
+    # labkit read from a copy in the test's own dir: the checkout may sit below a directory only
+    # root may enter (a fresh clone in a 0700 mktemp dir, as in CI).
+    source = tmp_path / "src"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "labkit", source / "labkit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     ran = as_user(second_user.pw_uid, second_user.pw_gid, "env", f"PYTHONPATH={source}", f"LABKIT_HOME={home}",
                   SYSTEM_PYTHON, "-c", "from labkit.home import labkit_home; labkit_home()")
     assert ran.returncode != 0
