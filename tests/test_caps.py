@@ -188,3 +188,24 @@ def test_container_logs_in_a_cell_shows_the_newest_part_and_says_what_it_cut(ker
         assert f"[labkit: the first {3145728 + 8 - CELL_OUTPUT_LIMIT:,} bytes of the logs are not shown" in reply.stderr
     finally:
         kernel.ok("%container rm chatty")
+
+
+def test_a_log_pipe_closed_earlier_in_the_same_round_of_events_is_skipped(tmp_path):
+    """The helper handles one select() round's events in turn: a `remove` request can close a
+    detached container's log pipes before their own 'readable' event of that round is
+    handled. That stale event must do nothing (it raised EBADF and took the helper down:
+    seen as 'the labkit helper process is gone' on removing a --userns container)."""
+    import selectors
+
+    from labkit.runtime.helper.logs import LogPipes
+
+    selector = selectors.DefaultSelector()
+    pipes = LogPipes(selector)
+    writers = pipes.make("c1", {"stdout": tmp_path / "stdout.log"}, max_size=1 << 20, max_files=1)
+    os.write(writers["stdout"], b"last words\n")
+    os.close(writers["stdout"])
+    stale = [key for key, _ in selector.select(timeout=1)]    # the pipe is readable in this round
+    assert len(stale) == 1
+    pipes.close("c1")                                          # a request handled first closes it
+    assert stale[0].data(stale[0].fileobj) is False            # then its own event comes: nothing
+    selector.close()

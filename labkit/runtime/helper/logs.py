@@ -86,6 +86,10 @@ class LogPipes:
     def on_data(self, container_id, fd, log) -> bool:
         """Read what is there into the log; True if there was something (more may follow),
         False if nothing now or the stream ended (then it is closed)."""
+        if (fd, log) not in self.open.get(container_id, ()):
+            # Closed earlier in the same round of events (its container was removed by a
+            # request read just before): the fd is gone, or already another's.
+            return False
         try:
             chunk = os.read(fd, 65536)
         except BlockingIOError:
