@@ -155,6 +155,9 @@ class LabkitVMProvisioner(LocalProvisioner):
             self.guest.stop()
             self.guest = None
         if self.guest is None:
+            hidden = hidden_in_the_guest(cmd[0] if cmd else sys.executable)
+            if hidden:
+                raise RuntimeError(hidden)
             self.guest = await self._boot(env, cwd)
         guest = self.guest
         env.update(LABKIT_HOME=machine.GUEST_LABKIT_HOME, LANG=env.get("LANG", "C.UTF-8"))
@@ -258,3 +261,14 @@ class LabkitVMProvisioner(LocalProvisioner):
             self.guest.stop()
             self.guest = None
             self.kernel_pid = None
+
+
+def hidden_in_the_guest(python) -> str | None:
+    """Why the guest could not run this interpreter, or None. The guest sees the host's root
+    read-only but mounts a /tmp of its own, so an installation below /tmp (a checkout cloned
+    into mktemp, say) is not there."""
+    place = Path(os.path.abspath(python))
+    if place == Path("/tmp") or Path("/tmp") in place.parents:
+        return (f"the VM kernel cannot run {place}: the guest mounts its own /tmp, so a Python "
+                "installed below /tmp is not visible there; install labkit (its venv) outside /tmp")
+    return None
