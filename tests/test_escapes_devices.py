@@ -173,6 +173,7 @@ def test_dev_fuse_is_refused_as_docker_refuses_it(labkit_home):
     assert mknod_and_open("c", 10, 229, "write", privileged=True) == (True, True)
 
 
+@pytest.mark.root
 @pytest.mark.cgroup_v2
 def test_the_allowed_devices_still_work(labkit_home):
     from labkit.runtime import run

@@ -559,6 +559,7 @@ def test_image_commands_name_a_missing_image_in_one_line(labkit_home, verb):
 
 # --- Dockerfile behaviours that need a real build ------------------------------------------
 
+@pytest.mark.root
 def test_copy_to_a_directory_the_image_has_goes_inside_it_as_in_docker(store, context):
     image = build("FROM busybox\nCOPY app.txt /tmp\nWORKDIR /new/dir\nCOPY app.txt .\n", "into", context,
                   store=store)
@@ -566,6 +567,7 @@ def test_copy_to_a_directory_the_image_has_goes_inside_it_as_in_docker(store, co
     assert (image.layer_dirs[-1] / "new" / "dir" / "app.txt").read_text() == "the app\n"
 
 
+@pytest.mark.root
 def test_dockerignore_keeps_files_out_of_a_build(store, context):
     (context / "secrets").mkdir()
     (context / "secrets" / "key").write_text("hunter2\n")
@@ -581,6 +583,7 @@ def test_dockerignore_keeps_files_out_of_a_build(store, context):
         build("FROM busybox\nCOPY secrets/key /key\n", "x", context, store=store)
 
 
+@pytest.mark.root
 def test_build_args_reach_arg_substitution_and_run_but_not_the_image(store, context):
     recipe = "FROM busybox\nARG WHO=nobody\nENV GREETING=hello-$WHO\nRUN echo \"$WHO $GREETING\" > /out\n"
     image = build(recipe, "args", context, store=store, build_args={"WHO": "lab"})
@@ -619,6 +622,7 @@ def test_a_damaged_blob_is_never_exported(store, tmp_path):
         export_image(image, tmp_path / "out.tar", "oci")
 
 
+@pytest.mark.root
 def test_a_run_under_another_shell_or_user_is_not_taken_from_the_cache(store, context):
     plain = build("FROM busybox\nRUN echo $0 $(id -u) > /s\n", "a", context, store=store)
     ash = build('FROM busybox\nSHELL ["/bin/ash", "-c"]\nRUN echo $0 $(id -u) > /s\n', "b", context, store=store)
@@ -628,6 +632,7 @@ def test_a_run_under_another_shell_or_user_is_not_taken_from_the_cache(store, co
     assert (nobody.layer_dirs[-1] / "tmp" / "s").read_text() == "/bin/sh 65534\n"
 
 
+@pytest.mark.root
 def test_copy_from_a_stage_follows_its_links_inside_the_stage_never_onto_the_host(store, context):
     recipe = ("FROM busybox AS build\nRUN mkdir -p /real/dir && echo inside > /real/dir/passwd && "
               "ln -s /real/dir /app && ln -s /etc/passwd /app-passwd\n"
