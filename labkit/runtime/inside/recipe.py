@@ -48,6 +48,7 @@ def set_up_container(plan, fds):
     every namespace its supervisor made. A pool slot's first process starts here too."""
     try:
         enter_cgroup_and_mount_namespaces(plan)
+        say_mount_namespace_made(fds)
         make_mounts_private(plan)
         rootfs = plan.rootfs
         mount_root_filesystem(plan)
@@ -89,6 +90,18 @@ def enter_cgroup_and_mount_namespaces(plan):
             flags |= BY_NAME[kind].flag
     if flags:
         syscalls.unshare(flags)
+
+
+def say_mount_namespace_made(fds):
+    """Tell the supervisor, which then holds the namespace (runtime/supervisor/supervise.py,
+    `report_until_exit`) so that our exit does not wait for its teardown."""
+    made = fds.pop("mount_namespace_made", None)
+    if made is not None:
+        try:
+            os.write(made, b"m")
+        except OSError:
+            pass   # the supervisor is gone: our death signal follows
+        os.close(made)
 
 
 @step("set hostname")

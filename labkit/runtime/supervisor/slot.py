@@ -42,11 +42,14 @@ def supervise_slot(hierarchy, cgroup_name, helper_pid, fds):
         os.setsid()
         cgroup = make_slot_cgroup(hierarchy, cgroup_name.split("/", 1)[1])
         make_slot_namespaces()
+        fds["mount_namespace_made"], made_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
     except BaseException as error:  # noqa: BLE001 — the helper finds the slot dead at `take`
         report_failure(fds["error"], error)
     if pid == 0:
-        wait_as_slot(cgroup.procs_files(), fds)
+        os.close(fds.pop("mount_namespace_made"))
+        wait_as_slot(cgroup.procs_files(), {**fds, "mount_namespace_made": made_w})
+    os.close(made_w)
     os.close(fds.pop("plan"))
     report_until_exit(pid, fds)
 
