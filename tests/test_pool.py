@@ -209,7 +209,7 @@ def test_a_privileged_container_from_a_slot_may_open_every_device_on_v1(no_lefto
 
 def test_slots_killed_while_waiting_are_discarded_and_never_serve_a_start(no_leftovers):
     helper = a_slot_is_ready()
-    assert wait_until(lambda: slots_ready(2)), "the pool did not fill to two slots"
+    assert wait_until(lambda: slots_ready(2)), "the pool did not fill to two slots or more"
     killed = set(helper_ready_slots())
     waiting = set(ready_slots(helper).values())
     for pid in waiting:
@@ -250,7 +250,7 @@ def slot_processes(helper_pid) -> dict:
 
 def test_shutting_the_helper_down_leaves_no_slot_cgroup_process_or_netns(labkit_home):
     helper = a_slot_is_ready()
-    assert wait_until(lambda: slots_ready(2)), "the pool did not fill to two slots"
+    assert wait_until(lambda: slots_ready(2)), "the pool did not fill to two slots or more"
     firsts = slot_processes(helper)
     netns = {os.stat(f"/proc/{pid}/ns/net").st_ino for pid in firsts}
     assert all(processes_in_netns(inode) for inode in netns)
@@ -276,7 +276,7 @@ def test_killed_owners_leave_no_slot_behind(labkit_home, helper_too):
     owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,
                              env=dict(os.environ, LABKIT_HOME=str(labkit_home)))
     helper = int(owner.stdout.readline())
-    assert wait_until(lambda: ready_count(helper) == 2), "the pool did not fill to two slots"
+    assert wait_until(lambda: ready_count(helper) >= 2), "the pool did not fill to two slots or more"
     firsts = slot_processes(helper)
     paths = set(ready_slots(helper))
     if helper_too:

@@ -47,7 +47,7 @@ from labkit.cgroups.slot_cgroups import can_serve, slot_leaf
 from labkit.linux.processes import start_time
 from labkit.runtime.plan import StartPlan, to_wire
 
-DEFAULT_SIZE = 2
+DEFAULT_SIZE = 3   # a burst of back-to-back starts finds one ready while the next is being made
 
 
 def size_from_environment() -> int:
@@ -146,7 +146,8 @@ class Pool:
             self.failures = 0
             return
         self.discard(slot)   # setup failed, or it was killed: no use to anyone
-        self.failed()
+        if not slot.ready:
+            self.failed()   # died before it was ready: the host may not let us make slots
 
     def take(self, plan: StartPlan) -> Slot | None:
         """A ready slot for this plan, or None (it does not fit, or no slot is ready)."""

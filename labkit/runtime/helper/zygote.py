@@ -60,6 +60,8 @@ class Process:
         self.report_buffer = b""
         self.exec_done = False
         self.started_sent = False
+        self.exit_reported = False   # EXITED sent (on the supervisor's "exit" line); reaped at EOF
+        self.container = None        # a start's {"plan", "cgroup", ...}, kept from its exit to its teardown
         self.started_at = time.monotonic()
 
 
@@ -73,7 +75,8 @@ class Zygote:
         self.running = True
         self.pool = ready_slots.Pool(ready_slots.size_from_environment(), self.selector)
         self.logs = LogPipes(self.selector)   # detached containers' stdout/stderr, into rotated files
-        self.container_exited = False  # a container exited (and was torn down) in this round of the loop
+        self.refill_soon = False       # a container exited while starts come in a row: refill the pool first
+        self.teardowns = []            # what exited containers left (cgroups, directories): done when idle
         self.starts = 0                # containers asked for: slots are made once there was one
         self.last_activity = time.monotonic()
 
@@ -86,19 +89,29 @@ class Zygote:
             self.running = False
 
     def serve(self):
+        """Requests and the processes' reports first; then, with nothing to answer, the
+        pool's refill after an exit (when starts come back to back the next one is often
+        on its way), then the teardown of exited containers, then a slot in idle time."""
         self.sock.setblocking(False)
         self.selector.register(self.sock, selectors.EVENT_READ, self.on_request)
         while self.running:
-            wait = self.until_pool_may_grow()
+            wait = 0 if self.refill_soon or self.teardowns else self.until_pool_may_grow()
             events = self.selector.select(timeout=1.0 if wait is None else wait)
-            self.container_exited = False
             for key, _ in events:
                 key.data(key.fileobj)
             if events:
                 self.last_activity = time.monotonic()
-            idle = wait is not None and not events   # quiet for the whole wait
-            in_a_row = self.container_exited and self.starts > 1 and self.until_pool_may_grow() is not None
-            if self.running and (idle or in_a_row):
+                continue
+            if not self.running:
+                break
+            if self.refill_soon:
+                self.refill_soon = False
+                if self.until_pool_may_grow() is not None:
+                    self.pool.fill_one()
+                    self.refill_soon = self.pool.wants_more()
+            elif self.teardowns:
+                self.teardowns.pop(0)()
+            elif wait is not None:   # quiet for the whole wait
                 self.pool.fill_one()
         self.shutdown()
 
@@ -108,8 +121,7 @@ class Zygote:
         asked for a container (a one-shot `labkit run` makes none), after it was quiet for
         a moment (a fork competes with a running container for the CPU, and would delay
         the report of a short command's exit). When containers come one after the other,
-        `serve` also makes one right after each exit was reported and torn down: a next
-        start is often waiting by then; it waits for one fork, and finds the slot made before."""
+        `serve` also makes one right after each exit was reported, once no request waits."""
         if not self.pool.wants_more() or not self.starts:
             return None
         if any(p.kind == Op.START and not p.started_sent for p in self.processes.values()):
@@ -281,6 +293,8 @@ class Zygote:
         self.maybe_announce_start(process)
 
     def on_report(self, process):
+        if process.report_r is None:
+            return  # a stale event: settle() read this pipe to its end earlier in the same select
         chunk = os.read(process.report_r, 4096)
         if not chunk:
             self.finish(process)
@@ -299,6 +313,7 @@ class Zygote:
                           cgroup=self.containers[process.id]["cgroup"].name)
             elif word == "exit":
                 process.status = int(value)
+                self.report_exit(process)
 
     def maybe_announce_start(self, process):
         if process.started_sent or not process.exec_done or process.init_pid is None or process.error:
@@ -311,21 +326,35 @@ class Zygote:
                   slot=bool(container and container["slot"]))
 
     def finish(self, process):
-        """The supervisor closed its report pipe: collect, clean up, tell the owner."""
+        """The supervisor closed its report pipe (it has exited, and let go of the
+        container's mount namespace): reap it, and tear the container down."""
         self.selector.unregister(process.report_r)
         os.close(process.report_r)
-        if process.error_r is not None:
-            # Rare: supervisor gone before its error pipe was drained.
-            self.on_error_pipe_drain(process)
+        process.report_r = None
         _, supervisor_status = os.waitpid(process.supervisor_pid, 0)
-        status = process.status if process.status is not None else supervisor_status
+        if process.status is None:
+            process.status = supervisor_status   # it died before it could say how its child ended
+        self.report_exit(process)
         if process.go_w is not None:
             _close(process.go_w)
         self.processes.pop(process.id, None)
+        if process.container is not None:
+            self.teardowns.append(lambda container=process.container: self.tear_down(container))
+
+    def report_exit(self, process):
+        """Tell the owner how the process ended, as soon as it has: on the supervisor's
+        "exit" line, before the supervisor lets go of the mount namespace and is reaped."""
+        if process.exit_reported:
+            return
+        process.exit_reported = True
+        if process.error_r is not None:
+            # Every writer of the error pipe is gone with the container: drain it.
+            self.on_error_pipe_drain(process)
+        status = process.status
         if process.kind != Op.START:
             self.send(Op.EXITED, id=process.id, status=status, error=process.error, pid=process.init_pid, stats=None)
             return
-        container = self.containers.pop(process.id)
+        container = process.container = self.containers.pop(process.id)
         cgroup, plan = container["cgroup"], container["plan"]
         self.logs.drain(plan.id)  # its last words are in the files before anyone hears it exited
         stats = _stats_dict(cgroup)
@@ -334,7 +363,8 @@ class Zygote:
             try:
                 ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
                                                     "owner_start": process_start_time(os.getpid()),
-                                                    "status": lifecycle.EXITED, "exit_status": status})
+                                                    "status": lifecycle.EXITED, "exit_status": status,
+                                                    "cgroup": cgroup.name})   # deleted only after this write
             except FileNotFoundError:
                 pass  # its directory was removed meanwhile (by hand, or a gc): nothing left to record in
         else:
@@ -342,14 +372,24 @@ class Zygote:
             # count the layers of a container whose directory is still being removed below.
             ContainerDir(plan.dir).forget_state()
         self.send(Op.EXITED, id=process.id, status=status, error=process.error, pid=process.init_pid, stats=stats)
-        # Teardown after the owner has its answer, off its critical path (rmdir of a cgroup
-        # in each hierarchy, the directories: milliseconds, more on a busy disk). It is
-        # still done before this single-threaded helper reads its next request, so any
-        # request that follows (a ping: `settle()`; a remove; the owner's exit) finds it done.
-        cgroup.delete()
-        if plan.auto_remove:
-            ContainerDir(plan.dir).remove()
-        self.container_exited = True
+        self.refill_soon = self.starts > 1
+
+    def tear_down(self, container):
+        """What an exited container left: its cgroup, and its directory when it is removed
+        at exit. Off the owner's path: done when the helper has nothing else to do, or
+        before it answers a request that must find it done (`settle`)."""
+        container["cgroup"].delete()
+        if container["plan"].auto_remove:
+            ContainerDir(container["plan"].dir).remove()
+
+    def settle(self, processes=None):
+        """Finish the teardown of every exited container (or of `processes`): wait for
+        their supervisors, which let go of the mount namespaces first, then tear down."""
+        for process in [p for p in (processes or list(self.processes.values())) if p.exit_reported]:
+            while process.report_r is not None:
+                self.on_report(process)   # blocks until the supervisor's EOF
+        while self.teardowns:
+            self.teardowns.pop(0)()
 
     def on_error_pipe_drain(self, process):
         while process.error_r is not None:
@@ -363,7 +403,7 @@ class Zygote:
 
     def op_signal(self, request, fds):
         process = self.processes.get(request["id"])
-        if process and process.init_pid:
+        if process and process.init_pid and not process.exit_reported:
             try:
                 os.kill(process.init_pid, request["signal"])
             except ProcessLookupError:
@@ -377,6 +417,8 @@ class Zygote:
             # say so, so that the owner does not wait for an exit that will not come.
             self.send(Op.FAILED, id=request["id"], error="no such running container", errno=None)
             return
+        if process.exit_reported:
+            return   # it has exited (EXITED is sent) and its supervisor is letting go: nothing to kill
         if process.kind == Op.START:
             self.containers[process.id]["cgroup"].kill()
         elif process.supervisor_pid:
@@ -397,6 +439,9 @@ class Zygote:
             process.go_w = None
 
     def op_remove(self, request, fds):
+        process = self.processes.get(request["id"])
+        if process is not None and process.exit_reported:
+            self.settle([process])
         if request["id"] in self.processes:
             raise RuntimeError(f"container {request['id']} is still running; stop it first")
         self.logs.close(request["id"])
@@ -405,6 +450,7 @@ class Zygote:
         self.send(Op.REMOVED, id=request["id"])
 
     def op_ping(self, request, fds):
+        self.settle()   # a ping answers once every exited container is torn down
         self.send(Op.PONG, id=request["id"], pid=os.getpid(),
                   ready_slots=[slot.cgroup_name for slot in self.pool.slots if slot.ready])
 
@@ -430,6 +476,8 @@ class Zygote:
             for key, _ in self.selector.select(timeout=0.1):
                 if key.fileobj is not self.sock:
                     key.data(key.fileobj)
+        while self.teardowns:
+            self.teardowns.pop(0)()
         for container in self.containers.values():
             container["cgroup"].delete()
         self.pool.close()
