@@ -48,3 +48,48 @@ def test_the_supervisor_holds_the_containers_mount_namespace(no_leftovers, monke
         container.remove()
         shutdown_helper()
     # (no_leftovers asserts: nothing is mounted, no directory or cgroup is left)
+
+
+def root_mount_options(container_spec, remove):
+    """The super options of the container's own root mount, as the container sees them."""
+    container = Container(container_spec)
+    try:
+        result = container.run(remove=remove).check()
+    finally:
+        container.remove()
+    root = next(line for line in result.stdout.splitlines() if line.split()[4] == "/")
+    return root.split(" - ", 1)[1].split()[2].split(",")
+
+
+@pytest.mark.root
+def test_an_upper_nothing_keeps_is_volatile_and_one_that_may_be_committed_is_not(no_leftovers):
+    # Linux 6.x shows the option as fsync=volatile, 5.10–5.x as volatile.
+    spec = ContainerSpec(command=["cat", "/proc/self/mountinfo"])
+    volatile = {"volatile", "fsync=volatile"}
+    assert volatile & set(root_mount_options(spec, remove=True))
+    assert not volatile & set(root_mount_options(spec, remove=False))
+
+
+@pytest.mark.root
+def test_a_commit_right_after_the_exit_holds_every_byte_written(no_leftovers):
+    """Committed as soon as the exit is reported (the namespace may still be held, the
+    overlay still mounted): the upper holds what the container wrote, whole."""
+    from labkit.images.containers import commit_container
+    from labkit.images.diff import diff
+    from labkit.runtime.client.state import find_container
+
+    script = "head -c 3000000 /dev/urandom > /blob && sha256sum /blob > /blob.sum && mkdir -p /d/e && echo x > /d/e/f"
+    container = Container(ContainerSpec(command=["sh", "-c", script]))
+    try:
+        assert container.run(remove=False).exit_code == 0
+        image = commit_container(find_container(container.name), "committed-at-exit", store=container.image.store)
+        layer = image.layer_dirs[-1]
+        import hashlib
+
+        digest = hashlib.sha256((layer / "blob").read_bytes()).hexdigest()
+        assert (layer / "blob").stat().st_size == 3000000
+        assert (layer / "blob.sum").read_text().split()[0] == digest
+        assert (layer / "d" / "e" / "f").read_text() == "x\n"
+        assert diff(layer).lines()
+    finally:
+        container.remove()

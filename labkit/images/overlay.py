@@ -36,13 +36,16 @@ def overlay_options(lower_top_first, upper, work, extra="") -> str:
     return f"lowerdir={lower},upperdir={upper},workdir={work},{fixed}" + (f",{extra}" if extra else "")
 
 
-def mount_overlay(target, lower_top_first, upper, work, in_user_namespace=False) -> None:
+def mount_overlay(target, lower_top_first, upper, work, in_user_namespace=False, volatile=False) -> None:
     """Mount the union at `target`: writes land in `upper`, reads fall through the lowers.
 
     Inside a user namespace overlay may not set its trusted.* xattrs (they need
-    CAP_SYS_ADMIN on the host); `userxattr` makes it use user.overlay.* instead."""
+    CAP_SYS_ADMIN on the host); `userxattr` makes it use user.overlay.* instead.
+    `volatile`: for an upper nothing must survive a crash of (a container removed when it
+    ends): overlay then never syncs it, neither on fsync nor at unmount (Linux 5.10)."""
     # (and then it refuses to follow redirects, so they must not even be followed)
-    extra = "userxattr,redirect_dir=nofollow" if in_user_namespace else ""
+    extra = ",".join(option for option, wanted in (("userxattr,redirect_dir=nofollow", in_user_namespace),
+                                                    ("volatile", volatile)) if wanted)
     lower_top_first = [os.fspath(path) for path in lower_top_first]
     if not lower_top_first:
         raise ImageError("an overlay needs at least one lower layer")
