@@ -59,8 +59,16 @@ def cpu_quota_us(cpus: float, period_us: int = CPU_PERIOD_US) -> int:
 
 
 def read_text(path) -> str:
-    with open(path) as handle:
-        return handle.read()
+    # Raw reads: a Python text file costs fstat, ioctl and lseek calls and a decoder
+    # for each file, and the helper reads seven of them at every container's exit.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
 
 
 def gone(error: OSError) -> bool:
