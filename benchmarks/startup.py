@@ -16,7 +16,13 @@
                           cgroups and directories switched off)
    - crun run:            an OCI bundle on the same busybox files with the same limits,
                           as a whole process; it deletes the container before it exits,
-                          so its exit is also its "cleaned"
+                          so its exit is also its "cleaned". No profile: crun bare
+   - crun run, same work: the same with what labkit does: Docker's default capabilities,
+                          labkit's default seccomp profile (Docker's JSON, resolved into
+                          the OCI form), the masked and read-only paths, /dev/pts, /dev/shm,
+                          /dev/mqueue, a cgroup mount, and an overlay root with a fresh
+                          read-write layer that the worker mounts before each run (as
+                          podman's storage does), unmounted and removed after it ("cleaned")
    - runc run:            the same, when runc is installed (it is not installed for this)
    - bare fork+exec, util-linux unshare (6 namespaces): floors no runtime goes below
    Each labkit variant runs in a client process of its own (its own helper), one per
@@ -29,8 +35,9 @@
    time spread over the host's cores (the 2-core bound), give or take 10 %.
 3. The command line as a whole process: benchmarks/cli.py's rows.
 
-Goals (issue 13): exit ≤ 0.7× crun with the profile on; 100 sequential ≤ 1.0 s; 2×50
-within the 2-core bound; `labkit run -- true` ≤ 0.6× podman. Printed, never asserted.
+Goals (issues 13 and 25): exit ≤ 0.7× crun bare and ≤ 0.5× crun with the same work, the
+profile on; 100 sequential ≤ 1.0 s; 2×50 within the 2-core bound; `labkit run -- true`
+≤ 0.6× podman. Printed, never asserted.
 """
 
 import argparse
@@ -51,6 +58,7 @@ sys.path.insert(0, ROOT)
 
 PHASES = ("exec", "exit", "cleaned")
 STARTUP_GOAL = 0.7          # × crun, start → exit, profile on
+SAME_WORK_GOAL = 0.5        # × crun with the same profile, mounts and overlay root
 SEQUENTIAL_GOAL_MS = 10.0   # a container, in 100 one after another (≤ 1.0 s for 100)
 CONCURRENCY_SLACK = 1.10    # 2×50 may be this much above the 2-core bound
 WARMUP = 5
@@ -164,9 +172,10 @@ def oci_argv(runtime, bundle) -> tuple:
     return [runtime, "run", "--bundle", bundle, "{name}"], [runtime, "delete", "--force", "{name}"]
 
 
-def measure_phases(runs: int, bundle: str, runtimes: list) -> dict:
+def measure_phases(runs: int, bundle: str, runtimes: list, same_work: dict | None = None) -> dict:
     """Every variant called in turn, `runs` rounds after WARMUP rounds. `runtimes`: the
-    OCI runtimes (crun, runc) to time on `bundle` beside labkit."""
+    OCI runtimes (crun, runc) to time on `bundle` beside labkit. `same_work`: crun's
+    bundle with labkit's work ({"bundle", "overlay"}: timing.make_profiled_bundle)."""
     with labkit_worker("labkit client", pool=True) as pooled, \
             labkit_worker("labkit client, pool off", pool=False) as unpooled:
         variants = {
@@ -182,6 +191,9 @@ def measure_phases(runs: int, bundle: str, runtimes: list) -> dict:
             for runtime in runtimes:
                 workers.append(timing.command_worker(f"{runtime} worker"))
                 variants[f"{runtime} run"] = _oci_variant(workers[-1], *oci_argv(runtime, bundle))
+                if runtime == "crun" and same_work:
+                    variants["crun run, same work"] = _oci_variant(workers[-1], *oci_argv(runtime, same_work["bundle"]),
+                                                                   overlay=same_work["overlay"])
             taken = timing.in_turn(variants, runs, WARMUP)
         finally:
             for worker in workers:
@@ -196,10 +208,12 @@ def measure_phases(runs: int, bundle: str, runtimes: list) -> dict:
     return rows
 
 
-def _oci_variant(worker, argv, cleanup):
+def _oci_variant(worker, argv, cleanup, overlay=None):
     def once():
-        seconds = worker.ask({"argv": argv, "cleanup": cleanup})["seconds"][0]
-        return {"exit": seconds, "cleaned": seconds}  # it deletes the container before it exits
+        answer = worker.ask({"argv": argv, "cleanup": cleanup, "overlay": overlay})
+        # crun deletes the container before it exits; the overlay root, when there is
+        # one, is unmounted and its layer removed after that ("cleaned")
+        return {"exit": answer["seconds"][0], "cleaned": answer["cleaned"][0]}
 
     return once
 
@@ -304,8 +318,14 @@ def measure(runs, batch_count, repeats, cli_runs, install=True) -> dict:
     if not labkit_knows_pool():
         notes.append("this labkit does not read LABKIT_POOL: the 'pool off' rows run the same runtime as the others")
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as directory:
-        bundle = timing.make_bundle(directory, layer)
-        phases = measure_phases(runs, bundle, runtimes)
+        bundle = timing.make_bundle(os.path.join(directory, "bare"), layer)
+        same_work = None
+        if crun:
+            same_work = {"bundle": timing.make_profiled_bundle(os.path.join(directory, "same-work"), layer)}
+            os.mkdir(os.path.join(directory, "layers"))
+            same_work["overlay"] = {"lower": layer, "root": os.path.join(same_work["bundle"], "rootfs"),
+                                    "scratch": os.path.join(directory, "layers")}
+        phases = measure_phases(runs, bundle, runtimes, same_work)
         batches = measure_batches(batch_count, repeats, bundle if crun else None)
     command_line = cli.measure(cli_runs, layer, install)
     notes += command_line.pop("notes")
@@ -328,6 +348,11 @@ def report(data: dict) -> None:
     if crun:
         ratio = phases["labkit"]["exit"]["median_ms"] / crun
         print(f"labkit / crun, start → exit = {ratio:.2f} (goal ≤ {STARTUP_GOAL}: {verdict(ratio <= STARTUP_GOAL)})")
+    same = phases.get("crun run, same work", {}).get("exit", {}).get("median_ms")
+    if same:
+        ratio = phases["labkit"]["exit"]["median_ms"] / same
+        print(f"labkit / crun with the same work, start → exit = {ratio:.2f} "
+              f"(goal ≤ {SAME_WORK_GOAL}: {verdict(ratio <= SAME_WORK_GOAL)})")
     print(f"\n{batches['count']} containers (median of {len(batches['runs']['labkit sequential']['wall_s'])} rounds, "
           f"{batches['cores']} cores)")
     for who in ("labkit", "crun"):

@@ -130,6 +130,78 @@ def make_bundle(directory, layer_dir) -> str:
     return directory
 
 
+def make_profiled_bundle(directory, layer_dir) -> str:
+    """The bundle of `make_bundle` with the work labkit does for a container: Docker's
+    default capabilities, labkit's default seccomp profile (Docker's, in Docker's JSON
+    format, resolved for these capabilities and this machine into the OCI form), Docker's
+    masked and read-only paths, /dev/pts, /dev/shm, /dev/mqueue and a cgroup mount, and a
+    root that is an overlay on the busybox layer with a fresh read-write layer, mounted
+    for each run by the worker (`time_command`'s "overlay"), as podman's storage does
+    before it calls crun. Returns the bundle directory (`directory`)."""
+    from labkit.linux.capabilities import CONTAINER_DEFAULT
+    from labkit.runtime.plan import MASKED_PATHS, READONLY_PATHS
+    from labkit.security.default_seccomp import default_profile
+
+    os.makedirs(os.path.join(directory, "rootfs"))
+    caps = sorted(f"CAP_{name.upper()}" for name in CONTAINER_DEFAULT)
+    masked = [found for path in MASKED_PATHS for found in (sorted(glob.glob(path)) if "*" in path else [path])]
+    config = {
+        "ociVersion": "1.0.2",
+        "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": ["/bin/true"],
+                    "env": ["PATH=/bin:/usr/bin"], "cwd": "/",
+                    "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+                    "noNewPrivileges": False},
+        "root": {"path": "rootfs", "readonly": False},
+        "hostname": "bench",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["ro", "nosuid", "nodev", "noexec"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro", "nosuid", "noexec", "nodev"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")],
+            "resources": {"memory": {"limit": 256 << 20}, "cpu": {"quota": 100000, "period": 100000},
+                          "pids": {"limit": 64}, "devices": [{"allow": False, "access": "rwm"}]},
+            "seccomp": oci_seccomp(default_profile(), set(caps)),
+            "maskedPaths": masked,
+            "readonlyPaths": list(READONLY_PATHS),
+        },
+    }
+    with open(os.path.join(directory, "config.json"), "w") as handle:
+        json.dump(config, handle)
+    return directory
+
+
+def oci_seccomp(profile: dict, caps: set) -> dict:
+    """A Docker-format profile as the OCI runtime spec's `linux.seccomp` for a process with
+    `caps` on this machine (x86_64): rules whose `includes`/`excludes` (capabilities,
+    architectures, kernel) do not apply are left out, as Docker does when it builds a spec."""
+    native = "amd64"
+    syscalls = []
+    for rule in profile["syscalls"]:
+        includes, excludes = rule.get("includes", {}), rule.get("excludes", {})
+        if not set(includes.get("caps", [])) <= caps or native not in includes.get("arches", [native]):
+            continue
+        if set(excludes.get("caps", [])) & caps or native in excludes.get("arches", []):
+            continue
+        entry = {"names": rule["names"], "action": rule["action"]}
+        if "errnoRet" in rule:
+            entry["errnoRet"] = rule["errnoRet"]
+        if rule.get("args"):
+            entry["args"] = [{"index": a["index"], "value": a["value"], "valueTwo": a.get("valueTwo", 0), "op": a["op"]}
+                             for a in rule["args"]]
+        syscalls.append(entry)
+    arches = next(([arch, *subs] for arch, subs in ((m["architecture"], m["subArchitectures"])
+                                                     for m in profile["archMap"]) if arch == "SCMP_ARCH_X86_64"), [])
+    return {"defaultAction": profile["defaultAction"], "defaultErrnoRet": profile.get("defaultErrnoRet", 1),
+            "architectures": arches, "syscalls": syscalls}
+
+
 # --- workers -----------------------------------------------------------------------------
 
 class Worker:
@@ -229,23 +301,50 @@ def time_command(request: dict) -> dict:
     substitution) runs and the worker answers with the error. The answer: each run's
     seconds, the batch's start and end on the system-wide monotonic clock (which
     perf_counter is on Linux), and the CPU its reaped children used."""
-    argv, cleanup = request["argv"], request.get("cleanup")
-    seconds = []
+    argv, cleanup, overlay = request["argv"], request.get("cleanup"), request.get("overlay")
+    seconds, cleaned = [], []
     cpu_before = _children_cpu()
     start = time.perf_counter()
     for _ in range(request.get("repeat", 1)):
         name = f"labkit-bench-{os.getpid()}-{next(_names)}"
         command = [part.replace("{name}", name) for part in argv]
         began = time.perf_counter()
+        layer = mount_overlay_root(overlay, name) if overlay else None
         done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         seconds.append(time.perf_counter() - began)
+        if layer:
+            unmount_overlay_root(overlay, layer)
+        cleaned.append(time.perf_counter() - began)
         if done.returncode != 0:
             if cleanup:
                 subprocess.run([part.replace("{name}", name) for part in cleanup], stderr=subprocess.DEVNULL)
             raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): "
                                f"{done.stderr.decode(errors='replace').strip()[-300:]}")
     end = time.perf_counter()
-    return {"seconds": seconds, "start": start, "end": end, "cpu_seconds": _children_cpu() - cpu_before}
+    return {"seconds": seconds, "cleaned": cleaned, "start": start, "end": end,
+            "cpu_seconds": _children_cpu() - cpu_before}
+
+
+def mount_overlay_root(overlay: dict, name: str) -> str:
+    """The bundle's root as a container's: an overlay of overlay["lower"] under a fresh
+    read-write layer (made next to the bundle), mounted at overlay["root"]. Returns the
+    layer's directory, for `unmount_overlay_root`."""
+    from labkit.linux import syscalls
+
+    layer = os.path.join(overlay["scratch"], name)
+    os.makedirs(os.path.join(layer, "upper"))
+    os.mkdir(os.path.join(layer, "work"))
+    syscalls.mount("overlay", overlay["root"], "overlay", 0,
+                   f"lowerdir={overlay['lower']},upperdir={layer}/upper,workdir={layer}/work,"
+                   "redirect_dir=off,index=off,metacopy=off" + (",volatile" if overlay.get("volatile") else ""))
+    return layer
+
+
+def unmount_overlay_root(overlay: dict, layer: str) -> None:
+    from labkit.linux import syscalls
+
+    syscalls.umount2(overlay["root"], 0)
+    shutil.rmtree(layer)
 
 
 def _children_cpu() -> float:
