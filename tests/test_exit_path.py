@@ -2,11 +2,16 @@
 once the kernel has taken its mount namespace down (the overlay's unmount and the sync
 of its upper layer), and what that leaves is still torn down, always."""
 
+import hashlib
 import os
 import re
+import signal
+import subprocess
+import sys
 
 import pytest
 
+from kernel_fixtures import wait_until
 from labkit.runtime import Container, ContainerSpec
 
 
@@ -84,8 +89,6 @@ def test_a_commit_right_after_the_exit_holds_every_byte_written(no_leftovers):
         assert container.run(remove=False).exit_code == 0
         image = commit_container(find_container(container.name), "committed-at-exit", store=container.image.store)
         layer = image.layer_dirs[-1]
-        import hashlib
-
         digest = hashlib.sha256((layer / "blob").read_bytes()).hexdigest()
         assert (layer / "blob").stat().st_size == 3000000
         assert (layer / "blob.sum").read_text().split()[0] == digest
@@ -93,3 +96,47 @@ def test_a_commit_right_after_the_exit_holds_every_byte_written(no_leftovers):
         assert diff(layer).lines()
     finally:
         container.remove()
+
+
+def holders_of(namespace: str) -> list:
+    """Every process that is in the namespace (`mnt:[4026...]`) or holds it as an fd."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/ns/mnt") == namespace or namespace in namespaces_held_by(int(pid)):
+                found.append(int(pid))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+OWNER = """
+import time
+from labkit.runtime import Container, ContainerSpec
+from labkit.runtime.client.helper_client import get_helper
+container = Container(ContainerSpec(command=["sleep", "60"]))
+container.start(detach=True)
+print(get_helper().pid, container.pid, flush=True)
+time.sleep(100)
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("helper_too", [False, True], ids=["owner-killed", "owner-and-helper-killed"])
+def test_no_mount_namespace_outlives_a_killed_owner(labkit_home, helper_too):
+    """The hold is let go however the container ends: its owner killed (the helper kills
+    the container and its supervisor lets go), or the helper SIGKILLed too (the
+    supervisor dies by its death signal, and the kernel closes its fd)."""
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, LABKIT_HOME=str(labkit_home)))
+    try:
+        helper, init = (int(word) for word in owner.stdout.readline().split())
+        namespace = os.readlink(f"/proc/{init}/ns/mnt")
+        assert parent_of(parent_of(init)) == helper
+        assert namespace in namespaces_held_by(parent_of(init))
+        if helper_too:
+            os.kill(helper, signal.SIGKILL)
+    finally:
+        owner.kill()
+        owner.wait()
+    assert wait_until(lambda: holders_of(namespace) == [], timeout=30), holders_of(namespace)
