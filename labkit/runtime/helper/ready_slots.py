@@ -9,7 +9,7 @@ writing, and once that lock has gone idle taking it waits for an RCU grace perio
 not change the host's mounts (`favordynmods`) or sysctls (`rcu_expedited`) to avoid it.
 Making the cgroup, the namespaces and two forks cost ~4 ms more. None of it depends on
 the container's spec, so the helper does it ahead, in its idle time, for the next
-container or two:
+containers that follow (three by default):
 
     helper ──fork──> S  supervisor: setsid, unshare uts|ipc|pid|net, then
                      │   makes the fresh cgroup (default device list written)

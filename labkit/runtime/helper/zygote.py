@@ -10,7 +10,7 @@ runtime/supervisor/), `release`, `signal`, `kill`, `exec`, `remove`. It reports
 SIGTERM), it kills every container it started and removes what they left, so nothing
 outlives the owner.
 
-In its idle time it keeps a slot or two ready (runtime/helper/ready_slots.py): a cgroup,
+In its idle time it keeps up to three slots ready (runtime/helper/ready_slots.py): a cgroup,
 namespaces and a first process made ahead, which a `start` then only hands its plan to.
 
 The messages are declared in `labkit.runtime.protocol`, the plans they carry in
