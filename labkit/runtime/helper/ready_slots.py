@@ -167,12 +167,15 @@ class Pool:
         if self.failures >= 3:
             self.size = 0   # this host cannot make slots (e.g. no device control): stop trying
 
-    def hand_over(self, slot: Slot, plan: StartPlan, fds: dict) -> None:
+    def hand_over(self, slot: Slot, plan: StartPlan, wire: dict, fds: dict) -> None:
         """Send the plan (with its seccomp program, which JSON cannot carry) and the fds
-        (stdio and `go`) to the slot's first process. OSError: that process is gone."""
-        wire = to_wire(plan)
+        (stdio and `go`) to the slot's first process. OSError: that process is gone.
+        `wire` is the plan as the client sent it (checked by `from_wire` already): it goes
+        on as it came, with the helper's part added, instead of being encoded again from
+        `plan` (a walk of every field: 0.2–0.7 ms on the start's path)."""
         program = plan.process.security.seccomp_program or b""
-        wire["process"] = {**wire["process"], "security": {**wire["process"]["security"], "seccomp_program": None}}
+        wire = {**wire, "cgroup": to_wire(plan.cgroup),
+                "process": {**wire["process"], "security": {**wire["process"]["security"], "seccomp_program": None}}}
         names = [name for name, fd in fds.items() if fd is not None]
         head = json.dumps({"plan": wire, "fd_names": names}).encode()   # JSON escapes any NUL
         socket.send_fds(slot.plan_socket, [head + b"\0" + program], [fds[name] for name in names])

@@ -167,7 +167,7 @@ class Zygote:
             if slot is None:
                 self.start_fresh(request["id"], plan, stdio)
             else:
-                self.start_in_slot(request["id"], plan, stdio, slot)
+                self.start_in_slot(request["id"], plan, stdio, slot, request["plan"])
         finally:
             for fd in stdio.values():
                 _close(fd)
@@ -187,7 +187,7 @@ class Zygote:
             ContainerDir(plan.dir).remove()
             raise
 
-    def start_in_slot(self, ident, plan, stdio, slot):
+    def start_in_slot(self, ident, plan, stdio, slot, wire):
         """Write the plan's limits into the slot's cgroup, make the directories, hand the
         slot's first process its plan. That process is the container's from here on:
         killed before the plan reached it (state.json names its cgroup already), its
@@ -206,7 +206,7 @@ class Zygote:
             _close(go_w)
             raise
         try:
-            self.pool.hand_over(slot, plan, {**stdio, "go": go_r})
+            self.pool.hand_over(slot, plan, wire, {**stdio, "go": go_r})
         except OSError:
             pass   # it was killed since `take`: its exit is on the way
         finally:
