@@ -20,6 +20,7 @@ import stat
 from pathlib import Path
 
 from labkit.errors import ConfigError
+from labkit.linux.rootless import running_rootless
 
 PRIVATE = 0o700
 USER_NAMESPACES = 0o710  # group: the host gid of a user-namespace container's root
@@ -34,10 +35,10 @@ def labkit_home() -> Path:
     configured = os.environ.get("LABKIT_HOME")
     if configured:
         home = Path(os.path.abspath(configured))
-    elif os.geteuid() == 0:
+    elif not running_rootless():
         home = Path("/var/lib/labkit")
     else:
-        home = Path.home() / ".local" / "share" / "labkit"
+        home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "labkit"
     if home not in _checked:
         make_private(home)
         _checked.add(home)
@@ -164,7 +165,7 @@ def _user(uid: int) -> str:
 
 
 def _default_home() -> str:
-    return "/var/lib/labkit" if os.geteuid() == 0 else "~/.local/share/labkit"
+    return "/var/lib/labkit" if not running_rootless() else "$XDG_DATA_HOME/labkit (~/.local/share/labkit)"
 
 
 def _is_private(st) -> bool:

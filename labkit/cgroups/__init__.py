@@ -5,18 +5,23 @@
     cgroup.add_process(pid); cgroup.stats()
     cgroup.device_control()                 # v1: its devices.list; v2: its BPF device programs
     cgroup.delete()
+
+The runtime asks one question, `container_hierarchy()`: where containers' cgroups go (the
+host's hierarchy as root; rootless, none yet: `NoCgroups`, which makes nothing and says why).
 """
 
 import functools
 import os
 
 from labkit.cgroups.base import Cgroup, Hierarchy, Limits, Stats
+from labkit.cgroups.none import NoCgroup, NoCgroups
 from labkit.cgroups.v1 import CgroupV1, HierarchyV1, controller_mounts
 from labkit.cgroups.v2 import CgroupV2, HierarchyV2, unified_mount
 from labkit.errors import HostError
 
 __all__ = ["Cgroup", "Hierarchy", "Limits", "Stats", "CgroupV1", "CgroupV2", "HierarchyV1",
-           "HierarchyV2", "host_hierarchy", "detect_mode"]
+           "HierarchyV2", "NoCgroup", "NoCgroups", "container_hierarchy", "host_hierarchy", "detect_mode",
+           "limits_available"]
 
 
 def detect_mode() -> str:
@@ -35,3 +40,35 @@ def detect_mode() -> str:
 @functools.lru_cache(maxsize=1)
 def host_hierarchy() -> Hierarchy:
     return HierarchyV2() if detect_mode() == "v2" else HierarchyV1()
+
+
+@functools.lru_cache(maxsize=1)
+def container_hierarchy() -> Hierarchy:
+    """Where the runtime makes containers' cgroups, the one place that decides it: the
+    host's hierarchy as the host's root (also root of a grading sandbox's user namespace,
+    whose cgroups the host delegated); rootless, a hierarchy the user may write, and where
+    there is none (cgroup v1 has no delegation) `NoCgroups`: each container then runs
+    without a cgroup of its own, and asking for a limit says why."""
+    from labkit.linux.rootless import running_rootless
+
+    if not running_rootless():
+        return host_hierarchy()
+    return NoCgroups(_why_no_cgroup())
+
+
+def limits_available() -> tuple:
+    """(True, None) when containers get cgroups with limits; else (False, why not)."""
+    hierarchy = container_hierarchy()
+    return (False, hierarchy.reason) if isinstance(hierarchy, NoCgroups) else (True, None)
+
+
+def _why_no_cgroup() -> str:
+    try:
+        mode = detect_mode()
+    except HostError as error:
+        return str(error)
+    if mode == "v1":
+        return ("this host has cgroup v1, which lets only root make cgroups (no delegation to users); "
+                "limits need a cgroup v2 host with systemd, or root, or the labkit VM (`labkit vm`)")
+    return ("rootless labkit does not use a delegated cgroup v2 subtree yet; limits need root, or the "
+            "labkit VM (`labkit vm`)")

@@ -67,10 +67,13 @@ DOCKER_DEFAULT = (
 def enforceable(rules):
     """`rules`, or None in a non-initial user namespace: writing device rules (v1
     devices.allow, v2 a BPF program) needs the host's CAP_SYS_ADMIN. There, the device
-    rules of the enclosing cgroup (a grading sandbox's, set by the host) hold for us."""
+    rules of the enclosing cgroup (a grading sandbox's, set by the host) hold for us.
+    Rootless, also None: root of the user's namespace may not mknod, and the host's
+    nodes bound in open only as far as the user himself may open them."""
     from labkit.linux.namespaces import in_initial_user_namespace
+    from labkit.linux.rootless import running_rootless
 
-    return rules if rules is None or in_initial_user_namespace() else None
+    return rules if rules is None or (in_initial_user_namespace() and not running_rootless()) else None
 
 
 def parse_rules(lines) -> list:

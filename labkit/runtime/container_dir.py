@@ -16,12 +16,12 @@ both sides, and for plan.py's paths.
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 from labkit.errors import HostError
 from labkit.files import write_atomically
 from labkit.home import labkit_home, private_dir
+from labkit.linux.rootless import remove_tree
 from labkit.units import format_bytes
 
 STATE_FILE = "state.json"
@@ -128,7 +128,9 @@ class ContainerDir:
             from labkit.linux import syscalls
 
             syscalls.umount2(str(self.layer), syscalls.MNT_DETACH)
-        shutil.rmtree(self.path, ignore_errors=True)
+        # Rootless, its files may belong to other ids of the user's range: removed from
+        # inside the user namespace where the user alone may not (labkit.linux.rootless).
+        remove_tree(self.path)
 
     # --- state.json ------------------------------------------------------------------------
 

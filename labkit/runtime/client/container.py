@@ -79,9 +79,9 @@ class Container:
 
     @property
     def cgroup(self):
-        from labkit.cgroups import host_hierarchy
+        from labkit.cgroups import container_hierarchy
 
-        return host_hierarchy().open(self.cgroup_name or f"{host_hierarchy().parent}/{self.id}")
+        return container_hierarchy().open(self.cgroup_name or f"{container_hierarchy().parent}/{self.id}")
 
     @property
     def netns(self) -> str | None:
@@ -376,14 +376,14 @@ class Container:
     def _plan(self, hold, auto_remove) -> launch.StartPlan:
         """Compile the spec, with the image and the network's answer, into the launch plan.
         Every host-side check happens here, before the helper is asked for anything."""
-        from labkit.cgroups import host_hierarchy
+        from labkit.cgroups import container_hierarchy
 
         if not self.command:
             raise ConfigError(f"nothing to run: no command given, and image {self.image.name!r} has no "
                               "ENTRYPOINT or CMD (or --entrypoint dropped them); give a command after --")
         plan = launch.start_plan(self.spec, self.image, id=self.id, name=self.name, hostname=self.hostname,
                                  directory=self.dir, command=self.command, hold=hold, auto_remove=auto_remove)
-        host_hierarchy().check(plan.limits)
+        container_hierarchy().check(plan.limits)
         if plan.user_map is not None:
             for home in {self.dir.parent.parent, self.image.store.home}:
                 open_for_user_namespace(Path(home), plan.user_map.uid, plan.user_map.uid)

@@ -22,7 +22,7 @@ import threading
 import time
 
 from labkit.errors import HostError
-from labkit.linux import sealed_exe
+from labkit.linux import rootless, sealed_exe
 from labkit.runtime import protocol
 from labkit.runtime.protocol import MAX_MESSAGE, Op
 
@@ -176,9 +176,9 @@ def get_helper() -> Helper:
             if _helper.gone is None and _helper.process.returncode is None:
                 return _helper
             _helper.collect()
-        if os.geteuid() != 0:
-            raise HostError("labkit needs root to make namespaces, cgroups and mounts; run it as root "
-                            "(sudo), or in a VM or Binder image where you are root")
+        if rootless.running_rootless():
+            # The helper maps the user's ids itself; only this process can say so in the notebook.
+            rootless.say_single_id_once(rootless.id_maps()[2])
         from labkit.runtime.client.leftovers import sweep
 
         sweep()

@@ -51,9 +51,9 @@ def host_containers(home: Path | None = None, hierarchy=None) -> list:
             state["status"] = "orphaned"
         elif state.get("status") == lifecycle.CREATED and state.get("cgroup"):
             if hierarchy is None:
-                from labkit.cgroups import host_hierarchy
+                from labkit.cgroups import container_hierarchy
 
-                hierarchy = host_hierarchy()
+                hierarchy = container_hierarchy()
             cgroup = hierarchy.open(state["cgroup"])
             if cgroup.exists() and cgroup.pids():
                 state["status"] = lifecycle.RUNNING
@@ -107,9 +107,9 @@ def sweep(home: Path | None = None, hierarchy=None, min_age_seconds: float = 60.
     processes, cgroups and directories. Returns what was removed, for `labkit gc`."""
     import time
 
-    from labkit.cgroups import host_hierarchy
+    from labkit.cgroups import container_hierarchy
 
-    hierarchy = hierarchy or host_hierarchy()
+    hierarchy = hierarchy or container_hierarchy()
     removed = []
     root = containers_root(home)
     live_ids = set()

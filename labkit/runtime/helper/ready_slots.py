@@ -42,7 +42,7 @@ import signal
 import socket
 from dataclasses import dataclass
 
-from labkit.cgroups import host_hierarchy
+from labkit.cgroups import container_hierarchy
 from labkit.cgroups.slot_cgroups import can_serve, slot_leaf
 from labkit.linux.processes import start_time
 from labkit.runtime.plan import StartPlan, to_wire
@@ -85,7 +85,7 @@ class Pool:
 
     def __init__(self, size: int, selector):
         self.selector = selector
-        self.hierarchy = host_hierarchy() if size else None
+        self.hierarchy = container_hierarchy() if size else None
         # Slots carry the default device list: no pool where the host cannot enforce one.
         self.size = size if size and "devices" in self.hierarchy.controllers else 0
         self.slots = []

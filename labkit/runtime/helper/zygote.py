@@ -27,10 +27,12 @@ import socket
 import sys
 import time
 
-from labkit.cgroups import host_hierarchy
+from labkit.cgroups import container_hierarchy
 from labkit.cgroups.slot_cgroups import write_limits
+from labkit.home import labkit_home
 from labkit.linux import syscalls
 from labkit.linux.processes import start_time as process_start_time
+from labkit.linux.rootless import enter_user_namespace, running_rootless
 from labkit.runtime import lifecycle, protocol
 from labkit.runtime.container_dir import ContainerDir
 from labkit.runtime.helper import ready_slots
@@ -176,8 +178,8 @@ class Zygote:
         """Create the container's directories and cgroup, then fork its supervisor."""
         cgroup = None
         try:
-            self.make_directory(plan, f"{host_hierarchy().parent}/{plan.id}", stdio)
-            cgroup = host_hierarchy().create(plan.id, plan.limits)
+            self.make_directory(plan, f"{container_hierarchy().parent}/{plan.id}", stdio)
+            cgroup = container_hierarchy().create(plan.id, plan.limits)
             self.place(plan, cgroup, slot=False)
             self.fork_supervisor(ident, Op.START, plan, stdio, supervise, hold=plan.hold)
         except BaseException:
@@ -193,7 +195,7 @@ class Zygote:
         killed before the plan reached it (state.json names its cgroup already), its
         supervisor reports how it ended, as for a container killed during its setup."""
         go_r, go_w = os.pipe2(os.O_CLOEXEC) if plan.hold else (None, None)
-        cgroup = host_hierarchy().open(slot.cgroup_name)
+        cgroup = container_hierarchy().open(slot.cgroup_name)
         try:
             self.make_directory(plan, slot.cgroup_name, stdio)
             write_limits(cgroup, plan.limits)
@@ -507,6 +509,13 @@ def _close(fd):
 
 
 def main():
+    if running_rootless():
+        # The home is checked as the user on the host, where its owners' ids mean what
+        # they say (inside, host root and every other user all show as nobody).
+        labkit_home()
+        # Then, before anything is made: root of the user's own user namespace (mapped
+        # from /etc/subuid), in which every container's namespaces, mounts and files are.
+        enter_user_namespace(quiet=True)
     fd = int(os.environ.pop("LABKIT_HELPER_FD"))
     sock = socket.socket(fileno=fd)
     # Interrupts are meant for the owner (the kernel's stop button signals its whole
