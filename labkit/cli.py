@@ -205,13 +205,32 @@ def build_parser(verb: str | None = None, listed: bool = False):
     return parser
 
 
+# Verbs that make, read or remove files of a container's or a layer's own ids: rootless,
+# they run as root of labkit's user namespace, as podman runs its commands in its own.
+IN_USER_NAMESPACE = ("image", "build", "commit", "gc")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     first = next((word for word in argv if not word.startswith("-")), "")
+    if first in IN_USER_NAMESPACE:
+        enter_user_namespace_if_rootless()
     options = build_parser(first, listed=argv[:1] != [first]).parse_args(argv)
     if getattr(options, "command", None) and options.command[:1] == ["--"]:
         options.command = options.command[1:]
     return dispatch(options)
+
+
+def enter_user_namespace_if_rootless() -> None:
+    import os
+
+    from labkit.linux import rootless
+
+    if rootless.running_rootless() and os.geteuid() != 0:
+        from labkit.home import check_before_user_namespace
+
+        check_before_user_namespace()
+        rootless.enter_user_namespace()
 
 
 def command():

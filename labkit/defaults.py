@@ -86,7 +86,9 @@ def defaults_file() -> Path:
     configured = os.environ.get("LABKIT_DEFAULTS")
     if configured:
         return Path(configured)
-    if os.geteuid() == 0:
+    from labkit.linux.rootless import running_rootless
+
+    if not running_rootless():
         return SYSTEM_FILE
     config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(config) / "labkit" / "defaults.toml"

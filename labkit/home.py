@@ -27,6 +27,7 @@ USER_NAMESPACES = 0o710  # group: the host gid of a user-namespace container's r
 PRIVATE_SUBDIRS = ("containers", "layers")  # where containers' files lie, setuid copies included
 
 _checked = set()  # homes made private by this process
+CHECKED_OUTSIDE = "LABKIT_HOME_CHECKED"  # the home a parent checked before it entered the user namespace
 
 
 def labkit_home() -> Path:
@@ -39,9 +40,18 @@ def labkit_home() -> Path:
         home = Path("/var/lib/labkit")
     else:
         home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "labkit"
-    if home not in _checked:
+    if home not in _checked and os.environ.get(CHECKED_OUTSIDE) != str(home):
         make_private(home)
-        _checked.add(home)
+    _checked.add(home)
+    return home
+
+
+def check_before_user_namespace() -> Path:
+    """Rootless, right before a process enters labkit's user namespace: the home checked
+    on the host, where its owners' ids mean what they say (inside, host root and every
+    other user all show as nobody), and that said to this process and its children."""
+    home = labkit_home()
+    os.environ[CHECKED_OUTSIDE] = str(home)
     return home
 
 

@@ -15,6 +15,7 @@ Setuid and setgid bits are cleared on files unless keep_setuid=True; directories
 keep setgid, which only makes new files inherit the group.
 """
 
+import errno
 import os
 import shutil
 import stat
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from labkit.errors import BadImageInput, ImageError
 from labkit.images.whiteouts import OPAQUE_MARKER, WHITEOUT_PREFIX, make_opaque, make_whiteout
+from labkit.linux.rootless import running_rootless
 
 PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
 NAME_MAX = 255     # bytes in one path component (Linux)
@@ -41,8 +43,9 @@ class ExtractReport:
 
 class _Extraction:
     def __init__(self, target: Path, source: str, allow_devices: bool, keep_setuid: bool):
-        if allow_devices and os.geteuid() != 0:
-            raise ImageError(f"{source}: allow_devices needs root (only root may create device nodes)")
+        if allow_devices and running_rootless():
+            raise ImageError(f"{source}: allow_devices needs root (only the host's root may create device "
+                             "nodes; rootless labkit, root of a user namespace, may not mknod)")
         self.target = Path(target)
         self.source = source
         self.allow_devices = allow_devices
@@ -179,13 +182,24 @@ class _Extraction:
             content = archive.extractfile(member)
             shutil.copyfileobj(content, out, 1 << 20)
             if self.as_root:
-                os.fchown(out.fileno(), member.uid, member.gid)
+                self.chown(member, os.fchown, out.fileno())
             os.fchmod(out.fileno(), mode)  # after chown, which would clear setuid
         os.utime(path, (member.mtime, member.mtime))
 
     def set_owner(self, path, member) -> None:
         if self.as_root:
-            os.chown(path, member.uid, member.gid, follow_symlinks=False)
+            self.chown(member, os.chown, path, follow_symlinks=False)
+
+    def chown(self, member, change, target, **how) -> None:
+        try:
+            change(target, member.uid, member.gid, **how)
+        except OSError as error:
+            if error.errno != errno.EINVAL:
+                raise
+            # Rootless: an id outside the user namespace's map has no file owner to be.
+            self.refuse(member.name, f"it belongs to uid {member.uid} gid {member.gid}, which rootless labkit "
+                        "cannot give a file: its user namespace maps only the ids /etc/subuid and /etc/subgid grant",
+                        "ask for a larger range in /etc/subuid and /etc/subgid (usermod --add-subuids), or run as root")
 
     def finish(self) -> None:
         """Deletion markers last: a name both deleted and present in one layer means

@@ -176,7 +176,7 @@ def get_helper() -> Helper:
             if _helper.gone is None and _helper.process.returncode is None:
                 return _helper
             _helper.collect()
-        if rootless.running_rootless():
+        if rootless.running_rootless() and os.geteuid() != 0:
             # The helper maps the user's ids itself; only this process can say so in the notebook.
             rootless.say_single_id_once(rootless.id_maps()[2])
         from labkit.runtime.client.leftovers import sweep

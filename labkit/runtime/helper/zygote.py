@@ -29,7 +29,7 @@ import time
 
 from labkit.cgroups import container_hierarchy
 from labkit.cgroups.slot_cgroups import write_limits
-from labkit.home import labkit_home
+from labkit.home import check_before_user_namespace
 from labkit.linux import syscalls
 from labkit.linux.processes import start_time as process_start_time
 from labkit.linux.rootless import enter_user_namespace, running_rootless
@@ -509,12 +509,10 @@ def _close(fd):
 
 
 def main():
-    if running_rootless():
-        # The home is checked as the user on the host, where its owners' ids mean what
-        # they say (inside, host root and every other user all show as nobody).
-        labkit_home()
-        # Then, before anything is made: root of the user's own user namespace (mapped
+    if running_rootless() and os.geteuid() != 0:
+        # First, before anything is made: root of the user's own user namespace (mapped
         # from /etc/subuid), in which every container's namespaces, mounts and files are.
+        check_before_user_namespace()
         enter_user_namespace(quiet=True)
     fd = int(os.environ.pop("LABKIT_HELPER_FD"))
     sock = socket.socket(fileno=fd)
