@@ -138,6 +138,23 @@ def _with_short(entry: Option, flag: str) -> Option:
     return Option(entry.flags + (flag,), entry.kwargs, entry.spec_field, entry.to_spec)
 
 
+def cmd_unshare(options):
+    """COMMAND as root of labkit's user namespace, where a rootless container's and its
+    layers' files show their own owners (what `podman unshare` is); as the host's root,
+    COMMAND itself. The labkit kernel starts so (labkit/kernelspec/kernel.json)."""
+    import os
+
+    if not options.command:
+        print("labkit unshare: give a command after --", file=sys.stderr)
+        return 2
+    enter_user_namespace_if_rootless()
+    try:
+        os.execvp(options.command[0], options.command)
+    except OSError as error:
+        print(f"labkit unshare: cannot run {options.command[0]}: {error.strerror}", file=sys.stderr)
+        return 127
+
+
 VERBS = (
     Verb("run", "run a command in a fresh container", cmd_run, (
         all_of(CONTAINER_OPTIONS, skip=("hostname",)),
@@ -145,6 +162,8 @@ VERBS = (
         option("--interactive", "-i", action="store_true", help="pass stdin to the container"),
         option("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…"),
     ), add_help=False),   # -h is --hostname, as docker run's; --help is the help
+    Verb("unshare", "run a command as root of labkit's user namespace (rootless; as root: the command itself)",
+         cmd_unshare, (option("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…"),)),
     Verb("doctor", "what this host offers, and what to do about what it lacks", cmd_doctor),
     Verb("gc", "remove what containers of dead owners left behind", cmd_gc),
     Verb("ps", "list the running containers on this host (-a: every one)", cmd_ps, (

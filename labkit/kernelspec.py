@@ -23,7 +23,10 @@ SPEC_DIR = Path(__file__).resolve().parent / "kernelspec"
 
 def spec_for(python: str = sys.executable, vm: bool = False) -> dict:
     spec = json.loads((SPEC_DIR / "kernel.json").read_text())
-    spec["argv"][0] = python
+    # Through `labkit unshare`: rootless, the kernel runs as root of the user's labkit user
+    # namespace, where builds and commits can give files the owners of the image's ids;
+    # as the host's root it is the same kernel, exec'd at once.
+    spec["argv"] = [python if word == "python3" else word for word in spec["argv"]]
     if vm:
         spec["display_name"] = VM_DISPLAY_NAME
         spec["metadata"]["kernel_provisioner"] = {

@@ -1,0 +1,369 @@
+"""Rootless labkit: an ordinary user runs containers, builds and commits images, and a
+`%%container` cell in a kernel, on the real kernel, with root only in a user namespace.
+
+As root, the module makes a throw-away user (useradd, with the /etc/subuid range useradd
+gives) and runs labkit as that user from this checkout; the user and everything it left
+are removed afterwards, also when a test fails. The checkout and the venv's packages must
+be readable by another user (a checkout below a 0700 directory, such as a mktemp dir, is
+not: the module skips and says so)."""
+
+import json
+import os
+import pwd
+import signal
+import stat
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import labkit
+
+pytestmark = pytest.mark.root
+
+REPO = Path(labkit.__file__).resolve().parent.parent
+
+
+@dataclass
+class Student:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    python: str
+    env: dict
+
+    @property
+    def labkit_home(self) -> Path:
+        return self.home / ".local" / "share" / "labkit"
+
+    def run(self, argv, timeout=180, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, user=self.uid, group=self.gid, extra_groups=[], env=self.env, cwd=self.home,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+
+    def labkit(self, *args, timeout=180) -> subprocess.CompletedProcess:
+        return self.run([self.python, "-m", "labkit", *args], timeout=timeout)
+
+    def ok(self, *args, timeout=180) -> str:
+        done = self.labkit(*args, timeout=timeout)
+        assert done.returncode == 0, f"labkit {' '.join(args)} exited {done.returncode}: {done.stderr}"
+        return done.stdout
+
+    def python_script(self, code, timeout=180) -> subprocess.CompletedProcess:
+        return self.run([self.python, "-c", code], timeout=timeout)
+
+    def processes(self) -> list:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.stat(f"/proc/{entry}").st_uid in self.uids():
+                        found.append(int(entry))
+                except FileNotFoundError:
+                    pass
+        return found
+
+    def uids(self) -> set:
+        ranges = {self.uid}
+        first, count = subordinate_range(self.name)
+        return ranges | set(range(first, first + count))
+
+
+def readable_by_others(path: Path) -> str | None:
+    """Why another user cannot read `path` (each directory above must let others pass), or None."""
+    path = Path(path)
+    for directory in (path, *path.parents):
+        mode = os.stat(directory).st_mode
+        if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+            return f"{directory} (mode {oct(stat.S_IMODE(mode))}) lets no other user through"
+    if not os.stat(path).st_mode & stat.S_IROTH:
+        return f"{path} is not readable by other users"
+    return None
+
+
+def python_for_others() -> str | None:
+    """An interpreter of this one's version that another user may run (this venv's may
+    point into root's home)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (sys.executable, f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"):
+        real = os.path.realpath(candidate)
+        if os.path.exists(real) and readable_by_others(Path(real)) is None and os.stat(real).st_mode & stat.S_IXOTH:
+            return candidate
+    return None
+
+
+def subordinate_range(name) -> tuple:
+    for line in Path("/etc/subuid").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[1]), int(fields[2])
+    return 0, 0
+
+
+def kill_their_processes(student) -> None:
+    """Every process of the throw-away user (its uid or range), by PID: ours to end,
+    since this module made that user."""
+    for _ in range(50):
+        pids = student.processes()
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def student():
+    if os.geteuid() != 0:
+        pytest.skip("makes a throw-away user: needs root")
+    for path in (REPO / "labkit", Path(sysconfig.get_paths()["purelib"])):
+        why = readable_by_others(path)
+        if why:
+            pytest.skip(f"this checkout cannot be read by an ordinary user: {why}; copy it somewhere readable")
+    python = python_for_others()
+    if python is None:
+        pytest.skip(f"no Python {sys.version_info.major}.{sys.version_info.minor} that an ordinary user may run "
+                    f"({sys.executable} lies below a private directory)")
+    if not os.path.exists("/usr/bin/newuidmap"):
+        pytest.skip("newuidmap/newgidmap are not installed (Debian package uidmap)")
+    name = f"lkrl{os.getpid() % 100000}"
+    made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a user here: {made.stderr.strip()}")
+    student = None
+    try:
+        # A range of its own, far from useradd's (100000 + 65536 n, also the --userns default)
+        # and the grading sandboxes' (from 10^9): any process in it is this user's.
+        given = subordinate_range(name)
+        if given != (0, 0):
+            span = f"{given[0]}-{given[0] + given[1] - 1}"
+            subprocess.run(["usermod", "--del-subuids", span, "--del-subgids", span, name], check=True)
+        first = 3_000_000_000 + (os.getpid() % 1000) * 65536
+        subprocess.run(["usermod", "--add-subuids", f"{first}-{first + 65535}",
+                        "--add-subgids", f"{first}-{first + 65535}", name], check=True)
+        record = pwd.getpwnam(name)
+        env = {"HOME": record.pw_dir, "USER": name, "LOGNAME": name, "PATH": "/usr/local/bin:/usr/bin:/bin",
+               "LANG": "C.UTF-8", "PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}",
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        student = Student(name, record.pw_uid, record.pw_gid, Path(record.pw_dir), python, env)
+        yield student
+    finally:
+        if student is not None:
+            kill_their_processes(student)
+        subprocess.run(["userdel", "--remove", name], capture_output=True)
+        first, count = subordinate_range(name)
+        if count:
+            subprocess.run(["usermod", "--del-subuids", f"{first}-{first + count - 1}",
+                            "--del-subgids", f"{first}-{first + count - 1}", name], capture_output=True)
+        assert subordinate_range(name) == (0, 0), f"{name} still has a range in /etc/subuid"
+        assert not Path(f"/home/{name}").exists()
+
+
+@pytest.fixture
+def nothing_left(student):
+    """After the test: no process of the user's, no container directory, no scratch dir,
+    no mount of the user's home on the host."""
+    yield student
+    deadline = time.monotonic() + 10
+    while student.processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert student.processes() == [], "processes of the user's left running"
+    for kind in ("containers", "tmp"):
+        directory = student.labkit_home / kind
+        left = sorted(os.listdir(directory)) if directory.exists() else []
+        assert left == [], f"{kind} left behind in the user's LABKIT_HOME: {left}"
+    with open("/proc/self/mountinfo") as table:
+        assert str(student.home) not in table.read()
+
+
+def test_an_ordinary_user_runs_a_container_as_root_of_their_own_range(nothing_left):
+    student = nothing_left
+    out = student.ok("run", "--", "sh", "-c", "id -u; cat /proc/self/uid_map; hostname")
+    lines = out.split("\n")
+    assert lines[0] == "0"
+    first, count = subordinate_range(student.name)
+    maps = [line.split() for line in lines[1:3]]
+    assert maps == [["0", str(student.uid), "1"], ["1", str(first), str(count)]]
+    assert lines[3].startswith("labkit-")
+    assert student.labkit_home.is_dir()   # $XDG_DATA_HOME/labkit, the default rootless
+    assert stat.S_IMODE(os.stat(student.labkit_home).st_mode) == 0o700
+
+
+def test_a_container_user_is_a_subordinate_id_on_the_host(nothing_left):
+    student = nothing_left
+    script = (
+        "import json, os\n"
+        "from labkit.runtime import Container, ContainerSpec\n"
+        "c = Container(ContainerSpec(command=['sleep', '60'], user='1000', name='box'))\n"
+        "c.start()\n"
+        "r = c.exec(['sh', '-c', 'id -u; echo from exec'])\n"
+        "host = os.stat(f'/proc/{c.pid}').st_uid\n"
+        "c.kill(); c.wait(); c.remove()\n"
+        "print(json.dumps({'out': r.stdout, 'host_uid': host}))\n"
+    )
+    done = student.python_script(script)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["out"] == "1000\nfrom exec\n"
+    first, _ = subordinate_range(student.name)
+    assert answer["host_uid"] == first + 999
+
+
+def test_root_in_a_rootless_container_cannot_read_a_host_file_only_root_can(nothing_left, tmp_path):
+    student = nothing_left
+    secret_dir = Path("/var/tmp") / f"labkit-rootless-{os.getpid()}"
+    secret_dir.mkdir(mode=0o755)
+    try:
+        secret = secret_dir / "secret"
+        secret.write_text("root only\n")
+        os.chmod(secret, 0o600)
+        done = student.labkit("run", "--volume", f"{secret}:/secret:ro", "--volume", "/etc/shadow:/shadow:ro",
+                              "--", "sh", "-c", "cat /secret; cat /shadow; id -u")
+        assert "root only" not in done.stdout and "root:" not in done.stdout
+        assert done.stdout.strip() == "0"
+        assert done.stderr.count("Permission denied") == 2
+        # Without the defence (the host's root runs it) the same volume reads the file.
+        from labkit.runtime import Container, ContainerSpec
+
+        result = Container(ContainerSpec(command=["cat", "/secret"], volumes=[f"{secret}:/secret:ro"])).run()
+        assert result.stdout == "root only\n"
+    finally:
+        for path in sorted(secret_dir.glob("*")):
+            path.unlink()
+        secret_dir.rmdir()
+
+
+def test_dockers_masked_paths_and_seccomp_hold_rootless(nothing_left):
+    student = nothing_left
+    out = student.ok("run", "--", "sh", "-c",
+                     "grep -c Seccomp:.*2 /proc/self/status; wc -c < /proc/timer_list; ls /sys/firmware | wc -l; "
+                     "(echo x > /proc/sys/kernel/domainname) 2>&1 | grep -c Read-only; unshare -U true 2>&1 | grep -c 'not permitted'")
+    assert out.split() == ["1", "0", "0", "1", "1"]
+    # Without Docker's seccomp profile, the same nested user namespace is allowed.
+    out = student.ok("run", "--security-opt", "seccomp=unconfined", "--", "sh", "-c", "unshare -U true && echo made")
+    assert out.strip() == "made"
+
+
+def test_mknod_says_it_needs_root(nothing_left):
+    student = nothing_left
+    done = student.labkit("run", "--", "mknod", "/dev/x", "c", "1", "3")
+    assert done.returncode != 0
+    assert "not permitted" in done.stderr
+
+
+def test_a_build_with_files_of_other_ids_and_its_removal(nothing_left):
+    student = nothing_left
+    context = student.home / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        "FROM busybox\n"
+        "RUN mkdir -p /home/alice && echo secret > /home/alice/s && chown -R 1000:1000 /home/alice "
+        "&& chmod 600 /home/alice/s\n"
+        "USER 1000\n"
+        "RUN echo mine > /home/alice/note && chmod 600 /home/alice/note\n")
+    for path in (context, context / "Dockerfile"):
+        os.chown(path, student.uid, student.gid)
+    student.ok("build", "-t", "owned", str(context))
+    out = student.ok("run", "--image", "owned", "--", "sh", "-c", "id -u; ls -ln /home/alice; cat /home/alice/note")
+    assert out.split("\n")[0] == "1000"
+    assert out.count(" 1000     1000 ") == 2 and "mine" in out
+    first, _ = subordinate_range(student.name)
+    owners = {st.st_uid for layer in (student.labkit_home / "layers").iterdir()
+              for st in [os.lstat(p) for p in layer.rglob("*") if "alice" in str(p)]}
+    assert owners == {first + 999}
+    student.ok("image", "rm", "owned")
+    layers = sorted(os.listdir(student.labkit_home / "layers"))
+    assert len(layers) == 1   # the base image's alone: the user removed the range's files
+
+
+def test_commit_keeps_the_containers_owners(nothing_left):
+    student = nothing_left
+    script = (
+        "from labkit.cli import enter_user_namespace_if_rootless\n"
+        "enter_user_namespace_if_rootless()\n"
+        "from labkit.runtime import Container, ContainerSpec\n"
+        "c = Container(ContainerSpec(command=['sh', '-c', 'echo hi > /f; chown 1000:1000 /f; chmod 600 /f; "
+        "sleep 60'], name='tocommit'))\n"
+        "c.start()\n"
+        "while c.exec(['test', '-f', '/f']).returncode: pass\n"
+        "c.commit('committed')\n"
+        "c.kill(); c.wait(); c.remove()\n"
+    )
+    done = student.python_script(script)
+    assert done.returncode == 0, done.stderr
+    out = student.ok("run", "--image", "committed", "--", "sh", "-c", "ls -ln /f; cat /f")
+    assert " 1000     1000 " in out and "hi" in out
+    student.ok("image", "rm", "committed")
+
+
+def test_a_container_cell_in_a_labkit_kernel_of_the_user(nothing_left):
+    from jupyter_client import BlockingKernelClient
+    from jupyter_client.connect import write_connection_file
+    from kernel_fixtures import LabkitKernel
+
+    from labkit.kernelspec import spec_for
+
+    student = nothing_left
+    connection = str(student.home / "kernel.json")
+    write_connection_file(connection, ip="127.0.0.1")
+    os.chown(connection, student.uid, student.gid)
+    argv = [word.replace("{connection_file}", connection) for word in spec_for(student.python)["argv"]]
+    process = subprocess.Popen(argv, user=student.uid, group=student.gid, extra_groups=[], env=student.env,
+                               cwd=student.home, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    client = BlockingKernelClient(connection_file=connection)
+    client.load_connection_file()
+    client.start_channels(hb=False)   # without a manager, a heartbeat not yet seen counts as a dead kernel
+    try:
+        try:
+            client.wait_for_ready(timeout=60)
+        except RuntimeError:
+            process.kill()
+            raise AssertionError(f"the user's kernel did not start: {process.communicate()[1][-2000:]}") from None
+        kernel = LabkitKernel.__new__(LabkitKernel)
+        kernel.client = client
+        reply = kernel.ok("%%container\necho hello from a cell; id -u; cat /proc/self/uid_map | wc -l")
+        assert reply.stdout.split() == ["hello", "from", "a", "cell", "0", "2"]
+        reply = kernel.ok("%container run -d --name web -- sleep 60\n"
+                          "%container exec web -- cat /etc/hostname")
+        assert "web" in reply.stdout
+        kernel.ok("%container stop web\n%container rm web")
+    finally:
+        client.shutdown()
+        client.stop_channels()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        os.unlink(connection)
+
+
+def test_gc_removes_a_killed_owners_container_with_files_of_other_ids(nothing_left):
+    student = nothing_left
+    script = (
+        "import os\n"
+        "from labkit.runtime import Container, ContainerSpec\n"
+        "c = Container(ContainerSpec(command=['sh', '-c', 'mkdir /d; touch /d/f; chown -R 1000 /d; chmod 700 /d; "
+        "echo ready; sleep 60'], name='orphan'))\n"
+        "c.start()\n"
+        "while c.exec(['test', '-d', '/d']).returncode: pass\n"
+        "from labkit.runtime.client import helper_client\n"
+        "os.kill(helper_client.get_helper().pid, 9)\n"   # the helper first: it would tidy up after its owner
+        "os.kill(os.getpid(), 9)\n"
+    )
+    student.python_script(script)
+    deadline = time.monotonic() + 10
+    while student.processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = list((student.labkit_home / "containers").iterdir())
+    assert len(left) == 1   # the killed owner could not remove it
+    out = student.ok("gc")
+    assert "container orphan" in out
