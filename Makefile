@@ -24,6 +24,11 @@ system-packages:
 	@ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 || apt-get update -qq
 	@[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && command -v losetup >/dev/null || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static iproute2 util-linux
+	@# rootless labkit (tests/test_rootless.py): newuidmap/newgidmap map an ordinary user's
+	@# /etc/subuid range; fuse-overlayfs stands in for a kernel's overlay before 5.11.
+	@command -v newuidmap >/dev/null && command -v fuse-overlayfs >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq uidmap fuse-overlayfs >/dev/null || \
+	  echo "make: uidmap and fuse-overlayfs could not be installed from apt; tests/test_rootless.py will skip"
 	@command -v podman >/dev/null && command -v runc >/dev/null || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc >/dev/null || \
 	  echo "make: podman and runc could not be installed from apt; tests/test_docker_oracle.py will skip"
