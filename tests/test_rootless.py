@@ -367,3 +367,28 @@ def test_gc_removes_a_killed_owners_container_with_files_of_other_ids(nothing_le
     assert len(left) == 1   # the killed owner could not remove it
     out = student.ok("gc")
     assert "container orphan" in out
+
+
+def test_without_a_range_one_id_is_mapped_and_that_is_said_once(student):
+    """uid 65534 (nobody) has no /etc/subuid range: root in the container is nobody on the
+    host, and no other id exists there."""
+    import shutil
+
+    nobody = 65534
+    if subordinate_range("nobody") != (0, 0):
+        pytest.skip("nobody has a /etc/subuid range on this host")
+    home = Path("/var/tmp") / f"labkit-nobody-{os.getpid()}"
+    home.mkdir(mode=0o755)
+    os.chown(home, nobody, nobody)
+    try:
+        env = {**student.env, "HOME": str(home), "USER": "nobody", "LOGNAME": "nobody"}
+        done = subprocess.run([student.python, "-m", "labkit", "run", "--", "sh", "-c",
+                               "cat /proc/self/uid_map; chown 1000 /tmp 2>&1 | grep -c Invalid"],
+                              user=nobody, group=nobody, extra_groups=[], env=env, cwd=home, capture_output=True,
+                              text=True, timeout=180, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["0", str(nobody), "1", "1"]
+        assert done.stderr.count("rootless with one id only") == 1
+        assert sorted(os.listdir(home / ".local" / "share" / "labkit" / "containers")) == []
+    finally:
+        shutil.rmtree(home)
