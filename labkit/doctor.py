@@ -1,7 +1,17 @@
-"""`labkit doctor`: what this host offers, and what to do about what it lacks."""
+"""`labkit doctor`: what this host offers, and what to do about what it lacks.
+
+As root it checks what a container needs; as an ordinary user it says what works
+rootless (every namespace inside a user namespace, overlay, seccomp), what does not
+(limits without a delegated cgroup, devices) and why, since labkit then makes
+containers inside a user namespace of the caller's own.
+"""
 
 import os
+import pwd
 from dataclasses import dataclass
+from pathlib import Path
+
+VM_KERNEL = "the VM kernel: `labkit lab --vm` (after `labkit vm setup`), root inside a VM with cgroup v2"
 
 
 @dataclass
@@ -11,14 +21,16 @@ class Check:
     detail: str
     fix: str = ""
     required: bool = True
+    mark: str = ""  # printed instead of ok/MISSING/absent, e.g. "off" for limits a rootless container goes without
 
 
 def diagnose() -> list:
-    rows = [check_root()]
-    rows += check_namespaces()
-    rows += check_cgroups()
+    rootless = not privileged()
+    rows = [check_rootless() if rootless else check_root()]
+    rows += check_namespaces(rootless)
+    rows += check_cgroups(rootless)
     rows.append(check_seccomp())
-    rows.append(check_device_control())
+    rows.append(check_device_control(rootless))
     rows.append(check_overlay())
     rows.append(check_busybox())
     rows.append(check_vm())
@@ -26,11 +38,15 @@ def diagnose() -> list:
     return rows
 
 
+def privileged() -> bool:
+    """Root in the host's user namespace: what labkit needs to make containers without
+    a user namespace of its own."""
+    return os.geteuid() == 0
+
+
 def check_root() -> Check:
     from labkit.linux import capabilities
 
-    if os.geteuid() != 0:
-        return Check("root", False, f"running as uid {os.geteuid()}", "run labkit as root (sudo), or in a VM or Binder image")
     missing = {"sys_admin", "net_admin", "sys_chroot", "mknod"} - capabilities.of_process()["CapEff"]
     if missing:
         return Check("capabilities", False, "missing " + ", ".join(sorted(missing)),
@@ -38,16 +54,77 @@ def check_root() -> Check:
     return Check("root", True, "uid 0 with CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_MKNOD")
 
 
-def check_namespaces() -> list:
+def check_rootless() -> Check:
+    """An ordinary user: labkit makes a user namespace first and is root inside it, with
+    the user's /etc/subuid range mapped by newuidmap, or only their own uid without one."""
+    from labkit.linux.namespaces import available_namespaces
+
+    uid = os.geteuid()
+    refused = available_namespaces()["user"]
+    if refused is not None:
+        detail, fix = refusal_cause("user", refused, _own_status())
+        return Check("rootless", False, f"uid {uid}: no user namespace, so no container: {detail}", fix)
+    name = _user_name(uid)
+    ranges = {path: subordinate_range(path, name, uid) for path in ("/etc/subuid", "/etc/subgid")}
+    helpers = [tool for tool in ("newuidmap", "newgidmap") if not _on_path(tool)]
+    if all(ranges.values()) and not helpers:
+        first, count = ranges["/etc/subuid"]
+        return Check("rootless", True, f"uid {uid} ({name}): containers run in a user namespace whose root is "
+                                       f"uid {uid}; its other ids are your /etc/subuid range "
+                                       f"{first}-{first + count - 1}, mapped by newuidmap")
+    lacking = [f"no {path} line for {name}" for path, found in ranges.items() if not found]
+    lacking += [f"no {tool} (package uidmap)" for tool in helpers]
+    return Check("rootless", True,
+                 f"uid {uid} ({name}): containers run in a user namespace with your uid alone as root inside; "
+                 f"other ids (chown, USER in a Dockerfile) fail: {', '.join(lacking)}",
+                 f"as root, once: apt-get install uidmap; usermod --add-subuids 100000-165535 "
+                 f"--add-subgids 100000-165535 {name}")
+
+
+def subordinate_range(path, name, uid):
+    """(first id, count) of `name`'s (or `uid`'s) first line in /etc/subuid or /etc/subgid, else None."""
+    try:
+        with open(path) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        owner, _, rest = line.partition(":")
+        first, _, count = rest.partition(":")
+        if owner in (name, str(uid)) and first.isdigit() and count.isdigit() and int(count) > 0:
+            return int(first), int(count)
+    return None
+
+
+def _user_name(uid) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _on_path(tool) -> bool:
+    import shutil
+
+    return shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin") is not None
+
+
+def check_namespaces(rootless=False) -> list:
+    """Each kind as labkit would make it: by itself as root; as an ordinary user together
+    with a new user namespace (unshare(CLONE_NEWUSER | kind)), which is how a rootless
+    container gets them and the only way they work without CAP_SYS_ADMIN."""
     from labkit.linux.namespaces import NAMESPACES, available_namespaces
 
-    found = available_namespaces()
+    inside = rootless and available_namespaces()["user"] is None
+    found = available_namespaces(inside_user_namespace=inside)
     status = _own_status()
     rows = []
     for ns in NAMESPACES:
         reason = found.get(ns.name)
         optional = ns.name in ("user", "time")
         detail, fix = f"{ns.flag_name}: {ns.isolates}", ""
+        if inside and ns.name != "user":
+            detail += " (inside your user namespace)"
         if reason is not None:
             detail, fix = refusal_cause(ns.name, reason, status)
         rows.append(Check(f"namespace {ns.name}", reason is None, detail, fix, required=not optional))
@@ -74,7 +151,8 @@ def refusal_cause(kind: str, reason: str, status: str, sysctl=None) -> tuple:
     from labkit.linux import capabilities
 
     sysctl = sysctl or _read_sysctl
-    vm_kernel = "use the VM kernel: `labkit lab --vm`, or pick \"Python 3 (labkit in a VM)\" in Jupyter"
+    vm_kernel = ("use the VM kernel: `labkit lab --vm`, or pick \"Python 3 (labkit in a VM)\" in Jupyter "
+                 "(so on Binder, which never gives root and refuses user namespaces)")
     if kind == "time" and "not supported" in reason.lower():
         return reason, "needs Linux 5.6 or newer"
     if "kernel has no" in reason:
@@ -109,9 +187,10 @@ def _read_sysctl(name: str):
 
 
 def namespaces_usable() -> tuple:
-    """(True, "") when labkit can make containers here (root with CAP_SYS_ADMIN, and
-    every namespace but the optional user and time ones), else (False, why), for
-    `labkit lab` to choose the VM kernel. labkit has no rootless mode yet."""
+    """(True, "") when labkit can make containers here: as root with CAP_SYS_ADMIN, every
+    namespace but the optional user and time ones; as an ordinary user, a user namespace
+    and every required kind inside it (rootless). Else (False, why), for `labkit lab` to
+    choose the VM kernel."""
     from labkit.linux import capabilities
     from labkit.linux.namespaces import available_namespaces
 
@@ -121,6 +200,13 @@ def namespaces_usable() -> tuple:
     privileged = os.geteuid() == 0 and "sys_admin" in capabilities.of_process()["CapEff"]
     if privileged and not required:
         return True, ""
+    if not privileged and "user" not in refused:
+        inside = {kind: reason for kind, reason in available_namespaces(inside_user_namespace=True).items()
+                  if reason is not None and kind not in ("user", "time")}
+        if not inside:
+            return True, ""
+        kind = sorted(inside)[0]
+        return False, f"namespace {kind}, even inside a user namespace: {inside[kind]}"
     if refused.keys() - {"time"}:
         kind = "user" if "user" in refused else sorted(required)[0]
         detail, _ = refusal_cause(kind, refused[kind], _own_status())
@@ -130,6 +216,10 @@ def namespaces_usable() -> tuple:
 
 def check_vm_kernel() -> Check:
     usable, why = namespaces_usable()
+    if usable and not privileged():
+        return Check("VM kernel", True, "not needed: containers can be made rootless on this host; it gives "
+                                        "them what rootless lacks here (limits, devices): `labkit lab --vm`",
+                     required=False)
     if usable:
         return Check("VM kernel", True, "not needed: containers can be made on this host", required=False)
     return Check("VM kernel", False, f"containers cannot be made here ({why})",
@@ -137,7 +227,10 @@ def check_vm_kernel() -> Check:
                  required=False)
 
 
-def check_cgroups() -> list:
+LIMIT_CONTROLLERS = {"memory": "memory", "cpu": "cpu", "pids": "pids", "io": "blkio"}  # kind: v1 hierarchy
+
+
+def check_cgroups(rootless=False) -> list:
     from labkit.cgroups import detect_mode, host_hierarchy
     from labkit.errors import HostError
 
@@ -147,12 +240,98 @@ def check_cgroups() -> list:
     except HostError as error:
         return [Check("cgroups", False, str(error), "mount cgroup2 on /sys/fs/cgroup")]
     rows = [Check("cgroup mode", True, f"{mode}" + (" (legacy/hybrid: one hierarchy per controller)" if mode == "v1" else " (unified)"))]
-    for kind in ("memory", "cpu", "pids", "io"):
+    if rootless:
+        return rows + (rootless_limits_v2(delegated_subtree()) if mode == "v2" else rootless_limits_v1())
+    for kind in LIMIT_CONTROLLERS:
         have = kind in hierarchy.controllers
         rows.append(Check(f"cgroup {kind}", have, "controller available" if have else "controller missing",
                           "" if have else f"enable the {kind} controller (cgroup_enable=, or subtree_control)",
                           required=kind != "io"))
     return rows
+
+
+NO_LIMITS_FIX = ("a cgroup v2 host with systemd, which delegates each user's session subtree "
+                 "(Delegate=yes for user@.service), or " + VM_KERNEL)
+
+
+def rootless_limits_v1() -> list:
+    """cgroup v1 has no delegation: an ordinary user may write a cgroup only where root
+    chowned one, and labkit does not use that; rootless containers run without limits."""
+    from labkit.cgroups.v1 import controller_mounts
+
+    uid, mounts = os.geteuid(), controller_mounts()
+    rows = []
+    for kind, hierarchy in LIMIT_CONTROLLERS.items():
+        if hierarchy not in mounts:
+            rows.append(Check(f"cgroup {kind}", False, "controller missing", required=False))
+            continue
+        own = own_cgroup_dir(hierarchy, mounts[hierarchy])
+        writable = own is not None and writable_cgroup(own)
+        who = (f"uid {uid} may write its own cgroup {own}, which root chowned to it, but"
+               if writable else f"uid {uid} can write no cgroup in it:")
+        rows.append(Check(f"cgroup {kind}", False,
+                          f"controller present; {who} cgroup v1 has no delegation, so rootless containers "
+                          f"run without {kind} limits (every limit option says so)",
+                          NO_LIMITS_FIX, required=False, mark="off"))
+    return rows
+
+
+def rootless_limits_v2(subtree) -> list:
+    """`subtree` is delegated_subtree()'s (directory, writable, controllers)."""
+    directory, writable, controllers = subtree
+    uid = os.geteuid()
+    rows = []
+    for kind in LIMIT_CONTROLLERS:
+        if writable and kind in controllers:
+            rows.append(Check(f"cgroup {kind}", True, f"delegated to uid {uid} in {directory}", required=False))
+        elif writable:
+            rows.append(Check(f"cgroup {kind}", False,
+                              f"{directory} is delegated to uid {uid} but its cgroup.controllers lacks {kind}: "
+                              f"rootless containers run without {kind} limits",
+                              f"as root: add {kind} to DelegateControllers= (or the parent's cgroup.subtree_control)",
+                              required=False, mark="off"))
+        else:
+            rows.append(Check(f"cgroup {kind}", False,
+                              f"uid {uid} cannot write its cgroup {directory} (not delegated): rootless "
+                              f"containers run without {kind} limits", NO_LIMITS_FIX, required=False, mark="off"))
+    return rows
+
+
+def delegated_subtree(mount=None, proc_cgroup="/proc/self/cgroup"):
+    """(this process's cgroup v2 directory, whether this uid may make cgroups and move
+    processes there, the controllers its cgroup.controllers offers). `mount`: where
+    cgroup2 is mounted (found when None; a hybrid host has it at /sys/fs/cgroup/unified)."""
+    from labkit.cgroups.v2 import unified_mount
+
+    mount = mount or unified_mount()
+    directory = own_cgroup_dir("", mount, proc_cgroup)
+    if directory is None:
+        return Path(mount or "/sys/fs/cgroup"), False, set()
+    try:
+        controllers = set((directory / "cgroup.controllers").read_text().split())
+    except OSError:
+        controllers = set()
+    return directory, writable_cgroup(directory), controllers
+
+
+def own_cgroup_dir(hierarchy, mount, proc_cgroup="/proc/self/cgroup"):
+    """Where this process sits in the hierarchy named `hierarchy` ("" for v2) mounted at
+    `mount`, from /proc/self/cgroup; None when it is not there."""
+    if not mount:
+        return None
+    with open(proc_cgroup) as handle:
+        for line in handle:
+            _, names, path = line.rstrip("\n").split(":", 2)
+            if hierarchy in names.split(",") or (hierarchy == names == ""):
+                return Path(mount) / path.lstrip("/")
+    return None
+
+
+def writable_cgroup(directory) -> bool:
+    """May this uid make child cgroups in `directory` and move its processes into them?
+    That is what delegation grants: the directory and its cgroup.procs are the caller's."""
+    procs = Path(directory) / ("cgroup.procs" if (Path(directory) / "cgroup.procs").exists() else "tasks")
+    return os.access(directory, os.W_OK | os.X_OK) and os.access(procs, os.W_OK)
 
 
 def check_seccomp() -> Check:
@@ -171,12 +350,17 @@ def check_seccomp() -> Check:
     return Check("seccomp", True, f"libseccomp {version}; kernel filters syscalls (default profile: Docker's)")
 
 
-def check_device_control() -> Check:
+def check_device_control(rootless=False) -> Check:
     """v1: the devices controller; v2: a BPF_PROG_TYPE_CGROUP_DEVICE program per cgroup."""
     from labkit.cgroups import detect_mode
     from labkit.cgroups.v1 import controller_mounts
     from labkit.errors import HostError
 
+    if rootless:
+        return Check("device control", True,
+                     "not needed rootless: in a user namespace the kernel refuses mknod, so a container opens only "
+                     "the device nodes bound in from the host; the mknod and device lessons need root",
+                     required=False)
     try:
         mode = detect_mode()
     except HostError as error:
@@ -231,11 +415,12 @@ def check_vm() -> Check:
     return Check("virtual machines", ok, str(text or report), fix or "", required=False)
 
 
+
 def format_table(rows) -> str:
     width = max(len(row.what) for row in rows)
     lines = []
     for row in rows:
-        mark = "ok " if row.ok else ("MISSING" if row.required else "absent")
+        mark = row.mark or ("ok " if row.ok else ("MISSING" if row.required else "absent"))
         line = f"{row.what:<{width}}  {mark:<7}  {row.detail}"
         if not row.ok and row.fix:
             line += f"\n{'':<{width}}  {'':<7}  → {row.fix}"

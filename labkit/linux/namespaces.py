@@ -62,6 +62,7 @@ _PROBE = r"""
 import json, os, sys
 from labkit.linux import syscalls
 from labkit.linux.namespaces import NAMESPACES
+base = int(sys.argv[1])
 found = {}
 for ns in NAMESPACES:
     if not os.path.exists(ns.path()):
@@ -70,7 +71,7 @@ for ns in NAMESPACES:
     pid = os.fork()
     if pid == 0:
         try:
-            syscalls.unshare(ns.flag)
+            syscalls.unshare(base | ns.flag)
             os._exit(0)
         except OSError as error:
             os._exit(error.errno or 1)
@@ -81,18 +82,22 @@ print(json.dumps(found))
 """
 
 
-@functools.lru_cache(maxsize=1)
-def available_namespaces() -> dict:
+@functools.lru_cache(maxsize=2)
+def available_namespaces(inside_user_namespace=False) -> dict:
     """{kind: None if this host lets labkit create it, else the reason it cannot}.
 
     Probed in a fresh single-threaded interpreter: unshare() in this process would
     change what it sees, and forking a multi-threaded Jupyter kernel is unsafe.
+    `inside_user_namespace` asks for each kind together with a new user namespace,
+    unshare(CLONE_NEWUSER | kind), as a rootless container makes them: without
+    CAP_SYS_ADMIN only that way works.
     """
     import json
     import subprocess
     import sys
 
-    probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=30)
+    base = syscalls.CLONE_NEWUSER if inside_user_namespace else 0
+    probe = subprocess.run([sys.executable, "-c", _PROBE, str(base)], capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
         return {ns.name: f"probe failed: {probe.stderr.strip()[-200:]}" for ns in NAMESPACES}
     return json.loads(probe.stdout)

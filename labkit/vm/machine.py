@@ -85,7 +85,8 @@ def run(command, memory="1g", cpus=2, rw_dir=None, timeout=DEFAULT_TIMEOUT, cwd=
 
 def ready_kernel() -> cache.CachedKernel:
     if host.qemu_binary() is None:
-        raise HostError(f"{host.QEMU} is not installed, so no VM can start; run `labkit vm setup` as root")
+        raise HostError(f"{host.QEMU} is not installed, so no VM can start; run "
+                        f"`sudo apt-get install {' '.join(host.QEMU_PACKAGES)}`, then `labkit vm setup`")
     kernel = cache.cached_kernel()
     if kernel is None:
         raise HostError(f"no VM kernel is cached in {cache.vm_home()}; run `labkit vm setup` first")
