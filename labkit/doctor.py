@@ -64,36 +64,20 @@ def check_rootless() -> Check:
     if refused is not None:
         detail, fix = refusal_cause("user", refused, _own_status())
         return Check("rootless", False, f"uid {uid}: no user namespace, so no container: {detail}", fix)
+    from labkit.linux.rootless import id_maps
+
     name = _user_name(uid)
-    ranges = {path: subordinate_range(path, name, uid) for path in ("/etc/subuid", "/etc/subgid")}
-    helpers = [tool for tool in ("newuidmap", "newgidmap") if not _on_path(tool)]
-    if all(ranges.values()) and not helpers:
-        first, count = ranges["/etc/subuid"]
+    uid_map, gid_map, why_one_id = id_maps()
+    if why_one_id is None:
+        ranges = ", ".join(f"{first}-{first + count - 1}" for _, first, count in uid_map.lines[1:])
         return Check("rootless", True, f"uid {uid} ({name}): containers run in a user namespace whose root is "
-                                       f"uid {uid}; its other ids are your /etc/subuid range "
-                                       f"{first}-{first + count - 1}, mapped by newuidmap")
-    lacking = [f"no {path} line for {name}" for path, found in ranges.items() if not found]
-    lacking += [f"no {tool} (package uidmap)" for tool in helpers]
+                                       f"uid {uid}; its other {uid_map.size - 1} ids are your /etc/subuid "
+                                       f"range {ranges}, mapped by newuidmap")
     return Check("rootless", True,
                  f"uid {uid} ({name}): containers run in a user namespace with your uid alone as root inside; "
-                 f"other ids (chown, USER in a Dockerfile) fail: {', '.join(lacking)}",
+                 f"other ids (chown, USER in a Dockerfile) fail: {why_one_id}",
                  f"as root, once: apt-get install uidmap; usermod --add-subuids 100000-165535 "
                  f"--add-subgids 100000-165535 {name}")
-
-
-def subordinate_range(path, name, uid):
-    """(first id, count) of `name`'s (or `uid`'s) first line in /etc/subuid or /etc/subgid, else None."""
-    try:
-        with open(path) as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        owner, _, rest = line.partition(":")
-        first, _, count = rest.partition(":")
-        if owner in (name, str(uid)) and first.isdigit() and count.isdigit() and int(count) > 0:
-            return int(first), int(count)
-    return None
 
 
 def _user_name(uid) -> str:
@@ -101,12 +85,6 @@ def _user_name(uid) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
-
-
-def _on_path(tool) -> bool:
-    import shutil
-
-    return shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin") is not None
 
 
 def check_namespaces(rootless=False) -> list:
@@ -281,9 +259,15 @@ def rootless_limits_v2(subtree) -> list:
     directory, writable, controllers = subtree
     uid = os.geteuid()
     rows = []
+    from labkit.cgroups import limits_available
+
+    used, why_not = limits_available()
     for kind in LIMIT_CONTROLLERS:
-        if writable and kind in controllers:
+        if writable and kind in controllers and used:
             rows.append(Check(f"cgroup {kind}", True, f"delegated to uid {uid} in {directory}", required=False))
+        elif writable and kind in controllers:
+            rows.append(Check(f"cgroup {kind}", False, f"delegated to uid {uid} in {directory}, but {why_not}",
+                              required=False, mark="off"))
         elif writable:
             rows.append(Check(f"cgroup {kind}", False,
                               f"{directory} is delegated to uid {uid} but its cgroup.controllers lacks {kind}: "
