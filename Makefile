@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.labkit-installed
+CLASS   = $(VENV)/class
 
 .PHONY: lab test setup system-packages notebooks benchmarks clean-host
 
@@ -14,11 +15,12 @@ lab: setup
 test: setup
 	$(BIN)/python -m pytest -p no:cacheprovider tests notebooks --nbval --nbval-kernel-name labkit --nbval-sanitize-with notebooks/sanitize.cfg
 
-setup: system-packages $(STAMP)
+setup: system-packages $(STAMP) $(CLASS)/.labkit-installed
 
 # A fresh machine may have no package lists yet: fetch them once, then what we need.
 # podman and runc are the oracle of tests/test_docker_oracle.py (labkit's builds and images
-# against podman's, offline). chromium is for the browser test (tests/test_browser.py); where the distribution cannot
+# against podman's, offline). node and npm run JupyterHub's configurable-http-proxy, and
+# python3-venv makes the students' environment (tests/test_class_hub.py). chromium is for the browser test (tests/test_browser.py); where the distribution cannot
 # install it (Ubuntu ships it as a snap, which does not run here) that test skips and says so.
 system-packages:
 	@ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 || apt-get update -qq
@@ -34,6 +36,10 @@ system-packages:
 	  echo "make: podman and runc could not be installed from apt; tests/test_docker_oracle.py will skip"
 	@[ -x /usr/bin/chromium ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
 	  echo "make: chromium could not be installed from apt; tests/test_browser.py will skip"
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null || \
+	  echo "make: node and npm could not be installed from apt; tests/test_class_hub.py will skip"
+	@/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 
 # Editable as a plain path entry (compat), not setuptools' default import hook: the hook's
 # .pth imports pathlib and more in every Python process of the venv, ~15 ms CPU before the
@@ -45,8 +51,19 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[test,lab]' --config-settings editable_mode=compat || \
 	  $(BIN)/pip install -q -e '.[test,lab]'
 	$(BIN)/labkit kernel install --sys-prefix
+	-command -v npm >/dev/null && npm install -q --prefix $(VENV)/node --no-audit --no-fund configurable-http-proxy@4  # JupyterHub's proxy (tests/test_class_hub.py); 5.x needs node 20, Debian 12 has 18
 	$(BIN)/python -m compileall -q labkit  # bytecode once, here: not by the first labkit command
 	touch $(STAMP)
+
+# The students' environment of tests/test_class_hub.py (a class on one JupyterHub), as TLJH's
+# /opt/tljh/user: the system's Python, which every user may run (the venv above may use a
+# Python under /root); labkit editable, so the students run this checkout's code.
+$(CLASS)/.labkit-installed: pyproject.toml Makefile
+	/usr/bin/python3 -m venv $(CLASS)
+	$(CLASS)/bin/pip install -q -e . jupyterhub jupyter_server --config-settings editable_mode=compat || \
+	  $(CLASS)/bin/pip install -q -e . jupyterhub jupyter_server
+	$(CLASS)/bin/labkit kernel install --sys-prefix
+	touch $@
 
 notebooks: setup
 	$(BIN)/labkit notebooks run
