@@ -57,11 +57,12 @@ $(STAMP): pyproject.toml Makefile
 
 # The students' environment of tests/test_class_hub.py (a class on one JupyterHub), as TLJH's
 # /opt/tljh/user: the system's Python, which every user may run (the venv above may use a
-# Python under /root); labkit editable, so the students run this checkout's code.
+# Python under /root); labkit editable, so the students run this checkout's code. nbval: the
+# notebooks run rootless in it, as an ordinary user (docs/class.md, "The notebooks rootless").
 $(CLASS)/.labkit-installed: pyproject.toml Makefile
 	/usr/bin/python3 -m venv $(CLASS)
-	$(CLASS)/bin/pip install -q -e . jupyterhub jupyter_server --config-settings editable_mode=compat || \
-	  $(CLASS)/bin/pip install -q -e . jupyterhub jupyter_server
+	$(CLASS)/bin/pip install -q -e . jupyterhub jupyter_server nbval --config-settings editable_mode=compat || \
+	  $(CLASS)/bin/pip install -q -e . jupyterhub jupyter_server nbval
 	$(CLASS)/bin/labkit kernel install --sys-prefix
 	touch $@
 
