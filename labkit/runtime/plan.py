@@ -37,6 +37,7 @@ class ProcessPlan:
     user: str | None                 # "uid[:gid]" or a name from the image's /etc/passwd
     security: SecurityPlan           # capabilities, seccomp, no_new_privs (exec: the container's own)
     image: str                       # the image's name, for error messages
+    tty: bool = False                # its stdin is a terminal it takes as its controlling one (`-t`)
 
 
 @dataclass
@@ -249,12 +250,13 @@ def start_plan(spec, image, *, id, name, hostname, directory, command, hold, aut
     )
 
 
-def process_plan(spec, image, hostname, command, env=(), workdir=None, user=None) -> ProcessPlan:
-    """The process of a container (or of an `exec` into it, with its own overrides)."""
+def process_plan(spec, image, hostname, command, env=(), workdir=None, user=None, tty=False) -> ProcessPlan:
+    """The process of a container (or of an `exec` into it, with its own overrides).
+    `tty`: on a terminal, with TERM=xterm unless set (Docker's -t)."""
     return ProcessPlan(
-        command=list(command),
+        command=list(command), tty=tty,
         # HOME, unless set, comes from the user's passwd entry inside (setup.home_of), as runc
-        env=merge_env([f"HOSTNAME={hostname}"], image.config.env, spec.env, env),
+        env=merge_env([f"HOSTNAME={hostname}"], ["TERM=xterm"] if tty else [], image.config.env, spec.env, env),
         workdir=workdir or spec.workdir or image.config.workdir or "/",
         user=next(u for u in (user, spec.user, image.config.user, "") if u is not None) or None,
         security=security_plan(spec), image=image.name)

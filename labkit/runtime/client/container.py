@@ -103,9 +103,11 @@ class Container:
             if remove and self.state != "removed":
                 self.remove()
 
-    def start(self, on_output=None, stdout=None, stderr=None, stdin=None, detach=False, auto_remove=False):
+    def start(self, on_output=None, stdout=None, stderr=None, stdin=None, detach=False, auto_remove=False,
+              tty=False):
         """Make the container and start its command. `detach=True`: output goes to log
-        files (see `logs()`), and the container lives until stopped or its owner exits."""
+        files (see `logs()`), and the container lives until stopped or its owner exits.
+        `tty`: `stdin` is a pty's slave, which the command takes as its terminal."""
         if self.state != "configured":
             raise ContainerError(f"container {self.name} was already started ({self.state})")
         self._check_name_free()
@@ -115,6 +117,8 @@ class Container:
         with self.image.store.lock():
             self._check_layers_present()
             plan = self._plan(hold=hold, auto_remove=auto_remove and not detach)
+            if tty:
+                plan.process = self._process_plan(tty=True)
             if detach:  # the helper writes its output into rotated files
                 plan.logs = launch.LogPlan(self.spec.log_max_size, self.spec.log_max_files)
             self._removed_by_helper = plan.auto_remove
@@ -300,8 +304,11 @@ class Container:
 
     # --- while it runs ---------------------------------------------------------------
 
-    def exec(self, command, on_output=None, env=(), workdir=None, user=None, timeout=None) -> Result:
-        """Run another process inside this running container (its namespaces and cgroup)."""
+    def exec(self, command, on_output=None, env=(), workdir=None, user=None, timeout=None, stdio=None,
+             tty=False) -> Result:
+        """Run another process inside this running container (its namespaces and cgroup).
+        `stdio`: {"stdin"/"stdout"/"stderr": fd} to hand it as they are (then the Result
+        holds no output); `tty`: its stdin is a pty's slave, its terminal."""
         if self.state != "running" or self.result is not None:
             raise ContainerError(f"container {self.name} is not running; start it before exec")
         if isinstance(command, str):
@@ -312,8 +319,8 @@ class Container:
         user = parse_user(user, self.spec.namespaces, self.spec.user_map)
         from labkit.runtime.client.exec_process import ExecProcess   # not loaded by a run without exec
 
-        process = ExecProcess(self, [str(part) for part in command], env, workdir, user, timeout)
-        return process.run(on_output)
+        process = ExecProcess(self, [str(part) for part in command], env, workdir, user, timeout, tty)
+        return process.run(on_output, stdio)
 
     def stats(self):
         """Live cgroup statistics (memory, CPU, pids) while it runs."""
@@ -395,9 +402,9 @@ class Container:
             plan.network_inside = launch.NetworkInside(**network.inside) if network.inside else None
         return plan
 
-    def _process_plan(self, command=None, env=(), workdir=None, user=None) -> launch.ProcessPlan:
+    def _process_plan(self, command=None, env=(), workdir=None, user=None, tty=False) -> launch.ProcessPlan:
         return launch.process_plan(self.spec, self.image, self.hostname, command or self.command,
-                                   env=env, workdir=workdir, user=user)
+                                   env=env, workdir=workdir, user=user, tty=tty)
 
     def _close_streams(self):
         if self._streams:

@@ -19,26 +19,34 @@ from labkit.runtime.protocol import Op
 class ExecProcess:
     """One `exec` into a running container: same pipes and events as a container."""
 
-    def __init__(self, container, command, env, workdir, user, timeout):
+    def __init__(self, container, command, env, workdir, user, timeout, tty=False):
         self.container = container
         self.id = os.urandom(8).hex()
         self.plan = launch.ExecPlan(target=container.id, namespaces=list(container.spec.namespaces),
-                                    process=container._process_plan(command, env, workdir, user))
+                                    process=container._process_plan(command, env, workdir, user, tty))
         self.timeout = timeout
 
-    def run(self, on_output) -> Result:
+    def run(self, on_output, stdio=None) -> Result:
+        """`stdio`: {name: fd} handed to the process as they are (`labkit exec`'s own),
+        instead of pipes read into the Result."""
         helper = self.container._helper
         streams = OutputStreams(on_output)
-        fds = []
-        for name in ("stdout", "stderr"):
-            read_end, write_end = os.pipe2(os.O_CLOEXEC)
-            streams.add(name, read_end)
-            fds.append(write_end)
+        names, fds, ours = [], [], []
+        for name in ("stdin", "stdout", "stderr"):
+            if stdio and stdio.get(name) is not None:
+                names.append(name)
+                fds.append(stdio[name])
+            elif name != "stdin" and not stdio:
+                read_end, write_end = os.pipe2(os.O_CLOEXEC)
+                streams.add(name, read_end)
+                names.append(name)
+                fds.append(write_end)
+                ours.append(write_end)
         started = time.monotonic()
         try:
-            helper.send(Op.EXEC, fds, id=self.id, plan=launch.to_wire(self.plan), fd_names=["stdout", "stderr"])
+            helper.send(Op.EXEC, fds, id=self.id, plan=launch.to_wire(self.plan), fd_names=names)
         finally:
-            for fd in fds:
+            for fd in ours:
                 os.close(fd)
         deadline = None if self.timeout is None else started + self.timeout
         exited, timed_out = None, False

@@ -7,8 +7,10 @@ both, so an exec'd process gets the container's user, capabilities and seccomp f
 """
 
 import errno
+import fcntl   # here, not in take_terminal: the host's modules are out of reach after the root switch
 import os
 import signal
+from termios import TIOCSCTTY
 
 from labkit.linux import capabilities, seccomp, syscalls
 from labkit.runtime.inside.mounts import ensure_dir
@@ -24,6 +26,18 @@ def attach_stdio(fds):
         os.dup2(fd, target)
         if fd > 2:
             os.close(fd)
+
+
+@step("take the terminal")
+def take_terminal():
+    """`-t`: stdin is a pty's slave; become a session leader and make it this session's
+    controlling terminal, so that ^C, ^Z and window size changes reach the foreground
+    process group (a shell's job control) as on any terminal."""
+    try:
+        os.setsid()
+    except PermissionError:
+        pass   # a session leader already
+    fcntl.ioctl(0, TIOCSCTTY, 0)
 
 
 @step("change to the working directory")
@@ -91,6 +105,8 @@ def _lookup(table, name, what):
 @step("exec the command")
 def become_user_and_exec(process):
     """`process` is the plan's ProcessPlan."""
+    if process.tty:
+        take_terminal()
     env = dict(item.split("=", 1) for item in process.env)
     keep_capabilities(process.security)
     user = resolve_user(process.user) if process.user else None
