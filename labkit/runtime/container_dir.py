@@ -8,6 +8,7 @@
         init/etc/               the init layer (hostname, hosts, resolv.conf): the overlay's top
                                 lower layer, never committed; hosts is rewritten in place for peers
         stdout.log  stderr.log  a detached container's output (rotated: stdout.log.1, ... older)
+        inspect.json monitor.sock  a `labkit run -d` container's record and its monitor's socket
 
 The helper makes it all (a detached container's logs too, which it writes), writes
 state.json and removes it; the client reads state.json and the logs. Shared: one layout for
@@ -86,6 +87,17 @@ class ContainerDir:
     @property
     def state_file(self) -> Path:
         return self.path / STATE_FILE
+
+    @property
+    def record_file(self) -> Path:
+        """inspect.json: a detached container's Docker-like record, its monitor's
+        (runtime/client/monitor.py)."""
+        return self.path / "inspect.json"
+
+    @property
+    def monitor_socket(self) -> Path:
+        """Where a detached container's monitor answers the other `labkit` verbs."""
+        return self.path / "monitor.sock"
 
     def log(self, name: str) -> Path:
         """stdout.log or stderr.log (the newest part, when rotated)."""
