@@ -16,8 +16,8 @@ import gc
 import importlib
 import sys
 
-from labkit.verbs import (CONTAINER_OPTIONS, Option, Parser, Verb, add_verbs, all_of, container_option, dispatch,
-                          option, spec_from_options)
+from labkit.verbs import (COMMAND, CONTAINER_OPTIONS, CONTAINER_VERBS, INTERACTIVE, TTY, Option, Parser, Verb,
+                          add_verbs, all_of, container_option, dispatch, option, spec_from_options, with_run)
 
 # --- labkit's own verbs ---------------------------------------------------------------
 
@@ -34,18 +34,36 @@ def cmd_run(options):
     # them, their second import cost a run ~40% more CPU: 0.297 s against 0.208 s, median
     # of 15 paired runs of `labkit run -- true`).
     run_sealed()
+    spec = spec_from_options(options, options.command)
+    if options.image is None and not options.dashes and options.command:
+        # docker run [OPTIONS] IMAGE [COMMAND] [ARG...]; with nothing at all, busybox's CMD
+        spec.image, spec.command = options.command[0], options.command[1:]
+    spec = spec.validated()   # bad input: before any fork
+    if options.detach:
+        return _run_detached(spec, options)
     from labkit.runtime import Container
     from labkit.runtime.client.helper_client import fork_from_caller
 
-    spec = spec_from_options(options, options.command).validated()   # bad input: before any fork
     fork_from_caller()  # this process is small and single-threaded: it can be its own helper
     container = Container(spec)
-    stdin = sys.stdin.fileno() if options.interactive else None
-    with forwarded_signals(container) as forwarding:
+    relay = None
+    if options.tty:
+        from labkit.terminal import PtyRelay
+
+        relay = PtyRelay(interactive=options.interactive)
+        stdio = {"stdin": relay.slave, "stdout": relay.slave, "stderr": relay.slave}
+    else:
+        stdio = {"stdin": sys.stdin.fileno() if options.interactive else None, "stdout": sys.stdout.fileno(),
+                 "stderr": sys.stderr.fileno()}
+    with forwarded_signals(container) as forwarding, relay or _nothing():
         try:
-            container.start(stdout=sys.stdout.fileno(), stderr=sys.stderr.fileno(), stdin=stdin, auto_remove=True)
+            container.start(**stdio, auto_remove=True, tty=options.tty)
+            if relay is not None:
+                relay.close_slave()
             forwarding.send_pending()
             result = container.wait()
+            if relay is not None:
+                relay.finish()
         finally:
             if container.state != "removed":
                 container.remove()
@@ -53,6 +71,28 @@ def cmd_run(options):
         print(f"labkit: container {result.name} {result.cause}" + (f": {result.error}" if result.error else ""),
               file=sys.stderr)
     return result.returncode
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _run_detached(spec, options):
+    """`run -d`: a monitor (runtime/client/monitor.py) starts the container and keeps it
+    once this command has printed its id and returned."""
+    from labkit.runtime.client.monitor import StartFailed, start_detached
+
+    try:
+        started = start_detached(spec, auto_remove=options.rm, keep_stdin=options.interactive, tty=options.tty)
+    except StartFailed as error:
+        print(f"labkit: {error}", file=sys.stderr)
+        return error.returncode
+    print(started["id"])
+    return 0
 
 
 # What `labkit run` passes on to the container's PID 1, as `docker run` does (its
@@ -155,18 +195,32 @@ def cmd_unshare(options):
         return 127
 
 
+def _container_verb(name):
+    """CONTAINER_VERBS[name] run by labkit.container_cli's cmd_<name>, imported when used."""
+    def run(options):
+        return getattr(importlib.import_module("labkit.container_cli"), f"cmd_{name}")(options)
+
+    return with_run(CONTAINER_VERBS[name], run, *((COMMAND,) if name == "exec" else ()))
+
+
 VERBS = (
-    Verb("run", "run a command in a fresh container", cmd_run, (
+    Verb("run", "create and run a new container from an image", cmd_run, (
         all_of(CONTAINER_OPTIONS, skip=("hostname",)),
         _with_short(container_option("hostname"), "-h"),
-        option("--interactive", "-i", action="store_true", help="pass stdin to the container"),
-        option("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…"),
-    ), add_help=False),   # -h is --hostname, as docker run's; --help is the help
+        option("--detach", "-d", action="store_true", help="run it in the background and print its ID"),
+        option("--rm", action="store_true", help="with -d: remove it when it exits (without -d it always is)"),
+        INTERACTIVE, TTY,
+        option("command", nargs=argparse.REMAINDER, metavar="IMAGE [COMMAND] [ARG...]",
+               help="as docker run; or -- COMMAND [ARG...] to run it in --image (default busybox)"),
+    ), add_help=False, description="Create and run a new container from an image: labkit run [OPTIONS] IMAGE "
+       "[COMMAND] [ARG...], as docker run (or labkit run [OPTIONS] -- COMMAND [ARG...] in busybox). Without a "
+       "command it runs the image's ENTRYPOINT and CMD."),   # -h is --hostname, as docker run's
+    *(_container_verb(name) for name in CONTAINER_VERBS),
     Verb("unshare", "run a command as root of labkit's user namespace (rootless; as root: the command itself)",
          cmd_unshare, (option("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…"),)),
     Verb("doctor", "what this host offers, and what to do about what it lacks", cmd_doctor),
     Verb("gc", "remove what containers of dead owners left behind", cmd_gc),
-    Verb("ps", "list the running containers on this host (-a: every one)", cmd_ps, (
+    Verb("ps", "list containers (running ones; -a: every one)", cmd_ps, (
         option("--all", "-a", action="store_true", help="also the exited and orphaned ones"),
     )),
 )
@@ -235,7 +289,8 @@ def main(argv=None):
     if first in IN_USER_NAMESPACE:
         enter_user_namespace_if_rootless()
     options = build_parser(first, listed=argv[:1] != [first]).parse_args(argv)
-    if getattr(options, "command", None) and options.command[:1] == ["--"]:
+    options.dashes = bool(getattr(options, "command", None)) and options.command[:1] == ["--"]
+    if options.dashes:
         options.command = options.command[1:]
     return dispatch(options)
 

@@ -98,7 +98,7 @@ def _with_user_namespace(on: bool) -> dict:
 
 
 CONTAINER_OPTIONS = [
-    option("--image", spec_field="image", default="busybox", help="image name (default: busybox)"),
+    option("--image", spec_field="image", help="image name (default: busybox)"),
     option("--name", spec_field="name", help="container name"),
     option("--hostname", spec_field="hostname", help="hostname inside (default: the name)"),
     option("--memory", "-m", spec_field="memory", help="memory limit, e.g. 64m, 1g (swap disabled)"),
@@ -169,6 +169,8 @@ def spec_from_options(options, command):
         if not hasattr(options, entry.dest):
             continue  # a front end that does not take this option: the spec's default
         value = getattr(options, entry.dest)
+        if value is None:
+            continue  # not given: the spec's default (--image: busybox)
         if entry.to_spec is not None:
             fields.update(entry.to_spec(value))
         elif entry.spec_field is not None:
@@ -192,6 +194,13 @@ class Verb:
 
     def __repr__(self):
         return f"Verb({self.name!r})"
+
+
+def with_run(verb: "Verb", run, *extra) -> "Verb":
+    """`verb` (one of CONTAINER_VERBS) as a front end runs it: with its own function
+    and any options only that front end has."""
+    return Verb(verb.name, verb.help, run, (*verb.options, *extra), verb.verbs, verb.metavar, verb.description,
+                verb.add_help)
 
 
 def add_options(parser, options) -> None:
@@ -261,3 +270,34 @@ def dispatch(options) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+# --- the container verbs: `labkit VERB` and `%container VERB` both take these ---------------
+# Docker's spellings (`stop -t`, `kill -s`, `logs -f --tail`, `rm -f`, `exec -it`); each
+# front end gives a verb its function (with_run) and may add options of its own.
+
+TARGET = option("target", metavar="CONTAINER", help="the container's name or id")
+TARGETS = option("targets", metavar="CONTAINER", nargs="+", help="the containers' names or ids")
+COMMAND = option("command", nargs=argparse.REMAINDER, help="[--] CMD ARGS…")
+INTERACTIVE = option("--interactive", "-i", action="store_true", help="keep stdin open and pass it to the container")
+TTY = option("--tty", "-t", action="store_true", help="a terminal for the command (window size, ^C, job control)")
+EXEC_OPTIONS = (container_option("env"), container_option("workdir"), container_option("user"))
+
+CONTAINER_VERBS = {verb.name: verb for verb in (
+    Verb("exec", "run a command in a running container", options=(TARGET, INTERACTIVE, TTY, *EXEC_OPTIONS)),
+    Verb("logs", "what a detached container wrote to stdout and stderr", options=(
+        TARGET, option("--follow", "-f", action="store_true", help="keep printing what it writes until it exits"),
+        option("--tail", "-n", metavar="N", default="all", help="only the last N lines of each stream (default: all)"))),
+    Verb("stop", "stop containers: their STOPSIGNAL (SIGTERM), then SIGKILL after the grace time", options=(
+        TARGETS, option("--time", "-t", type=float, default=10.0, metavar="SECONDS",
+                        help="seconds to wait before SIGKILL (default 10)"))),
+    Verb("kill", "send a signal to containers' PID 1 (SIGKILL unless -s)", options=(
+        TARGETS, option("--signal", "-s", default="KILL", metavar="SIGNAL", help="a name (TERM, SIGHUP) or number"))),
+    Verb("rm", "remove containers (-f: a running one too, with SIGKILL)", options=(
+        TARGETS, option("--force", "-f", action="store_true", help="kill it first if it runs"))),
+    Verb("inspect", "containers described as JSON, with docker inspect's keys", options=(TARGETS,)),
+    Verb("stats", "memory, CPU and pids of containers", options=(
+        option("targets", metavar="CONTAINER", nargs="*", help="the containers (default: every running one)"),
+        option("--no-stream", action="store_true", help="print once and return"))),
+    Verb("top", "the processes of a container, by host PID", options=(TARGET,)),
+)}

@@ -335,7 +335,7 @@ def test_image_magic_prints_what_labkit_image_prints(kernel):
     ("%image diff busybox --layer top", "UsageError", "invalid int value: 'top'"),
     ("%image inspect no-such-image", "ImageNotFound", "no-such-image"),
     ("%container bogus", "UsageError", "invalid choice: 'bogus'"),
-    ("%container stop", "UsageError", "the following arguments are required: NAME"),
+    ("%container stop", "UsageError", "the following arguments are required: CONTAINER"),
     ("%container stop web --time soon", "UsageError", "invalid float value: 'soon'"),
 ])
 def test_line_magic_misuse_fails_the_cell_with_an_error_message(kernel, line, ename, words):

@@ -99,11 +99,11 @@ def cmd_build(options):
               flush=True)
 
     image = build(recipe, options.tag, options.context, store=_store(), on_progress=progress, run_step=run_build_step,
-                  build_args=_build_args(options.build_arg))
+                  build_args=build_args(options.build_arg))
     print(f"built {image.name}: {len(image.layers)} layers")
 
 
-def _build_args(given: list) -> dict:
+def build_args(given: list) -> dict:
     """NAME=value, or NAME alone for the value of this environment's NAME (as Docker)."""
     import os
 
@@ -152,14 +152,17 @@ IMAGE_VERBS = [
     )),
 ]
 
+# `labkit build --build-arg` and `%%image build --build-arg`: one option.
+BUILD_ARG = option("--build-arg", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="a value for an ARG of the Dockerfile (NAME alone: this environment's value)")
+
 # `labkit image VERB` and `%image VERB` are both made from IMAGE_VERBS.
 VERBS = (
     Verb("image", "list, inspect, import, export and remove images", verbs=IMAGE_VERBS),
     Verb("build", "build an image from a Dockerfile (offline: FROM names a local image)", cmd_build, (
         option("-t", "--tag", required=True, help="name of the image to make"),
         option("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile)"),
-        option("--build-arg", action="append", default=[], metavar="NAME[=VALUE]",
-               help="a value for an ARG of the Dockerfile"),
+        BUILD_ARG,
         option("context", nargs="?", default=".", help="directory COPY reads from"),
     )),
     Verb("commit", "save a container's changes as a new image", cmd_commit, (

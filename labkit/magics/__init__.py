@@ -23,10 +23,15 @@ def _magic_classes() -> list:
 
 def register(ipython) -> None:
     from labkit.display import register_reprs
+    from labkit.magics import completion
 
     register_reprs(ipython)
+    parsers = {}
     for magic_class in _magic_classes():
-        ipython.register_magics(magic_class)
+        magics = magic_class(ipython)
+        ipython.register_magics(magics)
+        parsers.update(magics.completion_parsers())
+    completion.register(ipython, parsers)   # %%container --mem<Tab>: the options, not Python names
 
 
 def unregister(ipython) -> None:

@@ -23,8 +23,8 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from labkit.errors import LabkitError
 from labkit.magics.errors import HelpShown, MagicParser, UsageError, fail_shortly
 from labkit.verbs import (
-    CONTAINER_OPTIONS, Verb, add_container_options, add_options, all_of, container_option, one_of, option, parser_for,
-    spec_from_options,
+    COMMAND, CONTAINER_OPTIONS, CONTAINER_VERBS, TARGET, Verb, add_container_options, add_options, all_of,
+    container_option, one_of, option, parser_for, spec_from_options, with_run,
 )
 
 OUTCOME_OPTIONS = (
@@ -32,26 +32,19 @@ OUTCOME_OPTIONS = (
     option("--no-raise", action="store_true", help="do not raise ContainerError when the command fails"),
 )
 # `exec` takes these of the container options: the process joins a container already made.
-EXEC_OPTIONS = (container_option("env"), container_option("workdir"), container_option("user"),
-                container_option("timeout").with_help("kill the process after this many seconds"))
-TARGET = option("target", metavar="NAME")
-COMMAND = option("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
+TIMEOUT = container_option("timeout").with_help("kill the process after this many seconds")
+EXEC_OPTIONS = (container_option("env"), container_option("workdir"), container_option("user"), TIMEOUT)
 
-# `%container VERB`: each runs ContainerMagics._verb_<name>.
+# `%container VERB`: each runs ContainerMagics._verb_<name>. The verbs `labkit` has too are
+# labkit.verbs.CONTAINER_VERBS, the same table (a cell adds --out/--no-raise to exec).
 LINE_VERBS = (
     Verb("run", "run a command; -d leaves it running", options=(
         all_of(CONTAINER_OPTIONS),
         option("--detach", "-d", action="store_true", help="start it and return (see logs, exec, stop)"),
         *OUTCOME_OPTIONS, COMMAND)),
-    Verb("exec", "run a command inside a running container",
-         options=(TARGET, *EXEC_OPTIONS, *OUTCOME_OPTIONS, COMMAND)),
+    with_run(CONTAINER_VERBS["exec"], None, TIMEOUT, *OUTCOME_OPTIONS, COMMAND),
     Verb("ps", "this kernel's long-lived containers"),
-    Verb("logs", "what it wrote to stdout and stderr", options=(TARGET,)),
-    Verb("stats", "memory, CPU and pids now", options=(TARGET,)),
-    Verb("top", "its processes, by host PID", options=(TARGET,)),
-    Verb("stop", "SIGTERM, then SIGKILL after --time seconds", options=(
-        TARGET, option("--time", "-t", type=float, default=10.0, help="seconds before SIGKILL (default 10)"))),
-    Verb("rm", "stop it if needed, then remove it", options=(TARGET,)),
+    *(CONTAINER_VERBS[name] for name in ("logs", "stats", "top", "stop", "kill", "rm", "inspect")),
     Verb("commit", "turn its read-write layer into a new image", options=(
         TARGET, option("image", metavar="IMAGE"), option("--message", "-m", default=""))),
 )
@@ -71,7 +64,7 @@ def cell_parser():
 
 def exec_cell_parser():
     parser = MagicParser(prog="%%container exec", description="Run the cell inside a running container.")
-    add_options(parser, (TARGET.with_help("a container started with %container run -d"), *EXEC_OPTIONS,
+    add_options(parser, (TARGET.with_help("a container started with %%container run -d"), *EXEC_OPTIONS,
                          option("--shell", default="sh", help="shell that runs the cell (default: sh)"),
                          *OUTCOME_OPTIONS))
     return parser
@@ -141,6 +134,13 @@ class ContainerMagics(Magics):
         except LabkitError as error:
             raise fail_shortly(error) from None
 
+    def completion_parsers(self) -> dict:
+        """For Tab (labkit.magics.completion): the parser each magic's line is read with."""
+        def cell(line):
+            return self._exec_parser if line.split()[1:2] == ["exec"] else self._cell_parser
+
+        return {"%%container": cell, "%container": lambda line: self._line_parser}
+
     # --- %%container -----------------------------------------------------------------
 
     def _cell(self, line, cell):
@@ -190,6 +190,16 @@ class ContainerMagics(Magics):
 
     def _verb_run(self, options):
         command = options.command[1:] if options.command[:1] == ["--"] else options.command
+        if not command:   # the image's ENTRYPOINT and CMD, as docker run: say so, since a shell's says nothing
+            from labkit.images import get_image
+
+            image = get_image(options.image or "busybox")
+            what = image.config.command(None, options.entrypoint)
+            if not what:
+                raise UsageError(f"%container run: no command, and image {image.name!r} has no ENTRYPOINT or CMD; "
+                                 "give one: %container run [OPTIONS] -- CMD ARGS")
+            write_output("stderr", f"[labkit: no command given: running the image's {' '.join(what)!r}"
+                                   f"{'' if options.detach else ' (a shell with no input exits at once)'}]\n")
         if not options.detach:
             return self._run(options, command)
         from labkit.runtime import Container
@@ -201,6 +211,9 @@ class ContainerMagics(Magics):
 
     def _verb_exec(self, options):
         command = options.command[1:] if options.command[:1] == ["--"] else options.command
+        if options.tty or options.interactive:
+            raise UsageError("%container exec: a notebook cell has no terminal (-t) and no stdin (-i); "
+                             "use labkit exec -it in a terminal")
         if not command:
             raise UsageError("%container exec needs a command after the name, e.g. %container exec web -- ps")
         return self._exec(options, command)
@@ -215,7 +228,17 @@ class ContainerMagics(Magics):
 
         container = get(options.target)
         size, limit = container.log_size(), CELL_OUTPUT_LIMIT
-        if size > limit:  # the newest part: what a reader of logs wants, as `docker logs --tail`
+        if options.tail != "all" or options.follow:
+            from labkit.runtime.client.log_reader import follow, last_lines
+
+            output = CappedOutput()
+            for name in ("stdout", "stderr"):
+                output(name, last_lines(container.files.logs(name), options.tail).decode(errors="replace"))
+            if options.follow:
+                follow(container.files, lambda name, data: output(name, data.decode(errors="replace")),
+                       running=lambda: container.poll() == "running")
+            output.finish()
+        elif size > limit:  # the newest part: what a reader of logs wants, as `docker logs --tail`
             write_output("stderr", f"[labkit: the first {size - limit:,} bytes of the logs are not "
                                    f"shown (a cell shows the last {limit:,}); the whole logs: "
                                    f"{', '.join(str(path) for path in container.log_files())}]\n")
@@ -225,9 +248,10 @@ class ContainerMagics(Magics):
 
     def _verb_stats(self, options):
         from labkit.display import stats_line
-        from labkit.runtime import get
+        from labkit.runtime import get, running_containers
 
-        print(stats_line(get(options.target)))
+        for name in options.targets or running_containers():   # once: a cell is not a terminal to redraw
+            print(stats_line(get(name)))
 
     def _verb_top(self, options):
         from labkit.runtime import get
@@ -239,14 +263,33 @@ class ContainerMagics(Magics):
     def _verb_stop(self, options):
         from labkit.runtime import get
 
-        result = get(options.target).stop(grace=options.time)
-        print(f"{options.target}: {result.cause}")
+        for name in options.targets:
+            result = get(name).stop(grace=options.time)
+            print(f"{name}: {result.cause}")
+
+    def _verb_kill(self, options):
+        from labkit.runtime import get
+        from labkit.runtime.client.inspect import signal_number
+
+        number = signal_number(options.signal)
+        for name in options.targets:
+            get(name).signal(number) if number != 9 else get(name).kill()
+            print(name)
 
     def _verb_rm(self, options):
         from labkit.runtime import get
 
-        get(options.target).remove()
-        print(f"removed {options.target}")
+        for name in options.targets:
+            get(name).remove()   # a running one is killed first: this kernel's own, -f or not
+            print(f"removed {name}")
+
+    def _verb_inspect(self, options):
+        import json
+
+        from labkit.runtime import get
+        from labkit.runtime.client.inspect import describe
+
+        print(json.dumps([describe(get(name)) for name in options.targets], indent=4))
 
     def _verb_commit(self, options):
         from labkit.runtime import get
@@ -259,3 +302,9 @@ def _split(line):
         return shlex.split(line)
     except ValueError as error:  # an unclosed quote
         raise UsageError(f"cannot split the option line: {error}") from None
+
+
+# `%%container?` and `%container?` show this: every option and verb, from the parsers themselves.
+ContainerMagics.container.__doc__ = (
+    f"{ContainerMagics.container.__doc__}\n\n"
+    f"{cell_parser().format_help()}\n{exec_cell_parser().format_help()}\n{line_parser().format_help()}")

@@ -18,13 +18,14 @@ import shlex
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from labkit.errors import LabkitError
-from labkit.images.cli import IMAGE_VERBS  # the list itself: a verb added there is here too
+from labkit.images.cli import BUILD_ARG, IMAGE_VERBS, build_args  # the list itself: a verb added there is here too
 from labkit.magics.errors import HelpShown, MagicParser, UsageError, fail_shortly
 from labkit.verbs import Verb, add_options, option, parser_for
 
 BUILD = Verb("build", "build an image from the recipe in the cell body", options=(
     option("name", metavar="NAME", help="name of the image to make"),
     option("--context", default=".", help="directory COPY reads from (default: .)"),
+    BUILD_ARG,
 ))
 
 
@@ -67,6 +68,10 @@ class ImageMagics(Magics):
         super().__init__(shell)
         self._line_parser, self._build_parser = line_parser(), build_parser()
 
+    def completion_parsers(self) -> dict:
+        """For Tab (labkit.magics.completion): the parser each magic's line is read with."""
+        return {"%%image": lambda line: self._build_parser, "%image": lambda line: self._line_parser}
+
     @line_cell_magic
     def image(self, line, cell=None):
         """%image VERB (the verbs of `labkit image`; %image -h lists them); %%image build NAME."""
@@ -99,5 +104,6 @@ class ImageMagics(Magics):
             line = f"  {text.strip()}" if text.startswith(" ->") else f"Step {index + 1}/{total} : {text}"
             print(line, flush=True)
 
-        image = build(recipe, options.name, options.context, on_progress=progress, run_step=run_build_step)
+        image = build(recipe, options.name, options.context, on_progress=progress, run_step=run_build_step,
+                      build_args=build_args(options.build_arg))
         print(f"built {image.name}: {len(image.layers)} layers")

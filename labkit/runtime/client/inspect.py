@@ -93,7 +93,7 @@ def describe(container, auto_remove=False) -> dict:
             "SandboxKey": container.netns or "",
         },
         "LogPath": str(container.files.log("stdout")),
-        "Labkit": {"Dir": str(container.dir), "Cgroup": container.cgroup_name or "", "Monitor": os.getpid()},
+        "Labkit": {"Dir": str(container.dir), "Cgroup": container.cgroup_name or "", "Owner": os.getpid()},
     }
 
 
