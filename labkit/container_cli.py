@@ -24,6 +24,20 @@ class NoSuchContainer(ConfigError):
     """Docker: "No such container"; exits USAGE_EXIT (125) as podman does."""
 
 
+class Refused(ConfigError):
+    """What the container's monitor would not do (exec in an exited container, rm of a
+    running one without -f): USAGE_EXIT (125), as podman's "container state improper"."""
+
+
+def ask(state: dict, op: str, fds=(), **fields) -> dict:
+    from labkit.runtime.client import monitor
+
+    try:
+        return monitor.call(state, op, fds, **fields)
+    except ContainerError as error:
+        raise Refused(str(error)) from None
+
+
 def lookup(reference: str) -> dict:
     from labkit.runtime.client.state import find_container, host_containers
 
@@ -68,8 +82,6 @@ def each(targets, action) -> int:
 
 
 def cmd_exec(options) -> int:
-    from labkit.runtime.client import monitor
-
     state = lookup(options.target)
     command = _command(options)
     fields = {"command": command, "env": options.env, "workdir": options.workdir, "user": options.user,
@@ -78,13 +90,13 @@ def cmd_exec(options) -> int:
         from labkit.terminal import PtyRelay
 
         with PtyRelay(interactive=options.interactive) as relay:
-            answer = monitor.call(state, "exec", [relay.slave] * 3, fd_names=["stdin", "stdout", "stderr"],
+            answer = ask(state, "exec", [relay.slave] * 3, fd_names=["stdin", "stdout", "stderr"],
                                   after_send=relay.close_slave, **fields)
             relay.finish()
     else:
         names = (["stdin"] if options.interactive else []) + ["stdout", "stderr"]
         fds = ([0] if options.interactive else []) + [1, 2]
-        answer = monitor.call(state, "exec", fds, fd_names=names, **fields)
+        answer = ask(state, "exec", fds, fd_names=names, **fields)
     if answer.get("setup_error"):
         print(f"labkit: exec in {state.get('name')}: {answer['setup_error']}", file=sys.stderr)
     return answer["status"]
@@ -120,17 +132,14 @@ def _running(state, directory) -> bool:
 
 
 def cmd_stop(options) -> int:
-    from labkit.runtime.client import monitor
-
-    return each(options.targets, lambda state: monitor.call(state, "stop", grace=options.time))
+    return each(options.targets, lambda state: ask(state, "stop", grace=options.time))
 
 
 def cmd_kill(options) -> int:
-    from labkit.runtime.client import monitor
     from labkit.runtime.client.inspect import signal_number
 
     number = signal_number(options.signal)   # a bad one: before any container is touched
-    return each(options.targets, lambda state: monitor.call(state, "signal", signal=number))
+    return each(options.targets, lambda state: ask(state, "signal", signal=number))
 
 
 def cmd_rm(options) -> int:
@@ -139,14 +148,12 @@ def cmd_rm(options) -> int:
 
 def remove(state: dict, force: bool) -> None:
     """Ask its monitor to remove it; one whose owner is gone is swept as `labkit gc` would."""
-    from labkit.runtime.client import monitor
-
     if state.get("status") == "orphaned":
         from labkit.runtime import gc
 
         gc()
         return
-    monitor.call(state, "remove", force=force, timeout=60)
+    ask(state, "remove", force=force, timeout=60)
 
 
 def cmd_inspect(options) -> int:

@@ -286,6 +286,12 @@ def test_detached_run_stores_container_with_rich_repr(kernel):
     kernel.ok("%container rm shown")
 
 
+@pytest.mark.root
+def test_run_without_a_command_says_what_it_runs(kernel):
+    reply = kernel.ok("%container run")
+    assert "no command given: running the image's 'sh'" in reply.stderr
+
+
 def test_verbs_need_a_known_container(kernel):
     reply = kernel.run("%container logs nobody")
     assert (reply.ename, "no running container named 'nobody'" in reply.evalue) == ("ContainerError", True)
