@@ -14,6 +14,7 @@ interpreter's teardown once the helper has shut down (`exit_now`).
 import argparse
 import gc
 import importlib
+import os
 import sys
 
 from labkit.verbs import (COMMAND, CONTAINER_OPTIONS, CONTAINER_VERBS, INTERACTIVE, TTY, Option, Parser, Verb,
@@ -204,11 +205,11 @@ def _container_verb(name):
 
 
 VERBS = (
-    Verb("run", "create and run a new container from an image", cmd_run, (
+    Verb("run", "Create and run a new container from an image", cmd_run, (
         all_of(CONTAINER_OPTIONS, skip=("hostname",)),
         _with_short(container_option("hostname"), "-h"),
         option("--detach", "-d", action="store_true", help="run it in the background and print its ID"),
-        option("--rm", action="store_true", help="with -d: remove it when it exits (without -d it always is)"),
+        option("--rm", action="store_true", help="remove it when it exits (without -d it always is)"),
         INTERACTIVE, TTY,
         option("command", nargs=argparse.REMAINDER, metavar="IMAGE [COMMAND] [ARG...]",
                help="as docker run; or -- COMMAND [ARG...] to run it in --image (default busybox)"),
@@ -216,12 +217,12 @@ VERBS = (
        "[COMMAND] [ARG...], as docker run (or labkit run [OPTIONS] -- COMMAND [ARG...] in busybox). Without a "
        "command it runs the image's ENTRYPOINT and CMD."),   # -h is --hostname, as docker run's
     *(_container_verb(name) for name in CONTAINER_VERBS),
-    Verb("unshare", "run a command as root of labkit's user namespace (rootless; as root: the command itself)",
+    Verb("unshare", "Run a command as root of labkit's user namespace (rootless; as root: the command itself)",
          cmd_unshare, (option("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…"),)),
-    Verb("doctor", "what this host offers, and what to do about what it lacks", cmd_doctor),
-    Verb("gc", "remove what containers of dead owners left behind", cmd_gc),
-    Verb("ps", "list containers (running ones; -a: every one)", cmd_ps, (
-        option("--all", "-a", action="store_true", help="also the exited and orphaned ones"),
+    Verb("doctor", "What this host offers, and what to do about what it lacks", cmd_doctor),
+    Verb("gc", "Remove what containers of dead owners left behind", cmd_gc),
+    Verb("ps", "List containers (running ones; -a: all)", cmd_ps, (
+        option("--all", "-a", action="store_true", help="show all containers (the exited and orphaned ones too)"),
     )),
 )
 
@@ -263,7 +264,9 @@ def build_parser(verb: str | None = None, listed: bool = False):
 
     Each parser argparse makes costs ~0.3 ms, most of it gettext looking for a translation
     of its headings on disk: `labkit run` makes three, not the fourteen of a full table."""
-    parser = Parser(prog="labkit", description="Learn how Linux containers work, on the real kernel.")
+    parser = Parser(prog="labkit", description="Learn how Linux containers "
+                    "work, on the real kernel. The container commands take Docker's options and exit codes "
+                    "(125: labkit's own error; 126, 127: the command cannot be run); see 'labkit COMMAND --help'.")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
     known = not listed and verb is not None and (any(v.name == verb for v in VERBS) or
                                                  any(named and verb in named[0] for _, _, *named in PLUGINS))
@@ -313,6 +316,9 @@ def command():
     A plugin's verb may hold a file that only that teardown would flush: the ordinary exit."""
     try:
         code = main()
+    except BrokenPipeError:   # `labkit inspect x | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141   # as a shell reports a writer killed by SIGPIPE
     except SystemExit as done:  # argparse's --help and usage errors (verbs.USAGE_EXIT)
         code = done.code
         if not (code is None or isinstance(code, int)):

@@ -278,26 +278,26 @@ def dispatch(options) -> int:
 
 TARGET = option("target", metavar="CONTAINER", help="the container's name or id")
 TARGETS = option("targets", metavar="CONTAINER", nargs="+", help="the containers' names or ids")
-COMMAND = option("command", nargs=argparse.REMAINDER, help="[--] CMD ARGS…")
+COMMAND = option("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]", help="what to run (after -- if it starts with -)")
 INTERACTIVE = option("--interactive", "-i", action="store_true", help="keep stdin open and pass it to the container")
 TTY = option("--tty", "-t", action="store_true", help="a terminal for the command (window size, ^C, job control)")
 EXEC_OPTIONS = (container_option("env"), container_option("workdir"), container_option("user"))
 
 CONTAINER_VERBS = {verb.name: verb for verb in (
-    Verb("exec", "run a command in a running container", options=(TARGET, INTERACTIVE, TTY, *EXEC_OPTIONS)),
-    Verb("logs", "what a detached container wrote to stdout and stderr", options=(
+    Verb("exec", "Execute a command in a running container", options=(TARGET, INTERACTIVE, TTY, *EXEC_OPTIONS)),
+    Verb("logs", "Fetch the logs of a container (what it wrote to stdout and stderr)", options=(
         TARGET, option("--follow", "-f", action="store_true", help="keep printing what it writes until it exits"),
         option("--tail", "-n", metavar="N", default="all", help="only the last N lines of each stream (default: all)"))),
-    Verb("stop", "stop containers: their STOPSIGNAL (SIGTERM), then SIGKILL after the grace time", options=(
+    Verb("stop", "Stop one or more running containers (STOPSIGNAL, then SIGKILL after -t seconds)", options=(
         TARGETS, option("--time", "-t", type=float, default=10.0, metavar="SECONDS",
                         help="seconds to wait before SIGKILL (default 10)"))),
-    Verb("kill", "send a signal to containers' PID 1 (SIGKILL unless -s)", options=(
+    Verb("kill", "Kill one or more running containers (SIGKILL, or the signal -s names, to PID 1)", options=(
         TARGETS, option("--signal", "-s", default="KILL", metavar="SIGNAL", help="a name (TERM, SIGHUP) or number"))),
-    Verb("rm", "remove containers (-f: a running one too, with SIGKILL)", options=(
+    Verb("rm", "Remove one or more containers (-f: a running one too)", options=(
         TARGETS, option("--force", "-f", action="store_true", help="kill it first if it runs"))),
-    Verb("inspect", "containers described as JSON, with docker inspect's keys", options=(TARGETS,)),
-    Verb("stats", "memory, CPU and pids of containers", options=(
+    Verb("inspect", "Return low-level information on containers (JSON, docker inspect's keys)", options=(TARGETS,)),
+    Verb("stats", "Display a live stream of containers' CPU, memory and pids", options=(
         option("targets", metavar="CONTAINER", nargs="*", help="the containers (default: every running one)"),
         option("--no-stream", action="store_true", help="print once and return"))),
-    Verb("top", "the processes of a container, by host PID", options=(TARGET,)),
+    Verb("top", "Display the running processes of a container (host PIDs)", options=(TARGET,)),
 )}
