@@ -1,6 +1,7 @@
 """`%%container` and `%container` through a real labkit kernel: every option has an effect
 a cell can see, output streams in order, failures and misuse fail the cell."""
 
+import json
 import os
 import signal
 import sys
@@ -252,6 +253,9 @@ def test_detached_container_lifecycle(kernel):
     assert "of 32.0 MiB" in kernel.ok("%container stats web").stdout
     top = kernel.ok("%container top web").stdout.splitlines()
     assert top[1].split()[1:] == ["sleep", "1000"]
+    inspected = json.loads(kernel.ok("%container inspect web").stdout)[0]
+    assert (inspected["Name"], inspected["State"]["Running"], inspected["HostConfig"]["Memory"]) == \
+        ("/web", True, 32 << 20)
     assert kernel.ok("%container stop -t 0.2 web").stdout == "web: killed by SIGKILL\n"
     assert "exited" in kernel.ok("%container ps").stdout
     assert kernel.ok("%container rm web").stdout == "removed web\n"

@@ -137,6 +137,7 @@ def _monitor(spec, auto_remove, keep_stdin, tty, ready_w):
     from labkit.runtime.client import helper_client
 
     code = 0
+    ready = Ready(ready_w)
     try:
         devnull = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
@@ -148,21 +149,31 @@ def _monitor(spec, auto_remove, keep_stdin, tty, ready_w):
         # One container: no ready slots made ahead for a next one that never comes.
         os.environ["LABKIT_POOL"] = "0"
         helper_client.fork_from_caller()
-        Monitor(spec, auto_remove).run(keep_stdin, tty, ready_w)
+        Monitor(spec, auto_remove).run(keep_stdin, tty, ready)
     except BaseException as error:  # noqa: BLE001
-        _answer_fd(ready_w, {"error": f"{type(error).__name__}: {error}", "code": 125})
+        ready.answer({"error": f"{type(error).__name__}: {error}", "code": 125})
         code = 1
     finally:
         helper_client.shutdown_helper()   # its teardown of the container, if any is left
     os._exit(code)
 
 
-def _answer_fd(fd, answer):
-    try:
-        os.write(fd, json.dumps(answer).encode())
+class Ready:
+    """The pipe `labkit run -d` waits on: one answer, then closed (never written again: its
+    number may by then be another file's)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def answer(self, answer: dict) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            os.write(fd, json.dumps(answer).encode())
+        except OSError:
+            pass   # the caller is gone (interrupted)
         os.close(fd)
-    except OSError:
-        pass   # answered already (and closed)
 
 
 class Monitor:
@@ -178,7 +189,7 @@ class Monitor:
         self.leaving = False
         self.threads = []
 
-    def run(self, keep_stdin, tty, ready_w):
+    def run(self, keep_stdin, tty, ready):
         from labkit.errors import LabkitError
         from labkit.runtime.client.inspect import describe
 
@@ -190,7 +201,7 @@ class Monitor:
         try:
             self.container.start(stdin=stdin, detach=True)
         except LabkitError as error:
-            _answer_fd(ready_w, {"error": str(error), "code": 125})
+            ready.answer({"error": str(error), "code": 125})
             return
         finally:
             if stdin is not None:
@@ -202,17 +213,16 @@ class Monitor:
             self._write_record()
             if self.auto_remove:
                 self.container.remove()
-            _answer_fd(ready_w, {"error": f"container {self.container.name}: {result.error}",
-                                 "code": result.exit_code or 125})
+            ready.answer({"error": f"container {self.container.name}: {result.error}",
+                          "code": result.exit_code or 125})
             if self.auto_remove:
                 return
-            ready_w = None   # answered: `ps -a` and `inspect` show it exited until `labkit rm`
+            # answered: `ps -a` and `inspect` show it exited until `labkit rm`
         self.record = describe(self.container, auto_remove=self.auto_remove)
         self._write_record()
         server = self._listen()
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "leaving", True))
-        if ready_w is not None:
-            _answer_fd(ready_w, {"id": self.container.id, "name": self.container.name})
+        ready.answer({"id": self.container.id, "name": self.container.name})
         try:
             self._serve(server)
         finally:
