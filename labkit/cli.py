@@ -17,8 +17,8 @@ import importlib
 import os
 import sys
 
-from labkit.verbs import (COMMAND, CONTAINER_OPTIONS, CONTAINER_VERBS, INTERACTIVE, TTY, Option, Parser, Verb,
-                          add_verbs, all_of, container_option, dispatch, option, spec_from_options, with_run)
+from labkit.verbs import (COMMAND, CONTAINER_OPTIONS, CONTAINER_VERBS, INTERACTIVE, TTY, USAGE_EXIT, Option, Parser,
+                          Verb, add_verbs, all_of, container_option, dispatch, option, spec_from_options, with_run)
 
 # --- labkit's own verbs ---------------------------------------------------------------
 
@@ -45,8 +45,14 @@ def cmd_run(options):
     from labkit.runtime import Container
     from labkit.runtime.client.helper_client import fork_from_caller
 
+    from labkit.errors import ImageNotFound
+
     fork_from_caller()  # this process is small and single-threaded: it can be its own helper
-    container = Container(spec)
+    try:
+        container = Container(spec)
+    except ImageNotFound as error:   # docker run: "Unable to find image", 125 as any error of its own
+        print(f"labkit: {error}", file=sys.stderr)
+        return USAGE_EXIT
     relay = None
     if options.tty:
         from labkit.terminal import PtyRelay

@@ -278,7 +278,8 @@ def dispatch(options) -> int:
 
 TARGET = option("target", metavar="CONTAINER", help="the container's name or id")
 TARGETS = option("targets", metavar="CONTAINER", nargs="+", help="the containers' names or ids")
-COMMAND = option("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]", help="what to run (after -- if it starts with -)")
+COMMAND = option("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",
+                 help="what to run (after -- if it starts with -)")
 INTERACTIVE = option("--interactive", "-i", action="store_true", help="keep stdin open and pass it to the container")
 TTY = option("--tty", "-t", action="store_true", help="a terminal for the command (window size, ^C, job control)")
 EXEC_OPTIONS = (container_option("env"), container_option("workdir"), container_option("user"))
@@ -287,7 +288,8 @@ CONTAINER_VERBS = {verb.name: verb for verb in (
     Verb("exec", "Execute a command in a running container", options=(TARGET, INTERACTIVE, TTY, *EXEC_OPTIONS)),
     Verb("logs", "Fetch the logs of a container (what it wrote to stdout and stderr)", options=(
         TARGET, option("--follow", "-f", action="store_true", help="keep printing what it writes until it exits"),
-        option("--tail", "-n", metavar="N", default="all", help="only the last N lines of each stream (default: all)"))),
+        option("--tail", "-n", metavar="N", default="all",
+               help="only the last N lines of each stream (default: all)"))),
     Verb("stop", "Stop one or more running containers (STOPSIGNAL, then SIGKILL after -t seconds)", options=(
         TARGETS, option("--time", "-t", type=float, default=10.0, metavar="SECONDS",
                         help="seconds to wait before SIGKILL (default 10)"))),

@@ -275,3 +275,20 @@ def test_run_t_restores_the_terminal_it_put_in_raw_mode(labkit_home):
     os.close(child)
     assert done.returncode == 4
     assert after == before and after[3] & termios.ECHO and after[3] & termios.ICANON
+
+
+def test_run_image_without_a_command_runs_its_entrypoint_and_cmd(labkit_home, tmp_path):
+    (tmp_path / "Dockerfile").write_text('FROM busybox\nENTRYPOINT ["echo", "from-entrypoint"]\nCMD ["default-arg"]\n')
+    built = labkit("build", "-t", "greeter", str(tmp_path), home=labkit_home)
+    assert built.returncode == 0, built.stderr
+    assert labkit("run", "greeter", home=labkit_home).stdout == "from-entrypoint default-arg\n"
+    assert labkit("run", "greeter", "given", "args", home=labkit_home).stdout == "from-entrypoint given args\n"
+    assert labkit("run", "--entrypoint", "hostname", "-h", "h1", "greeter", home=labkit_home).stdout == "h1\n"
+    assert labkit("run", "--image", "greeter", "--", "other", home=labkit_home).stdout == "from-entrypoint other\n"
+    missing = labkit("run", "no-such-image", home=labkit_home)
+    assert missing.returncode == 125 and "no-such-image" in missing.stderr
+    ident = labkit("run", "-d", "--name", "greet", "greeter", home=labkit_home).stdout.strip()
+    wait_for(lambda: not state(labkit_home, "greet")["Running"])
+    assert labkit("logs", "greet", home=labkit_home).stdout == "from-entrypoint default-arg\n"
+    labkit("rm", "greet", home=labkit_home)
+    assert_nothing_left(labkit_home, ident)

@@ -14,7 +14,6 @@ LINE_VERBS. `{var}` and `$var` in the option line come from the user namespace (
 expands them before the magic sees the line).
 """
 
-import argparse
 import shlex
 import sys
 
