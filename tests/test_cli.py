@@ -58,7 +58,7 @@ def test_run_has_removed_its_container_and_helper_when_the_command_returns(labki
 
 @pytest.mark.parametrize("args, message, code", [
     (["--memory", "lots", "--", "true"], "--memory 'lots' is not a size", 125),
-    (["--image", "nosuch", "--", "true"], "no image named 'nosuch'", 2),
+    (["--image", "nosuch", "--", "true"], "no image named 'nosuch'", 125),   # docker run: 125
     (["-v", "/no/such/dir:/data", "--", "true"], "does not exist on the host", 125),
     pytest.param(["--", "no-such-command"], "command 'no-such-command' not found", 127, marks=pytest.mark.root),
     (["--cpus", "0", "--", "true"], "must be a positive number of cores", 125),
