@@ -6,7 +6,9 @@ The `cgroup_v2` test is the proof the VM exists for: it skips on this cgroup v1 
 and runs inside the VM in the v2 lane (`.ci/v2-lane`).
 """
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -202,3 +204,39 @@ def test_cgroup_v2_limits_are_set_and_memory_max_oom_kills():
 def _memory_events(cgroup) -> dict:
     lines = (cgroup / "memory.events").read_text().splitlines()
     return {key: int(value) for key, value in (line.split() for line in lines)}
+
+
+# --- the kernel package fetched without apt (Binder's Ubuntu images) ----------------
+
+
+def _deb(directory: Path, package: str) -> Path:
+    """A real, minimal .deb holding `package` (dpkg-deb builds it)."""
+    tree = directory / package
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "boot").mkdir()
+    (tree / "boot" / "vmlinuz-6.1.0-0-amd64").write_bytes(b"not a kernel")
+    (tree / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nVersion: 1\nArchitecture: amd64\nMaintainer: t <t@t>\nDescription: t\n")
+    subprocess.run(["dpkg-deb", "--build", "-Zgzip", str(tree), str(directory / f"{package}.deb")],
+                   check=True, capture_output=True)
+    return directory / f"{package}.deb"
+
+
+@pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="dpkg-deb is not installed")
+def test_a_pinned_kernel_package_is_checked_before_it_is_unpacked(tmp_path):
+    from labkit.errors import HostError
+    from labkit.vm import kernel
+
+    deb = _deb(tmp_path, "linux-image-6.1.0-0-amd64")
+    digest = hashlib.sha256(deb.read_bytes()).hexdigest()
+    assert kernel.fetch_deb(str(deb), digest, tmp_path) == deb
+    assert kernel.deb_package_name(deb) == "linux-image-6.1.0-0-amd64"
+    kernel.unpack(deb, tmp_path / "unpacked")
+    assert kernel.find_vmlinuz(tmp_path / "unpacked").name == "vmlinuz-6.1.0-0-amd64"
+
+    with pytest.raises(HostError, match="not the package that was pinned"):
+        kernel.fetch_deb(str(deb), "0" * 64, tmp_path)
+    with pytest.raises(HostError, match="without its SHA-256"):   # refused before any download
+        kernel.fetch_deb("https://deb.debian.org/debian/pool/x.deb", None, tmp_path)
+    with pytest.raises(HostError, match="not a Linux kernel image"):
+        kernel.deb_package_name(_deb(tmp_path, "busybox-static"))

@@ -24,7 +24,8 @@ TIMEOUT_EXIT_CODE = 124
 def cmd_setup(options):
     from labkit.vm import setup
 
-    kernel = setup(say=lambda line: print(f"labkit vm setup: {line}", flush=True))
+    kernel = setup(say=lambda line: print(f"labkit vm setup: {line}", flush=True),
+                   kernel_deb=options.kernel_deb, sha256=options.sha256)
     print(f"ready: kernel {kernel.version}, cached in {kernel.unpacked.parent}")
     return 0
 
@@ -61,7 +62,11 @@ def cmd_boot_time(options):
 
 VERBS = (
     Verb("vm", "a small VM with a real cgroup v2 kernel (QEMU)", metavar="VM_COMMAND", verbs=(
-        Verb("setup", "install QEMU if missing and cache a kernel (~400 MiB)", cmd_setup),
+        Verb("setup", "install QEMU if missing and cache a kernel (~400 MiB)", cmd_setup, (
+            option("--kernel-deb", metavar="URL_OR_FILE",
+                   help="this Debian kernel package instead of apt's linux-image-amd64 (Ubuntu, Binder)"),
+            option("--sha256", help="the package's SHA-256, checked before unpacking (required for a URL)"),
+        )),
         Verb("run", "boot a VM on this host's root and run one command in it", cmd_run, (
             option("-m", "--memory", default="1g", help="guest memory (default 1g)"),
             option("-s", "--cpus", default=2, type=int, help="guest CPUs (default 2)"),

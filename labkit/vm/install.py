@@ -8,17 +8,21 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 from labkit.errors import HostError
 from labkit.vm import cache, host, initramfs, kernel
 
 
-def setup(force=False, say=print) -> cache.CachedKernel:
-    """Make `labkit.vm.run` work here; `say` gets one line per step taken."""
+def setup(force=False, say=print, kernel_deb=None, sha256=None) -> cache.CachedKernel:
+    """Make `labkit.vm.run` work here; `say` gets one line per step taken. `kernel_deb`
+    (an https URL or a .deb file, checked against `sha256`) replaces apt's
+    linux-image-amd64, for hosts whose apt has no Debian kernel (Ubuntu, Binder)."""
     install_missing_packages(say)
     cached = None if force else cache.cached_kernel()
     if cached is None:
-        cached = fetch_kernel(say)
+        cached = fetch_kernel(say, kernel_deb, sha256)
     else:
         say(f"kernel {cached.version} already in {cached.unpacked}")
     if force or not cached.initramfs_is_current():
@@ -45,12 +49,21 @@ def install_missing_packages(say=print) -> None:
     _run_apt_install(missing)
 
 
-def fetch_kernel(say=print) -> cache.CachedKernel:
-    package = kernel.kernel_package_name()
-    unpacked = cache.vm_home() / package
+def fetch_kernel(say=print, kernel_deb=None, sha256=None) -> cache.CachedKernel:
     cache.vm_home().mkdir(parents=True, exist_ok=True)
-    say(f"downloading and unpacking {package} into {unpacked} (about 400 MiB)")
-    kernel.download_and_unpack(package, unpacked)
+    if kernel_deb is None:
+        package = kernel.kernel_package_name()
+        unpacked = cache.vm_home() / package
+        say(f"downloading and unpacking {package} into {unpacked} (about 400 MiB)")
+        kernel.download_and_unpack(package, unpacked)
+    else:
+        with tempfile.TemporaryDirectory(prefix="labkit-vm-setup-") as download_dir:
+            say(f"fetching {kernel_deb} and checking its SHA-256")
+            deb = kernel.fetch_deb(kernel_deb, sha256, Path(download_dir))
+            package = kernel.deb_package_name(deb)
+            unpacked = cache.vm_home() / package
+            say(f"unpacking {package} into {unpacked} (about 400 MiB)")
+            kernel.unpack(deb, unpacked)
     vmlinuz = kernel.find_vmlinuz(unpacked)
     version = kernel.kernel_version(vmlinuz)
     _index_modules(unpacked, version, say)

@@ -4,11 +4,13 @@ The generic package (what `linux-image-amd64` depends on) ships the virtio, 9p a
 overlay modules the guest needs; the cloud kernel lacks 9p.
 """
 
+import hashlib
 import lzma
 import re
 import shutil
 import subprocess
 import tempfile
+import urllib.request
 from pathlib import Path
 
 from labkit.errors import HostError
@@ -45,12 +47,60 @@ def download_and_unpack(package: str, destination: Path) -> None:
         debs = list(Path(download_dir).glob("*.deb"))
         if len(debs) != 1:
             raise HostError(f"apt-get download {package} left {len(debs)} .deb files, expected one")
-        partial = destination.with_name(destination.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        _apt(["dpkg", "-x", str(debs[0]), str(partial)], f"unpack {debs[0].name}")
-        shutil.rmtree(destination, ignore_errors=True)
-        partial.rename(destination)
+        unpack(debs[0], destination)
+
+
+def unpack(deb: Path, destination: Path) -> None:
+    """`dpkg -x` the package into `destination`, which appears only once it is whole."""
+    partial = destination.with_name(destination.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    _apt(["dpkg", "-x", str(deb), str(partial)], f"unpack {deb.name}")
+    shutil.rmtree(destination, ignore_errors=True)
+    partial.rename(destination)
+
+
+def deb_package_name(deb: Path) -> str:
+    """The package a .deb holds (`dpkg-deb -f`), which must be a Linux kernel image."""
+    name = _apt(["dpkg-deb", "-f", str(deb), "Package"], f"read the package name of {deb}").strip()
+    if not re.fullmatch(r"linux-image-[0-9][\w.+-]*", name):
+        raise HostError(f"{deb} holds the package {name!r}, not a Linux kernel image (linux-image-VERSION-amd64)")
+    return name
+
+
+def fetch_deb(source: str, sha256: str | None, directory: Path) -> Path:
+    """The kernel .deb at `source` (an https URL or a file) in `directory`, its SHA-256
+    checked. A URL needs `sha256`: a kernel fetched without it could be anything. For hosts
+    without Debian's apt sources (Binder's Ubuntu images)."""
+    if source.startswith(("https://", "http://")):
+        if not sha256:
+            raise HostError(f"refusing to boot a kernel downloaded from {source} without its SHA-256; "
+                            "give --sha256 (Debian's Packages index lists it)")
+        deb = directory / source.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            with urllib.request.urlopen(source, timeout=60) as reply, open(deb, "wb") as out:
+                shutil.copyfileobj(reply, out, 1 << 20)
+        except OSError as error:
+            raise HostError(f"cannot download the kernel package {source}: {error}; if the version is gone "
+                            "from the mirror, pin a current one (apt-cache show linux-image-amd64)") from error
+    else:
+        deb = Path(source)
+        if not deb.is_file():
+            raise HostError(f"the kernel package {source} does not exist")
+    if sha256:
+        found = _sha256(deb)
+        if found != sha256.strip().lower():
+            raise HostError(f"{source} has SHA-256 {found}, not the expected {sha256.strip().lower()}: "
+                            "not the package that was pinned (a changed mirror, or a wrong --sha256); nothing was unpacked")
+    return deb
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def find_vmlinuz(unpacked: Path) -> Path:
