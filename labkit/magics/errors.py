@@ -46,3 +46,10 @@ def fail_shortly(error):
     """Show a LabkitError as one line (what failed and why), not a trace through the magic."""
     error._render_traceback_ = lambda: [f"{RED}{type(error).__name__}{RESET}: {error}"]
     return error
+
+
+def interrupted_shortly(interrupt):
+    """The stop button, shown as one line: the cell's container (or exec'd process) was killed."""
+    interrupt._render_traceback_ = lambda: [
+        f"{RED}KeyboardInterrupt{RESET}: interrupted; labkit killed what the cell started"]
+    return interrupt
