@@ -18,7 +18,7 @@ import pytest
 from test_vm import leftovers_of, vm_test
 
 from labkit.kernelspec import VM_KERNEL_NAME, write_spec
-from labkit.vm.agent import Agent
+from labkit.vm.agent import Agent, Warm, fork_kernel, warm_start_possible
 from labkit.vm.provisioner import hidden_in_the_guest
 
 STARTUP_TIMEOUT = 600   # a loaded 2-core host under emulation; the benchmark reports real times
@@ -202,3 +202,58 @@ def test_a_python_below_tmp_is_refused_with_the_reason_not_booted():
     assert "mounts its own /tmp" in hidden_in_the_guest("/tmp/clone/.venv/bin/python")
     assert hidden_in_the_guest("/work/labkit/.venv/bin/python") is None
     assert hidden_in_the_guest("/tmpfoo/.venv/bin/python") is None
+
+
+def test_a_warm_start_forks_a_kernel_that_answers_and_is_signalled_as_its_own_session(tmp_path):
+    """The agent's warm path, on the host (no VM): modules imported first, then a fork runs
+    `python -m ipykernel_launcher` in the child; the kernel answers a cell with the
+    environment, cwd and argv it was given, SIGINT to its session interrupts a cell, and its
+    exit is seen by poll(). Connection on 127.0.0.1 (the agent writes 0.0.0.0 only in the guest)."""
+    import signal as signals
+
+    from jupyter_client import BlockingKernelClient
+    from jupyter_client.connect import write_connection_file
+
+    connection_file, _ = write_connection_file(str(tmp_path / "kernel.json"), ip="127.0.0.1")
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", connection_file, "--ext", "labkit"]
+    assert warm_start_possible(argv)
+    assert not warm_start_possible(["/usr/bin/env", "-m", "ipykernel_launcher"])
+    assert not warm_start_possible([sys.executable, "-c", "pass"])
+    assert Warm().ready()
+    work = tmp_path / "cwd"
+    work.mkdir()
+    env = {**os.environ, "LABKIT_WARM_PROBE": "given"}
+    env.pop("JPY_PARENT_PID", None)
+    kernel = fork_kernel(argv, env, str(work))
+    client = BlockingKernelClient(connection_file=connection_file)
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=120)
+        seen = []
+        reply = client.execute_interactive(
+            "import os, sys\nprint(os.environ['LABKIT_WARM_PROBE'], os.getcwd(), os.getsid(0) == os.getpid(),"
+            " 'container' in get_ipython().magics_manager.magics['cell'])",
+            timeout=60, output_hook=lambda m: seen.append(m["content"].get("text", "")))
+        assert reply["content"]["status"] == "ok"
+        assert "".join(seen).split() == ["given", str(work), "True", "True"]
+        assert kernel.poll() is None
+        request = client.execute("import time\nprint('sleeping', flush=True)\ntime.sleep(100)")
+        while True:
+            message = client.get_iopub_msg(timeout=60)
+            if message["msg_type"] == "stream" and "sleeping" in message["content"]["text"]:
+                break
+        os.killpg(kernel.pid, signals.SIGINT)
+        reply = client.get_shell_msg(timeout=60)
+        assert reply["parent_header"]["msg_id"] == request
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        client.shutdown()
+        deadline = time.monotonic() + 60
+        while kernel.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert kernel.poll() == 0
+    finally:
+        client.stop_channels()
+        if kernel.poll() is None:
+            os.killpg(kernel.pid, signals.SIGKILL)
+            os.waitpid(kernel.pid, 0)

@@ -14,6 +14,13 @@ Every answer is one JSON line. A request without the token (from
 $LABKIT_VM_AGENT_TOKEN, given by the host) is refused. The connection file the
 kernel reads is written here with ip 0.0.0.0: QEMU's forwards arrive on the guest's
 network device, not on its loopback.
+
+Warm starts: once listening, the agent imports what an IPython kernel with the labkit
+extension imports (ipykernel, IPython, zmq, labkit's magics), in a thread, while the host
+is still on its way to the first start request. A start of `PYTHON -m ipykernel_launcher
+ARGS` by this same Python then forks the agent and runs the kernel in the child: under
+emulation those imports are most of a kernel's start-up, and a restart no longer pays
+them at all. Anything else (another Python, another command) is started as a new process.
 """
 
 import hmac
@@ -23,16 +30,105 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import traceback
 
 BUSYBOX = "/run/labkit/busybox"
 GUEST_ADDRESS = "10.0.2.15/24"   # what QEMU's user-mode network gives its first guest
 CONNECTION_FILE = "/run/labkit/kernel-connection.json"
+# What `python -m ipykernel_launcher ... --ext labkit` imports before it answers.
+WARM_MODULES = ("ipykernel.kernelapp", "ipykernel.ipkernel", "IPython", "labkit", "labkit.magics")
+LAUNCHER = "ipykernel_launcher"
+
+
+class Warm:
+    """The kernel's modules, imported in the background; `ready()` waits for them."""
+
+    def __init__(self, modules=WARM_MODULES):
+        self.error = None
+        self._thread = threading.Thread(target=self._import, args=(modules,), daemon=True)
+        self._thread.start()
+
+    def _import(self, modules):
+        import importlib
+
+        try:
+            for name in modules:
+                importlib.import_module(name)
+        except Exception as error:  # noqa: BLE001 — any failure means: start cold instead
+            self.error = f"{type(error).__name__}: {error}"
+            print(f"labkit-vm-agent: kernel modules not preloaded ({self.error}); starting kernels cold",
+                  flush=True)
+
+    def ready(self) -> bool:
+        self._thread.join()
+        return self.error is None
+
+
+class ForkedKernel:
+    """A kernel forked from the warm agent: Popen's pid and poll(), by waitpid."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def warm_start_possible(argv, python=sys.executable) -> bool:
+    """`argv` is `python -m ipykernel_launcher ...` for this very Python."""
+    return (len(argv) >= 3 and argv[1:3] == ["-m", LAUNCHER]
+            and os.path.realpath(argv[0]) == os.path.realpath(python))
+
+
+def fork_kernel(argv, env, cwd) -> ForkedKernel:
+    """Run `python -m ipykernel_launcher ARGS` in a child of this (warm) process, as the
+    new process would: its own session, stdin /dev/null, exactly `env`, in `cwd`, with
+    sys.argv and the PYTHONPATH entries it would have had."""
+    pid = os.fork()
+    if pid:
+        return ForkedKernel(pid)
+    status = 1
+    try:
+        # Nothing of the agent's (its listening socket, the request's connection) stays open here.
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        os.setsid()
+        os.chdir(cwd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.environ.clear()
+        os.environ.update(env)
+        for entry in reversed([e for e in env.get("PYTHONPATH", "").split(os.pathsep) if e]):
+            sys.path.insert(0, entry)
+        sys.argv = [LAUNCHER, *argv[3:]]
+        from ipykernel import kernelapp
+
+        kernelapp.launch_new_instance()
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except BaseException:  # noqa: BLE001 — the child must never return into the agent's loop
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
 
 
 class Agent:
-    def __init__(self, token):
+    def __init__(self, token, warm=None, connection_file=CONNECTION_FILE):
         self.token = token
         self.kernel = None
+        self.warm = warm
+        self.connection_file = connection_file
 
     def answer(self, request):
         if not hmac.compare_digest(str(request.get("token", "")), self.token):
@@ -52,14 +148,17 @@ class Agent:
         if self.kernel is not None and self.kernel.poll() is None:
             return {"error": f"a kernel already runs (pid {self.kernel.pid})"}
         connection = dict(request["connection"], ip="0.0.0.0")
-        with open(os.open(CONNECTION_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+        with open(os.open(self.connection_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
             json.dump(connection, handle)
-        argv = [CONNECTION_FILE if word == request["connection_file"] else word for word in request["argv"]]
+        argv = [self.connection_file if word == request["connection_file"] else word for word in request["argv"]]
+        if self.warm is not None and warm_start_possible(argv) and self.warm.ready():
+            self.kernel = fork_kernel(argv, request["env"], request["cwd"])
+            return {"pid": self.kernel.pid, "warm": True}
         # Its own session, as jupyter_client starts a local kernel: a signal goes to
         # the kernel and everything it started. Its output goes to the console.
         self.kernel = subprocess.Popen(argv, env=request["env"], cwd=request["cwd"], stdin=subprocess.DEVNULL,
                                        start_new_session=True)
-        return {"pid": self.kernel.pid}
+        return {"pid": self.kernel.pid, "warm": False}
 
     def op_signal(self, request):
         if self.kernel is None or self.kernel.poll() is not None:
@@ -99,7 +198,8 @@ def serve(port, agent):
 def main():
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     bring_network_up()
-    serve(int(sys.argv[1]), Agent(os.environ.pop("LABKIT_VM_AGENT_TOKEN")))
+    token = os.environ.pop("LABKIT_VM_AGENT_TOKEN")
+    serve(int(sys.argv[1]), Agent(token, Warm()))
 
 
 if __name__ == "__main__":
