@@ -167,11 +167,16 @@ class LabkitVMProvisioner(LocalProvisioner):
                               f"({guest.acceleration.reason})")
         connection = {key: (value.decode() if isinstance(value, bytes) else value)
                       for key, value in self.connection_info.items()}
-        answer = await guest.request("start", argv=cmd, env=env, cwd=cwd, connection=connection,
+        # The agent answers a warm start once it has imported the kernel's modules: under
+        # emulation on a busy host that is most of a minute, time the kernel would
+        # otherwise spend importing them itself.
+        timeout = float(env.get("LABKIT_VM_BOOT_TIMEOUT", self.boot_timeout))
+        answer = await guest.request("start", timeout=timeout, argv=cmd, env=env, cwd=cwd, connection=connection,
                                      connection_file=self.parent.connection_file)
         self.kernel_pid = answer["pid"]
         self.pid = self.kernel_pid
-        self.log.info("labkit VM kernel: kernel started in the guest (pid %s there)", self.kernel_pid)
+        self.log.info("labkit VM kernel: kernel %s in the guest (pid %s there)",
+                      "forked from the warm agent" if answer.get("warm") else "started", self.kernel_pid)
         return self.connection_info
 
     async def _boot(self, env, cwd) -> Guest:
