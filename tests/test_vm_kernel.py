@@ -257,3 +257,35 @@ def test_a_warm_start_forks_a_kernel_that_answers_and_is_signalled_as_its_own_se
         if kernel.poll() is None:
             os.killpg(kernel.pid, signals.SIGKILL)
             os.waitpid(kernel.pid, 0)
+
+
+def test_a_failed_start_in_the_guest_stops_the_guest():
+    """jupyter_client cleans nothing up after a failed launch: the provisioner must stop the
+    guest it booted, or QEMU runs on for as long as the server does."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from jupyter_client.kernelspec import KernelSpec
+    from jupyter_client.manager import KernelManager
+
+    from labkit.vm.provisioner import LabkitVMProvisioner
+
+    class Unanswering:
+        qemu = SimpleNamespace(exited=False)
+        booted_seconds, acceleration = 1.0, SimpleNamespace(name="tcg", reason="test")
+        stopped = False
+
+        async def request(self, op, timeout=10.0, **fields):
+            raise asyncio.TimeoutError()
+
+        def stop(self):
+            self.stopped = True
+
+    guest = Unanswering()
+    provisioner = LabkitVMProvisioner(kernel_id="k", kernel_spec=KernelSpec(argv=[sys.executable]),
+                                      parent=KernelManager(connection_file="/nonexistent.json"))
+    provisioner.connection_info = {"key": b"k"}
+    provisioner.guest = guest
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(provisioner.launch_kernel([sys.executable, "-m", "ipykernel_launcher"], env={}, cwd="/"))
+    assert guest.stopped and provisioner.guest is None

@@ -171,8 +171,14 @@ class LabkitVMProvisioner(LocalProvisioner):
         # emulation on a busy host that is most of a minute, time the kernel would
         # otherwise spend importing them itself.
         timeout = float(env.get("LABKIT_VM_BOOT_TIMEOUT", self.boot_timeout))
-        answer = await guest.request("start", timeout=timeout, argv=cmd, env=env, cwd=cwd, connection=connection,
-                                     connection_file=self.parent.connection_file)
+        try:
+            answer = await guest.request("start", timeout=timeout, argv=cmd, env=env, cwd=cwd,
+                                         connection=connection, connection_file=self.parent.connection_file)
+        except BaseException:
+            # jupyter_client cleans nothing up after a failed launch: without this the
+            # guest would run on, unused, for as long as the server does.
+            self._stop_guest()
+            raise
         self.kernel_pid = answer["pid"]
         self.pid = self.kernel_pid
         self.log.info("labkit VM kernel: kernel %s in the guest (pid %s there)",
