@@ -21,6 +21,8 @@ is still on its way to the first start request. A start of `PYTHON -m ipykernel_
 ARGS` by this same Python then forks the agent and runs the kernel in the child: under
 emulation those imports are most of a kernel's start-up, and a restart no longer pays
 them at all. Anything else (another Python, another command) is started as a new process.
+The same thread then builds labkit's offline base image in the guest's fresh labkit home,
+which the first container cell would otherwise build.
 """
 
 import hmac
@@ -44,8 +46,9 @@ LAUNCHER = "ipykernel_launcher"
 class Warm:
     """The kernel's modules, imported in the background; `ready()` waits for them."""
 
-    def __init__(self, modules=WARM_MODULES):
+    def __init__(self, modules=WARM_MODULES, base_image=False):
         self.error = None
+        self.base_image = base_image
         self._thread = threading.Thread(target=self._import, args=(modules,), daemon=True)
         self._thread.start()
 
@@ -59,6 +62,20 @@ class Warm:
             self.error = f"{type(error).__name__}: {error}"
             print(f"labkit-vm-agent: kernel modules not preloaded ({self.error}); starting kernels cold",
                   flush=True)
+            return
+        if self.base_image:
+            self._base_image()
+
+    @staticmethod
+    def _base_image():
+        """The guest's labkit home is a fresh tmpfs: its offline base image would otherwise
+        be built by the first container cell, in the student's wait."""
+        try:
+            from labkit.images.busybox import ensure_busybox
+
+            ensure_busybox()
+        except Exception as error:  # noqa: BLE001 — the first cell builds it, and says what fails
+            print(f"labkit-vm-agent: base image not prepared ({type(error).__name__}: {error})", flush=True)
 
     def ready(self) -> bool:
         self._thread.join()
@@ -199,7 +216,7 @@ def main():
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     bring_network_up()
     token = os.environ.pop("LABKIT_VM_AGENT_TOKEN")
-    serve(int(sys.argv[1]), Agent(token, Warm()))
+    serve(int(sys.argv[1]), Agent(token, Warm(base_image=True)))
 
 
 if __name__ == "__main__":
