@@ -103,17 +103,19 @@ def warm_start_possible(argv, python=sys.executable) -> bool:
             and os.path.realpath(argv[0]) == os.path.realpath(python))
 
 
-def fork_kernel(argv, env, cwd) -> ForkedKernel:
+def fork_kernel(argv, env, cwd, close=()) -> ForkedKernel:
     """Run `python -m ipykernel_launcher ARGS` in a child of this (warm) process, as the
     new process would: its own session, stdin /dev/null, exactly `env`, in `cwd`, with
-    sys.argv and the PYTHONPATH entries it would have had."""
+    sys.argv and the PYTHONPATH entries it would have had. `close`: the agent's own fds
+    (its listening socket, the request's connection), closed in the child; any other fd
+    a preloaded module opened stays valid there."""
     pid = os.fork()
     if pid:
         return ForkedKernel(pid)
     status = 1
     try:
-        # Nothing of the agent's (its listening socket, the request's connection) stays open here.
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        for fd in close:
+            os.close(fd)
         os.setsid()
         os.chdir(cwd)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -146,6 +148,7 @@ class Agent:
         self.kernel = None
         self.warm = warm
         self.connection_file = connection_file
+        self.own_fds = ()   # the agent's sockets, which a forked kernel must not keep
 
     def answer(self, request):
         if not hmac.compare_digest(str(request.get("token", "")), self.token):
@@ -169,7 +172,7 @@ class Agent:
             json.dump(connection, handle)
         argv = [self.connection_file if word == request["connection_file"] else word for word in request["argv"]]
         if self.warm is not None and warm_start_possible(argv) and self.warm.ready():
-            self.kernel = fork_kernel(argv, request["env"], request["cwd"])
+            self.kernel = fork_kernel(argv, request["env"], request["cwd"], close=self.own_fds)
             return {"pid": self.kernel.pid, "warm": True}
         # Its own session, as jupyter_client starts a local kernel: a signal goes to
         # the kernel and everything it started. Its output goes to the console.
@@ -203,6 +206,7 @@ def serve(port, agent):
     print(f"labkit-vm-agent: listening on port {port}", flush=True)
     while True:
         connection, _ = listener.accept()
+        agent.own_fds = (listener.fileno(), connection.fileno())
         with connection, connection.makefile("rw") as stream:
             try:
                 request = json.loads(stream.readline() or "{}")
