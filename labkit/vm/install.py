@@ -58,7 +58,7 @@ def fetch_kernel(say=print, kernel_deb=None, sha256=None) -> cache.CachedKernel:
         kernel.download_and_unpack(package, unpacked)
     else:
         with tempfile.TemporaryDirectory(prefix="labkit-vm-setup-") as download_dir:
-            say(f"fetching {kernel_deb} and checking its SHA-256")
+            say(f"fetching {kernel_deb}" + (" and checking its SHA-256" if sha256 else ""))
             deb = kernel.fetch_deb(kernel_deb, sha256, Path(download_dir))
             package = kernel.deb_package_name(deb)
             unpacked = cache.vm_home() / package
