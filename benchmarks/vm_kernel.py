@@ -64,7 +64,7 @@ def measure(name, vm, accel, cells, work) -> dict:
     notebooks = work / f"notebooks-{name}"
     notebooks.mkdir()
     manager = KernelManager(kernel_name=spec_name, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(work / "kernels")]))
-    result = {"kernel": name}
+    result = {"kernel": name, "load_before": os.getloadavg()[0]}
     started = time.perf_counter()
     manager.start_kernel(cwd=str(notebooks))
     client = manager.client()
@@ -92,6 +92,7 @@ def measure(name, vm, accel, cells, work) -> dict:
         started = time.perf_counter()
         manager.shutdown_kernel()
         result["shutdown_s"] = time.perf_counter() - started
+        result["load_after"] = os.getloadavg()[0]   # other work on the host inflates every figure
         os.environ.pop(ACCEL_VARIABLE, None)
     return result
 
@@ -113,7 +114,7 @@ def main():
     if problem is not None:
         results.append({"kernel": "vm-kvm", "skipped": problem})
     print(f"\n{'kernel':<8} {'ready s':>8} {'guest up':>9} {'1st cell':>9} {'cell med':>9} "
-          f"{'interrupt':>10} {'restart':>8} {'shutdown':>9}")
+          f"{'interrupt':>10} {'restart':>8} {'shutdown':>9} {'load':>11}")
     for row in results:
         if "skipped" in row:
             print(f"{row['kernel']:<8} not measured: {row['skipped']}")
@@ -121,7 +122,8 @@ def main():
         values = [row.get(key) for key in ("ready_s", "guest_up_s", "first_container_cell_s",
                                             "container_cell_median_s", "interrupt_s", "restart_s", "shutdown_s")]
         print(f"{row['kernel']:<8} " + " ".join(f"{value:>9.2f}" if value is not None else f"{'-':>9}"
-                                                 for value in values))
+                                                 for value in values)
+              + f" {row['load_before']:>5.1f}-{row['load_after']:<5.1f}")
     tcg = next(row for row in results if row["kernel"] == "vm-tcg")
     for key, goal in GOALS.items():
         verdict = "met" if tcg[key] <= goal else "NOT met"
