@@ -89,6 +89,7 @@ def test_vm_kernel_runs_containers_on_cgroup_v2_with_the_notebooks_shared(vm_ker
     assert "booted in" in vm_kernel.first_output
     assert "runs inside a VM" not in vm_kernel.run("pass")[1]
     assert vm_kernel.value("os.uname().release") != os.uname().release  # the guest's own kernel
+    assert vm_kernel.value("os.uname().nodename") == os.uname().nodename  # not "(none)": the notebooks print it
     assert vm_kernel.value("os.getcwd()") == str(vm_kernel.notebooks)
     content, printed = vm_kernel.run("open('from-the-vm.txt', 'w').write('written inside')")
     assert content["status"] == "ok", printed

@@ -220,6 +220,9 @@ def main():
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     bring_network_up()
     token = os.environ.pop("LABKIT_VM_AGENT_TOKEN")
+    hostname = os.environ.pop("LABKIT_VM_HOSTNAME", "")
+    if hostname:
+        socket.sethostname(hostname)
     serve(int(sys.argv[1]), Agent(token, Warm(base_image=True)))
 
 

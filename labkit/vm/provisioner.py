@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,10 @@ class Guest:
         if busybox is None:
             raise HostError("no static busybox for the guest's initramfs; run `labkit vm setup`")
         command = [sys.executable, "-I", str(AGENT), str(self.control_port)]
-        environment = machine._guest_environment({"LABKIT_VM_AGENT_TOKEN": self.token})
+        # The guest's kernel has no hostname of its own ("(none)"): it takes the host's, so
+        # that what a notebook says of "the host" reads as it does outside the VM.
+        environment = machine._guest_environment({"LABKIT_VM_AGENT_TOKEN": self.token,
+                                                  "LABKIT_VM_HOSTNAME": socket.gethostname()})
         initrd = self.workdir / "initrd.cpio"
         initrd.write_bytes(initramfs.build_base(busybox, kernel.modules_dir, NETWORK_MODULES,
                                                  init=guest.stage1_init(ROOT_CACHE))
