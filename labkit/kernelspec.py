@@ -28,6 +28,10 @@ def spec_for(python: str = sys.executable, vm: bool = False) -> dict:
     # as the host's root it is the same kernel, exec'd at once.
     spec["argv"] = [python if word == "python3" else word for word in spec["argv"]]
     if vm:
+        # In the guest the kernel is root of the guest's own kernel: nothing to unshare, and
+        # the agent forks a warm kernel only for a bare `python -m ipykernel_launcher`.
+        start = spec["argv"].index("--") + 1
+        spec["argv"] = spec["argv"][start:]
         spec["display_name"] = VM_DISPLAY_NAME
         spec["metadata"]["kernel_provisioner"] = {
             "provisioner_name": VM_PROVISIONER,

@@ -290,3 +290,16 @@ def test_a_failed_start_in_the_guest_stops_the_guest():
     with pytest.raises(asyncio.TimeoutError):
         asyncio.run(provisioner.launch_kernel([sys.executable, "-m", "ipykernel_launcher"], env={}, cwd="/"))
     assert guest.stopped and provisioner.guest is None
+
+
+def test_the_vm_kernelspec_starts_the_launcher_bare_so_the_agent_can_fork_it_warm():
+    """The local spec goes through `labkit unshare` (rootless); the VM spec must not, or the
+    guest's agent would start every kernel cold (warm_start_possible wants `PYTHON -m
+    ipykernel_launcher`)."""
+    from labkit.kernelspec import spec_for
+    from labkit.vm.agent import warm_start_possible
+
+    local, vm = spec_for(sys.executable), spec_for(sys.executable, vm=True)
+    assert "unshare" in local["argv"]
+    assert warm_start_possible(vm["argv"], python=sys.executable), vm["argv"]
+    assert not warm_start_possible(local["argv"], python=sys.executable)
