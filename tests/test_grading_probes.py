@@ -225,3 +225,22 @@ def test_a_container_that_is_not_running_fails_the_check_with_its_name(start):
     stopped.wait()
     report = run_checks("x", [expect("a", 1, p.hostname(stopped, "x"))])
     assert report.outcomes[0].observed == "container gp-stopped is not running (exited 0)"
+
+
+@pytest.mark.root
+def test_the_root_and_proc_a_process_sees(start):
+    import subprocess
+
+    box = start(name="gp-root")
+    root, proc = look(p.root_filesystem(box)), look(p.own_proc(box))
+    assert root.passed and root.observed == "its / is a mount of type overlay", root.observed
+    assert proc.passed and "it is PID 1 there" in proc.observed, proc.observed
+    # a process of the host's, found by its PID: the host's root and the host's /proc
+    plain = subprocess.Popen(["sleep", "600"])
+    try:
+        root, proc = look(p.root_filesystem(plain.pid)), look(p.own_proc(plain.pid))
+        assert not root.passed and "the host's own root" in root.observed, root.observed
+        assert not proc.passed and f"it is PID {plain.pid} there" in proc.observed, proc.observed
+    finally:
+        plain.kill()
+        plain.wait()

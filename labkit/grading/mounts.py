@@ -1,0 +1,57 @@
+"""Probes of a process's filesystem view, seen from outside: what is mounted at its root
+and at its /proc. They read /proc/PID/mountinfo, which the kernel writes relative to the
+process's own root (pivot_root or chroot), and list /proc/PID/root/proc, the /proc the
+process itself sees; nothing of the process's is run."""
+
+import os
+
+from labkit.grading.checks import Observation, ProbeFailed
+from labkit.grading.targets import namespace_pids, running_process
+
+
+def mounts_of(pid) -> dict:
+    """{mount point: filesystem type} as the process sees its mounts (the last one on a
+    point wins: it is the one on top)."""
+    try:
+        with open(f"/proc/{pid}/mountinfo") as handle:
+            lines = handle.read().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProbeFailed(f"process {pid} is gone") from None
+    seen = {}
+    for line in lines:
+        fields = line.split()
+        seen[fields[4]] = fields[fields.index("-") + 1]
+    return seen
+
+
+def root_filesystem(target, fstype="overlay"):
+    """The process's / is a mount of `fstype` (an overlay root made for it, not the host's)."""
+    def look():
+        process = running_process(target)
+        root = mounts_of(process.pid).get("/")
+        if root is None:
+            return Observation(False, "no mount at its / (a chroot into a plain directory?)")
+        host_root = mounts_of("self").get("/")
+        same_as_host = os.stat(f"/proc/{process.pid}/root").st_dev == os.stat("/").st_dev and root == host_root
+        return Observation(root == fstype and not same_as_host,
+                           f"its / is a mount of type {root}" + (" (the host's own root)" if same_as_host else ""))
+    return look
+
+
+def own_proc(target):
+    """The process sees a proc mounted at /proc that lists its own PID namespace: itself as
+    the PID its namespace gives it, and not the host's processes."""
+    def look():
+        process = running_process(target)
+        kind = mounts_of(process.pid).get("/proc")
+        if kind != "proc":
+            return Observation(False, "nothing mounted at its /proc" if kind is None else f"its /proc is {kind}")
+        inside = namespace_pids(process.pid)[-1]
+        try:
+            listed = sorted(int(name) for name in os.listdir(f"/proc/{process.pid}/root/proc") if name.isdigit())
+        except OSError as error:
+            raise ProbeFailed(f"cannot list its /proc: {error.strerror}") from None
+        own = inside in listed and len(listed) < len([n for n in os.listdir("/proc") if n.isdigit()])
+        return Observation(own, f"its /proc lists {len(listed)} process(es) ({', '.join(map(str, listed[:5]))}"
+                           f"{'…' if len(listed) > 5 else ''}); it is PID {inside} there")
+    return look
