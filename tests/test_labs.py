@@ -28,7 +28,17 @@ from labkit.grading.notebook import grade_id
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 LABS_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "labs"
-LABS = ["01-namespaces-lab", "02-cgroups-lab", "03-images-lab", "04-network-lab"]
+LABS = ["01-namespaces-lab", "02-cgroups-lab", "03-images-lab", "04-network-lab", "05-capstone-runtime-lab"]
+
+
+def capstone_runtime(*replacements) -> str:
+    """The capstone's reference runtime with each (old, new) replaced (old must be there)."""
+    notebook = nbformat.read(str(LABS_DIR / "05-capstone-runtime-lab.ipynb"), as_version=4)
+    source = next(cell.source for cell in notebook.cells if grade_id(cell) == "cap-runtime-answer")
+    for old, new in replacements:
+        assert old in source, old
+        source = source.replace(old, new)
+    return source
 
 # One exercise wrong: (answer cell, wrong answer, its check cell, the points lost, words of its hint)
 WRONG = {
@@ -40,6 +50,10 @@ WRONG = {
     "04-network-lab": ("net-port-answer", "site = %container run -d --name net-site --net bridge -p 18481:80 -- "
                        "sh -c 'mkdir -p /srv && echo hello from net-site > /srv/index.html && exec httpd -f -p 80 -h /srv'",
                        "net-port-check", 3, "published to 18480"),
+    # a runtime that makes the cgroup and joins it but never writes the limit: everything else holds
+    "05-capstone-runtime-lab": ("cap-runtime-answer",
+                                capstone_runtime(("    write(os.path.join(cgroup, limit_file), memory)\n", "")),
+                                "cap-cg-check", 2, "the limit file in that directory"),
 }
 
 # The same state made another way: {answer cell: new source}
@@ -67,6 +81,18 @@ OTHER_WAY = {
         "net-bridge-answer": "web = %container run -d --name net-web --network=bridge -- sh -c 'exec sleep 600'\n"
                              "client = %container run -d --network bridge --name net-client -- sleep 600",
         "net-sidecar-answer": "sidecar = %container run -d --name net-sidecar --network=container:net-web -- sleep 600",
+    },
+    # the runtime stays out of the cgroup: it moves only its child in, which waits on a pipe
+    # until it is there; the hostname is set before the mounts
+    "05-capstone-runtime-lab": {
+        "cap-runtime-answer": capstone_runtime(
+            ('    write(os.path.join(cgroup, "cgroup.procs"), str(os.getpid()))\n', ""),
+            ("    pid = os.fork()\n    if pid:\n",
+             "    ready, go = os.pipe()\n    pid = os.fork()\n    if pid:\n"
+             '        write(os.path.join(cgroup, "cgroup.procs"), str(pid))\n        os.write(go, b"x")\n'),
+            ("    mount(None, \"/\", None, MS_REC | MS_PRIVATE)\n",
+             "    os.read(ready, 1)\n    socket.sethostname(hostname)\n    mount(None, \"/\", None, MS_REC | MS_PRIVATE)\n"),
+            ("    socket.sethostname(hostname)\n    os.execvp", "    os.execvp")),
     },
 }
 
