@@ -477,9 +477,11 @@ def test_a_containers_directory_is_laid_out_and_removed_by_one_module(tmp_path):
 
     directory = ContainerDir(tmp_path / "c1")
     directory.make({"hosts": "127.0.0.1\tlocalhost\n", "hostname": "c1\n"})
-    assert sorted(p.name for p in directory.path.iterdir()) == ["init", "layer", "rootfs"]
+    assert sorted(p.name for p in directory.path.iterdir()) == ["hostname", "hosts", "init", "layer", "rootfs"]
     assert sorted(p.name for p in directory.layer.iterdir()) == ["upper", "work"]
     assert directory.hosts_file.read_text() == "127.0.0.1\tlocalhost\n"
+    # the init layer: empty placeholders only (the files are bound over them at start)
+    assert {p.name: p.stat().st_size for p in (directory.init / "etc").iterdir()} == {"hostname": 0, "hosts": 0}
     assert directory.read_state() is None
     directory.write_state({"name": "c1", "status": "created"})
     assert directory.read_state() == {"name": "c1", "status": "created"}
@@ -576,3 +578,29 @@ def test_a_container_that_has_exited_and_is_being_removed_holds_no_layer(no_left
         container = Container(ContainerSpec(command=["true"]))
         container.run()
         assert not set(container.image.layers) & layers_in_use()
+
+
+@pytest.mark.root
+def test_etc_hosts_is_bound_from_the_container_dir_an_edit_stays_out_of_the_commit(labkit_home, no_leftovers):
+    """As Docker: the init layer holds empty placeholders and the container's own /etc/hosts,
+    /etc/hostname and /etc/resolv.conf are bind-mounted over them from its directory. An edit
+    inside lands there, not in the read-write layer, so not in a commit, and the init layer
+    (a lower layer of the mounted overlay) is never written."""
+    box = Container(ContainerSpec(name="hosts-edit", hostname="edited", command=["sleep", "600"])).start(detach=True)
+    try:
+        placeholders = {name: os.stat(box.init_dir / "etc" / name) for name in ("hosts", "hostname", "resolv.conf")}
+        assert all(seen.st_size == 0 for seen in placeholders.values())
+        mounts = box.exec(["cat", "/proc/self/mountinfo"]).check().stdout
+        assert {line.split()[4] for line in mounts.splitlines()} >= {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}
+        box.exec(["sh", "-c", "echo '10.9.9.9 added-inside' >> /etc/hosts && echo renamed > /etc/hostname"]).check()
+        assert "added-inside" in box.files.hosts_file.read_text()
+        assert box.files.etc_file("hostname").read_text() == "renamed\n"
+        assert not (box.upper_dir / "etc").exists()
+        box.commit("hosts-edit-image")
+        assert "added-inside" not in Container(ContainerSpec(image="hosts-edit-image", command=["cat", "/etc/hosts"])) \
+            .run().check().stdout
+        for name, before in placeholders.items():
+            after = os.stat(box.init_dir / "etc" / name)
+            assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, 0, before.st_mtime_ns), name
+    finally:
+        box.remove()

@@ -1,10 +1,10 @@
 """/etc/hosts of bridge containers: each lists itself and the other containers on the
 bridge by name, so that `ping web` works without a DNS server.
 
-The file lives in the container's init layer (never committed). The init layer is a
-lower layer of the container's overlay, and a file the container has not written to is
-read straight from it: so rewriting it *in place* (same inode) updates what a running
-container sees. Replacing it by rename would not: the overlay keeps the old inode.
+The file lives in the container's directory and is bind-mounted over the init layer's empty
+placeholder (as Docker does), so it is never in a layer and never committed. A bind mount
+pins the inode: rewriting the file *in place* (same inode) updates what a running container
+sees; replacing it by rename would not.
 """
 
 

@@ -5,8 +5,13 @@
         layer/upper/ layer/work/  the overlay's read-write layer (what commit keeps) and its work dir;
                                 `layer` is a tmpfs of the size asked for when the layer is bounded
         rootfs/                 where the overlay is mounted, inside the container's mount namespace
-        init/etc/               the init layer (hostname, hosts, resolv.conf): the overlay's top
-                                lower layer, never committed; hosts is rewritten in place for peers
+        hostname hosts resolv.conf  the container's own /etc files, bind-mounted over the init
+                                layer's placeholders (as moby's containers/<id>/hosts): an edit inside
+                                lands here, never in the read-write layer; hosts is rewritten in
+                                place for bridge peers (the bind mount pins its inode)
+        init/etc/               the init layer: empty placeholders of those three files, the
+                                overlay's top lower layer (moby's <id>-init), never written while
+                                mounted and never committed
         stdout.log  stderr.log  a detached container's output (rotated: stdout.log.1, ... older)
         inspect.json monitor.sock  a `labkit run -d` container's record and its monitor's socket
 
@@ -82,7 +87,11 @@ class ContainerDir:
 
     @property
     def hosts_file(self) -> Path:
-        return self.init / "etc" / "hosts"
+        return self.etc_file("hosts")
+
+    def etc_file(self, name: str) -> Path:
+        """The container's own /etc/<name> (hostname, hosts, resolv.conf), bind-mounted inside."""
+        return self.path / name
 
     @property
     def state_file(self) -> Path:
@@ -116,7 +125,8 @@ class ContainerDir:
     # --- making and removing -------------------------------------------------------------
 
     def make(self, init_files: dict, owner_uid: int | None = None, storage_size: int | None = None) -> None:
-        """upper, work, rootfs and the init layer's etc/ files (the helper, at start).
+        """upper, work, rootfs, the container's /etc files and the init layer's empty
+        placeholders for them (the helper, at start).
         `owner_uid`: with a user namespace, the host uid of the container's root, which
         must own what it writes to. `storage_size`: bytes the read-write layer may hold."""
         private_dir(self.path.parent)
@@ -129,10 +139,11 @@ class ContainerDir:
         init_etc = self.init / "etc"
         os.makedirs(init_etc)
         for name, text in init_files.items():
-            with open(init_etc / name, "w") as handle:
+            open(init_etc / name, "w").close()      # the mount point: stays empty
+            with open(self.etc_file(name), "w") as handle:
                 handle.write(text)
         if owner_uid is not None:
-            for path in (self.upper, self.work, self.rootfs):
+            for path in (self.upper, self.work, self.rootfs, *map(self.etc_file, init_files)):
                 os.chown(path, owner_uid, owner_uid)
 
     def remove(self) -> None:

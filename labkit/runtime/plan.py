@@ -98,7 +98,7 @@ class StartPlan:
     upper: str                       # the read-write layer
     work: str                        # overlay's work dir
     lower: list                      # top first: the init layer, then the image's layers
-    init_files: dict                 # /etc/<name> -> text in the init layer
+    init_files: dict                 # /etc/<name> -> text, in dir/<name>, bind-mounted over the init layer's placeholder
     hostname: str
     namespaces: list                 # kinds to create, in labkit.linux.namespaces order
     process: ProcessPlan
@@ -263,7 +263,8 @@ def process_plan(spec, image, hostname, command, env=(), workdir=None, user=None
 
 
 def init_files(hostname) -> dict:
-    """/etc files of the init layer, above the image's."""
+    """The container's /etc/hostname, /etc/hosts and /etc/resolv.conf (bind-mounted over the
+    init layer's empty placeholders, as Docker does)."""
     hosts = (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
              f"127.0.1.1\t{hostname}\n")
     return {"hostname": hostname + "\n", "hosts": hosts, "resolv.conf": host_resolv_conf()}

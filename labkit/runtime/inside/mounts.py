@@ -44,6 +44,17 @@ def mount_root_filesystem(plan):
                   in_user_namespace=in_a_user_namespace(plan), volatile=plan.auto_remove)
 
 
+@step("bind-mount /etc/hostname, /etc/hosts and /etc/resolv.conf from the container's directory")
+def bind_etc_files(plan, rootfs):
+    """As Docker does: the init layer holds only empty placeholders, and the container's
+    own files (LABKIT_HOME/containers/<id>/hosts, ...) are bound over them. An edit inside
+    goes to that file, never to the read-write layer (so never into a commit), and the
+    runtime updates hosts for bridge peers there, never in a lower layer of the mounted
+    overlay (which overlayfs.rst leaves undefined)."""
+    for name in plan.init_files:
+        syscalls.mount(os.path.join(plan.dir, name), f"{rootfs}/etc/{name}", None, MS_BIND)
+
+
 @step("mount /proc, /dev and /sys")
 def mount_kernel_filesystems(plan, rootfs):
     in_user_ns = in_a_user_namespace(plan)

@@ -26,8 +26,8 @@ from labkit.linux.namespaces import BY_NAME
 from labkit.net import inside as network_inside
 from labkit.runtime.inside.command import attach_stdio, become_user_and_exec, run_as_init, working_directory
 from labkit.runtime.inside.mounts import (
-    make_mounts_private, make_root_read_only, mount_kernel_filesystems, mount_root_filesystem, mount_tmpfs,
-    mount_volumes, protect_kernel_paths, switch_root,
+    bind_etc_files, make_mounts_private, make_root_read_only, mount_kernel_filesystems, mount_root_filesystem,
+    mount_tmpfs, mount_volumes, protect_kernel_paths, switch_root,
 )
 from labkit.runtime.step_failure import report_failure, step
 
@@ -52,6 +52,7 @@ def set_up_container(plan, fds):
         make_mounts_private(plan)
         rootfs = plan.rootfs
         mount_root_filesystem(plan)
+        bind_etc_files(plan, rootfs)
         mount_kernel_filesystems(plan, rootfs)
         mount_volumes(plan, rootfs)
         mount_tmpfs(plan, rootfs)
