@@ -66,10 +66,10 @@ SOLUTIONS = {
         "copy-up-entries": 'my_prediction = {"etc", "etc/group"}',
         "whiteout": 'my_prediction = ("whiteout", True)',
         "explain-init-layer": (
-            'my_explanation = """In labkit the edit copies /etc/hosts up into the read-write layer, and commit '
-            "leaves the init layer's files out by name. In Docker the init layer holds an empty placeholder and "
-            "the real file is a bind mount from the container's directory, so the edit never reaches the "
-            'read-write layer."""'
+            'my_explanation = """The init layer holds only an empty placeholder, and the real file is a bind '
+            "mount from the container's directory, so the edit goes there and never reaches the read-write layer "
+            "that commit keeps. Writing the file into the init layer instead would mean rewriting a lower layer of "
+            'a mounted overlay for every new peer, which overlayfs leaves undefined."""'
         ),
     },
     "07-containers-vs-vms.ipynb": {
