@@ -247,3 +247,13 @@ def test_the_root_and_proc_a_process_sees(start):
     finally:
         plain.kill()
         plain.wait()
+
+
+@pytest.mark.root
+def test_a_file_is_read_as_the_process_sees_it(start):
+    box = start(name="gp-hosts")
+    assert not look(p.file_in_root(box, "/etc/hosts", "10.0.0.9")).passed
+    box.exec(["sh", "-c", "echo '10.0.0.9 db' >> /etc/hosts"]).check()
+    seen = look(p.file_in_root(box, "/etc/hosts", "10.0.0.9"))
+    assert seen.passed and "'10.0.0.9 db'" in seen.observed, seen.observed
+    assert look(p.file_in_root(box, "/no/such", "x")).observed == "it has no /no/such"

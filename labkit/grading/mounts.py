@@ -55,3 +55,21 @@ def own_proc(target):
         return Observation(own, f"its /proc lists {len(listed)} process(es) ({', '.join(map(str, listed[:5]))}"
                            f"{'…' if len(listed) > 5 else ''}); it is PID {inside} there")
     return look
+
+
+def file_in_root(target, path: str, text: str):
+    """The file at `path`, as the process sees it (through its own root and mounts: a
+    bind-mounted /etc/hosts is the bound file), holds `text`."""
+    def look():
+        process = running_process(target)
+        try:
+            with open(f"/proc/{process.pid}/root{path}", errors="replace") as handle:
+                content = handle.read(1 << 16)
+        except FileNotFoundError:
+            return Observation(False, f"it has no {path}")
+        except OSError as error:
+            raise ProbeFailed(f"cannot read its {path}: {error.strerror}") from None
+        lines = [line for line in content.splitlines() if text in line]
+        return Observation(bool(lines), f"its {path} has {len(content.splitlines())} line(s)"
+                           + (f", e.g. {lines[0]!r}" if lines else f", none with {text!r}"))
+    return look
