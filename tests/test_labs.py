@@ -74,7 +74,7 @@ OTHER_WAY = {
         "img-whiteout-answer": "import os, stat\ntop = get_image('lab-notes').layer_dirs[-1]\n"
                                "whiteout = next(os.path.join(d, f) for d, _, files in os.walk(top) for f in files\n"
                                "                if stat.S_ISCHR(os.lstat(os.path.join(d, f)).st_mode))",
-        "img-todo-answer": "%%container exec img-editor\nprintf 'buy milk\\n' > /root/todo",
+        "img-todo-answer": "%%container exec img-editor\nprintf 'buy milk\\n' > /root/todo\nprintf '10.0.0.9\\tdb\\n' >> /etc/hosts",
         "img-commit-answer": "from labkit.runtime import get\ncommitted = get('img-editor').commit('lab-commit')",
     },
     "04-network-lab": {
@@ -114,8 +114,11 @@ BY_HAND = {
     },
     "03-images-lab": {
         # the file written into the container's read-write layer from outside, then committed
+        # and the name added to the container's own hosts file, bound over its /etc/hosts
         "img-todo-answer": "import os\nos.makedirs(editor.upper_dir / 'root', exist_ok=True)\n"
-                           "(editor.upper_dir / 'root' / 'todo').write_text('buy milk\\n')",
+                           "(editor.upper_dir / 'root' / 'todo').write_text('buy milk\\n')\n"
+                           "with open(editor.init_dir.parent / 'hosts', 'a') as hosts:\n"
+                           "    hosts.write('10.0.0.9 db\\n')",
     },
 }
 HONEST = ("full", "empty", "wrong", "other", "byhand")
