@@ -46,29 +46,20 @@ def host_hierarchy() -> Hierarchy:
 def container_hierarchy() -> Hierarchy:
     """Where the runtime makes containers' cgroups, the one place that decides it: the
     host's hierarchy as the host's root (also root of a grading sandbox's user namespace,
-    whose cgroups the host delegated); rootless, a hierarchy the user may write, and where
-    there is none (cgroup v1 has no delegation) `NoCgroups`: each container then runs
-    without a cgroup of its own, and asking for a limit says why."""
+    whose cgroups the host delegated); rootless, the cgroup v2 subtree delegated to the user
+    (labkit.cgroups.delegation), and where there is none (cgroup v1 has no delegation)
+    `NoCgroups`: each container then runs without a cgroup of its own, and each limit asked
+    for says so in one line."""
     from labkit.linux.rootless import running_rootless
 
     if not running_rootless():
         return host_hierarchy()
-    return NoCgroups(_why_no_cgroup())
+    from labkit.cgroups.delegation import rootless_hierarchy
+
+    return rootless_hierarchy()
 
 
 def limits_available() -> tuple:
     """(True, None) when containers get cgroups with limits; else (False, why not)."""
     hierarchy = container_hierarchy()
     return (False, hierarchy.reason) if isinstance(hierarchy, NoCgroups) else (True, None)
-
-
-def _why_no_cgroup() -> str:
-    try:
-        mode = detect_mode()
-    except HostError as error:
-        return str(error)
-    if mode == "v1":
-        return ("this host has cgroup v1, which lets only root make cgroups (no delegation to users); "
-                "limits need a cgroup v2 host with systemd, or root, or the labkit VM (`labkit vm`)")
-    return ("rootless labkit does not use a delegated cgroup v2 subtree yet; limits need root, or the "
-            "labkit VM (`labkit vm`)")

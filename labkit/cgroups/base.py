@@ -220,6 +220,7 @@ class Hierarchy(ABC):
 
     version: int
     parent = "labkit"
+    delegation = None   # rootless: what an ordinary user was handed (labkit.cgroups.delegation)
 
     @property
     @abstractmethod

@@ -52,8 +52,9 @@ class NoCgroups(Hierarchy):
     """The hierarchy of a host where labkit may make no cgroup (`reason` says why)."""
     version = 0
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, delegation=None):
         self.reason = reason
+        self.delegation = delegation   # rootless: the Delegation that was not there
 
     @property
     def controllers(self) -> set:

@@ -38,8 +38,10 @@ KERNEL_FILESYSTEMS = ("/proc", "/sys", "/dev")
 @dataclass(frozen=True)
 class NetworkMode:
     """`--net`: none (a network namespace with loopback only), host (the host's own),
-    bridge (an address on labkit's bridge) or container:NAME (NAME's namespace, shared)."""
-    kind: str                       # "none", "host", "bridge" or "container"
+    bridge (an address on labkit's bridge), pasta (the host's address and routes through
+    pasta, what rootless podman does; labkit.net.pasta) or container:NAME (NAME's
+    namespace, shared)."""
+    kind: str                       # "none", "host", "bridge", "pasta" or "container"
     peer: str | None = None         # container:NAME's NAME
 
     @classmethod
@@ -48,9 +50,9 @@ class NetworkMode:
             return value
         text = str(value)
         kind, colon, peer = text.partition(":")
-        if (not colon and kind in ("none", "host", "bridge")) or (kind == "container" and NAME_PATTERN.match(peer)):
+        if (not colon and kind in ("none", "host", "bridge", "pasta")) or (kind == "container" and NAME_PATTERN.match(peer)):
             return cls(kind, peer or None)
-        raise ConfigError(f"--net {text!r} is not one of none, host, bridge, container:NAME")
+        raise ConfigError(f"--net {text!r} is not one of none, host, bridge, pasta, container:NAME")
 
     @property
     def is_host(self) -> bool:
@@ -64,7 +66,7 @@ class NetworkMode:
     def managed(self) -> bool:
         """Does labkit.net take part (an address to lease, a peer's namespace to join)?
         With none and host there is nothing for it to do."""
-        return self.kind in ("bridge", "container")
+        return self.kind in ("bridge", "container", "pasta")
 
     def __str__(self) -> str:
         return f"container:{self.peer}" if self.peer else self.kind
@@ -151,6 +153,7 @@ class ContainerSpec:
     storage_size: int | None = None          # bytes the read-write layer may hold (None: unbounded)
     log_max_size: int | None = None          # bytes of stdout.log (and of stderr.log) before it is rotated
     log_max_files: int | None = None         # files of each kept, the current one included
+    limits_from_defaults: tuple = ()         # the limits (memory, pids, cpus) the class defaults filled
 
     def limits(self):
         """The cgroup limits this (validated) spec asks for."""
@@ -160,6 +163,28 @@ class ContainerSpec:
         return Limits(memory=self.memory, cpus=self.cpus, pids=self.pids,
                       io_read_bps=dict(self.device_read_bps), io_write_bps=dict(self.device_write_bps),
                       devices=enforceable(device_rules(self)))
+
+    def asked_limits(self) -> dict:
+        """Each cgroup limit this (validated) spec sets, by kind, as the user asked for it
+        (`--memory 64m`, or the class default and its file): what a line says when the
+        limit cannot hold."""
+        from labkit.defaults import ITEMS, class_defaults
+        from labkit.units import format_bytes
+
+        asked = {}
+        for kind, item in (("memory", "memory"), ("cpu", "cpus"), ("pids", "pids")):
+            value = getattr(self, item)
+            if value is not None:
+                how = f"{ITEMS[item].option} {ITEMS[item].show(value)}"
+                if item in self.limits_from_defaults:
+                    how += f" (the class default in {class_defaults().path})"
+                asked[kind] = how
+        rates = [(option, rule) for option, rules in (("--device-read-bps", self.device_read_bps),
+                                                      ("--device-write-bps", self.device_write_bps))
+                 for rule in dict(rules).items()]
+        if rates:
+            asked["io"] = " ".join(f"{option} {device}:{format_bytes(rate)}/s" for option, (device, rate) in rates)
+        return asked
 
     def validated(self) -> "ContainerSpec":
         """A copy with units parsed and every value checked; raises ConfigError."""
@@ -215,8 +240,8 @@ class ContainerSpec:
 
             for entry in spec.publish:
                 PortMapping.parse(entry)
-        if spec.publish and not spec.network.is_bridge:
-            raise ConfigError(f"publishing ports ({', '.join(spec.publish)}) needs --net bridge; "
+        if spec.publish and spec.network.kind not in ("bridge", "pasta"):
+            raise ConfigError(f"publishing ports ({', '.join(spec.publish)}) needs --net bridge (or, without root, --net pasta); "
                               f"with --net {spec.network} there is no container address to forward to")
         if spec.network.is_host:
             spec.namespaces = tuple(n for n in spec.namespaces if n != "net")
@@ -318,6 +343,10 @@ def _apply_class_defaults(spec) -> None:
             field_name, parse = known[key]
             setattr(spec, field_name, parse(value, f"{option} {key}"))
     defaults = class_defaults()
+    # Kept through a second validation (a validated spec is validated again by Container).
+    spec.limits_from_defaults = tuple(item for item in ("memory", "pids", "cpus")
+                                      if item in spec.limits_from_defaults
+                                      or (getattr(spec, item) is None and defaults.default(item) is not None))
     for item, field_name in (("memory", "memory"), ("pids", "pids"), ("cpus", "cpus"), ("storage", "storage_size"),
                              ("log_size", "log_max_size"), ("log_files", "log_max_files")):
         setattr(spec, field_name, defaults.resolve(item, getattr(spec, field_name)))

@@ -10,6 +10,7 @@ Lifecycle (the OCI vocabulary): configured → created → running → exited �
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -390,7 +391,10 @@ class Container:
                               "ENTRYPOINT or CMD (or --entrypoint dropped them); give a command after --")
         plan = launch.start_plan(self.spec, self.image, id=self.id, name=self.name, hostname=self.hostname,
                                  directory=self.dir, command=self.command, hold=hold, auto_remove=auto_remove)
-        container_hierarchy().check(plan.limits)
+        hierarchy = container_hierarchy()
+        if hierarchy.delegation is not None:
+            plan.limits = rootless_limits(hierarchy, self.spec, plan.limits)
+        hierarchy.check(plan.limits)
         if plan.user_map is not None:
             for home in {self.dir.parent.parent, self.image.store.home}:
                 open_for_user_namespace(Path(home), plan.user_map.uid, plan.user_map.uid)
@@ -409,6 +413,16 @@ class Container:
     def _close_streams(self):
         if self._streams:
             self._streams.close()
+
+
+def rootless_limits(hierarchy, spec, limits):
+    """What an ordinary user's cgroups can hold of `limits`; one line on stderr for each
+    limit asked for that will not (no delegation, or a controller not delegated)."""
+    from labkit.cgroups.delegation import enforceable, limits_off_lines
+
+    for line in limits_off_lines(spec.asked_limits(), hierarchy.controllers, hierarchy.delegation.why_not):
+        print(line, file=sys.stderr)
+    return enforceable(limits, hierarchy.controllers)
 
 
 def _tail(files, last):

@@ -77,8 +77,10 @@ class Helper:
         self.reader = threading.Thread(target=self._read_forever, name="labkit-helper-reader", daemon=True)
         self.reader.start()
         self.send(Op.PING, id="ping")
-        if self.wait_for("ping", (Op.PONG,), timeout=30) is None:
-            raise HostError("the labkit helper process did not answer within 30 s")
+        # LABKIT_HELPER_TIMEOUT: a guest under emulation may need longer for a cold start.
+        timeout = float(os.environ.get("LABKIT_HELPER_TIMEOUT") or 30)
+        if self.wait_for("ping", (Op.PONG,), timeout=timeout) is None:
+            raise HostError(f"the labkit helper process did not answer within {timeout:g} s")
 
     @property
     def pid(self):

@@ -1,0 +1,113 @@
+"""Throw-away ordinary users for the rootless tests: made with useradd (a home, a group, a
+65,536-id range in /etc/subuid and /etc/subgid) and removed with everything they own,
+also when the test fails. Needs root; the caller skips where it is not root.
+
+    with ordinary_user() as student:
+        student.run(["id", "-u"])           # as that user, its own HOME and XDG dirs
+"""
+
+import contextlib
+import os
+import pwd
+import secrets
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+SUBORDINATE_FILES = ("/etc/subuid", "/etc/subgid")
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    def environment(self, extra=None) -> dict:
+        """What a login gives: HOME, USER, a PATH, the XDG data dir below HOME."""
+        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name, "PATH": os.environ["PATH"],
+                "LANG": "C.UTF-8", **(extra or {})}
+
+    def run(self, command, *, env=None, cgroup_procs=None, timeout=600, cwd=None, **kwargs):
+        """`command` as this user (no supplementary groups). With `cgroup_procs`, the process
+        first joins that cgroup as root, then becomes the user: how a login lands in the
+        cgroup systemd made for the session."""
+        def become_user():
+            if cgroup_procs is not None:
+                with open(cgroup_procs, "w") as procs:
+                    procs.write("0")
+            os.setgroups([])
+            os.setgid(self.gid)
+            os.setuid(self.uid)
+
+        return subprocess.run(command, env=self.environment(env), cwd=cwd or self.home, preexec_fn=become_user,
+                              capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def subordinate_range(name, path) -> tuple | None:
+    with open(path) as table:
+        for line in table:
+            fields = line.strip().split(":")
+            if len(fields) == 3 and fields[0] == name:
+                return int(fields[1]), int(fields[2])
+    return None
+
+
+def _drop_subordinate_lines(name):
+    """userdel removes them on current shadow; older ones leave them: make sure."""
+    for path in SUBORDINATE_FILES:
+        with open(path) as table:
+            lines = table.readlines()
+        kept = [line for line in lines if line.split(":", 1)[0] != name]
+        if kept != lines:
+            with open(path, "w") as table:
+                table.writelines(kept)
+
+
+def end_processes(uids) -> None:
+    """SIGKILL every process running as one of `uids`, by PID, until none is left: the
+    throw-away user's (its own uid or its range), which only the test started."""
+    for _ in range(100):
+        pids = []
+        for entry in os.listdir("/proc"):
+            try:
+                if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid in uids:
+                    pids.append(int(entry))
+            except FileNotFoundError:
+                pass
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    raise AssertionError(f"processes of a throw-away user would not end: {pids}")
+
+
+@contextlib.contextmanager
+def ordinary_user(prefix="lkt"):
+    """A fresh user `<prefix><6 hex>`, with a subordinate id range; removed afterwards."""
+    name = f"{prefix}{secrets.token_hex(3)}"
+    user = None
+    subprocess.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/sh", name],
+                   check=True, capture_output=True)
+    try:
+        entry = pwd.getpwnam(name)
+        os.chmod(entry.pw_dir, 0o700)
+        # A range of its own, far from useradd's (100000 + 65536 n: also the --userns
+        # default of root's containers) and the grading sandboxes' (from 10^9).
+        _drop_subordinate_lines(name)
+        first = 3_200_000_000 + (os.getpid() % 1000) * 65536
+        subprocess.run(["usermod", "--add-subuids", f"{first}-{first + 65535}",
+                        "--add-subgids", f"{first}-{first + 65535}", name], check=True, capture_output=True)
+        user = User(name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+        yield user
+    finally:
+        if user is not None:
+            end_processes({user.uid, *range(first, first + 65536)})
+        removed = subprocess.run(["userdel", "--remove", name], capture_output=True, text=True)
+        _drop_subordinate_lines(name)
+        if removed.returncode not in (0, 12):   # 12: the home could not be removed (already gone)
+            raise AssertionError(f"userdel {name} failed ({removed.returncode}): {removed.stderr.strip()}")
