@@ -22,6 +22,8 @@ setup: system-packages $(STAMP) $(CLASS)/.labkit-installed
 # against podman's, offline). node and npm run JupyterHub's configurable-http-proxy, and
 # python3-venv makes the students' environment (tests/test_class_hub.py). chromium is for the browser test (tests/test_browser.py); where the distribution cannot
 # install it (Ubuntu ships it as a snap, which does not run here) that test skips and says so.
+# slirp4netns and passt (pasta) give rootless containers published ports and outbound
+# traffic, as for rootless podman.
 system-packages:
 	@ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 || apt-get update -qq
 	@[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && command -v losetup >/dev/null || \
@@ -34,6 +36,9 @@ system-packages:
 	@command -v podman >/dev/null && command -v runc >/dev/null || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc >/dev/null || \
 	  echo "make: podman and runc could not be installed from apt; tests/test_docker_oracle.py will skip"
+	@command -v slirp4netns >/dev/null && command -v pasta >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slirp4netns passt >/dev/null || \
+	  echo "make: slirp4netns or passt could not be installed from apt; tests/test_rootless_network.py will skip"
 	@[ -x /usr/bin/chromium ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
 	  echo "make: chromium could not be installed from apt; tests/test_browser.py will skip"
 	@command -v node >/dev/null && command -v npm >/dev/null || \

@@ -65,7 +65,7 @@ def test_the_network_mode_is_parsed_once_into_a_type():
     assert [str(mode) for mode in modes.values()] == ["none", "host", "bridge", "container:web"]
     assert NetworkMode.parse(modes["bridge"]) is modes["bridge"]
     for bad in ("container:", "bridge:x", "Host"):
-        with pytest.raises(ConfigError, match="is not one of none, host, bridge, container:NAME"):
+        with pytest.raises(ConfigError, match="is not one of none, host, bridge, pasta, container:NAME"):
             ContainerSpec(network=bad).validated()
 
 

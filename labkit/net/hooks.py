@@ -25,7 +25,7 @@ from pathlib import Path
 from labkit.errors import ConfigError
 from labkit.home import labkit_home
 from labkit.net import bridge, hosts, ipam, veth
-from labkit.net.ports import publish_all
+from labkit.net.ports import PortMapping, publish_all
 from labkit.net.rtnl import require_net_admin
 
 
@@ -43,6 +43,8 @@ class ContainerNetwork:
     home: Path | None = None
     attached: bool = False
     released: bool = False
+    forwarded: list = field(default_factory=list)   # --net pasta: the PortMappings pasta forwards
+    pasta: object = None                            # --net pasta: its labkit.net.pasta.Pasta
 
     def __repr__(self):
         where = f"{self.ip}/{self.prefixlen} on {self.bridge}" if self.mode == "bridge" else self.mode
@@ -83,7 +85,9 @@ _in_use_lock = threading.Lock()
 # --- 1. prepare ------------------------------------------------------------------------
 
 def prepare(spec, who: Who, hosts_text: str, peer: Peer | None = None):
-    """(ContainerNetwork, NetworkSetup) for a `--net bridge` or `--net container:NAME` spec."""
+    """(ContainerNetwork, NetworkSetup) for a `--net bridge`, `--net pasta` or `--net container:NAME` spec."""
+    if spec.network.kind == "pasta":
+        return _through_pasta(spec, who, hosts_text)
     require_net_admin()
     ports = publish_all(spec.publish)
     try:
@@ -170,10 +174,35 @@ def _join(who: Who, hosts_text: str, peer: Peer):
     return network, NetworkSetup(join={"net": peer.netns}, inside=None, hosts=hosts_text)
 
 
+def _through_pasta(spec, who: Who, hosts_text: str):
+    """`--net pasta`: no bridge, no veth, no address of labkit's: pasta (started at
+    attach, as the caller) gives the namespace the host's address and routes and forwards
+    the published ports. Needs no privilege: how a container without root gets out."""
+    from labkit.net.pasta import program
+
+    program()   # not installed: said now, before anything is made
+    network = ContainerNetwork("pasta", forwarded=[PortMapping.parse(text) for text in spec.publish])
+    with _in_use_lock:
+        _in_use[who.id] = network
+    return network, NetworkSetup(join={}, inside=None, hosts=hosts_text)
+
+
 # --- 2. attach -------------------------------------------------------------------------
 
 def attach(network: ContainerNetwork, pid: int, name: str) -> None:
     """`pid`: the held container process, in its new network namespace."""
+    if network.mode == "pasta":
+        import tempfile
+
+        from labkit.net import pasta
+
+        directory = tempfile.mkdtemp(prefix="labkit-pasta-")
+        try:
+            network.pasta = pasta.start(pid, network.forwarded, os.path.join(directory, "pid"))
+        finally:
+            os.rmdir(directory)
+        network.attached = True
+        return
     if network.mode == "bridge":
         veth.create_pair(network.host_veth, pid, network.bridge_index, network.ip,
                          alias=f"{bridge.alias_for(network.home)} container {name}")
@@ -193,6 +222,10 @@ def detach(network: ContainerNetwork | None, ident: str) -> None:
         _in_use.pop(ident, None)
     for port in network.ports:
         port.close()
+    if network.pasta is not None:
+        from labkit.net import pasta
+
+        pasta.stop(network.pasta)
     if network.mode != "bridge":
         return
     veth.delete(network.host_veth)
@@ -223,7 +256,8 @@ def published_ports() -> dict:
     (the relays live in their owner, so only the owner can list them)."""
     with _in_use_lock:
         networks = list(_in_use.items())
-    return {ident: [str(port.mapping) for port in network.ports] for ident, network in networks}
+    return {ident: [str(port.mapping) for port in network.ports] + [str(mapping) for mapping in network.forwarded]
+            for ident, network in networks}
 
 
 # --- shared with the sweep ----------------------------------------------------------------
