@@ -10,6 +10,8 @@ from leak_checks import empty_slot_cgroups, labkit_cgroups, labkit_mounts
 def pytest_collection_modifyitems(config, items):
     if os.geteuid() == 0:
         return
+    if os.environ.get("LABKIT_TESTS_AS_USER"):
+        return   # tests/test_escapes_rootless.py runs chosen root tests as an ordinary user
     skip = pytest.mark.skip(reason="needs root on a real kernel (namespaces, cgroups, mounts)")
     for item in items:
         if "root" in item.keywords:
@@ -36,8 +38,8 @@ def labkit_home(tmp_path, monkeypatch):
     # Containers with a user namespace run as an unprivileged host uid, which must be able
     # to reach the layers: pytest's temp root is private (0700) by default.
     for directory in (tmp_path, *tmp_path.parents):
-        if directory == directory.parent or str(directory) == "/tmp":
-            break
+        if directory == directory.parent or str(directory) == "/tmp" or directory.stat().st_uid != os.geteuid():
+            break   # (as an ordinary user, the dirs above its own are not its to change)
         os.chmod(directory, os.stat(directory).st_mode | 0o011)
     monkeypatch.setenv("LABKIT_HOME", str(home))
     return home
