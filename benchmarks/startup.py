@@ -25,6 +25,11 @@
                           podman's storage does), unmounted and removed after it ("cleaned")
    - runc run:            the same, when runc is installed (it is not installed for this)
    - bare fork+exec, util-linux unshare (6 namespaces): floors no runtime goes below
+   - labkit rootless:     the same container started by a throw-away ordinary user (made
+                          and removed by the benchmark): a user namespace first, no
+                          cgroup where the host delegates none (cgroup v1), so no limits
+   - podman rootless (runc): `podman --runtime runc run --rm --rootfs` by the same user
+                          (crun refuses hybrid hosts), called in the same turns
    Each labkit variant runs in a client process of its own (its own helper), one per
    pool setting; crun runs in a mount namespace without the hybrid cgroup2 mount, which
    it refuses (benchmarks/timing.py).
@@ -41,6 +46,7 @@ profile on; 100 sequential ≤ 1.0 s; 2×50 within the 2-core bound; `labkit run
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -66,19 +72,21 @@ WARMUP = 5
 
 # --- the labkit client (a worker process: its own helper) --------------------------------
 
-def container_spec(privileged: bool):
+def container_spec(privileged: bool, limits: bool = True):
     from labkit.runtime import ContainerSpec
 
+    if not limits:   # rootless without delegation: limits would not hold, each would say so
+        return ContainerSpec(command=["/bin/true"], privileged=privileged)
     return ContainerSpec(command=["/bin/true"], memory="256m", cpus=1, pids=64, privileged=privileged)
 
 
-def serve_labkit() -> None:
+def serve_labkit(limits: bool = True) -> None:
     from labkit.images import get_image
     from labkit.runtime.client.helper_client import get_helper
 
     get_image("busybox")
     get_helper()
-    specs = {False: container_spec(False), True: container_spec(True)}
+    specs = {False: container_spec(False, limits), True: container_spec(True, limits)}
 
     def handle(request):
         spec = specs[bool(request.get("privileged"))]
@@ -172,10 +180,12 @@ def oci_argv(runtime, bundle) -> tuple:
     return [runtime, "run", "--bundle", bundle, "{name}"], [runtime, "delete", "--force", "{name}"]
 
 
-def measure_phases(runs: int, bundle: str, runtimes: list, same_work: dict | None = None) -> dict:
+def measure_phases(runs: int, bundle: str, runtimes: list, same_work: dict | None = None,
+                   rootless: dict | None = None) -> dict:
     """Every variant called in turn, `runs` rounds after WARMUP rounds. `runtimes`: the
     OCI runtimes (crun, runc) to time on `bundle` beside labkit. `same_work`: crun's
-    bundle with labkit's work ({"bundle", "overlay"}: timing.make_profiled_bundle)."""
+    bundle with labkit's work ({"bundle", "overlay"}: timing.make_profiled_bundle). `rootless`:
+    more variants (rootless_variants), called in the same turns."""
     with labkit_worker("labkit client", pool=True) as pooled, \
             labkit_worker("labkit client, pool off", pool=False) as unpooled:
         variants = {
@@ -185,6 +195,7 @@ def measure_phases(runs: int, bundle: str, runtimes: list, same_work: dict | Non
             "labkit --privileged, pool off": lambda: unpooled.ask({"op": "phases", "privileged": True}),
             "bare fork+exec": lambda: {"exit": _seconds(bare)},
             "unshare (6 ns)": lambda: {"exit": _seconds(unshare)},
+            **(rootless or {}),
         }
         workers = []
         try:
@@ -232,6 +243,51 @@ def bare():
 def unshare():
     subprocess.run(["unshare", "--mount", "--uts", "--ipc", "--pid", "--net", "--cgroup", "--fork", "/bin/true"],
                    check=True)
+
+
+# --- 1b. rootless: the same start → exit as an ordinary user --------------------------------
+
+@contextlib.contextmanager
+def rootless_variants(layer: str, notes: list):
+    """A throw-away user (tests/ordinary_users.py: made here, removed with all it ran), a
+    rootless labkit worker and a rootless podman (runc) worker of theirs; yields the
+    variants for measure_phases, or {} (with a note) where this host cannot."""
+    import cli
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from ordinary_users import ordinary_user
+
+    python = "/usr/bin/python3"   # this one may live in root's home, which the user cannot read
+    if not os.path.exists("/usr/bin/newuidmap") or not os.access(python, os.X_OK):
+        notes.append("no rootless rows: newuidmap (Debian package uidmap) or /usr/bin/python3 is missing")
+        yield {}
+        return
+    with ordinary_user("lkbench") as user, contextlib.ExitStack() as workers:
+        import sysconfig
+
+        runtime_dir = os.path.join(user.home, ".run")   # podman's XDG_RUNTIME_DIR, gone with the home
+        os.mkdir(runtime_dir, 0o700)
+        os.chown(runtime_dir, user.uid, user.gid)
+        env = user.environment({"PYTHONPATH": f"{ROOT}:{sysconfig.get_paths()['purelib']}",
+                                "PYTHONDONTWRITEBYTECODE": "1", "XDG_RUNTIME_DIR": runtime_dir})
+        as_user = {"user": user.uid, "group": user.gid, "extra_groups": [], "cwd": user.home}
+        labkit = workers.enter_context(timing.Worker(
+            [python, os.path.abspath(__file__), "--serve-labkit", "--no-limits"], "labkit rootless client", env, **as_user))
+        variants = {"labkit rootless": lambda: labkit.ask({"op": "phases"})}
+        if shutil.which("podman") and shutil.which("runc"):
+            rootfs = os.path.join(user.home, "rootfs")
+            shutil.copytree(layer, rootfs, symlinks=True)   # podman writes /etc files into a --rootfs
+            for directory, _, files in os.walk(rootfs):
+                for path in [directory, *(os.path.join(directory, name) for name in files)]:
+                    os.lchown(path, user.uid, user.gid)
+            podman = workers.enter_context(timing.Worker(
+                [python, os.path.join(ROOT, "benchmarks", "timing.py"), "--serve-commands", "--as-is"],
+                "podman rootless worker", env, **as_user))
+            argv = ["podman", "--runtime", "runc"] + cli.podman_command(rootfs)[1:]
+            variants["podman rootless (runc)"] = _oci_variant(podman, argv, None)
+        else:
+            notes.append("no rootless podman row: podman or runc is not installed")
+        yield variants
 
 
 # --- 2. 100 sequential, 2×50 concurrent --------------------------------------------------
@@ -317,7 +373,8 @@ def measure(runs, batch_count, repeats, cli_runs, install=True) -> dict:
     runtimes = [name for name, present in (("crun", crun), ("runc", shutil.which("runc"))) if present]
     if not labkit_knows_pool():
         notes.append("this labkit does not read LABKIT_POOL: the 'pool off' rows run the same runtime as the others")
-    with tempfile.TemporaryDirectory(prefix="labkit-bench-") as directory:
+    with tempfile.TemporaryDirectory(prefix="labkit-bench-") as directory, \
+            rootless_variants(layer, notes) as rootless:
         bundle = timing.make_bundle(os.path.join(directory, "bare"), layer)
         same_work = None
         if crun:
@@ -325,7 +382,7 @@ def measure(runs, batch_count, repeats, cli_runs, install=True) -> dict:
             os.mkdir(os.path.join(directory, "layers"))
             same_work["overlay"] = {"lower": layer, "root": os.path.join(same_work["bundle"], "rootfs"),
                                     "scratch": os.path.join(directory, "layers")}
-        phases = measure_phases(runs, bundle, runtimes, same_work)
+        phases = measure_phases(runs, bundle, runtimes, same_work, rootless)
         batches = measure_batches(batch_count, repeats, bundle if crun else None)
     command_line = cli.measure(cli_runs, layer, install)
     notes += command_line.pop("notes")
@@ -353,6 +410,12 @@ def report(data: dict) -> None:
         ratio = phases["labkit"]["exit"]["median_ms"] / same
         print(f"labkit / crun with the same work, start → exit = {ratio:.2f} "
               f"(goal ≤ {SAME_WORK_GOAL}: {verdict(ratio <= SAME_WORK_GOAL)})")
+    rootless = phases.get("labkit rootless", {}).get("exit", {}).get("median_ms")
+    if rootless:
+        podman = phases.get("podman rootless (runc)", {}).get("exit", {}).get("median_ms")
+        versus = f"; ÷ rootless podman (runc) = {rootless / podman:.2f}" if podman else ""
+        print(f"rootless labkit, start → exit ÷ root labkit = {rootless / phases['labkit']['exit']['median_ms']:.2f}"
+              f"{versus} (same run, in turn)")
     print(f"\n{batches['count']} containers (median of {len(batches['runs']['labkit sequential']['wall_s'])} rounds, "
           f"{batches['cores']} cores)")
     for who in ("labkit", "crun"):
@@ -391,9 +454,10 @@ def main():
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install a missing crun or podman")
     parser.add_argument("--json", help="also write the rows and raw samples to this file")
     parser.add_argument("--serve-labkit", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-limits", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.serve_labkit:
-        serve_labkit()
+        serve_labkit(limits=not options.no_limits)
         return
     if os.geteuid() != 0:
         sys.exit("benchmarks/startup.py needs root: containers make namespaces, cgroups and mounts")

@@ -207,11 +207,12 @@ def oci_seccomp(profile: dict, caps: set) -> dict:
 class Worker:
     """The benchmark's side of a worker process (see the module's docstring)."""
 
-    def __init__(self, command: list, name: str, env: dict | None = None):
+    def __init__(self, command: list, name: str, env: dict | None = None, **popen):
+        """`popen`: more for subprocess.Popen (user=, group=, cwd= for a worker as another user)."""
         self.name = name
         self.errors = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self.errors, text=True, env=env)
+                                        stderr=self.errors, text=True, env=env, **popen)
 
     def send(self, request: dict) -> None:
         try:
@@ -359,5 +360,7 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--serve-commands"]:
         hide_hybrid_cgroup2()
         serve(time_command)
+    elif sys.argv[1:] == ["--serve-commands", "--as-is"]:
+        serve(time_command)   # an ordinary user's worker: rootless podman with runc needs no unmount
     else:
-        sys.exit("usage: (a worker started by the benchmarks) timing.py --serve-commands")
+        sys.exit("usage: (a worker started by the benchmarks) timing.py --serve-commands [--as-is]")
