@@ -249,20 +249,20 @@ def unshare():
 
 @contextlib.contextmanager
 def rootless_variants(layer: str, notes: list):
-    """A throw-away user (tests/ordinary_users.py: made here, removed with all it ran), a
+    """A throw-away user (tests/throwaway_users.py: made here, removed with all it ran), a
     rootless labkit worker and a rootless podman (runc) worker of theirs; yields the
     variants for measure_phases, or {} (with a note) where this host cannot."""
     import cli
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from ordinary_users import ordinary_user
+    from throwaway_users import throwaway_user
 
     python = "/usr/bin/python3"   # this one may live in root's home, which the user cannot read
     if not os.path.exists("/usr/bin/newuidmap") or not os.access(python, os.X_OK):
         notes.append("no rootless rows: newuidmap (Debian package uidmap) or /usr/bin/python3 is missing")
         yield {}
         return
-    with ordinary_user("lkbench") as user, contextlib.ExitStack() as workers:
+    with throwaway_user("lkbench") as user, contextlib.ExitStack() as workers:
         import sysconfig
 
         runtime_dir = os.path.join(user.home, ".run")   # podman's XDG_RUNTIME_DIR, gone with the home

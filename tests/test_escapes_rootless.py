@@ -67,11 +67,11 @@ def as_the_user() -> bool:
 @pytest.mark.root
 @pytest.mark.slow
 def test_the_escape_suite_holds_as_an_ordinary_user():
-    from ordinary_users import ordinary_user
+    from throwaway_users import throwaway_user
 
     if not os.path.exists("/usr/bin/newuidmap"):
         pytest.skip("newuidmap/newgidmap are not installed (Debian package uidmap)")
-    with ordinary_user() as student:
+    with throwaway_user() as student:
         env = {"PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}", "PYTHONDONTWRITEBYTECODE": "1",
                "LABKIT_TESTS_AS_USER": "1"}
         done = student.run(["/usr/bin/python3", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs",

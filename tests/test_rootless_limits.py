@@ -140,11 +140,11 @@ PROBE = textwrap.dedent("""
 
 @pytest.fixture
 def student():
-    from ordinary_users import ordinary_user
+    from throwaway_users import throwaway_user
 
     if os.geteuid() != 0:
         pytest.skip("making a throw-away user needs root (useradd)")
-    with ordinary_user() as user:
+    with throwaway_user() as user:
         yield user
 
 

@@ -87,11 +87,11 @@ AS_STUDENT = textwrap.dedent("""
 
 @pytest.fixture
 def student():
-    from ordinary_users import ordinary_user
+    from throwaway_users import throwaway_user
 
     if shutil.which("pasta") is None or shutil.which("nsenter") is None:
         pytest.skip(f"pasta or nsenter is missing: {pasta.INSTALL}")
-    with ordinary_user() as user:
+    with throwaway_user() as user:
         yield user
 
 

@@ -2,7 +2,7 @@
 65,536-id range in /etc/subuid and /etc/subgid) and removed with everything they own,
 also when the test fails. Needs root; the caller skips where it is not root.
 
-    with ordinary_user() as student:
+    with throwaway_user() as student:
         student.run(["id", "-u"])           # as that user, its own HOME and XDG dirs
 """
 
@@ -87,7 +87,7 @@ def end_processes(uids) -> None:
 
 
 @contextlib.contextmanager
-def ordinary_user(prefix="lkt"):
+def throwaway_user(prefix="lkt"):
     """A fresh user `<prefix><6 hex>`, with a subordinate id range; removed afterwards."""
     name = f"{prefix}{secrets.token_hex(3)}"
     user = None
