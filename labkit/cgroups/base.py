@@ -6,14 +6,16 @@ a count for pids, seconds for time.
 
 import errno
 import os
-import signal
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from labkit.errors import HostError
+from labkit.linux.processes import kill_each
 
 CPU_PERIOD_US = 100_000
+# How long kill() keeps killing what a cgroup holds (forks in flight) before it gives up.
+KILL_TIMEOUT = 1.0
 
 
 @dataclass
@@ -196,16 +198,7 @@ class Cgroup(ABC):
 
     def kill(self) -> None:
         """SIGKILL every process inside, until none is left (new forks included)."""
-        for _ in range(1000):
-            pids = self.pids()
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.001)
+        kill_each(self.pids, timeout=KILL_TIMEOUT)
 
     def delete(self, timeout: float = 5.0) -> None:
         """Kill what is inside, wait for it to go, remove the directories. Races tolerated."""

@@ -1,4 +1,9 @@
-"""Naming a process for good: a PID is reused, a (PID, start time) pair is not."""
+"""Naming a process for good: a PID is reused, a (PID, start time) pair is not; and killing
+every process a listing names, until it names none."""
+
+import os
+import signal
+import time
 
 
 def _stat_fields(pid: int) -> list | None:
@@ -36,3 +41,20 @@ def is_running(pid, started) -> bool:
         return int(fields[19]) == started and fields[0] not in ("Z", "X")
     except (IndexError, ValueError):
         return False
+
+
+def kill_each(list_pids, timeout: float) -> list:
+    """SIGKILL every process `list_pids()` names, and again until it names none (a fork in
+    flight shows up on the next look); a process already gone is fine. Returns the PIDs
+    still there when `timeout` seconds ran out ([] when they all went)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = list(list_pids())
+        if not pids or time.monotonic() > deadline:
+            return pids
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.001)

@@ -16,7 +16,6 @@ which no process inside has: the sandbox's own rules, set here, hold for everyth
 """
 
 import os
-import signal
 import time
 
 from labkit.cgroups import Limits, detect_mode
@@ -25,6 +24,7 @@ from labkit.cgroups.devices import DOCKER_DEFAULT
 from labkit.cgroups.v1 import CgroupV1, controller_mounts
 from labkit.cgroups.v2 import CgroupV2, unified_mount
 from labkit.errors import HostError
+from labkit.linux.processes import kill_each
 
 PARENT = "labkit-sandbox"
 V1_NEEDED = ("memory", "cpu", "cpuacct", "pids")
@@ -154,19 +154,9 @@ def tree_pids(directory) -> set:
 
 def kill_all(directories, timeout=10.0):
     """SIGKILL everything in these cgroups and below, until they are empty."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pids = set().union(*(tree_pids(d) for d in directories)) if directories else set()
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if time.monotonic() > deadline:
-            raise HostError(f"processes {sorted(pids)} in the sandbox's cgroups do not die")
-        time.sleep(0.005)
+    left = kill_each(lambda: set().union(*(tree_pids(d) for d in directories)) if directories else (), timeout)
+    if left:
+        raise HostError(f"processes {sorted(left)} in the sandbox's cgroups do not die")
 
 
 def remove_trees(directories, timeout=10.0):
