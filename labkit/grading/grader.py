@@ -135,6 +135,7 @@ def _execute(notebook, cell_timeout, kernel_name, submission, box, checks) -> di
 
     from labkit.grading.evidence import Watch
     from labkit.grading.judge import GraderWorld, judge_cell, read_answer
+    from labkit.grading.session import Progress, exercises_in, is_progress_cell
 
     import nbformat
 
@@ -165,6 +166,12 @@ def _execute(notebook, cell_timeout, kernel_name, submission, box, checks) -> di
                 reports[grade_id(cell)] = report
                 cell.outputs = [new_output("execute_result", data=_bundle(report), execution_count=None)]
                 continue
+            if is_progress_cell(source_text(cell)):
+                # The kernel never ran a check (the grader judged them): its progress() would
+                # show none. The grader's own is shown instead; only display, never a grade.
+                shown = Progress(reports.values(), exercises_in(notebook.cells))
+                cell.outputs = [new_output("execute_result", data=_bundle(shown), execution_count=None)]
+                continue
             try:
                 client.execute_cell(cell, index)
             except DeadKernelError:
@@ -182,9 +189,11 @@ def _execute(notebook, cell_timeout, kernel_name, submission, box, checks) -> di
     return reports
 
 
-def _bundle(report) -> dict:
-    bundle = report._repr_mimebundle_()
-    return {key: value for key, value in bundle.items()}
+def _bundle(shown) -> dict:
+    """What a notebook shows of a Report or a Progress, as an output's data."""
+    if hasattr(shown, "_repr_mimebundle_"):
+        return dict(shown._repr_mimebundle_())
+    return {"text/plain": repr(shown), "text/html": shown._repr_html_()}
 
 
 def _output_size(content) -> int:

@@ -98,9 +98,6 @@ def _notebook_path():
 def exercises_of(path) -> list | None:
     """[(check title, points, number of checks)] of the notebook's grade cells, or None
     if there is no readable notebook at `path`."""
-    from labkit.grading.cell_source import parse_check
-    from labkit.grading.notebook import FormatError, grade_id, is_grade, points, source_text
-
     if not path or not str(path).endswith(".ipynb") or not os.path.isfile(path):
         return None
     try:
@@ -109,6 +106,14 @@ def exercises_of(path) -> list | None:
             cells = json.load(handle).get("cells", [])
     except (OSError, ValueError, AttributeError):
         return None
+    return exercises_in(cells)
+
+
+def exercises_in(cells) -> list:
+    """[(check title, points, number of checks)] of these notebook cells' grade cells."""
+    from labkit.grading.cell_source import parse_check
+    from labkit.grading.notebook import FormatError, grade_id, is_grade, points, source_text
+
     exercises = []
     for cell in cells if isinstance(cells, list) else []:
         if not isinstance(cell, dict):
@@ -121,3 +126,16 @@ def exercises_of(path) -> list | None:
         except FormatError:
             exercises.append((grade_id(cell) or "?", points(cell), 1))
     return exercises
+
+
+def is_progress_cell(source: str) -> bool:
+    """Is this cell just `progress()` (the lab's last, locked cell)?"""
+    import ast
+
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return False
+    return (len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Call)
+            and isinstance(body[0].value.func, ast.Name) and body[0].value.func.id == "progress"
+            and not body[0].value.args and not body[0].value.keywords)
