@@ -25,6 +25,9 @@ def add_subcommand(subparsers) -> None:
     run.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                      help="cut a cell that runs longer than this (default 30)")
     run.add_argument("--kernel", help="kernel to run submissions in (default: the source's, usually labkit)")
+    run.add_argument("--budget", type=float, default=600.0, metavar="SECONDS",
+                     help="wall-clock time one submission may take in its sandbox, kernel start to last cell "
+                          "(default 600); then the sandbox is killed and later cells do not run")
     run.add_argument("--jobs", type=int, default=1, metavar="N",
                      help="grade N submissions at once, each in its own sandbox (default 1)")
     run.add_argument("--sandbox", default="namespaces", metavar="KIND",
@@ -87,7 +90,7 @@ def cmd_release(options) -> int:
 def cmd_run(options) -> int:
     from labkit.grading.gradebook import write_all
     from labkit.grading.grader import student_name
-    from labkit.grading.sandbox import KINDS
+    from labkit.grading.sandbox import KINDS, SandboxLimits
 
     if options.timeout <= 0:
         raise ConfigError(f"--timeout {options.timeout:g}: a cell needs more than zero seconds")
@@ -103,7 +106,10 @@ def cmd_run(options) -> int:
     names = []
     for path in options.submissions:
         names.append(_unique(student_name(path, options.source), set(names)))
-    settings = {"cell_timeout": options.timeout, "kernel_name": options.kernel, "sandbox": options.sandbox}
+    if options.budget <= 0:
+        raise ConfigError(f"--budget {options.budget:g}: a submission needs more than zero seconds")
+    settings = {"cell_timeout": options.timeout, "kernel_name": options.kernel, "sandbox": options.sandbox,
+                "limits": SandboxLimits(wall_seconds=options.budget)}
     progress = Progress(len(options.submissions))
     done = {}
     try:

@@ -33,6 +33,7 @@ def Sandbox(kind="namespaces", limits=None, workdir=None):  # noqa: N802 — use
 
         return NamespaceSandbox(limits, workdir)
     if kind == "vm":
-        raise ConfigError("--sandbox vm is not built yet; use --sandbox namespaces (the default), which "
-                          "keeps a submission from the host but shares its kernel (see docs/labs.md)")
+        raise ConfigError("a VM is not a sandbox the grader reads from outside: --sandbox vm grades the whole "
+                          "submission in a guest of its own (labkit.grading.vm), with this namespaces sandbox "
+                          "inside it")
     raise ConfigError(f"sandbox kind {kind!r} is not one of {', '.join(KINDS)}")
