@@ -10,8 +10,9 @@ the host or the next submission.
 
 Kinds: "namespaces" (default; a user namespace and every other kind, a delegated cgroup
 subtree with limits the student cannot raise: labkit's own containers work inside it),
-"none" (the kernel runs on the host, as before sandboxes: no isolation). What each
-defends against is in docs/labs.md.
+"none" (the kernel runs on the host, as before sandboxes: no isolation). `--sandbox vm`
+is not a kind of this factory: it grades the whole submission in a VM, with a namespaces
+sandbox inside (labkit/grading/vm.py). What each defends against is in docs/labs.md.
 """
 
 from labkit.errors import ConfigError
