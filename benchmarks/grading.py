@@ -15,13 +15,14 @@ both alike:
 
 Goal (issue 19): namespaces ≤ 1.25× none. Printed, never asserted.
 
-`--jobs-rows N` adds two rows (alone, with its own runs): `labkit grade run` of N copies of
-the notebook with `--jobs 1` and with `--jobs 2`, in turn, as seconds per submission, and
-their ratio (on 2 cores, at best 0.5x).
+Then two rows of whole `labkit grade run`s (with their own runs, `--jobs-runs`, default 1:
+each is `--jobs-rows` submissions long): N copies of the notebook (`--jobs-rows`, default 20,
+the issue's number; 0 leaves them out) graded with `--jobs 1` and with `--jobs 2`, in turn,
+as seconds per submission, and their ratio (on 2 free cores, at best 0.5x). `--jobs-only`
+prints just these.
 
-Hook for `--jobs` (the grader's part of issue 19): `ROWS` maps a row name to a function
-taking the list of submission notebooks and returning seconds per submission; a row such
-as "jobs 2 vs 1 on 20 submissions" is one more entry calling `labkit grade run --jobs N`.
+`ROWS` maps a row name to a function taking the list of submission notebooks and returning
+seconds per submission.
 """
 
 import argparse
@@ -90,39 +91,21 @@ def grade_run(jobs: int, notebook_path: str, copies: int) -> float:
     return taken / copies
 
 
-def jobs_rows(options) -> None:
+def jobs_rows(options) -> dict:
     notebook = (options.notebook or [DEFAULT_NOTEBOOK])[0]
     functions = {f"jobs {jobs}": (lambda jobs=jobs: grade_run(jobs, notebook, options.jobs_rows)) for jobs in (1, 2)}
-    taken = timing.in_turn(functions, options.runs, 0)
+    taken = timing.in_turn(functions, options.jobs_runs, 0)
     rows = {name: timing.summary(seconds) for name, seconds in taken.items()}
+    ratio = rows["jobs 2"]["median_ms"] / rows["jobs 1"]["median_ms"]
     print(f"labkit grade run on {options.jobs_rows} submissions of {os.path.basename(notebook)}, seconds per "
-          f"submission ({options.runs} runs in turn, load {timing.load_average()[0]:.2f}):")
+          f"submission ({options.jobs_runs} run(s) in turn, load {timing.load_average()[0]:.2f}):")
     for name, row in rows.items():
         print(f"  {name:28} median {row['median_ms'] / 1000:7.3f} s   p90 {row['p90_ms'] / 1000:7.3f} s")
-    print(f"  jobs 2 / jobs 1: {rows['jobs 2']['median_ms'] / rows['jobs 1']['median_ms']:.2f}x")
+    print(f"  jobs 2 / jobs 1: {ratio:.2f}x (at best 0.5x on 2 free cores)")
+    return {"rows": rows, "ratio": ratio, "submissions": options.jobs_rows, "notebook": notebook}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--notebook", action="append", help="a submission to run (repeatable); default: "
-                        "the cgroups lab's source")
-    parser.add_argument("--quick", action="store_true", help="2 runs, no warm-up (a smoke test)")
-    parser.add_argument("--json", help="also write the rows and raw samples to this file")
-    parser.add_argument("--jobs-rows", type=int, metavar="N", help="only the --jobs 2 vs --jobs 1 rows, on N "
-                        "copies of the notebook (the issue's: 20)")
-    options = parser.parse_args()
-    if options.quick:
-        options.runs, options.warmup = 2, 0
-    if os.geteuid() != 0:
-        sys.exit("benchmarks/grading.py needs root (the sandbox makes namespaces and cgroups)")
-    from labkit.kernelspec import install
-
-    install(prefix=sys.prefix)   # the kernel the sandbox starts: this Python's
-    if options.jobs_rows:
-        jobs_rows(options)
-        return
+def sandbox_rows(options) -> dict:
     notebooks = options.notebook or [DEFAULT_NOTEBOOK]
     functions = {name: (lambda row=row: statistics.fmean(row(notebooks))) for name, row in ROWS.items()}
     functions["namespaces (sandbox only)"] = sandbox_only
@@ -134,10 +117,39 @@ def main():
     for name, row in rows.items():
         print(f"  {name:28} median {row['median_ms'] / 1000:7.3f} s   p90 {row['p90_ms'] / 1000:7.3f} s")
     print(f"  namespaces / none: {ratio:.2f}x (goal <= 1.25x)")
+    return {"rows": rows, "ratio": ratio, "notebooks": notebooks}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--notebook", action="append", help="a submission to run (repeatable); default: "
+                        "the cgroups lab's source")
+    parser.add_argument("--quick", action="store_true", help="2 runs, no warm-up (a smoke test)")
+    parser.add_argument("--json", help="also write the rows and raw samples to this file")
+    parser.add_argument("--jobs-rows", type=int, default=20, metavar="N", help="submissions in the --jobs 2 vs "
+                        "--jobs 1 rows (default 20, the issue's; 0 leaves those rows out)")
+    parser.add_argument("--jobs-runs", type=int, default=1, help="runs of each --jobs row (default 1)")
+    parser.add_argument("--jobs-only", action="store_true", help="only the --jobs 2 vs --jobs 1 rows")
+    options = parser.parse_args()
+    if options.quick:
+        options.runs, options.warmup = 2, 0
+    if options.jobs_rows < 0 or (options.jobs_only and options.jobs_rows == 0):
+        sys.exit("--jobs-rows: give a number of submissions (at least 1 with --jobs-only)")
+    if os.geteuid() != 0:
+        sys.exit("benchmarks/grading.py needs root (the sandbox makes namespaces and cgroups)")
+    from labkit.kernelspec import install
+
+    install(prefix=sys.prefix)   # the kernel the sandbox starts: this Python's
+    report = {"load": timing.load_average()}
+    if not options.jobs_only:
+        report["sandbox"] = sandbox_rows(options)
+    if options.jobs_rows:
+        report["jobs"] = jobs_rows(options)
     if options.json:
         with open(options.json, "w") as handle:
-            json.dump({"rows": rows, "ratio": ratio, "notebooks": notebooks,
-                       "load": timing.load_average()}, handle, indent=1)
+            json.dump(report, handle, indent=1)
 
 
 if __name__ == "__main__":
