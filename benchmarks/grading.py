@@ -91,17 +91,24 @@ def grade_run(jobs: int, notebook_path: str, copies: int) -> float:
     return taken / copies
 
 
+def measured(functions, runs, warmup, heading, numerator, denominator, goal) -> tuple:
+    """Call `functions` in turn; print their rows under `heading` and numerator/denominator."""
+    taken = timing.in_turn(functions, runs, warmup)
+    rows = {name: timing.summary(seconds) for name, seconds in taken.items()}
+    ratio = rows[numerator]["median_ms"] / rows[denominator]["median_ms"]
+    print(f"{heading} ({runs} run(s) in turn, load {timing.load_average()[0]:.2f}):")
+    for name, row in rows.items():
+        print(f"  {name:28} median {row['median_ms'] / 1000:7.3f} s   p90 {row['p90_ms'] / 1000:7.3f} s")
+    print(f"  {numerator} / {denominator}: {ratio:.2f}x ({goal})")
+    return rows, ratio
+
+
 def jobs_rows(options) -> dict:
     notebook = (options.notebook or [DEFAULT_NOTEBOOK])[0]
     functions = {f"jobs {jobs}": (lambda jobs=jobs: grade_run(jobs, notebook, options.jobs_rows)) for jobs in (1, 2)}
-    taken = timing.in_turn(functions, options.jobs_runs, 0)
-    rows = {name: timing.summary(seconds) for name, seconds in taken.items()}
-    ratio = rows["jobs 2"]["median_ms"] / rows["jobs 1"]["median_ms"]
-    print(f"labkit grade run on {options.jobs_rows} submissions of {os.path.basename(notebook)}, seconds per "
-          f"submission ({options.jobs_runs} run(s) in turn, load {timing.load_average()[0]:.2f}):")
-    for name, row in rows.items():
-        print(f"  {name:28} median {row['median_ms'] / 1000:7.3f} s   p90 {row['p90_ms'] / 1000:7.3f} s")
-    print(f"  jobs 2 / jobs 1: {ratio:.2f}x (at best 0.5x on 2 free cores)")
+    rows, ratio = measured(functions, options.jobs_runs, 0, f"labkit grade run on {options.jobs_rows} submissions "
+                           f"of {os.path.basename(notebook)}, seconds per submission", "jobs 2", "jobs 1",
+                           "at best 0.5x on 2 free cores")
     return {"rows": rows, "ratio": ratio, "submissions": options.jobs_rows, "notebook": notebook}
 
 
@@ -109,14 +116,9 @@ def sandbox_rows(options) -> dict:
     notebooks = options.notebook or [DEFAULT_NOTEBOOK]
     functions = {name: (lambda row=row: statistics.fmean(row(notebooks))) for name, row in ROWS.items()}
     functions["namespaces (sandbox only)"] = sandbox_only
-    taken = timing.in_turn(functions, options.runs, options.warmup)
-    rows = {name: timing.summary(seconds) for name, seconds in taken.items()}
-    ratio = rows["namespaces"]["median_ms"] / rows["none"]["median_ms"]
-    print(f"seconds per submission ({len(notebooks)} notebook(s), {options.runs} runs in turn, "
-          f"load {timing.load_average()[0]:.2f}):")
-    for name, row in rows.items():
-        print(f"  {name:28} median {row['median_ms'] / 1000:7.3f} s   p90 {row['p90_ms'] / 1000:7.3f} s")
-    print(f"  namespaces / none: {ratio:.2f}x (goal <= 1.25x)")
+    rows, ratio = measured(functions, options.runs, options.warmup,
+                           f"seconds per submission ({len(notebooks)} notebook(s))", "namespaces", "none",
+                           "goal <= 1.25x")
     return {"rows": rows, "ratio": ratio, "notebooks": notebooks}
 
 
