@@ -264,6 +264,9 @@ def test_grade_refuses_bad_options_naming_them(tmp_path, capsys):
     assert "--timeout 0" in capsys.readouterr().err
     assert main(["grade", "run", str(source), str(source), "--out", str(tmp_path / "g"), "--jobs", "0"]) == 125
     assert "--jobs 0" in capsys.readouterr().err
+    for budget in ("0", "nan", "inf"):
+        assert main(["grade", "run", str(source), str(source), "--out", str(tmp_path / "g"), "--budget", budget]) == 125
+        assert f"--budget {budget}" in capsys.readouterr().err
     assert main(["grade", "run", str(source), str(source), "--out", str(tmp_path / "g"), "--jobs", "2",
                  "--sandbox", "none"]) == 125
     assert "share the host's container names" in capsys.readouterr().err

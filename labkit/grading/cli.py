@@ -94,6 +94,8 @@ def cmd_run(options) -> int:
 
     if options.timeout <= 0:
         raise ConfigError(f"--timeout {options.timeout:g}: a cell needs more than zero seconds")
+    if not (0 < options.budget < float("inf")):
+        raise ConfigError(f"--budget {options.budget:g}: give a submission a finite number of seconds above zero")
     if options.jobs < 1:
         raise ConfigError(f"--jobs {options.jobs}: grade at least one submission at a time")
     if options.sandbox not in KINDS:
@@ -106,8 +108,6 @@ def cmd_run(options) -> int:
     names = []
     for path in options.submissions:
         names.append(_unique(student_name(path, options.source), set(names)))
-    if options.budget <= 0:
-        raise ConfigError(f"--budget {options.budget:g}: a submission needs more than zero seconds")
     settings = {"cell_timeout": options.timeout, "kernel_name": options.kernel, "sandbox": options.sandbox,
                 "limits": SandboxLimits(wall_seconds=options.budget)}
     progress = Progress(len(options.submissions))
