@@ -159,6 +159,9 @@ def _execute(notebook, cell_timeout, kernel_name, submission, box, checks) -> di
     # instead of waiting on a cell that may ignore the interrupt.
     client = CappedClient(notebook, km=box.kernel_manager(kernel_name=kernel_name), timeout=cell_timeout,
                           allow_errors=True, interrupt_on_timeout=True, record_timing=False,
+                          # The kernel may take as long to start as the submission may run (in an
+                          # emulated VM that is minutes); a kernel that dies is noticed at once.
+                          startup_timeout=box.limits.wall_seconds,
                           on_cell_executed=note_cut,
                           error_on_timeout={"ename": CUT, "evalue": f"cut after {cell_timeout:g} s", "traceback": []},
                           resources={"metadata": {"path": str(box.scratch)}})

@@ -34,7 +34,7 @@ IDS_PER_SANDBOX = 1 << 18
 MOST_SANDBOXES = 4096
 READ_ONLY_FROM_HOST = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 NS_GET_PARENT = 0xB702         # ioctl: the parent of a PID (or user) namespace
-START_TIMEOUT = 30.0
+START_TIMEOUT = 30.0           # at least; as long as the submission's budget (an emulated VM needs minutes)
 
 
 class NamespaceSandbox(BaseSandbox):
@@ -90,7 +90,7 @@ class NamespaceSandbox(BaseSandbox):
         with self._keeper.stdin as config_pipe:
             config_pipe.write(json.dumps(config).encode())
         with os.fdopen(ready_r) as ready:
-            answer = _read_with_timeout(ready, START_TIMEOUT)
+            answer = _read_with_timeout(ready, max(START_TIMEOUT, self.limits.wall_seconds))
         if not answer.startswith("ready"):
             raise HostError(f"the grading sandbox could not be made: {answer.strip() or 'its first process died'}")
         pid1 = [p for p in self.cgroup.pids() if p != self._keeper.pid]
