@@ -60,7 +60,8 @@ def grade_in_vm(source_path, path, cell_timeout, kernel_name, limits, submission
         try:
             result = run([sys.executable, "-m", "labkit.grading.vm_judge", str(exchange)], memory=f"{memory >> 20}m",
                          cpus=max(1, round(float(limits.cpus))), rw_dir=exchange, cwd="/",
-                         timeout=limits.wall_seconds + BOOT_ALLOWANCE, env={"PYTHONDONTWRITEBYTECODE": "1"})
+                         timeout=limits.wall_seconds + BOOT_ALLOWANCE, env={"PYTHONDONTWRITEBYTECODE": "1"},
+                         root_cache="loose")   # the judge and the kernel import much of the same Python
         except VMTimeout:
             submission.error = f"its VM did not finish within {limits.wall_seconds + BOOT_ALLOWANCE:g} s"
             return submission

@@ -55,11 +55,15 @@ class GuestFailed(HostError):
         self.booted = booted
 
 
-def run(command, memory="1g", cpus=2, rw_dir=None, timeout=DEFAULT_TIMEOUT, cwd=None, env=None, stream=None) -> VMResult:
+def run(command, memory="1g", cpus=2, rw_dir=None, timeout=DEFAULT_TIMEOUT, cwd=None, env=None, stream=None,
+        root_cache="none") -> VMResult:
     """Run `command` (a list of words) in a fresh VM and return how it went.
 
     `rw_dir` is a host directory shared read-write at the same path inside; `env`
-    adds to the guest's environment; `stream`, a text file, gets the output live.
+    adds to the guest's environment; `stream`, a text file, gets the output live;
+    `root_cache="loose"` lets the guest keep what it read of the host's root (a command
+    that imports much Python twice reads it once through 9p; host files changed while it
+    runs may go unseen: see guest.stage1_init).
     """
     command = [str(word) for word in command]
     if not command:
@@ -69,7 +73,7 @@ def run(command, memory="1g", cpus=2, rw_dir=None, timeout=DEFAULT_TIMEOUT, cwd=
     request = dict(
         kernel=kernel, command=command, memory_mib=_memory_mib(memory), cpus=_whole_cpus(cpus),
         rw_dir=rw_dir, timeout=timeout, stream=stream,
-        cwd=_guest_cwd(cwd, rw_dir), environment=_guest_environment(env),
+        cwd=_guest_cwd(cwd, rw_dir), environment=_guest_environment(env), root_cache=root_cache,
     )
     acceleration = choose_acceleration()
     try:
@@ -96,7 +100,8 @@ def ready_kernel() -> cache.CachedKernel:
     return kernel
 
 
-def _boot_and_run(kernel, command, memory_mib, cpus, rw_dir, timeout, stream, cwd, environment, acceleration):
+def _boot_and_run(kernel, command, memory_mib, cpus, rw_dir, timeout, stream, cwd, environment, acceleration,
+                  root_cache="none"):
     token = secrets.token_hex(8)
     console = Console(token, stream)
     sweep_leftovers_of_dead_runs()
@@ -105,7 +110,7 @@ def _boot_and_run(kernel, command, memory_mib, cpus, rw_dir, timeout, stream, cw
     try:
         initrd = workdir / "initrd.cpio"
         with open(initrd, "wb") as archive:
-            archive.write(kernel.initramfs.read_bytes())
+            archive.write(_base_initramfs(kernel, root_cache))
             archive.write(initramfs.build_run(command, cwd, environment, token, rw_dir))
         argv = qemu_command(host.qemu_binary(), kernel.vmlinux, initrd, memory_mib, cpus, acceleration, rw_dir)
         deadline = time.monotonic() + timeout
@@ -133,6 +138,16 @@ def _boot_and_run(kernel, command, memory_mib, cpus, rw_dir, timeout, stream, cw
         qemu_peak_rss_bytes=qemu.peak_rss_bytes,
         accel=acceleration.name,
     )
+
+
+def _base_initramfs(kernel, root_cache) -> bytes:
+    """The cached initramfs, or one whose /init mounts the host's root with `root_cache`."""
+    if root_cache == "none":
+        return kernel.initramfs.read_bytes()
+    busybox = host.static_busybox()
+    if busybox is None:
+        raise HostError("no static busybox for the guest's initramfs; run `labkit vm setup`")
+    return initramfs.build_base(busybox, kernel.modules_dir, init=guest.stage1_init(root_cache))
 
 
 def _wait_for_kvm_boot(qemu, console, deadline):
