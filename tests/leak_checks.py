@@ -40,14 +40,25 @@ def container_cgroup_leaf(ident, home=None) -> str:
     return _cgroup_leaves[ident]
 
 
-def helper_slot_cgroups(helper_pid) -> dict:
-    """{cgroup path: its pids} for the ready slots of the helper with this PID."""
+def helper_identity(helper) -> tuple:
+    """(PID, start time) of a helper, as its slots' names carry it. A PID alone is reused (this
+    host's pid_max is 32768, and a busy host wraps it in minutes): a dead helper's slot
+    cgroups not swept yet would count as those of a new helper that got its PID. Give the
+    pair itself for a helper that may be gone; a PID is looked up now."""
+    from labkit.linux.processes import start_time
+
+    return tuple(helper) if isinstance(helper, tuple) else (helper, start_time(helper))
+
+
+def helper_slot_cgroups(helper) -> dict:
+    """{cgroup path: its pids} for the slots of this helper (a PID, or (PID, start time))."""
     from labkit.cgroups.slot_cgroups import owner_of
 
+    identity = helper_identity(helper)
     slots = {}
     for path in labkit_cgroups():
         owner = owner_of(path.rsplit("/", 1)[-1])
-        if owner is not None and owner[0] == helper_pid:
+        if owner is not None and owner == identity:
             try:
                 with open(os.path.join(path, "cgroup.procs")) as procs:
                     slots[path] = {int(line) for line in procs if line.strip()}
@@ -56,7 +67,7 @@ def helper_slot_cgroups(helper_pid) -> dict:
     return slots
 
 
-def only_ready_slots_left(helper_pid, timeout=10.0) -> dict:
+def only_ready_slots_left(helper, timeout=10.0) -> dict:
     """The helper's slot cgroups that are not ready slots (each holds exactly one process,
     named labkit-slot, waiting for a plan): a used slot torn down holds nothing and must
     be gone. Retried for `timeout` seconds: a slot being made is empty for a moment."""
@@ -66,7 +77,7 @@ def only_ready_slots_left(helper_pid, timeout=10.0) -> dict:
 
     def not_ready():
         wrong = {}
-        for path, pids in helper_slot_cgroups(helper_pid).items():
+        for path, pids in helper_slot_cgroups(helper).items():
             names = set()
             for pid in pids:
                 try:
@@ -84,7 +95,7 @@ def only_ready_slots_left(helper_pid, timeout=10.0) -> dict:
     return wrong
 
 
-def empty_slot_cgroups(helper_pid, timeout=10.0) -> list:
+def empty_slot_cgroups(helper, timeout=10.0) -> list:
     """The helper's slot cgroups with no process in them: a slot used by a container that
     has exited, not torn down. (A ready slot holds its waiting first process; one used by
     a container still running, maybe another test's, holds that container.) Retried for
@@ -93,7 +104,7 @@ def empty_slot_cgroups(helper_pid, timeout=10.0) -> list:
 
     deadline = time.monotonic() + timeout
     while True:
-        empty = sorted(path for path, pids in helper_slot_cgroups(helper_pid).items() if not pids)
+        empty = sorted(path for path, pids in helper_slot_cgroups(helper).items() if not pids)
         if not empty or time.monotonic() > deadline:
             return empty
         time.sleep(0.05)

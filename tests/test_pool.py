@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from leak_checks import helper_slot_cgroups, labkit_cgroups, only_ready_slots_left
+from leak_checks import helper_identity, helper_slot_cgroups, labkit_cgroups, only_ready_slots_left
 from labkit.cgroups import detect_mode, host_hierarchy
 from labkit.cgroups.slot_cgroups import owner_of
 from labkit.grading.resources import limits_of
@@ -33,10 +33,11 @@ def wait_until(condition, seconds=15.0):
     return condition()
 
 
-def ready_slots(helper_pid) -> dict:
-    """{cgroup path: the waiting first process} of the helper's ready slots."""
+def ready_slots(helper) -> dict:
+    """{cgroup path: the waiting first process} of the helper's ready slots (the helper: a
+    PID, or (PID, start time))."""
     ready = {}
-    for path, pids in helper_slot_cgroups(helper_pid).items():
+    for path, pids in helper_slot_cgroups(helper).items():
         if len(pids) == 1:
             pid = next(iter(pids))
             try:
@@ -48,10 +49,10 @@ def ready_slots(helper_pid) -> dict:
     return ready
 
 
-def ready_count(helper_pid) -> int:
+def ready_count(helper) -> int:
     """How many slots are ready as seen from outside (each has a cgroup in every hierarchy
     on v1). Of this process's helper, ask it too (`slots_ready`)."""
-    return len({path.rsplit("/", 1)[-1] for path in ready_slots(helper_pid)})
+    return len({path.rsplit("/", 1)[-1] for path in ready_slots(helper)})
 
 
 def slots_ready(count) -> bool:
@@ -62,8 +63,9 @@ def slots_ready(count) -> bool:
     return ready_count(get_helper().pid) >= count and len(helper_ready_slots()) >= count
 
 
-def a_slot_is_ready():
-    helper = get_helper().pid
+def a_slot_is_ready() -> tuple:
+    """This process's helper, once it holds a ready slot, as (PID, start time)."""
+    helper = helper_identity(get_helper().pid)
     if not ready_slots(helper):
         Container(ContainerSpec(command=["true"])).run()   # slots are made once a container was asked for
     assert wait_until(lambda: slots_ready(1)), "the helper made no ready slot"
@@ -167,7 +169,7 @@ def test_a_slot_serves_a_default_container_and_the_helper_says_so(no_leftovers):
     container.start(detach=True)
     try:
         leaf = container.cgroup_name.rsplit("/", 1)[-1]
-        assert container.pooled and owner_of(leaf)[0] == helper
+        assert container.pooled and owner_of(leaf) == helper
         assert container.files.read_state()["cgroup"] == container.cgroup_name
         result = container.wait(30)
         lines = container.logs().splitlines()
@@ -239,10 +241,10 @@ def test_an_interrupted_start_from_a_slot_leaves_nothing(no_leftovers):
 
 # --- nothing of a slot outlives its helper ------------------------------------------------
 
-def slot_processes(helper_pid) -> dict:
+def slot_processes(helper) -> dict:
     """{first process: its supervisor} of the helper's ready slots."""
     found = {}
-    for pid in ready_slots(helper_pid).values():
+    for pid in ready_slots(helper).values():
         with open(f"/proc/{pid}/status") as status:
             found[pid] = next(int(line.split()[1]) for line in status if line.startswith("PPid:"))
     return found
@@ -276,9 +278,10 @@ def test_killed_owners_leave_no_slot_behind(labkit_home, helper_too):
     owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,
                              env=dict(os.environ, LABKIT_HOME=str(labkit_home)))
     helper = int(owner.stdout.readline())
-    assert wait_until(lambda: ready_count(helper) >= 2), "the pool did not fill to two slots or more"
-    firsts = slot_processes(helper)
-    paths = set(ready_slots(helper))
+    identity = helper_identity(helper)   # while it lives: its PID may be another's later
+    assert wait_until(lambda: ready_count(identity) >= 2), "the pool did not fill to two slots or more"
+    firsts = slot_processes(identity)
+    paths = set(ready_slots(identity))
     if helper_too:
         os.kill(helper, signal.SIGKILL)
     owner.send_signal(signal.SIGKILL)
@@ -291,9 +294,9 @@ def test_killed_owners_leave_no_slot_behind(labkit_home, helper_too):
         assert all(os.path.isdir(path) for path in paths)
         # ...which the sweep removes at once: their helper is gone.
         removed = gc()
-        assert any(f"pool-{helper}-" in line for line in removed), removed
-    assert wait_until(lambda: helper_slot_cgroups(helper) == {})
-    assert [path for path in labkit_cgroups() if f"/pool-{helper}-" in path] == []
+        assert any(f"pool-{identity[0]}-{identity[1]}-" in line for line in removed), removed
+    assert wait_until(lambda: helper_slot_cgroups(identity) == {})
+    assert [path for path in labkit_cgroups() if f"/pool-{identity[0]}-{identity[1]}-" in path] == []
 
 
 def test_the_sweep_removes_a_dead_helpers_empty_slot_and_never_a_live_ones():
@@ -327,13 +330,18 @@ def test_the_leak_check_sees_a_slot_cgroup_left_empty(labkit_home):
     from leak_checks import empty_slot_cgroups
     from labkit.cgroups import Limits
     from labkit.cgroups.slot_cgroups import slot_leaf
-    from labkit.linux.processes import start_time
 
     helper = a_slot_is_ready()
     assert empty_slot_cgroups(helper, timeout=5) == []
-    left = host_hierarchy().create(slot_leaf(helper, start_time(helper), 999999), Limits())
+    left = host_hierarchy().create(slot_leaf(*helper, 999999), Limits())
+    # An earlier helper that had the same PID (pid_max is 32768 here) and died leaving an
+    # empty slot not swept yet: not this helper's. A PID alone counted it, so no_leftovers
+    # could say "pool slot cgroups left behind" of a test that left nothing, at random.
+    earlier = host_hierarchy().create(slot_leaf(helper[0], helper[1] - 1, 999998), Limits())
     try:
         found = empty_slot_cgroups(helper, timeout=0)
-        assert found and all(path.endswith("/" + left.name) for path in found)
+        assert found and all(path.endswith("/" + left.name) for path in found), found
+        assert empty_slot_cgroups(helper[0], timeout=0) == found
     finally:
         left.delete()
+        earlier.delete()
