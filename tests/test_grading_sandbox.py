@@ -103,7 +103,7 @@ def run_cells(box, *cells, timeout=CELL_TIMEOUT) -> list:
 
     notebook = new_notebook(cells=[new_code_cell(textwrap.dedent(cell)) for cell in cells])
     NotebookClient(notebook, km=box.kernel_manager(kernel_name="labkit"), timeout=timeout, allow_errors=True,
-                   resources={"metadata": {"path": str(box.scratch)}}).execute()
+                   startup_timeout=max(60, timeout), resources={"metadata": {"path": str(box.scratch)}}).execute()
     texts = []
     for cell in notebook.cells:
         text = ""
