@@ -55,6 +55,14 @@ def main(argv):
     if pid1 == 0:
         become_pid1(config, report)
     os.close(report)
+    try:
+        # cgroup v2: out of the sandbox's cgroup into its leaf, as PID 1 moves once its cgroup
+        # namespace is rooted there. A process left in it would keep the nested containers
+        # from enabling controllers below it (the "no internal processes" rule).
+        join_cgroup(config["keeper_joins"])
+    except OSError:
+        os.kill(pid1, signal.SIGKILL)   # the sandbox would not work: its start fails, named
+        raise
     keep(pid1)
 
 

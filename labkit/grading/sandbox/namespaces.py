@@ -76,6 +76,7 @@ class NamespaceSandbox(BaseSandbox):
             "owner": os.getpid(), "uid": self.uid, "count": IDS_PER_SANDBOX, "hostname": "sandbox",
             "root": str(self.directory / "root"), "scratch": str(self.scratch),
             "procs": self.cgroup.first_process_joins, "init_cgroup": self.cgroup.init_inside,
+            "keeper_joins": self.cgroup.kernel_joins() if self.cgroup.version == 2 else [],
             "cgroup_mounts": self.cgroup.mounts_inside,
             "read_only": _read_only_paths(), "symlinks": _top_level_symlinks(),
             "read_write": [str(self.scratch), str(self.home), str(self.kernel_dir)],
