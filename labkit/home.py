@@ -115,15 +115,17 @@ def check_trusted(home: Path) -> None:
 def open_for_user_namespace(home: Path, uid: int, gid: int) -> None:
     """Let a user-namespace container's root (host `uid`/`gid`) walk into the home and down
     to its layers and its container directory, and no one else: 0710 with group `gid` on the
-    home, `containers/` and `layers/`. Directories above the home are not labkit's: they
-    must already let others through."""
-    for directory in home.parents:
-        if not os.stat(directory).st_mode & 0o001:
-            raise ConfigError(
-                f"a user-namespace container runs as host uid {uid}, which cannot enter {directory} "
-                f"(mode {oct(stat.S_IMODE(os.stat(directory).st_mode))}); allow it with `chmod o+x {directory}` "
-                "or put LABKIT_HOME somewhere others may pass through")
+    home, `containers/` and `layers/`. Directories above the home are not labkit's and stay
+    as they are: the container's supervisor walks from the home (runtime/supervisor/
+    namespaces.py, `walk_from_the_home`), so a 0700 home directory above it is no obstacle."""
     make_private(home)
+    give_to_user_namespace(home, uid, gid)
+
+
+def give_to_user_namespace(home: Path, uid: int, gid: int) -> None:
+    """0710 with group `gid` on a home already made and checked (`open_for_user_namespace`
+    does both; a rootless helper, inside the user's namespace where the host's root shows
+    as nobody, only this part)."""
     for directory in (home, *(home / name for name in PRIVATE_SUBDIRS)):
         st = os.stat(directory)
         if stat.S_IMODE(st.st_mode) == USER_NAMESPACES and st.st_gid == gid:

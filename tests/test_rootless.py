@@ -392,3 +392,38 @@ def test_without_a_range_one_id_is_mapped_and_that_is_said_once(student):
         assert sorted(os.listdir(home / ".local" / "share" / "labkit" / "containers")) == []
     finally:
         shutil.rmtree(home)
+
+
+
+def test_a_userns_container_runs_from_a_0700_home_which_stays_closed(nothing_left):
+    """--userns rootless: the container's root is the first id of the user's range, not
+    the user, and yet its files come from LABKIT_HOME below the user's 0700 home; the home
+    and the directories above LABKIT_HOME are not opened to any other id for that."""
+    student = nothing_left
+    os.chmod(student.home, 0o700)
+    modes_before = {path: stat.S_IMODE(os.stat(path).st_mode) for path in (student.home, student.home / ".local")
+                    if path.exists()}
+    script = (
+        "import json, os\n"
+        "from labkit.runtime import Container, ContainerSpec, userns_fields\n"
+        "c = Container(ContainerSpec(command=['sh', '-c', 'id -u; cat /proc/self/uid_map; touch /made; "
+        "ls -ln /made; sleep 60'], name='nested', **userns_fields(True)))\n"
+        "c.start()\n"
+        "while c.exec(['test', '-f', '/made']).returncode: pass\n"
+        "host = os.stat(f'/proc/{c.pid}').st_uid\n"
+        "c.kill(); out = c.wait(); c.remove()\n"
+        "print(json.dumps({'host_uid': host}))\n"
+    )
+    done = student.python_script(script)
+    assert done.returncode == 0, done.stderr
+    first, _ = subordinate_range(student.name)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"host_uid": first}
+    out = student.ok("run", "--userns", "--", "sh", "-c", "id -u; cat /proc/self/uid_map; touch /x && ls -ln /x")
+    lines = out.splitlines()
+    assert lines[0] == "0"
+    assert lines[1].split() == ["0", "1", "65536"]   # ids 1.. of the user's namespace: the range
+    assert lines[2].split()[2:4] == ["0", "0"]
+    assert {path: stat.S_IMODE(os.stat(path).st_mode) for path in modes_before} == modes_before
+    assert stat.S_IMODE(os.stat(student.home).st_mode) == 0o700
+    for path in modes_before:
+        assert "system.posix_acl_access" not in os.listxattr(path)

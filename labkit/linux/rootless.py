@@ -116,6 +116,19 @@ def id_maps(uid=None, gid=None, user=None) -> tuple:
     return maps[0], maps[1], None
 
 
+def ids_of_the_user_namespace() -> int:
+    """How many ids (uids and gids alike) labkit's user namespace maps for this caller:
+    0 is the user, 1 onwards the range (1 where there is no range)."""
+    if _ENTERED_ENV in os.environ and os.geteuid() == 0:
+        sizes = []
+        for kind in ("uid", "gid"):
+            with open(f"/proc/self/{kind}_map") as handle:
+                sizes.append(sum(int(line.split()[2]) for line in handle if line.strip()))
+        return min(sizes)
+    uid_map, gid_map, _ = id_maps()
+    return min(uid_map.size, gid_map.size)
+
+
 def say_single_id_once(why: str) -> None:
     global _said_single_id
     if why and not _said_single_id:

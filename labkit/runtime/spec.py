@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from labkit.errors import ConfigError
 from labkit.linux.namespaces import BY_NAME
+from labkit.linux.rootless import running_rootless
 from labkit.security.options import capability_name, device_rules, parse_security_opts
 from labkit.units import parse_assignments, parse_bytes, parse_count, parse_cpus, parse_seconds
 
@@ -88,6 +89,25 @@ class UserNamespaceMap(namedtuple("UserNamespaceMap", ("uid", "count"), defaults
             raise ConfigError(f"user_map {value!r}: the host uid and the count must be positive "
                               "(uid 0 would make the container's root the host's)")
         return cls(uid, count)
+
+
+def rootless_user_map(user_map: UserNamespaceMap) -> UserNamespaceMap:
+    """A `--userns` map for rootless labkit, whose containers are made inside the user's
+    own user namespace: it may map only ids that namespace has (1 onwards: its range; 0,
+    the user, is kept out). The default map becomes the range's first 65,536 ids."""
+    from labkit.linux.rootless import ids_of_the_user_namespace
+
+    free = ids_of_the_user_namespace() - 1
+    if free < 1:
+        raise ConfigError("--userns rootless maps the container's ids onto your /etc/subuid range, and you have "
+                          "none; as root: `apt-get install uidmap` and `usermod --add-subuids 100000-165535 "
+                          "--add-subgids 100000-165535 USER`, or run without --userns")
+    if user_map == UserNamespaceMap():
+        return UserNamespaceMap(1, min(user_map.count, free))
+    if user_map.uid + user_map.count - 1 > free:
+        raise ConfigError(f"user_map {tuple(user_map)!r}: rootless, a user namespace's ids come from your range, "
+                          f"ids 1 to {free} of labkit's user namespace; give a map within them, e.g. (1, {free})")
+    return user_map
 
 
 def userns_fields(on: bool) -> dict:
@@ -211,6 +231,8 @@ class ContainerSpec:
                     if item is not None]
         spec.env_file = []   # read once: their lines are in env now
         spec.user_map = UserNamespaceMap.parse(spec.user_map)
+        if "user" in spec.namespaces and running_rootless():
+            spec.user_map = rootless_user_map(spec.user_map)
         spec.user = parse_user(spec.user, spec.namespaces, spec.user_map)
         if spec.python:
             from labkit.runtime.python_mounts import with_python

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from labkit.errors import ConfigError, ContainerError, HostError, ImageError, ImageNotFound
 from labkit.home import open_for_user_namespace
+from labkit.linux.rootless import running_rootless
 from labkit.images import Image, get_image
 from labkit.images.overlay import MAX_IMAGE_LAYERS
 from labkit.runtime import plan as launch
@@ -395,7 +396,9 @@ class Container:
         if hierarchy.delegation is not None:
             plan.limits = rootless_limits(hierarchy, self.spec, plan.limits)
         hierarchy.check(plan.limits)
-        if plan.user_map is not None:
+        if plan.user_map is not None and not running_rootless():
+            # (rootless, the helper does it: only root of the user's namespace may give
+            # the directories to a group of the user's range)
             for home in {self.dir.parent.parent, self.image.store.home}:
                 open_for_user_namespace(Path(home), plan.user_map.uid, plan.user_map.uid)
         # Last: from here on an address and ports are taken, and given back by detach_network.

@@ -26,10 +26,11 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 from labkit.cgroups import container_hierarchy
 from labkit.cgroups.slot_cgroups import write_limits
-from labkit.home import check_before_user_namespace
+from labkit.home import check_before_user_namespace, give_to_user_namespace, labkit_home
 from labkit.linux import syscalls
 from labkit.linux.processes import start_time as process_start_time
 from labkit.linux.rootless import enter_user_namespace, running_rootless
@@ -219,6 +220,9 @@ class Zygote:
     def make_directory(self, plan, cgroup_name, stdio):
         """The container's directory, its state.json and (detached) its log files, whose
         pipes' write ends go into `stdio` for the container."""
+        if plan.user_map is not None and running_rootless():
+            for home in {Path(plan.dir).parent.parent, labkit_home()}:
+                give_to_user_namespace(home, plan.user_map.uid, plan.user_map.uid)
         ContainerDir(plan.dir).make(plan.init_files, plan.user_map.uid if plan.user_map else None, plan.storage_size)
         if plan.logs is not None:
             paths = {name: ContainerDir(plan.dir).log(name) for name in ("stdout", "stderr")}

@@ -7,6 +7,7 @@ after joining its cgroup (a cgroup namespace is rooted where its maker stands). 
 `--userns`, a short-lived child left outside writes the uid/gid map.
 """
 
+import dataclasses
 import os
 
 from labkit.linux import syscalls
@@ -49,3 +50,24 @@ def set_time_offsets(offsets):
     if lines:
         with open("/proc/self/timens_offsets", "w") as handle:
             handle.write(lines)
+
+
+@step("enter LABKIT_HOME before the user namespace")
+def walk_from_the_home(plan):
+    """The plan with its paths made relative to the directory that holds the container's
+    and the image's files, which becomes our working directory (PID 1 inherits it).
+
+    A `--userns` container's root is another host id than ours, and the directories above
+    LABKIT_HOME need not let it through: a rootless user's 0700 home never does. A path
+    relative to the working directory is walked from there, whatever the directories above
+    it allow, and the working directory follows us into the new mount namespace; so the
+    container's root needs to pass through LABKIT_HOME's own directories only (0710 for its
+    group: labkit.home.open_for_user_namespace), and nothing above them is opened to anyone."""
+    top = os.path.commonpath([plan.dir, plan.rootfs, plan.upper, plan.work, *plan.lower])
+    os.chdir(top)
+
+    def relative(path):
+        return os.path.relpath(path, top)
+
+    return dataclasses.replace(plan, dir=relative(plan.dir), rootfs=relative(plan.rootfs), upper=relative(plan.upper),
+                               work=relative(plan.work), lower=[relative(path) for path in plan.lower])

@@ -14,7 +14,7 @@ import signal
 from labkit.linux import syscalls
 from labkit.runtime.inside.recipe import become_container, join_cgroup
 from labkit.runtime.step_failure import report_failure
-from labkit.runtime.supervisor.namespaces import enter_new_namespaces
+from labkit.runtime.supervisor.namespaces import enter_new_namespaces, walk_from_the_home
 
 
 def supervise(plan, fds):
@@ -26,6 +26,7 @@ def supervise(plan, fds):
         os.setsid()
         if "user" in plan.namespaces:
             join_cgroup(plan.cgroup.procs_files)  # before the user namespace takes our rights
+            plan = walk_from_the_home(plan)
         enter_new_namespaces(plan)
         fds["mount_namespace_made"], made_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
