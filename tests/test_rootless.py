@@ -427,3 +427,32 @@ def test_a_userns_container_runs_from_a_0700_home_which_stays_closed(nothing_lef
     assert stat.S_IMODE(os.stat(student.home).st_mode) == 0o700
     for path in modes_before:
         assert "system.posix_acl_access" not in os.listxattr(path)
+
+
+def test_top_and_ps_see_a_rootless_container_without_a_cgroup(nothing_left):
+    """No cgroup lists a rootless container's processes on cgroup v1: top() finds them in
+    its PID namespace (an exec's too, and one of another id of the range), and labkit ps
+    reads "running" from the runtime."""
+    student = nothing_left
+    script = (
+        "import json, subprocess, sys, time\n"
+        "from labkit.runtime import Container, ContainerSpec\n"
+        "c = Container(ContainerSpec(command=['sh', '-c', 'sleep 61 & sleep 63'], name='toplisted'))\n"
+        "c.start(detach=True)\n"
+        "c.exec(['sh', '-c', 'sleep 62 >/dev/null 2>&1 &'], user='1000')\n"
+        "for _ in range(500):\n"
+        "    rows = c.top()\n"
+        "    if len(rows) >= 4: break\n"
+        "    time.sleep(0.02)\n"
+        "ps = subprocess.run([sys.executable, '-m', 'labkit', 'ps'], capture_output=True, text=True).stdout\n"
+        "c.kill(); c.wait(); c.remove()\n"
+        "print(json.dumps({'top': rows, 'ps': ps, 'after': c.top()}))\n"
+    )
+    done = student.python_script(script)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    commands = sorted(command for _, command in answer["top"])
+    assert [c for c in commands if c.startswith("sleep")] == ["sleep 61", "sleep 62", "sleep 63"], commands
+    line = next(line for line in answer["ps"].splitlines() if "toplisted" in line)
+    assert "running" in line
+    assert answer["after"] == []

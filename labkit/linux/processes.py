@@ -1,5 +1,6 @@
-"""Naming a process for good: a PID is reused, a (PID, start time) pair is not; and killing
-every process a listing names, until it names none."""
+"""Naming a process for good: a PID is reused, a (PID, start time) pair is not; killing
+every process a listing names, until it names none; and finding a container's processes
+where it has no cgroup to list them."""
 
 import os
 import signal
@@ -58,3 +59,38 @@ def kill_each(list_pids, timeout: float) -> list:
             except ProcessLookupError:
                 pass
         time.sleep(0.001)
+
+
+def in_pid_namespace_of(pid: int) -> list:
+    """The live processes in the PID namespace whose first process is `pid` (a container's
+    PID 1), where there is no cgroup to list them: `pid`'s descendants (an orphan in the
+    namespace is reparented to its PID 1), found from every /proc/N/stat, which anyone may
+    read; and every process whose /proc/N/ns/pid is that namespace (an `exec`'s, whose
+    parent stays outside), where this caller may read those links."""
+    namespace = _pid_namespace(pid)
+    children, found = {}, set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if not fields or fields[0] in ("Z", "X"):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        if namespace is not None and int(entry) != pid and _pid_namespace(int(entry)) == namespace:
+            found.add(int(entry))
+    if _stat_fields(pid) is None:
+        return sorted(found)
+    waiting = [pid]
+    while waiting:
+        parent = waiting.pop()
+        found.add(parent)
+        waiting.extend(child for child in children.get(parent, ()) if child not in found)
+    return sorted(found)
+
+
+def _pid_namespace(pid: int):
+    try:
+        st = os.stat(f"/proc/{pid}/ns/pid")
+    except OSError:   # gone, or not ours to look at (another id of a rootless range)
+        return None
+    return st.st_dev, st.st_ino

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from labkit.errors import ConfigError, ContainerError, HostError, ImageError, ImageNotFound
 from labkit.home import open_for_user_namespace
-from labkit.linux.rootless import running_rootless
 from labkit.images import Image, get_image
 from labkit.images.overlay import MAX_IMAGE_LAYERS
+from labkit.linux import processes
+from labkit.linux.rootless import running_rootless
 from labkit.runtime import plan as launch
 from labkit.runtime.container_dir import ContainerDir
 from labkit.runtime.client.helper_client import get_helper
@@ -331,7 +332,14 @@ class Container:
     def top(self) -> list:
         """[(host pid, command line)] of every process in the container."""
         rows = []
-        for pid in self.cgroup.pids():
+        cgroup = self.cgroup
+        if cgroup.exists():
+            pids = cgroup.pids()
+        elif self.state == RUNNING and self.result is None and self.pid:
+            pids = processes.in_pid_namespace_of(self.pid)   # rootless without a cgroup of its own
+        else:
+            pids = []
+        for pid in pids:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as handle:
                     rows.append((pid, handle.read().replace(b"\0", b" ").decode(errors="replace").strip()))

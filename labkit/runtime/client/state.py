@@ -42,7 +42,9 @@ def host_containers(home: Path | None = None, hierarchy=None) -> list:
     """Every container's state on this host, its "status" the runtime's answer: what the
     owner last wrote, "running" when one written "created" has processes in its cgroup
     (the helper writes no state when the command starts: that write would sit on every
-    start's path), or "orphaned" when the owner is gone (`labkit gc` removes those)."""
+    start's path; only for a container without a cgroup, rootless, it writes "running"
+    after the start is answered), or "orphaned" when the owner is gone (`labkit gc`
+    removes those)."""
     from labkit.runtime import lifecycle
 
     states = all_states(home)

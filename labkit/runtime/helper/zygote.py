@@ -227,9 +227,12 @@ class Zygote:
         if plan.logs is not None:
             paths = {name: ContainerDir(plan.dir).log(name) for name in ("stdout", "stderr")}
             stdio.update(self.logs.make(plan.id, paths, plan.logs.max_size, plan.logs.max_files))
+        self.write_state(plan, lifecycle.CREATED, cgroup_name)
+
+    def write_state(self, plan, status, cgroup_name, **more):
         ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
                                             "owner_start": process_start_time(os.getpid()),
-                                            "status": lifecycle.CREATED, "cgroup": cgroup_name})
+                                            "status": status, "cgroup": cgroup_name, **more})
 
     def place(self, plan, cgroup, slot):
         plan.cgroup = CgroupPlacement(procs_files=cgroup.procs_files(), version=cgroup.version,
@@ -330,6 +333,13 @@ class Zygote:
                   setup_seconds=time.monotonic() - process.started_at,
                   cgroup=container["cgroup"].name if container else None,
                   slot=bool(container and container["slot"]))
+        if container and not container["cgroup"].exists():
+            # No cgroup to show that it runs (rootless: labkit ps reads "running" from its
+            # processes there): say it here, after the answer, so only such a start pays.
+            try:
+                self.write_state(container["plan"], lifecycle.RUNNING, container["cgroup"].name, pid=process.init_pid)
+            except FileNotFoundError:
+                pass   # removed meanwhile
 
     def finish(self, process):
         """The supervisor closed its report pipe (it has exited, and let go of the
@@ -367,10 +377,7 @@ class Zygote:
         if not plan.auto_remove:
             self.stopped[plan.id] = plan
             try:
-                ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
-                                                    "owner_start": process_start_time(os.getpid()),
-                                                    "status": lifecycle.EXITED, "exit_status": status,
-                                                    "cgroup": cgroup.name})   # deleted only after this write
+                self.write_state(plan, lifecycle.EXITED, cgroup.name, exit_status=status)   # cgroup deleted only after
             except FileNotFoundError:
                 pass  # its directory was removed meanwhile (by hand, or a gc): nothing left to record in
         else:
