@@ -329,17 +329,20 @@ class Container:
         """Live cgroup statistics (memory, CPU, pids) while it runs."""
         return self.cgroup.stats()
 
+    def pids(self) -> list:
+        """Host PIDs of every process in the container: its cgroup's, or rootless, where it
+        has no cgroup of its own, its PID namespace's."""
+        cgroup = self.cgroup
+        if cgroup.exists():
+            return cgroup.pids()
+        if self.state == RUNNING and self.result is None and self.pid:
+            return processes.in_pid_namespace_of(self.pid)
+        return []
+
     def top(self) -> list:
         """[(host pid, command line)] of every process in the container."""
         rows = []
-        cgroup = self.cgroup
-        if cgroup.exists():
-            pids = cgroup.pids()
-        elif self.state == RUNNING and self.result is None and self.pid:
-            pids = processes.in_pid_namespace_of(self.pid)   # rootless without a cgroup of its own
-        else:
-            pids = []
-        for pid in pids:
+        for pid in self.pids():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as handle:
                     rows.append((pid, handle.read().replace(b"\0", b" ").decode(errors="replace").strip()))
