@@ -64,10 +64,16 @@ def kill_each(list_pids, timeout: float) -> list:
 def in_pid_namespace_of(pid: int) -> list:
     """The live processes in the PID namespace whose first process is `pid` (a container's
     PID 1), where there is no cgroup to list them: `pid`'s descendants (an orphan in the
-    namespace is reparented to its PID 1), found from every /proc/N/stat, which anyone may
-    read; and every process whose /proc/N/ns/pid is that namespace (an `exec`'s, whose
-    parent stays outside), where this caller may read those links."""
+    namespace is reparented to its PID 1), and every process whose /proc/N/ns/pid is that
+    namespace (an `exec`'s, whose parent stays outside), where this caller may read those
+    links. Only for a PID 1 of a namespace of its own: the host's holds every process."""
     namespace = _pid_namespace(pid)
+    return descendants(pid, also=lambda other: namespace is not None and _pid_namespace(other) == namespace)
+
+
+def descendants(pid: int, also=lambda other: False) -> list:
+    """`pid` and its live descendants (and any process `also` picks), from every
+    /proc/N/stat, which anyone may read."""
     children, found = {}, set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -76,7 +82,7 @@ def in_pid_namespace_of(pid: int) -> list:
         if not fields or fields[0] in ("Z", "X"):
             continue
         children.setdefault(int(fields[1]), []).append(int(entry))
-        if namespace is not None and int(entry) != pid and _pid_namespace(int(entry)) == namespace:
+        if int(entry) != pid and also(int(entry)):
             found.add(int(entry))
     if _stat_fields(pid) is None:
         return sorted(found)

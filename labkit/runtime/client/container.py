@@ -335,9 +335,11 @@ class Container:
         cgroup = self.cgroup
         if cgroup.exists():
             return cgroup.pids()
-        if self.state == RUNNING and self.result is None and self.pid:
+        if not (self.state == RUNNING and self.result is None and self.pid):
+            return []
+        if "pid" in self.spec.namespaces:
             return processes.in_pid_namespace_of(self.pid)
-        return []
+        return processes.descendants(self.pid)   # the host's PID namespace holds every process
 
     def top(self) -> list:
         """[(host pid, command line)] of every process in the container."""
