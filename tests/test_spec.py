@@ -81,3 +81,18 @@ def test_userns_is_translated_in_one_place_and_its_map_is_a_type():
         with pytest.raises(ConfigError, match=why):
             ContainerSpec(user_map=bad).validated()
 
+
+
+def test_rootless_userns_maps_the_users_range_and_refuses_ids_outside_it(monkeypatch):
+    """Rootless, a --userns container's ids are ids of the user's own namespace (0 the user,
+    1.. the range): the default map (host 100000..) does not exist there."""
+    from labkit.runtime.spec import UserNamespaceMap, rootless_user_map
+
+    monkeypatch.setattr("labkit.linux.rootless.ids_of_the_user_namespace", lambda: 65537)
+    assert rootless_user_map(UserNamespaceMap()) == (1, 65536)
+    assert rootless_user_map(UserNamespaceMap(1000, 1000)) == (1000, 1000)
+    with pytest.raises(ConfigError, match=r"ids 1 to 65536 .* e.g. \(1, 65536\)"):
+        rootless_user_map(UserNamespaceMap(60000, 10000))
+    monkeypatch.setattr("labkit.linux.rootless.ids_of_the_user_namespace", lambda: 1)
+    with pytest.raises(ConfigError, match="/etc/subuid range, and you have none"):
+        rootless_user_map(UserNamespaceMap())
