@@ -281,21 +281,23 @@ def rootless_limits_v2(subtree) -> list:
     return rows
 
 
-def delegated_subtree(mount=None, proc_cgroup="/proc/self/cgroup"):
-    """(this process's cgroup v2 directory, whether this uid may make cgroups and move
-    processes there, the controllers its cgroup.controllers offers). `mount`: where
-    cgroup2 is mounted (found when None; a hybrid host has it at /sys/fs/cgroup/unified)."""
+def delegated_subtree(mount=None):
+    """(the directory rootless containers' cgroups go below, whether it is delegated to this
+    uid, the controllers its cgroup.controllers offers), as the runtime decides it
+    (labkit.cgroups.delegation.host_delegation: the highest cgroup, from this process's own
+    up, that this uid owns with its cgroup.procs and cgroup.subtree_control). Not delegated:
+    this process's own cgroup v2 directory, for the row. `mount`: a cgroup2 mount to look in
+    (None: the host's)."""
+    from labkit.cgroups.delegation import host_delegation, own_cgroup
     from labkit.cgroups.v2 import unified_mount
 
-    mount = mount or unified_mount()
-    directory = own_cgroup_dir("", mount, proc_cgroup)
-    if directory is None:
-        return Path(mount or "/sys/fs/cgroup"), False, set()
-    try:
-        controllers = set((directory / "cgroup.controllers").read_text().split())
-    except OSError:
-        controllers = set()
-    return directory, writable_cgroup(directory), controllers
+    delegation = host_delegation(mount=mount)
+    if delegation.root:
+        return Path(delegation.root), True, set(delegation.controllers)
+    mount = mount or unified_mount() or "/sys/fs/cgroup"
+    with open("/proc/self/cgroup") as handle:
+        own = own_cgroup(handle.read())
+    return Path(mount) / (own or "/").lstrip("/"), False, set()
 
 
 def own_cgroup_dir(hierarchy, mount, proc_cgroup="/proc/self/cgroup"):

@@ -124,47 +124,51 @@ V2_ROWS = """
 import json, sys
 from labkit.doctor import delegated_subtree, rootless_limits_v2
 subtree = delegated_subtree(sys.argv[1])
-print(json.dumps({"writable": subtree[1], "controllers": sorted(subtree[2]),
+print(json.dumps({"directory": str(subtree[0]), "writable": subtree[1], "controllers": sorted(subtree[2]),
                   "rows": [row.__dict__ for row in rootless_limits_v2(subtree)]}))
 """
 
 
 def test_a_delegated_cgroup_v2_subtree_is_told_apart_from_one_the_user_cannot_write(nobody):
-    """The same process, in the same cgroup, before and after root hands the cgroup to the
-    user as systemd's Delegate=yes does (the directory, cgroup.procs, cgroup.subtree_control
-    and cgroup.threads chowned): doctor must follow what the kernel then allows."""
+    """The same process, in the same cgroup (a leaf below a parent), before and after root
+    hands both to the user as systemd's Delegate=yes does (the directory, cgroup.procs,
+    cgroup.subtree_control and cgroup.threads chowned): doctor must follow what the kernel
+    then allows, and name the directory the runtime makes its cgroups in, the highest one
+    delegated (labkit.cgroups.delegation), not the process's own."""
     mount = unified_mount()
     if mount is None:
         pytest.skip("no cgroup2 hierarchy is mounted on this host")
-    cgroup = Path(mount) / f"labkit-doctor-test-{os.getpid()}"
-    cgroup.mkdir()
-    join = lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid()))  # noqa: E731 — as root, before setpriv
+    parent = Path(mount) / f"labkit-doctor-test-{os.getpid()}"
+    leaf = parent / "leaf"
+    leaf.mkdir(parents=True)
+    join = lambda: (leaf / "cgroup.procs").write_text(str(os.getpid()))  # noqa: E731 — as root, before setpriv
 
-    def doctor_and_kernel():
+    def doctor_and_kernel(where):
         done = nobody.run("-c", V2_ROWS, mount, preexec_fn=join)
         assert done.returncode == 0, done.stderr
-        made = nobody.run("-c", "import os, sys; os.mkdir(sys.argv[1])", str(cgroup / "child"), preexec_fn=join)
+        made = nobody.run("-c", "import os, sys; os.mkdir(sys.argv[1])", str(where / "child"), preexec_fn=join)
         return json.loads(done.stdout), made.returncode == 0
 
     try:
-        before, could_make = doctor_and_kernel()
-        assert not could_make and not before["writable"]
+        before, could_make = doctor_and_kernel(leaf)
+        assert not could_make and not before["writable"] and before["directory"] == str(leaf)
         for row in before["rows"]:
-            assert not row["ok"] and row["mark"] == "off" and "cannot write its cgroup" in row["detail"], row
-        for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
-            os.chown(cgroup / name, NOBODY, NOBODY)
-        after, could_make = doctor_and_kernel()
-        assert could_make and after["writable"]
+            assert not row["ok"] and row["mark"] == "off" and f"cannot write its cgroup {leaf}" in row["detail"], row
+        for cgroup in (parent, leaf):
+            for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+                os.chown(cgroup / name, NOBODY, NOBODY)
+        after, could_make = doctor_and_kernel(parent)
+        assert could_make and after["writable"] and after["directory"] == str(parent)
         for row in after["rows"]:
             kind = row["what"].removeprefix("cgroup ")
             if kind in after["controllers"]:  # ok once the runtime makes its cgroups there
-                assert "delegated to uid 65534" in row["detail"], row
+                assert f"delegated to uid 65534 in {parent}" in row["detail"], row
             else:
-                assert not row["ok"] and f"lacks {kind}" in row["detail"], row
+                assert not row["ok"] and f"{parent} is delegated" in row["detail"] and f"lacks {kind}" in row["detail"], row
     finally:
-        if (cgroup / "child").exists():
-            (cgroup / "child").rmdir()
-        cgroup.rmdir()
+        for cgroup in (parent / "child", leaf / "child", leaf, parent):
+            if cgroup.exists():
+                cgroup.rmdir()
 
 
 def test_binder_is_never_offered_as_a_place_to_be_root(nobody, doctor_as_nobody):

@@ -85,14 +85,17 @@ def find_delegation(mount: str | None, own: str | None, owned, unified: bool) ->
     return Delegation(root, controllers)
 
 
-def host_delegation(uid: int | None = None) -> Delegation:
+def host_delegation(uid: int | None = None, mount: str | None = None) -> Delegation:
     """This process's delegation on this host. A hybrid host's cgroup2 (at
-    /sys/fs/cgroup/unified) holds no controllers: only a unified host can delegate limits."""
+    /sys/fs/cgroup/unified) holds no controllers: only a unified host can delegate limits.
+    `mount` names a cgroup2 mount to look in as if it were unified (doctor's test does, on
+    a hybrid host); None: the host's own."""
     uid = os.geteuid() if uid is None else uid
     with open("/proc/self/cgroup") as handle:
         own = own_cgroup(handle.read())
-    mount = unified_mount()
-    return find_delegation(mount, own, owned_by(uid), unified=mount == "/sys/fs/cgroup")
+    unified = mount is not None
+    mount = mount or unified_mount()
+    return find_delegation(mount, own, owned_by(uid), unified=unified or mount == "/sys/fs/cgroup")
 
 
 def limits_off_lines(asked: dict, controllers: set, why_not: str) -> list:
