@@ -104,6 +104,8 @@ def class_defaults() -> Defaults:
         st = os.stat(path)
     except FileNotFoundError:
         return Defaults(None, {name: (item.built_in, None) for name, item in ITEMS.items()})
+    except OSError as error:  # a directory on the way this user may not enter
+        raise _unreadable(path, error) from None
     key = (path, st.st_mtime_ns, st.st_size)
     if key not in _cache:
         _check_owner(path, st)
@@ -122,6 +124,8 @@ def _parse(path: Path) -> dict:
             table = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path} is not valid TOML: {error}; fix it or remove it") from None
+    except OSError as error:
+        raise _unreadable(path, error) from None
     unknown = sorted(set(table) - set(ITEMS))
     if unknown:
         raise ConfigError(f"{path}: unknown table [{unknown[0]}]; the tables are {', '.join(ITEMS)}")
@@ -138,6 +142,15 @@ def _parse(path: Path) -> dict:
             raise ConfigError(f"{path}: [{name}] default {item.show(default)} is more than its max {item.show(most)}")
         values[name] = (default, most)
     return values
+
+
+def _unreadable(path: Path, error: OSError) -> ConfigError:
+    """The class's limits are in a file this user cannot read: refuse to run without them
+    rather than guess (running with none would ignore the class's max)."""
+    why = error.strerror or str(error)
+    return ConfigError(f"the class defaults file {path} cannot be read by uid {os.geteuid()}: {why}; "
+                       f"whoever keeps it must make it readable to every user (chmod a+r {path}, "
+                       "and a+x on its directories), as it holds no secrets")
 
 
 def _value(path, name, key, entry, item):

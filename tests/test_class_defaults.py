@@ -201,3 +201,49 @@ def test_where_the_layer_cannot_be_bounded_the_refusal_says_so(tmp_path):
                           f"PYTHONPATH={source}", SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60)
     assert ran.stdout.startswith("--storage-opt size 8.0 MiB: cannot bound the read-write layer on this host "
                                  "(a tmpfs of that size could not be mounted: Operation not permitted)"), ran.stderr
+
+
+# The CLI as an ordinary user, pointed (LABKIT_DEFAULTS) at a class file it cannot read.
+RUN_WITH_DEFAULTS = """
+import os, sys
+os.environ["LABKIT_DEFAULTS"] = sys.argv[1]
+if sys.argv[2] == "open":
+    open(sys.argv[1]).close()
+from labkit.cli import command
+sys.argv = ["labkit", "run", "--", "true"]
+command()
+"""
+
+
+@pytest.mark.root  # becoming another user takes root; root itself reads any file
+def test_a_class_file_the_user_cannot_read_is_one_line_naming_it_and_exits_125():
+    from ordinary_user import NOBODY, OrdinaryUser
+
+    user = OrdinaryUser()  # its temporary root is 0755, as /etc is (pytest's tmp_path is root's 0700)
+    try:
+        directory = user.root / "etc-labkit"
+        directory.mkdir(mode=0o755)
+        path = directory / "defaults.toml"
+        path.write_text(CLASS_FILE)
+        os.chmod(path, 0o600)  # root's, as a careless `umask 077` leaves /etc/labkit/defaults.toml
+        # The kernel's answer: this user cannot open it (the traceback labkit used to print).
+        opened = user.run("-c", RUN_WITH_DEFAULTS, str(path), "open")
+        assert opened.returncode == 1 and "PermissionError" in opened.stderr, opened.stderr
+        ran = user.run("-c", RUN_WITH_DEFAULTS, str(path), "run")
+        assert ran.returncode == 125, ran.stdout + ran.stderr
+        assert ran.stderr.count("\n") == 1 and "Traceback" not in ran.stderr, ran.stderr
+        assert f"the class defaults file {path} cannot be read by uid {NOBODY}: Permission denied" in ran.stderr
+        assert f"chmod a+r {path}" in ran.stderr
+        # A directory on the way the user may not enter: the same line, from stat.
+        os.chmod(path, 0o644)
+        os.chmod(directory, 0o700)
+        ran = user.run("-c", RUN_WITH_DEFAULTS, str(path), "run")
+        assert ran.returncode == 125 and "Traceback" not in ran.stderr, ran.stderr
+        assert f"the class defaults file {path} cannot be read" in ran.stderr
+        # Readable, it is obeyed: the class's max refuses more (not a blanket refusal).
+        os.chmod(directory, 0o755)
+        over = user.run("-c", RUN_WITH_DEFAULTS.replace('"--", "true"', '"--memory", "1g", "--", "true"'),
+                        str(path), "run")
+        assert over.returncode == 125 and f"[memory] max in {path}" in over.stderr, over.stderr
+    finally:
+        user.remove()
