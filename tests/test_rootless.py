@@ -1,15 +1,15 @@
 """Rootless labkit: an ordinary user runs containers, builds and commits images, and a
 `%%container` cell in a kernel, on the real kernel, with root only in a user namespace.
 
-As root, the module makes a throw-away user (useradd, with the /etc/subuid range useradd
-gives) and runs labkit as that user from this checkout; the user and everything it left
+As root, the module makes a throw-away user (tests/throwaway_users.py: useradd, with an
+/etc/subuid range of its own) and runs labkit as that user from this checkout; the user and everything it left
 are removed afterwards, also when a test fails. The checkout and the venv's packages must
 be readable by another user (a checkout below a 0700 directory, such as a mktemp dir, is
 not: the module skips and says so)."""
 
+import contextlib
 import json
 import os
-import pwd
 import signal
 import stat
 import subprocess
@@ -104,23 +104,11 @@ def subordinate_range(name) -> tuple:
     return 0, 0
 
 
-def kill_their_processes(student) -> None:
-    """Every process of the throw-away user (its uid or range), by PID: ours to end,
-    since this module made that user."""
-    for _ in range(50):
-        pids = student.processes()
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def student():
+    """A throw-away user (tests/throwaway_users.py: its home, a range of its own far from
+    useradd's and the grading sandboxes', so any process in it is this user's), running
+    labkit from this checkout; it and everything it left are removed afterwards."""
     if os.geteuid() != 0:
         pytest.skip("makes a throw-away user: needs root")
     for path in (REPO / "labkit", Path(sysconfig.get_paths()["purelib"])):
@@ -133,37 +121,19 @@ def student():
                     f"({sys.executable} lies below a private directory)")
     if not os.path.exists("/usr/bin/newuidmap"):
         pytest.skip("newuidmap/newgidmap are not installed (Debian package uidmap)")
-    name = f"lkrl{os.getpid() % 100000}"
-    made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot make a user here: {made.stderr.strip()}")
-    student = None
-    try:
-        # A range of its own, far from useradd's (100000 + 65536 n, also the --userns default)
-        # and the grading sandboxes' (from 10^9): any process in it is this user's.
-        given = subordinate_range(name)
-        if given != (0, 0):
-            span = f"{given[0]}-{given[0] + given[1] - 1}"
-            subprocess.run(["usermod", "--del-subuids", span, "--del-subgids", span, name], check=True)
-        first = 3_000_000_000 + (os.getpid() % 1000) * 65536
-        subprocess.run(["usermod", "--add-subuids", f"{first}-{first + 65535}",
-                        "--add-subgids", f"{first}-{first + 65535}", name], check=True)
-        record = pwd.getpwnam(name)
-        env = {"HOME": record.pw_dir, "USER": name, "LOGNAME": name, "PATH": "/usr/local/bin:/usr/bin:/bin",
+    from throwaway_users import throwaway_user
+
+    with contextlib.ExitStack() as stack:
+        try:
+            user = stack.enter_context(throwaway_user("lkrl"))
+        except subprocess.CalledProcessError as error:
+            pytest.skip(f"cannot make a user here: {error.cmd[0]} says {error.stderr.decode().strip()}")
+        env = {"HOME": user.home, "USER": user.name, "LOGNAME": user.name, "PATH": "/usr/local/bin:/usr/bin:/bin",
                "LANG": "C.UTF-8", "PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}",
                "PYTHONDONTWRITEBYTECODE": "1"}
-        student = Student(name, record.pw_uid, record.pw_gid, Path(record.pw_dir), python, env)
-        yield student
-    finally:
-        if student is not None:
-            kill_their_processes(student)
-        subprocess.run(["userdel", "--remove", name], capture_output=True)
-        first, count = subordinate_range(name)
-        if count:
-            subprocess.run(["usermod", "--del-subuids", f"{first}-{first + count - 1}",
-                            "--del-subgids", f"{first}-{first + count - 1}", name], capture_output=True)
-        assert subordinate_range(name) == (0, 0), f"{name} still has a range in /etc/subuid"
-        assert not Path(f"/home/{name}").exists()
+        yield Student(user.name, user.uid, user.gid, Path(user.home), python, env)
+    assert subordinate_range(user.name) == (0, 0), f"{user.name} still has a range in /etc/subuid"
+    assert not Path(user.home).exists()
 
 
 @pytest.fixture

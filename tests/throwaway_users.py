@@ -10,10 +10,10 @@ import contextlib
 import os
 import pwd
 import secrets
-import signal
 import subprocess
-import time
 from dataclasses import dataclass
+
+from labkit.linux.processes import kill_each
 
 SUBORDINATE_FILES = ("/etc/subuid", "/etc/subgid")
 
@@ -66,24 +66,24 @@ def _drop_subordinate_lines(name):
                 table.writelines(kept)
 
 
+def processes_of(uids) -> list:
+    """The PIDs of the processes running as one of `uids`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid in uids:
+                pids.append(int(entry))
+        except FileNotFoundError:
+            pass
+    return pids
+
+
 def end_processes(uids) -> None:
     """SIGKILL every process running as one of `uids`, by PID, until none is left: the
     throw-away user's (its own uid or its range), which only the test started."""
-    for _ in range(100):
-        pids = []
-        for entry in os.listdir("/proc"):
-            try:
-                if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid in uids:
-                    pids.append(int(entry))
-            except FileNotFoundError:
-                pass
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-    raise AssertionError(f"processes of a throw-away user would not end: {pids}")
+    left = kill_each(lambda: processes_of(uids), timeout=5)
+    if left:
+        raise AssertionError(f"processes of a throw-away user would not end: {left}")
 
 
 @contextlib.contextmanager
