@@ -307,3 +307,40 @@ def test_the_vm_kernelspec_starts_the_launcher_bare_so_the_agent_can_fork_it_war
     assert "unshare" in local["argv"]
     assert warm_start_possible(vm["argv"], python=sys.executable), vm["argv"]
     assert not warm_start_possible(local["argv"], python=sys.executable)
+
+
+def test_processes_in_the_guest_give_a_cold_helper_longer_than_a_hosts_30_s():
+    """Under emulation on a busy host a cold helper in the guest takes minutes to answer its
+    first ping: the guest's processes (labkit vm run, --sandbox vm, the VM kernel) get a
+    longer LABKIT_HELPER_TIMEOUT (read by helper_client), a setting of their own kept."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from jupyter_client.kernelspec import KernelSpec
+    from jupyter_client.manager import KernelManager
+
+    from labkit.vm import machine
+    from labkit.vm.provisioner import LabkitVMProvisioner
+
+    assert float(machine._guest_environment({})["LABKIT_HELPER_TIMEOUT"]) > 30
+    assert machine._guest_environment({"LABKIT_HELPER_TIMEOUT": "900"})["LABKIT_HELPER_TIMEOUT"] == "900"
+
+    class Recording:  # a guest that records the start request instead of booting
+        qemu = SimpleNamespace(exited=False)
+        booted_seconds, acceleration = 1.0, SimpleNamespace(name="tcg", reason="test")
+
+        async def request(self, op, timeout=10.0, **fields):
+            self.env = fields["env"]
+            return {"pid": 1, "warm": True}
+
+    def kernel_environment(env):
+        guest = Recording()
+        provisioner = LabkitVMProvisioner(kernel_id="k", kernel_spec=KernelSpec(argv=[sys.executable]),
+                                          parent=KernelManager(connection_file="/nonexistent.json"))
+        provisioner.connection_info = {"key": b"k"}
+        provisioner.guest = guest
+        asyncio.run(provisioner.launch_kernel([sys.executable, "-m", "ipykernel_launcher"], env=env, cwd="/"))
+        return guest.env
+
+    assert kernel_environment({}).get("LABKIT_HELPER_TIMEOUT") == machine.GUEST_DEFAULTS["LABKIT_HELPER_TIMEOUT"]
+    assert kernel_environment({"LABKIT_HELPER_TIMEOUT": "900"})["LABKIT_HELPER_TIMEOUT"] == "900"

@@ -24,6 +24,11 @@ from labkit.vm.qemu import QemuProcess, qemu_command
 DEFAULT_TIMEOUT = 600
 KVM_BOOT_TIMEOUT = 60
 GUEST_LABKIT_HOME = "/tmp/labkit"
+# What every labkit process in a guest gets unless told otherwise. On a host the runtime's
+# helper must answer its first ping within 30 s; a cold helper in an emulated guest on a
+# busy host (its imports read through 9p) may take minutes. Only a helper alive but silent
+# waits this long: one that dies is noticed at once.
+GUEST_DEFAULTS = {"LABKIT_HELPER_TIMEOUT": "600"}
 # Host paths the guest replaces with its own filesystems: a cwd under them is not
 # the same directory inside.
 _GUEST_OWN = ("/tmp", "/run", "/proc", "/sys", "/dev")
@@ -279,6 +284,7 @@ def _guest_environment(extra) -> dict:
         "LABKIT_HOME": GUEST_LABKIT_HOME,
         "LANG": "C.UTF-8",
         "TERM": "dumb",
+        **GUEST_DEFAULTS,
     }
     environment.update(extra or {})
     return environment

@@ -165,6 +165,8 @@ class LabkitVMProvisioner(LocalProvisioner):
             self.guest = await self._boot(env, cwd)
         guest = self.guest
         env.update(LABKIT_HOME=machine.GUEST_LABKIT_HOME, LANG=env.get("LANG", "C.UTF-8"))
+        for key, value in machine.GUEST_DEFAULTS.items():  # the kernel's own setting, if any, stays
+            env.setdefault(key, value)
         # A host pid means nothing in the guest: ipykernel would watch the wrong parent.
         env.pop("JPY_PARENT_PID", None)
         env[BOOT_VARIABLE] = (f"booted in {guest.booted_seconds:.1f} s under {guest.acceleration.name} "
