@@ -56,7 +56,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[test,lab]' --config-settings editable_mode=compat || \
 	  $(BIN)/pip install -q -e '.[test,lab]'
 	$(BIN)/labkit kernel install --sys-prefix
-	-command -v npm >/dev/null && npm install -q --prefix $(VENV)/node --no-audit --no-fund configurable-http-proxy@4  # JupyterHub's proxy (tests/test_class_hub.py); 5.x needs node 20, Debian 12 has 18
+	# JupyterHub's proxy (tests/test_class_hub.py); 5.x needs node 20, Debian 12 has 18. --prefix alone
+	# would also move npm's global config to $(VENV)/node/etc/npmrc and drop the machine's own
+	# (a CA file, a registry mirror): keep the one npm reads without --prefix.
+	-command -v npm >/dev/null && npm install -q --prefix $(VENV)/node --globalconfig "$$(npm config get globalconfig)" \
+	  --no-audit --no-fund configurable-http-proxy@4
 	$(BIN)/python -m compileall -q labkit  # bytecode once, here: not by the first labkit command
 	touch $(STAMP)
 
