@@ -1,0 +1,196 @@
+"""The notebooks as an ordinary user: a throw-away user (tests/throwaway_users.py) gets a copy
+of notebooks/ in its 0700 home and runs them with this checkout's class environment
+(.venv/class: the system's Python, which every user may run; labkit editable from here).
+
+    with notebooks_as_user() as run:
+        run.nbval("01-namespaces.ipynb")          # strict nbval, rootless
+        run.execute("04-cgroups-memory.ipynb")    # an executed copy (nbformat), errors kept
+
+`python tests/rootless_notebooks.py record NOTEBOOK...` (as root) stores, for each code cell
+whose rootless outputs differ from the stored ones after sanitising, the rootless outputs in
+`metadata.labkit.rootless_outputs`, with the recording user's ids already replaced by the
+placeholders notebooks/conftest.py substitutes at run time."""
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+from nbval.plugin import get_sanitize_patterns
+
+
+def _notebooks_conftest():
+    """notebooks/conftest.py, under a name of its own (pytest has other modules called conftest)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("labkit_notebooks_conftest",
+                                                  Path(__file__).resolve().parent.parent / "notebooks" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ROOTLESS_KEY = _notebooks_conftest().ROOTLESS_KEY
+user_patterns = _notebooks_conftest().user_patterns
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+CLASS_PYTHON = REPO / ".venv" / "class" / "bin" / "python"
+
+EXECUTE = r"""
+import sys, nbformat
+from nbclient import NotebookClient
+nb = nbformat.read(sys.argv[1], as_version=4)
+NotebookClient(nb, kernel_name="labkit", timeout=900, allow_errors=True,
+               resources={"metadata": {"path": sys.argv[3]}}).execute()
+nbformat.write(nb, sys.argv[2])
+"""
+
+
+def unreadable(path: Path) -> str | None:
+    """Why another user cannot read `path` (each directory above must let others pass), or None."""
+    for directory in (path, *path.parents):
+        mode = os.stat(directory).st_mode
+        if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+            return f"{directory} (mode {oct(stat.S_IMODE(mode))}) lets no other user through"
+    return None
+
+
+def why_not() -> str | None:
+    """Why the notebooks cannot run here as an ordinary user, or None."""
+    if os.geteuid() != 0:
+        return "makes a throw-away user: needs root"
+    if not os.path.exists("/usr/bin/newuidmap"):
+        return "newuidmap/newgidmap are not installed (Debian package uidmap)"
+    if not CLASS_PYTHON.exists():
+        return f"{CLASS_PYTHON} is missing: `make setup` makes the class environment"
+    why = unreadable(REPO / "labkit") or unreadable(CLASS_PYTHON.parent)
+    if why:
+        return f"this checkout cannot be read by an ordinary user: {why}; clone it somewhere readable"
+    return None
+
+
+class UserNotebooks:
+    def __init__(self, user):
+        self.user = user
+        self.copy = Path(user.home) / "notebooks"
+
+    def _run(self, argv, timeout):
+        return self.user.run([str(CLASS_PYTHON), *argv], cwd=str(self.copy), timeout=timeout,
+                             env={"PYTHONDONTWRITEBYTECODE": "1"})
+
+    def nbval(self, *notebooks, timeout=1800) -> subprocess.CompletedProcess:
+        """Strict nbval of `notebooks` (paths below notebooks/) as the user."""
+        return self._run(["-m", "pytest", "-p", "no:cacheprovider", "--nbval", "--nbval-kernel-name", "labkit",
+                          "--nbval-sanitize-with", "sanitize.cfg", *notebooks], timeout)
+
+    def execute(self, notebook, timeout=1800):
+        """`notebook` executed by nbclient as the user (errors kept in the outputs)."""
+        source = self.copy / notebook
+        out = self.copy / (notebook + ".executed")
+        done = self._run(["-c", EXECUTE, str(source), str(out), str(source.parent)], timeout)
+        if done.returncode != 0:
+            raise AssertionError(f"nbclient failed on {notebook} as {self.user.name}: {done.stderr[-3000:]}")
+        return nbformat.read(str(out), as_version=4)
+
+
+@contextlib.contextmanager
+def notebooks_as_user():
+    from throwaway_users import throwaway_user
+
+    with throwaway_user("lknb") as user:
+        copy = Path(user.home) / "notebooks"
+        shutil.copytree(NOTEBOOKS, copy, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+        subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(copy)], check=True)
+        yield UserNotebooks(user)
+
+
+SKIP = ("metadata", "traceback", "prompt_number", "output_type", "name", "execution_count",
+        "application/vnd.jupyter.widget-view+json", "image/png", "image/jpeg")
+
+
+def _apply(text, patterns):
+    for regex, replace in patterns:
+        text = re.sub(regex, replace, text)
+    return text
+
+
+def _compared(outputs, patterns, skip) -> dict:
+    """What strict nbval compares of `outputs` (nbval's CompareOutputs: by key, sanitised)."""
+    from nbval.plugin import coalesce_streams
+
+    seen = {}
+    for output in coalesce_streams([nbformat.from_dict(json.loads(json.dumps(o))) for o in outputs]):
+        for key, value in output.items():
+            if key in skip:
+                continue
+            items = value.items() if key == "data" else [(key, value)]
+            for name, item in items:
+                if name not in skip:
+                    text = "".join(item) if isinstance(item, list) else str(item)
+                    seen.setdefault(name, []).append(_apply(text, patterns))
+    return seen
+
+
+def _checked(cell) -> bool:
+    from nbval.plugin import find_comment_markers, find_metadata_tags
+
+    options = dict(find_metadata_tags(cell.metadata))
+    options.update(dict(find_comment_markers(cell.source)))
+    return options.get("check", True) and not options.get("skip", False) and cell.execution_count is not None
+
+
+def _store(stored, rootless, mine, skip) -> int:
+    """Keeps in `stored` the rootless outputs of each checked cell where they differ; returns how many."""
+    root_patterns = list(get_sanitize_patterns((NOTEBOOKS / "sanitize.cfg").read_text()))
+    changed = 0
+    for cell, ran in zip(stored.cells, rootless):
+        if cell.cell_type != "code":
+            continue
+        cell.metadata.get("labkit", {}).pop(ROOTLESS_KEY, None)
+        if cell.metadata.get("labkit") == {}:
+            del cell.metadata["labkit"]
+        if ran is None or not _checked(cell):
+            continue
+        outputs = json.loads(_apply(json.dumps([dict(o) for o in ran]), mine))
+        if _compared(cell.outputs, mine + root_patterns, skip) != _compared(outputs, root_patterns, skip):
+            for output in outputs:
+                if "execution_count" in output:
+                    output["execution_count"] = cell.execution_count
+            cell.metadata.setdefault("labkit", {})[ROOTLESS_KEY] = outputs
+            changed += 1
+    return changed
+
+
+def _skip_for(relative):
+    from labkit.grading.checks import MIME
+
+    return SKIP + ((MIME,) if relative.startswith("labs/") else ())   # notebooks/labs/conftest.py
+
+
+def _record(paths):
+    with notebooks_as_user() as run:
+        mine = user_patterns(run.user.uid, run.user.name)
+        for path in paths:
+            relative = str(Path(path).resolve().relative_to(NOTEBOOKS))
+            stored = nbformat.read(str(NOTEBOOKS / relative), as_version=4)
+            ran = [cell.outputs if cell.cell_type == "code" else None for cell in run.execute(relative).cells]
+            changed = _store(stored, ran, mine, _skip_for(relative))
+            nbformat.write(stored, str(NOTEBOOKS / relative))
+            print(f"{relative}: {changed} cells with rootless outputs of their own")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["record"] or len(sys.argv) < 3:
+        sys.exit("usage: python tests/rootless_notebooks.py record NOTEBOOK...")
+    why = why_not()
+    if why:
+        sys.exit(f"cannot record: {why}")
+    sys.path.insert(0, str(REPO / "tests"))
+    _record(sys.argv[2:])

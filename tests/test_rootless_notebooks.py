@@ -1,0 +1,48 @@
+"""The notebooks as an ordinary user (issue 20), on this host's real kernel: strict nbval
+passes rootless, against each cell's own rootless outputs where they differ from root's
+(notebooks/conftest.py swaps them in); the limits notebooks run without an error and say why
+their limits are off where the host delegates none (cgroup v1).
+
+As root the module makes a throw-away user (tests/throwaway_users.py) with a 0700 home and an
+/etc/subuid range, copies notebooks/ there and runs them with the class environment
+(.venv/class); the user and all it left are removed afterwards."""
+
+import pytest
+from rootless_notebooks import notebooks_as_user, why_not
+
+from labkit.cgroups import detect_mode
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+STRICT = ["00-start-here.ipynb", "01-namespaces.ipynb", "02-pid-and-mount.ipynb",
+          "06-union-fs-and-layers.ipynb", "labs/01-namespaces-lab.ipynb", "labs/03-images-lab.ipynb"]
+LIMITS = ["04-cgroups-memory.ipynb", "05-cgroups-cpu-and-pids.ipynb"]
+
+
+@pytest.fixture(scope="module")
+def as_user():
+    why = why_not()
+    if why:
+        pytest.skip(why)
+    with notebooks_as_user() as run:
+        yield run
+
+
+@pytest.mark.parametrize("notebook", STRICT)
+def test_strict_nbval_passes_rootless(as_user, notebook):
+    done = as_user.nbval(notebook)
+    assert done.returncode == 0, f"strict nbval of {notebook} as {as_user.user.name}:\n{done.stdout[-20000:]}"
+    assert " passed" in done.stdout and " failed" not in done.stdout
+
+
+@pytest.mark.parametrize("notebook", LIMITS)
+def test_limits_notebooks_run_rootless_and_say_why_limits_are_off(as_user, notebook):
+    executed = as_user.execute(notebook)
+    errors = [(index, output.get("ename"), output.get("evalue")) for index, cell in enumerate(executed.cells)
+              if cell.cell_type == "code" for output in cell.outputs if output.output_type == "error"]
+    assert errors == [], f"{notebook} raised rootless: {errors}"
+    stderr = "".join(output.text for cell in executed.cells if cell.cell_type == "code"
+                     for output in cell.outputs if output.output_type == "stream" and output.name == "stderr")
+    if detect_mode() == "v1":
+        assert "is not enforced" in stderr and "cgroup v1, which delegates nothing to ordinary users" in stderr, \
+            f"{notebook} did not say why its limits are off:\n{stderr[-3000:]}"
