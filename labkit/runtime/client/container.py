@@ -437,7 +437,9 @@ def rootless_limits(hierarchy, spec, limits):
     from labkit.cgroups.delegation import enforceable, limits_off_lines
 
     for line in limits_off_lines(spec.asked_limits(), hierarchy.controllers, hierarchy.delegation.why_not):
-        print(line, file=sys.stderr)
+        # flushed now, before the container's own output: in a kernel, stderr and stdout reach
+        # the notebook in the order they were flushed, and the line is about what follows
+        print(line, file=sys.stderr, flush=True)
     return enforceable(limits, hierarchy.controllers)
 
 
