@@ -44,7 +44,7 @@ def user_patterns(uid, name, cgroup=None) -> list:
     start = _range_start(name)
     if start is not None:
         patterns.append((rf"\b{start}\b", "SUBUID-START"))
-    patterns.append((rf"(?<![\d.]){uid}\b", "USER-UID"))
+    patterns.append((rf"(?<![\d.]){uid}(?!\.?\d)", "USER-UID"))
     return patterns
 
 

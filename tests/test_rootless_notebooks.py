@@ -7,12 +7,12 @@ As root the module makes a throw-away user (tests/throwaway_users.py) with a 070
 /etc/subuid range, copies notebooks/ there and runs them with the class environment
 (.venv/class); the user and all it left are removed afterwards."""
 
+import re
+
 import pytest
-from rootless_notebooks import notebooks_as_user, why_not
+from rootless_notebooks import notebooks_as_user, user_patterns, why_not
 
 from labkit.cgroups import detect_mode
-
-pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 STRICT = ["00-start-here.ipynb", "01-namespaces.ipynb", "02-pid-and-mount.ipynb",
           "06-union-fs-and-layers.ipynb", "labs/01-namespaces-lab.ipynb", "labs/03-images-lab.ipynb"]
@@ -28,6 +28,16 @@ def as_user():
         yield run
 
 
+def test_the_users_own_ids_and_cgroup_become_placeholders():
+    text = "0 4321 1\n 1 3200065536 65536\nfrom the host: /user.slice/user-4321.slice/session-7.scope\n43210 14321 4321.5"
+    for regex, replace in user_patterns(4321, "no-such-user-here", cgroup="/user.slice/user-4321.slice/session-7.scope"):
+        text = re.sub(regex, replace, text)
+    # (no such user: no range start to replace; other numbers holding the uid's digits stay)
+    assert text == "0 USER-UID 1\n 1 3200065536 65536\nfrom the host: USER-CGROUP\n43210 14321 4321.5"
+
+
+@pytest.mark.root
+@pytest.mark.slow
 @pytest.mark.parametrize("notebook", STRICT)
 def test_strict_nbval_passes_rootless(as_user, notebook):
     done = as_user.nbval(notebook)
@@ -35,6 +45,8 @@ def test_strict_nbval_passes_rootless(as_user, notebook):
     assert " passed" in done.stdout and " failed" not in done.stdout
 
 
+@pytest.mark.root
+@pytest.mark.slow
 @pytest.mark.parametrize("notebook", LIMITS)
 def test_limits_notebooks_run_rootless_and_say_why_limits_are_off(as_user, notebook):
     executed = as_user.execute(notebook)
