@@ -255,11 +255,15 @@ def rootless_variants(layer: str, notes: list):
     import cli
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from throwaway_users import throwaway_user
+    from throwaway_users import throwaway_user, why_user_cannot_run_this_checkout
 
     python = "/usr/bin/python3"   # this one may live in root's home, which the user cannot read
     if not os.path.exists("/usr/bin/newuidmap") or not os.access(python, os.X_OK):
         notes.append("no rootless rows: newuidmap (Debian package uidmap) or /usr/bin/python3 is missing")
+        yield {}
+        return
+    if why_user_cannot_run_this_checkout():
+        notes.append(f"no rootless rows: {why_user_cannot_run_this_checkout()}")
         yield {}
         return
     with throwaway_user("lkbench") as user, contextlib.ExitStack() as workers:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import labkit
+from throwaway_users import readable_by_others, throwaway_user, why_user_cannot_run_this_checkout
 
 pytestmark = pytest.mark.root
 
@@ -73,18 +74,6 @@ class Student:
         return ranges | set(range(first, first + count))
 
 
-def readable_by_others(path: Path) -> str | None:
-    """Why another user cannot read `path` (each directory above must let others pass), or None."""
-    path = Path(path)
-    for directory in (path, *path.parents):
-        mode = os.stat(directory).st_mode
-        if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
-            return f"{directory} (mode {oct(stat.S_IMODE(mode))}) lets no other user through"
-    if not os.stat(path).st_mode & stat.S_IROTH:
-        return f"{path} is not readable by other users"
-    return None
-
-
 def python_for_others() -> str | None:
     """An interpreter of this one's version that another user may run (this venv's may
     point into root's home)."""
@@ -111,18 +100,15 @@ def student():
     labkit from this checkout; it and everything it left are removed afterwards."""
     if os.geteuid() != 0:
         pytest.skip("makes a throw-away user: needs root")
-    for path in (REPO / "labkit", Path(sysconfig.get_paths()["purelib"])):
-        why = readable_by_others(path)
-        if why:
-            pytest.skip(f"this checkout cannot be read by an ordinary user: {why}; copy it somewhere readable")
+    why = why_user_cannot_run_this_checkout()
+    if why:
+        pytest.skip(why)
     python = python_for_others()
     if python is None:
         pytest.skip(f"no Python {sys.version_info.major}.{sys.version_info.minor} that an ordinary user may run "
                     f"({sys.executable} lies below a private directory)")
     if not os.path.exists("/usr/bin/newuidmap"):
         pytest.skip("newuidmap/newgidmap are not installed (Debian package uidmap)")
-    from throwaway_users import throwaway_user
-
     with contextlib.ExitStack() as stack:
         try:
             user = stack.enter_context(throwaway_user("lkrl"))

@@ -142,8 +142,12 @@ PROBE = textwrap.dedent("""
 def student():
     from throwaway_users import throwaway_user
 
+    from throwaway_users import why_user_cannot_run_this_checkout
+
     if os.geteuid() != 0:
         pytest.skip("making a throw-away user needs root (useradd)")
+    if why_user_cannot_run_this_checkout():
+        pytest.skip(why_user_cannot_run_this_checkout())
     with throwaway_user() as user:
         yield user
 

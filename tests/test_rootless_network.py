@@ -91,6 +91,10 @@ def student():
 
     if shutil.which("pasta") is None or shutil.which("nsenter") is None:
         pytest.skip(f"pasta or nsenter is missing: {pasta.INSTALL}")
+    from throwaway_users import why_user_cannot_run_this_checkout
+
+    if why_user_cannot_run_this_checkout():
+        pytest.skip(why_user_cannot_run_this_checkout())
     with throwaway_user() as user:
         yield user
 

@@ -10,8 +10,10 @@ import contextlib
 import os
 import pwd
 import secrets
+import stat
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from labkit.linux.processes import kill_each
 
@@ -111,3 +113,28 @@ def throwaway_user(prefix="lkt"):
         _drop_subordinate_lines(name)
         if removed.returncode not in (0, 12):   # 12: the home could not be removed (already gone)
             raise AssertionError(f"userdel {name} failed ({removed.returncode}): {removed.stderr.strip()}")
+
+
+def readable_by_others(path) -> str | None:
+    """Why another user cannot read `path` (each directory above must let others pass), or None."""
+    path = Path(path)
+    for directory in (path, *path.parents):
+        mode = os.stat(directory).st_mode
+        if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+            return f"{directory} (mode {oct(stat.S_IMODE(mode))}) lets no other user through"
+    if not os.stat(path).st_mode & stat.S_IROTH:
+        return f"{path} is not readable by other users"
+    return None
+
+
+def why_user_cannot_run_this_checkout() -> str | None:
+    """Why a throw-away user cannot run labkit from this checkout and this venv's packages
+    (a clone below a 0700 directory, such as a mktemp dir under /tmp), or None."""
+    import sysconfig
+
+    repo = Path(__file__).resolve().parent.parent
+    for path in (repo / "labkit", Path(sysconfig.get_paths()["purelib"])):
+        why = readable_by_others(path)
+        if why:
+            return f"this checkout cannot be read by an ordinary user: {why}; clone it somewhere readable"
+    return None
