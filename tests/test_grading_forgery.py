@@ -230,7 +230,12 @@ def test_a_plain_build_is_not_a_commit(released, tmp_path):
     files = {"built": write(with_cells(read(source_path), {"img-commit-answer": build}), tmp_path / "built.ipynb")}
     graded = grade(source_path, files, tmp_path / "grades")
     cells = {c["grade_id"]: c for c in graded["built"]["cells"]}
-    assert cells["img-commit-check"]["score"] == 1, cells["img-commit-check"]["checks"]   # the file is there
+    checks = {c["name"]: c["passed"] for c in cells["img-commit-check"]["checks"]}
+    # The file is there and the (solved) /etc/hosts edit stands; the 2 points for a layer made
+    # from a container's read-write layer are lost: a build is not a commit.
+    assert checks == {"lab-commit has /root/todo": True, "img-editor's /etc/hosts names db": True,
+                      "lab-commit is busybox plus one layer without the /etc files": False}, checks
+    assert cells["img-commit-check"]["score"] == 2, cells["img-commit-check"]["checks"]
     assert graded["built"]["total"] == graded["built"]["max_total"] - 2
 
 
