@@ -210,6 +210,18 @@ def test_a_python_below_tmp_is_refused_with_the_reason_not_booted():
 
 
 def test_a_warm_start_forks_a_kernel_that_answers_and_is_signalled_as_its_own_session(tmp_path):
+    # The fork must come from a process like the agent: fresh, its modules imported. Forked
+    # from a pytest process that has run hundreds of tests (their threads, helpers and handlers
+    # inherited), the kernel died before its first reply in a full run: the test itself runs
+    # in a fresh interpreter.
+    if not os.environ.get("LABKIT_WARM_START_TEST_INSIDE"):
+        name = "test_a_warm_start_forks_a_kernel_that_answers_and_is_signalled_as_its_own_session"
+        done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                               "--basetemp", str(tmp_path / "inside"), f"{__file__}::{name}"],
+                              env={**os.environ, "LABKIT_WARM_START_TEST_INSIDE": "1"},
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-4000:] + done.stderr[-2000:]
+        return
     """The agent's warm path, on the host (no VM): modules imported first, then a fork runs
     `python -m ipykernel_launcher` in the child; the kernel answers a cell with the
     environment, cwd and argv it was given, SIGINT to its session interrupts a cell, and its
