@@ -100,3 +100,19 @@ def _pid_namespace(pid: int):
     except OSError:   # gone, or not ours to look at (another id of a rootless range)
         return None
     return st.st_dev, st.st_ino
+
+
+class ForkedChild:
+    """A child this process forked, with Popen's `pid`, `returncode` and `poll()` (by
+    waitpid), for code that handles it as a subprocess."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode

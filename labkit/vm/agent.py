@@ -35,6 +35,8 @@ import sys
 import threading
 import traceback
 
+from labkit.linux.processes import ForkedChild
+
 BUSYBOX = "/run/labkit/busybox"
 GUEST_ADDRESS = "10.0.2.15/24"   # what QEMU's user-mode network gives its first guest
 CONNECTION_FILE = "/run/labkit/kernel-connection.json"
@@ -82,19 +84,8 @@ class Warm:
         return self.error is None
 
 
-class ForkedKernel:
+class ForkedKernel(ForkedChild):
     """A kernel forked from the warm agent: Popen's pid and poll(), by waitpid."""
-
-    def __init__(self, pid):
-        self.pid = pid
-        self.returncode = None
-
-    def poll(self):
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
 
 
 def warm_start_possible(argv, python=sys.executable) -> bool:

@@ -23,6 +23,7 @@ import time
 
 from labkit.errors import HostError
 from labkit.linux import rootless, sealed_exe
+from labkit.linux.processes import ForkedChild
 from labkit.runtime import protocol
 from labkit.runtime.protocol import MAX_MESSAGE, Op
 
@@ -189,23 +190,16 @@ def get_helper() -> Helper:
         return _helper
 
 
-class ForkedHelper:
+class ForkedHelper(ForkedChild):
     """The helper as a fork of this process, with the part of subprocess.Popen's
     interface that Helper uses (pid, poll, wait, kill)."""
 
     def __init__(self, sock_fd):
         owner = os.getpid()
-        self.pid = os.fork()
-        if self.pid == 0:
+        pid = os.fork()
+        if pid == 0:
             _become_helper(sock_fd, owner)
-        self.returncode = None
-
-    def poll(self):
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
+        super().__init__(pid)
 
     def wait(self, timeout=None):
         """The helper's exit status, once it has exited (every teardown done). A pidfd
