@@ -106,6 +106,23 @@ class LabkitKernel:
             self.manager.shutdown_kernel(now=now)
 
 
+def past_the_abort(client, timeout: float = 60) -> None:
+    """Return once the kernel runs cells again after one that ended in an error.
+
+    ipykernel (7.x) answers an error, then aborts the requests queued behind it until a
+    message it posts to itself comes round; a request sent the moment the error's reply
+    arrives can be aborted unrun, which says nothing about labkit. A no-op cell is sent
+    until one is run (status "ok"); anything but "ok" or "aborted" is a failure."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = client.execute_interactive("pass", timeout=max(1.0, deadline - time.monotonic()))
+        status = reply["content"]["status"]
+        if status == "ok":
+            return
+        assert status == "aborted", reply["content"]
+        assert time.monotonic() < deadline, "the kernel still aborted every request"
+
+
 def installed_kernel_python() -> str | None:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kernel_fixtures import (  # noqa: F401 — fixtures are used by name
+    past_the_abort,
     LabkitKernel, cgroup_dirs, cgroup_pids, container_ids, kernel, labkit_kernelspec, mounts_mentioning,
     process_alive, searchable, wait_until,
 )
@@ -113,6 +114,7 @@ def test_stop_button_ends_the_container_and_leaves_nothing(fresh_kernel):
     assert len(tracebacks) == 1 and len(tracebacks[0]) == 1, tracebacks
     assert "labkit killed what the cell started" in tracebacks[0][0]
     assert_nothing_left(fresh_kernel.home, containers)
+    past_the_abort(fresh_kernel.client)
     assert fresh_kernel.ok("%%container\necho still usable").stdout == "still usable\n"
 
 
@@ -126,6 +128,7 @@ def test_stop_button_during_exec_leaves_the_container_running(fresh_kernel):
     reply = fresh_kernel.collect(msg_id, timeout=15)
     assert reply.ename == "KeyboardInterrupt"
     assert wait_until(lambda: all(len(cgroup_pids(i)) == 1 for i in before), timeout=15), "exec'd sleep survived"
+    past_the_abort(fresh_kernel.client)
     assert "running" in fresh_kernel.ok("%container ps").stdout
 
 

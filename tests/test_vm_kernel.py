@@ -15,6 +15,7 @@ import sys
 import time
 
 import pytest
+from kernel_fixtures import past_the_abort
 from test_vm import leftovers_of, vm_test
 
 from labkit.kernelspec import VM_KERNEL_NAME, write_spec
@@ -129,6 +130,7 @@ def test_vm_kernel_interrupt_stops_a_long_container_cell(vm_kernel):
     # The interrupted container is gone: nothing left in the guest's labkit home.
     # The helper tears an exited container down after it has reported the exit (issue 25):
     # settle() waits for that, as every leak check does.
+    past_the_abort(client, timeout=CELL_TIMEOUT)
     vm_kernel.value("__import__('labkit.runtime.client.helper_client', fromlist=['settle']).settle()")
     left = vm_kernel.value("sorted(os.listdir(os.path.join(os.environ['LABKIT_HOME'], 'containers')))")
     assert left == []
