@@ -292,6 +292,7 @@ def execute(path: Path, kernel_name: str = "labkit", timeout: int = 600, startup
     except CellExecutionError as error:
         return notebook, error
     strip_widgets(notebook)
+    coalesce_streams(notebook)
     return notebook, None
 
 
@@ -302,6 +303,23 @@ def strip_widgets(notebook) -> None:
         if "strip-output" in cell.get("metadata", {}).get("tags", []):
             cell.outputs = []
     notebook.metadata.pop("widgets", None)
+
+
+def coalesce_streams(notebook) -> None:
+    """One output per run of the same stream: a kernel sends a cell's stdout in pieces as it
+    flushes (`hostname:` then ` lab`), and the saved copy would keep each piece, some blank.
+    A browser joins them on display and nbval joins them before comparing; the saved copy
+    does the same, so a reader of the file sees what the cell printed."""
+    for cell in notebook.cells:
+        merged = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream" \
+                    and merged[-1].get("name") == output.get("name"):
+                merged[-1]["text"] = "".join(merged[-1]["text"]) + "".join(output["text"])
+            else:
+                merged.append(output)
+        if "outputs" in cell:
+            cell.outputs = merged
 
 
 def cmd_notebooks_run(options):
