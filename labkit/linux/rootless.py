@@ -164,6 +164,27 @@ def enter_user_namespace(flags: int = 0, quiet: bool = False) -> None:
         pass   # setgroups is "deny" in a single-id namespace: the host's groups stay, unmapped
 
 
+def join_user_namespace_of(pid: int) -> None:
+    """Become root of the user namespace `pid` is in (one labkit made for this user, with
+    the same map): what `enter_user_namespace` does, but shared with the processes
+    already there. Only in a single-threaded process, and only from the host's
+    namespace, where the caller owns that namespace and so may join it."""
+    uid = os.geteuid()
+    fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        syscalls.setns(fd, syscalls.CLONE_NEWUSER)
+    finally:
+        os.close(fd)
+    os.environ[_ENTERED_ENV] = str(uid)
+    in_initial_user_namespace.cache_clear()
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    try:
+        os.setgroups([])
+    except PermissionError:
+        pass
+
+
 def _write_own_maps(uid_map: IdMap, gid_map: IdMap) -> None:
     # A process may map its own ids only, and its gid only once setgroups is denied.
     with open("/proc/self/setgroups", "w") as handle:

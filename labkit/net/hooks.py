@@ -22,11 +22,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, HostError
 from labkit.home import labkit_home
 from labkit.net import bridge, hosts, ipam, veth
 from labkit.net.ports import PortMapping, publish_all
 from labkit.net.rtnl import require_net_admin
+from labkit.linux.rootless import running_rootless
 
 
 @dataclass
@@ -88,7 +89,12 @@ def prepare(spec, who: Who, hosts_text: str, peer: Peer | None = None):
     """(ContainerNetwork, NetworkSetup) for a `--net bridge`, `--net pasta` or `--net container:NAME` spec."""
     if spec.network.kind == "pasta":
         return _through_pasta(spec, who, hosts_text)
-    require_net_admin()
+    if not running_rootless():
+        require_net_admin()
+    elif spec.publish:
+        raise ConfigError(f"--publish {', '.join(spec.publish)}: without root, a --net bridge container's ports "
+                          "are not published (its bridge is in a network namespace of your own); publish with "
+                          "--net pasta, or run labkit as root")
     ports = publish_all(spec.publish)
     try:
         if spec.network.is_bridge:
@@ -115,15 +121,24 @@ def _lease_address(who: Who, hosts_text: str):
         drop_dead_leases(book)
         subnet = _subnet_for(book, home)
         peers = dict(book.leases)
+        rootless = running_rootless()
         ip = book.allocate({**ipam.owner_record(), "container": who.id, "name": who.name,
-                            "names": names, "veth": veth.host_end_name(who.id),
+                            # rootless, the veth is in the keeper's namespace, and goes with the container's
+                            "names": names, "veth": None if rootless else veth.host_end_name(who.id),
                             "hosts_file": who.hosts_file})
         # Saved before the bridge exists: if we are killed now, the sweep still finds
         # the bridge (by its alias) through this dead owner's lease.
         book.save()
         try:
-            book.network["bridge"], bridge_index = bridge.ensure_bridge(home, subnet, book.network["gateway"],
-                                                                         book.network.get("bridge"))
+            if rootless:
+                from labkit.net import rootless_bridge
+
+                made = rootless_bridge.request(home, "bridge", subnet=str(subnet), gateway=book.network["gateway"],
+                                               alias=bridge.alias_for(home))
+                book.network["bridge"], bridge_index = made["bridge"], made["index"]
+            else:
+                book.network["bridge"], bridge_index = bridge.ensure_bridge(home, subnet, book.network["gateway"],
+                                                                             book.network.get("bridge"))
         except BaseException:
             book.release(ip)
             remove_bridge_if_unused(book, home)
@@ -204,8 +219,13 @@ def attach(network: ContainerNetwork, pid: int, name: str) -> None:
         network.attached = True
         return
     if network.mode == "bridge":
-        veth.create_pair(network.host_veth, pid, network.bridge_index, network.ip,
-                         alias=f"{bridge.alias_for(network.home)} container {name}")
+        alias = f"{bridge.alias_for(network.home)} container {name}"
+        if running_rootless():
+            from labkit.net import rootless_bridge
+
+            rootless_bridge.request(network.home, "plug", veth=network.host_veth, pid=pid, ip=network.ip, alias=alias)
+        else:
+            veth.create_pair(network.host_veth, pid, network.bridge_index, network.ip, alias=alias)
         network.attached = True
     for port in network.ports:
         port.start(network.ip)
@@ -228,7 +248,15 @@ def detach(network: ContainerNetwork | None, ident: str) -> None:
         pasta.stop(network.pasta)
     if network.mode != "bridge":
         return
-    veth.delete(network.host_veth)
+    if not running_rootless():
+        veth.delete(network.host_veth)
+    elif network.attached:
+        from labkit.net import rootless_bridge
+
+        try:
+            rootless_bridge.request(network.home, "unplug", veth=network.host_veth)
+        except HostError:
+            pass   # the keeper is gone, and the bridge's namespace with it
     with ipam.lease_book(network.home) as book:
         lease = book.leases.get(network.ip)
         if lease is not None and lease.get("container") == ident:

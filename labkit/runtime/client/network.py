@@ -10,6 +10,7 @@ or host there is nothing to ask (`NetworkMode.managed`).
 import os
 
 from labkit.errors import ConfigError
+from labkit.linux.rootless import running_rootless
 from labkit.runtime.client.registry import running_containers
 
 
@@ -24,6 +25,10 @@ def prepare_network(container, hosts_text):
     peer = None
     if container.spec.network.peer:
         peer = _network_peer(container.spec.network.peer)
+    if container.spec.network.is_bridge and running_rootless():
+        from labkit.runtime.client.helper_client import get_helper
+
+        get_helper()   # rootless, the helper starts the keeper of the bridge's namespace (net/rootless_bridge.py)
     container.network, setup = hooks.prepare(container.spec, who, hosts_text, peer)
     return setup
 

@@ -34,6 +34,7 @@ from labkit.home import check_before_user_namespace, give_to_user_namespace, lab
 from labkit.linux import syscalls
 from labkit.linux.processes import start_time as process_start_time
 from labkit.linux.rootless import enter_user_namespace, running_rootless
+from labkit.net import rootless_bridge
 from labkit.runtime import lifecycle, protocol
 from labkit.runtime.container_dir import ContainerDir
 from labkit.runtime.helper import ready_slots
@@ -519,12 +520,20 @@ def _close(fd):
             pass
 
 
+_keeper = None   # rootless: the connection to the home's labkit-netns (labkit.net.rootless_bridge)
+
+
 def main():
     if running_rootless() and os.geteuid() != 0:
         # First, before anything is made: root of the user's own user namespace (mapped
         # from /etc/subuid), in which every container's namespaces, mounts and files are.
-        check_before_user_namespace()
-        enter_user_namespace(quiet=True)
+        home = check_before_user_namespace()
+        global _keeper
+        try:
+            # The home's shared user namespace, so that its containers can share a bridge.
+            _keeper = rootless_bridge.join(home)
+        except Exception:  # noqa: BLE001
+            enter_user_namespace(quiet=True)   # only --net bridge will say what is wrong
     fd = int(os.environ.pop("LABKIT_HELPER_FD"))
     sock = socket.socket(fileno=fd)
     # Interrupts are meant for the owner (the kernel's stop button signals its whole
