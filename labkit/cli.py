@@ -194,7 +194,7 @@ def cmd_unshare(options):
     if not options.command:
         print("labkit unshare: give a command after --", file=sys.stderr)
         return 2
-    enter_user_namespace_if_rootless()
+    enter_user_namespace_if_rootless(shared=True)
     try:
         os.execvp(options.command[0], options.command)
     except OSError as error:
@@ -304,7 +304,11 @@ def main(argv=None):
     return dispatch(options)
 
 
-def enter_user_namespace_if_rootless() -> None:
+def enter_user_namespace_if_rootless(shared=False) -> None:
+    """Rootless: become root of a user namespace of labkit's. `shared`: the home's shared
+    one (labkit.net.rootless_bridge), where the bridge's network namespace is and the
+    containers of every helper started from here are made; the connection to its keeper is
+    handed down to the command, which keeps it alive while it runs."""
     import os
 
     from labkit.linux import rootless
@@ -312,7 +316,17 @@ def enter_user_namespace_if_rootless() -> None:
     if rootless.running_rootless() and os.geteuid() != 0:
         from labkit.home import check_before_user_namespace
 
-        check_before_user_namespace()
+        home = check_before_user_namespace()
+        if shared:
+            from labkit.net import rootless_bridge
+
+            try:
+                keeper = rootless_bridge.join(home)
+            except Exception:  # noqa: BLE001 — a namespace of its own, only --net bridge will say what is wrong
+                pass
+            else:
+                os.set_inheritable(keeper.detach(), True)
+                return
         rootless.enter_user_namespace()
 
 

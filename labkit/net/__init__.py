@@ -34,3 +34,18 @@ def inspect(name="bridge", home=None) -> dict:
     from labkit.net.report import inspect_network
 
     return inspect_network(name, home)
+
+
+def bridge_namespace(home=None) -> str | None:
+    """The network namespace the bridge is in, as a /proc path: None for the host's (as
+    root) or, without root, while no container is on the bridge (its namespace is made
+    with the first: labkit/net/rootless_bridge.py)."""
+    from labkit.home import labkit_home
+    from labkit.linux.rootless import running_rootless
+
+    if not running_rootless():
+        return None
+    from labkit.net.rootless_bridge import request
+
+    pid = request(home or labkit_home(), "netns")["pid"]
+    return f"/proc/{pid}/ns/net" if pid else None
