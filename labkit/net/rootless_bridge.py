@@ -129,6 +129,7 @@ def _start_keeper(home) -> None:
                 os.dup2(ready_w, 1)
                 devnull = os.open(os.devnull, os.O_RDWR)
                 os.dup2(devnull, 0)
+                os.dup2(devnull, 2)   # not the helper's stderr: a pipe someone may wait on to close
                 os.closerange(3, os.sysconf("SC_OPEN_MAX"))
                 os.execv(sys.executable, [sys.executable, "-m", "labkit.net.rootless_bridge", str(home)])
         finally:
