@@ -165,3 +165,15 @@ def test_one_users_bridge_does_not_reach_another_users_containers(users):
     finally:
         process.communicate("done\n", timeout=120)
     assert nothing_left_of(first) == [] and nothing_left_of(second) == []
+
+
+def test_a_rootless_bridge_containers_published_port_is_refused_naming_pasta(monkeypatch):
+    from labkit.errors import ConfigError
+    from labkit.net import hooks
+    from labkit.runtime.spec import ContainerSpec
+
+    monkeypatch.setattr(hooks, "running_rootless", lambda: True)
+    spec = ContainerSpec(command=["true"], network="bridge", publish=["8080:80"]).validated()
+    who = hooks.Who(id="0" * 64, name="web", hostname="web", hosts_file="/nonexistent")
+    with pytest.raises(ConfigError, match="not published.*--net pasta"):
+        hooks.prepare(spec, who, "")

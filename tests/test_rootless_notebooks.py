@@ -14,7 +14,7 @@ from rootless_notebooks import notebooks_as_user, user_patterns, why_not
 
 from labkit.cgroups import detect_mode
 
-STRICT = ["00-start-here.ipynb", "01-namespaces.ipynb", "02-pid-and-mount.ipynb",
+STRICT = ["00-start-here.ipynb", "01-namespaces.ipynb", "02-pid-and-mount.ipynb", "03-network.ipynb",
           "06-union-fs-and-layers.ipynb", "labs/01-namespaces-lab.ipynb", "labs/03-images-lab.ipynb"]
 LIMITS = ["04-cgroups-memory.ipynb", "05-cgroups-cpu-and-pids.ipynb"]
 

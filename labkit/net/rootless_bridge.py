@@ -56,6 +56,19 @@ def socket_path(home) -> Path:
     return Path(home) / "net" / "rootless.sock"
 
 
+def _address(path: Path) -> str:
+    """`path` as a Unix socket address: sun_path holds 108 bytes, and a deep LABKIT_HOME
+    can be longer; then the directory is named through an O_PATH descriptor of ours."""
+    if len(os.fsencode(path)) < 100:
+        return str(path)
+    if path.parent not in _directories:   # kept open: the address names it while this process uses it
+        _directories[path.parent] = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
+    return f"/proc/self/fd/{_directories[path.parent]}/{path.name}"
+
+
+_directories = {}
+
+
 def _lock_path(home) -> Path:
     return Path(home) / "net" / "rootless.lock"
 
@@ -66,7 +79,7 @@ def request(home, op: str, **fields) -> dict:
     """One request to the home's keeper, which a helper of this home keeps running."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
         try:
-            sock.connect(str(socket_path(home)))
+            sock.connect(_address(socket_path(home)))
         except OSError as error:
             raise HostError(f"rootless --net bridge: no {NAME} process serves {home} ({error.strerror}); "
                             "it is started with labkit's helper: start a container first") from None
@@ -106,7 +119,7 @@ def join(home) -> socket.socket:
 def _hello(path):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        sock.connect(str(path))
+        sock.connect(_address(path))
         sock.sendall(b'{"op": "hello"}')
         if json.loads(sock.recv(MAX_MESSAGE) or b"{}").get("ok"):
             return sock
@@ -161,7 +174,7 @@ class Keeper:
             path.unlink()
         except FileNotFoundError:
             pass
-        self.listener.bind(str(path))
+        self.listener.bind(_address(path))
         self.listener.listen(16)
 
     def serve(self):
