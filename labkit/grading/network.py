@@ -34,7 +34,8 @@ def _peer_indexes(pid) -> list:
 
 
 def bridge_of(process) -> str | None:
-    """The bridge the process's veth peer is a port of, in the notebook's namespace."""
+    """The bridge the process's veth peer is a port of, in the notebook's namespace (without
+    root: in the network namespace the bridge is in, labkit/net/rootless_bridge.py)."""
     peers = _peer_indexes(process.pid)
     if not peers:
         return None
@@ -45,6 +46,11 @@ def bridge_of(process) -> str | None:
             if peer in links and links[peer][1] in links:
                 return links[links[peer][1]][0]
         return None
+    from labkit.net import bridge_namespace
+
+    rootless = bridge_namespace()   # without root the bridge is in a namespace of the user's own
+    if rootless is not None:
+        return in_namespace(int(rootless.split("/")[2]), "net", _netlink_here, master)
     return current_world().in_netns(_netlink_here, master)
 
 
