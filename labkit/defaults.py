@@ -20,10 +20,13 @@
     default = 3
     [import_size]         # bytes an imported image may unpack to
     default = "4g"
+    [import_files]        # entries (files, directories, links) an imported image may unpack
+    default = 1000000
 
 Every table and key is optional. Without a file a container is bounded only where that
 costs nothing: its logs (10 MiB x 3 each, as Docker's `local` log driver bounds by default)
-and imports (4 GiB unpacked, so a small gzip bomb cannot fill the disk).
+and imports (4 GiB and a million entries unpacked, so a small gzip, bzip2 or xz bomb cannot
+fill the disk or its inodes).
 """
 
 import os
@@ -55,6 +58,7 @@ ITEMS = {
     "log_size": Item("--log-opt max-size", parse_bytes, 10 << 20),
     "log_files": Item("--log-opt max-file", parse_count, 3),
     "import_size": Item("the import size", parse_bytes, 4 << 30),
+    "import_files": Item("the import's entry count", parse_count, 1_000_000),
 }
 
 

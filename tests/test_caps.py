@@ -1,11 +1,16 @@
 """Nothing a container writes grows without end: a detached container's logs are rotated,
-an import stops at the import size (a gzip bomb), a notebook cell shows at most
+an import stops at the import size and entry count (gzip, bzip2 and xz bombs), a notebook cell shows at most
 CELL_OUTPUT_LIMIT characters and says what it cut. Real kernel, as root."""
 
+import bz2
 import gzip
 import hashlib
+import io
 import json
+import lzma
 import os
+import subprocess
+import sys
 import tarfile
 import time
 
@@ -79,18 +84,25 @@ def test_the_class_default_log_size_applies(labkit_home, no_leftovers, tmp_path,
 # --- a gzip bomb ----------------------------------------------------------------------------
 
 
-def gzip_bomb(path, size):
+COMPRESSORS = {"gzip": lambda data: gzip.compress(data, compresslevel=9, mtime=0),
+               "bzip2": lambda data: bz2.compress(data, 9),
+               "xz": lzma.compress}
+
+
+def gzip_bomb(path, size, compression="gzip"):
     """A rootfs tarball holding one file of `size` zero bytes (a multiple of 1 MiB), gzip-
-    compressed: 1 GiB in ~1 MB. Written as gzip members one after the other (valid gzip,
-    which readers join), so the test compresses 1 MiB once instead of 1 GiB."""
+    compressed: 1 GiB in ~1 MB (bzip2: 46 KB, xz: 290 KB). Written as compressed streams one
+    after the other (valid gzip, bzip2 and xz, which readers join), so the test compresses
+    1 MiB once instead of 1 GiB."""
+    compress = COMPRESSORS[compression]
     member = tarfile.TarInfo("zeros")
     member.size = size
-    zeros = gzip.compress(bytes(MIB), compresslevel=9, mtime=0)
+    zeros = compress(bytes(MIB))
     with open(path, "wb") as out:
-        out.write(gzip.compress(member.tobuf(tarfile.USTAR_FORMAT), mtime=0))
+        out.write(compress(member.tobuf(tarfile.USTAR_FORMAT)))
         for _ in range(size // MIB):
             out.write(zeros)
-        out.write(gzip.compress(bytes(1024), mtime=0))  # the end of the archive: two zero blocks
+        out.write(compress(bytes(1024)))  # the end of the archive: two zero blocks
     return path
 
 
@@ -158,6 +170,80 @@ def test_under_a_higher_limit_the_same_kind_of_archive_unpacks_whole(labkit_home
     import_limit(tmp_path, monkeypatch, "16m")
     with pytest.raises(ImageError, match="unpacks to more than 16.0 MiB"):
         import_image(bomb, name="small2", store=Store())
+
+
+@pytest.mark.parametrize("compression", ["bzip2", "xz"])
+def test_a_bzip2_or_xz_bomb_stops_at_the_import_size_with_one_line_and_leaves_nothing(compression, labkit_home,
+                                                                                      tmp_path, monkeypatch):
+    # Listing a compressed archive (to see whether it is an OCI layout or a docker save
+    # archive) inflated bzip2 and xz without a limit: 18 s of CPU for this 1 GiB, without end
+    # for a larger one, before an unrelated "not a complete layer archive".
+    bomb = gzip_bomb(tmp_path / f"bomb.tar.{compression}", 1 << 30, compression)
+    assert os.path.getsize(bomb) < MIB
+    defaults = import_limit(tmp_path, monkeypatch, "64m")
+    refused = subprocess.run([sys.executable, "-m", "labkit", "image", "import", "--name", "bomb", str(bomb)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 125
+    assert refused.stderr.splitlines() == [
+        f"labkit: {bomb} unpacks to more than 64.0 MiB, the most an import may unpack to ([import_size] in "
+        f"{defaults}); nothing was imported. A compressed archive this large inflated is likely a decompression "
+        "bomb; if it is not, raise the limit there"]
+    store = Store()
+    assert store.layer_digests() == [] and "bomb" not in store.names()
+    assert not store.tmp_root.exists() or os.listdir(store.tmp_root) == []
+
+
+@pytest.mark.parametrize("compression", ["bzip2", "xz"])
+def test_under_a_higher_limit_a_bzip2_or_xz_rootfs_unpacks_whole(compression, labkit_home, tmp_path, monkeypatch):
+    bomb = gzip_bomb(tmp_path / f"small.tar.{compression}", 24 * MIB, compression)
+    import_limit(tmp_path, monkeypatch, "32m")
+    image = import_image(bomb, name="small", store=Store())
+    assert os.path.getsize(image.layer_dirs[0] / "zeros") == 24 * MIB
+
+
+def many_entries(path, count, first=()):
+    """An xz tar of `count` empty files (after the files in `first`): ~100 bytes each compressed."""
+    with tarfile.open(path, "w:xz", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data in first:
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+        for index in range(count):
+            archive.addfile(tarfile.TarInfo(f"d{index // 1000}/f{index}"))
+    return path
+
+
+def test_an_archive_of_more_entries_than_the_class_allows_is_refused_and_leaves_nothing(labkit_home, tmp_path,
+                                                                                        monkeypatch):
+    # 12,000 entries: past what a listing reads (an image archive holds a few per layer),
+    # so the rootfs is unpacked, and stops at the class's entry count
+    archive = many_entries(tmp_path / "many.tar.xz", 12_000)
+    defaults = tmp_path / "defaults.toml"
+    defaults.write_text("[import_files]\ndefault = 11000\n")
+    monkeypatch.setenv("LABKIT_DEFAULTS", str(defaults))
+    store = Store()
+    with pytest.raises(ImageError) as refused:
+        import_image(archive, name="many", store=store)
+    assert str(refused.value) == (
+        f"{archive} holds more than 11000 entries, the most an import may unpack ([import_files] in {defaults}); "
+        "nothing was imported. If the image really is that large, raise the limit there")
+    assert store.layer_digests() == [] and "many" not in store.names()
+    assert not store.tmp_root.exists() or os.listdir(store.tmp_root) == []
+    # the defence is the limit: allowed more, the same archive is unpacked whole
+    defaults.write_text("[import_files]\ndefault = 13000\n")
+    image = import_image(archive, name="many", store=store)
+    assert sum(len(files) for _, _, files in os.walk(image.layer_dirs[0])) == 12_000
+
+
+def test_an_image_archive_listing_stops_at_ten_thousand_entries(labkit_home, tmp_path):
+    archive = many_entries(tmp_path / "layout.tar.xz", 10_000, first=[("oci-layout", b"{}")])
+    store = Store()
+    with pytest.raises(ImageError) as refused:
+        import_image(archive, name="layout", store=store)
+    assert str(refused.value) == (
+        f"{archive} holds more than 10000 entries, and an image archive holds a few per layer (at most 500 "
+        "layers); it is not an image labkit can load")
+    assert store.layer_digests() == [] and not os.listdir(store.tmp_root)
 
 
 # --- what a notebook cell shows -------------------------------------------------------------

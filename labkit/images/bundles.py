@@ -1,8 +1,8 @@
 """Reading and writing a set of named files that arrives as a directory or as a tar
 (an OCI image layout, a `docker save` archive)."""
 
-import gzip
 import json
+import lzma
 import os
 import shutil
 import tarfile
@@ -11,7 +11,8 @@ import zlib
 from pathlib import Path
 
 from labkit.errors import BadImageInput
-from labkit.images.blobs import GZIP_MAGIC, UnpackBudget
+from labkit.images.blobs import UnpackBudget, compression_of, open_decompressed
+from labkit.images.extract import each_member
 
 
 class DirectoryBundle:
@@ -38,28 +39,58 @@ class DirectoryBundle:
         pass
 
 
+# An image archive holds a few files per layer (overlayfs stacks at most 500 layers); a tar
+# with more is a root filesystem, or a bomb of empty entries, and is not listed further.
+BUNDLE_FILES = 10_000
+BUNDLE_MARKERS = ("oci-layout", "manifest.json")
+
+
 class TarBundle:
-    def __init__(self, path: Path):
+    """A tar (plain, gzip, bzip2 or xz) read as named files. `spill_dir`: where a compressed
+    one is inflated to (an unnamed file, gone when closed), through the import size: listing
+    a compressed tar means inflating it, and opening its members in another order than
+    they come would inflate it again from the start for each."""
+
+    def __init__(self, path: Path, spill_dir: Path | None = None):
         self.source = str(path)
+        self.complete = True
         try:
-            self.archive = _open_tar(Path(path))
-        except (tarfile.TarError, EOFError, OSError, zlib.error):
+            self.archive, self.spill = _open_tar(Path(path), spill_dir)
+        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as error:
             # tarfile's own text lists each compression it tried, one line each.
-            raise BadImageInput(f"{path} is not a readable tar archive (plain, gzip, bzip2 or xz); "
-                                "check the file") from None
+            raise BadImageInput(f"{path} is not a readable tar archive (plain, gzip, bzip2 or xz): "
+                                f"{_first_line(error)}; check the file") from None
+        except OSError as error:
+            if error.errno is not None:
+                raise
+            raise BadImageInput(f"{path} is not a readable tar archive ({error}); check the file") from None
         try:
-            members = self.archive.getmembers()
+            self.members = self._list(path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _list(self, path) -> dict:
+        members = {}
+        try:
+            for count, member in enumerate(each_member(self.archive), 1):
+                name = "/".join(p for p in member.name.split("/") if p not in ("", "."))
+                if count > BUNDLE_FILES:
+                    if any(marker in members for marker in BUNDLE_MARKERS):
+                        raise BadImageInput(
+                            f"{path} holds more than {BUNDLE_FILES} entries, and an image archive holds a few "
+                            "per layer (at most 500 layers); it is not an image labkit can load")
+                    self.complete = False  # not an image archive: nothing in it is read by name
+                    return {}
+                if name in members and member.isfile():
+                    raise BadImageInput(f"{path}: {name!r} appears twice in the archive; refusing to guess which "
+                                        "to use")
+                if member.isfile():
+                    members[name] = member
         except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
             # zlib.error: gzip data damaged past its header, found while seeking to a member
-            self.archive.close()
             raise BadImageInput(f"{path} is not a readable tar archive ({error}); check the file") from None
-        self.members = {}
-        for member in members:
-            name = "/".join(p for p in member.name.split("/") if p not in ("", "."))
-            if name in self.members and member.isfile():
-                raise BadImageInput(f"{path}: {name!r} appears twice in the archive; refusing to guess which to use")
-            if member.isfile():
-                self.members[name] = member
+        return members
 
     def exists(self, name: str) -> bool:
         return name in self.members
@@ -71,53 +102,32 @@ class TarBundle:
 
     def close(self):
         self.archive.close()
+        if self.spill is not None:
+            self.spill.close()
 
 
-def _open_tar(path: Path):
-    """A gzip-compressed archive is read through the import size (UnpackBudget): listing
-    its members inflates it whole, and a bomb must stop at the limit here too."""
+def _open_tar(path: Path, spill_dir: Path | None):
     with open(path, "rb") as probe:
-        compressed = probe.read(2) == GZIP_MAGIC
+        compressed = compression_of(probe.read(6)) != "none"
     if not compressed:
-        return tarfile.open(path, "r:*")
-    inflated = gzip.GzipFile(path, "rb")
-    return tarfile.open(fileobj=_Budgeted(inflated, UnpackBudget(), str(path)), mode="r:")
+        return tarfile.open(path, "r:"), None
+    budget = UnpackBudget()
+    plain = tempfile.TemporaryFile(dir=spill_dir)
+    try:
+        with open(path, "rb") as raw:
+            inflated = open_decompressed(raw, str(path))
+            while chunk := inflated.read(1 << 20):
+                budget.take(len(chunk), str(path))
+                plain.write(chunk)
+        plain.seek(0)
+        return tarfile.open(fileobj=plain, mode="r:"), plain
+    except BaseException:
+        plain.close()
+        raise
 
 
-class _Budgeted:
-    """A seekable reader that charges each byte it reaches beyond the furthest one so far
-    (re-reading after a seek back is free: it is the same content)."""
-
-    def __init__(self, fileobj, budget, source):
-        self.fileobj, self.budget, self.source = fileobj, budget, source
-        self.name = source
-        self.furthest = 0
-
-    def read(self, size=-1):
-        data = self.fileobj.read(size)
-        self._charge()
-        return data
-
-    def seek(self, offset, whence=0):
-        if whence == 0 and offset > self.furthest:  # inflating on the way: a chunk at a time, charged
-            self.fileobj.seek(self.furthest)
-            while self.fileobj.tell() < offset and self.read(min(1 << 20, offset - self.fileobj.tell())):
-                pass
-        position = self.fileobj.seek(offset, whence)
-        self._charge()
-        return position
-
-    def tell(self):
-        return self.fileobj.tell()
-
-    def close(self):
-        self.fileobj.close()
-
-    def _charge(self):
-        position = self.fileobj.tell()
-        if position > self.furthest:
-            self.budget.take(position - self.furthest, self.source)
-            self.furthest = position
+def _first_line(error) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def open_bundle(path: Path):

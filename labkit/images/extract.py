@@ -219,11 +219,22 @@ class _Extraction:
 
 
 def extract_layer(stream, target, source: str = "layer", allow_devices: bool = False,
-                  keep_setuid: bool = False) -> ExtractReport:
-    """Unpack the uncompressed tar read from `stream` into the empty dir `target`."""
+                  keep_setuid: bool = False, budget=None) -> ExtractReport:
+    """Unpack the uncompressed tar read from `stream` into the empty dir `target`; each
+    entry is charged to `budget` (an UnpackBudget), when given."""
     extraction = _Extraction(Path(target), source, allow_devices, keep_setuid)
     with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as archive:
-        for member in archive:
+        for member in each_member(archive):
+            if budget is not None:
+                budget.take_file(source)
             extraction.add(member, archive)
     extraction.finish()
     return extraction.report
+
+
+def each_member(archive: tarfile.TarFile):
+    """The archive's members one by one, none kept: TarFile keeps every member it has read
+    (half a KiB each), and an archive of a million empty entries is a few MB compressed."""
+    while (member := archive.next()) is not None:
+        archive.members.clear()
+        yield member

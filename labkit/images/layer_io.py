@@ -1,6 +1,7 @@
 """One layer in and out of the store as a (possibly compressed) tar blob."""
 
 import gzip
+import lzma
 import tarfile
 import zlib
 
@@ -10,7 +11,7 @@ from labkit.images.extract import extract_layer
 from labkit.images.layers import HashingSink, write_canonical_tar
 from labkit.images.store import LayerSource, Store
 
-CORRUPTION = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError) + (
+CORRUPTION = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, UnicodeDecodeError) + (
     (zstandard.ZstdError,) if zstandard else ())
 
 
@@ -33,10 +34,13 @@ def import_layer(store: Store, fileobj, source: str, blob_digest: str | None = N
         layer.mkdir()
         try:
             plain = HashingReader(open_decompressed(raw, source), budget=budget, source=source)
-            extract_layer(plain, layer, source, allow_devices=allow_devices, keep_setuid=keep_setuid)
+            extract_layer(plain, layer, source, allow_devices=allow_devices, keep_setuid=keep_setuid,
+                          budget=budget)
             plain.drain()  # to the end: gzip checks its CRC only there, and digests need every byte
             raw.drain()
-        except CORRUPTION as error:
+        except CORRUPTION + (OSError,) as error:
+            if isinstance(error, OSError) and error.errno is not None:
+                raise  # the disk (ENOSPC...), not the archive; bz2 says a damaged stream without an errno
             raise BadImageInput(f"{source} is not a complete layer archive ({error}): it is truncated or "
                                 "corrupt; export or download it again") from None
         if blob_digest and raw.digest != blob_digest:

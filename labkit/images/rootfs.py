@@ -26,11 +26,13 @@ def import_rootfs(path: Path, store: Store, name: str, **options) -> Image:
             digest, source = _import_directory(path, store, **options), None
         else:
             with open(path, "rb") as handle:
-                media_type = LAYER_TYPE_FOR[compression_of(handle.read(4))]
+                media_type = LAYER_TYPE_FOR.get(compression_of(handle.read(6)))
                 handle.seek(0)
                 # the tarball is kept as it came: exported, its layer has the digest
-                # `podman import` gives the same file
-                digest, source = import_layer(store, handle, str(path), media_type=media_type, **options)
+                # `podman import` gives the same file; bzip2 and xz have no OCI layer type
+                # to be kept under, and are exported as labkit writes a layer
+                digest, source = import_layer(store, handle, str(path), media_type=media_type,
+                                              keep_blob=media_type is not None, **options)
         history = [store.history_entry(f"imported rootfs {path}", digest)]
         return store.save_image(name, [digest], ImageConfig(), history, [source])
 

@@ -25,7 +25,11 @@ def import_image(path, name: str | None = None, store: Store | None = None, ref:
     options = {"allow_devices": allow_devices, "keep_setuid": keep_setuid}
     if not path.exists():
         raise ImageError(f"{path} does not exist; give an OCI layout, a docker save archive or a rootfs")
-    bundle = DirectoryBundle(path) if path.is_dir() else TarBundle(path)
+    if path.is_dir():
+        bundle = DirectoryBundle(path)
+    else:
+        store.tmp_root.mkdir(parents=True, exist_ok=True)
+        bundle = TarBundle(path, spill_dir=store.tmp_root)
     try:
         if bundle.exists("oci-layout"):
             return import_oci(bundle, store, name, ref, **options)
