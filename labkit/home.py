@@ -20,6 +20,7 @@ import stat
 from pathlib import Path
 
 from labkit.errors import ConfigError
+from labkit.linux.namespaces import outside_ids
 from labkit.linux.rootless import running_rootless
 
 PRIVATE = 0o700
@@ -93,23 +94,47 @@ def private_dir(path: Path) -> Path:
 def check_trusted(home: Path) -> None:
     """Refuse a home that is not ours alone: owned by another user, a symlink another user
     owns, or below a directory another user owns or may write to (who could rename the
-    home away and put one of their own in its place)."""
-    me = os.geteuid()
+    home away and put one of their own in its place). Owners are compared as the ids they
+    stand for outside a user namespace this process may be in: inside, 0 is whoever the map
+    makes root, and every owner outside the map (the host's root, any other user) shows as
+    uid 65534, which a process running as 65534 there would take for its own."""
+    ids = _Ids()
+    me = ids.uid(os.geteuid())
+    if me is None:
+        raise ConfigError(
+            f"labkit runs as uid {os.geteuid()} of a user namespace, the id every file owner outside the "
+            f"namespace's map shows as: it cannot tell whether LABKIT_HOME {home} is its own or another user's. "
+            "Run labkit as another uid, or outside this user namespace")
     for path, st in _chain(home):
-        if st.st_uid not in (0, me):
+        owner = ids.uid(st.st_uid)
+        if owner not in (0, me):
             what = "LABKIT_HOME" if path == home else f"{path}, above LABKIT_HOME {home},"
             raise ConfigError(
-                f"{what} belongs to {_user(st.st_uid)}, not to {_user(me)}: its owner could open it to everyone "
-                f"and run, as root, the setuid files containers leave in it. Use a directory of your own "
-                f"(unset LABKIT_HOME for {_default_home()}), or have {_user(st.st_uid)} remove it")
-        if path != home and stat.S_ISDIR(st.st_mode) and _others_may_write(st):
+                f"{what} belongs to {ids.name(st.st_uid)}, not to {ids.name(os.geteuid())}: its owner could open it "
+                f"to everyone and run, as root, the setuid files containers leave in it. Use a directory of your "
+                f"own (unset LABKIT_HOME for {_default_home()}), or have its owner remove it")
+        if path != home and stat.S_ISDIR(st.st_mode) and _others_may_write(st, ids):
             raise ConfigError(
                 f"{path}, above LABKIT_HOME {home}, may be written by others (mode "
                 f"{oct(stat.S_IMODE(st.st_mode))}, not sticky): another user could replace the home. "
                 f"Put LABKIT_HOME below a directory only you (or root) may write to")
-    if os.stat(home).st_uid != me:
-        raise ConfigError(f"LABKIT_HOME {home} belongs to {_user(os.stat(home).st_uid)}, not to {_user(me)}: "
-                          f"use a directory of your own (unset LABKIT_HOME for {_default_home()})")
+    if ids.uid(os.stat(home).st_uid) != me:
+        raise ConfigError(f"LABKIT_HOME {home} belongs to {ids.name(os.stat(home).st_uid)}, not to "
+                          f"{ids.name(os.geteuid())}: use a directory of your own (unset LABKIT_HOME for "
+                          f"{_default_home()})")
+
+
+class _Ids:
+    """Owners as the ids they stand for outside this process's user namespace, if any."""
+
+    def __init__(self):
+        self.uid, self.gid = outside_ids("uid"), outside_ids("gid")
+
+    def name(self, uid: int) -> str:
+        outside = self.uid(uid)
+        if outside is None:
+            return f"a user outside this user namespace's map (it shows as uid {uid})"
+        return _user(uid) if outside == uid else f"host uid {outside} (uid {uid} in this user namespace)"
 
 
 def open_for_user_namespace(home: Path, uid: int, gid: int) -> None:
@@ -161,11 +186,12 @@ def _make_parents(directory: Path) -> None:
         os.chmod(path, 0o755)
 
 
-def _others_may_write(st) -> bool:
+def _others_may_write(st, ids) -> bool:
     mode = st.st_mode
     if mode & stat.S_ISVTX:
         return False  # sticky (/tmp): only an entry's owner may rename it, and that owner was checked
-    group_may = mode & stat.S_IWGRP and st.st_gid not in (0, os.getegid())
+    group = ids.gid(st.st_gid)
+    group_may = mode & stat.S_IWGRP and (group is None or group not in (0, ids.gid(os.getegid())))
     return bool(mode & stat.S_IWOTH or group_may)
 
 

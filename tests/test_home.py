@@ -7,6 +7,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -234,19 +235,90 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # one any user may run (the test's own may s
 def test_running_as_an_ordinary_user_a_home_root_owns_is_refused(second_user, tmp_path):
     home = tmp_path / "roots"
     home.mkdir(mode=0o700)
-    for directory in (tmp_path, *tmp_path.parents):
-        if directory == Path("/tmp"):
-            break
-        os.chmod(directory, os.stat(directory).st_mode | 0o005)
-    # labkit read from a copy in the test's own dir: the checkout may sit below a directory only
-    # root may enter (a fresh clone in a 0700 mktemp dir, as in CI).
-    source = tmp_path / "src"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "labkit", source / "labkit",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    source = readable_copy_of_labkit(tmp_path)
     ran = as_user(second_user.pw_uid, second_user.pw_gid, "env", f"PYTHONPATH={source}", f"LABKIT_HOME={home}",
                   SYSTEM_PYTHON, "-c", "from labkit.home import labkit_home; labkit_home()")
     assert ran.returncode != 0
     assert f"LABKIT_HOME {home} belongs to root (uid 0), not to {second_user.pw_name}" in ran.stderr
+
+
+def readable_copy_of_labkit(directory: Path) -> Path:
+    """labkit read from a copy in the test's own dir: the checkout may sit below a directory only
+    root may enter (a fresh clone in a 0700 mktemp dir, as in CI)."""
+    for above in (directory, *directory.parents):
+        if above == Path("/tmp"):
+            break
+        os.chmod(above, os.stat(above).st_mode | 0o005)
+    source = directory / "src"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "labkit", source / "labkit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return source
+
+
+CHECK_IN_THE_NAMESPACE = """
+import os, sys
+from pathlib import Path
+from labkit.errors import ConfigError
+from labkit.home import check_trusted
+sys.stdin.read(1)  # the maps are written
+home = Path(sys.argv[1])
+print(os.stat(home).st_uid in (0, os.geteuid()))  # what the rule compared before: 'root's or mine'
+try:
+    check_trusted(home)
+    print("accepted")
+except ConfigError as error:
+    print(error)
+"""
+
+
+def check_in_a_user_namespace(home, source, uid_map, gid_map) -> list:
+    """check_trusted(home) run as host nobody in a user namespace of its own with these maps
+    (written by root from outside, as newuidmap would): the lines it printed."""
+    checker = subprocess.Popen(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "unshare", "--user", "--",
+         "env", f"PYTHONPATH={source}", SYSTEM_PYTHON, "-c", CHECK_IN_THE_NAMESPACE, str(home)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ours = os.readlink("/proc/self/ns/user")
+        for _ in range(3000):
+            if os.readlink(f"/proc/{checker.pid}/ns/user") != ours:
+                break
+            time.sleep(0.01)
+        Path(f"/proc/{checker.pid}/uid_map").write_text(uid_map)
+        Path(f"/proc/{checker.pid}/gid_map").write_text(gid_map)
+        out, err = checker.communicate("go", timeout=60)
+    finally:
+        if checker.poll() is None:
+            checker.kill()
+            checker.wait()
+    assert checker.returncode == 0, err
+    return out.splitlines()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="no /usr/bin/python3 for an ordinary user to run")
+@pytest.mark.parametrize("case", ["running as nobody", "root is the owner"])
+def test_in_a_user_namespace_owners_are_compared_as_the_host_ids_they_stand_for(case, their_tmp_dir, second_user,
+                                                                               tmp_path):
+    # Inside a user namespace ids are the map's: every owner outside it (the second user
+    # here) shows as 65534, the id a process running as nobody has too; and uid 0 is whoever
+    # the map makes root. Compared as they show, the second user's 0777 home was 'mine' or
+    # 'root's' (the first line); compared as the host ids they stand for, it is neither.
+    source = readable_copy_of_labkit(tmp_path)
+    them = second_user.pw_uid
+    if case == "running as nobody":
+        maps = f"{NOBODY} {NOBODY} 1\n", f"{NOBODY} {NOBODY} 1\n"
+        owner = f"a user outside this user namespace's map (it shows as uid {NOBODY})"
+        said = f"labkit runs as uid {NOBODY} of a user namespace, the id every file owner outside the namespace's " \
+               f"map shows as: it cannot tell whether LABKIT_HOME {their_tmp_dir} is its own or another user's"
+    else:
+        maps = f"0 {them} 1\n1000 {NOBODY} 1\n", f"0 {second_user.pw_gid} 1\n1000 {NOBODY} 1\n"
+        owner = f"host uid {them} (uid 0 in this user namespace)"
+        said = f"LABKIT_HOME belongs to {owner}, not to host uid {NOBODY} (uid 1000 in this user namespace)"
+    printed = check_in_a_user_namespace(their_tmp_dir, source, *maps)
+    assert printed[0] == "True"  # without the host ids: accepted
+    assert said in printed[1]
+    assert os.listdir(their_tmp_dir) == [] and mode(their_tmp_dir) == 0o777
 
 
 @pytest.mark.root

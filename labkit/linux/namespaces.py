@@ -115,6 +115,30 @@ def in_initial_user_namespace() -> bool:
         return True  # a kernel without user namespaces has only the initial one
 
 
+def outside_ids(kind: str):
+    """A function giving, for a uid or gid as this process sees it (a file's owner, its own
+    euid), the id it stands for in the parent user namespace (the host's, in the initial
+    namespace itself); None where it stands for no one in particular: in a user namespace,
+    every owner outside its map shows as the overflow id (65534), whoever that owner is.
+    `kind`: "uid" or "gid"."""
+    try:
+        with open(f"/proc/self/{kind}_map") as handle:
+            lines = [tuple(int(field) for field in line.split()) for line in handle]
+        with open(f"/proc/sys/kernel/overflow{kind}") as handle:
+            overflow = int(handle.read())
+    except FileNotFoundError:
+        return lambda inside: inside  # a kernel without user namespaces has only the initial one
+    if lines == [(0, 0, 4294967295)]:
+        return lambda inside: inside
+
+    def outside(inside: int) -> int | None:
+        if inside == overflow:
+            return None  # also when the map maps it: an unmapped owner would look the same
+        return next((first_outside + inside - first for first, first_outside, count in lines
+                     if first <= inside < first + count), None)
+    return outside
+
+
 def unshare_user_namespace(flags, user_map, before_mapping=lambda: None):
     """A new user namespace needs its uid/gid map written from the parent namespace:
     a short-lived child that stays outside writes it for us.
