@@ -22,6 +22,7 @@ from labkit.images import import_image
 from labkit.images.store import Store
 from labkit.magics.container import CELL_OUTPUT_LIMIT
 from labkit.runtime import Container, ContainerSpec
+from labkit.runtime.helper.logs import RotatingLog
 
 pytestmark = pytest.mark.root
 
@@ -65,6 +66,29 @@ def test_without_rotation_the_same_output_is_all_in_one_file(labkit_home, no_lef
         assert os.path.getsize(container.files.log("stdout")) == 3072 * KIB + len("last line\n")
     finally:
         container.remove()
+
+
+class CountingLog(RotatingLog):
+    looked_at = 0
+
+    def _numbered(self, number):
+        CountingLog.looked_at += 1
+        assert CountingLog.looked_at < 1000, "a rotation walks numbers no file has"
+        return super()._numbered(number)
+
+
+@pytest.mark.parametrize("max_files", [3, 10**20])
+def test_a_rotation_looks_only_at_the_files_there_are_whatever_max_file(tmp_path, max_files):
+    # --log-opt max-file=99999999999999999999 passed (Python's ints do not overflow), and the
+    # helper's first rotation then looped over every number below it
+    log = CountingLog(tmp_path / "stdout.log", max_size=10, max_files=max_files)
+    CountingLog.looked_at = 0
+    log.write(b"x" * 55)  # five rotations
+    log.close()
+    assert CountingLog.looked_at < 50
+    kept = min(max_files, 6)
+    assert sorted(os.listdir(tmp_path)) == ["stdout.log"] + [f"stdout.log.{n}" for n in range(1, kept)]
+    assert (tmp_path / f"stdout.log.{kept - 1}").read_bytes() == b"x" * 10
 
 
 def test_the_class_default_log_size_applies(labkit_home, no_leftovers, tmp_path, monkeypatch):

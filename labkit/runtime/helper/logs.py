@@ -49,13 +49,16 @@ class RotatingLog:
         if self.max_files == 1:
             os.truncate(self.path, 0)
             return
-        for number in range(self.max_files - 1, 0, -1):
-            older = self._numbered(number)
-            if older.exists():
-                if number == self.max_files - 1:
-                    os.unlink(older)
-                else:
-                    os.rename(older, self._numbered(number + 1))
+        # Only the files there are: --log-opt max-file=99999999999999999999 is a number
+        # Python takes, and a loop over every number below it never ended (the helper hung).
+        last = 0
+        while last + 1 < self.max_files and self._numbered(last + 1).exists():
+            last += 1
+        if last == self.max_files - 1:
+            os.unlink(self._numbered(last))
+            last -= 1
+        for number in range(last, 0, -1):
+            os.rename(self._numbered(number), self._numbered(number + 1))
         os.rename(self.path, self._numbered(1))
 
     def _numbered(self, number: int) -> Path:
