@@ -189,3 +189,97 @@ def test_labkit_run_whose_helper_is_its_own_fork_runs_it_sealed_too(evil_image, 
     assert ran.returncode == 0, ran.stderr
     target, write, seals, elf = parse(ran.stdout.strip())
     assert target.startswith("/memfd:labkit-python") and int(seals) & SEALED == SEALED, ran.stdout
+
+
+# --- a shared libpython -------------------------------------------------------------------
+
+def libpython_or_skip() -> str:
+    library = next((line.split()[5] for line in open("/proc/self/maps")
+                    if len(line.split()) >= 6 and os.path.basename(line.split()[5]).startswith("libpython")), None)
+    if library is None:
+        pytest.skip(f"{INTERPRETER} is linked statically (no shared libpython to seal), as Debian's python3")
+    return library
+
+
+READY_THEN_IDLE = ["-S", "-c", "import sys; print('ready', flush=True); sys.stdin.read()"]
+
+
+def mapped(pid, name) -> str:
+    """/proc/PID/map_files/START-END of the first mapping of a file whose path holds `name`."""
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) >= 6 and name in fields[5]:
+                return f"/proc/{pid}/map_files/{fields[0]}"
+    raise AssertionError(f"process {pid} maps no {name}")
+
+
+def write_through(link) -> None:
+    writable = os.open(link, os.O_WRONLY)
+    try:
+        os.write(writable, b"X")
+    finally:
+        os.close(writable)
+
+
+@pytest.mark.root  # /proc/PID/map_files: CAP_SYS_ADMIN, as a --privileged or --cap-add SYS_ADMIN container has
+def test_without_a_seal_a_running_processs_mapped_libpython_can_be_written(tmp_path):
+    # "Text file busy" guards a running binary, not a library it maps: the write lands while
+    # the process runs (here a throw-away copy, preloaded as the sealed one is)
+    library = tmp_path / os.path.basename(libpython_or_skip())
+    shutil.copy2(libpython_or_skip(), library)
+    env = dict(os.environ, PYTHONHOME=sys.base_prefix, LD_PRELOAD=str(library))
+    process = subprocess.Popen([INTERPRETER, *READY_THEN_IDLE], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert process.stdout.readline() == b"ready\n"
+        write_through(mapped(process.pid, str(library)))
+        assert library.read_bytes()[:1] == b"X"   # the library on disk changed under a running process
+    finally:
+        process.stdin.close()
+        process.wait(timeout=30)
+
+
+@pytest.mark.root
+def test_the_sealed_interpreters_libpython_is_a_sealed_copy_that_refuses_the_write():
+    from labkit.linux import sealed_exe
+
+    host_library = libpython_or_skip()
+    process = subprocess.Popen([sys.executable, *READY_THEN_IDLE], executable=sealed_exe.exec_path(),
+                               env=sealed_exe.exec_environment(os.environ), stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE)
+    try:
+        assert process.stdout.readline() == b"ready\n"
+        maps = open(f"/proc/{process.pid}/maps").read()
+        assert host_library not in maps and "/memfd:labkit-libpython" in maps
+        with pytest.raises(OSError) as refused:
+            write_through(mapped(process.pid, "/memfd:labkit-libpython"))
+        assert refused.value.errno == errno.EPERM   # the seal
+    finally:
+        process.stdin.close()
+        process.wait(timeout=30)
+
+
+@pytest.mark.root
+def test_the_helper_and_labkit_run_map_no_host_libpython(labkit_home, no_leftovers):
+    from labkit.runtime import Container, ContainerSpec
+    from labkit.runtime.client.helper_client import get_helper
+
+    host_library = libpython_or_skip()
+    Container(ContainerSpec(command="true")).run().check()
+    helper = get_helper().pid
+    assert host_library not in open(f"/proc/{helper}/maps").read()
+    assert "/memfd:labkit-libpython" in open(f"/proc/{helper}/maps").read()
+    # labkit run, executed again from the sealed interpreter (and its helper, a fork of it);
+    # the container's command gets no LD_PRELOAD
+    run = subprocess.Popen([sys.executable, "-m", "labkit.cli", "run", "--", "sh", "-c",
+                            "env | grep -c LD_PRELOAD; read line"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout.readline() == "0\n"   # the container has started, without LD_PRELOAD
+        maps = open(f"/proc/{run.pid}/maps").read()
+        assert host_library not in maps and "/memfd:labkit-libpython" in maps
+        assert "LD_PRELOAD" not in run.communicate("done\n", timeout=60)[1]
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()

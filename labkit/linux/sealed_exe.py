@@ -15,6 +15,15 @@ The copy is made once per process that starts helpers (the binary only: a few Ki
 Python linked to a shared libpython, ~7 MB for Debian's static one); the helper is started
 from `/proc/PID/fd/N` of it, with argv[0] the real interpreter's path (Python finds its
 prefix and a venv's pyvenv.cfg from argv[0], not from the executable's name).
+
+A Python linked to a shared libpython (pyenv's, any --enable-shared build) runs mostly from
+that library, and "text file busy" does not even cover a mapped library: a process that
+reaches it (/proc/PID/map_files of a process joining a container, for one holding
+CAP_SYS_ADMIN) could write the host's file while it runs. So it is sealed the same way
+(`memfd:labkit-libpython`) and given to the sealed interpreter as LD_PRELOAD: the dynamic
+loader then takes it for the DT_NEEDED entry of the same soname and never opens the
+host's file. The sealed process drops LD_PRELOAD from its environment at once
+(`adopt_preload`), so none of its own children load it.
 """
 
 import fcntl
@@ -22,17 +31,19 @@ import os
 import sys
 
 MEMFD_NAME = "labkit-python"
+LIBRARY_MEMFD_NAME = "labkit-libpython"
 SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
-_copy = None   # the sealed memfd's fd in this process
+_copy = None     # the sealed memfd's fd in this process
+_library = None  # the sealed libpython's fd, or -1: the interpreter maps none from a file
 
 
-def sealed_copy(binary: str = "/proc/self/exe") -> int:
+def sealed_copy(binary: str = "/proc/self/exe", name: str = MEMFD_NAME) -> int:
     """An fd of a sealed memfd holding `binary` (this process's own, by default): made
     once, close-on-exec."""
     global _copy
     if _copy is None or binary != "/proc/self/exe":
-        fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             with open(binary, "rb") as source:
                 size = os.fstat(source.fileno()).st_size
@@ -52,18 +63,78 @@ def sealed_copy(binary: str = "/proc/self/exe") -> int:
     return _copy
 
 
+def shared_libpython() -> str | None:
+    """The libpython file this interpreter maps, when it is linked to a shared one; None for
+    a static interpreter (Debian's /usr/bin/python3) or one whose library is sealed already."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.rstrip("\n").split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/") and os.path.basename(fields[5]).startswith("libpython"):
+                return fields[5]
+    return None
+
+
+def sealed_library() -> int | None:
+    """An fd of a sealed memfd holding this interpreter's shared libpython (made once,
+    close-on-exec), or None when there is none to seal."""
+    global _library
+    if _library is None:
+        path = shared_libpython()
+        _library = -1 if path is None else sealed_copy(path, LIBRARY_MEMFD_NAME)
+    return None if _library == -1 else _library
+
+
 def exec_path() -> str:
     """The path a child of this process execs to run the sealed copy (a child may exec
     its parent's fd: it needs no copy of its own)."""
     return f"/proc/{os.getpid()}/fd/{sealed_copy()}"
 
 
+def exec_environment(env) -> dict:
+    """`env` for a child that execs `exec_path()`: with the sealed libpython preloaded, when
+    the interpreter has one."""
+    library = sealed_library()
+    if library is None:
+        return dict(env)
+    return dict(env, LD_PRELOAD=f"/proc/{os.getpid()}/fd/{library}")
+
+
 def run_sealed() -> None:
     """Go on as this same program, run from the sealed copy: exec it again with the same
     arguments (nothing happens when this process already runs sealed). For a program that
     becomes the helper by forking itself (`labkit run`), before it has done anything."""
-    if not running_sealed():
-        os.execv(f"/proc/self/fd/{sealed_copy()}", [sys.executable, *sys.orig_argv[1:]])
+    if running_sealed():
+        adopt_preload()
+        return
+    env = dict(os.environ)
+    library = sealed_library()
+    if library is not None:
+        # the loader reads LD_PRELOAD after the exec, when close-on-exec fds are gone
+        inherited = os.dup(library)
+        os.set_inheritable(inherited, True)
+        env["LD_PRELOAD"] = f"/proc/self/fd/{inherited}"
+    os.execve(f"/proc/self/fd/{sealed_copy()}", [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def adopt_preload() -> None:
+    """In a process just started from the sealed copy: LD_PRELOAD (the sealed libpython) is
+    dropped from the environment, so that no program this one starts loads it; an fd of
+    this process it named is kept as this process's sealed library."""
+    global _library
+    preload = os.environ.get("LD_PRELOAD", "")
+    if not preload.startswith("/proc/"):
+        return
+    try:
+        target = os.readlink(preload)
+    except OSError:
+        target = ""
+    if not target.startswith(f"/memfd:{LIBRARY_MEMFD_NAME}"):
+        return
+    del os.environ["LD_PRELOAD"]
+    own = "/proc/self/fd/"
+    if preload.startswith(own) and _library is None:
+        _library = int(preload[len(own):])
+        os.set_inheritable(_library, False)
 
 
 def running_sealed(pid: int | str = "self") -> bool:

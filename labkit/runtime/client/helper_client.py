@@ -63,7 +63,8 @@ class Helper:
             ours.set_inheritable(False)
             self.process = ForkedHelper(theirs.fileno())
         else:
-            env = dict(os.environ, LABKIT_HELPER_FD=str(theirs.fileno()), LABKIT_OWNER_PID=str(os.getpid()))
+            env = sealed_exe.exec_environment(dict(os.environ, LABKIT_HELPER_FD=str(theirs.fileno()),
+                                                   LABKIT_OWNER_PID=str(os.getpid())))
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "labkit.runtime.helper"], executable=sealed_exe.exec_path(),
                 pass_fds=(theirs.fileno(),), env=env, start_new_session=True,
