@@ -14,6 +14,7 @@ predictable path such as /tmp/labkit made first by a local user, left 0777) is r
 and so is one below a directory another user could rename or replace it in.
 """
 
+import grp
 import os
 import pwd
 import stat
@@ -116,7 +117,8 @@ def check_trusted(home: Path) -> None:
         if path != home and stat.S_ISDIR(st.st_mode) and _others_may_write(st, ids):
             raise ConfigError(
                 f"{path}, above LABKIT_HOME {home}, may be written by others (mode "
-                f"{oct(stat.S_IMODE(st.st_mode))}, not sticky): another user could replace the home. "
+                f"{oct(stat.S_IMODE(st.st_mode))}, group {_group(st.st_gid)}, not sticky): another user could "
+                "replace the home. "
                 f"Put LABKIT_HOME below a directory only you (or root) may write to")
     if ids.uid(os.stat(home).st_uid) != me:
         raise ConfigError(f"LABKIT_HOME {home} belongs to {ids.name(os.stat(home).st_uid)}, not to "
@@ -191,8 +193,27 @@ def _others_may_write(st, ids) -> bool:
     if mode & stat.S_ISVTX:
         return False  # sticky (/tmp): only an entry's owner may rename it, and that owner was checked
     group = ids.gid(st.st_gid)
-    group_may = mode & stat.S_IWGRP and (group is None or group not in (0, ids.gid(os.getegid())))
+    group_may = mode & stat.S_IWGRP and (group is None or group not in (0, ids.gid(os.getegid()))
+                                         or _others_in_group(group))
     return bool(mode & stat.S_IWOTH or group_may)
+
+
+def _others_in_group(gid: int) -> bool:
+    """Does another account have group `gid` (as seen outside a user namespace), as its
+    primary group or as a member? Where every user's primary group is one shared group
+    (`users`, USERGROUPS_ENAB no), a directory writable by "my" group is everyone's."""
+    if gid == 0:
+        return False
+    try:
+        members = set(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        members = set()
+    members |= {account.pw_name for account in pwd.getpwall() if account.pw_gid == gid}
+    try:
+        members.discard(pwd.getpwuid(os.geteuid()).pw_name)
+    except KeyError:
+        pass
+    return bool(members)
 
 
 def _user(uid: int) -> str:
@@ -200,6 +221,13 @@ def _user(uid: int) -> str:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except KeyError:
         return f"uid {uid}"
+
+
+def _group(gid: int) -> str:
+    try:
+        return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
+    except KeyError:
+        return f"gid {gid}"
 
 
 def _default_home() -> str:

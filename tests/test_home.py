@@ -213,7 +213,7 @@ def test_a_home_below_a_directory_another_user_may_write_is_refused(their_tmp_di
     with pytest.raises(ConfigError, match=f"{their_tmp_dir}, above LABKIT_HOME {home}, belongs to {second_user.pw_name}"):
         labkit_home()
     os.chown(their_tmp_dir, 0, 0)  # root's now, but still 0777 and not sticky
-    with pytest.raises(ConfigError, match=r"may be written by others \(mode 0o777, not sticky\)"):
+    with pytest.raises(ConfigError, match=r"may be written by others \(mode 0o777, group root \(gid 0\), not sticky\)"):
         labkit_home()
 
 
@@ -240,6 +240,30 @@ def test_running_as_an_ordinary_user_a_home_root_owns_is_refused(second_user, tm
                   SYSTEM_PYTHON, "-c", "from labkit.home import labkit_home; labkit_home()")
     assert ran.returncode != 0
     assert f"LABKIT_HOME {home} belongs to root (uid 0), not to {second_user.pw_name}" in ran.stderr
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="no /usr/bin/python3 for an ordinary user to run")
+def test_a_home_below_a_directory_a_shared_primary_group_may_write_is_refused(second_user, tmp_path):
+    # A host where users share one primary group (users, USERGROUPS_ENAB no): host nobody here,
+    # with the second user's group as its own. A directory writable by that group counted as
+    # "mine", and the second user may rename the home away from under it.
+    source = readable_copy_of_labkit(tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, 0, second_user.pw_gid)
+    os.chmod(shared, 0o775)
+    home = shared / "home"
+    home.mkdir(mode=0o700)
+    os.chown(home, NOBODY, second_user.pw_gid)
+    ran = as_user(NOBODY, second_user.pw_gid, "env", f"PYTHONPATH={source}", f"LABKIT_HOME={home}",
+                  SYSTEM_PYTHON, "-c", "from labkit.home import labkit_home; labkit_home()")
+    assert ran.returncode != 0
+    assert f"{shared}, above LABKIT_HOME {home}, may be written by others (mode 0o775, group " \
+           f"{second_user.pw_name} (gid {second_user.pw_gid}), not sticky)" in ran.stderr, ran.stderr
+    # why: the other member of the group may replace the home
+    moved = as_user(second_user.pw_uid, second_user.pw_gid, "mv", str(home), str(shared / "gone"))
+    assert moved.returncode == 0, moved.stderr
 
 
 def readable_copy_of_labkit(directory: Path) -> Path:
