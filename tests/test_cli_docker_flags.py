@@ -188,7 +188,10 @@ def test_the_third_interrupt_kills_a_pid_1_that_ignores_them(labkit_home):
     import signal
     import time
 
-    process = started(labkit_home, "--", "sh", "-c", "echo ready; exec sleep 100")
+    # "ready" once PID 1 is `sleep`: busybox sh, PID 1 before its exec, catches SIGINT and
+    # exits 130 (seen under load, when the first interrupt came between echo and exec).
+    process = started(labkit_home, "--", "sh", "-c",
+                      'until [ "$(cat /proc/1/comm)" = sleep ]; do sleep 0.01; done && echo ready & exec sleep 100')
     for _ in range(2):
         process.send_signal(signal.SIGINT)
         time.sleep(0.3)   # not a timing assertion: signals sent at once may arrive as one
