@@ -85,11 +85,12 @@ def pids_data(highest=32, hits=900):
     return {"trials": [{"samples": samples, "limit_hits": hits, "pids_at_end": highest}]}
 
 
-def overlay_data(flat=False, copied_up=True, second_ms=0.02):
+def overlay_data(flat=False, copied_up=True, second_ms=0.02, idle_cores=None):
     rows = [{"size_mib": s, "first_ms": (1.0 if flat else s * 0.9), "second_ms": second_ms, "copied_up": copied_up}
             for s in (1, 4, 16, 64)]
     lookup = [{"depth": d, "first_us": 3 + (0 if flat else d * 0.3), "again_us": 1.0} for d in (1, 16, 64, 128)]
-    return {"copy_up": [{"rows": rows}], "lookup": lookup}
+    trial = {"rows": rows} if idle_cores is None else {"rows": rows, "idle_cores": idle_cores}
+    return {"copy_up": [trial], "lookup": lookup}
 
 
 def versus_data(vm_seconds=3.0, vm_memory=250 * MIB, vm_reason=None):
@@ -189,6 +190,25 @@ FLOOR = 0.5 * (1 - TOLERANCE - ALIGNMENT)
 ])
 def test_cpu_quota_tells_a_busy_host_from_a_miss_by_the_idle_cpus(achieved, idle, status):
     outcome = get("cpu_quota").check(recorded("cpu_quota", cpu_data(achieved=achieved, idle=idle)))
+    assert outcome.status == status, outcome.detail
+
+
+def flat_copy_up(idle_cores):
+    data = overlay_data(idle_cores=idle_cores)
+    for row in data["copy_up"][0]["rows"]:
+        row["first_ms"] = 1.0
+    return data
+
+
+@pytest.mark.parametrize("data, status", [
+    (flat_copy_up(idle_cores=0.2), "inconclusive"),   # flat times, no CPU to spare: the host's
+    (flat_copy_up(idle_cores=1.5), "did not hold"),   # flat times on an idle host: a miss
+    (overlay_data(second_ms=64 * 0.9 / 2, idle_cores=0.2), "inconclusive"),
+    (overlay_data(copied_up=False, idle_cores=0.2), "did not hold"),   # what was copied is no timing
+    (overlay_data(idle_cores=0.2), "held"),
+])
+def test_overlay_copy_up_tells_a_busy_host_from_a_miss_by_the_idle_cpus(data, status):
+    outcome = get("overlay_copy_up").check(recorded("overlay_copy_up", data))
     assert outcome.status == status, outcome.detail
 
 

@@ -15,11 +15,10 @@ import time
 from dataclasses import dataclass
 
 from labkit.cgroups.base import CPU_PERIOD_US
-from labkit.experiments.base import Check, finished, new_result, report, running
+from labkit.experiments.base import Check, finished, idle_cpu_seconds, new_result, report, running
 
 PERIOD_SECONDS = CPU_PERIOD_US / 1e6
 
-USER_HZ = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -50,13 +49,6 @@ def run(params: Params, progress=None):
             report(progress, done, total, f"quota {quota} cores")
     result.data["rows"] = rows
     return finished(result)
-
-
-def idle_cpu_seconds() -> float:
-    """CPU seconds all CPUs have spent idle since boot (idle + iowait in /proc/stat)."""
-    with open("/proc/stat") as handle:
-        fields = handle.readline().split()   # "cpu user nice system idle iowait …"
-    return (int(fields[4]) + int(fields[5])) / USER_HZ
 
 
 def _measure(quota: float, cores: int, params: Params) -> dict:
