@@ -196,6 +196,122 @@ def test_a_plan_that_does_not_fit_a_slot_takes_the_usual_path(no_leftovers, spec
     assert slots <= set(ready_slots(helper)), "a slot was used up by a plan it cannot serve"
 
 
+# --- the root made ahead ---------------------------------------------------------------
+
+ROOT_LINE = "grep ' / / ' /proc/self/mountinfo"
+
+
+def root_made_ahead(helper) -> list:
+    """The ready slots whose first process has built a container's root ahead: an
+    overlay of a slot's directory (LABKIT_HOME/slots/, this test's) mounted in its mount
+    namespace, with a /proc on it, seen from outside."""
+    slots = os.path.join(os.environ["LABKIT_HOME"], "slots", "pool-")
+    made = []
+    for path, pid in ready_slots(helper).items():
+        try:
+            with open(f"/proc/{pid}/mountinfo") as table:
+                points = {line.split()[4]: line for line in table}
+        except FileNotFoundError:
+            continue
+        roots = [point for point, line in points.items()
+                 if point.endswith("/rootfs") and point.startswith(slots) and " overlay " in line]
+        if roots and roots[0] + "/proc" in points:
+            made.append(path.rsplit("/", 1)[-1])
+    return made
+
+
+def ready_with_root(helper) -> bool:
+    """A slot with this test's root built is ready, in the helper's own word too (a slot
+    is seen waiting from outside before its "ready" reaches the helper)."""
+    made = set(root_made_ahead(helper))
+    return bool(made and made & {name.rsplit("/", 1)[-1] for name in helper_ready_slots()})
+
+
+def slot_directories(home) -> list:
+    return os.listdir(home / "slots") if (home / "slots").is_dir() else []
+
+
+def a_root_is_made_ahead() -> tuple:
+    helper = helper_identity(get_helper().pid)
+    Container(ContainerSpec(command=["true"])).run()   # the root the next slots make
+    assert wait_until(lambda: ready_with_root(helper)), "no slot made the default image's root ahead"
+    return helper
+
+
+def test_a_slot_makes_the_root_ahead_and_the_container_gets_its_own_files(no_leftovers):
+    a_root_is_made_ahead()
+    first = Container(ContainerSpec(command=["sh", "-c", f"hostname; cat /etc/hostname; grep -c box9 /etc/hosts; "
+                                                         f"echo mine > /tmp/mark; {ROOT_LINE}"], hostname="box9"))
+    result = first.run()
+    assert result.exit_code == 0, result.stderr
+    hostname, etc_hostname, hosts, root = result.stdout.splitlines()
+    assert first.pooled and "/slots/pool-" in root, root   # it was served by a root made ahead
+    assert (hostname, etc_hostname, hosts) == ("box9", "box9", "1")
+    # Each slot's root has its own read-write layer: the next container sees nothing of it.
+    assert wait_until(lambda: ready_with_root(helper_identity(get_helper().pid)))
+    second = Container(ContainerSpec(command=["sh", "-c", f"cat /tmp/mark 2>&1; hostname; {ROOT_LINE}"]))
+    result = second.run()
+    lines = result.stdout.splitlines()
+    assert "No such file" in lines[0] and lines[1] == second.name, result.stdout
+    assert "/slots/pool-" in lines[2] and lines[2] != root
+
+
+def test_the_kernel_paths_of_a_root_made_ahead_are_masked_as_without_a_slot(no_leftovers):
+    probe = ("cat /proc/timer_list | wc -c; ls /sys/firmware | wc -l; (echo x > /proc/sys/kernel/domainname) 2>&1; "
+             "grep -c . /proc/self/mountinfo; id; cat /proc/self/status | grep -E '^(Seccomp|CapEff):'")
+    # --net host does not fit a slot: the usual path, for comparison
+    usual = Container(ContainerSpec(command=["sh", "-c", probe], network="host")).run()
+    a_root_is_made_ahead()
+    ahead = Container(ContainerSpec(command=["sh", "-c", f"{probe}; {ROOT_LINE}"])).run()
+    assert "/slots/pool-" in ahead.stdout.splitlines()[-1]
+    assert ahead.stdout.splitlines()[:-1] == usual.stdout.splitlines(), (ahead.stdout, usual.stdout)
+    timer_list, firmware, refused = usual.stdout.splitlines()[:3]
+    assert (timer_list, firmware) == ("0", "0") and "Read-only file system" in refused, usual.stdout
+
+
+def test_a_container_unlike_the_root_made_ahead_never_gets_it(no_leftovers, tmp_path):
+    """A volume, another image, a container that stays: each gets a root of its own."""
+    helper = a_root_is_made_ahead()
+    (tmp_path / "shared").write_text("from the host\n")
+    with_volume = Container(ContainerSpec(command=["sh", "-c", f"cat /data/shared; {ROOT_LINE}"],
+                                          volumes=[f"{tmp_path}:/data"])).run()
+    assert with_volume.stdout.splitlines()[0] == "from the host"
+    assert "/slots/pool-" not in with_volume.stdout
+    kept = Container(ContainerSpec(command=["sh", "-c", f"echo other > /which; {ROOT_LINE}"]))
+    try:
+        result = kept.run(remove=False)
+        assert "/slots/pool-" not in result.stdout and f"/containers/{kept.id}/" in result.stdout
+        kept.commit("other")
+    finally:
+        kept.remove()
+    assert wait_until(lambda: ready_with_root(helper))
+    other = Container(ContainerSpec(image="other", command=["cat", "/which"])).run()
+    assert (other.exit_code, other.stdout) == (0, "other\n"), other.stderr
+    # From now on the slots make the other image's root; the default image is still itself.
+    assert wait_until(lambda: ready_with_root(helper))
+    again = Container(ContainerSpec(command=["sh", "-c", f"cat /which 2>&1; {ROOT_LINE}"])).run()
+    assert "No such file" in again.stdout.splitlines()[0], again.stdout
+
+
+def test_a_root_made_ahead_is_not_used_once_its_layers_are_removed(no_leftovers, labkit_home):
+    """Its overlay holds the layers' old directories: a layer removed and imported again
+    is another directory, which the container must see instead."""
+    from labkit.images import get_image
+
+    a_root_is_made_ahead()
+    assert wait_until(lambda: slots_ready(3)), "the pool did not fill"   # full: no slot is made meanwhile
+    store = get_image("busybox").store
+    for digest in get_image("busybox").layers:   # what `image rm` and a new pull do to its directory
+        layer = store.layer_dir(digest)
+        os.rename(layer, f"{layer}.old")
+        subprocess.run(["cp", "-a", f"{layer}.old", str(layer)], check=True)
+        subprocess.run(["rm", "-rf", f"{layer}.old"], check=True)
+    container = Container(ContainerSpec(command=["sh", "-c", ROOT_LINE]))
+    result = container.run()
+    assert result.exit_code == 0, result.stderr
+    assert container.pooled and f"/containers/{container.id}/" in result.stdout, result.stdout
+
+
 @pytest.mark.skipif(not V1_READY, reason="the host's cgroups are not v1 with a devices controller")
 def test_a_privileged_container_from_a_slot_may_open_every_device_on_v1(no_leftovers):
     a_slot_is_ready()
@@ -251,13 +367,15 @@ def slot_processes(helper) -> dict:
 
 
 def test_shutting_the_helper_down_leaves_no_slot_cgroup_process_or_netns(labkit_home):
-    helper = a_slot_is_ready()
+    helper = a_root_is_made_ahead()
     assert wait_until(lambda: slots_ready(2)), "the pool did not fill to two slots or more"
     firsts = slot_processes(helper)
     netns = {os.stat(f"/proc/{pid}/ns/net").st_ino for pid in firsts}
     assert all(processes_in_netns(inode) for inode in netns)
+    assert slot_directories(labkit_home)   # the roots made ahead, in directories of their own
     shutdown_helper()
     assert helper_slot_cgroups(helper) == {}
+    assert slot_directories(labkit_home) == []
     assert [pid for pair in firsts.items() for pid in pair if alive(pid)] == []
     assert [inode for inode in netns if processes_in_netns(inode)] == []
 
@@ -282,6 +400,7 @@ def test_killed_owners_leave_no_slot_behind(labkit_home, helper_too):
     assert wait_until(lambda: ready_count(identity) >= 2), "the pool did not fill to two slots or more"
     firsts = slot_processes(identity)
     paths = set(ready_slots(identity))
+    assert slot_directories(labkit_home)
     if helper_too:
         os.kill(helper, signal.SIGKILL)
     owner.send_signal(signal.SIGKILL)
@@ -301,6 +420,10 @@ def test_killed_owners_leave_no_slot_behind(labkit_home, helper_too):
         assert wait_until(lambda: gc() is not None and helper_slot_cgroups(identity) == {})
     assert wait_until(lambda: helper_slot_cgroups(identity) == {})
     assert [path for path in labkit_cgroups() if f"/pool-{identity[0]}-{identity[1]}-" in path] == []
+    if helper_too:
+        assert wait_until(lambda: gc() is not None and slot_directories(labkit_home) == [])
+    else:   # its helper removed them itself
+        assert wait_until(lambda: slot_directories(labkit_home) == [])
 
 
 def test_the_sweep_removes_a_dead_helpers_empty_slot_and_never_a_live_ones():

@@ -55,6 +55,14 @@ def containers_root(home: Path | None = None) -> Path:
     return (home or labkit_home()) / "containers"
 
 
+def slots_root(home: Path | None = None) -> Path:
+    """LABKIT_HOME/slots/<slot's cgroup leaf>/: a ready slot's container directory, made
+    ahead with its root (runtime/helper/ready_slots.py), laid out as a container's, with a
+    state.json naming only its owner and its image's layers (in use: mounted). Renamed to
+    containers/<id> when a container takes the slot; `ps` never lists it."""
+    return (home or labkit_home()) / "slots"
+
+
 class ContainerDir:
     def __init__(self, path):
         self.path = Path(path)
@@ -64,6 +72,11 @@ class ContainerDir:
         return cls(containers_root(home) / container_id)
 
     # --- paths -------------------------------------------------------------------------
+
+    @property
+    def home(self) -> Path:
+        """The LABKIT_HOME this directory is in."""
+        return self.path.parent.parent
 
     @property
     def layer(self) -> Path:
@@ -145,6 +158,20 @@ class ContainerDir:
         if owner_uid is not None:
             for path in (self.upper, self.work, self.rootfs, *map(self.etc_file, init_files)):
                 os.chown(path, owner_uid, owner_uid)
+
+    def take_over(self, slot_dir: "ContainerDir", init_files: dict) -> None:
+        """Become the directory a ready slot made ahead (rename), with this container's
+        /etc files written in place: the slot's root has them bind-mounted already, and a
+        bind mount pins the inode (a new file renamed over would not be seen)."""
+        private_dir(self.path.parent)
+        os.rename(slot_dir.path, self.path)
+        for name, text in init_files.items():
+            # raw calls: a text file object costs more than the write (on the start's path)
+            descriptor = os.open(self.etc_file(name), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+            try:
+                os.write(descriptor, text.encode())
+            finally:
+                os.close(descriptor)
 
     def remove(self) -> None:
         if os.path.ismount(self.layer):

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from labkit.linux import processes
-from labkit.runtime.container_dir import ContainerDir, containers_root
+from labkit.runtime.container_dir import ContainerDir, containers_root, slots_root
 
 
 def write_state(directory, state: dict) -> None:
@@ -135,6 +135,22 @@ def sweep(home: Path | None = None, hierarchy=None, min_age_seconds: float = 60.
             ContainerDir(entry).remove()
             removed.append(f"container {state.get('name', entry.name)}")
     removed += _sweep_orphan_cgroups(hierarchy, live_ids, min_age_seconds)
+    removed += _sweep_slot_directories(home)
+    return removed
+
+
+def _sweep_slot_directories(home):
+    """A ready slot's directory (made ahead with its root) names its helper as its cgroup
+    does: it goes once that helper is gone (killed: its slots die by their death signal)."""
+    from labkit.cgroups.slot_cgroups import owner_of
+
+    removed = []
+    root = slots_root(home)
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        helper = owner_of(entry.name)
+        if helper is None or not processes.is_running(*helper):
+            ContainerDir(entry).remove()
+            removed.append(f"slot directory {entry}")
     return removed
 
 

@@ -23,6 +23,22 @@ into the slot's cgroup and hands P the plan; P goes on with `set_up_container`
 S reports `init`/`exit` as a container's supervisor does. Any other plan (a user or time namespace, a shared namespace,
 other kinds, I/O limits) takes that path, unchanged.
 
+The root made ahead. Once a container was started in a slot, the slots made after it
+also make the root of a container like it (its image's layers and masks; removed when it ends, so
+its upper layer is volatile; no volumes, no tmpfs, not read-only: `prepared_root_key`), in a
+directory of their own (LABKIT_HOME/slots/<leaf>/, laid out as a container's, its /etc
+files empty): P makes its mount and cgroup namespaces, mounts the overlay, /proc, /dev,
+/sys and the masks, pivots into the root and brings up loopback before any plan comes
+(runtime/inside/recipe.py `make_root`). At `start`, a plan with the same root takes such
+a slot first: the helper renames the slot's directory to the container's and writes its
+/etc files in place (the root has them bound already); P then only pivots into it, sets
+the hostname and goes on from the release (stdio, user, seccomp, exec). Any other plan
+that fits a slot (another image, a volume, a container that stays, or the same image
+whose layers were removed and made again since: their inodes are checked) may take it
+too: P unmounts the root it built and builds the plan's own, as without it, and the
+slot's directory is removed after. A slot's directory goes with the slot (`discard`),
+or with the container it became; a dead helper's is swept (runtime/client/state.py).
+
 A slot is used once and its cgroup deleted with its container, never returned to the
 pool: some of a cgroup's counters cannot be reset (v1 `memory.oom_control`'s oom_kill
 and `pids.events`, v2 `cpu.stat` and `memory.events`), and a reused cgroup would show a
@@ -34,9 +50,11 @@ whose it is, so a sweep removes a dead helper's empty slots and never a live one
 (labkit/cgroups/slot_cgroups.py, which also writes a container's limits into a slot's cgroup).
 """
 
+import dataclasses
 import gc
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -44,7 +62,9 @@ from dataclasses import dataclass
 
 from labkit.cgroups import container_hierarchy
 from labkit.cgroups.slot_cgroups import can_serve, slot_leaf
+from labkit.home import private_dir
 from labkit.linux.processes import start_time
+from labkit.runtime.container_dir import ContainerDir, slots_root
 from labkit.runtime.plan import StartPlan, to_wire
 
 DEFAULT_SIZE = 3   # a burst of back-to-back starts finds one ready while the next is being made
@@ -68,6 +88,29 @@ def fits(plan: StartPlan, version: int) -> bool:
             and not plan.time_offsets and plan.storage_size is None and can_serve(plan.limits, version))
 
 
+def prepared_root_key(plan: StartPlan):
+    """What a root made ahead depends on, for a plan that fits a slot; None where the
+    root is the container's own (volumes, tmpfs, a read-only root) or where it outlives
+    its run: not made ahead. Only a container removed when it ends gets one (a `%%container`
+    cell, `run(remove=True)`): the kernel's mount table keeps the paths the overlay was
+    mounted with (the slot's directory), and a container that stays (`-d`, a container
+    to commit) is one whose mounts students read next to its directory's paths."""
+    if not plan.auto_remove or plan.volumes or plan.tmpfs or plan.read_only or plan.storage_size is not None:
+        return None
+    return (tuple(plan.lower[1:]), tuple(plan.masked_paths), tuple(plan.readonly_paths),
+            tuple(sorted(plan.init_files)), tuple(sorted(plan.namespaces)))
+
+
+def _layer_identities(lower: list):
+    """(device, inode, ctime) of each image layer's directory: a layer removed and made
+    again under its digest is another directory, which a root made ahead does not show."""
+    found = []
+    for path in lower:
+        info = os.stat(path)
+        found.append((info.st_dev, info.st_ino, info.st_ctime_ns))
+    return found
+
+
 @dataclass
 class Slot:
     cgroup_name: str
@@ -76,6 +119,10 @@ class Slot:
     report_r: int         # the supervisor's "init PID" / "exit STATUS" lines
     plan_socket: socket.socket   # the helper's end; the first process waits on the other
     ready: bool = False   # the first process said so: it is in its cgroup
+    root_key: tuple | None = None   # the root it made ahead (prepared_root_key), in `directory`
+    directory: ContainerDir | None = None
+    layers: list | None = None      # _layer_identities of its image's layers when it was made
+    use_root: bool = False          # (taken) the plan it serves takes that root
 
 
 class Pool:
@@ -92,9 +139,19 @@ class Pool:
         self.made = 0
         self.failures = 0   # slots found dead in a row; a host where they cannot be made stops trying
         self.helper = (os.getpid(), start_time(os.getpid()))
+        self.root_plan = None   # the last container started in a slot: the root the next slots make ahead
+        self.root_key = None
 
     def wants_more(self) -> bool:
         return len(self.slots) < self.size
+
+    def learn(self, plan: StartPlan) -> None:
+        """A container was started: slots made from now on make its root, if it fits one."""
+        if not self.size or not fits(plan, self.hierarchy.version):
+            return
+        key = prepared_root_key(plan)
+        if key is not None and key != self.root_key:
+            self.root_plan, self.root_key = plan, key
 
     def fill_one(self) -> None:
         """Fork one slot's supervisor. Costs the helper one fork; the rest happens in S and P.
@@ -103,7 +160,10 @@ class Pool:
         from labkit.runtime.supervisor.slot import keep_only, supervise_slot   # once a slot is wanted
 
         self.made += 1
-        cgroup_name = f"{self.hierarchy.parent}/{slot_leaf(*self.helper, self.made)}"
+        leaf = slot_leaf(*self.helper, self.made)
+        cgroup_name = f"{self.hierarchy.parent}/{leaf}"
+        root = self._root_ahead(leaf)
+        directory, root_plan, layers = root or (None, None, None)
         made = []
         try:
             error_r, error_w = _remember(made, os.pipe2(os.O_CLOEXEC))
@@ -116,6 +176,8 @@ class Pool:
                     item.close()
                 else:
                     os.close(item)
+            if directory is not None:
+                directory.remove()
             self.failed()
             return
         if pid == 0:
@@ -123,15 +185,36 @@ class Pool:
                 gc.disable()  # a collection would touch (and so copy) every page shared with the helper
                 keep_only({error_w, report_w, theirs.fileno()})
                 supervise_slot(self.hierarchy, cgroup_name, self.helper[0],
-                                 {"error": error_w, "report": report_w, "plan": theirs.fileno()})
+                               {"error": error_w, "report": report_w, "plan": theirs.fileno()}, root_plan)
             finally:
                 os._exit(126)
         for fd in (error_w, report_w):
             os.close(fd)
         theirs.close()
-        slot = Slot(cgroup_name, pid, error_r, report_r, ours)
+        slot = Slot(cgroup_name, pid, error_r, report_r, ours, root_key=self.root_key if root else None,
+                    directory=directory, layers=layers)
         self.slots.append(slot)
         self.selector.register(ours, selectors.EVENT_READ, lambda _sock: self.on_slot_message(slot))
+
+    def _root_ahead(self, leaf: str):
+        """(directory, plan, layer identities) of the root the next slot builds ahead, or
+        None (no container was started in a slot yet, or its layers are gone)."""
+        if self.root_plan is None:
+            return None
+        home = ContainerDir(self.root_plan.dir).home   # the same filesystem: renamed to the container's
+        directory = ContainerDir(slots_root(home) / leaf)
+        try:
+            layers = _layer_identities(self.root_plan.lower[1:])
+            private_dir(slots_root(home))
+            directory.make({name: "" for name in self.root_plan.init_files})
+        except OSError:
+            directory.remove()
+            self.root_plan = self.root_key = None   # its image is gone: make plain slots
+            return None
+        plan = dataclasses.replace(self.root_plan, dir=str(directory.path), rootfs=str(directory.rootfs),
+                                   upper=str(directory.upper), work=str(directory.work),
+                                   lower=[str(directory.init), *self.root_plan.lower[1:]])
+        return directory, plan, layers
 
     def on_slot_message(self, slot: Slot) -> None:
         """"ready", or the end of the socket: the slot's first process died while it waited."""
@@ -146,21 +229,36 @@ class Pool:
             self.failures = 0
             return
         self.discard(slot)   # setup failed, or it was killed: no use to anyone
-        if not slot.ready:
+        if not slot.ready and slot.root_key is not None and slot.root_key == self.root_key:
+            self.root_plan = self.root_key = None   # its root could not be made ahead: plain slots from now on
+        elif not slot.ready:
             self.failed()   # died before it was ready: the host may not let us make slots
 
     def take(self, plan: StartPlan) -> Slot | None:
-        """A ready slot for this plan, or None (it does not fit, or no slot is ready)."""
+        """A ready slot for this plan, or None (it does not fit, or no slot is ready): one
+        that built this plan's root ahead first. A slot's `use_root` says whether the plan
+        takes the root it built (else the slot's first process unmounts it)."""
         if not self.slots or not fits(plan, self.hierarchy.version):
             return None
-        for slot in [slot for slot in self.slots if slot.ready]:
+        key = prepared_root_key(plan)
+        ready = [slot for slot in self.slots if slot.ready]
+        for slot in sorted(ready, key=lambda slot: key is None or slot.root_key != key):
             if _peer_gone(slot.plan_socket):
                 self.discard(slot)   # died since the last look
                 continue
             self.slots.remove(slot)
             self.selector.unregister(slot.plan_socket)
+            slot.use_root = key is not None and slot.root_key == key and self._same_root(slot, plan)
             return slot
         return None
+
+    def _same_root(self, slot: Slot, plan: StartPlan) -> bool:
+        """Its image's layers are the directories the slot's overlay holds (not removed and
+        made again since), and the container's directory is free for the slot's."""
+        try:
+            return not os.path.lexists(plan.dir) and _layer_identities(plan.lower[1:]) == slot.layers
+        except OSError:
+            return False
 
     def failed(self) -> None:
         self.failures += 1
@@ -177,7 +275,7 @@ class Pool:
         wire = {**wire, "cgroup": to_wire(plan.cgroup),
                 "process": {**wire["process"], "security": {**wire["process"]["security"], "seccomp_program": None}}}
         names = [name for name, fd in fds.items() if fd is not None]
-        head = json.dumps({"plan": wire, "fd_names": names}).encode()   # JSON escapes any NUL
+        head = json.dumps({"plan": wire, "fd_names": names, "use_root": slot.use_root}).encode()   # JSON escapes any NUL
         socket.send_fds(slot.plan_socket, [head + b"\0" + program], [fds[name] for name in names])
 
     def discard(self, slot: Slot) -> None:
@@ -186,19 +284,43 @@ class Pool:
             self.slots.remove(slot)
             self.selector.unregister(slot.plan_socket)
         slot.plan_socket.close()
+        first = _exit_of_first_process(slot.report_r)
         for kill in (os.killpg, os.kill):   # S calls setsid early; before that, only S itself
             try:
                 kill(slot.supervisor_pid, signal.SIGKILL)   # P follows by its death signal
             except (ProcessLookupError, PermissionError):
                 pass
         os.waitpid(slot.supervisor_pid, 0)
+        if first is not None:
+            # P is not our child: its exit (and its namespaces' teardown, a root built
+            # ahead included) is awaited on a pidfd, so that nothing of it outlives the slot.
+            select.select([first], [], [], 5)
+            os.close(first)
         for fd in (slot.error_r, slot.report_r):
             os.close(fd)
         self.hierarchy.open(slot.cgroup_name).delete()
+        if slot.directory is not None:
+            slot.directory.remove()
 
     def close(self) -> None:
         for slot in list(self.slots):
             self.discard(slot)
+
+
+def _exit_of_first_process(report_r):
+    """A pidfd of the slot's first process, from S's "init PID" line (None: not said yet,
+    or gone already)."""
+    os.set_blocking(report_r, False)
+    try:
+        said = os.read(report_r, 64)
+    except OSError:
+        return None
+    if not said.startswith(b"init "):
+        return None
+    try:
+        return os.pidfd_open(int(said.split()[1]))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _peer_gone(sock) -> bool:

@@ -172,6 +172,7 @@ class Zygote:
                 self.start_fresh(request["id"], plan, stdio)
             else:
                 self.start_in_slot(request["id"], plan, stdio, slot, request["plan"])
+            self.pool.learn(plan)
         finally:
             for fd in stdio.values():
                 _close(fd)
@@ -199,7 +200,10 @@ class Zygote:
         go_r, go_w = os.pipe2(os.O_CLOEXEC) if plan.hold else (None, None)
         cgroup = container_hierarchy().open(slot.cgroup_name)
         try:
-            self.make_directory(plan, slot.cgroup_name, stdio)
+            if slot.use_root:   # built ahead, with the root: becomes the container's
+                ContainerDir(plan.dir).take_over(slot.directory, plan.init_files)
+                slot.directory = None
+            self.make_directory(plan, slot.cgroup_name, stdio, made=slot.use_root)
             write_limits(cgroup, plan.limits)
             self.place(plan, cgroup, slot=True)
         except BaseException:
@@ -216,15 +220,20 @@ class Zygote:
         finally:
             _close(go_r)
         slot.plan_socket.close()
+        # A root built for another image: its first process unmounts it; its directory
+        # goes with the container (before, that process may still be unmounting it).
+        self.containers[plan.id]["unused_slot_dir"] = slot.directory
         self.watch(Process(ident, Op.START, slot.supervisor_pid, slot.error_r, slot.report_r, go_w))
 
-    def make_directory(self, plan, cgroup_name, stdio):
-        """The container's directory, its state.json and (detached) its log files, whose
-        pipes' write ends go into `stdio` for the container."""
+    def make_directory(self, plan, cgroup_name, stdio, made=False):
+        """The container's directory (`made`: a slot's, already), its state.json and
+        (detached) its log files, whose pipes' write ends go into `stdio` for the container."""
         if plan.user_map is not None and running_rootless():
             for home in {Path(plan.dir).parent.parent, labkit_home()}:
                 give_to_user_namespace(home, plan.user_map.uid, plan.user_map.uid)
-        ContainerDir(plan.dir).make(plan.init_files, plan.user_map.uid if plan.user_map else None, plan.storage_size)
+        if not made:
+            ContainerDir(plan.dir).make(plan.init_files, plan.user_map.uid if plan.user_map else None,
+                                        plan.storage_size)
         if plan.logs is not None:
             paths = {name: ContainerDir(plan.dir).log(name) for name in ("stdout", "stderr")}
             stdio.update(self.logs.make(plan.id, paths, plan.logs.max_size, plan.logs.max_files))
@@ -238,7 +247,8 @@ class Zygote:
     def place(self, plan, cgroup, slot):
         plan.cgroup = CgroupPlacement(procs_files=cgroup.procs_files(), version=cgroup.version,
                                       v1_mounts=cgroup.mount_table() if cgroup.version == 1 else [])
-        self.containers[plan.id] = {"plan": plan, "cgroup": cgroup, "init_pid": None, "slot": slot}
+        self.containers[plan.id] = {"plan": plan, "cgroup": cgroup, "init_pid": None, "slot": slot,
+                                    "unused_slot_dir": None}
 
     def op_exec(self, request, fds):
         plan = from_wire(ExecPlan, request["plan"])
@@ -393,6 +403,8 @@ class Zygote:
         at exit. Off the owner's path: done when the helper has nothing else to do, or
         before it answers a request that must find it done (`settle`)."""
         container["cgroup"].delete()
+        if container["unused_slot_dir"] is not None:
+            container["unused_slot_dir"].remove()
         if container["plan"].auto_remove:
             ContainerDir(container["plan"].dir).remove()
 
@@ -494,6 +506,8 @@ class Zygote:
             self.teardowns.pop(0)()
         for container in self.containers.values():
             container["cgroup"].delete()
+            if container["unused_slot_dir"] is not None:
+                container["unused_slot_dir"].remove()
         self.pool.close()
         self.logs.close_all()
         for plan in [c["plan"] for c in self.containers.values()] + list(self.stopped.values()):

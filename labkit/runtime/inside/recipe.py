@@ -4,8 +4,8 @@ Runs in PID 1 of the container's new PID namespace, forked by its supervisor (ru
 supervisor/supervise.py), or by a ready slot's supervisor ahead of time (runtime/inside/
 slot.py then goes on with `set_up_container` once its plan comes). Read
 `become_container` and `set_up_container` top to bottom: join the cgroup, make the cgroup
-and mount namespaces, build the root (runtime/inside/mounts.py), set the hostname, bring
-up loopback, wait to be released, then stdio, user, capabilities, seccomp and exec
+and mount namespaces, bring up loopback, build the root (runtime/inside/mounts.py), switch
+into it, set the hostname, wait to be released, then stdio, user, capabilities, seccomp and exec
 (runtime/inside/command.py). A failure names its step and reaches the helper through the
 error pipe (runtime/step_failure.py).
 
@@ -43,25 +43,18 @@ def become_container(plan, fds):
     set_up_container(plan, fds)
 
 
-def set_up_container(plan, fds):
+def set_up_container(plan, fds, namespaces_made=False, root_built=False):
     """From the container's own mount namespace to exec: in its cgroup already, and in
-    every namespace its supervisor made. A pool slot's first process starts here too."""
+    every namespace its supervisor made. A pool slot's first process starts here too,
+    having made its own namespaces ahead (`namespaces_made`), and for a plan of the
+    image it made a root for, that root (`root_built`, at plan.rootfs: runtime/inside/slot.py)."""
     try:
-        enter_cgroup_and_mount_namespaces(plan)
-        say_mount_namespace_made(fds)
-        make_mounts_private(plan)
-        rootfs = plan.rootfs
-        mount_root_filesystem(plan)
-        bind_etc_files(plan, rootfs)
-        mount_kernel_filesystems(plan, rootfs)
-        mount_volumes(plan, rootfs)
-        mount_tmpfs(plan, rootfs)
-        make_root_read_only(plan, rootfs)
-        protect_kernel_paths(plan, rootfs)
-        switch_root(rootfs)
+        if not namespaces_made:
+            enter_own_namespaces(plan, fds)
+        if not root_built:
+            build_root(plan)
+        switch_root(plan.rootfs)
         set_hostname(plan)
-        if "net" in plan.namespaces:
-            bring_up_loopback()
         wait_until_released(plan, fds)
         attach_stdio(fds)
         os.chdir(working_directory(plan.process))
@@ -70,6 +63,30 @@ def set_up_container(plan, fds):
         become_user_and_exec(plan.process)
     except BaseException as error:  # noqa: BLE001
         report_failure(fds["error"], error)
+
+
+def enter_own_namespaces(plan, fds):
+    """The container's cgroup and mount namespaces, its mounts private (nothing it
+    mounts from here on is seen outside), its loopback up."""
+    enter_cgroup_and_mount_namespaces(plan)
+    say_mount_namespace_made(fds)
+    make_mounts_private(plan)
+    if "net" in plan.namespaces:
+        bring_up_loopback()
+
+
+def build_root(plan):
+    """The container's root filesystem at plan.rootfs, all but the switch into it: what
+    its image and mounts decide, and nothing else of the plan (a ready slot builds one
+    before its plan comes)."""
+    rootfs = plan.rootfs
+    mount_root_filesystem(plan)
+    bind_etc_files(plan, rootfs)
+    mount_kernel_filesystems(plan, rootfs)
+    mount_volumes(plan, rootfs)
+    mount_tmpfs(plan, rootfs)
+    make_root_read_only(plan, rootfs)
+    protect_kernel_paths(plan, rootfs)
 
 
 @step("join cgroup")

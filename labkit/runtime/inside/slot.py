@@ -5,6 +5,12 @@ Runs in PID 1 of the slot's new PID namespace, forked by the slot's supervisor
 anyone's path; once the helper hands over a plan and the stdio fds on the slot's socket,
 this process goes on with `set_up_container`, exactly as a container started without a
 slot does (runtime/inside/recipe.py).
+
+Given a plan of the helper's default image (`root_plan`: the last container's image,
+mounts and defaults, in the slot's own directory), it also makes its own namespaces and
+builds that container's root ahead (overlay, /proc /dev /sys, masks: all but the
+pivot_root). A plan with the same root (ready_slots.prepared_root_key) pivots into it;
+any other plan unmounts it and builds its own, as without it.
 """
 
 import errno
@@ -14,7 +20,8 @@ import signal
 import socket
 
 from labkit.linux import syscalls
-from labkit.runtime.inside.recipe import join_cgroup, set_up_container
+from labkit.runtime.inside.mounts import unmount_root_made_ahead
+from labkit.runtime.inside.recipe import build_root, enter_own_namespaces, join_cgroup, set_up_container
 from labkit.runtime.plan import StartPlan, from_wire
 from labkit.runtime.protocol import MAX_MESSAGE
 from labkit.runtime.step_failure import report_failure
@@ -22,19 +29,27 @@ from labkit.runtime.step_failure import report_failure
 SLOT_PROCESS_NAME = "labkit-slot"      # a waiting P's comm, for the leak checks
 
 
-def wait_as_slot(procs_files, fds):
-    """P: joins the cgroup now, waits for its plan, then is set up as any container."""
+def wait_as_slot(procs_files, fds, root_plan=None):
+    """P: joins the cgroup now (and with `root_plan`, makes its namespaces and builds
+    that plan's root), waits for its plan, then is set up as any container."""
     try:
         syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # supervisor gone: so are we
         syscalls.prctl_set_name(SLOT_PROCESS_NAME)
         join_cgroup(procs_files)
-        plan, received = wait_for_plan(fds.pop("plan"))
+        if root_plan is not None:
+            enter_own_namespaces(root_plan, fds)
+            build_root(root_plan)
+        plan, received, use_root = wait_for_plan(fds.pop("plan"))
+        if root_plan is not None and not use_root:
+            unmount_root_made_ahead(root_plan.rootfs)
     except BaseException as error:  # noqa: BLE001
         report_failure(fds["error"], error)
-    set_up_container(plan, {**fds, **received})
+    fds.update(received)
+    set_up_container(plan, fds, namespaces_made=root_plan is not None, root_built=use_root)
 
 
 def wait_for_plan(plan_fd):
+    """(the plan, its fds, whether it takes the root made ahead), as the helper sent them."""
     sock = socket.socket(fileno=plan_fd)
     sock.send(b"ready")
     while True:
@@ -52,4 +67,4 @@ def wait_for_plan(plan_fd):
         raise OSError(errno.EBADF, "the plan came without all its file descriptors")
     plan = from_wire(StartPlan, message["plan"])
     plan.process.security.seccomp_program = program or None
-    return plan, dict(zip(message["fd_names"], fds))
+    return plan, dict(zip(message["fd_names"], fds)), message["use_root"]

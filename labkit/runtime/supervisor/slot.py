@@ -7,6 +7,7 @@ for a container, with no plan yet: setsid, a fresh cgroup, the default namespace
 mnt and cgroup, one fork (runtime/inside/slot.py), then the same `init`/`exit` reports.
 """
 
+import dataclasses
 import os
 import signal
 
@@ -14,6 +15,7 @@ from labkit.cgroups.slot_cgroups import make_slot_cgroup
 from labkit.linux import syscalls
 from labkit.linux.namespaces import BY_NAME
 from labkit.runtime.inside.slot import wait_as_slot
+from labkit.runtime.plan import CgroupPlacement
 from labkit.runtime.spec import DEFAULT_NAMESPACES
 from labkit.runtime.step_failure import report_failure, step
 from labkit.runtime.supervisor.supervise import report_until_exit
@@ -31,8 +33,10 @@ def keep_only(fds: set) -> None:
                 pass
 
 
-def supervise_slot(hierarchy, cgroup_name, helper_pid, fds):
-    """S: the first half of `supervise` (runtime/supervisor/supervise.py), with no plan yet (default namespaces)."""
+def supervise_slot(hierarchy, cgroup_name, helper_pid, fds, root_plan=None):
+    """S: the first half of `supervise` (runtime/supervisor/supervise.py), with no plan yet
+    (default namespaces). `root_plan`: the root its first process makes ahead, which
+    then mounts this slot's cgroup."""
     try:
         syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # the helper died: so do we
         if os.getppid() != helper_pid:
@@ -42,13 +46,17 @@ def supervise_slot(hierarchy, cgroup_name, helper_pid, fds):
         os.setsid()
         cgroup = make_slot_cgroup(hierarchy, cgroup_name.split("/", 1)[1])
         make_slot_namespaces()
+        if root_plan is not None:
+            root_plan = dataclasses.replace(root_plan, cgroup=CgroupPlacement(
+                procs_files=cgroup.procs_files(), version=cgroup.version,
+                v1_mounts=cgroup.mount_table() if cgroup.version == 1 else []))
         fds["mount_namespace_made"], made_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
     except BaseException as error:  # noqa: BLE001 — the helper finds the slot dead at `take`
         report_failure(fds["error"], error)
     if pid == 0:
         os.close(fds.pop("mount_namespace_made"))
-        wait_as_slot(cgroup.procs_files(), {**fds, "mount_namespace_made": made_w})
+        wait_as_slot(cgroup.procs_files(), {**fds, "mount_namespace_made": made_w}, root_plan)
     os.close(made_w)
     os.close(fds.pop("plan"))
     report_until_exit(pid, fds)
