@@ -15,6 +15,7 @@ is executed again from it first (`labkit run` does so before its imports).
 import atexit
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -50,11 +51,16 @@ def _single_threaded() -> bool:
 
 
 class Helper:
-    """One helper process per owner, and a reader thread that files its messages.
+    """One helper process per owner; its messages are filed by whoever reads the socket.
 
-    The thread, not the caller, reads the socket: a KeyboardInterrupt (the notebook's
-    stop button) can then land anywhere in the caller without losing a message that was
-    half-read, and the caller can always go on to kill and collect its container.
+    A caller waiting for an answer reads it itself (`wait_for`): handing each message
+    over from another thread costs two wake-ups in a row on the start's path. While no
+    one waits, a reader thread files what comes (a detached container's exit, the
+    helper's death). One reader at a time (`read_lock`), each read non-blocking after
+    the socket said it is readable. In the main thread, SIGINT's handler is held off from
+    the read until the message is filed: a KeyboardInterrupt (the notebook's stop button)
+    can then land anywhere in the caller without losing a message, and the caller can
+    always go on to kill and collect its container.
     """
 
     def __init__(self, forked=False):
@@ -74,8 +80,13 @@ class Helper:
         self.sock = ours
         self.owner_pid = os.getpid()
         self.events = {}             # id -> list of messages not yet taken
-        self.condition = threading.Condition()
+        lock = threading.RLock()   # take() is called with it held, too
+        self.condition = threading.Condition(lock)   # a message filed, or the helper gone
+        self.stand_aside = threading.Condition(lock)   # the reader thread waits here while callers read
         self.gone = None             # why the helper is gone, once it is
+        self.read_lock = threading.Lock()   # held by the one reading the socket
+        self.waiting = 0             # callers in wait_for: the reader thread stands aside
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)   # tells it to
         self.reader = threading.Thread(target=self._read_forever, name="labkit-helper-reader", daemon=True)
         self.reader.start()
         self.send(Op.PING, id="ping")
@@ -100,26 +111,53 @@ class Helper:
             raise HostError(f"the labkit helper process is gone ({error}); it restarts on the next container") from None
 
     def _read_forever(self):
+        """The reader thread: files messages while no caller waits for one."""
         while True:
+            with self.condition:
+                while self.waiting and self.gone is None:
+                    self.stand_aside.wait()
+                if self.gone is not None:
+                    return
             try:
-                data = self.sock.recv(MAX_MESSAGE)
+                readable = select.select([self.sock, self.wake_r], [], [])[0]
+            except (OSError, ValueError):   # closed under us
+                return
+            if self.wake_r in readable:
+                _drain(self.wake_r)
+                continue
+            with self.read_lock:
+                self._receive_one()
+
+    def _receive_one(self) -> None:
+        """One message off the socket, filed (or the helper found gone); nothing if none
+        is there. The caller holds `read_lock`."""
+        held_off = _hold_off_interrupts() if threading.current_thread() is threading.main_thread() else None
+        try:
+            try:
+                data = self.sock.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
             except OSError as error:
                 data, reason = b"", str(error)
             else:
                 reason = "it exited unexpectedly"
-            with self.condition:
-                if not data:
-                    self.gone = reason
-                    self.condition.notify_all()
-                    return
+            self._file(data, reason)
+        finally:
+            if held_off is not None:
+                held_off.release()
+
+    def _file(self, data, reason) -> None:
+        with self.condition:
+            if not data:
+                self.gone = reason
+            else:
                 try:
                     message = protocol.decode(data)
                 except (protocol.ProtocolError, ValueError) as error:
                     self.gone = f"it sent a message this client does not understand ({error})"
-                    self.condition.notify_all()
-                    return
-                self.events.setdefault(message.get("id"), []).append(message)
-                self.condition.notify_all()
+                else:
+                    self.events.setdefault(message.get("id"), []).append(message)
+            self.condition.notify_all()
 
     def take(self, ident, ops):
         """The first waiting message for `ident` whose op is in `ops` (or a failure), or None."""
@@ -135,9 +173,19 @@ class Helper:
             self.events.setdefault(message.get("id"), []).insert(0, message)
 
     def wait_for(self, ident, ops, timeout=None):
-        """The next message for `ident` whose op is in `ops` (or a failure); None on timeout."""
+        """The next message for `ident` whose op is in `ops` (or a failure); None on timeout.
+        Read from the socket by this thread while no other reads it."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        found = self.take(ident, ops)
+        if found is not None:
+            return found
         with self.condition:
+            self.waiting += 1
+        try:
+            try:
+                os.write(self.wake_w, b"w")   # the reader thread stands aside
+            except (BlockingIOError, TypeError):
+                pass   # told already (or collected: no reader thread)
             while True:
                 found = self.take(ident, ops)
                 if found is not None:
@@ -149,7 +197,21 @@ class Helper:
                 if remaining is not None and remaining <= 0:
                     return None
                 # Short waits keep the caller interruptible (Ctrl-C, the stop button).
-                self.condition.wait(0.5 if remaining is None else min(remaining, 0.5))
+                wait = 0.5 if remaining is None else min(remaining, 0.5)
+                if self.read_lock.acquire(blocking=False):
+                    try:
+                        if select.select([self.sock], [], [], wait)[0]:
+                            self._receive_one()
+                    finally:
+                        self.read_lock.release()
+                else:   # another thread reads, and files what is ours
+                    with self.condition:
+                        if self.take(ident, ops) is None and self.gone is None:
+                            self.condition.wait(min(wait, 0.05))
+        finally:
+            with self.condition:
+                self.waiting -= 1
+                self.stand_aside.notify_all()
 
     def collect(self, timeout=5):
         """Reap the helper (no zombie left), killing it after `timeout` seconds, and close
@@ -160,6 +222,15 @@ class Helper:
             self.process.kill()
             self.process.wait()
         self.sock.close()
+        try:
+            os.write(self.wake_w, b"w")   # a reader thread still in select sees the closed socket
+        except OSError:
+            pass
+        self.reader.join(timeout=1)
+        if not self.reader.is_alive():
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            self.wake_r = self.wake_w = None
 
     def close(self):
         try:
@@ -227,6 +298,38 @@ class ForkedHelper(ForkedChild):
     def kill(self):
         if self.poll() is None:
             os.kill(self.pid, 9)
+
+
+class _hold_off_interrupts:
+    """SIGINT's handler held off (the main thread's, between a read and its filing): an
+    interrupt meanwhile is recorded, and raised by the handler as it was once released."""
+
+    def __init__(self):
+        self.caught = None
+        self.previous = signal.getsignal(signal.SIGINT)
+        if self.previous is not None:   # None: set from C, which cannot be put back
+            signal.signal(signal.SIGINT, self._record)
+
+    def _record(self, signum, frame):
+        self.caught = (signum, frame)
+
+    def release(self):
+        if self.previous is None:
+            return
+        signal.signal(signal.SIGINT, self.previous)
+        if self.caught is not None:
+            if callable(self.previous):
+                self.previous(*self.caught)
+            elif self.previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def _drain(fd):
+    try:
+        while os.read(fd, 64):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _become_helper(sock_fd, owner):
