@@ -156,12 +156,17 @@ def own_cpu_seconds() -> float:
     return times.user + times.system
 
 
-def labkit_worker(name: str, pool: bool) -> timing.Worker:
+def labkit_worker(name: str, pool: bool, checkout: str | None = None) -> timing.Worker:
+    """A client process of its own (its own helper); `checkout`: labkit from another
+    checkout (--before), whose own startup.py serves the same requests."""
     env = dict(os.environ)
     env.pop("LABKIT_POOL", None)
     if not pool:
         env["LABKIT_POOL"] = "0"
-    return timing.Worker([sys.executable, os.path.abspath(__file__), "--serve-labkit"], name, env)
+    script = os.path.join(checkout, "benchmarks", "startup.py") if checkout else os.path.abspath(__file__)
+    if checkout:
+        env["PYTHONPATH"] = checkout   # its labkit, not the one installed in this environment
+    return timing.Worker([sys.executable, script, "--serve-labkit"], name, env)
 
 
 def labkit_knows_pool() -> bool:
@@ -181,15 +186,18 @@ def oci_argv(runtime, bundle) -> tuple:
 
 
 def measure_phases(runs: int, bundle: str, runtimes: list, same_work: dict | None = None,
-                   rootless: dict | None = None) -> dict:
+                   rootless: dict | None = None, before: str | None = None) -> dict:
     """Every variant called in turn, `runs` rounds after WARMUP rounds. `runtimes`: the
     OCI runtimes (crun, runc) to time on `bundle` beside labkit. `same_work`: crun's
     bundle with labkit's work ({"bundle", "overlay"}: timing.make_profiled_bundle). `rootless`:
-    more variants (rootless_variants), called in the same turns."""
+    more variants (rootless_variants), called in the same turns. `before`: another
+    checkout, whose labkit is called in the same turns too ("labkit (before)")."""
     with labkit_worker("labkit client", pool=True) as pooled, \
-            labkit_worker("labkit client, pool off", pool=False) as unpooled:
+            labkit_worker("labkit client, pool off", pool=False) as unpooled, \
+            (labkit_worker("labkit client (before)", True, before) if before else contextlib.nullcontext()) as older:
         variants = {
             "labkit": lambda: pooled.ask({"op": "phases"}),
+            **({"labkit (before)": lambda: older.ask({"op": "phases"})} if before else {}),
             "labkit --privileged": lambda: pooled.ask({"op": "phases", "privileged": True}),
             "labkit, pool off": lambda: unpooled.ask({"op": "phases"}),
             "labkit --privileged, pool off": lambda: unpooled.ask({"op": "phases", "privileged": True}),
@@ -296,12 +304,16 @@ def rootless_variants(layer: str, notes: list):
 
 # --- 2. 100 sequential, 2×50 concurrent --------------------------------------------------
 
-def measure_batches(count: int, repeats: int, bundle: str | None) -> dict:
+def measure_batches(count: int, repeats: int, bundle: str | None, before: str | None = None) -> dict:
     """`repeats` rounds of: labkit sequential, labkit 2×half concurrent, and the same for
-    crun on `bundle` (None: no crun). Each entry: wall seconds and CPU seconds per round."""
+    crun on `bundle` (None: no crun); with `before` (another checkout), its labkit
+    sequential too. Each entry: wall seconds and CPU seconds per round."""
     half = count // 2
     runs = {name: _batch_record() for name in ("labkit sequential", "labkit concurrent")}
-    with labkit_worker("labkit client A", pool=True) as first, labkit_worker("labkit client B", pool=True) as second:
+    if before:
+        runs["labkit (before) sequential"] = _batch_record()
+    with labkit_worker("labkit client A", pool=True) as first, labkit_worker("labkit client B", pool=True) as second, \
+            (labkit_worker("labkit client (before)", True, before) if before else contextlib.nullcontext()) as older:
         crun_workers = [timing.command_worker(f"crun worker {n}") for n in "AB"] if bundle else []
         try:
             if bundle:
@@ -309,10 +321,12 @@ def measure_batches(count: int, repeats: int, bundle: str | None) -> dict:
                 argv, cleanup = oci_argv("crun", bundle)
                 for worker in crun_workers:
                     worker.ask({"argv": argv, "cleanup": cleanup, "repeat": WARMUP})
-            for worker in (first, second):
+            for worker in (first, second, *([older] if before else [])):
                 worker.ask({"op": "batch", "count": WARMUP})
             for _ in range(repeats):
                 _record(runs["labkit sequential"], [first], {"op": "batch", "count": count})
+                if before:
+                    _record(runs["labkit (before) sequential"], [older], {"op": "batch", "count": count})
                 _record(runs["labkit concurrent"], [first, second], {"op": "batch", "count": half})
                 if bundle:
                     _record(runs["crun sequential"], crun_workers[:1],
@@ -324,6 +338,8 @@ def measure_batches(count: int, repeats: int, bundle: str | None) -> dict:
                 worker.close()
     cores = os.cpu_count() or 1
     result = {"count": count, "concurrent": f"2x{half}", "cores": cores, "runs": runs}
+    if before:
+        result["labkit (before)"] = {"sequential_s": statistics.median(runs["labkit (before) sequential"]["wall_s"])}
     for who in ("labkit", "crun"):
         if f"{who} sequential" not in runs:
             continue
@@ -364,7 +380,7 @@ def _record(into: dict, workers: list, request: dict) -> None:
 
 # --- the report ----------------------------------------------------------------------------
 
-def measure(runs, batch_count, repeats, cli_runs, install=True) -> dict:
+def measure(runs, batch_count, repeats, cli_runs, install=True, before=None) -> dict:
     import cli
 
     from labkit.images import get_image
@@ -386,8 +402,8 @@ def measure(runs, batch_count, repeats, cli_runs, install=True) -> dict:
             os.mkdir(os.path.join(directory, "layers"))
             same_work["overlay"] = {"lower": layer, "root": os.path.join(same_work["bundle"], "rootfs"),
                                     "scratch": os.path.join(directory, "layers")}
-        phases = measure_phases(runs, bundle, runtimes, same_work, rootless)
-        batches = measure_batches(batch_count, repeats, bundle if crun else None)
+        phases = measure_phases(runs, bundle, runtimes, same_work, rootless, before)
+        batches = measure_batches(batch_count, repeats, bundle if crun else None, before)
     command_line = cli.measure(cli_runs, layer, install)
     notes += command_line.pop("notes")
     return {"phases": phases, "batches": batches, "cli": command_line, "notes": notes,
@@ -414,6 +430,11 @@ def report(data: dict) -> None:
         ratio = phases["labkit"]["exit"]["median_ms"] / same
         print(f"labkit / crun with the same work, start → exit = {ratio:.2f} "
               f"(goal ≤ {SAME_WORK_GOAL}: {verdict(ratio <= SAME_WORK_GOAL)})")
+    older = phases.get("labkit (before)", {}).get("exit", {}).get("median_ms")
+    if older:
+        print(f"labkit after ÷ before, start → exit = {phases['labkit']['exit']['median_ms'] / older:.2f}; "
+              f"request → exec = {phases['labkit']['exec']['median_ms'] / phases['labkit (before)']['exec']['median_ms']:.2f}"
+              " (same turns)")
     rootless = phases.get("labkit rootless", {}).get("exit", {}).get("median_ms")
     if rootless:
         podman = phases.get("podman rootless (runc)", {}).get("exit", {}).get("median_ms")
@@ -431,6 +452,10 @@ def report(data: dict) -> None:
             print(f"  {'':7} {batches['concurrent']} concurrent {row['concurrent_s']:6.2f} s = "
                   f"{row['concurrent_to_sequential']:.2f}× sequential; 2-core bound {row['two_core_bound_s']:.2f} s "
                   f"(one start → exit: median {row['each_concurrent']['median_ms']:.1f} ms)")
+    if "labkit (before)" in batches:
+        older = batches["labkit (before)"]["sequential_s"]
+        print(f"  labkit (before) sequential {older:6.2f} s: after ÷ before = "
+              f"{batches['labkit']['sequential_s'] / older:.2f} (same rounds, in turn)")
     labkit = batches["labkit"]
     goal = labkit["sequential_goal_s"]
     print(f"  labkit: {batches['count']} sequential ≤ {goal:.2f} s: {verdict(labkit['sequential_s'] <= goal)}; "
@@ -457,6 +482,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks that everything runs")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install a missing crun or podman")
     parser.add_argument("--json", help="also write the rows and raw samples to this file")
+    parser.add_argument("--before", metavar="CHECKOUT",
+                        help="also time the labkit of another checkout (e.g. a worktree of main), in the same turns")
     parser.add_argument("--serve-labkit", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-limits", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -467,7 +494,8 @@ def main():
         sys.exit("benchmarks/startup.py needs root: containers make namespaces, cgroups and mounts")
     if options.quick:
         options.runs, options.batch, options.repeats, options.cli_runs = 3, 6, 1, 2
-    data = measure(options.runs, options.batch, options.repeats, options.cli_runs, install=not options.no_install)
+    data = measure(options.runs, options.batch, options.repeats, options.cli_runs, install=not options.no_install,
+                   before=options.before and os.path.abspath(options.before))
     report(data)
     if options.json:
         with open(options.json, "w") as handle:
