@@ -86,6 +86,7 @@ class Helper:
         self.gone = None             # why the helper is gone, once it is
         self.read_lock = threading.Lock()   # held by the one reading the socket
         self.waiting = 0             # callers in wait_for: the reader thread stands aside
+        self.caller_seen = 0.0       # when a caller last went round its loop (monotonic)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)   # tells it to
         self.reader = threading.Thread(target=self._read_forever, name="labkit-helper-reader", daemon=True)
         self.reader.start()
@@ -114,8 +115,10 @@ class Helper:
         """The reader thread: files messages while no caller waits for one."""
         while True:
             with self.condition:
-                while self.waiting and self.gone is None:
-                    self.stand_aside.wait()
+                # A caller interrupted at the wrong moment may leave `waiting` counted:
+                # callers say they are there at least every 0.5 s (`caller_seen`).
+                while self.waiting and self.gone is None and time.monotonic() - self.caller_seen < 1.0:
+                    self.stand_aside.wait(0.5)
                 if self.gone is not None:
                     return
             try:
@@ -193,7 +196,8 @@ class Helper:
                 if self.gone is not None:
                     raise HostError(f"the labkit helper process is gone ({self.gone}); "
                                     "it restarts on the next container")
-                remaining = None if deadline is None else deadline - time.monotonic()
+                now = self.caller_seen = time.monotonic()
+                remaining = None if deadline is None else deadline - now
                 if remaining is not None and remaining <= 0:
                     return None
                 # Short waits keep the caller interruptible (Ctrl-C, the stop button).
