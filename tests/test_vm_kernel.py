@@ -87,7 +87,7 @@ def vm_kernel(tmp_path_factory):
 @vm_test
 def test_vm_kernel_runs_containers_on_cgroup_v2_with_the_notebooks_shared(vm_kernel):
     assert "this kernel runs inside a VM" in vm_kernel.first_output  # the boot's cost is shown, once
-    assert "booted in" in vm_kernel.first_output
+    assert "booted in" in vm_kernel.first_output or "restored from a snapshot in" in vm_kernel.first_output
     assert "runs inside a VM" not in vm_kernel.run("pass")[1]
     assert vm_kernel.value("os.uname().release") != os.uname().release  # the guest's own kernel
     assert vm_kernel.value("os.uname().nodename") == os.uname().nodename  # not "(none)": the notebooks print it
@@ -145,6 +145,61 @@ def test_vm_kernel_restart_starts_a_new_kernel_in_the_same_guest(vm_kernel):
     assert vm_kernel.qemu_pid == qemu, "restart rebooted the guest"
     assert vm_kernel.value("os.getpid()") != before
     assert vm_kernel.value("'container' in get_ipython().magics_manager.magics['cell']")
+
+
+def _restored_kernel(tmp_path, name):
+    notebooks = tmp_path / name
+    notebooks.mkdir()
+    kernel = VMKernel(tmp_path / f"kernels-{name}", notebooks)
+    kernel.notebooks = notebooks
+    kernel.first_output = kernel.run("pass")[1]
+    return kernel
+
+
+def _shut_down(kernel):
+    qemu, workdir = kernel.qemu_pid, kernel.manager.provisioner.guest.workdir
+    kernel.client.stop_channels()
+    kernel.manager.shutdown_kernel()
+    assert not os.path.exists(f"/proc/{qemu}"), f"QEMU (pid {qemu}) still runs after shutdown"
+    assert not workdir.exists(), f"{workdir} left behind"
+
+
+@vm_test
+def test_vm_kernels_restored_from_the_snapshot_are_fresh_and_see_the_hosts_root(vm_kernel, tmp_path):
+    """The module's kernel saved its warm guest (or restored one saved earlier): the next
+    kernels restore it, one at a time. Each sees the host's whole root (not just the files
+    the snapshot holds), its own notebooks, the host's clock and a random pool of its own:
+    without the reseed both would draw the same bytes (they resume the same memory)."""
+    from labkit.vm import provisioner, snapshot
+
+    guest = vm_kernel.manager.provisioner.guest
+    saved = snapshot.newest()
+    assert saved is not None, "the module's kernel neither saved nor restored a guest"
+    plan = provisioner.snapshot_plan(1024, 2, guest.acceleration, vm_kernel.notebooks)
+    assert plan.restore == saved, "the same inputs must find the same snapshot"
+    assert provisioner.snapshot_plan(1536, 2, guest.acceleration, vm_kernel.notebooks).restore is None, \
+        "a guest of another size must not be restored"
+
+    drawn = []
+    for name in ("first", "second"):
+        kernel = _restored_kernel(tmp_path, name)
+        try:
+            assert kernel.manager.provisioner.guest.how == "restored from a snapshot"
+            assert "restored from a snapshot in" in kernel.first_output
+            assert kernel.value("os.path.exists(" + repr(__file__) + ")"), "the host's root is not mounted"
+            assert kernel.value("os.getcwd()") == str(kernel.notebooks)
+            content, printed = kernel.run("open('restored.txt', 'w').write('written inside')")
+            assert content["status"] == "ok", printed
+            assert (kernel.notebooks / "restored.txt").read_text() == "written inside"
+            assert kernel.value("os.uname().nodename") == os.uname().nodename
+            assert abs(kernel.value("__import__('time').time()") - time.time()) < 30, "the clock was not resynced"
+            drawn.append(kernel.value("os.urandom(16).hex()"))
+            content, printed = kernel.run("%%container\ncat /proc/self/cgroup")
+            assert content["status"] == "ok", printed
+            assert "0::/" in printed
+        finally:
+            _shut_down(kernel)
+    assert drawn[0] != drawn[1], "two kernels restored from one snapshot drew the same random bytes"
 
 
 @vm_test

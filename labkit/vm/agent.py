@@ -9,6 +9,14 @@ connection on its control port:
     {"token": T, "op": "signal", "signum": N}     -> to the kernel's process group
     {"token": T, "op": "poll"}                     -> {"exit": null | status}
     {"token": T, "op": "hello"}
+    {"token": T, "op": "warm"}                     -> once the kernel's modules are imported
+    {"token": T, "op": "resume", "token_after": T2, "time": S, "seed": HEX, "hostname": H,
+     "root_cache": C, "modules_dir": D, "rw_dir": D}
+
+`resume` (the guest was booted with its root in memory, maybe saved and restored: see
+labkit/vm/snapshot.py) makes the guest fresh for its kernel: the token T2 from then on,
+the host's clock, the random pool reseeded with the host's bytes, the hostname, and the
+host's root and the notebooks' directory mounted (guest.RESUME).
 
 Every answer is one JSON line. A request without the token (from
 $LABKIT_VM_AGENT_TOKEN, given by the host) is refused. The connection file the
@@ -26,6 +34,7 @@ which the first container cell would otherwise build.
 """
 
 import hmac
+import importlib
 import json
 import os
 import signal
@@ -33,15 +42,27 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 
 from labkit.linux.processes import ForkedChild
+from labkit.vm.guest import RESUME
 
 BUSYBOX = "/run/labkit/busybox"
 GUEST_ADDRESS = "10.0.2.15/24"   # what QEMU's user-mode network gives its first guest
 CONNECTION_FILE = "/run/labkit/kernel-connection.json"
+# The control port inside the guest (the host forwards its own free port to it): below the
+# ephemeral range, where the kernel's ZeroMQ ports (the host's numbers) never are.
+CONTROL_PORT = 1023
+# linux/random.h: credit entropy to the pool, then make the CRNG reseed from it now.
+RNDADDENTROPY = 0x40085203
+RNDRESEEDCRNG = 0x5207
 # What `python -m ipykernel_launcher ... --ext labkit` imports before it answers.
 WARM_MODULES = ("ipykernel.kernelapp", "ipykernel.ipkernel", "IPython", "labkit", "labkit.magics")
+# What a kernel imports later, as it starts (its debugger, tornado) and at its first
+# container cell (netlink, the slot cgroups), where present: preloaded too, best effort.
+LATER_MODULES = ("debugpy", "ipykernel.debugger", "ipykernel.comm", "tornado.ioloop", "psutil", "sqlite3", "pdb",
+                 "pyroute2", "labkit.net.bridge", "labkit.runtime.client.leftovers", "labkit.cgroups.slot_cgroups")
 LAUNCHER = "ipykernel_launcher"
 
 
@@ -65,6 +86,11 @@ class Warm:
             print(f"labkit-vm-agent: kernel modules not preloaded ({self.error}); starting kernels cold",
                   flush=True)
             return
+        for name in LATER_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001, S112 — the kernel imports it itself, or does without
+                continue
         if self.base_image:
             self._base_image()
 
@@ -155,6 +181,28 @@ class Agent:
     def op_hello(self, request):
         return {"ok": True}
 
+    def op_warm(self, request):
+        if self.warm is None or not self.warm.ready():
+            return {"error": f"the kernel's modules are not preloaded: {self.warm and self.warm.error}"}
+        return {"ok": True}
+
+    def op_resume(self, request):
+        token_after = str(request["token_after"])
+        if len(token_after) < 32:
+            return {"error": "the new token is too short"}
+        time.clock_settime(time.CLOCK_REALTIME, float(request["time"]))
+        reseed(bytes.fromhex(request["seed"]))
+        if request.get("hostname"):
+            socket.sethostname(request["hostname"])
+        cache = request.get("root_cache") or ""
+        subprocess.run([BUSYBOX, "sh", "-c", RESUME, "sh", f",cache={cache}" if cache else "",
+                        request.get("modules_dir") or "", request.get("rw_dir") or ""],
+                       check=True, stdin=subprocess.DEVNULL)
+        # Directory listings the import system cached are of the copy in memory.
+        importlib.invalidate_caches()
+        self.token = token_after
+        return {"ok": True}
+
     def op_start(self, request):
         if self.kernel is not None and self.kernel.poll() is None:
             return {"error": f"a kernel already runs (pid {self.kernel.pid})"}
@@ -182,6 +230,20 @@ class Agent:
 
     def op_poll(self, request):
         return {"exit": None if self.kernel is None else self.kernel.poll()}
+
+
+def reseed(seed: bytes):
+    """A restored guest's random pool is the snapshot's, the same in every guest restored
+    from it: mix in (and credit) the host's fresh bytes and reseed now, and Python's
+    `random` too."""
+    import fcntl
+    import random
+    import struct
+
+    with open("/dev/urandom", "wb", buffering=0) as pool:
+        fcntl.ioctl(pool, RNDADDENTROPY, struct.pack("ii", len(seed) * 8, len(seed)) + seed)
+        fcntl.ioctl(pool, RNDRESEEDCRNG)
+    random.seed()
 
 
 def bring_network_up():
@@ -214,7 +276,7 @@ def main():
     hostname = os.environ.pop("LABKIT_VM_HOSTNAME", "")
     if hostname:
         socket.sethostname(hostname)
-    serve(int(sys.argv[1]), Agent(token, Warm(base_image=True)))
+    serve(int(sys.argv[1]) if len(sys.argv) > 1 else CONTROL_PORT, Agent(token, Warm(base_image=True)))
 
 
 if __name__ == "__main__":

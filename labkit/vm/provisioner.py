@@ -22,10 +22,12 @@ import collections
 import json
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from jupyter_client.connect import LocalPortCache
@@ -33,10 +35,12 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Float, Integer, Unicode
 
 from labkit.errors import HostError
-from labkit.vm import guest, host, initramfs, machine
+from labkit.vm import guest, host, initramfs, machine, snapshot
 from labkit.vm.accel import ACCEL_VARIABLE, Acceleration, choose_acceleration
+from labkit.vm.agent import CONTROL_PORT
+from labkit.vm.cpio import CpioArchive
 from labkit.vm.leftovers import new_run_dir, sweep_leftovers_of_dead_runs
-from labkit.vm.qemu import QemuProcess, qemu_command
+from labkit.vm.qemu import QemuProcess, Qmp, QmpError, qemu_command
 
 AGENT = Path(__file__).resolve().parent / "agent.py"
 # The guest's network device, on top of what mounts its root.
@@ -50,35 +54,40 @@ BOOT_VARIABLE = "LABKIT_VM_KERNEL"
 
 
 class Guest:
-    """One booted VM running the agent; outlives kernel restarts, not the kernel."""
+    """One booted (or restored) VM running the agent; outlives kernel restarts, not the kernel.
 
-    def __init__(self, memory_mib, cpus, rw_dir, ports, acceleration, log):
+    With a `plan` (snapshots on) the guest either restores `plan.restore` or boots with its
+    root in memory and, once warm, is saved under `plan.key` (see labkit/vm/snapshot.py);
+    either way `come_up` ends with the agent's `resume`: fresh token, clock, random pool,
+    hostname, and the host's root and the notebooks' directory mounted."""
+
+    def __init__(self, memory_mib, cpus, rw_dir, ports, acceleration, log, plan=None):
         self.log = log
         self.token = secrets.token_hex(16)
         self.control_port = LocalPortCache.instance().find_available_port("127.0.0.1")
+        self.ports = ports
+        self.rw_dir = rw_dir
         self.acceleration = acceleration
+        self.plan = plan
+        self.restoring = plan is not None and plan.restore is not None
+        self.how = "restored from a snapshot" if self.restoring else "booted"
         self.started = time.monotonic()
         self.booted_seconds = None
         self.console = collections.deque(maxlen=40)
         sweep_leftovers_of_dead_runs()
         self.workdir = new_run_dir()
-        kernel = machine.ready_kernel()
-        busybox = host.static_busybox()
-        if busybox is None:
-            raise HostError("no static busybox for the guest's initramfs; run `labkit vm setup`")
-        command = [sys.executable, "-I", str(AGENT), str(self.control_port)]
-        # The guest's kernel has no hostname of its own ("(none)"): it takes the host's, so
-        # that what a notebook says of "the host" reads as it does outside the VM.
-        environment = machine._guest_environment({"LABKIT_VM_AGENT_TOKEN": self.token,
-                                                  "LABKIT_VM_HOSTNAME": socket.gethostname()})
-        initrd = self.workdir / "initrd.cpio"
-        initrd.write_bytes(initramfs.build_base(busybox, kernel.modules_dir, NETWORK_MODULES,
-                                                 init=guest.stage1_init(ROOT_CACHE))
-                           + initramfs.build_run(command, "/", environment, self.token, rw_dir))
-        forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{port}-:{port}" for port in (*ports, self.control_port))
-        argv = qemu_command(host.qemu_binary(), kernel.vmlinux, initrd, memory_mib, cpus, acceleration, rw_dir) + [
-            "-netdev", f"user,id=net0,restrict=on,{forwards}", "-device", "virtio-net-pci,netdev=net0",
-        ]
+        self.kernel = machine.ready_kernel()
+        self.qmp = Qmp(self.workdir / "qmp")
+        if self.restoring:
+            self.agent_token = plan.restore.token
+            self.initrd = plan.restore.initrd
+            extra = ["-incoming", f"exec:cat {shlex.quote(str(plan.restore.state))}"]
+        else:
+            self.agent_token = secrets.token_hex(16)
+            self.initrd = self.workdir / "initrd.cpio"
+            self.initrd.write_bytes(guest_initramfs(self.kernel, self.agent_token, rw_dir, plan))
+            extra = []
+        argv = guest_argv(self.kernel, self.initrd, memory_mib, cpus, acceleration, rw_dir, self.qmp.path) + extra
         # Its own session, as jupyter_client gives a local kernel: a SIGTERM or Ctrl-C to
         # the server's process group must not kill the VM before the kernel shuts down.
         self.qemu = QemuProcess(argv, self._console_line, new_session=True)
@@ -98,7 +107,7 @@ class Guest:
     async def request(self, op, timeout=10.0, **fields) -> dict:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.control_port), timeout)
         try:
-            writer.write((json.dumps({"token": self.token, "op": op, **fields}) + "\n").encode())
+            writer.write((json.dumps({"token": self.agent_token, "op": op, **fields}) + "\n").encode())
             await writer.drain()
             line = await asyncio.wait_for(reader.readline(), timeout)
         finally:
@@ -110,6 +119,81 @@ class Guest:
         if "error" in answer:
             raise HostError(f"the VM kernel's agent refused {op}: {answer['error']}")
         return answer
+
+    async def come_up(self, deadline):
+        try:
+            await self.qmp.connect(self.qemu)
+            if self.restoring:
+                await self._wait_until_running(deadline)
+            await self._forward("hostfwd_add")
+        except (OSError, QmpError) as error:
+            if self.qemu.wait(1.0):
+                raise GuestStopped(f"QEMU exited as it started (status {self.qemu.exit_status}); "
+                                   + self.describe()) from error
+            raise
+        await self.wait_for_agent(deadline)
+        if self.plan is None:
+            return self._up()
+        if not self.restoring:
+            # Warm: the kernel's modules imported and the base image built, in guest memory.
+            await self.request("warm", timeout=max(1.0, deadline - time.monotonic()))
+            await self._save()
+        await self.request("resume", timeout=max(10.0, deadline - time.monotonic()),
+                           token_after=self.token, time=time.time(), seed=secrets.token_hex(32),
+                           hostname=socket.gethostname(), root_cache=ROOT_CACHE,
+                           modules_dir=str(self.kernel.modules_dir), rw_dir=str(self.rw_dir or ""))
+        self.agent_token = self.token
+        return self._up()
+
+    def _up(self):
+        self.booted_seconds = time.monotonic() - self.started
+
+    async def _forward(self, command):
+        forwards = [(port, port) for port in self.ports] + [(self.control_port, CONTROL_PORT)]
+        for host_port, guest_port in forwards:
+            rule = f"tcp:127.0.0.1:{host_port}" + (f"-:{guest_port}" if command == "hostfwd_add" else "")
+            await self.qmp.human(f"{command} net0 {rule}", success="" if command == "hostfwd_add" else "removed")
+
+    async def _wait_until_running(self, deadline):
+        # The guest was saved stopped, so it is restored paused ("inmigrate" while loading).
+        while (status := (await self.qmp.execute("query-status"))["status"]) != "running":
+            if status == "paused":
+                await self.qmp.execute("cont")
+                continue
+            if time.monotonic() > deadline:
+                raise HostError(f"the VM kernel's guest was not restored within {deadline - self.started:.0f} s "
+                                f"(QEMU says {status!r})")
+            await asyncio.sleep(0.05)
+
+    async def _save(self):
+        """Save the warm guest under the plan's key, then let it run on. A refusal is
+        logged with QEMU's words and costs only the saving."""
+        partial = snapshot.new_partial(self.initrd, self.agent_token, self.plan.files)
+        started = time.monotonic()
+        try:
+            # No forward may be part of the saved state: a restore adds its own ports.
+            await self._forward("hostfwd_remove")
+            await self.qmp.execute("stop")
+            try:
+                await self.qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(partial.state))}")
+                while (status := await self.qmp.execute("query-migrate")).get("status") not in (
+                        "completed", "failed", "cancelled"):
+                    await asyncio.sleep(0.1)
+            finally:
+                await self.qmp.execute("cont")
+                await self._forward("hostfwd_add")
+            if status["status"] != "completed":
+                raise QmpError(status.get("error-desc", status["status"]))
+        except QmpError as error:
+            snapshot.discard(partial)
+            self.log.warning("labkit VM kernel: the guest could not be saved, so every start boots it: %s", error)
+            return
+        except BaseException:
+            snapshot.discard(partial)
+            raise
+        saved = snapshot.commit(partial, self.plan.key)
+        self.log.info("labkit VM kernel: guest saved in %.1f s (%d MiB) for the next kernel start",
+                      time.monotonic() - started, saved.state.stat().st_size >> 20)
 
     async def wait_for_agent(self, deadline):
         while True:
@@ -125,12 +209,80 @@ class Guest:
             except (OSError, ConnectionError, asyncio.TimeoutError, ValueError):
                 await asyncio.sleep(0.2)
                 continue
-            self.booted_seconds = time.monotonic() - self.started
             return
 
     def stop(self):
+        self.qmp.close()
         self.qemu.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class SnapshotPlan:
+    key: str
+    files: list
+    restore: snapshot.Snapshot | None
+
+
+def guest_argv(kernel, initrd, memory_mib, cpus, acceleration, rw_dir, qmp) -> list[str]:
+    """QEMU's command line for a kernel's guest: the same for a boot and for a restore
+    (forwards are added on the monitor), as migration requires."""
+    return qemu_command(host.qemu_binary(), kernel.vmlinux, initrd, memory_mib, cpus, acceleration, rw_dir) + [
+        "-netdev", "user,id=net0,restrict=on", "-device", "virtio-net-pci,netdev=net0",
+        "-qmp", f"unix:{qmp},server=on,wait=off",
+    ]
+
+
+def guest_command() -> tuple[list, dict]:
+    """The agent's command line and environment in the guest (the token is added per boot)."""
+    # The guest's kernel has no hostname of its own ("(none)"): it takes the host's, so
+    # that what a notebook says of "the host" reads as it does outside the VM.
+    return ([sys.executable, "-I", str(AGENT)],
+            machine._guest_environment({"LABKIT_VM_HOSTNAME": socket.gethostname()}))
+
+
+def guest_initramfs(kernel, token, rw_dir, plan, base=None) -> bytes:
+    busybox = host.static_busybox()
+    if busybox is None:
+        raise HostError("no static busybox for the guest's initramfs; run `labkit vm setup`")
+    command, environment = guest_command()
+    environment["LABKIT_VM_AGENT_TOKEN"] = token
+    base = base if base is not None else guest_base_initramfs(kernel, busybox, hot=plan is not None)
+    run = initramfs.build_run(command, "/", environment, token, None if plan is not None else rw_dir)
+    if plan is None:
+        return base + run
+    hot = CpioArchive()
+    hot.directory("labkit")
+    hot.file("labkit/hot_files", "".join(path.lstrip("/") + "\n" for path in plan.files).encode())
+    return base + run + bytes(hot)
+
+
+def guest_base_initramfs(kernel, busybox, hot) -> bytes:
+    return initramfs.build_base(busybox, kernel.modules_dir, NETWORK_MODULES, init=guest.stage1_init(ROOT_CACHE, hot=hot))
+
+
+def snapshot_plan(memory_mib, cpus, acceleration, rw_dir) -> SnapshotPlan | None:
+    """What to restore (the newest snapshot, if its key still matches) or else what to save."""
+    if not snapshot.enabled():
+        return None
+    kernel = machine.ready_kernel()
+    busybox = host.static_busybox()
+    if busybox is None:
+        return None
+    command, environment = guest_command()
+
+    def key_of(files):
+        return snapshot.key(files, initramfs=guest_base_initramfs(kernel, busybox, hot=True),
+                            qemu_argv=guest_argv(kernel, "INITRD", memory_mib, cpus, acceleration,
+                                                 "RW" if rw_dir else None, "QMP") + command,
+                            memory_mib=memory_mib, cpus=cpus, accel=acceleration.name,
+                            extra=json.dumps(environment, sort_keys=True))
+
+    newest = snapshot.newest()
+    if newest is not None and key_of(newest.files) == newest.directory.name:
+        return SnapshotPlan(newest.directory.name, newest.files, newest)
+    files = snapshot.hot_files(sys.executable, AGENT)
+    return SnapshotPlan(key_of(files), files, None)
 
 
 class GuestStopped(HostError):
@@ -169,7 +321,7 @@ class LabkitVMProvisioner(LocalProvisioner):
             env.setdefault(key, value)
         # A host pid means nothing in the guest: ipykernel would watch the wrong parent.
         env.pop("JPY_PARENT_PID", None)
-        env[BOOT_VARIABLE] = (f"booted in {guest.booted_seconds:.1f} s under {guest.acceleration.name} "
+        env[BOOT_VARIABLE] = (f"{guest.how} in {guest.booted_seconds:.1f} s under {guest.acceleration.name} "
                               f"({guest.acceleration.reason})")
         connection = {key: (value.decode() if isinstance(value, bytes) else value)
                       for key, value in self.connection_info.items()}
@@ -208,19 +360,44 @@ class LabkitVMProvisioner(LocalProvisioner):
             return await self._boot_with(fallback, timeout, settings)
 
     async def _boot_with(self, acceleration, timeout, settings) -> Guest:
-        self.log.info("labkit VM kernel: booting a guest (%s MiB, %s CPUs) under %s: %s; "
-                      "this takes ~10 s under emulation, ~2 s under KVM",
-                      settings["memory_mib"], settings["cpus"], acceleration.name, acceleration.reason)
-        guest = Guest(acceleration=acceleration, log=self.log, **settings)
+        plan = None
+        started = time.monotonic()
+        try:
+            plan = await asyncio.to_thread(snapshot_plan, settings["memory_mib"], settings["cpus"], acceleration,
+                                           settings["rw_dir"])
+        except HostError as error:
+            self.log.warning("labkit VM kernel: no snapshot this time: %s", error)
+        if plan is not None:
+            self.log.info("labkit VM kernel: %s (checked in %.1f s)", "a saved guest matches" if plan.restore
+                          else "no saved guest matches labkit, its venv and this guest's settings",
+                          time.monotonic() - started)
+        if plan is not None and plan.restore is not None:
+            try:
+                return await self._come_up(acceleration, timeout, settings, plan)
+            except (HostError, OSError, QmpError, asyncio.TimeoutError) as error:
+                # A snapshot this QEMU cannot load is never tried again.
+                self.log.warning("labkit VM kernel: restoring the saved guest failed, booting instead: %s", error)
+                snapshot.discard(plan.restore)
+                plan = SnapshotPlan(plan.key, plan.files, None)
+        return await self._come_up(acceleration, timeout, settings, plan)
+
+    async def _come_up(self, acceleration, timeout, settings, plan) -> Guest:
+        restoring = plan is not None and plan.restore is not None
+        self.log.info("labkit VM kernel: %s a guest (%s MiB, %s CPUs) under %s: %s; %s",
+                      "restoring" if restoring else "booting", settings["memory_mib"], settings["cpus"],
+                      acceleration.name, acceleration.reason,
+                      "a few seconds" if restoring else "this takes ~10 s under emulation, ~2 s under KVM")
+        guest = Guest(acceleration=acceleration, log=self.log, plan=plan, **settings)
         deadline = guest.started + (min(timeout, machine.KVM_BOOT_TIMEOUT) if acceleration.name == "kvm" else timeout)
         try:
-            await guest.wait_for_agent(deadline)
+            await guest.come_up(deadline)
         except BaseException as error:
             guest.stop()
             if acceleration.name == "kvm" and not isinstance(error, GuestStopped) and isinstance(error, HostError):
                 raise GuestStopped(str(error)) from error
             raise
-        self.log.info("labkit VM kernel: guest up in %.1f s; starting the kernel in it", guest.booted_seconds)
+        self.log.info("labkit VM kernel: guest %s in %.1f s; starting the kernel in it", guest.how,
+                      guest.booted_seconds)
         return guest
 
     async def poll(self):

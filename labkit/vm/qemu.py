@@ -130,3 +130,63 @@ class QemuProcess:
 
     def _read_stderr(self):
         self.stderr = self._process.stderr.read().decode("utf-8", "replace")
+
+
+class Qmp:
+    """QEMU's machine protocol on a unix socket (`-qmp unix:PATH,server=on,wait=off`),
+    one command at a time; asynchronous events are skipped."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self._reader = self._writer = None
+
+    async def connect(self, process: QemuProcess, timeout=30.0):
+        import asyncio
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._reader, self._writer = await asyncio.open_unix_connection(self.path)
+                break
+            except OSError:
+                if process.exited or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        await self._reader.readline()   # the greeting
+        await self.execute("qmp_capabilities")
+
+    async def execute(self, command, **arguments):
+        """The command's "return", or QmpError with QEMU's own error text."""
+        import json
+
+        self._writer.write(json.dumps({"execute": command, "arguments": arguments}).encode() + b"\n")
+        await self._writer.drain()
+        while True:
+            line = await self._reader.readline()
+            if not line:
+                raise QmpError(f"QEMU closed its monitor during {command}")
+            answer = json.loads(line)
+            if "error" in answer:
+                raise QmpError(answer["error"].get("desc", str(answer["error"])))
+            if "return" in answer:
+                return answer["return"]
+
+    async def human(self, command_line, success="") -> str:
+        """An HMP command (hostfwd_add has no QMP form). HMP reports an error as text, so
+        output other than `success` (hostfwd_add prints nothing) raises QmpError."""
+        said = (await self.execute("human-monitor-command", **{"command-line": command_line})).strip()
+        if said != success.strip() and not (success and success in said):
+            raise QmpError(f"{command_line}: {said}")
+        return said
+
+    def close(self):
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except RuntimeError:   # its event loop is already closed: so is the socket with QEMU's exit
+                pass
+            self._writer = None
+
+
+class QmpError(Exception):
+    """QEMU refused a monitor command; the message is QEMU's."""
