@@ -2,9 +2,10 @@
 
     python benchmarks/vm_kernel.py [--cells 5] [--json FILE]
 
-For each kernel (host; VM under emulation; VM under KVM where /dev/kvm can boot it):
-start until the kernel answers kernel_info ("idle"), and for the VM how much of that
-the guest's boot took; the first `%%container true` cell and the median of --cells
+For each kernel (host; VM under emulation booted as before snapshots, LABKIT_VM_SNAPSHOT=off;
+VM under emulation from the saved guest, which the run first saves if none matches; VM
+under KVM where /dev/kvm can boot it): start until the kernel answers kernel_info
+("idle"), and for the VM how much of that the guest's boot or restore took; the first `%%container true` cell and the median of --cells
 more; how long an interrupted `%%container sleep 100` cell takes to stop; shutdown.
 Goals (issue 21): VM kernel ready ≤ 15 s and a `%%container true` cell ≤ 1 s under
 emulation; an interrupt stops within 2 s. Printed, never asserted.
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from labkit.kernelspec import write_spec  # noqa: E402
 from labkit.vm.accel import ACCEL_VARIABLE, kvm_problem  # noqa: E402
+from labkit.vm.snapshot import SNAPSHOT_VARIABLE  # noqa: E402
 
 GOALS = {"ready_s": 15.0, "container_cell_median_s": 1.0, "interrupt_s": 2.0}
 TIMEOUT = 900
@@ -53,12 +55,13 @@ def interrupt_seconds(manager, client) -> float:
             return time.perf_counter() - started
 
 
-def measure(name, vm, accel, cells, work) -> dict:
+def measure(name, vm, accel, cells, work, snapshots=True) -> dict:
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
     if accel:
         os.environ[ACCEL_VARIABLE] = accel
+    os.environ[SNAPSHOT_VARIABLE] = "on" if snapshots else "off"
     spec_name = f"bench-{name}"
     write_spec(work / "kernels" / spec_name, vm=vm)
     notebooks = work / f"notebooks-{name}"
@@ -74,6 +77,7 @@ def measure(name, vm, accel, cells, work) -> dict:
         result["ready_s"] = time.perf_counter() - started
         if vm:
             result["guest_up_s"] = manager.provisioner.guest.booted_seconds
+            result["guest"] = manager.provisioner.guest.how
         result["first_container_cell_s"] = cell(client, "%%container\ntrue")
         result["container_cell_median_s"] = statistics.median(cell(client, "%%container\ntrue") for _ in range(cells))
         while True:  # drain iopub before watching it
@@ -94,7 +98,28 @@ def measure(name, vm, accel, cells, work) -> dict:
         result["shutdown_s"] = time.perf_counter() - started
         result["load_after"] = os.getloadavg()[0]   # other work on the host inflates every figure
         os.environ.pop(ACCEL_VARIABLE, None)
+        os.environ.pop(SNAPSHOT_VARIABLE, None)
     return result
+
+
+def ensure_snapshot(work):
+    """Start and stop one VM kernel, so that the measured start restores a saved guest
+    (this one saves it when labkit, the venv or the settings changed since the last)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    write_spec(work / "kernels" / "bench-save", vm=True)
+    (work / "notebooks-save").mkdir()
+    manager = KernelManager(kernel_name="bench-save", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(work / "kernels")]))
+    os.environ[ACCEL_VARIABLE] = "tcg"
+    started = time.perf_counter()
+    try:
+        manager.start_kernel(cwd=str(work / "notebooks-save"))
+        how = manager.provisioner.guest.how
+    finally:
+        manager.shutdown_kernel(now=True)
+        os.environ.pop(ACCEL_VARIABLE, None)
+    print(json.dumps({"kernel": "vm-tcg (saving)", "guest": how, "start_s": time.perf_counter() - started}), flush=True)
 
 
 def main():
@@ -102,14 +127,16 @@ def main():
     parser.add_argument("--cells", type=int, default=5)
     parser.add_argument("--json", help="also write the results here")
     options = parser.parse_args()
-    runs = [("host", False, None), ("vm-tcg", True, "tcg")]
+    runs = [("host", False, None, True), ("vm-boot", True, "tcg", False), ("vm-tcg", True, "tcg", True)]
     problem = kvm_problem()
     if problem is None:
-        runs.append(("vm-kvm", True, "kvm"))
+        runs.append(("vm-kvm", True, "kvm", True))
     results = []
     with tempfile.TemporaryDirectory(prefix="labkit-bench-vm-kernel-") as work:
-        for name, vm, accel in runs:
-            results.append(measure(name, vm, accel, options.cells, Path(work)))
+        for name, vm, accel, snapshots in runs:
+            if name == "vm-tcg":
+                ensure_snapshot(Path(work))
+            results.append(measure(name, vm, accel, options.cells, Path(work), snapshots))
             print(json.dumps(results[-1]), flush=True)
     if problem is not None:
         results.append({"kernel": "vm-kvm", "skipped": problem})

@@ -346,7 +346,7 @@ def test_a_failed_start_in_the_guest_stops_the_guest():
 
     class Unanswering:
         qemu = SimpleNamespace(exited=False)
-        booted_seconds, acceleration = 1.0, SimpleNamespace(name="tcg", reason="test")
+        booted_seconds, acceleration, how = 1.0, SimpleNamespace(name="tcg", reason="test"), "booted"
         stopped = False
 
         async def request(self, op, timeout=10.0, **fields):
@@ -396,7 +396,7 @@ def test_processes_in_the_guest_give_a_cold_helper_longer_than_a_hosts_30_s():
 
     class Recording:  # a guest that records the start request instead of booting
         qemu = SimpleNamespace(exited=False)
-        booted_seconds, acceleration = 1.0, SimpleNamespace(name="tcg", reason="test")
+        booted_seconds, acceleration, how = 1.0, SimpleNamespace(name="tcg", reason="test"), "booted"
 
         async def request(self, op, timeout=10.0, **fields):
             self.env = fields["env"]
