@@ -115,3 +115,49 @@ def test_snapshots_can_be_turned_off(monkeypatch, value, on):
     else:
         monkeypatch.setenv(snapshot.SNAPSHOT_VARIABLE, value)
     assert snapshot.enabled() is on
+
+
+def test_a_refused_save_is_logged_with_qemus_words_and_the_guest_runs_on_with_its_ports(tmp_path, monkeypatch):
+    """What QEMU 7.2 says while the host's root is mounted in the guest: the snapshot is
+    dropped, the guest is continued and every forward removed for the save is back."""
+    import asyncio
+    import logging
+
+    from labkit.vm.provisioner import Guest, SnapshotPlan
+    from labkit.vm.qemu import QmpError
+
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path))
+    blocker = ("Migration is disabled when VirtFS export path '/' is mounted in the guest using "
+               "mount_tag 'hostroot'")
+
+    class RefusingQmp:
+        def __init__(self):
+            self.commands = []
+
+        async def execute(self, command, **arguments):
+            self.commands.append(command)
+            if command == "migrate":
+                raise QmpError(blocker)
+            return {}
+
+        async def human(self, command_line, success=""):
+            self.commands.append(command_line)
+            return success
+
+    guest = object.__new__(Guest)
+    guest.qmp, guest.ports, guest.control_port = RefusingQmp(), [40001, 40002], 40003
+    guest.plan = SnapshotPlan("k" * 32, ["/a"], None)
+    guest.initrd, guest.agent_token = tmp_path / "initrd", "t" * 32
+    guest.initrd.write_bytes(b"cpio")
+    warnings = []
+    guest.log = logging.getLogger("test-refused-save")
+    monkeypatch.setattr(guest.log, "warning", lambda text, *args: warnings.append(text % args))
+    asyncio.run(guest._save())
+
+    assert any(blocker in warning for warning in warnings)
+    commands = guest.qmp.commands
+    assert commands.index("stop") < commands.index("migrate") < commands.index("cont")
+    removed = [command.split()[-1] for command in commands if command.startswith("hostfwd_remove")]
+    added = [command.split()[-1].split("-")[0] for command in commands if command.startswith("hostfwd_add")]
+    assert removed == added == ["tcp:127.0.0.1:40001", "tcp:127.0.0.1:40002", "tcp:127.0.0.1:40003"]
+    assert list(snapshot.store().iterdir()) == [], "the refused snapshot's partial directory is left"

@@ -136,8 +136,12 @@ class Guest:
             return self._up()
         if not self.restoring:
             # Warm: the kernel's modules imported and the base image built, in guest memory.
-            await self.request("warm", timeout=max(1.0, deadline - time.monotonic()))
-            await self._save()
+            try:
+                await self.request("warm", timeout=max(1.0, deadline - time.monotonic()))
+            except HostError as error:   # the kernel starts cold once the host's root is there
+                self.log.warning("labkit VM kernel: not saving a guest that is not warm: %s", error)
+            else:
+                await self._save()
         await self.request("resume", timeout=max(10.0, deadline - time.monotonic()),
                            token_after=self.token, time=time.time(), seed=secrets.token_hex(32),
                            hostname=socket.gethostname(), root_cache=ROOT_CACHE,
@@ -148,11 +152,16 @@ class Guest:
     def _up(self):
         self.booted_seconds = time.monotonic() - self.started
 
-    async def _forward(self, command):
-        forwards = [(port, port) for port in self.ports] + [(self.control_port, CONTROL_PORT)]
-        for host_port, guest_port in forwards:
+    def _forwards(self):
+        return [(port, port) for port in self.ports] + [(self.control_port, CONTROL_PORT)]
+
+    async def _forward(self, command, forwards=None, done=None):
+        """hostfwd_add or hostfwd_remove each (host port, guest port); `done` collects those that took."""
+        for host_port, guest_port in self._forwards() if forwards is None else forwards:
             rule = f"tcp:127.0.0.1:{host_port}" + (f"-:{guest_port}" if command == "hostfwd_add" else "")
             await self.qmp.human(f"{command} net0 {rule}", success="" if command == "hostfwd_add" else "removed")
+            if done is not None:
+                done.append((host_port, guest_port))
 
     async def _wait_until_running(self, deadline):
         # The guest was saved stopped, so it is restored paused ("inmigrate" while loading).
@@ -170,18 +179,21 @@ class Guest:
         logged with QEMU's words and costs only the saving."""
         partial = snapshot.new_partial(self.initrd, self.agent_token, self.plan.files)
         started = time.monotonic()
+        removed, stopped = [], False
         try:
-            # No forward may be part of the saved state: a restore adds its own ports.
-            await self._forward("hostfwd_remove")
-            await self.qmp.execute("stop")
             try:
+                # No forward may be part of the saved state: a restore adds its own ports.
+                await self._forward("hostfwd_remove", done=removed)
+                await self.qmp.execute("stop")
+                stopped = True
                 await self.qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(partial.state))}")
                 while (status := await self.qmp.execute("query-migrate")).get("status") not in (
                         "completed", "failed", "cancelled"):
                     await asyncio.sleep(0.1)
             finally:
-                await self.qmp.execute("cont")
-                await self._forward("hostfwd_add")
+                if stopped:
+                    await self.qmp.execute("cont")
+                await self._forward("hostfwd_add", removed)
             if status["status"] != "completed":
                 raise QmpError(status.get("error-desc", status["status"]))
         except QmpError as error:
