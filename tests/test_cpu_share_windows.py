@@ -1,0 +1,48 @@
+"""How cpu_share judges its measurement windows (pure logic: the windows are given; the
+kernel side is tests/test_grading_probes.py, and the cgroups lab through the VM kernel is
+tests/test_binder_like.py). Under emulation one 1 s window of a 0.25-core quota scatters by
+more than ±10 % (0.196 to 0.285 cores measured in a guest); the windows taken together do not."""
+
+import itertools
+
+from labkit.grading import resources
+
+
+def share_seen(monkeypatch, windows, expected=0.25, deadline=6.0, quota=0.25):
+    """cpu_share's observation of a container whose successive 1 s windows measure
+    `windows` ((cores, crowded) pairs, repeated); time passes only in the windows."""
+    now = [0.0]
+    given = itertools.cycle(windows)
+
+    def window(container, seconds):
+        cores, crowded = next(given)
+        now[0] += seconds
+        return cores * seconds, seconds, crowded
+
+    monkeypatch.setattr(resources, "running_process", lambda target: type("Running", (), {"cgroup": None})())
+    monkeypatch.setattr(resources, "_cpu_window", window)
+    monkeypatch.setattr(resources.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(resources, "limits_of", lambda cgroup: {"cpus": quota})
+    return resources.cpu_share("box", expected, tolerance=0.10, deadline=deadline)()
+
+
+def test_windows_scattered_around_the_quota_pass_together(monkeypatch):
+    scattered = [(0.285, False), (0.215, False), (0.28, False), (0.22, False)]   # each outside ±10 %
+    seen = share_seen(monkeypatch, scattered)
+    assert seen.passed, seen.observed
+    assert "over 3 s" in seen.observed or "over 4 s" in seen.observed
+
+
+def test_a_share_off_in_every_window_fails_together_too(monkeypatch):
+    seen = share_seen(monkeypatch, [(0.30, False), (0.29, False)])
+    assert not seen.passed and seen.observed.startswith("achieved 0.29")
+    assert not share_seen(monkeypatch, [(1.0, False), (0.9, False)]).passed   # no quota at all
+
+
+def test_crowded_windows_are_left_out_of_the_sum(monkeypatch):
+    # A loop with no quota, starved to a quarter core by a busy host: its crowded windows
+    # say nothing about a quota, and the quota it has (none) is judged.
+    seen = share_seen(monkeypatch, [(0.25, True), (0.24, True)], quota=None)
+    assert not seen.passed and "too busy to measure" in seen.observed
+    # Only the clear windows are added up: two crowded ones at 0.25 would pull 0.3 down.
+    assert not share_seen(monkeypatch, [(0.30, False), (0.20, True), (0.20, True)]).passed
