@@ -36,6 +36,11 @@ system-packages:
 	@command -v podman >/dev/null && command -v runc >/dev/null || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc >/dev/null || \
 	  echo "make: podman and runc could not be installed from apt; tests/test_docker_oracle.py will skip"
+	@# mmdebstrap builds the Debian image of tests/test_binder_like.py (the lab as Binder runs it)
+	@# from Debian's mirror: no container registry is needed.
+	@command -v mmdebstrap >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null || \
+	  echo "make: mmdebstrap could not be installed from apt; tests/test_binder_like.py will skip its container"
 	@command -v slirp4netns >/dev/null && command -v pasta >/dev/null || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slirp4netns passt >/dev/null || \
 	  echo "make: slirp4netns or passt could not be installed from apt; tests/test_rootless_network.py will skip"
