@@ -24,7 +24,7 @@ from labkit.vm.provisioner import hidden_in_the_guest
 
 NOTEBOOKS = ["00-start-here.ipynb", "labs/02-cgroups-lab.ipynb"]
 asked_for = pytest.mark.skipif(os.environ.get("LABKIT_BINDER_LIKE") != "1",
-                               reason="each Binder-like run takes ~15 min under emulation: "
+                               reason="each Binder-like run takes 10-16 min under emulation: "
                                       "set LABKIT_BINDER_LIKE=1 (.ci/v2-lane does)")
 
 
