@@ -144,9 +144,9 @@ def binder_like_image(work: Path):
 
 
 def repository_copy(home: Path) -> None:
-    """The repository as Binder checks it out (tracked and new files, not .venv or caches), into `home`."""
-    listed = _checked(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                      "git ls-files", 60).stdout
+    """The repository as Binder checks it out, into `home`: its tracked files (as they are in
+    the work tree), not a .venv, a LABKIT_HOME or anything else left untracked in it."""
+    listed = _checked(["git", "-C", str(REPO), "ls-files", "-z", "--cached"], "git ls-files", 60).stdout
     for name in filter(None, listed.split("\0")):
         source = REPO / name
         if source.is_file():
