@@ -19,6 +19,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -77,13 +78,15 @@ def why_not() -> str | None:
 
 
 class UserNotebooks:
-    def __init__(self, user):
+    def __init__(self, user, env=None, cgroup_procs=None):
         self.user = user
         self.copy = Path(user.home) / "notebooks"
+        self.env = {"PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+        self.cgroup_procs = cgroup_procs    # the session cgroup of a delegated subtree, if any
 
     def _run(self, argv, timeout):
-        return self.user.run([str(CLASS_PYTHON), *argv], cwd=str(self.copy), timeout=timeout,
-                             env={"PYTHONDONTWRITEBYTECODE": "1"})
+        return self.user.run([str(CLASS_PYTHON), *argv], cwd=str(self.copy), timeout=timeout, env=self.env,
+                             cgroup_procs=self.cgroup_procs)
 
     def nbval(self, *notebooks, timeout=1800) -> subprocess.CompletedProcess:
         """Strict nbval of `notebooks` (paths below notebooks/) as the user."""
@@ -101,14 +104,28 @@ class UserNotebooks:
 
 
 @contextlib.contextmanager
-def notebooks_as_user():
-    from throwaway_users import throwaway_user
+def notebooks_as_user(delegated=False):
+    """With `delegated`, the user's kernels run in a cgroup v2 subtree delegated to it (as
+    systemd's Delegate=yes does) and keep LABKIT_HOME in a directory of the user's on /tmp:
+    the cgroup v2 VM's / is an overlay, where an overlay's upper directory cannot live."""
+    from throwaway_users import delegated_subtree, throwaway_user
 
     with throwaway_user("lknb") as user:
         copy = Path(user.home) / "notebooks"
         shutil.copytree(NOTEBOOKS, copy, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
         subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(copy)], check=True)
-        yield UserNotebooks(user)
+        if not delegated:
+            yield UserNotebooks(user)
+            return
+        home = tempfile.mkdtemp(prefix=f"labkit-{user.name}-", dir="/tmp")
+        try:
+            os.chown(home, user.uid, user.gid)
+            with delegated_subtree(user) as (_, session):
+                # Under emulation a cold helper start (modules read over 9p) outlasts 30 s.
+                yield UserNotebooks(user, env={"LABKIT_HOME": home, "LABKIT_HELPER_TIMEOUT": "600"},
+                                    cgroup_procs=os.path.join(session, "cgroup.procs"))
+        finally:
+            shutil.rmtree(home)
 
 
 SKIP = ("metadata", "traceback", "prompt_number", "output_type", "name", "execution_count",

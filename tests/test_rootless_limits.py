@@ -275,33 +275,12 @@ LIMITS_HOLD = textwrap.dedent("""
 
 @pytest.fixture
 def delegated_student(student, cgroup_v2_host):
-    """A subtree `labkit-test-<user>` owned by the student, as systemd's Delegate=yes makes
-    `user@UID.service`: the directory and its cgroup.procs, cgroup.subtree_control and
-    cgroup.threads chowned; the session's processes in a child of it (`session`), so the
-    subtree itself holds none and may hand controllers down."""
-    mount = "/sys/fs/cgroup"
-    root = os.path.join(mount, f"labkit-test-{student.name}")
-    session = os.path.join(root, "session")
-    with open(os.path.join(mount, "cgroup.subtree_control"), "w") as control:
-        control.write("+memory +cpu +pids")
-    os.mkdir(root)
-    try:
-        os.mkdir(session)
-        for path in (root, session):
-            for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
-                os.chown(os.path.join(path, name), student.uid, student.gid)
+    """A subtree owned by the student, as systemd's Delegate=yes makes `user@UID.service`
+    (tests/throwaway_users.py: delegated_subtree)."""
+    from throwaway_users import delegated_subtree
+
+    with delegated_subtree(student) as (root, session):
         yield student, root, session
-    finally:
-        remove_cgroup_tree(root)
-
-
-def remove_cgroup_tree(root):
-    """Kill what is left and rmdir bottom-up: the tree is the test's own."""
-    from labkit.cgroups.v2 import CgroupV2
-
-    for directory, children, _ in sorted(os.walk(root), key=lambda entry: -entry[0].count("/")):
-        if os.path.isdir(directory):
-            CgroupV2(directory, directory).delete()
 
 
 @pytest.mark.root

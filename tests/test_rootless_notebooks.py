@@ -58,3 +58,61 @@ def test_limits_notebooks_run_rootless_and_say_why_limits_are_off(as_user, noteb
     if detect_mode() == "v1":
         assert "is not enforced" in stderr and "cgroup v1, which delegates nothing to ordinary users" in stderr, \
             f"{notebook} did not say why its limits are off:\n{stderr[-3000:]}"
+
+
+# --- in the cgroup v2 VM: limits hold for an ordinary user with a delegated subtree ------
+
+DELEGATED = [*LIMITS, "labs/02-cgroups-lab.ipynb"]
+
+
+@pytest.fixture(scope="module")
+def as_delegated_user(cgroup_v2_host):
+    why = why_not()
+    if why:
+        pytest.skip(why)
+    with notebooks_as_user(delegated=True) as run:
+        yield run
+
+
+def texts(executed):
+    """Every code cell's outputs as text: streams, and each data output's text/plain."""
+    for index, cell in enumerate(executed.cells):
+        if cell.cell_type == "code":
+            for output in cell.outputs:
+                text = output.get("text") or output.get("data", {}).get("text/plain", "")
+                yield index, output, "".join(text) if isinstance(text, list) else text
+
+
+def limits_seen_holding(notebook, executed) -> list:
+    """What in the executed `notebook` shows its limits were not enforced (empty: they held)."""
+    from labkit.grading.checks import MIME
+
+    problems = []
+    for index, output, text in texts(executed):
+        if output.output_type == "error":
+            problems.append(f"cell {index} raised {output.ename}: {output.evalue}")
+        for line in text.splitlines():
+            if "is not enforced" in line or "limits are off" in line:
+                problems.append(f"cell {index}: {line}")
+        graded = output.get("data", {}).get(MIME)
+        if graded and graded["score"] != graded["max_score"]:
+            problems.append(f"cell {index}: {graded['cell']} scored {graded['score']} of {graded['max_score']}: "
+                            + "; ".join(f"{c['name']}: {c['observed']}" for c in graded["checks"] if not c["passed"]))
+    shown = "\n".join(text for _, _, text in texts(executed))
+    # What each notebook shows only where a limit held: an OOM kill, a fork bomb held, a quota kept.
+    expected = {"04-cgroups-memory.ipynb": ["OOM-killed: True", "within the limit: True", "verdict: held"],
+                "05-cgroups-cpu-and-pids.ipynb": ["a quota missed on this run: False", "pids.max: 5", "verdict: held"],
+                "labs/02-cgroups-lab.ipynb": ["10 of 10 points"]}[notebook]
+    problems += [f"no line shows {line!r}" for line in expected if line not in shown]
+    return problems
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", DELEGATED)
+def test_limits_hold_in_the_notebooks_as_a_user_with_a_delegated_subtree(as_delegated_user, notebook):
+    """Issue 20's done-when on cgroup v2 (.ci/v2-lane runs this inside its VM; elsewhere it
+    skips): an ordinary user whose session has a delegated subtree runs 04, 05 and the cgroups
+    lab with every limit enforced, with no cell raising and no line saying a limit is off."""
+    executed = as_delegated_user.execute(notebook)
+    assert limits_seen_holding(notebook, executed) == [], f"{notebook} as {as_delegated_user.user.name}"

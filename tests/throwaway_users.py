@@ -138,3 +138,35 @@ def why_user_cannot_run_this_checkout() -> str | None:
         if why:
             return f"this checkout cannot be read by an ordinary user: {why}; clone it somewhere readable"
     return None
+
+
+@contextlib.contextmanager
+def delegated_subtree(user, mount="/sys/fs/cgroup"):
+    """A cgroup v2 subtree `labkit-test-<user>` owned by `user`, as systemd's Delegate=yes
+    makes `user@UID.service`: the directory and its cgroup.procs, cgroup.subtree_control and
+    cgroup.threads chowned; the session's processes go in a child of it (`session`: pass its
+    cgroup.procs to `User.run`), so the subtree itself holds none and may hand controllers
+    down. Yields (subtree, session); the tree and whatever is left in it are removed after.
+    Needs root on a host whose own cgroups are v2 (the caller skips elsewhere)."""
+    root = os.path.join(mount, f"labkit-test-{user.name}")
+    session = os.path.join(root, "session")
+    with open(os.path.join(mount, "cgroup.subtree_control"), "w") as control:
+        control.write("+memory +cpu +pids")
+    os.mkdir(root)
+    try:
+        os.mkdir(session)
+        for path in (root, session):
+            for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+                os.chown(os.path.join(path, name), user.uid, user.gid)
+        yield root, session
+    finally:
+        remove_cgroup_tree(root)
+
+
+def remove_cgroup_tree(root):
+    """Kill what is left and rmdir bottom-up: the tree is the test's own."""
+    from labkit.cgroups.v2 import CgroupV2
+
+    for directory, _, _ in sorted(os.walk(root), key=lambda entry: -entry[0].count("/")):
+        if os.path.isdir(directory):
+            CgroupV2(directory, directory).delete()
