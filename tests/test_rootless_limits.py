@@ -359,3 +359,53 @@ def check_limits_hold(student, root, session, env):
     assert int(results["cpu"][0]) > 0 and results["cpu"][1] == "True", done.stdout
     assert results["inside"] == [str(64 << 20), "20", "0"], done.stdout   # root inside, its limits seen
     assert [entry for entry in os.listdir(root) if os.path.isdir(os.path.join(root, entry))] == ["session"]
+
+
+# --- the fork bomb experiment refuses to run where no pids limit would hold ------------
+
+def test_the_fork_bomb_names_why_no_pids_limit_would_hold(tmp_path):
+    from labkit.cgroups import HierarchyV1
+    from labkit.experiments.pids_limit import why_no_pids_limit
+
+    v1 = find_delegation(None, SESSION, lambda path: True, unified=False)
+    assert why_no_pids_limit(rootless_hierarchy(v1)) == f"{v1.why_not}; {FIX}"
+    mount = cgroupfs(tmp_path, SESSION, controllers="memory cpu")
+    without_pids = rootless_hierarchy(find_delegation(mount, SESSION, lambda path: True, unified=True))
+    why = why_no_pids_limit(without_pids)
+    assert "pids controller is not delegated to you" in why and "cpu, memory" in why and FIX in why
+    with_pids = rootless_hierarchy(find_delegation(cgroupfs(tmp_path / "b", SESSION), SESSION, lambda path: True,
+                                                   unified=True))
+    assert why_no_pids_limit(with_pids) is None
+
+    class NoPidsKernel(HierarchyV1):
+        controllers = {"cpu", "memory"}
+    why = why_no_pids_limit(NoPidsKernel.__new__(NoPidsKernel))
+    assert "no pids controller" in why and "CONFIG_CGROUP_PIDS" in why and "\n" not in why
+
+
+@pytest.mark.root
+def test_the_fork_bomb_experiment_refuses_to_run_as_an_ordinary_user_without_delegation(student):
+    from labkit.cgroups import detect_mode
+
+    if detect_mode() != "v1":
+        pytest.skip("this host runs cgroup v2: the refusal is shown where nothing is delegated (v1 hosts)")
+    done = labkit_as(student, "experiment", "run", "pids_limit", "--out", "results", timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    verdict = [line for line in done.stdout.splitlines() if line.startswith("pids_limit:")]
+    assert len(verdict) == 1, done.stdout
+    assert "refuses to light a fork bomb that no pids limit would hold" in verdict[0], verdict
+    assert "cgroup v1" in verdict[0] and FIX in verdict[0], verdict
+    # Refused before any container: nothing was started, so no limit line was printed either.
+    assert "not enforced" not in done.stderr, done.stderr
+    assert not os.path.exists(os.path.join(student.home, ".local", "share", "labkit", "containers")) or \
+        os.listdir(os.path.join(student.home, ".local", "share", "labkit", "containers")) == []
+
+
+@pytest.mark.root
+def test_the_fork_bomb_experiment_runs_where_its_pids_limit_holds(labkit_home):
+    from labkit.experiments.pids_limit import Params, run, why_no_pids_limit
+
+    assert why_no_pids_limit() is None   # root: the host's own pids controller
+    result = run(Params(trials=1, seconds=0.5))
+    (trial,) = result.data["trials"]
+    assert trial["limit_hits"] > 0 and max(n or 0 for _, n in trial["samples"]) <= 32

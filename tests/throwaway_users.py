@@ -89,8 +89,10 @@ def end_processes(uids) -> None:
 
 
 @contextlib.contextmanager
-def throwaway_user(prefix="lkt"):
-    """A fresh user `<prefix><6 hex>`, with a subordinate id range; removed afterwards."""
+def throwaway_user(prefix="lkt", ids=65536):
+    """A fresh user `<prefix><6 hex>`, with a subordinate id range of `ids` ids (65,536:
+    Debian's default; more lies in a region of its own, so a user of each size may exist at
+    once); removed afterwards."""
     name = f"{prefix}{secrets.token_hex(3)}"
     user = None
     subprocess.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/sh", name],
@@ -101,14 +103,14 @@ def throwaway_user(prefix="lkt"):
         # A range of its own, far from useradd's (100000 + 65536 n: also the --userns
         # default of root's containers) and the grading sandboxes' (from 10^9).
         _drop_subordinate_lines(name)
-        first = 3_200_000_000 + (os.getpid() % 1000) * 65536
-        subprocess.run(["usermod", "--add-subuids", f"{first}-{first + 65535}",
-                        "--add-subgids", f"{first}-{first + 65535}", name], check=True, capture_output=True)
+        first = (3_200_000_000 if ids == 65536 else 3_300_000_000) + (os.getpid() % 1000) * ids
+        subprocess.run(["usermod", "--add-subuids", f"{first}-{first + ids - 1}",
+                        "--add-subgids", f"{first}-{first + ids - 1}", name], check=True, capture_output=True)
         user = User(name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
         yield user
     finally:
         if user is not None:
-            end_processes({user.uid, *range(first, first + 65536)})
+            end_processes({user.uid, *range(first, first + ids)})
         removed = subprocess.run(["userdel", "--remove", name], capture_output=True, text=True)
         _drop_subordinate_lines(name)
         if removed.returncode not in (0, 12):   # 12: the home could not be removed (already gone)

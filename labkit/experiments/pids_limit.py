@@ -1,11 +1,16 @@
 """A fork bomb in a container with a pids limit: the number of processes climbs to the
 limit and stays there, because the kernel refuses every fork beyond it (and counts each
 refusal in pids.events).
+
+Where no pids limit would hold (rootless on a host that delegates no cgroups, such as any
+cgroup v1 host; a kernel without the pids controller) the experiment refuses to light the
+bomb: unlimited, it would take the user's whole process allowance, and the host's with it.
 """
 
 import time
 from dataclasses import dataclass
 
+from labkit.errors import HostError
 from labkit.experiments.base import Check, repeat_trials, running
 
 # The classic bomb, spelt for busybox sh: each call starts two more in the background.
@@ -23,7 +28,28 @@ class Params:
     trials: int = 2
 
 
+def why_no_pids_limit(hierarchy=None) -> str | None:
+    """Why a container started here would get no pids limit, or None when one would hold."""
+    from labkit.cgroups import NoCgroups, container_hierarchy
+
+    hierarchy = hierarchy or container_hierarchy()
+    if "pids" in hierarchy.controllers:
+        return None
+    if isinstance(hierarchy, NoCgroups):
+        return hierarchy.reason
+    if getattr(hierarchy, "delegation", None) is not None:
+        from labkit.cgroups.delegation import FIX
+
+        return f"the pids controller is not delegated to you (your subtree has: " \
+               f"{', '.join(sorted(hierarchy.controllers)) or 'none'}); {FIX}"
+    return (f"this kernel's cgroups have no pids controller (they have: {', '.join(sorted(hierarchy.controllers))}); "
+            "a kernel built with CONFIG_CGROUP_PIDS has one, as does the VM kernel: `labkit lab --vm`")
+
+
 def run(params: Params, progress=None):
+    why = why_no_pids_limit()
+    if why:
+        raise HostError(f"pids_limit refuses to light a fork bomb that no pids limit would hold: {why}")
     return repeat_trials("pids_limit", params, lambda: _one_trial(params), f"fork bomb under pids={params.pids}",
                          progress)
 
