@@ -98,6 +98,17 @@ def student():
     """A throw-away user (tests/throwaway_users.py: its home, a range of its own far from
     useradd's and the grading sandboxes', so any process in it is this user's), running
     labkit from this checkout; it and everything it left are removed afterwards."""
+    yield from a_student("lkrl", 65536)
+
+
+@pytest.fixture
+def wide_student():
+    """A throw-away user as `student`, with a range of 131,072 ids: room to keep a --userns
+    container's ids apart from ordinary containers'."""
+    yield from a_student("lkrw", 2 * 65536)
+
+
+def a_student(prefix, ids):
     if os.geteuid() != 0:
         pytest.skip("makes a throw-away user: needs root")
     why = why_user_cannot_run_this_checkout()
@@ -111,7 +122,7 @@ def student():
         pytest.skip("newuidmap/newgidmap are not installed (Debian package uidmap)")
     with contextlib.ExitStack() as stack:
         try:
-            user = stack.enter_context(throwaway_user("lkrl"))
+            user = stack.enter_context(throwaway_user(prefix, ids))
         except subprocess.CalledProcessError as error:
             pytest.skip(f"cannot make a user here: {error.cmd[0]} says {error.stderr.decode().strip()}")
         env = {"HOME": user.home, "USER": user.name, "LOGNAME": user.name, "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -374,8 +385,9 @@ def test_a_userns_container_runs_from_a_0700_home_which_stays_closed(nothing_lef
     assert done.returncode == 0, done.stderr
     first, _ = subordinate_range(student.name)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"host_uid": first}
-    out = student.ok("run", "--userns", "--", "sh", "-c", "id -u; cat /proc/self/uid_map; touch /x && ls -ln /x")
-    lines = out.splitlines()
+    done = student.labkit("run", "--userns", "--", "sh", "-c", "id -u; cat /proc/self/uid_map; touch /x && ls -ln /x")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
     assert lines[0] == "0"
     assert lines[1].split() == ["0", "1", "65536"]   # ids 1.. of the user's namespace: the range
     assert lines[2].split()[2:4] == ["0", "0"]
@@ -383,6 +395,55 @@ def test_a_userns_container_runs_from_a_0700_home_which_stays_closed(nothing_lef
     assert stat.S_IMODE(os.stat(student.home).st_mode) == 0o700
     for path in modes_before:
         assert "system.posix_acl_access" not in os.listxattr(path)
+
+
+USERNS_VS_ORDINARY = (
+    "import json, os, sys\n"
+    "from labkit.runtime import Container, ContainerSpec, userns_fields\n"
+    "hosts = {}\n"
+    "for name, fields in (('ordinary', {'user': '1'}), ('userns', userns_fields(True))):\n"
+    "    c = Container(ContainerSpec(command=['sleep', '60'], name=name, **fields))\n"
+    "    c.start(detach=True)\n"
+    "    hosts[name] = [os.stat(f'/proc/{c.pid}').st_uid, c.exec(['cat', '/proc/self/uid_map']).stdout.split()]\n"
+    "    c.kill(); c.wait(); c.remove()\n"
+    "print(json.dumps(hosts))\n"
+)
+
+
+def test_a_userns_containers_root_is_no_id_of_ordinary_containers_where_the_range_allows(wide_student):
+    """With 131,072 ids the range is split: ordinary containers keep ids 0 to 65,535 of the
+    user's namespace (an image's, nobody included), a --userns container's 65,536 come after
+    them, so its root is not uid 1 (nor any uid) of an ordinary container."""
+    student = wide_student
+    first, count = subordinate_range(student.name)
+    assert count == 2 * 65536
+    done = student.python_script(USERNS_VS_ORDINARY)
+    assert done.returncode == 0, done.stderr
+    assert "--userns shares ids" not in done.stderr, done.stderr
+    hosts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert hosts["ordinary"][0] == first                   # uid 1: the range's first id
+    assert hosts["userns"][0] == first + 65535             # root of --userns: past every ordinary id
+    assert hosts["userns"][1] == ["0", "65536", "65536"]   # ids 65536.. of the user's namespace
+    # An ordinary container may not take an id kept for --userns containers...
+    refused = student.labkit("run", "--user", "65536", "--", "true")
+    assert refused.returncode == 125 and "kept for --userns containers" in refused.stderr, refused.stderr
+    # ...which the user's namespace has (the refusal is labkit's, not a missing id): as --userns root.
+    assert student.ok("run", "--userns", "--", "id", "-u").strip() == "0"
+
+
+def test_a_range_too_small_to_keep_userns_ids_apart_says_so_once(nothing_left):
+    """Debian's default 65,536 ids cannot keep them apart: the --userns container's root is
+    then uid 1 of ordinary containers (the same host id), and one line says so and how to fix it."""
+    student = nothing_left
+    first, count = subordinate_range(student.name)
+    assert count == 65536
+    # (a second --userns container's spec in the same process: said once, not per container)
+    done = student.python_script(USERNS_VS_ORDINARY + "ContainerSpec(command=['true'], **userns_fields(True)).validated()\n")
+    assert done.returncode == 0, done.stderr
+    hosts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert hosts["ordinary"][0] == hosts["userns"][0] == first   # the overlap the line names
+    said = [line for line in done.stderr.splitlines() if "--userns shares ids" in line]
+    assert len(said) == 1 and "has 65536 ids" in said[0] and "usermod --add-subuids" in said[0], done.stderr
 
 
 def test_top_and_ps_see_a_rootless_container_without_a_cgroup(nothing_left):

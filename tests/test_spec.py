@@ -83,13 +83,23 @@ def test_userns_is_translated_in_one_place_and_its_map_is_a_type():
 
 
 
-def test_rootless_userns_maps_the_users_range_and_refuses_ids_outside_it(monkeypatch):
+def test_rootless_userns_maps_the_users_range_and_refuses_ids_outside_it(monkeypatch, capsys):
     """Rootless, a --userns container's ids are ids of the user's own namespace (0 the user,
-    1.. the range): the default map (host 100000..) does not exist there."""
+    1.. the range): the default map (host 100000..) does not exist there. Past the 65,536 ids
+    ordinary containers use, where the range has room; else the range's first, said once."""
     from labkit.runtime.spec import UserNamespaceMap, rootless_user_map
 
+    monkeypatch.setattr("labkit.linux.rootless._said_userns_shares", False)
+    monkeypatch.setattr("labkit.linux.rootless.ids_of_the_user_namespace", lambda: 1 + 2 * 65536)
+    assert rootless_user_map(UserNamespaceMap()) == (65536, 65536)
+    monkeypatch.setattr("labkit.linux.rootless.ids_of_the_user_namespace", lambda: 2 * 65536)
+    assert rootless_user_map(UserNamespaceMap()) == (65536, 65536)   # 131,071 ids: just enough
+    assert capsys.readouterr().err == ""
     monkeypatch.setattr("labkit.linux.rootless.ids_of_the_user_namespace", lambda: 65537)
     assert rootless_user_map(UserNamespaceMap()) == (1, 65536)
+    assert rootless_user_map(UserNamespaceMap()) == (1, 65536)
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and "--userns shares ids" in said[0] and "has 65536 ids" in said[0]
     assert rootless_user_map(UserNamespaceMap(1000, 1000)) == (1000, 1000)
     with pytest.raises(ConfigError, match=r"ids 1 to 65536 .* e.g. \(1, 65536\)"):
         rootless_user_map(UserNamespaceMap(60000, 10000))

@@ -12,6 +12,11 @@ user a range (65,536 ids by default), and the setuid helpers `newuidmap`/`newgid
 Without a range (or without the helpers), a single id is mapped (`0 <uid> 1`): a
 container then runs as root and nobody else; that is said once, on stderr.
 
+Ordinary containers run in that namespace itself, with its ids 0 to 65,535 (ORDINARY_IDS:
+what an image has, nobody's 65534 included). A `--userns` container's own user namespace
+maps the 65,536 ids after them, where the range holds them, so its root is nobody an
+ordinary container can be (runtime/spec.py: rootless_user_map; a smaller range says so).
+
 Every process that enters a user namespace here gets the same map, so a file one of them
 made (a layer's file of uid 1000 is host id start + 999) means the same to the next:
 nothing has to stay alive to be joined later (podman keeps a "pause" process for that).
@@ -36,7 +41,10 @@ HELPERS = {"uid": "newuidmap", "gid": "newgidmap"}
 # Set in a process that entered labkit's user namespace (and inherited by its forks):
 # the host uid it runs as. Its euid is 0 from then on, and it is still rootless.
 _ENTERED_ENV = "LABKIT_ROOTLESS_UID"
+# The ids of labkit's user namespace that ordinary (not --userns) containers use: 0 to 65,535.
+ORDINARY_IDS = 65536
 _said_single_id = False
+_said_userns_shares = False
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,20 @@ def say_single_id_once(why: str) -> None:
         print(f"labkit: rootless with one id only ({why}): containers run as root and no other user; "
               f"for the full range, as root: `apt-get install uidmap` and "
               f"`usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER`", file=sys.stderr)
+
+
+def say_userns_shares_ids_once(free: int) -> None:
+    """One line, once: a --userns container's ids are ordinary containers' ids, because the
+    range (`free` ids past the user's own) is too small to keep them apart."""
+    global _said_userns_shares
+    if not _said_userns_shares:
+        _said_userns_shares = True
+        need = 2 * ORDINARY_IDS - 1
+        print(f"labkit: --userns shares ids with your containers without it: your /etc/subuid range has {free} "
+              f"ids, and keeping them apart takes {need} ({ORDINARY_IDS - 1} for the others, {ORDINARY_IDS} for "
+              f"--userns), so this container's root is uid 1 of the others; to keep them apart, as root, add a "
+              f"range no other user has: `usermod --add-subuids START-END --add-subgids START-END USER` "
+              f"with {ORDINARY_IDS} ids or more", file=sys.stderr)
 
 
 def enter_user_namespace(flags: int = 0, quiet: bool = False) -> None:

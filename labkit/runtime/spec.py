@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from labkit.errors import ConfigError
 from labkit.linux.namespaces import BY_NAME
-from labkit.linux.rootless import running_rootless
+from labkit.linux.rootless import ORDINARY_IDS, running_rootless
 from labkit.security.options import capability_name, device_rules, parse_security_opts
 from labkit.units import parse_assignments, parse_bytes, parse_count, parse_cpus, parse_seconds
 
@@ -94,15 +94,27 @@ class UserNamespaceMap(namedtuple("UserNamespaceMap", ("uid", "count"), defaults
 def rootless_user_map(user_map: UserNamespaceMap) -> UserNamespaceMap:
     """A `--userns` map for rootless labkit, whose containers are made inside the user's
     own user namespace: it may map only ids that namespace has (1 onwards: its range; 0,
-    the user, is kept out). The default map becomes the range's first 65,536 ids."""
-    from labkit.linux.rootless import ids_of_the_user_namespace
+    the user, is kept out).
 
-    free = ids_of_the_user_namespace() - 1
+    Ordinary rootless containers run in that namespace itself, with its ids 0 to 65,535
+    (ORDINARY_IDS: an image's, nobody included). The default map keeps a `--userns`
+    container's ids apart from theirs, as root's 100000.. is apart from the host's: the
+    65,536 ids after them, where the range holds them (131,071 ids or more). A smaller range
+    (65,536 is Debian's default) cannot: the map is then its first 65,536 ids, so the
+    container's root is uid 1 of ordinary containers, and that is said once, in one line
+    naming the fix."""
+    from labkit.linux.rootless import ids_of_the_user_namespace, say_userns_shares_ids_once
+
+    ids = ids_of_the_user_namespace()
+    free = ids - 1
     if free < 1:
         raise ConfigError("--userns rootless maps the container's ids onto your /etc/subuid range, and you have "
                           "none; as root: `apt-get install uidmap` and `usermod --add-subuids 100000-165535 "
                           "--add-subgids 100000-165535 USER`, or run without --userns")
     if user_map == UserNamespaceMap():
+        if ids - ORDINARY_IDS >= user_map.count:
+            return UserNamespaceMap(ORDINARY_IDS, user_map.count)
+        say_userns_shares_ids_once(free)
         return UserNamespaceMap(1, min(user_map.count, free))
     if user_map.uid + user_map.count - 1 > free:
         raise ConfigError(f"user_map {tuple(user_map)!r}: rootless, a user namespace's ids come from your range, "
@@ -408,6 +420,11 @@ def parse_user(user, namespaces=(), user_map=(100000, 65536)) -> str | None:
             if "user" in namespaces and int(part) >= user_map[1]:
                 raise ConfigError(f"--user {text!r}: {kind} id {part} is not mapped in the user namespace "
                                   f"(ids 0 to {user_map[1] - 1} are); give one of those")
+            if "user" not in namespaces and int(part) >= ORDINARY_IDS and running_rootless():
+                raise ConfigError(f"--user {text!r}: rootless, a container without --userns runs as ids 0 to "
+                                  f"{ORDINARY_IDS - 1}; the ids of your range past them are kept for --userns "
+                                  "containers, apart from these; give one of 0 to "
+                                  f"{ORDINARY_IDS - 1}, or add --userns")
         elif not USER_NAME.match(part):
             raise ConfigError(f"--user {text!r} is not uid[:gid] or name[:group] "
                               "(e.g. 1000, 1000:1000 or nobody)")
