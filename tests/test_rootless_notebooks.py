@@ -116,3 +116,28 @@ def test_limits_hold_in_the_notebooks_as_a_user_with_a_delegated_subtree(as_dele
     lab with every limit enforced, with no cell raising and no line saying a limit is off."""
     executed = as_delegated_user.execute(notebook)
     assert limits_seen_holding(notebook, executed) == [], f"{notebook} as {as_delegated_user.user.name}"
+
+
+def test_a_limit_off_an_error_or_a_lost_point_fails_the_delegated_run():
+    """What the v2 lane's check catches, on outputs as rootless v1 and a half-scored lab print them."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from labkit.grading.checks import MIME
+
+    def notebook(*outputs):
+        return new_notebook(cells=[new_code_cell("", outputs=[output]) for output in outputs])
+
+    held = notebook(new_output("stream", name="stdout", text="OOM-killed: True\nwithin the limit: True\n"),
+                    new_output("stream", name="stdout", text="verdict: held\n"))
+    assert limits_seen_holding("04-cgroups-memory.ipynb", held) == []
+    off = notebook(new_output("stream", name="stderr", text="labkit: --memory 16 MiB is not enforced: ...\n"),
+                   new_output("error", ename="HostError", evalue="no limit", traceback=[]),
+                   new_output("stream", name="stdout", text="the fork bomb runs only inside a pids limit, and here "
+                                                            "limits are off: cgroup v1\n"))
+    problems = limits_seen_holding("05-cgroups-cpu-and-pids.ipynb", off)
+    assert [p.split(":")[0] for p in problems[:4]] == ["cell 0", "cell 1 raised HostError", "cell 2", "no line shows 'a quota missed on this run"]
+    half = notebook(new_output("execute_result", data={MIME: {"cell": "oom", "score": 1.0, "max_score": 3.0, "checks": [
+        {"name": "big was OOM-killed", "observed": "no OOM kill", "passed": False}]}, "text/plain": "10 of 10 points"}))
+    assert limits_seen_holding("labs/02-cgroups-lab.ipynb", half) == \
+        ["cell 0: oom scored 1.0 of 3.0: big was OOM-killed: no OOM kill"]
