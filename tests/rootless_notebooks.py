@@ -48,7 +48,8 @@ EXECUTE = r"""
 import sys, nbformat
 from nbclient import NotebookClient
 nb = nbformat.read(sys.argv[1], as_version=4)
-NotebookClient(nb, kernel_name="labkit", timeout=900, allow_errors=True,
+# startup_timeout: under emulation (the v2 lane's guest) a kernel's cold start takes minutes.
+NotebookClient(nb, kernel_name="labkit", timeout=900, startup_timeout=900, allow_errors=True,
                resources={"metadata": {"path": sys.argv[3]}}).execute()
 nbformat.write(nb, sys.argv[2])
 """
