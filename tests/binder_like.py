@@ -166,7 +166,11 @@ def run_notebooks_in(image: str, work: Path, notebooks: list, timeout=4 * 3600):
     name = f"labkit-binder-like-{os.getpid()}-{secrets.token_hex(3)}"
     host_mounts = [f"--volume={path}:{path}:ro" for path in HOST_PATHS if os.path.exists(path)]
     pip_env = [f"--env={key}={value}" for key, value in os.environ.items() if key.startswith("PIP_")]
-    command = ["podman", "run", "--rm", "--name", name, "--runtime", "runc", "--user", f"{BINDER_UID}:{BINDER_UID}",
+    # slirp4netns: the container's pip and kernel fetches leave as the host's own sockets do.
+    # podman's default bridge would turn on the host's ip_forward and NAT the container's
+    # traffic off the host (netavark does both), which this project's tests never do.
+    command = ["podman", "run", "--rm", "--name", name, "--runtime", "runc", "--network", "slirp4netns",
+               "--user", f"{BINDER_UID}:{BINDER_UID}",
                "--security-opt", f"seccomp={profile}", *rlimit_options(),
                f"--volume={home}:{HOME}", *host_mounts, *pip_env,
                f"--env=HOME={HOME}", f"--env=VENV={VENV}", f"--env=TIMEOUT={CELL_TIMEOUT}", f"--env=EXECUTE={EXECUTE}",

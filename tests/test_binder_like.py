@@ -65,9 +65,13 @@ def test_binder_like_container_runs_the_notebooks_through_the_vm_kernel(tmp_path
     from labkit.linux.capabilities import decode
 
     work = Path(tmp_path_factory.mktemp("binder-like"))
+    forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     try:
         with binder_like_image(work) as image:
             done, executed = run_notebooks_in(image, work, NOTEBOOKS)
+            # The container's network is slirp4netns (the host's own sockets): a bridge
+            # would have turned on the host's forwarding to NAT the container's fetches.
+            assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == forwarding, "the host's ip_forward changed"
             assert done.returncode == 0, f"the container failed ({done.returncode}):\n{done.stderr[-6000:]}"
             # The premise, as the container saw it: a seccomp filter (mode 2), no effective capability.
             status = dict(line.split(":\t", 1) for line in done.stdout.splitlines() if ":\t" in line)
