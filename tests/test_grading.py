@@ -70,6 +70,21 @@ def test_the_display_carries_score_table_and_every_check():
     json.dumps(bundle[MIME])
 
 
+def test_the_table_and_the_text_print_the_value_each_check_judged():
+    report = run_checks("ex", [expect("limit", 1, lambda: Observation(True, "memory limit 48.0 MiB")),
+                               expect("pids", 1, lambda: Observation(False, "pids limit <none>"), hint="read pids.max"),
+                               expect("bare", 1, lambda: True)])
+    table = report._repr_html_()
+    assert "<th style='text-align:left'>observed</th>" in table
+    assert "<td class='labkit-observed' style='text-align:left'>memory limit 48.0 MiB</td>" in table
+    assert "pids limit &lt;none&gt;" in table and "<none>" not in table     # escaped, not markup
+    text = str(report)
+    assert "✔ limit (1/1): memory limit 48.0 MiB" in text
+    assert "✘ pids (0/1): pids limit <none>\n    hint: read pids.max" in text
+    assert "✔ bare (1/1): nothing observed" in text
+    assert repr(report) == "2"      # text/plain stays the score nbgrader reads
+
+
 def test_check_ids_stay_unique_when_names_repeat():
     report = run_checks("ex", [expect("same", 1, lambda: True), expect("same", 1, lambda: True)])
     assert len({o.id for o in report.outcomes}) == 2
@@ -244,7 +259,8 @@ def test_gradebook_has_a_column_per_grade_cell_and_feedback_per_student(tmp_path
         ("alice", "1", "2", "3", ""), ("carol", "0", "0", "0", "not a notebook: garbage")]
     data = json.loads((tmp_path / "gradebook.json").read_text())
     assert data["submissions"][0]["cells"][0]["checks"][0]["observed"] == "none"
-    assert "look at it" in (tmp_path / "feedback" / "alice.html").read_text()
+    feedback = (tmp_path / "feedback" / "alice.html").read_text()
+    assert "look at it" in feedback and "<td class='labkit-observed' style='text-align:left'>none</td>" in feedback
     assert "not a notebook" in (tmp_path / "feedback" / "carol.html").read_text()
 
 

@@ -82,7 +82,10 @@ class Report:
                 "checks": [o.to_dict() for o in self.outcomes]}
 
     def __repr__(self):
-        return format_points(self.score)
+        return format_points(self.score)      # text/plain: nbgrader reads it as partial credit
+
+    def __str__(self):
+        return report_text(self)
 
     def _repr_html_(self):
         return report_html(self)
@@ -152,19 +155,42 @@ def format_points(value: float) -> str:
     return f"{value:g}"
 
 
+OBSERVED_CELL = "labkit-observed"   # the class of the observed column's cells (nbval sanitises it)
+
+
 def report_html(report: Report) -> str:
-    rows = []
-    for outcome in report.outcomes:
-        mark = "✔" if outcome.passed else "✘"
-        color = "#1a7f37" if outcome.passed else "#cf222e"
-        hint = "" if outcome.passed else html.escape(outcome.hint)
-        rows.append(
-            f"<tr><td style='color:{color};text-align:center'>{mark}</td>"
-            f"<td style='text-align:left'>{html.escape(outcome.name)}</td>"
-            f"<td style='text-align:right'>{format_points(outcome.points)}/{format_points(outcome.max_points)}</td>"
-            f"<td style='text-align:left'>{hint}</td></tr>")
-    head = ("<tr><th></th><th style='text-align:left'>check</th><th>points</th>"
-            "<th style='text-align:left'>hint</th></tr>")
+    """The pass/fail table: each check with the value it judged, and the hint of a failed one."""
+    rows = "".join(check_row_html(outcome.to_dict()) for outcome in report.outcomes)
     caption = (f"{html.escape(report.cell)}: {report.passed} of {len(report.outcomes)} checks passed, "
                f"{format_points(report.score)} of {format_points(report.max_score)} points")
-    return f"<table class='labkit-checks'><caption>{caption}</caption>{head}{''.join(rows)}</table>"
+    return f"<table class='labkit-checks'><caption>{caption}</caption>{CHECKS_HEAD_HTML}{rows}</table>"
+
+
+CHECKS_HEAD_HTML = ("<tr><th></th><th style='text-align:left'>check</th><th>points</th>"
+                    "<th style='text-align:left'>observed</th><th style='text-align:left'>hint</th></tr>")
+
+
+def check_row_html(check: dict) -> str:
+    """One row of a checks table from a check's dict (an Outcome's, or the gradebook's)."""
+    passed = bool(check.get("passed"))
+    mark, color = ("✔", "#1a7f37") if passed else ("✘", "#cf222e")
+    hint = "" if passed else html.escape(str(check.get("hint", "")))
+    return (f"<tr><td style='color:{color};text-align:center'>{mark}</td>"
+            f"<td style='text-align:left'>{html.escape(str(check.get('name', '')))}</td>"
+            f"<td style='text-align:right'>{format_points(check.get('points', 0))}/"
+            f"{format_points(check.get('max_points', 0))}</td>"
+            f"<td class='{OBSERVED_CELL}' style='text-align:left'>{html.escape(str(check.get('observed', '')))}</td>"
+            f"<td style='text-align:left'>{hint}</td></tr>")
+
+
+def report_text(report: Report) -> str:
+    """The same table in plain text (`print(report)`): a line per check with what it saw."""
+    lines = [f"{report.cell}: {report.passed} of {len(report.outcomes)} checks passed, "
+             f"{format_points(report.score)} of {format_points(report.max_score)} points"]
+    for outcome in report.outcomes:
+        lines.append(f"{'✔' if outcome.passed else '✘'} {outcome.name} "
+                     f"({format_points(outcome.points)}/{format_points(outcome.max_points)}): "
+                     f"{outcome.observed or 'nothing observed'}")
+        if not outcome.passed and outcome.hint:
+            lines.append(f"    hint: {outcome.hint}")
+    return "\n".join(lines)

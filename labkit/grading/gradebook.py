@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from labkit.files import write_atomically
-from labkit.grading.checks import format_points
+from labkit.grading.checks import CHECKS_HEAD_HTML, check_row_html, format_points
 
 
 def write_all(out: Path, source_path, grade_ids, submissions) -> None:
@@ -87,12 +87,8 @@ def feedback_html(submission) -> str:
         if cell.status != "scored":
             parts.append(f"<p>{_status_words(cell.status)}</p>")
         if cell.checks:
-            rows = "".join(
-                f"<tr><td>{'✔' if c.get('passed') else '✘'}</td><td>{html.escape(str(c.get('name', '')))}</td>"
-                f"<td>{format_points(c.get('points', 0))}/{format_points(c.get('max_points', 0))}</td>"
-                f"<td>{'' if c.get('passed') else html.escape(str(c.get('hint', '')))}</td></tr>"
-                for c in cell.checks)
-            parts.append(f"<table><tr><th></th><th>check</th><th>points</th><th>hint</th></tr>{rows}</table>")
+            rows = "".join(check_row_html(c) for c in cell.checks)
+            parts.append(f"<table>{CHECKS_HEAD_HTML}{rows}</table>")
     return "\n".join(parts) + "\n"
 
 
