@@ -65,7 +65,7 @@ def test_the_display_carries_score_table_and_every_check():
     checks = bundle[MIME]["checks"]
     assert [c["id"] for c in checks] == ["ex.fine", "ex.broken"]
     assert checks[1] == {"id": "ex.broken", "name": "broken", "passed": False, "points": 0.0, "max_points": 2.0,
-                         "hint": "look at --memory", "observed": "limit 32 MiB"}
+                         "hint": "look at --memory", "observed": "limit 32 MiB", "retry": False}
     assert checks[0]["hint"] == ""   # a hint is for failures only
     json.dumps(bundle[MIME])
 
@@ -83,6 +83,19 @@ def test_the_table_and_the_text_print_the_value_each_check_judged():
     assert "✘ pids (0/1): pids limit <none>\n    hint: read pids.max" in text
     assert "✔ bare (1/1): nothing observed" in text
     assert repr(report) == "2"      # text/plain stays the score nbgrader reads
+
+
+def test_a_check_a_busy_host_kept_from_measuring_says_run_again_and_earns_nothing():
+    busy = Observation(False, "busy host, run again: achieved 0.12 cores", retry=True)
+    report = run_checks("cpu", [expect("share", 1, lambda: busy, hint="quota / period"),
+                                expect("wrong", 1, lambda: Observation(False, "no quota"), hint="quota / period"),
+                                expect("lucky", 1, lambda: Observation(True, "achieved 0.25 cores", retry=True))])
+    assert report.score == 1 and [o.name for o in report.unmeasured] == ["share"]   # a pass is never "retry"
+    share, wrong, _ = report.to_dict()["checks"]
+    assert share["retry"] and share["points"] == 0 and share["hint"].startswith("Busy host, run again")
+    assert not wrong["retry"] and wrong["hint"] == "quota / period"
+    assert "1 not measured (busy host, run again)" in report._repr_html_() and "⟳" in report._repr_html_()
+    assert "⟳ share (0/1): busy host, run again: achieved 0.12 cores" in str(report)
 
 
 def test_check_ids_stay_unique_when_names_repeat():

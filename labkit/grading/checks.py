@@ -22,9 +22,12 @@ MIME = "application/vnd.labkit.checks+json"
 
 @dataclass
 class Observation:
-    """What a probe saw: did the expectation hold, and what was there (in words)."""
+    """What a probe saw: did the expectation hold, and what was there (in words).
+    `retry`: the probe could not measure honestly (a busy host took the CPU a timing check
+    needs); it did not pass, and it is not a wrong answer either: run it again."""
     passed: bool
     observed: str = ""
+    retry: bool = False
 
     def __bool__(self):
         return self.passed
@@ -53,11 +56,18 @@ class Outcome:
     max_points: float
     hint: str
     observed: str
+    retry: bool = False      # not measured (busy host): no points, and not a wrong answer
 
     def to_dict(self) -> dict:
         return {"id": self.id, "name": self.name, "passed": self.passed, "points": self.points,
-                "max_points": self.max_points, "hint": "" if self.passed else self.hint,
-                "observed": self.observed}
+                "max_points": self.max_points, "hint": "" if self.passed else self.shown_hint(),
+                "observed": self.observed, "retry": self.retry}
+
+    def shown_hint(self) -> str:
+        return RETRY_HINT if self.retry else self.hint
+
+
+RETRY_HINT = "Busy host, run again: the host was too busy to measure this, so it is neither right nor wrong yet."
 
 
 @dataclass
@@ -76,6 +86,11 @@ class Report:
     @property
     def passed(self) -> int:
         return sum(o.passed for o in self.outcomes)
+
+    @property
+    def unmeasured(self) -> list:
+        """The outcomes a busy host kept from being measured (run the cell again)."""
+        return [o for o in self.outcomes if o.retry]
 
     def to_dict(self) -> dict:
         return {"cell": self.cell, "score": self.score, "max_score": self.max_score,
@@ -147,7 +162,7 @@ def run_checks(cell: str, expectations, quiet: bool = True) -> Report:
         report.outcomes.append(Outcome(
             id=f"{cell}.{check_id}", name=expectation.name, passed=seen.passed,
             points=expectation.points if seen.passed else 0.0, max_points=expectation.points,
-            hint=expectation.hint, observed=seen.observed))
+            hint=expectation.hint, observed=seen.observed, retry=seen.retry and not seen.passed))
     return report
 
 
@@ -161,8 +176,7 @@ OBSERVED_CELL = "labkit-observed"   # the class of the observed column's cells (
 def report_html(report: Report) -> str:
     """The pass/fail table: each check with the value it judged, and the hint of a failed one."""
     rows = "".join(check_row_html(outcome.to_dict()) for outcome in report.outcomes)
-    caption = (f"{html.escape(report.cell)}: {report.passed} of {len(report.outcomes)} checks passed, "
-               f"{format_points(report.score)} of {format_points(report.max_score)} points")
+    caption = html.escape(_caption(report))
     return f"<table class='labkit-checks'><caption>{caption}</caption>{CHECKS_HEAD_HTML}{rows}</table>"
 
 
@@ -173,7 +187,7 @@ CHECKS_HEAD_HTML = ("<tr><th></th><th style='text-align:left'>check</th><th>poin
 def check_row_html(check: dict) -> str:
     """One row of a checks table from a check's dict (an Outcome's, or the gradebook's)."""
     passed = bool(check.get("passed"))
-    mark, color = ("✔", "#1a7f37") if passed else ("✘", "#cf222e")
+    mark, color = ("✔", "#1a7f37") if passed else ("⟳", "#9a6700") if check.get("retry") else ("✘", "#cf222e")
     hint = "" if passed else html.escape(str(check.get("hint", "")))
     return (f"<tr><td style='color:{color};text-align:center'>{mark}</td>"
             f"<td style='text-align:left'>{html.escape(str(check.get('name', '')))}</td>"
@@ -185,12 +199,19 @@ def check_row_html(check: dict) -> str:
 
 def report_text(report: Report) -> str:
     """The same table in plain text (`print(report)`): a line per check with what it saw."""
-    lines = [f"{report.cell}: {report.passed} of {len(report.outcomes)} checks passed, "
-             f"{format_points(report.score)} of {format_points(report.max_score)} points"]
+    lines = [_caption(report)]
     for outcome in report.outcomes:
-        lines.append(f"{'✔' if outcome.passed else '✘'} {outcome.name} "
-                     f"({format_points(outcome.points)}/{format_points(outcome.max_points)}): "
+        mark = "✔" if outcome.passed else "⟳" if outcome.retry else "✘"
+        lines.append(f"{mark} {outcome.name} ({format_points(outcome.points)}/{format_points(outcome.max_points)}): "
                      f"{outcome.observed or 'nothing observed'}")
-        if not outcome.passed and outcome.hint:
-            lines.append(f"    hint: {outcome.hint}")
+        if not outcome.passed and outcome.shown_hint():
+            lines.append(f"    hint: {outcome.shown_hint()}")
     return "\n".join(lines)
+
+
+def _caption(report: Report) -> str:
+    words = (f"{report.cell}: {report.passed} of {len(report.outcomes)} checks passed, "
+             f"{format_points(report.score)} of {format_points(report.max_score)} points")
+    if report.unmeasured:
+        words += f"; {len(report.unmeasured)} not measured (busy host, run again)"
+    return words

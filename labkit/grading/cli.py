@@ -89,7 +89,7 @@ def cmd_release(options) -> int:
 
 def cmd_run(options) -> int:
     from labkit.grading.gradebook import write_all
-    from labkit.grading.grader import student_name
+    from labkit.grading.grader import BUSY_HOST, student_name
     from labkit.grading.sandbox import KINDS, SandboxLimits
 
     if options.timeout <= 0:
@@ -123,6 +123,9 @@ def cmd_run(options) -> int:
     out = Path(options.out)
     write_all(out, options.source, grade_ids, submissions)
     print(f"graded {len(submissions)} submission(s): {out / 'gradebook.csv'}, {out / 'gradebook.json'}, {out / 'feedback'}/")
+    again = [s.student for s in submissions if any(note.startswith(BUSY_HOST) for note in s.notes)]
+    if again:
+        print(f"busy host: some timing checks could not be measured (no points, not wrong); grade again: {', '.join(again)}")
     return 0
 
 

@@ -5,6 +5,7 @@ labkit.cgroups (bytes, a fraction of one core, a count)."""
 
 import os
 import time
+from dataclasses import dataclass
 
 from labkit.cgroups.base import read_int, read_text
 from labkit.grading.checks import Observation, ProbeFailed
@@ -109,9 +110,9 @@ def fork_bomb_held(target, deadline=5.0):
 
 
 def throttled(target, deadline=5.0):
-    """The CPU quota throttled the container at least once (cpu.stat nr_throttled). On a
-    host so busy that a running container waited for a CPU most of the time (its run-queue
-    delay, as cpu_share measures it), the quota could not bite: its quota is judged instead."""
+    """The CPU quota throttled the container at least once (cpu.stat nr_throttled). A
+    running container with a quota that was not throttled while it waited for a CPU most of
+    the time (a busy host) is not measured: "busy host, run again" (no quota is never excused)."""
     def look():
         seen = poll(lambda: _events(target, "throttled_periods", "period(s) throttled"), deadline)
         if seen.passed:
@@ -120,11 +121,11 @@ def throttled(target, deadline=5.0):
             container = running_process(target)
         except ProbeFailed:
             return seen
-        crowded = _cpu_window(container, 1.0)[2]
-        quota = limits_of(container.cgroup)["cpus"]
-        if crowded and quota is not None:
-            return Observation(True, f"the host was too busy for its quota ({quota:g} cores) to bite: it waited "
-                               "for a CPU most of the time")
+        if limits_of(container.cgroup)["cpus"] is None:
+            return seen
+        window = _cpu_window(container, 1.0)
+        if window.contended:
+            return Observation(False, f"busy host, run again: {seen.observed}, but {window.words()}", retry=True)
         return seen
     return look
 
@@ -141,58 +142,95 @@ def cpu_share(target, expected: float, tolerance=0.10, window=1.0, deadline=15.0
     """The CPU the container achieves is `expected` cores ± tolerance (relative).
 
     A running container is measured over windows of `window` seconds (CPU time from its
-    cgroup over wall time) until one is within tolerance or `deadline` passes. A window
-    in which the container waited for a CPU (its run-queue delay in /proc/PID/schedstat,
-    a quarter of the window or more) measures the busy host, not the quota, and does not
-    count; if every window was like that, the quota itself is judged (cpu.max or
-    cfs_quota_us) and the observation says so.
-
-    The windows that count are also judged together: one short window is a coarse sample of
-    a quota given in 100 ms periods, and in an emulated guest (the VM kernel, TCG) its CPU
-    time scatters around the quota by more than ±10 % (measured for 0.25 cores: 0.196 to
-    0.285 in 1 s windows, 0.247 over the same 15.6 s taken together). A loop without a
-    quota, or with another one, is off in every window, so in their sum too."""
+    cgroup over wall time) until one can be trusted or `deadline` passes. A window can be
+    trusted when the share cannot be the busy host's doing: the container used more than
+    allowed (contention only ever takes CPU away), or it hit its quota in nearly every
+    period (so it got what the quota gives, however long it waited for it), or it hardly
+    waited for a CPU except while throttled (its run-queue delay from /proc/PID/schedstat
+    less the throttled time from cpu.stat). Otherwise the host took the CPU the measurement
+    needs: if no window could be trusted, the check says "busy host, run again" and gives no
+    points, never a pass."""
     def look():
         container = running_process(target)
         end = time.monotonic() + deadline
-        windows = []
-        used_clear = elapsed_clear = 0.0
         while True:
-            used, elapsed, crowded = _cpu_window(container, window)
-            seen = _share_seen(used / elapsed, expected, tolerance)
-            if seen.passed and not crowded:
+            measured = _cpu_window(container, window)
+            seen = _share_seen(measured.share, expected, tolerance)
+            if measured.share > expected * (1 + tolerance) or measured.trusted:
                 return seen
-            if not crowded:
-                used_clear, elapsed_clear = used_clear + used, elapsed_clear + elapsed
-                together = _share_seen(used_clear / elapsed_clear, expected, tolerance, elapsed_clear)
-                if together.passed and elapsed_clear >= 3 * window:
-                    return together
-            windows.append(used / elapsed)
             if time.monotonic() >= end:
-                break
-        if elapsed_clear:
-            return _share_seen(used_clear / elapsed_clear, expected, tolerance, elapsed_clear)
-        quota = limits_of(container.cgroup)["cpus"]
-        return Observation(within(quota, expected, tolerance),
-                           f"the host was too busy to measure (achieved {windows[-1]:.2f} cores, waiting for "
-                           "a CPU the rest of the time); its quota is " + ("none" if quota is None else f"{quota:g} cores"))
+                return Observation(False, f"busy host, run again: achieved {measured.share:.2f} cores, but "
+                                   f"{measured.words()}", retry=True)
     return look
 
 
-def _cpu_window(container, window) -> tuple:
-    """(CPU seconds used, wall seconds, whether it mostly waited for a CPU) over `window` seconds."""
+@dataclass
+class CpuWindow:
+    """What a container's cgroup did with the CPU over one window of wall time."""
+    seconds: float           # wall time
+    share: float             # CPU seconds used / wall seconds
+    waited: float            # seconds its processes waited for a CPU while not throttled
+    periods: int             # quota periods in the window (0 without a quota)
+    throttled: int           # of which the quota ran out
+
+    @property
+    def full_quota(self) -> bool:
+        """It hit its quota in nearly every period: what it got is what the quota gives."""
+        return self.periods >= 5 and self.throttled >= 0.8 * self.periods
+
+    @property
+    def contended(self) -> bool:
+        """It waited for a CPU a quarter of the window or more, not counting throttled time."""
+        return self.waited >= 0.25 * self.seconds
+
+    @property
+    def trusted(self) -> bool:
+        return self.full_quota or not self.contended
+
+    def words(self) -> str:
+        quota = f"; its quota ran out in {self.throttled} of {self.periods} periods" if self.periods else ""
+        return (f"it waited {self.waited / self.seconds:.0%} of {self.seconds:.1f} s for a CPU that other work "
+                f"held{quota}")
+
+
+def _cpu_window(container, window) -> CpuWindow:
     cgroup = container.cgroup
-    before, waited_before = cgroup.stats().cpu_seconds or 0.0, _run_times(cgroup)[1]
+    before, waited_before, counters_before = _cpu_used(cgroup), _run_times(cgroup)[1], _cpu_counters(cgroup)
     start = time.monotonic()
     time.sleep(window)
-    used = (cgroup.stats().cpu_seconds or 0.0) - before
+    used, waited, counters = _cpu_used(cgroup), _run_times(cgroup)[1], _cpu_counters(cgroup)
     elapsed = time.monotonic() - start
-    waited = _run_times(cgroup)[1] - waited_before
-    return used, elapsed, waited >= 0.25 * elapsed
+    throttled_seconds = counters["throttled_seconds"] - counters_before["throttled_seconds"]
+    return CpuWindow(elapsed, (used - before) / elapsed, max(0.0, waited - waited_before - throttled_seconds),
+                     counters["nr_periods"] - counters_before["nr_periods"],
+                     counters["nr_throttled"] - counters_before["nr_throttled"])
+
+
+def _cpu_used(cgroup) -> float:
+    return cgroup.stats().cpu_seconds or 0.0
+
+
+def _cpu_counters(cgroup) -> dict:
+    """nr_periods, nr_throttled and the throttled time (seconds) from the cgroup's cpu.stat
+    (v1: throttled_time in ns; v2: throttled_usec). Zeros where there is none."""
+    path = (os.path.join(cgroup.path, "cpu.stat") if cgroup.version == 2
+            else os.path.join(getattr(cgroup, "dirs", {}).get("cpu", "/nonexistent"), "cpu.stat"))
+    fields = {}
+    try:
+        with open(path) as handle:
+            for line in handle:
+                key, _, value = line.partition(" ")
+                fields[key] = int(value)
+    except (OSError, ValueError):
+        pass
+    throttled = fields.get("throttled_usec", 0) / 1e6 if "throttled_usec" in fields else fields.get("throttled_time", 0) / 1e9
+    return {"nr_periods": fields.get("nr_periods", 0), "nr_throttled": fields.get("nr_throttled", 0),
+            "throttled_seconds": throttled}
 
 
 def _run_times(cgroup) -> tuple:
-    """Seconds the cgroup's processes ran and waited on a run queue (/proc/PID/schedstat)."""
+    """Seconds the cgroup's processes ran and waited on a run queue (/proc/PID/schedstat;
+    a throttled process waits there too)."""
     running = waiting = 0
     for pid in cgroup.pids():
         try:
@@ -205,6 +243,5 @@ def _run_times(cgroup) -> tuple:
     return running / 1e9, waiting / 1e9
 
 
-def _share_seen(share, expected, tolerance, over=None):
-    return Observation(within(share, expected, tolerance),
-                       f"achieved {share:.2f} cores" + ("" if over is None else f" over {over:.0f} s"))
+def _share_seen(share, expected, tolerance):
+    return Observation(within(share, expected, tolerance), f"achieved {share:.2f} cores")
