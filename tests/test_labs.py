@@ -123,6 +123,27 @@ BY_HAND = {
 }
 HONEST = ("full", "empty", "wrong", "other", "byhand")
 
+# Tasks done by hand and judged by PID and cgroup path, answered plausibly but wrongly:
+# {lab: [(student, answer cell, wrong answer, its check cell, the points lost, words of a hint)]}
+HAND_CG = "os.mkdir(CGROUP)\nwith open(os.path.join(CGROUP, LIMIT_FILE), 'w') as limit:\n    limit.write(str({limit}))\n" \
+          "hog = subprocess.Popen(['sh', '-c', 'echo $$ > \"$0/cgroup.procs\" && exec \"$@\"', CGROUP, *PROGRAM])\n" \
+          "hog_pid = hog.pid"
+WRONG_BY_HAND = {
+    # the mount namespace forgotten: the hostname is right, one kind is still the notebook's
+    "01-namespaces-lab": [("hand-one-kind", "ns-hand-answer",
+                           "import subprocess\nhand = subprocess.Popen(['unshare', '--uts', 'sh', '-c', "
+                           "'hostname by-hand && exec sleep 600'])\nhand_pid = hand.pid",
+                           "ns-hand-check", 1, "which kinds are still the notebook")],
+    "02-cgroups-lab": [
+        # "it keeps 32 MiB, so 32 MiB": the interpreter does not fit, the program is OOM-killed
+        ("hand-too-tight", "cg-hand-answer", HAND_CG.format(limit="32 << 20"), "cg-hand-check", 3,
+         "how much does the program need beyond its 32 MiB"),
+        # a limit it lives under, but one that would hold 64 MiB as well: nothing derived
+        ("hand-too-loose", "cg-hand-answer", HAND_CG.format(limit="256 << 20"), "cg-hand-check", 1,
+         "would 64 MiB of data fit under it"),
+    ],
+}
+
 
 def with_cells(notebook, changes: dict):
     copy = nbformat.from_dict(json.loads(json.dumps(notebook)))
@@ -171,6 +192,8 @@ def submissions_for(lab, source, released_dir, folder: Path) -> dict:
     }
     if lab in BY_HAND:
         files["byhand"] = write(with_cells(source, BY_HAND[lab]), folder / "byhand" / name)
+    for student, answer, wrong, *_ in WRONG_BY_HAND.get(lab, []):
+        files[student] = write(with_cells(source, {answer: wrong}), folder / student / name)
     if lab == "01-namespaces-lab":
         tampered = with_cells(source, {"ns-box-answer": "pass", "ns-box-check": "3"})
         files["tampered"] = write(tampered, folder / "tampered" / name)
@@ -263,6 +286,23 @@ def test_a_way_by_hand_scores_full_marks(gradebooks, lab):
     data, _, _ = gradebooks[lab]
     byhand = by_student(data)["byhand"]
     assert full_marks(byhand), [c for c in byhand["cells"] if c["score"] < c["max_score"]]
+
+
+@pytest.mark.parametrize("lab, student", [(lab, wrong[0]) for lab in sorted(WRONG_BY_HAND)
+                                          for wrong in WRONG_BY_HAND[lab]])
+def test_a_task_by_hand_done_wrong_loses_its_points_judged_by_pid_and_cgroup(gradebooks, lab, student):
+    """The source's answer by hand scores full marks (test above), the released placeholder
+    0; a plausible wrong answer loses exactly what the kernel state shows is wrong."""
+    data, _, out = gradebooks[lab]
+    _, _, _, check_cell, points, hint_words = next(w for w in WRONG_BY_HAND[lab] if w[0] == student)
+    seen = by_student(data)[student]
+    lost = [c for c in seen["cells"] if c["score"] < c["max_score"] and not any(x.get("retry") for x in c["checks"])]
+    assert [c["grade_id"] for c in lost] == [check_cell], lost
+    assert lost[0]["max_score"] - lost[0]["score"] == points, lost[0]["checks"]
+    assert seen["total"] + unmeasured(seen) == seen["max_total"] - points
+    assert hint_words in (out / "feedback" / f"{student}.html").read_text()
+    empty = {c["grade_id"]: c for c in by_student(data)["empty"]["cells"]}
+    assert empty[check_cell]["score"] == 0 and "is not set" in empty[check_cell]["checks"][0]["observed"]
 
 
 def test_a_flood_of_output_is_capped_in_the_executed_notebook(gradebooks):

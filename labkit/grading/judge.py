@@ -17,7 +17,7 @@ from labkit.grading.checks import Expectation, Observation, ProbeFailed, Report,
 from labkit.grading.evidence import candidate_cgroups, kernel_events, owned
 from labkit.grading.targets import (Answer, Finished, Process, cgroup_from_path, cgroup_of_pid, first_process,
                                     namespace_pids,
-                                    process_by_id, reset_world, using_world)
+                                    process_by_id, reset_world, running_words, using_world)
 
 PROBES = frozenset(name for name in probes.__all__ if name != "Answer")
 
@@ -137,7 +137,8 @@ class GraderWorld:
         if not (isinstance(target, str) and not target.startswith("/") and not target.isdigit()):
             process = self.process(target)
             stats = process.cgroup.stats()
-            return Finished(process.label, True, stats.oom_kills, stats.pids_limit_hits, stats.throttled_periods or 0)
+            return Finished(process.label, True, stats.oom_kills, stats.pids_limit_hits, stats.throttled_periods or 0,
+                            [running_words(process, stats)])
         self.watch.look()
         self.watch.count()
         sightings = self.watch.named(target)

@@ -8,7 +8,7 @@ import socket
 import threading
 
 from labkit.grading.checks import Observation, ProbeFailed
-from labkit.grading.targets import current_world, namespace_pids, running_process, value_of
+from labkit.grading.targets import current_world, namespace_pids, poll, running_process, value_of
 
 
 def _inode(pid, kind) -> int:
@@ -50,14 +50,15 @@ def in_namespace(pid, kind, fn, *args):
     return outcome["value"]
 
 
-def own_namespaces(target, kinds=("pid", "net", "ipc")):
-    """The process has its own namespace of each kind (not the notebook's)."""
-    def look():
+def own_namespaces(target, kinds=("pid", "net", "ipc"), deadline=2.0):
+    """The process has its own namespace of each kind (not the notebook's); polled a moment,
+    since a process started by hand (`unshare` just exec'd) may not have made them yet."""
+    def once():
         process = running_process(target)
         own = {kind: _inode(process.pid, kind) != _reference(kind) for kind in kinds}
         words = ", ".join(f"{kind}: {'own' if own[kind] else 'shared with the host'}" for kind in kinds)
         return Observation(all(own.values()), words)
-    return look
+    return lambda: poll(once, deadline)
 
 
 def shares_namespace(target, kind):
@@ -69,13 +70,14 @@ def shares_namespace(target, kind):
     return look
 
 
-def hostname(target, expected: str):
-    """The hostname of the process's UTS namespace is `expected`."""
-    def look():
+def hostname(target, expected: str, deadline=2.0):
+    """The hostname of the process's UTS namespace is `expected` (polled a moment: a shell
+    started by hand may not have set it yet)."""
+    def once():
         process = running_process(target)
         seen = in_namespace(process.pid, "uts", socket.gethostname)
         return Observation(seen == expected, f"hostname {seen!r}")
-    return look
+    return lambda: poll(once, deadline)
 
 
 def pid_view(target):

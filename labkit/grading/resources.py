@@ -65,6 +65,20 @@ def memory_limit(target, expected, tolerance=0.02):
     return look
 
 
+def memory_limit_at_most(target, most):
+    """The process's cgroup limits memory, to at most `most` bytes (or "64m"): a limit the
+    student derives, judged as a bound (the program must also live: `finished_ok`)."""
+    ceiling = parse_bytes(most)
+
+    def look():
+        process = running_process(target)
+        seen = limits_of(process.cgroup)["memory"]
+        where = f"{process.label} in cgroup /{process.cgroup.name}"
+        return Observation(seen is not None and seen <= ceiling,
+                           f"{where}: " + ("no memory limit" if seen is None else f"memory limit {format_bytes(seen)}"))
+    return look
+
+
 def cpu_limit(target, expected: float, tolerance=0.02):
     """The container's CPU quota is `expected` cores ± tolerance."""
     def look():

@@ -67,6 +67,11 @@ def finished_container(target) -> Finished:
     return current_world().finished(value_of(target))
 
 
+def running_words(process, stats) -> str:
+    """What a finished-or-not probe saw of a process that is still running."""
+    return f"still running in cgroup /{process.cgroup.name}, {stats.oom_kills} OOM kill(s) there"
+
+
 def poll(look, deadline: float, interval: float = 0.1) -> Observation:
     """Call `look()` until it passes or `deadline` seconds have gone; the last look counts."""
     end = time.monotonic() + deadline
@@ -194,7 +199,8 @@ class KernelWorld:
         if not isinstance(target, Result):
             process = self.process(target)
             stats = process.cgroup.stats()
-            return Finished(process.label, True, stats.oom_kills, stats.pids_limit_hits, stats.throttled_periods or 0)
+            return Finished(process.label, True, stats.oom_kills, stats.pids_limit_hits, stats.throttled_periods or 0,
+                            [running_words(process, stats)])
         stats = target.stats or {}
         return Finished(f"container {target.name}", True, int(target.oom_killed or stats.get("oom_kills") or 0),
                         int(stats.get("pids_limit_hits") or 0), int(stats.get("throttled_periods") or 0),
