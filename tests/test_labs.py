@@ -138,8 +138,8 @@ WRONG_BY_HAND = {
         # "it keeps 32 MiB, so 32 MiB": the interpreter does not fit, the program is OOM-killed
         ("hand-too-tight", "cg-hand-answer", HAND_CG.format(limit="32 << 20"), "cg-hand-check", 3,
          "how much does the program need beyond its 32 MiB"),
-        # a limit it lives under, but one that would hold 64 MiB as well: nothing derived
-        ("hand-too-loose", "cg-hand-answer", HAND_CG.format(limit="256 << 20"), "cg-hand-check", 1,
+        # a limit it lives under, but one that would hold 64 MiB as well: nothing derived, nothing scores
+        ("hand-too-loose", "cg-hand-answer", HAND_CG.format(limit="256 << 20"), "cg-hand-check", 3,
          "would 64 MiB of data fit under it"),
     ],
 }

@@ -79,6 +79,29 @@ def memory_limit_at_most(target, most):
     return look
 
 
+def lives_with_memory(target, held, most):
+    """The process runs holding at least `held` bytes (VmRSS: it is the program, not a
+    stand-in), in a cgroup whose memory limit is at most `most`, with no OOM kill there."""
+    need, ceiling = parse_bytes(held), parse_bytes(most)
+
+    def look():
+        process = running_process(target)
+        try:
+            with open(f"/proc/{process.pid}/status") as handle:
+                fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        except OSError:
+            raise ProbeFailed(f"no process {process.pid} is running") from None
+        if fields.get("State", "").split()[:1] in (["Z"], ["X"]):
+            raise ProbeFailed(f"{process.label} has ended")
+        resident = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+        limit, stats = limits_of(process.cgroup)["memory"], process.cgroup.stats()
+        fine = resident >= need and limit is not None and limit <= ceiling and not stats.oom_kills
+        return Observation(fine, f"{process.label} holds {format_bytes(resident)} in cgroup /{process.cgroup.name}: "
+                           + ("no memory limit" if limit is None else f"memory limit {format_bytes(limit)}")
+                           + f", {stats.oom_kills} OOM kill(s)")
+    return look
+
+
 def cpu_limit(target, expected: float, tolerance=0.02):
     """The container's CPU quota is `expected` cores ± tolerance."""
     def look():
