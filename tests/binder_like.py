@@ -203,10 +203,10 @@ def differing_cells(notebook: str, executed) -> list:
     """The code cells nbval would check whose outputs in `executed` differ from the stored
     ones after notebooks/sanitize.cfg: [(cell index, stored, executed)], sanitised."""
     from rootless_notebooks import _checked as checked_by_nbval
-    from rootless_notebooks import _compared, _skip_for
+    from rootless_notebooks import _compared, _patterns_for, _skip_for
 
     stored = nbformat.read(str(NOTEBOOKS / notebook), as_version=4)
-    patterns, skip = sanitize_patterns(), _skip_for(notebook)
+    patterns, skip = sanitize_patterns() + _patterns_for(notebook), _skip_for(notebook)
     differ = []
     for index, (cell, ran) in enumerate(zip(stored.cells, executed.cells)):
         if cell.cell_type != "code" or not checked_by_nbval(cell):

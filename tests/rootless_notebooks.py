@@ -164,9 +164,9 @@ def _checked(cell) -> bool:
     return options.get("check", True) and not options.get("skip", False) and cell.execution_count is not None
 
 
-def _store(stored, rootless, mine, skip) -> int:
+def _store(stored, rootless, mine, skip, extra=()) -> int:
     """Keeps in `stored` the rootless outputs of each checked cell where they differ; returns how many."""
-    root_patterns = list(get_sanitize_patterns((NOTEBOOKS / "sanitize.cfg").read_text()))
+    root_patterns = list(get_sanitize_patterns((NOTEBOOKS / "sanitize.cfg").read_text())) + list(extra)
     changed = 0
     for cell, ran in zip(stored.cells, rootless):
         if cell.cell_type != "code":
@@ -192,6 +192,13 @@ def _skip_for(relative):
     return SKIP + ((MIME,) if relative.startswith("labs/") else ())   # notebooks/labs/conftest.py
 
 
+def _patterns_for(relative) -> list:
+    """The sanitising notebooks/labs/conftest.py adds for a lab: the table's observed column."""
+    from labkit.grading.checks import OBSERVED_SANITIZE
+
+    return [OBSERVED_SANITIZE] if relative.startswith("labs/") else []
+
+
 def _record(paths):
     with notebooks_as_user() as run:
         mine = user_patterns(run.user.uid, run.user.name)
@@ -199,7 +206,7 @@ def _record(paths):
             relative = str(Path(path).resolve().relative_to(NOTEBOOKS))
             stored = nbformat.read(str(NOTEBOOKS / relative), as_version=4)
             ran = [cell.outputs if cell.cell_type == "code" else None for cell in run.execute(relative).cells]
-            changed = _store(stored, ran, mine, _skip_for(relative))
+            changed = _store(stored, ran, mine, _skip_for(relative), _patterns_for(relative))
             nbformat.write(stored, str(NOTEBOOKS / relative))
             print(f"{relative}: {changed} cells with rootless outputs of their own")
 
