@@ -45,7 +45,7 @@ def test_a_share_off_in_every_window_fails_together_too(monkeypatch):
 
 def test_crowded_windows_are_left_out_of_the_sum(monkeypatch):
     # A loop with no quota, starved to a quarter core by a busy host: its crowded windows
-    # windows say nothing about its share: 'busy host, run again', no points, never a pass.
+    # say nothing about its share: "busy host, run again", no points, never a pass.
     seen = share_seen(monkeypatch, [(0.25, True), (0.24, True)], quota=None)
     assert not seen.passed and seen.retry and seen.observed.startswith("busy host, run again")
     # Only the clear windows are added up: two crowded ones at 0.25 would pull 0.3 down.
