@@ -148,16 +148,20 @@ def crowded_cpu():
 
 @pytest.mark.root
 def test_a_cpu_share_measured_on_a_crowded_cpu_is_busy_host_not_a_pass_nor_a_fail(start, crowded_cpu):
-    """Four busy loops on its CPU leave a quarter-core spinner less than its quota: not a
-    wrong answer (run again). A spinner with no quota at all, crowded down to about a
-    quarter of a core, must not pass for having one: the measurement cannot be trusted."""
+    """Four busy loops on its CPU can leave a quarter-core spinner less than its quota: never
+    a wrong answer (run again), and a pass only where its quota still ran out in nearly every
+    period (then it got what the quota gives: the container's own cgroup is one scheduling
+    entity against the loops', and it often does). A spinner with no quota at all, crowded
+    down to about a quarter of a core, must not pass for having one: the measurement cannot
+    be trusted."""
     capped = start(name="gp-crowded", cpus="0.25", command=["sh", "-c", "while :; do :; done"])
     free = start(name="gp-unlimited", command=["sh", "-c", "while :; do :; done"])
     crowded_cpu(capped.pid, 4)
     crowded_cpu(free.pid, 0)      # the same CPU: five loops and the capped one share it
-    for container in (capped, free):
-        seen = look(p.cpu_share(container, 0.25, tolerance=0.10, deadline=3))
-        assert not seen.passed and seen.retry and seen.observed.startswith("busy host, run again"), seen
+    seen = look(p.cpu_share(capped, 0.25, tolerance=0.10, deadline=3))
+    assert seen.passed or (seen.retry and seen.observed.startswith("busy host, run again")), seen
+    seen = look(p.cpu_share(free, 0.25, tolerance=0.10, deadline=3))
+    assert not seen.passed and seen.retry and seen.observed.startswith("busy host, run again"), seen
     unlimited = look(p.throttled(free, deadline=1))
     assert not unlimited.passed and not unlimited.retry, unlimited   # no quota: nothing to excuse
     # Run outside the crowd, the spinner without a quota is measured, and fails.
