@@ -161,7 +161,7 @@ def soak(containers: int = 1000, concurrency: int = 8, home: Path | None = None,
     home = Path(home or tempfile.mkdtemp(prefix="labkit-soak-"))
     os.environ["LABKIT_HOME"] = str(home)
     from labkit.runtime import Container, ContainerSpec
-    from labkit.runtime.client.helper_client import get_helper, settle, shutdown_helper
+    from labkit.runtime.client.helper_client import get_helper, pool_filled, shutdown_helper
 
     made, wrong, lock = [], [], threading.Lock()
     counts = {ending.__name__: 0 for ending in ENDINGS}
@@ -184,7 +184,9 @@ def soak(containers: int = 1000, concurrency: int = 8, home: Path | None = None,
         for index in range(min(WARM_UP, containers)):
             one(index)
         helper_pid = get_helper().pid
-        settle()  # each figure is taken with no teardown under way (it holds a descriptor or two)
+        # Each figure is taken with no teardown under way (it holds a descriptor or two) and
+        # the pool full (a ready slot holds three of the helper's: its pipes and socket).
+        pool_filled()
         warm = process_figures(helper_pid)
         sequential = containers // 2
         started = time.monotonic()
@@ -197,7 +199,7 @@ def soak(containers: int = 1000, concurrency: int = 8, home: Path | None = None,
             list(pool.map(one, range(sequential, containers)))
         concurrent_seconds = time.monotonic() - started
         say(f"{concurrency}-way concurrent: {containers - sequential} containers in {concurrent_seconds:.1f} s")
-        settle()  # the helper tears each container down right after reporting its exit
+        pool_filled()  # the helper tears each container down right after reporting its exit
         end = process_figures(helper_pid)
         left = leftovers(home, made)
     finally:

@@ -4,6 +4,7 @@ container's cgroup (by the name its state records), the helper's pool slots.
 A plain module, not conftest.py: notebooks/labs/ has a conftest.py of its own, and in a
 session that collects both, `from conftest import ...` inside a test may find that one."""
 
+import errno
 import os
 import re
 
@@ -64,6 +65,9 @@ def helper_slot_cgroups(helper) -> dict:
                     slots[path] = {int(line) for line in procs if line.strip()}
             except FileNotFoundError:
                 pass
+            except OSError as error:   # ENODEV: removed between open and read (a slot discarded)
+                if error.errno != errno.ENODEV:
+                    raise
     return slots
 
 

@@ -50,7 +50,7 @@ FIELDS = {
     Op.EXITED: {"id", "status", "error", "pid", "stats"},
     Op.FAILED: {"id", "error", "errno"},
     Op.REMOVED: {"id"},
-    Op.PONG: {"id", "pid", "ready_slots"},   # ready_slots: cgroup names of the slots a start would get now
+    Op.PONG: {"id", "pid", "ready_slots", "pool_size"},   # ready_slots: cgroup names of the slots a start would get now; pool_size: how many it keeps
 }
 
 

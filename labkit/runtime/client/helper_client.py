@@ -370,6 +370,20 @@ def ready_slots() -> list:
     return [] if pong is None else pong["ready_slots"]
 
 
+def pool_filled(timeout: float = 30.0) -> bool:
+    """Wait until this process's helper has torn down every exited container and holds as
+    many ready slots as it keeps (each holds descriptors of the helper's: a count taken
+    while one is being remade differs by them). False if that did not happen in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pong = _ping_own_helper("pool-filled")
+        if pong is None or len(pong["ready_slots"]) >= pong["pool_size"]:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 def _ping_own_helper(ident: str) -> dict | None:
     """A PONG from this process's helper, once it has handled everything before; None
     without a live helper."""

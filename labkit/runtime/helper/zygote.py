@@ -477,7 +477,7 @@ class Zygote:
 
     def op_ping(self, request, fds):
         self.settle()   # a ping answers once every exited container is torn down
-        self.send(Op.PONG, id=request["id"], pid=os.getpid(),
+        self.send(Op.PONG, id=request["id"], pid=os.getpid(), pool_size=self.pool.size,
                   ready_slots=[slot.cgroup_name for slot in self.pool.slots if slot.ready])
 
     def op_shutdown(self, request, fds):
