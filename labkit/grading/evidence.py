@@ -104,7 +104,9 @@ class Watch:
         except OSError:
             return
         with self._lock:
-            sighting.ran = sighting.ran or bool(pids)
+            # a process seen in its cgroup, or CPU time charged there: a container that started
+            # and exited between two looks (a short one, started from a ready slot) still ran
+            sighting.ran = sighting.ran or bool(pids) or bool(stats.cpu_seconds)
             sighting.oom_kills = max(sighting.oom_kills, stats.oom_kills or 0)
             sighting.pids_limit_hits = max(sighting.pids_limit_hits, stats.pids_limit_hits or 0)
             sighting.throttled_periods = max(sighting.throttled_periods, stats.throttled_periods or 0)
