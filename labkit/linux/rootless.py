@@ -175,6 +175,12 @@ def enter_user_namespace(flags: int = 0, quiet: bool = False) -> None:
         _write_own_maps(uid_map, gid_map)
     else:
         _unshare_mapped_by_helpers(syscalls.CLONE_NEWUSER | flags, uid_map, gid_map)
+    _become_root_inside(uid)
+
+
+def _become_root_inside(uid: int) -> None:
+    """After entering or joining a user namespace as host `uid`: say so to our children,
+    forget the cached answer, and take root's ids there."""
     os.environ[_ENTERED_ENV] = str(uid)
     # A fork of the caller may have asked before, outside: the answer is another one now.
     in_initial_user_namespace.cache_clear()
@@ -197,14 +203,7 @@ def join_user_namespace_of(pid: int) -> None:
         syscalls.setns(fd, syscalls.CLONE_NEWUSER)
     finally:
         os.close(fd)
-    os.environ[_ENTERED_ENV] = str(uid)
-    in_initial_user_namespace.cache_clear()
-    os.setresgid(0, 0, 0)
-    os.setresuid(0, 0, 0)
-    try:
-        os.setgroups([])
-    except PermissionError:
-        pass
+    _become_root_inside(uid)
 
 
 def _write_own_maps(uid_map: IdMap, gid_map: IdMap) -> None:
