@@ -1,5 +1,5 @@
 """`python -m labkit`: the `labkit` command (the kernelspec starts kernels through it)."""
 
-from labkit.cli import command
+from labkit.entry import command
 
 command()

@@ -47,7 +47,8 @@ def cmd_run(options):
 
     from labkit.errors import ImageNotFound
 
-    fork_from_caller()  # this process is small and single-threaded: it can be its own helper
+    # This process is small and single-threaded: it can be its own helper, for one container.
+    fork_from_caller(one_container=True)
     try:
         container = Container(spec)
     except ImageNotFound as error:   # docker run: "Unable to find image", 125 as any error of its own

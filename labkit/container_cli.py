@@ -246,7 +246,7 @@ def cmd_top(options) -> int:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
                 command = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue
         print(f"{pid:>8}  {command}")
     return 0

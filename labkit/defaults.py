@@ -18,9 +18,9 @@
     default = "10m"
     [log_files]           # how many of each are kept, rotated (--log-opt max-file=)
     default = 3
-    [import_size]         # bytes an imported image may unpack to
+    [import_size]         # bytes an imported image (or the archives one build ADDs) may unpack to
     default = "4g"
-    [import_files]        # entries (files, directories, links) an imported image may unpack
+    [import_files]        # entries (files, directories, links) an imported image (or ADD) may unpack
     default = 1000000
 
 Every table and key is optional. Without a file a container is bounded only where that

@@ -31,7 +31,11 @@ def diagnose() -> list:
     rows += check_cgroups(rootless)
     rows.append(check_seccomp())
     rows.append(check_device_control(rootless))
+    if rootless:
+        rows.append(check_rootless_network())
     rows.append(check_overlay())
+    if rootless:
+        rows.append(check_rootless_overlay())
     rows.append(check_busybox())
     rows.append(check_vm())
     rows.append(check_vm_kernel())
@@ -320,6 +324,26 @@ def writable_cgroup(directory) -> bool:
     return os.access(directory, os.W_OK | os.X_OK) and os.access(procs, os.W_OK)
 
 
+def check_rootless_network() -> Check:
+    """What a container without root gets besides loopback: the bridge (always), published
+    TCP ports on it (the owner's proxy, always), and a way out (pasta, and nft for the
+    masquerade inside the bridge's namespace: labkit.net.rootless_bridge)."""
+    import shutil
+
+    from labkit.net.rootless_bridge import nft_program
+
+    missing = [name for name, found in (("pasta", shutil.which("pasta")), ("nft", nft_program())) if found is None]
+    if "pasta" in missing:
+        return Check("rootless network", False, "--net bridge (by name) and its -p TCP ports work; no outbound "
+                     "traffic and no --net pasta: pasta is missing", "apt-get install passt nftables",
+                     required=False)
+    if missing:
+        return Check("rootless network", False, "--net bridge with -p TCP ports, --net pasta; a bridge container "
+                     "has no outbound traffic: nft is missing", "apt-get install nftables", required=False)
+    return Check("rootless network", True, "--net bridge: by name, -p TCP ports, outbound through pasta; "
+                 "--net pasta; no UDP ports")
+
+
 def check_seccomp() -> Check:
     """Docker's default profile needs libseccomp (to compile it) and a kernel with filters."""
     from labkit.errors import HostError
@@ -370,6 +394,28 @@ def check_overlay() -> Check:
         have = any(line.split()[-1] == "overlay" for line in handle if line.strip())
     return Check("overlay filesystem", have, "overlayfs available" if have else "overlayfs not loaded",
                  "" if have else "modprobe overlay")
+
+
+def check_rootless_overlay() -> Check:
+    """Which overlay a rootless container's root gets (images/rootless_overlay.py: the
+    kernel's where a probe mount in a user namespace works, else fuse-overlayfs)."""
+    from labkit.errors import LabkitError
+    from labkit.images.rootless_overlay import rootless_overlay
+
+    try:
+        choice = rootless_overlay(_rootless_home_if_made())
+    except LabkitError as error:
+        return Check("rootless overlay", False, str(error),
+                     "as root: apt-get install fuse-overlayfs; or boot Linux 5.11 or later")
+    return Check("rootless overlay", True, f"containers' roots are {choice.why}")
+
+
+def _rootless_home_if_made():
+    """Where the probe mounts: the home's filesystem (that of the containers' layers) if
+    it exists, else the temp dir; doctor makes no home."""
+    home = os.environ.get("LABKIT_HOME") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "labkit")
+    return home if os.path.isdir(home) and os.access(home, os.W_OK | os.X_OK) else None
 
 
 def check_busybox() -> Check:

@@ -1,8 +1,11 @@
 """Writing a small file so that a reader sees either the old content or the new, never a
 half-written one: write a temporary file beside it, then rename(2) it over the old (the
-kernel makes a rename within one filesystem atomic)."""
+kernel makes a rename within one filesystem atomic). Reading a small file someone else
+may have replaced by a FIFO or a device: a bounded read of a regular file, or an error."""
 
+import errno
 import os
+import stat
 
 
 def write_atomically(path, text: str | bytes, mode: int = 0o644) -> None:
@@ -29,3 +32,26 @@ def write_atomically(path, text: str | bytes, mode: int = 0o644) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def read_regular(path, most: int, follow: bool = True, dir_fd: int | None = None) -> bytes:
+    """At most `most` bytes of the regular file at `path`. Opened without blocking and
+    checked before a byte is read: a FIFO put there would block the reader for ever (open
+    waits for a writer) and /dev/zero would feed it without end; both, and anything else
+    that is not a regular file, are OSError(EINVAL). `follow=False` refuses a symlink as
+    the last component (ELOOP); `dir_fd`: `path` is relative to that open directory."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    descriptor = os.open(path, flags, dir_fd=dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        chunks, left = [], most
+        while left > 0:
+            chunk = os.read(descriptor, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(descriptor)

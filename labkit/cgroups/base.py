@@ -49,6 +49,7 @@ class Stats:
     memory_peak: int | None = None
     cpu_seconds: float | None = None
     throttled_periods: int | None = None
+    periods: int | None = None      # CPU quota periods the kernel counted (nr_periods; 0 without a quota)
     throttled_seconds: float | None = None
     pids_current: int | None = None
     oom_kills: int = 0

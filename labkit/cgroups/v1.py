@@ -112,6 +112,7 @@ class CgroupV1(Cgroup):
         if "cpu" in self.dirs:
             cpu = read_keyed(self._file("cpu", "cpu.stat"))
             stats.throttled_periods = cpu.get("nr_throttled")
+            stats.periods = cpu.get("nr_periods")
             if "throttled_time" in cpu:
                 stats.throttled_seconds = cpu["throttled_time"] / 1e9
         if "pids" in self.dirs:

@@ -80,6 +80,7 @@ class CgroupV2(Cgroup):
             memory_peak=read_int(self._file("memory.peak")),
             cpu_seconds=None if usage is None else usage / 1e6,
             throttled_periods=cpu.get("nr_throttled"),
+            periods=cpu.get("nr_periods"),
             throttled_seconds=None if throttled is None else throttled / 1e6,
             pids_current=read_int(self._file("pids.current")),
             oom_kills=read_keyed(self._file("memory.events")).get("oom_kill", 0),

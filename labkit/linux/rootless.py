@@ -172,7 +172,7 @@ def enter_user_namespace(flags: int = 0, quiet: bool = False) -> None:
         say_single_id_once(single)
     if single:
         syscalls.unshare(syscalls.CLONE_NEWUSER | flags)
-        _write_own_maps(uid_map, gid_map)
+        write_own_maps(uid_map, gid_map)
     else:
         _unshare_mapped_by_helpers(syscalls.CLONE_NEWUSER | flags, uid_map, gid_map)
     _become_root_inside(uid)
@@ -206,7 +206,9 @@ def join_user_namespace_of(pid: int) -> None:
     _become_root_inside(uid)
 
 
-def _write_own_maps(uid_map: IdMap, gid_map: IdMap) -> None:
+def write_own_maps(uid_map: IdMap, gid_map: IdMap) -> None:
+    """Map, from inside a user namespace just made, the ids the caller may map itself (its
+    own only: no newuidmap)."""
     # A process may map its own ids only, and its gid only once setgroups is denied.
     with open("/proc/self/setgroups", "w") as handle:
         handle.write("deny")

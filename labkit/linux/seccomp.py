@@ -16,7 +16,6 @@ The work is split in two on purpose (DESIGN: a container starts from a warm help
 """
 
 import ctypes
-import ctypes.util
 import errno
 import json
 import os
@@ -40,8 +39,11 @@ def library():
         try:
             lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
         except OSError:
-            # find_library runs ldconfig (~10 ms): only when the usual soname is not found.
-            name = ctypes.util.find_library("seccomp")
+            # find_library runs ldconfig (~10 ms): only when the usual soname is not found
+            # (and ctypes.util, which imports tempfile and random, only then).
+            from ctypes.util import find_library
+
+            name = find_library("seccomp")
             if name is None:
                 raise HostError("seccomp filters need libseccomp (apt-get install libseccomp2)") from None
             lib = ctypes.CDLL(name, use_errno=True)

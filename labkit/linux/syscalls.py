@@ -30,6 +30,7 @@ libc = _linked_libc()
 
 # clone(2) / unshare(2) flags
 CLONE_NEWTIME = 0x00000080
+CLONE_FS = 0x00000200          # not a namespace: a private root and working directory (unshare in a thread)
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000

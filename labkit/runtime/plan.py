@@ -119,6 +119,8 @@ class StartPlan:
     storage_size: int | None         # bytes: the read-write layer on a tmpfs of this size (None: unbounded)
     logs: LogPlan | None             # set for a detached container (by start()): the helper writes its logs
     cgroup: CgroupPlacement | None = None   # the helper's part
+    overlay: str = "kernel"          # the helper's part: "kernel", or "fuse" (images/rootless_overlay.py)
+    fuse_fds: list | None = None     # the supervisor's part: [/dev/fuse fd its fuse-overlayfs serves, "mounted" pipe]
 
 
 @dataclass

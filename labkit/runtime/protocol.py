@@ -43,7 +43,7 @@ FIELDS = {
     Op.SIGNAL: {"id", "signal"},
     Op.KILL: {"id"},
     Op.REMOVE: {"id", "dir"},
-    Op.PING: {"id"},
+    Op.PING: {"id", "settle"},   # settle: answer once every exited container is torn down
     Op.SHUTDOWN: set(),
     Op.HELD: {"id", "pid", "cgroup"},
     Op.STARTED: {"id", "pid", "setup_seconds", "cgroup", "slot"},   # cgroup: its name; slot: a pool slot served it

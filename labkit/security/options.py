@@ -55,9 +55,11 @@ def _split(value):
 
 
 def _seccomp_profile(value):
+    if value in ("default", "unconfined"):
+        return value   # the helper compiles "default" (labkit.security.compiled): no libseccomp tables here
     from labkit.linux import seccomp
 
-    if value in ("default", "unconfined") or isinstance(value, seccomp.Profile):
+    if isinstance(value, seccomp.Profile):
         return value
     if isinstance(value, dict):
         return seccomp.Profile.from_json(value, source="given as a dict")

@@ -22,7 +22,7 @@ from labkit.linux import processes
 from labkit.linux.rootless import running_rootless
 from labkit.runtime import plan as launch
 from labkit.runtime.container_dir import ContainerDir
-from labkit.runtime.client.helper_client import get_helper
+from labkit.runtime.client.helper_client import caught_up, get_helper
 from labkit.runtime.client.network import attach_network, detach_network, prepare_network
 from labkit.runtime.client.registry import forget, remember
 from labkit.runtime.client.result import Result, describe_setup_error
@@ -145,9 +145,7 @@ class Container:
         try:
             self._helper.send(Op.START, fds, id=self.id, plan=launch.to_wire(plan), fd_names=names)
         finally:
-            for fd in fds:
-                if fd not in (stdout, stderr, stdin):
-                    os.close(fd)
+            self._streams.close_handed_over()   # the caller's own fds stay open
         answer = self._helper.wait_for(self.id, (Op.HELD, Op.STARTED, Op.EXITED))
         if answer["op"] == Op.FAILED:
             self.lifecycle.to(REMOVED)
@@ -175,6 +173,8 @@ class Container:
         labkit.net took for it."""
         if self.state == "created" and self.result is None:
             self._finish(self._kill_and_collect())
+        elif self.result is None:
+            self._close_streams()   # interrupted before "created": no request left, pipes made
         detach_network(self)
 
     def wait(self, timeout=None) -> Result:
@@ -348,7 +348,7 @@ class Container:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as handle:
                     rows.append((pid, handle.read().replace(b"\0", b" ").decode(errors="replace").strip()))
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):
                 pass
         return rows
 
@@ -391,9 +391,14 @@ class Container:
     def _check_name_free(self):
         if self.spec.name is None:
             return  # a generated name carries the random id: no other container has it
-        for state in all_states():
-            if state.get("name") == self.name and owner_alive(state):
-                raise ConfigError(f"a container named {self.name!r} already exists; remove it or pick another name")
+        taken = [state for state in all_states() if state.get("name") == self.name and owner_alive(state)]
+        if taken:
+            # One of ours that exited a moment ago: the helper forgets it right after
+            # telling its exit (helper_client.caught_up). Only then is the name asked again.
+            caught_up()
+            taken = [state for state in all_states() if state.get("name") == self.name and owner_alive(state)]
+        if taken:
+            raise ConfigError(f"a container named {self.name!r} already exists; remove it or pick another name")
 
     def _plan(self, hold, auto_remove) -> launch.StartPlan:
         """Compile the spec, with the image and the network's answer, into the launch plan.

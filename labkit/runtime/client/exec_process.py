@@ -31,23 +31,19 @@ class ExecProcess:
         instead of pipes read into the Result."""
         helper = self.container._helper
         streams = OutputStreams(on_output)
-        names, fds, ours = [], [], []
+        names, fds = [], []
         for name in ("stdin", "stdout", "stderr"):
             if stdio and stdio.get(name) is not None:
                 names.append(name)
                 fds.append(stdio[name])
             elif name != "stdin" and not stdio:
-                read_end, write_end = os.pipe2(os.O_CLOEXEC)
-                streams.add(name, read_end)
                 names.append(name)
-                fds.append(write_end)
-                ours.append(write_end)
+                fds.append(streams.pipe(name))
         started = time.monotonic()
         try:
             helper.send(Op.EXEC, fds, id=self.id, plan=launch.to_wire(self.plan), fd_names=names)
         finally:
-            for fd in ours:
-                os.close(fd)
+            streams.close_handed_over()
         deadline = None if self.timeout is None else started + self.timeout
         exited, timed_out = None, False
         try:

@@ -147,8 +147,7 @@ def _monitor(spec, auto_remove, keep_stdin, tty, ready_w):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         # One container: no ready slots made ahead for a next one that never comes.
-        os.environ["LABKIT_POOL"] = "0"
-        helper_client.fork_from_caller()
+        helper_client.fork_from_caller(one_container=True)
         Monitor(spec, auto_remove).run(keep_stdin, tty, ready)
     except BaseException as error:  # noqa: BLE001
         ready.answer({"error": f"{type(error).__name__}: {error}", "code": 125})

@@ -47,6 +47,7 @@ def host_containers(home: Path | None = None, hierarchy=None) -> list:
     removes those)."""
     from labkit.runtime import lifecycle
 
+    _caught_up()
     states = all_states(home)
     for state in states:
         if not owner_alive(state):
@@ -70,6 +71,7 @@ def layers_in_use(home: Path | None = None) -> set:
     not be removed on a guess."""
     from labkit.errors import ContainerError
 
+    _caught_up()
     root = containers_root(home)
     used = set()
     if not root.is_dir():
@@ -94,6 +96,7 @@ def find_container(reference: str, home: Path | None = None) -> dict:
     and "upper" (its read-write layer) added, for commit and diff."""
     from labkit.errors import ContainerError
 
+    _caught_up()
     states = all_states(home)
     exact = [s for s in states if reference in (s.get("name"), s.get("id"))]
     matches = exact or [s for s in states if str(s.get("id", "")).startswith(reference)]
@@ -102,6 +105,19 @@ def find_container(reference: str, home: Path | None = None) -> dict:
         why = "no container" if not matches else f"{len(matches)} containers"
         raise ContainerError(f"{why} matching {reference!r} (containers: {known}); give a name or a longer id")
     return {**matches[0], "upper": str(ContainerDir(matches[0]["dir"]).upper)}
+
+
+# Set by runtime/client/helper_client.py (which imports this module, not the other way):
+# waits until this process's helper, if it has one, has caught up.
+catch_up = None
+
+
+def _caught_up() -> None:
+    """This process's helper (if it has one) has recorded every exit it told (it does
+    right after telling it): a container of ours that exited is not listed as running,
+    nor its layers as in use."""
+    if catch_up is not None:
+        catch_up()
 
 
 def sweep(home: Path | None = None, hierarchy=None, min_age_seconds: float = 60.0) -> list:

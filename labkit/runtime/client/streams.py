@@ -11,6 +11,7 @@ inherited descriptors is lost; the kernel must write the output itself.
 import codecs
 import os
 import selectors
+import stat
 import time
 
 OUTPUT_LIMIT = 16 << 20   # bytes of stdout/stderr kept in a Result (streaming sees it all)
@@ -25,6 +26,31 @@ class OutputStreams:
         self.buffers = {}
         self.decoders = {}
         self.sizes = {}
+        self.handed_over = {}   # write end -> its pipe's inode: ours to close once sent
+
+    def pipe(self, name) -> int:
+        """A pipe for the stream `name`: its read end is read here, its write end (returned)
+        goes to the container, and this side's copy is closed by `close_handed_over`."""
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        self.handed_over[write_end] = os.fstat(write_end).st_ino
+        self.add(name, read_end)
+        return write_end
+
+    def close_handed_over(self):
+        """Close this side's copy of every write end. Safe to call again after an interrupt
+        (the stop button) cut a call short: a write end still open here would keep its
+        pipe from ever ending, and `drain` would wait forever. A descriptor is closed only
+        while it still is that pipe's write end, never a number reused since."""
+        for fd, inode in list(self.handed_over.items()):
+            try:
+                info = os.fstat(fd)
+                still_ours = (stat.S_ISFIFO(info.st_mode) and info.st_ino == inode
+                              and _access_mode(fd) == os.O_WRONLY)
+            except OSError:   # closed already
+                still_ours = False
+            if still_ours:
+                os.close(fd)
+            self.handed_over.pop(fd, None)
 
     def add(self, name, fd):
         os.set_blocking(fd, False)
@@ -47,6 +73,7 @@ class OutputStreams:
 
     def drain(self):
         """Read what is left (the writers are gone: every read ends in data or EOF)."""
+        self.close_handed_over()   # one left open by an interrupted start is a writer too
         while self.open:
             for key in list(self.selector.get_map().values()):
                 self._read(key.fileobj, key.data)
@@ -75,6 +102,7 @@ class OutputStreams:
         return "".join(self.buffers.get(name, []))
 
     def close(self):
+        self.close_handed_over()
         for key in list(self.selector.get_map().values()):
             self.selector.unregister(key.fileobj)
             os.close(key.fileobj)
@@ -95,11 +123,15 @@ def open_stdio(on_output, stdout, stderr, stdin, detach):
             if given is not None:
                 fds.append(given)
             else:
-                read_end, write_end = os.pipe2(os.O_CLOEXEC)
-                streams.add(name, read_end)
-                fds.append(write_end)
+                fds.append(streams.pipe(name))
             names.append(name)
     if stdin is not None:
         fds.append(stdin)
         names.append("stdin")
     return fds, names, streams
+
+
+def _access_mode(fd) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE

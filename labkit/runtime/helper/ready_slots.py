@@ -62,7 +62,6 @@ from dataclasses import dataclass
 
 from labkit.cgroups import container_hierarchy
 from labkit.cgroups.slot_cgroups import can_serve, slot_leaf
-from labkit.home import private_dir
 from labkit.linux.processes import start_time
 from labkit.runtime.container_dir import ContainerDir, slots_root
 from labkit.runtime.plan import StartPlan, to_wire
@@ -84,7 +83,9 @@ def fits(plan: StartPlan, version: int) -> bool:
 
     # A bounded read-write layer is a tmpfs the helper mounts at start, after a slot's
     # mount namespace was copied: the slot would not see it.
-    return (set(plan.namespaces) == set(DEFAULT_NAMESPACES) and not plan.join and plan.user_map is None
+    # fuse-overlayfs's daemon is started by a container's own supervisor, before its PID namespace.
+    return (plan.overlay == "kernel" and set(plan.namespaces) == set(DEFAULT_NAMESPACES) and not plan.join
+            and plan.user_map is None
             and not plan.time_offsets and plan.storage_size is None and can_serve(plan.limits, version))
 
 
@@ -202,13 +203,10 @@ class Pool:
         if self.root_plan is None:
             return None
         home = ContainerDir(self.root_plan.dir).home   # the same filesystem: renamed to the container's
-        directory = ContainerDir(slots_root(home) / leaf)
+        directory = ContainerDir(slots_root(home) / leaf)   # made by the slot's supervisor, off the helper's loop
         try:
             layers = _layer_identities(self.root_plan.lower[1:])
-            private_dir(slots_root(home))
-            directory.make({name: "" for name in self.root_plan.init_files})
         except OSError:
-            directory.remove()
             self.root_plan = self.root_key = None   # its image is gone: make plain slots
             return None
         plan = dataclasses.replace(self.root_plan, dir=str(directory.path), rootfs=str(directory.rootfs),

@@ -12,6 +12,10 @@ outlives the owner.
 
 In its idle time it keeps up to three slots ready (runtime/helper/ready_slots.py): a cgroup,
 namespaces and a first process made ahead, which a `start` then only hands its plan to.
+A helper for one container (`labkit run`, a detached container's monitor) keeps none, and
+removes what its container left itself: no next request waits behind that removal, and
+the owner waits for it before it exits, so neither a slot nor the janitor's process
+would be used before it is torn down again.
 
 The messages are declared in `labkit.runtime.protocol`, the plans they carry in
 `labkit.runtime.plan`.
@@ -34,10 +38,10 @@ from labkit.home import check_before_user_namespace, give_to_user_namespace, lab
 from labkit.linux import syscalls
 from labkit.linux.processes import start_time as process_start_time
 from labkit.linux.rootless import enter_user_namespace, running_rootless
-from labkit.net import rootless_bridge
 from labkit.runtime import lifecycle, protocol
 from labkit.runtime.container_dir import ContainerDir
 from labkit.runtime.helper import ready_slots
+from labkit.runtime.helper.janitor import Janitor
 from labkit.runtime.helper.logs import LogPipes
 from labkit.runtime.plan import CgroupPlacement, ExecPlan, StartPlan, from_wire
 from labkit.runtime.protocol import FD_NAMES, MAX_MESSAGE, Op
@@ -70,16 +74,18 @@ class Process:
 
 
 class Zygote:
-    def __init__(self, sock):
+    def __init__(self, sock, one_container=False):
         self.sock = sock
         self.selector = selectors.DefaultSelector()
         self.processes = {}       # id -> Process
         self.containers = {}      # container id -> {"plan": StartPlan, "cgroup": ..., "init_pid": ...}
         self.stopped = {}         # container id -> StartPlan, for exited containers not yet removed
         self.running = True
-        self.pool = ready_slots.Pool(ready_slots.size_from_environment(), self.selector)
+        self.pool = ready_slots.Pool(0 if one_container else ready_slots.size_from_environment(), self.selector)
         self.logs = LogPipes(self.selector)   # detached containers' stdout/stderr, into rotated files
-        self.refill_soon = False       # a container exited while starts come in a row: refill the pool first
+        # Removes exited containers' directories, in a process of its own (here: one container)
+        self.janitor = Janitor(self.selector, inline=one_container)
+        self.refill_soon = False       # a start was answered while starts come in a row: refill the pool next
         self.teardowns = []            # what exited containers left (cgroups, directories): done when idle
         self.starts = 0                # containers asked for: slots are made once there was one
         self.last_activity = time.monotonic()
@@ -93,9 +99,10 @@ class Zygote:
             self.running = False
 
     def serve(self):
-        """Requests and the processes' reports first; then, with nothing to answer, the
-        pool's refill after an exit (when starts come back to back the next one is often
-        on its way), then the teardown of exited containers, then a slot in idle time."""
+        """Requests and the processes' reports first; then, with nothing to answer, one
+        slot remade after a start was answered (when starts come back to back: while that
+        container runs, not once its exit is told and the next request is on its way),
+        then the teardown of exited containers, then slots in idle time."""
         self.sock.setblocking(False)
         self.selector.register(self.sock, selectors.EVENT_READ, self.on_request)
         while self.running:
@@ -112,7 +119,6 @@ class Zygote:
                 self.refill_soon = False
                 if self.until_pool_may_grow() is not None:
                     self.pool.fill_one()
-                    self.refill_soon = self.pool.wants_more()
             elif self.teardowns:
                 self.teardowns.pop(0)()
             elif wait is not None:   # quiet for the whole wait
@@ -167,6 +173,13 @@ class Zygote:
         self.starts += 1
         try:
             self.compile_seccomp(plan.process.security)
+            if running_rootless():
+                from labkit.images.rootless_overlay import rootless_overlay   # as root, no helper needs it
+
+                # Decided at this helper's first start (a probe mount), then kept.
+                plan.overlay = rootless_overlay(labkit_home()).kind
+                if plan.overlay == "fuse":
+                    self.pool.size = 0   # a slot serves kernel-overlay plans only (ready_slots.fits)
             slot = self.pool.take(plan)
             if slot is None:
                 self.start_fresh(request["id"], plan, stdio)
@@ -339,6 +352,10 @@ class Zygote:
         if process.started_sent or not process.exec_done or process.init_pid is None or process.error:
             return
         process.started_sent = True
+        # Starts in a row: the slot this one took is remade now, while it runs, not after
+        # its exit is told, when the next request is on its way (a trace of back-to-back
+        # starts: the next request waited for that fork).
+        self.refill_soon = self.starts > 1
         container = self.containers.get(process.id) if process.kind == Op.START else None
         self.send(Op.STARTED, id=process.id, pid=process.init_pid,
                   setup_seconds=time.monotonic() - process.started_at,
@@ -385,6 +402,10 @@ class Zygote:
         cgroup, plan = container["cgroup"], container["plan"]
         self.logs.drain(plan.id)  # its last words are in the files before anyone hears it exited
         stats = _stats_dict(cgroup)
+        self.send(Op.EXITED, id=process.id, status=status, error=process.error, pid=process.init_pid, stats=stats)
+        # Recorded after the exit is told, before any other request is read: a reader of
+        # state.json in the owner's process first waits for this helper to have caught up
+        # (helper_client.caught_up), and one elsewhere could not know the exit before.
         if not plan.auto_remove:
             self.stopped[plan.id] = plan
             try:
@@ -392,21 +413,21 @@ class Zygote:
             except FileNotFoundError:
                 pass  # its directory was removed meanwhile (by hand, or a gc): nothing left to record in
         else:
-            # Gone for anyone who asks from now on: `image rm` right after this exit must not
-            # count the layers of a container whose directory is still being removed below.
+            # Gone for anyone who asks from now on: `image rm` must not count the layers of
+            # a container whose directory is still being removed (by the janitor).
             ContainerDir(plan.dir).forget_state()
-        self.send(Op.EXITED, id=process.id, status=status, error=process.error, pid=process.init_pid, stats=stats)
-        self.refill_soon = self.starts > 1
 
     def tear_down(self, container):
         """What an exited container left: its cgroup, and its directory when it is removed
         at exit. Off the owner's path: done when the helper has nothing else to do, or
-        before it answers a request that must find it done (`settle`)."""
+        before it answers a request that must find it done (`settle`). The directories
+        go to the janitor (runtime/helper/janitor.py): removing one on a busy disk takes
+        longer than a whole start, and would sit in front of the next request."""
         container["cgroup"].delete()
         if container["unused_slot_dir"] is not None:
-            container["unused_slot_dir"].remove()
+            self.janitor.remove(container["unused_slot_dir"])
         if container["plan"].auto_remove:
-            ContainerDir(container["plan"].dir).remove()
+            self.janitor.remove(ContainerDir(container["plan"].dir))
 
     def settle(self, processes=None):
         """Finish the teardown of every exited container (or of `processes`): wait for
@@ -416,6 +437,7 @@ class Zygote:
                 self.on_report(process)   # blocks until the supervisor's EOF
         while self.teardowns:
             self.teardowns.pop(0)()
+        self.janitor.wait()
 
     def on_error_pipe_drain(self, process):
         while process.error_r is not None:
@@ -476,7 +498,8 @@ class Zygote:
         self.send(Op.REMOVED, id=request["id"])
 
     def op_ping(self, request, fds):
-        self.settle()   # a ping answers once every exited container is torn down
+        if request["settle"]:
+            self.settle()   # answered once every exited container is torn down
         self.send(Op.PONG, id=request["id"], pid=os.getpid(), pool_size=self.pool.size,
                   ready_slots=[slot.cgroup_name for slot in self.pool.slots if slot.ready])
 
@@ -502,6 +525,7 @@ class Zygote:
             for key, _ in self.selector.select(timeout=0.1):
                 if key.fileobj is not self.sock:
                     key.data(key.fileobj)
+        self.janitor.close()   # no request comes any more: what is left is removed here, no fork for it
         while self.teardowns:
             self.teardowns.pop(0)()
         for container in self.containers.values():
@@ -537,12 +561,16 @@ def _close(fd):
 _keeper = None   # rootless: the connection to the home's labkit-netns (labkit.net.rootless_bridge)
 
 
-def main():
+def main(one_container=False):
+    """The helper's loop, until its owner is gone. `one_container`: the owner starts one
+    container and then leaves (no ready slots, no janitor process)."""
     if running_rootless() and os.geteuid() != 0:
         # First, before anything is made: root of the user's own user namespace (mapped
         # from /etc/subuid), in which every container's namespaces, mounts and files are.
         home = check_before_user_namespace()
         global _keeper
+        from labkit.net import rootless_bridge   # as root, no helper needs it
+
         try:
             # The home's shared user namespace, so that its containers can share a bridge.
             _keeper = rootless_bridge.join(home)
@@ -553,7 +581,7 @@ def main():
     # Interrupts are meant for the owner (the kernel's stop button signals its whole
     # process group); the owner decides what to kill.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    zygote = Zygote(sock)
+    zygote = Zygote(sock, one_container)
     signal.signal(signal.SIGTERM, lambda *_: setattr(zygote, "running", False))
     syscalls.prctl_set_pdeathsig(signal.SIGTERM)
     syscalls.prctl_set_name("labkit-helper")

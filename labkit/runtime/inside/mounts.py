@@ -40,6 +40,13 @@ def mount_root_filesystem(plan):
     # A container removed when it ends keeps nothing through a crash: its upper is never
     # synced (at its unmount, an ext4 journal commit and a cache flush, milliseconds to
     # tens of them on a busy disk). A container that may be committed keeps the sync.
+    if plan.fuse_fds is not None:
+        # Rootless with fuse-overlayfs only: imported here, still on the host's root,
+        # rather than in every helper's start-up.
+        from labkit.images.fuse_overlay import mount_served_root
+
+        mount_served_root(plan.rootfs, *plan.fuse_fds)   # fuse-overlayfs, run by the supervisor
+        return
     mount_overlay(plan.rootfs, plan.lower, plan.upper, plan.work,
                   in_user_namespace=in_a_user_namespace(plan), volatile=plan.auto_remove)
 

@@ -8,12 +8,14 @@ namespace, waits for that process, and reports `init PID` and `exit STATUS` to t
 helper on its report pipe. It must end in `os._exit`: never return into the helper's loop.
 """
 
+import dataclasses
+import errno
 import os
 import signal
 
 from labkit.linux import syscalls
 from labkit.runtime.inside.recipe import become_container, join_cgroup
-from labkit.runtime.step_failure import report_failure
+from labkit.runtime.step_failure import report_failure, step
 from labkit.runtime.supervisor.namespaces import enter_new_namespaces, walk_from_the_home
 
 
@@ -27,6 +29,9 @@ def supervise(plan, fds):
         if "user" in plan.namespaces:
             join_cgroup(plan.cgroup.procs_files)  # before the user namespace takes our rights
             plan = walk_from_the_home(plan)
+        fuse = start_fuse_overlay(plan)   # before the new PID namespace: not one of the container's processes
+        if fuse is not None:
+            plan = dataclasses.replace(plan, fuse_fds=[fuse.device, fuse.mounted])
         enter_new_namespaces(plan)
         fds["mount_namespace_made"], made_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
@@ -36,10 +41,28 @@ def supervise(plan, fds):
         os.close(fds.pop("mount_namespace_made"))
         become_container(plan, {**fds, "mount_namespace_made": made_w})
     os.close(made_w)
-    report_until_exit(pid, fds)
+    if fuse is not None:
+        os.close(fuse.device)   # the container's first process mounts its copy, and says so
+        os.close(fuse.mounted)
+    report_until_exit(pid, fds, fuse)
 
 
-def report_until_exit(pid, fds):
+@step("start fuse-overlayfs for the container's root")
+def start_fuse_overlay(plan):
+    """The FUSE daemon serving the root (images/fuse_overlay.py), where the helper chose
+    fuse-overlayfs; None for the kernel's overlay."""
+    if plan.overlay != "fuse":
+        return None
+    if "user" in plan.namespaces:
+        # The kernel takes a /dev/fuse descriptor only from the user namespace that mounts it.
+        raise OSError(errno.EOPNOTSUPP, "a --userns container needs the kernel's overlay in a user namespace, "
+                      "and this labkit serves roots with fuse-overlayfs (LABKIT_OVERLAY; see labkit doctor)")
+    from labkit.images.fuse_overlay import start_daemon   # rootless only: not in every helper's start-up
+
+    return start_daemon(plan.lower, plan.upper, plan.work, volatile=plan.auto_remove)
+
+
+def report_until_exit(pid, fds, fuse=None):
     """The supervisor's part from the fork on: tell the helper the container's PID, wait
     for it, tell the helper how it ended.
 
@@ -67,6 +90,10 @@ def report_until_exit(pid, fds):
     os.write(report, f"exit {status}\n".encode())
     if mount_namespace is not None:
         os.close(mount_namespace)   # the overlay's unmount and sync, after the exit is told
+    if fuse is not None:
+        from labkit.images.fuse_overlay import stop_daemon   # imported by start_fuse_overlay already
+
+        stop_daemon(fuse, mounted=mount_namespace is not None)   # ends with its mount
     os._exit(0)   # EOF on the report pipe: the helper reaps us and tears the container down
 
 
