@@ -349,7 +349,7 @@ def test_every_lab_check_cell_is_one_the_grader_can_judge():
 
     from labkit.grading.grader import parsed_checks
 
-    for path in sorted((Path(__file__).resolve().parent.parent / "notebooks" / "labs").glob("*.ipynb")):
+    for path in sorted((Path(__file__).resolve().parent.parent / "instructor" / "labs").glob("*.ipynb")):
         checks = parsed_checks(nbformat.read(str(path), as_version=4))
         assert checks and all(call.expectations for call in checks.values()), path
 

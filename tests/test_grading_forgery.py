@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import threading
@@ -25,13 +26,17 @@ import nbformat
 import pytest
 
 from kernel_fixtures import labkit_kernelspec  # noqa: F401 — a fixture
+from leak_checks import own_temp_root, remove_temp_root, sandbox_cgroups, sandbox_leftovers
+from network_by_hand import PROBES, in_own_netns, judge, wiring
+
 from labkit.cli import main
 from labkit.grading.notebook import grade_id
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-LABS_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "labs"
-MARKER = "labkit-forgery-marker"
+LABS_DIR = Path(__file__).resolve().parent.parent / "instructor" / "labs"   # the sources
+RELEASED_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "labs"
+MARKER = f"labkit-forgery-marker-{os.getpid()}-{secrets.token_hex(4)}"   # this run's: another run's forgeries are not ours
 PORT = 18480
 
 FORGERIES_ON_A_BLANK_CGROUPS_LAB = {
@@ -100,10 +105,10 @@ def read(path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def released(labkit_kernelspec, tmp_path_factory):  # noqa: F811
-    out = tmp_path_factory.mktemp("released")
-    assert main(["grade", "release", *[str(p) for p in sorted(LABS_DIR.glob("*.ipynb"))], "--out", str(out)]) == 0
-    return out
+def released(labkit_kernelspec, host_state):  # noqa: F811 — host_state: every grading here makes its sandboxes in its root
+    """The committed released copies (what a student starts from; tests/test_released_labs.py
+    holds them to their sources)."""
+    return RELEASED_DIR
 
 
 def host_cgroup_like_a_container(limits: dict):
@@ -120,26 +125,13 @@ def host_cgroup_like_a_container(limits: dict):
 
 
 @pytest.fixture(scope="module")
-def host_state():
-    """What the leak check compares against: sandbox cgroups, mounts and temp dirs now."""
-    return {"cgroups": sandbox_cgroups(), "mounts": sandbox_mounts(), "dirs": sandbox_dirs()}
-
-
-def sandbox_cgroups() -> set:
-    found = set()
-    for root in Path("/sys/fs/cgroup").iterdir():
-        parent = root / "labkit-sandbox"
-        if parent.is_dir():
-            found.update(str(p) for p in parent.iterdir() if p.is_dir())
-    return found
-
-
-def sandbox_mounts() -> set:
-    return {line for line in open("/proc/self/mountinfo") if "labkit-sandbox-" in line}
-
-
-def sandbox_dirs() -> set:
-    return {str(p) for p in Path("/tmp").glob("labkit-sandbox-*")}
+def host_state(tmp_path_factory):
+    """Where this module's grading sandboxes are made (a temp root of its own: the leak check
+    looks there, not at other graders' sandboxes on this host), and the sandbox cgroups now."""
+    tmp_path_factory.getbasetemp()   # pytest's own temp root stays where it is
+    with own_temp_root() as root:
+        yield {"root": root, "cgroups": sandbox_cgroups()}
+    remove_temp_root(root)
 
 
 def processes_with(marker: str) -> list:
@@ -344,9 +336,76 @@ def test_a_detached_process_cannot_rewrite_the_gradebook_or_another_submission(n
     assert bystander_unchanged, "another submission's file changed"
 
 
-def test_nothing_a_forgery_started_is_left_on_the_host(network_lab, cgroups_lab, host_state):
+def test_nothing_a_forgery_started_is_left_on_the_host(network_lab, cgroups_lab, network_by_hand, host_state):
     assert processes_with(MARKER) == []
-    assert sandbox_cgroups() <= host_state["cgroups"]
-    assert sandbox_mounts() <= host_state["mounts"]
-    assert sandbox_dirs() <= host_state["dirs"]
+    assert sandbox_leftovers(host_state["root"], host_state["cgroups"]) == []
 
+
+
+# --- lab 4's pair by hand: PIDs from outside the sandbox, a /proc made of plain files -------
+
+def wired_pair_on_the_host():
+    """Two processes of the test's, each in a network namespace of its own, joined by a veth
+    pair with addresses in the lab's subnet, up: a correct answer, but not the submission's.
+    Everything is made inside their namespaces (the host's own is never touched)."""
+    import subprocess
+
+    left, right = in_own_netns(), in_own_netns()
+    try:
+        for step in wiring("right", left.pid, right.pid):
+            subprocess.run(step, shell=True, check=True)
+    except BaseException:
+        for process in (left, right):
+            process.kill()
+            process.wait()
+        raise
+    return left, right
+
+
+FAKE_PROC = ("import os\n"
+             "for pid, address in (('4242', '192.168.44.1'), ('4243', '192.168.44.2')):\n"
+             "    os.makedirs(f'proc/{pid}/ns', exist_ok=True)\n"
+             "    os.makedirs(f'proc/{pid}/net', exist_ok=True)\n"
+             "    os.symlink(f'net:[40265{pid}]', f'proc/{pid}/ns/net')\n"
+             "    with open(f'proc/{pid}/net/dev', 'w') as f:\n"
+             "        f.write('hand0: 84 1 0 0 0 0 0 0 84 1 0 0 0 0 0 0\\n')\n"
+             "    with open(f'proc/{pid}/net/fib_trie', 'w') as f:\n"
+             "        f.write(f'  |-- {address}\\n     /32 host LOCAL\\n')\n"
+             "left_pid, right_pid = os.path.abspath('proc/4242'), os.path.abspath('proc/4243')")
+
+
+@pytest.fixture(scope="module")
+def network_by_hand(released, tmp_path_factory):
+    source_path = LABS_DIR / "04-network-lab.ipynb"
+    blank = read(released / "04-network-lab.ipynb")
+    folder = tmp_path_factory.mktemp("forged-network-by-hand")
+    left, right = wired_pair_on_the_host()
+    try:
+        outside = f"left_pid, right_pid = {left.pid}, {right.pid}"
+        files = {"outside-pids": write(with_cells(blank, {"net-hand-answer": outside}), folder / "outside-pids.ipynb"),
+                 "fake-proc": write(with_cells(blank, {"net-hand-answer": FAKE_PROC}), folder / "fake-proc.ipynb")}
+        graded = grade(source_path, files, folder / "grades")
+        # the same probes, in the test's own process with nothing to own: what the grader's
+        # ownership of PIDs is there to stop (the student's kernel would see this, for feedback)
+        unowned = {name: passed for name, (passed, _) in judge(left.pid, right.pid).items()}
+        yield graded, unowned
+    finally:
+        for process in (left, right):
+            process.kill()
+            process.wait()
+
+
+def test_a_pair_wired_outside_the_sandbox_earns_nothing(network_by_hand):
+    graded, unowned = network_by_hand
+    assert unowned == dict.fromkeys(PROBES, True), "the host's pair is a correct answer, judged without ownership"
+    assert graded["outside-pids"]["error"] is None and graded["outside-pids"]["total"] == 0
+    cell = next(c for c in graded["outside-pids"]["cells"] if c["grade_id"] == "net-hand-check")
+    assert all("is running in this submission" in check["observed"] for check in cell["checks"]), cell["checks"]
+
+
+def test_a_proc_made_of_plain_files_earns_nothing(network_by_hand):
+    graded, _ = network_by_hand
+    assert graded["fake-proc"]["error"] is None and graded["fake-proc"]["total"] == 0
+    cell = next(c for c in graded["fake-proc"]["cells"] if c["grade_id"] == "net-hand-check")
+    assert all(c["status"] == "scored" for c in graded["fake-proc"]["cells"])
+    assert all("in this submission" in check["observed"] for check in cell["checks"]), cell["checks"]

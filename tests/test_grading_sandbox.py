@@ -199,7 +199,7 @@ def test_the_gradebook_and_source_are_not_reachable(tmp_path, kind):
     gradebook = tmp_path / "gradebook"
     gradebook.mkdir()
     (gradebook / "gradebook.json").write_text("{}")
-    source = os.path.join(os.path.dirname(__file__), "..", "notebooks", "labs")
+    source = os.path.join(os.path.dirname(__file__), "..", "instructor", "labs")
     with sandbox(kind) as box:
         (out,) = run_cells(box, shell(f"""
             sh("echo forged > {gradebook}/gradebook.json && echo wrote-gradebook")

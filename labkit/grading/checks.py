@@ -172,7 +172,7 @@ def format_points(value: float) -> str:
 
 OBSERVED_CELL = "labkit-observed"   # the class of the observed column's cells (nbval sanitises it)
 # How a comparison of stored and executed lab outputs blanks that column (it holds this run's
-# values): notebooks/labs/conftest.py gives it to nbval, the tests' own comparisons use it too.
+# values): instructor/labs/conftest.py gives it to nbval, the tests' own comparisons use it too.
 OBSERVED_SANITIZE = (rf"(<td class='{OBSERVED_CELL}'[^>]*>)[^<]*(</td>)", r"\1OBSERVED\2")
 
 

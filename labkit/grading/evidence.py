@@ -9,6 +9,13 @@ read while it exists. The kernel's own log (`box.kernel_log()`) adds the events 
 prints with the cgroup's path: an OOM kill (`oom_memcg=`) and a refused fork. The
 state.json files are the student's to forge; what counts is the real cgroup they lead
 to, inside the sandbox.
+
+Images are watched the same way: an image's history may say its top layer was committed
+from a container, but the manifest is the student's to write. When a manifest that says
+so first appears, the watch takes the digest a commit of that container's read-write
+layer would have (labkit.images.commit.upper_digest) while it is there; a commit check
+compares the image's top layer with that (layers.commit_excludes_init). A layer made by
+hand and ascribed to a container already removed finds no read-write layer to match.
 """
 
 import json
@@ -16,8 +23,13 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from labkit.grading.targets import cgroup_at
+from labkit.files import read_regular
+from labkit.grading.layers import committed_from, upper_digest_or_none
+from labkit.grading.targets import cgroup_at, in_root
+from labkit.images.store import Store
+from labkit.runtime.container_dir import ContainerDir
 
 LIST_EVERY = 0.005        # seconds between looks for new container directories
 COUNT_EVERY = 0.02        # seconds between reads of the known cgroups' counters
@@ -36,6 +48,15 @@ class Sighting:
     throttled_periods: int = 0
 
 
+@dataclass
+class CommitSeen:
+    image: str
+    layer: str                   # the top layer's digest, as the manifest names it
+    container: str               # the container id its history names
+    upper: str | None            # the digest a commit of that container's read-write layer
+                                 # had when the manifest first appeared; None: it was gone
+
+
 class Watch:
     """A thread of the grader that records every container of a sandbox as it appears."""
 
@@ -46,6 +67,8 @@ class Watch:
         self._lock = threading.Lock()
         self._thread = None
         self._cgroups = {}           # container id -> labkit Cgroup (owned by the box) or None
+        self.commits = {}            # (top layer digest, container id) -> CommitSeen, the first seen
+        self._manifests = set()      # (file name, inode) of every manifest looked at
 
     def __enter__(self):
         self._thread = threading.Thread(target=self._run, name="labkit-grade-watch", daemon=True)
@@ -58,13 +81,23 @@ class Watch:
         return False
 
     def _run(self):
+        # Evidence of a short container exists only while its cgroup does (a few ms after
+        # its exit): on a busy host this thread must not wait behind the work it watches.
+        # Root may raise a thread's priority; elsewhere it stays as it is.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
+        except OSError:
+            pass
         last_count = 0.0
         while not self._stop.wait(LIST_EVERY):
             try:
                 self.look()
+                self.look_at_images()
                 if time.monotonic() - last_count >= COUNT_EVERY:
                     self.count()
                     last_count = time.monotonic()
+                else:
+                    self.count(not_yet_ran=True)
             except Exception:  # noqa: BLE001 — a look that failed is retried at the next tick
                 pass
 
@@ -78,8 +111,9 @@ class Watch:
             if entry in self.sightings:
                 continue
             try:
-                with open(os.path.join(root, entry, "state.json"), "rb") as handle:
-                    state = json.loads(handle.read(STATE_MOST))   # the student's file: read a bounded part
+                # the student's file: a bounded part of a regular file, never a FIFO (its open
+                # would wait for a writer, and this thread with it, for ever) nor a symlink
+                state = json.loads(read_regular(os.path.join(root, entry, "state.json"), STATE_MOST, follow=False))
             except (OSError, ValueError):
                 continue            # being written: the next tick reads it
             if not isinstance(state, dict):
@@ -90,9 +124,43 @@ class Watch:
                 self.sightings[entry] = sighting
             self._count_one(sighting)
 
-    def count(self) -> None:
+    def look_at_images(self) -> None:
+        """Take the evidence of each image manifest that appeared since the last look: its
+        directory is listed here (by descriptor, never through a symlink), what is new is
+        read in the sandbox's root, as the kernel sees it."""
+        try:
+            descriptor = os.open(os.path.join(self.box.home, "images"),
+                                 os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            with os.scandir(descriptor) as listing:
+                new = {(e.name, e.inode()) for e in listing if e.name.endswith(".json")} - self._manifests
+        finally:
+            os.close(descriptor)
+        if not new:
+            return
+        if self.box.pid:
+            seen = in_root(self.box.pid, commits_in, str(self.box.home), sorted(name for name, _ in new))
+        else:
+            seen = commits_in(str(self.box.home), sorted(name for name, _ in new))
+        with self._lock:
+            for commit in seen:
+                self.commits.setdefault((commit.layer, commit.container), commit)
+            self._manifests |= new
+
+    def commit_seen(self, layer: str, container: str) -> CommitSeen | None:
+        with self._lock:
+            return self.commits.get((layer, container))
+
+    def count(self, not_yet_ran=False) -> None:
+        """Read the counters of every sighting's cgroup (or only of those not yet seen
+        running: at every tick. A container that lives less than COUNT_EVERY, its cgroup
+        deleted right after its exit, could be seen only while it was still being made,
+        and go down as "never ran"; a loaded run graded a correct lab so)."""
         for sighting in list(self.sightings.values()):
-            self._count_one(sighting)
+            if not (not_yet_ran and sighting.ran):
+                self._count_one(sighting)
 
     def _count_one(self, sighting) -> None:
         cgroup = self.cgroup_of(sighting)
@@ -126,6 +194,23 @@ class Watch:
         """Sightings of containers called `name`, newest last."""
         with self._lock:
             return sorted((s for s in self.sightings.values() if s.name == name), key=lambda s: s.first_seen)
+
+
+def commits_in(home: str, manifests: list) -> list:
+    """A CommitSeen for each of these manifest files whose history says its top layer was
+    committed from a container, with the digest of that container's read-write layer now."""
+    store = Store(home)
+    seen = []
+    for file_name in manifests:
+        try:
+            image = store.image(file_name[:-len(".json")])
+            made_from = committed_from(image)
+        except Exception:  # noqa: BLE001 — the student's file: not an image, nothing to record
+            continue
+        if made_from is not None:
+            upper = upper_digest_or_none(ContainerDir.of(made_from["id"], Path(home)).upper)
+            seen.append(CommitSeen(image.name, image.layers[-1], made_from["id"], upper))
+    return seen
 
 
 def candidate_cgroups(box, relative: str) -> list:

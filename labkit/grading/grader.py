@@ -55,14 +55,47 @@ def student_name(path, source_path) -> str:
     return path.stem
 
 
-def read_notebook(path):
+SUBMISSION_MOST = 64 << 20    # bytes of a submitted notebook (the labs' are well under 1 MiB)
+
+
+def read_notebook(path, source_path=None):
+    """The notebook at `path` (ValueError saying why it is not one), a regular file of at
+    most SUBMISSION_MOST bytes. A submission (`source_path` given) is reached by no symlink
+    of its own or of its folder, and is not the source itself: students often hand in through a folder they
+    can write, and `alice/lab.ipynb -> the source` (or `alice -> the instructor's folder`)
+    would be read by the grader, as root, as alice's work."""
     import nbformat
 
+    from labkit.files import read_regular
+
+    folder, name = os.path.split(os.path.abspath(path))
     try:
-        with open(path, encoding="utf-8") as handle:
-            notebook = nbformat.read(handle, as_version=4)
+        # the folder and then the file, each opened without following a link (no check-then-open:
+        # a student may swap a folder for a link between the two)
+        folder_fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+                            | (os.O_NOFOLLOW if source_path is not None else 0))
     except FileNotFoundError:
         raise ValueError("no such file") from None
+    except OSError as error:
+        if os.path.islink(folder):
+            raise ValueError(f"its folder is a symlink (to {os.readlink(folder)}): grade the file itself") from None
+        raise ValueError(f"cannot open its folder: {error.strerror}") from None
+    try:
+        data = read_regular(name, SUBMISSION_MOST + 1, follow=source_path is None, dir_fd=folder_fd)
+        if source_path is not None and _same_file(os.stat(name, dir_fd=folder_fd, follow_symlinks=False), source_path):
+            raise ValueError("it is the source notebook itself (a hard link?)")
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except OSError as error:
+        if os.path.islink(path):
+            raise ValueError(f"the file is a symlink (to {os.readlink(path)}): grade the file itself") from None
+        raise ValueError(f"not a notebook: {error.strerror}") from None
+    finally:
+        os.close(folder_fd)
+    if len(data) > SUBMISSION_MOST:
+        raise ValueError(f"not graded: over {SUBMISSION_MOST >> 20} MiB (a notebook with its outputs cleared is far less)")
+    try:
+        notebook = nbformat.reads(data.decode("utf-8"), as_version=4)
     except UnicodeDecodeError:
         raise ValueError("not a notebook: the file is not UTF-8 text") from None
     except Exception as error:  # nbformat raises several kinds for JSON that is not a notebook
@@ -71,6 +104,14 @@ def read_notebook(path):
     if not isinstance(notebook.get("cells"), list):
         raise ValueError("not a notebook: it has no list of cells")
     return notebook
+
+
+def _same_file(seen, path) -> bool:
+    try:
+        other = os.stat(path)
+    except OSError:
+        return False
+    return (seen.st_dev, seen.st_ino) == (other.st_dev, other.st_ino)
 
 
 def parsed_checks(source) -> dict:
@@ -90,7 +131,7 @@ def grade(source, source_path, path, cell_timeout=DEFAULT_CELL_TIMEOUT, kernel_n
     submission = Submission(student_name(path, source_path), str(path),
                             max_total=sum(points for _, points in grade_cells(source)))
     try:
-        notebook = restore(source, read_notebook(path))
+        notebook = restore(source, read_notebook(path, source_path))
     except ValueError as error:
         submission.error = str(error)
         submission.cells = _zero_scores(source, "not graded")
@@ -216,7 +257,7 @@ def _bundle(shown) -> dict:
 
 def _output_size(content) -> int:
     total = 0
-    for key in ("text", "data", "traceback", "evalue"):
+    for key in ("text", "data", "metadata", "traceback", "evalue"):
         value = content.get(key)
         if isinstance(value, str):
             total += len(value)
@@ -225,6 +266,9 @@ def _output_size(content) -> int:
         elif isinstance(value, list):
             total += sum(len(str(v)) for v in value)
     return total
+
+
+DISPLAYS = ("execute_result", "display_data", "update_display_data")
 
 
 def _client_class():
@@ -251,6 +295,27 @@ def _client_class():
                     return None
             kept[cell_index] = kept.get(cell_index, 0) + size
             return super().output(outs, msg, display_id, cell_index)
+
+        def process_message(self, msg, cell, cell_index):
+            # An output naming a display id also replaces the data of every earlier output
+            # with that id (nbclient's _update_display_id, before and beside output(), and for
+            # update_display_data instead of it): it counts against this cell's room once per
+            # output it would replace, or it is cut whole.
+            content = msg.get("content") or {}
+            display_id = (content.get("transient") or {}).get("display_id")
+            if display_id and msg.get("msg_type") in DISPLAYS:
+                kept = getattr(self, "_labkit_kept", None)
+                if kept is None:
+                    kept = self._labkit_kept = {}
+                    self._labkit_cut = {}
+                replaced = sum(len(outputs) for outputs in self._display_id_map.get(display_id, {}).values())
+                size = _output_size(content) * max(replaced, 1)
+                if size > OUTPUT_CAP - kept.get(cell_index, 0):
+                    self._labkit_cut[cell_index] = self._labkit_cut.get(cell_index, 0) + size
+                    return None
+                if msg.get("msg_type") == "update_display_data":     # output() is not called for it
+                    kept[cell_index] = kept.get(cell_index, 0) + size
+            return super().process_message(msg, cell, cell_index)
 
         def note_what_was_cut(self, cell, index):
             from nbformat.v4 import new_output

@@ -11,13 +11,15 @@ read as a literal: never an object, never unpickled.
 import ast
 import os
 
+from labkit.files import read_regular
 from labkit.grading import probes
 from labkit.grading.cell_source import AnswerRef, parse_answer, parse_check
 from labkit.grading.checks import Expectation, Observation, ProbeFailed, Report, run_checks
 from labkit.grading.evidence import candidate_cgroups, kernel_events, owned
 from labkit.grading.targets import (Answer, Finished, Process, cgroup_from_path, cgroup_of_pid, first_process,
-                                    namespace_pids,
+                                    in_root, namespace_pids,
                                     process_by_id, reset_world, running_words, using_world)
+from labkit.images.store import Store    # imported here: read_inside's thread may import nothing
 
 PROBES = frozenset(name for name in probes.__all__ if name != "Answer")
 
@@ -152,27 +154,41 @@ class GraderWorld:
 
     # --- images, network, paths --------------------------------------------------------------
 
-    def store(self):
-        from labkit.images import Store
+    def image(self, name):
+        """The image by that name in the sandbox's store, read as it is (nothing built
+        there, never busybox on first use); call it inside read_inside."""
+        return Store(self.box.home).image(name)
 
-        return Store(self.box.home)
+    def read_inside(self, fn, *args):
+        """fn(*args) in a thread of the grader whose root is the sandbox's and whose working
+        directory is its scratch (targets.in_root): the sandbox's store, its paths and the
+        notebook's relative paths resolve as the kernel sees them, and a symlink the student
+        planted in them (to the host's image store, say) leads nowhere outside. The watch
+        first takes the evidence of any image that appeared since its last tick."""
+        try:
+            self.watch.look_at_images()
+        except Exception:  # noqa: BLE001 — no evidence taken: a commit check fails closed
+            pass
+        if not self.box.pid:
+            return fn(*args)
+        return in_root(self.box.pid, fn, *args, cwd=str(self.box.scratch))
+
+    def file_of(self, pid, path: str, most: int) -> bytes:
+        """At most `most` bytes of the regular file at `path` as process `pid` sees it, read
+        in its root (an absolute symlink there is its, never the host's)."""
+        return in_root(pid, read_regular, path, most)
 
     def in_netns(self, fn, *args):
         return self.box.in_netns(fn, *args)
 
-    def host_path(self, path: str) -> str:
-        """Where the grader finds a path the notebook gives (relative: to the kernel's working
-        directory), through the sandbox's root when it has one of its own."""
-        inside = path if path.startswith("/") else os.path.join(str(self.box.scratch), path)
-        return f"/proc/{self.box.pid}/root{inside}" if self.box.pid else inside
-
-    def committed_container(self, made_from: dict) -> tuple:
-        """(whether that container ran in this sandbox, its read-write layer or None)."""
+    def committed_container(self, made_from: dict, layer: str) -> tuple:
+        """(whether that container ran in this sandbox, whether the watch saw a manifest
+        naming it commit `layer`, the digest its read-write layer had then or None)."""
         sighting = self.watch.sightings.get(str(made_from.get("id")))
         if sighting is None or not sighting.ran:
-            return False, None
-        upper = os.path.join(self.box.home, "containers", sighting.id, "upper")
-        return True, upper if os.path.isdir(upper) else None
+            return False, False, None
+        seen = self.watch.commit_seen(layer, sighting.id)
+        return True, seen is not None, seen.upper if seen else None
 
 
 def read_answer(client, name: str, timeout: float) -> tuple:

@@ -6,21 +6,28 @@ one container, never to an image)."""
 import os
 import stat
 
+from labkit.errors import ImageError
 from labkit.grading.checks import Observation, ProbeFailed
 from labkit.grading.targets import current_world, value_of
+from labkit.images.commit import upper_digest
+from labkit.images.layers import layer_digest
 from labkit.images.whiteouts import is_opaque, is_whiteout
 
 from labkit.images.whiteouts import INIT_LAYER_FILES as INIT_FILES
 
 
 def image_named(name):
-    from labkit.images import get_image
-
     name = value_of(name)
     try:
-        return get_image(name, store=current_world().store())
+        return current_world().image(name)
     except Exception as error:
         raise ProbeFailed(f"no image {name!r} in the store ({type(error).__name__})") from None
+
+
+def inside(look):
+    """A probe's look run where the store's paths are the notebook's (the world's
+    read_inside: in the grader, a thread whose root is the sandbox's)."""
+    return lambda: current_world().read_inside(look)
 
 
 def _relative(path: str) -> str:
@@ -66,7 +73,7 @@ def top_layer_adds(image_name, path):
         image = image_named(image_name)
         state = layer_state(image.layer_dirs[-1], path)
         return Observation(state == "added", f"the top layer of {image.name}: {path} {state}")
-    return look
+    return inside(look)
 
 
 def top_layer_deletes(image_name, path):
@@ -78,7 +85,7 @@ def top_layer_deletes(image_name, path):
         if state == "deleted" and not below:
             return Observation(False, f"the top layer whites out {path}, but no lower layer has it")
         return Observation(state == "deleted" and below, f"the top layer of {image.name}: {path} {state}")
-    return look
+    return inside(look)
 
 
 def image_contains(image_name, path):
@@ -86,7 +93,7 @@ def image_contains(image_name, path):
         image = image_named(image_name)
         seen = visible(image, path)
         return Observation(seen, f"{path} {'is' if seen else 'is not'} in {image.name}")
-    return look
+    return inside(look)
 
 
 def image_lacks(image_name, path):
@@ -94,7 +101,7 @@ def image_lacks(image_name, path):
         image = image_named(image_name)
         seen = visible(image, path)
         return Observation(not seen, f"{path} {'is' if seen else 'is not'} in {image.name}")
-    return look
+    return inside(look)
 
 
 def is_whiteout_of(answer, image_name, path):
@@ -108,7 +115,7 @@ def is_whiteout_of(answer, image_name, path):
         if not isinstance(given, str):
             raise ProbeFailed(f"the answer {given!r} is not a path")
         try:
-            st = os.lstat(current_world().host_path(given))
+            st = os.lstat(given)        # inside: relative to the notebook's directory
         except (FileNotFoundError, NotADirectoryError):
             return Observation(False, "no file at that path")
         if not is_whiteout(st):
@@ -117,14 +124,19 @@ def is_whiteout_of(answer, image_name, path):
         same = [e is not None and (e.st_dev, e.st_ino) == (st.st_dev, st.st_ino) for e in expected]
         return Observation(any(same), "a whiteout in the image's top layer" if same[-1]
                            else "a whiteout, but not the one that hides that path in this image")
-    return look
+    return inside(look)
 
 
 def commit_excludes_init(image_name, base_name):
     """`image_name` is `base_name` plus one layer committed from a container's read-write
-    layer (the store records which container at commit time; that container ran here, and
-    while its read-write layer is still there, the layer's files are its files), and that
-    layer has none of the init files."""
+    layer, and that layer has none of the init files.
+
+    "Committed" is what the grader saw, not what the store says: the manifest's history
+    names a container (anyone can write that), so the grader's watch, while the cells ran,
+    took the digest a commit of that container's read-write layer would have had when the
+    manifest first appeared (evidence.Watch.look_at_images); the top layer must be that,
+    byte for byte, now. No such evidence (an image made before the notebook ran, by hand,
+    or naming a container already removed) is a failed check."""
     def look():
         image, base = image_named(image_name), image_named(base_name)
         if image.layers[:-1] != base.layers or len(image.layers) != len(base.layers) + 1:
@@ -136,46 +148,45 @@ def commit_excludes_init(image_name, base_name):
         if made_from is None:
             return Observation(False, f"the top layer of {image.name} was not committed from a container")
         name = made_from.get("name") or made_from.get("id")
-        ran, upper = current_world().committed_container(made_from)
+        ran, seen, upper = current_world().committed_container(made_from, image.layers[-1])
         if not ran:
             return Observation(False, f"the store says container {name}, but no such container ran here")
-        differs = layer_matches_upper(image.layer_dirs[-1], upper) if upper else None
-        if differs:
-            return Observation(False, f"committed from container {name}, but {differs} is not its file")
+        if not seen:
+            return Observation(False, f"{image.name} was not seen appearing as a commit of container {name} "
+                                      "while the notebook ran")
+        if upper is None:
+            return Observation(False, f"container {name}'s read-write layer was gone when {image.name} "
+                                      "appeared: its top layer was not committed from it")
+        if _digest_or_none(image.layer_dirs[-1]) != upper:
+            return Observation(False, f"the top layer of {image.name} is not what container {name}'s "
+                                      f"read-write layer held when {image.name} appeared")
         return Observation(True, f"committed from container {name}'s read-write layer")
-    return look
+    return inside(look)
 
 
 def committed_from(image) -> dict | None:
-    """The container the image's top layer was committed from, as the store recorded it."""
+    """The container the image's top layer was committed from, as the store recorded it
+    (a container's id is a plain name: never a path)."""
     top = image.history[-1] if image.history else {}
     container = top.get("container") if top.get("layer") == image.layers[-1] else None
-    return container if isinstance(container, dict) and container.get("id") else None
+    if not isinstance(container, dict) or not isinstance(container.get("id"), str):
+        return None
+    return container if container["id"] not in ("", ".", "..") and "/" not in container["id"] else None
 
 
-def layer_matches_upper(layer_dir, upper_dir) -> str | None:
-    """None if every file of the layer is the same file in the container's read-write
-    layer (same type, same bytes); else the first path that differs."""
-    for directory, dirs, files in os.walk(layer_dir):
-        for name in dirs + files:
-            path = os.path.join(directory, name)
-            relative = os.path.relpath(path, layer_dir)
-            mine, theirs = os.lstat(path), _entry(upper_dir, relative)
-            if theirs is None or stat.S_IFMT(mine.st_mode) != stat.S_IFMT(theirs.st_mode):
-                return "/" + relative
-            if stat.S_ISREG(mine.st_mode) and not _same_bytes(path, os.path.join(upper_dir, relative)):
-                return "/" + relative
-    return None
-
-
-def _same_bytes(first, second) -> bool:
+def upper_digest_or_none(upper) -> str | None:
+    """The digest a commit of the read-write layer `upper` would give its layer now; None
+    if there is no such directory (never a symlink to one) or it cannot be read as one."""
     try:
-        with open(first, "rb") as a, open(second, "rb") as b:
-            while True:
-                x, y = a.read(1 << 16), b.read(1 << 16)
-                if x != y:
-                    return False
-                if not x:
-                    return True
-    except OSError:
-        return False
+        if not stat.S_ISDIR(os.lstat(upper).st_mode):
+            return None
+        return upper_digest(upper)
+    except Exception:  # noqa: BLE001 — the student's files, whatever is wrong with them: no evidence
+        return None
+
+
+def _digest_or_none(layer_dir) -> str | None:
+    try:
+        return layer_digest(layer_dir)
+    except (OSError, ImageError):
+        return None

@@ -6,7 +6,7 @@ process itself sees; nothing of the process's is run."""
 import os
 
 from labkit.grading.checks import Observation, ProbeFailed
-from labkit.grading.targets import namespace_pids, running_process
+from labkit.grading.targets import current_world, namespace_pids, running_process
 
 
 def mounts_of(pid) -> dict:
@@ -51,10 +51,25 @@ def own_proc(target):
             listed = sorted(int(name) for name in os.listdir(f"/proc/{process.pid}/root/proc") if name.isdigit())
         except OSError as error:
             raise ProbeFailed(f"cannot list its /proc: {error.strerror}") from None
-        own = inside in listed and len(listed) < len([n for n in os.listdir("/proc") if n.isdigit()])
+        theirs = _lists_its_namespace(process.pid, inside)
+        own = theirs and inside in listed and len(listed) < len([n for n in os.listdir("/proc") if n.isdigit()])
         return Observation(own, f"its /proc lists {len(listed)} process(es) ({', '.join(map(str, listed[:5]))}"
-                           f"{'…' if len(listed) > 5 else ''}); it is PID {inside} there")
+                           f"{'…' if len(listed) > 5 else ''}); "
+                           + (f"it is PID {inside} there" if theirs else
+                              f"PID {inside} there is another process: a proc of another PID namespace"))
     return look
+
+
+def _lists_its_namespace(pid, inside) -> bool:
+    """Is the proc at the process's /proc one of its own PID namespace? There, the entry of
+    its own number is itself; in a proc of another namespace (mounted by a process still
+    outside the new one, or bound from the notebook's), that number is another process."""
+    try:
+        entry = os.stat(f"/proc/{pid}/root/proc/{inside}/ns/pid")
+        own = os.stat(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return False
+    return (entry.st_dev, entry.st_ino) == (own.st_dev, own.st_ino)
 
 
 def file_in_root(target, path: str, text: str):
@@ -63,8 +78,9 @@ def file_in_root(target, path: str, text: str):
     def look():
         process = running_process(target)
         try:
-            with open(f"/proc/{process.pid}/root{path}", errors="replace") as handle:
-                content = handle.read(1 << 16)
+            # in its root: a symlink there (to the host's /etc/shadow, say) resolves as the process
+            # sees it, never from ours; and a FIFO put at `path` is refused, not waited on
+            content = current_world().file_of(process.pid, path, 1 << 16).decode(errors="replace")
         except FileNotFoundError:
             return Observation(False, f"it has no {path}")
         except OSError as error:

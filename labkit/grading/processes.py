@@ -5,7 +5,6 @@ container's (which the student could replace)."""
 
 import os
 import socket
-import threading
 
 from labkit.grading.checks import Observation, ProbeFailed
 from labkit.grading.targets import current_world, namespace_pids, poll, running_process, value_of
@@ -28,26 +27,17 @@ def in_namespace(pid, kind, fn, *args):
     ends with it, so no thread of ours stays in a namespace of the student's."""
     from labkit.linux import syscalls
     from labkit.linux.namespaces import lookup
-
-    outcome = {}
+    from labkit.linux.threads import call_in_thread
 
     def work():
+        fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                syscalls.setns(fd, lookup(kind).flag)
-            finally:
-                os.close(fd)
-            outcome["value"] = fn(*args)
-        except BaseException as error:  # noqa: BLE001 — handed to the caller's thread
-            outcome["error"] = error
+            syscalls.setns(fd, lookup(kind).flag)
+        finally:
+            os.close(fd)
+        return fn(*args)
 
-    thread = threading.Thread(target=work, name=f"labkit-{kind}ns-{pid}", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    return call_in_thread(f"labkit-{kind}ns-{pid}", work, daemon=True)
 
 
 def own_namespaces(target, kinds=("pid", "net", "ipc"), deadline=2.0):

@@ -309,7 +309,7 @@ def _run_times(cgroup) -> tuple:
         try:
             with open(f"/proc/{pid}/schedstat") as handle:
                 on_cpu, delay, _ = handle.read().split()
-        except (FileNotFoundError, ValueError):
+        except (FileNotFoundError, ProcessLookupError, ValueError):
             continue
         running += int(on_cpu)
         waiting += int(delay)

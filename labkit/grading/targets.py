@@ -16,9 +16,12 @@ with "/"), given directly or through `Answer("variable")`.
 
 import contextvars
 import os
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
+from labkit.files import read_regular
 from labkit.grading.checks import Observation, ProbeFailed
 
 
@@ -91,6 +94,53 @@ def namespace_pids(pid) -> list:
             if line.startswith("NSpid:"):
                 return [int(word) for word in line.split()[1:]]
     return [int(pid)]
+
+
+_inside = threading.local()     # .root: this thread's root is a process's (in_root)
+
+
+class _NoImportsInsideARoot:
+    """Refuses every import in a thread that in_root moved into a process's root: the
+    module files there are the sandbox's, which its root may have mounted over."""
+
+    def find_spec(self, name, path=None, target=None):
+        if getattr(_inside, "root", None):
+            raise ImportError(f"no import ({name}) while reading inside the root of process {_inside.root}")
+        return None
+
+
+def in_root(pid, fn, *args, cwd=None):
+    """`fn(*args)` in a new thread of ours whose root (and working directory, `cwd` as the
+    process sees it) is process `pid`'s: unshare(CLONE_FS), then chroot to /proc/PID/root.
+    Every path fn opens resolves as that process sees it, an absolute symlink or `..`
+    included, so a link the student planted cannot lead the grader to a file of the host's
+    (through /proc/PID/root alone, an absolute symlink resolves from the reader's root).
+    The thread runs fn in a copy of the caller's context (its world) and ends with it;
+    imports are refused while it is inside."""
+    from labkit.linux import syscalls
+    from labkit.linux.threads import call_in_thread
+
+    context = contextvars.copy_context()
+
+    def work():
+        syscalls.unshare(syscalls.CLONE_FS)     # this thread's root and cwd, not the process's
+        os.chroot(f"/proc/{pid}/root")
+        os.chdir("/")
+        _inside.root = pid
+        if cwd is not None:
+            os.chdir(cwd)
+        return context.run(fn, *args)
+
+    try:
+        return call_in_thread(f"labkit-root-{pid}", work, daemon=True)
+    except FileNotFoundError:
+        if not os.path.exists(f"/proc/{pid}"):
+            raise ProbeFailed(f"process {pid} is gone") from None
+        raise
+
+
+if not any(isinstance(finder, _NoImportsInsideARoot) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _NoImportsInsideARoot())
 
 
 def cgroup_of_pid(pid):
@@ -206,10 +256,18 @@ class KernelWorld:
                         int(stats.get("pids_limit_hits") or 0), int(stats.get("throttled_periods") or 0),
                         [target.cause])
 
-    def store(self):
-        from labkit.images import Store
+    def image(self, name):
+        from labkit.images import get_image
 
-        return Store()
+        return get_image(name)
+
+    def read_inside(self, fn, *args):
+        """fn(*args) where this kernel's paths are (its own filesystem)."""
+        return fn(*args)
+
+    def file_of(self, pid, path: str, most: int) -> bytes:
+        """At most `most` bytes of the regular file at `path` as process `pid` sees it."""
+        return read_regular(f"/proc/{pid}/root{path}", most)
 
     def in_netns(self, fn, *args):
         """fn in a thread of its own: a kernel runs cells inside an event loop, in which
@@ -219,20 +277,20 @@ class KernelWorld:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labkit-probe") as pool:
             return pool.submit(fn, *args).result()
 
-    def host_path(self, path: str) -> str:
-        return path
-
     def host_pid(self, pid: int) -> int | None:
         return pid
 
-    def committed_container(self, made_from: dict) -> tuple:
-        """(whether that container ran here, its read-write layer's directory or None)."""
+    def committed_container(self, made_from: dict, layer: str) -> tuple:
+        """(whether that container ran here, True, the digest a commit of its read-write
+        layer would have now, None once it is removed). In the kernel no watch ran: this
+        is the student's own look, never a grade."""
+        from labkit.images.commit import upper_digest
         from labkit.runtime.client.state import find_container
 
         try:
-            return True, find_container(made_from["id"])["upper"]
-        except Exception:  # noqa: BLE001 — removed since: the store's record is what is left
-            return True, None
+            return True, True, upper_digest(find_container(made_from["id"])["upper"])
+        except Exception:  # noqa: BLE001 — removed since (or unreadable): nothing to compare with
+            return True, True, None
 
 
 def process_by_id(target, owns_pid, owns_cgroup) -> Process:

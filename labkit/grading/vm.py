@@ -75,7 +75,11 @@ def grade_in_vm(source_path, path, cell_timeout, kernel_name, limits, submission
         except ValueError as error:   # not JSON, too big, not an object: no grade from it
             submission.error = f"the VM's verdict could not be used: {str(error)[:300]}"
             return submission
-        executed = _read_capped(exchange / EXECUTED, EXECUTED_CAP)
+        try:
+            executed = _read_capped(exchange / EXECUTED, EXECUTED_CAP)
+        except ValueError as error:   # the grade stands; the instructor's view of the run is lost
+            submission.notes.append(f"the executed notebook from the VM could not be read: {str(error)[:300]}")
+            executed = None
         if executed is not None:
             import nbformat
 
@@ -116,11 +120,16 @@ def _text(value, most=2000):
 
 
 def _read_capped(path, cap):
+    """The guest's file, as data: a regular file of at most `cap` bytes, never through a
+    symlink (to a host file) nor a FIFO (its open would wait for ever) the guest put there."""
+    from labkit.files import read_regular
+
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(cap + 1)
+        data = read_regular(path, cap + 1, follow=False)
     except FileNotFoundError:
         return None
+    except OSError as error:
+        raise ValueError(f"{path.name} from the VM is not a regular file ({error.strerror})") from None
     if len(data) > cap:
         raise ValueError(f"{path.name} from the VM is over {cap} bytes")
     return data

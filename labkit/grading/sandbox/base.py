@@ -134,6 +134,8 @@ def _stop_kernel(manager):
             manager.shutdown_kernel(now=True)
     except Exception:  # noqa: BLE001 — a kernel already gone (killed with its sandbox) is fine
         pass
+    finally:
+        manager.let_go_of_sockets()
 
 
 def _raise_unless_gone(function, path, info):

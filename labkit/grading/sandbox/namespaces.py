@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 
 import labkit
 from labkit.errors import HostError
@@ -147,27 +146,18 @@ class NamespaceSandbox(BaseSandbox):
     def in_netns(self, fn, *args, **kwargs):
         """Run `fn` in a thread of ours that joined the sandbox's network namespace (a
         thread may: setns(CLONE_NEWNET) is per thread). Sockets it opens stay in there."""
-        outcome = {}
+        from labkit.linux.syscalls import setns
+        from labkit.linux.threads import call_in_thread
 
         def inside():
-            from labkit.linux.syscalls import setns
-
+            fd = os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                fd = os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    setns(fd, CLONE_NEWNET)
-                finally:
-                    os.close(fd)
-                outcome["value"] = fn(*args, **kwargs)
-            except BaseException as error:  # noqa: BLE001 — handed to the caller
-                outcome["error"] = error
+                setns(fd, CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            return fn(*args, **kwargs)
 
-        thread = threading.Thread(target=inside, name="labkit-sandbox-netns")
-        thread.start()
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
+        return call_in_thread("labkit-sandbox-netns", inside)
 
     # --- gone ---------------------------------------------------------------------------------
 
@@ -212,7 +202,7 @@ def _read_only_paths() -> list:
     paths = [p for p in READ_ONLY_FROM_HOST if os.path.isdir(p) and not os.path.islink(p)]
     # The Python that runs the kernel (its installation and the venv), and labkit itself where it is not installed in it
     # (an editable install): only labkit's package directory, not the repository around it
-    # (whose notebooks/labs hold the solutions).
+    # (whose instructor/labs hold the solutions).
     for path in (sys.base_prefix, sys.prefix, os.path.dirname(os.path.abspath(labkit.__file__))):
         if not any(path == p or path.startswith(p + "/") for p in paths):
             paths.append(path)

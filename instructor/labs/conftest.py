@@ -3,10 +3,17 @@ observed (CPU shares, layer paths) and differs from run to run, and so does the 
 "observed" column, which prints the same values for the student. The score (text/plain)
 and the rest of the table (each check's mark, points and hint) are still compared.
 
+As an ordinary user, notebooks/conftest.py's hooks apply here too (the outputs a lab cell
+stores for a rootless run): these labs' released copies live under notebooks/, their
+sources here.
+
 A check cell whose timing check the host was too busy to measure ("busy host, run again":
 no points, not a wrong answer) cannot match its stored score; nbval's failure of that cell
 becomes a skip that says so, and so does that of the notebook's progress() cell, which adds
 the scores up. Any other difference still fails."""
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +21,21 @@ from labkit.grading.checks import MIME
 from labkit.grading.checks import OBSERVED_SANITIZE as OBSERVED
 
 
+def _notebooks_conftest():
+    """notebooks/conftest.py (the rootless outputs), under a name of its own."""
+    path = Path(__file__).resolve().parent.parent.parent / "notebooks" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("labkit_notebooks_conftest_for_labs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_ROOTLESS = _notebooks_conftest()
+pytest_collection_modifyitems = _ROOTLESS.pytest_collection_modifyitems
+
+
 def pytest_collectstart(collector):
+    _ROOTLESS.pytest_collectstart(collector)
     if getattr(collector, "fspath", None) is not None and collector.fspath.ext == ".ipynb" \
             and hasattr(collector, "skip_compare"):
         collector.skip_compare += (MIME,)
