@@ -34,7 +34,7 @@ class UnpackBudget:
     """Bytes one import may unpack to, over all its layers: the class defaults' import_size
     (labkit.defaults). A gzip bomb (1 MB that inflates to 1 GiB) stops here, not at a full disk."""
 
-    def __init__(self, limit: int | None = None):
+    def __init__(self, limit: int | None = None, task: str = "an import", outcome: str = "nothing was imported"):
         from labkit.defaults import class_defaults
 
         defaults = class_defaults()
@@ -42,6 +42,7 @@ class UnpackBudget:
         self.files_limit = defaults.default("import_files")
         self.where = f"[import_size] in {defaults.path}" if defaults.path else "labkit's built-in import size"
         self.files_where = f"[import_files] in {defaults.path}" if defaults.path else "labkit's built-in limit"
+        self.task, self.outcome = task, outcome   # for messages: "ADD of an archive", "nothing was built"
         self.used = 0
         self.files = 0
 
@@ -50,8 +51,8 @@ class UnpackBudget:
         if self.limit is not None and self.used > self.limit:
             from labkit.units import format_bytes
 
-            raise BadImageInput(f"{source} unpacks to more than {format_bytes(self.limit)}, the most an import may "
-                             f"unpack to ({self.where}); nothing was imported. A compressed archive this large "
+            raise BadImageInput(f"{source} unpacks to more than {format_bytes(self.limit)}, the most {self.task} may "
+                             f"unpack to ({self.where}); {self.outcome}. A compressed archive this large "
                              "inflated is likely a decompression bomb; if it is not, raise the limit there")
 
     def take_file(self, source: str) -> None:
@@ -59,8 +60,8 @@ class UnpackBudget:
         archive of empty entries (512 bytes each, compressed to a few) costs nothing else."""
         self.files += 1
         if self.files_limit is not None and self.files > self.files_limit:
-            raise BadImageInput(f"{source} holds more than {self.files_limit} entries, the most an import may "
-                                f"unpack ({self.files_where}); nothing was imported. If the image really is "
+            raise BadImageInput(f"{source} holds more than {self.files_limit} entries, the most {self.task} may "
+                                f"unpack ({self.files_where}); {self.outcome}. If the image really is "
                                 "that large, raise the limit there")
 
 

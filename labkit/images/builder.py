@@ -15,7 +15,7 @@ import signal
 from pathlib import Path
 
 from labkit.errors import ImageError, ImageNotFound
-from labkit.images.add_archive import is_archive, unpack
+from labkit.images.add_archive import build_budget, is_archive, unpack
 from labkit.images.cache import BuildCache, step_key
 from labkit.images.copy_step import (
     ROOT_OWNED,
@@ -71,6 +71,7 @@ class _Build:
         self.counter = 0
         self.total = sum(1 + len(stage.steps) for stage in dockerfile.stages)
         self._context_copy = None
+        self.unpack_budget = build_budget()   # every ADD of an archive, together
 
     def run(self):
         global_args = {}
@@ -294,7 +295,7 @@ class _StageState:
             if is_archive(source):
                 unpacked = self.build.scratch / f"add-{len(list(self.build.scratch.iterdir()))}"
                 unpacked.mkdir()
-                unpack(source, unpacked)
+                unpack(source, unpacked, self.build.unpack_budget, f"recipe line {step.line}: ADD {source.name}")
                 kept = ownership if ownership.owner else Ownership(keep=True, mode=ownership.mode)
                 groups.append(([(unpacked, destination.rstrip("/") or "/")], kept))
             else:

@@ -1,5 +1,9 @@
 """Commit: a container's read-write layer (overlay's upper dir) becomes an image layer.
 
+(The layer machinery, labkit.images.layers and layer_copy, is imported at the first commit:
+this module comes with `labkit.images`, which `labkit run` imports for the store alone,
+and tarfile, hashlib and typing would be ~10 ms of each run's start.)
+
 The upper dir is already in overlay form (whiteouts, opaque dirs), which is how
 layers are stored, so a commit keeps it as it is, minus (one rule, _Sorted, for a
 copied and a moved upper dir alike):
@@ -15,14 +19,15 @@ import shutil
 from pathlib import Path
 
 from labkit.errors import ImageError
-from labkit.images.layer_copy import LayerCopy
-from labkit.images.layers import Entry, entry_for, open_as_seen, sort_canonically, tar_digest
 from labkit.images.store import Image, ImageConfig, Store, validate_name
 from labkit.images.whiteouts import (
     INIT_LAYER_FILES,
     OPAQUE_MARKER,
+    WHITEOUT_PREFIX,
+    fuse_marker,
     is_opaque,
     make_opaque,
+    make_whiteout,
     strip_overlay_xattrs,
     unsupported_overlay_feature,
 )
@@ -59,8 +64,18 @@ def commit_layer(upper_dir, store: Store, consume: bool = False) -> str:
     return _store_layer(Path(upper_dir), store, consume)[0]
 
 
+def upper_digest(upper_dir) -> str:
+    """The digest a commit of `upper_dir` would give its layer, storing nothing."""
+    from labkit.images.layers import tar_digest
+
+    return tar_digest(_Sorted(os.fspath(upper_dir)).kept)
+
+
 def _store_layer(upper: Path, store: Store, consume: bool) -> tuple:
     """(digest, bytes of file content) of the layer made of `upper`'s changes."""
+    from labkit.images.layer_copy import LayerCopy
+    from labkit.images.layers import tar_digest
+
     if not upper.is_dir():
         raise ImageError(f"cannot commit {upper}: it is not a directory (is the container removed?)")
     with store.scratch() as scratch:
@@ -87,6 +102,8 @@ class _Sorted:
         self.kept = []       # tar entries, in canonical order
         self.dropped = []    # paths, each child before its directory
         self._sort(upper, "", os.stat(upper, follow_symlinks=False))
+        from labkit.images.layers import sort_canonically
+
         self.kept = sort_canonically(self.kept)
 
     def _sort(self, directory: str, prefix: str, seen: os.stat_result) -> bool:
@@ -94,6 +111,8 @@ class _Sorted:
         and sockets (which a tar cannot hold), and a directory goes too when it held
         init-layer files and nothing kept (unless it is opaque: then it still hides
         the lower one). True if `directory` goes."""
+        from labkit.images.layers import Entry, entry_for, open_as_seen
+
         dropped_any, kept_any = False, False
         fd = open_as_seen(directory, seen, os.O_DIRECTORY)   # never a host directory a link leads to
         try:
@@ -107,6 +126,14 @@ class _Sorted:
             if relative in INIT_LAYER_FILES:
                 self.dropped.append(path)
                 dropped_any = True
+                continue
+            marker = fuse_marker(name, st)
+            if marker is not None:   # fuse-overlayfs's own form: dropped, a deletion kept in the kernel's
+                self.dropped.append(path)
+                if marker == "whiteout":
+                    deleted = os.path.join(directory, name[len(WHITEOUT_PREFIX):])
+                    self.kept.append(Entry(relative, deleted, st, "whiteout"))
+                    kept_any = True
                 continue
             _check(path, relative)
             entry = entry_for(relative, path, st)
@@ -139,6 +166,8 @@ def _tidy_in_place(layer: str) -> list:
     for entry in contents.kept:
         if entry.kind == "opaque":
             make_opaque(os.path.join(layer, entry.name.rpartition("/")[0]))  # both names: with and without userxattr
+        elif entry.kind == "whiteout" and not os.path.lexists(entry.path):
+            make_whiteout(entry.path)   # for fuse-overlayfs's `.wh.NAME` file, dropped above
         elif entry.kind != "symlink":
             strip_overlay_xattrs(entry.path)
     return contents.kept

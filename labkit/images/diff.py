@@ -5,7 +5,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkit.images.whiteouts import is_opaque, is_whiteout
+from labkit.images.whiteouts import WHITEOUT_PREFIX, fuse_marker, is_opaque, is_whiteout
 
 
 @dataclass
@@ -48,6 +48,11 @@ def _walk(directory: Path, prefix: str, lowers, result: Diff) -> None:
     for entry in entries:
         relative = prefix + entry.name
         st = entry.stat(follow_symlinks=False)
+        marker = fuse_marker(entry.name, st)   # fuse-overlayfs's own marks (rootless, images/fuse_overlay.py)
+        if marker == "whiteout":
+            result.deleted.append("/" + prefix + entry.name[len(WHITEOUT_PREFIX):])
+        if marker is not None:
+            continue
         if is_whiteout(st):
             result.deleted.append("/" + relative)
             continue

@@ -13,7 +13,6 @@ forked, single-threaded child inside the container's own mount namespace.
 
 import os
 import shutil
-import tempfile
 
 from labkit.errors import ImageError
 from labkit.linux import syscalls
@@ -27,13 +26,18 @@ FIXED_OPTIONS = "redirect_dir=off,index=off,metacopy=off"
 
 
 def overlay_options(lower_top_first, upper, work, extra="") -> str:
+    fixed = FIXED_OPTIONS.replace("redirect_dir=off,", "") if "redirect_dir" in extra else FIXED_OPTIONS
+    return f"{layer_options(lower_top_first, upper, work)},{fixed}" + (f",{extra}" if extra else "")
+
+
+def layer_options(lower_top_first, upper, work) -> str:
+    """lowerdir, upperdir and workdir, as overlay and fuse-overlayfs both read them."""
     for path in [*lower_top_first, upper, work]:
         if any(char in str(path) for char in ",:\\"):
             raise ImageError(f"overlay cannot take the path {path!s}: it contains ',', ':' or '\\'; "
                              "set LABKIT_HOME to a path without them")
     lower = ":".join(str(path) for path in lower_top_first)
-    fixed = FIXED_OPTIONS.replace("redirect_dir=off,", "") if "redirect_dir" in extra else FIXED_OPTIONS
-    return f"lowerdir={lower},upperdir={upper},workdir={work},{fixed}" + (f",{extra}" if extra else "")
+    return f"lowerdir={lower},upperdir={upper},workdir={work}"
 
 
 def mount_overlay(target, lower_top_first, upper, work, in_user_namespace=False, volatile=False) -> None:
@@ -60,6 +64,8 @@ def mount_overlay(target, lower_top_first, upper, work, in_user_namespace=False,
 
 
 def _mount_through_short_names(target, lower_top_first, upper, work, extra="") -> None:
+    import tempfile   # here, for images of many layers only: not on every container's path
+
     target = os.path.abspath(target)
     links = tempfile.mkdtemp(prefix=".lowers-", dir=os.path.dirname(work))
     previous = os.open(".", os.O_RDONLY | os.O_DIRECTORY)

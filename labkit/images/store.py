@@ -18,13 +18,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from labkit.errors import BadImageInput, ImageError, ImageNotFound
-from labkit.files import write_atomically
+from labkit.files import read_regular, write_atomically
 from labkit.home import labkit_home, private_dir
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -135,6 +134,9 @@ def validate_digest(digest: str) -> str:
     return digest
 
 
+MANIFEST_MOST = 16 << 20    # bytes of an image's manifest (a 500-layer image's is under 1 MiB)
+
+
 class Store:
     def __init__(self, home: Path | None = None):
         self.home = Path(home) if home else labkit_home()
@@ -225,13 +227,20 @@ class Store:
     def image(self, name: str) -> Image:
         path = self._image_file(name)
         try:
-            manifest = json.loads(path.read_text())
+            # bounded, and never a FIFO or a device: the grader reads a submission's store
+            text = read_regular(path, MANIFEST_MOST + 1)
         except FileNotFoundError:
             known = ", ".join(self.names()) or "none yet"
             raise ImageNotFound(
                 f"no image named {name!r} (images here: {known}); "
                 "build or import one, or use the base image 'busybox'"
             ) from None
+        except OSError as error:
+            raise ImageError(f"image {name!r}: its manifest {path} cannot be read ({error.strerror})") from None
+        if len(text) > MANIFEST_MOST:
+            raise ImageError(f"image {name!r}: its manifest {path} is over {MANIFEST_MOST >> 20} MiB; "
+                             f"remove it (labkit image rm {name})")
+        manifest = json.loads(text)
         image = Image(name, manifest["layers"], ImageConfig.from_dict(manifest.get("config", {})),
                       manifest.get("history", []), self, _sources_from(manifest.get("sources")),
                       manifest.get("config_blob"))
@@ -328,6 +337,8 @@ class Store:
         finished layer can be renamed into place atomically."""
         self.tmp_root.mkdir(parents=True, exist_ok=True)
         self.sweep_scratch()
+        import tempfile   # here: its import (random, hashlib's sha512) is not on labkit run's path
+
         return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=self.tmp_root))
 
     @contextlib.contextmanager

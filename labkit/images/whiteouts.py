@@ -24,7 +24,13 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 # trusted.overlay.*: stored layers carry both so either kind of mount sees opacity.
 USER_OPAQUE_XATTR = "user.overlay.opaque"
 OPAQUE_XATTRS = (OPAQUE_XATTR, USER_OPAQUE_XATTR)
-OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+# fuse-overlayfs (a rootless root where the kernel cannot: images/fuse_overlay.py) writes
+# whiteouts as the kernel does, but marks an opaque directory with its own xattr and two
+# entries of its own (an empty `.wh..wh..opq` file, a `.wh..opq` whiteout); where it may
+# not mknod (a user namespace before Linux 5.8) a deleted NAME is an empty file `.wh.NAME`.
+FUSE_OPAQUE_XATTR = "user.fuseoverlayfs.opaque"
+FUSE_OPAQUE_ENTRIES = (OPAQUE_MARKER, ".wh..opq")
+OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
 INIT_LAYER_FILES = ("etc/hostname", "etc/hosts", "etc/resolv.conf")
 
 
@@ -33,7 +39,7 @@ def is_whiteout(st: os.stat_result) -> bool:
 
 
 def is_opaque(path) -> bool:
-    for name in OPAQUE_XATTRS:
+    for name in (*OPAQUE_XATTRS, FUSE_OPAQUE_XATTR):
         try:
             if os.getxattr(path, name, follow_symlinks=False) == b"y":
                 return True
@@ -43,6 +49,19 @@ def is_opaque(path) -> bool:
     return False
 
 
+def fuse_marker(name, st) -> str | None:
+    """What a `.wh.` entry of an upper dir fuse-overlayfs wrote is: "opaque" (one of its
+    marks of an opaque directory, which also has FUSE_OPAQUE_XATTR), "whiteout" (an empty
+    `.wh.NAME`: NAME is deleted); None for any other entry."""
+    if not name.startswith(WHITEOUT_PREFIX):
+        return None
+    if name in FUSE_OPAQUE_ENTRIES:
+        return "opaque"
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        return "whiteout"
+    return None
+
+
 def make_whiteout(path) -> None:
     """Needs CAP_MKNOD (root): overlay only honours a real 0:0 character device."""
     os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
@@ -50,7 +69,13 @@ def make_whiteout(path) -> None:
 
 def make_opaque(path) -> None:
     for name in OPAQUE_XATTRS:
-        os.setxattr(path, name, b"y", follow_symlinks=False)
+        try:
+            os.setxattr(path, name, b"y", follow_symlinks=False)
+        except PermissionError:
+            # trusted.* needs the host's CAP_SYS_ADMIN: a layer made rootless carries
+            # user.overlay.opaque alone, which is what its (userxattr) mounts read.
+            if name != OPAQUE_XATTR:
+                raise
 
 
 def strip_overlay_xattrs(path) -> None:

@@ -7,7 +7,7 @@ given plain values (the spec, names, a PID), never the runtime's `Container`:
    the container process sets up inside (eth0), and the text of its /etc/hosts.
 2. `attach(network, pid, name)` — the container process exists, held in its new network
    namespace: plug a veth pair into the bridge with eth0 on the inside; start relaying
-   published ports.
+   published ports (rootless, through sockets of the keeper's network namespace).
 3. `detach(network, ident)` — after exit: stop the relays, delete the veth, give the
    address back, drop the name from the others' /etc/hosts, and remove the bridge with
    its last user.
@@ -91,10 +91,6 @@ def prepare(spec, who: Who, hosts_text: str, peer: Peer | None = None):
         return _through_pasta(spec, who, hosts_text)
     if not running_rootless():
         require_net_admin()
-    elif spec.publish:
-        raise ConfigError(f"--publish {', '.join(spec.publish)}: without root, a --net bridge container's ports "
-                          "are not published (its bridge is in a network namespace of your own); publish with "
-                          "--net pasta, or run labkit as root")
     ports = publish_all(spec.publish)
     try:
         if spec.network.is_bridge:
@@ -207,11 +203,9 @@ def _through_pasta(spec, who: Who, hosts_text: str):
 def attach(network: ContainerNetwork, pid: int, name: str) -> None:
     """`pid`: the held container process, in its new network namespace."""
     if network.mode == "pasta":
-        import tempfile
+        from labkit.net import pasta, pasta_dirs
 
-        from labkit.net import pasta
-
-        directory = tempfile.mkdtemp(prefix="labkit-pasta-")
+        directory = pasta_dirs.new_dir()
         try:
             network.pasta = pasta.start(pid, network.forwarded, os.path.join(directory, "pid"))
         finally:
@@ -227,8 +221,16 @@ def attach(network: ContainerNetwork, pid: int, name: str) -> None:
         else:
             veth.create_pair(network.host_veth, pid, network.bridge_index, network.ip, alias=alias)
         network.attached = True
+    make_socket = None
+    if network.ports and running_rootless():
+        from functools import partial
+
+        from labkit.net import rootless_bridge
+
+        # the container's address is in the keeper's network namespace: connect from there
+        make_socket = partial(rootless_bridge.socket_in_bridge_namespace, network.home or labkit_home())
     for port in network.ports:
-        port.start(network.ip)
+        port.start(network.ip, make_socket)
 
 
 # --- 3. detach -------------------------------------------------------------------------

@@ -17,6 +17,9 @@ the container starts (so "port in use" is an exact, early error), nothing system
 changes, and everything it holds dies with the owner. The price, as with docker-proxy:
 a copy through user space, and the container sees connections coming from the bridge
 address rather than from the original client.
+
+Rootless, the bridge is in a network namespace of the user's own: the same proxy makes each
+connection's socket there (`start(ip, make_socket)`, labkit.net.rootless_bridge).
 """
 
 import errno
@@ -75,6 +78,7 @@ class PublishedPort:
     def __init__(self, mapping: PortMapping):
         self.mapping = mapping
         self.target = None
+        self.make_socket = None
         self.connections = set()
         self.lock = threading.Lock()
         self.closed = False
@@ -90,13 +94,19 @@ class PublishedPort:
             if error.errno == errno.EADDRINUSE:
                 raise ConfigError(f"cannot publish {mapping}: port {mapping.host_port} on {mapping.host_ip} is "
                                   f"already in use (another program or container); pick another host port") from None
+            if error.errno == errno.EACCES:
+                raise ConfigError(f"cannot publish {mapping}: host ports below {_first_unprivileged_port()} "
+                                  f"need root; pick a host port of {_first_unprivileged_port()} or more") from None
             if error.errno == errno.EADDRNOTAVAIL:
                 raise ConfigError(f"cannot publish {mapping}: {mapping.host_ip} is not an address of this host; "
                                   f"give one it has, e.g. {HOST_ADDRESS}") from None
             raise HostError(f"cannot listen on {mapping.host_ip}:{mapping.host_port}: {error.strerror}") from None
 
-    def start(self, container_ip: str):
+    def start(self, container_ip: str, make_socket=None):
+        """Relay to `container_ip`; `make_socket()`, if given, makes each connection's
+        socket (rootless: one of the bridge's network namespace, where the container is)."""
         self.target = (container_ip, self.mapping.container_port)
+        self.make_socket = make_socket
         self.thread = threading.Thread(target=self._accept_loop, name=f"labkit-port-{self.mapping.host_port}",
                                        daemon=True)
         self.thread.start()
@@ -111,8 +121,17 @@ class PublishedPort:
 
     def _connect(self, client):
         try:
-            upstream = socket.create_connection(self.target, timeout=CONNECT_TIMEOUT)
-        except OSError:
+            if self.make_socket is None:
+                upstream = socket.create_connection(self.target, timeout=CONNECT_TIMEOUT)
+            else:
+                upstream = self.make_socket()
+                upstream.settimeout(CONNECT_TIMEOUT)
+                try:
+                    upstream.connect(self.target)
+                except OSError:
+                    upstream.close()
+                    raise
+        except (OSError, HostError):
             client.close()  # nothing listens in the container: the client sees EOF
             return
         upstream.settimeout(None)
@@ -139,6 +158,14 @@ class PublishedPort:
             relay.abort()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout=2)
+
+
+def _first_unprivileged_port() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as start:
+            return int(start.read())
+    except (OSError, ValueError):
+        return 1024
 
 
 class _Relay:

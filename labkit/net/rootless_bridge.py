@@ -22,14 +22,33 @@ user can connect), one JSON message per datagram:
     {"op": "plug", "veth", "pid", "ip", "alias"}    a veth pair, eth0 in the netns of `pid`
     {"op": "unplug", "veth"}                        deleted
     {"op": "netns"}                                 the PID holding the bridge's namespace
+    {"op": "socket"}                                a TCP socket made in that namespace,
+                                                    passed back (SCM_RIGHTS): a published
+                                                    port's connection to a container
 
 What goes when: the bridge's namespace (a child process holds it, and nothing else does)
 goes once no port is plugged into the bridge and no live owner holds a lease (checked under
 the lease book's lock, so that a container being prepared keeps it); a container's veth pair
 goes with the container's namespace, so a killed owner's containers (killed by its helper)
 free the bridge by themselves. The keeper exits once no helper is connected and the
-namespace is gone. Nothing is forwarded off the namespace: containers reach each other and
-the bridge's address, by name through their /etc/hosts.
+namespace is gone. Containers reach each other and the bridge's address, by name through
+their /etc/hosts.
+
+Published ports, as rootless podman's `rootlessport`: the owner listens on the host's port
+(labkit.net.ports, as for root) and, for each connection, asks the keeper for a socket made
+in the bridge's namespace and connects it to the container: a socket belongs to the
+namespace it was made in, wherever it is used after. Nothing to undo: a killed owner's
+listeners and connections close with it.
+
+Outbound traffic, as podman's rootless netns: the keeper starts pasta for the bridge's
+namespace with the bridge (an `uplink` interface with the host's address and default route;
+pasta carries its traffic through sockets of the user's own, and maps the host's gateway
+address to the host's loopback) and, in that namespace only, turns on forwarding and
+masquerades the bridge's subnet behind the uplink's address (nftables: a table of the
+namespace's own). The host's forwarding and firewall are not touched. pasta is stopped
+with the namespace, and, as the keeper's child with a death signal, killed with a killed
+keeper (it holds the namespace open and would not end by itself). Without pasta or nft
+there is no uplink: the bridge still works, and the `netns` answer's "uplink" says why.
 """
 
 import errno
@@ -48,6 +67,7 @@ from labkit.linux import syscalls
 
 NAME = "labkit-netns"
 BRIDGE = "labkit0"          # the only bridge in its namespace: no host-wide naming needed
+UPLINK = "uplink"           # pasta's interface in it: the way out
 CHECK_EVERY = 0.5           # seconds between checks whether the bridge is still used
 MAX_MESSAGE = 65536
 
@@ -76,7 +96,8 @@ def _lock_path(home) -> Path:
 # --- the caller's side -----------------------------------------------------------------
 
 def request(home, op: str, **fields) -> dict:
-    """One request to the home's keeper, which a helper of this home keeps running."""
+    """One request to the home's keeper, which a helper of this home keeps running.
+    Descriptors the keeper passes come as the reply's "fds"."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
         try:
             sock.connect(_address(socket_path(home)))
@@ -84,13 +105,21 @@ def request(home, op: str, **fields) -> dict:
             raise HostError(f"rootless --net bridge: no {NAME} process serves {home} ({error.strerror}); "
                             "it is started with labkit's helper: start a container first") from None
         sock.sendall(json.dumps({"op": op, **fields}).encode())
-        answer = sock.recv(MAX_MESSAGE)
+        answer, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 4, socket.MSG_CMSG_CLOEXEC)
+    if fds:
+        return {**json.loads(answer), "fds": fds}
     if not answer:
         raise HostError(f"rootless --net bridge: the {NAME} process of {home} hung up")
     reply = json.loads(answer)
     if not reply.get("ok"):
         raise HostError(f"rootless --net bridge: {reply.get('error')}")
     return reply
+
+
+def socket_in_bridge_namespace(home) -> socket.socket:
+    """A TCP socket of the bridge's namespace (to connect to a container's address)."""
+    reply = request(home, "socket")
+    return socket.socket(fileno=reply["fds"][0])
 
 
 def join(home) -> socket.socket:
@@ -167,6 +196,8 @@ class Keeper:
         self.host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.bridge_index = None
         self.worker = None          # the thread in the bridge's namespace
+        self.uplink = None          # its pasta (labkit.net.pasta.Pasta), the way out
+        self.no_uplink = None       # or why there is none
 
     def listen(self):
         path = socket_path(self.home)
@@ -200,21 +231,36 @@ class Keeper:
             del self.clients[sock.fileno()]
             sock.close()
             return
+        passed = []
         try:
             message = json.loads(data)
             reply = {"ok": True, **(getattr(self, "op_" + message["op"])(message) or {})}
+            passed = reply.pop("pass", [])
         except Exception as error:  # noqa: BLE001 — said to the asker, the keeper goes on
             reply = {"ok": False, "error": f"{type(error).__name__}: {error}"}
         try:
-            sock.sendall(json.dumps(reply).encode())
+            socket.send_fds(sock, [json.dumps(reply).encode()], [item.fileno() for item in passed])
         except OSError:
             pass
+        finally:
+            for item in passed:
+                item.close()
 
     def op_hello(self, message):
         return {"pid": os.getpid()}
 
     def op_netns(self, message):
-        return {"pid": self.holder[0] if self.holder else None}
+        return {"pid": self.holder[0] if self.holder else None, "uplink": self.uplink_state()}
+
+    def op_socket(self, message):
+        if self.holder is None:
+            raise HostError("the bridge's network namespace is gone (no container is on it)")
+        return {"pass": [self.in_namespace(lambda ipr: socket.socket(socket.AF_INET, socket.SOCK_STREAM))]}
+
+    def uplink_state(self):
+        if self.holder is None:
+            return None
+        return f"pasta {self.uplink.pid}" if self.uplink is not None else self.no_uplink
 
     def op_bridge(self, message):
         import ipaddress
@@ -232,6 +278,7 @@ class Keeper:
                 ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
                 return index
             self.bridge_index = self.in_namespace(work)
+            self.start_uplink(message["subnet"])
         return {"bridge": BRIDGE, "index": self.bridge_index}
 
     def op_plug(self, message):
@@ -283,6 +330,29 @@ class Keeper:
             raise HostError("could not make the bridge's network namespace")
         self.holder = (pid, os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC), hold_w)
 
+    def start_uplink(self, subnet):
+        """pasta for the namespace, then forwarding and the masquerade inside it (see the
+        module's text). What fails leaves the bridge without a way out, said in `no_uplink`."""
+        from labkit.net import pasta
+
+        if nft_program() is None:
+            self.no_uplink = "no uplink: nft is not installed (apt-get install nftables; `make setup` does)"
+            return
+        try:
+            # pasta is our child, killed with us: a killed keeper leaves no pasta holding the namespace
+            self.uplink = pasta.start_tied(self.holder[0], UPLINK, lambda: self.in_namespace(_uplink_ready))
+            self.in_namespace(lambda ipr: _route_out(subnet))
+        except Exception as error:  # noqa: BLE001 — the bridge works without it; said on request
+            self.no_uplink = f"no uplink: {error}"
+            self.stop_uplink()
+
+    def stop_uplink(self):
+        if self.uplink is not None:
+            from labkit.net import pasta
+
+            pasta.stop(self.uplink)
+            self.uplink = None
+
     def in_namespace(self, work):
         """`work(ipr)` with a netlink socket of the bridge's namespace, in a thread that
         joined it: setns of a network namespace moves the calling thread only, and one that
@@ -314,6 +384,8 @@ class Keeper:
             self.end_namespace()
 
     def end_namespace(self):
+        self.stop_uplink()
+        self.no_uplink = None
         pid, netns, hold = self.holder
         self.holder = self.bridge_index = None
         if self.worker is not None:
@@ -338,6 +410,34 @@ class Keeper:
                 self.listener.setblocking(True)
             self.clients[client.fileno()] = client
             return False
+
+
+def _uplink_ready(ipr) -> bool:
+    """pasta's setup is done: its interface has an IPv4 address and the default route."""
+    index = ipr.link_lookup(ifname=UPLINK)
+    return bool(index and ipr.get_addr(family=socket.AF_INET, index=index[0])
+                and ipr.get_default_routes(family=socket.AF_INET))
+
+
+def nft_program() -> str | None:
+    """nft, also where an ordinary user's PATH does not look (Debian's has no /usr/sbin)."""
+    import shutil
+
+    return shutil.which("nft", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+
+
+def _route_out(subnet):
+    """In the bridge's namespace (a thread that joined it: /proc/sys/net and the nft child
+    are that namespace's): forward, and masquerade the bridge's subnet behind the uplink."""
+    import subprocess
+
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as forward:
+        forward.write("1")
+    rules = (f"table ip labkit {{\n chain out {{\n  type nat hook postrouting priority srcnat\n"
+             f"  ip saddr {subnet} oifname \"{UPLINK}\" masquerade\n }}\n}}\n")
+    done = subprocess.run([nft_program(), "-f", "-"], input=rules, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise HostError(f"nft could not add the masquerade: {done.stderr.strip()}")
 
 
 def _with_ipr(work):
