@@ -1,7 +1,9 @@
 """Start-up time and memory of the same small command as a plain host process, in a
-labkit container (`true`), and in a small virtual machine (`uname -r`, so the row also
-records the guest's own kernel). A container shares
-the host's kernel, so it starts like a process; a VM boots a kernel of its own.
+labkit container (`true`), and in a small virtual machine (`uname -r` and the boot_id, so
+the row also records the guest's own kernel). A container shares
+the host's kernel, so it starts like a process; a VM boots a kernel of its own. The proof of
+its own kernel is the boot_id (random at every boot), not the release: a Debian 12 host
+runs the very kernel package the VM boots, and inside labkit's own VM the nested guest does.
 
 Memory is one metric for all three: the peak memory the kernel charged to a cgroup that
 held it (memory.max_usage_in_bytes on v1, memory.peak on v2, read through
@@ -31,16 +33,16 @@ SPEEDUP = 10           # a container starts at least this many times faster than
 JOIN_THEN_EXEC = 'while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift; exec "$@"'
 
 # The VM's launcher: report its own charge before QEMU starts, then boot a VM that
-# prints its kernel's release (uname -r): the guest runs a kernel of its own.
+# prints its kernel's release (uname -r) and its boot_id: the guest runs a kernel of its own.
 VM_LAUNCHER = """
 import json, os, sys
 from labkit.cgroups import host_hierarchy
 from labkit.vm import run
 cgroup = host_hierarchy().open(os.environ["LABKIT_MEASURE_CGROUP"])
 print(json.dumps({"before_qemu": cgroup.stats().memory_current}), flush=True)
-vm = run(["uname", "-r"], memory=sys.argv[1], cpus=1, cwd="/")
+vm = run(["sh", "-c", "uname -r; cat /proc/sys/kernel/random/boot_id"], memory=sys.argv[1], cpus=1, cwd="/")
 print(json.dumps({"exit_code": vm.exit_code, "boot_seconds": vm.boot_seconds, "accel": vm.accel,
-                  "uname": vm.output.strip(), "qemu_peak_rss_bytes": vm.qemu_peak_rss_bytes}), flush=True)
+                  "output": vm.output.strip(), "qemu_peak_rss_bytes": vm.qemu_peak_rss_bytes}), flush=True)
 """
 
 
@@ -110,9 +112,10 @@ def _vm_once(memory: str) -> dict:
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     before, boot = lines[0]["before_qemu"], lines[-1]
     if boot["exit_code"] != 0:
-        raise RuntimeError(f"uname -r in the VM exited {boot['exit_code']}: {boot['uname'][-500:]}")
+        raise RuntimeError(f"uname -r in the VM exited {boot['exit_code']}: {boot['output'][-500:]}")
+    kernel, boot_id = boot["output"].split()[-2:]
     return {"startup_s": boot["boot_seconds"], "memory_bytes": peak - before, "accel": boot["accel"],
-            "kernel": boot["uname"], "qemu_peak_rss_bytes": boot["qemu_peak_rss_bytes"]}
+            "kernel": kernel, "boot_id": boot_id, "qemu_peak_rss_bytes": boot["qemu_peak_rss_bytes"]}
 
 
 def medians(result) -> dict:

@@ -48,7 +48,7 @@ def _host_row(pid: int) -> dict | None:
     try:
         with open(f"/proc/{pid}/status") as handle:
             fields = dict(line.rstrip("\n").split(":\t", 1) for line in handle if ":\t" in line)
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return None   # gone between listing and reading
     return {"pid": pid, "ppid": int(fields["PPid"]), "name": fields["Name"],
             "nspid": [int(n) for n in fields["NSpid"].split()]}
