@@ -156,8 +156,8 @@ def repository_copy(home: Path) -> None:
 
 
 def run_notebooks_in(image: str, work: Path, notebooks: list, timeout=4 * 3600):
-    """`notebooks` (paths below notebooks/) run with nbclient in a container of `image` run
-    as Binder runs one; returns (the podman run, {notebook: executed copy})."""
+    """`notebooks` (paths below notebooks/; a lab's source ../instructor/labs/NAME) run with
+    nbclient in a container of `image` run as Binder runs one; returns (the podman run, {notebook: executed copy})."""
     home = work / "home"
     home.mkdir()
     repository_copy(home)

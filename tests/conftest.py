@@ -60,7 +60,6 @@ def no_leftovers(labkit_home, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Container, "_plan", recording_plan)
-    mounts_before = labkit_mounts()
     yield labkit_home
     from labkit.runtime.client.helper_client import settle
 
@@ -75,7 +74,7 @@ def no_leftovers(labkit_home, monkeypatch):
 
     if helper._helper is not None and helper._helper.gone is None:
         assert empty_slot_cgroups(helper._helper.pid) == [], "pool slot cgroups left behind"
-    assert [line for line in labkit_mounts() if line not in mounts_before] == [], "mounts left behind"
+    assert labkit_mounts(labkit_home) == [], "mounts left behind"
 
 
 @pytest.fixture

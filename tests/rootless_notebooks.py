@@ -1,10 +1,14 @@
 """The notebooks as an ordinary user: a throw-away user (tests/throwaway_users.py) gets a copy
-of notebooks/ in its 0700 home and runs them with this checkout's class environment
-(.venv/class: the system's Python, which every user may run; labkit editable from here).
+of notebooks/ and of the labs' sources (instructor/labs/, side by side as in the checkout) in
+its 0700 home and runs them with this checkout's class environment (.venv/class: the
+system's Python, which every user may run; labkit editable from here). A notebook is named
+by its path below notebooks/; a lab's source is `../instructor/labs/NAME` (a released copy
+under notebooks/labs/ has no outputs to compare).
 
     with notebooks_as_user() as run:
         run.nbval("01-namespaces.ipynb")          # strict nbval, rootless
         run.execute("04-cgroups-memory.ipynb")    # an executed copy (nbformat), errors kept
+        run.nbval(LAB + "02-cgroups-lab.ipynb")   # a lab's source
 
 `python tests/rootless_notebooks.py record NOTEBOOK...` (as root) stores, for each code cell
 whose rootless outputs differ from the stored ones after sanitising, the rootless outputs in
@@ -42,6 +46,8 @@ user_patterns = _notebooks_conftest().user_patterns
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
+LAB_SOURCES = REPO / "instructor" / "labs"
+LAB = "../instructor/labs/"    # a lab's source, named from notebooks/
 CLASS_PYTHON = REPO / ".venv" / "class" / "bin" / "python"
 
 EXECUTE = r"""
@@ -81,7 +87,7 @@ def why_not() -> str | None:
 class UserNotebooks:
     def __init__(self, user, env=None, cgroup_procs=None):
         self.user = user
-        self.copy = Path(user.home) / "notebooks"
+        self.copy = Path(user.home) / "labkit" / "notebooks"
         self.env = {"PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
         self.cgroup_procs = cgroup_procs    # the session cgroup of a delegated subtree, if any
 
@@ -90,7 +96,7 @@ class UserNotebooks:
                              cgroup_procs=self.cgroup_procs)
 
     def nbval(self, *notebooks, timeout=1800) -> subprocess.CompletedProcess:
-        """Strict nbval of `notebooks` (paths below notebooks/) as the user."""
+        """Strict nbval of `notebooks` (paths below notebooks/, a lab's source LAB + name) as the user."""
         return self._run(["-m", "pytest", "-p", "no:cacheprovider", "--nbval", "--nbval-kernel-name", "labkit",
                           "--nbval-sanitize-with", "sanitize.cfg", *notebooks], timeout)
 
@@ -112,8 +118,10 @@ def notebooks_as_user(delegated=False):
     from throwaway_users import delegated_subtree, throwaway_user
 
     with throwaway_user("lknb") as user:
-        copy = Path(user.home) / "notebooks"
-        shutil.copytree(NOTEBOOKS, copy, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+        copy = Path(user.home) / "labkit"
+        ignore = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints")
+        shutil.copytree(NOTEBOOKS, copy / "notebooks", ignore=ignore)
+        shutil.copytree(LAB_SOURCES, copy / "instructor" / "labs", ignore=ignore)
         subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(copy)], check=True)
         if not delegated:
             yield UserNotebooks(user)
@@ -186,24 +194,28 @@ def _store(stored, rootless, mine, skip, extra=()) -> int:
     return changed
 
 
+def _is_lab(relative) -> bool:
+    return relative.startswith(LAB)
+
+
 def _skip_for(relative):
     from labkit.grading.checks import MIME
 
-    return SKIP + ((MIME,) if relative.startswith("labs/") else ())   # notebooks/labs/conftest.py
+    return SKIP + ((MIME,) if _is_lab(relative) else ())   # instructor/labs/conftest.py
 
 
 def _patterns_for(relative) -> list:
-    """The sanitising notebooks/labs/conftest.py adds for a lab: the table's observed column."""
+    """The sanitising instructor/labs/conftest.py adds for a lab: the table's observed column."""
     from labkit.grading.checks import OBSERVED_SANITIZE
 
-    return [OBSERVED_SANITIZE] if relative.startswith("labs/") else []
+    return [OBSERVED_SANITIZE] if _is_lab(relative) else []
 
 
 def _record(paths):
     with notebooks_as_user() as run:
         mine = user_patterns(run.user.uid, run.user.name)
         for path in paths:
-            relative = str(Path(path).resolve().relative_to(NOTEBOOKS))
+            relative = os.path.relpath(Path(path).resolve(), NOTEBOOKS)   # a lab's source: ../instructor/labs/
             stored = nbformat.read(str(NOTEBOOKS / relative), as_version=4)
             ran = [cell.outputs if cell.cell_type == "code" else None for cell in run.execute(relative).cells]
             changed = _store(stored, ran, mine, _skip_for(relative), _patterns_for(relative))

@@ -66,3 +66,17 @@ def test_the_crun_worker_hides_cgroup2_only_in_its_own_mount_namespace():
     assert "findmnt" in json.loads(answered.stdout)["error"]
     # ... and the host still has it.
     assert os.path.ismount(HYBRID_CGROUP2)
+
+
+def test_the_cli_benchmark_writes_each_checkouts_bytecode_before_it_times_it(tmp_path):
+    """With PYTHONDONTWRITEBYTECODE set, a checkout without bytecode (a fresh one given to
+    --before, or sources changed since the last import) compiles its modules in every
+    timed run, and `after ÷ before` measures that: benchmarks/cli.py compiles both first."""
+    package = tmp_path / "labkit"
+    package.mkdir()
+    (package / "__init__.py").write_text("VALUE = 1\n")
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import cli; "
+                           "cli.compile_bytecode(sys.argv[2])", str(TABLE.parent), str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    assert done.returncode == 0, done.stderr
+    assert [path.name.split(".")[0] for path in (package / "__pycache__").iterdir()] == ["__init__"]

@@ -18,7 +18,7 @@ import pytest
 
 from kernel_fixtures import kernel, labkit_kernelspec  # noqa: F401 — fixtures are used by name
 from labkit.errors import ImageError
-from labkit.images import import_image
+from labkit.images import get_image, import_image
 from labkit.images.store import Store
 from labkit.magics.container import CELL_OUTPUT_LIMIT
 from labkit.runtime import Container, ContainerSpec
@@ -268,6 +268,83 @@ def test_an_image_archive_listing_stops_at_ten_thousand_entries(labkit_home, tmp
         f"{archive} holds more than 10000 entries, and an image archive holds a few per layer (at most 500 "
         "layers); it is not an image labkit can load")
     assert store.layer_digests() == [] and not os.listdir(store.tmp_root)
+
+
+# --- ADD of an archive in a build: the same limits ------------------------------------------
+
+
+def build_with_add(context, archive_name):
+    """`labkit build` of a recipe whose line 3 ADDs `archive_name` from `context`."""
+    (context / "Dockerfile").write_text(f"FROM busybox\nENV WHO=student\nADD {archive_name} /data/\n")
+    return subprocess.run([sys.executable, "-m", "labkit", "build", "-t", "added", str(context)],
+                          capture_output=True, text=True)
+
+
+def store_contents(store):
+    """What a refused build must leave as it found: images, layers, blobs, build cache, scratch."""
+    def listing(directory):
+        return sorted(os.listdir(directory)) if directory.exists() else []
+
+    return (sorted(store.names()), store.layer_digests(), listing(store.blobs_root), listing(store.cache_root),
+            listing(store.tmp_root))
+
+
+@pytest.mark.parametrize("compression", ["gzip", "bzip2", "xz", "zstd"])
+def test_a_bomb_added_in_a_build_stops_at_the_import_size_naming_its_line(compression, labkit_home, tmp_path,
+                                                                           monkeypatch):
+    # ADD unpacked a local archive with no limit at all: a 24 MiB bomb here, 1 GiB in 1 MB
+    # as well (gzip_bomb), into the store's scratch and then into a layer, twice the disk
+    if compression == "zstd":
+        zstandard = pytest.importorskip("zstandard", reason="zstd archives need the optional zstandard module")
+        COMPRESSORS["zstd"] = zstandard.ZstdCompressor(level=19).compress
+    context = tmp_path / "context"
+    context.mkdir()
+    name = f"bomb.tar.{ {'gzip': 'gz', 'bzip2': 'bz2', 'xz': 'xz', 'zstd': 'zst'}[compression]}"
+    bomb = gzip_bomb(context / name, 24 * MIB, compression)
+    assert os.path.getsize(bomb) < 256 * KIB
+    defaults = import_limit(tmp_path, monkeypatch, "16m")
+    store = Store()
+    get_image("busybox", store)
+    before = store_contents(store)
+    refused = build_with_add(context, name)
+    assert refused.returncode == 125, refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"labkit: recipe line 3: ADD {name} unpacks to more than 16.0 MiB, the most the archives ADD unpacks in "
+        f"one build may unpack to ([import_size] in {defaults}); nothing was built. A compressed archive this large "
+        "inflated is likely a decompression bomb; if it is not, raise the limit there"]
+    assert store_contents(store) == before
+    # the defence is the limit: allowed more, the same archive is added whole
+    import_limit(tmp_path, monkeypatch, "32m")
+    built = build_with_add(context, name)
+    assert built.returncode == 0, built.stderr
+    image = get_image("added", store)
+    assert os.path.getsize(image.layer_dirs[-1] / "data" / "zeros") == 24 * MIB
+    assert not os.listdir(store.tmp_root)
+
+
+def test_an_added_archive_of_more_entries_than_the_class_allows_is_refused_naming_its_line(labkit_home, tmp_path,
+                                                                                        monkeypatch):
+    context = tmp_path / "context"
+    context.mkdir()
+    many_entries(context / "many.tar.xz", 3_000)
+    defaults = tmp_path / "defaults.toml"
+    defaults.write_text("[import_files]\ndefault = 2500\n")
+    monkeypatch.setenv("LABKIT_DEFAULTS", str(defaults))
+    store = Store()
+    get_image("busybox", store)
+    before = store_contents(store)
+    refused = build_with_add(context, "many.tar.xz")
+    assert refused.returncode == 125, refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"labkit: recipe line 3: ADD many.tar.xz holds more than 2500 entries, the most the archives ADD unpacks in "
+        f"one build may unpack ([import_files] in {defaults}); nothing was built. If the image really is that large, "
+        "raise the limit there"]
+    assert store_contents(store) == before
+    defaults.write_text("[import_files]\ndefault = 3500\n")
+    built = build_with_add(context, "many.tar.xz")
+    assert built.returncode == 0, built.stderr
+    added = get_image("added", store).layer_dirs[-1] / "data"
+    assert sum(len(files) for _, _, files in os.walk(added)) == 3_000
 
 
 # --- what a notebook cell shows -------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 
 from leak_checks import container_cgroup_leaf, labkit_cgroups, labkit_mounts
 from labkit.runtime import Container, ContainerSpec, gc
+from labkit.runtime.protocol import Op
 
 pytestmark = pytest.mark.root
 
@@ -31,6 +32,15 @@ def alive(pid):
         return False
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def where(pid) -> str:
+    """What the process `pid` is doing, for a message: its state and the kernel function it waits in."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat, open(f"/proc/{pid}/wchan") as wchan:
+            return f"state {stat.read().rsplit(')', 1)[1].split()[0]}, in {wchan.read() or '-'}"
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
 
 
 def wait_until(condition, seconds=10):
@@ -115,7 +125,6 @@ def kill_owner_and_helper(labkit_home, script) -> str:
 def test_killing_owner_and_helper_is_swept_by_the_next_start(labkit_home, script):
     """The README's promise, through a real next start: a new process's first container
     (`labkit run`) sweeps what the dead owner left, with no `labkit gc`."""
-    mounts_before = labkit_mounts()
     ident = kill_owner_and_helper(labkit_home, script)
     started = subprocess.run([sys.executable, "-m", "labkit.cli", "run", "--", "echo", "next"],
                              capture_output=True, text=True, timeout=300,
@@ -123,18 +132,17 @@ def test_killing_owner_and_helper_is_swept_by_the_next_start(labkit_home, script
     assert (started.returncode, started.stdout) == (0, "next\n"), started.stderr
     assert not (labkit_home / "containers" / ident).exists()
     assert cgroup_dirs(ident) == set()
-    assert labkit_mounts() == mounts_before
+    assert labkit_mounts(labkit_home) == []
 
 
 @pytest.mark.parametrize("script", [OWNER, FORKING_OWNER], ids=["helper-exec", "helper-forked"])
 def test_killing_owner_and_helper_is_swept_by_gc(labkit_home, script):
-    mounts_before = labkit_mounts()
     ident = kill_owner_and_helper(labkit_home, script)
     removed = gc()
     assert "container orphan" in removed
     assert not (labkit_home / "containers" / ident).exists()
     assert cgroup_dirs(ident) == set()
-    assert labkit_mounts() == mounts_before
+    assert labkit_mounts(labkit_home) == []
 
 
 def test_interrupting_a_run_kills_and_removes_the_container(no_leftovers):
@@ -157,13 +165,19 @@ def test_an_interrupt_at_any_moment_of_a_run_leaves_nothing(no_leftovers):
     import random
 
     def interrupt(*_):
-        raise KeyboardInterrupt
+        # As the stop button does: SIGINT, which the client holds off while it files a
+        # message it has read. Raising from the alarm's own handler would skip that
+        # hold-off and could lose the message, which no user's interrupt does.
+        os.kill(os.getpid(), signal.SIGINT)
 
     # First use imports what a run needs: an interrupt inside a class body being defined
     # comes out as RuntimeError on Python 3.11 (__set_name__), not as the KeyboardInterrupt
     # this test is about.
     Container(ContainerSpec(command="true")).run()
     previous = signal.signal(signal.SIGALRM, interrupt)
+    # Python's own SIGINT handler, also where the run was started with SIGINT ignored (a
+    # shell's background job): there the signal would not interrupt anything.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupted = 0
     try:
         for _ in range(60):
@@ -176,6 +190,7 @@ def test_an_interrupt_at_any_moment_of_a_run_leaves_nothing(no_leftovers):
                 signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
         signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     assert interrupted == 60
     # (no_leftovers: no container dir, cgroup or mount of these 60 remains)
 
@@ -228,8 +243,134 @@ def test_a_helper_that_died_is_reaped_and_replaced(no_leftovers):
     Container(ContainerSpec(command=["true"])).run()
     helper.settle()   # its teardown done: a helper killed during one leaves a directory to the sweep
     old = helper.get_helper()
-    os.kill(old.pid, signal.SIGKILL)
-    assert wait_until(lambda: old.gone is not None), "the reader never saw the helper go"
-    assert Container(ContainerSpec(command=["echo", "again"])).run().stdout == "again\n"
+    kill_and_see_it_go(old)
     assert helper.get_helper() is not old
     assert not os.path.exists(f"/proc/{old.pid}"), "the dead helper was left a zombie"
+
+
+def test_an_interrupt_as_the_client_takes_its_lock_does_not_blind_the_reader(no_leftovers):
+    """The stop button can land as a `with` takes a lock. Through Condition's own
+    __enter__ (a Python function), an interrupt at its return leaves the lock held by the
+    main thread: the reader thread then waits for it forever, and the helper's death goes
+    unseen (a stressed run failed so). The interrupt is placed there exactly, by a trace
+    function; through the C lock's `with` there is no such place."""
+    from labkit.runtime.client import helper_client as helper
+
+    Container(ContainerSpec(command=["true"])).run()
+    helper.settle()
+    old = helper.get_helper()
+    placed = []
+
+    def on_call(frame, event, arg):
+        return at_return if frame.f_code.co_name == "__enter__" else None
+
+    def at_return(frame, event, arg):
+        if event == "return" and not placed:
+            placed.append(frame.f_code.co_filename)
+            raise KeyboardInterrupt
+        return at_return
+
+    sys.settrace(on_call)
+    try:
+        for _ in range(3):
+            try:
+                old.take("nothing", (Op.PONG,))
+                old.wait_for("nothing", (Op.PONG,), timeout=0.2)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        sys.settrace(None)
+    kill_and_see_it_go(old, f" (interrupt placed in {placed})")
+
+
+def kill_and_see_it_go(old, context=""):
+    """SIGKILL the helper behind client `old`: the client must see it go, and the next
+    container must run (on a new helper)."""
+    os.kill(old.pid, signal.SIGKILL)
+    # SIGKILL takes effect when the helper next leaves the kernel: on a host busy with I/O
+    # a call it is in (a mount, an unmount's sync) may hold it there for many seconds. The
+    # client cannot see an exit that has not happened, so its time starts at the exit.
+    assert wait_until(lambda: not alive(old.pid), seconds=300), f"SIGKILL did not end the helper: {where(old.pid)}"
+    assert wait_until(lambda: old.gone is not None), \
+        f"the helper exited and the client never saw it go{context}: {reader_state(old)}"
+    assert Container(ContainerSpec(command=["echo", "again"])).run().stdout == "again\n"
+
+
+def reader_state(client) -> str:
+    """What a helper client's reader thread is doing, for a message."""
+    import traceback
+
+    from labkit.runtime.client.helper_client import _readable
+
+    frame = sys._current_frames().get(client.reader.ident)
+    pidfd_readable = client.exit_fd is not None and bool(_readable([client.exit_fd], 0))
+    return (f"reader alive {client.reader.is_alive()}, waiting {client.waiting}, read_lock held "
+            f"{client.read_lock.locked()}, pidfd {client.exit_fd} readable {pidfd_readable}, at "
+            + ("".join(traceback.format_stack(frame)[-4:]) if frame else "-"))
+
+
+def _copy_of_descriptor(pid: int, fd: int) -> int:
+    """A copy, in this process, of descriptor `fd` of process `pid` (pidfd_getfd(2), Linux 5.6)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        copy = libc.syscall(438, pidfd, fd, 0)   # SYS_pidfd_getfd, the same number on every architecture
+        if copy < 0:
+            errno = ctypes.get_errno()
+            pytest.skip(f"pidfd_getfd(2) is not available here: {os.strerror(errno)}")
+        return copy
+    finally:
+        os.close(pidfd)
+
+
+def test_a_dead_helper_is_replaced_even_while_a_stray_process_holds_its_socket(no_leftovers):
+    """The socket's end-of-file is not the helper's death: a copy of the helper's end held
+    by any other process (here this one, taken with pidfd_getfd) keeps the socket open after
+    the helper has died. The client then kept the dead helper, and every container after it
+    failed with "Broken pipe". It must find the exit from the kernel and start a new one."""
+    from labkit.runtime.client import helper_client as helper
+
+    Container(ContainerSpec(command=["true"])).run()
+    helper.settle()
+    old = helper.get_helper()
+    with open(f"/proc/{old.pid}/environ", "rb") as environ:
+        variables = dict(item.split(b"=", 1) for item in environ.read().split(b"\0") if b"=" in item)
+    stray = _copy_of_descriptor(old.pid, int(variables[b"LABKIT_HELPER_FD"]))
+    try:
+        kill_and_see_it_go(old, " (a stray copy of its socket held open)")
+        assert helper.get_helper() is not old
+    finally:
+        os.close(stray)
+
+
+def test_a_client_whose_descriptors_are_numbered_past_1024_runs_and_sees_its_helper_die(no_leftovers):
+    """A notebook kernel that has opened many files gets descriptors numbered 1024 and up,
+    which select(2) cannot take: the client waits with poll(2). With select, the start
+    failed ("filedescriptor out of range") and the reader thread stopped for good."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1200:
+        pytest.skip(f"the hard limit on open files is {hard}: this needs 1,200")
+    probe = (
+        "import os, resource, signal, time\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, (1200, {hard}))\n"
+        "null = os.open('/dev/null', os.O_RDONLY)\n"
+        "held = [os.dup(null) for _ in range(1100)]   # what a busy kernel has open\n"
+        "from labkit.runtime import Container, ContainerSpec\n"
+        "from labkit.runtime.client import helper_client\n"
+        "print(Container(ContainerSpec(command='echo ran')).run().stdout.strip())\n"
+        "helper_client.settle()   # its teardown done: a helper killed during one leaves it to the sweep\n"
+        "helper = helper_client.get_helper()\n"
+        "assert min(helper.sock.fileno(), helper.exit_fd) >= 1024, (helper.sock.fileno(), helper.exit_fd)\n"
+        "os.kill(helper.pid, signal.SIGKILL)\n"
+        "deadline = time.monotonic() + 60\n"
+        "while helper.gone is None and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "print('seen gone' if helper.gone else 'never seen gone')\n"
+        "print(Container(ContainerSpec(command='echo again')).run().stdout.strip())\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:3] == ["ran", "seen gone", "again"]

@@ -220,11 +220,22 @@ def test_run_loads_no_netlink_and_no_other_verb_in_the_command_or_its_helper(lab
     assert set(listings) == {"helper", "command"}
     not_for_run = {module for module, *_ in PLUGINS} | {
         "labkit.net.bridge", "labkit.net.rtnl", "labkit.net.hooks", "labkit.net.ports", "labkit.net.veth",
-        "labkit.images.builder", "labkit.images.transfer", "labkit.magics", "labkit.doctor", "labkit.widgets"}
+        "labkit.images.builder", "labkit.images.transfer", "labkit.magics", "labkit.doctor", "labkit.widgets",
+        # as root: the rootless overlay's probe, fuse-overlayfs and the shared user namespace's keeper
+        "labkit.images.rootless_overlay", "labkit.images.fuse_overlay", "labkit.net.rootless_bridge"}
     assert "labkit.runtime.client.container" in listings["command"] and "labkit.runtime.inside.recipe" in listings["helper"]
     for process, loaded in listings.items():
         assert not loaded & not_for_run, process
         assert not {m for m in loaded if m.split(".")[0] in ("pyroute2", "IPython", "matplotlib")}, process
+
+
+@pytest.mark.root
+def test_the_command_leaves_the_default_seccomp_profile_to_its_helper(labkit_home):
+    """`labkit run` names Docker's default profile and its helper compiles it (or reads it
+    from its cache): the command itself loads no libseccomp tables."""
+    printed = run_probe(labkit_home, "assert main(['run', '--', 'true']) == 0\nprint(*sorted(sys.modules))\n")
+    assert "labkit.security.options" in printed.split()
+    assert "labkit.linux.seccomp" not in printed.split()
 
 
 def test_help_lists_every_verb_also_when_asked_before_one(labkit_home):
@@ -314,3 +325,27 @@ def test_plugins_declare_exactly_the_verbs_they_add():
         getattr(importlib.import_module(module_name), function)(subparsers)
         added = {action.dest: action.help for action in subparsers._choices_actions}
         assert added == declared, module_name
+
+
+@pytest.mark.root
+def test_a_one_container_helper_started_by_exec_is_the_forked_ones_twin(labkit_home):
+    """A caller that asked for a one-container helper but cannot fork it (a thread has
+    started) gets it by exec: no ready slots, and its removals made in the helper, not by
+    a janitor process. Before, the exec'd one was told only LABKIT_POOL=0 and forked a
+    janitor at its first removal."""
+    probe = (
+        "import os, threading\n"
+        "from labkit.runtime.client import helper_client\n"
+        "from labkit.runtime import Container, ContainerSpec\n"
+        "helper_client.fork_from_caller(one_container=True)\n"
+        "threading.Thread(target=threading.Event().wait, daemon=True).start()   # not single-threaded\n"
+        "assert Container(ContainerSpec(command='true')).run().exit_code == 0\n"
+        "helper = helper_client.get_helper()\n"
+        "assert not isinstance(helper.process, helper_client.ForkedHelper)\n"
+        "pong = helper_client._ping_own_helper('probe')\n"
+        "children = open(f'/proc/{helper.pid}/task/{helper.pid}/children').read().split()\n"
+        "print(pong['pool_size'], len(pong['ready_slots']), len(children))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, LABKIT_HOME=str(labkit_home)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "0", "0"]

@@ -39,14 +39,14 @@ def monitors(home) -> list:
     return found
 
 
-def assert_nothing_left(home, ident=None, before=(), timeout=10.0):
-    """No directory, mount, cgroup, monitor or helper of the container is left (`ident`
-    None: no cgroup made since `before`, other engineers' pool slots aside)."""
+def assert_nothing_left(home, ident=None, made=(), timeout=10.0):
+    """No directory, mount, cgroup, monitor or helper of the container `ident` (or of each
+    container in `made`, the ids a leak_checks.NamesMade saw) is left."""
     from leak_checks import labkit_cgroups
 
     def ours(path):
         leaf = os.path.basename(path)
-        return leaf.startswith(ident) if ident else path not in before and not leaf.startswith("pool-")
+        return leaf.startswith(ident) if ident else leaf in made
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -164,13 +164,18 @@ def test_rm_with_d_removes_the_container_when_it_exits(labkit_home):
 
 
 def test_a_command_that_cannot_run_detached_exits_127_or_126(labkit_home):
-    from leak_checks import labkit_cgroups
+    from leak_checks import NamesMade
 
-    before = labkit_cgroups()
-    missing = labkit("run", "-d", "--rm", "busybox", "no-such-command", home=labkit_home)
-    assert (missing.returncode, "not found" in missing.stderr, missing.stdout) == (127, True, "")
-    assert labkit("run", "-d", "--rm", "busybox", "/etc", home=labkit_home).returncode == 126
-    assert_nothing_left(labkit_home, before=before)
+    made = NamesMade(labkit_home / "containers")   # the ids: their cgroups are these tests' to judge
+    try:
+        missing = labkit("run", "-d", "--rm", "busybox", "no-such-command", home=labkit_home)
+        assert (missing.returncode, "not found" in missing.stderr, missing.stdout) == (127, True, "")
+        assert labkit("run", "-d", "--rm", "busybox", "/etc", home=labkit_home).returncode == 126
+        ids = made.read()
+    finally:
+        made.close()
+    assert len(ids) == 2, ids
+    assert_nothing_left(labkit_home, made=ids)
 
 
 def test_a_killed_monitor_leaves_nothing_behind(labkit_home):

@@ -128,7 +128,6 @@ def oracle(tmp_path_factory):
     top = tmp_path_factory.mktemp("oracle")
     os.chmod(top, 0o755)
     podman = Podman(top / "podman")
-    mounts_before = labkit_mounts()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LABKIT_HOME", str(top / "labkit"))
         store = Store()
@@ -144,7 +143,7 @@ def oracle(tmp_path_factory):
             settle()
             podman.cleanup()
     assert _processes_mentioning(str(top / "podman")) == [], "podman processes left behind"
-    assert [line for line in labkit_mounts() if line not in mounts_before] == [], "mounts left behind"
+    assert labkit_mounts(top) == [], "mounts left behind"
 
 
 # --- the corpus ---------------------------------------------------------------------------

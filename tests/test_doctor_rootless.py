@@ -206,3 +206,18 @@ def _status_missing_qemu():
     from labkit.vm.status import VMStatus
 
     return VMStatus(False, "tcg", "", None, None, ["qemu"], ["qemu-system-x86", "kmod"])
+
+
+def test_the_rootless_network_row_says_what_works_with_the_programs_found(nobody, doctor_as_nobody):
+    import shutil
+
+    from labkit.net.rootless_bridge import nft_program
+
+    rows, _ = doctor_as_nobody
+    row = rows["rootless network"]
+    # nft lives in /usr/sbin, which an ordinary user's PATH may not name: found all the same
+    assert row["ok"] == bool(shutil.which("pasta") and nft_program()), row
+    if row["ok"]:
+        assert "-p TCP ports, outbound through pasta" in row["detail"], row
+    else:
+        assert "apt-get install" in row["fix"], row

@@ -140,3 +140,62 @@ def test_no_mount_namespace_outlives_a_killed_owner(labkit_home, helper_too):
         owner.kill()
         owner.wait()
     assert wait_until(lambda: holders_of(namespace) == [], timeout=30), holders_of(namespace)
+
+
+def janitor_of(helper_pid: int) -> int | None:
+    """The helper's janitor (runtime/helper/janitor.py), a child named labkit-janitor."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as comm:
+                if comm.read().strip() == "labkit-janitor" and parent_of(int(pid)) == helper_pid:
+                    return int(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return None
+
+
+@pytest.mark.root
+def test_a_killed_janitor_leaves_no_directory_behind(no_leftovers, monkeypatch):
+    """Exited containers' directories are removed by the janitor, beside the helper. Held
+    stopped, it removes nothing (the directories are there); SIGKILLed, what it had not
+    confirmed is removed by the helper, and settle() returns once it is."""
+    from labkit.runtime.client.helper_client import get_helper, settle, shutdown_helper
+
+    shutdown_helper()
+    monkeypatch.setenv("LABKIT_POOL", "3")
+    spec = ContainerSpec(command=["true"])
+    Container(spec).run().check()
+    Container(spec).run().check()
+    settle()
+    janitor = janitor_of(get_helper().pid)
+    assert janitor is not None
+    os.kill(janitor, signal.SIGSTOP)
+    try:
+        left = []
+        for _ in range(3):
+            container = Container(spec)
+            container.run().check()
+            left.append(container.dir)
+        # The helper hands them to the janitor when idle; stopped, it removes none of them.
+        assert all(directory.exists() for directory in left)
+    finally:
+        os.kill(janitor, signal.SIGKILL)
+    settle()
+    assert [directory for directory in left if directory.exists()] == []
+    Container(spec).run().check()   # a janitor again, for the next directories
+    settle()
+    shutdown_helper()
+
+
+@pytest.mark.root
+def test_a_container_gone_is_gone_for_its_owner_at_once(no_leftovers):
+    """The helper forgets an exited `--rm` container (its state.json) right after it told
+    the exit: in the owner's process, the name is free and `ps` does not list it as soon
+    as run() returns, and its layers are not in use."""
+    from labkit.runtime.client.state import host_containers, layers_in_use
+
+    for _ in range(10):
+        container = Container(ContainerSpec(command=["true"], name="janitor-box"))
+        container.run().check()
+        assert container.id not in [state.get("id") for state in host_containers()]
+        assert layers_in_use() == set()

@@ -82,7 +82,7 @@ def runs_sleep(pids) -> bool:
         try:
             if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep"):
                 return True
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             pass
     return False
 

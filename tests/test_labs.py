@@ -22,12 +22,15 @@ import nbformat
 import pytest
 
 from kernel_fixtures import labkit_kernelspec  # noqa: F401 — a fixture
+from leak_checks import own_temp_root, remove_temp_root, sandbox_cgroups, sandbox_leftovers
 from labkit.cli import main
 from labkit.grading.notebook import grade_id
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-LABS_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "labs"
+REPO = Path(__file__).resolve().parent.parent
+LABS_DIR = REPO / "instructor" / "labs"     # the sources: solutions, executed outputs
+RELEASED_DIR = REPO / "notebooks" / "labs"  # the committed released copies, what a student opens
 LABS = ["01-namespaces-lab", "02-cgroups-lab", "03-images-lab", "04-network-lab", "05-capstone-runtime-lab"]
 
 
@@ -39,6 +42,22 @@ def capstone_runtime(*replacements) -> str:
         assert old in source, old
         source = source.replace(old, new)
     return source
+
+# Lab 4's pair by hand, varied: `right` makes the second process (a namespace of its own,
+# or left's), `wire` makes the pair, `right_side` is whose namespace hand1 gets its address in
+# ("": the notebook's own), `up` whether hand1 is brought up, `subnet` the addresses'
+def hand_net(right="unshare()", wire="nsenter -t {left_pid} -n ip link add hand0 type veth peer name hand1 netns {right_pid}",
+             right_side="nsenter -t {right_pid} -n ", up=True, subnet="192.168.44") -> str:
+    return ("import subprocess\n"
+            "def unshare(join=None):\n"
+            "    command = ['unshare', '--net'] if join is None else ['nsenter', '-t', str(join), '-n']\n"
+            "    process = subprocess.Popen([*command, 'sh', '-c', 'echo ready && exec sleep 600'], stdout=subprocess.PIPE)\n"
+            "    process.stdout.readline()\n"
+            "    return process\n"
+            f"left_pid = unshare().pid\nright_pid = {right}.pid\n!{wire}\n"
+            f"!nsenter -t {{left_pid}} -n sh -c 'ip addr add {subnet}.1/24 dev hand0 && ip link set hand0 up'\n"
+            f"!{right_side}sh -c 'ip addr add {subnet}.2/24 dev hand1{' && ip link set hand1 up' if up else ''}'")
+
 
 # One exercise wrong: (answer cell, wrong answer, its check cell, the points lost, words of its hint)
 WRONG = {
@@ -81,6 +100,10 @@ OTHER_WAY = {
         "net-bridge-answer": "web = %container run -d --name net-web --network=bridge -- sh -c 'exec sleep 600'\n"
                              "client = %container run -d --network bridge --name net-client -- sleep 600",
         "net-sidecar-answer": "sidecar = %container run -d --name net-sidecar --network=container:net-web -- sleep 600",
+        # the pair made in the notebook's own namespace, then each end sent away; other addresses
+        "net-hand-answer": hand_net(wire="ip link add hand0 type veth peer name hand1 && ip link set hand0 netns "
+                                         "{left_pid} && ip link set hand1 netns {right_pid}").replace(
+            "192.168.44.1/24", "192.168.44.77/25").replace("192.168.44.2/24", "192.168.44.100/25"),
     },
     # the runtime stays out of the cgroup: it moves only its child in, which waits on a pipe
     # until it is there; the hostname is set before the mounts
@@ -142,6 +165,23 @@ WRONG_BY_HAND = {
         ("hand-too-loose", "cg-hand-answer", HAND_CG.format(limit="256 << 20"), "cg-hand-check", 3,
          "would 64 MiB of data fit under it"),
     ],
+    "04-network-lab": [
+        # both processes in one namespace, the pair inside it: addresses and links are right,
+        # but nothing joins two namespaces and every address is local (two, pair and ping lost)
+        ("net-one-namespace", "net-hand-answer",
+         hand_net(right="unshare(join=left_pid)", wire="nsenter -t {left_pid} -n ip link add hand0 type veth peer name hand1"),
+         "net-hand-check", 4, "how many different ones are there"),
+        # one end left in the notebook's own namespace: the right side has no end at all
+        ("net-end-left-behind", "net-hand-answer",
+         hand_net(wire="ip link add hand0 type veth peer name hand1 && ip link set hand0 netns {left_pid}", right_side=""),
+         "net-hand-check", 5, "does each side have an end"),
+        # the right end never brought up: no carrier on either side, no answer
+        ("net-link-down", "net-hand-answer", hand_net(up=False), "net-hand-check", 3,
+         "a veth end has a carrier only while its peer is up"),
+        # addresses of another subnet: everything works, but not what was asked
+        ("net-other-subnet", "net-hand-answer", hand_net(subnet="192.168.45"), "net-hand-check", 1,
+         "which subnet was asked for"),
+    ],
 }
 
 
@@ -175,10 +215,65 @@ def lab_home(labkit_kernelspec):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def released(lab_home, tmp_path_factory):
-    out = tmp_path_factory.mktemp("released")
-    assert main(["grade", "release", *[str(LABS_DIR / f"{lab}.ipynb") for lab in LABS], "--out", str(out)]) == 0
-    return out
+def released(lab_home):
+    """The released copies as committed (tests/test_released_labs.py holds them to their sources):
+    the blank submission is what a student who changed nothing hands in."""
+    return RELEASED_DIR
+
+
+# --- what a student opens: the committed released copy, run as it is -----------------------
+
+def student_run(lab, home: Path):
+    """The released copy executed top to bottom in the labkit kernel, as a student who has
+    written nothing would (errors kept: each stub raises), in a folder of its own."""
+    from nbclient import NotebookClient
+
+    work = home / "work"
+    work.mkdir(exist_ok=True)
+    notebook = nbformat.read(str(RELEASED_DIR / f"{lab}.ipynb"), as_version=4)
+    NotebookClient(notebook, kernel_name="labkit", timeout=300, startup_timeout=300, allow_errors=True,
+                   resources={"metadata": {"path": str(work)}}).execute()
+    return notebook
+
+
+def containers_left(home: Path) -> list:
+    done = subprocess.run([sys.executable, "-m", "labkit", "ps", "-a"], capture_output=True, text=True,
+                          env=dict(os.environ, LABKIT_HOME=str(home)))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[1:]
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_a_student_opens_the_released_copy_and_every_check_says_not_yet(lab, labkit_kernelspec, monkeypatch):  # noqa: F811
+    """The released copy works as a student gets it: every cell runs in the labkit kernel, only
+    the answer stubs raise, and each check cell shows its table with every check not yet
+    passed (✘, with its hint). Its kernel's containers are gone when it has run."""
+    from labkit.grading.checks import MIME
+    from labkit.grading.notebook import is_grade, is_solution
+
+    # Not below /tmp/pytest-of-root (0700): a --userns container's root must pass through the parents.
+    home = Path(tempfile.mkdtemp(prefix="labkit-student-home-", dir="/tmp"))
+    monkeypatch.setenv("LABKIT_HOME", str(home))   # the kernel inherits it
+    try:
+        ran = student_run(lab, home)
+        left = containers_left(home)
+    finally:
+        subprocess.run([sys.executable, "-m", "labkit", "gc"], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+    graded = [cell for cell in ran.cells if is_grade(cell) and cell.cell_type == "code"]
+    assert graded, f"{lab}: no check cell"
+    for cell in graded:
+        reports = [output["data"][MIME] for output in cell.outputs if MIME in output.get("data", {})]
+        assert len(reports) == 1, f"{lab}: {grade_id(cell)} showed no table: {cell.outputs}"
+        html = next(output["data"]["text/html"] for output in cell.outputs if MIME in output.get("data", {}))
+        assert reports[0]["score"] == 0 and not any(check["passed"] for check in reports[0]["checks"]), reports[0]
+        assert "✘" in html and "✔" not in html, f"{lab}: {grade_id(cell)}'s table: {html}"
+    # What raised is a stub the student has to replace, or a cell that uses what a stub left unset.
+    raised = {grade_id(cell) or index: output["ename"] for index, cell in enumerate(ran.cells)
+              if cell.cell_type == "code" for output in cell.outputs if output["output_type"] == "error"}
+    stubs = {grade_id(cell) for cell in ran.cells if is_solution(cell) and cell.cell_type == "code"}
+    assert set(raised) <= stubs, f"{lab}: cells other than the answers raised: {raised}"
+    assert left == [], f"{lab}: containers left after the notebook ran: {left}"
 
 
 def submissions_for(lab, source, released_dir, folder: Path) -> dict:
@@ -214,8 +309,13 @@ def submissions_for(lab, source, released_dir, folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def state_before(labkit_kernelspec):  # noqa: F811
-    return sandbox_state()
+def state_before(labkit_kernelspec, tmp_path_factory):  # noqa: F811
+    """Where this module's grading sandboxes are made (a temp root of its own: the leak check
+    looks there, not at other graders' sandboxes on this host), and the sandbox cgroups now."""
+    tmp_path_factory.getbasetemp()   # pytest's own temp root stays where it is
+    with own_temp_root() as root:
+        yield {"root": root, "cgroups": sandbox_cgroups()}
+    remove_temp_root(root)
 
 
 @pytest.fixture(scope="module")
@@ -349,18 +449,10 @@ def test_a_file_that_is_not_a_notebook_is_a_line_in_the_gradebook(gradebooks):
     assert rows["corrupt"]["error"].startswith("not a notebook")
 
 
-def sandbox_state() -> set:
-    """Sandbox cgroups, mounts and directories on the host now."""
-    cgroups = {str(p) for root in Path("/sys/fs/cgroup").iterdir() for p in (root / "labkit-sandbox").glob("*")
-               if p.is_dir()}
-    mounts = {line for line in open("/proc/self/mountinfo") if "labkit-sandbox-" in line}
-    return cgroups | mounts | {str(p) for p in Path("/tmp").glob("labkit-sandbox-*")}
-
-
 def test_grading_left_nothing_behind_on_the_host(gradebooks, state_before):
     """Each submission ran in its own sandbox: its cgroups, mounts and directories are gone
-    (what other sandboxes on the host hold now is not ours: only what is new counts)."""
-    assert sandbox_state() <= state_before
+    (other graders' sandboxes on this host are not looked at: leak_checks.sandbox_leftovers)."""
+    assert sandbox_leftovers(state_before["root"], state_before["cgroups"]) == []
 
 
 # --- the same notebooks through real nbgrader -----------------------------------------------

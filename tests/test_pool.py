@@ -44,7 +44,7 @@ def ready_slots(helper) -> dict:
                 with open(f"/proc/{pid}/comm") as comm:
                     if comm.read().strip() == SLOT_PROCESS_NAME:
                         ready[path] = pid
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):
                 pass
     return ready
 
@@ -76,7 +76,7 @@ def alive(pid) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
 
 
@@ -211,7 +211,7 @@ def root_made_ahead(helper) -> list:
         try:
             with open(f"/proc/{pid}/mountinfo") as table:
                 points = {line.split()[4]: line for line in table}
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue
         roots = [point for point, line in points.items()
                  if point.endswith("/rootfs") and point.startswith(slots) and " overlay " in line]

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MAP = ROOT / "docs" / "review-map.md"
-REFERENCE = re.compile(r'`(\d\d/\d+|README\.md|docs/[\w./-]+)` "([^"]+)"')
+REFERENCE = re.compile(r'`(\d\d/\d+|README\.md|Makefile|(?:docs|tests)/[\w./-]+)` "([^"]+)"')
 
 
 def _normal(text: str) -> str:
@@ -70,7 +70,7 @@ BUILD_LEFTOVERS = re.compile(r"/work/wt/|nbB-home|\.labkit-home|HBox\(children|V
 
 def test_no_committed_output_shows_a_build_machines_paths_or_a_widget_repr():
     found = []
-    for path in sorted((ROOT / "notebooks").glob("**/*.ipynb")):
+    for path in sorted([*(ROOT / "notebooks").glob("**/*.ipynb"), *(ROOT / "instructor").glob("**/*.ipynb")]):
         if "executed" in path.parts:
             continue
         for index, cell in enumerate(json.loads(path.read_text())["cells"]):

@@ -146,13 +146,13 @@ def test_pasta_arguments_forward_only_what_was_published(monkeypatch):
 # A rootless container with --net pasta: a published port answered by a server inside it,
 # and from inside, the gateway reaching a server on the host's loopback.
 CONTAINER = textwrap.dedent("""
-    import json, socket, sys, time
+    import json, os, socket, sys, time
     from labkit.runtime import Container, run
 
     host_port = int(sys.argv[1])
+    result = {"uid": os.geteuid()}
     host_server = socket.create_server(("127.0.0.1", 0))
     host_server.settimeout(30)
-    result = {}
     box = Container(command=["sh", "-c", "echo hello from the container | nc -l -p 8080"],
                     network="pasta", publish=[f"{host_port}:8080"]).start(detach=True)
     try:
@@ -182,15 +182,134 @@ CONTAINER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.root
-def test_a_rootless_container_on_net_pasta_publishes_a_port_and_reaches_the_hosts_loopback(student):
+def run_container_script(student, prefix=()):
     import sysconfig
 
-    done = student.run(["/usr/bin/python3", "-B", "-c", CONTAINER, str(free_port())],
-                       env={"PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}"}, timeout=300)
+    done = student.run([*prefix, "/usr/bin/python3", "-B", "-c", CONTAINER, str(free_port())],
+                       env={"PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}",
+                            "LABKIT_HOME": os.path.join(student.home, "labkit")}, timeout=300)
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.splitlines()[-1])
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.root
+def test_a_rootless_container_on_net_pasta_publishes_a_port_and_reaches_the_hosts_loopback(student):
+    result = run_container_script(student)
     assert result["published"] == "hello from the container", result
     assert result["pasta_left"] is False, result         # its pasta ended with it
     assert result["outbound"].startswith("sent"), result
     assert result["host_server_got"] == "hi", result
+
+
+# The labkit kernel runs as root of labkit's user namespace (`labkit unshare`): there pasta
+# could not open the container's /proc/PID/ns/* (it drops its capabilities first, and the
+# container process, root of the same namespace, has them all); it is handed the network
+# namespace as an inherited descriptor instead.
+@pytest.mark.root
+def test_net_pasta_works_as_root_of_labkits_user_namespace_as_the_kernel_runs(student):
+    result = run_container_script(student, prefix=("/usr/bin/python3", "-B", "-m", "labkit", "unshare", "--"))
+    assert result["uid"] == 0, result                    # as the kernel: root of labkit's namespace
+    assert result["published"] == "hello from the container", result
+    assert result["pasta_left"] is False, result
+    assert result["outbound"].startswith("sent"), result
+    assert result["host_server_got"] == "hi", result
+
+
+# As the student: a --net pasta container with a published port, its pasta's PID and the
+# container's printed, then the script waits to be killed.
+HELD = textwrap.dedent("""
+    import json, sys
+    from labkit.runtime import Container
+
+    box = Container(command=["sh", "-c", "while true; do echo hi | nc -l -p 8080; done"],
+                    network="pasta", publish=[f"{sys.argv[1]}:8080"]).start(detach=True)
+    print(json.dumps({"pasta": box.network.pasta.pid, "container": box.pid}), flush=True)
+    sys.stdin.readline()
+""")
+
+
+@pytest.mark.root
+def test_a_killed_owner_leaves_no_pasta_no_container_and_no_namespace(student):
+    """pasta holds the container's network namespace open and never ends by itself: it
+    must go with the container when the owner is killed (SIGKILL: no atexit, no detach)."""
+    import signal
+    import socket
+    import subprocess
+    import sysconfig
+
+    from test_rootless_bridge import alive, nothing_left_of
+
+    port = free_port()
+
+    def become():
+        os.setgroups([])
+        os.setgid(student.gid)
+        os.setuid(student.uid)
+
+    process = subprocess.Popen(["/usr/bin/python3", "-B", "-c", HELD, str(port)],
+                               env=student.environment({"PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}",
+                                                        "LABKIT_HOME": os.path.join(student.home, "labkit")}),
+                               cwd=student.home, preexec_fn=become,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line, process.communicate(timeout=60)[1]
+        held = json.loads(line)
+        assert pasta.running(held["pasta"]) and alive(held["container"]), held
+        netns = os.stat(f"/proc/{held['container']}/ns/net").st_ino
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    assert nothing_left_of(student) == []             # no pasta, no container process, no helper
+    assert not pasta.running(held["pasta"]) and not alive(held["container"])
+    holders = []                                      # nothing anywhere holds the namespace open
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == netns:
+                holders.append(pid)
+        except OSError:
+            pass
+    assert holders == []
+    with pytest.raises(OSError):                      # and the host port is free again, unserved
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+# The owner attaches a --net pasta network and is killed while pasta starts (here a pasta
+# that never gets ready: only labkit's side is under test, no namespace is made).
+MID_START = textwrap.dedent("""
+    import time
+    from labkit.net import hooks, pasta
+
+    def start(target_pid, ports, pid_file):
+        print(pid_file, flush=True)
+        time.sleep(600)
+
+    pasta.start = start
+    hooks.attach(hooks.ContainerNetwork("pasta"), 1, "box")
+""")
+
+
+def test_an_owner_killed_while_pasta_starts_leaves_no_pid_directory(tmp_path):
+    """pasta's PID file is in a directory of the owner's LABKIT_HOME, named after the owner:
+    killed before it could remove it, the sweep (`labkit gc`, every helper start) does; it
+    used to be a /tmp/labkit-pasta-* nobody removed."""
+    import subprocess
+    import sys
+
+    from labkit.net import sweep
+
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    tmp.mkdir()
+    owner = subprocess.Popen([sys.executable, "-B", "-c", MID_START], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "LABKIT_HOME": str(home), "TMPDIR": str(tmp), "PYTHONPATH": REPO})
+    try:
+        pid_file = owner.stdout.readline().strip()
+    finally:
+        owner.kill()
+        owner.wait()
+    assert pid_file, "the owner never reached pasta's start"
+    directory = os.path.dirname(pid_file)
+    assert os.path.isdir(directory)                    # what the killed owner left
+    swept = sweep(home)
+    assert not os.path.exists(directory) and len(swept) == 1, swept
+    assert os.listdir(tmp) == []                       # and nothing in the shared temp dir

@@ -283,3 +283,30 @@ def test_the_helper_and_labkit_run_map_no_host_libpython(labkit_home, no_leftove
         if run.poll() is None:
             run.kill()
             run.wait()
+
+
+def test_the_sealed_libpython_holds_what_the_loader_maps_and_leaves_out_what_it_never_reads(tmp_path):
+    """Its segments byte for byte (an ELF header without section headers, as `sstrip`
+    leaves a file); the debug information and symbol table after them stay out; a copy
+    of the same file with anything else after its sections (an appended archive) is
+    copied whole."""
+    library = libpython_or_skip()
+    host = open(library, "rb").read()
+    if b".symtab" not in host[-65536:]:   # the section names, at the end: none but the loaded ones
+        pytest.skip(f"{library} is stripped: nothing past its segments to leave out")
+    fd = sealed_copy(library, "test-libpython")
+    try:
+        copy = os.pread(fd, len(host), 0)
+    finally:
+        os.close(fd)
+    assert len(copy) < len(host)
+    assert copy[64:] == host[64:len(copy)] and copy[:0x28] == host[:0x28]
+    assert copy[0x28:0x30] == bytes(8) and copy[0x3C:0x40] == bytes(4)   # e_shoff, e_shnum, e_shstrndx
+    # (that the sealed interpreter runs on such a copy: every test above that starts one)
+    appended = tmp_path / "appended.so"
+    appended.write_bytes(host + b"PK\x05\x06" + bytes(18))   # an empty zip's end record, after the sections
+    fd = sealed_copy(str(appended), "test-appended")
+    try:
+        assert os.fstat(fd).st_size == len(host) + 22
+    finally:
+        os.close(fd)

@@ -20,6 +20,6 @@ def test_seventy_containers_of_every_ending_leave_nothing_and_the_helper_does_no
     assert set(report["endings"].values()) == {10}
     assert report["left_while_helper_runs"] == dict.fromkeys(report["left_while_helper_runs"], 0), report["left_details"]
     assert report["left_after_helper_exits"] == dict.fromkeys(report["left_after_helper_exits"], 0), report["left_details"]
-    assert report["helper_fd_growth"] <= 0
+    assert report["helper_fd_growth"] <= 0, report["helper_fds_gained"]
     assert report["helper_rss_growth_bytes"] <= soak.RSS_TOLERANCE
     assert report["passed"]

@@ -58,7 +58,13 @@ def subordinate_range(name, path) -> tuple | None:
 
 
 def _drop_subordinate_lines(name):
-    """userdel removes them on current shadow; older ones leave them: make sure."""
+    """userdel removes them on current shadow; older ones leave them: make sure (under the
+    lock _free_range takes, so another run's new line is not lost to this rewrite)."""
+    with _subordinate_lock():
+        _drop_lines_of(name)
+
+
+def _drop_lines_of(name):
     for path in SUBORDINATE_FILES:
         with open(path) as table:
             lines = table.readlines()
@@ -66,6 +72,46 @@ def _drop_subordinate_lines(name):
         if kept != lines:
             with open(path, "w") as table:
                 table.writelines(kept)
+
+
+SUBORDINATE_LOCK = "/run/lock/labkit-tests-subordinate-ids.lock"
+
+
+@contextlib.contextmanager
+def _subordinate_lock():
+    """The host-wide lock on /etc/subuid and /etc/subgid that every test run takes. /run/lock
+    is made if missing: the v2 lane's guest has /run but not /run/lock."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(SUBORDINATE_LOCK), mode=0o1777, exist_ok=True)
+    with open(SUBORDINATE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _free_range(name, region, ids) -> int:
+    """Give `name` the first range of `ids` ids in `region` (1000 ranges) that no line of
+    /etc/subuid or /etc/subgid overlaps, and return its first id. Chosen and written under a
+    lock all test runs on this host take: two runs (a PID modulo 1000 each, as it was) could
+    pick the same range, and the end of one test killed every process in it, the other
+    run's user's too."""
+    with _subordinate_lock():
+        taken = []
+        for path in SUBORDINATE_FILES:
+            with open(path) as table:
+                for line in table:
+                    fields = line.strip().split(":")
+                    if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                        taken.append((int(fields[1]), int(fields[1]) + int(fields[2])))
+        for index in range(1000):
+            first = region + index * ids
+            if first + ids > 4_294_967_295:   # (uid_t's last id, -1, is no id)
+                break
+            if not any(start < first + ids and first < end for start, end in taken):
+                subprocess.run(["usermod", "--add-subuids", f"{first}-{first + ids - 1}",
+                                "--add-subgids", f"{first}-{first + ids - 1}", name], check=True, capture_output=True)
+                return first
+    raise AssertionError(f"no free range of {ids} ids from {region} in /etc/subuid and /etc/subgid")
 
 
 def processes_of(uids) -> list:
@@ -103,9 +149,7 @@ def throwaway_user(prefix="lkt", ids=65536):
         # A range of its own, far from useradd's (100000 + 65536 n: also the --userns
         # default of root's containers) and the grading sandboxes' (from 10^9).
         _drop_subordinate_lines(name)
-        first = (3_200_000_000 if ids == 65536 else 3_300_000_000) + (os.getpid() % 1000) * ids
-        subprocess.run(["usermod", "--add-subuids", f"{first}-{first + ids - 1}",
-                        "--add-subgids", f"{first}-{first + ids - 1}", name], check=True, capture_output=True)
+        first = _free_range(name, 3_200_000_000 if ids == 65536 else 3_300_000_000, ids)
         user = User(name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
         yield user
     finally:
