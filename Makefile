@@ -7,13 +7,13 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.labkit-installed
 CLASS   = $(VENV)/class
 
-.PHONY: lab test setup system-packages notebooks benchmarks clean-host
+.PHONY: lab test setup system-packages notebooks release-labs benchmarks clean-host
 
 lab: setup
 	$(BIN)/labkit lab
 
 test: setup
-	$(BIN)/python -m pytest -p no:cacheprovider tests notebooks --nbval --nbval-kernel-name labkit --nbval-sanitize-with notebooks/sanitize.cfg
+	$(BIN)/python -m pytest -p no:cacheprovider tests notebooks instructor --nbval --nbval-kernel-name labkit --nbval-sanitize-with notebooks/sanitize.cfg
 
 setup: system-packages $(STAMP) $(CLASS)/.labkit-installed
 
@@ -23,7 +23,8 @@ setup: system-packages $(STAMP) $(CLASS)/.labkit-installed
 # python3-venv makes the students' environment (tests/test_class_hub.py). chromium is for the browser test (tests/test_browser.py); where the distribution cannot
 # install it (Ubuntu ships it as a snap, which does not run here) that test skips and says so.
 # slirp4netns and passt (pasta) give rootless containers published ports and outbound
-# traffic, as for rootless podman.
+# traffic, as for rootless podman; nft masquerades a rootless bridge's subnet behind pasta
+# inside the user's own network namespace (labkit/net/rootless_bridge.py).
 system-packages:
 	@ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 || apt-get update -qq
 	@[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && command -v losetup >/dev/null || \
@@ -41,9 +42,9 @@ system-packages:
 	@command -v mmdebstrap >/dev/null || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null || \
 	  echo "make: mmdebstrap could not be installed from apt; tests/test_binder_like.py will skip its container"
-	@command -v slirp4netns >/dev/null && command -v pasta >/dev/null || \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slirp4netns passt >/dev/null || \
-	  echo "make: slirp4netns or passt could not be installed from apt; tests/test_rootless_network.py will skip"
+	@command -v slirp4netns >/dev/null && command -v pasta >/dev/null && command -v nft >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slirp4netns passt nftables >/dev/null || \
+	  echo "make: slirp4netns, passt or nftables could not be installed from apt; tests/test_rootless_network.py and the rootless bridge's outbound tests will skip"
 	@[ -x /usr/bin/chromium ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
 	  echo "make: chromium could not be installed from apt; tests/test_browser.py will skip"
 	@command -v node >/dev/null && command -v npm >/dev/null || \
@@ -82,6 +83,14 @@ $(CLASS)/.labkit-installed: pyproject.toml Makefile
 
 notebooks: setup
 	$(BIN)/labkit notebooks run
+
+# The labs' student copies: instructor/labs/ holds each lab's source (solutions, executed
+# outputs, what nbval checks); notebooks/labs/ holds what `labkit grade release` makes of it
+# (solutions stubbed, hidden checks removed, outputs cleared), which is what `make lab` and
+# Binder open for a student. Edit the source, run this, commit both:
+# tests/test_released_labs.py fails when a released copy differs from what this writes.
+release-labs: setup
+	$(BIN)/labkit grade release instructor/labs/*.ipynb --out notebooks/labs
 
 # Issue 13's table in one run (~5 minutes; apt-installs crun if missing); raw samples and
 # an environment record go to results/benchmarks/. `python benchmarks/table.py --quick` checks it runs.

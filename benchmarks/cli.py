@@ -1,6 +1,6 @@
 """The command line as a user meets it: whole processes, start to exit, in one run.
 
-    python benchmarks/cli.py [--runs 20] [--no-install]
+    python benchmarks/cli.py [--runs 20] [--no-install] [--before CHECKOUT]
 
 Each row is the median (and p90) of one whole process, started and waited for; the rows
 are called in turn (a, b, c, a, b, c, ...), so that a busy machine slows them alike:
@@ -10,6 +10,8 @@ are called in turn (a, b, c, a, b, c, ...), so that a busy machine slows them al
 - labkit --help:         building the parser and printing; imports no verb's module
 - labkit run -- true:    a container start → exit of /bin/true in busybox, cleaned up
 - … pool off:            the same with LABKIT_POOL=0 (the helper's pool switched off)
+- … (before):            with --before CHECKOUT, the same command from another checkout
+                         (e.g. a worktree of main), run by this Python, in the same turns
 - crun run:              an OCI bundle on the same busybox files (crun is installed with
                          apt when missing; see benchmarks/timing.py for why it runs in a
                          mount namespace of its own)
@@ -57,6 +59,23 @@ def whole_process(command, env=None):
     return once
 
 
+def checkout_command(checkout: str) -> list:
+    """`labkit` from another checkout, started as the installed script starts it (its own
+    entry point: labkit.entry where it has one, else labkit.cli)."""
+    checkout = os.path.abspath(checkout)
+    entry = "labkit.entry" if os.path.exists(os.path.join(checkout, "labkit", "entry.py")) else "labkit.cli"
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {checkout!r}); from {entry} import command; "
+            "sys.exit(command())"]
+
+
+def compile_bytecode(checkout: str) -> None:
+    """Write the bytecode of a checkout's labkit now: with PYTHONDONTWRITEBYTECODE set (as
+    in some shells and CI), a checkout whose sources changed, or one never imported, would
+    compile its modules again in every timed run, and the ratio would measure that."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(os.path.abspath(checkout), "labkit")],
+                   stdout=subprocess.DEVNULL, check=True)
+
+
 def podman_command(rootfs) -> list:
     # Limits lowered, not raised: podman's default open-files limit is above many hosts'
     # hard limit, and raising one needs CAP_SYS_RESOURCE, which some hosts withhold.
@@ -72,9 +91,13 @@ def help_imports() -> list:
     return [name for name in names if name == "labkit" or name.startswith("labkit.")]
 
 
-def measure(runs: int, layer: str, install: bool = True) -> dict:
-    """Every row called in turn, `runs` rounds after WARMUP rounds."""
+def measure(runs: int, layer: str, install: bool = True, before: str | None = None) -> dict:
+    """Every row called in turn, `runs` rounds after WARMUP rounds; `before`: another
+    checkout whose `labkit run -- true` is called in the same turns."""
     labkit = labkit_command()
+    for checkout in (ROOT, before):
+        if checkout:
+            compile_bytecode(checkout)
     pool_off = dict(os.environ, LABKIT_POOL="0")
     pool_on = {k: v for k, v in os.environ.items() if k != "LABKIT_POOL"}
     rows = {
@@ -83,6 +106,8 @@ def measure(runs: int, layer: str, install: bool = True) -> dict:
         "labkit run -- true": whole_process([*labkit, "run", "--", "true"], pool_on),
         "labkit run -- true, pool off": whole_process([*labkit, "run", "--", "true"], pool_off),
     }
+    if before:
+        rows["labkit run -- true (before)"] = whole_process([*checkout_command(before), "run", "--", "true"], pool_on)
     notes, workers = [], []
     with tempfile.TemporaryDirectory(prefix="labkit-bench-") as directory:
         try:
@@ -127,6 +152,11 @@ def report(data: dict) -> None:
             ratio = run / rows[anchor]["median_ms"]
             verdict = f" (goal ≤ {goal:.2f}: {'met' if ratio <= goal else 'not met'})" if goal else ""
             print(f"labkit run -- true / {anchor} = {ratio:.2f}{verdict}")
+    if "labkit run -- true (before)" in rows:
+        older = rows["labkit run -- true (before)"]["median_ms"]
+        print(f"labkit run -- true, after ÷ before = {run / older:.2f}"
+              + (f"; before / podman run --rootfs = {older / rows['podman run --rootfs']['median_ms']:.2f}"
+                 if "podman run --rootfs" in rows else ""))
     print(f"labkit modules imported by `labkit --help`: {', '.join(data['help_imports'])}")
 
 
@@ -134,13 +164,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install a missing crun or podman")
+    parser.add_argument("--before", metavar="CHECKOUT",
+                        help="also time `labkit run -- true` from another checkout (e.g. a worktree of main), in the same turns")
     options = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("benchmarks/cli.py needs root: `labkit run` makes namespaces, cgroups and mounts")
 
     from labkit.images import get_image
 
-    data = measure(options.runs, str(get_image("busybox").layer_dirs[0]), install=not options.no_install)
+    data = measure(options.runs, str(get_image("busybox").layer_dirs[0]), install=not options.no_install,
+                   before=options.before)
     report(data)
     for note in data["notes"]:
         print(f"note: {note}")

@@ -36,7 +36,7 @@ import timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-DEFAULT_NOTEBOOK = os.path.join(ROOT, "notebooks", "labs", "02-cgroups-lab.ipynb")
+DEFAULT_NOTEBOOK = os.path.join(ROOT, "instructor", "labs", "02-cgroups-lab.ipynb")
 
 
 def grade_one(kind: str, notebook_path: str) -> float:

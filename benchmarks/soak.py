@@ -19,11 +19,13 @@ or grew beyond a small tolerance, or if an ending came back wrong.
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -96,7 +98,27 @@ def track(container, made):
 def process_figures(pid) -> dict:
     status = Path(f"/proc/{pid}/status").read_text()
     rss = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
-    return {"rss_bytes": rss, "open_fds": len(os.listdir(f"/proc/{pid}/fd"))}
+    kinds = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:   # "pipe:[81234]" -> "pipe", a path stays itself: what kind of thing is held
+            kinds.append(re.sub(r":\[\d+\]$", "", os.readlink(f"/proc/{pid}/fd/{fd}")))
+        except FileNotFoundError:
+            pass
+    return {"rss_bytes": rss, "open_fds": len(kinds), "fd_kinds": sorted(kinds)}
+
+
+def figures_when_idle(pid, warm: dict, pool_filled, patience: float = 10.0) -> dict:
+    """The helper's figures once it is idle. A container whose owner has its answer may
+    still be in the helper for a moment (a killed one's supervisor not yet reported: its
+    pipes and pidfd), so a count above the warm one is taken again for up to `patience`
+    seconds: a descriptor that leaks is still there after that."""
+    deadline = time.monotonic() + patience
+    while True:
+        pool_filled()
+        figures = process_figures(pid)
+        if figures["open_fds"] <= warm["open_fds"] or time.monotonic() >= deadline:
+            return figures
+        time.sleep(0.2)
 
 
 def processes_of(leaves) -> list:
@@ -199,8 +221,7 @@ def soak(containers: int = 1000, concurrency: int = 8, home: Path | None = None,
             list(pool.map(one, range(sequential, containers)))
         concurrent_seconds = time.monotonic() - started
         say(f"{concurrency}-way concurrent: {containers - sequential} containers in {concurrent_seconds:.1f} s")
-        pool_filled()  # the helper tears each container down right after reporting its exit
-        end = process_figures(helper_pid)
+        end = figures_when_idle(helper_pid, warm, pool_filled)
         left = leftovers(home, made)
     finally:
         shutdown_helper()
@@ -217,6 +238,7 @@ def soak(containers: int = 1000, concurrency: int = 8, home: Path | None = None,
         "helper_after_warm_up": warm, "helper_at_end": end,
         "helper_rss_growth_bytes": end["rss_bytes"] - warm["rss_bytes"],
         "helper_fd_growth": end["open_fds"] - warm["open_fds"],
+        "helper_fds_gained": sorted((Counter(end["fd_kinds"]) - Counter(warm["fd_kinds"])).elements()),
         "left_while_helper_runs": {key: len(value) for key, value in left.items()},
         "left_after_helper_exits": {key: len(value) for key, value in after_helper.items()},
         "left_details": {key: value[:5] for key, value in {**left, **after_helper}.items() if value},
