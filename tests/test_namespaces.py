@@ -184,9 +184,18 @@ def test_exec_into_a_user_namespace_container_is_its_root_not_the_hosts(labkit_h
         container.remove()
 
 
-def host_uptime() -> float:
+def hundredths(uptime: str) -> int:
+    """/proc/uptime's first field ("76767.84") as whole hundredths of a second, its unit.
+    Compared as floats, 76767.84 + 259200 is 335967.83999999997, below the 335967.84 a
+    container read in the same tick (CI, 2026-12-07)."""
+    seconds, _, fraction = uptime.partition(".")
+    return int(seconds) * 100 + int(fraction.ljust(2, "0")[:2])
+
+
+def host_uptime() -> int:
+    """The host's CLOCK_BOOTTIME in hundredths of a second."""
     with open("/proc/uptime") as uptime:
-        return float(uptime.read().split()[0])
+        return hundredths(uptime.read().split()[0])
 
 
 @pytest.mark.root
@@ -197,8 +206,8 @@ def test_a_time_namespace_offset_shows_in_clock_boottime_through_proc_uptime(lab
     before = host_uptime()
     result = run("cat /proc/uptime", time_offset=offset).check()
     after = host_uptime()
-    inside = float(result.stdout.split()[0])
-    assert before + offset <= inside <= after + offset
+    inside = hundredths(result.stdout.split()[0])
+    assert before + offset * 100 <= inside <= after + offset * 100
 
 
 @pytest.mark.root
@@ -222,4 +231,4 @@ def test_user_and_time_namespaces_together_offset_clock_boottime(labkit_home):
     after = host_uptime()
     uid, uptime_line = result.stdout.splitlines()
     assert uid == "0"
-    assert before + offset <= float(uptime_line.split()[0]) <= after + offset
+    assert before + offset * 100 <= hundredths(uptime_line.split()[0]) <= after + offset * 100
