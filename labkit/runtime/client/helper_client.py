@@ -211,21 +211,18 @@ class Helper:
 
     def _receive_one(self) -> None:
         """One message off the socket, filed (or the helper found gone); nothing if none
-        is there. The caller holds `read_lock`."""
-        held_off = _hold_off_interrupts() if threading.current_thread() is threading.main_thread() else None
+        is there. The caller holds `read_lock`: the reader thread, or `wait_for`, which in
+        the main thread holds SIGINT off around it (an interrupt between the read and the
+        filing would lose the message)."""
         try:
-            try:
-                data = self.sock.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            except OSError as error:
-                data, reason = b"", str(error)
-            else:
-                reason = "it exited unexpectedly"
-            self._file(data, reason)
-        finally:
-            if held_off is not None:
-                held_off.release()
+            data = self.sock.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            data, reason = b"", str(error)
+        else:
+            reason = "it exited unexpectedly"
+        self._file(data, reason)
 
     def _file(self, data, reason) -> None:
         with self.mutex:
