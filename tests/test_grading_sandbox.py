@@ -239,16 +239,23 @@ def test_a_host_process_is_out_of_reach(kind):
 
 
 @pytest.mark.parametrize("kind", ["none", "namespaces"])
-def test_proc_mounted_from_inside_cannot_set_the_core_pattern(kind):
+def test_proc_mounted_from_inside_cannot_set_the_core_pattern(kind, tmp_path):
     """The classic escape: a fresh /proc, then /proc/sys/kernel/core_pattern runs a host
-    program as root. Writing back the value it already has is harmless on the host."""
+    program as root. Writing back the value it already has is harmless on the host.
+    Without a sandbox the cell's /proc mount is the host's own, so the test takes it away
+    again (it was left at /tmp/p, one more on every run of the suite)."""
     before = open("/proc/sys/kernel/core_pattern").read()
-    with sandbox(kind) as box:
-        (out,) = run_cells(box, shell("""
-            sh("mkdir -p /tmp/p && mount -t proc proc /tmp/p && echo mounted-proc")
-            sh("unshare --pid --fork --mount --mount-proc sh -c "
-               "'cat /proc/sys/kernel/core_pattern > /proc/sys/kernel/core_pattern && echo wrote-core-pattern'")
-            """))
+    target = tmp_path / "p"
+    try:
+        with sandbox(kind) as box:
+            (out,) = run_cells(box, shell(f"""
+                sh("mkdir -p {target} && mount -t proc proc {target} && echo mounted-proc")
+                sh("unshare --pid --fork --mount --mount-proc sh -c "
+                   "'cat /proc/sys/kernel/core_pattern > /proc/sys/kernel/core_pattern && echo wrote-core-pattern'")
+                """))
+    finally:
+        while os.path.ismount(target):
+            subprocess.run(["umount", str(target)], check=True)
     assert open("/proc/sys/kernel/core_pattern").read() == before
     if kind == "none":
         assert "mounted-proc" in out and "wrote-core-pattern" in out
