@@ -200,12 +200,15 @@ def test_the_gradebook_and_source_are_not_reachable(tmp_path, kind):
     gradebook.mkdir()
     (gradebook / "gradebook.json").write_text("{}")
     source = os.path.join(os.path.dirname(__file__), "..", "instructor", "labs")
+    # Without a sandbox these writes would land on the host (they left /work/x, /usr/x
+    # and /etc/x there): only the sandboxed case tries them.
+    outside = "" if kind == "none" else """
+            sh("touch /work/x /usr/x /etc/x 2>/dev/null || echo refused-outside")
+            sh("touch $LABKIT_HOME/ok ./ok && echo scratch-and-home-writable")"""
     with sandbox(kind) as box:
         (out,) = run_cells(box, shell(f"""
             sh("echo forged > {gradebook}/gradebook.json && echo wrote-gradebook")
-            sh("ls {os.path.abspath(source)} >/dev/null && echo sees-source")
-            sh("touch /work/x /usr/x /etc/x 2>/dev/null || echo refused-outside")
-            sh("touch $LABKIT_HOME/ok ./ok && echo scratch-and-home-writable")"""))
+            sh("ls {os.path.abspath(source)} >/dev/null && echo sees-source"){outside}"""))
     if kind == "none":
         assert "wrote-gradebook" in out and "sees-source" in out
         return
