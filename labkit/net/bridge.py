@@ -14,7 +14,7 @@ are handed out under a host-wide lock.
 
 import fcntl
 import ipaddress
-import secrets
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -94,7 +94,7 @@ def ensure_bridge(home, subnet, gateway, known_name=None) -> tuple:
         def work(ipr):
             # A fixed MAC: otherwise a bridge takes the lowest MAC of its ports, which
             # changes as containers come and go and leaves stale ARP entries behind.
-            mac = "02:6c:6b:" + ":".join(secrets.token_hex(3)[i:i + 2] for i in (0, 2, 4))
+            mac = "02:6c:6b:" + ":".join(f"{byte:02x}" for byte in os.urandom(3))
             ipr.link("add", ifname=name, kind="bridge", address=mac)
             try:
                 index = ipr.link_lookup(ifname=name)[0]

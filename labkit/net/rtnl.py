@@ -10,7 +10,6 @@ worker also serialises the calls of a process, so one IPRoute socket can be kept
 import errno
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from labkit.errors import HostError
 from labkit.linux import capabilities
@@ -31,6 +30,8 @@ def netlink(work):
     global _worker
     with _lock:
         if _worker is None or _worker[0] != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor   # ~4 ms: paid at the first call, not by an import
+
             _worker = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="labkit-netlink"))
         executor = _worker[1]
     try:
