@@ -216,6 +216,11 @@ class Pool:
 
     def on_slot_message(self, slot: Slot) -> None:
         """"ready", or the end of the socket: the slot's first process died while it waited."""
+        if slot not in self.slots:
+            # A stale event: the slot was taken (its plan handed over, its socket closed) or
+            # discarded (found dead by a start) earlier in the same select. Read as a death,
+            # it was discarded again: the helper raised out of its loop, or killed a container.
+            return
         try:
             said = slot.plan_socket.recv(16, socket.MSG_DONTWAIT)
         except BlockingIOError:
