@@ -123,8 +123,8 @@ class Zygote:
                 break
             if self.refill_at is not None and time.monotonic() >= self.refill_at:
                 self.refill_at = None
-                if self.until_pool_may_grow() is not None:
-                    self.pool.fill_one()
+                if self.pool.wants_more():   # also while the next start is being set up: kept
+                    self.pool.fill_one()     # for later, the refill was lost and the pool ran dry
             elif self.teardowns:
                 self.teardowns.pop(0)()
             elif wait is not None and self.refill_at is None:   # quiet for the whole wait
