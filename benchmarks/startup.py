@@ -33,6 +33,11 @@
    Each labkit variant runs in a client process of its own (its own helper), one per
    pool setting; crun runs in a mount namespace without the hybrid cgroup2 mount, which
    it refuses (benchmarks/timing.py).
+1c. The disk busy: labkit and crun bare in turn again (a third of --runs each) while
+   `stress-ng --iomix 1` writes, reads and syncs files on the filesystem of LABKIT_HOME
+   (installed with apt when missing; the row says so where it cannot be). A container's
+   exit waits for what the kernel does to its overlay and ext4 directories; a busy disk
+   makes that slow.
 2. 100 sequential: Container.run() back to back in one client, then settle(); 2×50
    concurrent: two client processes, each with its own helper, 50 each, started
    together. The same for crun. "No slowdown beyond the 2 cores": two at once may not
@@ -41,7 +46,7 @@
 3. The command line as a whole process: benchmarks/cli.py's rows.
 
 Goals (issues 13 and 25): exit ≤ 0.7× crun bare and ≤ 0.5× crun with the same work, the
-profile on; 100 sequential ≤ 1.0 s; 2×50 within the 2-core bound; `labkit run -- true`
+profile on; ≤ 0.8× crun bare with the disk busy; 100 sequential ≤ 1.0 s; 2×50 within the 2-core bound; `labkit run -- true`
 ≤ 0.6× podman. Printed, never asserted.
 """
 
@@ -50,6 +55,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -65,6 +71,7 @@ sys.path.insert(0, ROOT)
 PHASES = ("exec", "exit", "cleaned")
 STARTUP_GOAL = 0.7          # × crun, start → exit, profile on
 SAME_WORK_GOAL = 0.5        # × crun with the same profile, mounts and overlay root
+DISK_BUSY_GOAL = 0.8        # × crun bare, start → exit, both with `stress-ng --iomix 1` beside them
 SEQUENTIAL_GOAL_MS = 10.0   # a container, in 100 one after another (≤ 1.0 s for 100)
 CONCURRENCY_SLACK = 1.10    # 2×50 may be this much above the 2-core bound
 WARMUP = 5
@@ -225,6 +232,43 @@ def measure_phases(runs: int, bundle: str, runtimes: list, same_work: dict | Non
             row["helper_cpu_ms"] = sum(a["helper_cpu_s"] for a in answers) / len(answers) * 1000
         rows[name] = row
     return rows
+
+
+def measure_disk_busy(runs: int, bundle: str, install: bool, notes: list) -> dict | None:
+    """labkit's and crun's (bare) start → exit, called in turn, with `stress-ng --iomix 1`
+    running on the filesystem of LABKIT_HOME all along. None (and a note) without
+    stress-ng or crun."""
+    from labkit.home import labkit_home
+
+    stress, why = timing.ensure_tool("stress-ng", install)
+    if why:
+        notes.append(f"the disk-busy row is missing: {why}")
+        return None
+    with tempfile.TemporaryDirectory(prefix="labkit-bench-iomix-", dir=labkit_home().parent) as where, \
+            labkit_worker("labkit client, disk busy", pool=True) as pooled, \
+            timing.command_worker("crun worker, disk busy") as crun, \
+            _running([stress, "--iomix", "1", "--temp-path", where, "--timeout", "0", "--quiet"]):
+        time.sleep(2)   # its workers under way
+        taken = timing.in_turn({"labkit": lambda: pooled.ask({"op": "phases"}),
+                                "crun run": _oci_variant(crun, *oci_argv("crun", bundle))}, runs, WARMUP)
+    return {name: {phase: timing.summary([a[phase] for a in answers]) for phase in ("exit", "cleaned")}
+            for name, answers in taken.items()}
+
+
+@contextlib.contextmanager
+def _running(argv):
+    """`argv` running in a process group of its own, for the block; then stopped, all of it
+    (SIGTERM: stress-ng removes its files; SIGKILL after 30 s)."""
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def _oci_variant(worker, argv, cleanup, overlay=None):
@@ -403,10 +447,11 @@ def measure(runs, batch_count, repeats, cli_runs, install=True, before=None) -> 
             same_work["overlay"] = {"lower": layer, "root": os.path.join(same_work["bundle"], "rootfs"),
                                     "scratch": os.path.join(directory, "layers")}
         phases = measure_phases(runs, bundle, runtimes, same_work, rootless, before)
+        disk_busy = measure_disk_busy(max(3, runs // 3), bundle, install, notes) if crun else None
         batches = measure_batches(batch_count, repeats, bundle if crun else None, before)
     command_line = cli.measure(cli_runs, layer, install)
     notes += command_line.pop("notes")
-    return {"phases": phases, "batches": batches, "cli": command_line, "notes": notes,
+    return {"phases": phases, "disk_busy": disk_busy, "batches": batches, "cli": command_line, "notes": notes,
             "parameters": {"runs": runs, "batch": batch_count, "repeats": repeats, "cli_runs": cli_runs}}
 
 
@@ -430,6 +475,12 @@ def report(data: dict) -> None:
         ratio = phases["labkit"]["exit"]["median_ms"] / same
         print(f"labkit / crun with the same work, start → exit = {ratio:.2f} "
               f"(goal ≤ {SAME_WORK_GOAL}: {verdict(ratio <= SAME_WORK_GOAL)})")
+    busy = data.get("disk_busy")
+    if busy:
+        ratio = busy["labkit"]["exit"]["median_ms"] / busy["crun run"]["exit"]["median_ms"]
+        print(f"with the disk busy (stress-ng --iomix 1): labkit {busy['labkit']['exit']['median_ms']:.2f} ms, "
+              f"crun {busy['crun run']['exit']['median_ms']:.2f} ms, start → exit = {ratio:.2f} "
+              f"(goal ≤ {DISK_BUSY_GOAL}: {verdict(ratio <= DISK_BUSY_GOAL)})")
     older = phases.get("labkit (before)", {}).get("exit", {}).get("median_ms")
     if older:
         print(f"labkit after ÷ before, start → exit = {phases['labkit']['exit']['median_ms'] / older:.2f}; "

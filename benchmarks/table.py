@@ -142,7 +142,20 @@ def startup_rows(data) -> list:
     if data is None:
         return [row("container start → exit, `true`", "failed: see startup.log", "", "",
                     f"≤ {startup.STARTUP_GOAL}× crun", False)]
-    return phase_rows(data["phases"]) + command_line_rows(data["cli"]["rows"]) + batch_rows(data["batches"])
+    return (phase_rows(data["phases"]) + disk_busy_rows(data.get("disk_busy")) + command_line_rows(data["cli"]["rows"])
+            + batch_rows(data["batches"]))
+
+
+def disk_busy_rows(busy) -> list:
+    import startup
+
+    what, goal = "… the same with the disk busy (`stress-ng --iomix 1` beside both)", f"≤ {startup.DISK_BUSY_GOAL}× crun"
+    if not busy:
+        return [row(what, "not measured (see the notes)", "", "", goal, None)]
+    labkit, crun = busy["labkit"]["exit"], busy["crun run"]["exit"]
+    ratio = labkit["median_ms"] / crun["median_ms"]
+    return [row(what, _ms(labkit), f"crun run {_ms(crun)}, the same conditions", _times(ratio, "crun"), goal,
+                ratio <= startup.DISK_BUSY_GOAL)]
 
 
 def phase_rows(phases) -> list:

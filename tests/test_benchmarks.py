@@ -15,7 +15,7 @@ import pytest
 
 TABLE = Path(__file__).resolve().parent.parent / "benchmarks" / "table.py"
 ROWS = ("container start → exit", "start → exit, pool off", "start → exit, `--privileged`",
-        "request → exec / → cleaned", "`labkit run -- true`, whole process", "`labkit run`, pool off",
+        "request → exec / → cleaned", "the same with the disk busy", "`labkit run -- true`, whole process", "`labkit run`, pool off",
         "`labkit --help`", "6 containers, sequential",
         "2×3 concurrent, two clients", "`%%container true` cell round trip", "8 MiB commit, container kept")
 
@@ -40,6 +40,8 @@ def test_the_table_prints_every_row_and_keeps_its_samples_and_environment(tmp_pa
     assert environment["crun"] and environment["python"] == sys.version.split()[0]
     startup = json.loads((tmp_path / "startup.json").read_text())
     assert len(startup["phases"]["labkit"]["exit"]["samples_s"]) == 3
+    if shutil.which("stress-ng"):   # else the row says it was not measured, and why (--no-install)
+        assert len(startup["disk_busy"]["labkit"]["exit"]["samples_s"]) == 3
     assert len(startup["batches"]["runs"]["labkit concurrent"]["wall_s"]) == 1
     assert json.loads((tmp_path / "table.json").read_text())["rows"]
     again = subprocess.run([sys.executable, str(TABLE), "--from", str(tmp_path)], capture_output=True, text=True)
