@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+import published_port
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEB = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8471 -h /www"
 
@@ -172,7 +174,7 @@ def test_one_users_bridge_does_not_reach_another_users_containers(users):
 # address, which the bridge namespace's pasta uplink maps to the host's loopback, where
 # the script's own server listens. Nothing else is reached: pasta carries the traffic out
 # of the user's namespace, and only to the host's loopback.
-PUBLISHED = textwrap.dedent("""
+PUBLISHED = published_port.SOURCE + textwrap.dedent("""
     import json, socket, sys, time
     from labkit.home import labkit_home
     from labkit.net import rootless_bridge
@@ -185,17 +187,7 @@ PUBLISHED = textwrap.dedent("""
     box = Container(command=["sh", "-c", f"while true; do echo {word} | nc -l -p 8080; done"],
                     network="bridge", publish=[f"{host_port}:8080"]).start(detach=True)
     try:
-        received = ""
-        for _ in range(300):
-            try:
-                with socket.create_connection(("127.0.0.1", host_port), timeout=2) as client:
-                    received = client.recv(100).decode().strip()
-                if received:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.05)
-        result["published"] = received
+        result["published"] = first_answer(host_port)
         state = rootless_bridge.request(labkit_home(), "netns")
         result["netns_holder"], result["uplink"] = state["pid"], state["uplink"]
         result["keeper"] = rootless_bridge.request(labkit_home(), "hello")["pid"]

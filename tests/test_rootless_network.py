@@ -11,6 +11,8 @@ import textwrap
 
 import pytest
 
+import published_port
+
 from labkit.net import pasta
 from labkit.net.ports import PortMapping
 
@@ -145,7 +147,7 @@ def test_pasta_arguments_forward_only_what_was_published(monkeypatch):
 
 # A rootless container with --net pasta: a published port answered by a server inside it,
 # and from inside, the gateway reaching a server on the host's loopback.
-CONTAINER = textwrap.dedent("""
+CONTAINER = published_port.SOURCE + textwrap.dedent("""
     import json, os, socket, sys, time
     from labkit.runtime import Container, run
 
@@ -156,17 +158,7 @@ CONTAINER = textwrap.dedent("""
     box = Container(command=["sh", "-c", "echo hello from the container | nc -l -p 8080"],
                     network="pasta", publish=[f"{host_port}:8080"]).start(detach=True)
     try:
-        received = ""
-        for _ in range(300):
-            try:
-                with socket.create_connection(("127.0.0.1", host_port), timeout=2) as client:
-                    received = client.recv(100).decode().strip()
-                if received:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.05)
-        result["published"] = received
+        result["published"] = first_answer(host_port)
     finally:
         box.remove()
     from labkit.net.pasta import running
