@@ -43,4 +43,8 @@ def _nothing_left(book) -> bool:
         return False
     if not all(ipam.owner_alive(lease) for lease in book.leases.values()):
         return False
-    return not any(name.startswith(bridge.PREFIX) for _index, name in socket.if_nameindex())
+    try:
+        links = socket.if_nameindex()
+    except OSError:
+        return False   # cannot tell: the way through netlink, as before this shortcut
+    return not any(name.startswith(bridge.PREFIX) for _index, name in links)
