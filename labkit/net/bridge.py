@@ -18,15 +18,10 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from labkit.net.bridge_names import ALIAS, PREFIX, alias_for
 from labkit.net.rtnl import is_missing, netlink
 
-PREFIX = "labkit"
 HOST_LOCK = Path("/run/labkit-net.lock")   # bridge names are a host-wide resource
-ALIAS = "labkit home "
-
-
-def alias_for(home) -> str:
-    return (ALIAS + str(home))[:255]   # IFALIASZ: the kernel keeps 255 bytes
 
 
 @contextmanager

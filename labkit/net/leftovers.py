@@ -10,7 +10,7 @@ lease needs it, and the directory of a pasta's PID file when the owner died whil
 import socket
 
 from labkit.home import labkit_home
-from labkit.net import bridge, ipam, pasta_dirs
+from labkit.net import bridge_names, ipam, pasta_dirs
 
 
 def sweep_home(home=None) -> list:
@@ -21,6 +21,7 @@ def sweep_home(home=None) -> list:
     book = ipam.read_leases(home)
     if book is None or _nothing_left(book):
         return removed
+    from labkit.net import bridge
     from labkit.net.hooks import drop_dead_leases, remove_bridge_if_unused
 
     removed += [f"bridge {name} (its LABKIT_HOME is gone)" for name in bridge.orphaned_bridges()
@@ -47,4 +48,4 @@ def _nothing_left(book) -> bool:
         links = socket.if_nameindex()
     except OSError:
         return False   # cannot tell: the way through netlink, as before this shortcut
-    return not any(name.startswith(bridge.PREFIX) for _index, name in links)
+    return not any(name.startswith(bridge_names.PREFIX) for _index, name in links)
