@@ -141,23 +141,23 @@ def to_wire(plan) -> dict:
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None), bytes, dict})   # as they are
-_FIELD_NAMES = {}   # plan class -> its fields' names
 
 
 def _encode(value):
-    # On every start's path (~110 values a plan): a type lookup first, not is_dataclass()
-    # and isinstance() on each value (57 µs a plan here, 15 µs with it).
-    kind = type(value)
-    if kind in _PLAIN:
+    # On every start's path (~110 values a plan): most are plain, and a type lookup
+    # answers for them before is_dataclass() and isinstance() (57 µs a plan without it).
+    if type(value) in _PLAIN:
         return value
-    names = _FIELD_NAMES.get(kind)
-    if names is None:
-        if isinstance(value, (list, tuple)):
-            return [_encode(item) for item in value]
-        if not dataclasses.is_dataclass(value):
-            return value
-        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(kind))
-    return {name: _encode(getattr(value, name)) for name in names}
+    if isinstance(value, (list, tuple)):
+        return [_encode(item) for item in value]
+    if dataclasses.is_dataclass(value):
+        return {name: _encode(getattr(value, name)) for name in _field_names(type(value))}
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _field_names(cls) -> tuple:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def from_wire(cls, data):
