@@ -8,8 +8,13 @@ back to back, a removal it did itself sat in front of the next request (a trace 
 sequential starts on a loaded host: a median of 45 ms each, 3.4 s of 7.9). The janitor
 removes them in its own process while the helper answers requests.
 
-The helper sends each directory's path (NUL-terminated) on one pipe; the janitor removes
-it and writes one byte back on another, in order. `wait` returns once every directory
+It also lets go of the mount namespaces the helper held for slots' first processes
+(runtime/helper/ready_slots.py): the last close of one unmounts the container's overlay
+(and syncs its upper layer when it is not volatile), work the helper must not wait for.
+
+The helper sends each order as one packet on a socket (a directory's path to remove, or
+a namespace's fd to close, before the directory of its container is removed); the janitor
+does it and writes one byte back on a pipe, in order. `wait` returns once every directory
 sent is gone (the helper's `settle`: a ping, `no_leftovers`). If the janitor dies, the
 helper removes what it had not confirmed itself. If the helper dies, the janitor finishes
 the paths it was sent, reads EOF and exits: nothing it was given is left half-removed.
@@ -18,6 +23,7 @@ the paths it was sent, reads EOF and exits: nothing it was given is left half-re
 import gc
 import os
 import selectors
+import socket
 from collections import deque
 
 from labkit.runtime.container_dir import ContainerDir
@@ -28,23 +34,33 @@ class Janitor:
         self.selector = selector
         self.inline = inline         # remove in the helper itself: no next request to keep waiting
         self.pid = None
-        self.orders = None           # write end: paths, NUL-terminated
-        self.done = None             # read end: one byte per path removed
-        self.pending = deque()       # ContainerDir sent and not yet confirmed, in order
+        self.orders = None           # our end of the orders' socket: one packet an order
+        self.done = None             # read end: one byte per order done
+        self.pending = deque()       # ContainerDir (None: a namespace) sent and not yet confirmed, in order
 
     def remove(self, directory: ContainerDir) -> None:
         """Have `directory` removed (by the janitor; here if it cannot be started or is gone,
         or when the helper removes inline)."""
-        if self.pid is None and (self.inline or not self._start()):
+        if not self._send(b"R" + os.fsencode(str(directory.path)), directory):
             directory.remove()
-            return
+
+    def let_go(self, namespace_fd: int) -> None:
+        """Close a held mount namespace's fd (ours is closed here either way)."""
         try:
-            os.write(self.orders, os.fsencode(str(directory.path)) + b"\0")
+            self._send(b"N", None, namespace_fd)
+        finally:
+            os.close(namespace_fd)
+
+    def _send(self, order: bytes, pending, fd=None) -> bool:
+        if self.pid is None and (self.inline or not self._start()):
+            return False
+        try:
+            socket.send_fds(self.orders, [order], [] if fd is None else [fd])
         except OSError:
             self._lost()
-            directory.remove()
-            return
-        self.pending.append(directory)
+            return False
+        self.pending.append(pending)
+        return True
 
     def wait(self) -> None:
         """Return once every directory sent is removed."""
@@ -58,7 +74,7 @@ class Janitor:
         self.inline = True
         if self.pid is None:
             return
-        os.close(self.orders)
+        self.orders.close()
         self.selector.unregister(self.done)
         os.close(self.done)
         os.waitpid(self.pid, 0)
@@ -86,29 +102,31 @@ class Janitor:
         from labkit.runtime.supervisor.slot import keep_only
 
         try:
-            orders_r, orders_w = os.pipe2(os.O_CLOEXEC)
+            orders_w, orders_r = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         except OSError:
             return False
         try:
             done_r, done_w = os.pipe2(os.O_CLOEXEC)
         except OSError:
-            os.close(orders_r)
-            os.close(orders_w)
+            orders_r.close()
+            orders_w.close()
             return False
         try:
             pid = os.fork()
         except OSError:
-            for fd in (orders_r, orders_w, done_r, done_w):
+            for end in (orders_r, orders_w):
+                end.close()
+            for fd in (done_r, done_w):
                 os.close(fd)
             return False
         if pid == 0:
             try:
                 gc.disable()   # a collection would touch (and so copy) every page shared with the helper
-                keep_only({orders_r, done_w})
+                keep_only({orders_r.fileno(), done_w})
                 _serve(orders_r, done_w)
             finally:
                 os._exit(0)
-        os.close(orders_r)
+        orders_r.close()
         os.close(done_w)
         self.pid, self.orders, self.done = pid, orders_w, done_r
         self.selector.register(done_r, selectors.EVENT_READ, lambda _fd: self.on_done())
@@ -120,29 +138,32 @@ class Janitor:
         self.pending.clear()
         if self.pid is not None:
             self.selector.unregister(self.done)
-            for fd in (self.orders, self.done):
-                os.close(fd)
-            os.waitpid(self.pid, 0)
+            self.orders.close()
+            os.close(self.done)
+            os.waitpid(self.pid, 0)   # its namespaces' fds went with it
             self.pid = self.orders = self.done = None
         for directory in unconfirmed:
-            directory.remove()
+            if directory is not None:
+                directory.remove()
 
 
-def _serve(orders_r: int, done_w: int) -> None:
-    """The janitor process: remove each path as it comes, confirm it; exit at EOF."""
+def _serve(orders: socket.socket, done_w: int) -> None:
+    """The janitor process: do each order as it comes, confirm it; exit at EOF."""
     from labkit.linux import syscalls
 
     syscalls.prctl_set_name("labkit-janitor")
-    buffer = b""
     while True:
-        chunk = os.read(orders_r, 65536)
-        if not chunk:
+        try:
+            order, fds, _flags, _addr = socket.recv_fds(orders, 65536, 1)
+        except InterruptedError:
+            continue
+        if not order:
             return
-        buffer += chunk
-        *paths, buffer = buffer.split(b"\0")
-        for path in paths:
+        for fd in fds:
+            os.close(fd)   # a mount namespace let go: its mounts are taken down here
+        if order[:1] == b"R":
             try:
-                ContainerDir(os.fsdecode(path)).remove()
+                ContainerDir(os.fsdecode(order[1:])).remove()
             except Exception:  # noqa: BLE001 — a directory that cannot be removed is the sweep's
                 pass
-            os.write(done_w, b".")
+        os.write(done_w, b".")
