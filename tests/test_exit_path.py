@@ -35,9 +35,11 @@ def namespaces_held_by(pid: int) -> set:
 
 @pytest.mark.root
 @pytest.mark.parametrize("pool", ["slot", "fresh"])
-def test_the_supervisor_holds_the_containers_mount_namespace(no_leftovers, monkeypatch, pool):
+def test_the_runtime_holds_the_containers_mount_namespace(no_leftovers, monkeypatch, pool):
     """Held from outside, the namespace outlives the container's last process: its
-    teardown is not part of that process's exit (nor of the wait for it)."""
+    teardown is not part of that process's exit (nor of the wait for it). As root the
+    holder is PID 1's parent, the helper (runtime/helper/first_process.py); rootless, the
+    supervisor."""
     from labkit.runtime.client.helper_client import shutdown_helper
 
     shutdown_helper()   # a helper of this test's own, with or without a pool
@@ -47,8 +49,8 @@ def test_the_supervisor_holds_the_containers_mount_namespace(no_leftovers, monke
     try:
         container_namespace = os.readlink(f"/proc/{container.pid}/ns/mnt")
         assert container_namespace != os.readlink("/proc/self/ns/mnt")
-        supervisor = parent_of(container.pid)
-        assert container_namespace in namespaces_held_by(supervisor)
+        holder = parent_of(container.pid)
+        assert container_namespace in namespaces_held_by(holder)
     finally:
         container.remove()
         shutdown_helper()
@@ -125,15 +127,15 @@ time.sleep(100)
 @pytest.mark.parametrize("helper_too", [False, True], ids=["owner-killed", "owner-and-helper-killed"])
 def test_no_mount_namespace_outlives_a_killed_owner(labkit_home, helper_too):
     """The hold is let go however the container ends: its owner killed (the helper kills
-    the container and its supervisor lets go), or the helper SIGKILLed too (the
-    supervisor dies by its death signal, and the kernel closes its fd)."""
+    the container and has the janitor let go), or the helper SIGKILLed too (the kernel
+    closes its fds)."""
     owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,
                              env=dict(os.environ, LABKIT_HOME=str(labkit_home)))
     try:
         helper, init = (int(word) for word in owner.stdout.readline().split())
         namespace = os.readlink(f"/proc/{init}/ns/mnt")
-        assert parent_of(parent_of(init)) == helper
-        assert namespace in namespaces_held_by(parent_of(init))
+        assert parent_of(init) == helper   # as root, PID 1 is the helper's child (first_process.py)
+        assert namespace in namespaces_held_by(helper)
         if helper_too:
             os.kill(helper, signal.SIGKILL)
     finally:

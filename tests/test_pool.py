@@ -348,12 +348,18 @@ from labkit.runtime import Container, ContainerSpec
 from labkit.runtime.helper import ready_slots
 plan = Container(ContainerSpec(command=["/bin/true"]))._plan(hold=False, auto_remove=True)
 pool = ready_slots.Pool(1, selectors.DefaultSelector())
+if SUPERVISED and pool.own_pid_namespace is not None:
+    os.close(pool.own_pid_namespace)
+    pool.own_pid_namespace = None   # made as a rootless helper makes them: a supervisor, then P
 pool.fill_one()
 slot = pool.slots[0]
 select.select([slot.plan_socket], [], [], 30)
 pool.on_slot_message(slot)
 print("ready:", slot.ready)
-os.killpg(slot.supervisor_pid, signal.SIGKILL)   # its first process follows by its death signal
+if slot.supervisor_pid is None:
+    os.kill(slot.pid, signal.SIGKILL)   # P, forked by the helper itself
+else:
+    os.killpg(slot.supervisor_pid, signal.SIGKILL)   # its first process follows by its death signal
 select.select([slot.plan_socket], [], [], 30)    # the end of its socket: an event for the next select
 print("taken:", pool.take(plan))                 # a start finds it dead: discarded
 pool.on_slot_message(slot)                       # that event, late in the same select
@@ -364,12 +370,15 @@ print(*pool.helper)
 
 
 @pytest.mark.skipif(not V1_READY and detect_mode() != "v2", reason="slots need a devices controller")
-def test_a_late_event_of_a_slot_discarded_at_a_start_is_ignored(labkit_home):
+@pytest.mark.parametrize("supervised", [False, True], ids=["alone", "supervised"])
+def test_a_late_event_of_a_slot_discarded_at_a_start_is_ignored(labkit_home, supervised):
     """A slot whose first process died is discarded by the start that finds it so; the end
     of its socket may still be an event of the same select. Read again as a death, it was
     discarded twice: a second waitpid and a read of closed descriptors, which raised out of
-    the helper's loop (or, once a descriptor number was reused, read another's)."""
-    done = subprocess.run([sys.executable, "-c", POOL_SCRIPT], capture_output=True, text=True, timeout=120)
+    the helper's loop (or, once a descriptor number was reused, read another's). Both
+    kinds of slot: P forked by the helper (root), and P under a supervisor (rootless)."""
+    script = f"SUPERVISED = {supervised}\n" + POOL_SCRIPT
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     *said, identity = done.stdout.splitlines()
     assert said == ["ready: True", "taken: None", "slots: []"], done.stdout + done.stderr

@@ -14,7 +14,9 @@ one before it, and is laid out so:
     client      the caller (a Jupyter kernel, the `labkit` command); also the package's
                 public face, `labkit.runtime` itself
       └─starts→ helper      (exec of `python -m labkit.runtime.helper`, or a fork of the caller)
-         └─forks→ supervisor   (one per container or exec; a ready slot's too)
+         └─forks→ supervisor   (one per exec, and per container where the helper cannot fork
+                                PID 1 itself: runtime/helper/first_process.py; whose code,
+                                `start_alone`, PID 1 then runs first)
             └─forks→ inside      (the container's first process, until exec)
 
 Data that crosses between them (spec, plan, protocol, lifecycle, the container's

@@ -5,8 +5,8 @@ Runs in the helper process itself (`python -m labkit.runtime.helper`, or a fork 
 a Jupyter kernel is large and multi-threaded, and forking it is slow (14 ms at 220 MB)
 and unsafe. The helper is started once per owner, imports only what container setup
 needs, and serves requests over a Unix socket: `start` (fork a container's supervisor,
-runtime/supervisor/), `release`, `signal`, `kill`, `exec`, `remove`. It reports
-`started` / `held` / `exited` back. When its owner goes away (the socket reaches EOF, or
+runtime/supervisor/, or as root its PID 1 itself: runtime/helper/first_process.py),
+`release`, `signal`, `kill`, `exec`, `remove`. It reports `started` / `held` / `exited` back. When its owner goes away (the socket reaches EOF, or
 SIGTERM), it kills every container it started and removes what they left, so nothing
 outlives the owner.
 
@@ -40,7 +40,7 @@ from labkit.linux.processes import start_time as process_start_time
 from labkit.linux.rootless import enter_user_namespace, running_rootless
 from labkit.runtime import lifecycle, protocol
 from labkit.runtime.container_dir import ContainerDir
-from labkit.runtime.helper import ready_slots
+from labkit.runtime.helper import first_process, ready_slots
 from labkit.runtime.helper.janitor import Janitor
 from labkit.runtime.helper.logs import LogPipes
 from labkit.runtime.plan import CgroupPlacement, ExecPlan, StartPlan, from_wire
@@ -75,6 +75,12 @@ class Process:
         self.exit_reported = False   # EXITED sent (on the supervisor's "exit" line); reaped at EOF
         self.container = None        # a start's {"plan", "cgroup", ...}, kept from its exit to its teardown
         self.started_at = time.monotonic()
+        # A first process the helper forked itself (no supervisor: runtime/helper/
+        # first_process.py): its pidfd says when it exits; its mount namespace is held
+        # here from when it is made (ahead, in a slot with a root; else once this socket says "m").
+        self.pidfd = None
+        self.mount_namespace = None
+        self.namespace_socket = None
 
 
 class Zygote:
@@ -91,6 +97,8 @@ class Zygote:
         self.janitor = Janitor(self.selector, inline=one_container)
         self.refill_at = None          # starts come in a row: remake the slot the last one took then (monotonic)
         self.teardowns = []            # what exited containers left (cgroups, directories): done when idle
+        # Containers' PID 1 forked here, no supervisor (runtime/helper/first_process.py); None: not allowed
+        self.own_pid_namespace = first_process.open_own_pid_namespace()
         self.starts = 0                # containers asked for: slots are made once there was one
         self.last_activity = time.monotonic()
 
@@ -203,7 +211,10 @@ class Zygote:
             self.make_directory(plan, f"{container_hierarchy().parent}/{plan.id}", stdio)
             cgroup = container_hierarchy().create(plan.id, plan.limits)
             self.place(plan, cgroup, slot=False)
-            self.fork_supervisor(ident, Op.START, plan, stdio, supervise, hold=plan.hold)
+            if self.own_pid_namespace is not None and first_process.alone_can_start(plan):
+                self.fork_alone(ident, plan, stdio)
+            else:
+                self.fork_supervisor(ident, Op.START, plan, stdio, supervise, hold=plan.hold)
         except BaseException:
             if cgroup is not None:
                 cgroup.delete()
@@ -217,6 +228,7 @@ class Zygote:
         killed before the plan reached it (state.json names its cgroup already), its
         supervisor reports how it ended, as for a container killed during its setup."""
         go_r, go_w = os.pipe2(os.O_CLOEXEC) if plan.hold else (None, None)
+        report_r, report_w = os.pipe2(os.O_CLOEXEC) if slot.pid is not None else (slot.report_r, None)
         cgroup = container_hierarchy().open(slot.cgroup_name)
         try:
             if slot.use_root:   # built ahead, with the root: becomes the container's
@@ -229,20 +241,29 @@ class Zygote:
             self.containers.pop(plan.id, None)
             ContainerDir(plan.dir).remove()
             self.pool.discard(slot)
-            _close(go_r)
-            _close(go_w)
+            for fd in (go_r, go_w, report_w) + ((report_r,) if report_w is not None else ()):
+                _close(fd)
             raise
         try:
-            self.pool.hand_over(slot, plan, wire, {**stdio, "go": go_r})
+            # The report pipe of a first process forked alone: its "ready" (held) comes here.
+            self.pool.hand_over(slot, plan, wire, {**stdio, "go": go_r, "report": report_w})
         except OSError:
             pass   # it was killed since `take`: its exit is on the way
         finally:
             _close(go_r)
-        slot.plan_socket.close()
+            _close(report_w)
         # A root built for another image: its first process unmounts it; its directory
         # goes with the container (before, that process may still be unmounting it).
         self.containers[plan.id]["unused_slot_dir"] = slot.directory
-        self.watch(Process(ident, Op.START, slot.supervisor_pid, slot.error_r, slot.report_r, go_w))
+        process = Process(ident, Op.START, slot.supervisor_pid, slot.error_r, report_r, go_w)
+        if slot.pid is not None:
+            process.init_pid = self.containers[plan.id]["init_pid"] = slot.pid
+            process.pidfd, process.mount_namespace = slot.pidfd, slot.mount_namespace
+            if process.mount_namespace is None:
+                process.namespace_socket = slot.plan_socket   # its "m" comes once the plan is set up
+        if process.namespace_socket is None:
+            slot.plan_socket.close()
+        self.watch(process)
 
     def make_directory(self, plan, cgroup_name, stdio, made=False):
         """The container's directory (`made`: a slot's, already), its state.json and
@@ -307,10 +328,104 @@ class Zygote:
             _close(fd)
         self.watch(Process(ident, kind, pid, error_r, report_r, go_w))
 
+    def fork_alone(self, ident, plan, stdio):
+        """Fork the container's PID 1 into a PID namespace made for it, with no supervisor
+        (runtime/helper/first_process.py); it makes the other namespaces itself."""
+        from labkit.runtime.supervisor.supervise import start_alone
+
+        made = []
+        try:
+            error_r, error_w = ready_slots.remember(made, os.pipe2(os.O_CLOEXEC))
+            report_r, report_w = ready_slots.remember(made, os.pipe2(os.O_CLOEXEC))
+            go_r, go_w = ready_slots.remember(made, os.pipe2(os.O_CLOEXEC)) if plan.hold else (None, None)
+            ours, theirs = ready_slots.remember(made, socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+            pid = first_process.fork_into_new_pid_namespace(self.own_pid_namespace)
+        except BaseException:
+            ready_slots.close_all(made)
+            raise
+        if pid == 0:
+            try:
+                gc.disable()  # a collection would touch (and so copy) every shared page
+                self.sock.close()
+                self.selector.close()
+                for fd in (error_r, report_r, go_w):
+                    _close(fd)
+                ours.close()
+                start_alone(plan, {"error": error_w, "report": report_w, "go": go_r,
+                                   "mount_namespace_made": theirs.fileno(), **stdio})
+            finally:
+                os._exit(126)
+        for fd in (error_w, report_w, go_r):
+            _close(fd)
+        theirs.close()
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            first_process.kill_and_reap(pid)
+            for fd in (error_r, report_r, go_w):
+                _close(fd)
+            ours.close()
+            raise
+        process = Process(ident, Op.START, None, error_r, report_r, go_w)
+        process.init_pid = self.containers[plan.id]["init_pid"] = pid
+        process.pidfd, process.namespace_socket = pidfd, ours
+        self.watch(process)
+
     def watch(self, process):
         self.processes[process.id] = process
         self.selector.register(process.error_r, selectors.EVENT_READ, lambda _f, p=process: self.on_error_pipe(p))
         self.selector.register(process.report_r, selectors.EVENT_READ, lambda _f, p=process: self.on_report(p))
+        if process.pidfd is not None:
+            self.selector.register(process.pidfd, selectors.EVENT_READ, lambda _f, p=process: self.on_pidfd(p))
+        if process.namespace_socket is not None:
+            self.selector.register(process.namespace_socket, selectors.EVENT_READ,
+                                   lambda _f, p=process: self.on_namespace_made(p))
+
+    def on_namespace_made(self, process):
+        """A first process forked alone made its mount namespace ("m"), or closed the
+        socket first (it failed, or exited): hold the namespace while it is alive."""
+        if process.namespace_socket is None:
+            return   # a stale event: the exit was handled earlier in the same select
+        try:
+            said = process.namespace_socket.recv(1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            said = b""
+        if said == b"m" and process.mount_namespace is None and process.status is None:
+            process.mount_namespace = first_process.hold_mount_namespace(process.init_pid)
+        self._close_namespace_socket(process)
+
+    def _close_namespace_socket(self, process):
+        if process.namespace_socket is not None:
+            self.selector.unregister(process.namespace_socket)
+            process.namespace_socket.close()
+            process.namespace_socket = None
+
+    def on_pidfd(self, process):
+        """A first process forked alone has exited: reap it, say so, let go of its mount
+        namespace (in the janitor: the unmounts are not the next request's), tear down."""
+        if process.pidfd is None:
+            return   # a stale event
+        self.selector.unregister(process.pidfd)
+        os.close(process.pidfd)
+        process.pidfd = None
+        self._close_namespace_socket(process)
+        while True:
+            try:
+                _, process.status = os.waitpid(process.init_pid, 0)
+                break
+            except InterruptedError:
+                continue
+        if process.report_r is not None:
+            self.selector.unregister(process.report_r)
+            os.close(process.report_r)
+            process.report_r = None
+        self.report_exit(process)
+        if process.mount_namespace is not None:
+            self.janitor.let_go(process.mount_namespace)
+            process.mount_namespace = None
+        self.finish(process)
 
     def on_error_pipe(self, process):
         if process.error_r is None:
@@ -335,6 +450,13 @@ class Zygote:
         if process.report_r is None:
             return  # a stale event: settle() read this pipe to its end earlier in the same select
         chunk = os.read(process.report_r, 4096)
+        if not chunk and process.pidfd is not None:
+            # A first process forked alone closed its report pipe (released, or set up
+            # without a hold): its exit comes on its pidfd.
+            self.selector.unregister(process.report_r)
+            os.close(process.report_r)
+            process.report_r = None
+            return
         if not chunk:
             self.finish(process)
             return
@@ -379,13 +501,15 @@ class Zygote:
 
     def finish(self, process):
         """The supervisor closed its report pipe (it has exited, and let go of the
-        container's mount namespace): reap it, and tear the container down."""
-        self.selector.unregister(process.report_r)
-        os.close(process.report_r)
-        process.report_r = None
-        _, supervisor_status = os.waitpid(process.supervisor_pid, 0)
-        if process.status is None:
-            process.status = supervisor_status   # it died before it could say how its child ended
+        container's mount namespace): reap it, and tear the container down. (A first
+        process forked alone: reaped and told already, by `on_pidfd`.)"""
+        if process.supervisor_pid is not None:
+            self.selector.unregister(process.report_r)
+            os.close(process.report_r)
+            process.report_r = None
+            _, supervisor_status = os.waitpid(process.supervisor_pid, 0)
+            if process.status is None:
+                process.status = supervisor_status   # it died before it could say how its child ended
         self.report_exit(process)
         if process.go_w is not None:
             _close(process.go_w)

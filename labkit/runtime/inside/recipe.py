@@ -36,6 +36,7 @@ def become_container(plan, fds):
     """PID 1 of the new PID namespace. Ends in exec (or in the init loop)."""
     try:
         syscalls.prctl_set_pdeathsig(signal.SIGKILL)  # supervisor gone: the whole container goes
+        lead_own_session()
         if "user" not in plan.namespaces:
             join_cgroup(plan.cgroup.procs_files)
     except BaseException as error:  # noqa: BLE001
@@ -87,6 +88,15 @@ def build_root(plan):
     mount_tmpfs(plan, rootfs)
     make_root_read_only(plan, rootfs)
     protect_kernel_paths(plan, rootfs)
+
+
+def lead_own_session():
+    """PID 1 leads a session and process group of its own, as runc's does (`setsid` in
+    its init): in the container, `ps -o sid,pgid` shows 1 for both."""
+    try:
+        os.setsid()
+    except PermissionError:
+        pass   # a leader already: a slot's first process forked by the helper did it at birth
 
 
 @step("join cgroup")

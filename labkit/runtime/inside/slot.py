@@ -21,7 +21,9 @@ import socket
 
 from labkit.linux import syscalls
 from labkit.runtime.inside.mounts import unmount_root_made_ahead
-from labkit.runtime.inside.recipe import build_root, enter_own_namespaces, join_cgroup, set_up_container
+from labkit.runtime.inside.recipe import (
+    build_root, enter_own_namespaces, join_cgroup, lead_own_session, set_up_container,
+)
 from labkit.runtime.plan import StartPlan, from_wire
 from labkit.runtime.protocol import MAX_MESSAGE
 from labkit.runtime.step_failure import report_failure
@@ -35,11 +37,17 @@ def wait_as_slot(procs_files, fds, root_plan=None):
     try:
         syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # supervisor gone: so are we
         syscalls.prctl_set_name(SLOT_PROCESS_NAME)
+        lead_own_session()
         join_cgroup(procs_files)
         if root_plan is not None:
             enter_own_namespaces(root_plan, fds)
             build_root(root_plan)
-        plan, received, use_root = wait_for_plan(fds.pop("plan"))
+        alone = "mount_namespace_made" not in fds and root_plan is None
+        plan, received, use_root = wait_for_plan(fds.pop("plan"), keep_open=alone)
+        if alone:
+            # No supervisor to hold our mount namespace: the helper does, once this
+            # socket says it is made (recipe.say_mount_namespace_made).
+            fds["mount_namespace_made"] = received.pop("mount_namespace_made")
         if root_plan is not None and not use_root:
             unmount_root_made_ahead(root_plan.rootfs)
     except BaseException as error:  # noqa: BLE001
@@ -48,8 +56,9 @@ def wait_as_slot(procs_files, fds, root_plan=None):
     set_up_container(plan, fds, namespaces_made=root_plan is not None, root_built=use_root)
 
 
-def wait_for_plan(plan_fd):
-    """(the plan, its fds, whether it takes the root made ahead), as the helper sent them."""
+def wait_for_plan(plan_fd, keep_open=False):
+    """(the plan, its fds, whether it takes the root made ahead), as the helper sent them.
+    `keep_open`: the socket stays open, in the fds as "mount_namespace_made"."""
     sock = socket.socket(fileno=plan_fd)
     sock.send(b"ready")
     while True:
@@ -58,13 +67,17 @@ def wait_for_plan(plan_fd):
             break
         except InterruptedError:
             continue
-    sock.close()
     if not data:
         os._exit(0)   # the helper discarded the slot, or went away
+    if keep_open:
+        fds.append(sock.detach())
+    else:
+        sock.close()
     head, _, program = data.partition(b"\0")
     message = json.loads(head)
-    if len(fds) != len(message["fd_names"]):
+    if len(fds) != len(message["fd_names"]) + keep_open:
         raise OSError(errno.EBADF, "the plan came without all its file descriptors")
     plan = from_wire(StartPlan, message["plan"])
     plan.process.security.seccomp_program = program or None
-    return plan, dict(zip(message["fd_names"], fds)), message["use_root"]
+    names = message["fd_names"] + (["mount_namespace_made"] if keep_open else [])
+    return plan, dict(zip(names, fds)), message["use_root"]

@@ -16,12 +16,13 @@ from labkit.runtime.step_failure import step
 
 
 @step("create namespaces")
-def enter_new_namespaces(plan):
+def enter_new_namespaces(plan, made_above=()):
     """unshare every kind but mnt and cgroup (the container's first process makes those,
     after joining its cgroup); pid and time take effect for our children.
     `plan.join` ({"net": "/proc/PID/ns/net"}) shares another container's namespaces
-    instead of making new ones (`--net container:NAME`)."""
-    kinds = set(plan.namespaces) - {"mnt", "cgroup"} - set(plan.join)
+    instead of making new ones (`--net container:NAME`). `made_above`: kinds made by the
+    process above us (the PID namespace, where the helper forked PID 1 itself)."""
+    kinds = set(plan.namespaces) - {"mnt", "cgroup"} - set(plan.join) - set(made_above)
     join_namespaces(plan.join)
     flags = 0
     for kind in kinds:

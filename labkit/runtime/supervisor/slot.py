@@ -1,10 +1,14 @@
-"""A ready slot's supervisor (S): made by the helper ahead of any plan, with the default
-namespaces, parent of the slot's first process.
+"""A ready slot's first steps, made by the helper ahead of any plan: a session, a fresh
+cgroup, the default namespaces but mnt and cgroup, the directory of a root made ahead.
 
-Runs in its own process, forked by the helper in its idle time (runtime/helper/
-ready_slots.py explains the slots). It does what runtime/supervisor/supervise.py does
-for a container, with no plan yet: setsid, a fresh cgroup, the default namespaces but
-mnt and cgroup, one fork (runtime/inside/slot.py), then the same `init`/`exit` reports.
+As root on the host, the helper forks the slot's first process (P) itself, into a PID
+namespace it made for it (runtime/helper/ready_slots.py): P takes these steps alone
+(`start_alone`) and goes on in runtime/inside/slot.py; the helper watches it on a pidfd
+and holds its mount namespace. Where the helper cannot go back to its own PID namespace
+after making one (a rootless helper in its user namespace: joining the host's PID
+namespace needs the host's CAP_SYS_ADMIN), it forks a supervisor (S) which takes them,
+forks P and reports `init`/`exit` as runtime/supervisor/supervise.py does for a container
+(`supervise_slot`).
 """
 
 import dataclasses
@@ -34,24 +38,43 @@ def keep_only(fds: set) -> None:
                 pass
 
 
+def start_alone(hierarchy, cgroup_name, helper_pid, fds, root_plan=None):
+    """P forked by the helper in its new PID namespace (PID 1 there): S's steps, then
+    the slot's wait (runtime/inside/slot.py). `root_plan`: the root it makes ahead."""
+    try:
+        cgroup, root_plan = first_steps(hierarchy, cgroup_name, helper_pid, root_plan, pid=False)
+    except BaseException as error:  # noqa: BLE001 — the helper finds the slot dead
+        report_failure(fds["error"], error)
+    wait_as_slot(cgroup.procs_files(), fds, root_plan)
+
+
+def first_steps(hierarchy, cgroup_name, helper_pid, root_plan, pid):
+    """Death signal, session, cgroup, namespaces (`pid`: a PID namespace for the children
+    too), the root's directory: (the cgroup, `root_plan` placed in it)."""
+    syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # the helper died: so do we
+    # Died before the death signal was set? S asks; P in its own PID namespace sees no
+    # parent (getppid() is 0) and learns it from its plan socket's end instead.
+    if pid and os.getppid() != helper_pid:
+        os._exit(0)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.setsid()   # out of the owner's process group (a kernel's interrupt is not for containers)
+    cgroup = make_slot_cgroup(hierarchy, cgroup_name.split("/", 1)[1])
+    make_slot_namespaces(pid)
+    if root_plan is not None:
+        make_slot_directory(root_plan)
+        root_plan = dataclasses.replace(root_plan, cgroup=CgroupPlacement(
+            procs_files=cgroup.procs_files(), version=cgroup.version,
+            v1_mounts=cgroup.mount_table() if cgroup.version == 1 else []))
+    return cgroup, root_plan
+
+
 def supervise_slot(hierarchy, cgroup_name, helper_pid, fds, root_plan=None):
     """S: the first half of `supervise` (runtime/supervisor/supervise.py), with no plan yet
     (default namespaces). `root_plan`: the root its first process makes ahead, which
     then mounts this slot's cgroup."""
     try:
-        syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # the helper died: so do we
-        if os.getppid() != helper_pid:
-            os._exit(0)   # it died before the death signal was set
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.setsid()
-        cgroup = make_slot_cgroup(hierarchy, cgroup_name.split("/", 1)[1])
-        make_slot_namespaces()
-        if root_plan is not None:
-            make_slot_directory(root_plan)
-            root_plan = dataclasses.replace(root_plan, cgroup=CgroupPlacement(
-                procs_files=cgroup.procs_files(), version=cgroup.version,
-                v1_mounts=cgroup.mount_table() if cgroup.version == 1 else []))
+        cgroup, root_plan = first_steps(hierarchy, cgroup_name, helper_pid, root_plan, pid=True)
         fds["mount_namespace_made"], made_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
     except BaseException as error:  # noqa: BLE001 — the helper finds the slot dead at `take`
@@ -73,11 +96,12 @@ def make_slot_directory(root_plan):
 
 
 @step("create namespaces")
-def make_slot_namespaces():
+def make_slot_namespaces(pid=True):
     """The default kinds but mnt and cgroup: the first process makes those once its plan
-    has come (after joining its cgroup: a cgroup namespace is rooted where its maker stands)."""
+    has come (after joining its cgroup: a cgroup namespace is rooted where its maker stands).
+    Not `pid` in a first process the helper forked into its PID namespace."""
     flags = 0
     for kind in DEFAULT_NAMESPACES:
-        if kind not in ("mnt", "cgroup"):
+        if kind not in ("mnt", "cgroup") and (pid or kind != "pid"):
             flags |= BY_NAME[kind].flag
     syscalls.unshare(flags)

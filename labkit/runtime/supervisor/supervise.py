@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import os
 import signal
+import socket
 
 from labkit.linux import syscalls
 from labkit.runtime.inside.recipe import become_container, join_cgroup
@@ -45,6 +46,32 @@ def supervise(plan, fds):
         os.close(fuse.device)   # the container's first process mounts its copy, and says so
         os.close(fuse.mounted)
     report_until_exit(pid, fds, fuse)
+
+
+def start_alone(plan, fds):
+    """PID 1 forked by the helper itself into the PID namespace it made (runtime/helper/
+    first_process.py): what a supervisor does before its fork, then the container's recipe.
+    `fds["mount_namespace_made"]` is a socket: its end says the helper is gone."""
+    try:
+        syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # the helper died: the whole container goes
+        if _peer_gone(fds["mount_namespace_made"]):
+            os._exit(0)   # it died before the death signal was set (our getppid() is 0: no help)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        enter_new_namespaces(plan, made_above=("pid",))
+    except BaseException as error:  # noqa: BLE001 — any failure must reach the user
+        report_failure(fds["error"], error)
+    become_container(plan, fds)
+
+
+def _peer_gone(fd) -> bool:
+    sock = socket.socket(fileno=fd)
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    finally:
+        sock.detach()   # the fd stays ours
 
 
 @step("start fuse-overlayfs for the container's root")

@@ -1,0 +1,115 @@
+"""A container's PID 1 forked by the helper itself (runtime/helper/first_process.py), on the
+real kernel: no labkit process is left in the container's namespaces, the helper is back
+in its own PID namespace after every fork (else its next fork would be born inside a
+container), PID 1 leads a session of its own as runc's does, and the rootless way (a
+supervisor between the two) still serves where the helper may not go back."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from labkit.runtime import Container, ContainerSpec
+from labkit.runtime.spec import userns_fields
+from labkit.runtime.client.helper_client import get_helper, settle, shutdown_helper
+from test_pool import a_slot_is_ready
+
+pytestmark = pytest.mark.root
+
+KINDS = ("uts", "ipc", "net", "pid", "mnt", "cgroup")
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("PPid:"))
+
+
+def namespace(pid, kind) -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+def processes_in(link: str, kind: str) -> set:
+    """Every process on the host in the namespace `link` (`uts:[4026...]`), as lsns counts."""
+    found = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{entry}/ns/{kind}") == link:
+                found.add(int(entry))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass
+    return found
+
+
+@pytest.fixture(params=["fresh", "slot"])
+def way(request, monkeypatch, labkit_home):
+    """A helper of the test's own: with no pool (every PID 1 forked at its start), or with a
+    slot ready (PID 1 forked ahead, into the slot)."""
+    shutdown_helper()
+    monkeypatch.setenv("LABKIT_POOL", "0" if request.param == "fresh" else "3")
+    if request.param == "slot":
+        a_slot_is_ready()
+    yield request.param
+    shutdown_helper()
+
+
+def test_no_labkit_process_stays_in_the_containers_namespaces(no_leftovers, way):
+    container = Container(ContainerSpec(command=["sleep", "30"]))
+    container.start(detach=True)
+    try:
+        assert container.pooled == (way == "slot")
+        helper = get_helper().pid
+        assert parent_of(container.pid) == helper
+        for kind in KINDS:
+            link = namespace(container.pid, kind)
+            assert link != namespace(helper, kind), kind
+            assert processes_in(link, kind) == {container.pid}, kind   # lsns: NPROCS 1
+        # The helper holds the mount namespace by a descriptor (test_exit_path.py says why).
+        held = {os.readlink(f"/proc/{helper}/fd/{fd}") for fd in os.listdir(f"/proc/{helper}/fd")}
+        assert namespace(container.pid, "mnt") in held
+    finally:
+        container.remove()
+
+
+def test_the_helper_forks_in_its_own_pid_namespace_again(no_leftovers, way):
+    """After each PID namespace it made, the helper's children are born in its own again:
+    /proc/PID/ns/pid_for_children names the namespace its next child is born in."""
+    for _ in range(3):
+        Container(ContainerSpec(command=["true"])).run().check()
+    settle()
+    helper = get_helper().pid
+    assert namespace(helper, "pid_for_children") == namespace(helper, "pid")
+
+
+def test_without_going_back_the_next_child_would_be_born_elsewhere():
+    """What the check above would see without the `setns` back: a process that made a PID
+    namespace and did not go back has its children born in that namespace."""
+    script = ("import os, signal\nfrom labkit.linux import syscalls\n"
+              "syscalls.unshare(syscalls.CLONE_NEWPID)\n"
+              "child = os.fork()\n"   # the namespace's PID 1 (its link reads ENOENT until there is one)
+              "if child == 0:\n    signal.pause()\n"
+              "print(os.readlink('/proc/self/ns/pid_for_children') != os.readlink('/proc/self/ns/pid'))\n"
+              "os.kill(child, signal.SIGKILL); os.waitpid(child, 0)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "True", done.stderr
+
+
+def session_and_group(result) -> str:
+    return result.check().stdout.strip()
+
+
+SESSION = "read pid comm state ppid pgrp session rest < /proc/1/stat; echo $pgrp $session"
+
+
+@pytest.mark.parametrize("options", [{}, {"init": True}])
+def test_pid_1_leads_a_session_and_group_of_its_own_as_runcs(no_leftovers, way, options):
+    """runc's PID 1 shows `pgrp=1 sid=1` (`podman run --runtime runc` on this host); so does
+    labkit's, forked alone, from a slot, or with --init (the reaper is PID 1)."""
+    container = Container(ContainerSpec(command=["sh", "-c", SESSION], **options))
+    assert session_and_group(container.run()) == "1 1"
+
+
+def test_a_supervised_pid_1_leads_its_session_too(no_leftovers):
+    """--userns takes the supervisor's way (a user namespace is made above PID 1)."""
+    container = Container(ContainerSpec(command=["sh", "-c", SESSION], **userns_fields(True)))
+    assert session_and_group(container.run()) == "1 1"
