@@ -20,10 +20,10 @@ SOLUTIONS = {
     "01-namespaces.ipynb": {
         "userns-options": 'my_options = "--userns"',
         "host-net-options": 'my_options = "--net host"',
-        "explain-supervisor": (
+        "explain-pid-namespace": (
             'my_explanation = """unshare(CLONE_NEWPID) does not move the caller: only its children are born in '
-            "the new PID namespace. So the supervisor unshares uts, ipc, net and pid, stays in the first three, "
-            'and its child becomes PID 1 of the new PID namespace."""'
+            "the new PID namespace. PID 1 is the first child born in it, so the namespace must exist before "
+            'PID 1 does: its parent, the helper, makes it and forks PID 1 into it."""'
         ),
     },
     "02-pid-and-mount.ipynb": {
