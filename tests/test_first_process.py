@@ -113,3 +113,26 @@ def test_a_supervised_pid_1_leads_its_session_too(no_leftovers):
     """--userns takes the supervisor's way (a user namespace is made above PID 1)."""
     container = Container(ContainerSpec(command=["sh", "-c", SESSION], **userns_fields(True)))
     assert session_and_group(container.run()) == "1 1"
+
+
+PROBE = """
+import sys
+from labkit.linux import seccomp, syscalls
+from labkit.runtime.helper import first_process
+if sys.argv[1] == "filtered":
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["setns"], "action": "SCMP_ACT_ERRNO"}]}
+    syscalls.prctl_set_no_new_privs()
+    seccomp.load_filter(seccomp.Profile.from_json(profile).compile(["sys_admin"]))
+print(first_process.own_pid_namespace() is not None)
+"""
+
+
+@pytest.mark.parametrize("how", ["filtered", "plain"])
+def test_a_helper_that_may_unshare_but_not_go_back_forks_no_pid_1_itself(how):
+    """A profile that lets `unshare` through and refuses `setns` (a custom seccomp profile
+    around labkit itself): found out in a child, before the helper's own unshare, so the
+    helper takes the supervisor's way instead of being stuck with its children born in a
+    container's PID namespace. Without the filter the same probe says yes."""
+    done = subprocess.run([sys.executable, "-c", PROBE, how], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("False" if how == "filtered" else "True")

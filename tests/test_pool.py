@@ -348,8 +348,7 @@ from labkit.runtime import Container, ContainerSpec
 from labkit.runtime.helper import ready_slots
 plan = Container(ContainerSpec(command=["/bin/true"]))._plan(hold=False, auto_remove=True)
 pool = ready_slots.Pool(1, selectors.DefaultSelector())
-if SUPERVISED and pool.own_pid_namespace is not None:
-    os.close(pool.own_pid_namespace)
+if SUPERVISED:
     pool.own_pid_namespace = None   # made as a rootless helper makes them: a supervisor, then P
 pool.fill_one()
 slot = pool.slots[0]

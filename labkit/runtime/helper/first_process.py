@@ -12,7 +12,8 @@ Why: a supervisor was a whole Python process per container (forked from the help
 copy-on-write faults, its exit), 6.5 ms of CPU a container in a `perf` profile of 200
 back-to-back starts, a third of what the stream cost. Where the helper could not go back
 to its PID namespace (`setns` into a PID namespace needs CAP_SYS_ADMIN in the user
-namespace that owns it: a rootless helper lacks the host's), or a plan needs more than the
+namespace that owns it: a rootless helper lacks the host's; a seccomp profile around labkit
+may refuse it: tried once, in a child), or a plan needs more than the
 helper can make for it (`alone_can_start`: a user or time namespace, namespaces joined,
 fuse-overlayfs), a supervisor does it as before.
 """
@@ -22,15 +23,48 @@ import signal
 
 from labkit.linux import syscalls
 from labkit.linux.namespaces import in_initial_user_namespace
-def open_own_pid_namespace():
+_OWN = []   # [fd or None] once asked: one descriptor per helper, kept for its life
+
+
+def own_pid_namespace():
     """An fd of the helper's own PID namespace, to go back to after making a container's;
     None where going back is not allowed (the module's doc): supervisors then fork PID 1."""
+    if not _OWN:
+        _OWN.append(_open_own_pid_namespace())
+    return _OWN[0]
+
+
+def _open_own_pid_namespace():
     if os.geteuid() != 0 or not in_initial_user_namespace():
         return None
     try:
-        return os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    if not _can_go_back(own):
+        os.close(own)
+        return None
+    return own
+
+
+def _can_go_back(own) -> bool:
+    """Tried in a child, once: a seccomp profile or a missing capability may allow the
+    `unshare` and refuse the `setns` (the helper must not learn that after its own unshare)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            syscalls.unshare(syscalls.CLONE_NEWPID)
+            syscalls.setns(own, syscalls.CLONE_NEWPID)
+            code = 0
+        except BaseException:  # noqa: BLE001 — any failure: the supervisor's way
+            code = 1
+        os._exit(code)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status) == 0
+        except InterruptedError:
+            continue
 
 
 def fork_into_new_pid_namespace(own_pid_namespace) -> int:

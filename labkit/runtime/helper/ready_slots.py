@@ -75,7 +75,7 @@ from labkit.cgroups.slot_cgroups import can_serve, slot_leaf
 from labkit.linux.processes import start_time
 from labkit.runtime.container_dir import ContainerDir, slots_root
 from labkit.runtime.helper.first_process import (
-    fork_into_new_pid_namespace, hold_mount_namespace, kill_and_reap, open_own_pid_namespace,
+    fork_into_new_pid_namespace, hold_mount_namespace, kill_and_reap, own_pid_namespace,
 )
 from labkit.runtime.plan import StartPlan, to_wire
 
@@ -159,7 +159,7 @@ class Pool:
         self.root_plan = None   # the last container started in a slot: the root the next slots make ahead
         self.root_key = None
         # No S: the helper makes each slot's PID namespace and goes back to its own.
-        self.own_pid_namespace = open_own_pid_namespace() if self.size else None
+        self.own_pid_namespace = own_pid_namespace() if self.size else None
 
     def wants_more(self) -> bool:
         return len(self.slots) < self.size
@@ -373,9 +373,6 @@ class Pool:
     def close(self) -> None:
         for slot in list(self.slots):
             self.discard(slot)
-        if self.own_pid_namespace is not None:
-            os.close(self.own_pid_namespace)
-            self.own_pid_namespace = None
 
 
 def _exit_of_first_process(report_r):

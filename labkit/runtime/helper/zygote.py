@@ -98,7 +98,7 @@ class Zygote:
         self.refill_at = None          # starts come in a row: remake the slot the last one took then (monotonic)
         self.teardowns = []            # what exited containers left (cgroups, directories): done when idle
         # Containers' PID 1 forked here, no supervisor (runtime/helper/first_process.py); None: not allowed
-        self.own_pid_namespace = first_process.open_own_pid_namespace()
+        self.own_pid_namespace = first_process.own_pid_namespace()
         self.starts = 0                # containers asked for: slots are made once there was one
         self.last_activity = time.monotonic()
 
