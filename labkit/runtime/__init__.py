@@ -8,7 +8,8 @@ The code is laid out by the process each line runs in:
     client/       the caller (a Jupyter kernel, the `labkit` command): Container, Result,
                   the helper's client end, output streams, state read back, the sweep
     helper/       the helper process: one per caller, forks every container
-    supervisor/   a container's supervisor: namespaces, fork of PID 1, its exit reported
+    supervisor/   a container's supervisor: namespaces, fork of PID 1, its exit reported (or,
+                  where the helper forks PID 1 itself, the first steps PID 1 takes alone)
     inside/       the container's first process, from fork to exec: the recipe
 
 and what crosses between them is declared once, here at the top: spec.py (what the user

@@ -1,7 +1,8 @@
 """The container's first process, from fork to exec: the recipe, one `@step` per stage.
 
-Runs in PID 1 of the container's new PID namespace, forked by its supervisor (runtime/
-supervisor/supervise.py), or by a ready slot's supervisor ahead of time (runtime/inside/
+Runs in PID 1 of the container's new PID namespace, forked by the helper itself as root
+(runtime/helper/first_process.py), or by its supervisor (runtime/supervisor/supervise.py),
+or ahead of time for a ready slot, by the helper or the slot's supervisor (runtime/inside/
 slot.py then goes on with `set_up_container` once its plan comes). Read
 `become_container` and `set_up_container` top to bottom: join the cgroup, make the cgroup
 and mount namespaces, bring up loopback, build the root (runtime/inside/mounts.py), switch
@@ -35,7 +36,7 @@ from labkit.runtime.step_failure import report_failure, step
 def become_container(plan, fds):
     """PID 1 of the new PID namespace. Ends in exec (or in the init loop)."""
     try:
-        syscalls.prctl_set_pdeathsig(signal.SIGKILL)  # supervisor gone: the whole container goes
+        syscalls.prctl_set_pdeathsig(signal.SIGKILL)  # parent (helper or supervisor) gone: the whole container goes
         lead_own_session()
         if "user" not in plan.namespaces:
             join_cgroup(plan.cgroup.procs_files)
@@ -121,14 +122,15 @@ def enter_cgroup_and_mount_namespaces(plan):
 
 
 def say_mount_namespace_made(fds):
-    """Tell the supervisor, which then holds the namespace (runtime/supervisor/supervise.py,
-    `report_until_exit`) so that our exit does not wait for its teardown."""
+    """Tell our parent, which then holds the namespace (the supervisor: runtime/supervisor/
+    supervise.py `report_until_exit`; the helper: its `on_namespace_made`) so that our exit
+    does not wait for its teardown."""
     made = fds.pop("mount_namespace_made", None)
     if made is not None:
         try:
             os.write(made, b"m")
         except OSError:
-            pass   # the supervisor is gone: our death signal follows
+            pass   # our parent is gone: our death signal follows
         os.close(made)
 
 

@@ -1,7 +1,7 @@
 """A ready slot's first process (P): joins its cgroup ahead of time, then waits for a plan.
 
-Runs in PID 1 of the slot's new PID namespace, forked by the slot's supervisor
-(runtime/supervisor/slot.py). The slow first write into `cgroup.procs` happens here, off
+Runs in PID 1 of the slot's new PID namespace, forked by the helper itself (as root) or by
+the slot's supervisor (runtime/supervisor/slot.py). The slow first write into `cgroup.procs` happens here, off
 anyone's path; once the helper hands over a plan and the stdio fds on the slot's socket,
 this process goes on with `set_up_container`, exactly as a container started without a
 slot does (runtime/inside/recipe.py).
@@ -35,7 +35,7 @@ def wait_as_slot(procs_files, fds, root_plan=None):
     """P: joins the cgroup now (and with `root_plan`, makes its namespaces and builds
     that plan's root), waits for its plan, then is set up as any container."""
     try:
-        syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # supervisor gone: so are we
+        syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # parent gone: so are we
         syscalls.prctl_set_name(SLOT_PROCESS_NAME)
         lead_own_session()
         join_cgroup(procs_files)
