@@ -7,6 +7,7 @@ stays inside its own mount namespace."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,40 @@ def test_the_cli_benchmark_writes_each_checkouts_bytecode_before_it_times_it(tmp
                           capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
     assert done.returncode == 0, done.stderr
     assert [path.name.split(".")[0] for path in (package / "__pycache__").iterdir()] == ["__init__"]
+
+
+BURNER = """
+import os, sys, time
+child = os.fork()
+if child == 0:
+    end = time.process_time() + 0.4
+    while time.process_time() < end:
+        pass
+    os.close(1)
+    time.sleep(30)
+    os._exit(0)
+time.sleep(1.5)   # the child has burnt its CPU, and lives on unreaped
+print("burnt", child, flush=True)
+os.waitpid(child, 0)
+"""
+
+
+def test_the_helpers_cpu_counts_the_children_it_still_has():
+    """A live child's CPU (the janitor, a ready slot) is the stream's too: counted, where
+    /proc/PID/stat's cutime counts only the reaped."""
+    sys.path.insert(0, str(TABLE.parent))
+    try:
+        from startup import _cpu_ticks, helper_cpu_seconds
+    finally:
+        sys.path.remove(str(TABLE.parent))
+    parent = subprocess.Popen([sys.executable, "-c", BURNER], stdout=subprocess.PIPE, text=True)
+    child = None
+    try:
+        said, child = parent.stdout.readline().split()
+        assert said == "burnt"
+        own = _cpu_ticks(parent.pid) / os.sysconf("SC_CLK_TCK")   # what the old count saw
+        assert helper_cpu_seconds(parent.pid) - own >= 0.3
+    finally:
+        if child is not None:
+            os.kill(int(child), signal.SIGKILL)   # the parent reaps it and exits
+        parent.wait(timeout=30)
