@@ -202,9 +202,9 @@ ROOT_LINE = "grep ' / / ' /proc/self/mountinfo"
 
 
 def root_made_ahead(helper) -> list:
-    """The ready slots whose first process has built a container's root ahead: an
-    overlay of a slot's directory (LABKIT_HOME/slots/, this test's) mounted in its mount
-    namespace, with a /proc on it, seen from outside."""
+    """The ready slots whose first process has built a container's root ahead and pivoted
+    into it: its root an overlay of a slot's directory (LABKIT_HOME/slots/, this test's),
+    with a /proc on it, seen from outside."""
     slots = os.path.join(os.environ["LABKIT_HOME"], "slots", "pool-")
     made = []
     for path, pid in ready_slots(helper).items():
@@ -213,9 +213,8 @@ def root_made_ahead(helper) -> list:
                 points = {line.split()[4]: line for line in table}
         except (FileNotFoundError, ProcessLookupError):
             continue
-        roots = [point for point, line in points.items()
-                 if point.endswith("/rootfs") and point.startswith(slots) and " overlay " in line]
-        if roots and roots[0] + "/proc" in points:
+        root = points.get("/", "")
+        if " overlay " in root and f"upperdir={slots}" in root and "/proc" in points:
             made.append(path.rsplit("/", 1)[-1])
     return made
 

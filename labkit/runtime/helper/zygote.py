@@ -95,6 +95,7 @@ class Zygote:
         self.logs = LogPipes(self.selector)   # detached containers' stdout/stderr, into rotated files
         # Removes exited containers' directories, in a process of its own (here: one container)
         self.janitor = Janitor(self.selector, inline=one_container)
+        self.pool.janitor = self.janitor
         self.refill_at = None          # starts come in a row: remake the slot the last one took then (monotonic)
         self.teardowns = []            # what exited containers left (cgroups, directories): done when idle
         # Containers' PID 1 forked here, no supervisor (runtime/helper/first_process.py); None: not allowed
@@ -239,8 +240,8 @@ class Zygote:
             self.place(plan, cgroup, slot=True)
         except BaseException:
             self.containers.pop(plan.id, None)
-            ContainerDir(plan.dir).remove()
-            self.pool.discard(slot)
+            self.pool.discard(slot)   # its root's namespace let go before the directory it may have become goes
+            self.janitor.remove(ContainerDir(plan.dir))
             for fd in (go_r, go_w, report_w) + ((report_r,) if report_w is not None else ()):
                 _close(fd)
             raise
@@ -252,15 +253,19 @@ class Zygote:
         finally:
             _close(go_r)
             _close(report_w)
-        # A root built for another image: its first process unmounts it; its directory
+        # A root built for another image: its first process leaves it behind; its directory
         # goes with the container (before, that process may still be unmounting it).
         self.containers[plan.id]["unused_slot_dir"] = slot.directory
         process = Process(ident, Op.START, slot.supervisor_pid, slot.error_r, report_r, go_w)
         if slot.pid is not None:
             process.init_pid = self.containers[plan.id]["init_pid"] = slot.pid
-            process.pidfd, process.mount_namespace = slot.pidfd, slot.mount_namespace
-            if process.mount_namespace is None:
-                process.namespace_socket = slot.plan_socket   # its "m" comes once the plan is set up
+            process.pidfd = slot.pidfd
+            if slot.use_root:
+                process.mount_namespace = slot.mount_namespace   # held since "ready"
+            else:
+                if slot.mount_namespace is not None:
+                    self.janitor.let_go(slot.mount_namespace)   # another root than this plan's: left behind
+                process.namespace_socket = slot.plan_socket   # its "m" comes once the plan's namespace is made
         if process.namespace_socket is None:
             slot.plan_socket.close()
         self.watch(process)

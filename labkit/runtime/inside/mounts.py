@@ -273,12 +273,6 @@ def make_read_only(path):
 
 
 @step("unmount the root made ahead for another image")
-def unmount_root_made_ahead(rootfs):
-    """A ready slot's root (runtime/inside/slot.py), not this container's: gone with its
-    /proc, /dev, /sys and masks (a lazy unmount takes the whole tree)."""
-    syscalls.umount2(rootfs, MNT_DETACH)
-
-
 @step("pivot_root into the container's root")
 def switch_root(rootfs):
     # pivot_root(".", ".") stacks the old root on top of the new one; detaching "." then

@@ -45,17 +45,19 @@ def become_container(plan, fds):
     set_up_container(plan, fds)
 
 
-def set_up_container(plan, fds, namespaces_made=False, root_built=False):
+def set_up_container(plan, fds, namespaces_made=False, root_built=False, root_switched=False):
     """From the container's own mount namespace to exec: in its cgroup already, and in
     every namespace its supervisor made. A pool slot's first process starts here too,
     having made its own namespaces ahead (`namespaces_made`), and for a plan of the
-    image it made a root for, that root (`root_built`, at plan.rootfs: runtime/inside/slot.py)."""
+    image it made a root for, that root (`root_built`, at plan.rootfs), pivoted into
+    already (`root_switched`: runtime/inside/slot.py)."""
     try:
         if not namespaces_made:
             enter_own_namespaces(plan, fds)
         if not root_built:
             build_root(plan)
-        switch_root(plan.rootfs)
+        if not root_switched:
+            switch_root(plan.rootfs)
         set_hostname(plan)
         wait_until_released(plan, fds)
         attach_stdio(fds)

@@ -45,7 +45,7 @@ def start_alone(hierarchy, cgroup_name, helper_pid, fds, root_plan=None):
         cgroup, root_plan = first_steps(hierarchy, cgroup_name, helper_pid, root_plan, pid=False)
     except BaseException as error:  # noqa: BLE001 — the helper finds the slot dead
         report_failure(fds["error"], error)
-    wait_as_slot(cgroup.procs_files(), fds, root_plan)
+    wait_as_slot(cgroup.procs_files(), fds, root_plan, alone=True)
 
 
 def first_steps(hierarchy, cgroup_name, helper_pid, root_plan, pid):
