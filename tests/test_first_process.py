@@ -13,7 +13,7 @@ import pytest
 from labkit.runtime import Container, ContainerSpec
 from labkit.runtime.spec import userns_fields
 from labkit.runtime.client.helper_client import get_helper, settle, shutdown_helper
-from test_pool import a_slot_is_ready
+from test_pool import a_root_is_made_ahead, a_slot_is_ready
 
 pytestmark = pytest.mark.root
 
@@ -136,3 +136,21 @@ def test_a_helper_that_may_unshare_but_not_go_back_forks_no_pid_1_itself(how):
     done = subprocess.run([sys.executable, "-c", PROBE, how], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ("False" if how == "filtered" else "True")
+
+
+FDS = "for fd in /proc/self/fd/*; do echo \"${fd##*/} $(readlink $fd)\"; done"
+
+
+@pytest.mark.parametrize("options", [{}, {"volumes": ["/tmp:/host-tmp:ro"]}], ids=["its-root", "another-root"])
+def test_a_container_from_a_slot_holds_no_descriptor_but_its_stdio(no_leftovers, way, options):
+    """A slot's first process keeps an fd of the host's mount namespace while it waits
+    (to leave a root made ahead for another plan's), and its plan socket: neither reaches
+    the command, whether the plan takes the root made ahead or builds its own."""
+    if way == "slot":
+        a_root_is_made_ahead()   # both plans take a slot with a root built (and pivoted into) ahead
+    container = Container(ContainerSpec(command=["sh", "-c", FDS], **options))
+    result = container.run()
+    assert container.pooled == (way == "slot")
+    held = dict(line.split(" ", 1) for line in result.check().stdout.splitlines())
+    assert set(held) - {"0", "1", "2"} <= {"3"} and not held.get("3", "/proc/").startswith(("mnt:", "socket:")), held
+    assert not any(target.startswith(("mnt:", "pid:", "socket:")) for target in held.values()), held
