@@ -44,7 +44,8 @@ a slot first: the helper renames the slot's directory to the container's and wri
 /etc files in place (the root has them bound already); P, in it already, sets the
 hostname and goes on from the release (stdio, user, seccomp, exec). (P pivots before
 its plan comes: detaching the host's tree after a pivot waits for an RCU grace period,
-3.6 ms of each start in a profile of 200 in a row.) Any other plan that fits a slot
+3.6 ms of each start in a profile of 200 in a row with a VM busy beside them, 0.3 ms in
+paired runs on a quiet machine.) Any other plan that fits a slot
 (another image, a volume, a container that stays, or the same image whose layers were
 removed and made again since: their inodes are checked) may take it too: P goes back
 into the host's mount namespace (an fd it kept), makes a copy of its own again and builds

@@ -45,8 +45,9 @@ def wait_as_slot(procs_files, fds, root_plan=None, alone=False):
             enter_own_namespaces(root_plan, fds)
             build_root(root_plan)
             # Into it now, not once a plan comes: detaching the host's tree after the
-            # pivot waits for an RCU grace period (3.6 ms a start in a profile of 200 in a
-            # row, the largest step between plan and exec).
+            # pivot waits for an RCU grace period (3.6 ms of each start in a profile of
+            # 200 in a row with a VM busy beside them; 0.3 ms in paired runs on a quiet
+            # machine, where grace periods are short).
             switch_root(root_plan.rootfs)
         plan, received, use_root = wait_for_plan(fds.pop("plan"), keep_open=alone)
         if alone:
