@@ -515,3 +515,50 @@ def test_the_leak_check_sees_a_slot_cgroup_left_empty(labkit_home):
     finally:
         left.delete()
         earlier.delete()
+
+
+def spares(home) -> list:
+    return [name for name in slot_directories(home) if "-spare-" in name]
+
+
+def test_a_kept_skeleton_carries_nothing_of_its_container_and_goes_with_the_helper(labkit_home):
+    """An exited container's directory is stripped to its skeleton and kept for the next
+    slot's (ContainerDir.make_spare): what the container wrote, its /etc files and the
+    read-write layer's root it chmod'ed are made new; once the helper is gone, so are the
+    skeletons it kept."""
+    from labkit.runtime.client.helper_client import shutdown_helper
+
+    a_root_is_made_ahead()
+    marks = "echo mine > /mark; echo changed > /etc/hostname; chmod 700 /; "
+    for _ in range(10):
+        Container(ContainerSpec(command=["sh", "-c", marks])).run().check()
+        settle()
+        if spares(labkit_home):
+            break
+    assert spares(labkit_home), "no skeleton was kept"
+    seen = set()
+    for _ in range(6):   # the slots made from now on take the skeletons
+        look = Container(ContainerSpec(command=["sh", "-c", "cat /mark 2>&1; cat /etc/hostname; stat -c %a /"]))
+        lines = look.run().check().stdout.splitlines()
+        assert "No such file" in lines[0] and lines[1:] == [look.name, "755"], lines
+        seen.add(look.pooled)
+        settle()
+    assert seen == {True}
+    shutdown_helper()
+    assert slot_directories(labkit_home) == []
+
+
+def test_a_userns_containers_directory_is_never_kept(labkit_home):
+    """Its layer and root belong to the user namespace's ids: removed, not kept."""
+    from labkit.runtime.client.helper_client import shutdown_helper
+    from labkit.runtime.container_dir import ContainerDir
+    from labkit.runtime.spec import userns_fields
+
+    a_root_is_made_ahead()
+    before = set(spares(labkit_home))
+    container = Container(ContainerSpec(command=["true"], **userns_fields(True)))
+    container.run().check()
+    settle()
+    assert set(spares(labkit_home)) == before
+    assert not ContainerDir.of(container.id, labkit_home).path.exists()
+    shutdown_helper()

@@ -13,7 +13,7 @@ import re
 
 from labkit.cgroups.base import Cgroup, Hierarchy, Limits
 
-_NAME = re.compile(r"^pool-(\d+)-(\d+)-\d+$")
+_NAME = re.compile(r"^pool-(\d+)-(\d+)-(?:spare-)?\d+$")
 
 
 def slot_devices() -> list:
@@ -30,8 +30,15 @@ def slot_leaf(helper_pid: int, helper_start: int, number: int) -> str:
     return f"pool-{helper_pid}-{helper_start}-{number}"
 
 
+def spare_prefix(helper_pid: int, helper_start: int) -> str:
+    """The start of a spare slot directory's name (a removed container's skeleton, kept
+    for the next slot: runtime/container_dir.py): its helper's, as a slot's leaf."""
+    return f"pool-{helper_pid}-{helper_start}-spare-"
+
+
 def owner_of(leaf: str):
-    """(helper pid, start time) of a slot's cgroup leaf name, or None for any other name."""
+    """(helper pid, start time) of a slot's cgroup leaf name (or a spare slot directory's),
+    or None for any other name."""
     match = _NAME.match(leaf)
     return (int(match.group(1)), int(match.group(2))) if match else None
 

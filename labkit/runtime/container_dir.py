@@ -22,6 +22,7 @@ both sides, and for plan.py's paths.
 
 import json
 import os
+import stat
 from pathlib import Path
 
 from labkit.errors import HostError
@@ -49,6 +50,24 @@ def mount_layer_tmpfs(directory: Path, size: int) -> None:
         raise HostError(f"--storage-opt size {format_bytes(size)}: cannot bound the read-write layer on this host "
                         f"(a tmpfs of that size could not be mounted: {os.strerror(error.errno)}); "
                         "run without a size (and without a [storage] default in the class defaults)") from None
+
+
+def _remove_entry(entry) -> None:
+    if entry.is_dir(follow_symlinks=False):
+        remove_tree(entry.path)
+    else:
+        os.unlink(entry.path)
+
+
+def _plain_dir(path: Path) -> bool:
+    """A real directory of ours (not chowned for a --userns container's ids)."""
+    info = os.lstat(path)
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()
+
+
+def _empty_placeholder(path: Path) -> bool:
+    info = os.lstat(path)
+    return stat.S_ISREG(info.st_mode) and info.st_size == 0 and info.st_uid == os.geteuid() and info.st_nlink == 1
 
 
 def containers_root(home: Path | None = None) -> Path:
@@ -158,6 +177,58 @@ class ContainerDir:
         if owner_uid is not None:
             for path in (self.upper, self.work, self.rootfs, *map(self.etc_file, init_files)):
                 os.chown(path, owner_uid, owner_uid)
+
+    # --- spares: the skeleton of a removed container's directory, made a slot's again ----
+    # On an ext4 without a journal (these machines) each inode created skips every inode of
+    # its group freed in the last 60-360 s (fs/ext4/ialloc.c `recently_deleted`): after a
+    # stream of containers a perf profile put a quarter of the CPU there. A container's
+    # directory is 17 inodes; the 8 nothing inside the container can reach (this directory,
+    # layer/, rootfs/, init/etc/ and its empty placeholders: the overlay never writes a lower
+    # layer) are kept for the next slot instead of freed and made again.
+
+    SKELETON = ("layer", "rootfs", "init")
+
+    def make_spare(self, spare: Path, init_names) -> bool:
+        """Strip this (exited, unmounted) directory to its skeleton and rename it to
+        `spare`; False, nothing kept, where it is not exactly the skeleton labkit made
+        (a bounded layer's tmpfs, a --userns container's ids, anything unexpected)."""
+        try:
+            if os.path.ismount(self.layer) or os.path.ismount(self.rootfs):
+                return False
+            for entry in os.scandir(self.path):
+                if entry.name not in self.SKELETON:
+                    _remove_entry(entry)
+            for entry in os.scandir(self.layer):
+                _remove_entry(entry)
+            if not (all(map(_plain_dir, (self.path, self.layer, self.rootfs, self.init, self.init / "etc")))
+                    and not os.listdir(self.rootfs) and os.listdir(self.init) == ["etc"]
+                    and sorted(os.listdir(self.init / "etc")) == sorted(init_names)
+                    and all(_empty_placeholder(self.init / "etc" / name) for name in init_names)):
+                return False
+            os.rename(self.path, spare)
+            return True
+        except OSError:
+            return False
+
+    def make_from_spare(self, spares: list, init_files: dict) -> bool:
+        """make() from one of `spares` (paths, first free first) when one can be had: the
+        skeleton renamed here, upper/, work/ and the /etc files made new. False: none."""
+        for spare in spares:
+            try:
+                os.rename(spare, self.path)
+            except OSError:
+                continue   # another slot took it, or it is gone
+            try:
+                for path in (self.upper, self.work):
+                    os.mkdir(path)
+                for name, text in init_files.items():
+                    with open(self.etc_file(name), "x") as handle:
+                        handle.write(text)
+            except OSError:
+                self.remove()
+                raise
+            return True
+        return False
 
     def take_over(self, slot_dir: "ContainerDir", init_files: dict) -> None:
         """Become the directory a ready slot made ahead (rename), with this container's

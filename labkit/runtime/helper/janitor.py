@@ -37,12 +37,23 @@ class Janitor:
         self.orders = None           # our end of the orders' socket: one packet an order
         self.done = None             # read end: one byte per order done
         self.pending = deque()       # ContainerDir (None: a namespace) sent and not yet confirmed, in order
+        self.spares = set()          # spare paths it was asked to keep: removed here if it dies
 
     def remove(self, directory: ContainerDir) -> None:
         """Have `directory` removed (by the janitor; here if it cannot be started or is gone,
         or when the helper removes inline)."""
         if not self._send(b"R" + os.fsencode(str(directory.path)), directory):
             directory.remove()
+
+    def recycle(self, directory: ContainerDir, spare, init_names) -> None:
+        """Keep `directory`'s skeleton as `spare` for the next slot's directory (ContainerDir.
+        make_spare says why); what cannot be kept, or beyond MAX_SPARES, is removed."""
+        order = b"\0".join([b"C" + os.fsencode(str(directory.path)), os.fsencode(str(spare)),
+                             *(name.encode() for name in init_names)])
+        if not self._send(order, directory):
+            directory.remove()
+            return
+        self.spares.add(str(spare))
 
     def let_go(self, namespace_fd: int) -> None:
         """Close a held mount namespace's fd (ours is closed here either way)."""
@@ -77,8 +88,9 @@ class Janitor:
         self.orders.close()
         self.selector.unregister(self.done)
         os.close(self.done)
-        os.waitpid(self.pid, 0)
+        os.waitpid(self.pid, 0)   # it removed the spares it kept
         self.pid = self.orders = self.done = None
+        self.spares.clear()
 
     def on_done(self, blocking=False) -> None:
         if self.done is None:
@@ -145,25 +157,42 @@ class Janitor:
         for directory in unconfirmed:
             if directory is not None:
                 directory.remove()
+        for spare in self.spares:
+            ContainerDir(spare).remove()   # those no slot took (a taken one is gone from there)
+        self.spares.clear()
+
+
+MAX_SPARES = 4   # skeletons kept at once: a burst's worth (the pool holds 3 slots)
 
 
 def _serve(orders: socket.socket, done_w: int) -> None:
-    """The janitor process: do each order as it comes, confirm it; exit at EOF."""
+    """The janitor process: do each order as it comes, confirm it; at EOF remove the
+    spares it kept (no slot of its helper will take them) and exit."""
     from labkit.linux import syscalls
 
     syscalls.prctl_set_name("labkit-janitor")
+    spares = set()   # the spare paths it made; taken ones are gone from their place
     while True:
         try:
             order, fds, _flags, _addr = socket.recv_fds(orders, 65536, 1)
         except InterruptedError:
             continue
         if not order:
+            for spare in spares:
+                ContainerDir(spare).remove()
             return
         for fd in fds:
             os.close(fd)   # a mount namespace let go: its mounts are taken down here
-        if order[:1] == b"R":
-            try:
+        try:
+            if order[:1] == b"R":
                 ContainerDir(os.fsdecode(order[1:])).remove()
-            except Exception:  # noqa: BLE001 — a directory that cannot be removed is the sweep's
-                pass
+            elif order[:1] == b"C":
+                path, spare, *names = (os.fsdecode(part) for part in order[1:].split(b"\0"))
+                spares = {kept for kept in spares if os.path.lexists(kept)}
+                if len(spares) >= MAX_SPARES or not ContainerDir(path).make_spare(spare, names):
+                    ContainerDir(path).remove()
+                else:
+                    spares.add(spare)
+        except Exception:  # noqa: BLE001 — a directory that cannot be removed is the sweep's
+            pass
         os.write(done_w, b".")

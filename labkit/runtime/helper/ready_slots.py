@@ -75,7 +75,7 @@ import socket
 from dataclasses import dataclass
 
 from labkit.cgroups import container_hierarchy
-from labkit.cgroups.slot_cgroups import can_serve, slot_leaf
+from labkit.cgroups.slot_cgroups import can_serve, slot_leaf, spare_prefix
 from labkit.linux.processes import start_time
 from labkit.runtime.container_dir import ContainerDir, slots_root
 from labkit.runtime.helper.first_process import (
@@ -158,6 +158,7 @@ class Pool:
         self.size = size if size and "devices" in self.hierarchy.controllers else 0
         self.slots = []
         self.made = 0
+        self.spares_made = 0
         self.failures = 0   # slots found dead in a row; a host where they cannot be made stops trying
         self.helper = (os.getpid(), start_time(os.getpid()))
         self.root_plan = None   # the last container started in a slot: the root the next slots make ahead
@@ -255,6 +256,15 @@ class Pool:
                     root_key=self.root_key if directory else None, directory=directory, layers=layers)
         self.slots.append(slot)
         self.selector.register(ours, selectors.EVENT_READ, lambda _sock: self.on_slot_message(slot))
+
+    def spare_for(self, plan: StartPlan):
+        """Where the skeleton of this exited container's directory is kept for the next
+        slot's (the slots make directories: they make a root ahead), or None: removed."""
+        if self.root_plan is None or plan.storage_size is not None or plan.user_map is not None:
+            return None
+        self.spares_made += 1
+        home = ContainerDir(plan.dir).home
+        return slots_root(home) / f"{spare_prefix(*self.helper)}{self.spares_made}"
 
     def _root_ahead(self, leaf: str):
         """(directory, plan, layer identities) of the root the next slot builds ahead, or

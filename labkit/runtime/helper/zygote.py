@@ -565,8 +565,14 @@ class Zygote:
         container["cgroup"].delete()
         if container["unused_slot_dir"] is not None:
             self.janitor.remove(container["unused_slot_dir"])
-        if container["plan"].auto_remove:
-            self.janitor.remove(ContainerDir(container["plan"].dir))
+        plan = container["plan"]
+        if not plan.auto_remove:
+            return
+        spare = self.pool.spare_for(plan)
+        if spare is None:
+            self.janitor.remove(ContainerDir(plan.dir))
+        else:   # its skeleton kept for the next slot's directory (ContainerDir.make_spare)
+            self.janitor.recycle(ContainerDir(plan.dir), spare, sorted(plan.init_files))
 
     def settle(self, processes=None):
         """Finish the teardown of every exited container (or of `processes`): wait for
