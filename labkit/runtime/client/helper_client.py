@@ -118,6 +118,7 @@ class Helper:
         self.waiting = 0             # callers in wait_for: the reader thread stands aside
         self.caller_seen = 0.0       # when a caller last went round its loop (monotonic)
         self.polling = False         # the reader thread is in poll(2): a caller must wake it to read
+        self.collected = False       # `collect` closed our end: the reader thread ends
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)   # tells it to
         self.reader = threading.Thread(target=self._read_forever, name="labkit-helper-reader", daemon=True)
         self.reader.start()
@@ -189,7 +190,7 @@ class Helper:
     def _read_until_gone(self):
         while True:
             with self.mutex:
-                while self.gone is None:
+                while self.gone is None and not self.collected:
                     # A caller interrupted at the wrong moment may leave `waiting` counted:
                     # callers say they are there at least every 0.5 s (`caller_seen`).
                     quiet = time.monotonic() - self.caller_seen
@@ -199,7 +200,7 @@ class Helper:
                         self.stand_aside.wait(READER_GRACE - quiet)   # the next wait_for may come soon
                     else:
                         break
-                if self.gone is not None:
+                if self.gone is not None or self.collected:
                     return
                 self.polling = True
             try:
@@ -334,6 +335,9 @@ class Helper:
             os.write(self.wake_w, b"w")   # a reader thread still in select sees the closed socket
         except OSError:
             pass
+        with self.mutex:
+            self.collected = True
+            self.stand_aside.notify_all()   # one standing aside (READER_GRACE) ends now, not up to 50 ms later
         self.reader.join(timeout=1)
         if not self.reader.is_alive():
             for fd in (self.wake_r, self.wake_w, self.exit_fd):
