@@ -154,3 +154,16 @@ def test_a_container_from_a_slot_holds_no_descriptor_but_its_stdio(no_leftovers,
     held = dict(line.split(" ", 1) for line in result.check().stdout.splitlines())
     assert set(held) - {"0", "1", "2"} <= {"3"} and not held.get("3", "/proc/").startswith(("mnt:", "socket:")), held
     assert not any(target.startswith(("mnt:", "pid:", "socket:")) for target in held.values()), held
+
+
+def test_an_init_pid_1_holds_nothing_of_the_helpers(no_leftovers, way):
+    """--init keeps PID 1 a Python reaper for the container's life: it holds its stdio and
+    nothing the helper had open (other containers' pipes and namespaces, the owner's socket),
+    which a process of the container could otherwise reopen through /proc/1/fd."""
+    other = Container(ContainerSpec(command=["sleep", "30"]))
+    other.start(detach=True)   # the helper holds its pipes and its mount namespace meanwhile
+    try:
+        container = Container(ContainerSpec(command=["sh", "-c", "ls /proc/1/fd"], init=True))
+        assert sorted(container.run().check().stdout.split()) == ["0", "1", "2"]
+    finally:
+        other.remove()

@@ -336,6 +336,7 @@ class Zygote:
     def fork_alone(self, ident, plan, stdio):
         """Fork the container's PID 1 into a PID namespace made for it, with no supervisor
         (runtime/helper/first_process.py); it makes the other namespaces itself."""
+        from labkit.runtime.supervisor.slot import keep_only
         from labkit.runtime.supervisor.supervise import start_alone
 
         made = []
@@ -351,13 +352,11 @@ class Zygote:
         if pid == 0:
             try:
                 gc.disable()  # a collection would touch (and so copy) every shared page
-                self.sock.close()
-                self.selector.close()
-                for fd in (error_r, report_r, go_w):
-                    _close(fd)
-                ours.close()
-                start_alone(plan, {"error": error_w, "report": report_w, "go": go_r,
-                                   "mount_namespace_made": theirs.fileno(), **stdio})
+                fds = {"error": error_w, "report": report_w, "go": go_r, "mount_namespace_made": theirs.fileno(), **stdio}
+                # Nothing else of the helper's: other containers' pipes and held namespaces,
+                # the owner's socket. An --init PID 1 stays this process for the container's life.
+                keep_only({fd for fd in fds.values() if fd is not None})
+                start_alone(plan, fds)
             finally:
                 os._exit(126)
         for fd in (error_w, report_w, go_r):

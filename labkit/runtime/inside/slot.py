@@ -58,6 +58,8 @@ def wait_as_slot(procs_files, fds, root_plan=None, alone=False):
             leave_root_made_ahead(host_mounts, plan, fds)   # a plan of another root: built as without a slot
         elif host_mounts is not None:
             os.close(host_mounts)
+            if alone:
+                os.close(fds.pop("mount_namespace_made"))   # no namespace to tell of: the helper holds ours
     except BaseException as error:  # noqa: BLE001
         report_failure(fds["error"], error)
     fds.update(received)
