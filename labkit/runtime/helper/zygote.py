@@ -313,6 +313,8 @@ class Zygote:
                 _close(fd)
 
     def fork_supervisor(self, ident, kind, plan, stdio, supervise, hold):
+        from labkit.runtime.supervisor.slot import keep_only
+
         error_r, error_w = os.pipe2(os.O_CLOEXEC)
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         go_r, go_w = os.pipe2(os.O_CLOEXEC) if hold else (None, None)
@@ -320,13 +322,9 @@ class Zygote:
         if pid == 0:
             try:
                 gc.disable()  # a collection would touch (and so copy) every shared page
-                self.sock.close()
-                self.selector.close()
-                os.close(error_r)
-                os.close(report_r)
-                if go_w is not None:
-                    os.close(go_w)
-                supervise(plan, {"error": error_w, "report": report_w, "go": go_r, **stdio})
+                fds = {"error": error_w, "report": report_w, "go": go_r, **stdio}
+                keep_only({fd for fd in fds.values() if fd is not None})   # as fork_alone: nothing else of ours
+                supervise(plan, fds)
             finally:
                 os._exit(126)
         for fd in (error_w, report_w, go_r):
