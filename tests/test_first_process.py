@@ -156,14 +156,16 @@ def test_a_container_from_a_slot_holds_no_descriptor_but_its_stdio(no_leftovers,
     assert not any(target.startswith(("mnt:", "pid:", "socket:")) for target in held.values()), held
 
 
-def test_an_init_pid_1_holds_nothing_of_the_helpers(no_leftovers, way):
+@pytest.mark.parametrize("options", [{}, {"time_offset": 3600}], ids=["its-own", "supervised"])
+def test_an_init_pid_1_holds_nothing_of_the_helpers(no_leftovers, way, options):
     """--init keeps PID 1 a Python reaper for the container's life: it holds its stdio and
     nothing the helper had open (other containers' pipes and namespaces, the owner's socket),
-    which a process of the container could otherwise reopen through /proc/1/fd."""
+    which a process of the container could otherwise reopen through /proc/1/fd. Forked by
+    the helper (fresh or a slot), or below a supervisor (--timens takes that way)."""
     other = Container(ContainerSpec(command=["sleep", "30"]))
     other.start(detach=True)   # the helper holds its pipes and its mount namespace meanwhile
     try:
-        container = Container(ContainerSpec(command=["sh", "-c", "ls /proc/1/fd"], init=True))
+        container = Container(ContainerSpec(command=["sh", "-c", "ls /proc/1/fd"], init=True, **options))
         assert sorted(container.run().check().stdout.split()) == ["0", "1", "2"]
     finally:
         other.remove()
