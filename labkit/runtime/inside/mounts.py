@@ -272,7 +272,6 @@ def make_read_only(path):
     syscalls.mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
 
 
-@step("unmount the root made ahead for another image")
 @step("pivot_root into the container's root")
 def switch_root(rootfs):
     # pivot_root(".", ".") stacks the old root on top of the new one; detaching "." then
