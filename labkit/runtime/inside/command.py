@@ -153,19 +153,30 @@ def load_seccomp_filter(security):
         seccomp.load_filter(security.seccomp_program)
 
 
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
+
+
 def run_as_init(process, error_fd):
     """`--init`: PID 1 stays a tiny reaper that forwards signals to the command."""
     # Named before the fork: the command runs as soon as it is forked, and one that reads
     # /proc/1/comm must not see the helper's name (a race a busy host loses).
     syscalls.prctl_set_name("labkit-init")
+    # Blocked from before the fork until the handlers are set: a signal sent to PID 1 while
+    # it has no handler is dropped (the kernel's rule for init), and one can come as soon
+    # as the command runs (a fresh clone's `make test` under load lost a SIGTERM so). A
+    # blocked signal waits, and reaches the handler when unblocked.
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     child = os.fork()
+    if child == 0:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)   # the command's mask, as without --init
     if child:
         os.close(error_fd)  # the command's exec closes its copy; EOF then means "started"
         keep_capabilities(process.security)  # the reaper stays inside the container's profile too
         load_seccomp_filter(process.security)
         forward = lambda number, _frame: os.kill(child, number)  # noqa: E731
-        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
+        for number in FORWARDED:
             signal.signal(number, forward)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         while True:
             try:
                 pid, status = os.wait()
