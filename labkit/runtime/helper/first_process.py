@@ -59,12 +59,8 @@ def _can_go_back(own) -> bool:
         except BaseException:  # noqa: BLE001 — any failure: the supervisor's way
             code = 1
         os._exit(code)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            return os.waitstatus_to_exitcode(status) == 0
-        except InterruptedError:
-            continue
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def fork_into_new_pid_namespace(own_pid_namespace) -> int:
@@ -100,14 +96,10 @@ def kill_and_reap(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    while True:
-        try:
-            os.waitpid(pid, 0)
-            return
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            return
+    try:
+        os.waitpid(pid, 0)   # PEP 475: retried after a signal
+    except ChildProcessError:
+        pass
 
 
 def alone_can_start(plan) -> bool:

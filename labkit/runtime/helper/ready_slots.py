@@ -179,58 +179,26 @@ class Pool:
             self.root_plan, self.root_key = plan, key
 
     def fill_one(self) -> None:
-        """Fork one slot's supervisor. Costs the helper one fork; the rest happens in S and P.
-        A host that refuses (no memory, a pids limit) gets no slot: the next start takes
-        the usual path, and reports the host's error if it has one."""
-        from labkit.runtime.supervisor.slot import keep_only, supervise_slot   # once a slot is wanted
+        """Fork one slot: its first process P into a PID namespace the helper makes for it
+        (as root), or its supervisor S, which makes one and forks P. Costs the helper one
+        fork; the rest happens in the slot. A host that refuses (no memory, a pids limit)
+        gets no slot: the next start takes the usual path, and reports the host's error if
+        it has one."""
+        from labkit.runtime.supervisor.slot import keep_only, start_alone, supervise_slot   # once a slot is wanted
 
         self.made += 1
         leaf = slot_leaf(*self.helper, self.made)
         cgroup_name = f"{self.hierarchy.parent}/{leaf}"
-        root = self._root_ahead(leaf)
-        directory, root_plan, layers = root or (None, None, None)
-        if self.own_pid_namespace is not None:
-            self._fill_alone(cgroup_name, directory, root_plan, layers)
-            return
+        directory, root_plan, layers = self._root_ahead(leaf) or (None, None, None)
+        alone = self.own_pid_namespace is not None
         made = []
         try:
             error_r, error_w = remember(made, os.pipe2(os.O_CLOEXEC))
-            report_r, report_w = remember(made, os.pipe2(os.O_CLOEXEC))
+            report_r, report_w = (None, None) if alone else remember(made, os.pipe2(os.O_CLOEXEC))
             ours, theirs = remember(made, socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
-            pid = os.fork()
-        except OSError:
-            close_all(made)
-            if directory is not None:
-                directory.remove()
-            self.failed()
-            return
-        if pid == 0:
-            try:
-                gc.disable()  # a collection would touch (and so copy) every page shared with the helper
-                keep_only({error_w, report_w, theirs.fileno()})
-                supervise_slot(self.hierarchy, cgroup_name, self.helper[0],
-                               {"error": error_w, "report": report_w, "plan": theirs.fileno()}, root_plan)
-            finally:
-                os._exit(126)
-        for fd in (error_w, report_w):
-            os.close(fd)
-        theirs.close()
-        slot = Slot(cgroup_name, pid, error_r, report_r, ours, root_key=self.root_key if root else None,
-                    directory=directory, layers=layers)
-        self.slots.append(slot)
-        self.selector.register(ours, selectors.EVENT_READ, lambda _sock: self.on_slot_message(slot))
-
-    def _fill_alone(self, cgroup_name, directory, root_plan, layers) -> None:
-        """Fork P into a PID namespace made for it, with no S between (the module's doc)."""
-        from labkit.runtime.supervisor.slot import keep_only, start_alone   # once a slot is wanted
-
-        made = []
-        try:
-            error_r, error_w = remember(made, os.pipe2(os.O_CLOEXEC))
-            ours, theirs = remember(made, socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
-            pid = fork_into_new_pid_namespace(self.own_pid_namespace)
+            pid = fork_into_new_pid_namespace(self.own_pid_namespace) if alone else os.fork()
             pidfd = None
-            if pid:
+            if alone and pid:
                 try:
                     pidfd = os.pidfd_open(pid)
                 except OSError:
@@ -245,15 +213,17 @@ class Pool:
         if pid == 0:
             try:
                 gc.disable()  # a collection would touch (and so copy) every page shared with the helper
-                keep_only({error_w, theirs.fileno()})
-                start_alone(self.hierarchy, cgroup_name, self.helper[0],
-                            {"error": error_w, "plan": theirs.fileno()}, root_plan)
+                fds = {"error": error_w, "plan": theirs.fileno(), **({} if alone else {"report": report_w})}
+                keep_only(set(fds.values()))
+                (start_alone if alone else supervise_slot)(self.hierarchy, cgroup_name, self.helper[0], fds, root_plan)
             finally:
                 os._exit(126)
-        os.close(error_w)
+        for fd in (error_w, report_w):
+            if fd is not None:
+                os.close(fd)
         theirs.close()
-        slot = Slot(cgroup_name, None, error_r, None, ours, pid=pid, pidfd=pidfd,
-                    root_key=self.root_key if directory else None, directory=directory, layers=layers)
+        slot = Slot(cgroup_name, None if alone else pid, error_r, report_r, ours, pid=pid if alone else None,
+                    pidfd=pidfd, root_key=self.root_key if directory else None, directory=directory, layers=layers)
         self.slots.append(slot)
         self.selector.register(ours, selectors.EVENT_READ, lambda _sock: self.on_slot_message(slot))
 
@@ -290,12 +260,9 @@ class Pool:
             # discarded (found dead by a start) earlier in the same select. Read as a death,
             # it was discarded again: the helper raised out of its loop, or killed a container.
             return
-        try:
-            said = slot.plan_socket.recv(16, socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        said = read_word(slot.plan_socket, 16)
+        if said is None:
             return
-        except OSError:
-            said = b""
         if said == b"ready":
             slot.ready = True
             self.failures = 0
@@ -417,6 +384,17 @@ def _exit_of_first_process(report_r):
         return os.pidfd_open(int(said.split()[1]))
     except (OSError, ValueError, IndexError):
         return None
+
+
+def read_word(sock, size: int):
+    """One short message a slot's or a first process's socket holds (b"": its end, or an
+    error), or None: nothing yet."""
+    try:
+        return sock.recv(size, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 def _peer_gone(sock) -> bool:

@@ -6,7 +6,8 @@ a Jupyter kernel is large and multi-threaded, and forking it is slow (14 ms at 2
 and unsafe. The helper is started once per owner, imports only what container setup
 needs, and serves requests over a Unix socket: `start` (fork a container's supervisor,
 runtime/supervisor/, or as root its PID 1 itself: runtime/helper/first_process.py),
-`release`, `signal`, `kill`, `exec`, `remove`. It reports `started` / `held` / `exited` back. When its owner goes away (the socket reaches EOF, or
+`release`, `signal`, `kill`, `exec`, `remove`. It reports `started` / `held` / `exited`
+back. When its owner goes away (the socket reaches EOF, or
 SIGTERM), it kills every container it started and removes what they left, so nothing
 outlives the owner.
 
@@ -388,12 +389,9 @@ class Zygote:
         socket first (it failed, or exited): hold the namespace while it is alive."""
         if process.namespace_socket is None:
             return   # a stale event: the exit was handled earlier in the same select
-        try:
-            said = process.namespace_socket.recv(1, socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        said = ready_slots.read_word(process.namespace_socket, 1)
+        if said is None:
             return
-        except OSError:
-            said = b""
         if said == b"m" and process.mount_namespace is None and process.status is None:
             process.mount_namespace = first_process.hold_mount_namespace(process.init_pid)
         self._close_namespace_socket(process)
@@ -413,16 +411,9 @@ class Zygote:
         os.close(process.pidfd)
         process.pidfd = None
         self._close_namespace_socket(process)
-        while True:
-            try:
-                _, process.status = os.waitpid(process.init_pid, 0)
-                break
-            except InterruptedError:
-                continue
+        _, process.status = os.waitpid(process.init_pid, 0)
         if process.report_r is not None:
-            self.selector.unregister(process.report_r)
-            os.close(process.report_r)
-            process.report_r = None
+            self._close_report(process)
         self.report_exit(process)
         if process.mount_namespace is not None:
             self.janitor.let_go(process.mount_namespace)
@@ -455,9 +446,7 @@ class Zygote:
         if not chunk and process.pidfd is not None:
             # A first process forked alone closed its report pipe (released, or set up
             # without a hold): its exit comes on its pidfd.
-            self.selector.unregister(process.report_r)
-            os.close(process.report_r)
-            process.report_r = None
+            self._close_report(process)
             return
         if not chunk:
             self.finish(process)
@@ -506,9 +495,7 @@ class Zygote:
         container's mount namespace): reap it, and tear the container down. (A first
         process forked alone: reaped and told already, by `on_pidfd`.)"""
         if process.supervisor_pid is not None:
-            self.selector.unregister(process.report_r)
-            os.close(process.report_r)
-            process.report_r = None
+            self._close_report(process)
             _, supervisor_status = os.waitpid(process.supervisor_pid, 0)
             if process.status is None:
                 process.status = supervisor_status   # it died before it could say how its child ended
@@ -518,6 +505,11 @@ class Zygote:
         self.processes.pop(process.id, None)
         if process.container is not None:
             self.teardowns.append(lambda container=process.container: self.tear_down(container))
+
+    def _close_report(self, process):
+        self.selector.unregister(process.report_r)
+        os.close(process.report_r)
+        process.report_r = None
 
     def report_exit(self, process):
         """Tell the owner how the process ended, as soon as it has: on the supervisor's
