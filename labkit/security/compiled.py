@@ -7,7 +7,6 @@ machine and kernel), because `labkit run` starts a helper of its own every time.
 LABKIT_HOME belongs to root: a filter read back from it is as trusted as the images are.
 """
 
-import hashlib
 import json
 import os
 
@@ -43,7 +42,7 @@ def _from_disk_or_compiled(profile, capabilities) -> bytes:
 
     identity = json.dumps([profile, sorted(capabilities), seccomp.libseccomp_version(), os.uname().machine,
                            os.uname().release, seccomp.PROGRAM_FORMAT], sort_keys=True)
-    path = labkit_home() / "cache" / "seccomp" / (hashlib.sha256(identity.encode()).hexdigest() + ".bpf")
+    path = labkit_home() / "cache" / "seccomp" / (_sha256(identity.encode()).hexdigest() + ".bpf")
     try:
         program = path.read_bytes()
         if program and len(program) % 8 == 0:  # whole struct sock_filter entries
@@ -53,6 +52,20 @@ def _from_disk_or_compiled(profile, capabilities) -> bytes:
     program = seccomp.Profile.from_json(profile, source="of this container").compile(capabilities)
     _store(path, program)
     return program
+
+
+def _sha256(data: bytes):
+    """SHA-256 from the interpreter's own module: `hashlib` loads OpenSSL first (3.5 of its
+    5 ms import here), which every `labkit run` paid for this one hash. The same digest;
+    hashlib where the interpreter was built without it."""
+    try:
+        from _sha2 import sha256   # 3.12 and later
+    except ImportError:
+        try:
+            from _sha256 import sha256   # 3.10, 3.11
+        except ImportError:
+            from hashlib import sha256
+    return sha256(data)
 
 
 def _store(path, program) -> None:
