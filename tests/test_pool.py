@@ -383,6 +383,54 @@ def test_a_late_event_of_a_slot_discarded_at_a_start_is_ignored(labkit_home, sup
     assert not helper_slot_cgroups(tuple(int(n) for n in identity.split())), "a slot cgroup was left"
 
 
+BURST_SCRIPT = """
+import select, selectors
+from labkit.runtime import Container, ContainerSpec
+from labkit.runtime.helper import ready_slots
+plan = Container(ContainerSpec(command=["/bin/true"]))._plan(hold=False, auto_remove=True)
+pool = ready_slots.Pool(1, selectors.DefaultSelector())
+said = []
+def look(what):
+    said.append(f"{what}: extra {pool.extra}, slots {len(pool.slots)}, wants more {pool.wants_more()}")
+pool.take(plan)
+look("no slot made yet")
+for turn in range(ready_slots.BURST_EXTRA + 1):
+    pool.fill_one()   # its "ready" is not read yet: a start finds it still being made
+    pool.take(plan)
+    look(f"dry {turn + 1}")
+for slot in pool.slots:
+    select.select([slot.plan_socket], [], [], 30)
+    pool.on_slot_message(slot)
+taken = pool.take(plan)
+look(f"ready {sum(slot.ready for slot in pool.slots) + 1}, one taken {taken is not None}")
+pool.shrink()
+look("shrunk")
+pool.discard(taken)
+pool.close()
+print(*said, sep="\\n")
+print(*pool.helper)
+"""
+
+
+@pytest.mark.skipif(not V1_READY and detect_mode() != "v2", reason="slots need a devices controller")
+def test_a_pool_that_runs_dry_in_a_burst_grows_and_shrinks_back():
+    """Back to back, a start comes faster than a slot is ready (a fork, a root, a cgroup's
+    RCU wait): one that finds every slot still being made adds one (up to BURST_EXTRA),
+    so that the next find one ready instead of taking the slow way; a pool with no slot
+    made yet (the helper's first start) is not a burst. `shrink` (the helper's, after a
+    quiet while) gives the pool its size again, and nothing of the slots is left."""
+    done = subprocess.run([sys.executable, "-c", BURST_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    *said, identity = done.stdout.splitlines()
+    assert said == ["no slot made yet: extra 0, slots 0, wants more True",
+                    "dry 1: extra 1, slots 1, wants more True",
+                    "dry 2: extra 2, slots 2, wants more True",
+                    "dry 3: extra 2, slots 3, wants more False",
+                    "ready 3, one taken True: extra 2, slots 2, wants more True",
+                    "shrunk: extra 0, slots 1, wants more False"], done.stdout + done.stderr
+    assert not helper_slot_cgroups(tuple(int(n) for n in identity.split())), "a slot cgroup was left"
+
+
 def test_an_interrupted_start_from_a_slot_leaves_nothing(no_leftovers):
     a_slot_is_ready()
     container = Container(ContainerSpec(command=["sh", "-c", "echo go; sleep 30; echo slept"]))

@@ -9,7 +9,7 @@ writing, and once that lock has gone idle taking it waits for an RCU grace perio
 not change the host's mounts (`favordynmods`) or sysctls (`rcu_expedited`) to avoid it.
 Making the cgroup, the namespaces and two forks cost ~4 ms more. None of it depends on
 the container's spec, so the helper does it ahead, in its idle time, for the next
-containers that follow (three by default):
+containers that follow (three by default, up to five while starts come back to back):
 
     helper ──fork──> S  supervisor: setsid, unshare uts|ipc|pid|net, then
                      │   makes the fresh cgroup (default device list written)
@@ -84,6 +84,13 @@ from labkit.runtime.helper.first_process import (
 from labkit.runtime.plan import StartPlan, to_wire
 
 DEFAULT_SIZE = 3   # a burst of back-to-back starts finds one ready while the next is being made
+# Back to back, a start comes every ~10 ms and a slot takes 20-35 ms to be ready (its fork,
+# its root, its cgroup's RCU wait, on the same 2 cores): three ran dry for 11-13 % of the
+# starts of 200 in a row, and each such start takes the slow way (its own fresh cgroup).
+# A start that finds every slot still being made adds one, up to BURST_EXTRA more; after
+# SHRINK_AFTER_SECONDS without a start the pool is its size again.
+BURST_EXTRA = 2
+SHRINK_AFTER_SECONDS = 30.0
 
 
 def size_from_environment() -> int:
@@ -156,6 +163,7 @@ class Pool:
         self.hierarchy = container_hierarchy() if size else None
         # Slots carry the default device list: no pool where the host cannot enforce one.
         self.size = size if size and "devices" in self.hierarchy.controllers else 0
+        self.extra = 0   # slots added for a burst (BURST_EXTRA at most)
         self.slots = []
         self.made = 0
         self.spares_made = 0
@@ -168,7 +176,13 @@ class Pool:
         self.janitor = None   # the helper's (runtime/helper/janitor.py): discarded slots' roots and directories
 
     def wants_more(self) -> bool:
-        return len(self.slots) < self.size
+        return bool(self.size) and len(self.slots) < self.size + self.extra
+
+    def shrink(self) -> None:
+        """Back to its size after a burst: the slots added for it go (the youngest first)."""
+        self.extra = 0
+        while len(self.slots) > self.size:
+            self.discard(self.slots[-1])
 
     def learn(self, plan: StartPlan) -> None:
         """A container was started: slots made from now on make its root, if it fits one."""
@@ -280,7 +294,7 @@ class Pool:
         that built this plan's root ahead first. A slot's `use_root` says whether the plan
         takes the root it built (else the slot's first process leaves it for a mount
         namespace copied from the host's again, and builds the plan's own)."""
-        if not self.slots or not fits(plan, self.hierarchy.version):
+        if not self.size or not fits(plan, self.hierarchy.version):
             return None
         key = prepared_root_key(plan)
         ready = [slot for slot in self.slots if slot.ready]
@@ -292,6 +306,8 @@ class Pool:
             self.selector.unregister(slot.plan_socket)
             slot.use_root = key is not None and slot.root_key == key and self._same_root(slot, plan)
             return slot
+        if self.made and self.extra < BURST_EXTRA:
+            self.extra += 1   # none ready, though slots were made before: starts come faster than slots
         return None
 
     def _same_root(self, slot: Slot, plan: StartPlan) -> bool:

@@ -102,7 +102,7 @@ class Zygote:
         # Containers' PID 1 forked here, no supervisor (runtime/helper/first_process.py); None: not allowed
         self.own_pid_namespace = first_process.own_pid_namespace()
         self.starts = 0                # containers asked for: slots are made once there was one
-        self.last_activity = time.monotonic()
+        self.last_activity = self.last_start = time.monotonic()
 
     # --- messages ----------------------------------------------------------------
 
@@ -137,6 +137,8 @@ class Zygote:
                     self.pool.fill_one()     # for later, the refill was lost and the pool ran dry
             elif self.teardowns:
                 self.teardowns.pop(0)()
+            elif self.pool.extra and time.monotonic() - self.last_start > ready_slots.SHRINK_AFTER_SECONDS:
+                self.pool.shrink()
             elif wait is not None and self.refill_at is None:   # quiet for the whole wait
                 self.pool.fill_one()
         self.shutdown()
@@ -187,6 +189,7 @@ class Zygote:
         plan = from_wire(StartPlan, request["plan"])
         stdio = dict(zip(FD_NAMES, _fds_or_none(fds, request["fd_names"])))
         self.starts += 1
+        self.last_start = time.monotonic()
         try:
             self.compile_seccomp(plan.process.security)
             if running_rootless():
