@@ -77,6 +77,7 @@ from dataclasses import dataclass
 from labkit.cgroups import container_hierarchy
 from labkit.cgroups.slot_cgroups import can_serve, slot_leaf, spare_prefix
 from labkit.linux.processes import start_time
+from labkit.linux.sockets import peer_gone
 from labkit.runtime.container_dir import ContainerDir, slots_root
 from labkit.runtime.helper.first_process import (
     fork_into_new_pid_namespace, hold_mount_namespace, kill_and_reap, own_pid_namespace,
@@ -299,7 +300,7 @@ class Pool:
         key = prepared_root_key(plan)
         ready = [slot for slot in self.slots if slot.ready]
         for slot in sorted(ready, key=lambda slot: key is None or slot.root_key != key):
-            if _peer_gone(slot.plan_socket):
+            if peer_gone(slot.plan_socket):
                 self.discard(slot)   # died since the last look
                 continue
             self.slots.remove(slot)
@@ -376,7 +377,9 @@ class Pool:
         if first is not None:
             # P is not our child: its exit (and its namespaces' teardown, a root built
             # ahead included) is awaited on a pidfd, so that nothing of it outlives the slot.
-            select.select([first], [], [], 5)
+            waiting = select.poll()   # not select(): a helper with many containers holds fds past 1024
+            waiting.register(first, select.POLLIN)
+            waiting.poll(5000)
             os.close(first)
         for fd in (slot.error_r, slot.report_r):
             os.close(fd)
@@ -411,15 +414,6 @@ def read_word(sock, size: int):
         return None
     except OSError:
         return b""
-
-
-def _peer_gone(sock) -> bool:
-    try:
-        return sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
 
 
 def close_all(made: list) -> None:

@@ -12,9 +12,9 @@ import dataclasses
 import errno
 import os
 import signal
-import socket
 
 from labkit.linux import syscalls
+from labkit.linux.sockets import peer_gone
 from labkit.runtime.inside.recipe import become_container, join_cgroup
 from labkit.runtime.step_failure import report_failure, step
 from labkit.runtime.supervisor.namespaces import enter_new_namespaces, walk_from_the_home
@@ -54,7 +54,7 @@ def start_alone(plan, fds):
     `fds["mount_namespace_made"]` is a socket: its end says the helper is gone."""
     try:
         syscalls.prctl_set_pdeathsig(signal.SIGKILL)   # the helper died: the whole container goes
-        if _peer_gone(fds["mount_namespace_made"]):
+        if peer_gone(fds["mount_namespace_made"]):
             os._exit(0)   # it died before the death signal was set (our getppid() is 0: no help)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -62,16 +62,6 @@ def start_alone(plan, fds):
     except BaseException as error:  # noqa: BLE001 — any failure must reach the user
         report_failure(fds["error"], error)
     become_container(plan, fds)
-
-
-def _peer_gone(fd) -> bool:
-    sock = socket.socket(fileno=fd)
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    finally:
-        sock.detach()   # the fd stays ours
 
 
 @step("start fuse-overlayfs for the container's root")
@@ -108,12 +98,7 @@ def report_until_exit(pid, fds, fuse=None):
     report = fds["report"]
     os.write(report, f"init {pid}\n".encode())
     mount_namespace = hold_mount_namespace(pid, fds.get("mount_namespace_made"))
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
+    _, status = os.waitpid(pid, 0)   # PEP 475: retried after a signal
     os.write(report, f"exit {status}\n".encode())
     if mount_namespace is not None:
         os.close(mount_namespace)   # the overlay's unmount and sync, after the exit is told
