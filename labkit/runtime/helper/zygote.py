@@ -233,7 +233,10 @@ class Zygote:
         killed before the plan reached it (state.json names its cgroup already), its
         supervisor reports how it ended, as for a container killed during its setup."""
         go_r, go_w = os.pipe2(os.O_CLOEXEC) if plan.hold else (None, None)
-        report_r, report_w = os.pipe2(os.O_CLOEXEC) if slot.pid is not None else (slot.report_r, None)
+        # A first process forked alone reports on a pipe made for this start; a supervised
+        # slot's supervisor on the slot's own (closed with the slot if it is discarded).
+        own_report = slot.pid is not None
+        report_r, report_w = os.pipe2(os.O_CLOEXEC) if own_report else (slot.report_r, None)
         cgroup = container_hierarchy().open(slot.cgroup_name)
         try:
             if slot.use_root:   # built ahead, with the root: becomes the container's
@@ -246,7 +249,7 @@ class Zygote:
             self.containers.pop(plan.id, None)
             self.pool.discard(slot)   # its root's namespace let go before the directory it may have become goes
             self.janitor.remove(ContainerDir(plan.dir))
-            for fd in (go_r, go_w, report_w) + ((report_r,) if report_w is not None else ()):
+            for fd in (go_r, go_w, report_w, report_r if own_report else None):
                 _close(fd)
             raise
         try:
