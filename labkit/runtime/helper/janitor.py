@@ -162,7 +162,7 @@ class Janitor:
         self.spares.clear()
 
 
-MAX_SPARES = 4   # skeletons kept at once: a burst's worth (the pool holds 3 slots)
+MAX_SPARES = 4   # skeletons kept at once: a burst's worth (the pool holds 3 slots, 5 in a burst)
 
 
 def _serve(orders: socket.socket, done_w: int) -> None:

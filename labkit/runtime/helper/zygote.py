@@ -11,7 +11,7 @@ back. When its owner goes away (the socket reaches EOF, or
 SIGTERM), it kills every container it started and removes what they left, so nothing
 outlives the owner.
 
-In its idle time it keeps up to three slots ready (runtime/helper/ready_slots.py): a cgroup,
+In its idle time it keeps three slots ready, five in a burst (runtime/helper/ready_slots.py): a cgroup,
 namespaces and a first process made ahead, which a `start` then only hands its plan to.
 A helper for one container (`labkit run`, a detached container's monitor) keeps none, and
 removes what its container left itself: no next request waits behind that removal, and
