@@ -28,14 +28,17 @@ from labkit.runtime.supervisor.supervise import report_until_exit
 
 def keep_only(fds: set) -> None:
     """Close every inherited descriptor but these (and stdio): the owner's socket, other
-    slots' sockets, a held container's `go` pipe must not be kept open by a slot."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    slots' sockets, a held container's `go` pipe must not be kept open by a slot. One
+    close_range(2) call per gap between the kept ones (os.closerange), not a close per
+    descriptor listed from /proc/self/fd."""
+    low = 3
+    for fd in sorted(fd for fd in fds if fd >= low):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, MAX_FD)
+
+
+MAX_FD = 2 ** 31 - 1   # close_range's upper bound, taken as "every descriptor above"
 
 
 def start_alone(hierarchy, cgroup_name, helper_pid, fds, root_plan=None):
