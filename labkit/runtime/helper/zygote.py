@@ -103,6 +103,7 @@ class Zygote:
         self.own_pid_namespace = first_process.own_pid_namespace()
         self.starts = 0                # containers asked for: slots are made once there was one
         self.last_activity = self.last_start = time.monotonic()
+        self.start_time = process_start_time(os.getpid())   # in each state.json: whose it is (read once)
 
     # --- messages ----------------------------------------------------------------
 
@@ -293,7 +294,7 @@ class Zygote:
 
     def write_state(self, plan, status, cgroup_name, **more):
         ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
-                                            "owner_start": process_start_time(os.getpid()),
+                                            "owner_start": self.start_time,
                                             "status": status, "cgroup": cgroup_name, **more})
 
     def place(self, plan, cgroup, slot):
