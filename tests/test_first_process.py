@@ -169,8 +169,15 @@ def test_an_init_pid_1_holds_nothing_of_the_helpers(no_leftovers, way, options):
     other = Container(ContainerSpec(command=["sleep", "30"]))
     other.start(detach=True)   # the helper holds its pipes and its mount namespace meanwhile
     try:
-        container = Container(ContainerSpec(command=["sh", "-c", "ls /proc/1/fd"], init=True, **options))
-        assert sorted(container.run().check().stdout.split()) == ["0", "1", "2"]
+        # The command's first look: the reaper holds nothing but stdio and is inside the
+        # container's profile already (seccomp mode 2, the container's capabilities).
+        look = "ls /proc/1/fd; grep -h -E '^(Seccomp|CapEff):' /proc/1/status /proc/self/status"
+        container = Container(ContainerSpec(command=["sh", "-c", look], init=True, **options))
+        fds, status = [], []
+        for line in container.run().check().stdout.splitlines():
+            (status if ":" in line else fds).append(line)
+        assert sorted(fds) == ["0", "1", "2"]
+        assert "Seccomp:\t2" in status and len({line for line in status if line.startswith("CapEff")}) == 1, status
     finally:
         other.remove()
 

@@ -38,6 +38,19 @@ def has(name: str, pid="self") -> bool:
     return name in of_process(pid)["CapEff"]
 
 
+def mask(names) -> int:
+    return sum(1 << NAMES.index(name) for name in set(names))
+
+
+def keep_only_own(keep) -> None:
+    """This process's own effective and permitted sets become `keep` (its inheritable set
+    empty): for a process that stays in a container without an exec, which would
+    otherwise keep every capability it had (the bounding set only limits what an exec
+    gives)."""
+    kept = mask(set(keep) & of_process()["CapPrm"])   # capset may only lower a set
+    syscalls.capset(kept, kept, 0)
+
+
 def drop_bounding_set(keep=CONTAINER_DEFAULT) -> None:
     """Drop every capability not in `keep` from the bounding set (before exec)."""
     for bit, name in enumerate(NAMES):

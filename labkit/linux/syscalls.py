@@ -123,6 +123,17 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     )
 
 
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """The calling thread's capability sets (64-bit masks), as capset(2) takes them."""
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)(effective & 0xFFFFFFFF, permitted & 0xFFFFFFFF, inheritable & 0xFFFFFFFF,
+                                 effective >> 32, permitted >> 32, inheritable >> 32)
+    _check(libc.capset(header, data), "capset")
+
+
 def prctl_set_pdeathsig(signal_number: int) -> None:
     """Ask the kernel to send `signal_number` to the caller when its parent dies."""
     prctl(PR_SET_PDEATHSIG, signal_number)

@@ -166,16 +166,36 @@ def run_as_init(process, error_fd):
     # as the command runs (a fresh clone's `make test` under load lost a SIGTERM so). A
     # blocked signal waits, and reaches the handler when unblocked.
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    # The command waits until the reaper holds nothing but its stdio and is inside the
+    # container's profile, as Docker's tini is (runc applies the profile before it execs
+    # it): else, under load, the command could run while PID 1 still held the error pipe
+    # and every capability (a fresh clone's `make test` saw /proc/1/fd/10 so).
+    released_r, released_w = os.pipe2(os.O_CLOEXEC)
     child = os.fork()
     if child == 0:
+        os.close(released_w)
+        os.read(released_r, 1)   # EOF: the reaper is ready (or gone, and this container with it)
+        os.close(released_r)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)   # the command's mask, as without --init
     if child:
+        os.close(released_r)
         os.close(error_fd)  # the command's exec closes its copy; EOF then means "started"
-        keep_capabilities(process.security)  # the reaper stays inside the container's profile too
+        # The reaper stays inside the container's profile too: the bounding set, and its own
+        # capabilities (it never execs, so the bounding set alone would leave it all it had),
+        # then the filter (no_new_privs lets it load without CAP_SYS_ADMIN; the reaper
+        # starts nothing after the command, so it changes nothing else).
+        keep_capabilities(process.security)
+        syscalls.prctl_set_no_new_privs()
+        capabilities.keep_only_own(process.security.capabilities)
         load_seccomp_filter(process.security)
-        forward = lambda number, _frame: os.kill(child, number)  # noqa: E731
+        def forward(number, _frame):
+            try:
+                os.kill(child, number)
+            except OSError:
+                pass   # gone, or (--user with CAP_KILL dropped) not ours to signal: as if it had ended
         for number in FORWARDED:
             signal.signal(number, forward)
+        os.close(released_w)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         while True:
             try:
