@@ -485,8 +485,9 @@ def _become_helper(sock_fd, owner, one_container):
 
 def settle() -> None:
     """Wait until this process's helper has finished tearing down every container that
-    has exited (it does that right after reporting the exit). For checks of what is
-    left behind; nothing else needs it."""
+    has exited (it does that right after reporting the exit), and has let go of the slots
+    a burst of starts added to its pool (ready_slots.BURST_EXTRA). For checks of what is
+    left behind or held; nothing else needs it."""
     _ping_own_helper("settle")
 
 

@@ -641,6 +641,7 @@ class Zygote:
     def op_ping(self, request, fds):
         if request["settle"]:
             self.settle()   # answered once every exited container is torn down
+            self.pool.shrink()   # and a burst's extra slots let go: what is held is comparable
         self.send(Op.PONG, id=request["id"], pid=os.getpid(), pool_size=self.pool.size,
                   ready_slots=[slot.cgroup_name for slot in self.pool.slots if slot.ready])
 
