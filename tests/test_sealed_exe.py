@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from labkit.linux import sealed_exe
 from labkit.linux.sealed_exe import sealed_copy
 
 INTERPRETER = os.path.realpath(sys.executable)
@@ -308,5 +309,30 @@ def test_the_sealed_libpython_holds_what_the_loader_maps_and_leaves_out_what_it_
     fd = sealed_copy(str(appended), "test-appended")
     try:
         assert os.fstat(fd).st_size == len(host) + 22
+    finally:
+        os.close(fd)
+
+
+def test_a_seal_the_kernel_refuses_for_a_moment_is_tried_again():
+    """Sealing against writes fails with EBUSY while something else holds the file's pages
+    (here a writable shared mapping, let go 0.1 s later; in a loaded fresh clone, a page
+    held a moment by reclaim): tried again, it is sealed. The same call without a retry
+    fails, which shows the refusal is real."""
+    import fcntl
+    import mmap
+    import threading
+
+    fd = os.memfd_create("labkit-seal-test", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.write(fd, b"x" * 4096)
+        mapping = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_WRITE)
+        with pytest.raises(OSError) as refused:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, sealed_exe.SEALS)
+        assert refused.value.errno == errno.EBUSY
+        threading.Timer(0.1, mapping.close).start()
+        sealed_exe._seal(fd)
+        assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE
+        with pytest.raises(PermissionError):
+            os.write(fd, b"y")
     finally:
         os.close(fd)

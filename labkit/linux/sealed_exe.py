@@ -29,10 +29,12 @@ host's file. The sealed process drops LD_PRELOAD from its environment at once
 (`adopt_preload`), so none of its own children load it.
 """
 
+import errno
 import fcntl
 import os
 import struct
 import sys
+import time
 
 MEMFD_NAME = "labkit-python"
 LIBRARY_MEMFD_NAME = "labkit-libpython"
@@ -60,7 +62,7 @@ def sealed_copy(binary: str = "/proc/self/exe", name: str = MEMFD_NAME) -> int:
                     copied += sent
             if header is not None:
                 os.pwrite(fd, header, 0)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+            _seal(fd)
         except BaseException:
             os.close(fd)
             raise
@@ -68,6 +70,24 @@ def sealed_copy(binary: str = "/proc/self/exe", name: str = MEMFD_NAME) -> int:
             return fd
         _copy = fd
     return _copy
+
+
+SEAL_ATTEMPTS = 5
+
+
+def _seal(fd: int) -> None:
+    """F_ADD_SEALS, again while the kernel says EBUSY: sealing against writes waits (~150 ms)
+    for every page of the file to be free of references beyond its own, and a page held a
+    moment longer elsewhere (reclaim or a memory monitor scanning it: a fresh clone's `make
+    test`, with a VM beside it, once met EBUSY here) is held no longer by the next try."""
+    for attempt in range(SEAL_ATTEMPTS):
+        try:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+            return
+        except OSError as error:
+            if error.errno != errno.EBUSY or attempt == SEAL_ATTEMPTS - 1:
+                raise OSError(error.errno, f"sealing labkit's copy of the interpreter: {error.strerror}") from None
+            time.sleep(0.05 * (attempt + 1))
 
 
 SHF_ALLOC, SHT_NOBITS = 0x2, 8
