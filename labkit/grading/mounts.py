@@ -52,7 +52,7 @@ def own_proc(target):
         except OSError as error:
             raise ProbeFailed(f"cannot list its /proc: {error.strerror}") from None
         theirs = _lists_its_namespace(process.pid, inside)
-        own = theirs and inside in listed and len(listed) < len([n for n in os.listdir("/proc") if n.isdigit()])
+        own = theirs and inside in listed and _not_the_graders_pid_namespace(process.pid)
         return Observation(own, f"its /proc lists {len(listed)} process(es) ({', '.join(map(str, listed[:5]))}"
                            f"{'…' if len(listed) > 5 else ''}); "
                            + (f"it is PID {inside} there" if theirs else
@@ -70,6 +70,18 @@ def _lists_its_namespace(pid, inside) -> bool:
     except OSError:
         return False
     return (entry.st_dev, entry.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _not_the_graders_pid_namespace(pid) -> bool:
+    """Is the process in a PID namespace other than the one the grader reads /proc from (the
+    host's, or an ancestor of every namespace it grades)? Compared by identity: counting the
+    processes each /proc lists raced with processes starting on a busy host (a host
+    process's /proc counted 91 where the host's, read a moment later, had more)."""
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/ns/pid"), os.stat("/proc/self/ns/pid")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
 
 
 def file_in_root(target, path: str, text: str):
