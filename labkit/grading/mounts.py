@@ -7,6 +7,7 @@ import os
 
 from labkit.grading.checks import Observation, ProbeFailed
 from labkit.grading.targets import current_world, namespace_pids, running_process
+from labkit.linux.namespaces import namespace_inode
 
 
 def mounts_of(pid) -> dict:
@@ -78,10 +79,9 @@ def _not_the_graders_pid_namespace(pid) -> bool:
     processes each /proc lists raced with processes starting on a busy host (a host
     process's /proc counted 91 where the host's, read a moment later, had more)."""
     try:
-        theirs, ours = os.stat(f"/proc/{pid}/ns/pid"), os.stat("/proc/self/ns/pid")
+        return namespace_inode("pid", pid) != namespace_inode("pid")
     except OSError:
         return False
-    return (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
 
 
 def file_in_root(target, path: str, text: str):
