@@ -37,7 +37,6 @@ from labkit.cgroups import container_hierarchy
 from labkit.cgroups.slot_cgroups import write_limits
 from labkit.home import check_before_user_namespace, give_to_user_namespace, labkit_home
 from labkit.linux import syscalls
-from labkit.linux.processes import start_time as process_start_time
 from labkit.linux.rootless import enter_user_namespace, running_rootless
 from labkit.runtime import lifecycle, protocol
 from labkit.runtime.container_dir import ContainerDir
@@ -103,7 +102,6 @@ class Zygote:
         self.own_pid_namespace = first_process.own_pid_namespace()
         self.starts = 0                # containers asked for: slots are made once there was one
         self.last_activity = self.last_start = time.monotonic()
-        self.start_time = process_start_time(os.getpid())   # in each state.json: whose it is (read once)
 
     # --- messages ----------------------------------------------------------------
 
@@ -293,8 +291,9 @@ class Zygote:
         self.write_state(plan, lifecycle.CREATED, cgroup_name)
 
     def write_state(self, plan, status, cgroup_name, **more):
-        ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": os.getpid(),
-                                            "owner_start": self.start_time,
+        owner_pid, owner_start = self.pool.helper   # this helper's pid and start time, read once
+        ContainerDir(plan.dir).write_state({**dataclasses.asdict(plan.record), "owner_pid": owner_pid,
+                                            "owner_start": owner_start,
                                             "status": status, "cgroup": cgroup_name, **more})
 
     def place(self, plan, cgroup, slot):
