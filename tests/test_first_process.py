@@ -12,7 +12,7 @@ import pytest
 
 from labkit.runtime import Container, ContainerSpec
 from labkit.runtime.spec import userns_fields
-from labkit.runtime.client.helper_client import get_helper, settle, shutdown_helper
+from labkit.runtime.client.helper_client import get_helper, pool_filled, shutdown_helper
 from test_pool import a_root_is_made_ahead, a_slot_is_ready
 
 pytestmark = pytest.mark.root
@@ -76,7 +76,9 @@ def test_the_helper_forks_in_its_own_pid_namespace_again(no_leftovers, way):
     /proc/PID/ns/pid_for_children names the namespace its next child is born in."""
     for _ in range(3):
         Container(ContainerSpec(command=["true"])).run().check()
-    settle()
+    # Read once the pool is full again: while the helper forks a slot, between its unshare
+    # and the child's birth, the link reads ENOENT (a fresh clone under load caught that).
+    pool_filled()
     helper = get_helper().pid
     assert namespace(helper, "pid_for_children") == namespace(helper, "pid")
 
