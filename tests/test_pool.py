@@ -237,6 +237,27 @@ def a_root_is_made_ahead() -> tuple:
     return helper
 
 
+def test_a_slot_directory_a_container_took_is_not_swept_before_its_state_is_written(tmp_path):
+    """Between the rename of a ready slot's directory to the container's and its state.json,
+    a sweep in another process (a second kernel's helper starting) sees a directory without
+    state, which it removes once it is a minute old. A slot's may have waited for longer,
+    and a rename keeps a directory's mtime: without the take-over's touch, this sweep
+    removed the directory under a container about to run in it."""
+    from labkit.runtime.client.state import sweep
+    from labkit.runtime.container_dir import ContainerDir, containers_root, slots_root
+
+    slot = ContainerDir(slots_root(tmp_path) / "pool-1-2-3")
+    slot.make({"hostname": "slot\n"})
+    made_long_ago = time.time() - 600
+    os.utime(slot.path, (made_long_ago, made_long_ago))
+    taken = ContainerDir(containers_root(tmp_path) / "0123456789abcdef")
+    taken.take_over(slot, {"hostname": "web\n"})
+    hierarchy = type(host_hierarchy())()
+    hierarchy.parent = f"labkit-test-{os.getpid()}"   # none: no cgroup of anyone's is looked at
+    assert sweep(tmp_path, hierarchy) == []
+    assert taken.etc_file("hostname").read_text() == "web\n"
+
+
 def test_a_slot_makes_the_root_ahead_and_the_container_gets_its_own_files(no_leftovers):
     a_root_is_made_ahead()
     first = Container(ContainerSpec(command=["sh", "-c", f"hostname; cat /etc/hostname; grep -c box9 /etc/hosts; "

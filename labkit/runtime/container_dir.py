@@ -76,8 +76,9 @@ def containers_root(home: Path | None = None) -> Path:
 
 def slots_root(home: Path | None = None) -> Path:
     """LABKIT_HOME/slots/<slot's cgroup leaf>/: a ready slot's container directory, made
-    ahead with its root (runtime/helper/ready_slots.py), laid out as a container's, with a
-    state.json naming only its owner and its image's layers (in use: mounted). Renamed to
+    ahead with its root (runtime/helper/ready_slots.py), laid out as a container's but with
+    no state.json: its name says its helper (the sweep's test), and its image's layers may
+    be removed under it (a start checks them before it takes the root). Renamed to
     containers/<id> when a container takes the slot; `ps` never lists it."""
     return (home or labkit_home()) / "slots"
 
@@ -236,6 +237,10 @@ class ContainerDir:
         bind mount pins the inode (a new file renamed over would not be seen)."""
         private_dir(self.path.parent)
         os.rename(slot_dir.path, self.path)
+        # Made now, as far as a sweep in another process can tell: until its state.json is
+        # written, a directory is taken for one still being made only while it is young
+        # (runtime/client/state.py `sweep`), and a slot's may have waited for minutes.
+        os.utime(self.path)
         for name, text in init_files.items():
             # raw calls: a text file object costs more than the write (on the start's path)
             descriptor = os.open(self.etc_file(name), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
