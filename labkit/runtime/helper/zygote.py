@@ -85,6 +85,7 @@ class Process:
         self.exit_reported = False   # EXITED sent (on the supervisor's "exit" line); reaped at EOF
         self.container = None        # a start's {"plan", "cgroup", ...}, kept from its exit to its teardown
         self.started_at = time.monotonic()
+        self.refill = None           # the slot remade for this start (Zygote.refills), while it is due
         # A first process the helper forked itself (no supervisor: runtime/helper/
         # first_process.py): its pidfd says when it exits; its mount namespace is held
         # here from when it is made (ahead, in a slot with a root; else once this socket says "m").
@@ -106,7 +107,9 @@ class Zygote:
         # Removes exited containers' directories, in a process of its own (here: one container)
         self.janitor = Janitor(self.selector, inline=one_container)
         self.pool.janitor = self.janitor
-        self.refill_at = None          # starts come in a row: remake the slot the last one took then (monotonic)
+        # A slot to remake for each start answered: [when (monotonic), the root slots made
+        # ahead then (Pool.learned: a later start may have taught the pool another's)].
+        self.refills = []
         self.teardowns = []            # what exited containers left (cgroups, directories): done when idle
         self.teardown_due = []         # when each of them is due (monotonic): see LATER_SECONDS
         # Containers' PID 1 forked here, no supervisor (runtime/helper/first_process.py); None: not allowed
@@ -134,8 +137,9 @@ class Zygote:
         self.selector.register(self.sock, selectors.EVENT_READ, self.on_request)
         while self.running:
             wait = _soonest(self.until_teardown(), self.until_pool_may_grow())
-            if self.refill_at is not None:
-                wait = max(0.0, min(1.0 if wait is None else wait, self.refill_at - time.monotonic()))
+            refill = min(self.refills, key=lambda entry: entry[0], default=None)
+            if refill is not None:
+                wait = max(0.0, min(1.0 if wait is None else wait, refill[0] - time.monotonic()))
             events = self.selector.select(timeout=1.0 if wait is None else wait)
             for key, _ in events:
                 key.data(key.fileobj)
@@ -144,15 +148,15 @@ class Zygote:
                 continue
             if not self.running:
                 break
-            if self.refill_at is not None and time.monotonic() >= self.refill_at:
-                self.refill_at = None
+            if refill is not None and time.monotonic() >= refill[0]:
+                self.refills.remove(refill)
                 if self.pool.wants_more():   # also while the next start is being set up: kept
-                    self.pool.fill_one()     # for later, the refill was lost and the pool ran dry
+                    self.pool.fill_one(refill[1])   # for later, the refill was lost and the pool ran dry
             elif self.until_teardown() == 0:
                 self.next_teardown()()
             elif self.pool.extra and time.monotonic() - self.last_start > ready_slots.SHRINK_AFTER_SECONDS:
                 self.pool.shrink()
-            elif self.refill_at is None and self.until_pool_may_grow() == 0:   # quiet long enough
+            elif not self.refills and self.until_pool_may_grow() == 0:   # quiet long enough
                 self.pool.fill_one()
         self.shutdown()
 
@@ -518,7 +522,9 @@ class Zygote:
         # less from request to exit without it, medians of paired runs).
         # A start that came alone: its slot is remade later, not beside its owner's work.
         later = REFILL_GRACE_SECONDS if self.in_a_row() else LATER_SECONDS
-        self.refill_at = time.monotonic() + later if self.starts > 1 else None
+        if self.starts > 1:
+            process.refill = [time.monotonic() + later, self.pool.learned()]
+            self.refills.append(process.refill)
         container = self.containers.get(process.id) if process.kind == Op.START else None
         self.send(Op.STARTED, id=process.id, pid=process.init_pid,
                   setup_seconds=time.monotonic() - process.started_at,
@@ -569,8 +575,8 @@ class Zygote:
             return
         container = process.container = self.containers.pop(process.id)
         cgroup, plan = container["cgroup"], container["plan"]
-        if self.refill_at is not None and self.in_a_row():
-            self.refill_at = time.monotonic()   # right after EXITED, unless a request waits
+        if process.refill is not None and self.in_a_row():
+            process.refill[0] = min(process.refill[0], time.monotonic())   # right after EXITED, unless a request waits
         self.logs.drain(plan.id)  # its last words are in the files before anyone hears it exited
         stats = _stats_dict(cgroup)
         self.send(Op.EXITED, id=process.id, status=status, error=process.error, pid=process.init_pid, stats=stats)
