@@ -201,25 +201,3 @@ def test_a_container_gone_is_gone_for_its_owner_at_once(no_leftovers):
         container.run().check()
         assert container.id not in [state.get("id") for state in host_containers()]
         assert layers_in_use() == set()
-
-
-@pytest.mark.root
-def test_what_a_container_left_goes_by_itself_after_its_exit(no_leftovers):
-    """A start that comes alone has its teardown put off a moment after the exit (the
-    owner is still at work then: a notebook cell's reply); put off, never forgotten: the
-    cgroup, the mount namespace the helper held and the directory go with no further
-    request to the helper (no_leftovers' own check asks for them with settle())."""
-    from leak_checks import labkit_cgroups
-    from labkit.runtime.client.helper_client import get_helper
-
-    helper = get_helper().pid
-    container = Container(ContainerSpec(command=["readlink", "/proc/self/ns/mnt"]))
-    namespace = container.run().check().stdout.strip()
-    leaf = container.cgroup_name.rsplit("/", 1)[-1]
-    assert re.fullmatch(r"mnt:\[\d+\]", namespace)
-
-    def gone():
-        return (not container.dir.exists() and namespace not in namespaces_held_by(helper)
-                and not [path for path in labkit_cgroups() if path.rsplit("/", 1)[-1] == leaf])
-
-    assert wait_until(gone, timeout=10), "an exited container's teardown never came without a request"

@@ -237,31 +237,6 @@ def a_root_is_made_ahead() -> tuple:
     return helper
 
 
-def test_each_start_has_its_slot_remade_when_a_start_alone_and_one_in_a_row_overlap(no_leftovers, monkeypatch):
-    """A start that comes alone has its slot remade 50 ms later (runtime/helper/zygote.py
-    LATER_SECONDS); one right after it, at its exit. Both are remade: a single "remake at"
-    time for the helper lost the first, and with starts coming every 0.1 s (no idle time
-    to make slots in) the pool ran dry. Here the helper is asked something every 30 ms, so
-    only the remaking of taken slots can fill it."""
-    from labkit.runtime.client.helper_client import shutdown_helper
-
-    shutdown_helper()
-    monkeypatch.setenv("LABKIT_POOL", "3")
-    try:
-        Container(ContainerSpec(command=["true"])).run()   # the first start: slots made in idle time
-        assert wait_until(lambda: slots_ready(3)), "the helper did not fill its pool"
-        time.sleep(0.2)   # the next start comes alone
-        Container(ContainerSpec(command=["true"])).run()
-        Container(ContainerSpec(command=["true"], privileged=True)).run()   # in a row, another root
-        busy_until = time.monotonic() + 1.0
-        while time.monotonic() < busy_until:
-            helper_ready_slots()   # activity: no slot is made in idle time
-            time.sleep(0.03)
-        assert len(helper_ready_slots()) == 3
-    finally:
-        shutdown_helper()
-
-
 def test_a_slot_directory_a_container_took_is_not_swept_before_its_state_is_written(tmp_path):
     """Between the rename of a ready slot's directory to the container's and its state.json,
     a sweep in another process (a second kernel's helper starting) sees a directory without

@@ -193,24 +193,18 @@ class Pool:
         if key is not None and key != self.root_key:
             self.root_plan, self.root_key = plan, key
 
-    def learned(self) -> tuple:
-        """(plan, key) of the root slots make ahead now, for a slot to be made later with
-        the same (`fill_one`): a refill put off past the next start remakes what was taken."""
-        return self.root_plan, self.root_key
-
-    def fill_one(self, root: tuple | None = None) -> None:
+    def fill_one(self) -> None:
         """Fork one slot: its first process P into a PID namespace the helper makes for it
         (as root), or its supervisor S, which makes one and forks P. Costs the helper one
         fork; the rest happens in the slot. A host that refuses (no memory, a pids limit)
         gets no slot: the next start takes the usual path, and reports the host's error if
-        it has one. `root`: what `learned()` said earlier (default: now)."""
+        it has one."""
         from labkit.runtime.supervisor.slot import keep_only, start_alone, supervise_slot   # once a slot is wanted
 
         self.made += 1
         leaf = slot_leaf(*self.helper, self.made)
         cgroup_name = f"{self.hierarchy.parent}/{leaf}"
-        plan_ahead, key_ahead = root if root is not None else self.learned()
-        directory, root_plan, layers = self._root_ahead(leaf, plan_ahead) or (None, None, None)
+        directory, root_plan, layers = self._root_ahead(leaf) or (None, None, None)
         alone = self.own_pid_namespace is not None
         made = []
         try:
@@ -244,7 +238,7 @@ class Pool:
                 os.close(fd)
         theirs.close()
         slot = Slot(cgroup_name, None if alone else pid, error_r, report_r, ours, pid=pid if alone else None,
-                    pidfd=pidfd, root_key=key_ahead if directory else None, directory=directory, layers=layers)
+                    pidfd=pidfd, root_key=self.root_key if directory else None, directory=directory, layers=layers)
         self.slots.append(slot)
         self.selector.register(ours, selectors.EVENT_READ, lambda _sock: self.on_slot_message(slot))
 
@@ -257,23 +251,21 @@ class Pool:
         home = ContainerDir(plan.dir).home
         return slots_root(home) / f"{spare_prefix(*self.helper)}{self.spares_made}"
 
-    def _root_ahead(self, leaf: str, learned: StartPlan | None):
-        """(directory, plan, layer identities) of the root the next slot builds ahead for
-        the plan `learned`, or None (no container was started in a slot yet, or its layers
-        are gone)."""
-        if learned is None:
+    def _root_ahead(self, leaf: str):
+        """(directory, plan, layer identities) of the root the next slot builds ahead, or
+        None (no container was started in a slot yet, or its layers are gone)."""
+        if self.root_plan is None:
             return None
-        home = ContainerDir(learned.dir).home   # the same filesystem: renamed to the container's
+        home = ContainerDir(self.root_plan.dir).home   # the same filesystem: renamed to the container's
         directory = ContainerDir(slots_root(home) / leaf)   # made by the slot's supervisor, off the helper's loop
         try:
-            layers = _layer_identities(learned.lower[1:])
+            layers = _layer_identities(self.root_plan.lower[1:])
         except OSError:
-            if learned is self.root_plan:
-                self.root_plan = self.root_key = None   # its image is gone: make plain slots
+            self.root_plan = self.root_key = None   # its image is gone: make plain slots
             return None
-        plan = dataclasses.replace(learned, dir=str(directory.path), rootfs=str(directory.rootfs),
+        plan = dataclasses.replace(self.root_plan, dir=str(directory.path), rootfs=str(directory.rootfs),
                                    upper=str(directory.upper), work=str(directory.work),
-                                   lower=[str(directory.init), *learned.lower[1:]])
+                                   lower=[str(directory.init), *self.root_plan.lower[1:]])
         return directory, plan, layers
 
     def on_slot_message(self, slot: Slot) -> None:

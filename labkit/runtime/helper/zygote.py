@@ -53,16 +53,6 @@ POOL_QUIET_SECONDS = 0.1   # no slot is made in idle time until the helper was q
 # much later, or at once when its exit was told: a short command's exit (`true` is told
 # ~1.5 ms after its start) is not kept waiting behind that fork.
 REFILL_GRACE_SECONDS = 0.002
-# Starts this close together come "in a row" (a loop, a batch): the slot a start took is
-# remade and what its container left is torn down as soon as the helper is free (above).
-# A start that comes alone (a notebook cell run by hand) has the helper put both off by
-# LATER_SECONDS: its owner is still at work after EXITED (a cell's reply and the next
-# cell), and on 2 CPUs a fork, a slot's setup, a cgroup's removal and the janitor's
-# unmounts beside it made the `%%container true` cell and the empty cell after it
-# ~1-2 ms slower (cell_roundtrip.py, paired). At most TEARDOWN_BACKLOG teardowns wait.
-IN_A_ROW_SECONDS = 0.05
-LATER_SECONDS = 0.05
-TEARDOWN_BACKLOG = 3
 
 
 class Process:
@@ -85,7 +75,6 @@ class Process:
         self.exit_reported = False   # EXITED sent (on the supervisor's "exit" line); reaped at EOF
         self.container = None        # a start's {"plan", "cgroup", ...}, kept from its exit to its teardown
         self.started_at = time.monotonic()
-        self.refill = None           # the slot remade for this start (Zygote.refills), while it is due
         # A first process the helper forked itself (no supervisor: runtime/helper/
         # first_process.py): its pidfd says when it exits; its mount namespace is held
         # here from when it is made (ahead, in a slot with a root; else once this socket says "m").
@@ -107,16 +96,12 @@ class Zygote:
         # Removes exited containers' directories, in a process of its own (here: one container)
         self.janitor = Janitor(self.selector, inline=one_container)
         self.pool.janitor = self.janitor
-        # A slot to remake for each start answered: [when (monotonic), the root slots made
-        # ahead then (Pool.learned: a later start may have taught the pool another's)].
-        self.refills = []
+        self.refill_at = None          # starts come in a row: remake the slot the last one took then (monotonic)
         self.teardowns = []            # what exited containers left (cgroups, directories): done when idle
-        self.teardown_due = []         # when each of them is due (monotonic): see LATER_SECONDS
         # Containers' PID 1 forked here, no supervisor (runtime/helper/first_process.py); None: not allowed
         self.own_pid_namespace = first_process.own_pid_namespace()
         self.starts = 0                # containers asked for: slots are made once there was one
         self.last_activity = self.last_start = time.monotonic()
-        self.start_gap = 0.0           # since the start before the last one
 
     # --- messages ----------------------------------------------------------------
 
@@ -130,16 +115,13 @@ class Zygote:
         """Requests and the processes' reports first; then, with nothing to answer, one
         slot remade after a start was answered (when starts come back to back: 2 ms after
         it, or once its exit is told, whichever comes first; not once the next request is
-        on its way; for a start that came alone, LATER_SECONDS after it), then the teardown
-        of exited containers (for one that came alone, LATER_SECONDS after its exit), then
-        slots in idle time."""
+        on its way), then the teardown of exited containers, then slots in idle time."""
         self.sock.setblocking(False)
         self.selector.register(self.sock, selectors.EVENT_READ, self.on_request)
         while self.running:
-            wait = _soonest(self.until_teardown(), self.until_pool_may_grow())
-            refill = min(self.refills, key=lambda entry: entry[0], default=None)
-            if refill is not None:
-                wait = max(0.0, min(1.0 if wait is None else wait, refill[0] - time.monotonic()))
+            wait = 0 if self.teardowns else self.until_pool_may_grow()
+            if self.refill_at is not None:
+                wait = max(0.0, min(1.0 if wait is None else wait, self.refill_at - time.monotonic()))
             events = self.selector.select(timeout=1.0 if wait is None else wait)
             for key, _ in events:
                 key.data(key.fileobj)
@@ -148,33 +130,17 @@ class Zygote:
                 continue
             if not self.running:
                 break
-            if refill is not None and time.monotonic() >= refill[0]:
-                self.refills.remove(refill)
+            if self.refill_at is not None and time.monotonic() >= self.refill_at:
+                self.refill_at = None
                 if self.pool.wants_more():   # also while the next start is being set up: kept
-                    self.pool.fill_one(refill[1])   # for later, the refill was lost and the pool ran dry
-            elif self.until_teardown() == 0:
-                self.next_teardown()()
+                    self.pool.fill_one()     # for later, the refill was lost and the pool ran dry
+            elif self.teardowns:
+                self.teardowns.pop(0)()
             elif self.pool.extra and time.monotonic() - self.last_start > ready_slots.SHRINK_AFTER_SECONDS:
                 self.pool.shrink()
-            elif not self.refills and self.until_pool_may_grow() == 0:   # quiet long enough
+            elif wait is not None and self.refill_at is None:   # quiet for the whole wait
                 self.pool.fill_one()
         self.shutdown()
-
-    def until_teardown(self):
-        """Seconds until the oldest exited container's teardown is due (None: none waits)."""
-        if not self.teardowns:
-            return None
-        if len(self.teardowns) >= TEARDOWN_BACKLOG:
-            return 0.0
-        return max(0.0, self.teardown_due[0] - time.monotonic())
-
-    def next_teardown(self):
-        self.teardown_due.pop(0)
-        return self.teardowns.pop(0)
-
-    def in_a_row(self) -> bool:
-        """Did the last start come right after the one before it (IN_A_ROW_SECONDS)?"""
-        return self.starts > 1 and self.start_gap < IN_A_ROW_SECONDS
 
     def until_pool_may_grow(self):
         """Seconds until a slot may be made in idle time (0: now; None: no slot is wanted,
@@ -222,8 +188,7 @@ class Zygote:
         plan = from_wire(StartPlan, request["plan"])
         stdio = dict(zip(FD_NAMES, _fds_or_none(fds, request["fd_names"])))
         self.starts += 1
-        now = time.monotonic()
-        self.start_gap, self.last_start = now - self.last_start, now
+        self.last_start = time.monotonic()
         try:
             self.compile_seccomp(plan.process.security)
             if running_rootless():
@@ -457,10 +422,7 @@ class Zygote:
             self._close_report(process)
         self.report_exit(process)
         if process.mount_namespace is not None:
-            if process.container is not None:   # let go with the rest of its teardown
-                process.container["mount_namespace"] = process.mount_namespace
-            else:
-                self.janitor.let_go(process.mount_namespace)
+            self.janitor.let_go(process.mount_namespace)
             process.mount_namespace = None
         self.finish(process)
 
@@ -520,11 +482,7 @@ class Zygote:
         # waited for that fork), yet not before a short command's exit is told (traced: the
         # EXITED of a `true` waited for that fork; single starts 30 ms apart take 1.8 ms
         # less from request to exit without it, medians of paired runs).
-        # A start that came alone: its slot is remade later, not beside its owner's work.
-        later = REFILL_GRACE_SECONDS if self.in_a_row() else LATER_SECONDS
-        if self.starts > 1:
-            process.refill = [time.monotonic() + later, self.pool.learned()]
-            self.refills.append(process.refill)
+        self.refill_at = time.monotonic() + REFILL_GRACE_SECONDS if self.starts > 1 else None
         container = self.containers.get(process.id) if process.kind == Op.START else None
         self.send(Op.STARTED, id=process.id, pid=process.init_pid,
                   setup_seconds=time.monotonic() - process.started_at,
@@ -553,7 +511,6 @@ class Zygote:
         self.processes.pop(process.id, None)
         if process.container is not None:
             self.teardowns.append(lambda container=process.container: self.tear_down(container))
-            self.teardown_due.append(time.monotonic() + (0.0 if self.in_a_row() else LATER_SECONDS))
 
     def _close_report(self, process):
         self.selector.unregister(process.report_r)
@@ -575,8 +532,8 @@ class Zygote:
             return
         container = process.container = self.containers.pop(process.id)
         cgroup, plan = container["cgroup"], container["plan"]
-        if process.refill is not None and self.in_a_row():
-            process.refill[0] = min(process.refill[0], time.monotonic())   # right after EXITED, unless a request waits
+        if self.refill_at is not None:
+            self.refill_at = time.monotonic()   # right after EXITED, unless a request waits
         self.logs.drain(plan.id)  # its last words are in the files before anyone hears it exited
         stats = _stats_dict(cgroup)
         self.send(Op.EXITED, id=process.id, status=status, error=process.error, pid=process.init_pid, stats=stats)
@@ -599,11 +556,7 @@ class Zygote:
         at exit. Off the owner's path: done when the helper has nothing else to do, or
         before it answers a request that must find it done (`settle`). The directories
         go to the janitor (runtime/helper/janitor.py): removing one on a busy disk takes
-        longer than a whole start, and would sit in front of the next request. A mount
-        namespace held for a container's first process goes first: its unmounts, then its
-        directory, in the janitor's order."""
-        if container.get("mount_namespace") is not None:
-            self.janitor.let_go(container.pop("mount_namespace"))
+        longer than a whole start, and would sit in front of the next request."""
         container["cgroup"].delete()
         if container["unused_slot_dir"] is not None:
             self.janitor.remove(container["unused_slot_dir"])
@@ -623,7 +576,7 @@ class Zygote:
             while process.report_r is not None:
                 self.on_report(process)   # blocks until the supervisor's EOF
         while self.teardowns:
-            self.next_teardown()()
+            self.teardowns.pop(0)()
         self.janitor.wait()
 
     def on_error_pipe_drain(self, process):
@@ -715,7 +668,7 @@ class Zygote:
                     key.data(key.fileobj)
         self.janitor.close()   # no request comes any more: what is left is removed here, no fork for it
         while self.teardowns:
-            self.next_teardown()()
+            self.teardowns.pop(0)()
         for container in self.containers.values():
             container["cgroup"].delete()
             if container["unused_slot_dir"] is not None:
@@ -724,12 +677,6 @@ class Zygote:
         self.logs.close_all()
         for plan in [c["plan"] for c in self.containers.values()] + list(self.stopped.values()):
             ContainerDir(plan.dir).remove()
-
-
-def _soonest(*waits):
-    """The shortest of the waits that are not None (None if all are)."""
-    given = [wait for wait in waits if wait is not None]
-    return min(given) if given else None
 
 
 def _stats_dict(cgroup):
