@@ -16,7 +16,7 @@ import textwrap
 import time
 
 import pytest
-from kernel_fixtures import labkit_kernelspec  # noqa: F401 — used by name
+from kernel_fixtures import labkit_kernelspec, wait_until  # noqa: F401 — used by name
 
 from labkit.linux import processes
 
@@ -373,9 +373,7 @@ def test_without_a_sandbox_a_setsid_process_outlives_the_kernel():
         # Its exec of sleep may come after the kernel is gone (setsid runs first, in the
         # same process): a loaded machine read "setsid" here. Alive either way, and it
         # becomes sleep.
-        deadline = time.monotonic() + 10
-        while open(f"/proc/{pid}/comm").read().strip() == "setsid" and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: open(f"/proc/{pid}/comm").read().strip() != "setsid", timeout=10)
         assert open(f"/proc/{pid}/comm").read().strip() == "sleep"
     finally:
         os.kill(pid, signal.SIGKILL)
