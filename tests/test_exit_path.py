@@ -118,7 +118,7 @@ from labkit.runtime import Container, ContainerSpec
 from labkit.runtime.client.helper_client import get_helper
 container = Container(ContainerSpec(command=["sleep", "60"]))
 container.start(detach=True)
-print(get_helper().pid, container.pid, flush=True)
+print(get_helper().pid, container.pid, container.id, flush=True)
 time.sleep(100)
 """
 
@@ -128,11 +128,19 @@ time.sleep(100)
 def test_no_mount_namespace_outlives_a_killed_owner(labkit_home, helper_too):
     """The hold is let go however the container ends: its owner killed (the helper kills
     the container and has the janitor let go), or the helper SIGKILLed too (the kernel
-    closes its fds)."""
+    closes its fds). Nothing else of it is left either: the helper removes the rest, or,
+    killed, leaves it to the sweep (`gc`). (Without that sweep this test left the
+    container's cgroups under /sys/fs/cgroup/*/labkit on the host: no_leftovers cannot
+    be used here, its settle() would start a helper of its own.)"""
+    from leak_checks import container_cgroup_leaf, labkit_cgroups
+    from labkit.runtime import gc
+
     owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,
                              env=dict(os.environ, LABKIT_HOME=str(labkit_home)))
     try:
-        helper, init = (int(word) for word in owner.stdout.readline().split())
+        helper, init, ident = owner.stdout.readline().split()
+        helper, init = int(helper), int(init)
+        leaf = container_cgroup_leaf(ident, str(labkit_home))   # read while its state.json is there
         namespace = os.readlink(f"/proc/{init}/ns/mnt")
         assert parent_of(init) == helper   # as root, PID 1 is the helper's child (first_process.py)
         assert namespace in namespaces_held_by(helper)
@@ -142,6 +150,14 @@ def test_no_mount_namespace_outlives_a_killed_owner(labkit_home, helper_too):
         owner.kill()
         owner.wait()
     assert wait_until(lambda: holders_of(namespace) == [], timeout=30), holders_of(namespace)
+    if helper_too:
+        assert f"cgroup labkit/{leaf}" in gc()   # the sweep, not the test, removed them
+
+    def left() -> list:
+        cgroups = [path for path in labkit_cgroups() if path.rsplit("/", 1)[-1] == leaf]
+        return cgroups + [str(path) for path in [labkit_home / "containers" / ident] if path.exists()]
+
+    assert wait_until(lambda: left() == [], timeout=30), left()
 
 
 def janitor_of(helper_pid: int) -> int | None:
