@@ -1,6 +1,7 @@
-"""Inside the container, just before exec: give eth0 its address, bring it up, and add
-the default route via the bridge (what `ifconfig eth0 ADDR netmask M up` and `route add
-default gw GW` do).
+"""Inside the container, just before exec: give eth0 its address and add the default
+route via the bridge (what `ifconfig eth0 ADDR netmask M` and `route add default gw GW`
+do). eth0 is up already: whoever plugged it in brought it up and waited for the kernel to
+finish (labkit.net.veth.make_ready).
 
 Why ioctls and not pyroute2: this runs in the freshly forked container process, on the
 path of every container start. Importing pyroute2 costs ~100 ms; these three ioctls
@@ -14,9 +15,7 @@ import socket
 import struct
 
 SIOCADDRT = 0x890B
-SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 SIOCSIFADDR, SIOCSIFNETMASK = 0x8916, 0x891C
-IFF_UP = 0x1
 RTF_UP, RTF_GATEWAY = 0x1, 0x2
 
 
@@ -50,8 +49,6 @@ def configure(config: dict) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         fcntl.ioctl(sock, SIOCSIFADDR, _ifreq(interface, _sockaddr_in(config["address"])))
         fcntl.ioctl(sock, SIOCSIFNETMASK, _ifreq(interface, _sockaddr_in(config["netmask"])))
-        flags = struct.unpack("16sH", fcntl.ioctl(sock, SIOCGIFFLAGS, _ifreq(interface, b""))[:18])[1]
-        fcntl.ioctl(sock, SIOCSIFFLAGS, _ifreq(interface, struct.pack("H", flags | IFF_UP)))
         if config.get("gateway"):
             add_default_route(sock, config["gateway"])
 

@@ -282,13 +282,14 @@ class Keeper:
         return {"bridge": BRIDGE, "index": self.bridge_index}
 
     def op_plug(self, message):
-        from labkit.net.veth import CONTAINER_NAME, mac_for
+        from labkit.net.veth import CONTAINER_NAME, mac_for, make_ready
 
         def work(ipr):
             ipr.link("add", ifname=message["veth"], kind="veth", master=self.bridge_index, state="up",
                      peer={"ifname": CONTAINER_NAME, "net_ns_pid": int(message["pid"]),
                            "address": mac_for(message["ip"])})
             ipr.link("set", ifname=message["veth"], ifalias=message["alias"][:255])
+            make_ready(message["veth"], int(message["pid"]))
         self.in_namespace(work)
 
     def op_unplug(self, message):
