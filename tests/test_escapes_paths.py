@@ -227,6 +227,48 @@ def test_a_directory_volume_under_a_dangling_link_is_refused_by_name(linked_imag
     assert os.listdir(linked_image) == []
 
 
+# --- run: /proc, /sys and /dev of the image are ordinary directories ---------------------
+
+def import_linked(store, tmp_path, name) -> str:
+    """An image (a rootfs tarball) whose /NAME is a link that stays in the root:
+    NAME -> myNAME. Returns the image's name."""
+    import tarfile
+
+    from labkit.images import import_image
+
+    archive = tmp_path / f"{name}-linked.tar"
+    with tarfile.open(archive, "w") as tar:
+        directory = tarfile.TarInfo(f"my{name}")
+        directory.type, directory.mode = tarfile.DIRTYPE, 0o755
+        link = tarfile.TarInfo(name)
+        link.type, link.linkname = tarfile.SYMTYPE, f"my{name}"
+        tar.addfile(directory)
+        tar.addfile(link)
+    import_image(archive, name=f"{name}-linked", store=store)
+    return f"{name}-linked"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("name", ["proc", "sys", "dev"])
+def test_an_image_whose_kernel_directory_is_a_link_is_refused(name, store, tmp_path, no_leftovers):
+    """An image with `/proc -> myproc` had proc mounted on /myproc, where no mask and no
+    read-only path applies: /myproc/sys writable, the host's /proc/keys readable, and
+    `core_pattern` open for writing (found by an audit). runc refuses the same."""
+    image = import_linked(store, tmp_path, name)
+    result = run("true", image=image)
+    assert result.exit_code == 125
+    assert f"the image's /{name} is a link to 'my{name}'" in result.error
+    assert f"/{name} must be an ordinary directory" in result.error
+
+
+@pytest.mark.root
+def test_without_the_defence_proc_is_mounted_where_no_mask_looks(store, tmp_path):
+    # What mount_kernel_filesystems did before: rootfs + "/proc", handed to the kernel,
+    # which follows the image's link to /myproc; the masks looked under /proc.
+    layer = get_image(import_linked(store, tmp_path, "proc"), store).layer_dirs[-1]
+    assert os.path.realpath(f"{layer}/proc") == f"{layer}/myproc"
+
+
 # --- masked and read-only kernel paths (Docker's lists) -------------------------------
 
 # What a container finds at {path}: a directory's filesystem and entries, a file's device

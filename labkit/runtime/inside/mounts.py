@@ -65,7 +65,8 @@ def bind_etc_files(plan, rootfs):
 @step("mount /proc, /dev and /sys")
 def mount_kernel_filesystems(plan, rootfs):
     in_user_ns = in_a_user_namespace(plan)
-    ensure_dir(f"{rootfs}/proc")
+    for name in ("proc", "dev", "sys"):
+        ordinary_directory(rootfs, name)
     try:
         syscalls.mount("proc", f"{rootfs}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError:
@@ -75,7 +76,6 @@ def mount_kernel_filesystems(plan, rootfs):
         # sharing the host's PID namespace, borrow the host's /proc.
         syscalls.mount("/proc", f"{rootfs}/proc", None, MS_BIND | MS_REC)
     mount_dev(f"{rootfs}/dev", bind_devices=in_user_ns)
-    ensure_dir(f"{rootfs}/sys")
     try:
         syscalls.mount("sysfs", f"{rootfs}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError:
@@ -86,6 +86,26 @@ def mount_kernel_filesystems(plan, rootfs):
         syscalls.mount("/sys", f"{rootfs}/sys", None, MS_BIND | MS_REC)
         return
     mount_cgroup_filesystem(plan, f"{rootfs}/sys/fs/cgroup")
+
+
+def ordinary_directory(rootfs, name) -> None:
+    """`rootfs/name`, made if the image lacks it; refused unless it is an ordinary
+    directory, as runc refuses to mount proc or sysfs anywhere else. The mounts here go
+    by path: through a link, even one that stays in the root (`proc -> myproc`), the
+    kernel's filesystem would land where the masked and read-only paths are not applied,
+    and through an absolute one on a path of the host's (in this mount namespace)."""
+    path = f"{rootfs}/{name}"
+    try:
+        os.mkdir(path, 0o755)
+        return
+    except FileExistsError:
+        pass
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISDIR(mode):
+        what = f"a link to {os.readlink(path)!r}" if stat.S_ISLNK(mode) else "not a directory"
+        raise OSError(errno.ENOTDIR, f"the image's /{name} is {what}: /{name} must be an ordinary directory "
+                                     f"(runc refuses the same), or the kernel's filesystem would not be where "
+                                     f"its masks apply")
 
 
 def mount_dev(dev, bind_devices):
@@ -211,21 +231,16 @@ def protect_kernel_paths(plan, rootfs):
     """After the volumes, so that no volume can uncover a masked path. The container lacks
     CAP_SYS_ADMIN, so it cannot unmount what is mounted here.
 
-    The paths are the kernel's own, below the /proc and /sys just mounted; only those two
-    come from the image. Where the image made one a link (`/proc -> /etc`) it is skipped:
-    the container has no kernel filesystem there, and the link's target is the host's.
+    The paths are the kernel's own, below the /proc and /sys just mounted, which are
+    ordinary directories of the root (`ordinary_directory`: an image cannot make either
+    a link that takes the kernel's filesystem elsewhere).
 
     A path may be a pattern (`/sys/devices/system/cpu/cpu*/thermal_throttle`): it stands
     for what matches in the container's own /proc or /sys, which may be nothing."""
-    real = {}
     for paths_list, protect in ((plan.masked_paths, mask_path), (plan.readonly_paths, make_read_only)):
         for path in paths_list:
-            top = path.lstrip("/").partition("/")[0]
-            if top not in real:
-                real[top] = _is_real_directory(f"{rootfs}/{top}")
-            if real[top]:
-                for found in _matches(rootfs, path):
-                    protect(found)
+            for found in _matches(rootfs, path):
+                protect(found)
 
 
 def _matches(rootfs, path):
@@ -233,13 +248,6 @@ def _matches(rootfs, path):
     if not any(char in path for char in "*?["):
         return [rootfs + path]
     return sorted(glob.glob(glob.escape(rootfs) + path))
-
-
-def _is_real_directory(path):
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return False
 
 
 def mask_path(path):
