@@ -186,6 +186,21 @@ def test_an_init_pid_1_holds_nothing_of_the_helpers(no_leftovers, way, options):
         other.remove()
 
 
+@pytest.mark.parametrize("options", [{}, {"time_offset": 3600}], ids=["its-own", "supervised"])
+def test_an_init_pid_1_shows_the_container_nothing_of_the_helpers_memory(no_leftovers, way, options):
+    """The reaper never execs: its memory is the helper's, which holds the owner's
+    environment (a Jupyter kernel's JUPYTER_TOKEN) and what is left of other containers'
+    plans. An audit read both from inside (/proc/1/environ, /proc/1/mem): the reaper had
+    the container's uid and capabilities and stayed dumpable. Now it is not dumpable.
+    With CAP_SYS_PTRACE (not in Docker's default set) the same read works: it is a real
+    attempt, refused by that rule alone."""
+    look = "cat /proc/1/environ >/dev/null 2>&1 && echo environ-read; head -c 1 /proc/1/maps >/dev/null 2>&1 && echo maps-read; true"
+    refused = Container(ContainerSpec(command=["sh", "-c", look], init=True, **options)).run().check()
+    assert refused.stdout == ""
+    allowed = Container(ContainerSpec(command=["sh", "-c", look], init=True, cap_add=["SYS_PTRACE"], **options)).run()
+    assert allowed.check().stdout.split() == ["environ-read", "maps-read"]
+
+
 def test_an_init_pid_1_forwards_a_signal_sent_the_moment_it_started(no_leftovers, way):
     """A SIGTERM sent as soon as the start is answered reaches the command: the reaper's
     signals are blocked from before its fork until its handlers are set. Before, one that

@@ -61,6 +61,7 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAPBSET_DROP = 24
 PR_CAPBSET_READ = 23
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_DUMPABLE = 4
 
 SYS_pivot_root = 155  # x86_64; aarch64 uses 41
 if os.uname().machine in ("aarch64", "arm64"):
@@ -142,6 +143,13 @@ def prctl_set_pdeathsig(signal_number: int) -> None:
 def prctl_set_no_new_privs() -> None:
     """execve can no longer grant privileges (setuid bits, file capabilities)."""
     prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def prctl_set_not_dumpable() -> None:
+    """Nothing of the caller's memory (/proc/PID/environ, mem, maps, fd) is open to a
+    process without CAP_SYS_PTRACE, even one with the caller's uid and capabilities, nor
+    may it ptrace the caller."""
+    prctl(PR_SET_DUMPABLE, 0)
 
 
 def prctl_set_child_subreaper() -> None:

@@ -187,6 +187,12 @@ def run_as_init(process, error_fd):
         keep_capabilities(process.security)
         syscalls.prctl_set_no_new_privs()
         capabilities.keep_only_own(process.security.capabilities)
+        # It never execs, so its memory is the helper's: the helper's environment (the
+        # owner's: a Jupyter kernel's holds JUPYTER_TOKEN), its command line, and what
+        # is left of other containers' plans. With the container's uid and capabilities,
+        # the container's root could read all of it (/proc/1/environ, /proc/1/mem) and
+        # ptrace it, had an audit not found it. Not dumpable: CAP_SYS_PTRACE needed.
+        syscalls.prctl_set_not_dumpable()
         load_seccomp_filter(process.security)
         def forward(number, _frame):
             try:
