@@ -7,6 +7,7 @@ import pytest
 
 from labkit.errors import ConfigError, ContainerError, HostError, ImageNotFound
 from labkit.runtime import Container, ContainerSpec, run
+from kernel_fixtures import wait_until
 
 
 @pytest.mark.root
@@ -175,6 +176,25 @@ def test_a_detached_container_lives_until_stopped_and_exec_joins_it(no_leftovers
         result = container.stop(grace=1)
         assert result.signal == 9  # PID 1 ignores SIGTERM without a handler; SIGKILL after the grace
         assert "started" in container.logs()
+    finally:
+        container.remove()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("plant", ["mkfifo /etc/passwd /etc/group", "ln -s /dev/zero /etc/passwd && ln -s /dev/zero /etc/group"],
+                         ids=["fifo", "dev-zero"])
+def test_an_exec_does_not_read_a_passwd_that_is_not_a_file(plant, no_leftovers):
+    """An exec reads the container's /etc/passwd and /etc/group (HOME, the user's groups)
+    before its command, with every capability. A container that made them a FIFO held
+    every exec forever (an audit's finding); /dev/zero would have been read until memory
+    ran out. Neither is a file: read as absent (HOME=/, as runc gives a user without an
+    entry). The FIFO shows it can fail: the exec waited for a writer and timed out."""
+    container = Container(ContainerSpec(command=f"rm /etc/passwd /etc/group && {plant} && echo planted && sleep 60"))
+    container.start(detach=True)
+    try:
+        assert wait_until(lambda: "planted" in container.logs(), 10)
+        result = container.exec("echo $HOME", timeout=20)   # not `id`: it reads them itself
+        assert result.check().stdout == "/\n"
     finally:
         container.remove()
 

@@ -10,6 +10,7 @@ import errno
 import fcntl   # here, not in take_terminal: the host's modules are out of reach after the root switch
 import os
 import signal
+import stat
 from termios import TIOCSCTTY
 
 from labkit.linux import capabilities, seccomp, syscalls
@@ -46,6 +47,25 @@ def working_directory(process):
     return process.workdir
 
 
+TABLE_LIMIT = 4 << 20   # bytes of /etc/passwd or /etc/group read at most
+
+
+def table_lines(path) -> list:
+    """The lines of the container's /etc/passwd or /etc/group; none where there is no
+    regular file. The container made that file, and an `exec` reads it in the container,
+    before its command, with every capability: a FIFO there held every later exec
+    forever, and a link to /dev/zero would have read until memory ran out."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)   # a FIFO opens at once
+    except FileNotFoundError:
+        return []
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        text = handle.read(TABLE_LIMIT)
+    return text.decode("utf-8", "replace").splitlines()
+
+
 def resolve_user(user):
     """'uid[:gid]' or 'name[:group]' looked up in the container's /etc/passwd and /etc/group."""
     name, _, group = user.partition(":")
@@ -63,14 +83,10 @@ def home_of(user):
     """The home directory /etc/passwd gives the user (by name or uid), else "/" (runc's
     default for a user without an entry)."""
     name = user.partition(":")[0]
-    try:
-        with open("/etc/passwd") as handle:
-            for line in handle:
-                fields = line.rstrip("\n").split(":")
-                if len(fields) > 5 and name in (fields[0], fields[2]):
-                    return fields[5] or "/"
-    except FileNotFoundError:
-        pass
+    for line in table_lines("/etc/passwd"):
+        fields = line.split(":")
+        if len(fields) > 5 and name in (fields[0], fields[2]):
+            return fields[5] or "/"
     return "/"
 
 
@@ -79,26 +95,18 @@ def supplementary_groups(user, gid):
     runc gives a process (`id -G` shows the same under podman and labkit)."""
     name = user.partition(":")[0]
     groups = [gid]
-    try:
-        with open("/etc/group") as handle:
-            for line in handle:
-                fields = line.strip().split(":")
-                if len(fields) > 3 and fields[2].isdigit() and name in fields[3].split(","):
-                    groups.append(int(fields[2]))
-    except FileNotFoundError:
-        pass
+    for line in table_lines("/etc/group"):
+        fields = line.strip().split(":")
+        if len(fields) > 3 and fields[2].isdigit() and name in fields[3].split(","):
+            groups.append(int(fields[2]))
     return sorted(set(groups))
 
 
 def _lookup(table, name, what):
-    try:
-        with open(table) as handle:
-            for line in handle:
-                fields = line.strip().split(":")
-                if fields[0] == name and len(fields) > 3:
-                    return int(fields[2]), int(fields[3])
-    except FileNotFoundError:
-        pass
+    for line in table_lines(table):
+        fields = line.strip().split(":")
+        if fields[0] == name and len(fields) > 3:
+            return int(fields[2]), int(fields[3])
     raise SetupError("set user", OSError(errno.ENOENT, f"no {what} named {name!r} in the container's {table}"))
 
 
