@@ -29,11 +29,16 @@ class FormatError(ValueError):
 
 
 def grading(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader") or {}
+    """The cell's nbgrader metadata, or {}: also for metadata that is not a dict, which a
+    submission (the student's to write) may have."""
+    metadata = cell.get("metadata") if isinstance(cell, dict) else None
+    meta = metadata.get("nbgrader") if isinstance(metadata, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def grade_id(cell) -> str | None:
-    return grading(cell).get("grade_id")
+    cid = grading(cell).get("grade_id")
+    return cid if isinstance(cid, str) else None
 
 
 def is_solution(cell) -> bool:
@@ -108,12 +113,16 @@ def validate(notebook, where="notebook") -> None:
     """Every nbgrader cell has a unique grade_id; grade cells have points."""
     seen = set()
     for index, cell in enumerate(notebook.cells):
+        written = cell.get("metadata", {}).get("nbgrader")
+        if written is not None and not isinstance(written, dict):
+            raise FormatError(f"{where}: cell {index}'s nbgrader metadata is a {type(written).__name__}, "
+                              "not a mapping of grade_id, points, ...")
         meta = grading(cell)
         if not meta:
             continue
         cell_id = meta.get("grade_id")
-        if not cell_id:
-            raise FormatError(f"{where}: cell {index} has nbgrader metadata but no grade_id")
+        if not cell_id or not isinstance(cell_id, str):
+            raise FormatError(f"{where}: cell {index} has nbgrader metadata but no grade_id (a string)")
         if cell_id in seen:
             raise FormatError(f"{where}: grade_id {cell_id!r} is used twice")
         seen.add(cell_id)
@@ -153,16 +162,15 @@ def restore(source, submission):
     validate(source)
     source_cells = {grade_id(c): c for c in source.cells if grade_id(c)}
     fixed = {cid for cid, c in source_cells.items() if is_locked(c) or is_grade(c)}
-    graded = copy.deepcopy(submission)
+    graded = copy.copy(submission)
     cells, placed = [], set()
-    for cell in submission.cells:
+    for cell in submitted_cells(submission):
         cid = grade_id(cell)
         if cid in fixed:
             if cid not in placed:
                 cells.append(_clean_copy(source_cells[cid]))
                 placed.add(cid)
             continue
-        cell = copy.deepcopy(cell)
         if cid in source_cells and cid not in placed:
             cell["metadata"]["nbgrader"] = copy.deepcopy(grading(source_cells[cid]))
             placed.add(cid)
@@ -173,6 +181,36 @@ def restore(source, submission):
     graded.cells = cells
     graded.metadata = copy.deepcopy(source.metadata)
     return graded
+
+
+CELL_TYPES = ("code", "markdown", "raw")
+
+
+def submitted_cells(notebook) -> list:
+    """Copies of a submission's cells that are cells: a type nbformat knows, text for a
+    source, metadata a mapping, and nbgrader metadata either a mapping with a string
+    grade_id or none at all. A submission is the student's to write; nothing in it may stop
+    the grader (and with it everyone's grades) or be graded for a shape it only imitates."""
+    from nbformat import from_dict
+
+    cells = []
+    for cell in notebook.cells:
+        if not isinstance(cell, dict) or cell.get("cell_type") not in CELL_TYPES:
+            continue
+        source = cell.get("source", "")
+        if isinstance(source, list) and all(isinstance(line, str) for line in source):
+            source = "".join(source)
+        if not isinstance(source, str):
+            continue
+        cell = from_dict(copy.deepcopy(dict(cell)))
+        cell["source"] = source
+        if not isinstance(cell.get("metadata"), dict):
+            cell["metadata"] = from_dict({})
+        written = cell["metadata"].get("nbgrader")
+        if written is not None and not isinstance(grading(cell).get("grade_id"), str):
+            del cell["metadata"]["nbgrader"]
+        cells.append(cell)
+    return cells
 
 
 def _clean_copy(cell):
