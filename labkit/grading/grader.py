@@ -8,19 +8,27 @@ grade cell is not run in the kernel: once the cells before it ran, the grader re
 source as data and judges its expectations itself (labkit.grading.judge) against the
 sandbox's real state, so nothing the student's code does to `check`, the probes or the
 display counts. Leaving the sandbox ends everything the submission started.
+
+What the sandbox may read of the lab is its released form (for `progress()`): the hidden
+checks are in the grader's memory and the executed notebook only, never in the kernel or
+on a disk the kernel sees. A submission is the student's to write and to run: nothing in
+it (its metadata, the messages its kernel sends, the size of its outputs or the number of
+its cells) may cost more than its own grade.
 """
 
 import json
 import os
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkit.grading.notebook import grade_cells, grade_id, is_grade, points, restore, source_text
+from labkit.grading.notebook import grade_cells, grade_id, is_grade, points, release, restore, source_text
 from labkit.grading.scoring import CellScore
 
 DEFAULT_CELL_TIMEOUT = 30.0
 OUTPUT_CAP = 1 << 20          # characters of output kept per cell in the executed notebook
-NOTEBOOK_NAME = "submission.ipynb"   # the restored notebook in the kernel's working directory
+SUBMISSION_OUTPUT_CAP = 16 << 20     # characters of output kept in all of one executed notebook
+NOTEBOOK_NAME = "submission.ipynb"   # the released form of the restored notebook, in the kernel's working directory
 
 
 @dataclass
@@ -58,9 +66,18 @@ def student_name(path, source_path) -> str:
 SUBMISSION_MOST = 64 << 20    # bytes of a submitted notebook (the labs' are well under 1 MiB)
 
 
-def read_notebook(path, source_path=None):
+def most_cells(source) -> int:
+    """The cells a submission of `source` may have: room for many cells of the student's
+    own, where reading, restoring and running a notebook of 400,000 empty cells cost the
+    grader over 30 s of CPU before the submission's time started."""
+    return 4 * len(source.cells) + 50
+
+
+def read_notebook(path, source_path=None, cells_most=None):
     """The notebook at `path` (ValueError saying why it is not one), a regular file of at
-    most SUBMISSION_MOST bytes. A submission (`source_path` given) is reached by no symlink
+    most SUBMISSION_MOST bytes and, if `cells_most` is given, of at most that many cells
+    (counted before nbformat reads it: its validation is the slow part).
+    A submission (`source_path` given) is reached by no symlink
     of its own or of its folder, and is not the source itself: students often hand in through a folder they
     can write, and `alice/lab.ipynb -> the source` (or `alice -> the instructor's folder`)
     would be read by the grader, as root, as alice's work."""
@@ -95,15 +112,42 @@ def read_notebook(path, source_path=None):
     if len(data) > SUBMISSION_MOST:
         raise ValueError(f"not graded: over {SUBMISSION_MOST >> 20} MiB (a notebook with its outputs cleared is far less)")
     try:
-        notebook = nbformat.reads(data.decode("utf-8"), as_version=4)
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("not a notebook: the file is not UTF-8 text") from None
+    if cells_most is not None:
+        _refuse_too_many_cells(text, cells_most)
+    try:
+        notebook = nbformat.reads(text, as_version=4)
     except Exception as error:  # nbformat raises several kinds for JSON that is not a notebook
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"not a notebook: {first[:200]}") from None
+        raise ValueError(f"not a notebook: {_first_line(error)}") from None
     if not isinstance(notebook.get("cells"), list):
         raise ValueError("not a notebook: it has no list of cells")
     return notebook
+
+
+def _first_line(error) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _refuse_too_many_cells(text, most) -> None:
+    try:
+        count = _cell_count(json.loads(text))
+    except ValueError:
+        return      # not JSON: nbformat says so next
+    if count > most:
+        raise ValueError(f"not graded: {count} cells, over the {most} a submission of this lab may have "
+                         "(4 times the lab's cells, plus 50): hand in the lab without the extra cells")
+
+
+def _cell_count(raw) -> int:
+    """The cells of a notebook's JSON, of version 4 (`cells`) or 3 (`worksheets[].cells`)."""
+    if not isinstance(raw, dict):
+        return 0
+    worksheets = raw.get("worksheets") if isinstance(raw.get("worksheets"), list) else []
+    return sum(len(part["cells"]) for part in [raw, *worksheets]
+               if isinstance(part, dict) and isinstance(part.get("cells"), list))
 
 
 def _same_file(seen, path) -> bool:
@@ -131,11 +175,14 @@ def grade(source, source_path, path, cell_timeout=DEFAULT_CELL_TIMEOUT, kernel_n
     submission = Submission(student_name(path, source_path), str(path),
                             max_total=sum(points for _, points in grade_cells(source)))
     try:
-        notebook = restore(source, read_notebook(path, source_path))
+        handed_in = read_notebook(path, source_path, cells_most=most_cells(source))
     except ValueError as error:
         submission.error = str(error)
         submission.cells = _zero_scores(source, "not graded")
         return submission
+    notebook = restore(source, handed_in)
+    readable = restore(release(source), handed_in)
+    del handed_in
     checks = parsed_checks(source)
     if sandbox == "vm":
         # The whole of this function again, in a VM of its own (labkit/grading/vm.py).
@@ -144,6 +191,7 @@ def grade(source, source_path, path, cell_timeout=DEFAULT_CELL_TIMEOUT, kernel_n
         submission.cells = _zero_scores(source, "not run")
         return grade_in_vm(source_path, path, cell_timeout, kernel_name or _kernel_of(source), limits, submission)
     with Sandbox(kind=sandbox, limits=limits, workdir=workdir) as box:
+        _write_for_the_kernel(readable, box)
         reports = _execute(notebook, cell_timeout, kernel_name or _kernel_of(source), submission, box, checks)
         if box.timed_out:
             submission.notes.append(f"the submission ran out of its {box.limits.wall_seconds:g} s; "
@@ -160,6 +208,33 @@ def grade(source, source_path, path, cell_timeout=DEFAULT_CELL_TIMEOUT, kernel_n
 
 
 BUSY_HOST = "busy host:"    # the start of a note on checks a busy host kept from being measured
+
+
+def failed(source, source_path, path, error) -> Submission:
+    """The gradebook row of a submission the grader failed on (a fault of the grader's,
+    whatever the submission did): no points, and the failure named for the instructor."""
+    where = ""
+    frames = traceback.extract_tb(error.__traceback__) if error.__traceback__ else []
+    if frames:
+        where = f", at {Path(frames[-1].filename).name} line {frames[-1].lineno}"
+    submission = Submission(student_name(path, source_path), str(path),
+                            max_total=sum(points for _, points in grade_cells(source)))
+    submission.error = (f"not graded: the grader failed on this submission ({type(error).__name__}: "
+                        f"{_first_line(error)}{where}); the others were graded. Grade it again alone, "
+                        "and report the failure with the file if it comes back")
+    submission.cells = _zero_scores(source, "not graded")
+    return submission
+
+
+def _write_for_the_kernel(readable, box) -> None:
+    """The notebook as the student has it (released: no hidden checks, no solutions), in
+    the kernel's working directory, for progress()'s list of every exercise."""
+    import nbformat
+
+    for cell in readable.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.write(readable, str(Path(box.scratch) / NOTEBOOK_NAME))
 
 
 def _score(cell, report) -> CellScore:
@@ -193,12 +268,9 @@ def _execute(notebook, cell_timeout, kernel_name, submission, box, checks) -> di
     from labkit.grading.judge import GraderWorld, judge_cell, read_answer
     from labkit.grading.session import Progress, exercises_in, is_progress_cell
 
-    import nbformat
-
     for cell in notebook.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-    nbformat.write(notebook, str(Path(box.scratch) / NOTEBOOK_NAME))   # for progress(): every exercise
     reports, cut = {}, []
 
     def note_cut(cell, cell_index, execute_reply):
@@ -236,6 +308,10 @@ def _execute(notebook, cell_timeout, kernel_name, submission, box, checks) -> di
             except DeadKernelError:
                 submission.notes.append(f"the kernel died in cell {index}; later cells did not run")
                 break
+            except Exception as error:  # the kernel's messages are the student's to forge
+                submission.notes.append(f"cell {index} could not be run: its kernel sent what the grader cannot "
+                                        f"read ({type(error).__name__}: {_first_line(error)}); later cells did not run")
+                break
             client.note_what_was_cut(cell, index)
             if cut and cut[-1] == index:
                 submission.cut.append(grade_id(cell) or f"cell {index}")
@@ -245,6 +321,9 @@ def _execute(notebook, cell_timeout, kernel_name, submission, box, checks) -> di
                     submission.notes.append(f"the kernel did not recover after cell {index} was cut "
                                             "(it ignores interrupts); later cells did not run")
                     break
+    if getattr(client, "full_from", None) is not None:
+        submission.notes.append(f"the output of this submission reached {SUBMISSION_OUTPUT_CAP >> 20} MiB in all "
+                                f"at cell {client.full_from}: later output was not kept (the cells still ran)")
     return reports
 
 
@@ -275,25 +354,38 @@ def _client_class():
     from nbclient import NotebookClient
 
     class Capped(NotebookClient):
-        """Keeps at most OUTPUT_CAP characters of each cell's output (the rest is counted,
-        not held), and says in the cell what was cut."""
+        """Keeps at most OUTPUT_CAP characters of each cell's output and SUBMISSION_OUTPUT_CAP
+        of all of them (the rest is counted, not held), and says in the cell what was cut."""
+
+        def _room(self, cell_index) -> int:
+            if not hasattr(self, "_labkit_kept"):
+                self._labkit_kept, self._labkit_cut, self._labkit_total = {}, {}, 0
+                self.full_from = None     # the first cell whose output met the submission's cap
+            room_in_all = SUBMISSION_OUTPUT_CAP - self._labkit_total
+            return min(OUTPUT_CAP - self._labkit_kept.get(cell_index, 0), room_in_all)
+
+        def _keep(self, cell_index, size) -> None:
+            self._labkit_kept[cell_index] = self._labkit_kept.get(cell_index, 0) + size
+            self._labkit_total += size
+
+        def _drop(self, cell_index, size) -> None:
+            self._labkit_cut[cell_index] = self._labkit_cut.get(cell_index, 0) + size
+            in_all = SUBMISSION_OUTPUT_CAP - self._labkit_total
+            if self.full_from is None and in_all < OUTPUT_CAP - self._labkit_kept.get(cell_index, 0):
+                self.full_from = cell_index     # the submission's cap, not the cell's, was met
 
         def output(self, outs, msg, display_id, cell_index):
-            kept = getattr(self, "_labkit_kept", None)
-            if kept is None:
-                kept = self._labkit_kept = {}
-                self._labkit_cut = {}
             content = msg.get("content", {})
-            size, room = _output_size(content), OUTPUT_CAP - kept.get(cell_index, 0)
+            size, room = _output_size(content), self._room(cell_index)
             if size > room:
                 if room > 0 and isinstance(content.get("text"), str):    # a stream: keep its head
-                    self._labkit_cut[cell_index] = self._labkit_cut.get(cell_index, 0) + size - room
+                    self._drop(cell_index, size - room)
                     msg = {**msg, "content": {**content, "text": content["text"][:room]}}
                     size = room
                 else:
-                    self._labkit_cut[cell_index] = self._labkit_cut.get(cell_index, 0) + size
+                    self._drop(cell_index, size)
                     return None
-            kept[cell_index] = kept.get(cell_index, 0) + size
+            self._keep(cell_index, size)
             return super().output(outs, msg, display_id, cell_index)
 
         def process_message(self, msg, cell, cell_index):
@@ -304,27 +396,27 @@ def _client_class():
             content = msg.get("content") or {}
             display_id = (content.get("transient") or {}).get("display_id")
             if display_id and msg.get("msg_type") in DISPLAYS:
-                kept = getattr(self, "_labkit_kept", None)
-                if kept is None:
-                    kept = self._labkit_kept = {}
-                    self._labkit_cut = {}
                 replaced = sum(len(outputs) for outputs in self._display_id_map.get(display_id, {}).values())
                 size = _output_size(content) * max(replaced, 1)
-                if size > OUTPUT_CAP - kept.get(cell_index, 0):
-                    self._labkit_cut[cell_index] = self._labkit_cut.get(cell_index, 0) + size
+                if size > self._room(cell_index):
+                    self._drop(cell_index, size)
                     return None
                 if msg.get("msg_type") == "update_display_data":     # output() is not called for it
-                    kept[cell_index] = kept.get(cell_index, 0) + size
+                    self._keep(cell_index, size)
             return super().process_message(msg, cell, cell_index)
 
         def note_what_was_cut(self, cell, index):
             from nbformat.v4 import new_output
 
             dropped = getattr(self, "_labkit_cut", {}).pop(index, 0)
-            if dropped:
-                cell.outputs.append(new_output("stream", name="stdout", text=(
-                    f"\n[labkit grade run: this cell's output was cut at {OUTPUT_CAP // (1 << 20)} MiB; "
-                    f"{dropped} more characters were not kept]\n")))
+            if not dropped:
+                return
+            if self.full_from is not None and index >= self.full_from:
+                why = f"the submission's output reached {SUBMISSION_OUTPUT_CAP >> 20} MiB in all"
+            else:
+                why = f"this cell's output was cut at {OUTPUT_CAP >> 20} MiB"
+            cell.outputs.append(new_output("stream", name="stdout", text=(
+                f"\n[labkit grade run: {why}; {dropped} more characters were not kept]\n")))
     return Capped
 
 
@@ -334,9 +426,7 @@ def CappedClient(*args, **kwargs):  # noqa: N802 — a class, made on first use 
 
 def _recovered(client) -> bool:
     """After an interrupt: does the kernel answer again (within one cell timeout)?"""
-    from nbclient.exceptions import DeadKernelError
-
     try:
         return client.wait_for_reply(client.kc.kernel_info()) is not None
-    except DeadKernelError:
+    except Exception:  # a dead kernel, or a reply forged by the student's code: no answer either way
         return False
