@@ -54,12 +54,14 @@ def _read_source(path):
 
 
 def _judgeable(notebook, path) -> None:
-    """Every grade cell is a check(...) call the grader can judge itself."""
+    """Every grade cell is a check(...) call the grader can judge itself, and the source
+    can be released (what a submission's kernel may read of it is its released form)."""
     from labkit.grading.grader import parsed_checks
-    from labkit.grading.notebook import FormatError
+    from labkit.grading.notebook import FormatError, release
 
     try:
         parsed_checks(notebook)
+        release(notebook)
     except FormatError as error:
         raise ConfigError(f"source {path}: {error}") from None
 
@@ -88,7 +90,7 @@ def cmd_release(options) -> int:
 
 
 def cmd_run(options) -> int:
-    from labkit.grading.gradebook import write_all
+    from labkit.grading.gradebook import write_gradebook, write_submission
     from labkit.grading.grader import BUSY_HOST, student_name
     from labkit.grading.sandbox import KINDS, SandboxLimits
 
@@ -110,18 +112,22 @@ def cmd_run(options) -> int:
         names.append(_unique(student_name(path, options.source), set(names)))
     settings = {"cell_timeout": options.timeout, "kernel_name": options.kernel, "sandbox": options.sandbox,
                 "limits": SandboxLimits(wall_seconds=options.budget)}
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
     progress = Progress(len(options.submissions))
     done = {}
     try:
         for index, submission in graded(source, options.source, options.submissions, options.jobs, settings, progress):
             submission.student = names[index]
+            # written now and let go of: a class's executed notebooks at once would not fit in memory
+            write_submission(out, submission)
+            submission.executed = None
             done[index] = submission
             progress.done(submission)
     finally:
         progress.close()
     submissions = [done[index] for index in sorted(done)]
-    out = Path(options.out)
-    write_all(out, options.source, grade_ids, submissions)
+    write_gradebook(out, options.source, grade_ids, submissions)
     print(f"graded {len(submissions)} submission(s): {out / 'gradebook.csv'}, {out / 'gradebook.json'}, {out / 'feedback'}/")
     again = [s.student for s in submissions if any(note.startswith(BUSY_HOST) for note in s.notes)]
     if again:
@@ -131,28 +137,50 @@ def cmd_run(options) -> int:
 
 def graded(source, source_path, paths, jobs, settings, progress):
     """(index, Submission) as each is graded: in turn, or `jobs` at once in worker processes
-    (each submission in its own sandbox either way)."""
-    from labkit.grading.grader import grade
+    (each submission in its own sandbox either way). A submission the grader fails on is
+    an error row of its own, never the end of everyone's grades."""
+    from labkit.grading.grader import failed
 
     if jobs == 1:
         for index, path in enumerate(paths):
             progress.start(path)
-            yield index, grade(source, source_path, path, **settings)
+            yield index, grade_alone(source, source_path, path, **settings)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn, not fork: the grader may hold threads (a fork copies none of them, and their locks)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(grade, source, source_path, path, **settings): index for index, path in enumerate(paths)}
+        futures = {pool.submit(grade_alone, source, source_path, path, **settings): index
+                   for index, path in enumerate(paths)}
         progress.start(f"{min(jobs, len(paths))} at a time")
         try:
             for future in as_completed(futures):
-                yield futures[future], future.result()
+                index = futures[future]
+                try:
+                    submission = future.result()
+                except ConfigError:
+                    raise
+                except Exception as error:  # the worker died, or its answer could not come back
+                    submission = failed(source, source_path, paths[index], error)
+                yield index, submission
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
+
+
+def grade_alone(source, source_path, path, **settings):
+    """grade(), with whatever it raises (but a ConfigError: the options are wrong for every
+    submission) made this submission's error row."""
+    from labkit.grading.grader import failed, grade
+
+    try:
+        return grade(source, source_path, path, **settings)
+    except ConfigError:
+        raise
+    except Exception as error:
+        return failed(source, source_path, path, error)
 
 
 def _unique(name, taken) -> str:

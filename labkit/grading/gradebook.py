@@ -3,9 +3,10 @@ cell, the total), gradebook.json (every check with what it observed), a feedback
 per student (each check, passed or not, with the hint for what failed) and the notebook
 as it ran (executed/STUDENT.ipynb: what the instructor opens to see why).
 
-Only the grader writes here, after every submission was graded, each file whole (a
-temporary beside it, then a rename), in a folder no sandbox can see. A student's name
-never becomes a formula in a spreadsheet, and two names never share a file."""
+Only the grader writes here, in a folder no sandbox can see, each file whole (a temporary
+beside it, then a rename): a submission's feedback and executed notebook as soon as it is
+graded (the grader then lets go of the notebook), the gradebook once all are. A student's
+name never becomes a formula in a spreadsheet, and two names never share a file."""
 
 import csv
 import hashlib
@@ -20,20 +21,29 @@ from labkit.grading.checks import CHECKS_HEAD_HTML, check_row_html, format_point
 
 
 def write_all(out: Path, source_path, grade_ids, submissions) -> None:
+    for submission in submissions:
+        write_submission(out, submission)
+    write_gradebook(out, source_path, grade_ids, submissions)
+
+
+def write_submission(out: Path, submission) -> None:
+    """The student's feedback page and, if it ran, the notebook as it ran."""
+    feedback = out / "feedback"
+    feedback.mkdir(parents=True, exist_ok=True)
+    write_atomically(feedback / f"{safe_file_name(submission.student)}.html", feedback_html(submission))
+    if submission.executed is not None:
+        import nbformat
+
+        executed = out / "executed"
+        executed.mkdir(exist_ok=True)
+        write_atomically(executed / f"{safe_file_name(submission.student)}.ipynb",
+                         nbformat.writes(submission.executed))
+
+
+def write_gradebook(out: Path, source_path, grade_ids, submissions) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "gradebook.csv", grade_ids, submissions)
     write_json(out / "gradebook.json", source_path, grade_ids, submissions)
-    feedback = out / "feedback"
-    feedback.mkdir(exist_ok=True)
-    executed = out / "executed"
-    for submission in submissions:
-        write_atomically(feedback / f"{safe_file_name(submission.student)}.html", feedback_html(submission))
-        if submission.executed is not None:
-            import nbformat
-
-            executed.mkdir(exist_ok=True)
-            write_atomically(executed / f"{safe_file_name(submission.student)}.ipynb",
-                             nbformat.writes(submission.executed))
 
 
 _SUFFIXED = re.compile(r"-[0-9a-f]{8}$")
