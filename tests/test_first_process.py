@@ -213,3 +213,21 @@ def test_an_init_pid_1_forwards_a_signal_sent_the_moment_it_started(no_leftovers
         container.start(auto_remove=True)
         container.signal(signal.SIGTERM)
         assert container.wait(30).exit_code == 128 + signal.SIGTERM
+
+
+@pytest.mark.parametrize("options", [{}, {"init": True}])
+def test_a_working_directory_through_a_descriptor_of_the_first_process_is_refused(no_leftovers, way, options, tmp_path):
+    """runc's CVE-2024-21626: `-w /proc/self/fd/N`, where N was a descriptor of a host
+    directory the runtime still held at its chdir, gave the command a working directory
+    outside its root. The first process holds none there (fresh or from a slot, with or
+    without --init): every N is refused, and the error names the step and the path."""
+    # The way in works on any process that holds a directory: this one, on the host.
+    held = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert os.path.samefile(f"/proc/self/fd/{held}", tmp_path)
+    finally:
+        os.close(held)
+    for number in range(3, 24):
+        result = Container(ContainerSpec(command=["pwd"], workdir=f"/proc/self/fd/{number}", **options)).run()
+        assert result.exit_code == 125, (number, result.stdout)
+        assert f"change to the working directory: /proc/self/fd/{number}: " in result.error, result.error

@@ -42,9 +42,12 @@ def take_terminal():
 
 
 @step("change to the working directory")
-def working_directory(process):
-    ensure_dir(process.workdir)
-    return process.workdir
+def change_to_working_directory(process):
+    try:
+        ensure_dir(process.workdir)
+        os.chdir(process.workdir)
+    except OSError as error:   # named: `-w /proc/self/fd/9` said only "Not a directory"
+        raise OSError(error.errno, f"{process.workdir}: {error.strerror}") from None
 
 
 TABLE_LIMIT = 4 << 20   # bytes of /etc/passwd or /etc/group read at most

@@ -25,7 +25,7 @@ from labkit.linux.namespaces import BY_NAME
 # Imported here, in the helper, not when first needed: by then the container process
 # has switched root and the host's Python files are out of its sight (~0.7 ms, once).
 from labkit.net import inside as network_inside
-from labkit.runtime.inside.command import attach_stdio, become_user_and_exec, run_as_init, working_directory
+from labkit.runtime.inside.command import attach_stdio, become_user_and_exec, change_to_working_directory, run_as_init
 from labkit.runtime.inside.mounts import (
     bind_etc_files, make_mounts_private, make_root_read_only, mount_kernel_filesystems, mount_root_filesystem,
     mount_tmpfs, mount_volumes, protect_kernel_paths, switch_root,
@@ -61,7 +61,7 @@ def set_up_container(plan, fds, namespaces_made=False, root_built=False, root_sw
         set_hostname(plan)
         wait_until_released(plan, fds)
         attach_stdio(fds)
-        os.chdir(working_directory(plan.process))
+        change_to_working_directory(plan.process)
         if plan.init:
             run_as_init(plan.process, fds["error"])
         become_user_and_exec(plan.process)
