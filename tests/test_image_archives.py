@@ -104,13 +104,34 @@ def test_rootfs_directory_exports_and_imports(layered, tmp_path):
     assert flat.layers == tarred.layers
 
 
+EXPORTS = [("oci", "taken"), ("oci", "taken.tar"), ("docker", "taken.tar"), ("rootfs", "taken.tar"),
+           ("rootfs", "taken.tar.gz"), ("rootfs", "taken")]
+
+
 @pytest.mark.root
-def test_export_to_an_existing_path_is_refused(layered, tmp_path):
-    (tmp_path / "taken").write_text("mine")
+@pytest.mark.parametrize("format, name", EXPORTS)
+def test_export_to_an_existing_path_is_refused(layered, tmp_path, format, name):
+    (tmp_path / name).write_text("mine")
     with pytest.raises(ImageError, match="already exists"):
-        export_image(layered, tmp_path / "taken", "oci")
-    assert (tmp_path / "taken").read_text() == "mine"
+        export_image(layered, tmp_path / name, format)
+    assert (tmp_path / name).read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("format, name", EXPORTS)
+def test_export_writes_nothing_through_a_link_planted_beside_its_destination(layered, tmp_path, format, name):
+    """A shared directory (/tmp) lets anyone plant links at the names an export would use
+    for its work in progress: each is created anew (O_EXCL), never opened through a link."""
+    victim = tmp_path / "victim"
+    victim.write_text("the host's file\n")
+    planted = [tmp_path / f".{name}.partial", tmp_path / f".{name}.tar", tmp_path / f".{name}"]
+    for link in planted:
+        link.symlink_to(victim)
+    path = export_image(layered, tmp_path / name, format)
+    assert victim.read_bytes() == b"the host's file\n"
+    assert not path.is_symlink() and (path.is_dir() or tarfile.is_tarfile(path))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(p.name for p in planted)
 
 
 # --- hostile archives ----------------------------------------------------------------------------

@@ -154,36 +154,64 @@ def canonical_json(value) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
+def refuse_existing(destination: Path) -> None:
+    """An export never replaces what is there (a link included: it is not followed)."""
+    if os.path.lexists(destination) and not (destination.is_dir() and not destination.is_symlink()
+                                             and not any(destination.iterdir())):
+        raise BadImageInput(f"{destination} already exists; remove it or choose another path")
+
+
+def partial_file(destination: Path):
+    """(fd, path) of a new file beside `destination`, under a name no one can guess ahead:
+    mkstemp opens with O_CREAT|O_EXCL|O_NOFOLLOW, so a link planted in a shared directory
+    (/tmp) is never written through."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent)
+    os.fchmod(fd, 0o644)  # an export is for sharing, as a file open() made would be
+    return fd, Path(path)
+
+
+def publish_file(partial: Path, destination: Path) -> None:
+    """Move the finished `partial` to `destination`, which must not exist by then: link(2)
+    never replaces a name (rename(2) would replace whatever appeared there meanwhile)."""
+    try:
+        os.link(partial, destination, follow_symlinks=False)
+    except FileExistsError:
+        raise BadImageInput(f"{destination} already exists; remove it or choose another path") from None
+    os.unlink(partial)
+
+
 class OutputDirectory:
     """Build an export next to its destination and move it there only when complete."""
 
     def __init__(self, destination: Path):
         self.destination = Path(destination)
-        if self.destination.exists() and not (self.destination.is_dir() and not any(self.destination.iterdir())):
-            raise BadImageInput(f"{self.destination} already exists; remove it or choose another path")
+        refuse_existing(self.destination)
         self.destination.parent.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.", dir=self.destination.parent))
+        self.partial = None
 
     def publish_directory(self) -> None:
-        if self.destination.is_dir():
+        if self.destination.is_dir() and not self.destination.is_symlink():
             self.destination.rmdir()
         os.rename(self.work, self.destination)
 
     def publish_tar(self) -> None:
         """Tar the work dir into the destination file, deterministically."""
-        partial = self.work.with_suffix(".tar")
-        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as archive:
+        fd, self.partial = partial_file(self.destination)
+        with open(fd, "wb") as out, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
             for name in sorted(_files(self.work)):
                 info = archive.gettarinfo(self.work / name, arcname=name)
                 info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
                 with open(self.work / name, "rb") as content:
                     archive.addfile(info, content)
-        os.rename(partial, self.destination)
+        publish_file(self.partial, self.destination)
         shutil.rmtree(self.work)
 
     def discard(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
-        self.work.with_suffix(".tar").unlink(missing_ok=True)
+        if self.partial is not None:
+            self.partial.unlink(missing_ok=True)
 
 
 def _files(root: Path):

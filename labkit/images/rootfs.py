@@ -10,7 +10,7 @@ from pathlib import Path
 
 from labkit.errors import ImageError
 from labkit.images.blobs import LAYER_TYPE_FOR, compression_of, open_compressor
-from labkit.images.bundles import OutputDirectory
+from labkit.images.bundles import OutputDirectory, partial_file, publish_file, refuse_existing
 from labkit.images.layer_io import import_layer
 from labkit.images.layers import write_canonical_tar
 from labkit.images.store import Image, ImageConfig, Store, validate_name
@@ -130,17 +130,18 @@ def export_rootfs(image: Image, destination: Path) -> Path:
     name = destination.name
     if name.endswith((".tar", ".tar.gz", ".tgz")):
         compression = "none" if name.endswith(".tar") else "gzip"
+        refuse_existing(destination)
         with image.store.scratch() as scratch:
             tree = scratch / "rootfs"
             tree.mkdir()
             flatten(image, tree, link=True)
-            partial = destination.with_name(f".{name}.partial")
+            fd, partial = partial_file(destination)
             try:
-                with open(partial, "wb") as out:
+                with open(fd, "wb") as out:
                     compressor = open_compressor(out, compression)
                     write_canonical_tar(tree, compressor)
                     compressor.close()
-                os.rename(partial, destination)
+                publish_file(partial, destination)
             except BaseException:
                 partial.unlink(missing_ok=True)
                 raise
