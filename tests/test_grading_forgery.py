@@ -409,3 +409,156 @@ def test_a_proc_made_of_plain_files_earns_nothing(network_by_hand):
     cell = next(c for c in graded["fake-proc"]["cells"] if c["grade_id"] == "net-hand-check")
     assert all(c["status"] == "scored" for c in graded["fake-proc"]["cells"])
     assert all("in this submission" in check["observed"] for check in cell["checks"]), cell["checks"]
+
+
+# --- the kernel's log: a record in the kernel's own words, of a cgroup the grader saw ---------
+# Each forged record below is made by the kernel itself (overlayfs quoting a mount option it
+# could not resolve, in a mount namespace of the test's own): nothing is written to /dev/kmsg.
+
+class LogOnly:
+    """A sandbox as kernel_events sees it: the kernel's records, nothing else."""
+
+    def __init__(self, records):
+        self.records = records
+
+    def kernel_log(self):
+        return self.records
+
+
+def run_in(cgroup, command) -> int:
+    import subprocess
+
+    process = subprocess.Popen(command, preexec_fn=lambda: cgroup.add_process(os.getpid()),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return process.wait(timeout=60)
+
+
+def overlayfs_quoting(text: str) -> None:
+    """The kernel logs "overlayfs: failed to resolve '/x <text>': -2": the audit's forgery."""
+    import subprocess
+    import sys
+
+    escaped = text.replace(":", "\\:").replace(",", "\\,")
+    code = ("import ctypes; libc = ctypes.CDLL(None); "
+            f"libc.mount(b'overlay', b'/tmp', b'overlay', 0, {('lowerdir=/x ' + escaped).encode()!r})")
+    subprocess.run(["unshare", "--mount", sys.executable, "-c", code], check=True)
+
+
+def records_until(log, *wanted, timeout=10.0) -> list:
+    end = time.monotonic() + timeout
+    while True:
+        records = log.since_open()
+        if all(any(w in text for _, text in records) for w in wanted) or time.monotonic() > end:
+            return records
+        time.sleep(0.05)
+
+
+def old_rule_counts_an_oom_kill(text, name) -> bool:
+    """evidence.py's rule before this fix: a substring anywhere in any record."""
+    return "oom-kill:" in text and (f"oom_memcg={name}," in text or text.endswith(f"oom_memcg={name}"))
+
+
+@pytest.fixture
+def own_cgroup():
+    from labkit.cgroups import Limits, host_hierarchy
+
+    made = []
+
+    def make(**limits):
+        cgroup = host_hierarchy().create(f"forged-log-{os.getpid()}-{len(made)}", Limits(**limits))
+        made.append(cgroup)
+        return cgroup
+
+    yield make
+    for cgroup in made:
+        cgroup.delete()
+
+
+def test_only_the_kernels_own_oom_record_counts_not_one_quoted_by_overlayfs(own_cgroup):
+    from labkit.grading.evidence import Sighting, is_oom_kill_in, kernel_events, names_in_log
+    from labkit.grading.sandbox.kmsg import KernelLog
+
+    cgroup = own_cgroup(memory=16 << 20)
+    names = names_in_log(cgroup)
+    memory = names.get("memory") or names["unified"]
+    log = KernelLog()
+    try:
+        assert run_in(cgroup, ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]) == -9
+        overlayfs_quoting(f"oom-kill:constraint=CONSTRAINT_MEMCG oom_memcg={memory},")
+        records = records_until(log, f"oom_memcg={memory},task_memcg=", "overlayfs: failed to resolve")
+    finally:
+        log.close()
+    real = [text for _, text in records if text.startswith("oom-kill:")]
+    quoted = [text for _, text in records if text.startswith("overlayfs:") and f"oom_memcg={memory}," in text]
+    assert real and quoted, records[-20:]
+    assert old_rule_counts_an_oom_kill(quoted[0], memory), "the forgery the audit found, under the old rule"
+    assert is_oom_kill_in(real[0], memory) and not is_oom_kill_in(quoted[0], memory)
+    seen = Sighting("x", "big", "labkit/x", 0.0, logged_as=names)
+    assert kernel_events(LogOnly(records), seen)[:2] == (1, 0)
+    assert kernel_events(LogOnly([(0.0, quoted[0])]), seen)[:2] == (0, 0)
+    never_seen = Sighting("x", "big", "labkit/x", 0.0)
+    assert kernel_events(LogOnly(records), never_seen)[:2] == (0, 0), "a cgroup the watch never saw has no log"
+
+
+def test_only_the_kernels_own_fork_refusal_counts(own_cgroup):
+    from labkit.grading.evidence import Sighting, is_fork_refused_in, kernel_events, names_in_log
+    from labkit.grading.sandbox.kmsg import KernelLog
+
+    cgroup = own_cgroup(pids=4)
+    names = names_in_log(cgroup)
+    pids = names.get("pids") or names["unified"]
+    log = KernelLog()
+    try:
+        run_in(cgroup, ["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 0.2 & done 2>/dev/null; wait"])
+        overlayfs_quoting(f"cgroup: fork rejected by pids controller in {pids}")
+        records = records_until(log, f"fork rejected by pids controller in {pids}", "overlayfs: failed to resolve")
+    finally:
+        log.close()
+    real = [text for _, text in records if text.startswith("cgroup: fork rejected")]
+    quoted = [text for _, text in records if text.startswith("overlayfs:") and "fork rejected" in text]
+    assert real and quoted, records[-20:]
+    assert is_fork_refused_in(real[0], pids) and not is_fork_refused_in(quoted[0], pids)
+    assert not is_fork_refused_in(real[0], pids + "-other") and not is_fork_refused_in(real[0], pids.rsplit("/", 1)[0])
+    seen = Sighting("x", "bomb", "labkit/x", 0.0, logged_as=names)
+    assert kernel_events(LogOnly(records), seen)[:2] == (0, 1)
+
+
+def test_a_record_written_to_kmsg_by_a_user_is_not_the_kernels():
+    from labkit.grading.evidence import Sighting, kernel_events
+
+    text = "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),oom_memcg=/a,task_memcg=/a,task=dd,pid=5,uid=0"
+    seen = Sighting("x", "big", "labkit/x", 0.0, logged_as={"memory": "/a", "unified": "/a"})
+    kernel = (0 << 3) | 6       # kern.info, as mm/oom_kill.c prints it
+    user = (1 << 3) | 6         # what the kernel makes of any write to /dev/kmsg
+    assert kernel_events(LogOnly([(0.0, text, kernel)]), seen)[:2] == (1, 0)
+    assert kernel_events(LogOnly([(0.0, text, user)]), seen)[:2] == (0, 0)
+
+
+FORGED_OOM = (
+    "%container run --memory 48m --out small -- sh -c 'dd if=/dev/zero of=/dev/null bs=16M count=1 2>/dev/null'\n"
+    "# big never runs: a state.json names it, and the kernel is made to log a line that reads as its OOM kill\n"
+    "import json, os, subprocess, sys\n"
+    "home = os.environ['LABKIT_HOME']\n"
+    "os.makedirs(f'{home}/containers/fakebig', exist_ok=True)\n"
+    "with open(f'{home}/containers/fakebig/state.json', 'w') as f:\n"
+    "    json.dump({'name': 'big', 'id': 'fakebig', 'cgroup': 'labkit/fakebig'}, f)\n"
+    "slot = (int(open('/proc/self/uid_map').read().split()[1]) - 1_000_000_000) >> 18\n"
+    "opts = f'lowerdir=/x oom-kill\\\\:constraint=CONSTRAINT_MEMCG oom_memcg=/labkit-sandbox/{slot}/labkit/fakebig\\\\,'\n"
+    "code = ('import ctypes; libc = ctypes.CDLL(None); '\n"
+    "        f\"libc.mount(b'overlay', b'/tmp', b'overlay', 0, {opts.encode()!r})\")\n"
+    "subprocess.run(['unshare', '--mount', sys.executable, '-c', code])\n"
+    "big = 'big'\n")
+
+
+def test_an_oom_kill_quoted_into_the_kernel_log_earns_nothing(released, tmp_path):
+    """The audit's forgery (lab 2): `big` never runs; its state.json names a cgroup that never
+    existed, and overlayfs is made to log "oom-kill:... oom_memcg=<that cgroup>,". It scores
+    what the honest part alone scores: `small` finished (1 of 3)."""
+    source_path = LABS_DIR / "02-cgroups-lab.ipynb"
+    blank = read(released / "02-cgroups-lab.ipynb")
+    files = {"forged-oom": write(with_cells(blank, {"cg-oom-answer": FORGED_OOM}), tmp_path / "forged-oom.ipynb")}
+    graded = grade(source_path, files, tmp_path / "grades")
+    cell = next(c for c in graded["forged-oom"]["cells"] if c["grade_id"] == "cg-oom-check")
+    observed = {check["name"]: check["observed"] for check in cell["checks"]}
+    assert cell["score"] == 1, cell["checks"]
+    assert observed["big was OOM-killed"] == "container big never ran", observed

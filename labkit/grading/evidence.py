@@ -6,9 +6,12 @@ can build one). So while the cells run, the grader watches the sandbox's LABKIT_
 itself: every container directory that appears gives its name and cgroup, and the
 cgroup's counters (OOM kills, forks refused at the pids limit, throttled periods) are
 read while it exists. The kernel's own log (`box.kernel_log()`) adds the events it
-prints with the cgroup's path: an OOM kill (`oom_memcg=`) and a refused fork. The
-state.json files are the student's to forge; what counts is the real cgroup they lead
-to, inside the sandbox.
+prints with the cgroup's path, for a container gone before a count: an OOM kill and a
+refused fork, read only in the kernel's exact words from the start of a record, and only
+for a cgroup the watch saw inside the sandbox (a kernel message can quote the student's
+text: overlayfs echoes its mount options, so "oom_memcg=<cgroup>," inside some record is
+no evidence). The state.json files are the student's to forge; what counts is the real
+cgroup they lead to, inside the sandbox.
 
 Images are watched the same way: an image's history may say its top layer was committed
 from a container, but the manifest is the student's to write. When a manifest that says
@@ -20,9 +23,10 @@ hand and ascribed to a container already removed finds no read-write layer to ma
 
 import json
 import os
+import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.files import read_regular
@@ -46,6 +50,8 @@ class Sighting:
     oom_kills: int = 0
     pids_limit_hits: int = 0
     throttled_periods: int = 0
+    logged_as: dict = field(default_factory=dict)   # {controller: its real cgroup's path as the
+                                                    # kernel logs it}, once the watch saw it
 
 
 @dataclass
@@ -187,6 +193,8 @@ class Watch:
         for cgroup in candidate_cgroups(self.box, sighting.cgroup):
             if cgroup.exists() and owned(self.box, cgroup):
                 self._cgroups[sighting.id] = cgroup
+                with self._lock:
+                    sighting.logged_as = sighting.logged_as or names_in_log(cgroup)
                 return cgroup
         return None
 
@@ -258,24 +266,73 @@ def owned(box, cgroup) -> bool:
     return bool(existing) and all(box.owns_cgroup(d) for d in existing)
 
 
-def log_names(box, relative: str) -> list:
-    """How the kernel's log would name this cgroup (its path below a hierarchy's root)."""
-    relative = "/" + relative.strip("/")
-    names = {relative}
-    names.update(root.rstrip("/") + relative for root in sandbox_roots(box).values())
-    return sorted(names)
+def names_in_log(cgroup) -> dict:
+    """{controller: the cgroup's path below its hierarchy's mount}, as the kernel's log
+    prints it (pr_cont_cgroup_path: from the hierarchy's root, whatever the cgroup
+    namespace of the reader)."""
+    from labkit.cgroups.v1 import controller_mounts
+    from labkit.cgroups.v2 import unified_mount
+
+    dirs = dict(cgroup.dirs) if hasattr(cgroup, "dirs") else {"unified": cgroup.path}
+    mounts = dict(controller_mounts())
+    unified = unified_mount()
+    if unified:
+        mounts["unified"] = unified
+    names = {}
+    for controller, directory in dirs.items():
+        point = (mounts.get(controller) or "").rstrip("/")
+        real = os.path.realpath(directory)
+        if point and real.startswith(point + "/"):
+            names[controller] = real[len(point):]
+    return names
 
 
-def kernel_events(box, relative: str) -> tuple:
-    """(OOM kills, refused forks, the log lines) the kernel logged for this cgroup."""
-    names = log_names(box, relative)
+# The kernel's own records, whole (mm/oom_kill.c dump_oom_summary, kernel/cgroup/pids.c
+# pids_event): each starts the record, so a message that quotes a student's text after a
+# prefix of its own ("overlayfs: failed to resolve '...'") is never one of them. A cgroup's
+# name may hold a comma, so the one oom_memcg= is found by the name looked for.
+OOM_RECORD = re.compile(r"oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=")
+FORK_RECORD = re.compile(r"cgroup: fork rejected by pids controller in (?P<cgroup>/.*)")
+KERNEL_FACILITY, INFO_LEVEL = 0, 6       # both records are pr_info of the kernel's
+
+
+def _from_the_kernel(record) -> bool:
+    """A record's syslog prefix, where the reader keeps it: facility kern, level info. A
+    write to /dev/kmsg (root's only) is never facility 0: the kernel makes it LOG_USER."""
+    if len(record) < 3 or record[2] is None:
+        return True
+    prefix = int(record[2])
+    return prefix >> 3 == KERNEL_FACILITY and prefix & 7 == INFO_LEVEL
+
+
+def is_oom_kill_in(text: str, memory_cgroup: str) -> bool:
+    return (OOM_RECORD.match(text) is not None and text.count(",oom_memcg=") == 1
+            and f",oom_memcg={memory_cgroup},task_memcg=" in text)
+
+
+def is_fork_refused_in(text: str, pids_cgroup: str) -> bool:
+    seen = FORK_RECORD.fullmatch(text.rstrip("\n"))
+    return seen is not None and seen.group("cgroup") == pids_cgroup
+
+
+def kernel_events(box, sighting) -> tuple:
+    """(OOM kills, refused forks, the log lines) the kernel logged for this sighting's
+    cgroup: only one the watch saw inside the sandbox, by the path the kernel prints for it
+    (none for a cgroup it never saw). Ask only once the cgroup is gone: while it is there,
+    its own counters are the kernel's word."""
+    names = sighting.logged_as
+    memory = names.get("memory") or names.get("unified")
+    pids = names.get("pids") or names.get("unified")
     oom = forks = 0
     lines = []
-    for _, text in box.kernel_log():
-        if "oom-kill:" in text and any(f"oom_memcg={n}," in text or text.endswith(f"oom_memcg={n}") for n in names):
+    for record in box.kernel_log():
+        text = record[1]
+        if not _from_the_kernel(record):
+            continue
+        if memory and is_oom_kill_in(text, memory):
             oom += 1
             lines.append("the kernel logged an OOM kill in its cgroup")
-        elif "fork rejected by pids controller in" in text and any(text.rstrip().endswith(f" in {n}") for n in names):
+        elif pids and is_fork_refused_in(text, pids):
             forks += 1
             lines.append("the kernel logged a fork refused by its pids limit")
     return oom, forks, lines
