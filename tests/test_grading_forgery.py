@@ -562,3 +562,40 @@ def test_an_oom_kill_quoted_into_the_kernel_log_earns_nothing(released, tmp_path
     observed = {check["name"]: check["observed"] for check in cell["checks"]}
     assert cell["score"] == 1, cell["checks"]
     assert observed["big was OOM-killed"] == "container big never ran", observed
+
+
+def before(notebook, grade_id_wanted: str, source: str):
+    """A copy with a student's cell inserted just before the cell `grade_id_wanted`."""
+    copy = nbformat.from_dict(json.loads(json.dumps(notebook)))
+    at = next(i for i, c in enumerate(copy.cells) if grade_id(c) == grade_id_wanted)
+    copy.cells.insert(at, nbformat.v4.new_code_cell(source))
+    return copy
+
+
+BORROWED = ("borrowed = %container run -d --name not-mine --hostname capstone --memory 48m -- sleep 600\n"
+            "box_pid = borrowed.pid\n")
+# ...and moved into a memory cgroup of the student's own, where the lab's runtime puts its container
+BORROWED_AND_MOVED = BORROWED + (
+    "v1 = os.path.isdir('/sys/fs/cgroup/memory')\n"
+    "mine = os.path.join('/sys/fs/cgroup/memory' if v1 else '/sys/fs/cgroup', os.path.basename(WORK))\n"
+    "os.makedirs(mine, exist_ok=True)\n"
+    "with open(os.path.join(mine, 'memory.limit_in_bytes' if v1 else 'memory.max'), 'w') as f:\n"
+    "    f.write(str(48 << 20))\n"
+    "with open(os.path.join(mine, 'cgroup.procs'), 'w') as f:\n"
+    "    f.write(str(box_pid))\n")
+
+
+def test_a_labkit_container_is_not_the_capstones_runtime(released, tmp_path):
+    """The audit's capstone forgery: the blank lab 5 (runtime.py left as the stub) with a
+    labkit container named as `box_pid` had every point; it has none, and each check says
+    whose process it judged. Moving its memory cgroup to one of the student's changes nothing."""
+    source_path = LABS_DIR / "05-capstone-runtime-lab.ipynb"
+    blank = read(released / "05-capstone-runtime-lab.ipynb")
+    files = {name: write(before(blank, "cap-ns-check", cell), tmp_path / f"{name}.ipynb")
+             for name, cell in (("borrowed", BORROWED), ("borrowed-and-moved", BORROWED_AND_MOVED))}
+    graded = grade(source_path, files, tmp_path / "grades")
+    for student in files:
+        assert graded[student]["error"] is None
+        checks = [check for cell in graded[student]["cells"] for check in cell["checks"]]
+        assert graded[student]["total"] == 0, checks
+        assert len(checks) == 6 and all("belongs to labkit container 'not-mine'" in c["observed"] for c in checks), checks

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from labkit.files import read_regular
 from labkit.grading.layers import committed_from, upper_digest_or_none
-from labkit.grading.targets import cgroup_at, in_root
+from labkit.grading.targets import cgroup_at, in_root, start_time
 from labkit.images.store import Store
 from labkit.runtime.container_dir import ContainerDir
 
@@ -52,6 +52,7 @@ class Sighting:
     throttled_periods: int = 0
     logged_as: dict = field(default_factory=dict)   # {controller: its real cgroup's path as the
                                                     # kernel logs it}, once the watch saw it
+    processes: set = field(default_factory=set)     # {(host PID, start time)} seen in its cgroup
 
 
 @dataclass
@@ -177,7 +178,9 @@ class Watch:
             pids = cgroup.pids()
         except OSError:
             return
+        seen = {(pid, started) for pid in pids if (started := start_time(pid)) is not None}
         with self._lock:
+            sighting.processes |= seen
             # a process seen in its cgroup, or CPU time charged there: a container that started
             # and exited between two looks (a short one, started from a ready slot) still ran
             sighting.ran = sighting.ran or bool(pids) or bool(stats.cpu_seconds)
@@ -197,6 +200,13 @@ class Watch:
                     sighting.logged_as = sighting.logged_as or names_in_log(cgroup)
                 return cgroup
         return None
+
+    def container_that_had(self, pid: int):
+        """The sighting in whose cgroup the watch saw this very process (PID and start
+        time), or None: a process labkit's runtime made, wherever it is now."""
+        started = start_time(pid)
+        with self._lock:
+            return next((s for s in self.sightings.values() if (pid, started) in s.processes), None)
 
     def named(self, name) -> list:
         """Sightings of containers called `name`, newest last."""
@@ -253,6 +263,22 @@ def sandbox_roots(box) -> dict:
     if "cpu" in roots and "cpuacct" in mounts and mounts.get("cpuacct") == mounts.get("cpu"):
         roots.setdefault("cpuacct", roots["cpu"])
     return roots
+
+
+def in_labkit_subtree(box, pid: int) -> bool:
+    """The kernel has the process in a cgroup of labkit's runtime: below `labkit/` of the
+    sandbox's cgroup (or of the host's, with no sandbox), where it makes its containers'."""
+    from labkit.grading.targets import host_cgroup_paths
+
+    roots = sandbox_roots(box)
+    for controller, path in host_cgroup_paths(pid).items():
+        root = roots.get(controller)
+        if root is None or not (path + "/").startswith(root.rstrip("/") + "/"):
+            continue
+        below = path[len(root.rstrip("/")):]
+        if below.startswith("/labkit/") or root.rstrip("/").endswith("/labkit") and below.startswith("/"):
+            return True
+    return False
 
 
 def owned(box, cgroup) -> bool:

@@ -15,9 +15,9 @@ from labkit.files import read_regular
 from labkit.grading import probes
 from labkit.grading.cell_source import AnswerRef, parse_answer, parse_check
 from labkit.grading.checks import Expectation, Observation, ProbeFailed, Report, run_checks
-from labkit.grading.evidence import candidate_cgroups, kernel_events, owned
+from labkit.grading.evidence import candidate_cgroups, in_labkit_subtree, kernel_events, owned
 from labkit.grading.targets import (Answer, Finished, Process, cgroup_from_path, cgroup_of_pid, first_process,
-                                    in_root, namespace_pids,
+                                    in_root, labkit_runtime_ancestor, namespace_pids,
                                     process_by_id, reset_world, running_words, using_world)
 from labkit.images.store import Store    # imported here: read_inside's thread may import nothing
 
@@ -100,6 +100,7 @@ class GraderWorld:
             host = self.host_pid(int(target))
             if host is None:
                 raise ProbeFailed(f"no process {target} is running in this submission")
+            self._refuse_labkit_container(host, target)
             target = host
         elif isinstance(target, str) and target.startswith("/"):
             return self._cgroup(target)
@@ -107,6 +108,20 @@ class GraderWorld:
         if process.cgroup is not None and not self._owns_cgroup(process.cgroup):
             raise ProbeFailed(f"{process.label} is not in this submission's cgroups")
         return process
+
+    def _refuse_labkit_container(self, host: int, given) -> None:
+        """A PID answer names a process the student made by hand (lab 1's unshare, lab 2's
+        cgroup, lab 4's pair, the capstone's own runtime); a labkit container is named by
+        its name. So a process labkit's runtime made is refused, however it is given: the
+        watch saw it in a container's cgroup, the kernel has it in labkit's cgroup subtree,
+        or labkit's helper (or a monitor, a slot) is among its ancestors."""
+        sighting = self.watch.container_that_had(host)
+        if sighting is None and not in_labkit_subtree(self.box, host) \
+                and labkit_runtime_ancestor(host, self.box.owns_pid) is None:
+            return
+        which = f"labkit container {sighting.name!r}" if sighting is not None and sighting.name else "a labkit container"
+        raise ProbeFailed(f"process {given} belongs to {which}: labkit's runtime made it, and this check "
+                          "wants a process you made yourself")
 
     def _container(self, name) -> Process:
         self.watch.look()

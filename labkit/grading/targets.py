@@ -145,12 +145,59 @@ if not any(isinstance(finder, _NoImportsInsideARoot) for finder in sys.meta_path
 
 def cgroup_of_pid(pid):
     """The cgroup the kernel has `pid` in (/proc/PID/cgroup), as a labkit Cgroup."""
+    return cgroup_at(host_cgroup_paths(pid))
+
+
+def host_cgroup_paths(pid) -> dict:
+    """{controller: path below its hierarchy's root} of `pid`, as the grader's cgroup
+    namespace (the host's) sees it."""
     try:
         with open(f"/proc/{pid}/cgroup") as handle:
             lines = handle.read().splitlines()
     except (FileNotFoundError, ProcessLookupError):
         raise ProbeFailed(f"no process {pid} is running") from None
-    return cgroup_at(_relative_paths(lines))
+    return _relative_paths(lines)
+
+
+def _stat_fields(pid) -> list:
+    """/proc/PID/stat's fields after the command name (state first), or [] if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def start_time(pid) -> int | None:
+    """When the process started (clock ticks since boot): with its PID, who it is."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+# The names labkit's runtime gives its own processes (prctl PR_SET_NAME in runtime/): the
+# helper that forks every container, a detached container's monitor, a ready slot's first
+# process, the --init reaper, the janitor.
+LABKIT_RUNTIME_PROCESSES = frozenset({"labkit-helper", "labkit-monitor", "labkit-slot", "labkit-init",
+                                      "labkit-janitor"})
+
+
+def labkit_runtime_ancestor(pid, owns_pid) -> int | None:
+    """The nearest of `pid` and its ancestors that is a process of labkit's runtime, looked
+    for as far up as the processes are the submission's (`owns_pid`); None if none is."""
+    seen = set()
+    while pid > 1 and pid not in seen and owns_pid(pid):
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/comm") as handle:
+                if handle.read().strip() in LABKIT_RUNTIME_PROCESSES:
+                    return pid
+        except OSError:
+            return None
+        fields = _stat_fields(pid)
+        if len(fields) < 2:
+            return None
+        pid = int(fields[1])
+    return None
 
 
 def _relative_paths(lines) -> dict:
@@ -206,11 +253,11 @@ def first_process(pids) -> int | None:
     for pid in pids:
         try:
             inner = namespace_pids(pid)[-1]
-            with open(f"/proc/{pid}/stat") as handle:
-                started = int(handle.read().rsplit(")", 1)[1].split()[19])
         except (OSError, ValueError, IndexError):
             continue
-        found.append((inner != 1, started, pid))
+        started = start_time(pid)
+        if started is not None:
+            found.append((inner != 1, started, pid))
     return min(found)[2] if found else None
 
 
