@@ -6,11 +6,12 @@ line (BadImageInput; exit 125 from `labkit`), without a hang, and the store is l
 import io
 import json
 import subprocess
+import sys
 import tarfile
 
 import pytest
 
-from labkit.errors import BadImageInput
+from labkit.errors import BadImageInput, ImageError
 from labkit.images import get_image, import_image
 from labkit.images.builder import build
 from labkit.images.store import Store
@@ -79,3 +80,56 @@ def test_a_sparse_member_added_in_a_build_is_charged_its_real_size(store, tmp_pa
     with pytest.raises(BadImageInput, match="unpacks to more than 10.0 MiB"):
         build("FROM busybox\nADD sparse-gnu.tar /data/\n", "added", context, store=store)
     assert store_contents(store) == before
+
+
+# --- an image's /etc/passwd and /etc/group are read only where they are regular files ------------
+
+def labkit(*arguments, timeout=60):
+    """The `labkit` CLI as a process, so that a hang is a timeout, not a stuck test run."""
+    return subprocess.run([sys.executable, "-m", "labkit", *arguments], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def rootfs_tar(path, members):
+    """A rootfs tarball of (name, kind, data) members, kind 'file', 'dir', 'fifo' or 'symlink'."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            info.mode = 0o755 if kind == "dir" else 0o644
+            info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "fifo": tarfile.FIFOTYPE,
+                         "symlink": tarfile.SYMTYPE}[kind]
+            if kind == "symlink":
+                info.linkname = data
+            payload = data.encode() if kind == "file" else b""
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    return path
+
+
+@pytest.mark.parametrize("table, chown, named", [
+    ("passwd", "app", "no user named 'app'"),
+    ("group", "0:staff", "no group named 'staff'"),
+])
+def test_a_fifo_as_the_images_user_table_does_not_hang_a_build(store, tmp_path, table, chown, named):
+    other = "group" if table == "passwd" else "passwd"
+    import_image(rootfs_tar(tmp_path / "fifo.tar", [
+        ("etc", "dir", ""), (f"etc/{table}", "fifo", ""), (f"etc/{other}", "file", "root:x:0:0::/:/bin/sh\n")]),
+        name="fifo", store=store)
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "f").write_text("f\n")
+    (context / "Dockerfile").write_text(f"FROM fifo\nCOPY --chown={chown} f /f\n")
+    done = labkit("build", "-t", "owned", str(context), timeout=30)
+    assert done.returncode == 125, done.stderr
+    assert named in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "owned" not in store.names()
+
+
+def test_a_user_table_larger_than_any_real_one_is_read_only_in_part(store, tmp_path):
+    from labkit.images.image_users import TABLE_MOST, resolve_owner
+
+    layer = tmp_path / "layer"
+    (layer / "etc").mkdir(parents=True)
+    (layer / "etc" / "passwd").write_text("x" * TABLE_MOST + "\nlate:x:7:7::/:/bin/sh\n")
+    with pytest.raises(ImageError, match="no user named 'late'"):
+        resolve_owner("late", [str(layer)], "COPY")

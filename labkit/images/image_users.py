@@ -2,28 +2,38 @@
 (as runc and podman resolve `USER` and `--chown`), never in the host's."""
 
 import os
+import stat
 
-from labkit.errors import ImageError
+from labkit.errors import BadImageInput
 from labkit.images.diff import find_in_stack
 from labkit.linux import paths
 
 
+# /etc/passwd of a large site is a few MiB at most; more is not a user table.
+TABLE_MOST = 4 << 20
+
+
 def read_image_file(lowers_top_first: list, relative: str) -> str | None:
-    """The text of `relative` as the layer stack shows it, or None; a link on the way
-    is followed only inside the layer it is in (never onto the host)."""
+    """The text of `relative` as the layer stack shows it, or None where it is not a
+    regular file; a link on the way is followed only inside the layer it is in (never onto
+    the host). Opened without blocking and read at most TABLE_MOST bytes: an image whose
+    /etc/passwd is a FIFO held its build (and the store lock) forever, and a link to
+    /dev/zero would have read until memory ran out."""
     found = find_in_stack(lowers_top_first, relative)
     if found is None:
         return None
     layer = found[:-len(relative)].rstrip("/")
     root = paths.open_root(layer)
     try:
-        fd = paths.open_in_root(root, relative, os.O_RDONLY)
+        fd = paths.open_in_root(root, relative, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
     finally:
         os.close(root)
-    with open(fd, errors="replace") as handle:
-        return handle.read(1 << 22)
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return handle.read(TABLE_MOST).decode("utf-8", "replace")
 
 
 def _lookup(text: str | None, name: str) -> tuple | None:
@@ -43,7 +53,7 @@ def resolve_owner(spec: str, lowers_top_first: list, what: str) -> tuple:
     else:
         found = _lookup(read_image_file(lowers_top_first, "etc/passwd"), user)
         if found is None:
-            raise ImageError(f"{what}: no user named {user!r} in the image's /etc/passwd; "
+            raise BadImageInput(f"{what}: no user named {user!r} in the image's /etc/passwd; "
                              "use a number or add the user first")
         uid, gid = found
     if group:
@@ -52,6 +62,6 @@ def resolve_owner(spec: str, lowers_top_first: list, what: str) -> tuple:
         else:
             found = _lookup(read_image_file(lowers_top_first, "etc/group"), group)
             if found is None:
-                raise ImageError(f"{what}: no group named {group!r} in the image's /etc/group")
+                raise BadImageInput(f"{what}: no group named {group!r} in the image's /etc/group")
             gid = found[0]
     return uid, gid
