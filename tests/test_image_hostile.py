@@ -133,3 +133,92 @@ def test_a_user_table_larger_than_any_real_one_is_read_only_in_part(store, tmp_p
     (layer / "etc" / "passwd").write_text("x" * TABLE_MOST + "\nlate:x:7:7::/:/bin/sh\n")
     with pytest.raises(ImageError, match="no user named 'late'"):
         resolve_owner("late", [str(layer)], "COPY")
+
+
+# --- an unpacked image directory: regular files only, never a link followed -------------------------
+
+def layer_tar(entries=(("hello", "file", "hi\n"),)) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, kind, data in entries:
+            info = tarfile.TarInfo(name)
+            payload = data.encode() if isinstance(data, str) else data
+            info.size, info.mode = len(payload), 0o644
+            archive.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+def sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def docker_save_files(layers, tags=("saved:latest",)) -> dict:
+    """The files of a `docker save` archive (name -> bytes) holding `layers` (tar bytes)."""
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [f"sha256:{sha256(layer)}" for layer in layers]},
+                         "config": {"Cmd": ["sh"]}}).encode()
+    files = {f"{sha256(layer)}/layer.tar": layer for layer in layers}
+    files[f"{sha256(config)}.json"] = config
+    files["manifest.json"] = json.dumps([{"Config": f"{sha256(config)}.json", "RepoTags": list(tags),
+                                          "Layers": [f"{sha256(layer)}/layer.tar" for layer in layers]}]).encode()
+    return files
+
+
+def write_directory(directory, files: dict):
+    for name, data in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_bytes(data)
+    return directory
+
+
+@pytest.fixture
+def saved_directory(tmp_path):
+    """A docker save archive unpacked into a directory, and (outside it) a file to link to."""
+    files = docker_save_files([layer_tar()])
+    directory = write_directory(tmp_path / "saved", files)
+    outside = write_directory(tmp_path / "outside", {"manifest.json": files["manifest.json"]})
+    return directory, outside / "manifest.json", files
+
+
+def test_a_manifest_linked_out_of_an_image_directory_is_not_read(store, saved_directory):
+    directory, outside, _ = saved_directory
+    (directory / "manifest.json").unlink()
+    (directory / "manifest.json").symlink_to(outside)   # as it would to /etc/shadow
+    before = store_contents(store)
+    with pytest.raises(BadImageInput, match="refusing to read manifest.json: it is a symbolic link"):
+        import_image(directory, name="linked", store=store)
+    assert store_contents(store) == before
+
+
+def test_a_directory_linked_on_the_way_is_not_followed(store, saved_directory):
+    directory, _, files = saved_directory
+    layer = next(name for name in files if name.endswith("/layer.tar"))
+    folder = directory / layer.split("/")[0]
+    folder.rename(directory.parent / "elsewhere")
+    folder.symlink_to(directory.parent / "elsewhere")
+    with pytest.raises(BadImageInput, match="is not a directory \\(a link is not followed\\)"):
+        import_image(directory, name="linked", store=store)
+
+
+@pytest.mark.parametrize("which", ["layer", "config", "manifest"])
+def test_a_fifo_in_an_image_directory_is_refused_without_a_hang(store, saved_directory, which):
+    import os
+
+    directory, _, files = saved_directory
+    name = next(name for name in files if name.endswith({"layer": "/layer.tar", "config": ".json",
+                                                          "manifest": "manifest.json"}[which])
+                and (which == "manifest" or name != "manifest.json"))
+    (directory / name).unlink()
+    os.mkfifo(directory / name)
+    done = labkit("image", "import", "--name", "fifo", str(directory), timeout=30)
+    assert done.returncode == 125, done.stderr
+    assert done.stderr.splitlines() == [f"labkit: {directory}: refusing to read {name}: it is a FIFO, not a regular "
+                                        "file; an image directory holds regular files only"]
+    assert "fifo" not in store.names()
+
+
+def test_an_image_directory_of_regular_files_still_imports(store, saved_directory):
+    directory, _, _ = saved_directory
+    image = import_image(directory, store=store)
+    assert image.name == "saved" and (image.layer_dirs[0] / "hello").read_text() == "hi\n"

@@ -1,10 +1,12 @@
 """Reading and writing a set of named files that arrives as a directory or as a tar
 (an OCI image layout, a `docker save` archive)."""
 
+import errno
 import json
 import lzma
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import zlib
@@ -16,27 +18,84 @@ from labkit.images.extract import each_member
 
 
 class DirectoryBundle:
+    """An unpacked archive. Its files are opened from an fd of the directory, one name at
+    a time and never through a link (O_NOFOLLOW), and only a regular file is read: a
+    manifest.json linked to /etc/shadow was read and parsed, and a FIFO as a layer.tar held
+    the import (and the store lock) forever. A tar's links are no member either."""
+
     def __init__(self, root: Path):
         self.root = Path(root)
         self.source = str(root)
+        self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    def _path(self, name: str) -> Path:
+    def _parts(self, name: str) -> list:
         parts = [p for p in name.split("/") if p not in ("", ".")]
-        if name.startswith("/") or ".." in parts:
+        if name.startswith("/") or ".." in parts or not parts:
             raise BadImageInput(f"{self.source}: refusing to read {name!r}: it points outside the archive")
-        return self.root.joinpath(*parts)
+        return parts
+
+    def _lookup(self, name: str) -> tuple:
+        """(fd of the directory `name` is in, its last part, its lstat); FileNotFoundError
+        where it is not there."""
+        parts = self._parts(name)
+        directory = os.dup(self.root_fd)
+        try:
+            for part in parts[:-1]:
+                try:
+                    inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                    dir_fd=directory)
+                except OSError as error:
+                    if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                        self._refuse(name, f"{part!r} on its way is not a directory (a link is not followed)")
+                    raise
+                os.close(directory)
+                directory = inner
+            return directory, parts[-1], os.stat(parts[-1], dir_fd=directory, follow_symlinks=False)
+        except BaseException:
+            os.close(directory)
+            raise
+
+    def _refuse(self, name: str, why: str):
+        raise BadImageInput(f"{self.source}: refusing to read {name}: {why}; an image directory holds "
+                            "regular files only")
 
     def exists(self, name: str) -> bool:
-        return self._path(name).is_file()
+        """Anything by that name, a link included: what is not a regular file is refused when read."""
+        try:
+            directory, _, _ = self._lookup(name)
+        except FileNotFoundError:
+            return False
+        os.close(directory)
+        return True
 
     def open(self, name: str):
         try:
-            return open(self._path(name), "rb")
+            directory, last, found = self._lookup(name)
         except FileNotFoundError:
             raise BadImageInput(f"{self.source}: {name} is missing; the archive is incomplete") from None
+        try:
+            if not stat.S_ISREG(found.st_mode):
+                self._refuse(name, f"it is a {_kind(found.st_mode)}, not a regular file")
+            # O_NONBLOCK: were it swapped for a FIFO since the stat, the open would not wait
+            fd = os.open(last, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
+        except OSError as error:
+            self._refuse(name, f"it cannot be opened ({error.strerror})")
+        finally:
+            os.close(directory)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            self._refuse(name, "it is not a regular file")
+        return open(fd, "rb")
 
     def close(self):
-        pass
+        if self.root_fd is not None:
+            os.close(self.root_fd)
+            self.root_fd = None
+
+
+def _kind(mode: int) -> str:
+    return {stat.S_IFLNK: "symbolic link", stat.S_IFIFO: "FIFO", stat.S_IFDIR: "directory",
+            stat.S_IFCHR: "device", stat.S_IFBLK: "device", stat.S_IFSOCK: "socket"}.get(stat.S_IFMT(mode), "special file")
 
 
 # An image archive holds a few files per layer (overlayfs stacks at most 500 layers); a tar
