@@ -192,6 +192,10 @@ HOSTILE = {
     "hardlink-unknown": ([("h", "hardlink", "not-here")], "not a regular file unpacked earlier"),
     "device": ([("dev/mem", "chr", None)], "is a device node"),
     "duplicate": ([("a", "file", "one"), ("a", "file", "two")], "appears twice"),
+    "whiteout-of-nothing": ([(".wh.", "file", None)], "a whiteout of '', which names no file"),
+    "whiteout-of-dot": ([("a", "dir", None), ("a/.wh..", "file", None)], "a whiteout of '.', which names no file"),
+    "whiteout-of-dotdot": ([(".wh...", "file", None)], "a whiteout of '..', which names no file"),
+    "whiteout-of-a-whiteout": ([(".wh..wh.x", "file", None)], "itself a whiteout's name"),
 }
 
 

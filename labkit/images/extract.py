@@ -110,6 +110,7 @@ class _Extraction:
             return
         if base.startswith(WHITEOUT_PREFIX):
             head = name.rpartition("/")[0]
+            self.check_whiteout(name, base[len(WHITEOUT_PREFIX):])
             self.make_parents(name)
             deleted = (head + "/" if head else "") + base[len(WHITEOUT_PREFIX):]
             if deleted in self.whiteouts:
@@ -122,6 +123,16 @@ class _Extraction:
             self.refuse(name, "it is a directory earlier in the archive and a file here")
         self.make_parents(name)
         self.kinds[name] = self.create(name, member, archive)
+
+    def check_whiteout(self, name, deleted) -> None:
+        """A whiteout deletes one name of the layers below: '' , '.' and '..' name none (the
+        directory itself, its parent), and a marker's own name is never a file below."""
+        if deleted in ("", ".", ".."):
+            self.refuse(name, f"it is a whiteout of {deleted!r}, which names no file",
+                        "a whiteout is '.wh.' followed by the name of the file it deletes")
+        if deleted.startswith(WHITEOUT_PREFIX):
+            self.refuse(name, f"it is a whiteout of {deleted!r}, itself a whiteout's name",
+                        "a layer cannot hold a file by that name to delete")
 
     def create(self, name, member, archive) -> str:
         path = self.path(name)
