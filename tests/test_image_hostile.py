@@ -5,6 +5,7 @@ line (BadImageInput; exit 125 from `labkit`), without a hang, and the store is l
 
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -222,3 +223,104 @@ def test_an_image_directory_of_regular_files_still_imports(store, saved_director
     directory, _, _ = saved_directory
     image = import_image(directory, store=store)
     assert image.name == "saved" and (image.layer_dirs[0] / "hello").read_text() == "hi\n"
+
+
+# --- manifests and configs of the wrong shape --------------------------------------------------------
+
+def tar_of(path, files: dict):
+    with tarfile.open(path, "w") as archive:
+        for name, data in files.items():
+            data = data if isinstance(data, bytes) else json.dumps(data).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+LAYER = layer_tar()
+GOOD_LAYER = f"{sha256(LAYER)}/layer.tar"
+
+
+def saved_with_manifest(manifest) -> dict:
+    files = docker_save_files([LAYER])
+    files["manifest.json"] = json.dumps(manifest).encode()
+    return files
+
+
+def saved_with_config(config) -> dict:
+    data = json.dumps(config).encode()
+    return {"manifest.json": json.dumps([{"Config": f"{sha256(data)}.json", "Layers": [GOOD_LAYER]}]).encode(),
+            f"{sha256(data)}.json": data, GOOD_LAYER: LAYER}
+
+
+def diff_ids(**more):
+    return {"rootfs": {"type": "layers", "diff_ids": [f"sha256:{sha256(LAYER)}"]}, **more}
+
+
+def oci_with(index=None, layout=None, manifest=None) -> dict:
+    config = json.dumps(diff_ids()).encode()
+    config_descriptor = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": f"sha256:{sha256(config)}",
+                         "size": len(config)}
+    layer_descriptor = {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": f"sha256:{sha256(LAYER)}",
+                        "size": len(LAYER)}
+    manifest = json.dumps({"config": config_descriptor, "layers": [layer_descriptor]} if manifest is None
+                          else manifest(config_descriptor, layer_descriptor)).encode()
+    manifest_descriptor = {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "digest": f"sha256:{sha256(manifest)}", "size": len(manifest)}
+    return {"oci-layout": {"imageLayoutVersion": "1.0.0"} if layout is None else layout,
+            "index.json": {"manifests": [manifest_descriptor]} if index is None else index(manifest_descriptor),
+            f"blobs/sha256/{sha256(manifest)}": manifest, f"blobs/sha256/{sha256(config)}": config,
+            f"blobs/sha256/{sha256(LAYER)}": LAYER}
+
+
+MISSHAPEN = {
+    "manifest a list of numbers": (saved_with_manifest([1]), "manifest.json[0] is a number (1), not an object"),
+    "entry without Config": (saved_with_manifest([{"Layers": [GOOD_LAYER]}]), "entry 0 names no Config"),
+    "Config a number": (saved_with_manifest([{"Config": 5, "Layers": [GOOD_LAYER]}]), "Config is a number"),
+    "RepoTags of numbers": (saved_with_manifest([{"Config": "x.json", "RepoTags": [5], "Layers": []}]),
+                            "RepoTags[0] is a number (5), not a string"),
+    "Layers of numbers": (saved_with_manifest([{"Config": "x.json", "Layers": [5]}]), "Layers[0] is a number"),
+    "config a string": (saved_with_config(diff_ids(config="abc")), "config is a string ('abc'), not an object"),
+    "Env a number": (saved_with_config(diff_ids(config={"Env": 5})), "config.Env is a number (5), not a list"),
+    "Cmd a string": (saved_with_config(diff_ids(config={"Cmd": "echo hi"})), "config.Cmd is a string"),
+    "WorkingDir a number": (saved_with_config(diff_ids(config={"WorkingDir": 7})), "config.WorkingDir is a number"),
+    "Labels a list": (saved_with_config(diff_ids(config={"Labels": [1, 2]})), "config.Labels is a list"),
+    "a Label a number": (saved_with_config(diff_ids(config={"Labels": {"a": 1}})), "config.Labels['a'] is a number"),
+    "Volumes a list": (saved_with_config(diff_ids(config={"Volumes": [1, "a"]})), "config.Volumes is a list"),
+    "history a number": (saved_with_config(diff_ids(history=5)), "history is a number (5), not a list"),
+    "history of strings": (saved_with_config(diff_ids(history=["a"])), "history[0] is a string"),
+    "diff_ids a string": (saved_with_config({"rootfs": {"diff_ids": "sha256:" + "0" * 64}}), "diff_ids is a string"),
+    "oci-layout a list": (oci_with(layout=[1]), "oci-layout is a list"),
+    "index.json a list": (oci_with(index=lambda descriptor: [1]), "index.json is a list"),
+    "manifests a number": (oci_with(index=lambda descriptor: {"manifests": 5}), "manifests is a number"),
+    "manifests of strings": (oci_with(index=lambda descriptor: {"manifests": ["x"]}), "manifests[0] is a string"),
+    "annotations a list": (oci_with(index=lambda descriptor: {"manifests": [{**descriptor, "annotations": [1]}]}),
+                           "annotations is a list"),
+    "digest a number": (oci_with(index=lambda descriptor: {"manifests": [{**descriptor, "digest": 5}]}),
+                        "malformed digest 5"),
+    "manifest a list": (oci_with(manifest=lambda config, layer: [1]), "is a list ([1]), not an object"),
+    "manifest without config": (oci_with(manifest=lambda config, layer: {"layers": [layer]}), "image config is null"),
+    "manifest without layers": (oci_with(manifest=lambda config, layer: {"config": config}), "layers is null"),
+    "layers of strings": (oci_with(manifest=lambda config, layer: {"config": config, "layers": ["x"]}),
+                          "layers[0] is a string"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISSHAPEN))
+def test_json_of_the_wrong_shape_is_one_line_naming_the_field(store, tmp_path, case):
+    files, named = MISSHAPEN[case]
+    before = store_contents(store)
+    with pytest.raises(BadImageInput, match=re.escape(named)):
+        import_image(tar_of(tmp_path / "misshapen.tar", files), name="misshapen", store=store)
+    assert store_contents(store) == before
+
+
+def test_json_of_the_wrong_shape_exits_125_from_the_cli(store, tmp_path):
+    done = labkit("image", "import", str(tar_of(tmp_path / "bad.tar", saved_with_config(diff_ids(config="abc")))))
+    assert done.returncode == 125, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "config is a string ('abc'), not an object" in done.stderr
+
+
+def test_the_wellformed_archives_of_these_tests_import(store, tmp_path):
+    assert import_image(tar_of(tmp_path / "saved.tar", saved_with_config(diff_ids())), name="a", store=store)
+    assert import_image(tar_of(tmp_path / "oci.tar", oci_with()), name="b", store=store)

@@ -16,6 +16,7 @@ from pathlib import Path
 from labkit.errors import BadImageInput
 from labkit.images.blobs import UnpackBudget
 from labkit.images.bundles import OutputDirectory, canonical_json, read_json
+from labkit.images.json_shapes import mappings, reading, string, strings
 from labkit.images.layer_io import copy_blob, export_layer, import_layer
 from labkit.images.oci import (
     config_from_oci,
@@ -32,18 +33,19 @@ NAMED_BY_DIGEST = re.compile(r"(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?")
 
 
 def import_docker(bundle, store: Store, name: str | None = None, ref: str | None = None, **options) -> Image:
-    entries = read_json(bundle, "manifest.json")
-    if not isinstance(entries, list) or not entries:
-        raise BadImageInput(f"{bundle.source}: manifest.json lists no images; it is not a docker save archive")
-    entry = _pick(entries, ref or name, bundle.source)
+    with reading(bundle.source, "manifest.json"):
+        entries = read_json(bundle, "manifest.json")
+        if not isinstance(entries, list) or not entries:
+            raise BadImageInput(f"{bundle.source}: manifest.json lists no images; it is not a docker save archive")
+        entry = _pick(_entries(entries, bundle.source), ref or name, bundle.source)
     config_data = _read_config(bundle, entry["Config"])
     config_document = parse_json(config_data, bundle.source, entry["Config"])
-    config, diff_ids, source_history = config_from_oci(config_document, bundle.source)
-    layer_files = entry.get("Layers") or []
+    config, diff_ids, source_history = config_from_oci(config_document, bundle.source, entry["Config"])
+    layer_files = entry["Layers"]
     if len(layer_files) != len(diff_ids):
         raise BadImageInput(f"{bundle.source}: manifest.json lists {len(layer_files)} layers but the config "
                             f"{len(diff_ids)} diff_ids; the archive is inconsistent")
-    tags = entry.get("RepoTags") or []
+    tags = entry["RepoTags"]
     default = tags[0].rsplit("/", 1)[-1].removesuffix(":latest") if tags else "imported"
     name = validate_name(name or default)
     options.setdefault("budget", UnpackBudget())  # one for all the layers of this import
@@ -63,13 +65,27 @@ def import_docker(bundle, store: Store, name: str | None = None, ref: str | None
         return store.save_image(name, layers, config, history, sources, keep_config_blob(store, config_data))
 
 
+def _entries(entries: list, source: str) -> list:
+    """manifest.json's entries, each checked: Config a file name, Layers and RepoTags lists
+    of strings (absent: none)."""
+    checked = []
+    for index, entry in enumerate(mappings(entries, source, "manifest.json")):
+        what = f"manifest.json's entry {index}"
+        if "Config" not in entry:
+            raise BadImageInput(f"{source}: {what} names no Config; it is not a docker save archive")
+        checked.append({**entry, "Config": string(entry["Config"], source, f"{what}.Config"),
+                        "Layers": strings(entry.get("Layers"), source, f"{what}.Layers", optional=True) or [],
+                        "RepoTags": strings(entry.get("RepoTags"), source, f"{what}.RepoTags", optional=True) or []})
+    return checked
+
+
 def _pick(entries: list, wanted: str | None, source: str) -> dict:
     if wanted:
         named = [e for e in entries if any(t in (wanted, f"{wanted}:latest") or t.endswith(f"/{wanted}")
-                                           for t in e.get("RepoTags") or [])]
+                                           for t in e["RepoTags"])]
         entries = named or entries
     if len(entries) != 1:
-        tags = ", ".join(t for e in entries for t in e.get("RepoTags") or []) or "untagged"
+        tags = ", ".join(t for e in entries for t in e["RepoTags"]) or "untagged"
         raise BadImageInput(f"{source} holds {len(entries)} images ({tags}); say which one with --ref")
     return entries[0]
 

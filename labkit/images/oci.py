@@ -17,6 +17,7 @@ from pathlib import Path
 from labkit.errors import BadImageInput, ImageError
 from labkit.images.blobs import LAYER_TYPE_FOR, UnpackBudget
 from labkit.images.bundles import OutputDirectory, canonical_json, read_json
+from labkit.images.json_shapes import mapping, mappings, reading, string, strings
 from labkit.images.layer_io import copy_blob, export_layer, import_layer
 from labkit.images.store import Image, ImageConfig, Store, validate_name
 
@@ -66,22 +67,47 @@ def oci_config(image: Image, diff_ids: list) -> dict:
             "rootfs": {"type": "layers", "diff_ids": diff_ids}, "history": history}
 
 
-def config_from_oci(document: dict, source: str) -> tuple:
+def config_from_oci(document, source: str, name: str = "the image config") -> tuple:
     """(ImageConfig, diff_ids, history) from an OCI or Docker image config."""
-    try:
-        diff_ids = list(document["rootfs"]["diff_ids"])
-    except (KeyError, TypeError):
-        raise BadImageInput(f"{source}: the image config has no rootfs.diff_ids; it is not an image config") from None
-    settings = dict(document.get("config") or {})
-    values = {attribute: settings.pop(key, None) for key, attribute in CONFIG_KEYS}
-    for key in SET_KEYS:
-        values[dict(CONFIG_KEYS)[key]] = sorted(values[dict(CONFIG_KEYS)[key]] or {})
-    config = ImageConfig(env=list(values["env"] or ImageConfig().env), workdir=values["workdir"] or "/",
-                         cmd=values["cmd"], entrypoint=values["entrypoint"], user=values["user"] or "",
-                         labels=dict(values["labels"] or {}), stop_signal=values["stop_signal"] or "",
-                         exposed_ports=values["exposed_ports"], volumes=values["volumes"],
-                         shell=settings.pop("Shell", None) or ImageConfig().shell, other=settings)
-    return config, diff_ids, list(document.get("history") or [])
+    with reading(source, name):
+        rootfs = document.get("rootfs") if isinstance(document, dict) else None
+        if not isinstance(rootfs, dict) or "diff_ids" not in rootfs:
+            raise BadImageInput(f"{source}: the image config has no rootfs.diff_ids; it is not an image config")
+        diff_ids = strings(rootfs["diff_ids"], source, f"{name}'s rootfs.diff_ids")
+        settings = dict(mapping(document.get("config"), source, f"{name}'s config", optional=True))
+        values = {attribute: _setting(settings.pop(key, None), key, source, name) for key, attribute in CONFIG_KEYS}
+        shell = strings(settings.pop("Shell", None), source, f"{name}'s config.Shell", optional=True)
+        for key in SET_KEYS:
+            values[dict(CONFIG_KEYS)[key]] = sorted(values[dict(CONFIG_KEYS)[key]] or {})
+        config = ImageConfig(env=list(values["env"] or ImageConfig().env), workdir=values["workdir"] or "/",
+                             cmd=values["cmd"], entrypoint=values["entrypoint"], user=values["user"] or "",
+                             labels=dict(values["labels"] or {}), stop_signal=values["stop_signal"] or "",
+                             exposed_ports=values["exposed_ports"], volumes=values["volumes"],
+                             shell=shell or ImageConfig().shell, other=settings)
+        history = mappings(document.get("history"), source, f"{name}'s history", optional=True)
+        for index, entry in enumerate(history):
+            for key in ("created_by", "comment", "created"):
+                string(entry.get(key), source, f"{name}'s history[{index}].{key}", optional=True)
+        return config, diff_ids, list(history)
+
+
+# What each config key holds, as Docker's own Go types say (Cmd is []string, Labels
+# map[string]string, ExposedPorts and Volumes map[string]struct{}).
+LIST_KEYS = ("Env", "Cmd", "Entrypoint")
+STRING_KEYS = ("WorkingDir", "User", "StopSignal")
+
+
+def _setting(value, key: str, source: str, name: str):
+    what = f"{name}'s config.{key}"
+    if key in LIST_KEYS:
+        return strings(value, source, what, optional=True)
+    if key in STRING_KEYS:
+        return string(value, source, what, optional=True)
+    found = mapping(value, source, what, optional=True)
+    if key == "Labels":
+        for label, text in found.items():
+            string(text, source, f"{what}[{label!r}]")
+    return found
 
 
 def image_config_blob(image: Image) -> bytes | None:
@@ -126,8 +152,8 @@ def merge_history(source_history: list, layers: list, store: Store, origin: str)
 # -- reading a layout -------------------------------------------------------------------
 
 def blob_name(descriptor: dict, source: str) -> str:
-    digest = descriptor.get("digest", "")
-    match = BLOB_DIGEST.fullmatch(digest)
+    digest = mapping(descriptor, source, "a descriptor").get("digest", "")
+    match = BLOB_DIGEST.fullmatch(digest) if isinstance(digest, str) else None
     if not match:
         raise BadImageInput(f"{source}: unsupported or malformed digest {digest!r} (expected sha256:<64 hex>)")
     return f"blobs/sha256/{match.group(1)}"
@@ -156,8 +182,8 @@ def read_checked_bytes(bundle, descriptor: dict) -> bytes:
 
 
 def check_media_type(descriptor: dict, allowed: set, what: str, source: str) -> None:
-    media_type = descriptor.get("mediaType")
-    if media_type not in allowed:
+    media_type = mapping(descriptor, source, what).get("mediaType")
+    if not isinstance(media_type, str) or media_type not in allowed:
         raise BadImageInput(f"{source}: unknown media type {media_type!r} for {what}; labkit reads "
                             f"{', '.join(sorted(allowed))}")
 
@@ -165,13 +191,17 @@ def check_media_type(descriptor: dict, allowed: set, what: str, source: str) -> 
 def pick_manifest(bundle, index: dict, wanted: str | None) -> tuple:
     """(descriptor, ref name) of the manifest to import."""
     candidates = []
-    for descriptor in index.get("manifests") or []:
+    index = mapping(index, bundle.source, "index.json")
+    for descriptor in mappings(index.get("manifests"), bundle.source, "index.json's manifests", optional=True):
         if descriptor.get("mediaType") in INDEX_TYPES:
-            nested = read_checked_json(bundle, descriptor)
-            candidates.extend((inner, descriptor.get("annotations", {}).get(REF_ANNOTATION))
-                              for inner in nested.get("manifests") or [] if _is_this_platform(inner))
+            name = blob_name(descriptor, bundle.source)
+            nested = mapping(read_checked_json(bundle, descriptor), bundle.source, name)
+            candidates.extend((inner, _ref_name(descriptor, bundle.source))
+                              for inner in mappings(nested.get("manifests"), bundle.source, f"{name}'s manifests",
+                                                    optional=True)
+                              if _is_this_platform(inner, bundle.source))
         else:
-            candidates.append((descriptor, descriptor.get("annotations", {}).get(REF_ANNOTATION)))
+            candidates.append((descriptor, _ref_name(descriptor, bundle.source)))
     if wanted:
         named = [c for c in candidates if c[1] in (wanted, f"{wanted}:latest")]
         candidates = named or candidates
@@ -182,34 +212,45 @@ def pick_manifest(bundle, index: dict, wanted: str | None) -> tuple:
     return candidates[0]
 
 
-def _is_this_platform(descriptor: dict) -> bool:
-    platform = descriptor.get("platform") or {}
+def _ref_name(descriptor: dict, source: str) -> str | None:
+    annotations = mapping(descriptor.get("annotations"), source, "a descriptor's annotations", optional=True)
+    return string(annotations.get(REF_ANNOTATION), source, f"the annotation {REF_ANNOTATION}", optional=True)
+
+
+def _is_this_platform(descriptor: dict, source: str) -> bool:
+    platform = mapping(descriptor.get("platform"), source, "a descriptor's platform", optional=True)
     machine = os.uname().machine
     return platform.get("architecture") in (None, ARCHITECTURES.get(machine, machine))
 
 
 def import_oci(bundle, store: Store, name: str | None = None, ref: str | None = None, **options) -> Image:
-    layout = read_json(bundle, "oci-layout")
-    if layout.get("imageLayoutVersion") != LAYOUT_VERSION:
-        raise BadImageInput(f"{bundle.source}: OCI layout version {layout.get('imageLayoutVersion')!r} is not "
-                            f"{LAYOUT_VERSION!r}, the only one labkit reads")
-    descriptor, ref_name = pick_manifest(bundle, read_json(bundle, "index.json"), ref or name)
+    with reading(bundle.source, "oci-layout"):
+        layout = mapping(read_json(bundle, "oci-layout"), bundle.source, "oci-layout")
+        if layout.get("imageLayoutVersion") != LAYOUT_VERSION:
+            raise BadImageInput(f"{bundle.source}: OCI layout version {layout.get('imageLayoutVersion')!r} is not "
+                                f"{LAYOUT_VERSION!r}, the only one labkit reads")
+    with reading(bundle.source, "index.json"):
+        descriptor, ref_name = pick_manifest(bundle, read_json(bundle, "index.json"), ref or name)
     check_media_type(descriptor, MANIFEST_TYPES, "the image manifest", bundle.source)
-    manifest = read_checked_json(bundle, descriptor)
-    check_media_type(manifest.get("config", {}), CONFIG_TYPES, "the image config", bundle.source)
-    for layer in manifest.get("layers", []):
-        check_media_type(layer, LAYER_TYPES, f"layer {layer.get('digest')}", bundle.source)
-    config_data = read_checked_bytes(bundle, manifest["config"])
+    manifest_name = blob_name(descriptor, bundle.source)
+    with reading(bundle.source, f"the image manifest {manifest_name}"):
+        manifest = mapping(read_checked_json(bundle, descriptor), bundle.source, f"the image manifest {manifest_name}")
+        check_media_type(manifest.get("config"), CONFIG_TYPES, "the image config", bundle.source)
+        layer_descriptors = mappings(manifest.get("layers"), bundle.source, f"{manifest_name}'s layers")
+        for layer in layer_descriptors:
+            check_media_type(layer, LAYER_TYPES, f"layer {layer.get('digest')}", bundle.source)
+            blob_name(layer, bundle.source)
+        config_data = read_checked_bytes(bundle, manifest["config"])
     config, diff_ids, source_history = config_from_oci(parse_json(config_data, bundle.source, "the config"),
                                                        bundle.source)
-    if len(diff_ids) != len(manifest.get("layers", [])):
-        raise BadImageInput(f"{bundle.source}: the manifest lists {len(manifest.get('layers', []))} layers but the "
+    if len(diff_ids) != len(layer_descriptors):
+        raise BadImageInput(f"{bundle.source}: the manifest lists {len(layer_descriptors)} layers but the "
                             f"config {len(diff_ids)} diff_ids; the image is inconsistent")
     name = validate_name(name or (ref_name or "").rsplit("/", 1)[-1] or "imported")
     options.setdefault("budget", UnpackBudget())  # one for all the layers of this import
     with store.lock():
         layers, sources = [], []
-        for descriptor, diff_id in zip(manifest["layers"], diff_ids):
+        for descriptor, diff_id in zip(layer_descriptors, diff_ids):
             blob = blob_name(descriptor, bundle.source)
             with bundle.open(blob) as handle:
                 layer, source = import_layer(store, handle, f"{bundle.source}: {blob}", descriptor["digest"],
