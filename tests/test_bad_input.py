@@ -471,3 +471,33 @@ def test_without_the_check_a_volume_replaces_the_masked_proc(no_leftovers, tmp_p
     monkeypatch.setattr(sys.modules[ContainerSpec.__module__], "mount_target", lambda path, what: path)
     result = Container(ContainerSpec(command=["cat", "/proc/marker"], volumes=[f"{shown}:/proc"])).run()
     assert (result.exit_code, result.stdout) == (0, "host directory\n"), result.stderr
+
+
+# --- members that got past the checks above: whiteouts of nothing, numbers out of range ---------------
+
+def with_pax(name, **headers):
+    info, data = member(name)
+    info.pax_headers = {key: str(value) for key, value in headers.items()}
+    return info, data
+
+
+MORE_ARCHIVE_ROWS = {
+    "whiteout of nothing": ([member("bin/.wh.")], "a whiteout of '', which names no file"),
+    "whiteout of ..": ([member(".wh...")], "a whiteout of '..', which names no file"),
+    "uid past 32 bits": ([with_pax("bin/f", uid=99999999999)], "its uid 99999999999 is not an id Linux has"),
+    "negative gid": ([with_pax("bin/f", gid=-5)], "its gid -5 is not an id Linux has"),
+    "mtime 1e300": ([with_pax("bin/f", mtime="1e300")], "its modification time 1e+300 is not a time"),
+    "mtime nan": ([with_pax("bin/f", mtime="nan")], "its modification time nan is not a time"),
+}
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("case", list(MORE_ARCHIVE_ROWS))
+def test_a_whiteout_of_nothing_or_a_number_out_of_range_is_one_line_and_exits_125(nothing_left_on_the_host,
+                                                                                  tmp_path, case):
+    members, named = MORE_ARCHIVE_ROWS[case]
+    done = labkit("image", "import", "--name", "hostile", archive_with(tmp_path, *members),
+                  home=nothing_left_on_the_host)
+    assert done.returncode == 125, done.stderr
+    assert_one_clear_line(done.stderr, named)
+    assert "hostile" not in labkit("image", "ls", home=nothing_left_on_the_host).stdout.split()

@@ -5,6 +5,7 @@ line (BadImageInput; exit 125 from `labkit`), without a hang, and the store is l
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -324,3 +325,42 @@ def test_json_of_the_wrong_shape_exits_125_from_the_cli(store, tmp_path):
 def test_the_wellformed_archives_of_these_tests_import(store, tmp_path):
     assert import_image(tar_of(tmp_path / "saved.tar", saved_with_config(diff_ids())), name="a", store=store)
     assert import_image(tar_of(tmp_path / "oci.tar", oci_with()), name="b", store=store)
+
+
+# --- numbers out of range in tar headers -------------------------------------------------------------
+
+def one_file_with_pax(path, headers: dict):
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("f")
+        info.size, info.pax_headers = 2, headers
+        archive.addfile(info, io.BytesIO(b"hi"))
+    return path
+
+
+OUT_OF_RANGE = {
+    "uid too large": ({"uid": "99999999999"}, "its uid 99999999999 is not an id Linux has"),
+    "uid negative": ({"uid": "-5"}, "its uid -5 is not an id Linux has"),
+    "uid -1 (chown's 'no change')": ({"uid": "4294967295"}, "its uid 4294967295 is not an id"),
+    "gid too large": ({"gid": "99999999999"}, "its gid 99999999999 is not an id Linux has"),
+    "mtime past time_t": ({"mtime": "1e300"}, "its modification time 1e+300 is not a time a file can have"),
+    "mtime infinite": ({"mtime": "inf"}, "its modification time inf is not a time"),
+    "mtime not a number": ({"mtime": "nan"}, "its modification time nan is not a time"),
+}
+
+
+@pytest.mark.parametrize("case", list(OUT_OF_RANGE))
+def test_a_number_out_of_range_in_a_tar_header_is_refused(store, tmp_path, case):
+    headers, named = OUT_OF_RANGE[case]
+    before = store_contents(store)
+    with pytest.raises(BadImageInput, match=re.escape(named)):
+        import_image(one_file_with_pax(tmp_path / "numbers.tar", headers), name="numbers", store=store)
+    assert store_contents(store) == before
+
+
+def test_numbers_in_range_are_kept(store, tmp_path):
+    image = import_image(one_file_with_pax(tmp_path / "numbers.tar", {"uid": "4294967294", "mtime": "-86400.5"}),
+                         name="numbers", store=store)
+    found = (image.layer_dirs[0] / "f").stat()
+    assert found.st_mtime == -86400.5
+    if os.geteuid() == 0:
+        assert found.st_uid == 4294967294

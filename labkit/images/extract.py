@@ -16,6 +16,7 @@ keep setgid, which only makes new files inherit the group.
 """
 
 import errno
+import math
 import os
 import shutil
 import stat
@@ -33,6 +34,8 @@ PATH_MAX = 4096    # bytes in a path a syscall takes, its NUL included (Linux)
 # Deeper trees are legal, but Python's shutil.rmtree recurses once per level (its limit
 # is ~1000 frames): a scratch dir that deep could not be removed after a failed import.
 MAX_DEPTH = 256
+ID_MOST = 2**32 - 2        # uid_t is 32 bits, and (uid_t)-1 means "no change" to chown(2)
+TIME_MOST = 2**63          # time_t is 64 bits
 
 
 @dataclass
@@ -117,12 +120,23 @@ class _Extraction:
                 self.refuse(name, "it appears twice in the archive", "which copy wins depends on the tool")
             self.whiteouts.append(deleted)
             return
+        self.check_numbers(name, member)
         if name in self.kinds:
             self.refuse(name, "it appears twice in the archive", "which copy wins depends on the tool")
         if name in self.implicit_dirs and not member.isdir():
             self.refuse(name, "it is a directory earlier in the archive and a file here")
         self.make_parents(name)
         self.kinds[name] = self.create(name, member, archive)
+
+    def check_numbers(self, name, member) -> None:
+        """A PAX header can say any number: chown(2) takes a 32-bit id (-1 meaning "leave it")
+        and utime(2) a finite time_t, and Python raised OverflowError or ValueError past them."""
+        for what, value in (("uid", member.uid), ("gid", member.gid)):
+            if not isinstance(value, int) or not 0 <= value <= ID_MOST:
+                self.refuse(name, f"its {what} {value!r} is not an id Linux has (0 to {ID_MOST})")
+        mtime = member.mtime
+        if not isinstance(mtime, (int, float)) or not (math.isfinite(mtime) and -TIME_MOST <= mtime < TIME_MOST):
+            self.refuse(name, f"its modification time {mtime!r} is not a time a file can have")
 
     def check_whiteout(self, name, deleted) -> None:
         """A whiteout deletes one name of the layers below: '' , '.' and '..' name none (the
