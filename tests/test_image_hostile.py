@@ -364,3 +364,40 @@ def test_numbers_in_range_are_kept(store, tmp_path):
     assert found.st_mtime == -86400.5
     if os.geteuid() == 0:
         assert found.st_uid == 4294967294
+
+
+# --- a refused import leaves the store as it was ------------------------------------------------------
+
+def oci_layout_files(layers) -> dict:
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [f"sha256:{sha256(layer)}" for layer in layers]}}
+                        ).encode()
+    descriptor = lambda data, kind: {"mediaType": kind, "digest": f"sha256:{sha256(data)}", "size": len(data)}  # noqa: E731
+    manifest = json.dumps({"config": descriptor(config, "application/vnd.oci.image.config.v1+json"),
+                           "layers": [descriptor(layer, "application/vnd.oci.image.layer.v1.tar") for layer in layers]
+                           }).encode()
+    files = {f"blobs/sha256/{sha256(data)}": data for data in (*layers, config, manifest)}
+    files["oci-layout"] = b'{"imageLayoutVersion": "1.0.0"}'
+    files["index.json"] = json.dumps({"manifests": [descriptor(manifest, "application/vnd.oci.image.manifest.v1+json")]
+                                      }).encode()
+    return files
+
+
+SECOND_LAYERS = {
+    "climbs out": layer_tar([("../evil", "file", "pwned")]),
+    "a whiteout of nothing": layer_tar([(".wh.", "file", "")]),
+    "cut short": layer_tar([("big", "file", "y" * 100_000)])[:20_000],
+}
+
+
+@pytest.mark.parametrize("shape", ["docker tar", "docker directory", "oci tar"])
+@pytest.mark.parametrize("second", list(SECOND_LAYERS))
+def test_a_refused_second_layer_leaves_no_first_layer_or_blob_behind(store, tmp_path, shape, second):
+    layers = [layer_tar([("big", "file", "x" * 100_000)]), SECOND_LAYERS[second]]
+    files = oci_layout_files(layers) if shape == "oci tar" else docker_save_files(layers)
+    path = write_directory(tmp_path / "saved", files) if shape == "docker directory" else tar_of(tmp_path / "a.tar",
+                                                                                                    files)
+    get_image("busybox", store)
+    before = store_contents(store)
+    with pytest.raises(BadImageInput):
+        import_image(path, name="partial", store=store)
+    assert store_contents(store) == before

@@ -17,7 +17,7 @@ from labkit.errors import BadImageInput
 from labkit.images.blobs import UnpackBudget
 from labkit.images.bundles import OutputDirectory, canonical_json, read_json
 from labkit.images.json_shapes import mappings, reading, string, strings
-from labkit.images.layer_io import copy_blob, export_layer, import_layer
+from labkit.images.layer_io import StagedLayers, copy_blob, export_layer
 from labkit.images.oci import (
     config_from_oci,
     diff_ids_of,
@@ -49,18 +49,19 @@ def import_docker(bundle, store: Store, name: str | None = None, ref: str | None
     default = tags[0].rsplit("/", 1)[-1].removesuffix(":latest") if tags else "imported"
     name = validate_name(name or default)
     options.setdefault("budget", UnpackBudget())  # one for all the layers of this import
-    with store.lock():
+    with store.lock(), StagedLayers(store) as staged:
         layers, sources = [], []
         for layer_file, diff_id in zip(layer_files, diff_ids):
             match = NAMED_BY_DIGEST.fullmatch(layer_file)
             blob_digest = f"sha256:{match.group(1)}" if match and layer_file.startswith("blobs/") else None
             with bundle.open(layer_file) as handle:
-                layer, source = import_layer(store, handle, f"{bundle.source}: {layer_file}", blob_digest, diff_id,
-                                             **options)
+                layer, source = staged.unpack(handle, f"{bundle.source}: {layer_file}", blob_digest, diff_id,
+                                              **options)
             if source.digest != source.diff_id:  # Docker 25's OCI-shaped archive may hold compressed blobs
                 source.media_type = "application/vnd.oci.image.layer.v1.tar+gzip"
             layers.append(layer)
             sources.append(source)
+        staged.commit()
         history = merge_history(source_history, layers, store, f"imported from {bundle.source}")
         return store.save_image(name, layers, config, history, sources, keep_config_blob(store, config_data))
 

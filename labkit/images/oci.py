@@ -18,7 +18,7 @@ from labkit.errors import BadImageInput, ImageError
 from labkit.images.blobs import LAYER_TYPE_FOR, UnpackBudget
 from labkit.images.bundles import OutputDirectory, canonical_json, read_json
 from labkit.images.json_shapes import mapping, mappings, reading, string, strings
-from labkit.images.layer_io import copy_blob, export_layer, import_layer
+from labkit.images.layer_io import StagedLayers, copy_blob, export_layer
 from labkit.images.store import Image, ImageConfig, Store, validate_name
 
 LAYOUT_VERSION = "1.0.0"
@@ -248,15 +248,16 @@ def import_oci(bundle, store: Store, name: str | None = None, ref: str | None = 
                             f"config {len(diff_ids)} diff_ids; the image is inconsistent")
     name = validate_name(name or (ref_name or "").rsplit("/", 1)[-1] or "imported")
     options.setdefault("budget", UnpackBudget())  # one for all the layers of this import
-    with store.lock():
+    with store.lock(), StagedLayers(store) as staged:
         layers, sources = [], []
         for descriptor, diff_id in zip(layer_descriptors, diff_ids):
             blob = blob_name(descriptor, bundle.source)
             with bundle.open(blob) as handle:
-                layer, source = import_layer(store, handle, f"{bundle.source}: {blob}", descriptor["digest"],
-                                             diff_id, media_type=descriptor["mediaType"], **options)
+                layer, source = staged.unpack(handle, f"{bundle.source}: {blob}", descriptor["digest"],
+                                              diff_id, media_type=descriptor["mediaType"], **options)
             layers.append(layer)
             sources.append(source)
+        staged.commit()
         history = merge_history(source_history, layers, store, f"imported from {bundle.source}")
         return store.save_image(name, layers, config, history, sources, keep_config_blob(store, config_data))
 
