@@ -448,7 +448,7 @@ def records_until(log, *wanted, timeout=10.0) -> list:
     end = time.monotonic() + timeout
     while True:
         records = log.since_open()
-        if all(any(w in text for _, text in records) for w in wanted) or time.monotonic() > end:
+        if all(any(w in text for _, text, _prefix in records) for w in wanted) or time.monotonic() > end:
             return records
         time.sleep(0.05)
 
@@ -488,8 +488,8 @@ def test_only_the_kernels_own_oom_record_counts_not_one_quoted_by_overlayfs(own_
         records = records_until(log, f"oom_memcg={memory},task_memcg=", "overlayfs: failed to resolve")
     finally:
         log.close()
-    real = [text for _, text in records if text.startswith("oom-kill:")]
-    quoted = [text for _, text in records if text.startswith("overlayfs:") and f"oom_memcg={memory}," in text]
+    real = [text for _, text, _prefix in records if text.startswith("oom-kill:")]
+    quoted = [text for _, text, _prefix in records if text.startswith("overlayfs:") and f"oom_memcg={memory}," in text]
     assert real and quoted, records[-20:]
     assert old_rule_counts_an_oom_kill(quoted[0], memory), "the forgery the audit found, under the old rule"
     assert is_oom_kill_in(real[0], memory) and not is_oom_kill_in(quoted[0], memory)
@@ -514,8 +514,8 @@ def test_only_the_kernels_own_fork_refusal_counts(own_cgroup):
         records = records_until(log, f"fork rejected by pids controller in {pids}", "overlayfs: failed to resolve")
     finally:
         log.close()
-    real = [text for _, text in records if text.startswith("cgroup: fork rejected")]
-    quoted = [text for _, text in records if text.startswith("overlayfs:") and "fork rejected" in text]
+    real = [text for _, text, _prefix in records if text.startswith("cgroup: fork rejected")]
+    quoted = [text for _, text, _prefix in records if text.startswith("overlayfs:") and "fork rejected" in text]
     assert real and quoted, records[-20:]
     assert is_fork_refused_in(real[0], pids) and not is_fork_refused_in(quoted[0], pids)
     assert not is_fork_refused_in(real[0], pids + "-other") and not is_fork_refused_in(real[0], pids.rsplit("/", 1)[0])

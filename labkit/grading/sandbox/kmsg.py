@@ -19,7 +19,9 @@ class KernelLog:
         self.records = []
 
     def since_open(self) -> list:
-        """[(seconds since boot, text)] of every record since the log was opened."""
+        """[(seconds since boot, text, syslog prefix)] of every record since the log was
+        opened. The prefix (facility << 3 | level) tells the kernel's own records (facility
+        0) from a write to /dev/kmsg, which the kernel makes LOG_USER."""
         while self.fd is not None:
             try:
                 record = os.read(self.fd, 8192)
@@ -33,14 +35,14 @@ class KernelLog:
                 break
             header, _, text = record.decode("utf-8", "replace").partition(";")
             fields = header.split(",")
-            self.records.append((int(fields[2]) / 1e6, text.split("\n", 1)[0]))
+            self.records.append((int(fields[2]) / 1e6, text.split("\n", 1)[0], int(fields[0])))
         return list(self.records)
 
     def naming(self, cgroup_names) -> list:
         """The records that name one of `cgroup_names` (paths below a hierarchy's root, as
         the kernel prints them: "/labkit-sandbox/x") or a cgroup below one of them."""
         patterns = [re.compile(re.escape(name.rstrip("/")) + r"(?:[/,\s]|$)") for name in cgroup_names if name]
-        return [(when, text) for when, text in self.since_open() if any(p.search(text) for p in patterns)]
+        return [record for record in self.since_open() if any(p.search(record[1]) for p in patterns)]
 
     def close(self):
         if self.fd is not None:
