@@ -4,8 +4,10 @@ gateway address, made when the first container needs it and removed with the las
 A bridge is a virtual switch: every container's veth end on the host is plugged into it,
 so containers reach each other at layer 2 and the host reaches them through the
 bridge's address (the route the kernel adds for it). Nothing is forwarded or NATed off
-the host: containers have a default route to the gateway only so that the host's own
-addresses answer them.
+the host (the bridge's own forwarding is off, whatever the host's ip_forward): containers
+have a default route to the gateway only so that the host's own addresses answer them,
+and so every host service listening on all addresses does, as under Docker. The bridge
+has no IPv6 (`SEALED`).
 
 Several LABKIT_HOMEs (say a test run next to a notebook) may each want a bridge. The
 interface alias records which home a bridge belongs to; names `labkit0`, `labkit1`, …
@@ -93,6 +95,7 @@ def ensure_bridge(home, subnet, gateway, known_name=None) -> tuple:
             ipr.link("add", ifname=name, kind="bridge", address=mac)
             try:
                 index = ipr.link_lookup(ifname=name)[0]
+                seal(name)
                 ipr.link("set", index=index, ifalias=alias_for(home), state="up")
                 ipr.addr("add", index=index, address=str(gateway), prefixlen=network.prefixlen)
             except BaseException:
@@ -100,6 +103,30 @@ def ensure_bridge(home, subnet, gateway, known_name=None) -> tuple:
                 raise
             return index
         return name, netlink(work)
+
+
+# Per-device settings of the bridge itself (never the host-wide ones), set before it is up.
+SEALED = {
+    # No IPv6 on the host's side: a container (CAP_NET_RAW, as Docker gives) could send a
+    # router advertisement that adds an address, a route or a default route to the host
+    # (an audit added 2001:db8:1ab::/64 to labkit0 so; Docker's CVE-2020-13401), and host
+    # services bound to `::` would answer it by link-local.
+    "ipv6/conf/{}/disable_ipv6": "1",
+    # Nothing that comes in on the bridge is forwarded, even on a host whose ip_forward is
+    # 1 (one that runs Docker or libvirt): IPv4 asks the device a packet came in on.
+    "ipv4/conf/{}/forwarding": "0",
+}
+
+
+def seal(name) -> None:
+    """The bridge's own IPv6 off and its forwarding off (see SEALED). A host without IPv6
+    has no such file: nothing to turn off there."""
+    for setting, value in SEALED.items():
+        try:
+            with open(f"/proc/sys/net/{setting.format(name)}", "w") as knob:
+                knob.write(value)
+        except FileNotFoundError:
+            pass
 
 
 def _index_if_ours(name, home) -> int | None:
