@@ -25,6 +25,7 @@ connection's socket there (`start(ip, make_socket)`, labkit.net.rootless_bridge)
 import errno
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 from labkit.errors import ConfigError, HostError
@@ -32,6 +33,12 @@ from labkit.errors import ConfigError, HostError
 HOST_ADDRESS = "127.0.0.1"
 CONNECT_TIMEOUT = 5.0
 CHUNK = 256 * 1024
+# Connections relayed at once per published port (each holds two descriptors and a
+# thread of the owner, a notebook's kernel): past this, a new one is closed at once.
+MOST_CONNECTIONS = 128
+# accept() errors that say the owner (or the host) is short of something for now: wait
+# and accept again. Any other error means the listener was closed.
+SHORT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ class PublishedPort:
         self.target = None
         self.make_socket = None
         self.connections = set()
+        self.room = threading.BoundedSemaphore(MOST_CONNECTIONS)   # one per connection, from accept to its end
         self.lock = threading.Lock()
         self.closed = False
         self.thread = None
@@ -112,14 +120,24 @@ class PublishedPort:
         self.thread.start()
 
     def _accept_loop(self):
+        """Accepts until the port is closed. Out of descriptors (EMFILE: many connections
+        held open, by the container or any local user) it waits and accepts again: it
+        used to end there, and the port then took connections it never served."""
         while not self.closed:
             try:
                 client, _ = self.listener.accept()
-            except OSError:
-                return  # closed (shutdown wakes accept with EINVAL)
+            except OSError as error:
+                if self.closed or error.errno not in SHORT_OF + (errno.ECONNABORTED,):
+                    return  # closed (shutdown wakes accept with EINVAL)
+                time.sleep(0.05 if error.errno != errno.ECONNABORTED else 0)
+                continue
+            if not self.room.acquire(blocking=False):
+                client.close()   # MOST_CONNECTIONS already: the client sees EOF
+                continue
             threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
     def _connect(self, client):
+        """Holds a place in `room` until the relay has ended both ways (`_forget`)."""
         try:
             if self.make_socket is None:
                 upstream = socket.create_connection(self.target, timeout=CONNECT_TIMEOUT)
@@ -133,6 +151,7 @@ class PublishedPort:
                     raise
         except (OSError, HostError):
             client.close()  # nothing listens in the container: the client sees EOF
+            self.room.release()
             return
         upstream.settimeout(None)
         relay = _Relay(client, upstream, self._forget)
@@ -145,6 +164,7 @@ class PublishedPort:
     def _forget(self, relay):
         with self.lock:
             self.connections.discard(relay)
+        self.room.release()
 
     def close(self):
         with self.lock:
