@@ -474,3 +474,104 @@ def test_a_plugged_in_veth_carries_packets_before_the_container_runs_anything(mo
         for holder in holders:
             holder.kill()
             holder.wait()
+
+
+# One router advertisement from inside (CAP_NET_RAW, as Docker gives): router lifetime 0
+# (never a default router), the documentation prefix 2001:db8:1ab::/64 on-link and
+# autonomous for 120 s. Sent once eth0's link-local address is past DAD (its source).
+ROUTER_ADVERTISEMENT = """
+import socket, struct, time
+def link_local_ready():   # /proc/net/if_inet6: address, index, prefix, scope (0x20 link), flags (0x40 tentative)
+    rows = [line.split() for line in open("/proc/net/if_inet6")]
+    return any(row[5] == "eth0" and int(row[3], 16) == 0x20 and not int(row[4], 16) & 0x40 for row in rows)
+deadline = time.monotonic() + 10
+while not link_local_ready():
+    if time.monotonic() > deadline:
+        raise SystemExit("eth0 has no link-local address past DAD after 10 s")
+    time.sleep(0.1)
+sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+advertisement = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 0, 0, 0)
+prefix = struct.pack("!BBBBIII", 3, 4, 64, 0xC0, 120, 60, 0) + socket.inet_pton(socket.AF_INET6, "2001:db8:1ab::")
+sock.sendto(advertisement + prefix, ("ff02::1", 0, 0, socket.if_nametoindex("eth0")))
+print("sent")
+"""
+
+
+def _host_ipv6_of(name) -> list:
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=name)[0]
+        return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET6, index=index)]
+
+
+@pytest.mark.root
+def test_a_containers_router_advertisement_changes_nothing_on_the_host(clean, tmp_path):
+    """The bridge is the host's own interface: with IPv6 on it, a container's router
+    advertisement gave the host an address and a route (an audit; Docker's CVE-2020-13401
+    with a router lifetime: the host's default route). The bridge has no IPv6 and forwards
+    nothing, whatever the host's ip_forward. With IPv6 turned back on (only on this test's
+    bridge, removed after), the same advertisement gives the host the address: it can fail."""
+    if not os.path.exists("/proc/sys/net/ipv6"):
+        pytest.skip("this host's kernel has no IPv6: nothing to advertise")
+    script = tmp_path / "ra.py"
+    script.write_text(ROUTER_ADVERTISEMENT)
+    keeper = detached(command="sleep 60", network="bridge")   # the bridge lives while it does
+    try:
+        name = keeper.network.bridge
+        for setting, value in bridge.SEALED.items():
+            with open(f"/proc/sys/net/{setting.format(name)}") as knob:
+                assert knob.read().strip() == value, setting
+        advertise = dict(command=["python3", "/ra.py"], network="bridge", python=True, volumes=[f"{script}:/ra.py:ro"])
+        assert run(**advertise).check().stdout == "sent\n"
+        time.sleep(0.5)
+        assert _host_ipv6_of(name) == []
+
+        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as knob:
+            knob.write("0")
+        assert run(**advertise).check().stdout == "sent\n"
+        assert wait_until(lambda: any(a.startswith("2001:db8:1ab:") for a in _host_ipv6_of(name)), 5), _host_ipv6_of(name)
+    finally:
+        keeper.remove()
+
+
+@pytest.mark.root
+def test_a_published_port_serves_again_after_its_owner_ran_out_of_descriptors(clean):
+    """The relay lives in the owner (a notebook's kernel): each connection holds two of its
+    descriptors. Idle connections opened by anyone past its descriptor limit made accept()
+    fail with EMFILE, and the accept loop ended: the port kept taking connections it
+    never served (an audit). Now the loop waits and accepts again, and a port relays at
+    most ports.MOST_CONNECTIONS connections at once."""
+    port = free_port()
+    owner_script = f"""
+import os, resource, sys
+from labkit.runtime import Container, ContainerSpec
+container = Container(ContainerSpec(command={SERVE.format(text="still-served", port=8080)!r}, network="bridge",
+                                    publish=["{port}:8080"]))
+container.start(detach=True)
+sys.stdin.readline()                     # the server answers: the test fetched once
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 20, hard))
+print("limited", flush=True)
+sys.stdin.readline()
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+container.remove()
+"""
+    owner = subprocess.Popen([sys.executable, "-c", owner_script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    idle = []
+    try:
+        assert fetch(port, seconds=20) == "still-served\n"
+        owner.stdin.write("\n")
+        owner.stdin.flush()
+        assert owner.stdout.readline() == "limited\n"
+        for _ in range(40):   # idle: each holds a relay (two descriptors) until it closes
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(1)         # the owner runs out of descriptors on the way
+        for sock in idle:
+            sock.close()
+        idle.clear()
+        assert fetch(port, seconds=15) == "still-served\n"
+    finally:
+        for sock in idle:
+            sock.close()
+        owner.communicate("\n", timeout=60)
