@@ -51,7 +51,7 @@ def detach_network(container):
 
 def _network_peer(name):
     """The running container whose network `--net container:NAME` shares."""
-    from labkit.net import hooks
+    from labkit.net import hooks, hosts
 
     running = running_containers()
     target = running.get(name)
@@ -62,8 +62,5 @@ def _network_peer(name):
                           f"session (running: {names}); start it with detach=True first")
     if target.spec.network.is_host:
         raise ConfigError(f"container {name!r} uses the host's network; use --net host instead of container:{name}")
-    try:
-        hosts_text = target.files.hosts_file.read_text()
-    except FileNotFoundError:
-        hosts_text = None
+    hosts_text = hosts.read(target.files.hosts_file)   # None: too large (filled from inside) or gone
     return hooks.Peer(name=name, netns=target.netns, network=target.network, hosts_text=hosts_text)
