@@ -1,7 +1,8 @@
 """Writing a small file so that a reader sees either the old content or the new, never a
 half-written one: write a temporary file beside it, then rename(2) it over the old (the
 kernel makes a rename within one filesystem atomic). Reading a small file someone else
-may have replaced by a FIFO or a device: a bounded read of a regular file, or an error."""
+may have replaced by a FIFO or a device: a bounded read of a regular file, or an error.
+A lock file no one else can open (`open_lock`)."""
 
 import errno
 import os
@@ -55,3 +56,18 @@ def read_regular(path, most: int, follow: bool = True, dir_fd: int | None = None
         return b"".join(chunks)
     finally:
         os.close(descriptor)
+
+
+def open_lock(path) -> int:
+    """A descriptor of the lock file at `path` (made if missing), 0600: flock takes a lock
+    through any descriptor, a read-only one too, so a lock file others can open is one
+    they can hold for ever (an audit's student held /run/labkit-net.lock so, and every
+    bridge of root's waited). An older one made 0644 is closed to others here."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(descriptor).st_mode) != 0o600:
+            os.fchmod(descriptor, 0o600)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor

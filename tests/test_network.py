@@ -9,14 +9,17 @@ import fcntl
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute
@@ -27,6 +30,7 @@ from labkit.linux import syscalls
 from labkit.net import bridge, ipam, veth
 from labkit.runtime import Container, ContainerSpec, run
 from kernel_fixtures import wait_until
+from ordinary_user import SYSTEM_PYTHON
 
 SERVE = "mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p {port} -h /www"
 
@@ -596,3 +600,42 @@ def test_a_hosts_file_its_container_filled_is_left_alone(clean):
             later.remove()
     finally:
         fat.remove()
+
+
+HOLD_LOCK = """
+import fcntl, os, sys
+try:
+    fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("held")
+except OSError as error:
+    print("refused", error.errno)
+"""
+
+
+@pytest.mark.root
+def test_no_other_user_can_hold_the_host_wide_bridge_lock(monkeypatch):
+    """Bridge names are handed out under one host-wide lock file. Made 0644, any user could
+    open it read-only and flock it for ever, and every bridge of root's waited (an audit,
+    as a student). It is 0600 now, an older one too; a 0644 one shows the attempt works."""
+    import tempfile
+
+    from labkit.files import open_lock
+
+    place = Path(tempfile.mkdtemp(prefix="labkit-lock-"))
+    try:
+        os.chmod(place, 0o755)
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", SYSTEM_PYTHON, "-c", HOLD_LOCK]
+        older = place / "older.lock"
+        older.write_text("")
+        os.chmod(older, 0o644)   # as open(path, "w") made it
+        assert subprocess.run([*as_nobody, str(older)], capture_output=True, text=True).stdout == "held\n"
+
+        monkeypatch.setattr(bridge, "HOST_LOCK", older)
+        with bridge.host_lock():
+            pass
+        os.close(open_lock(place / "new.lock"))
+        for lock in (older, place / "new.lock"):
+            assert stat.S_IMODE(os.stat(lock).st_mode) == 0o600
+            assert subprocess.run([*as_nobody, str(lock)], capture_output=True, text=True).stdout == "refused 13\n"
+    finally:
+        shutil.rmtree(place)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from labkit.errors import BadImageInput, ImageError, ImageNotFound
-from labkit.files import read_regular, write_atomically
+from labkit.files import open_lock, read_regular, write_atomically
 from labkit.home import labkit_home, private_dir
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -370,7 +370,7 @@ class Store:
         """Writers (import, build, commit) share the lock; rm and prune take it alone,
         so they never delete a layer that a writer is about to reference."""
         self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.home / "store.lock", "a") as handle:
+        with open(open_lock(self.home / "store.lock"), "a") as handle:   # 0600 (files.open_lock)
             fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:
                 yield

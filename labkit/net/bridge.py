@@ -20,6 +20,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from labkit.files import open_lock
 from labkit.net.bridge_names import ALIAS, PREFIX, alias_for
 from labkit.net.rtnl import is_missing, netlink
 
@@ -29,7 +30,7 @@ HOST_LOCK = Path("/run/labkit-net.lock")   # bridge names are a host-wide resour
 @contextmanager
 def host_lock():
     HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(HOST_LOCK, "w") as lock:
+    with open(open_lock(HOST_LOCK), "w") as lock:   # 0600: no one else may hold it (files.open_lock)
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
