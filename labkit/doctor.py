@@ -68,7 +68,7 @@ def check_rootless() -> Check:
     if refused is not None:
         detail, fix = refusal_cause("user", refused, _own_status())
         return Check("rootless", False, f"uid {uid}: no user namespace, so no container: {detail}", fix)
-    from labkit.linux.rootless import id_maps
+    from labkit.linux.rootless import free_subid_range, id_maps
 
     name = _user_name(uid)
     uid_map, gid_map, why_one_id = id_maps()
@@ -80,8 +80,8 @@ def check_rootless() -> Check:
     return Check("rootless", True,
                  f"uid {uid} ({name}): containers run in a user namespace with your uid alone as root inside; "
                  f"other ids (chown, USER in a Dockerfile) fail: {why_one_id}",
-                 f"as root, once: apt-get install uidmap; usermod --add-subuids 100000-165535 "
-                 f"--add-subgids 100000-165535 {name}")
+                 f"as root, once: apt-get install uidmap; usermod --add-subuids {free_subid_range()} "
+                 f"--add-subgids {free_subid_range()} {name} (a range no other user has)")
 
 
 def _user_name(uid) -> str:

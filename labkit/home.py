@@ -149,6 +149,12 @@ def open_for_user_namespace(home: Path, uid: int, gid: int) -> None:
     give_to_user_namespace(home, uid, gid)
 
 
+# Root's --userns map started at host id 100,000 before (runtime/spec.py,
+# ROOT_USERNS_FIRST_ID says why it no longer does): a home opened to that group is opened
+# to the new one instead, not refused as another map's.
+FORMER_DEFAULT_GIDS = (100000,)
+
+
 def give_to_user_namespace(home: Path, uid: int, gid: int) -> None:
     """0710 with group `gid` on a home already made and checked (`open_for_user_namespace`
     does both; a rootless helper, inside the user's namespace where the host's root shows
@@ -157,7 +163,7 @@ def give_to_user_namespace(home: Path, uid: int, gid: int) -> None:
         st = os.stat(directory)
         if stat.S_IMODE(st.st_mode) == USER_NAMESPACES and st.st_gid == gid:
             continue
-        if stat.S_IMODE(st.st_mode) == USER_NAMESPACES and st.st_gid not in (0, gid):
+        if stat.S_IMODE(st.st_mode) == USER_NAMESPACES and st.st_gid not in (0, gid, *FORMER_DEFAULT_GIDS):
             raise ConfigError(
                 f"LABKIT_HOME {home} is open to the user namespaces of host gid {st.st_gid}; a container "
                 f"mapped to host uid/gid {uid}/{gid} needs a LABKIT_HOME of its own (or the same --userns map)")

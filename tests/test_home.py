@@ -15,9 +15,10 @@ import pytest
 from labkit.errors import ConfigError
 from labkit.home import labkit_home, open_for_user_namespace
 from labkit.runtime import DEFAULT_NAMESPACES, Container, ContainerSpec
+from labkit.runtime.spec import ROOT_USERNS_FIRST_ID
 
 NOBODY = 65534
-USERNS_ROOT = ContainerSpec().user_map[0]  # the host uid/gid of root in a --userns container
+USERNS_ROOT = ROOT_USERNS_FIRST_ID   # the host uid/gid of root in a --userns container of the host's root
 
 
 def mode(path) -> int:
@@ -118,6 +119,15 @@ def test_a_second_user_namespace_map_on_the_same_home_is_refused_by_name(labkit_
     with pytest.raises(ConfigError, match=f"open to the user namespaces of host gid {USERNS_ROOT}"):
         open_for_user_namespace(labkit_home, 200000, 200000)
     assert mode(labkit_home) == 0o710
+
+
+@pytest.mark.root
+def test_a_home_opened_to_the_former_default_map_is_opened_to_the_new_one(labkit_home):
+    """Root's --userns map was 100000.. before (the first range useradd gives a user): a
+    home opened to that group is opened to the new default's, not refused as another map's."""
+    open_for_user_namespace(labkit_home, 100000, 100000)
+    open_for_user_namespace(labkit_home, USERNS_ROOT, USERNS_ROOT)
+    assert (mode(labkit_home), os.stat(labkit_home).st_gid) == (0o710, USERNS_ROOT)
 
 
 @pytest.mark.root

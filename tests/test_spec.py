@@ -83,6 +83,37 @@ def test_userns_is_translated_in_one_place_and_its_map_is_a_type():
 
 
 
+def test_roots_userns_map_is_no_users_range_and_one_that_is_is_refused(tmp_path, monkeypatch):
+    """Root's --userns containers had host ids 100000.. by default: the range Debian's
+    useradd gives the first user, whose own user namespaces could then signal them and
+    write their files (an audit, as a student). The default is far above useradd's ranges,
+    and a map that shares an id with any /etc/subuid or /etc/subgid range is refused."""
+    from labkit.runtime import spec as spec_module
+    from labkit.runtime.spec import ROOT_USERNS_FIRST_ID, UserNamespaceMap, refuse_ids_of_users
+
+    subuid, subgid = tmp_path / "subuid", tmp_path / "subgid"
+    subuid.write_text("student:100000:65536\nother:165536:65536\n")   # what useradd writes, first two users
+    subgid.write_text("student:100000:65536\n")
+    files = (str(subuid), str(subgid))
+    with pytest.raises(ConfigError, match=r"shares ids with the range .*subuid gives student \(100000-165535\)"):
+        refuse_ids_of_users(UserNamespaceMap(100000, 65536), files)   # the former default
+    with pytest.raises(ConfigError, match="gives other"):
+        refuse_ids_of_users(UserNamespaceMap(231071, 1), files)       # one id is enough
+    refuse_ids_of_users(UserNamespaceMap(231072, 65536), files)
+    refuse_ids_of_users(UserNamespaceMap(ROOT_USERNS_FIRST_ID, 65536), files)
+    assert ROOT_USERNS_FIRST_ID > 600_100_000   # SUB_UID_MAX: useradd hands out nothing above it
+
+    monkeypatch.setattr(spec_module, "running_rootless", lambda: False)
+    monkeypatch.setattr(spec_module, "in_initial_user_namespace", lambda: True)
+    monkeypatch.setattr(spec_module, "SUBID_FILES", files)
+    userns = {"namespaces": spec_module.DEFAULT_NAMESPACES + ("user",)}
+    assert ContainerSpec(**userns).validated().user_map == (ROOT_USERNS_FIRST_ID, 65536)
+    with pytest.raises(ConfigError, match="gives student"):
+        ContainerSpec(**userns, user_map=(100000, 65536)).validated()
+    monkeypatch.setattr(spec_module, "in_initial_user_namespace", lambda: False)   # a grading sandbox's labkit
+    assert ContainerSpec(**userns).validated().user_map == (100000, 65536)
+
+
 def test_rootless_userns_maps_the_users_range_and_refuses_ids_outside_it(monkeypatch, capsys):
     """Rootless, a --userns container's ids are ids of the user's own namespace (0 the user,
     1.. the range): the default map (host 100000..) does not exist there. Past the 65,536 ids

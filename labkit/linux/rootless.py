@@ -143,7 +143,26 @@ def say_single_id_once(why: str) -> None:
         _said_single_id = True
         print(f"labkit: rootless with one id only ({why}): containers run as root and no other user; "
               f"for the full range, as root: `apt-get install uidmap` and "
-              f"`usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER`", file=sys.stderr)
+              f"`usermod --add-subuids {free_subid_range()} --add-subgids {free_subid_range()} USER`", file=sys.stderr)
+
+
+def free_subid_range(count: int = 65536) -> str:
+    """FIRST-LAST: `count` ids past every range /etc/subuid and /etc/subgid give (from
+    100,000, where useradd starts): a range of the user's own. The same range for two
+    users would let each enter the other's containers."""
+    first = 100000
+    for path in ("/etc/subuid", "/etc/subgid"):
+        try:
+            with open(path) as table:
+                lines = table.read(1 << 20).splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.strip().split(":")
+            if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                first = max(first, int(fields[1]) + int(fields[2]))
+    first = -(-first // 65536) * 65536 if first > 100000 else first
+    return f"{first}-{first + count - 1}"
 
 
 def say_userns_shares_ids_once(free: int) -> None:

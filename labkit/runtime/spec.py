@@ -17,7 +17,7 @@ from collections import namedtuple
 from dataclasses import dataclass, field
 
 from labkit.errors import ConfigError
-from labkit.linux.namespaces import BY_NAME
+from labkit.linux.namespaces import BY_NAME, in_initial_user_namespace
 from labkit.linux.rootless import ORDINARY_IDS, running_rootless
 from labkit.security.options import capability_name, device_rules, parse_security_opts
 from labkit.units import parse_assignments, parse_bytes, parse_count, parse_cpus, parse_seconds
@@ -91,6 +91,54 @@ class UserNamespaceMap(namedtuple("UserNamespaceMap", ("uid", "count"), defaults
         return cls(uid, count)
 
 
+# Root's --userns containers: their ids on the host. Far above what useradd hands out to
+# users (/etc/subuid ranges from 100,000 up to SUB_UID_MAX, 600,100,000 by default) and
+# above the grader's sandboxes (1,000,000,000 + 2^18 a sandbox). Root's default was
+# 100,000 once: the very range Debian's useradd gives the first user, who could then
+# signal root's --userns containers and write into their read-write layers (an audit).
+ROOT_USERNS_FIRST_ID = 1_500_000_000
+SUBID_FILES = ("/etc/subuid", "/etc/subgid")
+
+
+def user_map_for(value) -> UserNamespaceMap:
+    """The --userns map of a spec (`value` None: the default for where labkit runs):
+    rootless, a part of the user's own range (rootless_user_map); as the host's root,
+    ROOT_USERNS_FIRST_ID on, and refused where a user of this host has any of its ids;
+    in another user namespace (a grading sandbox's nested labkit), 100,000 on."""
+    if running_rootless():
+        return rootless_user_map(UserNamespaceMap() if value is None else UserNamespaceMap.parse(value))
+    if not in_initial_user_namespace():
+        return UserNamespaceMap() if value is None else UserNamespaceMap.parse(value)
+    user_map = UserNamespaceMap(ROOT_USERNS_FIRST_ID) if value is None else UserNamespaceMap.parse(value)
+    refuse_ids_of_users(user_map, SUBID_FILES)
+    return user_map
+
+
+def refuse_ids_of_users(user_map: UserNamespaceMap, files=SUBID_FILES) -> None:
+    """A map that shares a host id with a range /etc/subuid or /etc/subgid gives a user is
+    refused: that user's own user namespaces have those ids, and could signal the
+    container's processes and write what they own."""
+    first, last = user_map.uid, user_map.uid + user_map.count - 1
+    for path in files:
+        try:
+            with open(path) as table:
+                lines = table.read(1 << 20).splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.strip().split(":")
+            if len(fields) != 3 or not (fields[1].isdigit() and fields[2].isdigit()):
+                continue
+            start, count = int(fields[1]), int(fields[2])
+            if start <= last and first <= start + count - 1:
+                raise ConfigError(
+                    f"the --userns map (host ids {first}-{last}) shares ids with the range {path} gives "
+                    f"{fields[0]} ({start}-{start + count - 1}): that user could signal this container's "
+                    f"processes and write its files; give a map outside every range of /etc/subuid and "
+                    f"/etc/subgid (user_map=(FIRST, COUNT)), or leave user_map out for labkit's own "
+                    f"({ROOT_USERNS_FIRST_ID} on)")
+
+
 def rootless_user_map(user_map: UserNamespaceMap) -> UserNamespaceMap:
     """A `--userns` map for rootless labkit, whose containers are made inside the user's
     own user namespace: it may map only ids that namespace has (1 onwards: its range; 0,
@@ -98,7 +146,7 @@ def rootless_user_map(user_map: UserNamespaceMap) -> UserNamespaceMap:
 
     Ordinary rootless containers run in that namespace itself, with its ids 0 to 65,535
     (ORDINARY_IDS: an image's, nobody included). The default map keeps a `--userns`
-    container's ids apart from theirs, as root's 100000.. is apart from the host's: the
+    container's ids apart from theirs, as root's are apart from the host's users': the
     65,536 ids after them, where the range holds them (131,071 ids or more). A smaller range
     (65,536 is Debian's default) cannot: the map is then its first 65,536 ids, so the
     container's root is uid 1 of ordinary containers, and that is said once, in one line
@@ -109,8 +157,9 @@ def rootless_user_map(user_map: UserNamespaceMap) -> UserNamespaceMap:
     free = ids - 1
     if free < 1:
         raise ConfigError("--userns rootless maps the container's ids onto your /etc/subuid range, and you have "
-                          "none; as root: `apt-get install uidmap` and `usermod --add-subuids 100000-165535 "
-                          "--add-subgids 100000-165535 USER`, or run without --userns")
+                          "none; as root: `apt-get install uidmap` and `usermod --add-subuids FIRST-LAST "
+                          "--add-subgids FIRST-LAST USER` with 65536 ids no other user has (useradd picks such a "
+                          "range itself), or run without --userns")
     if user_map == UserNamespaceMap():
         if ids - ORDINARY_IDS >= user_map.count:
             return UserNamespaceMap(ORDINARY_IDS, user_map.count)
@@ -166,7 +215,7 @@ class ContainerSpec:
     network: object = "none"                 # none | host | bridge | container:NAME (a NetworkMode once validated)
     init: bool = False                       # a reaping PID 1 in front of the command
     time_offset: float = 0.0                 # seconds added to CLOCK_MONOTONIC/BOOTTIME (time ns)
-    user_map: tuple = UserNamespaceMap()     # host uid/gid range for a user namespace
+    user_map: tuple = None                   # host uid/gid range for a user namespace (None: user_map_for's)
     publish: list = field(default_factory=list)   # "HOSTPORT:CONTAINERPORT[/tcp]"
     cap_add: list = field(default_factory=list)   # capabilities beyond Docker's default set (or ALL)
     cap_drop: list = field(default_factory=list)  # capabilities taken from it (or ALL)
@@ -242,9 +291,10 @@ class ContainerSpec:
         spec.env = [item for item in (parse_env(entry) for entry in env_files(spec.env_file) + list(spec.env))
                     if item is not None]
         spec.env_file = []   # read once: their lines are in env now
-        spec.user_map = UserNamespaceMap.parse(spec.user_map)
-        if "user" in spec.namespaces and running_rootless():
-            spec.user_map = rootless_user_map(spec.user_map)
+        if "user" in spec.namespaces:
+            spec.user_map = user_map_for(spec.user_map)
+        else:
+            spec.user_map = UserNamespaceMap() if spec.user_map is None else UserNamespaceMap.parse(spec.user_map)
         spec.user = parse_user(spec.user, spec.namespaces, spec.user_map)
         if spec.python:
             from labkit.runtime.python_mounts import with_python
