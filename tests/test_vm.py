@@ -240,3 +240,34 @@ def test_a_pinned_kernel_package_is_checked_before_it_is_unpacked(tmp_path):
         kernel.fetch_deb("https://deb.debian.org/debian/pool/x.deb", None, tmp_path)
     with pytest.raises(HostError, match="not a Linux kernel image"):
         kernel.deb_package_name(_deb(tmp_path, "busybox-static"))
+
+
+@pytest.mark.root
+def test_the_sweep_of_dead_vm_runs_leaves_what_another_user_made_alone():
+    """/tmp is shared: a directory named as a dead run's, made by another user, and a
+    process of anyone's naming it, were swept (root's sweep killed the process; another
+    user's sweep raised PermissionError, and every VM kernel failed to start: an audit, as
+    a student). Only this user's directories and QEMU processes are swept now."""
+    from labkit.vm.leftovers import sweep_leftovers_of_dead_runs
+
+    dead = _a_pid_that_is_gone()
+    theirs = Path(tempfile.mkdtemp(prefix=f"labkit-vm-{dead}-"))
+    ours = Path(tempfile.mkdtemp(prefix=f"labkit-vm-{dead}-"))
+    os.chown(theirs, 65534, 65534)
+    decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"{ours}/x", f"{theirs}/x"])   # no QEMU
+    try:
+        swept = sweep_leftovers_of_dead_runs()
+        assert theirs.is_dir() and str(theirs) not in swept
+        assert not ours.exists() and str(ours) in swept
+        assert decoy.poll() is None, "a process that is no QEMU was killed"
+    finally:
+        decoy.kill()
+        decoy.wait()
+        shutil.rmtree(theirs, ignore_errors=True)
+        shutil.rmtree(ours, ignore_errors=True)
+
+
+def _a_pid_that_is_gone() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
