@@ -271,3 +271,38 @@ def _a_pid_that_is_gone() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
     return child.pid
+
+
+AGENT_HELD = """
+import json, socket, subprocess, sys, threading, time
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)   # this test's own network namespace
+from labkit.vm import agent
+
+class Answers:
+    own_fds = ()
+    def answer(self, request):
+        return {"ok": request.get("op")}
+
+threading.Thread(target=agent.serve, args=(7999, Answers()), daemon=True).start()
+for _ in range(100):
+    try:
+        silent = socket.create_connection(("127.0.0.1", 7999))
+        break
+    except ConnectionRefusedError:
+        time.sleep(0.05)
+asking = socket.create_connection(("127.0.0.1", 7999), timeout=15)   # past agent.REQUEST_SECONDS
+asking.sendall(json.dumps({"op": "hello"}).encode() + b"\\n")
+print(asking.makefile().readline().strip())
+"""
+
+
+@pytest.mark.root
+def test_a_silent_connection_holds_the_vm_agent_no_longer_than_its_request_time():
+    """The guest agent serves one connection at a time on a port QEMU forwards from the
+    host's 127.0.0.1, which every local user reaches. One that connected and said nothing
+    held it for ever, and the kernel's interrupt, restart and poll with it (an audit, as a
+    student). Run here in a network namespace of the test's own; without the fix the second
+    client's read times out."""
+    done = subprocess.run(["unshare", "--net", sys.executable, "-c", AGENT_HELD], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.splitlines()[-1:] == ['{"ok": "hello"}'], done.stdout + done.stderr

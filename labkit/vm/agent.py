@@ -251,6 +251,10 @@ def bring_network_up():
         subprocess.run([BUSYBOX, *command], check=True)
 
 
+REQUEST_SECONDS = 5.0
+REQUEST_MOST = 16 << 20   # characters of one request line (a cell's source, files it writes)
+
+
 def serve(port, agent):
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -260,9 +264,19 @@ def serve(port, agent):
     while True:
         connection, _ = listener.accept()
         agent.own_fds = (listener.fileno(), connection.fileno())
+        # One connection at a time, and the port is forwarded from the host's 127.0.0.1,
+        # which every local user reaches: one that connects and says nothing (or sends a
+        # line without end) held the agent for ever, and its kernel with it (an audit).
+        # The request is one line, read within REQUEST_SECONDS and at most REQUEST_MOST.
+        connection.settimeout(REQUEST_SECONDS)
         with connection, connection.makefile("rw") as stream:
             try:
-                request = json.loads(stream.readline() or "{}")
+                line = stream.readline(REQUEST_MOST)
+                connection.settimeout(None)
+            except OSError:   # timed out, or gone
+                continue
+            try:
+                request = json.loads(line or "{}") if line.endswith("\n") or not line else {}
             except ValueError:
                 request = {}
             stream.write(json.dumps(agent.answer(request)) + "\n")
