@@ -38,6 +38,8 @@ OPTION_ROWS = [
     (["--name", "n" * 64], "--name 'nnnn"),
     (["--name", "a/b"], "--name 'a/b'"),
     (["--hostname", ""], "--hostname ''"),
+    (["--name", "web\n"], "--name 'web\\n'"),          # $ matched before a final newline
+    (["--hostname", "web\n"], "--hostname 'web\\n'"),
     (["--hostname", "h" * 64], "--hostname 'hhhh"),
     (["--hostname", "bad_host!"], "--hostname 'bad_host!'"),
     # --memory: garbage, empty, negative, zero, NaN, inf, exponent, overflow, too little, 400 digits

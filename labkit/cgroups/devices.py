@@ -18,7 +18,7 @@ from labkit.errors import ConfigError
 ACCESS_BITS = {"m": 1, "r": 2, "w": 4}   # BPF_DEVCG_ACC_MKNOD, _READ, _WRITE
 TYPE_CODES = {"b": 1, "c": 2}            # BPF_DEVCG_DEV_BLOCK, _CHAR
 
-_LINE = re.compile(r"^([abc]) (\*|\d+):(\*|\d+) ([rwm]{1,3})$")
+_LINE = re.compile(r"^([abc]) (\*|\d+):(\*|\d+) ([rwm]{1,3})\Z")
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from labkit.units import parse_assignments, parse_bytes, parse_count, parse_cpus
 
 # Six kinds, as Docker: user and time namespaces are opt-in.
 DEFAULT_NAMESPACES = ("mnt", "uts", "ipc", "pid", "net", "cgroup")
-NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-USER_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.-]{0,31}\$?$")   # useradd's, with a machine account's $
+# \Z, not $: $ also matches before a final newline, and "web\n" was a valid name and hostname.
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
+USER_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.-]{0,31}\$?\Z")   # useradd's, with a machine account's $
 MAX_ID = 4294967294          # uid_t's top value, (uid_t)-1, means "unchanged" to setresuid
 MIN_MEMORY = 6 << 20         # Docker's floor: below it a container dies before its command runs
 PID_MAX_LIMIT = 4194304      # the kernel refuses a pids.max above it (PID_MAX_LIMIT on 64-bit)
@@ -281,7 +282,7 @@ class ContainerSpec:
             _image_name(spec.image)
         if spec.name is not None and not NAME_PATTERN.match(spec.name):
             raise ConfigError(f"--name {spec.name!r}: a container name must be letters, digits, '_', '.' or '-' (at most 63)")
-        if spec.hostname is not None and not re.match(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$", spec.hostname):
+        if spec.hostname is not None and not re.match(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})\Z", spec.hostname):
             raise ConfigError(f"--hostname {spec.hostname!r} is not a valid hostname (letters, digits, '.' and '-')")
         spec.namespaces = tuple(self._namespaces())
         spec.memory = None if spec.memory is None else _memory(spec.memory)
