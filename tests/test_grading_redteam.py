@@ -141,6 +141,32 @@ def test_a_submission_linked_to_the_source_is_not_read(tmp_path):
     assert read_notebook(source)["cells"], "the source itself is still read"
 
 
+def test_a_link_a_student_made_above_the_submission_folder_is_not_followed(tmp_path):
+    """Only the file and its folder were opened without following links: alice's own
+    `course -> <a folder only root reads>`, two levels above `course/labs/lab.ipynb`, had
+    the grader read a root-only notebook as alice's work (an audit, as a student). A link on
+    the way is followed only where root (or the grader's user) made it."""
+    import nbformat
+
+    from labkit.grading.grader import read_notebook
+
+    source, inbound = handed_in(tmp_path)
+    secret = tmp_path / "root-only" / "labs"
+    secret.mkdir(parents=True)
+    os.chmod(secret.parent, 0o700)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("SOLUTION = 42")]), str(secret / "lab.ipynb"))
+    alice = inbound / "alice"
+    alice.mkdir()
+    (alice / "course").symlink_to(secret.parent)
+    os.chown(alice / "course", 65534, 65534, follow_symlinks=False)       # alice's link
+    handed = alice / "course" / "labs" / "lab.ipynb"
+    assert "SOLUTION = 42" in handed.read_text()                           # without the defence: the secret
+    with pytest.raises(ValueError, match=r"a symlink on the way \(course -> .*\) is uid 65534's"):
+        read_notebook(handed, source)
+    os.chown(alice / "course", 0, 0, follow_symlinks=False)                # one root made: followed
+    assert "SOLUTION = 42" in read_notebook(handed, source).cells[0].source
+
+
 def test_a_fifo_or_a_huge_file_as_a_submission_is_refused_at_once(tmp_path):
     from labkit.grading import grader
 
