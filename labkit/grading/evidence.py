@@ -341,12 +341,26 @@ def is_fork_refused_in(text: str, pids_cgroup: str) -> bool:
     return seen is not None and seen.group("cgroup") == pids_cgroup
 
 
+def names_from_state(box, relative: str) -> dict:
+    """For a cgroup the watch never saw (made and gone between two of its looks: a container
+    OOM-killed at once, on a busy host): how the kernel would log the cgroup its state.json
+    names, below the sandbox's own cgroups (with no sandbox, below the hierarchies' roots).
+    A record there is the kernel's word on a cgroup of this sandbox's."""
+    relative = "/" + relative.strip("/")
+    roots = sandbox_roots(box)
+    if roots:
+        return {controller: root.rstrip("/") + relative for controller, root in roots.items()}
+    return _every_controller(relative)
+
+
 def kernel_events(box, sighting) -> tuple:
     """(OOM kills, refused forks, the log lines) the kernel logged for this sighting's
-    cgroup: only one the watch saw inside the sandbox, by the path the kernel prints for it
-    (none for a cgroup it never saw). Ask only once the cgroup is gone: while it is there,
-    its own counters are the kernel's word."""
-    names = sighting.logged_as
+    cgroup, by the path the kernel prints for it: the real cgroup the watch saw inside the
+    sandbox, or else the one its state.json names there (names_from_state: requiring a
+    sighting of the cgroup cost a fresh clone's honest lab 2 its OOM point, a container
+    killed between two looks). Ask only once the cgroup is gone: while it is there, its
+    own counters are the kernel's word."""
+    names = sighting.logged_as or names_from_state(box, sighting.cgroup)
     memory = names.get("memory") or names.get("unified")
     pids = names.get("pids") or names.get("unified")
     oom = forks = 0
