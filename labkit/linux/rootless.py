@@ -75,8 +75,9 @@ def host_uid() -> int:
     return int(os.environ.get(_ENTERED_ENV, os.geteuid()))
 
 
-def subordinate_ranges(path: str, user: str, uid: int) -> list:
-    """[(first id, count)] granted to `user` (by name or uid) in /etc/subuid or /etc/subgid."""
+def granted_ranges(path: str) -> list:
+    """[(user name or uid, first id, count)] of every range /etc/subuid or /etc/subgid
+    (`path`) grants; none where the file is missing or unreadable."""
     ranges = []
     try:
         with open(path) as handle:
@@ -85,15 +86,20 @@ def subordinate_ranges(path: str, user: str, uid: int) -> list:
         return ranges
     for line in lines:
         fields = line.strip().split(":")
-        if len(fields) != 3 or fields[0] not in (user, str(uid)):
+        if len(fields) != 3:
             continue
         try:
             first, count = int(fields[1]), int(fields[2])
         except ValueError:
             continue
         if count > 0:
-            ranges.append((first, count))
+            ranges.append((fields[0], first, count))
     return ranges
+
+
+def subordinate_ranges(path: str, user: str, uid: int) -> list:
+    """[(first id, count)] granted to `user` (by name or uid) in /etc/subuid or /etc/subgid."""
+    return [(first, count) for owner, first, count in granted_ranges(path) if owner in (user, str(uid))]
 
 
 def id_maps(uid=None, gid=None, user=None) -> tuple:
@@ -150,17 +156,7 @@ def free_subid_range(count: int = 65536) -> str:
     """FIRST-LAST: `count` ids past every range /etc/subuid and /etc/subgid give (from
     100,000, where useradd starts): a range of the user's own. The same range for two
     users would let each enter the other's containers."""
-    first = 100000
-    for path in ("/etc/subuid", "/etc/subgid"):
-        try:
-            with open(path) as table:
-                lines = table.read(1 << 20).splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.strip().split(":")
-            if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
-                first = max(first, int(fields[1]) + int(fields[2]))
+    first = max([100000] + [start + size for path in (SUBUID, SUBGID) for _, start, size in granted_ranges(path)])
     first = -(-first // 65536) * 65536 if first > 100000 else first
     return f"{first}-{first + count - 1}"
 

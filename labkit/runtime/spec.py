@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from labkit.errors import ConfigError
 from labkit.linux.namespaces import BY_NAME, in_initial_user_namespace
-from labkit.linux.rootless import ORDINARY_IDS, running_rootless
+from labkit.linux.rootless import ORDINARY_IDS, SUBGID, SUBUID, granted_ranges, running_rootless
 from labkit.security.options import capability_name, device_rules, parse_security_opts
 from labkit.units import parse_assignments, parse_bytes, parse_count, parse_cpus, parse_seconds
 
@@ -98,7 +98,7 @@ class UserNamespaceMap(namedtuple("UserNamespaceMap", ("uid", "count"), defaults
 # 100,000 once: the very range Debian's useradd gives the first user, who could then
 # signal root's --userns containers and write into their read-write layers (an audit).
 ROOT_USERNS_FIRST_ID = 1_500_000_000
-SUBID_FILES = ("/etc/subuid", "/etc/subgid")
+SUBID_FILES = (SUBUID, SUBGID)
 
 
 def user_map_for(value) -> UserNamespaceMap:
@@ -121,20 +121,11 @@ def refuse_ids_of_users(user_map: UserNamespaceMap, files=SUBID_FILES) -> None:
     container's processes and write what they own."""
     first, last = user_map.uid, user_map.uid + user_map.count - 1
     for path in files:
-        try:
-            with open(path) as table:
-                lines = table.read(1 << 20).splitlines()
-        except FileNotFoundError:
-            continue
-        for line in lines:
-            fields = line.strip().split(":")
-            if len(fields) != 3 or not (fields[1].isdigit() and fields[2].isdigit()):
-                continue
-            start, count = int(fields[1]), int(fields[2])
+        for owner, start, count in granted_ranges(path):
             if start <= last and first <= start + count - 1:
                 raise ConfigError(
                     f"the --userns map (host ids {first}-{last}) shares ids with the range {path} gives "
-                    f"{fields[0]} ({start}-{start + count - 1}): that user could signal this container's "
+                    f"{owner} ({start}-{start + count - 1}): that user could signal this container's "
                     f"processes and write its files; give a map outside every range of /etc/subuid and "
                     f"/etc/subgid (user_map=(FIRST, COUNT)), or leave user_map out for labkit's own "
                     f"({ROOT_USERNS_FIRST_ID} on)")
