@@ -13,6 +13,8 @@ whole (12 s and 1.2 GB in an audit). Such a file is left as its container made i
 
 import os
 
+from labkit.files import read_regular
+
 HOSTS_MOST = 1 << 20   # bytes: no hosts file labkit writes comes near; a larger one was filled from inside
 
 
@@ -43,13 +45,10 @@ def read(path) -> str | None:
     """A container's hosts text; None where there is none, or where its container made it
     larger than HOSTS_MOST."""
     try:
-        with open(path) as handle:
-            if os.fstat(handle.fileno()).st_size > HOSTS_MOST:
-                return None
-            text = handle.read(HOSTS_MOST + 1)
+        data = read_regular(path, HOSTS_MOST + 1)
     except FileNotFoundError:
         return None
-    return text if len(text) <= HOSTS_MOST else None
+    return data.decode("utf-8", "replace") if len(data) <= HOSTS_MOST else None
 
 
 def _rewrite(path, change) -> None:

@@ -10,9 +10,9 @@ import errno
 import fcntl   # here, not in take_terminal: the host's modules are out of reach after the root switch
 import os
 import signal
-import stat
 from termios import TIOCSCTTY
 
+from labkit.files import read_regular
 from labkit.linux import capabilities, seccomp, syscalls
 from labkit.runtime.inside.mounts import ensure_dir
 from labkit.runtime.step_failure import SetupError, report_failure, step
@@ -59,13 +59,13 @@ def table_lines(path) -> list:
     before its command, with every capability: a FIFO there held every later exec
     forever, and a link to /dev/zero would have read until memory ran out."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)   # a FIFO opens at once
+        text = read_regular(path, TABLE_LIMIT)
     except FileNotFoundError:
         return []
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+    except OSError as error:
+        if error.errno == errno.EINVAL:   # not a regular file
             return []
-        text = handle.read(TABLE_LIMIT)
+        raise
     return text.decode("utf-8", "replace").splitlines()
 
 
