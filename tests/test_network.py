@@ -16,7 +16,6 @@ import stat
 import struct
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -26,7 +25,6 @@ from pyroute2 import IPRoute
 
 from labkit import net
 from labkit.errors import ConfigError
-from labkit.linux import syscalls
 from labkit.net import bridge, ipam, veth
 from labkit.runtime import Container, ContainerSpec, run
 from kernel_fixtures import wait_until
@@ -392,26 +390,6 @@ sys.stdin.readline()
             owner.communicate("\n", timeout=60)
 
 
-def _in_network_namespace_of(pid, work):
-    """`work()` in a thread that joins the network namespace of `pid` and then ends."""
-    outcome = {}
-
-    def enter():
-        try:
-            with open(f"/proc/{pid}/ns/net", "rb") as namespace:
-                syscalls.setns(namespace.fileno(), syscalls.CLONE_NEWNET)
-            outcome["value"] = work()
-        except BaseException as error:  # noqa: BLE001 — raised again in the caller
-            outcome["error"] = error
-
-    thread = threading.Thread(target=enter)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
 def _running(sock, interface) -> bool:
     """IFF_RUNNING: set by the kernel's link-watch work, in the same step that gives the
     device its queueing discipline (until then `noop`, which drops every packet)."""
@@ -438,7 +416,7 @@ def test_a_plugged_in_veth_carries_packets_before_the_container_runs_anything(mo
                 bridge_index = ipr.link_lookup(ifname="lkt-bridge")[0]
                 ipr.link("add", ifname="lkt-host-end", kind="veth", master=bridge_index, state="up",
                          peer={"ifname": veth.CONTAINER_NAME, "net_ns_pid": inside})
-        _in_network_namespace_of(host, plug)
+        veth.in_network_namespace_of(host, plug)
         eth0 = veth.socket_in_namespace_of(inside)
         host_end = veth.socket_in_namespace_of(host)
         with eth0, host_end:
@@ -453,7 +431,7 @@ def test_a_plugged_in_veth_carries_packets_before_the_container_runs_anything(mo
             not_ready = 0
             for _ in range(300):
                 down()
-                not_ready += not _in_network_namespace_of(host, up_and_look)
+                not_ready += not veth.in_network_namespace_of(host, up_and_look)
             assert not_ready == 0, f"{not_ready} of 300 link-ups were not finished when make_ready returned"
 
             def bridge_port_state():
@@ -462,7 +440,7 @@ def test_a_plugged_in_veth_carries_packets_before_the_container_runs_anything(mo
                     port = next(link for link in ipr.get_links(family=socket.AF_BRIDGE) if link["index"] == index)
                     return (port.get_nested("IFLA_PROTINFO", "IFLA_BRPORT_STATE"),
                             {qdisc.get_attr("TCA_KIND") for qdisc in ipr.get_qdiscs(index=index)})
-            assert _in_network_namespace_of(host, bridge_port_state) == (3, {"noqueue"})   # 3: BR_STATE_FORWARDING
+            assert veth.in_network_namespace_of(host, bridge_port_state) == (3, {"noqueue"})   # 3: BR_STATE_FORWARDING
 
             # Where it fails: the same without the ETHTOOL_GLINK that does the kernel's work
             # at once. Informational, as it depends on how fast the work queue runs: 65 and
@@ -471,7 +449,7 @@ def test_a_plugged_in_veth_carries_packets_before_the_container_runs_anything(mo
             late = 0
             for _ in range(300):
                 down()
-                late += not _in_network_namespace_of(host, up_and_look)
+                late += not veth.in_network_namespace_of(host, up_and_look)
             monkeypatch.undo()
             print(f"without the sync: {late} of 300 link-ups not finished when make_ready returned")
     finally:

@@ -74,24 +74,33 @@ def make_ready(host_name: str, pid: int) -> None:
 
 def socket_in_namespace_of(pid: int) -> socket.socket:
     """A datagram socket of the network namespace of `pid` (a socket keeps the namespace
-    it was made in). Made by a thread that joins that namespace and ends: setns moves only
-    the calling thread, and this one then never has to find its way back."""
-    made = {}
+    it was made in)."""
+    try:
+        return in_network_namespace_of(pid, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    except OSError as error:
+        raise HostError(f"could not open a socket in the network namespace of process {pid}: {error}") from None
+
+
+def in_network_namespace_of(pid: int, work):
+    """`work()`'s result, run by a thread that joins the network namespace of `pid` and
+    ends: setns moves only the calling thread, and this one never has to find its way back.
+    What `work()` raises is raised here."""
+    outcome = {}
 
     def enter():
         try:
             with open(f"/proc/{pid}/ns/net", "rb") as namespace:
                 syscalls.setns(namespace.fileno(), syscalls.CLONE_NEWNET)
-            made["socket"] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        except OSError as error:
-            made["error"] = error
+            outcome["value"] = work()
+        except BaseException as error:  # noqa: BLE001 — raised again in the caller's thread
+            outcome["error"] = error
 
-    thread = threading.Thread(target=enter, name="labkit-netns-socket")
+    thread = threading.Thread(target=enter, name="labkit-netns")
     thread.start()
     thread.join()
-    if "error" in made:
-        raise HostError(f"could not open a socket in the network namespace of process {pid}: {made['error']}")
-    return made["socket"]
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _ifreq(interface: str, payload: bytes = b"") -> bytes:
