@@ -31,8 +31,9 @@ from pathlib import Path
 
 from labkit.files import read_regular
 from labkit.grading.layers import committed_from, upper_digest_or_none
-from labkit.grading.targets import cgroup_at, in_root, start_time
+from labkit.grading.targets import cgroup_at, in_root
 from labkit.images.store import Store
+from labkit.linux.processes import start_time
 from labkit.runtime.container_dir import ContainerDir
 
 LIST_EVERY = 0.005        # seconds between looks for new container directories

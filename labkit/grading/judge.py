@@ -162,8 +162,8 @@ class GraderWorld:
         if not sightings:
             return Finished(f"container {target}", False)
         last = sightings[-1]
-        # While its cgroup is there its counters (just read) are the kernel's word; the log
-        # speaks only for a cgroup the watch saw inside the sandbox and that is gone since.
+        # While its cgroup is there its counters (just read) are the kernel's word; once it
+        # is gone, the log speaks for it (evidence.kernel_events says by which name).
         oom, forks, lines = (0, 0, []) if self.watch.cgroup_of(last) else kernel_events(self.box, last)
         ran = last.ran or bool(oom or forks)
         return Finished(f"container {target}", ran, max(last.oom_kills, oom), max(last.pids_limit_hits, forks),

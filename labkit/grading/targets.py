@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from labkit.files import read_regular
+from labkit.linux.processes import parent_of, start_time
 from labkit.grading.checks import Observation, ProbeFailed
 
 
@@ -159,21 +160,6 @@ def host_cgroup_paths(pid) -> dict:
     return _relative_paths(lines)
 
 
-def _stat_fields(pid) -> list:
-    """/proc/PID/stat's fields after the command name (state first), or [] if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
-
-
-def start_time(pid) -> int | None:
-    """When the process started (clock ticks since boot): with its PID, who it is."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if len(fields) > 19 else None
-
-
 # The names labkit's runtime gives its own processes (prctl PR_SET_NAME in runtime/): the
 # helper that forks every container, a detached container's monitor, a ready slot's first
 # process, the --init reaper, the janitor.
@@ -193,10 +179,9 @@ def labkit_runtime_ancestor(pid, owns_pid) -> int | None:
                     return pid
         except OSError:
             return None
-        fields = _stat_fields(pid)
-        if len(fields) < 2:
+        pid = parent_of(pid)
+        if pid is None:
             return None
-        pid = int(fields[1])
     return None
 
 

@@ -25,6 +25,15 @@ def start_time(pid: int) -> int | None:
         return None
 
 
+def parent_of(pid: int) -> int | None:
+    """Field 4 of /proc/<pid>/stat (the parent's PID), or None if there is no such process."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[1]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
 def identity(pid: int) -> dict:
     """What to record about an owner: {"owner_pid": ..., "owner_start": ...}."""
     return {"owner_pid": pid, "owner_start": start_time(pid)}
