@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from labkit.errors import ConfigError
-from labkit.files import write_atomically
+from labkit.files import open_lock, write_atomically
 from labkit.home import labkit_home
 from labkit.linux import processes
 
@@ -70,7 +70,7 @@ def lease_book(home: Path | None = None):
     """Yield the LeaseBook with the file locked; nothing else reads or writes it meanwhile."""
     directory = net_dir(home)
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "leases.lock", "w") as lock:
+    with open(open_lock(directory / "leases.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         path = directory / "leases.json"
         try:

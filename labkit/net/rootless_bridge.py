@@ -63,6 +63,7 @@ import time
 from pathlib import Path
 
 from labkit.errors import HostError
+from labkit.files import open_lock
 from labkit.linux import syscalls
 
 NAME = "labkit-netns"
@@ -132,7 +133,7 @@ def join(home) -> socket.socket:
     path.parent.mkdir(parents=True, exist_ok=True)
     sock = _hello(path)
     if sock is None:
-        with open(_lock_path(home), "w") as lock:
+        with open(open_lock(_lock_path(home)), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             sock = _hello(path)
             if sock is None:
@@ -370,7 +371,7 @@ class Keeper:
         asks this keeper for the bridge, and would wait for an answer forever."""
         from labkit.net import ipam
 
-        with open(ipam.net_dir(self.home) / "leases.lock", "w") as lock:
+        with open(open_lock(ipam.net_dir(self.home) / "leases.lock"), "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -399,7 +400,7 @@ class Keeper:
     def may_exit(self) -> bool:
         """Leave, unless a helper connects meanwhile: under the start lock, so that a helper
         either finds this keeper before it goes or starts the next one."""
-        with open(_lock_path(self.home), "w") as lock:
+        with open(open_lock(_lock_path(self.home)), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.listener.setblocking(False)
             try:
