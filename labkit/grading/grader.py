@@ -279,10 +279,16 @@ def _write_for_the_kernel(readable, box) -> None:
     the kernel's working directory, for progress()'s list of every exercise."""
     import nbformat
 
-    for cell in readable.cells:
+    _clear_outputs(readable)
+    nbformat.write(readable, str(Path(box.scratch) / NOTEBOOK_NAME))
+
+
+def _clear_outputs(notebook) -> None:
+    """What the handed-in notebook said its code cells printed, gone: only what they print
+    when the grader runs them counts."""
+    for cell in notebook.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-    nbformat.write(readable, str(Path(box.scratch) / NOTEBOOK_NAME))
 
 
 def _score(cell, report) -> CellScore:
@@ -316,9 +322,7 @@ def _execute(notebook, cell_timeout, kernel_name, submission, box, checks) -> di
     from labkit.grading.judge import GraderWorld, judge_cell, read_answer
     from labkit.grading.session import Progress, exercises_in, is_progress_cell
 
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
+    _clear_outputs(notebook)
     reports, cut = {}, []
 
     def note_cut(cell, cell_index, execute_reply):
