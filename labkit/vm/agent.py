@@ -268,19 +268,25 @@ def serve(port, agent):
         # which every local user reaches: one that connects and says nothing (or sends a
         # line without end) held the agent for ever, and its kernel with it (an audit).
         # The request is one line, read within REQUEST_SECONDS and at most REQUEST_MOST.
+        # A connection that fails (timed out, closed or reset by its peer, before or while
+        # it is answered) ends, and the agent serves the next: one that went away before its
+        # answer was written ended the agent itself, and the VM with it (a broken pipe, in
+        # the v2 lane's snapshot restore).
         connection.settimeout(REQUEST_SECONDS)
-        with connection, connection.makefile("rw") as stream:
-            try:
+        try:
+            with connection, connection.makefile("rw") as stream:
                 line = stream.readline(REQUEST_MOST)
+                if not line:
+                    continue   # closed without a request: nothing to answer
                 connection.settimeout(None)
-            except OSError:   # timed out, or gone
-                continue
-            try:
-                request = json.loads(line or "{}") if line.endswith("\n") or not line else {}
-            except ValueError:
-                request = {}
-            stream.write(json.dumps(agent.answer(request)) + "\n")
-            stream.flush()
+                try:
+                    request = json.loads(line) if line.endswith("\n") else {}
+                except ValueError:
+                    request = {}
+                stream.write(json.dumps(agent.answer(request)) + "\n")
+                stream.flush()
+        except OSError:
+            continue
 
 
 def main():
